@@ -1,0 +1,1 @@
+"""Evolution and governance consumers, and the sink fan-out runner."""

@@ -1,0 +1,83 @@
+"""Broker readiness and topic management, with librdkafka errors translated into evostream's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from evostream.errors import BrokerUnavailableError, StackError
+from schemas.catalog import TopicSpec
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    # Quiet librdkafka: failures surface as exceptions below, not as log lines on stderr.
+    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.connection.setup.timeout.ms": 2000})
+
+
+def cluster_metadata(bootstrap: str, timeout_s: float) -> ClusterMetadata:
+    """Metadata of the cluster, or BrokerUnavailableError once ``timeout_s`` has passed without an answer."""
+    admin = admin_client(bootstrap)
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            md: ClusterMetadata = admin.list_topics(timeout=min(2.0, left))
+            if md.brokers:
+                return md
+        except KafkaException as e:
+            last = e
+        time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+    raise BrokerUnavailableError(
+        f"no Kafka broker answers at {bootstrap} after {timeout_s:.0f} s"
+        + (f" ({last.args[0].str() if last and isinstance(last.args[0], KafkaError) else last})" if last else "")
+        + "; start the local one with `evostream stack up`, or point EVOSTREAM_BOOTSTRAP_SERVERS at yours"
+    )
+
+
+def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+    """Block until a broker answers a metadata request."""
+    cluster_metadata(bootstrap, timeout_s)
+
+
+def ensure_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+    """Create the topics of ``specs`` that do not exist yet; return the names created."""
+    specs = list(specs)
+    existing = set(cluster_metadata(bootstrap, timeout_s).topics)
+    missing = [s for s in specs if s.name not in existing]
+    if not missing:
+        return []
+    admin = admin_client(bootstrap)
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config()) for s in missing],
+        request_timeout=timeout_s,
+    )
+    created: list[str] = []
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as e:
+            err = e.args[0]
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue  # another process created it between our look and our create
+            raise StackError(f"cannot create topic {name}: {err}") from e
+    return created
+
+
+def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0) -> None:
+    """Delete topics, ignoring the ones already gone."""
+    admin = admin_client(bootstrap)
+    for name, fut in admin.delete_topics(list(names), operation_timeout=timeout_s).items():
+        try:
+            fut.result(timeout=timeout_s)
+        except KafkaException as e:
+            err = e.args[0]
+            if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue
+            raise StackError(f"cannot delete topic {name}: {err}") from e

@@ -1,0 +1,56 @@
+"""A consumer that hands out raw records in batches, with librdkafka errors translated."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+
+from evostream.errors import ConsumeError
+
+class EventConsumer:
+    """A consumer-group member on some topics; ``poll_batch`` returns raw messages."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topics: Iterable[str],
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group_id,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": True,
+                "fetch.min.bytes": 1,
+                "log_level": 3,
+                **(config or {}),
+            }
+        )
+        self._consumer.subscribe(list(topics))
+
+    def poll_batch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
+        try:
+            msgs: list[Message] = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
+        except KafkaException as e:
+            raise ConsumeError(f"consume failed: {e}") from e
+        good = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                good.append(m)
+            elif err.code() != KafkaError._PARTITION_EOF:
+                raise ConsumeError(f"consume error on {m.topic()}[{m.partition()}]: {err.str()}")
+        return good
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> EventConsumer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,150 @@
+"""The ``evostream`` command line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Annotated, ParamSpec, TypeVar
+
+import typer
+
+from evostream.errors import EvoError
+from evostream.settings import Settings
+
+app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)  # fmt: skip
+stack_app = typer.Typer(help="The local single-node Kafka broker.", no_args_is_help=True)
+schemas_app = typer.Typer(help="The Avro contract.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+app.add_typer(schemas_app, name="schemas")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _say(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def friendly(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn evostream's own errors into one clear message and exit code 1, not a traceback."""
+
+    @wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except EvoError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            sys.exit(1)
+
+    return run
+
+
+def _settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+Port = Annotated[int | None, typer.Option(help="Broker port (0 = a free one). Env: EVOSTREAM_BROKER_PORT.")]
+CtlPort = Annotated[int | None, typer.Option(help="Controller port (0 = a free one). Env: EVOSTREAM_CONTROLLER_PORT.")]
+Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap servers. Env: EVOSTREAM_BOOTSTRAP_SERVERS.")]
+
+
+@stack_app.command("up")
+@friendly
+def stack_up(port: Port = None, controller_port: CtlPort = None,
+             heap: Annotated[str | None, typer.Option(help="Broker JVM heap, e.g. 1g.")] = None) -> None:  # fmt: skip
+    """Start the local broker (or reuse the running one) and create every catalog topic."""
+    from evostream.stack import LocalStack
+
+    state = LocalStack(_settings(broker_port=port, controller_port=controller_port, broker_heap=heap)).up(_say)
+    typer.echo(state.bootstrap)
+
+
+@stack_app.command("status")
+@friendly
+def stack_status() -> None:
+    """Say whether the local broker runs, where, and which topics it has."""
+    from evostream.stack import LocalStack
+
+    st = LocalStack(_settings()).status()
+    if st.state is None:
+        typer.echo("stopped")
+        raise typer.Exit(3)
+    typer.echo(f"{st.detail}: pid {st.state.pid}, bootstrap {st.state.bootstrap}, Kafka {st.state.kafka_version}")
+    for t in st.topics:
+        typer.echo(f"  {t}")
+    if not st.running:
+        raise typer.Exit(1)
+
+
+@stack_app.command("down")
+@friendly
+def stack_down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a controlled shutdown.")] = 30.0) -> None:
+    """Stop the local broker: controlled shutdown, then the process is gone."""
+    from evostream.stack import LocalStack
+
+    LocalStack(_settings()).down(timeout, _say)
+
+
+@stack_app.command("logs")
+@friendly
+def stack_logs(lines: Annotated[int, typer.Option("-n", help="How many lines.")] = 40) -> None:
+    """Print the tail of the local broker's logs."""
+    from evostream.stack import LocalStack
+
+    typer.echo(LocalStack(_settings()).log_tail(lines))
+
+
+@app.command()
+@friendly
+def selfcheck(count: Annotated[int, typer.Option(help="Records to send and read back.")] = 10_000,
+              bootstrap: Bootstrap = None) -> None:  # fmt: skip
+    """Produce GenerationStep records to the broker, consume them back and check every one is equal."""
+    from evostream.selfcheck import round_trip
+    from evostream.stack import resolve_bootstrap
+
+    server = resolve_bootstrap(_settings(bootstrap_servers=bootstrap))
+    rt = round_trip(server, count, progress=_say)
+    typer.echo(
+        f"round trip OK via {server}: {rt.records} records, {rt.bytes_per_record:.0f} B each; "
+        f"produce {rt.produce_rate:,.0f}/s (acks=all, idempotent), consume+decode {rt.consume_rate:,.0f}/s"
+    )
+
+
+@app.command()
+def topics() -> None:
+    """List the topic catalog."""
+    from schemas.catalog import CATALOG
+
+    for t in CATALOG:
+        keep = "forever" if t.retention_ms < 0 else f"{t.retention_ms / 86_400_000:g} d"
+        typer.echo(f"{t.name:18} key={t.key:14} value={t.value_schema:17} partitions={t.partitions} "
+                   f"{t.cleanup_policy:7} {keep:8} {t.doc}")  # fmt: skip
+
+
+@schemas_app.command("list")
+def schemas_list() -> None:
+    """Every schema version with its fingerprint."""
+    from schemas import default_registry
+
+    for sv in default_registry():
+        typer.echo(f"{sv.short_name:18} v{sv.version}  {sv.fingerprint.hex()}  {sv.source}")
+
+
+@schemas_app.command("check")
+def schemas_check() -> None:
+    """Check BACKWARD_TRANSITIVE compatibility of every schema version in the repository."""
+    from schemas import default_registry
+    from schemas.compat import check_backward_transitive
+
+    problems = check_backward_transitive(default_registry())
+    for p in problems:
+        typer.secho(p, fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("all schema versions read every earlier version")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,37 @@
+"""One typed settings object, read from the environment (prefix ``EVOSTREAM_``) and overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _home(*parts: str) -> Path:
+    return Path.home().joinpath(*parts)
+
+
+class Settings(BaseSettings):
+    """Everything a process of evostream can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="EVOSTREAM_", extra="ignore")
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers; unset means the local stack's address, else 127.0.0.1:9092.",
+    )
+    cache_dir: Path = Field(default_factory=lambda: _home(".cache", "evostream"))
+    stack_dir: Path = Field(
+        default_factory=lambda: _home(".local", "state", "evostream", "stack"),
+        description="Where the local broker keeps its data, logs, config and pid.",
+    )
+    kafka_version: str = "4.1.2"
+    log4j_version: str = "2.24.3"
+    broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
+    controller_port: int = Field(default=9093, ge=0, le=65535, description="0 picks a free port.")
+    broker_heap: str = "1g"
+    ready_timeout_s: float = 60.0
+    connect_timeout_s: float = 10.0
+    maven_offline: bool = False
+    maven_repo_local: Path | None = None

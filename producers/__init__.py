@@ -1,0 +1,1 @@
+"""The inference producer: model loading, instrumented generation, step emission, the request client."""

@@ -1,0 +1,62 @@
+"""The topic catalog: every topic evostream reads or writes, with its key, value schema and retention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from evostream.errors import EvoError
+
+FOREVER = -1
+DAY_MS = 24 * 3600 * 1000
+
+REQUESTS = "evo.requests"
+STEPS = "evo.steps"
+COMPLETIONS = "evo.completions"
+PROFILES = "evo.profiles"
+DRIFT = "evo.drift"
+RISK = "evo.risk"
+ALERTS = "evo.alerts"
+GOVERNANCE = "evo.governance"
+DLQ = "evo.dlq"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """How one topic is laid out and kept."""
+
+    name: str
+    value_schema: str
+    key: str
+    """The field whose value is the record key (it decides the partition)."""
+    partitions: int
+    cleanup_policy: Literal["delete", "compact"]
+    retention_ms: int
+    """-1 keeps records forever."""
+    doc: str
+
+    def config(self) -> dict[str, str]:
+        """Topic-level configs for CreateTopics."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+CATALOG: tuple[TopicSpec, ...] = (
+    TopicSpec(REQUESTS, "InferenceRequest", "request_id", 3, "delete", 7 * DAY_MS, "client requests to generate"),
+    TopicSpec(STEPS, "GenerationStep", "trace_id", 6, "delete", 7 * DAY_MS, "one event per generated token"),
+    TopicSpec(COMPLETIONS, "Completion", "trace_id", 3, "delete", 30 * DAY_MS, "one event per request"),
+    TopicSpec(PROFILES, "ProfileSnapshot", "model_version", 1, "compact", FOREVER, "latest profile per model"),
+    TopicSpec(DRIFT, "DriftReport", "model_version", 1, "delete", 90 * DAY_MS, "drift window reports"),
+    TopicSpec(RISK, "RiskReport", "trace_id", 3, "delete", 30 * DAY_MS, "risk per trace, early and final"),
+    TopicSpec(ALERTS, "RiskAlert", "trace_id", 3, "delete", 90 * DAY_MS, "risk reports that crossed policy"),
+    # One partition: the governance chain is totally ordered, and it is never compacted nor expired.
+    TopicSpec(GOVERNANCE, "GovernanceEvent", "model_name", 1, "delete", FOREVER, "the governance log"),
+    TopicSpec(DLQ, "DeadLetter", "original key", 1, "delete", 30 * DAY_MS, "records that could not be processed"),
+)
+
+
+def topic_spec(name: str) -> TopicSpec:
+    """The catalog entry of ``name``."""
+    for spec in CATALOG:
+        if spec.name == name:
+            return spec
+    raise EvoError(f"topic {name!r} is not in the catalog; known: {', '.join(s.name for s in CATALOG)}")

@@ -1,0 +1,1 @@
+"""The Faust app and its agents; the streaming maths live beside them as plain objects."""
