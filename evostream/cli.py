@@ -10,7 +10,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from evostream.errors import EvoError
-from evostream.settings import Settings
+from evostream.settings import load_settings
 
 app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
                   no_args_is_help=True, pretty_exceptions_enable=False)  # fmt: skip
@@ -41,10 +41,6 @@ def friendly(fn: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-def _settings(**overrides: object) -> Settings:
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
-
-
 Port = Annotated[int | None, typer.Option(help="Broker port (0 = a free one). Env: EVOSTREAM_BROKER_PORT.")]
 CtlPort = Annotated[int | None, typer.Option(help="Controller port (0 = a free one). Env: EVOSTREAM_CONTROLLER_PORT.")]
 Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap servers. Env: EVOSTREAM_BOOTSTRAP_SERVERS.")]
@@ -57,7 +53,7 @@ def stack_up(port: Port = None, controller_port: CtlPort = None,
     """Start the local broker (or reuse the running one) and create every catalog topic."""
     from evostream.stack import LocalStack
 
-    state = LocalStack(_settings(broker_port=port, controller_port=controller_port, broker_heap=heap)).up(_say)
+    state = LocalStack(load_settings(broker_port=port, controller_port=controller_port, broker_heap=heap)).up(_say)
     typer.echo(state.bootstrap)
 
 
@@ -67,7 +63,7 @@ def stack_status() -> None:
     """Say whether the local broker runs, where, and which topics it has."""
     from evostream.stack import LocalStack
 
-    st = LocalStack(_settings()).status()
+    st = LocalStack(load_settings()).status()
     if st.state is None:
         typer.echo("stopped")
         raise typer.Exit(3)
@@ -80,11 +76,13 @@ def stack_status() -> None:
 
 @stack_app.command("down")
 @friendly
-def stack_down(timeout: Annotated[float, typer.Option(help="Seconds to wait for a controlled shutdown.")] = 30.0) -> None:
+def stack_down(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a controlled shutdown.")] = 30.0,
+) -> None:
     """Stop the local broker: controlled shutdown, then the process is gone."""
     from evostream.stack import LocalStack
 
-    LocalStack(_settings()).down(timeout, _say)
+    LocalStack(load_settings()).down(timeout, _say)
 
 
 @stack_app.command("logs")
@@ -93,7 +91,7 @@ def stack_logs(lines: Annotated[int, typer.Option("-n", help="How many lines.")]
     """Print the tail of the local broker's logs."""
     from evostream.stack import LocalStack
 
-    typer.echo(LocalStack(_settings()).log_tail(lines))
+    typer.echo(LocalStack(load_settings()).log_tail(lines))
 
 
 @app.command()
@@ -104,8 +102,9 @@ def selfcheck(count: Annotated[int, typer.Option(help="Records to send and read 
     from evostream.selfcheck import round_trip
     from evostream.stack import resolve_bootstrap
 
-    server = resolve_bootstrap(_settings(bootstrap_servers=bootstrap))
-    rt = round_trip(server, count, progress=_say)
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    rt = round_trip(server, count, connect_timeout_s=settings.connect_timeout_s, progress=_say)
     typer.echo(
         f"round trip OK via {server}: {rt.records} records, {rt.bytes_per_record:.0f} B each; "
         f"produce {rt.produce_rate:,.0f}/s (acks=all, idempotent), consume+decode {rt.consume_rate:,.0f}/s"

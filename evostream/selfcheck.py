@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from evostream.bus.admin import delete_topics, ensure_topics
+from evostream.bus.admin import delete_topics, ensure_topics, wait_for_broker
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.errors import EvoError
@@ -41,7 +41,7 @@ class RoundTrip:
         return self.records / self.encode_s
 
 
-class RoundTripMismatch(EvoError):
+class RoundTripMismatchError(EvoError):
     """Records came back missing, duplicated or different."""
 
 
@@ -51,9 +51,11 @@ def round_trip(
     traces: int = 100,
     partitions: int = 3,
     deadline_s: float = 120.0,
+    connect_timeout_s: float = 10.0,
     progress: Callable[[str], None] = lambda _: None,
 ) -> RoundTrip:
     """Send ``count`` steps spread over ``traces`` traces to a fresh topic, read them all back, check equality."""
+    wait_for_broker(bootstrap, connect_timeout_s)
     codec = RecordCodec("GenerationStep")
     topic = TopicSpec(f"evo.selfcheck.{uuid.uuid4().hex[:12]}", "GenerationStep", "trace_id", partitions,
                       "delete", 3600_000, "round-trip self-check")  # fmt: skip
@@ -88,19 +90,19 @@ def round_trip(
                 if batch and not c0:
                     c0 = time.perf_counter()
                 for msg in batch:
-                    rec = codec.decode(msg.value())
+                    rec = codec.decode(msg.value() or b"")
                     k = (rec["trace_id"], rec["step"])
                     if k in seen:
-                        raise RoundTripMismatch(f"record {k} came back twice")
+                        raise RoundTripMismatchError(f"record {k} came back twice")
                     if msg.key() != rec["trace_id"].encode():
-                        raise RoundTripMismatch(f"record {k} came back under key {msg.key()!r}")
+                        raise RoundTripMismatchError(f"record {k} came back under key {msg.key()!r}")
                     seen[k] = rec
         consume_s = time.perf_counter() - (c0 or time.perf_counter())
         if len(seen) != count:
-            raise RoundTripMismatch(f"only {len(seen)} of {count} records came back within {deadline_s:.0f} s")
+            raise RoundTripMismatchError(f"only {len(seen)} of {count} records came back within {deadline_s:.0f} s")
         for k, rec in expected.items():
             if seen[k] != rec:
-                raise RoundTripMismatch(f"record {k} differs after the round trip: {seen[k]} != {rec}")
+                raise RoundTripMismatchError(f"record {k} differs after the round trip: {seen[k]} != {rec}")
         progress(f"consumed and decoded {count} records in {consume_s:.2f} s: all equal")
         return RoundTrip(count, size, encode_s, produce_s, consume_s)
     finally:

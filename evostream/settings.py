@@ -35,3 +35,8 @@ class Settings(BaseSettings):
     connect_timeout_s: float = 10.0
     maven_offline: bool = False
     maven_repo_local: Path | None = None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with the given non-None values (CLI flags) taking precedence."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

@@ -71,22 +71,27 @@ class RecordCodec:
         else:
             writer = self.registry.by_fingerprint(fp)
             if writer.name != self.reader.name:
-                raise DecodeError(f"record is a {writer.short_name} (v{writer.version}), expected {self.reader.short_name}")
+                raise DecodeError(
+                    f"record is a {writer.short_name} (v{writer.version}), expected {self.reader.short_name}"
+                )
         buf = BytesIO(body)
         try:
             if writer is self.reader:
                 record = schemaless_reader(buf, writer.parsed, None)
             else:
                 record = schemaless_reader(buf, writer.parsed, self.reader.parsed)
-        except (EOFError, StopIteration) as e:
+        except (EOFError, StopIteration, IndexError) as e:  # fastavro's ways of running out of input
             raise TruncatedRecordError(
-                f"{writer.short_name} v{writer.version}: bytes end inside the record ({len(body)} body bytes)"
+                f"{writer.short_name} v{writer.version}: bytes end inside the record ({len(body)} body bytes): "
+                "truncated, or a corrupt length prefix"
             ) from e
         except Exception as e:
             raise DecodeError(f"{writer.short_name} v{writer.version}: corrupt body: {type(e).__name__}: {e}") from e
         left = len(body) - buf.tell()
         if left:
-            raise DecodeError(f"{writer.short_name} v{writer.version}: {left} bytes left after the record: corrupt bytes")
+            raise DecodeError(
+                f"{writer.short_name} v{writer.version}: {left} bytes left after the record: corrupt bytes"
+            )
         if not isinstance(record, dict):
             raise DecodeError(f"{writer.short_name}: body did not decode to a record")
         return record

@@ -43,8 +43,12 @@ class SchemaVersion:
         """Parse one schema document; errors name the source."""
         try:
             parsed = parse_schema(raw)
+            if not isinstance(parsed, dict):
+                raise SchemaError(f"{source}: top-level type must be a record")
             canonical = to_parsing_canonical_form(parsed)
             fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        except SchemaError:
+            raise
         except Exception as e:  # fastavro raises a mix of SchemaParseException, KeyError, ValueError
             raise SchemaError(f"{source}: not a valid Avro schema: {e}") from e
         if parsed.get("type") != "record":

@@ -9,6 +9,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from evostream.errors import ConsumeError
 
+
 class EventConsumer:
     """A consumer-group member on some topics; ``poll_batch`` returns raw messages."""
 

@@ -1,4 +1,4 @@
-"""A delivery-checked Kafka producer: idempotent, acks=all, bounded queue with back-pressure, nothing dropped silently."""
+"""A delivery-checked Kafka producer: idempotent, acks=all, bounded queue with back-pressure, no silent drops."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "compression.type": "lz4",
     "queue.buffering.max.messages": 200_000,
     "queue.buffering.max.kbytes": 256 * 1024,
+    # A record not acknowledged in 2 minutes fails loudly instead of waiting librdkafka's default 5.
+    "message.timeout.ms": 120_000,
     "log_level": 3,
 }
 

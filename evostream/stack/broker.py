@@ -18,8 +18,8 @@ from evostream.bus.admin import cluster_metadata, ensure_topics
 from evostream.errors import BrokerStartError, BrokerUnavailableError, PortInUseError, StackError
 from evostream.settings import Settings
 from evostream.stack.config import server_properties
-from evostream.stack.java import find_java
 from evostream.stack.jars import resolve_kafka_libs, uses_log4j2
+from evostream.stack.java import find_java
 from evostream.stack.ports import HOST, free_port, port_is_free
 from schemas.catalog import CATALOG
 
@@ -134,7 +134,9 @@ class LocalStack:
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             if fmt.returncode != 0:
-                raise BrokerStartError(f"formatting {self.data_dir} failed:\n{(fmt.stdout + fmt.stderr).strip()[-2000:]}")
+                raise BrokerStartError(
+                    f"formatting {self.data_dir} failed:\n{(fmt.stdout + fmt.stderr).strip()[-2000:]}"
+                )
         heap = s.broker_heap
         progress(f"starting Kafka {s.kafka_version} on {HOST}:{broker_port} (data in {self.data_dir})")
         t0 = time.monotonic()

@@ -23,7 +23,13 @@ _RELOAD4J_DEPS = (
     "<version>1.2.25</version></dependency>"
 )
 _COMPLETE = ".complete"
-_OFFLINE_HINTS = ("offline", "Could not transfer", "Unknown host", "Connection refused", "Network is unreachable")
+_OFFLINE_HINTS = (
+    "offline",
+    "Could not transfer",
+    "Unknown host",
+    "Connection refused",
+    "Network is unreachable",
+)
 
 
 def uses_log4j2(kafka_version: str) -> bool:
@@ -56,7 +62,9 @@ def resolve_kafka_libs(
         return lib
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise MavenError("Maven (mvn) is not on PATH; it is needed once to fetch the Kafka jars (apt-get install maven)")
+        raise MavenError(
+            "Maven (mvn) is not on PATH; it is needed once to fetch the Kafka jars (apt-get install maven)"
+        )
     work = lib.parent
     work.mkdir(parents=True, exist_ok=True)
     pom = work / "pom.xml"

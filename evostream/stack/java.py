@@ -20,7 +20,9 @@ def find_java() -> Path:
     if candidate is None or not candidate.exists():
         found = shutil.which("java")
         if found is None:
-            raise JavaNotFoundError(f"no java on PATH; the Kafka broker needs Java {MIN_JAVA}+ (apt-get install openjdk-17-jre-headless)")
+            raise JavaNotFoundError(
+                f"no java on PATH; the Kafka broker needs Java {MIN_JAVA}+ (apt-get install openjdk-17-jre-headless)"
+            )
         candidate = Path(found)
     try:
         out = subprocess.run([str(candidate), "-version"], capture_output=True, text=True, timeout=30, check=False)
