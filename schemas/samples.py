@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from schemas.tensors import pack_f32
+
 SELFCHECK_VERSION = "selfcheck"
 
 
@@ -31,12 +33,16 @@ def generation_step(i: int, trace_id: str, layers: int = 4, heads: int = 4, t0_u
         "topk_mass": f(4),
         "topk_k": 10,
         "surprisal_bits": f(5),
-        "layer_hidden_l2": [f(10 + j) * 32.0 for j in range(layers)],
-        "layer_hidden_maxabs": [f(20 + j) * 4.0 for j in range(layers)],
+        "num_layers": layers,
+        "num_heads": heads,
+        "layer_hidden_l2": pack_f32([f(10 + j) * 32.0 for j in range(layers)]),
+        "layer_hidden_maxabs": pack_f32([f(20 + j) * 4.0 for j in range(layers)]),
         "layer_nonfinite": [0] * layers,
-        "head_attention_entropy": [[f(30 + j * heads + h) * 4.0 for h in range(heads)] for j in range(layers)],
+        "head_attention_entropy": pack_f32(
+            [[f(30 + j * heads + h) * 4.0 for h in range(heads)] for j in range(layers)]
+        ),
         "attention_signal": "ENTROPY",
-        "ffn_sparsity": [f(60 + j) for j in range(layers)],
+        "ffn_sparsity": pack_f32([f(60 + j) for j in range(layers)]),
         "latency_us": 1000 + i % 500,
         "peak_memory_bytes": 1 << 26,
         "emitted_at_us": t0_us + i * 1000,

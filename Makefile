@@ -1,0 +1,17 @@
+# The two set-up commands of the README, and the checks CI runs.
+.PHONY: run test lint bench stop
+
+run:    ## start the local Kafka broker and run the main job
+	@scripts/run.sh
+
+test:   ## run the test suite (starts and stops its own broker)
+	@scripts/test.sh
+
+lint:   ## ruff and mypy
+	@venv="$$(scripts/venv.sh)" && "$$venv/bin/ruff" check . && "$$venv/bin/ruff" format --check . && "$$venv/bin/mypy"
+
+bench:  ## codec and produce/consume benchmarks against the local broker
+	@venv="$$(scripts/venv.sh)" && "$$venv/bin/python" bench/codec.py && "$$venv/bin/python" bench/produce.py
+
+stop:   ## stop the local broker
+	@venv="$$(scripts/venv.sh)" && "$$venv/bin/evostream" stack down

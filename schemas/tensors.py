@@ -1,0 +1,41 @@
+"""Packed float32 fields of the contract: little-endian, row-major, shape carried by sibling fields."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from evostream.errors import DecodeError
+
+F32 = np.dtype("<f4")
+F32Array = npt.NDArray[np.float32]
+
+
+def pack_f32(values: npt.ArrayLike) -> bytes:
+    """Bytes of ``values`` as little-endian float32, row-major."""
+    return np.ascontiguousarray(values, dtype=F32).tobytes()
+
+
+def unpack_f32(data: bytes, shape: Sequence[int]) -> F32Array:
+    """A read-only float32 array of ``shape`` over ``data``; DecodeError when the sizes disagree."""
+    expected = int(np.prod(shape)) * F32.itemsize
+    if len(data) != expected:
+        raise DecodeError(f"packed float32 field has {len(data)} bytes, shape {tuple(shape)} needs {expected}")
+    return np.frombuffer(data, dtype=F32).reshape(tuple(shape))
+
+
+def step_layers(step: Mapping[str, Any], field: str) -> F32Array:
+    """A per-layer field of a GenerationStep as an array of length num_layers (empty if not measured)."""
+    data = step[field]
+    return unpack_f32(data, (step["num_layers"],)) if data else np.empty(0, dtype=F32)
+
+
+def step_heads(step: Mapping[str, Any]) -> F32Array:
+    """head_attention_entropy of a GenerationStep as a [num_layers, num_heads] array (empty shape if NONE)."""
+    data = step["head_attention_entropy"]
+    if not data:
+        return np.empty((0, 0), dtype=F32)
+    return unpack_f32(data, (step["num_layers"], step["num_heads"]))
