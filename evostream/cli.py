@@ -112,10 +112,24 @@ def selfcheck(count: Annotated[int, typer.Option(help="Records to send and read 
 
 
 @app.command()
-def topics() -> None:
-    """List the topic catalog."""
+@friendly
+def topics(
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the catalog's missing topics on the broker.")
+    ] = False,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """List the topic catalog; with --create, create its missing topics on the broker."""
     from schemas.catalog import CATALOG
 
+    if create:
+        from evostream.bus.admin import ensure_topics
+        from evostream.stack import resolve_bootstrap
+
+        settings = load_settings(bootstrap_servers=bootstrap)
+        server = resolve_bootstrap(settings)
+        created = ensure_topics(server, CATALOG, timeout_s=settings.ready_timeout_s)
+        _say(f"created on {server}: {', '.join(sorted(created)) or 'nothing (all present)'}")
     for t in CATALOG:
         keep = "forever" if t.retention_ms < 0 else f"{t.retention_ms / 86_400_000:g} d"
         typer.echo(f"{t.name:18} key={t.key:14} value={t.value_schema:17} partitions={t.partitions} "
