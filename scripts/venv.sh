@@ -20,5 +20,6 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 # Editable install of this checkout; --no-deps keeps it to seconds.
-"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$root" >&2
+"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$root" >"$venv/.editable.log" 2>&1 \
+  || { cat "$venv/.editable.log" >&2; exit 1; }
 echo "$venv"
