@@ -113,6 +113,85 @@ def selfcheck(count: Annotated[int, typer.Option(help="Records to send and read 
 
 @app.command()
 @friendly
+def serve(
+    model: Annotated[
+        str, typer.Option(help="'default' (the embedded model), a local folder, or a cached HF id.")
+    ] = "default",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
+    max_batch: Annotated[int, typer.Option(help="Requests generated together.")] = 8,
+    max_wait_ms: Annotated[int, typer.Option(help="How long to wait to fill a batch.")] = 5,
+    attention: Annotated[
+        str, typer.Option(help="Per-head signal: auto, entropy (eager attention), output_norm.")
+    ] = "auto",
+    embed: Annotated[bool, typer.Option(help="Compute the 384-d MiniLM prompt embedding.")] = True,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Serve inference requests from evo.requests, emitting a GenerationStep per token and a Completion per request."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.stack import resolve_bootstrap
+    from producers.embedding import PromptEmbedder
+    from producers.generate import InstrumentedGenerator
+    from producers.loading import load_model
+    from producers.service import InferenceService, ServeOptions
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    if attention not in ("auto", "entropy", "output_norm"):
+        raise typer.BadParameter("--attention must be auto, entropy or output_norm")
+    loaded = load_model(model, device=device, attn_implementation="eager" if attention == "entropy" else None)
+    signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
+    options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms)
+    generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit)  # type: ignore[arg-type]
+    service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator)
+    service.install_signal_handlers()
+    service.run(
+        on_ready=lambda: _say(
+            f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}, "
+            f"attention signal {generator.signal}) from {server}; Ctrl-C stops after the batch in flight"
+        )
+    )
+    _say(f"stopped after {service.served} requests")
+
+
+@app.command()
+@friendly
+def publish(
+    prompt: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the Completion and print it.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Upper bound on generated tokens.")] = 64,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 60.0,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Publish an inference request; with --wait, print the answer, its trace id and how it finished."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.stack import resolve_bootstrap
+    from producers.client import InferenceClient
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    client = InferenceClient(server)
+    sent = client.publish(prompt, max_new_tokens=max_new_tokens)
+    if not wait:
+        typer.echo(sent.request_id)
+        return
+    rec = client.await_reply(sent, timeout)
+    if rec["error"]:
+        typer.secho(
+            f"error: {rec['error']} (request {sent.request_id}, trace {rec['trace_id']})", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(1)
+    typer.echo(rec["output_text"])
+    t = rec["timings"]
+    _say(
+        f"trace {rec['trace_id']} · {rec['model_version']} · {rec['token_count']} tokens · {rec['finish_reason']} · "
+        f"{t['total_us'] / 1000:.1f} ms"
+    )
+
+
+@app.command()
+@friendly
 def topics(
     create: Annotated[
         bool, typer.Option("--create", help="Create the catalog's missing topics on the broker.")

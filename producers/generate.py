@@ -1,0 +1,267 @@
+"""Instrumented generation: a KV-cached decoding loop that computes every step's statistics on the device.
+
+Per step, the device reduces logits, hidden states, head outputs and FFN activations to a few numbers per sequence,
+packs them into one small tensor, and a single copy brings them to the host; ``on_step`` receives them.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import Tensor
+
+from evostream.errors import EvoError
+from producers.anatomy import anatomy
+from producers.loading import LoadedModel
+from producers.probe import AttentionSignal, Probe
+from producers.stats import LN2, attention_entropy, hidden_stats, logit_stats
+
+TOPK = 10
+
+
+class GenerationError(EvoError):
+    """Bad generation parameters or a failure inside the model."""
+
+
+@dataclass(frozen=True)
+class GenParams:
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def check(self, limit: int) -> None:
+        if not 1 <= self.max_new_tokens <= limit:
+            raise GenerationError(f"max_new_tokens must be in 1..{limit}, got {self.max_new_tokens}")
+        if self.do_sample and not self.temperature > 0:
+            raise GenerationError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class StepBatch:
+    """One decoding step of a batch, on the host. Row r belongs to prompt r."""
+
+    step: int
+    token_ids: npt.NDArray[np.int64]  # [B]
+    logits: npt.NDArray[np.float32]  # [B, 5]: logprob, entropy_bits, margin, topk_mass, surprisal_bits
+    hidden: npt.NDArray[np.float32]  # [B, 3, L]: l2, maxabs, nonfinite count
+    heads: npt.NDArray[np.float32] | None  # [B, L, H]
+    ffn: npt.NDArray[np.float32] | None  # [B, L]
+    active: npt.NDArray[np.bool_]  # [B]: False once a sequence has finished before this step
+    latency_us: int
+    peak_memory_bytes: int
+
+
+@dataclass
+class Generated:
+    """The outcome of one prompt."""
+
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str = "LENGTH"
+    prompt_tokens: int = 0
+    prompt_surprisal_bits: float | None = None
+    prefill_us: int = 0
+    decode_us: int = 0
+
+
+StepCallback = Callable[[StepBatch], None]
+
+
+class InstrumentedGenerator:
+    """Generates for a batch of prompts with a model, reporting every step's statistics."""
+
+    def __init__(self, loaded: LoadedModel, signal: AttentionSignal | None = None, max_prompt_tokens: int = 512,
+                 max_new_tokens_limit: int = 1024) -> None:  # fmt: skip
+        self.loaded = loaded
+        self.anat = anatomy(loaded.model)
+        if signal is None:
+            signal = "ENTROPY" if loaded.attn_implementation == "eager" else "OUTPUT_NORM"
+        if signal == "ENTROPY" and loaded.attn_implementation != "eager":
+            raise GenerationError("attention ENTROPY needs the model loaded with attn_implementation='eager'")
+        self.signal: AttentionSignal = signal
+        self.max_prompt_tokens = max_prompt_tokens
+        self.max_new_tokens_limit = max_new_tokens_limit
+        self.probe = Probe(self.anat, signal)
+        tok = loaded.tokenizer
+        self.eos_id = tok.eos_token_id
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
+
+    @property
+    def num_layers(self) -> int:
+        return self.anat.num_layers
+
+    @property
+    def num_heads(self) -> int:
+        return self.anat.num_heads
+
+    def close(self) -> None:
+        self.probe.remove()
+
+    @torch.inference_mode()
+    def generate(
+        self, prompts: Sequence[str], params: GenParams, on_step: StepCallback | None = None
+    ) -> list[Generated]:
+        params.check(self.max_new_tokens_limit)
+        if not prompts:
+            return []
+        model, tok = self.loaded.model, self.loaded.tokenizer
+        device = self.loaded.device
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        if self.loaded.is_seq2seq:
+            enc = tok(list(prompts), return_tensors="pt", padding=True)
+        else:
+            enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        lengths = enc.attention_mask.sum(-1).tolist()
+        too_long = [n for n in lengths if n > self.max_prompt_tokens]
+        if too_long:
+            raise GenerationError(f"prompt of {max(too_long)} tokens exceeds the limit of {self.max_prompt_tokens}")
+        input_ids = enc.input_ids.to(device)
+        mask = enc.attention_mask.to(device)
+        b = input_ids.shape[0]
+        results = [Generated(prompt_tokens=int(n)) for n in lengths]
+        gen = torch.Generator(device=device)
+        if params.seed is not None:
+            gen.manual_seed(params.seed)
+        else:
+            gen.seed()
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        want_attn = self.signal == "ENTROPY"
+
+        t0 = time.perf_counter()
+        if self.loaded.is_seq2seq:
+            encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=mask)
+            start = model.config.decoder_start_token_id
+            next_input = torch.full((b, 1), start if start is not None else self.pad_id, device=device)
+            past = None
+            surprisal: list[float | None] = [None] * b
+
+            def forward(inp: Tensor, past_kv: object) -> object:
+                return model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=inp,
+                             past_key_values=past_kv, use_cache=True, output_attentions=want_attn)  # fmt: skip
+        else:
+            position = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True,
+                        output_attentions=want_attn)  # fmt: skip
+            surprisal = _prompt_surprisal(out.logits, input_ids, mask)
+            past = out.past_key_values
+            next_pos = position[:, -1:] + 1
+
+        prefill_us = 0
+        for step in range(params.max_new_tokens):
+            ts = time.perf_counter()
+            if self.loaded.is_seq2seq:
+                out = forward(next_input, past)
+            elif step > 0:
+                mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=-1)
+                out = model(input_ids=next_input, attention_mask=mask, position_ids=next_pos, past_key_values=past,
+                            use_cache=True, output_attentions=want_attn)  # fmt: skip
+                next_pos = next_pos + 1
+            past = out.past_key_values
+            logits = out.logits[:, -1, :]
+            chosen = self._choose(logits, params, gen)
+            chosen = torch.where(finished, torch.full_like(chosen, self.pad_id), chosen)
+            active = ~finished
+            parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1), logit_stats(logits, chosen, TOPK),
+                     hidden_stats(self.probe.take_hidden()).flatten(1)]  # fmt: skip
+            heads = self._heads(out)
+            ffn = self.probe.take_ffn()
+            if heads is not None:
+                parts.append(heads.flatten(1))
+            if ffn is not None:
+                parts.append(ffn)
+            host = torch.cat(parts, dim=-1).cpu().numpy()  # the one copy to the host per step
+            if self.eos_id is not None:
+                finished = finished | (chosen == self.eos_id)
+            now = time.perf_counter()
+            latency_us = int((now - (t0 if step == 0 else ts)) * 1e6)
+            if step == 0:
+                prefill_us = latency_us
+            batch = self._unpack(host, step, latency_us, heads is not None, ffn is not None, cuda, device)
+            for r in range(b):
+                if batch.active[r]:
+                    results[r].token_ids.append(int(batch.token_ids[r]))
+                    if self.eos_id is not None and batch.token_ids[r] == self.eos_id:
+                        results[r].finish_reason = "STOP"
+            if on_step is not None:
+                on_step(batch)
+            if bool(finished.all()):
+                break
+            next_input = chosen.unsqueeze(-1)
+        total_us = int((time.perf_counter() - t0) * 1e6)
+        for r, res in enumerate(results):
+            res.prompt_surprisal_bits = surprisal[r]
+            res.prefill_us = prefill_us
+            res.decode_us = total_us - prefill_us
+        return results
+
+    def _choose(self, logits: Tensor, params: GenParams, gen: torch.Generator) -> Tensor:
+        if not params.do_sample:
+            return logits.argmax(-1)
+        x = logits.float() / params.temperature
+        if params.top_k > 0:
+            kth = x.topk(min(params.top_k, x.shape[-1]), dim=-1).values[:, -1:]
+            x = x.masked_fill(x < kth, -math.inf)
+        if params.top_p < 1.0:
+            sorted_x, idx = x.sort(dim=-1, descending=True)
+            cum = sorted_x.softmax(-1).cumsum(-1)
+            drop = cum - sorted_x.softmax(-1) > params.top_p  # keep the smallest prefix reaching top_p
+            sorted_x = sorted_x.masked_fill(drop, -math.inf)
+            x = torch.full_like(x, -math.inf).scatter(-1, idx, sorted_x)
+        return torch.multinomial(x.softmax(-1), 1, generator=gen).squeeze(-1)
+
+    def _heads(self, out: object) -> Tensor | None:
+        if self.signal == "ENTROPY":
+            attn = (
+                getattr(out, "decoder_attentions", None) if self.loaded.is_seq2seq else getattr(out, "attentions", None)
+            )
+            if not attn:
+                return None
+            return torch.stack([attention_entropy(a[:, :, -1, :]) for a in attn], dim=1)
+        return self.probe.take_heads()
+
+    def _unpack(self, host: npt.NDArray[np.float32], step: int, latency_us: int, has_heads: bool, has_ffn: bool,
+                cuda: bool, device: torch.device) -> StepBatch:  # fmt: skip
+        n_l, n_h = self.num_layers, self.num_heads
+        b = host.shape[0]
+        o = 7
+        hidden = host[:, o : o + 3 * n_l].reshape(b, 3, n_l)
+        o += 3 * n_l
+        heads = None
+        if has_heads:
+            heads = host[:, o : o + n_l * n_h].reshape(b, n_l, n_h)
+            o += n_l * n_h
+        ffn = host[:, o : o + n_l] if has_ffn else None
+        if cuda:
+            peak = int(torch.cuda.max_memory_allocated(device))
+        else:
+            peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return StepBatch(step=step, token_ids=host[:, 0].astype(np.int64), active=host[:, 1] > 0.5,
+                         logits=host[:, 2:7], hidden=hidden, heads=heads, ffn=ffn, latency_us=latency_us,
+                         peak_memory_bytes=peak)  # fmt: skip
+
+
+def _prompt_surprisal(logits: Tensor, input_ids: Tensor, mask: Tensor) -> list[float | None]:
+    """Mean surprisal in bits of each prompt's tokens under the model (left-padded batch)."""
+    if input_ids.shape[1] < 2:
+        return [None] * input_ids.shape[0]
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    tok_logp = logp.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    m = (mask[:, 1:] * mask[:, :-1]).float()
+    n = m.sum(-1)
+    mean = -(tok_logp * m).sum(-1) / n.clamp(min=1) / LN2
+    return [float(v) if c > 0 else None for v, c in zip(mean.tolist(), n.tolist(), strict=True)]

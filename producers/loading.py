@@ -1,0 +1,111 @@
+"""Load any Hugging Face model id or local path (seq2seq or causal) with its tokenizer; default = the embedded model.
+
+Loading never reaches a hub at run time: ``local_files_only`` is on unless the caller allows downloads, so a model id
+works when it is in the local Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from evostream.errors import EvoError
+from producers.default_model import MODEL_ID, WEIGHTS_DIR
+
+DEFAULT_MODEL = "default"
+
+
+class ModelLoadError(EvoError):
+    """The model or its tokenizer could not be loaded."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to generate, with what evostream needs to know about it."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    name: str
+    version: str
+    """Registry version: ``name@<12 hex of the weights' sha256>`` for local weights, else the name."""
+    is_seq2seq: bool
+    attn_implementation: str
+
+    @property
+    def device(self) -> torch.device:
+        device: torch.device = next(self.model.parameters()).device
+        return device
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def weights_digest(path: Path) -> str | None:
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def load_model(
+    source: str = DEFAULT_MODEL,
+    device: str | None = None,
+    dtype: torch.dtype | None = None,
+    attn_implementation: Literal["eager", "sdpa"] | None = None,
+    allow_download: bool = False,
+) -> LoadedModel:
+    """Load ``source`` ("default", a local folder, or a cached Hugging Face id) onto ``device``."""
+    path = WEIGHTS_DIR if source == DEFAULT_MODEL else Path(source)
+    name = MODEL_ID if source == DEFAULT_MODEL else source
+    ref = str(path) if path.exists() else source
+    if source == DEFAULT_MODEL and not (path / "config.json").exists():
+        raise ModelLoadError(f"the embedded model is missing from {path}: run python -m producers.default_model.train")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    local_only = not allow_download
+    try:
+        config = AutoConfig.from_pretrained(ref, local_files_only=local_only)
+        is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
+        kwargs: dict[str, object] = {"local_files_only": local_only}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = cls.from_pretrained(ref, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load model {source!r}: {e}") from e
+    return wrap_model(model.to(device).eval(), tokenizer, name, weights_digest(path) if path.exists() else None)
+
+
+def wrap_model(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, digest: str | None = None
+) -> LoadedModel:
+    """Describe an in-memory model (built from a config in tests, or a candidate of evolution)."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        name=name,
+        version=f"{name}@{digest}" if digest else name,
+        is_seq2seq=bool(getattr(model.config, "is_encoder_decoder", False)),
+        attn_implementation=str(getattr(model.config, "_attn_implementation", "eager")),
+    )

@@ -1,0 +1,183 @@
+"""``evostream serve``: consume evo.requests, generate in dynamic batches, emit steps and completions.
+
+At-least-once: a request's offset is committed only after its Completion and every one of its steps are acknowledged.
+A request that cannot be served (undecodable bytes, bad parameters, an oversize prompt, a model error) gets an error
+Completion or, when it cannot even be read, a dead letter: never silence, and the partition never blocks.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+
+from evostream.bus.producer import EventProducer
+from evostream.errors import DecodeError, EvoError
+from producers.embedding import PromptEmbedder
+from producers.emitter import StepEmitter
+from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator, StepBatch
+from producers.loading import LoadedModel
+from producers.records import TokenTexts, TraceMeta, completion_record, now_us, step_records
+from schemas.catalog import COMPLETIONS, DLQ, REQUESTS
+from schemas.codec import RecordCodec
+
+log = logging.getLogger("evostream.serve")
+GROUP = "evostream-inference"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    max_batch: int = 8
+    max_wait_ms: int = 5
+    max_prompt_tokens: int = 512
+    max_new_tokens_limit: int = 1024
+
+
+@dataclass
+class _Pending:
+    msg: Message
+    meta: TraceMeta
+    prompt: str
+    params: GenParams
+
+
+class InferenceService:
+    """One consumer-group member serving requests with one model."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        loaded: LoadedModel,
+        embedder: PromptEmbedder | None,
+        options: ServeOptions = ServeOptions(),
+        generator: InstrumentedGenerator | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.loaded = loaded
+        self.embedder = embedder
+        self.options = options
+        self.generator = generator or InstrumentedGenerator(
+            loaded, max_prompt_tokens=options.max_prompt_tokens, max_new_tokens_limit=options.max_new_tokens_limit
+        )
+        self.producer = EventProducer(bootstrap)
+        self.emitter = StepEmitter(self.producer)
+        self.texts = TokenTexts(loaded.tokenizer)
+        self.requests = RecordCodec("InferenceRequest")
+        self.completions = RecordCodec("Completion")
+        self.dead_letters = RecordCodec("DeadLetter")
+        self.stop_event = threading.Event()
+        self.served = 0
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP, "enable.auto.commit": False,
+                                  "auto.offset.reset": "earliest", "log_level": 3})  # fmt: skip
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM / SIGINT finish the in-flight batch, flush, commit, then stop."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def run(self, on_ready: Callable[[], None] = lambda: None, max_requests: int | None = None) -> None:
+        self.consumer.subscribe([REQUESTS])
+        on_ready()
+        try:
+            while not self.stop_event.is_set():
+                if max_requests is not None and self.served >= max_requests:
+                    break
+                msgs = self._poll_batch()
+                if msgs:
+                    self._serve(msgs)
+        finally:
+            self.emitter.close()
+            self.consumer.close()
+
+    def _poll_batch(self) -> list[Message]:
+        first = self.consumer.consume(self.options.max_batch, timeout=0.5)
+        msgs = [m for m in first if m.error() is None]
+        deadline = time.monotonic() + self.options.max_wait_ms / 1000
+        while msgs and len(msgs) < self.options.max_batch and time.monotonic() < deadline:
+            more = self.consumer.consume(
+                self.options.max_batch - len(msgs), timeout=max(0.0, deadline - time.monotonic())
+            )
+            msgs += [m for m in more if m.error() is None]
+        for m in first:
+            err = m.error()
+            if err is not None and err.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(err)
+        return msgs
+
+    def _serve(self, msgs: list[Message]) -> None:
+        started = now_us()
+        groups: dict[GenParams, list[_Pending]] = {}
+        for msg in msgs:
+            pending = self._read(msg, started)
+            if pending is not None:
+                groups.setdefault(pending.params, []).append(pending)
+        for params, batch in groups.items():
+            self._generate(params, batch, started)
+        self.emitter.drain()
+        self.producer.flush(60)
+        self.consumer.commit(asynchronous=False)
+
+    def _read(self, msg: Message, started: int) -> _Pending | None:
+        try:
+            req = self.requests.decode(msg.value() or b"")
+        except DecodeError as e:
+            self._dead_letter(msg, e)
+            return None
+        meta = TraceMeta(uuid.uuid4().hex, req["request_id"], req["reply_to"] or req["request_id"], req["tenant"],
+                         req["submitted_at_us"])  # fmt: skip
+        p = req["params"]
+        params = GenParams(p["max_new_tokens"], p["do_sample"], p["temperature"], p["top_k"], p["top_p"], p["seed"])
+        try:
+            params.check(self.options.max_new_tokens_limit)
+            n = len(self.loaded.tokenizer(req["prompt"]).input_ids)
+            if n > self.options.max_prompt_tokens:
+                raise GenerationError(f"prompt of {n} tokens exceeds the limit of {self.options.max_prompt_tokens}")
+        except GenerationError as e:
+            self._complete(meta, None, "", self._embed([req["prompt"]])[0], started, error=str(e))
+            return None
+        return _Pending(msg, meta, req["prompt"], params)
+
+    def _generate(self, params: GenParams, batch: list[_Pending], started: int) -> None:
+        metas = [p.meta for p in batch]
+        version = self.loaded.version
+        signal_name = self.generator.signal
+
+        def on_step(sb: StepBatch) -> None:
+            self.emitter.submit(lambda: step_records(sb, metas, version, signal_name, self.texts))
+
+        embeddings = self._embed([p.prompt for p in batch])
+        try:
+            results = self.generator.generate([p.prompt for p in batch], params, on_step)
+        except (EvoError, RuntimeError, ValueError) as e:  # a model error fails the batch, loudly, per request
+            log.exception("generation failed for %d requests", len(batch))
+            for p, emb in zip(batch, embeddings, strict=True):
+                self._complete(p.meta, None, "", emb, started, error=f"model error: {e}")
+            return
+        tok = self.loaded.tokenizer
+        for p, res, emb in zip(batch, results, embeddings, strict=True):
+            text = tok.decode(res.token_ids, skip_special_tokens=True)
+            self._complete(p.meta, res, text, emb, started)
+
+    def _embed(self, prompts: list[str]) -> list[list[float]]:
+        if self.embedder is None:
+            return [[] for _ in prompts]
+        return self.embedder.embed(prompts)
+
+    def _complete(self, meta: TraceMeta, gen: Generated | None, text: str, embedding: list[float], started: int,
+                  error: str | None = None) -> None:  # fmt: skip
+        rec = completion_record(meta, self.loaded.version, gen, text, embedding, started, error)
+        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec))
+        self.served += 1
+
+    def _dead_letter(self, msg: Message, error: Exception) -> None:
+        rec = {"source_topic": msg.topic() or REQUESTS, "partition": msg.partition() or 0, "offset": msg.offset() or 0,
+               "original_key": msg.key(), "raw_value": msg.value(), "error_type": type(error).__name__,
+               "error": str(error), "consumer": GROUP, "failed_at_us": now_us()}  # fmt: skip
+        self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec))
+        self.served += 1
