@@ -1,0 +1,99 @@
+"""The producer service against the real broker: requests in, one step event per token and a completion out."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from evostream.bus.consumer import EventConsumer
+from evostream.bus.producer import EventProducer
+from producers.client import InferenceClient
+from producers.embedding import PromptEmbedder
+from producers.service import InferenceService, ServeOptions
+from schemas.catalog import DLQ, REQUESTS, STEPS
+from schemas.codec import RecordCodec
+from schemas.tensors import step_heads, step_layers
+from tests.producers.models import tiny
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def service(kafka: str) -> Iterator[InferenceService]:
+    svc = InferenceService(kafka, tiny("t5"), PromptEmbedder(), ServeOptions(max_batch=4, max_wait_ms=20,
+                                                                           max_prompt_tokens=64))  # fmt: skip
+    ready = threading.Event()
+    thread = threading.Thread(target=svc.run, kwargs={"on_ready": ready.set}, daemon=True)
+    thread.start()
+    assert ready.wait(30)
+    yield svc
+    svc.stop_event.set()
+    thread.join(60)
+    assert not thread.is_alive(), "the service did not stop after its in-flight batch"
+
+
+def steps_of(kafka: str, traces: set[str], expected: int, timeout_s: float = 60) -> Counter[str]:
+    codec = RecordCodec("GenerationStep")
+    seen: Counter[str] = Counter()
+    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [STEPS]) as c:
+        deadline = time.monotonic() + timeout_s
+        while sum(seen.values()) < expected and time.monotonic() < deadline:
+            for m in c.poll_batch(1000, 0.5):
+                rec = codec.decode(m.value() or b"")
+                if rec["trace_id"] in traces:
+                    assert m.key() == rec["trace_id"].encode()
+                    assert step_layers(rec, "layer_hidden_l2").shape == (2,)
+                    assert step_heads(rec).shape == (2, 4)
+                    assert rec["attention_signal"] == "OUTPUT_NORM"
+                    seen[rec["trace_id"]] += 1
+    return seen
+
+
+def test_each_request_gets_a_completion_and_one_step_event_per_token(kafka: str, service: InferenceService) -> None:
+    client = InferenceClient(kafka)
+    sent = [client.publish(p, max_new_tokens=n) for p, n in [("reverse: hello", 5), ("sort: cab", 7), ("add: 1+2", 3)]]
+    replies = [client.await_reply(s, timeout_s=60) for s in sent]
+    for s, r in zip(sent, replies, strict=True):
+        assert r["request_id"] == s.request_id
+        assert r["error"] is None
+        assert r["finish_reason"] in ("STOP", "LENGTH")
+        assert 1 <= r["token_count"] <= 7
+        assert len(r["prompt_embedding"]) == 384
+        assert r["model_version"] == "tiny-t5"
+    counts = steps_of(kafka, {r["trace_id"] for r in replies}, sum(r["token_count"] for r in replies))
+    assert counts == Counter({r["trace_id"]: r["token_count"] for r in replies})
+
+
+def test_oversize_prompt_and_bad_params_get_error_completions(kafka: str, service: InferenceService) -> None:
+    client = InferenceClient(kafka)
+    big = client.publish("x" * 500)
+    zero = client.publish("reverse: abc", max_new_tokens=0)
+    big_reply = client.await_reply(big, 60)
+    assert big_reply["finish_reason"] == "ERROR"
+    assert "exceeds the limit of 64" in big_reply["error"]
+    zero_reply = client.await_reply(zero, 60)
+    assert "max_new_tokens must be in 1..1024" in zero_reply["error"]
+
+
+def test_undecodable_request_goes_to_the_dead_letter_queue(kafka: str, service: InferenceService) -> None:
+    key = f"garbage-{uuid.uuid4().hex}".encode()
+    producer = EventProducer(kafka)
+    producer.send(REQUESTS, key, b"this is not avro")
+    producer.flush(10)
+    codec = RecordCodec("DeadLetter")
+    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [DLQ]) as c:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for m in c.poll_batch(100, 0.5):
+                rec = codec.decode(m.value() or b"")
+                if rec["original_key"] == key:
+                    assert rec["error_type"] == "BadMagicError"
+                    assert rec["raw_value"] == b"this is not avro"
+                    assert rec["source_topic"] == REQUESTS
+                    return
+    pytest.fail("no dead letter for the undecodable request")
