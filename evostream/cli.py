@@ -113,6 +113,30 @@ def selfcheck(count: Annotated[int, typer.Option(help="Records to send and read 
 
 @app.command()
 @friendly
+def demo(bootstrap: Bootstrap = None) -> None:
+    """Serve the embedded model and answer one prompt per task through Kafka (the README's main job)."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.demo import run_demo
+    from evostream.stack import resolve_bootstrap
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    answers = run_demo(server, _say)
+    right = 0
+    for a in answers:
+        ok = a.answer == a.expected
+        right += ok
+        typer.echo(f"{'ok ' if ok else 'BAD'} {a.prompt!r:34} -> {a.answer!r:14} trace {a.trace_id} "
+                   f"{a.tokens} tokens, {a.step_events} step events, {a.total_ms:.0f} ms")  # fmt: skip
+    typer.echo(f"{right}/{len(answers)} tasks answered right; every token has its GenerationStep on evo.steps"
+               if all(a.step_events == a.tokens for a in answers) else "step events are missing!")  # fmt: skip
+    if not all(a.step_events == a.tokens for a in answers):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
 def serve(
     model: Annotated[
         str, typer.Option(help="'default' (the embedded model), a local folder, or a cached HF id.")

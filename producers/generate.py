@@ -38,6 +38,8 @@ class GenParams:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    stop_at_eos: bool = True
+    """False generates exactly max_new_tokens (benchmarks compare equal work)."""
 
     def check(self, limit: int) -> None:
         if not 1 <= self.max_new_tokens <= limit:
@@ -185,7 +187,7 @@ class InstrumentedGenerator:
             if ffn is not None:
                 parts.append(ffn)
             host = torch.cat(parts, dim=-1).cpu().numpy()  # the one copy to the host per step
-            if self.eos_id is not None:
+            if self.eos_id is not None and params.stop_at_eos:
                 finished = finished | (chosen == self.eos_id)
             now = time.perf_counter()
             latency_us = int((now - (t0 if step == 0 else ts)) * 1e6)
@@ -195,7 +197,7 @@ class InstrumentedGenerator:
             for r in range(b):
                 if batch.active[r]:
                     results[r].token_ids.append(int(batch.token_ids[r]))
-                    if self.eos_id is not None and batch.token_ids[r] == self.eos_id:
+                    if params.stop_at_eos and self.eos_id is not None and batch.token_ids[r] == self.eos_id:
                         results[r].finish_reason = "STOP"
             if on_step is not None:
                 on_step(batch)

@@ -1,0 +1,80 @@
+"""The main job on the embedded default: serve the default model in-process and answer one prompt per suite task
+through Kafka, showing each answer, its trace id, and that evo.steps holds one event per generated token."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from evostream.bus.consumer import EventConsumer
+from evostream.errors import EvoError
+from producers.client import InferenceClient
+from producers.embedding import PromptEmbedder
+from producers.loading import load_model
+from producers.service import InferenceService, ServeOptions
+from producers.suite.tasks import make_split
+from schemas.catalog import STEPS
+from schemas.codec import RecordCodec
+
+
+@dataclass(frozen=True)
+class DemoAnswer:
+    task: str
+    prompt: str
+    expected: str
+    answer: str
+    trace_id: str
+    tokens: int
+    step_events: int
+    total_ms: float
+
+
+def run_demo(bootstrap: str, say: Callable[[str], None], timeout_s: float = 120.0) -> list[DemoAnswer]:
+    loaded = load_model("default")
+    service = InferenceService(bootstrap, loaded, PromptEmbedder(), ServeOptions(max_batch=8, max_wait_ms=20))
+    ready = threading.Event()
+    thread = threading.Thread(target=service.run, kwargs={"on_ready": ready.set}, daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise EvoError("the inference service did not start")
+    say(f"serving {loaded.version} ({loaded.parameter_count():,} parameters) on {loaded.device}")
+    try:
+        examples = {e.task: e for e in make_split("demo", 1)}
+        client = InferenceClient(bootstrap, tenant="demo")
+        sent = {task: client.publish(e.prompt, max_new_tokens=32) for task, e in examples.items()}
+        replies = {task: client.await_reply(s, timeout_s) for task, s in sent.items()}
+    finally:
+        service.stop_event.set()
+        thread.join(60)
+    counts = _count_steps(bootstrap, {r["trace_id"] for r in replies.values()},
+                          sum(r["token_count"] for r in replies.values()), timeout_s)  # fmt: skip
+    return [
+        DemoAnswer(
+            task,
+            examples[task].prompt,
+            examples[task].answer,
+            r["output_text"],
+            r["trace_id"],
+            r["token_count"],
+            counts[r["trace_id"]],
+            r["timings"]["total_us"] / 1000,
+        )
+        for task, r in replies.items()
+    ]
+
+
+def _count_steps(bootstrap: str, traces: set[str], expected: int, timeout_s: float) -> Counter[str]:
+    codec = RecordCodec("GenerationStep")
+    seen: Counter[str] = Counter()
+    with EventConsumer(bootstrap, f"evostream-demo-{uuid.uuid4().hex[:8]}", [STEPS]) as consumer:
+        deadline = time.monotonic() + timeout_s
+        while sum(seen.values()) < expected and time.monotonic() < deadline:
+            for msg in consumer.poll_batch(5000, 0.5):
+                rec = codec.decode(msg.value() or b"")
+                if rec["trace_id"] in traces:
+                    seen[rec["trace_id"]] += 1
+    return seen
