@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 import torch
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from evostream.errors import EvoError
 
 DIM = 384
+hf_logging.disable_progress_bar()
 
 
 class EmbedderError(EvoError):

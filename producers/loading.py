@@ -21,10 +21,13 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from transformers.utils import logging as hf_logging
+
 from evostream.errors import EvoError
 from producers.default_model import MODEL_ID, WEIGHTS_DIR
 
 DEFAULT_MODEL = "default"
+hf_logging.disable_progress_bar()  # a service's stderr is for its own messages
 
 
 class ModelLoadError(EvoError):
