@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 LETTERS = string.ascii_lowercase
@@ -75,11 +75,16 @@ TASKS: tuple[Task, ...] = (
 )
 
 
-def training_stream(seed: int, exclude: frozenset[str]) -> Iterator[Example]:
-    """An endless, seeded stream of examples, round-robin over tasks, never one whose prompt is in ``exclude``."""
+def training_stream(seed: int, exclude: frozenset[str], mix: Mapping[str, int] | None = None) -> Iterator[Example]:
+    """An endless, seeded stream of examples, round-robin over tasks (``mix[task]`` times per round, default once),
+    never one whose prompt is in ``exclude``."""
     rng = random.Random(f"train/{seed}")
+    unknown = set(mix or {}) - {t.name for t in TASKS}
+    if unknown:
+        raise ValueError(f"unknown tasks in mix: {sorted(unknown)}")
+    cycle = [t for t in TASKS for _ in range((mix or {}).get(t.name, 1))]
     while True:
-        for task in TASKS:
+        for task in cycle:
             while True:
                 prompt, answer = task.make(rng)
                 if prompt not in exclude:
