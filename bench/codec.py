@@ -1,6 +1,6 @@
 """Avro single-object encode and decode rates of GenerationStep records, at several model shapes.
 
-Run: python bench/codec.py [--records N]
+Run: python -m bench.codec [--records N]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
         both = 1 / (1 / enc + 1 / dec)
         size = sum(map(len, blobs)) / len(blobs)
         print(f"{f'{layers} x {heads}':>15} {size:6.0f} {enc:10,.0f} {dec:10,.0f} {both:10,.0f}")
-    print(f"# reproduce: python bench/codec.py --records {args.records} --reps {args.reps}", file=sys.stderr)
+    print(f"# reproduce: python -m bench.codec --records {args.records} --reps {args.reps}", file=sys.stderr)
 
 
 if __name__ == "__main__":

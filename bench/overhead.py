@@ -5,7 +5,7 @@ stop_at_eos off). The instrumented path computes every step statistic on the dev
 per token through the background emitter to a real Kafka broker (acks=all, idempotent); delivery is awaited inside
 the timed region.
 
-Run: python bench/overhead.py [--models default,gpt2-30m] [--tokens 64,256] [--reps 5] [--device cpu]
+Run: python -m bench.overhead [--models default,gpt2-30m] [--tokens 64,256] [--reps 5] [--device cpu]
 """
 
 from __future__ import annotations
@@ -13,19 +13,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from bench.broker import bench_broker
 from evostream.bus.admin import delete_topics, ensure_topics
 from evostream.bus.producer import EventProducer
-from evostream.settings import load_settings
-from evostream.stack import LocalStack
 from producers.emitter import StepEmitter
 from producers.generate import GenParams, InstrumentedGenerator, StepBatch
 from producers.loading import LoadedModel, load_model, wrap_model
@@ -110,26 +107,8 @@ def bench_model(lm: LoadedModel, bootstrap: str, topic: str, tokens: int, reps: 
     return plain_t, inst_t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="default,gpt2-30m")
-    ap.add_argument("--tokens", default="64,256")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--bootstrap", default=None)
-    args = ap.parse_args()
+def run(bootstrap: str, args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype)
-    settings = load_settings(bootstrap_servers=args.bootstrap)
-    stack = None
-    bootstrap = settings.bootstrap_servers
-    if bootstrap is None:
-        state = LocalStack(settings).read_state()
-        if state is None:
-            stack = LocalStack(load_settings(stack_dir=Path(tempfile.mkdtemp(prefix="evostream-bench-")),
-                                             broker_port=0, controller_port=0))  # fmt: skip
-            state = stack.up(lambda m: print(m, file=sys.stderr))
-        bootstrap = state.bootstrap
     topic = TopicSpec(f"evo.bench.steps.{uuid.uuid4().hex[:8]}", "GenerationStep", "trace_id", 6, "delete",
                       3600_000, "benchmark")  # fmt: skip
     ensure_topics(bootstrap, [topic])
@@ -152,10 +131,20 @@ def main() -> None:
             del lm
     finally:
         delete_topics(bootstrap, [topic.name])
-        if stack is not None:
-            stack.down()
-            stack.wipe()
-    print(f"# reproduce: python bench/overhead.py --models {args.models} --tokens {args.tokens} --reps {args.reps} "
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="default,gpt2-30m")
+    ap.add_argument("--tokens", default="64,256")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--bootstrap", default=None)
+    args = ap.parse_args()
+    with bench_broker(args.bootstrap) as bootstrap:
+        run(bootstrap, args)
+    print(f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
           f"--device {args.device} --dtype {args.dtype}", file=sys.stderr)  # fmt: skip
 
 

@@ -7,23 +7,20 @@ Measures, in one run, side by side:
   consume+decode   and Avro-decoded
 
 Uses the broker at --bootstrap, else the running local stack, else starts a private one (2 GB heap) and stops it.
-Run: python bench/produce.py [--records N] [--layers L --heads H]
+Run: python -m bench.produce [--records N] [--layers L --heads H]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
+from bench.broker import bench_broker
 from evostream.bus.admin import delete_topics, ensure_topics
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
-from evostream.settings import load_settings
-from evostream.stack import LocalStack
 from schemas.catalog import TopicSpec
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
@@ -99,24 +96,9 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
-    settings = load_settings(bootstrap_servers=args.bootstrap)
-    bootstrap = settings.bootstrap_servers
-    stack = None
-    if bootstrap is None:
-        state = LocalStack(settings).read_state()
-        if state is not None:
-            bootstrap = state.bootstrap
-        else:
-            tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-"))
-            stack = LocalStack(load_settings(stack_dir=tmp, broker_port=0, controller_port=0, broker_heap="2g"))
-            bootstrap = stack.up(lambda m: print(m, file=sys.stderr)).bootstrap
-    try:
+    with bench_broker(args.bootstrap) as bootstrap:
         run(bootstrap, args.records, args.layers, args.heads, args.partitions)
-    finally:
-        if stack is not None:
-            stack.down()
-            stack.wipe()
-    print(f"# reproduce: python bench/produce.py --records {args.records} --layers {args.layers} --heads {args.heads}"
+    print(f"# reproduce: python -m bench.produce --records {args.records} --layers {args.layers} --heads {args.heads}"
           f" --partitions {args.partitions}", file=sys.stderr)  # fmt: skip
 
 

@@ -4,21 +4,16 @@ through Kafka, showing each answer, its trace id, and that evo.steps holds one e
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from evostream.bus.consumer import EventConsumer
 from evostream.errors import EvoError
 from producers.client import InferenceClient
 from producers.embedding import PromptEmbedder
 from producers.loading import load_model
 from producers.service import InferenceService, ServeOptions
 from producers.suite.tasks import make_split
-from schemas.catalog import STEPS
-from schemas.codec import RecordCodec
 
 
 @dataclass(frozen=True)
@@ -50,8 +45,9 @@ def run_demo(bootstrap: str, say: Callable[[str], None], timeout_s: float = 120.
     finally:
         service.stop_event.set()
         thread.join(60)
-    counts = _count_steps(bootstrap, {r["trace_id"] for r in replies.values()},
-                          sum(r["token_count"] for r in replies.values()), timeout_s)  # fmt: skip
+    traces = {r["trace_id"] for r in replies.values()}
+    steps = client.trace_steps(traces, sum(r["token_count"] for r in replies.values()), timeout_s)
+    counts = Counter(s["trace_id"] for s in steps)
     return [
         DemoAnswer(
             task,
@@ -65,16 +61,3 @@ def run_demo(bootstrap: str, say: Callable[[str], None], timeout_s: float = 120.
         )
         for task, r in replies.items()
     ]
-
-
-def _count_steps(bootstrap: str, traces: set[str], expected: int, timeout_s: float) -> Counter[str]:
-    codec = RecordCodec("GenerationStep")
-    seen: Counter[str] = Counter()
-    with EventConsumer(bootstrap, f"evostream-demo-{uuid.uuid4().hex[:8]}", [STEPS]) as consumer:
-        deadline = time.monotonic() + timeout_s
-        while sum(seen.values()) < expected and time.monotonic() < deadline:
-            for msg in consumer.poll_batch(5000, 0.5):
-                rec = codec.decode(msg.value() or b"")
-                if rec["trace_id"] in traces:
-                    seen[rec["trace_id"]] += 1
-    return seen

@@ -9,9 +9,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
+from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.errors import EvoError
-from schemas.catalog import COMPLETIONS, REQUESTS
+from schemas.catalog import COMPLETIONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 
 
@@ -81,3 +82,16 @@ class InferenceClient:
             consumer.close()
         raise ReplyTimeoutError(f"no completion for request {published.request_id} within {timeout_s:.0f} s; "
                                 "is `evostream serve` running?")  # fmt: skip
+
+    def trace_steps(self, trace_ids: set[str], expected: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+        """The GenerationStep events of ``trace_ids`` on evo.steps: reads until ``expected`` are found or time is up."""
+        codec = RecordCodec("GenerationStep")
+        found: list[dict[str, Any]] = []
+        with EventConsumer(self.bootstrap, f"evostream-client-{uuid.uuid4().hex}", [STEPS]) as consumer:
+            deadline = time.monotonic() + timeout_s
+            while len(found) < expected and time.monotonic() < deadline:
+                for msg in consumer.poll_batch(5000, 0.5):
+                    rec = codec.decode(msg.value() or b"")
+                    if rec["trace_id"] in trace_ids:
+                        found.append(rec)
+        return found

@@ -7,13 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 
-from evostream.bus.consumer import EventConsumer
-from schemas.catalog import STEPS
-from schemas.codec import RecordCodec
+from producers.client import InferenceClient
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "evostream.cli"]
@@ -42,11 +39,6 @@ def test_publish_wait_returns_the_answer_with_its_trace_and_one_step_per_token(k
         code = serve.wait(60)
     assert code == 0, "serve must shut down gracefully on SIGTERM"
 
-    codec = RecordCodec("GenerationStep")
-    steps = []
-    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [STEPS]) as c:
-        deadline = time.monotonic() + 60
-        while len(steps) < tokens and time.monotonic() < deadline:
-            steps += [r for m in c.poll_batch(5000, 0.5) if (r := codec.decode(m.value() or b""))["trace_id"] == trace]
+    steps = InferenceClient(kafka).trace_steps({trace}, tokens)
     assert sorted(s["step"] for s in steps) == list(range(tokens))
     assert "".join(s["token_text"] for s in sorted(steps, key=lambda s: s["step"])).startswith("olleh")

@@ -15,7 +15,7 @@ from evostream.bus.producer import EventProducer
 from producers.client import InferenceClient
 from producers.embedding import PromptEmbedder
 from producers.service import InferenceService, ServeOptions
-from schemas.catalog import DLQ, REQUESTS, STEPS
+from schemas.catalog import DLQ, REQUESTS
 from schemas.codec import RecordCodec
 from schemas.tensors import step_heads, step_layers
 from tests.producers.models import tiny
@@ -37,21 +37,12 @@ def service(kafka: str) -> Iterator[InferenceService]:
     assert not thread.is_alive(), "the service did not stop after its in-flight batch"
 
 
-def steps_of(kafka: str, traces: set[str], expected: int, timeout_s: float = 60) -> Counter[str]:
-    codec = RecordCodec("GenerationStep")
-    seen: Counter[str] = Counter()
-    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [STEPS]) as c:
-        deadline = time.monotonic() + timeout_s
-        while sum(seen.values()) < expected and time.monotonic() < deadline:
-            for m in c.poll_batch(1000, 0.5):
-                rec = codec.decode(m.value() or b"")
-                if rec["trace_id"] in traces:
-                    assert m.key() == rec["trace_id"].encode()
-                    assert step_layers(rec, "layer_hidden_l2").shape == (2,)
-                    assert step_heads(rec).shape == (2, 4)
-                    assert rec["attention_signal"] == "OUTPUT_NORM"
-                    seen[rec["trace_id"]] += 1
-    return seen
+def check_steps(steps: list[dict[str, object]]) -> Counter[str]:
+    for rec in steps:
+        assert step_layers(rec, "layer_hidden_l2").shape == (2,)
+        assert step_heads(rec).shape == (2, 4)
+        assert rec["attention_signal"] == "OUTPUT_NORM"
+    return Counter(str(rec["trace_id"]) for rec in steps)
 
 
 def test_each_request_gets_a_completion_and_one_step_event_per_token(kafka: str, service: InferenceService) -> None:
@@ -65,7 +56,8 @@ def test_each_request_gets_a_completion_and_one_step_event_per_token(kafka: str,
         assert 1 <= r["token_count"] <= 7
         assert len(r["prompt_embedding"]) == 384
         assert r["model_version"] == "tiny-t5"
-    counts = steps_of(kafka, {r["trace_id"] for r in replies}, sum(r["token_count"] for r in replies))
+    steps = client.trace_steps({r["trace_id"] for r in replies}, sum(r["token_count"] for r in replies))
+    counts = check_steps(steps)
     assert counts == Counter({r["trace_id"]: r["token_count"] for r in replies})
 
 
