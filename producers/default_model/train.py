@@ -1,6 +1,6 @@
 """Train the embedded default model from scratch on the task suite (deterministic; CPU minutes, GPU seconds).
 
-Run: python -m producers.default_model.train [--steps 9000] [--out producers/default_model/weights]
+Run: python -m producers.default_model.train [--steps 9000 --layers 3 --mix lookup=3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from producers.suite.evaluate import eval_set, evaluate
 from producers.suite.tasks import training_stream
 
 
-def default_config() -> T5Config:
-    """A 1.4M-parameter byte-level T5: 3+3 layers, 4 heads, d_model 128, ReLU FFN (so FFN sparsity is real)."""
+def default_config(layers: int = 3) -> T5Config:
+    """A small byte-level T5: ``layers``+``layers`` layers, 4 heads, d_model 128, ReLU FFN (so FFN sparsity is real)."""
     return T5Config(
-        vocab_size=384, d_model=128, d_kv=32, d_ff=512, num_layers=3, num_decoder_layers=3, num_heads=4,
+        vocab_size=384, d_model=128, d_kv=32, d_ff=512, num_layers=layers, num_decoder_layers=layers, num_heads=4,
         feed_forward_proj="relu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
         tie_word_embeddings=True,
     )  # fmt: skip
@@ -33,6 +33,8 @@ def default_config() -> T5Config:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=9000)
+    ap.add_argument("--layers", type=int, default=3, help="encoder and decoder layers")
+    ap.add_argument("--mix", default="", help="task weights per round, e.g. lookup=3,add=2")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=300)
@@ -44,10 +46,11 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = ByT5Tokenizer()
-    model = T5ForConditionalGeneration(default_config()).to(device)
+    model = T5ForConditionalGeneration(default_config(args.layers)).to(device)
+    mix = {k: int(v) for k, v in (item.split("=") for item in args.mix.split(",") if item)}
     n_params = sum(p.numel() for p in model.parameters())
     held_out = frozenset(e.prompt for e in eval_set())
-    stream = training_stream(args.seed, held_out)
+    stream = training_stream(args.seed, held_out, mix)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
     peak: float = args.lr
@@ -92,7 +95,8 @@ def main() -> None:
     tok.save_pretrained(args.out)
     report = {
         "parameters": n_params, "device": device, "threads": torch.get_num_threads(), "steps": args.steps,
-        "batch": args.batch, "lr": args.lr, "seed": args.seed, "train_seconds": round(train_s, 1),
+        "batch": args.batch, "lr": args.lr, "seed": args.seed, "layers": args.layers, "mix": mix,
+        "train_seconds": round(train_s, 1),
         "held_out_accuracy": acc, "history": history, "torch": torch.__version__,
     }  # fmt: skip
     (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
