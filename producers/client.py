@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.errors import EvoError
+from producers.records import now_us
 from schemas.catalog import COMPLETIONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 
@@ -41,7 +42,7 @@ class InferenceClient:
                 request_id: str | None = None) -> Published:  # fmt: skip
         """Send one request and wait for the broker's acknowledgement."""
         rid = request_id or uuid.uuid4().hex
-        submitted = time.time_ns() // 1000
+        submitted = now_us()
         record = {
             "request_id": rid,
             "prompt": prompt,

@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from producers.generate import Generated, StepBatch
+from producers.generate import TOPK, Generated, StepBatch
 from producers.probe import AttentionSignal
 from schemas.tensors import pack_f32
 
@@ -64,7 +64,7 @@ def step_records(batch: StepBatch, metas: Sequence[TraceMeta], model_version: st
             "entropy_bits": float(lg[1]),
             "top1_top2_margin": float(lg[2]),
             "topk_mass": float(lg[3]),
-            "topk_k": 10,
+            "topk_k": TOPK,
             "surprisal_bits": float(lg[4]),
             "num_layers": n_layers,
             "num_heads": n_heads,

@@ -15,8 +15,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Message
 
+from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.errors import DecodeError, EvoError
 from producers.embedding import PromptEmbedder
@@ -73,8 +74,7 @@ class InferenceService:
         self.dead_letters = RecordCodec("DeadLetter")
         self.stop_event = threading.Event()
         self.served = 0
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": GROUP, "enable.auto.commit": False,
-                                  "auto.offset.reset": "earliest", "log_level": 3})  # fmt: skip
+        self.consumer = EventConsumer(bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
 
     def install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT finish the in-flight batch, flush, commit, then stop."""
@@ -82,7 +82,6 @@ class InferenceService:
             signal.signal(sig, lambda *_: self.stop_event.set())
 
     def run(self, on_ready: Callable[[], None] = lambda: None, max_requests: int | None = None) -> None:
-        self.consumer.subscribe([REQUESTS])
         on_ready()
         try:
             while not self.stop_event.is_set():
@@ -96,18 +95,12 @@ class InferenceService:
             self.consumer.close()
 
     def _poll_batch(self) -> list[Message]:
-        first = self.consumer.consume(self.options.max_batch, timeout=0.5)
-        msgs = [m for m in first if m.error() is None]
+        msgs = self.consumer.poll_batch(self.options.max_batch, timeout_s=0.5)
         deadline = time.monotonic() + self.options.max_wait_ms / 1000
         while msgs and len(msgs) < self.options.max_batch and time.monotonic() < deadline:
-            more = self.consumer.consume(
-                self.options.max_batch - len(msgs), timeout=max(0.0, deadline - time.monotonic())
+            msgs += self.consumer.poll_batch(
+                self.options.max_batch - len(msgs), timeout_s=max(0.0, deadline - time.monotonic())
             )
-            msgs += [m for m in more if m.error() is None]
-        for m in first:
-            err = m.error()
-            if err is not None and err.code() != KafkaError._PARTITION_EOF:
-                raise KafkaException(err)
         return msgs
 
     def _serve(self, msgs: list[Message]) -> None:
@@ -119,9 +112,8 @@ class InferenceService:
                 groups.setdefault(pending.params, []).append(pending)
         for params, batch in groups.items():
             self._generate(params, batch, started)
-        self.emitter.drain()
-        self.producer.flush(60)
-        self.consumer.commit(asynchronous=False)
+        self.emitter.drain()  # flushes the shared producer: every step and completion of the batch is acknowledged
+        self.consumer.commit()
 
     def _read(self, msg: Message, started: int) -> _Pending | None:
         try:

@@ -47,6 +47,13 @@ class EventConsumer:
                 raise ConsumeError(f"consume error on {m.topic()}[{m.partition()}]: {err.str()}")
         return good
 
+    def commit(self) -> None:
+        """Commit the offsets of everything handed out so far, synchronously (for enable.auto.commit=false)."""
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as e:
+            raise ConsumeError(f"commit failed: {e}") from e
+
     def close(self) -> None:
         self._consumer.close()
 
