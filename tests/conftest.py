@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,4 +33,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield state.bootstrap
     finally:
+        # Destroy the Kafka clients tests left behind before their broker goes, or librdkafka logs reconnect
+        # failures over pytest's closing summary.
+        gc.collect()
         stack.down()

@@ -82,5 +82,13 @@ class EventProducer:
             self.failures = []
             raise DeliveryError(f"{n} records failed delivery; first to {topic}: {err.str()}")
 
+    def discard(self) -> int:
+        """Drop every record not yet acknowledged (after a reported failure); return how many were dropped."""
+        left = len(self._producer)
+        self._producer.purge()
+        self._producer.flush(0)
+        self.failures = []
+        return left
+
     def in_flight(self) -> int:
         return len(self._producer)
