@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.errors import EvoError
-from producers.records import now_us
+from producers.steps import now_us
 from schemas.catalog import COMPLETIONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 

@@ -1,82 +1,177 @@
-"""Background emission of step events: the generation thread hands over host arrays; a worker encodes and produces.
+"""Emission of step events from a separate process, so that encoding and producing never take the generating
+thread's interpreter lock.
 
-The queue is bounded: when Kafka falls behind, ``submit`` blocks (back-pressure) instead of dropping. A failure in the
-worker (encoding, delivery) is raised to the generation thread on its next ``submit`` or on ``close``.
+The generation thread pickles each step's small host arrays into a pipe; a worker process (spawned, so CUDA and
+threads in the parent are safe) builds the GenerationStep records, encodes them and produces them through its own
+idempotent producer. On a GPU, decoding is bound by how fast Python launches kernels: a worker *thread* doing the
+same work costs the generating thread about one GIL switch interval (5 ms) per token (measured in bench/overhead.py).
+
+The pipe is bounded by the operating system's buffer: when Kafka falls behind, ``submit`` blocks (back-pressure)
+instead of dropping. A failure in the worker (encoding, delivery, the process dying) is raised to the generation
+thread on its next ``submit``, ``drain`` or ``close`` as a ``DeliveryError``.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-from collections.abc import Callable, Sequence
+import contextlib
+import multiprocessing as mp
+import pickle
+import time
+from collections.abc import Mapping, Sequence
+from multiprocessing.connection import Connection
 from typing import Any
 
-from evostream.bus.producer import EventProducer
-from evostream.errors import DeliveryError
+from evostream.errors import DeliveryError, EvoError
+from producers.steps import AttentionSignal, StepBatch, TraceMeta, step_records
 from schemas.catalog import STEPS
-from schemas.codec import RecordCodec
 
-Job = Callable[[], Sequence[dict[str, Any]]]
-_STOP = object()
-
-
-class _Barrier:
-    def __init__(self) -> None:
-        self.reached = threading.Event()
+_STEP, _DRAIN, _STOP = 0, 1, 2
+_READY, _DRAINED, _FAILED = "ready", "drained", "failed"
 
 
 class StepEmitter:
-    """Encodes and produces GenerationStep records on a worker thread."""
+    """Encodes and produces GenerationStep records in a worker process."""
 
-    def __init__(self, producer: EventProducer, topic: str = STEPS, max_pending: int = 1024) -> None:
-        self.producer = producer
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str = STEPS,
+        producer_config: Mapping[str, Any] | None = None,
+        start_timeout_s: float = 60.0,
+    ) -> None:
         self.topic = topic
-        self.codec = RecordCodec("GenerationStep")
-        self._q: queue.Queue[object] = queue.Queue(maxsize=max_pending)
-        self._error: BaseException | None = None
         self.emitted = 0
-        self._worker = threading.Thread(target=self._run, name="evostream-step-emitter", daemon=True)
-        self._worker.start()
+        self._error: str | None = None
+        self._token = 0
+        ctx = mp.get_context("spawn")
+        self._jobs_r, self._jobs = ctx.Pipe(duplex=False)
+        self._results, results_w = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_worker,
+            args=(bootstrap, topic, dict(producer_config or {}), self._jobs_r, results_w),
+            name="evostream-step-emitter",
+            daemon=True,
+        )
+        self._proc.start()
+        results_w.close()
+        self._await(_READY, start_timeout_s)
 
-    def submit(self, job: Job) -> None:
-        """Queue a job that builds records (run on the worker, off the generation thread)."""
+    def submit(
+        self,
+        batch: StepBatch,
+        metas: Sequence[TraceMeta],
+        model_version: str,
+        signal: AttentionSignal,
+        token_texts: Sequence[str],
+    ) -> None:
+        """Hand one step over to the worker; blocks while the worker is behind (back-pressure)."""
+        self._collect()
         self._raise()
-        self._q.put(job)
+        payload = pickle.dumps((_STEP, batch, list(metas), model_version, signal, list(token_texts)), protocol=5)
+        try:
+            self._jobs.send_bytes(payload)
+        except (BrokenPipeError, OSError) as e:
+            raise DeliveryError(f"step emitter process is gone (exit code {self._proc.exitcode}): {e}") from e
 
-    def _run(self) -> None:
+    def drain(self, timeout_s: float = 60.0) -> None:
+        """Wait until every submitted step is encoded and acknowledged by the broker."""
+        self._token += 1
+        try:
+            self._jobs.send_bytes(pickle.dumps((_DRAIN, self._token, timeout_s)))
+        except (BrokenPipeError, OSError) as e:
+            raise DeliveryError(f"step emitter process is gone (exit code {self._proc.exitcode}): {e}") from e
+        self._await(_DRAINED, timeout_s + 5.0, self._token)
+        self._raise()
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Drain, then stop the worker process."""
+        try:
+            if self._proc.is_alive():
+                self.drain(timeout_s)
+        finally:
+            with contextlib.suppress(OSError):
+                self._jobs.send_bytes(pickle.dumps((_STOP,)))
+            self._proc.join(timeout_s)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._jobs.close()
+            self._results.close()
+
+    def _collect(self) -> None:
+        while self._results.poll():
+            self._handle(self._results.recv())
+
+    def _handle(self, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == _FAILED and self._error is None:
+            self._error = msg[1]
+        elif kind == _DRAINED:
+            self.emitted = msg[2]
+
+    def _await(self, kind: str, timeout_s: float, token: int | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
         while True:
-            job = self._q.get()
-            if job is _STOP:
-                return
-            if isinstance(job, _Barrier):
-                job.reached.set()
-                continue
-            if self._error is not None:
-                continue  # drain without work once failed; the error is reported to the caller
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeliveryError(f"step emitter did not answer within {timeout_s:.0f} s")
             try:
-                for rec in job():  # type: ignore[operator]
-                    self.producer.send(self.topic, rec["trace_id"], self.codec.encode(rec))
-                    self.emitted += 1
-            except BaseException as e:  # surfaced to the generation thread, never swallowed
-                self._error = e
+                ready = self._results.poll(min(left, 0.5))
+                msg = self._results.recv() if ready else None
+            except (EOFError, OSError):
+                msg = None
+                ready = False
+            if msg is not None:
+                self._handle(msg)
+                if msg[0] == kind and (token is None or msg[1] == token):
+                    return
+                if msg[0] == _FAILED and kind == _READY:
+                    self._raise()
+            elif not self._proc.is_alive():
+                self._raise()
+                raise DeliveryError(f"step emitter process died (exit code {self._proc.exitcode})")
 
     def _raise(self) -> None:
         if self._error is not None:
-            err = self._error
-            raise DeliveryError(f"step emission failed: {err}") from err
+            raise DeliveryError(f"step emission failed: {self._error}")
 
-    def drain(self, timeout_s: float = 60.0) -> None:
-        """Wait until every submitted job is encoded and every record acknowledged."""
-        barrier = _Barrier()
-        self._q.put(barrier)
-        if not barrier.reached.wait(timeout_s):
-            raise DeliveryError(f"step emitter did not catch up within {timeout_s:.0f} s")
-        self._raise()
-        self.producer.flush(timeout_s)
 
-    def close(self, timeout_s: float = 60.0) -> None:
+def _worker(bootstrap: str, topic: str, config: dict[str, Any], jobs: Connection, results: Connection) -> None:
+    """The worker process: decode steps from the pipe, build, encode and produce their records."""
+    from evostream.bus.producer import EventProducer  # imported here: the parent needs none of it
+    from schemas.codec import RecordCodec
+
+    try:
+        producer = EventProducer(bootstrap, config)
+        producer.connect(topic)
+        codec = RecordCodec("GenerationStep")
+    except EvoError as e:
+        results.send((_FAILED, str(e)))
+        return
+    results.send((_READY,))
+    emitted, failed = 0, False
+    while True:
         try:
-            self.drain(timeout_s)
-        finally:
-            self._q.put(_STOP)
-            self._worker.join(timeout_s)
+            msg = pickle.loads(jobs.recv_bytes())
+        except EOFError:  # the parent is gone
+            return
+        if msg[0] == _STOP:
+            return
+        if msg[0] == _DRAIN:
+            if not failed:
+                try:
+                    producer.flush(msg[2])
+                except EvoError as e:
+                    failed = True
+                    results.send((_FAILED, str(e)))
+            results.send((_DRAINED, msg[1], emitted))
+            continue
+        if failed:
+            continue  # keep reading so the parent never blocks; the failure is already reported
+        try:
+            for rec in step_records(msg[1], msg[2], msg[3], msg[4], msg[5]):
+                producer.send(topic, rec["trace_id"], codec.encode(rec))
+                emitted += 1
+        except Exception as e:  # reported to the generation thread, never swallowed
+            failed = True
+            results.send((_FAILED, f"{type(e).__name__}: {e}"))

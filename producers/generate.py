@@ -20,10 +20,9 @@ from torch import Tensor
 from evostream.errors import EvoError
 from producers.anatomy import anatomy
 from producers.loading import LoadedModel
-from producers.probe import AttentionSignal, Probe
+from producers.probe import Probe
 from producers.stats import LN2, attention_entropy, hidden_stats, logit_stats
-
-TOPK = 10
+from producers.steps import TOPK, AttentionSignal, StepBatch
 
 
 class GenerationError(EvoError):
@@ -50,21 +49,6 @@ class GenParams:
             raise GenerationError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise GenerationError(f"top_k must be >= 0, got {self.top_k}")
-
-
-@dataclass
-class StepBatch:
-    """One decoding step of a batch, on the host. Row r belongs to prompt r."""
-
-    step: int
-    token_ids: npt.NDArray[np.int64]  # [B]
-    logits: npt.NDArray[np.float32]  # [B, 5]: logprob, entropy_bits, margin, topk_mass, surprisal_bits
-    hidden: npt.NDArray[np.float32]  # [B, 3, L]: l2, maxabs, nonfinite count
-    heads: npt.NDArray[np.float32] | None  # [B, L, H]
-    ffn: npt.NDArray[np.float32] | None  # [B, L]
-    active: npt.NDArray[np.bool_]  # [B]: False once a sequence has finished before this step
-    latency_us: int
-    peak_memory_bytes: int
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,8 +10,7 @@ from torch.utils.hooks import RemovableHandle
 
 from producers.anatomy import Anatomy
 from producers.stats import ffn_sparsity, head_output_norm
-
-AttentionSignal = Literal["ENTROPY", "OUTPUT_NORM", "NONE"]
+from producers.steps import AttentionSignal
 
 
 def _newest(x: Any) -> Tensor:

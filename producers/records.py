@@ -1,84 +1,39 @@
-"""Turn host-side step statistics into GenerationStep records and a request's outcome into a Completion."""
+"""Token texts for step records, and a request's outcome as a Completion."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from producers.generate import TOPK, Generated, StepBatch
-from producers.probe import AttentionSignal
-from schemas.tensors import pack_f32
-
-
-@dataclass(frozen=True)
-class TraceMeta:
-    """Who a batch row belongs to."""
-
-    trace_id: str
-    request_id: str
-    reply_to: str
-    tenant: str
-    submitted_at_us: int
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
+from producers.generate import Generated
+from producers.steps import StepBatch, TraceMeta, now_us
 
 
 class TokenTexts:
-    """Decodes single token ids, cached (a vocabulary is small, steps are many)."""
+    """Decodes single token ids, cached (a vocabulary is small, steps are many).
+
+    A model may emit an id its tokenizer cannot decode (an embedding matrix padded past the vocabulary, a model built
+    from config); such a step is still reported, with the text ``<id:N>``."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self._decode = lru_cache(maxsize=65536)(lambda i: tokenizer.decode([i], skip_special_tokens=False))
+        def decode(i: int) -> str:
+            try:
+                text: str = tokenizer.decode([i], skip_special_tokens=False)
+            except (ValueError, IndexError, KeyError, OverflowError, TypeError):
+                return f"<id:{i}>"
+            return text
+
+        self._decode = lru_cache(maxsize=65536)(decode)
 
     def __call__(self, token_id: int) -> str:
-        text: str = self._decode(token_id)
-        return text
+        return self._decode(token_id)
 
-
-def step_records(batch: StepBatch, metas: Sequence[TraceMeta], model_version: str, signal: AttentionSignal,
-                 texts: TokenTexts) -> list[dict[str, Any]]:  # fmt: skip
-    """One GenerationStep record per row still generating at this step."""
-    emitted = now_us()
-    n_layers = batch.hidden.shape[2]
-    n_heads = batch.heads.shape[2] if batch.heads is not None else 0
-    out = []
-    for r, meta in enumerate(metas):
-        if not batch.active[r]:
-            continue
-        lg = batch.logits[r]
-        token = int(batch.token_ids[r])
-        out.append({
-            "trace_id": meta.trace_id,
-            "request_id": meta.request_id,
-            "model_version": model_version,
-            "step": batch.step,
-            "token_id": token,
-            "token_text": texts(token),
-            "logprob": float(lg[0]),
-            "entropy_bits": float(lg[1]),
-            "top1_top2_margin": float(lg[2]),
-            "topk_mass": float(lg[3]),
-            "topk_k": TOPK,
-            "surprisal_bits": float(lg[4]),
-            "num_layers": n_layers,
-            "num_heads": n_heads,
-            "layer_hidden_l2": pack_f32(batch.hidden[r, 0]),
-            "layer_hidden_maxabs": pack_f32(batch.hidden[r, 1]),
-            "layer_nonfinite": [int(x) for x in batch.hidden[r, 2]],
-            "head_attention_entropy": pack_f32(batch.heads[r]) if batch.heads is not None else b"",
-            "attention_signal": signal if batch.heads is not None else "NONE",
-            "ffn_sparsity": pack_f32(batch.ffn[r]) if batch.ffn is not None else b"",
-            "latency_us": batch.latency_us,
-            "peak_memory_bytes": batch.peak_memory_bytes,
-            "emitted_at_us": emitted,
-        })  # fmt: skip
-    return out
+    def rows(self, batch: StepBatch) -> list[str]:
+        """The text of each row's token at this step."""
+        return [self._decode(int(t)) for t in batch.token_ids]
 
 
 def completion_record(

@@ -22,9 +22,10 @@ from evostream.bus.producer import EventProducer
 from evostream.errors import DecodeError, EvoError
 from producers.embedding import PromptEmbedder
 from producers.emitter import StepEmitter
-from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator, StepBatch
+from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
 from producers.loading import LoadedModel
-from producers.records import TokenTexts, TraceMeta, completion_record, now_us, step_records
+from producers.records import TokenTexts, completion_record
+from producers.steps import StepBatch, TraceMeta, now_us
 from schemas.catalog import COMPLETIONS, DLQ, REQUESTS
 from schemas.codec import RecordCodec
 
@@ -67,7 +68,7 @@ class InferenceService:
             loaded, max_prompt_tokens=options.max_prompt_tokens, max_new_tokens_limit=options.max_new_tokens_limit
         )
         self.producer = EventProducer(bootstrap)
-        self.emitter = StepEmitter(self.producer)
+        self.emitter = StepEmitter(bootstrap)
         self.texts = TokenTexts(loaded.tokenizer)
         self.requests = RecordCodec("InferenceRequest")
         self.completions = RecordCodec("Completion")
@@ -112,7 +113,8 @@ class InferenceService:
                 groups.setdefault(pending.params, []).append(pending)
         for params, batch in groups.items():
             self._generate(params, batch, started)
-        self.emitter.drain()  # flushes the shared producer: every step and completion of the batch is acknowledged
+        self.emitter.drain()  # every step event of the batch acknowledged ...
+        self.producer.flush()  # ... and every completion, before the requests are committed
         self.consumer.commit()
 
     def _read(self, msg: Message, started: int) -> _Pending | None:
@@ -141,7 +143,7 @@ class InferenceService:
         signal_name = self.generator.signal
 
         def on_step(sb: StepBatch) -> None:
-            self.emitter.submit(lambda: step_records(sb, metas, version, signal_name, self.texts))
+            self.emitter.submit(sb, metas, version, signal_name, self.texts.rows(sb))
 
         embeddings = self._embed([p.prompt for p in batch])
         try:

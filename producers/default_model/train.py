@@ -21,10 +21,12 @@ from producers.suite.evaluate import eval_set, evaluate
 from producers.suite.tasks import training_stream
 
 
-def default_config(layers: int = 3) -> T5Config:
-    """A small byte-level T5: ``layers``+``layers`` layers, 4 heads, d_model 128, ReLU FFN (so FFN sparsity is real)."""
+def default_config(layers: int = 3, d_model: int = 128, heads: int = 4) -> T5Config:
+    """A small byte-level T5: ``layers``+``layers`` layers, ``heads`` heads, FFN 4x wide with ReLU (so FFN
+    sparsity is real)."""
     return T5Config(
-        vocab_size=384, d_model=128, d_kv=32, d_ff=512, num_layers=layers, num_decoder_layers=layers, num_heads=4,
+        vocab_size=384, d_model=d_model, d_kv=d_model // heads, d_ff=4 * d_model, num_layers=layers,
+        num_decoder_layers=layers, num_heads=heads,
         feed_forward_proj="relu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
         tie_word_embeddings=True,
     )  # fmt: skip
@@ -34,6 +36,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=9000)
     ap.add_argument("--layers", type=int, default=3, help="encoder and decoder layers")
+    ap.add_argument("--d-model", type=int, default=128, help="model width")
+    ap.add_argument("--heads", type=int, default=4, help="attention heads per layer")
     ap.add_argument("--mix", default="", help="task weights per round, e.g. lookup=3,add=2")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -46,7 +50,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tok = ByT5Tokenizer()
-    model = T5ForConditionalGeneration(default_config(args.layers)).to(device)
+    model = T5ForConditionalGeneration(default_config(args.layers, args.d_model, args.heads)).to(device)
     mix = {k: int(v) for k, v in (item.split("=") for item in args.mix.split(",") if item)}
     n_params = sum(p.numel() for p in model.parameters())
     held_out = frozenset(e.prompt for e in eval_set())
@@ -95,7 +99,8 @@ def main() -> None:
     tok.save_pretrained(args.out)
     report = {
         "parameters": n_params, "device": device, "threads": torch.get_num_threads(), "steps": args.steps,
-        "batch": args.batch, "lr": args.lr, "seed": args.seed, "layers": args.layers, "mix": mix,
+        "batch": args.batch, "lr": args.lr, "seed": args.seed, "layers": args.layers, "d_model": args.d_model,
+        "heads": args.heads, "mix": mix,
         "train_seconds": round(train_s, 1),
         "held_out_accuracy": acc, "history": history, "torch": torch.__version__,
     }  # fmt: skip
