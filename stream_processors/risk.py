@@ -1,0 +1,283 @@
+"""Risk of one generation, step by step (pure numpy, no Faust): health flags, a score in [0, 1], blamed layers and a
+one-line reason.
+
+``TraceRisk`` folds GenerationStep records of one trace in order; its state is a plain dict (``to_state`` /
+``from_state``) so a stream processor can keep it in a changelog-backed table. Thresholds come from a
+``RiskPolicy`` calibrated on a reference run of the same model family (``stream_processors.calibrate``).
+
+Flags:
+- ``nonfinite_hidden``: a NaN or Inf in some layer's hidden state (blames the first such layers).
+- ``repetition_loop``: the last tokens repeat with a period p <= ``repeat_max_period`` for ``repeat_min_cycles``
+  cycles inside a sliding window, judged on token ids, or on the per-layer hidden-state signature ([log L2, log
+  max-abs] across layers) of steps p apart being far closer than the window's typical pair, while the tokens also
+  repeat at least once.
+- ``high_entropy``: at least ``high_entropy_share`` of the steps (and ``min_steps`` of them) above the calibrated
+  per-step entropy threshold.
+- ``attention_collapse``: on some step, a share of heads far below the model's own baseline for that decoding
+  position (z of the log head signal < ``collapse_z``), so a seq2seq first step, whose heads always look
+  different, does not fire.
+- ``mid_layer_anomaly``: a layer's hidden norm relative to layer 0 far above its baseline (z > ``blowup_z``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from schemas.tensors import step_heads, step_layers
+
+F64 = npt.NDArray[np.float64]
+EPS = 1e-6
+POSITION_BUCKETS = (0, 1, 2, 3, 8)
+"""Decoding positions are grouped for the baselines: 0, 1, 2, 3-7, 8 and later."""
+
+WEIGHTS = {
+    "nonfinite_hidden": 1.0,
+    "repetition_loop": 0.7,
+    "mid_layer_anomaly": 0.6,
+    "attention_collapse": 0.5,
+    "high_entropy": 0.5,
+}
+"""How much each flag alone moves the score (combined as a noisy-OR)."""
+
+
+def position_bucket(step: int) -> int:
+    b = 0
+    for i, lo in enumerate(POSITION_BUCKETS):
+        if step >= lo:
+            b = i
+    return b
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Mean and standard deviation per position bucket of a per-layer (or per-layer-per-head) log statistic."""
+
+    mean: list[Any]
+    std: list[Any]
+
+    def z(self, bucket: int, values: F64) -> F64 | None:
+        if not self.mean or bucket >= len(self.mean):
+            return None
+        mu, sd = np.asarray(self.mean[bucket]), np.asarray(self.std[bucket])
+        if mu.shape != values.shape:
+            return None
+        out: F64 = (values - mu) / np.maximum(sd, 0.05)
+        return out
+
+
+@dataclass(frozen=True)
+class RiskPolicy:
+    """Thresholds for one model family; ``name`` (with its version) is quoted in every alert."""
+
+    name: str = "uncalibrated@1"
+    family: str = "*"
+    entropy_bits: float = 4.0
+    high_entropy_share: float = 0.3
+    min_steps: int = 3
+    repeat_window: int = 48
+    repeat_max_period: int = 8
+    repeat_min_cycles: int = 4
+    hidden_repeat_ratio: float = 0.05
+    """Steps p apart "repeat" when their hidden signatures are this much closer than the window's median pair."""
+    collapse_z: float = -6.0
+    collapse_head_share: float = 0.25
+    blowup_z: float = 8.0
+    alert_score: float = 0.5
+    critical_score: float = 0.8
+    heads: Baseline = field(default_factory=lambda: Baseline([], []))
+    """log(head signal + eps) per bucket, [layer][head]."""
+    norm_ratio: Baseline = field(default_factory=lambda: Baseline([], []))
+    """log(hidden L2 of layer l / hidden L2 of layer 0) per bucket, [layer]."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    """Where the numbers came from: model version, traces, steps, date."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RiskPolicy:
+        d = json.loads(text)
+        d["heads"] = Baseline(**d.get("heads", {"mean": [], "std": []}))
+        d["norm_ratio"] = Baseline(**d.get("norm_ratio", {"mean": [], "std": []}))
+        return cls(**d)
+
+
+POLICY_DIR = Path(__file__).parent / "policies"
+
+
+def family_of(model_version: str) -> str:
+    """``name@hash`` -> ``name``."""
+    return model_version.split("@", 1)[0]
+
+
+def load_policies(folder: Path = POLICY_DIR) -> dict[str, RiskPolicy]:
+    """Every ``*.json`` policy in ``folder``, by family."""
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        p = RiskPolicy.from_json(path.read_text(encoding="utf-8"))
+        out[p.family] = p
+    return out
+
+
+def policy_for(policies: Mapping[str, RiskPolicy], model_version: str) -> RiskPolicy:
+    return policies.get(family_of(model_version)) or policies.get("*") or RiskPolicy()
+
+
+@dataclass(frozen=True)
+class Assessment:
+    score: float
+    flags: tuple[str, ...]
+    blamed_layers: tuple[int, ...]
+    reason: str
+    steps: int
+
+    def severity(self, policy: RiskPolicy) -> str | None:
+        """CRITICAL, WARNING, or None when the score is under policy."""
+        if "nonfinite_hidden" in self.flags or self.score >= policy.critical_score:
+            return "CRITICAL"
+        return "WARNING" if self.score >= policy.alert_score else None
+
+
+def _log(x: npt.ArrayLike) -> F64:
+    return np.log(np.abs(np.asarray(x, dtype=np.float64)) + EPS)
+
+
+def _period(seq: Sequence[Any], max_period: int, min_cycles: int, same: Any = None) -> int:
+    """Smallest p such that the last p * min_cycles items repeat with period p; 0 if none."""
+    for p in range(1, max_period + 1):
+        n = p * min_cycles
+        if len(seq) < n:
+            break
+        tail = seq[-n:]
+        if all((same(tail[i], tail[i - p]) if same else tail[i] == tail[i - p]) for i in range(p, n)):
+            return p
+    return 0
+
+
+class TraceRisk:
+    """The running risk of one trace."""
+
+    def __init__(self, policy: RiskPolicy, state: Mapping[str, Any] | None = None) -> None:
+        self.policy = policy
+        s = dict(state or {})
+        self.steps: int = s.get("steps", 0)
+        self.tokens: list[int] = list(s.get("tokens", []))
+        self.signatures: list[list[float]] = [list(x) for x in s.get("signatures", [])]
+        self.high_entropy: int = s.get("high_entropy", 0)
+        self.entropy_sum: float = s.get("entropy_sum", 0.0)
+        self.nonfinite_layers: set[int] = set(s.get("nonfinite_layers", []))
+        self.collapse: dict[int, float] = {int(k): v for k, v in s.get("collapse", {}).items()}
+        self.blowup: dict[int, float] = {int(k): v for k, v in s.get("blowup", {}).items()}
+        self.loop: str = s.get("loop", "")
+        self.alerted: bool = s.get("alerted", False)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "signatures": self.signatures,
+            "high_entropy": self.high_entropy,
+            "entropy_sum": self.entropy_sum,
+            "nonfinite_layers": sorted(self.nonfinite_layers),
+            "collapse": {str(k): v for k, v in self.collapse.items()},
+            "blowup": {str(k): v for k, v in self.blowup.items()},
+            "loop": self.loop,
+            "alerted": self.alerted,
+        }
+
+    def update(self, step: Mapping[str, Any]) -> Assessment:
+        """Fold one GenerationStep record in; returns the assessment of the trace so far."""
+        p = self.policy
+        self.steps += 1
+        entropy = float(step["entropy_bits"])
+        self.entropy_sum += entropy if math.isfinite(entropy) else 0.0
+        if not math.isfinite(entropy) or entropy > p.entropy_bits:
+            self.high_entropy += 1
+        nonfinite = [i for i, n in enumerate(step["layer_nonfinite"]) if n]
+        self.nonfinite_layers.update(nonfinite)
+        l2 = step_layers(step, "layer_hidden_l2").astype(np.float64)
+        maxabs = step_layers(step, "layer_hidden_maxabs").astype(np.float64)
+        bucket = position_bucket(int(step["step"]))
+        if len(l2) > 1 and not nonfinite:
+            z = p.norm_ratio.z(bucket, _log(l2[1:]) - _log(l2[:1]))
+            if z is not None:
+                for layer in np.flatnonzero(z > p.blowup_z):
+                    self.blowup[int(layer) + 1] = max(self.blowup.get(int(layer) + 1, 0.0), float(z[layer]))
+        heads = step_heads(step).astype(np.float64)
+        if heads.size and not nonfinite:
+            z = p.heads.z(bucket, _log(heads))
+            if z is not None:
+                low = z < p.collapse_z
+                if low.mean() >= p.collapse_head_share:
+                    for layer in np.flatnonzero(low.any(axis=1)):
+                        self.collapse[int(layer)] = max(self.collapse.get(int(layer), 0.0), float(low[layer].mean()))
+        self.tokens.append(int(step["token_id"]))
+        sig = np.concatenate([_log(l2), _log(maxabs)]) if len(l2) else np.empty(0)
+        self.signatures.append([float(x) for x in np.nan_to_num(sig, nan=0.0, posinf=50.0, neginf=-50.0)])
+        del self.tokens[: -p.repeat_window], self.signatures[: -p.repeat_window]
+        if not self.loop:
+            self.loop = self._loop()
+        return self.assess()
+
+    def _loop(self) -> str:
+        p = self.policy
+        period = _period(self.tokens, p.repeat_max_period, p.repeat_min_cycles)
+        if period:
+            return f"tokens repeat with period {period}"
+        if len(self.signatures[-1]) == 0:
+            return ""
+
+        sig = np.asarray(self.signatures)
+        d = np.sqrt(((sig[:, None, :] - sig[None, :, :]) ** 2).sum(-1))
+        scale = float(np.median(d[np.triu_indices(len(sig), 1)])) if len(sig) > 1 else 0.0
+
+        def close(a: list[float], b: list[float]) -> bool:
+            return float(np.linalg.norm(np.subtract(a, b))) <= p.hidden_repeat_ratio * scale
+
+        period = _period(self.signatures, p.repeat_max_period, p.repeat_min_cycles, close)
+        if period and _period(self.tokens, p.repeat_max_period, 2):
+            return f"hidden states repeat with period {period}"
+        return ""
+
+    def assess(self) -> Assessment:
+        p = self.policy
+        parts: list[tuple[str, str, list[int]]] = []
+        if self.nonfinite_layers:
+            layers = sorted(self.nonfinite_layers)
+            parts.append(("nonfinite_hidden", f"NaN/Inf in the hidden state of layer {_fmt(layers)}", layers))
+        if self.loop:
+            parts.append(("repetition_loop", self.loop, []))
+        if self.blowup:
+            layers = sorted(self.blowup)
+            worst = max(self.blowup.values())
+            parts.append(("mid_layer_anomaly", f"hidden norm of layer {_fmt(layers)} {worst:.0f} sd above baseline",
+                          layers))  # fmt: skip
+        if self.collapse:
+            layers = sorted(self.collapse)
+            share = max(self.collapse.values())
+            parts.append(("attention_collapse", f"{share:.0%} of heads in layer {_fmt(layers)} far below baseline",
+                          layers))  # fmt: skip
+        if self.high_entropy >= p.min_steps and self.high_entropy >= p.high_entropy_share * self.steps:
+            parts.append(("high_entropy", f"{self.high_entropy} of {self.steps} steps above {p.entropy_bits:.2f} bits",
+                          []))  # fmt: skip
+        # a continuous term under the flags, so that scores rank traces even when nothing is flagged
+        mean_h = self.entropy_sum / self.steps if self.steps else 0.0
+        keep = 1.0 - 0.3 * min(1.0, mean_h / (2 * p.entropy_bits)) if p.entropy_bits > 0 else 1.0
+        for name, _, _ in parts:
+            keep *= 1.0 - WEIGHTS[name]
+        flags = tuple(name for name, _, _ in parts)
+        blamed = tuple(sorted({layer for _, _, layers in parts for layer in layers}))
+        reason = "; ".join(text for _, text, _ in parts) or f"healthy (mean entropy {mean_h:.2f} bits)"
+        return Assessment(round(1.0 - keep, 6), flags, blamed, reason, self.steps)
+
+
+def _fmt(layers: Sequence[int]) -> str:
+    return ", ".join(str(x) for x in layers)
