@@ -1,0 +1,160 @@
+"""Profiling aggregates of one model version over a tumbling window of steps (pure numpy, no Faust).
+
+``ProfileWindow`` folds GenerationStep records (and, when the producer sends them, periodic FFN neuron-count
+snapshots) and renders a ProfileSnapshot record. Its state is a plain dict so a stream processor can keep it in a
+changelog-backed table.
+
+- head utilization: the head's mean signal relative to the strongest head of its layer. With the OUTPUT_NORM signal
+  that is the head's share of the layer's output norm; with ENTROPY, 1 - mean entropy / the layer's most diffuse
+  head. A head under ``dormant_head_share`` is dormant.
+- layer frequency: the share of steps on which the layer changed the hidden-state norm by more than
+  ``layer_change`` (relative), against the layer below; layer 0 has nothing below and counts as always active.
+- dormant neurons: from per-neuron activation counts, the share of a layer's FFN neurons active on at most
+  ``dormant_neuron_max`` of the steps the counts cover.
+- token paths: the most frequent generated n-grams.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from schemas.tensors import step_heads, step_layers
+
+
+@dataclass(frozen=True)
+class ProfilePolicy:
+    window_s: int = 60
+    ngram: int = 3
+    top_paths: int = 20
+    dormant_head_share: float = 0.05
+    dormant_neuron_max: float = 0.0
+    """A neuron active on at most this share of steps is dormant (0 = never active)."""
+    layer_change: float = 0.01
+
+
+def window_of(at_us: int, window_s: int) -> int:
+    """Start (µs) of the tumbling window holding ``at_us``."""
+    w = window_s * 1_000_000
+    return at_us - at_us % w
+
+
+class ProfileWindow:
+    """One model version's aggregates over one window."""
+
+    def __init__(self, policy: ProfilePolicy, state: Mapping[str, Any] | None = None) -> None:
+        self.policy = policy
+        s = dict(state or {})
+        self.start_us: int = s.get("start_us", 0)
+        self.end_us: int = s.get("end_us", 0)
+        self.steps: int = s.get("steps", 0)
+        self.traces: set[str] = set(s.get("traces", []))
+        self.signal: str = s.get("signal", "NONE")
+        self.head_sum: list[list[float]] = s.get("head_sum", [])
+        self.head_steps: int = s.get("head_steps", 0)
+        self.layer_changed: list[int] = s.get("layer_changed", [])
+        self.layer_steps: int = s.get("layer_steps", 0)
+        self.neuron_counts: list[list[int]] = s.get("neuron_counts", [])
+        self.neuron_steps: int = s.get("neuron_steps", 0)
+        self.paths: Counter[str] = Counter(s.get("paths", {}))
+        self.tails: dict[str, list[int]] = {k: list(v) for k, v in s.get("tails", {}).items()}
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "start_us": self.start_us,
+            "end_us": self.end_us,
+            "steps": self.steps,
+            "traces": sorted(self.traces),
+            "signal": self.signal,
+            "head_sum": self.head_sum,
+            "head_steps": self.head_steps,
+            "layer_changed": self.layer_changed,
+            "layer_steps": self.layer_steps,
+            "neuron_counts": self.neuron_counts,
+            "neuron_steps": self.neuron_steps,
+            "paths": dict(self.paths),
+            "tails": self.tails,
+        }
+
+    def _span(self, at_us: int) -> None:
+        self.start_us = at_us if not self.start_us else min(self.start_us, at_us)
+        self.end_us = max(self.end_us, at_us)
+
+    def add_step(self, step: Mapping[str, Any]) -> None:
+        p = self.policy
+        self._span(int(step["emitted_at_us"]))
+        self.steps += 1
+        trace = str(step["trace_id"])
+        self.traces.add(trace)
+        heads = step_heads(step).astype(np.float64)
+        if heads.size and np.isfinite(heads).all():
+            self.signal = str(step["attention_signal"])
+            if not self.head_sum:
+                self.head_sum = np.zeros_like(heads).tolist()
+            self.head_sum = (np.asarray(self.head_sum) + heads).tolist()
+            self.head_steps += 1
+        l2 = step_layers(step, "layer_hidden_l2").astype(np.float64)
+        if len(l2) and np.isfinite(l2).all():
+            changed = np.ones(len(l2), dtype=np.int64)
+            below = np.maximum(l2[:-1], 1e-12)
+            changed[1:] = np.abs(l2[1:] - l2[:-1]) / below > p.layer_change
+            self.layer_changed = (np.asarray(self.layer_changed or np.zeros(len(l2), np.int64)) + changed).tolist()
+            self.layer_steps += 1
+        tail = self.tails.get(trace, [])
+        tail = [*tail, int(step["token_id"])][-p.ngram :]
+        self.tails[trace] = tail
+        if len(tail) == p.ngram:
+            self.paths[" ".join(map(str, tail))] += 1
+
+    def add_neuron_counts(self, counts: Sequence[Sequence[int]], steps: int, at_us: int) -> None:
+        """Merge a producer's per-neuron activation counts covering ``steps`` steps."""
+        self._span(at_us)
+        if not self.neuron_counts:
+            self.neuron_counts = [[0] * len(layer) for layer in counts]
+        if [len(x) for x in counts] != [len(x) for x in self.neuron_counts]:
+            raise ValueError("neuron count snapshot does not match the model's FFN shape")
+        self.neuron_counts = [[a + b for a, b in zip(x, y, strict=True)] for x, y in zip(self.neuron_counts, counts,
+                                                                                          strict=True)]  # fmt: skip
+        self.neuron_steps += steps
+
+    def utilization(self) -> np.ndarray:
+        if not self.head_steps:
+            return np.empty((0, 0))
+        mean = np.asarray(self.head_sum) / self.head_steps
+        top = np.maximum(mean.max(axis=1, keepdims=True), 1e-12)
+        share = mean / top
+        out: np.ndarray = np.clip(1.0 - share if self.signal == "ENTROPY" else share, 0.0, 1.0)
+        return out
+
+    def dormant_heads(self) -> list[tuple[int, int]]:
+        u = self.utilization()
+        return [(int(layer), int(h)) for layer, h in zip(*np.nonzero(u < self.policy.dormant_head_share), strict=True)]
+
+    def dormant_neuron_fraction(self) -> list[float]:
+        if not self.neuron_steps:
+            return []
+        limit = self.policy.dormant_neuron_max * self.neuron_steps
+        return [float(np.mean(np.asarray(layer) <= limit)) for layer in self.neuron_counts]
+
+    def snapshot(self, model_version: str, produced_at_us: int) -> dict[str, Any]:
+        """The ProfileSnapshot record of this window."""
+        return {
+            "model_version": model_version,
+            "window_start_us": self.start_us,
+            "window_end_us": self.end_us,
+            "trace_count": len(self.traces),
+            "step_count": self.steps,
+            "head_utilization": [[float(x) for x in row] for row in self.utilization()],
+            "ffn_neuron_activation_counts": self.neuron_counts,
+            "dormant_neuron_fraction": self.dormant_neuron_fraction(),
+            "layer_frequency": [c / self.layer_steps for c in self.layer_changed] if self.layer_steps else [],
+            "top_token_paths": [
+                {"token_ids": [int(t) for t in k.split()], "count": c}
+                for k, c in self.paths.most_common(self.policy.top_paths)
+            ],
+            "produced_at_us": produced_at_us,
+        }

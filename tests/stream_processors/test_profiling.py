@@ -1,0 +1,91 @@
+"""Profiling aggregates on hand-built steps whose answers are known."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+
+from schemas.codec import RecordCodec
+from schemas.tensors import pack_f32
+from stream_processors.profiling import ProfilePolicy, ProfileWindow, window_of
+
+
+def step(trace: str, i: int, token: int, heads: np.ndarray, l2: list[float], signal: str = "OUTPUT_NORM",
+         at_us: int = 1_000_000) -> dict[str, Any]:  # fmt: skip
+    return {
+        "trace_id": trace,
+        "step": i,
+        "token_id": token,
+        "num_layers": heads.shape[0],
+        "num_heads": heads.shape[1],
+        "head_attention_entropy": pack_f32(heads),
+        "attention_signal": signal,
+        "layer_hidden_l2": pack_f32(l2),
+        "emitted_at_us": at_us + i,
+    }
+
+
+def test_head_utilization_is_the_share_of_the_layers_strongest_head() -> None:
+    w = ProfileWindow(ProfilePolicy())
+    heads = np.array([[4.0, 2.0, 0.1], [1.0, 1.0, 1.0]])
+    for i in range(3):
+        w.add_step(step("a", i, 5, heads * (1 + i), [1.0, 2.0]))
+    np.testing.assert_allclose(w.utilization(), [[1.0, 0.5, 0.025], [1.0, 1.0, 1.0]], rtol=1e-6)
+    assert w.dormant_heads() == [(0, 2)]
+
+
+def test_entropy_signal_turns_diffuse_heads_into_low_utilization() -> None:
+    w = ProfileWindow(ProfilePolicy())
+    w.add_step(step("a", 0, 5, np.array([[3.0, 1.5, 0.0]]), [1.0], signal="ENTROPY"))
+    np.testing.assert_allclose(w.utilization(), [[0.0, 0.5, 1.0]])
+
+
+def test_layer_frequency_counts_material_changes_against_the_layer_below() -> None:
+    w = ProfileWindow(ProfilePolicy(layer_change=0.01))
+    h = np.ones((3, 1))
+    w.add_step(step("a", 0, 1, h, [10.0, 10.05, 20.0]))  # layer 1 changes 0.5%: not material
+    w.add_step(step("a", 1, 2, h, [10.0, 12.0, 12.0]))
+    snap = w.snapshot("m@1", 0)
+    assert snap["layer_frequency"] == [1.0, 0.5, 0.5]
+
+
+def test_token_paths_are_counted_per_trace_without_crossing_traces() -> None:
+    w = ProfileWindow(ProfilePolicy(ngram=2, top_paths=2))
+    h = np.ones((1, 1))
+    for trace in ("a", "b"):
+        for i, tok in enumerate([7, 8, 7, 8]):
+            w.add_step(step(trace, i, tok, h, [1.0]))
+    # per trace: (7 8) twice, (8 7) once; nothing spans a -> b
+    assert w.snapshot("m@1", 0)["top_token_paths"] == [{"token_ids": [7, 8], "count": 4},
+                                                       {"token_ids": [8, 7], "count": 2}]  # fmt: skip
+
+
+def test_dormant_neurons_from_count_snapshots() -> None:
+    w = ProfileWindow(ProfilePolicy(dormant_neuron_max=0.0))
+    w.add_neuron_counts([[0, 3, 5, 0], [1, 1, 1, 1]], steps=10, at_us=5)
+    w.add_neuron_counts([[0, 1, 0, 0], [0, 0, 0, 2]], steps=10, at_us=6)
+    assert w.neuron_counts == [[0, 4, 5, 0], [1, 1, 1, 3]]
+    assert w.dormant_neuron_fraction() == [0.5, 0.0]
+    with pytest.raises(ValueError, match="FFN shape"):
+        w.add_neuron_counts([[1, 2]], steps=1, at_us=7)
+
+
+def test_snapshot_encodes_and_state_round_trips() -> None:
+    w = ProfileWindow(ProfilePolicy())
+    for i in range(4):
+        w.add_step(step("a", i, i % 2, np.array([[1.0, 0.5]]), [1.0]))
+    w.add_neuron_counts([[0, 2]], steps=4, at_us=9)
+    resumed = ProfileWindow(ProfilePolicy(), json.loads(json.dumps(w.to_state())))
+    assert resumed.snapshot("m@1", 42) == w.snapshot("m@1", 42)
+    codec = RecordCodec("ProfileSnapshot")
+    back = codec.decode(codec.encode(w.snapshot("m@1", 42)))
+    assert back["step_count"] == 4 and back["trace_count"] == 1
+    assert back["head_utilization"] == [[1.0, 0.5]]
+
+
+def test_tumbling_windows_align_to_their_size() -> None:
+    assert window_of(125_000_000, 60) == 120_000_000
+    assert window_of(119_999_999, 60) == 60_000_000
