@@ -216,6 +216,48 @@ def publish(
 
 @app.command()
 @friendly
+def process(
+    loglevel: Annotated[str, typer.Option(help="Faust worker log level.")] = "WARNING",
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Run the stream processors (risk scores and alerts) until Ctrl-C; state resumes from changelog topics."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.stack import resolve_bootstrap
+    from stream_processors.app import run_worker
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    settings.processors_dir.mkdir(parents=True, exist_ok=True)
+    _say(f"stream processors on {server} (data in {settings.processors_dir})")
+    run_worker(server, settings.processors_dir, loglevel)
+
+
+@app.command()
+@friendly
+def alerts(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new alerts until Ctrl-C.")] = False,
+    min_severity: Annotated[str, typer.Option(help="INFO, WARNING or CRITICAL.")] = "WARNING",
+    since_start: Annotated[bool, typer.Option("--from-start", help="Read the topic from its beginning.")] = False,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Print risk alerts from evo.alerts (one line each); --follow subscribes."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.stack import resolve_bootstrap
+    from stream_processors.follow import follow_alerts
+
+    order = ("INFO", "WARNING", "CRITICAL")
+    if min_severity.upper() not in order:
+        raise typer.BadParameter("--min-severity must be INFO, WARNING or CRITICAL")
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    for line in follow_alerts(server, min_severity.upper(), follow=follow, from_start=since_start):
+        typer.echo(line)
+
+
+@app.command()
+@friendly
 def topics(
     create: Annotated[
         bool, typer.Option("--create", help="Create the catalog's missing topics on the broker.")

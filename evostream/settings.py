@@ -26,6 +26,10 @@ class Settings(BaseSettings):
         default_factory=lambda: _home(".local", "state", "evostream", "stack"),
         description="Where the local broker keeps its data, logs, config and pid.",
     )
+    processors_dir: Path = Field(
+        default_factory=lambda: _home(".local", "state", "evostream", "processors"),
+        description="The stream processors' local data (their tables are rebuilt from changelog topics).",
+    )
     kafka_version: str = "4.1.2"
     log4j_version: str = "2.24.3"
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")

@@ -21,6 +21,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # A record not acknowledged in 2 minutes fails loudly instead of waiting librdkafka's default 5.
     "message.timeout.ms": 120_000,
     "log_level": 3,
+    # The Java client's partitioner: Faust (aiokafka) and Kafka Streams place a key on the same partition, so a
+    # repartitioned stream keyed by trace_id is co-partitioned with evo.steps.
+    "partitioner": "murmur2_random",
 }
 
 

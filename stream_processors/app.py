@@ -1,0 +1,132 @@
+"""The Faust app. Agents decode, call the pure objects (``tracker``, ``risk``), store state, publish; nothing else.
+
+Topics: reads evo.steps and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
+state on the same partition), writes evo.risk, evo.alerts and evo.dlq. State: the table ``risk-traces`` backed by
+its changelog topic; a restarted worker rebuilds it from there.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from evostream.errors import DecodeError
+from producers.steps import now_us
+from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, RISK, STEPS
+from schemas.codec import RecordCodec
+from stream_processors.risk import RiskPolicy, load_policies
+from stream_processors.tracker import Outcome, RiskTracker
+
+log = logging.getLogger(__name__)
+
+APP_ID = "evostream-processors"
+STEP_PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEPS)
+
+
+class Processors:
+    """The app and its agents, built for one broker."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        datadir: Path,
+        policies: Mapping[str, RiskPolicy] | None = None,
+        app_id: str = APP_ID,
+    ) -> None:
+        self.tracker = RiskTracker(policies if policies is not None else load_policies())
+        self.codecs = {n: RecordCodec(n) for n in ("GenerationStep", "Completion", "RiskReport", "RiskAlert",
+                                                   "DeadLetter")}  # fmt: skip
+        self.stats = {"steps": 0, "completions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0}
+        app = faust.App(
+            app_id,
+            broker=f"kafka://{bootstrap}",
+            store="memory://",
+            datadir=str(datadir),
+            topic_partitions=STEP_PARTITIONS,
+            topic_replication_factor=1,
+            web_enabled=False,
+            producer_acks=-1,
+            broker_commit_every=1000,
+            broker_commit_interval=1.0,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+        )
+        self.app = app
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                               "value_serializer": "raw"}  # fmt: skip
+        self.steps = app.topic(STEPS, **raw)
+        self.completions = app.topic(COMPLETIONS, **raw)
+        self.risk = app.topic(RISK, **raw)
+        self.alerts = app.topic(ALERTS, **raw)
+        self.dlq = app.topic(DLQ, **raw)
+        self.table = app.Table(
+            "risk-traces",
+            default=None,
+            partitions=STEP_PARTITIONS,
+            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+            help="risk state per trace, with the input offsets it includes",
+        )
+        app.agent(self.steps, name="risk-steps")(self._on_steps)
+        app.agent(self.completions, name="risk-completions")(self._on_completions)
+
+    async def _on_steps(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            rec = await self._decode("GenerationStep", event)
+            if rec is None:
+                continue
+            key = rec["trace_id"].encode()
+            out = self.tracker.on_step(self.table.get(key), rec, event.message.offset, now_us())
+            await self._apply(key, out, "steps")
+
+    async def _on_completions(self, stream: faust.StreamT[bytes]) -> None:
+        by_trace = stream.group_by(lambda value: self._trace_of(value), name="completions-by-trace")
+        async for event in by_trace.events():
+            rec = await self._decode("Completion", event)
+            if rec is None:
+                continue
+            key = rec["trace_id"].encode()
+            out = self.tracker.on_completion(self.table.get(key), rec, event.message.offset, now_us())
+            await self._apply(key, out, "completions")
+
+    def _trace_of(self, value: bytes) -> bytes:
+        try:
+            return str(self.codecs["Completion"].decode(value)["trace_id"]).encode()
+        except DecodeError:
+            return b"undecodable"  # decoded again after the repartition, and dead-lettered there
+
+    async def _apply(self, key: bytes, out: Outcome, counter: str) -> None:
+        if out.duplicate:
+            self.stats["duplicates"] += 1
+            return
+        self.stats[counter] += 1
+        for report in out.reports:
+            await self.risk.send(key=key, value=self.codecs["RiskReport"].encode(report))
+        for alert in out.alerts:
+            self.stats["alerts"] += 1
+            await self.alerts.send(key=key, value=self.codecs["RiskAlert"].encode(alert))
+        self.table[key] = out.state
+
+    async def _decode(self, name: str, event: faust.EventT[bytes]) -> dict[str, Any] | None:
+        msg = event.message
+        try:
+            return self.codecs[name].decode(bytes(event.value or b""))
+        except DecodeError as e:
+            self.stats["dead_letters"] += 1
+            log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
+            rec = {"source_topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
+                   "original_key": msg.key, "raw_value": event.value, "error_type": type(e).__name__,
+                   "error": str(e), "consumer": self.app.conf.id, "failed_at_us": now_us()}  # fmt: skip
+            await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
+            return None
+
+
+def run_worker(bootstrap: str, datadir: Path, loglevel: str = "WARNING") -> None:
+    """Run the processors until SIGTERM / SIGINT (Faust's worker handles both and commits on the way out)."""
+    from faust.worker import Worker
+
+    procs = Processors(bootstrap, datadir)
+    Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()

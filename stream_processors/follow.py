@@ -1,0 +1,39 @@
+"""Reading the processors' output topics for people: one line per alert."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from evostream.bus.consumer import EventConsumer
+from schemas.catalog import ALERTS
+from schemas.codec import RecordCodec
+
+SEVERITIES = ("INFO", "WARNING", "CRITICAL")
+
+
+def format_alert(a: Mapping[str, Any]) -> str:
+    when = dt.datetime.fromtimestamp(a["produced_at_us"] / 1e6, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
+    layers = f" layers {','.join(map(str, a['blamed_layers']))}" if a["blamed_layers"] else ""
+    return (f"{when} {a['severity']:8} {a['stage']:5} score {a['score']:.2f} trace {a['trace_id'][:12]} "
+            f"{a['model_version']} [{', '.join(a['flags'])}]{layers}: {a.get('reason', '')}")  # fmt: skip
+
+
+def follow_alerts(
+    bootstrap: str, min_severity: str = "WARNING", follow: bool = True, from_start: bool = False, idle_s: float = 2.0
+) -> Iterator[str]:
+    """Lines for alerts at or above ``min_severity``; without ``follow``, stops once the topic is idle."""
+    floor = SEVERITIES.index(min_severity)
+    codec = RecordCodec("RiskAlert")
+    config = {"auto.offset.reset": "earliest" if from_start else "latest", "enable.auto.commit": False}
+    with EventConsumer(bootstrap, f"evostream-alerts-{uuid.uuid4().hex[:8]}", [ALERTS], config) as consumer:
+        idle = 0.0
+        while follow or idle < idle_s:
+            msgs = consumer.poll_batch(500, 0.5)
+            idle = 0.0 if msgs else idle + 0.5
+            for m in msgs:
+                a = codec.decode(m.value() or b"")
+                if SEVERITIES.index(a["severity"]) >= floor:
+                    yield format_alert(a)

@@ -1,0 +1,103 @@
+"""What the risk agent does with one event, as a pure function of the trace's stored state (no Faust).
+
+The state of a trace is one JSON-able dict, written back whole after every event: a changelog message therefore
+carries the risk state and the input offsets it includes together, and an event replayed after a crash (offset at
+or below the stored one) is recognised and skipped. Counts are neither lost nor doubled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_processors.risk import Assessment, RiskPolicy, TraceRisk, policy_for
+
+SEVERITY_RANK = {None: 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}
+
+
+@dataclass
+class Outcome:
+    """The new state of the trace and the records to publish."""
+
+    state: dict[str, Any]
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    duplicate: bool = False
+
+
+class RiskTracker:
+    """Folds a trace's steps and its completion into risk reports and alerts."""
+
+    def __init__(self, policies: Mapping[str, RiskPolicy]) -> None:
+        self.policies = dict(policies)
+
+    def policy(self, model_version: str) -> RiskPolicy:
+        return policy_for(self.policies, model_version)
+
+    def on_step(self, state: Mapping[str, Any] | None, step: Mapping[str, Any], offset: int, now_us: int) -> Outcome:
+        st = dict(state or {})
+        if offset <= st.get("step_offset", -1) or st.get("final"):
+            return Outcome(st, duplicate=True)
+        model = str(step["model_version"])
+        policy = self.policy(model)
+        risk = TraceRisk(policy, st.get("risk"))
+        assessment = risk.update(step)
+        st.update(model_version=model, request_id=step["request_id"], trace_id=step["trace_id"], step_offset=offset,
+                  last_step=int(step["step"]), risk=risk.to_state())  # fmt: skip
+        out = Outcome(st)
+        severity = assessment.severity(policy)
+        if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
+            st["alerted"] = severity
+            report = self._report(st, assessment, policy, "EARLY", now_us)
+            out.reports.append(report)
+            out.alerts.append(self._alert(report, severity, policy))
+        return out
+
+    def on_completion(
+        self, state: Mapping[str, Any] | None, completion: Mapping[str, Any], offset: int, now_us: int
+    ) -> Outcome:
+        st = dict(state or {})
+        if st.get("final") or offset <= st.get("completion_offset", -1):
+            return Outcome(st, duplicate=True)
+        model = str(completion["model_version"])
+        policy = self.policy(model)
+        st.setdefault("trace_id", completion["trace_id"])
+        st.setdefault("request_id", completion["request_id"])
+        st.setdefault("model_version", model)
+        st.update(final=True, completion_offset=offset)
+        assessment = TraceRisk(policy, st.get("risk")).assess()
+        if completion.get("finish_reason") == "ERROR":
+            assessment = Assessment(assessment.score, (*assessment.flags, "generation_error"), assessment.blamed_layers,
+                                    f"generation failed: {completion.get('error')}", assessment.steps)  # fmt: skip
+        out = Outcome(st)
+        report = self._report(st, assessment, policy, "FINAL", now_us)
+        out.reports.append(report)
+        severity = assessment.severity(policy)
+        if severity is not None:
+            out.alerts.append(self._alert(report, severity, policy))
+        st.pop("risk", None)  # a finished trace keeps only what recognises replays
+        return out
+
+    @staticmethod
+    def _report(st: Mapping[str, Any], a: Assessment, policy: RiskPolicy, stage: str, now_us: int) -> dict[str, Any]:
+        return {
+            "trace_id": st["trace_id"],
+            "request_id": st["request_id"],
+            "model_version": st["model_version"],
+            "stage": stage,
+            "step": st.get("last_step") if stage == "EARLY" else None,
+            "score": a.score,
+            "flags": list(a.flags),
+            "blamed_layers": list(a.blamed_layers),
+            "reason": a.reason,
+            "steps": a.steps,
+            "policy": policy.name,
+            "produced_at_us": now_us,
+        }
+
+    @staticmethod
+    def _alert(report: Mapping[str, Any], severity: str, policy: RiskPolicy) -> dict[str, Any]:
+        keys = ("trace_id", "request_id", "model_version", "stage", "score", "flags", "blamed_layers", "reason",
+                "produced_at_us")  # fmt: skip
+        return {**{k: report[k] for k in keys}, "severity": severity, "policy": policy.name}
