@@ -230,7 +230,7 @@ def process(
     wait_for_broker(server, settings.connect_timeout_s)
     settings.processors_dir.mkdir(parents=True, exist_ok=True)
     _say(f"stream processors on {server} (data in {settings.processors_dir})")
-    run_worker(server, settings.processors_dir, loglevel)
+    run_worker(server, settings.processors_dir, settings.processors_app_id, loglevel)
 
 
 @app.command()

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
         default_factory=lambda: _home(".local", "state", "evostream", "processors"),
         description="The stream processors' local data (their tables are rebuilt from changelog topics).",
     )
+    processors_app_id: str = Field(
+        default="evostream-processors",
+        description="The stream processors' consumer group and the prefix of their changelog topics.",
+    )
     kafka_version: str = "4.1.2"
     log4j_version: str = "2.24.3"
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")

@@ -67,7 +67,8 @@ class Processors:
             "risk-traces",
             default=None,
             partitions=STEP_PARTITIONS,
-            schema=faust.Schema(key_type=bytes, key_serializer="raw", value_serializer="json"),
+            # JSON keys and values: Faust's recovery reads the changelog back with the JSON codec
+            schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
             help="risk state per trace, with the input offsets it includes",
         )
         app.agent(self.steps, name="risk-steps")(self._on_steps)
@@ -78,9 +79,9 @@ class Processors:
             rec = await self._decode("GenerationStep", event)
             if rec is None:
                 continue
-            key = rec["trace_id"].encode()
-            out = self.tracker.on_step(self.table.get(key), rec, event.message.offset, now_us())
-            await self._apply(key, out, "steps")
+            trace = str(rec["trace_id"])
+            out = self.tracker.on_step(self.table.get(trace), rec, event.message.offset, now_us())
+            await self._apply(trace, out, "steps")
 
     async def _on_completions(self, stream: faust.StreamT[bytes]) -> None:
         by_trace = stream.group_by(lambda value: self._trace_of(value), name="completions-by-trace")
@@ -88,9 +89,9 @@ class Processors:
             rec = await self._decode("Completion", event)
             if rec is None:
                 continue
-            key = rec["trace_id"].encode()
-            out = self.tracker.on_completion(self.table.get(key), rec, event.message.offset, now_us())
-            await self._apply(key, out, "completions")
+            trace = str(rec["trace_id"])
+            out = self.tracker.on_completion(self.table.get(trace), rec, event.message.offset, now_us())
+            await self._apply(trace, out, "completions")
 
     def _trace_of(self, value: bytes) -> bytes:
         try:
@@ -98,17 +99,18 @@ class Processors:
         except DecodeError:
             return b"undecodable"  # decoded again after the repartition, and dead-lettered there
 
-    async def _apply(self, key: bytes, out: Outcome, counter: str) -> None:
+    async def _apply(self, trace: str, out: Outcome, counter: str) -> None:
         if out.duplicate:
             self.stats["duplicates"] += 1
             return
         self.stats[counter] += 1
+        key = trace.encode()
         for report in out.reports:
             await self.risk.send(key=key, value=self.codecs["RiskReport"].encode(report))
         for alert in out.alerts:
             self.stats["alerts"] += 1
             await self.alerts.send(key=key, value=self.codecs["RiskAlert"].encode(alert))
-        self.table[key] = out.state
+        self.table[trace] = out.state
 
     async def _decode(self, name: str, event: faust.EventT[bytes]) -> dict[str, Any] | None:
         msg = event.message
@@ -124,9 +126,9 @@ class Processors:
             return None
 
 
-def run_worker(bootstrap: str, datadir: Path, loglevel: str = "WARNING") -> None:
+def run_worker(bootstrap: str, datadir: Path, app_id: str = APP_ID, loglevel: str = "WARNING") -> None:
     """Run the processors until SIGTERM / SIGINT (Faust's worker handles both and commits on the way out)."""
     from faust.worker import Worker
 
-    procs = Processors(bootstrap, datadir)
+    procs = Processors(bootstrap, datadir, app_id=app_id)
     Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,154 @@
+"""The Faust worker as users run it (``evostream process``), on the real broker: alerts, dead letters, restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evostream.bus.consumer import EventConsumer
+from evostream.bus.producer import EventProducer
+from schemas.catalog import ALERTS, COMPLETIONS, DLQ, RISK, STEPS
+from schemas.codec import RecordCodec
+from schemas.samples import generation_step
+from schemas.tensors import pack_f32
+
+pytestmark = pytest.mark.integration
+
+STEP = RecordCodec("GenerationStep")
+COMPLETION = RecordCodec("Completion")
+
+
+class Worker:
+    def __init__(self, kafka: str, tmp: Path) -> None:
+        self.env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": kafka, "EVOSTREAM_PROCESSORS_DIR": str(tmp),
+                    "EVOSTREAM_PROCESSORS_APP_ID": f"test-processors-{uuid.uuid4().hex[:8]}"}  # fmt: skip
+        self.log = tmp / "worker.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = Path(sys.executable).with_name("evostream")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([str(exe), "process", "--loglevel", "INFO"], env=self.env, stdout=log,
+                                         stderr=subprocess.STDOUT)  # fmt: skip
+        deadline = time.monotonic() + 90
+        while b"Worker]: Ready" not in self.log.read_bytes():
+            assert self.proc.poll() is None, self.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "worker not ready in 90 s:\n" + self.log.read_text()[-3000:]
+            time.sleep(0.2)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(60)
+        self.proc = None
+
+
+@pytest.fixture
+def worker(kafka: str, tmp_path: Path) -> Iterator[Worker]:
+    w = Worker(kafka, tmp_path)
+    w.start()
+    yield w
+    w.stop()
+
+
+def step(trace: str, i: int, **changes: Any) -> dict[str, Any]:
+    rec = generation_step(i, trace, t0_us=time.time_ns() // 1000)
+    rec.update(model_version="test-model@1", entropy_bits=0.5, token_id=(i * 37 + 11) % 300, **changes)
+    return rec
+
+
+def completion(trace: str, n: int) -> dict[str, Any]:
+    return {"trace_id": trace, "request_id": f"req-{trace}", "reply_to": "x", "tenant": "t",
+            "model_version": "test-model@1", "output_text": "ok", "token_count": n, "prompt_token_count": 3,
+            "prompt_surprisal_bits": None, "prompt_embedding": [], "finish_reason": "STOP", "error": None,
+            "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
+            "completed_at_us": time.time_ns() // 1000}  # fmt: skip
+
+
+def read(kafka: str, topic: str, schema: str, until: Any, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    """Records of ``topic`` from the start, until ``until(records)`` holds or time is up."""
+    codec = RecordCodec(schema)
+    out: list[dict[str, Any]] = []
+    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [topic]) as consumer:
+        deadline = time.monotonic() + timeout_s
+        while not until(out) and time.monotonic() < deadline:
+            out += [codec.decode(m.value() or b"") for m in consumer.poll_batch(1000, 0.3)]
+    return out
+
+
+def test_a_nan_step_raises_a_critical_alert_mid_generation(kafka: str, worker: Worker) -> None:
+    trace = f"nan-{uuid.uuid4().hex}"
+    producer = EventProducer(kafka)
+    sent_at = 0
+    for i in range(6):
+        rec = step(trace, i)
+        if i == 3:
+            rec.update(layer_nonfinite=[0, 0, 5, 5], layer_hidden_l2=pack_f32([1.0, 2.0, float("nan"), float("nan")]))
+            sent_at = rec["emitted_at_us"] = time.time_ns() // 1000
+        producer.send(STEPS, trace, STEP.encode(rec))
+        producer.flush()
+    alerts = read(kafka, ALERTS, "RiskAlert", lambda got: any(a["trace_id"] == trace for a in got))
+    mine = [a for a in alerts if a["trace_id"] == trace]
+    assert len(mine) == 1, mine
+    a = mine[0]
+    assert (a["severity"], a["stage"], a["flags"], a["blamed_layers"]) == ("CRITICAL", "EARLY", ["nonfinite_hidden"],
+                                                                            [2, 3])  # fmt: skip
+    assert "layer 2, 3" in a["reason"]
+    assert a["produced_at_us"] - sent_at < 5_000_000  # latency is measured properly by bench/processors.py
+
+
+def test_undecodable_steps_go_to_the_dlq_and_the_partition_keeps_flowing(kafka: str, worker: Worker) -> None:
+    trace = f"dlq-{uuid.uuid4().hex}"
+    producer = EventProducer(kafka)
+    producer.send(STEPS, trace, b"not avro at all")
+    for i in range(3):
+        producer.send(STEPS, trace, STEP.encode(step(trace, i)))
+    producer.send(COMPLETIONS, trace, COMPLETION.encode(completion(trace, 3)))
+    producer.flush()
+    dead = read(kafka, DLQ, "DeadLetter", lambda got: any(d["original_key"] == trace.encode() for d in got))
+    mine = [d for d in dead if d["original_key"] == trace.encode()]
+    assert [(d["source_topic"], d["error_type"], d["raw_value"]) for d in mine] == [(STEPS, "BadMagicError",
+                                                                                     b"not avro at all")]  # fmt: skip
+    reports = read(kafka, RISK, "RiskReport", lambda got: any(r["trace_id"] == trace for r in got))
+    final = [r for r in reports if r["trace_id"] == trace]
+    assert [(r["stage"], r["steps"]) for r in final] == [("FINAL", 3)]
+
+
+def test_a_killed_worker_resumes_from_its_changelog_without_losing_or_doubling(kafka: str, worker: Worker) -> None:
+    run = uuid.uuid4().hex[:8]
+    traces = [f"restart-{run}-{t}" for t in range(40)]
+    steps_per_trace = 25
+    producer = EventProducer(kafka)
+    for i in range(steps_per_trace):
+        for t in traces:
+            producer.send(STEPS, t, STEP.encode(step(t, i)))
+    producer.flush()
+    # kill -9 while the worker is busy: its last changes and offsets were never committed
+    read(kafka, RISK, "RiskReport", lambda got: False, timeout_s=1.5)
+    worker.stop(signal.SIGKILL)
+    worker.start()
+    for t in traces:
+        producer.send(COMPLETIONS, t, COMPLETION.encode(completion(t, steps_per_trace)))
+    producer.flush()
+    wanted = set(traces)
+
+    def done(got: list[dict[str, Any]]) -> bool:
+        return wanted <= {r["trace_id"] for r in got if r["stage"] == "FINAL"}
+
+    reports = read(kafka, RISK, "RiskReport", done, timeout_s=120)
+    finals: dict[str, list[int]] = defaultdict(list)
+    for r in reports:
+        if r["trace_id"] in wanted and r["stage"] == "FINAL":
+            finals[r["trace_id"]].append(r["steps"])
+    assert set(finals) == wanted
+    assert {t: set(v) for t, v in finals.items()} == {t: {steps_per_trace} for t in traces}
