@@ -235,6 +235,30 @@ def process(
 
 @app.command()
 @friendly
+def calibrate(
+    model: Annotated[str, typer.Option(help="'default', a local folder, or a cached HF id.")] = "default",
+    per_task: Annotated[int, typer.Option(help="Reference prompts per task of the suite.")] = 100,
+    out: Annotated[str | None, typer.Option(help="Policy file (default: the shipped policies folder).")] = None,
+) -> None:
+    """Calibrate the risk policy of a model family from a reference run on the task suite (healthy traffic)."""
+    from pathlib import Path
+
+    from producers.loading import load_model
+    from producers.suite.tasks import make_split
+    from stream_processors.reference import calibrate_model, policy_path
+
+    loaded = load_model(model)
+    prompts = [e.prompt for e in make_split("calibration", per_task)]
+    _say(f"reference run of {loaded.version} on {len(prompts)} prompts")
+    policy = calibrate_model(loaded, prompts, progress=lambda d, t: _say(f"  {d}/{t}"))
+    path = Path(out) if out else policy_path(policy.family)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(policy.to_json() + "\n", encoding="utf-8")
+    _say(f"wrote {path}: entropy threshold {policy.entropy_bits:.3f} bits from {policy.calibration['steps']} steps")
+
+
+@app.command()
+@friendly
 def alerts(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new alerts until Ctrl-C.")] = False,
     min_severity: Annotated[str, typer.Option(help="INFO, WARNING or CRITICAL.")] = "WARNING",

@@ -6,7 +6,8 @@ one-line reason.
 ``RiskPolicy`` calibrated on a reference run of the same model family (``stream_processors.calibrate``).
 
 Flags:
-- ``nonfinite_hidden``: a NaN or Inf in some layer's hidden state (blames the first such layers).
+- ``nonfinite_hidden``: a NaN or Inf in some layer's hidden state (blames the first such layer: later layers only
+  inherit it).
 - ``repetition_loop``: the last tokens repeat with a period p <= ``repeat_max_period`` for ``repeat_min_cycles``
   cycles inside a sliding window, judged on token ids, or on the per-layer hidden-state signature ([log L2, log
   max-abs] across layers) of steps p apart being far closer than the window's typical pair, while the tokens also
@@ -252,7 +253,9 @@ class TraceRisk:
         parts: list[tuple[str, str, list[int]]] = []
         if self.nonfinite_layers:
             layers = sorted(self.nonfinite_layers)
-            parts.append(("nonfinite_hidden", f"NaN/Inf in the hidden state of layer {_fmt(layers)}", layers))
+            spread = f" (and after it: {_fmt(layers[1:])})" if len(layers) > 1 else ""
+            parts.append(("nonfinite_hidden", f"NaN/Inf in the hidden state from layer {layers[0]}{spread}",
+                          layers[:1]))  # fmt: skip
         if self.loop:
             parts.append(("repetition_loop", self.loop, []))
         if self.blowup:
