@@ -282,6 +282,28 @@ def alerts(
 
 @app.command()
 @friendly
+def drift(
+    last: Annotated[int, typer.Option(help="How many windows.")] = 10,
+    model: Annotated[str | None, typer.Option(help="Only this model version.")] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Show the latest drift windows from evo.drift: each statistic, '!' where it fired, and the verdict."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.stack import resolve_bootstrap
+    from stream_processors.follow import latest_drift
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    lines = latest_drift(server, last, model)
+    for line in lines:
+        typer.echo(line)
+    if not lines:
+        _say("no drift windows yet (a model needs its reference window, then a full window of completions)")
+
+
+@app.command()
+@friendly
 def topics(
     create: Annotated[
         bool, typer.Option("--create", help="Create the catalog's missing topics on the broker.")

@@ -55,6 +55,7 @@ def completion_record(
         "model_version": model_version,
         "output_text": text if error is None else "",
         "token_count": len(gen.token_ids) if gen else 0,
+        "output_token_ids": list(gen.token_ids) if gen else [],
         "prompt_token_count": gen.prompt_tokens if gen else 0,
         "prompt_surprisal_bits": gen.prompt_surprisal_bits if gen else None,
         "prompt_embedding": list(embedding),

@@ -1,8 +1,9 @@
 """The Faust app. Agents decode, call the pure objects (``tracker``, ``risk``), store state, publish; nothing else.
 
 Topics: reads evo.steps and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
-state on the same partition), writes evo.risk, evo.alerts and evo.dlq. State: the table ``risk-traces`` backed by
-its changelog topic; a restarted worker rebuilds it from there.
+state on the same partition, and by model version for drift), writes evo.risk, evo.alerts, evo.drift and evo.dlq.
+State: the tables ``risk-traces`` and ``drift-models``, each backed by its changelog topic; a restarted worker
+rebuilds them from there.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import faust
 
 from evostream.errors import DecodeError
 from producers.steps import now_us
-from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, RISK, STEPS
+from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, RISK, STEPS
 from schemas.codec import RecordCodec
+from stream_processors.drift_tracker import DriftTracker
 from stream_processors.risk import RiskPolicy, load_policies
 from stream_processors.tracker import Outcome, RiskTracker
 
@@ -36,11 +38,13 @@ class Processors:
         datadir: Path,
         policies: Mapping[str, RiskPolicy] | None = None,
         app_id: str = APP_ID,
+        drift: DriftTracker | None = None,
     ) -> None:
         self.tracker = RiskTracker(policies if policies is not None else load_policies())
+        self.drift_tracker = drift or DriftTracker()
         self.codecs = {n: RecordCodec(n) for n in ("GenerationStep", "Completion", "RiskReport", "RiskAlert",
-                                                   "DeadLetter")}  # fmt: skip
-        self.stats = {"steps": 0, "completions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0}
+                                                   "DeadLetter", "DriftReport")}  # fmt: skip
+        self.stats = {"steps": 0, "completions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0, "drift": 0}
         app = faust.App(
             app_id,
             broker=f"kafka://{bootstrap}",
@@ -63,6 +67,7 @@ class Processors:
         self.risk = app.topic(RISK, **raw)
         self.alerts = app.topic(ALERTS, **raw)
         self.dlq = app.topic(DLQ, **raw)
+        self.drift = app.topic(DRIFT, **raw)
         self.table = app.Table(
             "risk-traces",
             default=None,
@@ -71,8 +76,17 @@ class Processors:
             schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
             help="risk state per trace, with the input offsets it includes",
         )
+        self.drift_table = app.Table(
+            "drift-models",
+            default=None,
+            partitions=STEP_PARTITIONS,
+            schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+            use_partitioner=True,  # keyed by model version, like the repartitioned stream that updates it
+            help="reference and current drift window per model version",
+        )
         app.agent(self.steps, name="risk-steps")(self._on_steps)
         app.agent(self.completions, name="risk-completions")(self._on_completions)
+        app.agent(self.completions, name="drift-completions")(self._on_drift)
 
     async def _on_steps(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -93,9 +107,29 @@ class Processors:
             out = self.tracker.on_completion(self.table.get(trace), rec, event.message.offset, now_us())
             await self._apply(trace, out, "completions")
 
+    async def _on_drift(self, stream: faust.StreamT[bytes]) -> None:
+        by_model = stream.group_by(lambda value: self._field_of(value, "model_version"), name="completions-by-model")
+        async for event in by_model.events():
+            try:
+                rec = self.codecs["Completion"].decode(bytes(event.value or b""))
+            except DecodeError:
+                continue  # the risk agent dead-letters undecodable completions
+            model = str(rec["model_version"])
+            out = self.drift_tracker.on_completion(self.drift_table.get(model), rec, event.message.offset, now_us())
+            if out.duplicate:
+                self.stats["duplicates"] += 1
+                continue
+            for report in out.reports:
+                self.stats["drift"] += 1
+                await self.drift.send(key=model.encode(), value=self.codecs["DriftReport"].encode(report))
+            self.drift_table[model] = out.state
+
     def _trace_of(self, value: bytes) -> bytes:
+        return self._field_of(value, "trace_id")
+
+    def _field_of(self, value: bytes, name: str) -> bytes:
         try:
-            return str(self.codecs["Completion"].decode(value)["trace_id"]).encode()
+            return str(self.codecs["Completion"].decode(value)[name]).encode()
         except DecodeError:
             return b"undecodable"  # decoded again after the repartition, and dead-lettered there
 

@@ -6,7 +6,8 @@ Three views, each reported on its own, and a combined decision:
 - vocabulary change: Jensen-Shannon divergence (bits) of the generated-token distributions, and the rate of
   generated tokens never seen in the reference;
 - intent variance: the population stability index (PSI) of the share of requests per intent cluster (k-means on
-  the reference embeddings), with the usual bands 0.1 (watch) and 0.25 (shift).
+  the reference embeddings), reported with the usual bands 0.1 (watch) and 0.25 (shift); it fires above 0.25 or
+  above its small-sample null quantile, whichever is larger.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+from scipy.stats import chi2
 
 F64 = npt.NDArray[np.float64]
 
@@ -35,6 +37,9 @@ class DriftPolicy:
     """Share of generated tokens absent from the reference vocabulary."""
     psi_watch: float = 0.1
     psi_shift: float = 0.25
+    psi_alpha: float = 0.001
+    """PSI of small windows is noisy (about chi2(k-1) * (1/n + 1/m) under no shift); it fires above the larger of
+    ``psi_shift`` and that null's (1 - psi_alpha) quantile."""
     intent_clusters: int = 6
     min_samples: int = 20
     """A window with fewer completions is not judged."""
@@ -46,6 +51,7 @@ class Statistic:
     value: float
     threshold: float
     fired: bool
+    p_value: float | None = None
     detail: str = ""
 
 
@@ -174,9 +180,11 @@ class IntentClusters:
         labels: npt.NDArray[np.int64] = np.argmin(_sq_dists(_unit(embeddings), self.centroids), axis=1).astype(np.int64)
         return labels
 
-    def shares(self, embeddings: F64) -> F64:
-        counts = np.bincount(self.assign(embeddings), minlength=len(self.centroids)).astype(np.float64)
-        out: F64 = counts / max(1.0, counts.sum())
+    def shares(self, embeddings: F64, smoothing: float = 0.5) -> F64:
+        """Share of ``embeddings`` per cluster, with ``smoothing`` pseudo-counts per cluster (an empty bin would
+        otherwise dominate PSI through ln(0))."""
+        counts = np.bincount(self.assign(embeddings), minlength=len(self.centroids)).astype(np.float64) + smoothing
+        out: F64 = counts / counts.sum()
         return out
 
 
@@ -238,10 +246,14 @@ class DriftDetector:
         shares = self.intents.shares(cur)
         intent_psi = psi(self._ref_shares, shares)
         band = "shift" if intent_psi >= p.psi_shift else "watch" if intent_psi >= p.psi_watch else "stable"
+        k = len(self.intents.centroids)
+        psi_cut = max(
+            p.psi_shift, float(chi2.ppf(1 - p.psi_alpha, max(1, k - 1))) * (1 / len(cur) + 1 / len(self._ref))
+        )
         stats = (
-            Statistic("embedding_mmd2", stat, cut, p_value < p.mmd_alpha, f"p={p_value:.4f}"),
+            Statistic("embedding_mmd2", stat, cut, p_value < p.mmd_alpha, p_value),
             Statistic("vocabulary_js_bits", js, p.js_bits, js >= p.js_bits),
             Statistic("new_token_rate", ntr, p.new_token_rate, ntr >= p.new_token_rate),
-            Statistic("intent_psi", intent_psi, p.psi_shift, intent_psi >= p.psi_shift, band),
+            Statistic("intent_psi", intent_psi, psi_cut, intent_psi >= psi_cut, detail=band),
         )
         return DriftResult(stats, len(window))

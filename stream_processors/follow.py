@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from evostream.bus.consumer import EventConsumer
-from schemas.catalog import ALERTS
+from schemas.catalog import ALERTS, DRIFT
 from schemas.codec import RecordCodec
 
 SEVERITIES = ("INFO", "WARNING", "CRITICAL")
@@ -37,3 +37,25 @@ def follow_alerts(
                 a = codec.decode(m.value() or b"")
                 if SEVERITIES.index(a["severity"]) >= floor:
                     yield format_alert(a)
+
+
+def format_drift(r: Mapping[str, Any]) -> str:
+    when = dt.datetime.fromtimestamp(r["window_end_us"] / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    stats = "  ".join(f"{s['name']}={s['value']:.4g}{'!' if s['fired'] else ''}" for s in r["statistics"])
+    verdict = "DRIFT" if r["fired"] else "ok   "
+    return f"{when} {r['model_version']} n={r['sample_count']:<4} {verdict} {stats}"
+
+
+def latest_drift(bootstrap: str, last: int = 10, model: str | None = None, idle_s: float = 2.0) -> list[str]:
+    """The last ``last`` drift windows (of ``model``, or of every model), oldest first."""
+    codec = RecordCodec("DriftReport")
+    out: list[dict[str, Any]] = []
+    config = {"auto.offset.reset": "earliest", "enable.auto.commit": False}
+    with EventConsumer(bootstrap, f"evostream-drift-{uuid.uuid4().hex[:8]}", [DRIFT], config) as consumer:
+        idle = 0.0
+        while idle < idle_s:
+            msgs = consumer.poll_batch(1000, 0.5)
+            idle = 0.0 if msgs else idle + 0.5
+            out += [r for r in (codec.decode(m.value() or b"") for m in msgs) if model is None or
+                    r["model_version"] == model]  # fmt: skip
+    return [format_drift(r) for r in out[-last:]]

@@ -1,0 +1,121 @@
+"""What the drift agent does with one completion, as a pure function of the model version's stored state.
+
+Per model version: the first ``reference_size`` completions form the reference window (a new version is a new
+reference, which is what a promotion means); after it, every ``window_size`` completions are compared with it and
+give one DriftReport. Embeddings are kept as base64 float16 (768 bytes per 384-d prompt) so the whole state stays
+one small changelog value, written with the input offset it includes and the trace ids of its windows: a replay,
+or a completion forwarded twice by the repartition, is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from stream_processors.drift import DriftDetector, DriftPolicy, DriftResult, Window
+
+
+@dataclass(frozen=True)
+class DriftWindows:
+    reference_size: int = 200
+    window_size: int = 50
+
+
+def _pack(embedding: Sequence[float]) -> str:
+    return base64.b64encode(np.asarray(embedding, dtype="<f2").tobytes()).decode()
+
+
+def _unpack(text: str) -> list[float]:
+    values: list[float] = np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float64).tolist()
+    return values
+
+
+def _empty() -> dict[str, Any]:
+    return {"emb": [], "tokens": {}, "start_us": 0, "end_us": 0, "traces": []}
+
+
+def _window(w: Mapping[str, Any]) -> Window:
+    out = Window(tokens=Counter({int(k): v for k, v in w["tokens"].items()}), start_us=w["start_us"],
+                 end_us=w["end_us"])  # fmt: skip
+    out.embeddings = [_unpack(e) for e in w["emb"]]
+    return out
+
+
+@dataclass
+class DriftOutcome:
+    state: dict[str, Any]
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    duplicate: bool = False
+
+
+class DriftTracker:
+    def __init__(self, policy: DriftPolicy | None = None, windows: DriftWindows | None = None) -> None:
+        policy, windows = policy or DriftPolicy(), windows or DriftWindows()
+        if windows.window_size < policy.min_samples:
+            raise ValueError("window_size must be at least the policy's min_samples")
+        self.policy = policy
+        self.windows = windows
+        self._detectors: dict[tuple[str, int], DriftDetector] = {}
+
+    def on_completion(
+        self, state: Mapping[str, Any] | None, completion: Mapping[str, Any], offset: int, now_us: int
+    ) -> DriftOutcome:
+        st = dict(state or {"reference": _empty(), "window": _empty(), "offset": -1, "windows": 0, "skipped": 0})
+        trace = str(completion["trace_id"])
+        if offset <= st["offset"] or trace in st["reference"]["traces"] or trace in st["window"]["traces"]:
+            # the same input again (a replay), or the same completion forwarded twice by a repartition
+            return DriftOutcome(st, duplicate=True)
+        st["offset"] = offset
+        if completion.get("error") or not completion.get("prompt_embedding"):
+            st["skipped"] += 1  # failed requests and requests without an embedding are not traffic to compare
+            return DriftOutcome(st)
+        at = int(completion["completed_at_us"])
+        building = len(st["reference"]["emb"]) < self.windows.reference_size
+        target = st["reference"] if building else st["window"]
+        target = {**target, "emb": [*target["emb"], _pack(completion["prompt_embedding"])],
+                  "traces": [*target["traces"], trace]}  # fmt: skip
+        tokens = Counter({int(k): v for k, v in target["tokens"].items()})
+        tokens.update(int(t) for t in completion.get("output_token_ids") or [])
+        target["tokens"] = {str(k): v for k, v in tokens.items()}
+        target["start_us"] = at if not target["start_us"] else min(target["start_us"], at)
+        target["end_us"] = max(target["end_us"], at)
+        st["reference" if building else "window"] = target
+        out = DriftOutcome(st)
+        if not building and len(target["emb"]) >= self.windows.window_size:
+            model = str(completion["model_version"])
+            result = self._detector(model, st).compare(_window(target))
+            if result is not None:
+                out.reports.append(self.report(model, st, result, now_us))
+                st["windows"] += 1
+            st["window"] = _empty()
+        return out
+
+    def _detector(self, model: str, st: Mapping[str, Any]) -> DriftDetector:
+        key = (model, int(st["reference"]["end_us"]))
+        det = self._detectors.get(key)
+        if det is None:
+            det = self._detectors[key] = DriftDetector(_window(st["reference"]), self.policy)
+        return det
+
+    @staticmethod
+    def report(model: str, st: Mapping[str, Any], result: DriftResult, now_us: int) -> dict[str, Any]:
+        ref, cur = st["reference"], st["window"]
+        return {
+            "model_version": model,
+            "reference_start_us": ref["start_us"],
+            "reference_end_us": ref["end_us"],
+            "window_start_us": cur["start_us"],
+            "window_end_us": cur["end_us"],
+            "sample_count": result.sample_count,
+            "statistics": [
+                {"name": s.name, "value": s.value, "threshold": s.threshold, "p_value": s.p_value, "fired": s.fired}
+                for s in result.statistics
+            ],
+            "fired": result.fired,
+            "produced_at_us": now_us,
+        }
