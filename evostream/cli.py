@@ -230,7 +230,7 @@ def process(
     wait_for_broker(server, settings.connect_timeout_s)
     settings.processors_dir.mkdir(parents=True, exist_ok=True)
     _say(f"stream processors on {server} (data in {settings.processors_dir})")
-    run_worker(server, settings.processors_dir, settings.processors_app_id, loglevel)
+    run_worker(settings, server, loglevel)
 
 
 @app.command()
@@ -300,6 +300,27 @@ def drift(
         typer.echo(line)
     if not lines:
         _say("no drift windows yet (a model needs its reference window, then a full window of completions)")
+
+
+@app.command()
+@friendly
+def profile(
+    model: Annotated[str | None, typer.Option(help="Only this model version.")] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Show the latest profiling window of each model: head utilization, layer activity, dormant units, token paths."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.stack import resolve_bootstrap
+    from stream_processors.follow import latest_profiles
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    shown = latest_profiles(server, model)
+    for text in shown:
+        typer.echo(text)
+    if not shown:
+        _say("no profiles yet (a window is published once it closes: 60 s of event time, or idle for 65 s)")
 
 
 @app.command()

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         default="evostream-processors",
         description="The stream processors' consumer group and the prefix of their changelog topics.",
     )
+    profile_window_s: int = Field(default=60, ge=1, description="Tumbling profiling window, seconds of event time.")
+    drift_reference_size: int = Field(default=200, ge=20, description="Completions in a model's reference window.")
+    drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")
     kafka_version: str = "4.1.2"
     log4j_version: str = "2.24.3"
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")

@@ -16,10 +16,12 @@ from typing import Any
 import faust
 
 from evostream.errors import DecodeError
+from evostream.settings import Settings
 from producers.steps import now_us
-from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, RISK, STEPS
+from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
-from stream_processors.drift_tracker import DriftTracker
+from stream_processors.drift_tracker import DriftTracker, DriftWindows
+from stream_processors.profiling import ProfilePolicy, ProfileTracker
 from stream_processors.risk import RiskPolicy, load_policies
 from stream_processors.tracker import Outcome, RiskTracker
 
@@ -39,12 +41,15 @@ class Processors:
         policies: Mapping[str, RiskPolicy] | None = None,
         app_id: str = APP_ID,
         drift: DriftTracker | None = None,
+        profile: ProfileTracker | None = None,
     ) -> None:
         self.tracker = RiskTracker(policies if policies is not None else load_policies())
         self.drift_tracker = drift or DriftTracker()
+        self.profile_tracker = profile or ProfileTracker()
         self.codecs = {n: RecordCodec(n) for n in ("GenerationStep", "Completion", "RiskReport", "RiskAlert",
-                                                   "DeadLetter", "DriftReport")}  # fmt: skip
-        self.stats = {"steps": 0, "completions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0, "drift": 0}
+                                                   "DeadLetter", "DriftReport", "ProfileSnapshot")}  # fmt: skip
+        self.stats = {"steps": 0, "completions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0, "drift": 0,
+                      "profiles": 0}  # fmt: skip
         app = faust.App(
             app_id,
             broker=f"kafka://{bootstrap}",
@@ -68,6 +73,7 @@ class Processors:
         self.alerts = app.topic(ALERTS, **raw)
         self.dlq = app.topic(DLQ, **raw)
         self.drift = app.topic(DRIFT, **raw)
+        self.profiles = app.topic(PROFILES, **raw)
         self.table = app.Table(
             "risk-traces",
             default=None,
@@ -86,7 +92,17 @@ class Processors:
         )
         app.agent(self.steps, name="risk-steps")(self._on_steps)
         app.agent(self.completions, name="risk-completions")(self._on_completions)
+        self.profile_table = app.Table(
+            "profile-models",
+            default=None,
+            partitions=STEP_PARTITIONS,
+            schema=faust.Schema(key_type=str, key_serializer="json", value_serializer="json"),
+            use_partitioner=True,
+            help="the open profiling window per model version",
+        )
         app.agent(self.completions, name="drift-completions")(self._on_drift)
+        app.agent(self.steps, name="profile-steps")(self._on_profile)
+        app.timer(interval=self.profile_tracker.policy.grace_s)(self._close_idle_windows)
 
     async def _on_steps(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -124,6 +140,44 @@ class Processors:
                 await self.drift.send(key=model.encode(), value=self.codecs["DriftReport"].encode(report))
             self.drift_table[model] = out.state
 
+    async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
+        by_model = stream.group_by(lambda value: self._step_model(value), name="steps-by-model")
+        # take_events acks a batch once it is folded and stored (not in StreamT's stubs)
+        async for events in by_model.take_events(2000, within=0.5):  # type: ignore[attr-defined]
+            per_model: dict[str, list[dict[str, Any]]] = {}
+            for event in events:
+                try:
+                    rec = self.codecs["GenerationStep"].decode(bytes(event.value or b""))
+                except DecodeError:
+                    continue  # the risk agent dead-letters undecodable steps
+                per_model.setdefault(str(rec["model_version"]), []).append(rec)
+            for model, steps in per_model.items():
+                state, snapshots, dup = self.profile_tracker.on_steps(model, self.profile_table.get(model), steps,
+                                                                      now_us())  # fmt: skip
+                self.stats["duplicates"] += dup
+                await self._publish_profiles(model, snapshots)
+                self.profile_table[model] = state
+
+    async def _close_idle_windows(self) -> None:
+        for model, state in list(self.profile_table.items()):
+            if state is None:
+                continue
+            new, snapshots = self.profile_tracker.on_tick(model, state, now_us())
+            if snapshots:
+                await self._publish_profiles(model, snapshots)
+                self.profile_table[model] = new
+
+    async def _publish_profiles(self, model: str, snapshots: list[dict[str, Any]]) -> None:
+        for snap in snapshots:
+            self.stats["profiles"] += 1
+            await self.profiles.send(key=model.encode(), value=self.codecs["ProfileSnapshot"].encode(snap))
+
+    def _step_model(self, value: bytes) -> bytes:
+        try:
+            return str(self.codecs["GenerationStep"].decode(value)["model_version"]).encode()
+        except DecodeError:
+            return b"undecodable"
+
     def _trace_of(self, value: bytes) -> bytes:
         return self._field_of(value, "trace_id")
 
@@ -160,9 +214,15 @@ class Processors:
             return None
 
 
-def run_worker(bootstrap: str, datadir: Path, app_id: str = APP_ID, loglevel: str = "WARNING") -> None:
+def run_worker(settings: Settings, bootstrap: str, loglevel: str = "WARNING") -> None:
     """Run the processors until SIGTERM / SIGINT (Faust's worker handles both and commits on the way out)."""
     from faust.worker import Worker
 
-    procs = Processors(bootstrap, datadir, app_id=app_id)
+    procs = Processors(
+        bootstrap,
+        settings.processors_dir,
+        app_id=settings.processors_app_id,
+        drift=DriftTracker(windows=DriftWindows(settings.drift_reference_size, settings.drift_window_size)),
+        profile=ProfileTracker(ProfilePolicy(window_s=settings.profile_window_s)),
+    )
     Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()

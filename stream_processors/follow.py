@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from evostream.bus.consumer import EventConsumer
-from schemas.catalog import ALERTS, DRIFT
+from schemas.catalog import ALERTS, DRIFT, PROFILES
 from schemas.codec import RecordCodec
 
 SEVERITIES = ("INFO", "WARNING", "CRITICAL")
@@ -59,3 +59,36 @@ def latest_drift(bootstrap: str, last: int = 10, model: str | None = None, idle_
             out += [r for r in (codec.decode(m.value() or b"") for m in msgs) if model is None or
                     r["model_version"] == model]  # fmt: skip
     return [format_drift(r) for r in out[-last:]]
+
+
+def format_profile(p: Mapping[str, Any]) -> str:
+    start = dt.datetime.fromtimestamp(p["window_start_us"] / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    lines = [f"{p['model_version']}  window from {start}: {p['step_count']} steps, {p['trace_count']} traces"]
+    for layer, row in enumerate(p["head_utilization"]):
+        freq = p["layer_frequency"][layer] if layer < len(p["layer_frequency"]) else float("nan")
+        dormant = [h for h, u in enumerate(row) if u < 0.05]
+        cells = " ".join(f"{u:4.2f}" for u in row)
+        lines.append(f"  layer {layer:2d}  heads [{cells}]  active {freq:4.0%}" + (f"  dormant heads {dormant}"
+                                                                                 if dormant else ""))  # fmt: skip
+    if p["dormant_neuron_fraction"]:
+        lines.append("  dormant FFN neurons per layer: " + " ".join(f"{x:.0%}" for x in p["dormant_neuron_fraction"]))
+    paths = ", ".join(f"{path['token_ids']}x{path['count']}" for path in p["top_token_paths"][:5])
+    lines.append(f"  top token paths: {paths}")
+    return "\n".join(lines)
+
+
+def latest_profiles(bootstrap: str, model: str | None = None, idle_s: float = 2.0) -> list[str]:
+    """The latest ProfileSnapshot of each model version (or of ``model``)."""
+    codec = RecordCodec("ProfileSnapshot")
+    latest: dict[str, dict[str, Any]] = {}
+    config = {"auto.offset.reset": "earliest", "enable.auto.commit": False}
+    with EventConsumer(bootstrap, f"evostream-profile-{uuid.uuid4().hex[:8]}", [PROFILES], config) as consumer:
+        idle = 0.0
+        while idle < idle_s:
+            msgs = consumer.poll_batch(1000, 0.5)
+            idle = 0.0 if msgs else idle + 0.5
+            for m in msgs:
+                r = codec.decode(m.value() or b"")
+                if model is None or r["model_version"] == model:
+                    latest[r["model_version"]] = r
+    return [format_profile(r) for r in latest.values()]

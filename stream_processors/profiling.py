@@ -31,6 +31,10 @@ class ProfilePolicy:
     window_s: int = 60
     ngram: int = 3
     top_paths: int = 20
+    max_paths: int = 4000
+    """Distinct n-grams kept while counting (the rarest half is dropped when exceeded)."""
+    grace_s: int = 5
+    """A window is published once the stream (or the clock, when idle) is this far past its end."""
     dormant_head_share: float = 0.05
     dormant_neuron_max: float = 0.0
     """A neuron active on at most this share of steps is dormant (0 = never active)."""
@@ -62,6 +66,7 @@ class ProfileWindow:
         self.neuron_steps: int = s.get("neuron_steps", 0)
         self.paths: Counter[str] = Counter(s.get("paths", {}))
         self.tails: dict[str, list[int]] = {k: list(v) for k, v in s.get("tails", {}).items()}
+        self.applied: dict[str, int] = dict(s.get("applied", {}))
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -78,17 +83,22 @@ class ProfileWindow:
             "neuron_steps": self.neuron_steps,
             "paths": dict(self.paths),
             "tails": self.tails,
+            "applied": self.applied,
         }
 
     def _span(self, at_us: int) -> None:
         self.start_us = at_us if not self.start_us else min(self.start_us, at_us)
         self.end_us = max(self.end_us, at_us)
 
-    def add_step(self, step: Mapping[str, Any]) -> None:
+    def add_step(self, step: Mapping[str, Any]) -> bool:
+        """Fold one GenerationStep in; False (and nothing counted) when this trace's step was already folded."""
         p = self.policy
+        trace = str(step["trace_id"])
+        if int(step["step"]) <= self.applied.get(trace, -1):
+            return False
+        self.applied[trace] = int(step["step"])
         self._span(int(step["emitted_at_us"]))
         self.steps += 1
-        trace = str(step["trace_id"])
         self.traces.add(trace)
         heads = step_heads(step).astype(np.float64)
         if heads.size and np.isfinite(heads).all():
@@ -109,6 +119,9 @@ class ProfileWindow:
         self.tails[trace] = tail
         if len(tail) == p.ngram:
             self.paths[" ".join(map(str, tail))] += 1
+            if len(self.paths) > p.max_paths:  # keep the heavy hitters; rare n-grams cannot make the top list
+                self.paths = Counter(dict(self.paths.most_common(p.max_paths // 2)))
+        return True
 
     def add_neuron_counts(self, counts: Sequence[Sequence[int]], steps: int, at_us: int) -> None:
         """Merge a producer's per-neuron activation counts covering ``steps`` steps."""
@@ -158,3 +171,43 @@ class ProfileWindow:
             ],
             "produced_at_us": produced_at_us,
         }
+
+
+class ProfileTracker:
+    """Tumbling event-time windows per model version: folds batches of steps, closes windows into snapshots.
+
+    A step older than the open window is folded into it (late data is counted, not dropped); a step of a later
+    window closes the open one first. When traffic stops, ``on_tick`` closes a window once the clock is
+    ``grace_s`` past its end."""
+
+    def __init__(self, policy: ProfilePolicy | None = None) -> None:
+        self.policy = policy or ProfilePolicy()
+
+    def on_steps(
+        self, model: str, state: Mapping[str, Any] | None, steps: Sequence[Mapping[str, Any]], now_us: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+        """New state, snapshots of closed windows, and how many steps were duplicates."""
+        st = dict(state or {"window_start": None, "window": None})
+        snapshots, duplicates = [], 0
+        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
+        for step in sorted(steps, key=lambda s: int(s["emitted_at_us"])):
+            start = window_of(int(step["emitted_at_us"]), self.policy.window_s)
+            if win is None or start > st["window_start"]:
+                if win is not None and win.steps:
+                    snapshots.append(win.snapshot(model, now_us))
+                win, st["window_start"] = ProfileWindow(self.policy), start
+            if not win.add_step(step):
+                duplicates += 1
+        st["window"] = win.to_state() if win is not None else None
+        return st, snapshots, duplicates
+
+    def on_tick(self, model: str, state: Mapping[str, Any], now_us: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        st = dict(state)
+        if st.get("window") is None:
+            return st, []
+        end = st["window_start"] + (self.policy.window_s + self.policy.grace_s) * 1_000_000
+        if now_us < end:
+            return st, []
+        win = ProfileWindow(self.policy, st["window"])
+        st["window"] = None
+        return st, [win.snapshot(model, now_us)] if win.steps else []

@@ -89,3 +89,22 @@ def test_snapshot_encodes_and_state_round_trips() -> None:
 def test_tumbling_windows_align_to_their_size() -> None:
     assert window_of(125_000_000, 60) == 120_000_000
     assert window_of(119_999_999, 60) == 60_000_000
+
+
+def test_tracker_closes_windows_by_event_time_and_on_idle_ticks() -> None:
+    from stream_processors.profiling import ProfileTracker
+
+    tracker = ProfileTracker(ProfilePolicy(window_s=60, grace_s=5))
+    h = np.array([[1.0, 0.5]])
+    first = [step("a", i, i, h, [1.0], at_us=10_000_000) for i in range(3)]
+    state, snaps, dup = tracker.on_steps("m@1", None, first, 0)
+    assert (snaps, dup) == ([], 0)
+    state, snaps, dup = tracker.on_steps("m@1", json.loads(json.dumps(state)), first[:2], 0)
+    assert (snaps, dup) == ([], 2)  # replayed steps are not counted twice
+    later = [step("b", 0, 9, h, [1.0], at_us=70_000_000)]
+    state, snaps, _ = tracker.on_steps("m@1", state, later, 1)
+    assert [s["step_count"] for s in snaps] == [3]
+    state, snaps = tracker.on_tick("m@1", state, 120_000_000 + 4_999_999)
+    assert snaps == []
+    state, snaps = tracker.on_tick("m@1", state, 125_000_000)
+    assert [s["step_count"] for s in snaps] == [1] and state["window"] is None
