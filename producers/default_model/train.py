@@ -1,6 +1,9 @@
 """Train the embedded default model from scratch on the task suite (deterministic; CPU minutes, GPU seconds).
 
-Run: python -m producers.default_model.train [--steps 9000 --layers 3 --mix lookup=3] [--out DIR]
+Run: python -m producers.default_model.train [--steps 10000 --lr 1e-3 --mix lookup=2] [--out DIR]
+
+The defaults are the shipped model's recipe. Lookup (find a key's digit in a table) is learnt late, in a sudden
+jump, and only at the lower learning rate: at 2e-3 it stays near 0.5 while every other task converges.
 """
 
 from __future__ import annotations
@@ -34,13 +37,13 @@ def default_config(layers: int = 3, d_model: int = 128, heads: int = 4) -> T5Con
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=9000)
+    ap.add_argument("--steps", type=int, default=10000)
     ap.add_argument("--layers", type=int, default=3, help="encoder and decoder layers")
     ap.add_argument("--d-model", type=int, default=128, help="model width")
     ap.add_argument("--heads", type=int, default=4, help="attention heads per layer")
-    ap.add_argument("--mix", default="", help="task weights per round, e.g. lookup=3,add=2")
+    ap.add_argument("--mix", default="lookup=2", help="task weights per round, e.g. lookup=3,add=2")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-every", type=int, default=1000)
