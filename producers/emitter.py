@@ -25,7 +25,7 @@ from evostream.errors import DeliveryError, EvoError
 from producers.steps import AttentionSignal, StepBatch, TraceMeta, step_records
 from schemas.catalog import STEPS
 
-_STEP, _DRAIN, _STOP = 0, 1, 2
+_STEPS, _DRAIN, _STOP = 0, 1, 2
 _READY, _DRAINED, _FAILED = "ready", "drained", "failed"
 
 
@@ -38,8 +38,12 @@ class StepEmitter:
         topic: str = STEPS,
         producer_config: Mapping[str, Any] | None = None,
         start_timeout_s: float = 60.0,
+        coalesce_s: float = 0.005,
     ) -> None:
         self.topic = topic
+        self.coalesce_s = coalesce_s
+        self._pending: list[tuple[Any, ...]] = []
+        self._last_send = 0.0
         self.emitted = 0
         self._error: str | None = None
         self._token = 0
@@ -64,10 +68,22 @@ class StepEmitter:
         signal: AttentionSignal,
         token_texts: Sequence[str],
     ) -> None:
-        """Hand one step over to the worker; blocks while the worker is behind (back-pressure)."""
+        """Hand one step over to the worker; blocks while the worker is behind (back-pressure).
+
+        Steps that follow each other within ``coalesce_s`` travel together (one pipe write and one wake-up of the
+        worker for several steps); a step waits at most that long, or until the next step or ``drain``."""
         self._collect()
         self._raise()
-        payload = pickle.dumps((_STEP, batch, list(metas), model_version, signal, list(token_texts)), protocol=5)
+        self._pending.append((batch, list(metas), model_version, signal, list(token_texts)))
+        if time.monotonic() - self._last_send >= self.coalesce_s:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        if not self._pending:
+            return
+        payload = pickle.dumps((_STEPS, self._pending), protocol=5)
+        self._pending = []
+        self._last_send = time.monotonic()
         try:
             self._jobs.send_bytes(payload)
         except (BrokenPipeError, OSError) as e:
@@ -75,6 +91,7 @@ class StepEmitter:
 
     def drain(self, timeout_s: float = 60.0) -> None:
         """Wait until every submitted step is encoded and acknowledged by the broker."""
+        self._send_pending()
         self._token += 1
         try:
             self._jobs.send_bytes(pickle.dumps((_DRAIN, self._token, timeout_s)))
@@ -169,9 +186,10 @@ def _worker(bootstrap: str, topic: str, config: dict[str, Any], jobs: Connection
         if failed:
             continue  # keep reading so the parent never blocks; the failure is already reported
         try:
-            for rec in step_records(msg[1], msg[2], msg[3], msg[4], msg[5]):
-                producer.send(topic, rec["trace_id"], codec.encode(rec))
-                emitted += 1
+            for job in msg[1]:
+                for rec in step_records(*job):
+                    producer.send(topic, rec["trace_id"], codec.encode(rec))
+                    emitted += 1
         except Exception as e:  # reported to the generation thread, never swallowed
             failed = True
             results.send((_FAILED, f"{type(e).__name__}: {e}"))
