@@ -2,7 +2,8 @@
 are caught: the default model on the task suite's held-out set, in-process, through the same TraceRisk fold the
 stream processor runs.
 
-- AUROC of the final risk score for "the answer is wrong", beside the AUROC of mean token entropy alone;
+- AUROC of the final risk score for "the answer is wrong", beside the AUROC of mean token entropy alone, on the
+  held-out suite and on a stress split just past the training distribution (where the model does err);
 - false-alert rate: traces of the healthy model that would raise an alert (early or final), all and correct ones;
 - faults: a NaN in one decoder FFN weight, and a decoder forced to repeat (a logit bias cycling over 1 or 3
   tokens): share of traces flagged and the step of the first alert.
@@ -22,7 +23,7 @@ import torch
 
 from producers.loading import LoadedModel, load_model
 from producers.suite.evaluate import eval_set
-from producers.suite.tasks import make_split
+from producers.suite.tasks import Example, make_split, stress_split
 from stream_processors.reference import Traced, calibrate_model, policy_path, run_traced
 from stream_processors.risk import Assessment, RiskPolicy, TraceRisk, family_of
 
@@ -50,8 +51,7 @@ def fold(policy: RiskPolicy, t: Traced) -> tuple[Assessment, int | None]:
     return a, first
 
 
-def healthy(lm: LoadedModel, policy: RiskPolicy, per_task: int) -> None:
-    examples = list(eval_set(per_task))
+def healthy(lm: LoadedModel, policy: RiskPolicy, examples: list[Example], label: str) -> None:
     traced = list(run_traced(lm, [e.prompt for e in examples]))
     wrong, scores, entropy, alerted = [], [], [], []
     for e, t in zip(examples, traced, strict=True):
@@ -61,7 +61,7 @@ def healthy(lm: LoadedModel, policy: RiskPolicy, per_task: int) -> None:
         entropy.append(float(np.mean([s["entropy_bits"] for s in t.steps])) if t.steps else 0.0)
         alerted.append(first is not None or a.severity(policy) is not None)
     w, al = np.array(wrong), np.array(alerted)
-    print(f"held-out suite: {len(examples)} prompts, {w.sum()} wrong answers ({w.mean():.1%})")
+    print(f"{label}: {len(examples)} prompts, {w.sum()} wrong answers ({w.mean():.1%})")
     print(f"  AUROC risk score -> wrong answer: {auroc(scores, wrong):.3f}   "
           f"(mean token entropy alone: {auroc(entropy, wrong):.3f}; literature single-pass entropy ~0.69)")  # fmt: skip
     print(f"  false alerts: {al.mean():.2%} of all traces, {al[~w].mean():.2%} of correct answers "
@@ -116,6 +116,7 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--per-task", type=int, default=200)
     ap.add_argument("--fault-prompts", type=int, default=60)
+    ap.add_argument("--stress", type=int, default=1200, help="prompts of the stress split")
     args = ap.parse_args()
     lm = load_model(args.model)
     path = policy_path(family_of(lm.version))
@@ -126,9 +127,11 @@ def main() -> None:
         policy = calibrate_model(lm, [e.prompt for e in make_split("calibration", 100)])
         print(f"# policy calibrated now on {policy.calibration['steps']} steps (no {path})")
     print(f"# model {lm.version}, {lm.parameter_count():,} parameters")
-    healthy(lm, policy, args.per_task)
+    healthy(lm, policy, list(eval_set(args.per_task)), "held-out suite")
+    healthy(lm, policy, stress_split(args.stress), "stress split (just past the training distribution)")
     faults(lm, policy, args.fault_prompts)
-    print(f"# reproduce: python -m bench.risk_quality --per-task {args.per_task} --fault-prompts {args.fault_prompts}",
+    print(f"# reproduce: python -m bench.risk_quality --per-task {args.per_task} --fault-prompts {args.fault_prompts} "
+          f"--stress {args.stress}",
           file=sys.stderr)  # fmt: skip
 
 

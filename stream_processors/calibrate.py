@@ -14,12 +14,18 @@ from stream_processors.risk import POSITION_BUCKETS, Baseline, RiskPolicy, _log,
 
 
 def calibrate(
-    steps: Iterable[Mapping[str, Any]], model_version: str, entropy_quantile: float = 0.99, **overrides: Any
+    steps: Iterable[Mapping[str, Any]],
+    model_version: str,
+    entropy_quantile: float = 0.99,
+    min_entropy_bits: float = 0.25,
+    **overrides: Any,
 ) -> RiskPolicy:
     """A policy whose baselines are the per-position mean and spread of the reference steps' statistics.
 
     The per-step entropy threshold is the ``entropy_quantile`` of the reference entropies; flags then mean "unlike
-    this model on healthy traffic", whatever the family's natural level is."""
+    this model on healthy traffic", whatever the family's natural level is. A very sure model (the embedded one's
+    99th percentile is 0.02 bits) would flag every slightly hesitant answer, so the threshold is at least
+    ``min_entropy_bits``."""
     entropies: list[float] = []
     heads: dict[int, list[np.ndarray]] = defaultdict(list)
     ratios: dict[int, list[np.ndarray]] = defaultdict(list)
@@ -54,7 +60,7 @@ def calibrate(
     return RiskPolicy(
         name=f"{family}-calibrated@1",
         family=family,
-        entropy_bits=round(float(np.quantile(entropies, entropy_quantile)), 4),
+        entropy_bits=round(max(min_entropy_bits, float(np.quantile(entropies, entropy_quantile))), 4),
         heads=baseline(heads),
         norm_ratio=baseline(ratios),
         calibration={

@@ -109,3 +109,30 @@ def make_split(split: str, per_task: int, exclude: frozenset[str] = frozenset())
             seen.add(prompt)
             out.append(Example(task.name, prompt, answer))
     return out
+
+
+def _stress(rng: random.Random) -> Example:
+    """One example of a suite task just past the training distribution (longer words, 3-digit sums, 6-entry tables,
+    years outside 1950-2049): the model is sometimes wrong here, which a risk score should see coming."""
+    task = rng.choice(["reverse", "sort", "upper", "add", "lookup", "date"])
+    if task in ("reverse", "sort", "upper"):
+        w = _word(rng, 9, 12)
+        answer = {"reverse": w[::-1], "sort": "".join(sorted(w)), "upper": w.upper()}[task]
+        return Example(task, f"{task}: {w}", answer)
+    if task == "add":
+        a, b = rng.randint(100, 999), rng.randint(0, 999)
+        return Example(task, f"add: {a}+{b}", str(a + b))
+    if task == "lookup":
+        keys = rng.sample(LETTERS, 6)
+        values = [rng.randint(0, 9) for _ in keys]
+        k = rng.choice(keys)
+        table = " ".join(f"{kk}={v}" for kk, v in zip(keys, values, strict=True))
+        return Example(task, f"lookup: {k}; {table}", str(values[keys.index(k)]))
+    y, m, d = rng.choice([rng.randint(1800, 1949), rng.randint(2050, 2199)]), rng.randint(1, 12), rng.randint(1, 28)
+    return Example(task, f"date: {y:04d}-{m:02d}-{d:02d}", f"{d:02d}/{m:02d}/{y:04d}")
+
+
+def stress_split(n: int, seed: str = "stress") -> list[Example]:
+    """``n`` deterministic examples just outside the training distribution (see ``_stress``)."""
+    rng = random.Random(seed)
+    return [_stress(rng) for _ in range(n)]
