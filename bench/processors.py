@@ -3,8 +3,8 @@ takes from the offending step event.
 
 Throughput: N step events (T traces) and their completions are produced first; then a fresh worker
 (``evostream process``, its own consumer group) starts, and the clock runs from its "Ready" to the last FINAL
-report. Latency: with the worker idle, one trace at a time gets a NaN step; the latency is the alert's arrival at a
-consumer minus the step event's emitted_at_us (same machine, same clock).
+report. Latency: then, with the same worker caught up and idle, one trace at a time gets a NaN step; the latency is
+the alert's arrival at a consumer minus the step event's emitted_at_us (same machine, same clock).
 
 Run: python -m bench.processors [--steps 50000 --traces 500 --alerts 200]
 """
@@ -62,7 +62,10 @@ def start_worker(bootstrap: str, tmp: Path) -> tuple[subprocess.Popen[bytes], Pa
     return proc, log, time.monotonic()
 
 
-def throughput(bootstrap: str, tmp: Path, n_steps: int, n_traces: int, layers: int, heads: int) -> None:
+def throughput(
+    bootstrap: str, tmp: Path, n_steps: int, n_traces: int, layers: int, heads: int
+) -> subprocess.Popen[bytes]:
+    """Returns the worker, caught up, for the latency run."""
     run = uuid.uuid4().hex[:8]
     traces = [f"bench-{run}-{t}" for t in range(n_traces)]
     per = n_steps // n_traces
@@ -84,17 +87,16 @@ def throughput(bootstrap: str, tmp: Path, n_steps: int, n_traces: int, layers: i
                 if r["stage"] == "FINAL" and r["trace_id"] in left:
                     left.discard(r["trace_id"])
                     last = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
     events = per * n_traces + n_traces
     el = last - t0
     status = "all traces" if not left else f"{len(left)} traces missing"
     print(f"throughput: {per * n_traces:,} step events ({layers}x{heads}) + {n_traces} completions of {n_traces} "
           f"traces in {el:.2f} s from worker ready = {events / el:,.0f} events/s ({status})")  # fmt: skip
+    return proc
 
 
-def latency(bootstrap: str, tmp: Path, n: int, layers: int, heads: int) -> None:
-    proc, _, _ = start_worker(bootstrap, tmp)
+def latency(bootstrap: str, proc: subprocess.Popen[bytes], n: int, layers: int, heads: int) -> None:
+    """With the worker caught up and idle: one NaN step at a time, time to its alert."""
     producer = EventProducer(bootstrap)
     codec = RecordCodec("RiskAlert")
     lat_ms: list[float] = []
@@ -137,8 +139,8 @@ def main() -> None:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-proc-"))
     with bench_broker(args.bootstrap) as bootstrap:
-        throughput(bootstrap, tmp, args.steps, args.traces, args.layers, args.heads)
-        latency(bootstrap, tmp, args.alerts, args.layers, args.heads)
+        worker = throughput(bootstrap, tmp, args.steps, args.traces, args.layers, args.heads)
+        latency(bootstrap, worker, args.alerts, args.layers, args.heads)
     print(f"# reproduce: python -m bench.processors --steps {args.steps} --traces {args.traces} --alerts {args.alerts} "
           f"--layers {args.layers} --heads {args.heads}", file=sys.stderr)  # fmt: skip
 

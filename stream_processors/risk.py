@@ -22,6 +22,7 @@ Flags:
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -87,7 +88,8 @@ class RiskPolicy:
     repeat_max_period: int = 8
     repeat_min_cycles: int = 4
     hidden_repeat_ratio: float = 0.05
-    """Steps p apart "repeat" when their hidden signatures are this much closer than the window's median pair."""
+    """Steps p apart "repeat" when their hidden signatures are this much closer than the window's median distance
+    between steps up to 2 * repeat_max_period apart."""
     collapse_z: float = -6.0
     collapse_head_share: float = 0.25
     blowup_z: float = 8.0
@@ -171,7 +173,7 @@ class TraceRisk:
         s = dict(state or {})
         self.steps: int = s.get("steps", 0)
         self.tokens: list[int] = list(s.get("tokens", []))
-        self.signatures: list[list[float]] = [list(x) for x in s.get("signatures", [])]
+        self.signatures: list[list[float]] = _unpack_rows(s.get("signatures", ""))
         self.high_entropy: int = s.get("high_entropy", 0)
         self.entropy_sum: float = s.get("entropy_sum", 0.0)
         self.nonfinite_layers: set[int] = set(s.get("nonfinite_layers", []))
@@ -184,7 +186,7 @@ class TraceRisk:
         return {
             "steps": self.steps,
             "tokens": self.tokens,
-            "signatures": self.signatures,
+            "signatures": _pack_rows(self.signatures),
             "high_entropy": self.high_entropy,
             "entropy_sum": self.entropy_sum,
             "nonfinite_layers": sorted(self.nonfinite_layers),
@@ -233,20 +235,18 @@ class TraceRisk:
         period = _period(self.tokens, p.repeat_max_period, p.repeat_min_cycles)
         if period:
             return f"tokens repeat with period {period}"
-        if len(self.signatures[-1]) == 0:
+        # the hidden-state test only runs while the tokens repeat at least once (cheap test first)
+        if len(self.signatures[-1]) == 0 or not _period(self.tokens, p.repeat_max_period, 2):
             return ""
-
         sig = np.asarray(self.signatures)
-        d = np.sqrt(((sig[:, None, :] - sig[None, :, :]) ** 2).sum(-1))
-        scale = float(np.median(d[np.triu_indices(len(sig), 1)])) if len(sig) > 1 else 0.0
+        lags = [np.linalg.norm(sig[k:] - sig[:-k], axis=1) for k in range(1, min(len(sig), 2 * p.repeat_max_period))]
+        scale = float(np.median(np.concatenate(lags))) if lags else 0.0
 
         def close(a: list[float], b: list[float]) -> bool:
             return float(np.linalg.norm(np.subtract(a, b))) <= p.hidden_repeat_ratio * scale
 
         period = _period(self.signatures, p.repeat_max_period, p.repeat_min_cycles, close)
-        if period and _period(self.tokens, p.repeat_max_period, 2):
-            return f"hidden states repeat with period {period}"
-        return ""
+        return f"hidden states repeat with period {period}" if period else ""
 
     def assess(self) -> Assessment:
         p = self.policy
@@ -280,6 +280,22 @@ class TraceRisk:
         blamed = tuple(sorted({layer for _, _, layers in parts for layer in layers}))
         reason = "; ".join(text for _, text, _ in parts) or f"healthy (mean entropy {mean_h:.2f} bits)"
         return Assessment(round(1.0 - keep, 6), flags, blamed, reason, self.steps)
+
+
+def _pack_rows(rows: list[list[float]]) -> str:
+    """Rows of equal length as base64 float32 with the row length in front (compact in a JSON changelog)."""
+    if not rows:
+        return ""
+    return f"{len(rows[0])}:" + base64.b64encode(np.asarray(rows, dtype="<f4").tobytes()).decode()
+
+
+def _unpack_rows(text: str) -> list[list[float]]:
+    if not text:
+        return []
+    width, data = text.split(":", 1)
+    flat = np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float64)
+    rows: list[list[float]] = flat.reshape(-1, int(width)).tolist() if int(width) else [[] for _ in flat]
+    return rows
 
 
 def _fmt(layers: Sequence[int]) -> str:

@@ -52,32 +52,47 @@ class RiskTracker:
             report = self._report(st, assessment, policy, "EARLY", now_us)
             out.reports.append(report)
             out.alerts.append(self._alert(report, severity, policy))
+        pending = st.get("completion")
+        if pending is not None and risk.steps >= pending["token_count"]:
+            self._finish(st, pending, policy, now_us, out)
         return out
 
     def on_completion(
         self, state: Mapping[str, Any] | None, completion: Mapping[str, Any], offset: int, now_us: int
     ) -> Outcome:
+        """The FINAL report, once the trace's steps have all arrived: the completion travels on another topic and
+        can overtake its last steps, in which case it waits in the state until they are folded."""
         st = dict(state or {})
-        if st.get("final") or offset <= st.get("completion_offset", -1):
+        if st.get("final") or "completion" in st or offset <= st.get("completion_offset", -1):
             return Outcome(st, duplicate=True)
         model = str(completion["model_version"])
-        policy = self.policy(model)
         st.setdefault("trace_id", completion["trace_id"])
         st.setdefault("request_id", completion["request_id"])
         st.setdefault("model_version", model)
-        st.update(final=True, completion_offset=offset)
-        assessment = TraceRisk(policy, st.get("risk")).assess()
-        if completion.get("finish_reason") == "ERROR":
-            assessment = Assessment(assessment.score, (*assessment.flags, "generation_error"), assessment.blamed_layers,
-                                    f"generation failed: {completion.get('error')}", assessment.steps)  # fmt: skip
+        expected = int(completion["token_count"])
+        pending = {"token_count": expected, "finish_reason": completion.get("finish_reason"),
+                   "error": completion.get("error")}  # fmt: skip
+        st.update(completion=pending, completion_offset=offset)
         out = Outcome(st)
+        if int(st.get("risk", {}).get("steps", 0)) >= expected:
+            self._finish(st, pending, self.policy(model), now_us, out)
+        return out
+
+    def _finish(
+        self, st: dict[str, Any], done: Mapping[str, Any], policy: RiskPolicy, now_us: int, out: Outcome
+    ) -> None:
+        assessment = TraceRisk(policy, st.get("risk")).assess()
+        if done.get("finish_reason") == "ERROR":
+            assessment = Assessment(assessment.score, (*assessment.flags, "generation_error"), assessment.blamed_layers,
+                                    f"generation failed: {done.get('error')}", assessment.steps)  # fmt: skip
         report = self._report(st, assessment, policy, "FINAL", now_us)
         out.reports.append(report)
         severity = assessment.severity(policy)
         if severity is not None:
             out.alerts.append(self._alert(report, severity, policy))
+        st["final"] = True
         st.pop("risk", None)  # a finished trace keeps only what recognises replays
-        return out
+        st.pop("completion", None)
 
     @staticmethod
     def _report(st: Mapping[str, Any], a: Assessment, policy: RiskPolicy, stage: str, now_us: int) -> dict[str, Any]:

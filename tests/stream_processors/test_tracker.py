@@ -1,0 +1,51 @@
+"""The risk agent's fold: early alerts, final reports, replays, and a completion that overtakes its steps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from schemas.samples import generation_step
+from schemas.tensors import pack_f32
+from stream_processors.risk import RiskPolicy
+from stream_processors.tracker import RiskTracker
+
+
+def step(i: int, **changes: Any) -> dict[str, Any]:
+    rec = generation_step(i, "t")
+    rec.update(model_version="m@1", entropy_bits=0.5, token_id=(i * 37 + 11) % 300, **changes)
+    return rec
+
+
+def completion(n: int) -> dict[str, Any]:
+    return {"trace_id": "t", "request_id": "req-t", "model_version": "m@1", "token_count": n, "finish_reason": "STOP",
+            "error": None}  # fmt: skip
+
+
+def fold(tracker: RiskTracker, events: list[tuple[str, dict[str, Any], int]]) -> tuple[Any, list[dict[str, Any]]]:
+    state: Any = None
+    reports = []
+    for kind, rec, offset in events:
+        fn = tracker.on_step if kind == "step" else tracker.on_completion
+        out = fn(state, rec, offset, 0)
+        state = json.loads(json.dumps(out.state))
+        reports += out.reports
+    return state, reports
+
+
+def test_a_completion_that_overtakes_its_steps_waits_for_them() -> None:
+    tracker = RiskTracker({"*": RiskPolicy()})
+    events = [("step", step(0), 0), ("completion", completion(3), 0), ("step", step(1), 1), ("step", step(2), 2)]
+    state, reports = fold(tracker, events)
+    assert [(r["stage"], r["steps"]) for r in reports] == [("FINAL", 3)]
+    assert state["final"] and "risk" not in state
+
+
+def test_an_early_alert_once_per_severity_and_replays_skipped() -> None:
+    tracker = RiskTracker({"*": RiskPolicy()})
+    nan = step(1, layer_nonfinite=[0, 1, 1, 1], layer_hidden_l2=pack_f32([1.0, float("nan"), 1.0, 1.0]))
+    events = [("step", step(0), 0), ("step", nan, 1), ("step", nan, 1), ("step", step(2), 2),
+              ("completion", completion(3), 0), ("completion", completion(3), 0)]  # fmt: skip
+    _, reports = fold(tracker, events)
+    assert [(r["stage"], r["flags"]) for r in reports] == [("EARLY", ["nonfinite_hidden"]),
+                                                            ("FINAL", ["nonfinite_hidden"])]  # fmt: skip
