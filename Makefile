@@ -11,7 +11,7 @@ lint:   ## ruff and mypy
 	@venv="$$(scripts/venv.sh)" && "$$venv/bin/ruff" check . && "$$venv/bin/ruff" format --check . && "$$venv/bin/mypy"
 
 bench:  ## codec and produce/consume benchmarks against the local broker
-	@venv="$$(scripts/venv.sh)" && "$$venv/bin/python" -m bench.codec && "$$venv/bin/python" -m bench.produce && "$$venv/bin/python" -m bench.overhead
+	@venv="$$(scripts/venv.sh)" && "$$venv/bin/python" -m bench.codec && "$$venv/bin/python" -m bench.produce && "$$venv/bin/python" -m bench.overhead && "$$venv/bin/python" -m bench.processors && "$$venv/bin/python" -m bench.risk_quality
 
 stop:   ## stop the local broker
 	@venv="$$(scripts/venv.sh)" && "$$venv/bin/evostream" stack down
