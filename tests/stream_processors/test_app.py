@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -14,13 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
+from producers.anatomy import anatomy
+from producers.client import InferenceClient
+from producers.service import InferenceService, ServeOptions
 from schemas.catalog import ALERTS, COMPLETIONS, DLQ, RISK, STEPS
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
 from schemas.tensors import pack_f32
+from tests.producers.models import tiny
 
 pytestmark = pytest.mark.integration
 
@@ -152,3 +158,26 @@ def test_a_killed_worker_resumes_from_its_changelog_without_losing_or_doubling(k
             finals[r["trace_id"]].append(r["steps"])
     assert set(finals) == wanted
     assert {t: set(v) for t, v in finals.items()} == {t: {steps_per_trace} for t in traces}
+
+
+def test_a_served_model_with_a_nan_weight_raises_an_alert_end_to_end(kafka: str, worker: Worker) -> None:
+    """Real producer output: the inference service serves a model whose layer-1 FFN weight is NaN."""
+    lm = tiny("gpt2")
+    ffn = anatomy(lm.model).ffn_out[1]
+    assert ffn is not None
+    with torch.no_grad():
+        ffn.weight[0, 0] = float("nan")  # type: ignore[index]
+    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=2, max_wait_ms=10))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        client = InferenceClient(kafka)
+        reply = client.await_reply(client.publish("reverse: hello", max_new_tokens=8), timeout_s=60)
+    finally:
+        service.stop_event.set()
+        thread.join(60)
+    trace = reply["trace_id"]
+    alerts = read(kafka, ALERTS, "RiskAlert", lambda got: sum(a["trace_id"] == trace for a in got) >= 2)
+    mine = [(a["stage"], a["severity"], a["flags"], a["blamed_layers"]) for a in alerts if a["trace_id"] == trace]
+    assert mine[0] == ("EARLY", "CRITICAL", ["nonfinite_hidden"], [1])
+    assert mine[-1][:2] == ("FINAL", "CRITICAL") and "nonfinite_hidden" in mine[-1][2]
