@@ -93,6 +93,15 @@ class InstrumentedGenerator:
     def num_heads(self) -> int:
         return self.anat.num_heads
 
+    def take_neuron_counts(self) -> tuple[npt.NDArray[np.int32], int] | None:
+        """Per layer, per FFN neuron: on how many sequence-steps it fired since the last call, and how many
+        sequence-steps that covers; None when the model's FFN output projections were not found."""
+        taken = self.probe.take_neuron_counts()
+        if taken is None:
+            return None
+        counts, rows = taken
+        return counts.numpy().astype(np.int32), rows
+
     def close(self) -> None:
         self.probe.remove()
 
@@ -126,6 +135,7 @@ class InstrumentedGenerator:
         else:
             gen.seed()
         finished = torch.zeros(b, dtype=torch.bool, device=device)
+        self.probe.row_mask = ~finished
         want_attn = self.signal == "ENTROPY"
 
         t0 = time.perf_counter()
@@ -150,6 +160,7 @@ class InstrumentedGenerator:
         prefill_us = 0
         for step in range(params.max_new_tokens):
             ts = time.perf_counter()
+            self.probe.row_mask = ~finished
             if self.loaded.is_seq2seq:
                 out = forward(next_input, past)
             elif step > 0:

@@ -29,6 +29,11 @@ class Probe:
         self.hidden: list[Tensor | None] = [None] * n
         self.heads: list[Tensor | None] = [None] * n
         self.ffn: list[Tensor | None] = [None] * n
+        self.row_mask: Tensor | None = None
+        """[B] bool: rows still generating (set by the generator before each step); only they count below."""
+        self.neuron_counts: list[Tensor | None] = [None] * n
+        """Per layer [d_ff] int32 on the device: steps on which each FFN neuron fired, since the last take."""
+        self.counted_rows: Tensor | None = None
         self._handles: list[RemovableHandle] = []
         for i, layer in enumerate(anat.layers):
             self._handles.append(layer.register_forward_hook(self._hidden_hook(i)))
@@ -62,9 +67,29 @@ class Probe:
 
     def _ffn_hook(self, i: int) -> Any:
         def hook(_m: nn.Module, inp: Any) -> None:
-            self.ffn[i] = ffn_sparsity(_newest(inp))
+            x = _newest(inp)
+            self.ffn[i] = ffn_sparsity(x)
+            fired = x > 0
+            if self.row_mask is not None:
+                fired = fired & self.row_mask[:, None]
+            add = fired.sum(0, dtype=torch.int32)
+            prev = self.neuron_counts[i]
+            self.neuron_counts[i] = add if prev is None else prev + add
+            if i == 0:
+                rows = self.row_mask.sum() if self.row_mask is not None else torch.tensor(x.shape[0], device=x.device)
+                self.counted_rows = rows if self.counted_rows is None else self.counted_rows + rows
 
         return hook
+
+    def take_neuron_counts(self) -> tuple[Tensor, int] | None:
+        """([L, d_ff] int32 on the host, sequence-steps covered) since the last take, then reset; None if no FFN."""
+        if not self.has_ffn or any(c is None for c in self.neuron_counts) or self.counted_rows is None:
+            return None
+        counts = torch.stack([c for c in self.neuron_counts if c is not None]).cpu()
+        rows = int(self.counted_rows.item())
+        self.neuron_counts = [None] * self.anat.num_layers
+        self.counted_rows = None
+        return counts, rows
 
     def take_hidden(self) -> list[Tensor]:
         out = [h for h in self.hidden if h is not None]

@@ -26,7 +26,7 @@ from producers.generate import Generated, GenerationError, GenParams, Instrument
 from producers.loading import LoadedModel
 from producers.records import TokenTexts, completion_record
 from producers.steps import StepBatch, TraceMeta, now_us
-from schemas.catalog import COMPLETIONS, DLQ, REQUESTS
+from schemas.catalog import COMPLETIONS, DLQ, NEURONS, REQUESTS
 from schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.serve")
@@ -73,6 +73,7 @@ class InferenceService:
         self.requests = RecordCodec("InferenceRequest")
         self.completions = RecordCodec("Completion")
         self.dead_letters = RecordCodec("DeadLetter")
+        self.neurons = RecordCodec("NeuronCounts")
         self.stop_event = threading.Event()
         self.served = 0
         self.consumer = EventConsumer(bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
@@ -113,9 +114,21 @@ class InferenceService:
                 groups.setdefault(pending.params, []).append(pending)
         for params, batch in groups.items():
             self._generate(params, batch, started)
+        self._publish_neuron_counts(started)
         self.emitter.drain()  # every step event of the batch acknowledged ...
         self.producer.flush()  # ... and every completion, before the requests are committed
         self.consumer.commit()
+
+    def _publish_neuron_counts(self, started: int) -> None:
+        """FFN neuron firing counts of the batch: one small event per batch instead of d_ff numbers per step."""
+        taken = self.generator.take_neuron_counts()
+        if taken is None:
+            return
+        counts, rows = taken
+        rec = {"snapshot_id": uuid.uuid4().hex, "model_version": self.loaded.version, "steps": rows,
+               "num_layers": counts.shape[0], "ffn_width": counts.shape[1], "counts": counts.astype("<i4").tobytes(),
+               "window_start_us": started, "window_end_us": now_us()}  # fmt: skip
+        self.producer.send(NEURONS, self.loaded.version, self.neurons.encode(rec))
 
     def _read(self, msg: Message, started: int) -> _Pending | None:
         try:

@@ -19,6 +19,7 @@ RISK = "evo.risk"
 ALERTS = "evo.alerts"
 GOVERNANCE = "evo.governance"
 DLQ = "evo.dlq"
+NEURONS = "evo.neurons"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(REQUESTS, "InferenceRequest", "request_id", 3, "delete", 7 * DAY_MS, "client requests to generate"),
     TopicSpec(STEPS, "GenerationStep", "trace_id", 6, "delete", 7 * DAY_MS, "one event per generated token"),
     TopicSpec(COMPLETIONS, "Completion", "trace_id", 3, "delete", 30 * DAY_MS, "one event per request"),
+    # As many partitions as evo.steps: the profiling table keyed by model_version is co-partitioned with both.
+    TopicSpec(NEURONS, "NeuronCounts", "model_version", 6, "delete", 7 * DAY_MS, "FFN neuron firing counts"),
     TopicSpec(PROFILES, "ProfileSnapshot", "model_version", 1, "compact", FOREVER, "latest profile per model"),
     TopicSpec(DRIFT, "DriftReport", "model_version", 1, "delete", 90 * DAY_MS, "drift window reports"),
     TopicSpec(RISK, "RiskReport", "trace_id", 3, "delete", 30 * DAY_MS, "risk per trace, early and final"),

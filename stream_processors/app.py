@@ -18,7 +18,7 @@ import faust
 from evostream.errors import DecodeError
 from evostream.settings import Settings
 from producers.steps import now_us
-from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEPS
+from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from stream_processors.drift_tracker import DriftTracker, DriftWindows
 from stream_processors.profiling import ProfilePolicy, ProfileTracker
@@ -46,8 +46,9 @@ class Processors:
         self.tracker = RiskTracker(policies if policies is not None else load_policies())
         self.drift_tracker = drift or DriftTracker()
         self.profile_tracker = profile or ProfileTracker()
-        self.codecs = {n: RecordCodec(n) for n in ("GenerationStep", "Completion", "RiskReport", "RiskAlert",
-                                                   "DeadLetter", "DriftReport", "ProfileSnapshot")}  # fmt: skip
+        names = ("GenerationStep", "Completion", "RiskReport", "RiskAlert", "DeadLetter", "DriftReport",
+                 "ProfileSnapshot", "NeuronCounts")  # fmt: skip
+        self.codecs = {n: RecordCodec(n) for n in names}
         self.stats = {"steps": 0, "completions": 0, "duplicates": 0, "dead_letters": 0, "alerts": 0, "drift": 0,
                       "profiles": 0}  # fmt: skip
         app = faust.App(
@@ -74,6 +75,7 @@ class Processors:
         self.dlq = app.topic(DLQ, **raw)
         self.drift = app.topic(DRIFT, **raw)
         self.profiles = app.topic(PROFILES, **raw)
+        self.neurons = app.topic(NEURONS, **raw)
         self.table = app.Table(
             "risk-traces",
             default=None,
@@ -102,6 +104,7 @@ class Processors:
         )
         app.agent(self.completions, name="drift-completions")(self._on_drift)
         app.agent(self.steps, name="profile-steps")(self._on_profile)
+        app.agent(self.neurons, name="profile-neurons")(self._on_neurons)
         app.timer(interval=self.profile_tracker.policy.grace_s)(self._close_idle_windows)
 
     async def _on_steps(self, stream: faust.StreamT[bytes]) -> None:
@@ -167,6 +170,21 @@ class Processors:
                 self.stats["duplicates"] += dup
                 await self._publish_profiles(model, snapshots)
                 self.profile_table[model.encode()] = state
+
+    async def _on_neurons(self, stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            rec = await self._decode("NeuronCounts", event)
+            if rec is None:
+                continue
+            model = str(rec["model_version"])
+            key = model.encode()
+            state, snapshots, duplicate = self.profile_tracker.on_neurons(model, self.profile_table.get(key), rec,
+                                                                          now_us())  # fmt: skip
+            if duplicate:
+                self.stats["duplicates"] += 1
+                continue
+            await self._publish_profiles(model, snapshots)
+            self.profile_table[key] = state
 
     async def _close_idle_windows(self) -> None:
         for key, state in list(self.profile_table.items()):

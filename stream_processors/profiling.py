@@ -67,6 +67,7 @@ class ProfileWindow:
         self.paths: Counter[str] = Counter(s.get("paths", {}))
         self.tails: dict[str, list[int]] = {k: list(v) for k, v in s.get("tails", {}).items()}
         self.applied: dict[str, int] = dict(s.get("applied", {}))
+        self.snapshot_ids: list[str] = list(s.get("snapshot_ids", []))
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -84,6 +85,7 @@ class ProfileWindow:
             "paths": dict(self.paths),
             "tails": self.tails,
             "applied": self.applied,
+            "snapshot_ids": self.snapshot_ids,
         }
 
     def _span(self, at_us: int) -> None:
@@ -200,6 +202,28 @@ class ProfileTracker:
                 duplicates += 1
         st["window"] = win.to_state() if win is not None else None
         return st, snapshots, duplicates
+
+    def on_neurons(
+        self, model: str, state: Mapping[str, Any] | None, snap: Mapping[str, Any], now_us: int
+    ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
+        """Fold a producer's NeuronCounts record into the window of its end time: new state, closed windows, and
+        whether it was a duplicate (already folded)."""
+        st = dict(state or {"window_start": None, "window": None})
+        at = int(snap["window_end_us"])
+        start = window_of(at, self.policy.window_s)
+        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
+        closed = []
+        if win is None or start > st["window_start"]:
+            if win is not None and win.steps:
+                closed.append(win.snapshot(model, now_us))
+            win, st["window_start"] = ProfileWindow(self.policy), start
+        if snap["snapshot_id"] in win.snapshot_ids:
+            return st, closed, True
+        counts = np.frombuffer(snap["counts"], dtype="<i4").reshape(snap["num_layers"], snap["ffn_width"])
+        win.add_neuron_counts(counts.tolist(), int(snap["steps"]), at)
+        win.snapshot_ids.append(str(snap["snapshot_id"]))
+        st["window"] = win.to_state()
+        return st, closed, False
 
     def on_tick(self, model: str, state: Mapping[str, Any], now_us: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         st = dict(state)

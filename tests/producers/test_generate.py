@@ -128,3 +128,22 @@ def test_entropy_is_in_range_for_every_step() -> None:
         assert np.all(s.logits[:, 1] >= 0)
         assert np.all(s.logits[:, 1] <= math.log2(384) + 1e-4)
         assert s.latency_us > 0
+
+
+def test_neuron_counts_agree_with_the_per_step_sparsity_of_active_rows() -> None:
+    lm = tiny("t5")  # ReLU: a neuron fired exactly when its activation is not zero
+    gen = InstrumentedGenerator(lm)
+    steps: list[StepBatch] = []
+    try:
+        gen.generate(["reverse: hello", "sort: ab"], GenParams(max_new_tokens=8), steps.append)
+        taken = gen.take_neuron_counts()
+        assert gen.take_neuron_counts() is None  # taking resets
+    finally:
+        gen.close()
+    assert taken is not None
+    counts, rows = taken
+    d_ff = counts.shape[1]
+    assert rows == sum(int(s.active.sum()) for s in steps)
+    expected = sum((1 - s.ffn[s.active]).sum(0) * d_ff for s in steps)  # type: ignore[index]
+    assert counts.shape[0] == 2 and counts.dtype == np.int32
+    np.testing.assert_allclose(counts.sum(1), expected, atol=0.5)

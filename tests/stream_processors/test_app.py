@@ -22,7 +22,7 @@ from evostream.bus.producer import EventProducer
 from producers.anatomy import anatomy
 from producers.client import InferenceClient
 from producers.service import InferenceService, ServeOptions
-from schemas.catalog import ALERTS, COMPLETIONS, DLQ, RISK, STEPS
+from schemas.catalog import ALERTS, COMPLETIONS, DLQ, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
 from schemas.tensors import pack_f32
@@ -37,7 +37,8 @@ COMPLETION = RecordCodec("Completion")
 class Worker:
     def __init__(self, kafka: str, tmp: Path) -> None:
         self.env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": kafka, "EVOSTREAM_PROCESSORS_DIR": str(tmp),
-                    "EVOSTREAM_PROCESSORS_APP_ID": f"test-processors-{uuid.uuid4().hex[:8]}"}  # fmt: skip
+                    "EVOSTREAM_PROCESSORS_APP_ID": f"test-processors-{uuid.uuid4().hex[:8]}",
+                    "EVOSTREAM_PROFILE_WINDOW_S": "2"}  # fmt: skip
         self.log = tmp / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -181,3 +182,31 @@ def test_a_served_model_with_a_nan_weight_raises_an_alert_end_to_end(kafka: str,
     mine = [(a["stage"], a["severity"], a["flags"], a["blamed_layers"]) for a in alerts if a["trace_id"] == trace]
     assert mine[0] == ("EARLY", "CRITICAL", ["nonfinite_hidden"], [1])
     assert mine[-1][:2] == ("FINAL", "CRITICAL") and "nonfinite_hidden" in mine[-1][2]
+
+
+def test_served_traffic_gives_a_profile_with_neuron_counts(kafka: str, worker: Worker) -> None:
+    """Real producer output: steps and the producer's neuron-count snapshots end in one ProfileSnapshot."""
+    lm = tiny("t5")
+    version = f"tiny-t5-{uuid.uuid4().hex[:6]}"
+    lm.version = version
+    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=4, max_wait_ms=10))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        client = InferenceClient(kafka)
+        sent = [client.publish(p, max_new_tokens=6) for p in ("reverse: abc", "sort: cab", "upper: xyz")]
+        replies = [client.await_reply(s, timeout_s=60) for s in sent]
+    finally:
+        service.stop_event.set()
+        thread.join(60)
+    tokens = sum(r["token_count"] for r in replies)
+    profiles = read(kafka, PROFILES, "ProfileSnapshot",
+                    lambda got: any(p["model_version"] == version for p in got), timeout_s=60)  # fmt: skip
+    mine = [p for p in profiles if p["model_version"] == version]
+    assert sum(p["step_count"] for p in mine) == tokens
+    assert sum(p["trace_count"] for p in mine) == 3
+    p = mine[0]
+    assert len(p["head_utilization"]) == 2 and len(p["head_utilization"][0]) == 4
+    assert len(p["ffn_neuron_activation_counts"]) == 2 and len(p["ffn_neuron_activation_counts"][0]) == 64
+    assert 0.0 <= min(p["dormant_neuron_fraction"]) <= max(p["dormant_neuron_fraction"]) <= 1.0
+    assert sum(map(sum, p["ffn_neuron_activation_counts"])) > 0

@@ -108,3 +108,22 @@ def test_tracker_closes_windows_by_event_time_and_on_idle_ticks() -> None:
     assert snaps == []
     state, snaps = tracker.on_tick("m@1", state, 125_000_000)
     assert [s["step_count"] for s in snaps] == [1] and state["window"] is None
+
+
+def test_neuron_count_snapshots_fold_into_their_window_once() -> None:
+    from stream_processors.profiling import ProfileTracker
+
+    tracker = ProfileTracker(ProfilePolicy(window_s=60))
+    h = np.array([[1.0, 0.5]])
+    state, _, _ = tracker.on_steps("m@1", None, [step("a", 0, 1, h, [1.0], at_us=10_000_000)], 0)
+    snap = {"snapshot_id": "s1", "model_version": "m@1", "steps": 4, "num_layers": 2, "ffn_width": 3,
+            "counts": np.array([[0, 4, 1], [0, 0, 2]], dtype="<i4").tobytes(), "window_start_us": 10_000_000,
+            "window_end_us": 10_500_000}  # fmt: skip
+    state, closed, dup = tracker.on_neurons("m@1", state, snap, 0)
+    assert (closed, dup) == ([], False)
+    state, _, dup = tracker.on_neurons("m@1", json.loads(json.dumps(state)), snap, 0)
+    assert dup
+    window = ProfileWindow(ProfilePolicy(), state["window"])
+    snapshot = window.snapshot("m@1", 0)
+    assert snapshot["ffn_neuron_activation_counts"] == [[0, 4, 1], [0, 0, 2]]
+    assert snapshot["dormant_neuron_fraction"] == pytest.approx([1 / 3, 2 / 3])
