@@ -113,22 +113,47 @@ def selfcheck(count: Annotated[int, typer.Option(help="Records to send and read 
 
 @app.command()
 @friendly
-def demo(bootstrap: Bootstrap = None) -> None:
+def demo(
+    risk: Annotated[bool, typer.Option(help="Also run the stream processors and show each answer's risk.")] = True,
+    bootstrap: Bootstrap = None,
+) -> None:
     """Serve the embedded model and answer one prompt per task through Kafka (the README's main job)."""
+    import signal
+    import subprocess
+    from pathlib import Path
+
     from evostream.bus.admin import wait_for_broker
-    from evostream.demo import run_demo
+    from evostream.demo import run_demo, with_risk
     from evostream.stack import resolve_bootstrap
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = resolve_bootstrap(settings)
     wait_for_broker(server, settings.connect_timeout_s)
-    answers = run_demo(server, _say)
+    worker = None
+    if risk:  # the processors run as users run them: `evostream process`, beside the service
+        log = settings.processors_dir / "demo-worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            worker = subprocess.Popen([str(Path(sys.executable).with_name("evostream")), "process",
+                                       "--bootstrap", server], stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        _say(f"stream processors started (pid {worker.pid}, log {log})")
+    try:
+        answers = run_demo(server, _say)
+        if worker is not None:
+            answers = with_risk(server, answers)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
     right = 0
     for a in answers:
         ok = a.answer == a.expected
         right += ok
+        r = a.risk
+        verdict = (f" · risk {r['score']:.2f} {','.join(r['flags']) or 'no flags'}" if r else
+                   " · risk not reported" if risk else "")  # fmt: skip
         typer.echo(f"{'ok ' if ok else 'BAD'} {a.prompt!r:34} -> {a.answer!r:14} trace {a.trace_id} "
-                   f"{a.tokens} tokens, {a.step_events} step events, {a.total_ms:.0f} ms")  # fmt: skip
+                   f"{a.tokens} tokens, {a.step_events} step events, {a.total_ms:.0f} ms{verdict}")  # fmt: skip
     typer.echo(f"{right}/{len(answers)} tasks answered right; every token has its GenerationStep on evo.steps"
                if all(a.step_events == a.tokens for a in answers) else "step events are missing!")  # fmt: skip
     if not all(a.step_events == a.tokens for a in answers):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from evostream.errors import EvoError
 from producers.client import InferenceClient
@@ -26,6 +27,8 @@ class DemoAnswer:
     tokens: int
     step_events: int
     total_ms: float
+    risk: dict[str, Any] | None = None
+    """The FINAL RiskReport of the trace, when the stream processors ran alongside."""
 
 
 def run_demo(bootstrap: str, say: Callable[[str], None], timeout_s: float = 120.0) -> list[DemoAnswer]:
@@ -61,3 +64,29 @@ def run_demo(bootstrap: str, say: Callable[[str], None], timeout_s: float = 120.
         )
         for task, r in replies.items()
     ]
+
+
+def final_risk(bootstrap: str, traces: set[str], timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
+    """The FINAL RiskReport of each trace in ``traces`` (those that arrive within ``timeout_s``)."""
+    import time
+    import uuid
+
+    from evostream.bus.consumer import EventConsumer
+    from schemas.catalog import RISK
+    from schemas.codec import RecordCodec
+
+    codec = RecordCodec("RiskReport")
+    found: dict[str, dict[str, Any]] = {}
+    with EventConsumer(bootstrap, f"evostream-demo-{uuid.uuid4().hex[:8]}", [RISK]) as consumer:
+        deadline = time.monotonic() + timeout_s
+        while set(found) != traces and time.monotonic() < deadline:
+            for m in consumer.poll_batch(1000, 0.5):
+                r = codec.decode(m.value() or b"")
+                if r["trace_id"] in traces and r["stage"] == "FINAL":
+                    found[r["trace_id"]] = r
+    return found
+
+
+def with_risk(bootstrap: str, answers: list[DemoAnswer], timeout_s: float = 60.0) -> list[DemoAnswer]:
+    reports = final_risk(bootstrap, {a.trace_id for a in answers}, timeout_s)
+    return [replace(a, risk=reports.get(a.trace_id)) for a in answers]

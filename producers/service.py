@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 
+from evostream.bus.admin import ensure_topics
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.errors import DecodeError, EvoError
@@ -26,7 +27,7 @@ from producers.generate import Generated, GenerationError, GenParams, Instrument
 from producers.loading import LoadedModel
 from producers.records import TokenTexts, completion_record
 from producers.steps import StepBatch, TraceMeta, now_us
-from schemas.catalog import COMPLETIONS, DLQ, NEURONS, REQUESTS
+from schemas.catalog import CATALOG, COMPLETIONS, DLQ, NEURONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.serve")
@@ -67,6 +68,8 @@ class InferenceService:
         self.generator = generator or InstrumentedGenerator(
             loaded, max_prompt_tokens=options.max_prompt_tokens, max_new_tokens_limit=options.max_new_tokens_limit
         )
+        # the topics it writes, created if missing (a broker set up by an older version lacks newer ones)
+        ensure_topics(bootstrap, [t for t in CATALOG if t.name in (STEPS, COMPLETIONS, NEURONS, DLQ)])
         self.producer = EventProducer(bootstrap)
         self.emitter = StepEmitter(bootstrap)
         self.texts = TokenTexts(loaded.tokenizer)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: start the local Kafka broker (resolved from Maven Central the first time),
 # create the catalog's topics, prove the transport with a 10,000-record round trip, then serve the embedded model and
-# answer one prompt per task through Kafka, each token's GenerationStep checked on evo.steps.
+# answer one prompt per task through Kafka, each token's GenerationStep checked on evo.steps, with the stream
+# processors running beside it and each answer's FINAL risk report shown.
 # The broker keeps running afterwards; `make stop` (or `evostream stack down`) stops it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
