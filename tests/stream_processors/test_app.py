@@ -210,3 +210,31 @@ def test_served_traffic_gives_a_profile_with_neuron_counts(kafka: str, worker: W
     assert len(p["ffn_neuron_activation_counts"]) == 2 and len(p["ffn_neuron_activation_counts"][0]) == 64
     assert 0.0 <= min(p["dormant_neuron_fraction"]) <= max(p["dormant_neuron_fraction"]) <= 1.0
     assert sum(map(sum, p["ffn_neuron_activation_counts"])) > 0
+
+
+def test_a_served_decoder_forced_to_repeat_raises_a_repetition_alert_end_to_end(kafka: str, worker: Worker) -> None:
+    lm = tiny("gpt2")
+    tok = 3 + ord("z")
+
+    def force(_m: torch.nn.Module, _args: Any, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[..., tok] += 1e4
+        return out
+
+    hook = lm.model.get_output_embeddings().register_forward_hook(force)
+    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=2, max_wait_ms=10))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        client = InferenceClient(kafka)
+        reply = client.await_reply(client.publish("reverse: hello", max_new_tokens=12), timeout_s=60)
+    finally:
+        service.stop_event.set()
+        thread.join(60)
+        hook.remove()
+    assert reply["output_text"] == "z" * 12
+    trace = reply["trace_id"]
+    alerts = read(kafka, ALERTS, "RiskAlert", lambda got: any(a["trace_id"] == trace for a in got))
+    first = next(a for a in alerts if a["trace_id"] == trace)
+    assert first["stage"] == "EARLY" and "repetition_loop" in first["flags"]
+    assert "period 1" in first["reason"]
