@@ -46,6 +46,17 @@ CtlPort = Annotated[int | None, typer.Option(help="Controller port (0 = a free o
 Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap servers. Env: EVOSTREAM_BOOTSTRAP_SERVERS.")]
 
 
+def _broker(bootstrap: str | None) -> str:
+    """The broker address (the flag, else the environment, else the local stack), once it answers."""
+    from evostream.bus.admin import wait_for_broker
+    from evostream.stack import resolve_bootstrap
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = resolve_bootstrap(settings)
+    wait_for_broker(server, settings.connect_timeout_s)
+    return server
+
+
 @stack_app.command("up")
 @friendly
 def stack_up(port: Port = None, controller_port: CtlPort = None,
@@ -122,13 +133,10 @@ def demo(
     import subprocess
     from pathlib import Path
 
-    from evostream.bus.admin import wait_for_broker
     from evostream.demo import run_demo, with_risk
-    from evostream.stack import resolve_bootstrap
 
+    server = _broker(bootstrap)
     settings = load_settings(bootstrap_servers=bootstrap)
-    server = resolve_bootstrap(settings)
-    wait_for_broker(server, settings.connect_timeout_s)
     worker = None
     if risk:  # the processors run as users run them: `evostream process`, beside the service
         log = settings.processors_dir / "demo-worker.log"
@@ -176,16 +184,12 @@ def serve(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Serve inference requests from evo.requests, emitting a GenerationStep per token and a Completion per request."""
-    from evostream.bus.admin import wait_for_broker
-    from evostream.stack import resolve_bootstrap
     from producers.embedding import PromptEmbedder
     from producers.generate import InstrumentedGenerator
     from producers.loading import load_model
     from producers.service import InferenceService, ServeOptions
 
-    settings = load_settings(bootstrap_servers=bootstrap)
-    server = resolve_bootstrap(settings)
-    wait_for_broker(server, settings.connect_timeout_s)
+    server = _broker(bootstrap)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
     loaded = load_model(model, device=device, attn_implementation="eager" if attention == "entropy" else None)
@@ -213,13 +217,9 @@ def publish(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Publish an inference request; with --wait, print the answer, its trace id and how it finished."""
-    from evostream.bus.admin import wait_for_broker
-    from evostream.stack import resolve_bootstrap
     from producers.client import InferenceClient
 
-    settings = load_settings(bootstrap_servers=bootstrap)
-    server = resolve_bootstrap(settings)
-    wait_for_broker(server, settings.connect_timeout_s)
+    server = _broker(bootstrap)
     client = InferenceClient(server)
     sent = client.publish(prompt, max_new_tokens=max_new_tokens)
     if not wait:
@@ -246,13 +246,10 @@ def process(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Run the stream processors (risk scores and alerts) until Ctrl-C; state resumes from changelog topics."""
-    from evostream.bus.admin import wait_for_broker
-    from evostream.stack import resolve_bootstrap
     from stream_processors.app import run_worker
 
+    server = _broker(bootstrap)
     settings = load_settings(bootstrap_servers=bootstrap)
-    server = resolve_bootstrap(settings)
-    wait_for_broker(server, settings.connect_timeout_s)
     settings.processors_dir.mkdir(parents=True, exist_ok=True)
     _say(f"stream processors on {server} (data in {settings.processors_dir})")
     run_worker(settings, server, loglevel)
@@ -291,16 +288,12 @@ def alerts(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Print risk alerts from evo.alerts (one line each); --follow subscribes."""
-    from evostream.bus.admin import wait_for_broker
-    from evostream.stack import resolve_bootstrap
     from stream_processors.follow import follow_alerts
 
     order = ("INFO", "WARNING", "CRITICAL")
     if min_severity.upper() not in order:
         raise typer.BadParameter("--min-severity must be INFO, WARNING or CRITICAL")
-    settings = load_settings(bootstrap_servers=bootstrap)
-    server = resolve_bootstrap(settings)
-    wait_for_broker(server, settings.connect_timeout_s)
+    server = _broker(bootstrap)
     for line in follow_alerts(server, min_severity.upper(), follow=follow, from_start=since_start):
         typer.echo(line)
 
@@ -313,13 +306,9 @@ def drift(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Show the latest drift windows from evo.drift: each statistic, '!' where it fired, and the verdict."""
-    from evostream.bus.admin import wait_for_broker
-    from evostream.stack import resolve_bootstrap
     from stream_processors.follow import latest_drift
 
-    settings = load_settings(bootstrap_servers=bootstrap)
-    server = resolve_bootstrap(settings)
-    wait_for_broker(server, settings.connect_timeout_s)
+    server = _broker(bootstrap)
     lines = latest_drift(server, last, model)
     for line in lines:
         typer.echo(line)
@@ -334,13 +323,9 @@ def profile(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Show the latest profiling window of each model: head utilization, layer activity, dormant units, token paths."""
-    from evostream.bus.admin import wait_for_broker
-    from evostream.stack import resolve_bootstrap
     from stream_processors.follow import latest_profiles
 
-    settings = load_settings(bootstrap_servers=bootstrap)
-    server = resolve_bootstrap(settings)
-    wait_for_broker(server, settings.connect_timeout_s)
+    server = _broker(bootstrap)
     shown = latest_profiles(server, model)
     for text in shown:
         typer.echo(text)

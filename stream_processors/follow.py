@@ -46,18 +46,22 @@ def format_drift(r: Mapping[str, Any]) -> str:
     return f"{when} {r['model_version']} n={r['sample_count']:<4} {verdict} {stats}"
 
 
-def latest_drift(bootstrap: str, last: int = 10, model: str | None = None, idle_s: float = 2.0) -> list[str]:
-    """The last ``last`` drift windows (of ``model``, or of every model), oldest first."""
-    codec = RecordCodec("DriftReport")
-    out: list[dict[str, Any]] = []
+def read_topic(bootstrap: str, topic: str, schema: str, idle_s: float = 2.0) -> Iterator[dict[str, Any]]:
+    """Every record of ``topic`` from its start, decoded, until nothing new has come for ``idle_s``."""
+    codec = RecordCodec(schema)
     config = {"auto.offset.reset": "earliest", "enable.auto.commit": False}
-    with EventConsumer(bootstrap, f"evostream-drift-{uuid.uuid4().hex[:8]}", [DRIFT], config) as consumer:
+    with EventConsumer(bootstrap, f"evostream-read-{uuid.uuid4().hex[:8]}", [topic], config) as consumer:
         idle = 0.0
         while idle < idle_s:
             msgs = consumer.poll_batch(1000, 0.5)
             idle = 0.0 if msgs else idle + 0.5
-            out += [r for r in (codec.decode(m.value() or b"") for m in msgs) if model is None or
-                    r["model_version"] == model]  # fmt: skip
+            for m in msgs:
+                yield codec.decode(m.value() or b"")
+
+
+def latest_drift(bootstrap: str, last: int = 10, model: str | None = None) -> list[str]:
+    """The last ``last`` drift windows (of ``model``, or of every model), oldest first."""
+    out = [r for r in read_topic(bootstrap, DRIFT, "DriftReport") if model is None or r["model_version"] == model]
     return [format_drift(r) for r in out[-last:]]
 
 
@@ -77,18 +81,8 @@ def format_profile(p: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def latest_profiles(bootstrap: str, model: str | None = None, idle_s: float = 2.0) -> list[str]:
+def latest_profiles(bootstrap: str, model: str | None = None) -> list[str]:
     """The latest ProfileSnapshot of each model version (or of ``model``)."""
-    codec = RecordCodec("ProfileSnapshot")
-    latest: dict[str, dict[str, Any]] = {}
-    config = {"auto.offset.reset": "earliest", "enable.auto.commit": False}
-    with EventConsumer(bootstrap, f"evostream-profile-{uuid.uuid4().hex[:8]}", [PROFILES], config) as consumer:
-        idle = 0.0
-        while idle < idle_s:
-            msgs = consumer.poll_batch(1000, 0.5)
-            idle = 0.0 if msgs else idle + 0.5
-            for m in msgs:
-                r = codec.decode(m.value() or b"")
-                if model is None or r["model_version"] == model:
-                    latest[r["model_version"]] = r
+    latest = {r["model_version"]: r for r in read_topic(bootstrap, PROFILES, "ProfileSnapshot")
+              if model is None or r["model_version"] == model}  # fmt: skip
     return [format_profile(r) for r in latest.values()]

@@ -21,6 +21,7 @@ from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from producers.anatomy import anatomy
 from producers.client import InferenceClient
+from producers.loading import LoadedModel
 from producers.service import InferenceService, ServeOptions
 from schemas.catalog import ALERTS, COMPLETIONS, DLQ, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
@@ -91,6 +92,20 @@ def read(kafka: str, topic: str, schema: str, until: Any, timeout_s: float = 60.
         while not until(out) and time.monotonic() < deadline:
             out += [codec.decode(m.value() or b"") for m in consumer.poll_batch(1000, 0.3)]
     return out
+
+
+def serve(kafka: str, lm: LoadedModel, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
+    """Serve ``lm`` with the real inference service until each prompt has its Completion."""
+    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=4, max_wait_ms=10))
+    thread = threading.Thread(target=service.run, daemon=True)
+    thread.start()
+    try:
+        client = InferenceClient(kafka)
+        sent = [client.publish(p, max_new_tokens=max_new_tokens) for p in prompts]
+        return [client.await_reply(s, timeout_s=60) for s in sent]
+    finally:
+        service.stop_event.set()
+        thread.join(60)
 
 
 def test_a_nan_step_raises_a_critical_alert_mid_generation(kafka: str, worker: Worker) -> None:
@@ -168,15 +183,7 @@ def test_a_served_model_with_a_nan_weight_raises_an_alert_end_to_end(kafka: str,
     assert ffn is not None
     with torch.no_grad():
         ffn.weight[0, 0] = float("nan")  # type: ignore[index]
-    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=2, max_wait_ms=10))
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
-        client = InferenceClient(kafka)
-        reply = client.await_reply(client.publish("reverse: hello", max_new_tokens=8), timeout_s=60)
-    finally:
-        service.stop_event.set()
-        thread.join(60)
+    (reply,) = serve(kafka, lm, ["reverse: hello"], max_new_tokens=8)
     trace = reply["trace_id"]
     alerts = read(kafka, ALERTS, "RiskAlert", lambda got: sum(a["trace_id"] == trace for a in got) >= 2)
     mine = [(a["stage"], a["severity"], a["flags"], a["blamed_layers"]) for a in alerts if a["trace_id"] == trace]
@@ -189,16 +196,7 @@ def test_served_traffic_gives_a_profile_with_neuron_counts(kafka: str, worker: W
     lm = tiny("t5")
     version = f"tiny-t5-{uuid.uuid4().hex[:6]}"
     lm.version = version
-    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=4, max_wait_ms=10))
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
-    try:
-        client = InferenceClient(kafka)
-        sent = [client.publish(p, max_new_tokens=6) for p in ("reverse: abc", "sort: cab", "upper: xyz")]
-        replies = [client.await_reply(s, timeout_s=60) for s in sent]
-    finally:
-        service.stop_event.set()
-        thread.join(60)
+    replies = serve(kafka, lm, ["reverse: abc", "sort: cab", "upper: xyz"], max_new_tokens=6)
     tokens = sum(r["token_count"] for r in replies)
     profiles = read(kafka, PROFILES, "ProfileSnapshot",
                     lambda got: any(p["model_version"] == version for p in got), timeout_s=60)  # fmt: skip
@@ -222,15 +220,9 @@ def test_a_served_decoder_forced_to_repeat_raises_a_repetition_alert_end_to_end(
         return out
 
     hook = lm.model.get_output_embeddings().register_forward_hook(force)
-    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=2, max_wait_ms=10))
-    thread = threading.Thread(target=service.run, daemon=True)
-    thread.start()
     try:
-        client = InferenceClient(kafka)
-        reply = client.await_reply(client.publish("reverse: hello", max_new_tokens=12), timeout_s=60)
+        (reply,) = serve(kafka, lm, ["reverse: hello"], max_new_tokens=12)
     finally:
-        service.stop_event.set()
-        thread.join(60)
         hook.remove()
     assert reply["output_text"] == "z" * 12
     trace = reply["trace_id"]
