@@ -81,8 +81,8 @@ def final_risk(bootstrap: str, traces: set[str], timeout_s: float = 60.0) -> dic
         deadline = time.monotonic() + timeout_s
         while set(found) != traces and time.monotonic() < deadline:
             for m in consumer.poll_batch(1000, 0.5):
-                r = codec.decode(m.value() or b"")
-                if r["trace_id"] in traces and r["stage"] == "FINAL":
+                r = codec.decode_or_skip(m.value())
+                if r is not None and r["trace_id"] in traces and r["stage"] == "FINAL":
                     found[r["trace_id"]] = r
     return found
 

@@ -76,8 +76,8 @@ class InferenceClient:
                 for msg in consumer.consume(500, timeout=0.5):
                     if msg.error() or msg.value() is None:
                         continue
-                    rec = self._completions.decode(msg.value() or b"")
-                    if rec["reply_to"] == published.request_id:
+                    rec = self._completions.decode_or_skip(msg.value())
+                    if rec is not None and rec["reply_to"] == published.request_id:
                         return rec
         finally:
             consumer.close()
@@ -92,7 +92,7 @@ class InferenceClient:
             deadline = time.monotonic() + timeout_s
             while len(found) < expected and time.monotonic() < deadline:
                 for msg in consumer.poll_batch(5000, 0.5):
-                    rec = codec.decode(msg.value() or b"")
-                    if rec["trace_id"] in trace_ids:
+                    rec = codec.decode_or_skip(msg.value())
+                    if rec is not None and rec["trace_id"] in trace_ids:
                         found.append(rec)
         return found

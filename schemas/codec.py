@@ -63,6 +63,14 @@ class RecordCodec:
             raise EncodeError(f"{self.writer.short_name}: {self._explain(record, e)}") from e
         return buf.getvalue()
 
+    def decode_or_skip(self, data: bytes | None) -> Record | None:
+        """The record, or None for bytes that are not one: for readers that search a shared topic for their own
+        records, where a malformed one is someone else's (the processors dead-letter it with the reason)."""
+        try:
+            return self.decode(data or b"")
+        except DecodeError:
+            return None
+
     def decode(self, data: bytes) -> Record:
         """Parse single-object bytes written with any known version of this record."""
         fp, body = split_header(data)

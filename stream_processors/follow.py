@@ -34,8 +34,8 @@ def follow_alerts(
             msgs = consumer.poll_batch(500, 0.5)
             idle = 0.0 if msgs else idle + 0.5
             for m in msgs:
-                a = codec.decode(m.value() or b"")
-                if SEVERITIES.index(a["severity"]) >= floor:
+                a = codec.decode_or_skip(m.value())
+                if a is not None and SEVERITIES.index(a["severity"]) >= floor:
                     yield format_alert(a)
 
 
@@ -56,7 +56,9 @@ def read_topic(bootstrap: str, topic: str, schema: str, idle_s: float = 2.0) -> 
             msgs = consumer.poll_batch(1000, 0.5)
             idle = 0.0 if msgs else idle + 0.5
             for m in msgs:
-                yield codec.decode(m.value() or b"")
+                rec = codec.decode_or_skip(m.value())
+                if rec is not None:
+                    yield rec
 
 
 def latest_drift(bootstrap: str, last: int = 10, model: str | None = None) -> list[str]:

@@ -152,3 +152,11 @@ def test_old_process_does_not_know_new_fingerprint() -> None:
     )
     with pytest.raises(UnknownFingerprintError, match="newer evostream"):
         RecordCodec("Reading", old_world).decode(new_bytes)
+
+
+def test_decode_or_skip_skips_what_is_not_a_record_of_its_type() -> None:
+    codec = RecordCodec("GenerationStep")
+    rec = generation_step(1, "t")
+    assert codec.decode_or_skip(codec.encode(rec)) == codec.decode(codec.encode(rec))
+    assert codec.decode_or_skip(b"not avro at all") is None
+    assert codec.decode_or_skip(None) is None
