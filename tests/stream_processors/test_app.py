@@ -21,9 +21,10 @@ from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from producers.anatomy import anatomy
 from producers.client import InferenceClient
+from producers.embedding import PromptEmbedder
 from producers.loading import LoadedModel
 from producers.service import InferenceService, ServeOptions
-from schemas.catalog import ALERTS, COMPLETIONS, DLQ, PROFILES, RISK, STEPS
+from schemas.catalog import ALERTS, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
 from schemas.tensors import pack_f32
@@ -39,7 +40,8 @@ class Worker:
     def __init__(self, kafka: str, tmp: Path) -> None:
         self.env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": kafka, "EVOSTREAM_PROCESSORS_DIR": str(tmp),
                     "EVOSTREAM_PROCESSORS_APP_ID": f"test-processors-{uuid.uuid4().hex[:8]}",
-                    "EVOSTREAM_PROFILE_WINDOW_S": "2"}  # fmt: skip
+                    "EVOSTREAM_PROFILE_WINDOW_S": "2", "EVOSTREAM_DRIFT_REFERENCE_SIZE": "96",
+                    "EVOSTREAM_DRIFT_WINDOW_SIZE": "48"}  # fmt: skip
         self.log = tmp / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -94,9 +96,11 @@ def read(kafka: str, topic: str, schema: str, until: Any, timeout_s: float = 60.
     return out
 
 
-def serve(kafka: str, lm: LoadedModel, prompts: list[str], max_new_tokens: int) -> list[dict[str, Any]]:
+def serve(
+    kafka: str, lm: LoadedModel, prompts: list[str], max_new_tokens: int, embedder: PromptEmbedder | None = None
+) -> list[dict[str, Any]]:
     """Serve ``lm`` with the real inference service until each prompt has its Completion."""
-    service = InferenceService(kafka, lm, None, ServeOptions(max_batch=4, max_wait_ms=10))
+    service = InferenceService(kafka, lm, embedder, ServeOptions(max_batch=8, max_wait_ms=10))
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
@@ -230,3 +234,31 @@ def test_a_served_decoder_forced_to_repeat_raises_a_repetition_alert_end_to_end(
     first = next(a for a in alerts if a["trace_id"] == trace)
     assert first["stage"] == "EARLY" and "repetition_loop" in first["flags"]
     assert "period 1" in first["reason"]
+
+
+def test_served_traffic_gives_drift_windows_that_fire_on_a_new_task_family(kafka: str, worker: Worker) -> None:
+    """Real producer output through Kafka: the embedded model, MiniLM embeddings, a reference of 96 completions and
+    windows of 48 (smaller windows are noisier than the vocabulary thresholds allow for)."""
+    from producers.loading import load_model
+    from producers.suite.tasks import make_split
+
+    lm = load_model("default")
+    lm.version = f"drift-{uuid.uuid4().hex[:6]}"
+    suite = [e.prompt for e in make_split("drift-e2e", 24)]  # 144 prompts, every task, the same every run
+    rng = __import__("random").Random(1)
+    rng.shuffle(suite)
+    words = ("house", "river", "light", "stone", "green", "table", "music", "paper", "cloud", "bread", "horse", "glass",
+             "night", "apple", "chair", "water", "dream", "smile", "train", "storm", "ocean", "forest", "garden",
+             "window")  # fmt: skip
+    shifted = [f"please {verb} the word {w} into french" for verb in ("translate", "turn") for w in words]
+    replies = serve(kafka, lm, suite + shifted, max_new_tokens=16, embedder=PromptEmbedder())
+    assert len(replies) == 192
+    reports = read(kafka, DRIFT, "DriftReport",
+                   lambda got: sum(r["model_version"] == lm.version for r in got) >= 2, timeout_s=90)  # fmt: skip
+    mine = [r for r in reports if r["model_version"] == lm.version]
+    assert len(mine) == 2  # reference = first 96, then two windows of 48
+    quiet, shift = mine
+    assert not quiet["fired"], quiet["statistics"]
+    assert shift["fired"]
+    stats = {s["name"]: s for s in shift["statistics"]}
+    assert stats["embedding_mmd2"]["fired"] and stats["intent_psi"]["fired"]
