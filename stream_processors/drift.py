@@ -32,9 +32,13 @@ class DriftPolicy:
     stable stream fires about once in a thousand windows."""
     mmd_permutations: int = 2000
     js_bits: float = 0.15
-    """Jensen-Shannon divergence of generated tokens, bits (0..1)."""
+    """Jensen-Shannon divergence of generated tokens, bits (0..1): the floor of its threshold."""
     new_token_rate: float = 0.05
-    """Share of generated tokens absent from the reference vocabulary."""
+    """Share of generated tokens absent from the reference vocabulary: the floor of its threshold."""
+    vocabulary_resamples: int = 400
+    """Both vocabulary statistics fire above the larger of their floor and the largest value seen when a pseudo-
+    reference and a pseudo-window of the same sizes are drawn from the reference completions (with replacement):
+    small windows of few tokens are noisy, and whole completions are resampled because their tokens go together."""
     psi_watch: float = 0.1
     psi_shift: float = 0.25
     psi_alpha: float = 0.001
@@ -43,6 +47,11 @@ class DriftPolicy:
     intent_clusters: int = 6
     min_samples: int = 20
     """A window with fewer completions is not judged."""
+
+    def __post_init__(self) -> None:
+        if self.mmd_permutations * self.mmd_alpha < 1:
+            raise ValueError(f"{self.mmd_permutations} permutations cannot reach p < {self.mmd_alpha}: the smallest "
+                             f"permutation p-value is 1/{self.mmd_permutations + 1}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,16 @@ def js_divergence_bits(p: Mapping[int, int], q: Mapping[int, int]) -> float:
     return 0.5 * kl(a) + 0.5 * kl(b)
 
 
+def _js_bits_dense(a: F64, b: F64) -> float:
+    p, q = a / a.sum(), b / b.sum()
+    m = 0.5 * (p + q)
+    out = 0.0
+    for x in (p, q):
+        nz = x > 0
+        out += 0.5 * float((x[nz] * np.log2(x[nz] / m[nz])).sum())
+    return out
+
+
 def new_token_rate(reference_vocab: Iterable[int], current: Mapping[int, int]) -> float:
     """Share of the current window's generated tokens that never occurred in the reference."""
     total = sum(current.values())
@@ -203,11 +222,15 @@ class Window:
     tokens: Counter[int] = field(default_factory=Counter)
     start_us: int = 0
     end_us: int = 0
+    token_lists: list[list[int]] = field(default_factory=list)
+    """Each completion's generated tokens (kept for the reference: its vocabulary null is resampled from them)."""
 
     def add(self, embedding: Sequence[float], token_ids: Iterable[int], at_us: int) -> None:
         if embedding:
             self.embeddings.append(embedding)
-        self.tokens.update(token_ids)
+        ids = [int(t) for t in token_ids]
+        self.token_lists.append(ids)
+        self.tokens.update(ids)
         self.start_us = at_us if not self.start_us else min(self.start_us, at_us)
         self.end_us = max(self.end_us, at_us)
 
@@ -233,6 +256,27 @@ class DriftDetector:
         self.intents = IntentClusters.fit(ref, policy.intent_clusters, np.random.default_rng(seed))
         self._ref_shares = self.intents.shares(ref)
 
+    def _vocabulary_null(self, m: int, rng: np.random.Generator) -> tuple[float, float]:
+        """The largest JS (bits) and new-token rate between resampled reference completions: n against m."""
+        lists = self.reference.token_lists
+        n = len(lists)
+        if n < 2 or m < 1 or self.policy.vocabulary_resamples < 1:
+            return 0.0, 0.0
+        vocab = {t: i for i, t in enumerate(sorted(self.reference.tokens))}
+        rows = np.zeros((n, max(1, len(vocab))), dtype=np.float64)
+        for r, ids in enumerate(lists):
+            for t in ids:
+                rows[r, vocab[t]] += 1
+        js_max = ntr_max = 0.0
+        for _ in range(self.policy.vocabulary_resamples):
+            ref = rows[rng.integers(n, size=n)].sum(0)
+            win = rows[rng.integers(n, size=m)].sum(0)
+            if ref.sum() == 0 or win.sum() == 0:
+                continue
+            js_max = max(js_max, _js_bits_dense(ref, win))
+            ntr_max = max(ntr_max, float(win[ref == 0].sum() / win.sum()))
+        return js_max, ntr_max
+
     def compare(self, window: Window) -> DriftResult | None:
         """The statistics of ``window`` against the reference; None while the window is too small to judge."""
         p = self.policy
@@ -243,6 +287,8 @@ class DriftDetector:
         stat, p_value, cut = mmd_test(self._ref, cur, p.mmd_permutations, rng, self._bandwidth, p.mmd_alpha)
         js = js_divergence_bits(self.reference.tokens, window.tokens)
         ntr = new_token_rate(self.reference.tokens, window.tokens)
+        js_null, ntr_null = self._vocabulary_null(len(window.token_lists), rng)
+        js_cut, ntr_cut = max(p.js_bits, js_null), max(p.new_token_rate, ntr_null)
         shares = self.intents.shares(cur)
         intent_psi = psi(self._ref_shares, shares)
         band = "shift" if intent_psi >= p.psi_shift else "watch" if intent_psi >= p.psi_watch else "stable"
@@ -252,8 +298,8 @@ class DriftDetector:
         )
         stats = (
             Statistic("embedding_mmd2", stat, cut, p_value < p.mmd_alpha, p_value),
-            Statistic("vocabulary_js_bits", js, p.js_bits, js >= p.js_bits),
-            Statistic("new_token_rate", ntr, p.new_token_rate, ntr >= p.new_token_rate),
+            Statistic("vocabulary_js_bits", js, js_cut, js > js_cut),
+            Statistic("new_token_rate", ntr, ntr_cut, ntr > ntr_cut),
             Statistic("intent_psi", intent_psi, psi_cut, intent_psi >= psi_cut, detail=band),
         )
         return DriftResult(stats, len(window))

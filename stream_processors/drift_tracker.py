@@ -36,13 +36,14 @@ def _unpack(text: str) -> list[float]:
 
 
 def _empty() -> dict[str, Any]:
-    return {"emb": [], "tokens": {}, "start_us": 0, "end_us": 0, "traces": []}
+    return {"emb": [], "tokens": {}, "start_us": 0, "end_us": 0, "traces": [], "token_lists": []}
 
 
 def _window(w: Mapping[str, Any]) -> Window:
     out = Window(tokens=Counter({int(k): v for k, v in w["tokens"].items()}), start_us=w["start_us"],
                  end_us=w["end_us"])  # fmt: skip
     out.embeddings = [_unpack(e) for e in w["emb"]]
+    out.token_lists = [list(t) for t in w.get("token_lists", [])]
     return out
 
 
@@ -79,8 +80,10 @@ class DriftTracker:
         target = st["reference"] if building else st["window"]
         target = {**target, "emb": [*target["emb"], _pack(completion["prompt_embedding"])],
                   "traces": [*target["traces"], trace]}  # fmt: skip
+        ids = [int(t) for t in completion.get("output_token_ids") or []]
+        target["token_lists"] = [*target.get("token_lists", []), ids]
         tokens = Counter({int(k): v for k, v in target["tokens"].items()})
-        tokens.update(int(t) for t in completion.get("output_token_ids") or [])
+        tokens.update(ids)
         target["tokens"] = {str(k): v for k, v in tokens.items()}
         target["start_us"] = at if not target["start_us"] else min(target["start_us"], at)
         target["end_us"] = max(target["end_us"], at)

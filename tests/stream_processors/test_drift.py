@@ -104,3 +104,21 @@ def test_small_windows_are_not_judged_and_small_references_refused() -> None:
     assert det.compare(_window(rng, centers, 5, range(10), [0])) is None
     with pytest.raises(ValueError, match="reference window"):
         DriftDetector(_window(rng, centers, 5, range(10), [0]), DriftPolicy())
+
+
+def test_a_policy_whose_permutations_cannot_reach_its_alpha_is_refused() -> None:
+    with pytest.raises(ValueError, match="cannot reach"):
+        DriftPolicy(mmd_alpha=0.001, mmd_permutations=300)
+
+
+def test_small_windows_of_real_size_do_not_fire_the_vocabulary_statistics_by_chance() -> None:
+    # the same completions, resampled: nothing changed, however few tokens a window has
+    rng = np.random.default_rng(11)
+    centers = rng.normal(0, 2, size=(4, 16))
+    # 24 completions of 8 tokens over 200 types: fixed floors alone fire on every such window (measured: 10 of 10)
+    det = DriftDetector(_window(rng, centers, 24, range(200), [0, 1, 2, 3]), DriftPolicy(min_samples=20))
+    for _ in range(10):
+        r = det.compare(_window(rng, centers, 24, range(200), [0, 1, 2, 3]))
+        assert r is not None
+        stats = r.by_name()
+        assert not stats["vocabulary_js_bits"].fired and not stats["new_token_rate"].fired, stats
