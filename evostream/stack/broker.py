@@ -56,6 +56,11 @@ class StackStatus:
     detail: str = ""
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes, base64url without padding (it may start with "-")."""
+    return base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
 class LocalStack:
     """The local broker described by a Settings object (its folder, ports, Kafka version and heap)."""
 
@@ -127,10 +132,11 @@ class LocalStack:
         jvm = [*_JVM_FLAGS, f"-Dkafka.logs.dir={self.logs_dir}", *self._log_flags()]
         classpath = f"{lib}/*"  # expanded by the JVM, not a shell
         if not (self.data_dir / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             fmt = subprocess.run(
+                # --cluster-id=ID, not "-t ID": a random base64url id starting with "-" reads as an option
                 [str(java), "-Xmx256m", *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 "-t", cluster_id, "-c", str(props)],
+                 f"--cluster-id={cluster_id}", "-c", str(props)],
                 capture_output=True, text=True, timeout=120, check=False,
             )  # fmt: skip
             if fmt.returncode != 0:

@@ -11,6 +11,7 @@ import pytest
 from evostream.bus.admin import cluster_metadata, wait_for_broker
 from evostream.errors import BrokerStartError, BrokerUnavailableError, MavenError, PortInUseError
 from evostream.stack import LocalStack
+from evostream.stack import broker as broker_module
 from evostream.stack.jars import resolve_kafka_libs
 from evostream.stack.ports import free_port
 from schemas import CATALOG
@@ -42,6 +43,18 @@ def test_second_up_reuses_the_running_broker_then_down_stops_it(tmp_path: Path) 
     assert not stack.status().running
     # the controlled shutdown is in the broker's own log
     assert "shut down completed" in (tmp_path / "logs" / "server.log").read_text()
+
+
+def test_a_cluster_id_that_starts_with_a_dash_formats(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # one random id in 64 starts with "-"; as "-t -xyz" the storage tool read it as an option and refused
+    random_id = broker_module.new_cluster_id
+    monkeypatch.setattr(broker_module, "new_cluster_id", lambda: "-" + random_id()[1:])
+    stack = LocalStack(stack_settings(tmp_path))
+    try:
+        state = stack.up()
+        assert cluster_metadata(state.bootstrap, 10).cluster_id.startswith("-")
+    finally:
+        stack.down()
 
 
 def test_restart_keeps_the_data(tmp_path: Path) -> None:
