@@ -324,13 +324,15 @@ def profile(
 ) -> None:
     """Show the latest profiling window of each model: head utilization, layer activity, dormant units, token paths."""
     from stream_processors.follow import latest_profiles
+    from stream_processors.profiling import ProfilePolicy
 
     server = _broker(bootstrap)
     shown = latest_profiles(server, model)
     for text in shown:
         typer.echo(text)
     if not shown:
-        _say("no profiles yet (a window is published once it closes: 60 s of event time, or idle for 65 s)")
+        w, grace = load_settings().profile_window_s, ProfilePolicy().grace_s
+        _say(f"no profiles yet (a window is published once it closes: {w} s of event time, or idle for {w + grace} s)")
 
 
 @app.command()

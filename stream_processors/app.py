@@ -106,6 +106,7 @@ class Processors:
         app.agent(self.steps, name="profile-steps")(self._on_profile)
         app.agent(self.neurons, name="profile-neurons")(self._on_neurons)
         app.timer(interval=self.profile_tracker.policy.grace_s)(self._close_idle_windows)
+        app.timer(interval=60.0)(self._log_stats)
 
     async def _on_steps(self, stream: faust.StreamT[bytes]) -> None:
         # Batches of up to 1000 steps, or whatever arrived within 20 ms: a trace's state is written to the changelog
@@ -185,6 +186,10 @@ class Processors:
                 continue
             await self._publish_profiles(model, snapshots)
             self.profile_table[key] = state
+
+    async def _log_stats(self) -> None:
+        """What the agents did since start: events folded, replays skipped, outputs and dead letters."""
+        log.info("processors: %s", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
 
     async def _close_idle_windows(self) -> None:
         for key, state in list(self.profile_table.items()):

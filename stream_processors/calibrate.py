@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from schemas.tensors import step_heads, step_layers
-from stream_processors.risk import POSITION_BUCKETS, Baseline, RiskPolicy, _log, family_of, position_bucket
+from stream_processors.risk import POSITION_BUCKETS, Baseline, RiskPolicy, family_of, log_magnitude, position_bucket
 
 
 def calibrate(
@@ -38,10 +38,10 @@ def calibrate(
         b = position_bucket(int(s["step"]))
         h = step_heads(s)
         if h.size:
-            heads[b].append(_log(h))
+            heads[b].append(log_magnitude(h))
         l2 = step_layers(s, "layer_hidden_l2")
         if len(l2) > 1:
-            ratios[b].append(_log(l2[1:]) - _log(l2[:1]))
+            ratios[b].append(log_magnitude(l2[1:]) - log_magnitude(l2[:1]))
     if len(entropies) < 50:
         raise ValueError(f"a reference run needs at least 50 steps, got {len(entropies)}")
 

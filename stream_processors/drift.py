@@ -255,18 +255,24 @@ class DriftDetector:
         self._bandwidth = median_bandwidth(ref)
         self.intents = IntentClusters.fit(ref, policy.intent_clusters, np.random.default_rng(seed))
         self._ref_shares = self.intents.shares(ref)
+        self._ref_rows = self._token_rows(reference)
+
+    @staticmethod
+    def _token_rows(reference: Window) -> F64:
+        """[completions, reference vocabulary] token counts of each reference completion."""
+        vocab = {t: i for i, t in enumerate(sorted(reference.tokens))}
+        rows = np.zeros((len(reference.token_lists), max(1, len(vocab))), dtype=np.float64)
+        for r, ids in enumerate(reference.token_lists):
+            for t in ids:
+                rows[r, vocab[t]] += 1
+        return rows
 
     def _vocabulary_null(self, m: int, rng: np.random.Generator) -> tuple[float, float]:
         """The largest JS (bits) and new-token rate between resampled reference completions: n against m."""
-        lists = self.reference.token_lists
-        n = len(lists)
+        rows = self._ref_rows
+        n = len(rows)
         if n < 2 or m < 1 or self.policy.vocabulary_resamples < 1:
             return 0.0, 0.0
-        vocab = {t: i for i, t in enumerate(sorted(self.reference.tokens))}
-        rows = np.zeros((n, max(1, len(vocab))), dtype=np.float64)
-        for r, ids in enumerate(lists):
-            for t in ids:
-                rows[r, vocab[t]] += 1
         js_max = ntr_max = 0.0
         for _ in range(self.policy.vocabulary_resamples):
             ref = rows[rng.integers(n, size=n)].sum(0)

@@ -58,9 +58,11 @@ class ProfileWindow:
         self.steps: int = s.get("steps", 0)
         self.traces: set[str] = set(s.get("traces", []))
         self.signal: str = s.get("signal", "NONE")
-        self.head_sum: list[list[float]] = s.get("head_sum", [])
+        # accumulators stay numpy while folding; to_state turns them into JSON lists once per batch
+        self.head_sum: np.ndarray | None = np.asarray(s["head_sum"], np.float64) if s.get("head_sum") else None
         self.head_steps: int = s.get("head_steps", 0)
-        self.layer_changed: list[int] = s.get("layer_changed", [])
+        self.layer_changed: np.ndarray | None = (np.asarray(s["layer_changed"], np.int64) if s.get("layer_changed")
+                                                 else None)  # fmt: skip
         self.layer_steps: int = s.get("layer_steps", 0)
         self.neuron_counts: list[list[int]] = s.get("neuron_counts", [])
         self.neuron_steps: int = s.get("neuron_steps", 0)
@@ -76,9 +78,9 @@ class ProfileWindow:
             "steps": self.steps,
             "traces": sorted(self.traces),
             "signal": self.signal,
-            "head_sum": self.head_sum,
+            "head_sum": self.head_sum.tolist() if self.head_sum is not None else [],
             "head_steps": self.head_steps,
-            "layer_changed": self.layer_changed,
+            "layer_changed": self.layer_changed.tolist() if self.layer_changed is not None else [],
             "layer_steps": self.layer_steps,
             "neuron_counts": self.neuron_counts,
             "neuron_steps": self.neuron_steps,
@@ -105,16 +107,14 @@ class ProfileWindow:
         heads = step_heads(step).astype(np.float64)
         if heads.size and np.isfinite(heads).all():
             self.signal = str(step["attention_signal"])
-            if not self.head_sum:
-                self.head_sum = np.zeros_like(heads).tolist()
-            self.head_sum = (np.asarray(self.head_sum) + heads).tolist()
+            self.head_sum = heads.copy() if self.head_sum is None else self.head_sum + heads
             self.head_steps += 1
         l2 = step_layers(step, "layer_hidden_l2").astype(np.float64)
         if len(l2) and np.isfinite(l2).all():
             changed = np.ones(len(l2), dtype=np.int64)
             below = np.maximum(l2[:-1], 1e-12)
             changed[1:] = np.abs(l2[1:] - l2[:-1]) / below > p.layer_change
-            self.layer_changed = (np.asarray(self.layer_changed or np.zeros(len(l2), np.int64)) + changed).tolist()
+            self.layer_changed = changed if self.layer_changed is None else self.layer_changed + changed
             self.layer_steps += 1
         tail = self.tails.get(trace, [])
         tail = [*tail, int(step["token_id"])][-p.ngram :]
@@ -166,7 +166,11 @@ class ProfileWindow:
             "head_utilization": [[float(x) for x in row] for row in self.utilization()],
             "ffn_neuron_activation_counts": self.neuron_counts,
             "dormant_neuron_fraction": self.dormant_neuron_fraction(),
-            "layer_frequency": [c / self.layer_steps for c in self.layer_changed] if self.layer_steps else [],
+            "layer_frequency": (
+                (self.layer_changed / self.layer_steps).tolist()
+                if self.layer_changed is not None and self.layer_steps
+                else []
+            ),
             "top_token_paths": [
                 {"token_ids": [int(t) for t in k.split()], "count": c}
                 for k, c in self.paths.most_common(self.policy.top_paths)

@@ -149,7 +149,8 @@ class Assessment:
         return "WARNING" if self.score >= policy.alert_score else None
 
 
-def _log(x: npt.ArrayLike) -> F64:
+def log_magnitude(x: npt.ArrayLike) -> F64:
+    """log(|x| + eps): the scale on which baselines and signatures are compared."""
     return np.log(np.abs(np.asarray(x, dtype=np.float64)) + EPS)
 
 
@@ -210,20 +211,20 @@ class TraceRisk:
         maxabs = step_layers(step, "layer_hidden_maxabs").astype(np.float64)
         bucket = position_bucket(int(step["step"]))
         if len(l2) > 1 and not nonfinite:
-            z = p.norm_ratio.z(bucket, _log(l2[1:]) - _log(l2[:1]))
+            z = p.norm_ratio.z(bucket, log_magnitude(l2[1:]) - log_magnitude(l2[:1]))
             if z is not None:
                 for layer in np.flatnonzero(z > p.blowup_z):
                     self.blowup[int(layer) + 1] = max(self.blowup.get(int(layer) + 1, 0.0), float(z[layer]))
         heads = step_heads(step).astype(np.float64)
         if heads.size and not nonfinite:
-            z = p.heads.z(bucket, _log(heads))
+            z = p.heads.z(bucket, log_magnitude(heads))
             if z is not None:
                 low = z < p.collapse_z
                 if low.mean() >= p.collapse_head_share:
                     for layer in np.flatnonzero(low.any(axis=1)):
                         self.collapse[int(layer)] = max(self.collapse.get(int(layer), 0.0), float(low[layer].mean()))
         self.tokens.append(int(step["token_id"]))
-        sig = np.concatenate([_log(l2), _log(maxabs)]) if len(l2) else np.empty(0)
+        sig = np.concatenate([log_magnitude(l2), log_magnitude(maxabs)]) if len(l2) else np.empty(0)
         self.signatures.append([float(x) for x in np.nan_to_num(sig, nan=0.0, posinf=50.0, neginf=-50.0)])
         del self.tokens[: -p.repeat_window], self.signatures[: -p.repeat_window]
         if not self.loop:
