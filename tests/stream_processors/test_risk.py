@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ def step(
     heads: np.ndarray | None = None,
     nonfinite: list[int] | None = None,
 ) -> dict[str, Any]:
-    rng = np.random.default_rng(hash((trace, i)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{trace}/{i}".encode()))  # not hash(): salted per process
     if l2 is None:
         l2 = np.array([10.0, 12.0, 14.0, 16.0]) * (1 + 0.05 * rng.standard_normal(L))
     if heads is None:
