@@ -20,6 +20,7 @@ from evostream.settings import Settings
 from producers.steps import now_us
 from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
+from stream_processors.drift import load_drift_policies
 from stream_processors.drift_tracker import DriftTracker, DriftWindows
 from stream_processors.profiling import ProfilePolicy, ProfileTracker
 from stream_processors.risk import RiskPolicy, load_policies
@@ -248,15 +249,23 @@ class Processors:
             return None
 
 
+def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
+    """The processors as ``evostream process`` runs them: the shipped risk and drift policy files, the settings'
+    window sizes."""
+    return Processors(
+        bootstrap,
+        settings.processors_dir,
+        app_id=settings.processors_app_id,
+        drift=DriftTracker(
+            load_drift_policies(), DriftWindows(settings.drift_reference_size, settings.drift_window_size)
+        ),
+        profile=ProfileTracker(ProfilePolicy(window_s=settings.profile_window_s)),
+    )
+
+
 def run_worker(settings: Settings, bootstrap: str, loglevel: str = "WARNING") -> None:
     """Run the processors until SIGTERM / SIGINT (Faust's worker handles both and commits on the way out)."""
     from faust.worker import Worker
 
-    procs = Processors(
-        bootstrap,
-        settings.processors_dir,
-        app_id=settings.processors_app_id,
-        drift=DriftTracker(windows=DriftWindows(settings.drift_reference_size, settings.drift_window_size)),
-        profile=ProfileTracker(ProfilePolicy(window_s=settings.profile_window_s)),
-    )
+    procs = processors_from_settings(settings, bootstrap)
     Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()

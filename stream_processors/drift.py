@@ -12,9 +12,12 @@ Three views, each reported on its own, and a combined decision:
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +28,13 @@ F64 = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class DriftPolicy:
-    """When each statistic fires. Stored as config (``stream_processors/policies``), not written in code paths."""
+    """When each statistic fires, per model family. Shipped as config in ``stream_processors/policies/drift/``
+    (``load_drift_policies``); these code defaults are only the fallback when that folder holds no file. The
+    thresholds mostly fit themselves to each model's reference window (permutation null, resampled vocabulary
+    noise, chi-square PSI null): the numbers here are their significance levels, floors and sizes."""
+
+    name: str = "drift-uncalibrated@1"
+    family: str = "*"
 
     mmd_alpha: float = 0.001
     """Significance of the permutation test on MMD². Small, because a service tests window after window: at 0.001 a
@@ -47,11 +56,44 @@ class DriftPolicy:
     intent_clusters: int = 6
     min_samples: int = 20
     """A window with fewer completions is not judged."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Per tunable field: "fitted: ..." (how, from what) or "hand-set: ..." (why)."""
+
+    @classmethod
+    def tunable(cls) -> tuple[str, ...]:
+        """The fields that change what fires (everything but the policy's identity and its notes)."""
+        return tuple(f.name for f in fields(cls) if f.name not in ("name", "family", "notes"))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<json>") -> DriftPolicy:
+        d: dict[str, Any] = json.loads(text)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{source}: unknown drift policy fields {unknown}")
+        return cls(**d)
 
     def __post_init__(self) -> None:
         if self.mmd_permutations * self.mmd_alpha < 1:
             raise ValueError(f"{self.mmd_permutations} permutations cannot reach p < {self.mmd_alpha}: the smallest "
                              f"permutation p-value is 1/{self.mmd_permutations + 1}")  # fmt: skip
+
+
+DRIFT_POLICY_DIR = Path(__file__).parent / "policies" / "drift"
+
+
+def load_drift_policies(folder: Path = DRIFT_POLICY_DIR) -> dict[str, DriftPolicy]:
+    """Every ``*.json`` drift policy in ``folder``, by family ("*" is the fallback); the code defaults only when the
+    folder holds no file."""
+    out = {}
+    for path in sorted(folder.glob("*.json")):
+        p = DriftPolicy.from_json(path.read_text(encoding="utf-8"), str(path))
+        out[p.family] = p
+    return out or {"*": DriftPolicy()}
+
+
+def drift_policy_for(policies: Mapping[str, DriftPolicy], model_version: str) -> DriftPolicy:
+    """The policy of the version's family (``name@hash`` -> ``name``), else the "*" one, else the code defaults."""
+    return policies.get(model_version.split("@", 1)[0]) or policies.get("*") or DriftPolicy()
 
 
 @dataclass(frozen=True)

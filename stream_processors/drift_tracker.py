@@ -17,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from stream_processors.drift import DriftDetector, DriftPolicy, DriftResult, Window
+from stream_processors.drift import (
+    DriftDetector,
+    DriftPolicy,
+    DriftResult,
+    Window,
+    drift_policy_for,
+    load_drift_policies,
+)
 
 
 @dataclass(frozen=True)
@@ -55,12 +62,21 @@ class DriftOutcome:
 
 
 class DriftTracker:
-    def __init__(self, policy: DriftPolicy | None = None, windows: DriftWindows | None = None) -> None:
-        policy, windows = policy or DriftPolicy(), windows or DriftWindows()
-        if windows.window_size < policy.min_samples:
-            raise ValueError("window_size must be at least the policy's min_samples")
-        self.policy = policy
-        self.windows = windows
+    """Windows of completions per model version, judged with the drift policy of the version's family: one
+    ``DriftPolicy`` for every family, or policies by family ("*" the fallback); by default the shipped files
+    (``load_drift_policies``)."""
+
+    def __init__(
+        self, policy: DriftPolicy | Mapping[str, DriftPolicy] | None = None, windows: DriftWindows | None = None
+    ) -> None:
+        if policy is None:
+            policy = load_drift_policies()
+        self.policies = {"*": policy} if isinstance(policy, DriftPolicy) else dict(policy)
+        self.windows = windows or DriftWindows()
+        for p in self.policies.values():
+            if self.windows.window_size < p.min_samples:
+                raise ValueError(f"window_size {self.windows.window_size} is below the min_samples {p.min_samples} "
+                                 f"of drift policy {p.name}")  # fmt: skip
         self._detectors: dict[tuple[str, int], DriftDetector] = {}
 
     def on_completion(
@@ -98,11 +114,14 @@ class DriftTracker:
             st["window"] = _empty()
         return out
 
+    def policy(self, model_version: str) -> DriftPolicy:
+        return drift_policy_for(self.policies, model_version)
+
     def _detector(self, model: str, st: Mapping[str, Any]) -> DriftDetector:
         key = (model, int(st["reference"]["end_us"]))
         det = self._detectors.get(key)
         if det is None:
-            det = self._detectors[key] = DriftDetector(_window(st["reference"]), self.policy)
+            det = self._detectors[key] = DriftDetector(_window(st["reference"]), self.policy(model))
         return det
 
     @staticmethod
