@@ -262,21 +262,30 @@ def calibrate(
     per_task: Annotated[int, typer.Option(help="Reference prompts per task of the suite.")] = 100,
     out: Annotated[str | None, typer.Option(help="Policy file (default: the shipped policies folder).")] = None,
 ) -> None:
-    """Calibrate the risk policy of a model family from a reference run on the task suite (healthy traffic)."""
+    """Calibrate the risk policy of a model family from a reference run on the task suite (healthy traffic).
+
+    The hand-set numbers (target rates, margin, weights, loop rules) are kept from the policy file when it exists,
+    so edit them there and calibrate again; the code's defaults are used otherwise."""
     from pathlib import Path
 
     from producers.loading import load_model
     from producers.suite.tasks import make_split
     from stream_processors.reference import calibrate_model, policy_path
+    from stream_processors.risk import RiskPolicy, family_of
 
     loaded = load_model(model)
+    path = Path(out) if out else policy_path(family_of(loaded.version))
+    base = RiskPolicy.from_json(path.read_text(encoding="utf-8")) if path.exists() else None
+    _say(f"hand-set numbers from {path if base else 'the code defaults'}")
     prompts = [e.prompt for e in make_split("calibration", per_task)]
     _say(f"reference run of {loaded.version} on {len(prompts)} prompts")
-    policy = calibrate_model(loaded, prompts, progress=lambda d, t: _say(f"  {d}/{t}"))
-    path = Path(out) if out else policy_path(policy.family)
+    policy = calibrate_model(loaded, prompts, progress=lambda d, t: _say(f"  {d}/{t}"), base=base)
+    policy.calibration.update(split="calibration", per_task=per_task)  # so benchmarks can keep clear of it
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(policy.to_json() + "\n", encoding="utf-8")
-    _say(f"wrote {path}: entropy threshold {policy.entropy_bits:.3f} bits from {policy.calibration['steps']} steps")
+    _say(f"wrote {path} from {policy.calibration['steps']} steps of {policy.calibration['traces']} traces: "
+         f"entropy threshold {policy.entropy_bits:.4f} bits, collapse z {policy.collapse_z}, blow-up z "
+         f"{policy.blowup_z}, alert score {policy.alert_score}, critical score {policy.critical_score}")  # fmt: skip
 
 
 @app.command()

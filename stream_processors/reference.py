@@ -15,7 +15,7 @@ from producers.loading import LoadedModel
 from producers.records import TokenTexts
 from producers.steps import StepBatch, TraceMeta, step_records
 from stream_processors.calibrate import calibrate
-from stream_processors.risk import POLICY_DIR, RiskPolicy, family_of
+from stream_processors.risk import POLICY_DIR, RiskPolicy
 
 
 @dataclass
@@ -60,10 +60,12 @@ def policy_path(family: str, folder: Path = POLICY_DIR) -> Path:
 
 
 def calibrate_model(
-    loaded: LoadedModel, prompts: Sequence[str], progress: Callable[[int, int], None] = lambda d, t: None
+    loaded: LoadedModel,
+    prompts: Sequence[str],
+    progress: Callable[[int, int], None] = lambda d, t: None,
+    base: RiskPolicy | None = None,
 ) -> RiskPolicy:
-    """A policy for ``loaded``'s family from its steps on ``prompts`` (healthy traffic)."""
+    """A policy for ``loaded``'s family fitted on its steps on ``prompts`` (healthy traffic); hand-set fields come
+    from ``base`` (default: the code's fallback)."""
     steps = [s for t in run_traced(loaded, prompts, progress=progress) for s in t.steps]
-    policy = calibrate(steps, loaded.version)
-    assert family_of(loaded.version) == policy.family
-    return policy
+    return calibrate(steps, loaded.version, base)

@@ -3,7 +3,8 @@ one-line reason.
 
 ``TraceRisk`` folds GenerationStep records of one trace in order; its state is a plain dict (``to_state`` /
 ``from_state``) so a stream processor can keep it in a changelog-backed table. Thresholds come from a
-``RiskPolicy`` calibrated on a reference run of the same model family (``stream_processors.calibrate``).
+``RiskPolicy`` calibrated on a reference run of the same model family (``stream_processors.calibrate``); every
+number a policy holds is either fitted there or hand-set in the policy file, and its ``notes`` say which.
 
 Flags:
 - ``nonfinite_hidden``: a NaN or Inf in some layer's hidden state (blames the first such layer: later layers only
@@ -26,7 +27,7 @@ import base64
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,22 +38,13 @@ from schemas.tensors import step_heads, step_layers
 
 F64 = npt.NDArray[np.float64]
 EPS = 1e-6
-POSITION_BUCKETS = (0, 1, 2, 3, 8)
-"""Decoding positions are grouped for the baselines: 0, 1, 2, 3-7, 8 and later."""
-
-WEIGHTS = {
-    "nonfinite_hidden": 1.0,
-    "repetition_loop": 0.7,
-    "mid_layer_anomaly": 0.6,
-    "attention_collapse": 0.5,
-    "high_entropy": 0.5,
-}
-"""How much each flag alone moves the score (combined as a noisy-OR)."""
+"""Keeps log(|x| + EPS) finite for exact zeros: a numerical guard, not a tunable."""
 
 
-def position_bucket(step: int) -> int:
+def position_bucket(step: int, buckets: Sequence[int] = (0, 1, 2, 3, 8)) -> int:
+    """Index of the last bucket start at or below ``step``."""
     b = 0
-    for i, lo in enumerate(POSITION_BUCKETS):
+    for i, lo in enumerate(buckets):
         if step >= lo:
             b = i
     return b
@@ -65,22 +57,75 @@ class Baseline:
     mean: list[Any]
     std: list[Any]
 
-    def z(self, bucket: int, values: F64) -> F64 | None:
+    def z(self, bucket: int, values: F64, std_floor: float) -> F64 | None:
         if not self.mean or bucket >= len(self.mean):
             return None
         mu, sd = np.asarray(self.mean[bucket]), np.asarray(self.std[bucket])
         if mu.shape != values.shape:
             return None
-        out: F64 = (values - mu) / np.maximum(sd, 0.05)
+        out: F64 = (values - mu) / np.maximum(sd, std_floor)
         return out
+
+
+HAND_SET_NOTES: dict[str, str] = {
+    "position_buckets": "hand-set: decoding positions 0, 1, 2, 3-7 and 8+ get their own baselines, because a "
+    "seq2seq decoder's first steps look unlike its later ones; finer buckets would starve on short answers",
+    "z_std_floor": "hand-set: a statistic that never varied on the reference (sd 0) is judged against this sd "
+    "instead, so one ulp of change is not an infinite z",
+    "weights": "hand-set: how far each flag alone moves the score (noisy-OR); a non-finite state is certain, a "
+    "loop nearly so, the statistical flags are evidence rather than proof",
+    "entropy_weight": "hand-set: the most the continuous mean-entropy term adds to the score (it approaches this "
+    "as mean entropy grows, half-way at entropy_bits), so scores rank unflagged traces too; whether it alone "
+    "can alert depends on the fitted alert_score",
+    "entropy_bits": "hand-set: uncalibrated fallback, well above the healthy entropy of small models",
+    "high_entropy_share": "hand-set: high_entropy needs this share of the steps, so one hesitant token is not a flag",
+    "min_steps": "hand-set: and at least this many steps, so a 1-token answer cannot be 'mostly uncertain'",
+    "repeat_window": "hand-set: tokens (and hidden signatures) kept per trace for the loop test; bounds the state",
+    "repeat_max_period": "hand-set: longest loop period looked for",
+    "repeat_min_cycles": "hand-set: cycles before a period counts as a loop; 4 keeps doubled letters and short "
+    "legitimate repeats out",
+    "hidden_repeat_ratio": "hand-set: steps p apart 'repeat' when their hidden signatures are this much closer than "
+    "the window's median distance between steps up to 2 * repeat_max_period apart",
+    "collapse_z": "hand-set: uncalibrated fallback",
+    "collapse_head_share": "hand-set: attention_collapse needs this share of all heads low on one step, so one "
+    "quiet head is not a collapse",
+    "blowup_z": "hand-set: uncalibrated fallback",
+    "alert_score": "hand-set: uncalibrated fallback: any one flag alerts",
+    "critical_score": "hand-set: uncalibrated fallback: two flags together are CRITICAL",
+    "flag_rate": "hand-set: calibration target: share of healthy reference traces allowed to raise each "
+    "statistical flag (high_entropy, attention_collapse, mid_layer_anomaly)",
+    "alert_rate": "hand-set: calibration target: share of healthy reference traces allowed to alert (WARNING or "
+    "worse, early or final)",
+    "critical_rate": "hand-set: calibration target: share of healthy reference traces allowed to be CRITICAL",
+    "z_margin": "hand-set: the fitted z thresholds are pushed this factor beyond the reference tail, because the "
+    "baselines are fitted on the same steps (in-sample z is optimistic)",
+    "heads": "hand-set: uncalibrated fallback has no baseline (attention_collapse cannot fire)",
+    "norm_ratio": "hand-set: uncalibrated fallback has no baseline (mid_layer_anomaly cannot fire)",
+}
+"""Why each number of the uncalibrated fallback is what it is; the calibrator replaces the notes of what it fits."""
 
 
 @dataclass(frozen=True)
 class RiskPolicy:
-    """Thresholds for one model family; ``name`` (with its version) is quoted in every alert."""
+    """Thresholds for one model family; ``name`` (with its version) is quoted in every alert.
+
+    The defaults are the uncalibrated fallback. ``notes`` maps every tunable field (``tunable_fields()``) to a line
+    that starts "fitted: " (how, from what) or "hand-set: " (and why)."""
 
     name: str = "uncalibrated@1"
     family: str = "*"
+    position_buckets: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 8])
+    z_std_floor: float = 0.05
+    weights: dict[str, float] = field(
+        default_factory=lambda: {
+            "nonfinite_hidden": 1.0,
+            "repetition_loop": 0.7,
+            "mid_layer_anomaly": 0.6,
+            "attention_collapse": 0.5,
+            "high_entropy": 0.5,
+        }
+    )
+    entropy_weight: float = 0.3
     entropy_bits: float = 4.0
     high_entropy_share: float = 0.3
     min_steps: int = 3
@@ -88,17 +133,20 @@ class RiskPolicy:
     repeat_max_period: int = 8
     repeat_min_cycles: int = 4
     hidden_repeat_ratio: float = 0.05
-    """Steps p apart "repeat" when their hidden signatures are this much closer than the window's median distance
-    between steps up to 2 * repeat_max_period apart."""
     collapse_z: float = -6.0
     collapse_head_share: float = 0.25
     blowup_z: float = 8.0
     alert_score: float = 0.5
     critical_score: float = 0.8
+    flag_rate: float = 0.005
+    alert_rate: float = 0.005
+    critical_rate: float = 0.001
+    z_margin: float = 1.25
     heads: Baseline = field(default_factory=lambda: Baseline([], []))
     """log(head signal + eps) per bucket, [layer][head]."""
     norm_ratio: Baseline = field(default_factory=lambda: Baseline([], []))
     """log(hidden L2 of layer l / hidden L2 of layer 0) per bucket, [layer]."""
+    notes: dict[str, str] = field(default_factory=lambda: dict(HAND_SET_NOTES))
     calibration: dict[str, Any] = field(default_factory=dict)
     """Where the numbers came from: model version, traces, steps, date."""
 
@@ -111,6 +159,24 @@ class RiskPolicy:
         d["heads"] = Baseline(**d.get("heads", {"mean": [], "std": []}))
         d["norm_ratio"] = Baseline(**d.get("norm_ratio", {"mean": [], "std": []}))
         return cls(**d)
+
+    def bucket(self, step: int) -> int:
+        return position_bucket(step, self.position_buckets)
+
+    def head_z(self, step: int, heads: F64) -> F64 | None:
+        """z of log(head signal) against this decoding position's baseline; None without a matching baseline."""
+        return self.heads.z(self.bucket(step), log_magnitude(heads), self.z_std_floor)
+
+    def norm_z(self, step: int, l2: F64) -> F64 | None:
+        """z of log(hidden L2 of layers 1.. / layer 0) against this position's baseline."""
+        if len(l2) < 2:
+            return None
+        return self.norm_ratio.z(self.bucket(step), log_magnitude(l2[1:]) - log_magnitude(l2[:1]), self.z_std_floor)
+
+
+def tunable_fields() -> tuple[str, ...]:
+    """The RiskPolicy fields that hold a number someone chose or fitted (all but identity and bookkeeping)."""
+    return tuple(f.name for f in fields(RiskPolicy) if f.name not in ("name", "family", "notes", "calibration"))
 
 
 POLICY_DIR = Path(__file__).parent / "policies"
@@ -209,15 +275,15 @@ class TraceRisk:
         self.nonfinite_layers.update(nonfinite)
         l2 = step_layers(step, "layer_hidden_l2").astype(np.float64)
         maxabs = step_layers(step, "layer_hidden_maxabs").astype(np.float64)
-        bucket = position_bucket(int(step["step"]))
-        if len(l2) > 1 and not nonfinite:
-            z = p.norm_ratio.z(bucket, log_magnitude(l2[1:]) - log_magnitude(l2[:1]))
+        position = int(step["step"])
+        if not nonfinite:
+            z = p.norm_z(position, l2)
             if z is not None:
                 for layer in np.flatnonzero(z > p.blowup_z):
                     self.blowup[int(layer) + 1] = max(self.blowup.get(int(layer) + 1, 0.0), float(z[layer]))
         heads = step_heads(step).astype(np.float64)
         if heads.size and not nonfinite:
-            z = p.heads.z(bucket, log_magnitude(heads))
+            z = p.head_z(position, heads)
             if z is not None:
                 low = z < p.collapse_z
                 if low.mean() >= p.collapse_head_share:
@@ -272,11 +338,12 @@ class TraceRisk:
         if self.high_entropy >= p.min_steps and self.high_entropy >= p.high_entropy_share * self.steps:
             parts.append(("high_entropy", f"{self.high_entropy} of {self.steps} steps above {p.entropy_bits:.2f} bits",
                           []))  # fmt: skip
-        # a continuous term under the flags, so that scores rank traces even when nothing is flagged
+        # a continuous term under the flags, so that scores rank traces even when nothing is flagged; it never
+        # saturates (half-way at the per-step threshold), so it keeps ranking far above the healthy range
         mean_h = self.entropy_sum / self.steps if self.steps else 0.0
-        keep = 1.0 - 0.3 * min(1.0, mean_h / (2 * p.entropy_bits)) if p.entropy_bits > 0 else 1.0
+        keep = 1.0 - p.entropy_weight * mean_h / (mean_h + p.entropy_bits) if mean_h > 0 else 1.0
         for name, _, _ in parts:
-            keep *= 1.0 - WEIGHTS[name]
+            keep *= 1.0 - p.weights[name]
         flags = tuple(name for name, _, _ in parts)
         blamed = tuple(sorted({layer for _, _, layers in parts for layer in layers}))
         reason = "; ".join(text for _, text, _ in parts) or f"healthy (mean entropy {mean_h:.2f} bits)"

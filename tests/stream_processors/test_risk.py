@@ -69,7 +69,7 @@ def healthy(n: int, trace: str = "h") -> list[dict[str, Any]]:
 
 def test_calibration_reads_the_reference(policy: RiskPolicy) -> None:
     assert policy.family == "toy"
-    assert 1.3 < policy.entropy_bits <= 1.5
+    assert 0.9 < policy.entropy_bits <= 1.5  # the reference entropies are uniform on [0.1, 1.5]
     assert len(policy.heads.mean) == 5 and np.asarray(policy.heads.mean[0]).shape == (L, H)
     assert policy.calibration["steps"] == 480
     assert RiskPolicy.from_json(policy.to_json()) == policy

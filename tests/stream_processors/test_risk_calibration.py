@@ -1,0 +1,132 @@
+"""The calibrator fits what the policy says it fits, and every number of a policy says whether it was fitted or
+hand-set."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from stream_processors.calibrate import calibrate
+from stream_processors.risk import POLICY_DIR, RiskPolicy, TraceRisk, load_policies, tunable_fields
+from tests.stream_processors.test_risk import H, L, step
+
+
+def reference(
+    traces: int = 200,
+    *,
+    entropy_hi: float = 1.5,
+    outlier_every: int = 0,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Healthy hand-built traffic: entropies uniform on [0.1, entropy_hi]; every ``outlier_every``-th trace (0:
+    none) has one step whose layer-2 norm is 3x and whose layer-1 heads are 5x quieter (a heavier tail)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(traces):
+        n = int(rng.integers(4, 16))
+        odd = outlier_every and t % outlier_every == 0
+        for i in range(n):
+            kw: dict[str, Any] = {}
+            if odd and i == n // 2:
+                noise = 1 + 0.05 * rng.standard_normal(L)
+                kw["l2"] = np.array([10.0, 12.0, 42.0, 16.0]) * noise
+                heads = 2.0 * (1 + 0.05 * rng.standard_normal((L, H)))
+                heads[1] /= 5
+                kw["heads"] = heads
+            out.append(step(i, int(rng.integers(3, 200)), trace=f"ref{t}", entropy=float(rng.uniform(0.1, entropy_hi)),
+                            **kw))  # fmt: skip
+    return out
+
+
+def by_trace(steps: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    traces: dict[str, list[dict[str, Any]]] = {}
+    for s in steps:
+        traces.setdefault(s["trace_id"], []).append(s)
+    return list(traces.values())
+
+
+def shares(policy: RiskPolicy, steps: list[dict[str, Any]]) -> tuple[float, float]:
+    """Share of the traces that alert at some step, and that raise high_entropy at some step."""
+    alerted = flagged = 0
+    traces = by_trace(steps)
+    for trace in traces:
+        risk = TraceRisk(policy)
+        seen = [risk.update(s) for s in trace]
+        alerted += any(a.severity(policy) is not None for a in seen)
+        flagged += any("high_entropy" in a.flags for a in seen)
+    return alerted / len(traces), flagged / len(traces)
+
+
+def check_notes(policy: RiskPolicy) -> None:
+    missing = [f for f in tunable_fields() if f not in policy.notes]
+    assert not missing, f"{policy.name}: no note for {missing}"
+    bad = {f: n for f, n in policy.notes.items() if not n.startswith(("fitted: ", "hand-set: "))}
+    assert not bad, f"{policy.name}: notes must start 'fitted: ' or 'hand-set: ': {bad}"
+
+
+@pytest.mark.parametrize("path", sorted(POLICY_DIR.glob("*.json")), ids=lambda p: p.name)
+def test_every_tunable_number_of_a_shipped_policy_says_fitted_or_hand_set(path: Path) -> None:
+    policy = RiskPolicy.from_json(path.read_text(encoding="utf-8"))
+    check_notes(policy)
+    # what the calibrator fits must say so in the shipped file (not a stale fallback note)
+    for name in ("entropy_bits", "collapse_z", "blowup_z", "alert_score", "critical_score", "heads", "norm_ratio"):
+        assert policy.notes[name].startswith("fitted: "), (name, policy.notes[name])
+
+
+def test_the_policy_folder_holds_at_least_the_default_models_policy() -> None:
+    assert "evostream/t5-tiny-suite" in load_policies()
+
+
+def test_the_fallback_and_a_calibrated_policy_note_every_number() -> None:
+    check_notes(RiskPolicy())
+    check_notes(calibrate(reference(60), "toy@1"))
+    assert {"name", "family", "notes", "calibration"}.isdisjoint(tunable_fields())
+    assert {"weights", "entropy_weight", "z_std_floor", "position_buckets", "alert_rate"} <= set(tunable_fields())
+
+
+def test_a_wider_entropy_spread_moves_the_entropy_threshold() -> None:
+    narrow = calibrate(reference(entropy_hi=1.5), "toy@1")
+    wide = calibrate(reference(entropy_hi=3.0), "toy@1")
+    # same uniform draws stretched: the fitted threshold stretches with them
+    assert 1.0 < narrow.entropy_bits < 1.5
+    assert wide.entropy_bits == pytest.approx(0.1 + (narrow.entropy_bits - 0.1) * 2.9 / 1.4, rel=1e-3)
+
+
+def test_heavier_reference_tails_move_the_z_thresholds() -> None:
+    plain = calibrate(reference(), "toy@1")
+    heavy = calibrate(reference(outlier_every=10), "toy@1")
+    assert heavy.blowup_z > 2 * plain.blowup_z > 0
+    assert heavy.collapse_z < 2 * plain.collapse_z < 0
+
+
+def test_fitted_thresholds_hold_their_target_share_of_reference_traces_and_are_tight() -> None:
+    steps = reference(400)
+    policy = calibrate(steps, "toy@1")
+    alerted, flagged = shares(policy, steps)
+    assert alerted <= policy.alert_rate and flagged <= policy.flag_rate
+    # a hair lower and more reference traces cross: the numbers sit on the reference, not on a round default
+    looser = replace(policy, alert_score=policy.alert_score - 2e-6, entropy_bits=policy.entropy_bits - 2e-6)
+    alerted2, flagged2 = shares(looser, steps)
+    assert alerted2 > alerted and flagged2 > flagged
+    assert policy.critical_score >= policy.alert_score
+
+
+def test_hand_set_numbers_come_from_the_base_policy_unchanged() -> None:
+    base = replace(RiskPolicy(), min_steps=5, weights={**RiskPolicy().weights, "high_entropy": 0.4}, alert_rate=0.05,
+                   notes={**RiskPolicy().notes, "min_steps": "hand-set: five, for this test"})  # fmt: skip
+    policy = calibrate(reference(), "toy@1", base)
+    assert policy.min_steps == 5 and policy.weights["high_entropy"] == 0.4
+    assert policy.notes["min_steps"] == "hand-set: five, for this test"
+    default = calibrate(reference(), "toy@1")
+    assert policy.alert_score < default.alert_score  # a 5% target alerts on more of the reference than 0.5%
+
+
+def test_the_policy_loader_ignores_subfolders(tmp_path: Path) -> None:
+    (tmp_path / "toy.json").write_text(RiskPolicy(family="toy").to_json())
+    (tmp_path / "drift").mkdir()
+    (tmp_path / "drift" / "other.json").write_text('{"not": "a risk policy"}')
+    assert list(load_policies(tmp_path)) == ["toy"]
