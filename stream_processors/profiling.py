@@ -184,7 +184,8 @@ class ProfileTracker:
 
     A step older than the open window is folded into it (late data is counted, not dropped); a step of a later
     window closes the open one first. When traffic stops, ``on_tick`` closes a window once the clock is
-    ``grace_s`` past its end."""
+    ``grace_s`` past its end. The state keeps each trace's last folded step of the window closed last, so a
+    replay after a restart that reaches back into that window is skipped rather than counted again."""
 
     def __init__(self, policy: ProfilePolicy | None = None) -> None:
         self.policy = policy or ProfilePolicy()
@@ -201,8 +202,11 @@ class ProfileTracker:
             if win is None or start > st["window_start"]:
                 if win is not None and win.steps:
                     snapshots.append(win.snapshot(model, now_us))
+                    st["closed"] = dict(win.applied)
                 win, st["window_start"] = ProfileWindow(self.policy), start
-            if not win.add_step(step):
+            # a replay can reach back past the last window closed (offsets are committed after the state is
+            # written): its steps are recognised there, not folded into the open window a second time
+            if int(step["step"]) <= st.get("closed", {}).get(str(step["trace_id"]), -1) or not win.add_step(step):
                 duplicates += 1
         st["window"] = win.to_state() if win is not None else None
         return st, snapshots, duplicates
@@ -238,4 +242,7 @@ class ProfileTracker:
             return st, []
         win = ProfileWindow(self.policy, st["window"])
         st["window"] = None
-        return st, [win.snapshot(model, now_us)] if win.steps else []
+        if not win.steps:
+            return st, []
+        st["closed"] = dict(win.applied)
+        return st, [win.snapshot(model, now_us)]

@@ -110,6 +110,25 @@ def test_tracker_closes_windows_by_event_time_and_on_idle_ticks() -> None:
     assert [s["step_count"] for s in snaps] == [1] and state["window"] is None
 
 
+def test_steps_of_a_closed_window_replayed_after_a_restart_are_not_counted_again() -> None:
+    from stream_processors.profiling import ProfileTracker
+
+    tracker = ProfileTracker(ProfilePolicy(window_s=60, grace_s=5))
+    h = np.array([[1.0, 0.5]])
+    steps = [step(t, i, i, h, [1.0], at_us=10_000_000) for t in ("a", "b") for i in range(3)]
+    state, _, _ = tracker.on_steps("m@1", None, steps, 0)
+    state, snaps = tracker.on_tick("m@1", state, 75_000_000)  # the window closes while idle
+    assert [s["step_count"] for s in snaps] == [6]
+    more = [step("a", 3, 3, h, [1.0], at_us=10_000_000)]  # a late step of trace a: counted, in a new window
+    state, snaps, dup = tracker.on_steps("m@1", json.loads(json.dumps(state)), more, 1)
+    assert (snaps, dup) == ([], 0)
+    # the restart replays everything from before the last commit: every step already in a snapshot is skipped
+    state, snaps, dup = tracker.on_steps("m@1", json.loads(json.dumps(state)), [*steps, *more], 2)
+    assert (snaps, dup) == ([], 7)
+    state, snaps = tracker.on_tick("m@1", state, 150_000_000)
+    assert [s["step_count"] for s in snaps] == [1]
+
+
 def test_neuron_count_snapshots_fold_into_their_window_once() -> None:
     from stream_processors.profiling import ProfileTracker
 
