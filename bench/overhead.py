@@ -1,9 +1,19 @@
 """Overhead of evostream's instrumented generation against plain ``model.generate()``, side by side in one run.
 
-Both paths decode greedily the same prompts for exactly N new tokens (plain generate with min_new_tokens=N, ours with
-stop_at_eos off). The instrumented path computes every step statistic on the device and emits one Avro GenerationStep
-per token through the background emitter to a real Kafka broker (acks=all, idempotent); delivery is awaited inside
-the timed region.
+Four sides decode greedily the same prompts for exactly N new tokens each (plain generate with min_new_tokens=N, ours
+with stop_at_eos off; every call's token count is checked):
+
+- plain: Hugging Face ``generate()`` on a model object that never had a hook (a second copy of the same weights,
+  built before any hook exists; checked hook-free before every timed run);
+- loop: our decoding loop with instrumentation off (no hook, no statistic; only the tokens), on that same copy;
+- instrumented: every step statistic computed on the device and brought to the host, emitting nothing;
+- emitting: as instrumented, plus one Avro GenerationStep per token through the background emitter to a real Kafka
+  broker (acks=all, idempotent), delivery awaited inside the timed region.
+
+So the overhead splits into the loop's own cost (loop - plain), the statistics' (instrumented - loop) and the
+emission's (emitting - instrumented). The sides run interleaved within each rep, in an order that rotates from rep to
+rep, so drift of the machine and position in the rep affect all sides alike. Not included: the service's
+once-per-batch NeuronCounts event and its Completion (one small record per request, not per token).
 
 Run: python -m bench.overhead [--models default,gpt2-30m] [--tokens 64,256] [--reps 5] [--device cpu]
 """
@@ -18,6 +28,7 @@ import uuid
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from bench.broker import bench_broker
@@ -30,10 +41,17 @@ from producers.steps import StepBatch, TraceMeta
 from schemas.catalog import TopicSpec
 
 PROMPTS = ["reverse: hello", "sort: benchmark", "add: 12+34", "date: 2024-03-15", "lookup: b; a=1 b=2 c=3 d=4"]
+SIDES = {
+    "plain": "plain generate()",
+    "loop": "our loop, instrumentation off",
+    "instrumented": "instrumented, emitting nothing",
+    "emitting": "instrumented + emission to Kafka",
+}
 
 
 def build(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
-    """A model by preset name: 'default' (embedded T5), or GPT-2 / Llama built from config (random weights)."""
+    """A model by preset name: 'default' (embedded T5), or GPT-2 / Llama built from config (random weights, seeded,
+    so that two builds hold the same weights)."""
     if name == "default":
         return load_model("default", device=device, dtype=dtype)
     torch.manual_seed(0)
@@ -59,53 +77,118 @@ def build(name: str, device: str, dtype: torch.dtype) -> LoadedModel:
     return wrap_model(model, ByT5Tokenizer(), f"{name}-from-config")
 
 
-def timed(fn: Callable[[], None], sync: Callable[[], None]) -> float:
+def require_hook_free(model: nn.Module, side: str) -> None:
+    """Stop the benchmark unless ``model`` runs without any forward hook: a baseline carrying our hooks would pay
+    part of the instrumentation's cost and flatter every ratio."""
+    hooked = [n or "<model>" for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
+    global_hooks = len(nn.modules.module._global_forward_hooks) + len(nn.modules.module._global_forward_pre_hooks)
+    if hooked or global_hooks:
+        raise SystemExit(f"{side}: the model must run hook-free, but {len(hooked)} modules carry forward hooks "
+                         f"({', '.join(hooked[:3])}), and {global_hooks} global ones are registered")  # fmt: skip
+
+
+def require_same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+        raise SystemExit("the plain and the instrumented model objects must hold the same weights")
+
+
+def timed(fn: Callable[[], int], sync: Callable[[], None], expected_tokens: int, side: str) -> float:
     sync()
     t0 = time.perf_counter()
-    fn()
+    n = fn()
     sync()
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    if n != expected_tokens:
+        raise SystemExit(f"{side}: generated {n} tokens, expected {expected_tokens}; the sides must do equal work")
+    return elapsed
 
 
 def bench_model(
-    lm: LoadedModel, bootstrap: str, topic: str, prompts: list[str], tokens: int, reps: int, emit: bool = True
-) -> tuple[list[float], list[float]]:
-    tok = lm.tokenizer
+    plain_lm: LoadedModel, lm: LoadedModel, bootstrap: str, topic: str, prompts: list[str], tokens: int, reps: int
+) -> dict[str, list[float]]:
+    """Seconds per rep of each side. ``plain_lm`` is never hooked; ``lm`` carries the instrumentation's hooks."""
+    if plain_lm.model is lm.model:
+        raise SystemExit("the plain side needs its own model object")
     sync = (lambda: torch.cuda.synchronize()) if lm.device.type == "cuda" else (lambda: None)
+    ptok = plain_lm.tokenizer
 
-    def plain() -> None:
+    def plain() -> int:
+        n = 0
         for p in prompts:
-            enc = tok([p], return_tensors="pt").to(lm.device)
+            enc = ptok([p], return_tensors="pt").to(plain_lm.device)
             with torch.inference_mode():
-                lm.model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                  pad_token_id=tok.pad_token_id)  # fmt: skip
+                out = plain_lm.model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                              pad_token_id=ptok.pad_token_id)  # fmt: skip
+            n += out.shape[1] - (1 if plain_lm.is_seq2seq else enc.input_ids.shape[1])
+        return n
 
+    bare = InstrumentedGenerator(plain_lm, instrument=False)
     gen = InstrumentedGenerator(lm)
     emitter = StepEmitter(bootstrap, topic=topic)
-    texts = TokenTexts(tok)
+    texts = TokenTexts(lm.tokenizer)
     params = GenParams(max_new_tokens=tokens, stop_at_eos=False)
 
-    def instrumented() -> None:
+    def loop() -> int:
+        return sum(len(bare.generate([p], params)[0].token_ids) for p in prompts)
+
+    def discard(_sb: StepBatch) -> None:
+        pass
+
+    def instrumented(emit: bool) -> int:
+        n = 0
         for p in prompts:
             metas = [TraceMeta(uuid.uuid4().hex, "bench", "bench", "bench", 0)]
 
-            def on_step(sb: StepBatch, metas: list[TraceMeta] = metas) -> None:
-                if emit:
-                    emitter.submit(sb, metas, lm.version, gen.signal, texts.rows(sb))
+            def submit(sb: StepBatch, metas: list[TraceMeta] = metas) -> None:
+                emitter.submit(sb, metas, lm.version, gen.signal, texts.rows(sb))
 
-            gen.generate([p], params, on_step)
-        emitter.drain()  # every step event encoded and acknowledged by the broker
+            n += len(gen.generate([p], params, submit if emit else discard)[0].token_ids)
+            gen.take_neuron_counts()  # as the service does once per batch (here a batch is one prompt)
+        if emit:
+            emitter.drain()  # every step event encoded and acknowledged by the broker
+        return n
 
-    plain()  # warm-up: kernels, allocator, broker connection
-    instrumented()
-    # interleaved, so that drift of the machine affects both sides alike
-    plain_t, inst_t = [], []
-    for _ in range(reps):
-        plain_t.append(timed(plain, sync))
-        inst_t.append(timed(instrumented, sync))
-    emitter.close()
-    gen.close()
-    return plain_t, inst_t
+    runs: dict[str, Callable[[], int]] = {
+        "plain": plain,
+        "loop": loop,
+        "instrumented": lambda: instrumented(False),
+        "emitting": lambda: instrumented(True),
+    }
+    expected = tokens * len(prompts)
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    try:
+        for rep in range(-1, reps):  # rep -1 warms up kernels, the allocator and the broker connection
+            for i in range(len(names)):
+                name = names[(rep + i) % len(names)]
+                if name in ("plain", "loop"):
+                    require_hook_free(plain_lm.model, SIDES[name])
+                t = timed(runs[name], sync, expected, SIDES[name])
+                if rep >= 0:
+                    times[name].append(t)
+    finally:
+        emitter.close()
+        gen.close()
+        bare.close()
+    return times
+
+
+def report(name: str, params: int, tokens: int, n_prompts: int, times: dict[str, list[float]]) -> None:
+    per_rep = tokens * n_prompts
+    ms = {side: statistics.median(t) / per_rep * 1000 for side, t in times.items()}
+    print(f"\n## {name}, {params / 1e6:.1f}M parameters, {tokens} new tokens x {n_prompts} prompts per rep, "
+          f"{len(times['plain'])} reps")  # fmt: skip
+    print(f"{'side':<34} {'ms/token':>9}   ratio to plain: median (min..max over reps)")
+    for side, label in SIDES.items():
+        ratios = [t / p for t, p in zip(times[side], times["plain"], strict=True)]
+        spread = f"{statistics.median(ratios):.3f}x ({min(ratios):.3f}..{max(ratios):.3f})" if side != "plain" else ""
+        print(f"{label:<34} {ms[side]:9.3f}   {spread}".rstrip())
+    loop = ms["loop"] - ms["plain"]
+    stats = ms["instrumented"] - ms["loop"]
+    emission = ms["emitting"] - ms["instrumented"]
+    print(f"added ms/token (differences of the medians): loop {loop:+.3f}, statistics {stats:+.3f}, "
+          f"emission {emission:+.3f}; total {ms['emitting'] - ms['plain']:+.3f}", flush=True)  # fmt: skip
 
 
 def run(bootstrap: str, args: argparse.Namespace) -> None:
@@ -115,23 +198,19 @@ def run(bootstrap: str, args: argparse.Namespace) -> None:
     ensure_topics(bootstrap, [topic])
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     prompts = PROMPTS[: args.prompts]
-    sink = f"emitting to {bootstrap}" if args.emit == "kafka" else "emitting nothing"
     print(f"# {dev}, torch {torch.__version__}, {args.dtype}, batch 1, greedy, {len(prompts)} prompts per rep, "
-          f"{args.reps} reps, {sink}")  # fmt: skip
-    print(f"{'model':>22} {'params':>7} {'tokens':>6} {'plain min':>10} {'instr min':>10} {'ratio min':>9} "
-          f"{'plain med':>10} {'instr med':>10} {'ratio med':>9} {'ms/token +':>10}")  # fmt: skip
+          f"{args.reps} reps, emitting to {bootstrap}; ms/token: median rep's time per generated token")  # fmt: skip
     try:
         for name in args.models.split(","):
+            # two objects with the same weights, the plain one built before any hook exists and never hooked
+            plain_lm = build(name, args.device, dtype)
             lm = build(name, args.device, dtype)
-            params = lm.parameter_count()
+            require_same_weights(plain_lm.model, lm.model)
+            require_hook_free(plain_lm.model, SIDES["plain"])
             for n in (int(t) for t in args.tokens.split(",")):
-                plain_t, inst_t = bench_model(lm, bootstrap, topic.name, prompts, n, args.reps, args.emit == "kafka")
-                pm, im = min(plain_t), min(inst_t)
-                pd, idn = statistics.median(plain_t), statistics.median(inst_t)
-                extra = (idn - pd) / (n * len(prompts)) * 1000
-                print(f"{name:>22} {params / 1e6:6.1f}M {n:6d} {pm:9.3f}s {im:9.3f}s {im / pm:8.3f}x "
-                      f"{pd:9.3f}s {idn:9.3f}s {idn / pd:8.3f}x {extra:+9.3f}", flush=True)  # fmt: skip
-            del lm
+                times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps)
+                report(name, lm.parameter_count(), n, len(prompts), times)
+            del lm, plain_lm
     finally:
         delete_topics(bootstrap, [topic.name])
 
@@ -145,18 +224,11 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--bootstrap", default=None)
-    ap.add_argument(
-        "--emit",
-        default="kafka",
-        choices=["kafka", "none"],
-        help="none: compute the step statistics but publish nothing (isolates the emission's share)",
-    )
     args = ap.parse_args()
     with bench_broker(args.bootstrap) as bootstrap:
         run(bootstrap, args)
     print(f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
-          f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --emit {args.emit}",
-          file=sys.stderr)  # fmt: skip
+          f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype}", file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":

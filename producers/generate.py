@@ -70,17 +70,23 @@ class InstrumentedGenerator:
     """Generates for a batch of prompts with a model, reporting every step's statistics."""
 
     def __init__(self, loaded: LoadedModel, signal: AttentionSignal | None = None, max_prompt_tokens: int = 512,
-                 max_new_tokens_limit: int = 1024) -> None:  # fmt: skip
+                 max_new_tokens_limit: int = 1024, *, instrument: bool = True) -> None:  # fmt: skip
+        """``instrument=False`` builds the bare decoding loop: no hook is registered and no statistic is computed,
+        only the tokens are chosen, so a benchmark can tell the loop's own cost from the instrumentation's. Such a
+        generator refuses an ``on_step`` callback, since it has no step statistics to report."""
         self.loaded = loaded
         self.anat = anatomy(loaded.model)
-        if signal is None:
+        self.instrument = instrument
+        if not instrument:
+            signal = "NONE"
+        elif signal is None:
             signal = "ENTROPY" if loaded.attn_implementation == "eager" else "OUTPUT_NORM"
         if signal == "ENTROPY" and loaded.attn_implementation != "eager":
             raise GenerationError("attention ENTROPY needs the model loaded with attn_implementation='eager'")
         self.signal: AttentionSignal = signal
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens_limit = max_new_tokens_limit
-        self.probe = Probe(self.anat, signal)
+        self.probe: Probe | None = Probe(self.anat, signal) if instrument else None
         tok = loaded.tokenizer
         self.eos_id = tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
@@ -96,23 +102,27 @@ class InstrumentedGenerator:
     def take_neuron_counts(self) -> tuple[npt.NDArray[np.int32], int] | None:
         """Per layer, per FFN neuron: on how many sequence-steps it fired since the last call, and how many
         sequence-steps that covers; None when the model's FFN output projections were not found."""
-        taken = self.probe.take_neuron_counts()
+        taken = self.probe.take_neuron_counts() if self.probe is not None else None
         if taken is None:
             return None
         counts, rows = taken
         return counts.numpy().astype(np.int32), rows
 
     def close(self) -> None:
-        self.probe.remove()
+        if self.probe is not None:
+            self.probe.remove()
 
     @torch.inference_mode()
     def generate(
         self, prompts: Sequence[str], params: GenParams, on_step: StepCallback | None = None
     ) -> list[Generated]:
         params.check(self.max_new_tokens_limit)
+        if on_step is not None and self.probe is None:
+            raise GenerationError("this generator was built with instrument=False: it has no step statistics to report")
         if not prompts:
             return []
         model, tok = self.loaded.model, self.loaded.tokenizer
+        probe = self.probe
         device = self.loaded.device
         cuda = device.type == "cuda"
         if cuda:
@@ -125,6 +135,8 @@ class InstrumentedGenerator:
         too_long = [n for n in lengths if n > self.max_prompt_tokens]
         if too_long:
             raise GenerationError(f"prompt of {max(too_long)} tokens exceeds the limit of {self.max_prompt_tokens}")
+        if 0 in lengths:
+            raise GenerationError("a prompt encodes to no tokens: there is nothing to condition on")
         input_ids = enc.input_ids.to(device)
         mask = enc.attention_mask.to(device)
         b = input_ids.shape[0]
@@ -135,32 +147,35 @@ class InstrumentedGenerator:
         else:
             gen.seed()
         finished = torch.zeros(b, dtype=torch.bool, device=device)
-        self.probe.row_mask = ~finished
         want_attn = self.signal == "ENTROPY"
 
         t0 = time.perf_counter()
+        surprisal: list[float | None] = [None] * b
         if self.loaded.is_seq2seq:
             encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=mask)
             start = model.config.decoder_start_token_id
             next_input = torch.full((b, 1), start if start is not None else self.pad_id, device=device)
             past = None
-            surprisal: list[float | None] = [None] * b
 
             def forward(inp: Tensor, past_kv: object) -> object:
                 return model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=inp,
                              past_key_values=past_kv, use_cache=True, output_attentions=want_attn)  # fmt: skip
         else:
+            if probe is not None:
+                probe.row_mask = ~finished
             position = (mask.cumsum(-1) - 1).clamp(min=0)
             out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True,
                         output_attentions=want_attn)  # fmt: skip
-            surprisal = _prompt_surprisal(out.logits, input_ids, mask)
+            if probe is not None:
+                surprisal = _prompt_surprisal(out.logits, input_ids, mask)
             past = out.past_key_values
             next_pos = position[:, -1:] + 1
 
         prefill_us = 0
         for step in range(params.max_new_tokens):
             ts = time.perf_counter()
-            self.probe.row_mask = ~finished
+            if probe is not None:
+                probe.row_mask = ~finished
             if self.loaded.is_seq2seq:
                 out = forward(next_input, past)
             elif step > 0:
@@ -173,14 +188,12 @@ class InstrumentedGenerator:
             chosen = self._choose(logits, params, gen)
             chosen = torch.where(finished, torch.full_like(chosen, self.pad_id), chosen)
             active = ~finished
-            parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1), logit_stats(logits, chosen, TOPK),
-                     hidden_stats(self.probe.take_hidden()).flatten(1)]  # fmt: skip
-            heads = self._heads(out)
-            ffn = self.probe.take_ffn()
-            if heads is not None:
-                parts.append(heads.flatten(1))
-            if ffn is not None:
-                parts.append(ffn)
+            parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1)]
+            heads = ffn = None
+            if probe is not None:
+                parts += [logit_stats(logits, chosen, TOPK), hidden_stats(probe.take_hidden()).flatten(1)]
+                heads, ffn = self._heads(out, probe), probe.take_ffn()
+                parts += [t.flatten(1) for t in (heads, ffn) if t is not None]
             host = torch.cat(parts, dim=-1).cpu().numpy()  # the one copy to the host per step
             if self.eos_id is not None and params.stop_at_eos:
                 finished = finished | (chosen == self.eos_id)
@@ -188,14 +201,14 @@ class InstrumentedGenerator:
             latency_us = int((now - (t0 if step == 0 else ts)) * 1e6)
             if step == 0:
                 prefill_us = latency_us
-            batch = self._unpack(host, step, latency_us, heads is not None, ffn is not None, cuda, device)
+            token_ids, was_active = host[:, 0].astype(np.int64), host[:, 1] > 0.5
             for r in range(b):
-                if batch.active[r]:
-                    results[r].token_ids.append(int(batch.token_ids[r]))
-                    if params.stop_at_eos and self.eos_id is not None and batch.token_ids[r] == self.eos_id:
+                if was_active[r]:
+                    results[r].token_ids.append(int(token_ids[r]))
+                    if params.stop_at_eos and self.eos_id is not None and token_ids[r] == self.eos_id:
                         results[r].finish_reason = "STOP"
             if on_step is not None:
-                on_step(batch)
+                on_step(self._unpack(host, step, latency_us, heads is not None, ffn is not None, cuda, device))
             if bool(finished.all()):
                 break
             next_input = chosen.unsqueeze(-1)
@@ -221,7 +234,7 @@ class InstrumentedGenerator:
             x = torch.full_like(x, -math.inf).scatter(-1, idx, sorted_x)
         return torch.multinomial(x.softmax(-1), 1, generator=gen).squeeze(-1)
 
-    def _heads(self, out: object) -> Tensor | None:
+    def _heads(self, out: object, probe: Probe) -> Tensor | None:
         if self.signal == "ENTROPY":
             attn = (
                 getattr(out, "decoder_attentions", None) if self.loaded.is_seq2seq else getattr(out, "attentions", None)
@@ -229,7 +242,7 @@ class InstrumentedGenerator:
             if not attn:
                 return None
             return torch.stack([attention_entropy(a[:, :, -1, :]) for a in attn], dim=1)
-        return self.probe.take_heads()
+        return probe.take_heads()
 
     def _unpack(self, host: npt.NDArray[np.float32], step: int, latency_us: int, has_heads: bool, has_ffn: bool,
                 cuda: bool, device: torch.device) -> StepBatch:  # fmt: skip
