@@ -7,6 +7,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
+from evostream.bus.connection import ConnectionWatch
 from evostream.errors import ConsumeError
 
 
@@ -20,6 +21,7 @@ class EventConsumer:
         topics: Iterable[str],
         config: Mapping[str, Any] | None = None,
     ) -> None:
+        self.watch = ConnectionWatch(bootstrap, f"consumer {group_id}")
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
@@ -28,6 +30,7 @@ class EventConsumer:
                 "enable.auto.commit": True,
                 "fetch.min.bytes": 1,
                 "log_level": 3,
+                **self.watch.config(),
                 **(config or {}),
             }
         )

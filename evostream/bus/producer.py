@@ -8,6 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from evostream.bus.connection import ConnectionWatch
 from evostream.errors import DeliveryError
 
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -31,7 +32,10 @@ class EventProducer:
     """Produces bytes to Kafka and accounts for every record: acknowledged, failed, or still in flight."""
 
     def __init__(self, bootstrap: str, config: Mapping[str, Any] | None = None, send_timeout_s: float = 30.0):
-        self._producer = Producer({"bootstrap.servers": bootstrap, **DEFAULT_CONFIG, **(config or {})})
+        self.watch = ConnectionWatch(bootstrap, "producer")
+        self._producer = Producer(
+            {"bootstrap.servers": bootstrap, **DEFAULT_CONFIG, **self.watch.config(), **(config or {})}
+        )
         self._send_timeout_s = send_timeout_s
         self.delivered = 0
         self.failures: list[tuple[str, KafkaError]] = []
@@ -92,6 +96,12 @@ class EventProducer:
         self._producer.flush(0)
         self.failures = []
         return left
+
+    def poll(self) -> None:
+        """Serve delivery reports and the connection watch without sending (an idle producer's callbacks wait for
+        this, for send or for flush)."""
+        self._producer.poll(0)
+        self._raise_failures()
 
     def in_flight(self) -> int:
         return len(self._producer)

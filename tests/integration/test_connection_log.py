@@ -1,0 +1,80 @@
+"""A client that loses its broker says so once, and once more when the broker is back; librdkafka's per-attempt
+connection failures never reach stderr. Also the restart on the same ports right after a stop (item: the port
+probe once refused it while the stopped broker's connections sat in TIME_WAIT)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from evostream.bus.admin import ensure_topics
+from evostream.bus.consumer import EventConsumer
+from evostream.bus.producer import EventProducer
+from evostream.stack import LocalStack
+from evostream.stack.ports import HOST, free_port
+from schemas.catalog import TopicSpec
+from tests.conftest import stack_settings
+
+pytestmark = pytest.mark.integration
+
+
+def _poll_for(consumer: EventConsumer, producer: EventProducer, seconds: float, until: object = None) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        consumer.poll_batch(10, 0.2)
+        producer.poll()
+        if callable(until) and until():
+            return
+
+
+def test_a_lost_broker_is_logged_once_and_its_return_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    broker_port = free_port()
+    controller_port = free_port(avoid=frozenset({broker_port}))
+    stack = LocalStack(stack_settings(tmp_path, broker_port=broker_port, controller_port=controller_port))
+    bootstrap = stack.up().bootstrap
+    topic = f"evo.test.conn.{uuid.uuid4().hex[:8]}"
+    ensure_topics(bootstrap, [TopicSpec(topic, "GenerationStep", "trace_id", 1, "delete", 3600_000, "test")])
+    caplog.set_level(logging.INFO, logger="evostream.bus")
+    consumer = EventConsumer(bootstrap, f"conn-{uuid.uuid4().hex}", [topic])
+    producer = EventProducer(bootstrap)
+    try:
+        producer.send(topic, b"k", b"v")
+        producer.flush()
+        got: list[object] = []
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            got = list(consumer.poll_batch(10, 0.5))
+        assert got, "the consumer never read the record before the outage"
+
+        stack.down()
+        # the stopped broker closed our connections first, so its ends of them sit in TIME_WAIT on its port
+        with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+            plain.bind((HOST, broker_port))
+        _poll_for(consumer, producer, 60.0, until=lambda: consumer.watch.lost and producer.watch.lost)
+        _poll_for(consumer, producer, 5.0)  # librdkafka retries the connection many times meanwhile
+        assert consumer.watch.lost == 1 and not consumer.watch.connected
+        lost = [r for r in caplog.records if "lost the Kafka cluster" in r.getMessage()]
+        assert len(lost) == 2, [r.getMessage() for r in caplog.records]  # the consumer and the producer, once each
+        assert all(r.levelno == logging.WARNING and bootstrap in r.getMessage() for r in lost)
+
+        # same ports, seconds after the stop: the stopped broker's connections are still in TIME_WAIT
+        assert stack.up().bootstrap == bootstrap
+        _poll_for(consumer, producer, 60.0, until=lambda: consumer.watch.connected)
+        producer.send(topic, b"k", b"after")
+        producer.flush()
+        assert consumer.watch.restored == 1 and consumer.watch.connected
+        back = [r for r in caplog.records if "again" in r.getMessage() and "consumer" in r.getMessage()]
+        assert len(back) == 1
+    finally:
+        consumer.close()
+        stack.down()
+    err = capfd.readouterr().err
+    assert "|FAIL|" not in err and "%3|" not in err, err[-2000:]
+    assert not [r for r in caplog.records if r.name == "evostream.bus.librdkafka" and "FAIL" in str(r.args)]
