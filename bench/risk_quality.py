@@ -1,42 +1,94 @@
-"""How well the risk score tells wrong answers, how often a healthy model is alerted on, and whether injected faults
-are caught: the default model on the task suite's held-out set, in-process, through the same TraceRisk fold the
-stream processor runs.
+"""How well the risk score tells wrong answers, against two baselines measured in the same run, how often a healthy
+model is alerted on, and whether injected faults are caught: the default model in-process, through the same
+TraceRisk fold the stream processor runs.
 
-- AUROC of the final risk score for "the answer is wrong", beside the AUROC of mean token entropy alone, on the
-  held-out suite and on a stress split just past the training distribution (where the model does err);
-- false-alert rate: traces of the healthy model that would raise an alert (early or final), all and correct ones;
+Splits (all prompts generated here, disjointness checked by prompt text):
+- the policy: the shipped one, fitted by `evostream calibrate` on the healthy calibration split (or fitted now on
+  make_split("calibration", 100) when no policy file exists);
+- calibration stress split (`stress_split(n, seed="stress-calibration")`): fits the baselines, never reported:
+  the task-only score is each task's error rate here, and each baseline's alert cut-off is set here so that it
+  alerts on the same share of traces as the risk policy does here;
+- reported: the held-out suite (minus any prompt of the policy's calibration split) and the stress split
+  (`stress_split(n)`, seed "stress", minus any prompt of the calibration stress split).
+
+Reported per split, for the risk score, mean token entropy and the task-only score:
+- AUROC for "the answer is wrong": pooled, within each task, and within task over all same-task pairs (the
+  task-only score is 0.5 there by construction); 95% intervals from a bootstrap over traces (within task for
+  the per-task numbers);
+- alerts (risk: an early or final severity; baselines: score above the cut-off): how many, precision and recall
+  on wrong answers, with bootstrap intervals;
 - faults: a NaN in one decoder FFN weight, and a decoder forced to repeat (a logit bias cycling over 1 or 3
   tokens): share of traces flagged and the step of the first alert.
 
-Run: python -m bench.risk_quality [--per-task 200] [--fault-prompts 60]
+Run: python -m bench.risk_quality [--per-task 200] [--stress 2000] [--calibration-stress 2000]
+     [--fault-prompts 60] [--bootstrap 1000]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from producers.loading import LoadedModel, load_model
 from producers.suite.evaluate import eval_set
-from producers.suite.tasks import Example, make_split, stress_split
+from producers.suite.tasks import TASKS, Example, make_split, stress_split
 from stream_processors.reference import Traced, calibrate_model, policy_path, run_traced
 from stream_processors.risk import Assessment, RiskPolicy, TraceRisk, family_of
 
+F64 = npt.NDArray[np.float64]
+BOOL = npt.NDArray[np.bool_]
+SCORES = ("risk score", "mean entropy", "task only")
+MIN_CLASS = 5
+"""A task with fewer wrong (or right) answers than this gets its AUROC without a bootstrap interval: resamples
+that lose the few would make the interval look far tighter than it is."""
 
-def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(positive, dtype=bool)
-    pos, neg = s[y], s[~y]
-    if not len(pos) or not len(neg):
+
+def _ranks(x: F64) -> F64:
+    """1-based ranks, ties sharing their average rank."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
+    return ranks
+
+
+def auroc(scores: Sequence[float] | F64, positive: Sequence[bool] | BOOL) -> float:
+    """Probability that a random positive scores above a random negative (ties count half); NaN without both."""
+    s, y = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if not n1 or not n0:
         return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    return float((_ranks(s)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def within_task_auroc(scores: F64, wrong: BOOL, tasks: npt.NDArray[np.str_]) -> float:
+    """AUROC over (wrong, right) pairs of the same task only: what a score knows beyond which task it is."""
+    num = den = 0.0
+    for t in np.unique(tasks):
+        m = tasks == t
+        pairs = float(wrong[m].sum() * (~wrong[m]).sum())
+        if pairs:
+            num += auroc(scores[m], wrong[m]) * pairs
+            den += pairs
+    return num / den if den else float("nan")
+
+
+@dataclass
+class Outcome:
+    """One reported trace: its task, whether the answer is wrong, its three scores and whether the risk alerted."""
+
+    task: str
+    wrong: bool
+    risk: float
+    entropy: float
+    alerted: bool
 
 
 def fold(policy: RiskPolicy, t: Traced) -> tuple[Assessment, int | None]:
@@ -51,21 +103,108 @@ def fold(policy: RiskPolicy, t: Traced) -> tuple[Assessment, int | None]:
     return a, first
 
 
-def healthy(lm: LoadedModel, policy: RiskPolicy, examples: list[Example], label: str) -> None:
-    traced = list(run_traced(lm, [e.prompt for e in examples]))
-    wrong, scores, entropy, alerted = [], [], [], []
-    for e, t in zip(examples, traced, strict=True):
+def outcomes(lm: LoadedModel, policy: RiskPolicy, examples: Sequence[Example]) -> list[Outcome]:
+    out = []
+    for e, t in zip(examples, run_traced(lm, [e.prompt for e in examples]), strict=True):
         a, first = fold(policy, t)
-        wrong.append(t.output.strip() != e.answer)
-        scores.append(a.score)
-        entropy.append(float(np.mean([s["entropy_bits"] for s in t.steps])) if t.steps else 0.0)
-        alerted.append(first is not None or a.severity(policy) is not None)
-    w, al = np.array(wrong), np.array(alerted)
-    print(f"{label}: {len(examples)} prompts, {w.sum()} wrong answers ({w.mean():.1%})")
-    print(f"  AUROC risk score -> wrong answer: {auroc(scores, wrong):.3f}   "
-          f"(mean token entropy alone: {auroc(entropy, wrong):.3f}; literature single-pass entropy ~0.69)")  # fmt: skip
-    print(f"  false alerts: {al.mean():.2%} of all traces, {al[~w].mean():.2%} of correct answers "
-          f"({al[~w].sum()} of {(~w).sum()}); alerts on wrong answers: {al[w].sum()} of {w.sum()}")  # fmt: skip
+        entropy = float(np.mean([s["entropy_bits"] for s in t.steps])) if t.steps else 0.0
+        alerted = first is not None or a.severity(policy) is not None
+        out.append(Outcome(e.task, t.output.strip() != e.answer, a.score, entropy, alerted))
+    return out
+
+
+@dataclass
+class Baselines:
+    """What the calibration stress split fixed: each task's error rate, and the baselines' alert cut-offs."""
+
+    task_error: dict[str, float]
+    cutoffs: dict[str, float]
+    risk_alert_rate: float
+    n: int
+
+    def scores(self, rows: Sequence[Outcome]) -> dict[str, F64]:
+        return {
+            "risk score": np.array([r.risk for r in rows]),
+            "mean entropy": np.array([r.entropy for r in rows]),
+            "task only": np.array([self.task_error.get(r.task, 0.0) for r in rows]),
+        }
+
+
+def fit_baselines(rows: Sequence[Outcome]) -> Baselines:
+    """Task error rates from ``rows``; a baseline alerts when its score is above the ``1 - rate`` quantile of its
+    scores on ``rows`` (numpy "higher", so ties never push it over ``rate``), rate = the risk alert share here."""
+    tasks = sorted({r.task for r in rows})
+    task_error = {t: float(np.mean([r.wrong for r in rows if r.task == t])) for t in tasks}
+    rate = float(np.mean([r.alerted for r in rows]))
+    b = Baselines(task_error, {}, rate, len(rows))
+    scores = b.scores(rows)
+    b.cutoffs = {k: float(np.quantile(scores[k], 1 - rate, method="higher")) for k in SCORES[1:]}
+    return b
+
+
+def _ci(values: list[float]) -> str:
+    v = np.asarray([x for x in values if np.isfinite(x)])
+    return f"[{np.quantile(v, 0.025):.3f}, {np.quantile(v, 0.975):.3f}]" if len(v) else "[-]"
+
+
+def _boot(n: int, reps: int, rng: np.random.Generator, strata: npt.NDArray[np.str_] | None = None) -> list[Any]:
+    """Index resamples of ``n`` traces (within each stratum when given)."""
+    if strata is None:
+        return [rng.integers(0, n, n) for _ in range(reps)]
+    groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    return [np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]) for _ in range(reps)]
+
+
+def _stat(fn: Callable[[npt.NDArray[np.intp]], float], boots: list[Any], n: int, interval: bool = True) -> str:
+    full = fn(np.arange(n))
+    if not np.isfinite(full):
+        return "n/a"
+    return f"{full:.3f} {_ci([fn(i) for i in boots]) if interval else '(no interval)'}"
+
+
+def report(label: str, rows: Sequence[Outcome], base: Baselines, reps: int, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    n = len(rows)
+    wrong = np.array([r.wrong for r in rows])
+    tasks = np.array([r.task for r in rows])
+    scores = base.scores(rows)
+    alerts = {"risk score": np.array([r.alerted for r in rows])}
+    alerts |= {k: scores[k] > base.cutoffs[k] for k in SCORES[1:]}
+    print(f"\n{label}: {n} prompts, {wrong.sum()} wrong answers ({wrong.mean():.1%})")
+    boots = _boot(n, reps, rng)
+    strat = _boot(n, reps, rng, tasks)
+    width = 24
+    print(f"  {'':36}" + "".join(f"{k:>{width}}" for k in SCORES))
+
+    def row(name: str, fn: Callable[[str, npt.NDArray[np.intp]], float], b: list[Any]) -> None:
+        print(f"  {name:36}" + "".join(f"{_stat(lambda i, k=k: fn(k, i), b, n):>{width}}" for k in SCORES))
+
+    row("AUROC pooled", lambda k, i: auroc(scores[k][i], wrong[i]), boots)
+    row("AUROC within task (same-task pairs)", lambda k, i: within_task_auroc(scores[k][i], wrong[i], tasks[i]), strat)
+    for t in [t.name for t in TASKS]:
+        m = np.flatnonzero(tasks == t)
+        if len(m):
+            tb = _boot(len(m), reps, rng)
+            label_t = f"  {t} ({len(m)}, {wrong[m].sum()} wrong)"
+            few = min(wrong[m].sum(), (~wrong[m]).sum()) < MIN_CLASS
+            cells = [_stat(lambda i, s=scores[k][m], w=wrong[m]: auroc(s[i], w[i]), tb, len(m), not few)
+                     for k in SCORES]  # fmt: skip
+            print(f"  {label_t:36}" + "".join(f"{c:>{width}}" for c in cells))
+    print(f"  {'alerts (share of traces)':36}" + "".join(
+        f"{f'{alerts[k].sum()} ({alerts[k].mean():.1%})':>{width}}" for k in SCORES))  # fmt: skip
+
+    def precision(k: str, i: npt.NDArray[np.intp]) -> float:
+        a = alerts[k][i]
+        return float(wrong[i][a].mean()) if a.any() else float("nan")
+
+    def recall(k: str, i: npt.NDArray[np.intp]) -> float:
+        w = wrong[i]
+        return float(alerts[k][i][w].mean()) if w.any() else float("nan")
+
+    row("alert precision (wrong | alert)", precision, boots)
+    row("alert recall (alert | wrong)", recall, boots)
+    print(f"  {'false alerts (on right answers)':36}" + "".join(
+        f"{f'{(alerts[k] & ~wrong).sum()} of {(~wrong).sum()}':>{width}}" for k in SCORES))  # fmt: skip
 
 
 class RepeatBias:
@@ -101,38 +240,69 @@ def faults(lm: LoadedModel, policy: RiskPolicy, n: int) -> None:
                           list(run_traced(lm, prompts, max_new_tokens=24))))  # fmt: skip
         finally:
             hook.remove()
+    print()
     for label, flag, traced in cases:
         folded = [fold(policy, t) for t in traced]
         hit = [flag in a.flags for a, _ in folded]
         firsts = [f for _, f in folded if f is not None]
         span = f"{min(firsts)}..{max(firsts)}" if firsts else "-"
         blamed = sorted({x for a, _ in folded for x in a.blamed_layers})
-        print(f"fault: {label}: {flag} on {np.mean(hit):.0%} of {len(traced)} traces; first alert at step {span}; "
-              f"blamed layers {blamed}")  # fmt: skip
+        print(f"fault: {label}: {flag} on {np.mean(hit):.0%} of {len(traced)} traces, alert on {len(firsts)}; "
+              f"first alert at step {span}; blamed layers {blamed}")  # fmt: skip
+
+
+def _disjoint(name: str, rows: Sequence[Example], fitted_on: set[str]) -> list[Example]:
+    """``rows`` minus any prompt of the set something was fitted on (said, not hidden)."""
+    kept = [e for e in rows if e.prompt not in fitted_on]
+    if len(kept) < len(rows):
+        print(f"# {name}: dropped {len(rows) - len(kept)} prompts also in the split its numbers were fitted on")
+    if {e.prompt for e in kept} & fitted_on:
+        raise RuntimeError(f"{name} overlaps its fitting split")
+    return kept
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--per-task", type=int, default=200)
+    ap.add_argument("--per-task", type=int, default=200, help="held-out prompts per task")
+    ap.add_argument("--stress", type=int, default=2000, help="prompts of the reported stress split")
+    ap.add_argument("--calibration-stress", type=int, default=2000, help="prompts that fit the baselines")
     ap.add_argument("--fault-prompts", type=int, default=60)
-    ap.add_argument("--stress", type=int, default=1200, help="prompts of the stress split")
+    ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     args = ap.parse_args()
     lm = load_model(args.model)
     path = policy_path(family_of(lm.version))
     if path.exists():
         policy = RiskPolicy.from_json(path.read_text())
-        print(f"# policy {policy.name} from {path} (calibrated on {policy.calibration.get('model_version')})")
+        print(f"# policy {policy.name} from {path} (calibrated on {policy.calibration.get('model_version')}, "
+              f"{policy.calibration.get('traces')} traces)")  # fmt: skip
     else:
         policy = calibrate_model(lm, [e.prompt for e in make_split("calibration", 100)])
+        policy.calibration.update(split="calibration", per_task=100)
         print(f"# policy calibrated now on {policy.calibration['steps']} steps (no {path})")
     print(f"# model {lm.version}, {lm.parameter_count():,} parameters")
-    healthy(lm, policy, list(eval_set(args.per_task)), "held-out suite")
-    healthy(lm, policy, stress_split(args.stress), "stress split (just past the training distribution)")
+    print(f"# policy numbers: entropy_bits {policy.entropy_bits}, collapse_z {policy.collapse_z}, blowup_z "
+          f"{policy.blowup_z}, alert_score {policy.alert_score}, critical_score {policy.critical_score}")  # fmt: skip
+    per_task = int(policy.calibration.get("per_task", int(policy.calibration.get("traces", 600)) // len(TASKS)))
+    reference = {e.prompt for e in make_split(str(policy.calibration.get("split", "calibration")), per_task)}
+    cal = stress_split(args.calibration_stress, seed="stress-calibration")
+    held_out = _disjoint("held-out suite", list(eval_set(args.per_task)), reference)
+    stress = _disjoint("stress split", stress_split(args.stress), {e.prompt for e in cal})
+
+    base = fit_baselines(outcomes(lm, policy, cal))
+    print(f"# calibration stress split ({base.n} prompts, seed 'stress-calibration'): risk alerts on "
+          f"{base.risk_alert_rate:.1%}; task error rates "
+          + ", ".join(f"{t} {r:.1%}" for t, r in base.task_error.items())
+          + "; baseline alert cut-offs (alert when above) "
+          + ", ".join(f"{k} {v:.4g}" for k, v in base.cutoffs.items()))  # fmt: skip
+    report("held-out suite", outcomes(lm, policy, held_out), base, args.bootstrap)
+    report("stress split (just past the training distribution)", outcomes(lm, policy, stress), base, args.bootstrap)
     faults(lm, policy, args.fault_prompts)
-    print(f"# reproduce: python -m bench.risk_quality --per-task {args.per_task} --fault-prompts {args.fault_prompts} "
-          f"--stress {args.stress}",
-          file=sys.stderr)  # fmt: skip
+    print(f"# 95% intervals: {args.bootstrap} bootstrap resamples of the traces (per task: within the task; none "
+          f"where a task has fewer than {MIN_CLASS} wrong or right answers)")  # fmt: skip
+    print(f"# reproduce: python -m bench.risk_quality --per-task {args.per_task} --stress {args.stress} "
+          f"--calibration-stress {args.calibration_stress} --fault-prompts {args.fault_prompts} "
+          f"--bootstrap {args.bootstrap}")  # fmt: skip
 
 
 if __name__ == "__main__":
