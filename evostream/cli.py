@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -182,8 +183,10 @@ def serve(
     ] = "auto",
     embed: Annotated[bool, typer.Option(help="Compute the 384-d MiniLM prompt embedding.")] = True,
     bootstrap: Bootstrap = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve inference requests from evo.requests, emitting a GenerationStep per token and a Completion per request."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from producers.embedding import PromptEmbedder
     from producers.generate import InstrumentedGenerator
     from producers.loading import load_model
