@@ -20,7 +20,7 @@ Reported per split, for the risk score, mean token entropy and the task-only sco
 - faults: a NaN in one decoder FFN weight, and a decoder forced to repeat (a logit bias cycling over 1 or 3
   tokens): share of traces flagged and the step of the first alert.
 
-Run: python -m bench.risk_quality [--per-task 200] [--stress 2000] [--calibration-stress 2000]
+Run: python -m bench.risk_quality [--per-task 200] [--stress 1500] [--calibration-stress 1500]
      [--fault-prompts 60] [--bootstrap 1000]
 """
 
@@ -265,8 +265,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--per-task", type=int, default=200, help="held-out prompts per task")
-    ap.add_argument("--stress", type=int, default=2000, help="prompts of the reported stress split")
-    ap.add_argument("--calibration-stress", type=int, default=2000, help="prompts that fit the baselines")
+    ap.add_argument("--stress", type=int, default=1500, help="prompts of the reported stress split")
+    ap.add_argument("--calibration-stress", type=int, default=1500, help="prompts that fit the baselines")
     ap.add_argument("--fault-prompts", type=int, default=60)
     ap.add_argument("--bootstrap", type=int, default=1000, help="resamples for the 95%% intervals")
     args = ap.parse_args()
