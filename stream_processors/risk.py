@@ -67,6 +67,8 @@ class Baseline:
         return out
 
 
+FLAGS = ("nonfinite_hidden", "repetition_loop", "mid_layer_anomaly", "attention_collapse", "high_entropy")
+
 HAND_SET_NOTES: dict[str, str] = {
     "position_buckets": "hand-set: decoding positions 0, 1, 2, 3-7 and 8+ get their own baselines, because a "
     "seq2seq decoder's first steps look unlike its later ones; finer buckets would starve on short answers",
@@ -149,6 +151,11 @@ class RiskPolicy:
     notes: dict[str, str] = field(default_factory=lambda: dict(HAND_SET_NOTES))
     calibration: dict[str, Any] = field(default_factory=dict)
     """Where the numbers came from: model version, traces, steps, date."""
+
+    def __post_init__(self) -> None:
+        missing = set(FLAGS) - set(self.weights)
+        if missing:  # a hand-edited policy file would otherwise fail on the first trace that raises the flag
+            raise ValueError(f"risk policy {self.name}: no weight for {sorted(missing)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)

@@ -3,6 +3,7 @@ hand-set."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,9 @@ def test_the_policy_loader_ignores_subfolders(tmp_path: Path) -> None:
     (tmp_path / "drift").mkdir()
     (tmp_path / "drift" / "other.json").write_text('{"not": "a risk policy"}')
     assert list(load_policies(tmp_path)) == ["toy"]
+
+
+def test_a_policy_file_without_a_flags_weight_is_refused_when_loaded() -> None:
+    text = RiskPolicy().to_json().replace('"high_entropy": 0.5', '"high_entropy_typo": 0.5')
+    with pytest.raises(ValueError, match=re.escape("no weight for ['high_entropy']")):
+        RiskPolicy.from_json(text)
