@@ -3,8 +3,9 @@
 Per model version: the first ``reference_size`` completions form the reference window (a new version is a new
 reference, which is what a promotion means); after it, every ``window_size`` completions are compared with it and
 give one DriftReport. Embeddings are kept as base64 float16 (768 bytes per 384-d prompt) so the whole state stays
-one small changelog value, written with the input offset it includes and the trace ids of its windows: a replay,
-or a completion forwarded twice by the repartition, is recognised and skipped.
+one small changelog value, written with the input offset it includes, the trace ids of its windows and of the
+completions that left them last: a replay, or a completion forwarded twice by the repartition, is recognised and
+skipped.
 """
 
 from __future__ import annotations
@@ -84,12 +85,17 @@ class DriftTracker:
     ) -> DriftOutcome:
         st = dict(state or {"reference": _empty(), "window": _empty(), "offset": -1, "windows": 0, "skipped": 0})
         trace = str(completion["trace_id"])
-        if offset <= st["offset"] or trace in st["reference"]["traces"] or trace in st["window"]["traces"]:
-            # the same input again (a replay), or the same completion forwarded twice by a repartition
+        recent = st.get("recent", [])
+        if (offset <= st["offset"] or trace in st["reference"]["traces"] or trace in st["window"]["traces"]
+                or trace in recent):  # fmt: skip
+            # the same input again (a replay), or the same completion forwarded again by a repartition: a restarted
+            # worker replays its source topic from the last commit and forwards those completions a second time,
+            # at new offsets of the repartition topic, possibly after their window was reported
             return DriftOutcome(st, duplicate=True)
         st["offset"] = offset
         if completion.get("error") or not completion.get("prompt_embedding"):
             st["skipped"] += 1  # failed requests and requests without an embedding are not traffic to compare
+            st["recent"] = self._remember(recent, [trace])
             return DriftOutcome(st)
         at = int(completion["completed_at_us"])
         building = len(st["reference"]["emb"]) < self.windows.reference_size
@@ -111,8 +117,14 @@ class DriftTracker:
             if result is not None:
                 out.reports.append(self.report(model, st, result, now_us))
                 st["windows"] += 1
+            st["recent"] = self._remember(recent, target["traces"])
             st["window"] = _empty()
         return out
+
+    def _remember(self, recent: list[str], traces: list[str]) -> list[str]:
+        """Trace ids that left the open windows, the last ``4 * window_size``: a replay reaching back further than
+        that (input offsets are committed every second) would be counted again."""
+        return [*recent, *traces][-4 * self.windows.window_size :]
 
     def policy(self, model_version: str) -> DriftPolicy:
         return drift_policy_for(self.policies, model_version)

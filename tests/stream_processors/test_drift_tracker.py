@@ -58,3 +58,15 @@ def test_replayed_completions_are_skipped_and_failures_not_counted() -> None:
     assert forwarded_twice.duplicate
     failed = tracker.on_completion(state, completion(99, 0, range(3), rng, error="boom"), 10, 0)
     assert failed.state["skipped"] == 1 and len(failed.state["reference"]["emb"]) == 10
+
+
+def test_a_completion_forwarded_again_after_its_window_was_reported_is_skipped() -> None:
+    """A restart replays the source topic from its last commit: the repartition forwards those completions again,
+    at new offsets, possibly after their window was reported and emptied."""
+    rng = np.random.default_rng(2)
+    tracker = DriftTracker(DriftPolicy(), DriftWindows(reference_size=20, window_size=20))
+    recs = [completion(i, i % 2, range(10), rng) for i in range(50)]
+    state, reports = feed(tracker, recs)
+    assert len(reports) == 1 and state["windows"] == 1 and len(state["window"]["emb"]) == 10
+    state, reports = feed(tracker, recs, json.loads(json.dumps(state)), first_offset=50)
+    assert reports == [] and state["windows"] == 1 and len(state["window"]["emb"]) == 10
