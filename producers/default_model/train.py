@@ -14,6 +14,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -21,7 +22,7 @@ from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
 from producers.default_model import WEIGHTS_DIR
 from producers.suite.evaluate import eval_set, evaluate
-from producers.suite.tasks import training_stream
+from producers.suite.tasks import Example, training_stream
 
 
 def default_config(layers: int = 3, d_model: int = 128, heads: int = 4) -> T5Config:
@@ -33,6 +34,12 @@ def default_config(layers: int = 3, d_model: int = 128, heads: int = 4) -> T5Con
         feed_forward_proj="relu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
         tie_word_embeddings=True,
     )  # fmt: skip
+
+
+def training_examples(seed: int, mix: Mapping[str, int]) -> Iterator[Example]:
+    """The stream the model trains on: the suite's tasks, never a prompt of the held-out evaluation set, so the
+    held-out accuracy is measured on inputs the model has not seen."""
+    return training_stream(seed, frozenset(e.prompt for e in eval_set()), mix)
 
 
 def main() -> None:
@@ -56,8 +63,7 @@ def main() -> None:
     model = T5ForConditionalGeneration(default_config(args.layers, args.d_model, args.heads)).to(device)
     mix = {k: int(v) for k, v in (item.split("=") for item in args.mix.split(",") if item)}
     n_params = sum(p.numel() for p in model.parameters())
-    held_out = frozenset(e.prompt for e in eval_set())
-    stream = training_stream(args.seed, held_out, mix)
+    stream = training_examples(args.seed, mix)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
 
     peak: float = args.lr
