@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -74,11 +77,12 @@ def load_model(
     allow_download: bool = False,
 ) -> LoadedModel:
     """Load ``source`` ("default", a local folder, or a cached Hugging Face id) onto ``device``."""
-    path = WEIGHTS_DIR if source == DEFAULT_MODEL else Path(source)
+    path = WEIGHTS_DIR if source == DEFAULT_MODEL else Path(source).expanduser()
     name = MODEL_ID if source == DEFAULT_MODEL else source
     ref = str(path) if path.exists() else source
     if source == DEFAULT_MODEL and not (path / "config.json").exists():
         raise ModelLoadError(f"the embedded model is missing from {path}: run python -m producers.default_model.train")
+    _check_source(source, path, allow_download)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     local_only = not allow_download
     try:
@@ -95,6 +99,31 @@ def load_model(
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"cannot load model {source!r}: {e}") from e
     return wrap_model(model.to(device).eval(), tokenizer, name, weights_digest(path) if path.exists() else None)
+
+
+def _looks_like_path(source: str) -> bool:
+    """A Hugging Face id is ``name`` or ``owner/name``; anything else the user typed is meant as a folder."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def _check_source(source: str, path: Path, allow_download: bool) -> None:
+    """Say plainly what is wrong with ``source`` before transformers answers with a message about repo-id syntax
+    or an internet connection it never tried."""
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(f"{path} is not a model folder: it has no config.json")
+        return
+    if _looks_like_path(source):
+        raise ModelLoadError(f"no model folder at {source}: the path does not exist")
+    if allow_download:
+        return
+    try:
+        cached = try_to_load_from_cache(source, "config.json")
+    except HFValidationError as e:
+        raise ModelLoadError(f"model {source!r} is neither an existing folder nor a Hugging Face id: {e}") from e
+    if not isinstance(cached, str):
+        raise ModelLoadError(f"model {source!r} is neither an existing folder nor in the local Hugging Face cache "
+                             f"({hf_constants.HF_HUB_CACHE}); evostream loads models offline")  # fmt: skip
 
 
 def wrap_model(
