@@ -21,6 +21,21 @@ class ReplyTimeoutError(EvoError):
     """No Completion arrived for a request before the deadline."""
 
 
+class BadRequestError(EvoError):
+    """A request that no service would serve: the client refuses it before publishing."""
+
+
+def prompt_problem(prompt: str) -> str | None:
+    """Why ``prompt`` cannot be served, or None. The service applies the same rule, since other clients exist.
+
+    A prompt of whitespace only counts as empty: it carries no instruction for any model evostream serves (the
+    default model answers it with the same invented text as the empty prompt), and typing one is the same mistake.
+    """
+    if not prompt.strip():
+        return "the prompt is empty: there is nothing to answer"
+    return None
+
+
 @dataclass(frozen=True)
 class Published:
     request_id: str
@@ -40,7 +55,10 @@ class InferenceClient:
     def publish(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                 request_id: str | None = None) -> Published:  # fmt: skip
-        """Send one request and wait for the broker's acknowledgement."""
+        """Send one request and wait for the broker's acknowledgement; an empty prompt is refused unsent."""
+        problem = prompt_problem(prompt)
+        if problem is not None:
+            raise BadRequestError(problem)
         rid = request_id or uuid.uuid4().hex
         submitted = now_us()
         record = {

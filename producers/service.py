@@ -1,8 +1,8 @@
 """``evostream serve``: consume evo.requests, generate in dynamic batches, emit steps and completions.
 
 At-least-once: a request's offset is committed only after its Completion and every one of its steps are acknowledged.
-A request that cannot be served (undecodable bytes, bad parameters, an oversize prompt, a model error) gets an error
-Completion or, when it cannot even be read, a dead letter: never silence, and the partition never blocks.
+A request that cannot be served (undecodable bytes, bad parameters, an empty or oversize prompt, a model error) gets an
+error Completion or, when it cannot even be read, a dead letter: never silence, and the partition never blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from evostream.bus.admin import ensure_topics
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.errors import DecodeError, EvoError
+from producers.client import prompt_problem
 from producers.embedding import PromptEmbedder
 from producers.emitter import StepEmitter
 from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
@@ -145,6 +146,9 @@ class InferenceService:
         params = GenParams(p["max_new_tokens"], p["do_sample"], p["temperature"], p["top_k"], p["top_p"], p["seed"])
         try:
             params.check(self.options.max_new_tokens_limit)
+            problem = prompt_problem(req["prompt"])
+            if problem is not None:
+                raise GenerationError(problem)
             n = len(self.loaded.tokenizer(req["prompt"]).input_ids)
             if n > self.options.max_prompt_tokens:
                 raise GenerationError(f"prompt of {n} tokens exceeds the limit of {self.options.max_prompt_tokens}")

@@ -42,3 +42,11 @@ def test_publish_wait_returns_the_answer_with_its_trace_and_one_step_per_token(k
     steps = InferenceClient(kafka).trace_steps({trace}, tokens)
     assert sorted(s["step"] for s in steps) == list(range(tokens))
     assert "".join(s["token_text"] for s in sorted(steps, key=lambda s: s["step"])).startswith("olleh")
+
+
+def test_publish_refuses_an_empty_prompt_with_a_clear_error(kafka: str) -> None:
+    done = subprocess.run([*CLI, "publish", "", "--wait", "--bootstrap", kafka], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == "error: the prompt is empty: there is nothing to answer\n"
+    assert done.stdout == ""

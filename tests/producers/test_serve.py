@@ -12,9 +12,10 @@ import pytest
 
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
-from producers.client import InferenceClient
+from producers.client import BadRequestError, InferenceClient, Published
 from producers.embedding import PromptEmbedder
 from producers.service import InferenceService, ServeOptions
+from producers.steps import now_us
 from schemas.catalog import DLQ, REQUESTS
 from schemas.codec import RecordCodec
 from schemas.tensors import step_heads, step_layers
@@ -70,6 +71,35 @@ def test_oversize_prompt_and_bad_params_get_error_completions(kafka: str, servic
     assert "exceeds the limit of 64" in big_reply["error"]
     zero_reply = client.await_reply(zero, 60)
     assert "max_new_tokens must be in 1..1024" in zero_reply["error"]
+
+
+def test_empty_and_blank_prompts_get_error_completions_and_no_steps(kafka: str, service: InferenceService) -> None:
+    """Published raw, as a client other than ours could: the service itself must refuse them."""
+    producer = EventProducer(kafka)
+    codec = RecordCodec("InferenceRequest")
+    sent = []
+    for prompt in ["", " \n\t "]:
+        rid, submitted = uuid.uuid4().hex, now_us()
+        params = {"max_new_tokens": 4, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
+        record = {"request_id": rid, "prompt": prompt, "params": params, "tenant": "test", "reply_to": rid,
+                  "submitted_at_us": submitted}  # fmt: skip
+        producer.send(REQUESTS, rid, codec.encode(record))
+        sent.append(Published(rid, submitted))
+    producer.flush(10)
+    client = InferenceClient(kafka)
+    replies = [client.await_reply(s, 60) for s in sent]
+    for reply in replies:
+        assert reply["finish_reason"] == "ERROR"
+        assert reply["error"] == "the prompt is empty: there is nothing to answer"
+        assert reply["output_text"] == "" and reply["token_count"] == 0
+    assert client.trace_steps({r["trace_id"] for r in replies}, 1, timeout_s=3) == []
+
+
+def test_the_client_refuses_an_empty_prompt_before_publishing(kafka: str) -> None:
+    client = InferenceClient(kafka)
+    for prompt in ["", "   "]:
+        with pytest.raises(BadRequestError, match=r"^the prompt is empty: there is nothing to answer$"):
+            client.publish(prompt)
 
 
 def test_undecodable_request_goes_to_the_dead_letter_queue(kafka: str, service: InferenceService) -> None:
