@@ -14,6 +14,7 @@ import numpy.typing as npt
 import pytest
 import torch
 from torch import nn
+from transformers import ByT5Tokenizer
 
 from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
 from producers.loading import LoadedModel
@@ -287,6 +288,22 @@ def test_bad_parameters_and_oversize_prompts_are_refused() -> None:
         gen.generate(["x"], GenParams(do_sample=True, temperature=0.0))
     with pytest.raises(GenerationError, match="exceeds the limit of 8"):
         gen.generate(["a prompt that is too long"], GenParams())
+
+
+def test_a_prompt_that_encodes_to_no_tokens_is_refused() -> None:
+    """A causal model given no token at all would condition on padding alone (ByT5 always appends EOS, so its
+    tokenizer is told not to here)."""
+
+    class NoSpecialTokens(ByT5Tokenizer):  # type: ignore[misc]
+        def build_inputs_with_special_tokens(self, ids: list[int], pair: list[int] | None = None) -> list[int]:
+            return ids + (pair or [])
+
+    lm = model("gpt2")
+    lm.tokenizer = NoSpecialTokens()
+    gen = InstrumentedGenerator(lm)
+    assert len(gen.generate(["ab"], GenParams(max_new_tokens=2))[0].token_ids) == 2
+    with pytest.raises(GenerationError, match="a prompt encodes to no tokens"):
+        gen.generate(["ab", ""], GenParams(max_new_tokens=2))
 
 
 def test_seeded_sampling_is_reproducible() -> None:
