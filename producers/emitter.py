@@ -14,6 +14,7 @@ thread on its next ``submit``, ``drain`` or ``close`` as a ``DeliveryError``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import pickle
 import time
@@ -52,7 +53,14 @@ class StepEmitter:
         self._results, results_w = ctx.Pipe(duplex=False)
         self._proc = ctx.Process(
             target=_worker,
-            args=(bootstrap, topic, dict(producer_config or {}), self._jobs_r, results_w),
+            args=(
+                bootstrap,
+                topic,
+                dict(producer_config or {}),
+                self._jobs_r,
+                results_w,
+                logging.getLogger().getEffectiveLevel(),
+            ),
             name="evostream-step-emitter",
             daemon=True,
         )
@@ -153,10 +161,20 @@ class StepEmitter:
             raise DeliveryError(f"step emission failed: {self._error}")
 
 
-def _worker(bootstrap: str, topic: str, config: dict[str, Any], jobs: Connection, results: Connection) -> None:
+IDLE_POLL_S = 1.0
+"""While no step arrives, the worker still serves its producer's callbacks this often, so a lost broker is reported
+when it happens, not at the next step."""
+
+
+def _worker(
+    bootstrap: str, topic: str, config: dict[str, Any], jobs: Connection, results: Connection, log_level: int
+) -> None:
     """The worker process: decode steps from the pipe, build, encode and produce their records."""
     from evostream.bus.producer import EventProducer  # imported here: the parent needs none of it
     from schemas.codec import RecordCodec
+
+    # a spawned process starts without the parent's logging set-up: log at its level, in the serve format
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s (step emitter): %(message)s")
 
     try:
         producer = EventProducer(bootstrap, config)
@@ -169,6 +187,14 @@ def _worker(bootstrap: str, topic: str, config: dict[str, Any], jobs: Connection
     emitted, failed = 0, False
     while True:
         try:
+            if not jobs.poll(IDLE_POLL_S):
+                if not failed:
+                    try:
+                        producer.poll()
+                    except EvoError as e:
+                        failed = True
+                        results.send((_FAILED, str(e)))
+                continue
             msg = pickle.loads(jobs.recv_bytes())
         except EOFError:  # the parent is gone
             return

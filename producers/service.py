@@ -96,6 +96,8 @@ class InferenceService:
                 msgs = self._poll_batch()
                 if msgs:
                     self._serve(msgs)
+                else:
+                    self.producer.poll()  # an idle producer reports a lost broker now, not at the next request
         finally:
             self.emitter.close()
             self.consumer.close()
