@@ -220,8 +220,11 @@ def publish(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Publish an inference request; with --wait, print the answer, its trace id and how it finished."""
-    from producers.client import InferenceClient
+    from producers.client import BadRequestError, InferenceClient, prompt_problem
 
+    problem = prompt_problem(prompt)
+    if problem:  # refused before looking for a broker: with none running, the broker error would hide this one
+        raise BadRequestError(problem)
     server = _broker(bootstrap)
     client = InferenceClient(server)
     sent = client.publish(prompt, max_new_tokens=max_new_tokens)
