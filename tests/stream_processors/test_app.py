@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 STEP = RecordCodec("GenerationStep")
 COMPLETION = RecordCodec("Completion")
+RISK_CODEC, ALERT_CODEC = RecordCodec("RiskReport"), RecordCodec("RiskAlert")
 
 
 class Worker:
@@ -150,34 +154,141 @@ def test_undecodable_steps_go_to_the_dlq_and_the_partition_keeps_flowing(kafka: 
     assert [(r["stage"], r["steps"]) for r in final] == [("FINAL", 3)]
 
 
-def test_a_killed_worker_resumes_from_its_changelog_without_losing_or_doubling(kafka: str, worker: Worker) -> None:
+def drain(kafka: str, topic: str, decode: Any, enough: Any, timeout_s: float = 120.0) -> list[Any]:
+    """Every record of ``topic`` from the start: polls until ``enough(records)`` holds, then until a 2 s poll brings
+    nothing more (so a late duplicate is counted too)."""
+    out: list[Any] = []
+    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [topic]) as consumer:
+        deadline = time.monotonic() + timeout_s
+        while not enough(out) and time.monotonic() < deadline:
+            out += [decode(m) for m in consumer.poll_batch(1000, 0.3)]
+        while batch := consumer.poll_batch(1000, 2.0):
+            out += [decode(m) for m in batch]
+    return out
+
+
+def stats(log: str) -> dict[str, int]:
+    """The worker's last "processors: steps 5, duplicates_risk 3, ..." line."""
+    line = re.findall(r"processors: (.*)", log)[-1].strip()
+    return {k: int(v) for k, v in (part.rsplit(" ", 1) for part in line.split(", "))}
+
+
+def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or_doubling(
+    kafka: str, tmp_path: Path
+) -> None:
+    """kill -9 lands deterministically (EVOSTREAM_FAULT_KILL_AFTER) after the risk agent sent the outputs of the
+    1225th step it folded, mid-batch, before that batch's state write; the first worker never commits input
+    offsets, so the restart replays everything. Risk, drift and profiling state must come out exact."""
     run = uuid.uuid4().hex[:8]
-    traces = [f"restart-{run}-{t}" for t in range(40)]
-    steps_per_trace = 25
+    model = f"kill-{run}@1"
+    n_traces, n_steps, nan_at, phase1 = 50, 25, 3, 10
+    traces = [f"kill-{run}-{t:02d}" for t in range(n_traces)]
+    t0 = time.time_ns() // 1000
+    total = n_traces * n_steps
+    kill_after = total - 25  # among the traces' last steps, each of which sends its trace's FINAL
+
+    def mk(trace: str, i: int) -> bytes:
+        rec = generation_step(i, trace, t0_us=t0)
+        rec.update(model_version=model, entropy_bits=0.5, token_id=(i * 37 + 11) % 300)
+        if i == nan_at:  # unhealthy: every trace has its CRITICAL EARLY alert before the kill
+            rec.update(layer_nonfinite=[0, 0, 5, 5], layer_hidden_l2=pack_f32([1.0, 2.0, float("nan"), float("nan")]))
+        return STEP.encode(rec)
+
+    w = Worker(kafka, tmp_path)
+    w.env.update({"EVOSTREAM_DRIFT_REFERENCE_SIZE": "20", "EVOSTREAM_DRIFT_WINDOW_SIZE": "20",
+                  "EVOSTREAM_FAULT_KILL_AFTER": str(kill_after)})  # fmt: skip
+    w.start()
     producer = EventProducer(kafka)
-    for i in range(steps_per_trace):
+    # phase 1: the first steps and every completion (the completions overtake their last steps, so FINALs come
+    # from the step agent: they are among the outputs the killed batch sends before its state write)
+    for i in range(phase1):
         for t in traces:
-            producer.send(STEPS, t, STEP.encode(step(t, i)))
+            producer.send(STEPS, t, mk(t, i))
+    for k, t in enumerate(traces):
+        c = completion(t, n_steps)
+        c.update(model_version=model, prompt_embedding=[math.cos(k * (d + 1)) for d in range(8)],
+                 output_token_ids=[k % 7, 3], completed_at_us=t0 + k)  # fmt: skip
+        producer.send(COMPLETIONS, t, COMPLETION.encode(c))
     producer.flush()
-    # kill -9 while the worker is busy: its last changes and offsets were never committed
-    read(kafka, RISK, "RiskReport", lambda got: False, timeout_s=1.5)
-    worker.stop(signal.SIGKILL)
-    worker.start()
-    for t in traces:
-        producer.send(COMPLETIONS, t, COMPLETION.encode(completion(t, steps_per_trace)))
-    producer.flush()
-    wanted = set(traces)
+    early = read(kafka, ALERTS, "RiskAlert", lambda got: sum(a["trace_id"] in traces for a in got) >= n_traces)
+    assert sum(a["trace_id"] in traces for a in early) == n_traces
+    read(kafka, DRIFT, "DriftReport", lambda got: any(r["model_version"] == model for r in got))
+    # phase 2: the remaining steps, produced while the worker is paused so that it takes them in large batches
+    # (mid-batch is then where the kill lands); it kills itself at the 1225th of 1250
+    assert w.proc is not None
+    w.proc.send_signal(signal.SIGSTOP)
+    try:
+        for i in range(phase1, n_steps):
+            for t in traces:
+                producer.send(STEPS, t, mk(t, i))
+        producer.flush()
+    finally:
+        w.proc.send_signal(signal.SIGCONT)
+    assert w.proc.wait(120) == -signal.SIGKILL
+    first_log = w.log.read_text()
+    marker = re.search(r"fault injection: SIGKILL after folded step (\d+) \(event (\d+) of a batch of (\d+)\); "
+                       r"reports sent by this batch before its state write: (.*)", first_log)  # fmt: skip
+    assert marker is not None, first_log[-3000:]
+    assert int(marker[1]) == kill_after
+    assert int(marker[2]) < int(marker[3]), marker[0]  # events of the batch were left unfolded: mid-batch
+    resent = Counter(trace for trace, stage in json.loads(marker[4]) if stage == "FINAL")
+    assert resent, "the killed batch sent no FINAL before its state write: the window under test was not reached"
+    assert "processors:" not in first_log  # killed: no shutdown stats
 
-    def done(got: list[dict[str, Any]]) -> bool:
-        return wanted <= {r["trace_id"] for r in got if r["stage"] == "FINAL"}
+    del w.env["EVOSTREAM_FAULT_KILL_AFTER"]
+    w.proc = None
+    w.start()
+    profile_codec, drift_codec = RecordCodec("ProfileSnapshot"), RecordCodec("DriftReport")
 
-    reports = read(kafka, RISK, "RiskReport", done, timeout_s=120)
-    finals: dict[str, list[int]] = defaultdict(list)
-    for r in reports:
-        if r["trace_id"] in wanted and r["stage"] == "FINAL":
-            finals[r["trace_id"]].append(r["steps"])
-    assert set(finals) == wanted
-    assert {t: set(v) for t, v in finals.items()} == {t: {steps_per_trace} for t in traces}
+    def profiled(got: list[dict[str, Any]]) -> bool:
+        return sum(p["step_count"] for p in got if p["model_version"] == model) >= total
+
+    profiles = drain(kafka, PROFILES, lambda m: profile_codec.decode(m.value()), profiled)
+    reports = drain(kafka, RISK, lambda m: RISK_CODEC.decode(m.value()),
+                    lambda got: {r["trace_id"] for r in got if r["stage"] == "FINAL"} >= set(traces))  # fmt: skip
+    w.stop()  # SIGTERM: the worker logs its counters on the way out
+    counters = stats(w.log.read_text()[len(first_log) :])
+    alerts = drain(kafka, ALERTS, lambda m: ALERT_CODEC.decode(m.value()), lambda got: True)
+    drifts = drain(kafka, DRIFT, lambda m: drift_codec.decode(m.value()), lambda got: True)
+
+    # the restart replayed input the changelogs already held, in every agent, and skipped it
+    assert counters["duplicates_risk"] > 0 and counters["duplicates_drift"] > 0, counters
+    assert counters["duplicates_profile"] > 0, counters
+    # risk: one CRITICAL EARLY alert per trace (the severity never rises above CRITICAL), one FINAL report and
+    # alert per trace with every step; the FINALs the killed batch had already sent are sent once more by the
+    # replay (outputs are at-least-once), and only those
+    mine = [r for r in reports if r["trace_id"] in traces]
+    finals = Counter(r["trace_id"] for r in mine if r["stage"] == "FINAL")
+    assert finals == Counter({t: 1 + resent[t] for t in traces})
+    assert {r["steps"] for r in mine if r["stage"] == "FINAL"} == {n_steps}
+    assert Counter(r["trace_id"] for r in mine if r["stage"] == "EARLY") == Counter(traces)
+    got = Counter((a["trace_id"], a["stage"], a["severity"]) for a in alerts if a["trace_id"] in traces)
+    assert got == Counter({**{(t, "EARLY", "CRITICAL"): 1 for t in traces},
+                           **{(t, "FINAL", "CRITICAL"): 1 + resent[t] for t in traces}})  # fmt: skip
+    # profiling: every step in exactly one snapshot
+    snaps = [p for p in profiles if p["model_version"] == model]
+    assert sum(p["step_count"] for p in snaps) == total, ([(p["window_start_us"], p["step_count"]) for p in snaps],
+                                                          counters)  # fmt: skip
+    # drift: reference 20, one window of 20 reported once, 10 completions in the open window (the stored state)
+    assert [r["sample_count"] for r in drifts if r["model_version"] == model] == [20]
+    state = drift_state(kafka, w.env["EVOSTREAM_PROCESSORS_APP_ID"], model)
+    ref, cur = state["reference"]["traces"], state["window"]["traces"]
+    assert (len(ref), len(cur), state["windows"]) == (20, 10, 1)
+    assert len(set(ref) | set(cur)) == 30 and set(ref) | set(cur) <= set(traces)
+
+
+def drift_state(kafka: str, app_id: str, model: str) -> dict[str, Any]:
+    """The last stored drift state of ``model``, read from the drift table's changelog topic."""
+    values: list[bytes] = []
+    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [f"{app_id}-drift-models-changelog"]) as consumer:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not values:
+            values += [m.value() for m in consumer.poll_batch(1000, 1.0) if m.key() == model.encode()]
+        while batch := consumer.poll_batch(1000, 2.0):
+            values += [m.value() for m in batch if m.key() == model.encode()]
+    assert values
+    state: dict[str, Any] = json.loads(values[-1])
+    return state
 
 
 def test_a_served_model_with_a_nan_weight_raises_an_alert_end_to_end(kafka: str, worker: Worker) -> None:
