@@ -1,137 +1,342 @@
-"""Stream processors on the real broker: step events per second through the Faust worker, and how long an alert
-takes from the offending step event.
+"""Stream processors on the real broker: step events per second through the Faust worker (all three agents), and how
+long an alert takes from the offending step event, with the worker idle and under load.
 
-Throughput: N step events (T traces) and their completions are produced first; then a fresh worker
-(``evostream process``, its own consumer group) starts, and the clock runs from its "Ready" to the last FINAL
-report. Latency: then, with the same worker caught up and idle, one trace at a time gets a NaN step; the latency is
-the alert's arrival at a consumer minus the step event's emitted_at_us (same machine, same clock).
+Input: the default model's family (``evostream/t5-tiny-suite@bench``), so the worker judges with the shipped,
+calibrated risk policy and its z-score baselines run on every step: steps are shaped like the model (its
+policy's layers and heads) with per-layer norms and per-head signals drawn around the policy's own baselines,
+token entropies below its threshold, and completions carrying 384-d prompt embeddings and their token ids, so
+the drift agent builds its reference and tests windows (MMD permutation test, vocabulary nulls, PSI).
 
-A new worker reads the topics from their start, so the throughput figure is only meaningful on a broker holding
-nothing else (the default: a private broker, unless --bootstrap or a running local stack is given).
+Throughput: N step events (T traces) and T completions are produced first; then a fresh worker
+(``evostream process``, its own consumer group) starts, and the clock runs from its "Ready" log line until ALL
+THREE agents are done with the input:
+- risk: the FINAL RiskReport of every trace (its ``produced_at_us``);
+- profiling: the write to the ``profile-models`` changelog whose state, plus the ProfileSnapshots already
+  published, has folded every step (the changelog message's timestamp);
+- drift: the write to the ``drift-models`` changelog whose state counts every completion (reference, reported
+  windows, open window, skipped).
+Those are the agents' own records of what they have folded, timestamped by the worker when it wrote them (same
+machine, same clock as the "Ready" line), so how long this script takes to read them does not count.
 
-Run: python -m bench.processors [--steps 50000 --traces 500 --alerts 200]
+Latency: the alert's arrival at a consumer that blocks on the next message (it returns as soon as one arrives)
+minus the NaN step event's ``emitted_at_us``: first with the worker caught up and idle, then while a producer
+thread offers healthy traffic at ``--load`` times the throughput just measured.
+
+A new worker reads the topics from their start, so each run starts a private broker (unless --bootstrap or a
+running local stack is given: then only --runs 1, and only meaningful on a broker holding nothing else).
+
+Run: python -m bench.processors [--steps 50000 --traces 500 --alerts 200 --load 0.5 --runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bench.broker import bench_broker
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
-from schemas.catalog import ALERTS, COMPLETIONS, RISK, STEPS
+from evostream.settings import load_settings
+from evostream.stack import LocalStack
+from schemas.catalog import ALERTS, COMPLETIONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
-from schemas.tensors import pack_f32
+from schemas.tensors import pack_f32, step_heads, step_layers
+from stream_processors.risk import RiskPolicy, load_policies, policy_for
 
+VERSION = "evostream/t5-tiny-suite@bench"
 STEP, COMPLETION = RecordCodec("GenerationStep"), RecordCodec("Completion")
+RISK_REPORT, ALERT, SNAPSHOT = RecordCodec("RiskReport"), RecordCodec("RiskAlert"), RecordCodec("ProfileSnapshot")
 
 
-def step(trace: str, i: int, layers: int, heads: int) -> dict[str, Any]:
-    rec = generation_step(i, trace, layers, heads, t0_us=time.time_ns() // 1000)
-    rec.update(model_version="bench-model@1", entropy_bits=0.5, token_id=(i * 37 + 11) % 300)
-    return rec
+class Traffic:
+    """Healthy steps and completions of the default model's shape, around its risk policy's baselines."""
+
+    def __init__(self, policy: RiskPolicy, seed: int) -> None:
+        heads = np.asarray(policy.heads.mean, dtype=np.float64)
+        ratio = np.asarray(policy.norm_ratio.mean, dtype=np.float64)
+        if heads.ndim != 3 or ratio.ndim != 2 or ratio.shape[1] != heads.shape[1] - 1:
+            raise SystemExit(f"risk policy {policy.name} has no z-score baselines to shape the bench's steps on")
+        self.policy = policy
+        floor = policy.z_std_floor
+        self.heads_mu, self.heads_sd = heads, np.maximum(np.asarray(policy.heads.std), floor)
+        self.ratio_mu, self.ratio_sd = ratio, np.maximum(np.asarray(policy.norm_ratio.std), floor)
+        self.layers, self.heads = heads.shape[1], heads.shape[2]
+        self.rng = np.random.default_rng(seed)
+        self.centers = self.rng.normal(size=(6, 384))  # six intents, like the task suite
+
+    def step(self, trace: str, i: int, t0_us: int, salt: int) -> dict[str, Any]:
+        b = min(self.policy.bucket(i), len(self.heads_mu) - 1)
+        z = self.rng.normal(0.0, 0.5, size=(self.layers, self.heads))  # half a baseline sd: healthy
+        heads = np.exp(self.heads_mu[b] + z * self.heads_sd[b])
+        l2 = np.empty(self.layers)
+        l2[0] = 20.0 * np.exp(self.rng.normal(0.0, 0.05))
+        l2[1:] = l2[0] * np.exp(self.ratio_mu[b] + self.rng.normal(0.0, 0.5, self.layers - 1) * self.ratio_sd[b])
+        rec = generation_step(i, trace, self.layers, self.heads, t0_us=t0_us)
+        rec.update(model_version=VERSION, token_id=(i * 37 + salt * 11) % 300,
+                   entropy_bits=float(abs(self.rng.normal(0.0, self.policy.entropy_bits / 4))),
+                   head_attention_entropy=pack_f32(heads.tolist()), layer_hidden_l2=pack_f32(l2.tolist()),
+                   layer_hidden_maxabs=pack_f32((l2 * 0.3).tolist()), attention_signal="ENTROPY")  # fmt: skip
+        return rec
+
+    def z_scores(self) -> tuple[float, float]:
+        """Largest |z| of the head signals and of the layer-norm ratios over a trace of these steps, computed with the
+        policy's baselines exactly as the risk agent does; SystemExit where a baseline does not apply (the agent
+        would then skip its z-score tests)."""
+        zh = zn = 0.0
+        for i in range(12):
+            rec = self.step("z-check", i, 0, 3)
+            heads = self.policy.head_z(i, step_heads(rec).astype(np.float64))
+            norms = self.policy.norm_z(i, step_layers(rec, "layer_hidden_l2").astype(np.float64))
+            if heads is None or norms is None:
+                raise SystemExit(f"the bench's steps do not fit the z-score baselines of {self.policy.name}")
+            zh, zn = max(zh, float(np.abs(heads).max())), max(zn, float(np.abs(norms).max()))
+        return zh, zn
+
+    def nan_step(self, trace: str, i: int) -> dict[str, Any]:
+        bad = self.step(trace, i, 0, 1)
+        bad.update(layer_nonfinite=[0] + [1] * (self.layers - 1),
+                   layer_hidden_l2=pack_f32([1.0] + [float("nan")] * (self.layers - 1)))  # fmt: skip
+        return bad
+
+    def completion(self, trace: str, n: int, salt: int) -> dict[str, Any]:
+        emb = self.centers[salt % len(self.centers)] + self.rng.normal(0.0, 0.5, 384)
+        return {"trace_id": trace, "request_id": trace, "reply_to": "", "tenant": "bench", "model_version": VERSION,
+                "output_text": "", "token_count": n, "output_token_ids": [(i * 37 + salt * 11) % 300 for i in range(n)],
+                "prompt_token_count": 8, "prompt_surprisal_bits": None,
+                "prompt_embedding": (emb / np.linalg.norm(emb)).tolist(), "finish_reason": "STOP", "error": None,
+                "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
+                "completed_at_us": time.time_ns() // 1000}  # fmt: skip
 
 
-def completion(trace: str, n: int) -> dict[str, Any]:
-    return {"trace_id": trace, "request_id": trace, "reply_to": "", "tenant": "bench", "model_version": "bench-model@1",
-            "output_text": "", "token_count": n, "prompt_token_count": 1, "prompt_surprisal_bits": None,
-            "prompt_embedding": [], "finish_reason": "STOP", "error": None,
-            "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
-            "completed_at_us": time.time_ns() // 1000}  # fmt: skip
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log: Path
+    app_id: str
+    ready_us: int
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                print(f"worker did not stop within 60 s of SIGTERM: killed (log: {self.log})", file=sys.stderr)
+                self.proc.kill()
+                self.proc.wait(10)
 
 
-def start_worker(bootstrap: str, tmp: Path) -> tuple[subprocess.Popen[bytes], Path, float]:
-    log = tmp / f"worker-{uuid.uuid4().hex[:6]}.log"
-    env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EVOSTREAM_PROCESSORS_DIR": str(tmp),
-           "EVOSTREAM_PROCESSORS_APP_ID": f"bench-processors-{uuid.uuid4().hex[:8]}"}  # fmt: skip
+def start_worker(bootstrap: str, tmp: Path) -> Worker:
+    app_id = f"bench-processors-{uuid.uuid4().hex[:8]}"
+    log = tmp / f"{app_id}.log"
+    env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EVOSTREAM_PROCESSORS_DIR": str(tmp / app_id),
+           "EVOSTREAM_PROCESSORS_APP_ID": app_id}  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen([str(Path(sys.executable).with_name("evostream")), "process", "--loglevel", "INFO"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    while b"Worker]: Ready" not in log.read_bytes():
+    while (m := re.search(rb"\[([\d-]+ [\d:,]+)\] \[\d+\] \[INFO\] \[\^Worker\]: Ready", log.read_bytes())) is None:
         if proc.poll() is not None:
             raise SystemExit(f"worker died:\n{log.read_text()[-2000:]}")
         time.sleep(0.05)
-    return proc, log, time.monotonic()
+    ready = datetime.strptime(m[1].decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the worker logs local time
+    return Worker(proc, log, app_id, int(ready * 1e6))
 
 
-def throughput(
-    bootstrap: str, tmp: Path, n_steps: int, n_traces: int, layers: int, heads: int
-) -> subprocess.Popen[bytes]:
-    """Returns the worker, caught up, for the latency run."""
+@dataclass
+class Throughput:
+    steps: int
+    completions: int
+    seconds: float
+    done_s: dict[str, float]
+    policies: set[str]
+    healthy_alerts: int
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.seconds
+
+
+@dataclass
+class Progress:
+    """What the three agents have published about the run's input, with the worker's timestamps (µs)."""
+
+    finals: dict[str, int] = field(default_factory=dict)
+    policies: set[str] = field(default_factory=set)
+    alerts: int = 0
+    events: list[tuple[int, str, int]] = field(default_factory=list)
+    """(time, "snapshot" | "profile" | "drift", count): snapshots add steps; states set open-window / drift counts."""
+
+    def done_at(self, kind: str, target: int) -> int | None:
+        closed = current = 0
+        for at, k, n in sorted(self.events):
+            if kind == "drift" and k == "drift" and n >= target:
+                return at
+            if kind == "profile" and k in ("snapshot", "profile"):
+                closed, current = (closed + n, current) if k == "snapshot" else (closed, n)
+                if closed + current >= target:
+                    return at
+        return None
+
+
+def read_progress(bootstrap: str, worker: Worker, traces: set[str], progress: Progress, until: Any) -> None:
+    topics = [RISK, ALERTS, PROFILES, f"{worker.app_id}-profile-models-changelog",
+              f"{worker.app_id}-drift-models-changelog"]  # fmt: skip
+    key = VERSION.encode()
+    with EventConsumer(bootstrap, f"bench-{uuid.uuid4().hex}", topics) as consumer:
+        deadline = time.monotonic() + 3600
+        while not until(progress) and time.monotonic() < deadline:
+            if worker.proc.poll() is not None:
+                raise SystemExit(f"worker died:\n{worker.log.read_text()[-2000:]}")
+            for m in consumer.poll_batch(2000, 0.5):
+                topic, value = m.topic(), m.value() or b""
+                if topic == RISK:
+                    r = RISK_REPORT.decode(value)
+                    if r["stage"] == "FINAL" and r["trace_id"] in traces:
+                        progress.finals[r["trace_id"]] = r["produced_at_us"]
+                        progress.policies.add(r["policy"])
+                elif topic == ALERTS:
+                    progress.alerts += ALERT.decode(value)["trace_id"] in traces
+                elif topic == PROFILES:
+                    s = SNAPSHOT.decode(value)
+                    if s["model_version"] == VERSION:
+                        progress.events.append((s["produced_at_us"], "snapshot", s["step_count"]))
+                elif m.key() == key and value:
+                    at = m.timestamp()[1] * 1000
+                    st = json.loads(value)
+                    if topic.endswith("-profile-models-changelog"):
+                        progress.events.append((at, "profile", (st.get("window") or {}).get("steps", 0)))
+                    else:
+                        window = st["windows"] * int(load_settings().drift_window_size)
+                        n = len(st["reference"]["emb"]) + window + len(st["window"]["emb"]) + st["skipped"]
+                        progress.events.append((at, "drift", n))
+
+
+def throughput(bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_traces: int) -> tuple[Worker, Throughput]:
+    """Returns the worker, caught up, for the latency runs."""
     run = uuid.uuid4().hex[:8]
     traces = [f"bench-{run}-{t}" for t in range(n_traces)]
     per = n_steps // n_traces
     producer = EventProducer(bootstrap)
+    t0 = time.time_ns() // 1000
     for i in range(per):
-        for t in traces:
-            producer.send(STEPS, t, STEP.encode(step(t, i, layers, heads)))
-    for t in traces:
-        producer.send(COMPLETIONS, t, COMPLETION.encode(completion(t, per)))
+        for k, t in enumerate(traces):
+            producer.send(STEPS, t, STEP.encode(traffic.step(t, i, t0, k)))
+    for k, t in enumerate(traces):
+        producer.send(COMPLETIONS, t, COMPLETION.encode(traffic.completion(t, per, k)))
     producer.flush()
-    codec = RecordCodec("RiskReport")
-    with EventConsumer(bootstrap, f"bench-{run}", [RISK], {"auto.offset.reset": "latest"}) as consumer:
-        consumer.poll_batch(1, 2.0)  # joined and positioned at the end before the worker starts
-        proc, _, t0 = start_worker(bootstrap, tmp)
-        left, last = set(traces), t0
-        while left and time.monotonic() - t0 < 600:
-            for m in consumer.poll_batch(5000, 0.2):
-                r = codec.decode(m.value() or b"")
-                if r["stage"] == "FINAL" and r["trace_id"] in left:
-                    left.discard(r["trace_id"])
-                    last = time.monotonic()
-    events = per * n_traces + n_traces
-    el = last - t0
-    status = "all traces" if not left else f"{len(left)} traces missing"
-    print(f"throughput: {per * n_traces:,} step events ({layers}x{heads}) + {n_traces} completions of {n_traces} "
-          f"traces in {el:.2f} s from worker ready = {events / el:,.0f} events/s ({status})")  # fmt: skip
-    return proc
+    worker = start_worker(bootstrap, tmp)
+    progress = Progress()
+    steps = per * n_traces
+
+    def done(p: Progress) -> bool:
+        return (len(p.finals) == n_traces and p.done_at("profile", steps) is not None
+                and p.done_at("drift", n_traces) is not None)  # fmt: skip
+
+    read_progress(bootstrap, worker, set(traces), progress, done)
+    ends = {"risk": max(progress.finals.values()), "profiling": progress.done_at("profile", steps) or 0,
+            "drift": progress.done_at("drift", n_traces) or 0}  # fmt: skip
+    done_s = {k: (v - worker.ready_us) / 1e6 for k, v in ends.items()}
+    return worker, Throughput(steps, n_traces, max(done_s.values()), done_s, progress.policies, progress.alerts)
 
 
-def latency(bootstrap: str, proc: subprocess.Popen[bytes], n: int, layers: int, heads: int) -> None:
-    """With the worker caught up and idle: one NaN step at a time, time to its alert."""
+def probe(producer: EventProducer, consumer: EventConsumer, traffic: Traffic) -> float | None:
+    """One NaN trace: three healthy steps, then the NaN step; ms from its emission to its alert's arrival."""
+    trace = f"lat-{uuid.uuid4().hex}"
+    t0 = time.time_ns() // 1000
+    for i in range(3):
+        producer.send(STEPS, trace, STEP.encode(traffic.step(trace, i, t0, 7)))
+    bad = traffic.nan_step(trace, 3)
+    bad["emitted_at_us"] = time.time_ns() // 1000
+    producer.send(STEPS, trace, STEP.encode(bad))
+    producer.flush()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for m in consumer.poll_batch(1, 1.0):  # returns as soon as one message is there
+            arrived_us = time.time_ns() // 1000
+            if ALERT.decode(m.value() or b"")["trace_id"] == trace:
+                return (arrived_us - bad["emitted_at_us"]) / 1000
+    return None
+
+
+class Load(threading.Thread):
+    """Healthy traces of 20 steps and their completions, offered at ``rate`` step events per second."""
+
+    def __init__(self, bootstrap: str, traffic: Traffic, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.producer, self.traffic, self.rate = EventProducer(bootstrap), traffic, rate
+        self.stop_event = threading.Event()
+        self.sent = 0
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        start = time.monotonic()
+        trace, i, k = "", 20, 0
+        while not self.stop_event.is_set():
+            due = int((time.monotonic() - start) * self.rate)
+            while self.sent < due:
+                if i == 20:
+                    if trace:
+                        self.producer.send(COMPLETIONS, trace, COMPLETION.encode(self.traffic.completion(trace, 20, k)))
+                    trace, i, k = f"load-{uuid.uuid4().hex}", 0, k + 1
+                self.producer.send(STEPS, trace, STEP.encode(self.traffic.step(trace, i, time.time_ns() // 1000, k)))
+                i += 1
+                self.sent += 1
+            self.producer.poll()
+            time.sleep(0.005)
+        self.producer.flush()
+        self.seconds = time.monotonic() - start
+
+
+def latency(bootstrap: str, traffic: Traffic, n: int, load_rate: float) -> tuple[list[float], int]:
+    """n alerts (after three warm-ups), optionally under a load; latencies in ms and how many never arrived."""
     producer = EventProducer(bootstrap)
-    codec = RecordCodec("RiskAlert")
-    lat_ms: list[float] = []
+    # its own generator: numpy's is not shared between threads
+    load = Load(bootstrap, Traffic(traffic.policy, seed=1000), load_rate) if load_rate > 0 else None
+    lat: list[float] = []
+    lost = 0
     with EventConsumer(bootstrap, f"bench-{uuid.uuid4().hex}", [ALERTS], {"auto.offset.reset": "latest"}) as consumer:
-        consumer.poll_batch(1, 2.0)
-        for k in range(-3, n):  # three warm-up alerts: the worker's first send to evo.alerts fetches its metadata
-            trace = f"lat-{uuid.uuid4().hex}"
-            for i in range(3):
-                producer.send(STEPS, trace, STEP.encode(step(trace, i, layers, heads)))
-            bad = step(trace, 3, layers, heads)
-            bad.update(layer_nonfinite=[1] * layers, layer_hidden_l2=pack_f32([float("nan")] * layers),
-                       emitted_at_us=time.time_ns() // 1000)  # fmt: skip
-            producer.send(STEPS, trace, STEP.encode(bad))
-            producer.flush()
-            deadline = time.monotonic() + 10
-            got = False
-            while not got and time.monotonic() < deadline:
-                for m in consumer.poll_batch(100, 0.05):
-                    a = codec.decode(m.value() or b"")
-                    if a["trace_id"] == trace:
-                        if k >= 0:
-                            lat_ms.append((time.time_ns() // 1000 - bad["emitted_at_us"]) / 1000)
-                        got = True
-            if not got:
-                print(f"alert {k} never arrived", file=sys.stderr)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    q = statistics.quantiles(lat_ms, n=100)
-    slowest = sorted(range(len(lat_ms)), key=lambda i: -lat_ms[i])[:3]
-    print("slowest alerts (index: ms): " + ", ".join(f"{i}: {lat_ms[i]:.0f}" for i in slowest), file=sys.stderr)
-    print(f"alert latency, NaN step event emitted -> RiskAlert consumed, {len(lat_ms)}/{n} alerts: "
-          f"p50 {statistics.median(lat_ms):.1f} ms, p99 {q[98]:.1f} ms, max {max(lat_ms):.1f} ms")  # fmt: skip
+        consumer.poll_batch(1, 2.0)  # joined and positioned at the end
+        rng = random.Random(0)
+        for k in range(-3, n):  # warm-ups: the worker's first sends to evo.alerts fetch its metadata
+            if k == 0 and load is not None:
+                load.start()
+                time.sleep(2.0)  # the load reaches the worker before the first measured probe
+            got = probe(producer, consumer, traffic)
+            if got is None:
+                lost += k >= 0
+            elif k >= 0:
+                lat.append(got)
+            time.sleep(rng.uniform(0.0, 0.1))  # probes do not ride the worker's batching rhythm
+    if load is not None:
+        load.stop_event.set()
+        load.join()
+    return lat, lost
+
+
+def pct(xs: list[float], q: int) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else xs[0]
+
+
+def spread(xs: list[float], fmt: str) -> str:
+    return " / ".join(format(v, fmt) for v in (min(xs), statistics.median(xs), max(xs)))
 
 
 def main() -> None:
@@ -139,16 +344,55 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50_000)
     ap.add_argument("--traces", type=int, default=500)
     ap.add_argument("--alerts", type=int, default=200)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--load", type=float, default=0.5, help="offered load while probing, x the measured step rate")
+    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-proc-"))
-    with bench_broker(args.bootstrap) as bootstrap:
-        worker = throughput(bootstrap, tmp, args.steps, args.traces, args.layers, args.heads)
-        latency(bootstrap, worker, args.alerts, args.layers, args.heads)
+    policy = policy_for(load_policies(), VERSION)
+    shared = args.bootstrap or load_settings().bootstrap_servers or LocalStack(load_settings()).read_state()
+    if args.runs > 1 and shared:
+        raise SystemExit("--runs > 1 needs a private broker per run (a new worker reads the topics from the start)")
+    zh, zn = Traffic(policy, seed=0).z_scores()
+    print(f"risk policy for {VERSION}: {policy.name}; steps of {len(policy.heads.mean[0])} layers x "
+          f"{len(policy.heads.mean[0][0])} heads drawn around its z-score baselines (largest |z| on a trace: heads "
+          f"{zh:.1f}, layer norms {zn:.1f}; thresholds {policy.collapse_z:g} / {policy.blowup_z:g})")  # fmt: skip
+    results: list[dict[str, float]] = []
+    for r in range(1, args.runs + 1):
+        tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-proc-"))
+        traffic = Traffic(policy, seed=r)
+        with bench_broker(args.bootstrap) as bootstrap:
+            worker, tp = throughput(bootstrap, tmp, traffic, args.steps, args.traces)
+            try:
+                idle, idle_lost = latency(bootstrap, traffic, args.alerts, 0.0)
+                offered = args.load * tp.steps_per_s
+                loaded, load_lost = latency(bootstrap, traffic, args.alerts, offered) if args.load > 0 else ([], 0)
+            finally:
+                worker.stop()
+        agents = ", ".join(f"{k} {v:.2f} s" for k, v in tp.done_s.items())
+        print(f"run {r}: {tp.steps:,} step events + {tp.completions:,} completions ({args.traces} traces) in "
+              f"{tp.seconds:.2f} s from worker ready = {tp.steps_per_s:,.0f} step events/s, "
+              f"{tp.completions / tp.seconds:,.1f} completions/s (all done: {agents}); FINAL reports judged with "
+              f"{', '.join(sorted(tp.policies))}; alerts on the healthy traces: {tp.healthy_alerts}")  # fmt: skip
+        row = {"step events/s": tp.steps_per_s, "completions/s": tp.completions / tp.seconds}
+        for name, lat, lost in (("idle", idle, idle_lost), ("load", loaded, load_lost)):
+            if not lat:
+                continue
+            row |= {f"{name} p50": statistics.median(lat), f"{name} p99": pct(lat, 99)}
+            where = "idle worker" if name == "idle" else f"under {args.load:g}x load ({offered:,.0f} step events/s)"
+            print(f"run {r}: alert latency, NaN step emitted -> RiskAlert at a consumer, {where}, {len(lat)}/"
+                  f"{args.alerts} alerts{f' ({lost} lost)' if lost else ''}: p50 {statistics.median(lat):.1f} ms, "
+                  f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")  # fmt: skip
+        results.append(row)
+        sys.stdout.flush()
+    if len(results) > 1:
+        print(f"over {len(results)} runs, min / median / max:")
+        for key in results[0]:
+            vals = [row[key] for row in results if key in row]
+            print(
+                f"  {key}: {spread(vals, ',.0f' if key.startswith('step') else '.1f')}" + ("" if "/s" in key else " ms")
+            )
     print(f"# reproduce: python -m bench.processors --steps {args.steps} --traces {args.traces} --alerts {args.alerts} "
-          f"--layers {args.layers} --heads {args.heads}", file=sys.stderr)  # fmt: skip
+          f"--load {args.load:g} --runs {args.runs}")  # fmt: skip
 
 
 if __name__ == "__main__":
