@@ -1,35 +1,37 @@
-"""The project's exception hierarchy: driver and library errors are translated into these at boundaries."""
+"""The project's exception hierarchy: driver and library errors are translated into these at boundaries.
+
+The base class and the contract's errors live in ``schemas.errors`` (the contract imports nothing above it) and are
+re-exported here, so ``from evostream.errors import X`` works for every X."""
 
 from __future__ import annotations
 
+from schemas.errors import (
+    BadMagicError,
+    DecodeError,
+    EncodeError,
+    EvoError,
+    SchemaError,
+    TruncatedRecordError,
+    UnknownFingerprintError,
+)
 
-class EvoError(Exception):
-    """Base class of every error evostream raises on purpose."""
-
-
-# --- the contract -----------------------------------------------------------------------------------
-class SchemaError(EvoError):
-    """A schema file is missing, malformed, or breaks the compatibility rules."""
-
-
-class EncodeError(EvoError):
-    """A record does not fit the schema it is written with."""
-
-
-class DecodeError(EvoError):
-    """Bytes could not be turned back into a record."""
-
-
-class BadMagicError(DecodeError):
-    """The bytes do not start with the Avro single-object marker C3 01."""
-
-
-class UnknownFingerprintError(DecodeError):
-    """The writer schema's fingerprint is not one this process knows."""
-
-
-class TruncatedRecordError(DecodeError):
-    """The bytes end before the record does, or carry bytes after it."""
+__all__ = [
+    "BadMagicError",
+    "BrokerStartError",
+    "BrokerUnavailableError",
+    "ConsumeError",
+    "DecodeError",
+    "DeliveryError",
+    "EncodeError",
+    "EvoError",
+    "JavaNotFoundError",
+    "MavenError",
+    "PortInUseError",
+    "SchemaError",
+    "StackError",
+    "TruncatedRecordError",
+    "UnknownFingerprintError",
+]
 
 
 # --- the local stack --------------------------------------------------------------------------------

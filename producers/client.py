@@ -11,8 +11,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
+from evostream.clock import now_us
 from evostream.errors import EvoError
-from producers.steps import now_us
 from schemas.catalog import COMPLETIONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 

@@ -8,8 +8,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from evostream.clock import now_us
 from producers.generate import Generated
-from producers.steps import StepBatch, TraceMeta, now_us
+from producers.steps import StepBatch, TraceMeta
 
 
 class TokenTexts:

@@ -20,6 +20,7 @@ from confluent_kafka import Message
 from evostream.bus.admin import ensure_topics
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
+from evostream.clock import now_us
 from evostream.errors import DecodeError, EvoError
 from producers.client import prompt_problem
 from producers.embedding import PromptEmbedder
@@ -27,7 +28,7 @@ from producers.emitter import StepEmitter
 from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
 from producers.loading import LoadedModel
 from producers.records import TokenTexts, completion_record
-from producers.steps import StepBatch, TraceMeta, now_us
+from producers.steps import StepBatch, TraceMeta
 from schemas.catalog import CATALOG, COMPLETIONS, DLQ, NEURONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 

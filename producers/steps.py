@@ -5,7 +5,6 @@ Nothing here imports torch: the step emitter's process works from these alone.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from evostream.clock import now_us
 from schemas.tensors import pack_f32
 
 TOPK = 10
@@ -45,10 +45,6 @@ class TraceMeta:
     reply_to: str
     tenant: str
     submitted_at_us: int
-
-
-def now_us() -> int:
-    return time.time_ns() // 1000
 
 
 def step_records(batch: StepBatch, metas: Sequence[TraceMeta], model_version: str, signal: AttentionSignal,

@@ -13,7 +13,7 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import validate
 
-from evostream.errors import (
+from schemas.errors import (
     BadMagicError,
     DecodeError,
     EncodeError,

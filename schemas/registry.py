@@ -15,7 +15,7 @@ from typing import Any
 
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from evostream.errors import SchemaError, UnknownFingerprintError
+from schemas.errors import SchemaError, UnknownFingerprintError
 
 NAMESPACE = "io.evostream"
 AVRO_DIR = Path(__file__).parent / "avro"

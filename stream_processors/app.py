@@ -27,9 +27,9 @@ from typing import Any
 
 import faust
 
+from evostream.clock import now_us
 from evostream.errors import DecodeError
 from evostream.settings import Settings
-from producers.steps import now_us
 from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from stream_processors.drift import load_drift_policies

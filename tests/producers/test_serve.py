@@ -12,10 +12,10 @@ import pytest
 
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
+from evostream.clock import now_us
 from producers.client import BadRequestError, InferenceClient, Published
 from producers.embedding import PromptEmbedder
 from producers.service import InferenceService, ServeOptions
-from producers.steps import now_us
 from schemas.catalog import DLQ, REQUESTS
 from schemas.codec import RecordCodec
 from schemas.tensors import step_heads, step_layers
