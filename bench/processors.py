@@ -150,7 +150,7 @@ def start_worker(bootstrap: str, tmp: Path) -> Worker:
     env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EVOSTREAM_PROCESSORS_DIR": str(tmp / app_id),
            "EVOSTREAM_PROCESSORS_APP_ID": app_id}  # fmt: skip
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("evostream")), "process", "--loglevel", "INFO"],
+        proc = subprocess.Popen([sys.executable, "-m", "evostream.cli", "process", "--loglevel", "INFO"],
                                 env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     while (m := re.search(rb"\[([\d-]+ [\d:,]+)\] \[\d+\] \[INFO\] \[\^Worker\]: Ready", log.read_bytes())) is None:
         if proc.poll() is not None:

@@ -35,11 +35,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from evostream.cli.calibrate import calibrate_model
+from models.suite.evaluate import eval_set
+from models.suite.tasks import TASKS, Example, make_split, stress_split
 from producers.loading import LoadedModel, load_model
-from producers.suite.evaluate import eval_set
-from producers.suite.tasks import TASKS, Example, make_split, stress_split
-from stream_processors.reference import Traced, calibrate_model, policy_path, run_traced
-from stream_processors.risk import Assessment, RiskPolicy, TraceRisk, family_of
+from producers.reference import Traced, run_traced
+from stream_processors.risk import Assessment, RiskPolicy, TraceRisk, family_of, policy_path
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]

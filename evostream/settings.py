@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     profile_window_s: int = Field(default=60, ge=1, description="Tumbling profiling window, seconds of event time.")
     drift_reference_size: int = Field(default=200, ge=20, description="Completions in a model's reference window.")
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")
+    serve_max_batch: int = Field(default=8, ge=1, description="Requests the service generates together.")
+    serve_max_wait_ms: int = Field(default=5, ge=0, description="How long the service waits to fill a batch.")
     kafka_version: str = "4.1.2"
     log4j_version: str = "2.24.3"
     broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
-
-from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
+from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
 from evostream.errors import EvoError
 from schemas.catalog import COMPLETIONS, REQUESTS, STEPS
@@ -50,7 +47,6 @@ class InferenceClient:
         self.tenant = tenant
         self._producer = EventProducer(bootstrap)
         self._requests = RecordCodec("InferenceRequest")
-        self._completions = RecordCodec("Completion")
 
     def publish(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
@@ -82,35 +78,21 @@ class InferenceClient:
 
     def await_reply(self, published: Published, timeout_s: float = 60.0) -> dict[str, Any]:
         """The Completion answering ``published``, read from the completions published since it was sent."""
-        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"evostream-client-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "log_level": 3})  # fmt: skip
-        try:
-            md = consumer.list_topics(COMPLETIONS, timeout=10)
-            since_ms = published.submitted_at_us // 1000 - 5000  # clock slack between client and broker
-            parts = [TopicPartition(COMPLETIONS, p, since_ms) for p in md.topics[COMPLETIONS].partitions]
-            consumer.assign(consumer.offsets_for_times(parts, timeout=10))
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                for msg in consumer.consume(500, timeout=0.5):
-                    if msg.error() or msg.value() is None:
-                        continue
-                    rec = self._completions.decode_or_skip(msg.value())
-                    if rec is not None and rec["reply_to"] == published.request_id:
-                        return rec
-        finally:
-            consumer.close()
+        since_us = published.submitted_at_us - 5_000_000  # clock slack between client and broker
+        with TopicReader(self.bootstrap, COMPLETIONS, "Completion", since_us=since_us, idle_s=None,
+                         timeout_s=timeout_s, batch=500, name="client") as reader:  # fmt: skip
+            for rec in reader:
+                if rec["reply_to"] == published.request_id:
+                    return rec
         raise ReplyTimeoutError(f"no completion for request {published.request_id} within {timeout_s:.0f} s; "
                                 "is `evostream serve` running?")  # fmt: skip
 
     def trace_steps(self, trace_ids: set[str], expected: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
         """The GenerationStep events of ``trace_ids`` on evo.steps: reads until ``expected`` are found or time is up."""
-        codec = RecordCodec("GenerationStep")
         found: list[dict[str, Any]] = []
-        with EventConsumer(self.bootstrap, f"evostream-client-{uuid.uuid4().hex}", [STEPS]) as consumer:
-            deadline = time.monotonic() + timeout_s
-            while len(found) < expected and time.monotonic() < deadline:
-                for msg in consumer.poll_batch(5000, 0.5):
-                    rec = codec.decode_or_skip(msg.value())
-                    if rec is not None and rec["trace_id"] in trace_ids:
-                        found.append(rec)
+        with TopicReader(self.bootstrap, STEPS, "GenerationStep", idle_s=None, timeout_s=timeout_s,
+                         until=lambda: len(found) >= expected, batch=5000, name="client") as reader:  # fmt: skip
+            for rec in reader:
+                if rec["trace_id"] in trace_ids:
+                    found.append(rec)
         return found

@@ -26,7 +26,7 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from evostream.errors import EvoError
-from producers.default_model import MODEL_ID, WEIGHTS_DIR
+from models.default_model import MODEL_ID, WEIGHTS_DIR
 
 DEFAULT_MODEL = "default"
 hf_logging.disable_progress_bar()  # a service's stderr is for its own messages
@@ -81,7 +81,7 @@ def load_model(
     name = MODEL_ID if source == DEFAULT_MODEL else source
     ref = str(path) if path.exists() else source
     if source == DEFAULT_MODEL and not (path / "config.json").exists():
-        raise ModelLoadError(f"the embedded model is missing from {path}: run python -m producers.default_model.train")
+        raise ModelLoadError(f"the embedded model is missing from {path}: run python -m models.default_model.train")
     _check_source(source, path, allow_download)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     local_only = not allow_download

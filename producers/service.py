@@ -38,8 +38,10 @@ GROUP = "evostream-inference"
 
 @dataclass(frozen=True)
 class ServeOptions:
-    max_batch: int = 8
-    max_wait_ms: int = 5
+    """How the service batches; the batch size and wait come from Settings (serve_max_batch, serve_max_wait_ms)."""
+
+    max_batch: int
+    max_wait_ms: int
     max_prompt_tokens: int = 512
     max_new_tokens_limit: int = 1024
 
@@ -60,7 +62,7 @@ class InferenceService:
         bootstrap: str,
         loaded: LoadedModel,
         embedder: PromptEmbedder | None,
-        options: ServeOptions = ServeOptions(),
+        options: ServeOptions,
         generator: InstrumentedGenerator | None = None,
     ) -> None:
         self.bootstrap = bootstrap

@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -192,6 +193,11 @@ POLICY_DIR = Path(__file__).parent / "policies"
 def family_of(model_version: str) -> str:
     """``name@hash`` -> ``name``."""
     return model_version.split("@", 1)[0]
+
+
+def policy_path(family: str, folder: Path = POLICY_DIR) -> Path:
+    """Where the policy of ``family`` lives: its name with anything unsafe in a file name replaced by ``__``."""
+    return folder / (re.sub(r"[^A-Za-z0-9._-]+", "__", family) + ".json")
 
 
 def load_policies(folder: Path = POLICY_DIR) -> dict[str, RiskPolicy]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from evostream.bus.connection import ConnectionWatch
 from evostream.errors import ConsumeError
 
 
 class EventConsumer:
-    """A consumer-group member on some topics; ``poll_batch`` returns raw messages."""
+    """A consumer-group member on some topics; ``poll_batch`` returns raw messages.
+
+    With ``since_us`` it joins no group: it is assigned every partition of ``topics`` from the first record written
+    at or after that time (for readers that look for an answer to something they just sent)."""
 
     def __init__(
         self,
@@ -20,6 +23,7 @@ class EventConsumer:
         group_id: str,
         topics: Iterable[str],
         config: Mapping[str, Any] | None = None,
+        since_us: int | None = None,
     ) -> None:
         self.watch = ConnectionWatch(bootstrap, f"consumer {group_id}")
         self._consumer = Consumer(
@@ -34,7 +38,24 @@ class EventConsumer:
                 **(config or {}),
             }
         )
-        self._consumer.subscribe(list(topics))
+        if since_us is None:
+            self._consumer.subscribe(list(topics))
+        else:
+            self._assign_since(list(topics), since_us)
+
+    def _assign_since(self, topics: list[str], since_us: int) -> None:
+        try:
+            parts = []
+            for topic in topics:
+                md = self._consumer.list_topics(topic, timeout=10)
+                meta = md.topics.get(topic)
+                if meta is None or meta.error is not None:
+                    raise ConsumeError(f"topic {topic} is not on the broker: {meta.error if meta else 'unknown'}")
+                parts += [TopicPartition(topic, p, since_us // 1000) for p in meta.partitions]
+            self._consumer.assign(self._consumer.offsets_for_times(parts, timeout=10))
+        except KafkaException as e:
+            self._consumer.close()
+            raise ConsumeError(f"could not seek {', '.join(topics)} to {since_us} us: {e}") from e
 
     def poll_batch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
         try:

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from evostream.bus.producer import EventProducer
+from evostream.cli.selfcheck import round_trip
 from evostream.errors import DeliveryError
-from evostream.selfcheck import round_trip
 from evostream.stack.ports import free_port
 
 pytestmark = pytest.mark.integration

@@ -33,6 +33,8 @@ from schemas.samples import generation_step
 from schemas.tensors import pack_f32
 from tests.producers.models import tiny
 
+CLI = [sys.executable, "-m", "evostream.cli"]  # the CLI of the checkout under test, not the one on PATH
+
 pytestmark = pytest.mark.integration
 
 STEP = RecordCodec("GenerationStep")
@@ -50,9 +52,8 @@ class Worker:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        exe = Path(sys.executable).with_name("evostream")
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([str(exe), "process", "--loglevel", "INFO"], env=self.env, stdout=log,
+            self.proc = subprocess.Popen([*CLI, "process", "--loglevel", "INFO"], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + 90
         while b"Worker]: Ready" not in self.log.read_bytes():
@@ -350,8 +351,8 @@ def test_a_served_decoder_forced_to_repeat_raises_a_repetition_alert_end_to_end(
 def test_served_traffic_gives_drift_windows_that_fire_on_a_new_task_family(kafka: str, worker: Worker) -> None:
     """Real producer output through Kafka: the embedded model, MiniLM embeddings, a reference of 96 completions and
     windows of 48 (smaller windows are noisier than the vocabulary thresholds allow for)."""
+    from models.suite.tasks import make_split
     from producers.loading import load_model
-    from producers.suite.tasks import make_split
 
     lm = load_model("default")
     lm.version = f"drift-{uuid.uuid4().hex[:6]}"

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from models.suite.tasks import make_split
 from producers.embedding import PromptEmbedder
 from producers.generate import GenParams, InstrumentedGenerator
 from producers.loading import load_model
 from producers.records import completion_record
 from producers.steps import TraceMeta
-from producers.suite.tasks import make_split
 from stream_processors.drift import DriftPolicy
 from stream_processors.drift_tracker import DriftTracker, DriftWindows
 

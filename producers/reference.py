@@ -1,21 +1,20 @@
 """Reference runs: a model generates on known prompts in-process and yields exactly the GenerationStep records the
-producer would publish, for calibrating risk policies and measuring how well risk predicts wrong answers."""
+producer would publish, for calibrating risk policies and measuring how well risk predicts wrong answers.
+
+Generating is a producer's job; composing a reference run with the processors' calibrator is wiring, done by the CLI
+(``evostream.cli.calibrate``)."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from producers.generate import GenParams, InstrumentedGenerator
 from producers.loading import LoadedModel
 from producers.records import TokenTexts
 from producers.steps import StepBatch, TraceMeta, step_records
-from stream_processors.calibrate import calibrate
-from stream_processors.risk import POLICY_DIR, RiskPolicy
 
 
 @dataclass
@@ -53,19 +52,3 @@ def run_traced(
             progress(min(start + batch_size, len(prompts)), len(prompts))
     finally:
         gen.close()
-
-
-def policy_path(family: str, folder: Path = POLICY_DIR) -> Path:
-    return folder / (re.sub(r"[^A-Za-z0-9._-]+", "__", family) + ".json")
-
-
-def calibrate_model(
-    loaded: LoadedModel,
-    prompts: Sequence[str],
-    progress: Callable[[int, int], None] = lambda d, t: None,
-    base: RiskPolicy | None = None,
-) -> RiskPolicy:
-    """A policy for ``loaded``'s family fitted on its steps on ``prompts`` (healthy traffic); hand-set fields come
-    from ``base`` (default: the code's fallback)."""
-    steps = [s for t in run_traced(loaded, prompts, progress=progress) for s in t.steps]
-    return calibrate(steps, loaded.version, base)

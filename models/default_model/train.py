@@ -1,6 +1,6 @@
 """Train the embedded default model from scratch on the task suite (deterministic; CPU minutes, GPU seconds).
 
-Run: python -m producers.default_model.train [--steps 10000 --lr 1e-3 --mix lookup=2] [--out DIR]
+Run: python -m models.default_model.train [--steps 10000 --lr 1e-3 --mix lookup=2] [--out DIR]
 
 The defaults are the shipped model's recipe. Lookup (find a key's digit in a table) is learnt late, in a sudden
 jump, and only at the lower learning rate: at 2e-3 it stays near 0.5 while every other task converges.
@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
-from producers.default_model import WEIGHTS_DIR
-from producers.suite.evaluate import eval_set, evaluate
-from producers.suite.tasks import Example, training_stream
+from models.default_model import WEIGHTS_DIR
+from models.suite.evaluate import eval_set, evaluate
+from models.suite.tasks import Example, training_stream
 
 
 def default_config(layers: int = 3, d_model: int = 128, heads: int = 4) -> T5Config:

@@ -1,0 +1,31 @@
+"""The ``evostream`` command line: the only layer that wires services together.
+
+One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck); this module
+only assembles their commands into one Typer app, so ``evostream = "evostream.cli:app"`` keeps working."""
+
+from __future__ import annotations
+
+import typer
+
+from evostream.cli import calibrate, contract, demo, readers, selfcheck, serve
+from evostream.cli.stack import stack_app
+
+app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)  # fmt: skip
+app.add_typer(stack_app, name="stack")
+app.add_typer(contract.schemas_app, name="schemas")
+for command in (
+    selfcheck.selfcheck,
+    demo.demo,
+    serve.serve,
+    serve.publish,
+    serve.process,
+    calibrate.calibrate,
+    readers.alerts,
+    readers.drift,
+    readers.profile,
+    contract.topics,
+):
+    app.command()(command)
+
+__all__ = ["app"]

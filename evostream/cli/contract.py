@@ -1,0 +1,61 @@
+"""``evostream topics`` and ``evostream schemas ...``: the topic catalog and the Avro contract."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from evostream.cli.common import Bootstrap, friendly, say
+from evostream.settings import load_settings
+
+schemas_app = typer.Typer(help="The Avro contract.", no_args_is_help=True)
+
+
+@friendly
+def topics(
+    create: Annotated[
+        bool, typer.Option("--create", help="Create the catalog's missing topics on the broker.")
+    ] = False,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """List the topic catalog; with --create, create its missing topics on the broker."""
+    from schemas.catalog import CATALOG
+
+    if create:
+        from evostream.bus.admin import ensure_topics
+        from evostream.stack import resolve_bootstrap
+
+        settings = load_settings(bootstrap_servers=bootstrap)
+        server = resolve_bootstrap(settings)
+        created = ensure_topics(server, CATALOG, timeout_s=settings.ready_timeout_s)
+        say(f"created on {server}: {', '.join(sorted(created)) or 'nothing (all present)'}")
+    for t in CATALOG:
+        keep = "forever" if t.retention_ms < 0 else f"{t.retention_ms / 86_400_000:g} d"
+        typer.echo(f"{t.name:18} key={t.key:14} value={t.value_schema:17} partitions={t.partitions} "
+                   f"{t.cleanup_policy:7} {keep:8} {t.doc}")  # fmt: skip
+
+
+@schemas_app.command("list")
+@friendly
+def schemas_list() -> None:
+    """Every schema version with its fingerprint."""
+    from schemas import default_registry
+
+    for sv in default_registry():
+        typer.echo(f"{sv.short_name:18} v{sv.version}  {sv.fingerprint.hex()}  {sv.source}")
+
+
+@schemas_app.command("check")
+@friendly
+def schemas_check() -> None:
+    """Check BACKWARD_TRANSITIVE compatibility of every schema version in the repository."""
+    from schemas import default_registry
+    from schemas.compat import check_backward_transitive
+
+    problems = check_backward_transitive(default_registry())
+    for p in problems:
+        typer.secho(p, fg=typer.colors.RED, err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("all schema versions read every earlier version")

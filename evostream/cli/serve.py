@@ -1,0 +1,106 @@
+"""``evostream serve``, ``publish`` and ``process``: run the inference service, talk to it, run the processors."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from evostream.cli.common import Bootstrap, broker, friendly, say
+from evostream.settings import load_settings
+
+
+@friendly
+def serve(
+    model: Annotated[
+        str, typer.Option(help="'default' (the embedded model), a local folder, or a cached HF id.")
+    ] = "default",
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Requests generated together [default 8]. Env: EVOSTREAM_SERVE_MAX_BATCH.")
+    ] = None,
+    max_wait_ms: Annotated[
+        int | None,
+        typer.Option(help="How long to wait to fill a batch [default 5]. Env: EVOSTREAM_SERVE_MAX_WAIT_MS."),
+    ] = None,
+    attention: Annotated[
+        str, typer.Option(help="Per-head signal: auto, entropy (eager attention), output_norm.")
+    ] = "auto",
+    embed: Annotated[bool, typer.Option(help="Compute the 384-d MiniLM prompt embedding.")] = True,
+    bootstrap: Bootstrap = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:
+    """Serve inference requests from evo.requests, emitting a GenerationStep per token and a Completion per request."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from producers.embedding import PromptEmbedder
+    from producers.generate import InstrumentedGenerator
+    from producers.loading import load_model
+    from producers.service import InferenceService, ServeOptions
+
+    settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms)
+    server = broker(settings)
+    if attention not in ("auto", "entropy", "output_norm"):
+        raise typer.BadParameter("--attention must be auto, entropy or output_norm")
+    loaded = load_model(model, device=device, attn_implementation="eager" if attention == "entropy" else None)
+    signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
+    options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms)
+    generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit)  # type: ignore[arg-type]
+    service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator)
+    service.install_signal_handlers()
+    service.run(
+        on_ready=lambda: say(
+            f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}, "
+            f"attention signal {generator.signal}) from {server}; Ctrl-C stops after the batch in flight"
+        )
+    )
+    say(f"stopped after {service.served} requests")
+
+
+@friendly
+def publish(
+    prompt: str,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the Completion and print it.")] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Upper bound on generated tokens.")] = 64,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 60.0,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Publish an inference request; with --wait, print the answer, its trace id and how it finished."""
+    from producers.client import BadRequestError, InferenceClient, prompt_problem
+
+    problem = prompt_problem(prompt)
+    if problem:  # refused before looking for a broker: with none running, the broker error would hide this one
+        raise BadRequestError(problem)
+    server = broker(load_settings(bootstrap_servers=bootstrap))
+    client = InferenceClient(server)
+    sent = client.publish(prompt, max_new_tokens=max_new_tokens)
+    if not wait:
+        typer.echo(sent.request_id)
+        return
+    rec = client.await_reply(sent, timeout)
+    if rec["error"]:
+        typer.secho(
+            f"error: {rec['error']} (request {sent.request_id}, trace {rec['trace_id']})", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(1)
+    typer.echo(rec["output_text"])
+    t = rec["timings"]
+    say(
+        f"trace {rec['trace_id']} · {rec['model_version']} · {rec['token_count']} tokens · {rec['finish_reason']} · "
+        f"{t['total_us'] / 1000:.1f} ms"
+    )
+
+
+@friendly
+def process(
+    loglevel: Annotated[str, typer.Option(help="Faust worker log level.")] = "WARNING",
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Run the stream processors (risk scores and alerts) until Ctrl-C; state resumes from changelog topics."""
+    from stream_processors.app import run_worker
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = broker(settings)
+    settings.processors_dir.mkdir(parents=True, exist_ok=True)
+    say(f"stream processors on {server} (data in {settings.processors_dir})")
+    run_worker(settings, server, loglevel)
