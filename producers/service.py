@@ -31,6 +31,7 @@ from producers.records import TokenTexts, completion_record
 from producers.steps import StepBatch, TraceMeta
 from schemas.catalog import CATALOG, COMPLETIONS, DLQ, NEURONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
+from schemas.deadletter import dead_letter
 
 log = logging.getLogger("evostream.serve")
 GROUP = "evostream-inference"
@@ -195,8 +196,7 @@ class InferenceService:
         self.served += 1
 
     def _dead_letter(self, msg: Message, error: Exception) -> None:
-        rec = {"source_topic": msg.topic() or REQUESTS, "partition": msg.partition() or 0, "offset": msg.offset() or 0,
-               "original_key": msg.key(), "raw_value": msg.value(), "error_type": type(error).__name__,
-               "error": str(error), "consumer": GROUP, "failed_at_us": now_us()}  # fmt: skip
+        rec = dead_letter(msg.topic() or REQUESTS, msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
+                          error, GROUP, now_us())  # fmt: skip
         self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec))
         self.served += 1

@@ -32,6 +32,7 @@ from evostream.errors import DecodeError
 from evostream.settings import Settings
 from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
+from schemas.deadletter import dead_letter
 from stream_processors.drift import load_drift_policies
 from stream_processors.drift_tracker import DriftTracker, DriftWindows
 from stream_processors.profiling import ProfilePolicy, ProfileTracker
@@ -311,9 +312,7 @@ class Processors:
         except DecodeError as e:
             self.stats["dead_letters"] += 1
             log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
-            rec = {"source_topic": msg.topic, "partition": msg.partition, "offset": msg.offset,
-                   "original_key": msg.key, "raw_value": event.value, "error_type": type(e).__name__,
-                   "error": str(e), "consumer": self.app.conf.id, "failed_at_us": now_us()}  # fmt: skip
+            rec = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, event.value, e, self.app.conf.id, now_us())
             await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
             return None
 
