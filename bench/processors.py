@@ -59,7 +59,11 @@ from schemas.catalog import ALERTS, COMPLETIONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
 from schemas.tensors import pack_f32, step_heads, step_layers
-from stream_processors.risk import RiskPolicy, load_policies, policy_for
+from stream_processors.drift.tracker import DriftWindows
+from stream_processors.drift.tracker import table_name as drift_table
+from stream_processors.profiling.tracker import table_name as profile_table
+from stream_processors.profiling.window import ProfilePolicy
+from stream_processors.risk.policy import RiskPolicy, load_policies, policy_for
 
 VERSION = "evostream/t5-tiny-suite@bench"
 STEP, COMPLETION = RecordCodec("GenerationStep"), RecordCodec("Completion")
@@ -197,8 +201,10 @@ class Progress:
 
 
 def read_progress(bootstrap: str, worker: Worker, traces: set[str], progress: Progress, until: Any) -> None:
-    topics = [RISK, ALERTS, PROFILES, f"{worker.app_id}-profile-models-changelog",
-              f"{worker.app_id}-drift-models-changelog"]  # fmt: skip
+    settings = load_settings()  # the worker runs with the same settings: its tables are named after them
+    profile_log = f"{worker.app_id}-{profile_table(ProfilePolicy(window_s=settings.profile_window_s))}-changelog"
+    drift_windows = DriftWindows(settings.drift_reference_size, settings.drift_window_size)
+    topics = [RISK, ALERTS, PROFILES, profile_log, f"{worker.app_id}-{drift_table(drift_windows)}-changelog"]
     key = VERSION.encode()
     with EventConsumer(bootstrap, f"bench-{uuid.uuid4().hex}", topics) as consumer:
         deadline = time.monotonic() + 3600
@@ -221,10 +227,10 @@ def read_progress(bootstrap: str, worker: Worker, traces: set[str], progress: Pr
                 elif m.key() == key and value:
                     at = m.timestamp()[1] * 1000
                     st = json.loads(value)
-                    if topic.endswith("-profile-models-changelog"):
+                    if topic == profile_log:
                         progress.events.append((at, "profile", (st.get("window") or {}).get("steps", 0)))
                     else:
-                        window = st["windows"] * int(load_settings().drift_window_size)
+                        window = st["windows"] * drift_windows.window_size
                         n = len(st["reference"]["emb"]) + window + len(st["window"]["emb"]) + st["skipped"]
                         progress.events.append((at, "drift", n))
 

@@ -40,7 +40,8 @@ from models.suite.evaluate import eval_set
 from models.suite.tasks import TASKS, Example, make_split, stress_split
 from producers.loading import LoadedModel, load_model
 from producers.reference import Traced, run_traced
-from stream_processors.risk import Assessment, RiskPolicy, TraceRisk, family_of, policy_path
+from stream_processors.risk.policy import RiskPolicy, family_of, policy_path
+from stream_processors.risk.score import Assessment, TraceRisk
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]

@@ -66,3 +66,17 @@ class DeliveryError(EvoError):
 
 class ConsumeError(EvoError):
     """The consumer hit an error that is not a normal end of partition."""
+
+
+# --- the stream processors --------------------------------------------------------------------------
+class PolicyError(EvoError):
+    """A risk or drift policy (file or value) is malformed, or does not fit the windows it is used with."""
+
+
+class CalibrationError(EvoError):
+    """A reference run cannot calibrate a risk policy: too few steps, or non-finite values where numbers belong."""
+
+
+class FoldError(EvoError):
+    """An input does not fit what a processor folds it into (a neuron-count snapshot of another shape, a window too
+    small to compare)."""

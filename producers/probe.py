@@ -8,9 +8,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from evostream.errors import EvoError
 from producers.anatomy import Anatomy
 from producers.stats import ffn_sparsity, head_output_norm
 from producers.steps import AttentionSignal
+
+
+class ProbeError(EvoError):
+    """The hooks did not see what a generating step must produce (a layer that did not run)."""
 
 
 def _newest(x: Any) -> Tensor:
@@ -94,7 +99,7 @@ class Probe:
     def take_hidden(self) -> list[Tensor]:
         out = [h for h in self.hidden if h is not None]
         if len(out) != self.anat.num_layers:
-            raise RuntimeError("a generating layer did not run its forward hook")
+            raise ProbeError("a generating layer did not run its forward hook")
         return out
 
     def take_heads(self) -> Tensor | None:

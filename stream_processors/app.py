@@ -33,15 +33,19 @@ from evostream.settings import Settings
 from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from schemas.deadletter import dead_letter
-from stream_processors.drift import load_drift_policies
-from stream_processors.drift_tracker import DriftTracker, DriftWindows
-from stream_processors.profiling import ProfilePolicy, ProfileTracker
-from stream_processors.risk import RiskPolicy, load_policies
-from stream_processors.tracker import Outcome, RiskTracker
+from stream_processors.drift.policy import load_drift_policies
+from stream_processors.drift.tracker import DriftTracker, DriftWindows
+from stream_processors.drift.tracker import table_name as drift_table
+from stream_processors.fold import Fold
+from stream_processors.profiling.tracker import ProfileTracker
+from stream_processors.profiling.tracker import table_name as profile_table
+from stream_processors.profiling.window import ProfilePolicy
+from stream_processors.risk.policy import RiskPolicy, load_policies
+from stream_processors.risk.tracker import TABLE as RISK_TABLE
+from stream_processors.risk.tracker import RiskTracker
 
 log = logging.getLogger(__name__)
 
-APP_ID = "evostream-processors"
 STEP_PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEPS)
 FAULT_KILL_AFTER = "EVOSTREAM_FAULT_KILL_AFTER"
 """Test-only fault injection (see the module docstring)."""
@@ -54,14 +58,14 @@ class Processors:
         self,
         bootstrap: str,
         datadir: Path,
-        policies: Mapping[str, RiskPolicy] | None = None,
-        app_id: str = APP_ID,
-        drift: DriftTracker | None = None,
-        profile: ProfileTracker | None = None,
+        policies: Mapping[str, RiskPolicy],
+        app_id: str,
+        drift: DriftTracker,
+        profile: ProfileTracker,
     ) -> None:
-        self.tracker = RiskTracker(policies if policies is not None else load_policies())
-        self.drift_tracker = drift or DriftTracker()
-        self.profile_tracker = profile or ProfileTracker()
+        self.tracker = RiskTracker(policies)
+        self.drift_tracker = drift
+        self.profile_tracker = profile
         names = ("GenerationStep", "Completion", "RiskReport", "RiskAlert", "DeadLetter", "DriftReport",
                  "ProfileSnapshot", "NeuronCounts")  # fmt: skip
         self.codecs = {n: RecordCodec(n) for n in names}
@@ -100,7 +104,7 @@ class Processors:
         self.profiles = app.topic(PROFILES, **raw)
         self.neurons = app.topic(NEURONS, **raw)
         self.table = app.Table(
-            "risk-traces",
+            RISK_TABLE,
             default=None,
             partitions=STEP_PARTITIONS,
             key_type=bytes,  # raw key bytes: the changelog partition is murmur2(key), as for evo.steps
@@ -108,7 +112,7 @@ class Processors:
             help="risk state per trace, with the input offsets it includes",
         )
         self.drift_table = app.Table(
-            "drift-models",
+            drift_table(drift.windows),
             default=None,
             partitions=STEP_PARTITIONS,
             key_type=bytes,
@@ -118,7 +122,7 @@ class Processors:
         app.agent(self.steps, name="risk-steps")(self._on_steps)
         app.agent(self.completions, name="risk-completions")(self._on_completions)
         self.profile_table = app.Table(
-            "profile-models",
+            profile_table(profile.policy),
             default=None,
             partitions=STEP_PARTITIONS,
             key_type=bytes,
@@ -176,8 +180,8 @@ class Processors:
             model = str(rec["model_version"])
             out = self.drift_tracker.on_completion(self.drift_table.get(model.encode()), rec, event.message.offset,
                                                    now_us())  # fmt: skip
-            if out.duplicate:
-                self.stats["duplicates_drift"] += 1
+            if out.duplicates:
+                self.stats["duplicates_drift"] += out.duplicates
                 continue
             self.stats["drift_completions"] += 1
             for report in out.reports:
@@ -198,13 +202,12 @@ class Processors:
                     continue  # the risk agent dead-letters undecodable steps
                 per_model.setdefault(str(rec["model_version"]), []).append(rec)
             for model, steps in per_model.items():
-                state, snapshots, dup = self.profile_tracker.on_steps(model, self.profile_table.get(model.encode()),
-                                                                      steps, now_us())  # fmt: skip
-                self.stats["duplicates_profile"] += dup
-                self.stats["profile_steps"] += len(steps) - dup
-                await self._publish_profiles(model, snapshots)
+                out = self.profile_tracker.on_steps(model, self.profile_table.get(model.encode()), steps, now_us())
+                self.stats["duplicates_profile"] += out.duplicates
+                self.stats["profile_steps"] += len(steps) - out.duplicates
+                await self._publish_profiles(model, out.reports)
                 await self._changelog_ready(self.profile_table)
-                self.profile_table[model.encode()] = state
+                self.profile_table[model.encode()] = out.state
 
     async def _on_neurons(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -213,14 +216,13 @@ class Processors:
                 continue
             model = str(rec["model_version"])
             key = model.encode()
-            state, snapshots, duplicate = self.profile_tracker.on_neurons(model, self.profile_table.get(key), rec,
-                                                                          now_us())  # fmt: skip
-            if duplicate:
-                self.stats["duplicates_profile"] += 1
+            out = self.profile_tracker.on_neurons(model, self.profile_table.get(key), rec, now_us())
+            if out.duplicates:
+                self.stats["duplicates_profile"] += out.duplicates
                 continue
-            await self._publish_profiles(model, snapshots)
+            await self._publish_profiles(model, out.reports)
             await self._changelog_ready(self.profile_table)
-            self.profile_table[key] = state
+            self.profile_table[key] = out.state
 
     async def _changelog_ready(self, table: Any) -> None:
         """The tables place each write by key (use_partitioner), which aiokafka computes from the producer's
@@ -247,7 +249,7 @@ class Processors:
         drift = ", ".join(f"{family} -> {p.name}" for family, p in sorted(self.drift_tracker.policies.items()))
         log.info("risk policies: %s; drift policies: %s", risk, drift)
 
-    async def _maybe_fault(self, out: Outcome, sent: list[list[str]], index: int, batch: int) -> None:
+    async def _maybe_fault(self, out: Fold, sent: list[list[str]], index: int, batch: int) -> None:
         """Test-only (``EVOSTREAM_FAULT_KILL_AFTER``): kill -9 once the n-th folded step's outputs are on the broker
         and before this batch's state is written."""
         sent += [[str(r["trace_id"]), str(r["stage"])] for r in out.reports]
@@ -267,10 +269,10 @@ class Processors:
             if state is None:
                 continue
             model = key.decode()
-            new, snapshots = self.profile_tracker.on_tick(model, state, now_us())
-            if snapshots:
-                await self._publish_profiles(model, snapshots)
-                self.profile_table[key] = new
+            out = self.profile_tracker.on_tick(model, state, now_us())
+            if out.reports:
+                await self._publish_profiles(model, out.reports)
+                self.profile_table[key] = out.state
 
     async def _publish_profiles(self, model: str, snapshots: list[dict[str, Any]]) -> None:
         for snap in snapshots:
@@ -292,10 +294,10 @@ class Processors:
         except DecodeError:
             return b"undecodable"  # decoded again after the repartition, and dead-lettered there
 
-    async def _publish(self, key: bytes, out: Outcome, counter: str) -> bool:
+    async def _publish(self, key: bytes, out: Fold, counter: str) -> bool:
         """Send the outcome's reports and alerts; False for a duplicate (nothing to store)."""
-        if out.duplicate:
-            self.stats["duplicates_risk"] += 1
+        if out.duplicates:
+            self.stats["duplicates_risk"] += out.duplicates
             return False
         self.stats[counter] += 1
         for report in out.reports:
@@ -323,6 +325,7 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
     return Processors(
         bootstrap,
         settings.processors_dir,
+        load_policies(),
         app_id=settings.processors_app_id,
         drift=DriftTracker(
             load_drift_policies(), DriftWindows(settings.drift_reference_size, settings.drift_window_size)

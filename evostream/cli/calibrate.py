@@ -14,7 +14,7 @@ from evostream.cli.common import friendly, say
 
 if TYPE_CHECKING:
     from producers.loading import LoadedModel
-    from stream_processors.risk import RiskPolicy
+    from stream_processors.risk.policy import RiskPolicy
 
 
 def calibrate_model(
@@ -26,7 +26,7 @@ def calibrate_model(
     """A policy for ``loaded``'s family fitted on its steps on ``prompts`` (healthy traffic); hand-set fields come
     from ``base`` (default: the code's fallback)."""
     from producers.reference import run_traced
-    from stream_processors.calibrate import calibrate
+    from stream_processors.risk.calibrate import calibrate
 
     steps = [s for t in run_traced(loaded, prompts, progress=progress) for s in t.steps]
     return calibrate(steps, loaded.version, base)
@@ -46,7 +46,7 @@ def calibrate(
 
     from models.suite.tasks import make_split
     from producers.loading import load_model
-    from stream_processors.risk import RiskPolicy, family_of, policy_path
+    from stream_processors.risk.policy import RiskPolicy, family_of, policy_path
 
     loaded = load_model(model)
     path = Path(out) if out else policy_path(family_of(loaded.version))

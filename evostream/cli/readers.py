@@ -108,7 +108,7 @@ def profile(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Show the latest profiling window of each model: head utilization, layer activity, dormant units, token paths."""
-    from stream_processors.profiling import ProfilePolicy
+    from stream_processors.profiling.window import ProfilePolicy
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = broker(settings)
@@ -116,5 +116,5 @@ def profile(
     for text in shown:
         typer.echo(text)
     if not shown:
-        w, grace = settings.profile_window_s, ProfilePolicy().grace_s
+        w, grace = settings.profile_window_s, ProfilePolicy(window_s=settings.profile_window_s).grace_s
         say(f"no profiles yet (a window is published once it closes: {w} s of event time, or idle for {w + grace} s)")

@@ -11,7 +11,13 @@ import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from evostream.errors import EvoError
+
 LETTERS = string.ascii_lowercase
+
+
+class SuiteError(EvoError):
+    """The suite cannot make what was asked: an unknown task, or more distinct examples than a task has."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,7 @@ def training_stream(seed: int, exclude: frozenset[str], mix: Mapping[str, int] |
     rng = random.Random(f"train/{seed}")
     unknown = set(mix or {}) - {t.name for t in TASKS}
     if unknown:
-        raise ValueError(f"unknown tasks in mix: {sorted(unknown)}")
+        raise SuiteError(f"unknown tasks in mix: {sorted(unknown)}")
     cycle = [t for t in TASKS for _ in range((mix or {}).get(t.name, 1))]
     while True:
         for task in cycle:
@@ -102,7 +108,7 @@ def make_split(split: str, per_task: int, exclude: frozenset[str] = frozenset())
         while len(seen) < per_task:
             tries += 1
             if tries > per_task * 50:
-                raise ValueError(f"task {task.name} cannot make {per_task} distinct {split} examples")
+                raise SuiteError(f"task {task.name} cannot make {per_task} distinct {split} examples")
             prompt, answer = task.make(rng)
             if prompt in seen or prompt in exclude:
                 continue

@@ -31,6 +31,8 @@ from schemas.catalog import ALERTS, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STE
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
 from schemas.tensors import pack_f32
+from stream_processors.drift.tracker import DriftWindows
+from stream_processors.drift.tracker import table_name as drift_table
 from tests.producers.models import tiny
 
 CLI = [sys.executable, "-m", "evostream.cli"]  # the CLI of the checkout under test, not the one on PATH
@@ -281,7 +283,8 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
 def drift_state(kafka: str, app_id: str, model: str) -> dict[str, Any]:
     """The last stored drift state of ``model``, read from the drift table's changelog topic."""
     values: list[bytes] = []
-    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [f"{app_id}-drift-models-changelog"]) as consumer:
+    changelog = f"{app_id}-{drift_table(DriftWindows(96, 48))}-changelog"  # the sizes the Worker's env sets
+    with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [changelog]) as consumer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not values:
             values += [m.value() for m in consumer.poll_batch(1000, 1.0) if m.key() == model.encode()]

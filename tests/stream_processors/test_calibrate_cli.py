@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from stream_processors.risk import RiskPolicy, tunable_fields
+from stream_processors.risk.policy import RiskPolicy, tunable_fields
 
 CLI = [sys.executable, "-m", "evostream.cli"]  # the CLI of the checkout under test, not the one on PATH
 

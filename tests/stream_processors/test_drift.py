@@ -8,9 +8,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from stream_processors.drift import (
+from evostream.errors import FoldError, PolicyError
+from stream_processors.drift.policy import DriftPolicy
+from stream_processors.drift.statistics import (
     DriftDetector,
-    DriftPolicy,
     IntentClusters,
     Window,
     js_divergence_bits,
@@ -102,12 +103,12 @@ def test_small_windows_are_not_judged_and_small_references_refused() -> None:
     centers = rng.normal(size=(2, 8))
     det = DriftDetector(_window(rng, centers, 40, range(10), [0, 1]), DriftPolicy())
     assert det.compare(_window(rng, centers, 5, range(10), [0])) is None
-    with pytest.raises(ValueError, match="reference window"):
+    with pytest.raises(FoldError, match="reference window"):
         DriftDetector(_window(rng, centers, 5, range(10), [0]), DriftPolicy())
 
 
 def test_a_policy_whose_permutations_cannot_reach_its_alpha_is_refused() -> None:
-    with pytest.raises(ValueError, match="cannot reach"):
+    with pytest.raises(PolicyError, match="cannot reach"):
         DriftPolicy(mmd_alpha=0.001, mmd_permutations=300)
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
+from evostream.errors import PolicyError
 from evostream.settings import Settings
 from stream_processors.app import Processors, processors_from_settings
-from stream_processors.drift import DRIFT_POLICY_DIR, DriftPolicy, drift_policy_for, load_drift_policies
-from stream_processors.drift_tracker import DriftTracker, DriftWindows
+from stream_processors.drift.policy import DRIFT_POLICY_DIR, DriftPolicy, drift_policy_for, load_drift_policies
+from stream_processors.drift.tracker import DriftTracker, DriftWindows
 
 
 def test_every_tunable_number_of_the_shipped_drift_policy_says_whether_it_is_fitted_or_hand_set() -> None:
@@ -30,7 +32,7 @@ def test_the_shipped_file_is_the_default_and_the_code_defaults_only_the_fallback
     assert list(shipped) == ["*"] and shipped["*"].name == "drift-default@1"
     assert drift_policy_for(shipped, "evostream/t5-tiny-suite@abc").name == "drift-default@1"
     assert load_drift_policies(tmp_path) == {"*": DriftPolicy()}  # no file: the code defaults
-    assert DriftTracker().policies == shipped
+    assert DriftTracker(load_drift_policies(), DriftWindows(200, 50)).policies == shipped
 
 
 def test_a_family_file_overrides_the_fallback_and_its_numbers_change_what_is_judged(tmp_path: Path) -> None:
@@ -43,13 +45,13 @@ def test_a_family_file_overrides_the_fallback_and_its_numbers_change_what_is_jud
     assert drift_policy_for(policies, "other@1") == base
     # windows of 50 completions are judged under the shipped policy, but refused by one that needs 60
     DriftTracker({"*": base}, DriftWindows(reference_size=100, window_size=50))
-    with pytest.raises(ValueError, match="min_samples 60 of drift policy strict@1"):
+    with pytest.raises(PolicyError, match="min_samples 60 of drift policy strict@1"):
         DriftTracker(policies, DriftWindows(reference_size=100, window_size=50))
 
 
 def test_an_unknown_field_in_a_drift_policy_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text(json.dumps({"name": "x@1", "mmd_alhpa": 0.01}), encoding="utf-8")
-    with pytest.raises(ValueError, match=r"unknown drift policy fields \['mmd_alhpa'\]"):
+    with pytest.raises(PolicyError, match=r"unknown drift policy fields \['mmd_alhpa'\]"):
         load_drift_policies(tmp_path)
 
 
@@ -58,3 +60,10 @@ def test_the_worker_is_built_with_the_shipped_drift_policy(tmp_path: Path) -> No
     procs: Processors = processors_from_settings(settings, "127.0.0.1:1")  # builds the app; connects to nothing
     assert procs.drift_tracker.policies == load_drift_policies()
     assert procs.drift_tracker.windows == DriftWindows(120, 40)
+
+
+def test_a_drift_policy_file_that_is_not_json_is_a_policy_error_that_names_it(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"name": "x@1",', encoding="utf-8")
+    with pytest.raises(PolicyError, match=re.escape(f"{bad}: not a drift policy")):
+        load_drift_policies(tmp_path)

@@ -16,8 +16,8 @@ from producers.generate import GenParams, InstrumentedGenerator
 from producers.loading import load_model
 from producers.records import completion_record
 from producers.steps import TraceMeta
-from stream_processors.drift import DriftPolicy
-from stream_processors.drift_tracker import DriftTracker, DriftWindows
+from stream_processors.drift.policy import DriftPolicy
+from stream_processors.drift.tracker import DriftTracker, DriftWindows
 
 REFERENCE, WINDOW, WINDOWS = 200, 50, 20
 

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from schemas.codec import RecordCodec
-from stream_processors.drift import DriftPolicy
-from stream_processors.drift_tracker import DriftTracker, DriftWindows
+from stream_processors.drift.policy import DriftPolicy
+from stream_processors.drift.tracker import DriftTracker, DriftWindows
 
 CENTERS = np.random.default_rng(7).normal(0, 2, size=(6, 384))
 
@@ -53,9 +53,9 @@ def test_replayed_completions_are_skipped_and_failures_not_counted() -> None:
     recs = [completion(i, i % 2, range(10), rng) for i in range(10)]
     state, _ = feed(tracker, recs)
     again = tracker.on_completion(state, recs[5], 5, 0)
-    assert again.duplicate and len(again.state["reference"]["emb"]) == 10
+    assert again.duplicates == 1 and len(again.state["reference"]["emb"]) == 10
     forwarded_twice = tracker.on_completion(state, recs[5], 11, 0)
-    assert forwarded_twice.duplicate
+    assert forwarded_twice.duplicates == 1
     failed = tracker.on_completion(state, completion(99, 0, range(3), rng, error="boom"), 10, 0)
     assert failed.state["skipped"] == 1 and len(failed.state["reference"]["emb"]) == 10
 

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from schemas.tensors import pack_f32
-from stream_processors.calibrate import calibrate
-from stream_processors.risk import RiskPolicy, TraceRisk, load_policies, policy_for
+from stream_processors.risk.calibrate import calibrate
+from stream_processors.risk.policy import RiskPolicy, load_policies, policy_for
+from stream_processors.risk.score import TraceRisk
 
 L, H = 4, 4
 

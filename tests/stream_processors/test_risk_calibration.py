@@ -11,8 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from stream_processors.calibrate import calibrate
-from stream_processors.risk import POLICY_DIR, RiskPolicy, TraceRisk, load_policies, tunable_fields
+from evostream.errors import CalibrationError, PolicyError
+from stream_processors.risk.calibrate import calibrate
+from stream_processors.risk.policy import POLICY_DIR, RiskPolicy, load_policies, tunable_fields
+from stream_processors.risk.score import TraceRisk
 from tests.stream_processors.test_risk import H, L, step
 
 
@@ -135,5 +137,23 @@ def test_the_policy_loader_ignores_subfolders(tmp_path: Path) -> None:
 
 def test_a_policy_file_without_a_flags_weight_is_refused_when_loaded() -> None:
     text = RiskPolicy().to_json().replace('"high_entropy": 0.5', '"high_entropy_typo": 0.5')
-    with pytest.raises(ValueError, match=re.escape("no weight for ['high_entropy']")):
+    with pytest.raises(PolicyError, match=re.escape("no weight for ['high_entropy']")):
         RiskPolicy.from_json(text)
+
+
+def test_a_reference_run_too_short_to_calibrate_is_a_calibration_error() -> None:
+    steps = reference(traces=3)
+    assert len(steps) < 50
+    with pytest.raises(CalibrationError, match=f"at least 50 steps, got {len(steps)}"):
+        calibrate(steps, "toy@1")
+
+
+def test_a_malformed_policy_file_is_a_policy_error_that_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "good.json").write_text(RiskPolicy().to_json(), encoding="utf-8")
+    bad = tmp_path / "typo.json"
+    bad.write_text(RiskPolicy().to_json().replace('"alert_score"', '"alert_scor"'), encoding="utf-8")
+    with pytest.raises(PolicyError, match=re.escape(f"{bad}: not a risk policy")):
+        load_policies(tmp_path)
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(PolicyError, match=re.escape(f"{bad}: not a risk policy")):
+        load_policies(tmp_path)

@@ -7,8 +7,8 @@ from typing import Any
 
 from schemas.samples import generation_step
 from schemas.tensors import pack_f32
-from stream_processors.risk import RiskPolicy
-from stream_processors.tracker import RiskTracker
+from stream_processors.risk.policy import RiskPolicy
+from stream_processors.risk.tracker import RiskTracker
 
 
 def step(i: int, **changes: Any) -> dict[str, Any]:

@@ -8,22 +8,17 @@ or below the stored one) is recognised and skipped. Counts are neither lost nor 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from stream_processors.risk import Assessment, RiskPolicy, TraceRisk, policy_for
+from stream_processors.fold import Fold
+from stream_processors.risk.policy import RiskPolicy, policy_for
+from stream_processors.risk.score import Assessment, TraceRisk
 
 SEVERITY_RANK = {None: 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}
-
-
-@dataclass
-class Outcome:
-    """The new state of the trace and the records to publish."""
-
-    state: dict[str, Any]
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    duplicate: bool = False
+STATE_LAYOUT = 1
+"""Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
+TABLE = f"risk-traces-v{STATE_LAYOUT}"
+"""The risk table (and, prefixed with the app id, its changelog topic)."""
 
 
 class RiskTracker:
@@ -35,17 +30,17 @@ class RiskTracker:
     def policy(self, model_version: str) -> RiskPolicy:
         return policy_for(self.policies, model_version)
 
-    def on_step(self, state: Mapping[str, Any] | None, step: Mapping[str, Any], offset: int, now_us: int) -> Outcome:
+    def on_step(self, state: Mapping[str, Any] | None, step: Mapping[str, Any], offset: int, now_us: int) -> Fold:
         st = dict(state or {})
         if offset <= st.get("step_offset", -1) or st.get("final"):
-            return Outcome(st, duplicate=True)
+            return Fold(st, duplicates=1)
         model = str(step["model_version"])
         policy = self.policy(model)
         risk = TraceRisk(policy, st.get("risk"))
         assessment = risk.update(step)
         st.update(model_version=model, request_id=step["request_id"], trace_id=step["trace_id"], step_offset=offset,
                   last_step=int(step["step"]), risk=risk.to_state())  # fmt: skip
-        out = Outcome(st)
+        out = Fold(st)
         severity = assessment.severity(policy)
         if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
             st["alerted"] = severity
@@ -59,12 +54,12 @@ class RiskTracker:
 
     def on_completion(
         self, state: Mapping[str, Any] | None, completion: Mapping[str, Any], offset: int, now_us: int
-    ) -> Outcome:
+    ) -> Fold:
         """The FINAL report, once the trace's steps have all arrived: the completion travels on another topic and
         can overtake its last steps, in which case it waits in the state until they are folded."""
         st = dict(state or {})
         if st.get("final") or "completion" in st or offset <= st.get("completion_offset", -1):
-            return Outcome(st, duplicate=True)
+            return Fold(st, duplicates=1)
         model = str(completion["model_version"])
         st.setdefault("trace_id", completion["trace_id"])
         st.setdefault("request_id", completion["request_id"])
@@ -73,14 +68,12 @@ class RiskTracker:
         pending = {"token_count": expected, "finish_reason": completion.get("finish_reason"),
                    "error": completion.get("error")}  # fmt: skip
         st.update(completion=pending, completion_offset=offset)
-        out = Outcome(st)
+        out = Fold(st)
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
             self._finish(st, pending, self.policy(model), now_us, out)
         return out
 
-    def _finish(
-        self, st: dict[str, Any], done: Mapping[str, Any], policy: RiskPolicy, now_us: int, out: Outcome
-    ) -> None:
+    def _finish(self, st: dict[str, Any], done: Mapping[str, Any], policy: RiskPolicy, now_us: int, out: Fold) -> None:
         assessment = TraceRisk(policy, st.get("risk")).assess()
         if done.get("finish_reason") == "ERROR":
             assessment = Assessment(assessment.score, (*assessment.flags, "generation_error"), assessment.blamed_layers,

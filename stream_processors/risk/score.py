@@ -3,7 +3,7 @@ one-line reason.
 
 ``TraceRisk`` folds GenerationStep records of one trace in order; its state is a plain dict (``to_state`` /
 ``from_state``) so a stream processor can keep it in a changelog-backed table. Thresholds come from a
-``RiskPolicy`` calibrated on a reference run of the same model family (``stream_processors.calibrate``); every
+``RiskPolicy`` calibrated on a reference run of the same model family (``stream_processors.risk.calibrate``); every
 number a policy holds is either fitted there or hand-set in the policy file, and its ``notes`` say which.
 
 Flags:
@@ -24,193 +24,15 @@ Flags:
 from __future__ import annotations
 
 import base64
-import json
 import math
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from schemas.tensors import step_heads, step_layers
-
-F64 = npt.NDArray[np.float64]
-EPS = 1e-6
-"""Keeps log(|x| + EPS) finite for exact zeros: a numerical guard, not a tunable."""
-
-
-def position_bucket(step: int, buckets: Sequence[int] = (0, 1, 2, 3, 8)) -> int:
-    """Index of the last bucket start at or below ``step``."""
-    b = 0
-    for i, lo in enumerate(buckets):
-        if step >= lo:
-            b = i
-    return b
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """Mean and standard deviation per position bucket of a per-layer (or per-layer-per-head) log statistic."""
-
-    mean: list[Any]
-    std: list[Any]
-
-    def z(self, bucket: int, values: F64, std_floor: float) -> F64 | None:
-        if not self.mean or bucket >= len(self.mean):
-            return None
-        mu, sd = np.asarray(self.mean[bucket]), np.asarray(self.std[bucket])
-        if mu.shape != values.shape:
-            return None
-        out: F64 = (values - mu) / np.maximum(sd, std_floor)
-        return out
-
-
-FLAGS = ("nonfinite_hidden", "repetition_loop", "mid_layer_anomaly", "attention_collapse", "high_entropy")
-
-HAND_SET_NOTES: dict[str, str] = {
-    "position_buckets": "hand-set: decoding positions 0, 1, 2, 3-7 and 8+ get their own baselines, because a "
-    "seq2seq decoder's first steps look unlike its later ones; finer buckets would starve on short answers",
-    "z_std_floor": "hand-set: a statistic that never varied on the reference (sd 0) is judged against this sd "
-    "instead, so one ulp of change is not an infinite z",
-    "weights": "hand-set: how far each flag alone moves the score (noisy-OR); a non-finite state is certain, a "
-    "loop nearly so, the statistical flags are evidence rather than proof",
-    "entropy_weight": "hand-set: the most the continuous mean-entropy term adds to the score (it approaches this "
-    "as mean entropy grows, half-way at entropy_bits), so scores rank unflagged traces too; whether it alone "
-    "can alert depends on the fitted alert_score",
-    "entropy_bits": "hand-set: uncalibrated fallback, well above the healthy entropy of small models",
-    "high_entropy_share": "hand-set: high_entropy needs this share of the steps, so one hesitant token is not a flag",
-    "min_steps": "hand-set: and at least this many steps, so a 1-token answer cannot be 'mostly uncertain'",
-    "repeat_window": "hand-set: tokens (and hidden signatures) kept per trace for the loop test; bounds the state",
-    "repeat_max_period": "hand-set: longest loop period looked for",
-    "repeat_min_cycles": "hand-set: cycles before a period counts as a loop; 4 keeps doubled letters and short "
-    "legitimate repeats out",
-    "hidden_repeat_ratio": "hand-set: steps p apart 'repeat' when their hidden signatures are this much closer than "
-    "the window's median distance between steps up to 2 * repeat_max_period apart",
-    "collapse_z": "hand-set: uncalibrated fallback",
-    "collapse_head_share": "hand-set: attention_collapse needs this share of all heads low on one step, so one "
-    "quiet head is not a collapse",
-    "blowup_z": "hand-set: uncalibrated fallback",
-    "alert_score": "hand-set: uncalibrated fallback: any one flag alerts",
-    "critical_score": "hand-set: uncalibrated fallback: two flags together are CRITICAL",
-    "flag_rate": "hand-set: calibration target: share of healthy reference traces allowed to raise each "
-    "statistical flag (high_entropy, attention_collapse, mid_layer_anomaly)",
-    "alert_rate": "hand-set: calibration target: share of healthy reference traces allowed to alert (WARNING or "
-    "worse, early or final)",
-    "critical_rate": "hand-set: calibration target: share of healthy reference traces allowed to be CRITICAL",
-    "z_margin": "hand-set: the fitted z thresholds are pushed this factor beyond the reference tail, because the "
-    "baselines are fitted on the same steps (in-sample z is optimistic)",
-    "heads": "hand-set: uncalibrated fallback has no baseline (attention_collapse cannot fire)",
-    "norm_ratio": "hand-set: uncalibrated fallback has no baseline (mid_layer_anomaly cannot fire)",
-}
-"""Why each number of the uncalibrated fallback is what it is; the calibrator replaces the notes of what it fits."""
-
-
-@dataclass(frozen=True)
-class RiskPolicy:
-    """Thresholds for one model family; ``name`` (with its version) is quoted in every alert.
-
-    The defaults are the uncalibrated fallback. ``notes`` maps every tunable field (``tunable_fields()``) to a line
-    that starts "fitted: " (how, from what) or "hand-set: " (and why)."""
-
-    name: str = "uncalibrated@1"
-    family: str = "*"
-    position_buckets: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 8])
-    z_std_floor: float = 0.05
-    weights: dict[str, float] = field(
-        default_factory=lambda: {
-            "nonfinite_hidden": 1.0,
-            "repetition_loop": 0.7,
-            "mid_layer_anomaly": 0.6,
-            "attention_collapse": 0.5,
-            "high_entropy": 0.5,
-        }
-    )
-    entropy_weight: float = 0.3
-    entropy_bits: float = 4.0
-    high_entropy_share: float = 0.3
-    min_steps: int = 3
-    repeat_window: int = 48
-    repeat_max_period: int = 8
-    repeat_min_cycles: int = 4
-    hidden_repeat_ratio: float = 0.05
-    collapse_z: float = -6.0
-    collapse_head_share: float = 0.25
-    blowup_z: float = 8.0
-    alert_score: float = 0.5
-    critical_score: float = 0.8
-    flag_rate: float = 0.005
-    alert_rate: float = 0.005
-    critical_rate: float = 0.001
-    z_margin: float = 1.25
-    heads: Baseline = field(default_factory=lambda: Baseline([], []))
-    """log(head signal + eps) per bucket, [layer][head]."""
-    norm_ratio: Baseline = field(default_factory=lambda: Baseline([], []))
-    """log(hidden L2 of layer l / hidden L2 of layer 0) per bucket, [layer]."""
-    notes: dict[str, str] = field(default_factory=lambda: dict(HAND_SET_NOTES))
-    calibration: dict[str, Any] = field(default_factory=dict)
-    """Where the numbers came from: model version, traces, steps, date."""
-
-    def __post_init__(self) -> None:
-        missing = set(FLAGS) - set(self.weights)
-        if missing:  # a hand-edited policy file would otherwise fail on the first trace that raises the flag
-            raise ValueError(f"risk policy {self.name}: no weight for {sorted(missing)}")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> RiskPolicy:
-        d = json.loads(text)
-        d["heads"] = Baseline(**d.get("heads", {"mean": [], "std": []}))
-        d["norm_ratio"] = Baseline(**d.get("norm_ratio", {"mean": [], "std": []}))
-        return cls(**d)
-
-    def bucket(self, step: int) -> int:
-        return position_bucket(step, self.position_buckets)
-
-    def head_z(self, step: int, heads: F64) -> F64 | None:
-        """z of log(head signal) against this decoding position's baseline; None without a matching baseline."""
-        return self.heads.z(self.bucket(step), log_magnitude(heads), self.z_std_floor)
-
-    def norm_z(self, step: int, l2: F64) -> F64 | None:
-        """z of log(hidden L2 of layers 1.. / layer 0) against this position's baseline."""
-        if len(l2) < 2:
-            return None
-        return self.norm_ratio.z(self.bucket(step), log_magnitude(l2[1:]) - log_magnitude(l2[:1]), self.z_std_floor)
-
-
-def tunable_fields() -> tuple[str, ...]:
-    """The RiskPolicy fields that hold a number someone chose or fitted (all but identity and bookkeeping)."""
-    return tuple(f.name for f in fields(RiskPolicy) if f.name not in ("name", "family", "notes", "calibration"))
-
-
-POLICY_DIR = Path(__file__).parent / "policies"
-
-
-def family_of(model_version: str) -> str:
-    """``name@hash`` -> ``name``."""
-    return model_version.split("@", 1)[0]
-
-
-def policy_path(family: str, folder: Path = POLICY_DIR) -> Path:
-    """Where the policy of ``family`` lives: its name with anything unsafe in a file name replaced by ``__``."""
-    return folder / (re.sub(r"[^A-Za-z0-9._-]+", "__", family) + ".json")
-
-
-def load_policies(folder: Path = POLICY_DIR) -> dict[str, RiskPolicy]:
-    """Every ``*.json`` policy in ``folder``, by family."""
-    out = {}
-    for path in sorted(folder.glob("*.json")):
-        p = RiskPolicy.from_json(path.read_text(encoding="utf-8"))
-        out[p.family] = p
-    return out
-
-
-def policy_for(policies: Mapping[str, RiskPolicy], model_version: str) -> RiskPolicy:
-    return policies.get(family_of(model_version)) or policies.get("*") or RiskPolicy()
+from stream_processors.risk.policy import RiskPolicy, log_magnitude
 
 
 @dataclass(frozen=True)
@@ -226,11 +48,6 @@ class Assessment:
         if "nonfinite_hidden" in self.flags or self.score >= policy.critical_score:
             return "CRITICAL"
         return "WARNING" if self.score >= policy.alert_score else None
-
-
-def log_magnitude(x: npt.ArrayLike) -> F64:
-    """log(|x| + eps): the scale on which baselines and signatures are compared."""
-    return np.log(np.abs(np.asarray(x, dtype=np.float64)) + EPS)
 
 
 def _period(seq: Sequence[Any], max_period: int, min_cycles: int, same: Any = None) -> int:

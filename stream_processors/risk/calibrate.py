@@ -30,8 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from evostream.errors import CalibrationError
 from schemas.tensors import step_heads, step_layers
-from stream_processors.risk import F64, Baseline, RiskPolicy, TraceRisk, family_of, log_magnitude
+from stream_processors.risk.policy import F64, Baseline, RiskPolicy, family_of, log_magnitude
+from stream_processors.risk.score import TraceRisk
 
 MIN_STEPS = 50
 MIN_PER_BUCKET = 5
@@ -45,11 +47,11 @@ def calibrate(steps: Iterable[Mapping[str, Any]], model_version: str, base: Risk
     traces: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for s in steps:
         if any(s["layer_nonfinite"]):
-            raise ValueError(f"reference step {s['trace_id']}/{s['step']} has non-finite hidden states")
+            raise CalibrationError(f"reference step {s['trace_id']}/{s['step']} has non-finite hidden states")
         traces[str(s["trace_id"])].append(s)
     n_steps = sum(len(v) for v in traces.values())
     if n_steps < MIN_STEPS:
-        raise ValueError(f"a reference run needs at least {MIN_STEPS} steps, got {n_steps}")
+        raise CalibrationError(f"a reference run needs at least {MIN_STEPS} steps, got {n_steps}")
     for v in traces.values():
         v.sort(key=lambda s: int(s["step"]))
 

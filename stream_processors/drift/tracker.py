@@ -13,25 +13,34 @@ from __future__ import annotations
 import base64
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from stream_processors.drift import (
-    DriftDetector,
-    DriftPolicy,
-    DriftResult,
-    Window,
-    drift_policy_for,
-    load_drift_policies,
-)
+from evostream.errors import PolicyError
+from stream_processors.drift.policy import DriftPolicy, drift_policy_for
+from stream_processors.drift.statistics import DriftDetector, DriftResult, Window
+from stream_processors.fold import Fold
 
 
 @dataclass(frozen=True)
 class DriftWindows:
-    reference_size: int = 200
-    window_size: int = 50
+    """Window sizes, in completions; the values come from Settings (drift_reference_size, drift_window_size)."""
+
+    reference_size: int
+    window_size: int
+
+
+STATE_LAYOUT = 1
+"""Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
+
+
+def table_name(windows: DriftWindows) -> str:
+    """The drift table (and, prefixed with the app id, its changelog topic): it names the state's layout and the
+    window sizes, so a worker started with other sizes begins a new state rather than reading windows cut to the
+    old ones."""
+    return f"drift-models-v{STATE_LAYOUT}-ref{windows.reference_size}-win{windows.window_size}"
 
 
 def _pack(embedding: Sequence[float]) -> str:
@@ -55,34 +64,23 @@ def _window(w: Mapping[str, Any]) -> Window:
     return out
 
 
-@dataclass
-class DriftOutcome:
-    state: dict[str, Any]
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    duplicate: bool = False
-
-
 class DriftTracker:
     """Windows of completions per model version, judged with the drift policy of the version's family: one
     ``DriftPolicy`` for every family, or policies by family ("*" the fallback); by default the shipped files
     (``load_drift_policies``)."""
 
-    def __init__(
-        self, policy: DriftPolicy | Mapping[str, DriftPolicy] | None = None, windows: DriftWindows | None = None
-    ) -> None:
-        if policy is None:
-            policy = load_drift_policies()
+    def __init__(self, policy: DriftPolicy | Mapping[str, DriftPolicy], windows: DriftWindows) -> None:
         self.policies = {"*": policy} if isinstance(policy, DriftPolicy) else dict(policy)
-        self.windows = windows or DriftWindows()
+        self.windows = windows
         for p in self.policies.values():
             if self.windows.window_size < p.min_samples:
-                raise ValueError(f"window_size {self.windows.window_size} is below the min_samples {p.min_samples} "
+                raise PolicyError(f"window_size {self.windows.window_size} is below the min_samples {p.min_samples} "
                                  f"of drift policy {p.name}")  # fmt: skip
         self._detectors: dict[tuple[str, int], DriftDetector] = {}
 
     def on_completion(
         self, state: Mapping[str, Any] | None, completion: Mapping[str, Any], offset: int, now_us: int
-    ) -> DriftOutcome:
+    ) -> Fold:
         st = dict(state or {"reference": _empty(), "window": _empty(), "offset": -1, "windows": 0, "skipped": 0})
         trace = str(completion["trace_id"])
         recent = st.get("recent", [])
@@ -91,12 +89,12 @@ class DriftTracker:
             # the same input again (a replay), or the same completion forwarded again by a repartition: a restarted
             # worker replays its source topic from the last commit and forwards those completions a second time,
             # at new offsets of the repartition topic, possibly after their window was reported
-            return DriftOutcome(st, duplicate=True)
+            return Fold(st, duplicates=1)
         st["offset"] = offset
         if completion.get("error") or not completion.get("prompt_embedding"):
             st["skipped"] += 1  # failed requests and requests without an embedding are not traffic to compare
             st["recent"] = self._remember(recent, [trace])
-            return DriftOutcome(st)
+            return Fold(st)
         at = int(completion["completed_at_us"])
         building = len(st["reference"]["emb"]) < self.windows.reference_size
         target = st["reference"] if building else st["window"]
@@ -110,7 +108,7 @@ class DriftTracker:
         target["start_us"] = at if not target["start_us"] else min(target["start_us"], at)
         target["end_us"] = max(target["end_us"], at)
         st["reference" if building else "window"] = target
-        out = DriftOutcome(st)
+        out = Fold(st)
         if not building and len(target["emb"]) >= self.windows.window_size:
             model = str(completion["model_version"])
             result = self._detector(model, st).compare(_window(target))

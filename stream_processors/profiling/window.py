@@ -23,12 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from evostream.errors import FoldError
 from schemas.tensors import step_heads, step_layers
 
 
 @dataclass(frozen=True)
 class ProfilePolicy:
-    window_s: int = 60
+    window_s: int
+    """Tumbling window, seconds of event time: from Settings (profile_window_s)."""
     ngram: int = 3
     top_paths: int = 20
     max_paths: int = 4000
@@ -131,7 +133,7 @@ class ProfileWindow:
         if not self.neuron_counts:
             self.neuron_counts = [[0] * len(layer) for layer in counts]
         if [len(x) for x in counts] != [len(x) for x in self.neuron_counts]:
-            raise ValueError("neuron count snapshot does not match the model's FFN shape")
+            raise FoldError("neuron count snapshot does not match the model's FFN shape")
         self.neuron_counts = [[a + b for a, b in zip(x, y, strict=True)] for x, y in zip(self.neuron_counts, counts,
                                                                                           strict=True)]  # fmt: skip
         self.neuron_steps += steps
@@ -177,72 +179,3 @@ class ProfileWindow:
             ],
             "produced_at_us": produced_at_us,
         }
-
-
-class ProfileTracker:
-    """Tumbling event-time windows per model version: folds batches of steps, closes windows into snapshots.
-
-    A step older than the open window is folded into it (late data is counted, not dropped); a step of a later
-    window closes the open one first. When traffic stops, ``on_tick`` closes a window once the clock is
-    ``grace_s`` past its end. The state keeps each trace's last folded step of the window closed last, so a
-    replay after a restart that reaches back into that window is skipped rather than counted again."""
-
-    def __init__(self, policy: ProfilePolicy | None = None) -> None:
-        self.policy = policy or ProfilePolicy()
-
-    def on_steps(
-        self, model: str, state: Mapping[str, Any] | None, steps: Sequence[Mapping[str, Any]], now_us: int
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
-        """New state, snapshots of closed windows, and how many steps were duplicates."""
-        st = dict(state or {"window_start": None, "window": None})
-        snapshots, duplicates = [], 0
-        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
-        for step in sorted(steps, key=lambda s: int(s["emitted_at_us"])):
-            start = window_of(int(step["emitted_at_us"]), self.policy.window_s)
-            if win is None or start > st["window_start"]:
-                if win is not None and win.steps:
-                    snapshots.append(win.snapshot(model, now_us))
-                    st["closed"] = dict(win.applied)
-                win, st["window_start"] = ProfileWindow(self.policy), start
-            # a replay can reach back past the last window closed (offsets are committed after the state is
-            # written): its steps are recognised there, not folded into the open window a second time
-            if int(step["step"]) <= st.get("closed", {}).get(str(step["trace_id"]), -1) or not win.add_step(step):
-                duplicates += 1
-        st["window"] = win.to_state() if win is not None else None
-        return st, snapshots, duplicates
-
-    def on_neurons(
-        self, model: str, state: Mapping[str, Any] | None, snap: Mapping[str, Any], now_us: int
-    ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
-        """Fold a producer's NeuronCounts record into the window of its end time: new state, closed windows, and
-        whether it was a duplicate (already folded)."""
-        st = dict(state or {"window_start": None, "window": None})
-        at = int(snap["window_end_us"])
-        start = window_of(at, self.policy.window_s)
-        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
-        closed = []
-        if win is None or start > st["window_start"]:
-            if win is not None and win.steps:
-                closed.append(win.snapshot(model, now_us))
-            win, st["window_start"] = ProfileWindow(self.policy), start
-        if snap["snapshot_id"] in win.snapshot_ids:
-            return st, closed, True
-        counts = np.frombuffer(snap["counts"], dtype="<i4").reshape(snap["num_layers"], snap["ffn_width"])
-        win.add_neuron_counts(counts.tolist(), int(snap["steps"]), at)
-        win.snapshot_ids.append(str(snap["snapshot_id"]))
-        st["window"] = win.to_state()
-        return st, closed, False
-
-    def on_tick(self, model: str, state: Mapping[str, Any], now_us: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        st = dict(state)
-        if st.get("window") is None:
-            return st, []
-        end = st["window_start"] + (self.policy.window_s + self.policy.grace_s) * 1_000_000
-        if now_us < end:
-            return st, []
-        win = ProfileWindow(self.policy, st["window"])
-        st["window"] = None
-        if not win.steps:
-            return st, []
-        st["closed"] = dict(win.applied)
-        return st, [win.snapshot(model, now_us)]

@@ -1,0 +1,89 @@
+"""Profiling per model version as a fold over stored state: tumbling event-time windows of steps and neuron counts,
+closed into ProfileSnapshot records (pure, no Faust)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from stream_processors.fold import Fold
+from stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
+
+STATE_LAYOUT = 1
+"""Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
+
+
+def table_name(policy: ProfilePolicy) -> str:
+    """The profiling table (and, prefixed with the app id, its changelog topic): it names the state's layout, the
+    window length and the n-gram size, so a worker started with others never folds into windows cut differently."""
+    return f"profile-models-v{STATE_LAYOUT}-{policy.window_s}s-{policy.ngram}gram"
+
+
+class ProfileTracker:
+    """Tumbling event-time windows per model version: folds batches of steps, closes windows into snapshots.
+
+    A step older than the open window is folded into it (late data is counted, not dropped); a step of a later
+    window closes the open one first. When traffic stops, ``on_tick`` closes a window once the clock is
+    ``grace_s`` past its end. The state keeps each trace's last folded step of the window closed last, so a
+    replay after a restart that reaches back into that window is skipped rather than counted again."""
+
+    def __init__(self, policy: ProfilePolicy) -> None:
+        self.policy = policy
+
+    def on_steps(
+        self, model: str, state: Mapping[str, Any] | None, steps: Sequence[Mapping[str, Any]], now_us: int
+    ) -> Fold:
+        """New state, snapshots of closed windows (``reports``), and how many steps were duplicates."""
+        st = dict(state or {"window_start": None, "window": None})
+        snapshots, duplicates = [], 0
+        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
+        for step in sorted(steps, key=lambda s: int(s["emitted_at_us"])):
+            start = window_of(int(step["emitted_at_us"]), self.policy.window_s)
+            if win is None or start > st["window_start"]:
+                if win is not None and win.steps:
+                    snapshots.append(win.snapshot(model, now_us))
+                    st["closed"] = dict(win.applied)
+                win, st["window_start"] = ProfileWindow(self.policy), start
+            # a replay can reach back past the last window closed (offsets are committed after the state is
+            # written): its steps are recognised there, not folded into the open window a second time
+            if int(step["step"]) <= st.get("closed", {}).get(str(step["trace_id"]), -1) or not win.add_step(step):
+                duplicates += 1
+        st["window"] = win.to_state() if win is not None else None
+        return Fold(st, snapshots, duplicates=duplicates)
+
+    def on_neurons(self, model: str, state: Mapping[str, Any] | None, snap: Mapping[str, Any], now_us: int) -> Fold:
+        """Fold a producer's NeuronCounts record into the window of its end time: new state, closed windows, and
+        whether it was a duplicate (already folded: ``duplicates`` 1)."""
+        st = dict(state or {"window_start": None, "window": None})
+        at = int(snap["window_end_us"])
+        start = window_of(at, self.policy.window_s)
+        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
+        closed = []
+        if win is None or start > st["window_start"]:
+            if win is not None and win.steps:
+                closed.append(win.snapshot(model, now_us))
+            win, st["window_start"] = ProfileWindow(self.policy), start
+        if snap["snapshot_id"] in win.snapshot_ids:
+            return Fold(st, closed, duplicates=1)
+        counts = np.frombuffer(snap["counts"], dtype="<i4").reshape(snap["num_layers"], snap["ffn_width"])
+        win.add_neuron_counts(counts.tolist(), int(snap["steps"]), at)
+        win.snapshot_ids.append(str(snap["snapshot_id"]))
+        st["window"] = win.to_state()
+        return Fold(st, closed)
+
+    def on_tick(self, model: str, state: Mapping[str, Any], now_us: int) -> Fold:
+        """Close the open window once the clock is ``grace_s`` past its end, with no step to close it."""
+        st = dict(state)
+        if st.get("window") is None:
+            return Fold(st)
+        end = st["window_start"] + (self.policy.window_s + self.policy.grace_s) * 1_000_000
+        if now_us < end:
+            return Fold(st)
+        win = ProfileWindow(self.policy, st["window"])
+        st["window"] = None
+        if not win.steps:
+            return Fold(st)
+        st["closed"] = dict(win.applied)
+        return Fold(st, [win.snapshot(model, now_us)])
