@@ -7,6 +7,10 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DEFAULT_BROKER_PORT = 9092
+"""Kafka's usual port: where the local broker listens, and where clients look when no stack runs and no address
+is set (also when ``broker_port`` is 0, which asks the launcher for a free one)."""
+
 
 def _home(*parts: str) -> Path:
     return Path.home().joinpath(*parts)
@@ -41,7 +45,7 @@ class Settings(BaseSettings):
     serve_max_wait_ms: int = Field(default=5, ge=0, description="How long the service waits to fill a batch.")
     kafka_version: str = "4.1.2"
     log4j_version: str = "2.24.3"
-    broker_port: int = Field(default=9092, ge=0, le=65535, description="0 picks a free port.")
+    broker_port: int = Field(default=DEFAULT_BROKER_PORT, ge=0, le=65535, description="0 picks a free port.")
     controller_port: int = Field(default=9093, ge=0, le=65535, description="0 picks a free port.")
     broker_heap: str = "1g"
     ready_timeout_s: float = 60.0

@@ -64,13 +64,18 @@ class Generated:
 
 
 StepCallback = Callable[[StepBatch], None]
+MAX_PROMPT_TOKENS = 512
+"""The longest prompt a generator accepts unless told otherwise (the service's limit too)."""
+MAX_NEW_TOKENS_LIMIT = 1024
+"""The most new tokens a request may ask for unless told otherwise (the service's limit too)."""
 
 
 class InstrumentedGenerator:
     """Generates for a batch of prompts with a model, reporting every step's statistics."""
 
-    def __init__(self, loaded: LoadedModel, signal: AttentionSignal | None = None, max_prompt_tokens: int = 512,
-                 max_new_tokens_limit: int = 1024, *, instrument: bool = True) -> None:  # fmt: skip
+    def __init__(self, loaded: LoadedModel, signal: AttentionSignal | None = None,
+                 max_prompt_tokens: int = MAX_PROMPT_TOKENS, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT, *,
+                 instrument: bool = True) -> None:  # fmt: skip
         """``instrument=False`` builds the bare decoding loop: no hook is registered and no statistic is computed,
         only the tokens are chosen, so a benchmark can tell the loop's own cost from the instrumentation's. Such a
         generator refuses an ``on_step`` callback, since it has no step statistics to report."""

@@ -25,7 +25,14 @@ from evostream.errors import DecodeError, EvoError
 from producers.client import prompt_problem
 from producers.embedding import PromptEmbedder
 from producers.emitter import StepEmitter
-from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
+from producers.generate import (
+    MAX_NEW_TOKENS_LIMIT,
+    MAX_PROMPT_TOKENS,
+    Generated,
+    GenerationError,
+    GenParams,
+    InstrumentedGenerator,
+)
 from producers.loading import LoadedModel
 from producers.records import TokenTexts, completion_record
 from producers.steps import StepBatch, TraceMeta
@@ -43,8 +50,8 @@ class ServeOptions:
 
     max_batch: int
     max_wait_ms: int
-    max_prompt_tokens: int = 512
-    max_new_tokens_limit: int = 1024
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS
+    max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from evostream.bus.admin import cluster_metadata, ensure_topics
 from evostream.errors import BrokerStartError, BrokerUnavailableError, PortInUseError, StackError
-from evostream.settings import Settings
+from evostream.settings import DEFAULT_BROKER_PORT, Settings
 from evostream.stack.config import server_properties
 from evostream.stack.jars import resolve_kafka_libs, uses_log4j2
 from evostream.stack.java import find_java
@@ -291,4 +291,4 @@ def resolve_bootstrap(settings: Settings) -> str:
     state = LocalStack(settings).read_state()
     if state is not None:
         return state.bootstrap
-    return f"{HOST}:{settings.broker_port or 9092}"
+    return f"{HOST}:{settings.broker_port or DEFAULT_BROKER_PORT}"
