@@ -274,16 +274,18 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
                                                           counters)  # fmt: skip
     # drift: reference 20, one window of 20 reported once, 10 completions in the open window (the stored state)
     assert [r["sample_count"] for r in drifts if r["model_version"] == model] == [20]
-    state = drift_state(kafka, w.env["EVOSTREAM_PROCESSORS_APP_ID"], model)
+    state = drift_state(kafka, w.env, model)
     ref, cur = state["reference"]["traces"], state["window"]["traces"]
     assert (len(ref), len(cur), state["windows"]) == (20, 10, 1)
     assert len(set(ref) | set(cur)) == 30 and set(ref) | set(cur) <= set(traces)
 
 
-def drift_state(kafka: str, app_id: str, model: str) -> dict[str, Any]:
-    """The last stored drift state of ``model``, read from the drift table's changelog topic."""
+def drift_state(kafka: str, env: dict[str, str], model: str) -> dict[str, Any]:
+    """The last stored drift state of ``model``, read from the changelog of the drift table of the worker run with
+    ``env`` (its name carries the window sizes)."""
     values: list[bytes] = []
-    changelog = f"{app_id}-{drift_table(DriftWindows(96, 48))}-changelog"  # the sizes the Worker's env sets
+    windows = DriftWindows(int(env["EVOSTREAM_DRIFT_REFERENCE_SIZE"]), int(env["EVOSTREAM_DRIFT_WINDOW_SIZE"]))
+    changelog = f"{env['EVOSTREAM_PROCESSORS_APP_ID']}-{drift_table(windows)}-changelog"
     with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [changelog]) as consumer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not values:
