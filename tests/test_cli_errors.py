@@ -53,3 +53,10 @@ def test_a_reader_without_a_broker_says_so_in_one_line() -> None:
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no Kafka broker answers at"), done.stderr
+
+
+def test_loading_the_cli_loads_no_model_code() -> None:
+    # every command imports the whole CLI: one that needs no model (stack, process, readers) must not pay for torch
+    code = "import sys, evostream.cli; print(sorted(m for m in ('torch', 'transformers', 'faust') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

@@ -15,11 +15,6 @@ from evostream.bus.reader import TopicReader
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.errors import EvoError
 from evostream.settings import Settings, load_settings
-from models.suite.tasks import make_split
-from producers.client import InferenceClient
-from producers.embedding import PromptEmbedder
-from producers.loading import load_model
-from producers.service import InferenceService, ServeOptions
 from schemas.catalog import RISK
 
 
@@ -44,6 +39,13 @@ DEMO_WAIT_MS = 20
 def run_demo(
     bootstrap: str, settings: Settings, say: Callable[[str], None], timeout_s: float = 120.0
 ) -> list[DemoAnswer]:
+    # imported here, not at the top: every command imports this module, and only the demo needs torch
+    from models.suite.tasks import make_split
+    from producers.client import InferenceClient
+    from producers.embedding import PromptEmbedder
+    from producers.loading import load_model
+    from producers.service import InferenceService, ServeOptions
+
     loaded = load_model("default")
     options = ServeOptions(
         max_batch=settings.serve_max_batch, max_wait_ms=max(settings.serve_max_wait_ms, DEMO_WAIT_MS)
