@@ -161,10 +161,19 @@ class RiskPolicy:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> RiskPolicy:
-        d = json.loads(text)
-        d["heads"] = Baseline(**d.get("heads", {"mean": [], "std": []}))
-        d["norm_ratio"] = Baseline(**d.get("norm_ratio", {"mean": [], "std": []}))
+    def from_json(cls, text: str, source: str = "<json>") -> RiskPolicy:
+        """A policy file holds every field but ``calibration``: a missing one is refused, not filled with the code
+        default, which is the uncalibrated fallback's number and would be quoted as this policy's own."""
+        d: dict[str, Any] = json.loads(text)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{source}: unknown risk policy fields {unknown}")
+        missing = [f for f in ("name", "family", *tunable_fields(), "notes") if f not in d]
+        if missing:
+            raise ValueError(f"{source}: risk policy {d.get('name', '?')} lacks {missing} (every field must be in the "
+                             "file; the code defaults are only the fallback when no file exists)")  # fmt: skip
+        d["heads"] = Baseline(**d["heads"])
+        d["norm_ratio"] = Baseline(**d["norm_ratio"])
         return cls(**d)
 
     def bucket(self, step: int) -> int:
@@ -198,7 +207,7 @@ def load_policies(folder: Path = POLICY_DIR) -> dict[str, RiskPolicy]:
     """Every ``*.json`` policy in ``folder``, by family."""
     out = {}
     for path in sorted(folder.glob("*.json")):
-        p = RiskPolicy.from_json(path.read_text(encoding="utf-8"))
+        p = RiskPolicy.from_json(path.read_text(encoding="utf-8"), str(path))
         out[p.family] = p
     return out
 

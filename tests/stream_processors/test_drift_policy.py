@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -58,3 +59,16 @@ def test_the_worker_is_built_with_the_shipped_drift_policy(tmp_path: Path) -> No
     procs: Processors = processors_from_settings(settings, "127.0.0.1:1")  # builds the app; connects to nothing
     assert procs.drift_tracker.policies == load_drift_policies()
     assert procs.drift_tracker.windows == DriftWindows(120, 40)
+
+
+@pytest.mark.parametrize("dropped", [["mmd_alpha"], ["psi_shift", "min_samples"], ["family"]])
+def test_a_drift_policy_file_missing_a_field_is_refused_not_filled_with_the_code_default(
+    tmp_path: Path, dropped: list[str]
+) -> None:
+    raw = json.loads(DRIFT_POLICY_DIR.joinpath("default.json").read_text(encoding="utf-8"))
+    for name in dropped:
+        del raw[name]
+    path = tmp_path / "default.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: drift policy drift-default@1 lacks {dropped}")):
+        load_drift_policies(tmp_path)

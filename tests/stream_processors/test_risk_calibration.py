@@ -3,6 +3,7 @@ hand-set."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -137,3 +138,24 @@ def test_a_policy_file_without_a_flags_weight_is_refused_when_loaded() -> None:
     text = RiskPolicy().to_json().replace('"high_entropy": 0.5', '"high_entropy_typo": 0.5')
     with pytest.raises(ValueError, match=re.escape("no weight for ['high_entropy']")):
         RiskPolicy.from_json(text)
+
+
+@pytest.mark.parametrize("dropped", [["entropy_bits"], ["weights", "heads"], ["notes"], ["family"]])
+def test_a_policy_file_missing_a_field_is_refused_not_filled_with_the_code_default(
+    tmp_path: Path, dropped: list[str]
+) -> None:
+    raw = json.loads(RiskPolicy(name="toy@1", family="toy", entropy_bits=1.25).to_json())
+    for name in dropped:
+        del raw[name]
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(f"{path}: risk policy toy@1 lacks {dropped}")):
+        load_policies(tmp_path)
+
+
+def test_a_policy_file_with_every_field_but_calibration_loads_as_written(tmp_path: Path) -> None:
+    policy = RiskPolicy(name="toy@1", family="toy", entropy_bits=1.25)
+    raw = json.loads(policy.to_json())
+    del raw["calibration"]  # bookkeeping, not a number anything is judged by
+    (tmp_path / "toy.json").write_text(json.dumps(raw), encoding="utf-8")
+    assert load_policies(tmp_path) == {"toy": policy}
