@@ -183,6 +183,13 @@ class RiskPolicy:
         """z of log(head signal) against this decoding position's baseline; None without a matching baseline."""
         return self.heads.z(self.bucket(step), log_magnitude(heads), self.z_std_floor)
 
+    def entropy_alone_alerts_at(self) -> float | None:
+        """Mean entropy (bits) from which the continuous entropy term alone, with no flag raised, reaches
+        alert_score: entropy_weight * m / (m + entropy_bits) >= alert_score solved for m. None when alert_score is
+        not below entropy_weight (the term alone never alerts). Below all flags, the alert is this threshold."""
+        w, a = self.entropy_weight, self.alert_score
+        return a * self.entropy_bits / (w - a) if 0 < a < w else None
+
     def norm_z(self, step: int, l2: F64) -> F64 | None:
         """z of log(hidden L2 of layers 1.. / layer 0) against this position's baseline."""
         if len(l2) < 2:
