@@ -11,12 +11,13 @@ Throughput: N step events (T traces) and T completions are produced first; then 
 (``evostream process``, its own consumer group) starts, and the clock runs from its "Ready" log line until ALL
 THREE agents are done with the input:
 - risk: the FINAL RiskReport of every trace (its ``produced_at_us``);
-- profiling: the write to the ``profile-models`` changelog whose state, plus the ProfileSnapshots already
-  published, has folded every step (the changelog message's timestamp);
+- profiling: the first moment every step is accounted for, each window counted once: by its ProfileSnapshot
+  once published, else by the latest ``profile-models`` changelog write of that window (the message's timestamp);
 - drift: the write to the ``drift-models`` changelog whose state counts every completion (reference, reported
   windows, open window, skipped).
-Those are the agents' own records of what they have folded, timestamped by the worker when it wrote them (same
-machine, same clock as the "Ready" line), so how long this script takes to read them does not count.
+An agent that never gets there ends the bench with an error naming it. Those are the agents' own records of what
+they have folded, timestamped by the worker when it wrote them (same machine, same clock as the "Ready" line), so
+how long this script takes to read them does not count.
 
 Latency: the alert's arrival at a consumer that blocks on the next message (it returns as soon as one arrives)
 minus the NaN step event's ``emitted_at_us``: first with the worker caught up and idle, then while a producer
@@ -97,7 +98,7 @@ class Traffic:
         rec.update(model_version=VERSION, token_id=(i * 37 + salt * 11) % 300,
                    entropy_bits=float(abs(self.rng.normal(0.0, self.policy.entropy_bits / 4))),
                    head_attention_entropy=pack_f32(heads.tolist()), layer_hidden_l2=pack_f32(l2.tolist()),
-                   layer_hidden_maxabs=pack_f32((l2 * 0.3).tolist()), attention_signal="ENTROPY")  # fmt: skip
+                   layer_hidden_maxabs=pack_f32((l2 * 0.3).tolist()), attention_signal="OUTPUT_NORM")  # fmt: skip
         return rec
 
     def z_scores(self) -> tuple[float, float]:
@@ -185,17 +186,25 @@ class Progress:
     finals: dict[str, int] = field(default_factory=dict)
     policies: set[str] = field(default_factory=set)
     alerts: int = 0
-    events: list[tuple[int, str, int]] = field(default_factory=list)
-    """(time, "snapshot" | "profile" | "drift", count): snapshots add steps; states set open-window / drift counts."""
+    events: list[tuple[int, str, int, int]] = field(default_factory=list)
+    """(time, "snapshot" | "profile" | "drift", count, window's first step µs): a snapshot holds the steps of the
+    window it closed, a profile state the steps of its open window so far, a drift state the completions seen."""
 
     def done_at(self, kind: str, target: int) -> int | None:
-        closed = current = 0
-        for at, k, n in sorted(self.events):
+        """When the agent had accounted for ``target`` steps (profile) or completions (drift); None if never.
+
+        Profiling counts each window once: by its snapshot once one closed it, else by the latest state written for
+        it. Keyed by the window's first step time (a snapshot's window_start_us, a state's start_us), so a window's
+        last state (still the latest write after its snapshot) is not added to the snapshot's count, and the order of
+        a snapshot and the next window's first write does not matter."""
+        closed: dict[int, int] = {}
+        open_: dict[int, int] = {}
+        for at, k, n, start in sorted(self.events):
             if kind == "drift" and k == "drift" and n >= target:
                 return at
             if kind == "profile" and k in ("snapshot", "profile"):
-                closed, current = (closed + n, current) if k == "snapshot" else (closed, n)
-                if closed + current >= target:
+                (closed if k == "snapshot" else open_)[start] = n
+                if sum(closed.values()) + sum(v for w, v in open_.items() if w not in closed) >= target:
                     return at
         return None
 
@@ -223,16 +232,17 @@ def read_progress(bootstrap: str, worker: Worker, traces: set[str], progress: Pr
                 elif topic == PROFILES:
                     s = SNAPSHOT.decode(value)
                     if s["model_version"] == VERSION:
-                        progress.events.append((s["produced_at_us"], "snapshot", s["step_count"]))
+                        progress.events.append((s["produced_at_us"], "snapshot", s["step_count"], s["window_start_us"]))
                 elif m.key() == key and value:
                     at = m.timestamp()[1] * 1000
                     st = json.loads(value)
                     if topic == profile_log:
-                        progress.events.append((at, "profile", (st.get("window") or {}).get("steps", 0)))
+                        if st.get("window") is not None:  # None: the clock closed it, its snapshot counts it
+                            progress.events.append((at, "profile", st["window"]["steps"], st["window"]["start_us"]))
                     else:
                         window = st["windows"] * drift_windows.window_size
                         n = len(st["reference"]["emb"]) + window + len(st["window"]["emb"]) + st["skipped"]
-                        progress.events.append((at, "drift", n))
+                        progress.events.append((at, "drift", n, 0))
 
 
 def throughput(bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_traces: int) -> tuple[Worker, Throughput]:
@@ -257,9 +267,18 @@ def throughput(bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_trac
                 and p.done_at("drift", n_traces) is not None)  # fmt: skip
 
     read_progress(bootstrap, worker, set(traces), progress, done)
-    ends = {"risk": max(progress.finals.values()), "profiling": progress.done_at("profile", steps) or 0,
-            "drift": progress.done_at("drift", n_traces) or 0}  # fmt: skip
-    done_s = {k: (v - worker.ready_us) / 1e6 for k, v in ends.items()}
+    ends = {"risk": max(progress.finals.values(), default=None), "profiling": progress.done_at("profile", steps),
+            "drift": progress.done_at("drift", n_traces)}  # fmt: skip
+    if len(progress.finals) < n_traces:
+        ends["risk"] = None
+    never = sorted(k for k, v in ends.items() if v is None)
+    if never:  # read_progress gave up at its deadline: there is no time to report for these agents
+        worker.stop()
+        raise SystemExit(
+            f"agents never finished the input: {', '.join(never)} (risk FINALs: {len(progress.finals)} "
+            f"of {n_traces}; worker log: {worker.log})"
+        )
+    done_s = {k: (v - worker.ready_us) / 1e6 for k, v in ends.items() if v is not None}
     return worker, Throughput(steps, n_traces, max(done_s.values()), done_s, progress.policies, progress.alerts)
 
 

@@ -2,21 +2,26 @@
 model is alerted on, and whether injected faults are caught: the default model in-process, through the same
 TraceRisk fold the stream processor runs.
 
-Splits (all prompts generated here, disjointness checked by prompt text):
+Splits (all prompts generated here; every reported split is checked against every split anything was fitted on,
+by prompt text, and overlapping prompts are dropped with a count printed):
 - the policy: the shipped one, fitted by `evostream calibrate` on the healthy calibration split (or fitted now on
   make_split("calibration", 100) when no policy file exists);
 - calibration stress split (`stress_split(n, seed="stress-calibration")`): fits the baselines, never reported:
   the task-only score is each task's error rate here, and each baseline's alert cut-off is set here so that it
   alerts on the same share of traces as the risk policy does here;
-- reported: the held-out suite (minus any prompt of the policy's calibration split) and the stress split
-  (`stress_split(n)`, seed "stress", minus any prompt of the calibration stress split).
+- reported: the held-out suite, the stress split (`stress_split(n)`, seed "stress") and the fault prompts, each
+  minus any prompt of the policy's calibration split and of the calibration stress split (which itself is kept
+  clear of the policy's calibration split, so the alert share its cut-offs match is not in-sample).
 
 Reported per split, for the risk score, mean token entropy and the task-only score:
 - AUROC for "the answer is wrong": pooled, within each task, and within task over all same-task pairs (the
   task-only score is 0.5 there by construction); 95% intervals from a bootstrap over traces (within task for
   the per-task numbers);
 - alerts (risk: an early or final severity; baselines: score above the cut-off): how many, precision and recall
-  on wrong answers, with bootstrap intervals;
+  on wrong answers, with bootstrap intervals, and how many risk alerts came with no flag raised at any step (the
+  entropy term alone: see the crossover in the header);
+- for comparison at the same operating point: each baseline's precision and recall when it alerts on exactly as
+  many traces of that split as the risk score does (its top-scoring ones);
 - faults: a NaN in one decoder FFN weight, and a decoder forced to repeat (a logit bias cycling over 1 or 3
   tokens): share of traces flagged and the step of the first alert.
 
@@ -91,27 +96,31 @@ class Outcome:
     risk: float
     entropy: float
     alerted: bool
+    flagged: bool
+    """Whether any flag was raised at any step (an alert without one is the entropy term alone)."""
 
 
-def fold(policy: RiskPolicy, t: Traced) -> tuple[Assessment, int | None]:
-    """Final assessment and the step of the first alert (None if none)."""
+def fold(policy: RiskPolicy, t: Traced) -> tuple[Assessment, int | None, bool]:
+    """Final assessment, the step of the first alert (None if none), and whether any step raised a flag."""
     risk = TraceRisk(policy)
     first = None
+    flagged = False
     a = risk.assess()
     for s in t.steps:
         a = risk.update(s)
+        flagged = flagged or bool(a.flags)
         if first is None and a.severity(policy) is not None:
             first = int(s["step"])
-    return a, first
+    return a, first, flagged
 
 
 def outcomes(lm: LoadedModel, policy: RiskPolicy, examples: Sequence[Example]) -> list[Outcome]:
     out = []
     for e, t in zip(examples, run_traced(lm, [e.prompt for e in examples]), strict=True):
-        a, first = fold(policy, t)
+        a, first, flagged = fold(policy, t)
         entropy = float(np.mean([s["entropy_bits"] for s in t.steps])) if t.steps else 0.0
         alerted = first is not None or a.severity(policy) is not None
-        out.append(Outcome(e.task, t.output.strip() != e.answer, a.score, entropy, alerted))
+        out.append(Outcome(e.task, t.output.strip() != e.answer, a.score, entropy, alerted, flagged))
     return out
 
 
@@ -207,6 +216,35 @@ def report(label: str, rows: Sequence[Outcome], base: Baselines, reps: int, seed
     row("alert recall (alert | wrong)", recall, boots)
     print(f"  {'false alerts (on right answers)':36}" + "".join(
         f"{f'{(alerts[k] & ~wrong).sum()} of {(~wrong).sum()}':>{width}}" for k in SCORES))  # fmt: skip
+    unflagged = sum(r.alerted and not r.flagged for r in rows)
+    n_alerts = int(alerts["risk score"].sum())
+    print(f"  risk alerts with no flag raised at any step (the entropy term alone): {unflagged} of {n_alerts}")
+
+    # the baselines' cut-offs were matched to the risk alert share on the calibration stress split, so here their
+    # alert counts differ; ranking each by its score and alerting on as many traces as the risk score does compares
+    # the three at one operating point (ties broken by trace order)
+    risk_alerts = alerts["risk score"]
+
+    def top(k: str, i: npt.NDArray[np.intp]) -> BOOL:
+        out = np.zeros(len(i), dtype=bool)
+        out[np.argsort(-scores[k][i], kind="stable")[: int(risk_alerts[i].sum())]] = True
+        return out
+
+    def precision_eq(k: str, i: npt.NDArray[np.intp]) -> float:
+        a = risk_alerts[i] if k == "risk score" else top(k, i)
+        return float(wrong[i][a].mean()) if a.any() else float("nan")
+
+    def recall_eq(k: str, i: npt.NDArray[np.intp]) -> float:
+        a = risk_alerts[i] if k == "risk score" else top(k, i)
+        w = wrong[i]
+        return float(a[w].mean()) if w.any() else float("nan")
+
+    print(
+        f"  at equal alert count, for comparison: each score alerts on its top {risk_alerts.sum()} traces (the risk "
+        "score's alert count here; ties in order of the traces, which matters for the task-only score)"
+    )
+    row("  precision at equal alert count", precision_eq, boots)
+    row("  recall at equal alert count", recall_eq, boots)
 
 
 class RepeatBias:
@@ -223,8 +261,7 @@ class RepeatBias:
         return out
 
 
-def faults(lm: LoadedModel, policy: RiskPolicy, n: int) -> None:
-    prompts = [e.prompt for e in make_split("faults", max(1, n // 6))][:n]
+def faults(lm: LoadedModel, policy: RiskPolicy, prompts: list[str]) -> None:
     model = lm.model
     dec = model.get_decoder() if hasattr(model, "get_decoder") else model
     ffn = next(m for name, m in dec.named_modules() if name.endswith("DenseReluDense.wo"))
@@ -245,21 +282,24 @@ def faults(lm: LoadedModel, policy: RiskPolicy, n: int) -> None:
     print()
     for label, flag, traced in cases:
         folded = [fold(policy, t) for t in traced]
-        hit = [flag in a.flags for a, _ in folded]
-        firsts = [f for _, f in folded if f is not None]
+        hit = [flag in a.flags for a, _, _ in folded]
+        firsts = [f for _, f, _ in folded if f is not None]
         span = f"{min(firsts)}..{max(firsts)}" if firsts else "-"
-        blamed = sorted({x for a, _ in folded for x in a.blamed_layers})
+        blamed = sorted({x for a, _, _ in folded for x in a.blamed_layers})
         print(f"fault: {label}: {flag} on {np.mean(hit):.0%} of {len(traced)} traces, alert on {len(firsts)}; "
               f"first alert at step {span}; blamed layers {blamed}")  # fmt: skip
 
 
-def _disjoint(name: str, rows: Sequence[Example], fitted_on: set[str]) -> list[Example]:
-    """``rows`` minus any prompt of the set something was fitted on (said, not hidden)."""
-    kept = [e for e in rows if e.prompt not in fitted_on]
-    if len(kept) < len(rows):
-        print(f"# {name}: dropped {len(rows) - len(kept)} prompts also in the split its numbers were fitted on")
-    if {e.prompt for e in kept} & fitted_on:
-        raise RuntimeError(f"{name} overlaps its fitting split")
+def _disjoint(name: str, rows: Sequence[Example], fitted_on: dict[str, set[str]]) -> list[Example]:
+    """``rows`` minus any prompt of any split something was fitted on; how many each one cost is printed, zeros
+    too, so the check is seen to have run."""
+    kept = list(rows)
+    for split, prompts in fitted_on.items():
+        before = len(kept)
+        kept = [e for e in kept if e.prompt not in prompts]
+        print(f"# {name} vs {split}: {before - len(kept)} overlapping prompts dropped")
+    if any({e.prompt for e in kept} & prompts for prompts in fitted_on.values()):
+        raise RuntimeError(f"{name} still overlaps a fitting split")
     return kept
 
 
@@ -275,7 +315,7 @@ def main() -> None:
     lm = load_model(args.model)
     path = policy_path(family_of(lm.version))
     if path.exists():
-        policy = RiskPolicy.from_json(path.read_text())
+        policy = RiskPolicy.from_json(path.read_text(encoding="utf-8"), str(path))
         print(f"# policy {policy.name} from {path} (calibrated on {policy.calibration.get('model_version')}, "
               f"{policy.calibration.get('traces')} traces)")  # fmt: skip
     else:
@@ -284,12 +324,23 @@ def main() -> None:
         print(f"# policy calibrated now on {policy.calibration['steps']} steps (no {path})")
     print(f"# model {lm.version}, {lm.parameter_count():,} parameters")
     print(f"# policy numbers: entropy_bits {policy.entropy_bits}, collapse_z {policy.collapse_z}, blowup_z "
-          f"{policy.blowup_z}, alert_score {policy.alert_score}, critical_score {policy.critical_score}")  # fmt: skip
+          f"{policy.blowup_z}, alert_score {policy.alert_score}, critical_score {policy.critical_score}, "
+          f"entropy_weight {policy.entropy_weight}")  # fmt: skip
+    alone = policy.entropy_alone_alerts_at()
+    print("# computed from the loaded policy: with no flag raised, the entropy term alone "
+          + (f"alerts when a trace's mean entropy >= {alone:.4g} bits (alert_score x entropy_bits / (entropy_weight "
+             "- alert_score)): below the flags, the risk alert is a mean-entropy threshold" if alone is not None
+             else "never alerts (alert_score >= entropy_weight)"))  # fmt: skip
     per_task = int(policy.calibration.get("per_task", int(policy.calibration.get("traces", 600)) // len(TASKS)))
     reference = {e.prompt for e in make_split(str(policy.calibration.get("split", "calibration")), per_task)}
-    cal = stress_split(args.calibration_stress, seed="stress-calibration")
-    held_out = _disjoint("held-out suite", list(eval_set(args.per_task)), reference)
-    stress = _disjoint("stress split", stress_split(args.stress), {e.prompt for e in cal})
+    policy_split = f"the policy's calibration split ({len(reference)} prompts)"
+    cal = _disjoint("calibration stress split", stress_split(args.calibration_stress, seed="stress-calibration"),
+                    {policy_split: reference})  # fmt: skip
+    fitted = {policy_split: reference, f"the calibration stress split ({len(cal)} prompts)": {e.prompt for e in cal}}
+    held_out = _disjoint("held-out suite", list(eval_set(args.per_task)), fitted)
+    stress = _disjoint("stress split", stress_split(args.stress), fitted)
+    n_faults = args.fault_prompts
+    fault_prompts = _disjoint("fault prompts", make_split("faults", max(1, n_faults // 6)), fitted)[:n_faults]
 
     base = fit_baselines(outcomes(lm, policy, cal))
     print(f"# calibration stress split ({base.n} prompts, seed 'stress-calibration'): risk alerts on "
@@ -299,7 +350,7 @@ def main() -> None:
           + ", ".join(f"{k} {v:.4g}" for k, v in base.cutoffs.items()))  # fmt: skip
     report("held-out suite", outcomes(lm, policy, held_out), base, args.bootstrap)
     report("stress split (just past the training distribution)", outcomes(lm, policy, stress), base, args.bootstrap)
-    faults(lm, policy, args.fault_prompts)
+    faults(lm, policy, [e.prompt for e in fault_prompts])
     print(f"# 95% intervals: {args.bootstrap} bootstrap resamples of the traces (per task: within the task; none "
           f"where a task has fewer than {MIN_CLASS} wrong or right answers)")  # fmt: skip
     print(f"# reproduce: python -m bench.risk_quality --per-task {args.per_task} --stress {args.stress} "

@@ -29,12 +29,21 @@ STATS_INTERVAL_MS = 1000
 class _DropConnectFailures(logging.Filter):
     """librdkafka logs each failed connect attempt under the FAIL facility; the watch reports the outage once."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped = 0
+
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        return not (isinstance(args, tuple) and args and args[0] == "FAIL")
+        if isinstance(args, tuple) and args and args[0] == "FAIL":
+            self.dropped += 1
+            return False
+        return True
 
 
-LIBRDKAFKA.addFilter(_DropConnectFailures())
+CONNECT_FAILURES = _DropConnectFailures()
+"""The filter on librdkafka's logger; ``dropped`` counts the connection-failure lines it kept out of the log."""
+LIBRDKAFKA.addFilter(CONNECT_FAILURES)
 
 
 class ConnectionWatch:
@@ -47,6 +56,7 @@ class ConnectionWatch:
         self.lost = 0
         """How many times the connection was lost (for tests and counters)."""
         self.restored = 0
+        self._last_error = ""
 
     def config(self) -> dict[str, Any]:
         return {
@@ -64,7 +74,10 @@ class ConnectionWatch:
                 self.lost += 1
                 log.warning("%s lost the Kafka cluster at %s: %s", self.client, self.bootstrap, err.str())
             return
-        log.error("%s: Kafka error: %s", self.client, err.str())
+        text = err.str()
+        if text != self._last_error:  # librdkafka repeats an error on every retry: say it once until it changes
+            self._last_error = text
+            log.error("%s: Kafka error: %s", self.client, text)
 
     def _on_stats(self, stats_json: str) -> None:
         if self.connected:

@@ -61,6 +61,11 @@ class DriftPolicy:
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise PolicyError(f"{source}: unknown drift policy fields {unknown}")
+        # a missing field is refused, not filled with the code default: that is the fallback for when no file exists
+        missing = [f for f in ("name", "family", *cls.tunable(), "notes") if f not in d]
+        if missing:
+            raise PolicyError(f"{source}: drift policy {d.get('name', '?')} lacks {missing} (every field must be in "
+                              "the file; the code defaults are only the fallback when no file exists)")  # fmt: skip
         return cls(**d)
 
     def __post_init__(self) -> None:

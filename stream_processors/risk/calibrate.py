@@ -10,7 +10,9 @@ What is fitted, and how (each fitted value's note in the policy says the same wi
   value that would have fired it), at ``flag_rate``, pushed out by ``z_margin``.
 - ``alert_score`` / ``critical_score``: just above the (1 - ``alert_rate``) and (1 - ``critical_rate``) quantiles
   of each reference trace's highest score at any step, folded through the real ``TraceRisk`` with the thresholds
-  above: so at most those shares of healthy traces alert, early or final.
+  above: so at most those shares of healthy traces alert, early or final. The notes of ``alert_score`` and
+  ``entropy_weight`` then say from which mean entropy the continuous entropy term alone (no flag) alerts: where
+  alert_score is fitted below entropy_weight, an unflagged trace's alert is a mean-entropy threshold.
 
 Quantiles are taken on the conservative side (numpy's "higher"/"lower" methods, no interpolation): on n traces at
 most floor(rate * n) of them lie beyond a fitted threshold, so a small reference run errs towards fewer flags.
@@ -35,6 +37,8 @@ from schemas.tensors import step_heads, step_layers
 from stream_processors.risk.policy import F64, Baseline, RiskPolicy, family_of, log_magnitude
 from stream_processors.risk.score import TraceRisk
 
+CROSSOVER = "; with this policy's alert_score: "
+"""Joins a note and what the fitted alert_score means for the entropy term (replaced on each calibration)."""
 MIN_STEPS = 50
 MIN_PER_BUCKET = 5
 """A position bucket with fewer reference steps than this borrows the pooled mean and sd of all steps."""
@@ -110,10 +114,15 @@ def calibrate(steps: Iterable[Mapping[str, Any]], model_version: str, base: Risk
                             f"of {n} reference traces reaches at any step (<= alert_rate of them alert)")  # fmt: skip
     notes["critical_score"] = (f"fitted: just above the {1 - base.critical_rate:.2%} quantile of the same "
                                f"{n} peak scores (so <= critical_rate of them are CRITICAL)")  # fmt: skip
+    policy = replace(policy, alert_score=alert, critical_score=critical)
+    crossover = policy.entropy_alone_alerts_at()
+    alone = (f"with no flag raised, the entropy term alone alerts when mean entropy >= {crossover:.4g} bits "
+             f"(alert_score x entropy_bits / (entropy_weight - alert_score))" if crossover is not None
+             else "the entropy term alone never alerts (alert_score >= entropy_weight)")  # fmt: skip
+    notes["entropy_weight"] = f"{notes['entropy_weight'].split(CROSSOVER)[0]}{CROSSOVER}{alone}"
+    notes["alert_score"] += f"{CROSSOVER}{alone}"
     return replace(
         policy,
-        alert_score=alert,
-        critical_score=critical,
         notes=notes,
         calibration={
             "model_version": model_version,

@@ -140,10 +140,19 @@ class RiskPolicy:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> RiskPolicy:
-        d = json.loads(text)
-        d["heads"] = Baseline(**d.get("heads", {"mean": [], "std": []}))
-        d["norm_ratio"] = Baseline(**d.get("norm_ratio", {"mean": [], "std": []}))
+    def from_json(cls, text: str, source: str = "<json>") -> RiskPolicy:
+        """A policy file holds every field but ``calibration``: a missing one is refused, not filled with the code
+        default, which is the uncalibrated fallback's number and would be quoted as this policy's own."""
+        d: dict[str, Any] = json.loads(text)
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise PolicyError(f"{source}: unknown risk policy fields {unknown}")
+        missing = [f for f in ("name", "family", *tunable_fields(), "notes") if f not in d]
+        if missing:
+            raise PolicyError(f"{source}: risk policy {d.get('name', '?')} lacks {missing} (every field must be in "
+                              "the file; the code defaults are only the fallback when no file exists)")  # fmt: skip
+        d["heads"] = Baseline(**d["heads"])
+        d["norm_ratio"] = Baseline(**d["norm_ratio"])
         return cls(**d)
 
     def bucket(self, step: int) -> int:
@@ -152,6 +161,13 @@ class RiskPolicy:
     def head_z(self, step: int, heads: F64) -> F64 | None:
         """z of log(head signal) against this decoding position's baseline; None without a matching baseline."""
         return self.heads.z(self.bucket(step), log_magnitude(heads), self.z_std_floor)
+
+    def entropy_alone_alerts_at(self) -> float | None:
+        """Mean entropy (bits) from which the continuous entropy term alone, with no flag raised, reaches
+        alert_score: entropy_weight * m / (m + entropy_bits) >= alert_score solved for m. None when alert_score is
+        not below entropy_weight (the term alone never alerts). Below all flags, the alert is this threshold."""
+        w, a = self.entropy_weight, self.alert_score
+        return a * self.entropy_bits / (w - a) if 0 < a < w else None
 
     def norm_z(self, step: int, l2: F64) -> F64 | None:
         """z of log(hidden L2 of layers 1.. / layer 0) against this position's baseline."""
@@ -183,7 +199,7 @@ def load_policies(folder: Path = POLICY_DIR) -> dict[str, RiskPolicy]:
     out = {}
     for path in sorted(folder.glob("*.json")):
         try:
-            p = RiskPolicy.from_json(path.read_text(encoding="utf-8"))
+            p = RiskPolicy.from_json(path.read_text(encoding="utf-8"), str(path))
         except (ValueError, TypeError) as e:  # malformed JSON, a missing or unknown field: name the file
             raise PolicyError(f"{path}: not a risk policy: {e}") from e
         out[p.family] = p

@@ -95,11 +95,27 @@ def test_empty_and_blank_prompts_get_error_completions_and_no_steps(kafka: str, 
     assert client.trace_steps({r["trace_id"] for r in replies}, 1, timeout_s=3) == []
 
 
+def _requests_end(kafka: str) -> int:
+    """Sum of evo.requests' end offsets: grows by one for every request that reaches the broker."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": kafka, "group.id": f"test-{uuid.uuid4().hex}", "log_level": 0})
+    try:
+        parts = c.list_topics(REQUESTS, timeout=10).topics[REQUESTS].partitions
+        return sum(c.get_watermark_offsets(TopicPartition(REQUESTS, p), timeout=10)[1] for p in parts)
+    finally:
+        c.close()
+
+
 def test_the_client_refuses_an_empty_prompt_before_publishing(kafka: str) -> None:
     client = InferenceClient(kafka)
+    before = _requests_end(kafka)
     for prompt in ["", "   "]:
         with pytest.raises(BadRequestError, match=r"^the prompt is empty: there is nothing to answer$"):
             client.publish(prompt)
+    assert _requests_end(kafka) == before  # nothing was sent
+    client.publish("reverse: abc")
+    assert _requests_end(kafka) == before + 1  # and the count would have seen it
 
 
 def test_undecodable_request_goes_to_the_dead_letter_queue(kafka: str, service: InferenceService) -> None:

@@ -67,3 +67,16 @@ def test_a_drift_policy_file_that_is_not_json_is_a_policy_error_that_names_it(tm
     bad.write_text('{"name": "x@1",', encoding="utf-8")
     with pytest.raises(PolicyError, match=re.escape(f"{bad}: not a drift policy")):
         load_drift_policies(tmp_path)
+
+
+@pytest.mark.parametrize("dropped", [["mmd_alpha"], ["psi_shift", "min_samples"], ["family"]])
+def test_a_drift_policy_file_missing_a_field_is_refused_not_filled_with_the_code_default(
+    tmp_path: Path, dropped: list[str]
+) -> None:
+    raw = json.loads(DRIFT_POLICY_DIR.joinpath("default.json").read_text(encoding="utf-8"))
+    for name in dropped:
+        del raw[name]
+    path = tmp_path / "default.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(PolicyError, match=re.escape(f"{path}: drift policy drift-default@1 lacks {dropped}")):
+        load_drift_policies(tmp_path)

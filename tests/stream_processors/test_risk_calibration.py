@@ -3,6 +3,7 @@ hand-set."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -152,8 +153,63 @@ def test_a_malformed_policy_file_is_a_policy_error_that_names_the_file(tmp_path:
     (tmp_path / "good.json").write_text(RiskPolicy().to_json(), encoding="utf-8")
     bad = tmp_path / "typo.json"
     bad.write_text(RiskPolicy().to_json().replace('"alert_score"', '"alert_scor"'), encoding="utf-8")
-    with pytest.raises(PolicyError, match=re.escape(f"{bad}: not a risk policy")):
+    with pytest.raises(PolicyError, match=re.escape(f"{bad}: unknown risk policy fields ['alert_scor']")):
         load_policies(tmp_path)
     bad.write_text("{", encoding="utf-8")
     with pytest.raises(PolicyError, match=re.escape(f"{bad}: not a risk policy")):
         load_policies(tmp_path)
+
+
+@pytest.mark.parametrize("dropped", [["entropy_bits"], ["weights", "heads"], ["notes"], ["family"]])
+def test_a_policy_file_missing_a_field_is_refused_not_filled_with_the_code_default(
+    tmp_path: Path, dropped: list[str]
+) -> None:
+    raw = json.loads(RiskPolicy(name="toy@1", family="toy", entropy_bits=1.25).to_json())
+    for name in dropped:
+        del raw[name]
+    path = tmp_path / "toy.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    with pytest.raises(PolicyError, match=re.escape(f"{path}: risk policy toy@1 lacks {dropped}")):
+        load_policies(tmp_path)
+
+
+def test_a_policy_file_with_every_field_but_calibration_loads_as_written(tmp_path: Path) -> None:
+    policy = RiskPolicy(name="toy@1", family="toy", entropy_bits=1.25)
+    raw = json.loads(policy.to_json())
+    del raw["calibration"]  # bookkeeping, not a number anything is judged by
+    (tmp_path / "toy.json").write_text(json.dumps(raw), encoding="utf-8")
+    assert load_policies(tmp_path) == {"toy": policy}
+
+
+@pytest.mark.parametrize("entropy_weight", [0.9, 0.0])  # 0: no entropy term, it cannot alert
+def test_calibrate_writes_from_which_mean_entropy_the_entropy_term_alone_alerts(entropy_weight: float) -> None:
+    base = replace(RiskPolicy(), entropy_weight=entropy_weight)
+    policy = calibrate(reference(), "toy@1", base)
+    a, w, e = policy.alert_score, policy.entropy_weight, policy.entropy_bits
+    if a < w:
+        x = a * e / (w - a)  # entropy_weight * m / (m + entropy_bits) = alert_score, solved for m
+        assert policy.entropy_alone_alerts_at() == pytest.approx(x, rel=1e-12)
+        said = (f"with no flag raised, the entropy term alone alerts when mean entropy >= {x:.4g} bits "
+                "(alert_score x entropy_bits / (entropy_weight - alert_score))")  # fmt: skip
+    else:
+        assert policy.entropy_alone_alerts_at() is None
+        said = "the entropy term alone never alerts (alert_score >= entropy_weight)"
+    assert policy.notes["alert_score"].startswith("fitted: ")
+    assert policy.notes["alert_score"].endswith(f"; with this policy's alert_score: {said}")
+    assert policy.notes["entropy_weight"] == f"{base.notes['entropy_weight']}; with this policy's alert_score: {said}"
+    # calibrating again from the written policy replaces the clause instead of adding a second one
+    again = calibrate(reference(), "toy@1", policy)
+    assert again.notes["entropy_weight"].count("with this policy's alert_score") == 1
+    assert (a < w) == (entropy_weight == 0.9)  # both branches are exercised
+
+
+def test_an_unflagged_trace_alerts_exactly_from_the_crossover_mean_entropy() -> None:
+    # no baselines (no z flags) and high_entropy out of reach: only the continuous term can move the score
+    policy = replace(RiskPolicy(), entropy_weight=0.3, alert_score=0.2, entropy_bits=4.0, min_steps=1000)
+    x = policy.entropy_alone_alerts_at()
+    assert x == pytest.approx(8.0)
+    for m, alerts in ((x * 1.001, True), (x * 0.999, False)):
+        risk = TraceRisk(policy)
+        seen = [risk.update(step(i, 10 + i, trace="c", entropy=m)) for i in range(6)]
+        assert seen[-1].flags == ()
+        assert (seen[-1].severity(policy) == "WARNING") is alerts
