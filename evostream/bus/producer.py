@@ -28,6 +28,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 
+_NOT_YET = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE)
+"""What a just-created topic's metadata says until every part of the broker knows it."""
+
+
 class EventProducer:
     """Produces bytes to Kafka and accounts for every record: acknowledged, failed, or still in flight."""
 
@@ -42,13 +46,23 @@ class EventProducer:
 
     def connect(self, topic: str, timeout_s: float = 10.0) -> None:
         """Fetch ``topic``'s metadata now, so the first send does not pay for the connection."""
-        try:
-            md = self._producer.list_topics(topic, timeout=timeout_s)
-        except KafkaException as e:
-            raise DeliveryError(f"cannot reach the broker to produce to {topic}: {e}") from e
-        t = md.topics.get(topic)
-        if t is None or t.error is not None:
-            raise DeliveryError(f"topic {topic} is not available: {t.error if t else 'missing'}")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                md = self._producer.list_topics(topic, timeout=max(0.1, deadline - time.monotonic()))
+            except KafkaException as e:
+                raise DeliveryError(f"cannot reach the broker to produce to {topic}: {e}") from e
+            t = md.topics.get(topic)
+            if t is not None and t.error is None:
+                return
+            # a topic created a moment ago can be missing from the broker's metadata for a while: ask again
+            retry = t is not None and t.error.code() in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError.LEADER_NOT_AVAILABLE,
+            )
+            if not retry or time.monotonic() >= deadline:
+                raise DeliveryError(f"topic {topic} is not available: {t.error if t else 'missing'}")
+            time.sleep(0.1)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
