@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.errors import PolicyError
+from stream_processors.policy_file import check_fields
 
 F64 = npt.NDArray[np.float64]
 
@@ -58,14 +59,7 @@ class DriftPolicy:
     @classmethod
     def from_json(cls, text: str, source: str = "<json>") -> DriftPolicy:
         d: dict[str, Any] = json.loads(text)
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise PolicyError(f"{source}: unknown drift policy fields {unknown}")
-        # a missing field is refused, not filled with the code default: that is the fallback for when no file exists
-        missing = [f for f in ("name", "family", *cls.tunable(), "notes") if f not in d]
-        if missing:
-            raise PolicyError(f"{source}: drift policy {d.get('name', '?')} lacks {missing} (every field must be in "
-                              "the file; the code defaults are only the fallback when no file exists)")  # fmt: skip
+        check_fields(d, (f.name for f in fields(cls)), ("name", "family", *cls.tunable(), "notes"), "drift", source)
         return cls(**d)
 
     def __post_init__(self) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.errors import PolicyError
+from stream_processors.policy_file import check_fields
 
 F64 = npt.NDArray[np.float64]
 EPS = 1e-6
@@ -144,13 +145,8 @@ class RiskPolicy:
         """A policy file holds every field but ``calibration``: a missing one is refused, not filled with the code
         default, which is the uncalibrated fallback's number and would be quoted as this policy's own."""
         d: dict[str, Any] = json.loads(text)
-        unknown = sorted(set(d) - {f.name for f in fields(cls)})
-        if unknown:
-            raise PolicyError(f"{source}: unknown risk policy fields {unknown}")
-        missing = [f for f in ("name", "family", *tunable_fields(), "notes") if f not in d]
-        if missing:
-            raise PolicyError(f"{source}: risk policy {d.get('name', '?')} lacks {missing} (every field must be in "
-                              "the file; the code defaults are only the fallback when no file exists)")  # fmt: skip
+        required = ("name", "family", *tunable_fields(), "notes")
+        check_fields(d, (f.name for f in fields(cls)), required, "risk", source)
         d["heads"] = Baseline(**d["heads"])
         d["norm_ratio"] = Baseline(**d["norm_ratio"])
         return cls(**d)
