@@ -2,26 +2,31 @@
 
 Topics: reads evo.steps and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
 state on the same partition, and by model version for drift), writes evo.risk, evo.alerts, evo.drift and evo.dlq.
-State: the tables ``risk-traces`` and ``drift-models``, each backed by its changelog topic; a restarted worker
-rebuilds them from there.
+State: the tables ``risk-traces``, ``drift-models`` and ``profile-models``, each backed by its changelog topic; a
+restarted worker rebuilds them from there.
 
-Delivery: at-least-once. An agent sends a batch's outputs, then writes the batch's state; the input offsets are
-committed later still. A restart replays from the last committed offset and skips every event the stored state
-already includes (counted as ``duplicates_*`` in the stats line). Outputs sent after the last state write that
-reached the changelog are sent again, once, by the replay (the kill -9 test pins exactly which).
+Delivery: at-least-once. An agent sends a batch's outputs, waits until the broker has acknowledged them, then writes
+the batch's state; the input offsets are committed later still. Agents that write the same table (risk: steps and
+completions; profiles: steps, neuron counts and the idle-window timer) hold its lock from a batch's first read to its
+last write, so no agent overwrites what another folded meanwhile. A restart replays from the last committed offset
+and skips every event the stored state already includes (counted as ``duplicates_*`` in the stats line). Outputs
+sent after the last state write that reached the changelog are sent again, once, by the replay (the kill -9 test
+pins exactly which).
 
 Fault injection (test-only): ``EVOSTREAM_FAULT_KILL_AFTER=<n>``, read once at start-up, makes the worker SIGKILL
-itself right after the risk agent has sent (and flushed) the outputs of the n-th step it folded, before the table
-write of that batch; while it is set, input offsets are never committed, so the restart replays from the start.
+itself in the window the kill test is about: at the first step, from the n-th it folds on, after which the risk
+agent's batch has sent (and flushed) a FINAL report and still holds steps it has not folded, before the table write
+of that batch. While it is set, input offsets are never committed, so the restart replays from the start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +80,8 @@ class Processors:
         self._kill_after = int(os.environ.get(FAULT_KILL_AFTER) or 0)
         self._folded = 0
         self._metadata_ready: set[str] = set()
+        self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
+        self._profile_lock = asyncio.Lock()  # the step agent, the neuron agent and the window timer write profiles
         app = faust.App(
             app_id,
             broker=f"kafka://{bootstrap}",
@@ -135,60 +142,77 @@ class Processors:
         app.timer(interval=self.profile_tracker.policy.grace_s)(self._close_idle_windows)
         app.timer(interval=60.0)(self._log_stats)
         app.task(self._log_policies)
+        app.task(self._dump_tasks_on_signal)
         app.on_before_shutdown.connect(self._log_stats_at_shutdown)  # type: ignore[arg-type]  # mode's stub rejects bound coroutine methods
 
     async def _on_steps(self, stream: faust.StreamT[bytes]) -> None:
         # Batches of up to 1000 steps, or whatever arrived within 20 ms: a trace's state is written to the changelog
-        # once per batch, not once per step; alerts are sent as soon as their batch is folded.
+        # once per batch, not once per step; alerts are sent as soon as their step is folded.
         async for events in stream.take_events(1000, within=0.02):  # type: ignore[attr-defined]
+            await self._fold_risk(events, "GenerationStep", "steps")
+
+    async def _on_completions(self, stream: faust.StreamT[bytes]) -> None:
+        by_trace = stream.group_by(lambda value: self._trace_of(value), name="completions-by-trace")
+        async for events in by_trace.take_events(1000, within=0.02):  # type: ignore[attr-defined]
+            await self._fold_risk(events, "Completion", "completions")
+
+    async def _fold_risk(self, events: list[faust.EventT[bytes]], record: str, counter: str) -> None:
+        """Fold a batch of steps or completions into the risk table: outputs first, acknowledged by the broker,
+        then the batch's state. The step and the completion agent both write a trace's state, so a batch holds
+        the table's lock from its first read to its last write (without it, a completion folded while a step
+        batch awaited its sends was overwritten by that batch: its FINAL never came)."""
+        async with self._risk_lock:
             touched: dict[bytes, dict[str, Any]] = {}
+            acks: list[Awaitable[Any]] = []
             sent: list[list[str]] = []
             for i, event in enumerate(events):
-                rec = await self._decode("GenerationStep", event)
+                rec = await self._decode(record, event)
                 if rec is None:
                     continue
                 key = str(rec["trace_id"]).encode()
                 state = touched[key] if key in touched else self.table.get(key)
-                out = self.tracker.on_step(state, rec, event.message.offset, now_us())
-                if await self._publish(key, out, "steps"):
+                offset = event.message.offset
+                fold = self.tracker.on_step if record == "GenerationStep" else self.tracker.on_completion
+                out = fold(state, rec, offset, now_us())
+                if await self._publish(key, out, counter, acks):
                     touched[key] = out.state
-                    if self._kill_after:
+                    if self._kill_after and record == "GenerationStep":
                         await self._maybe_fault(out, sent, i, len(events))
-            await self._changelog_ready(self.table)
-            for key, state in touched.items():
-                self.table[key] = state
+            await self._write(self.table, touched, acks)
 
-    async def _on_completions(self, stream: faust.StreamT[bytes]) -> None:
-        by_trace = stream.group_by(lambda value: self._trace_of(value), name="completions-by-trace")
-        async for event in by_trace.events():
-            rec = await self._decode("Completion", event)
-            if rec is None:
-                continue
-            key = str(rec["trace_id"]).encode()
-            out = self.tracker.on_completion(self.table.get(key), rec, event.message.offset, now_us())
-            if await self._publish(key, out, "completions"):
-                await self._changelog_ready(self.table)
-                self.table[key] = out.state
+    async def _write(self, table: Any, states: Mapping[bytes, dict[str, Any]], acks: list[Awaitable[Any]]) -> None:
+        """Store a batch's states once the broker has acknowledged every output the batch sent: a state on the
+        changelog then never stands for an output that a crash lost (the replay would skip its input)."""
+        if not states:
+            return
+        await asyncio.gather(*acks)
+        await self._changelog_ready(table)
+        for key, state in states.items():
+            table[key] = state
 
     async def _on_drift(self, stream: faust.StreamT[bytes]) -> None:
         by_model = stream.group_by(lambda value: self._field_of(value, "model_version"), name="completions-by-model")
-        async for event in by_model.events():
-            try:
-                rec = self.codecs["Completion"].decode(bytes(event.value or b""))
-            except DecodeError:
-                continue  # the risk agent dead-letters undecodable completions
-            model = str(rec["model_version"])
-            out = self.drift_tracker.on_completion(self.drift_table.get(model.encode()), rec, event.message.offset,
-                                                   now_us())  # fmt: skip
-            if out.duplicates:
-                self.stats["duplicates_drift"] += out.duplicates
-                continue
-            self.stats["drift_completions"] += 1
-            for report in out.reports:
-                self.stats["drift"] += 1
-                await self.drift.send(key=model.encode(), value=self.codecs["DriftReport"].encode(report))
-            await self._changelog_ready(self.drift_table)
-            self.drift_table[model.encode()] = out.state
+        async for events in by_model.take_events(1000, within=0.02):  # type: ignore[attr-defined]
+            touched: dict[bytes, dict[str, Any]] = {}
+            acks: list[Awaitable[Any]] = []
+            for event in events:
+                try:
+                    rec = self.codecs["Completion"].decode(bytes(event.value or b""))
+                except DecodeError:
+                    continue  # the risk agent dead-letters undecodable completions
+                model = str(rec["model_version"])
+                key = model.encode()
+                state = touched[key] if key in touched else self.drift_table.get(key)
+                out = self.drift_tracker.on_completion(state, rec, event.message.offset, now_us())
+                if out.duplicates:
+                    self.stats["duplicates_drift"] += out.duplicates
+                    continue
+                self.stats["drift_completions"] += 1
+                for report in out.reports:
+                    self.stats["drift"] += 1
+                    acks.append(await self.drift.send(key=key, value=self.codecs["DriftReport"].encode(report)))
+                touched[key] = out.state
+            await self._write(self.drift_table, touched, acks)
 
     async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
         by_model = stream.group_by(lambda value: self._step_model(value), name="steps-by-model")
@@ -201,13 +225,16 @@ class Processors:
                 except DecodeError:
                     continue  # the risk agent dead-letters undecodable steps
                 per_model.setdefault(str(rec["model_version"]), []).append(rec)
-            for model, steps in per_model.items():
-                out = self.profile_tracker.on_steps(model, self.profile_table.get(model.encode()), steps, now_us())
-                self.stats["duplicates_profile"] += out.duplicates
-                self.stats["profile_steps"] += len(steps) - out.duplicates
-                await self._publish_profiles(model, out.reports)
-                await self._changelog_ready(self.profile_table)
-                self.profile_table[model.encode()] = out.state
+            async with self._profile_lock:  # the neuron agent and the idle-window timer write the same keys
+                touched: dict[bytes, dict[str, Any]] = {}
+                acks: list[Awaitable[Any]] = []
+                for model, steps in per_model.items():
+                    out = self.profile_tracker.on_steps(model, self.profile_table.get(model.encode()), steps, now_us())
+                    self.stats["duplicates_profile"] += out.duplicates
+                    self.stats["profile_steps"] += len(steps) - out.duplicates
+                    acks += await self._publish_profiles(model, out.reports)
+                    touched[model.encode()] = out.state
+                await self._write(self.profile_table, touched, acks)
 
     async def _on_neurons(self, stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
@@ -216,13 +243,13 @@ class Processors:
                 continue
             model = str(rec["model_version"])
             key = model.encode()
-            out = self.profile_tracker.on_neurons(model, self.profile_table.get(key), rec, now_us())
-            if out.duplicates:
-                self.stats["duplicates_profile"] += out.duplicates
-                continue
-            await self._publish_profiles(model, out.reports)
-            await self._changelog_ready(self.profile_table)
-            self.profile_table[key] = out.state
+            async with self._profile_lock:
+                out = self.profile_tracker.on_neurons(model, self.profile_table.get(key), rec, now_us())
+                if out.duplicates:
+                    self.stats["duplicates_profile"] += out.duplicates
+                    continue
+                acks = await self._publish_profiles(model, out.reports)
+                await self._write(self.profile_table, {key: out.state}, acks)
 
     async def _changelog_ready(self, table: Any) -> None:
         """The tables place each write by key (use_partitioner), which aiokafka computes from the producer's
@@ -249,12 +276,31 @@ class Processors:
         drift = ", ".join(f"{family} -> {p.name}" for family, p in sorted(self.drift_tracker.policies.items()))
         log.info("risk policies: %s; drift policies: %s", risk, drift)
 
+    async def _dump_tasks_on_signal(self) -> None:
+        """``kill -USR1 <worker>`` logs the stack of every asyncio task: where each agent waits, when one stalls."""
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._dump_tasks)
+
+    @staticmethod
+    def _dump_tasks() -> None:
+        lines = []
+        for task in asyncio.all_tasks():
+            lines.append(f"task {task.get_name()}:")
+            aw: Any = task.get_coro()
+            while aw is not None:  # the await chain, outermost first (Task.get_stack stops at the outermost frame)
+                frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None) or getattr(aw, "ag_frame", None)
+                if frame is not None:
+                    lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+                aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None) or getattr(aw, "ag_await", None)
+        log.warning("asyncio tasks on SIGUSR1:\n%s", "\n".join(lines))
+
     async def _maybe_fault(self, out: Fold, sent: list[list[str]], index: int, batch: int) -> None:
-        """Test-only (``EVOSTREAM_FAULT_KILL_AFTER``): kill -9 once the n-th folded step's outputs are on the broker
-        and before this batch's state is written."""
+        """Test-only (``EVOSTREAM_FAULT_KILL_AFTER``): kill -9 mid-batch, once a FINAL this batch sent is on the
+        broker and before this batch's state is written, at the first such step from the n-th folded on. (A plain
+        "after the n-th step" missed that window when partitions were folded unevenly: CI saw a batch with no FINAL.)"""
         sent += [[str(r["trace_id"]), str(r["stage"])] for r in out.reports]
         self._folded += 1
-        if self._folded < self._kill_after:
+        mid_batch = index + 1 < batch
+        if self._folded < self._kill_after or not mid_batch or not any(stage == "FINAL" for _, stage in sent):
             return
         await self.app.producer.flush()  # what was sent is on the broker: the replay must meet it there
         log.warning("fault injection: SIGKILL after folded step %d (event %d of a batch of %d); reports sent by "
@@ -265,19 +311,25 @@ class Processors:
         os.kill(os.getpid(), signal.SIGKILL)
 
     async def _close_idle_windows(self) -> None:
-        for key, state in list(self.profile_table.items()):
-            if state is None:
-                continue
-            model = key.decode()
-            out = self.profile_tracker.on_tick(model, state, now_us())
-            if out.reports:
-                await self._publish_profiles(model, out.reports)
-                self.profile_table[key] = out.state
+        async with self._profile_lock:
+            touched: dict[bytes, dict[str, Any]] = {}
+            acks: list[Awaitable[Any]] = []
+            for key, state in list(self.profile_table.items()):
+                if state is None:
+                    continue
+                model = key.decode()
+                out = self.profile_tracker.on_tick(model, state, now_us())
+                if out.reports:
+                    acks += await self._publish_profiles(model, out.reports)
+                    touched[key] = out.state
+            await self._write(self.profile_table, touched, acks)
 
-    async def _publish_profiles(self, model: str, snapshots: list[dict[str, Any]]) -> None:
+    async def _publish_profiles(self, model: str, snapshots: list[dict[str, Any]]) -> list[Awaitable[Any]]:
+        acks = []
         for snap in snapshots:
             self.stats["profiles"] += 1
-            await self.profiles.send(key=model.encode(), value=self.codecs["ProfileSnapshot"].encode(snap))
+            acks.append(await self.profiles.send(key=model.encode(), value=self.codecs["ProfileSnapshot"].encode(snap)))
+        return acks
 
     def _step_model(self, value: bytes) -> bytes:
         try:
@@ -294,17 +346,18 @@ class Processors:
         except DecodeError:
             return b"undecodable"  # decoded again after the repartition, and dead-lettered there
 
-    async def _publish(self, key: bytes, out: Fold, counter: str) -> bool:
-        """Send the outcome's reports and alerts; False for a duplicate (nothing to store)."""
+    async def _publish(self, key: bytes, out: Fold, counter: str, acks: list[Awaitable[Any]]) -> bool:
+        """Send the outcome's reports and alerts (their acks join ``acks``); False for a duplicate (nothing to
+        store)."""
         if out.duplicates:
             self.stats["duplicates_risk"] += out.duplicates
             return False
         self.stats[counter] += 1
         for report in out.reports:
-            await self.risk.send(key=key, value=self.codecs["RiskReport"].encode(report))
+            acks.append(await self.risk.send(key=key, value=self.codecs["RiskReport"].encode(report)))
         for alert in out.alerts:
             self.stats["alerts"] += 1
-            await self.alerts.send(key=key, value=self.codecs["RiskAlert"].encode(alert))
+            acks.append(await self.alerts.send(key=key, value=self.codecs["RiskAlert"].encode(alert)))
         return True
 
     async def _decode(self, name: str, event: faust.EventT[bytes]) -> dict[str, Any] | None:
