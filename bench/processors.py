@@ -193,19 +193,25 @@ class Progress:
     def done_at(self, kind: str, target: int) -> int | None:
         """When the agent had accounted for ``target`` steps (profile) or completions (drift); None if never.
 
-        Profiling counts each window once: by its snapshot once one closed it, else by the latest state written for
-        it. Keyed by the window's first step time (a snapshot's window_start_us, a state's start_us), so a window's
-        last state (still the latest write after its snapshot) is not added to the snapshot's count, and the order of
-        a snapshot and the next window's first write does not matter."""
-        closed: dict[int, int] = {}
-        open_: dict[int, int] = {}
+        Profiling, in time order: every snapshot adds the steps of the window it closed; the latest state write
+        holds the steps of the one open window, until a snapshot of that window (same first step time) closes it.
+        (Windows used to be told apart by their first step time alone: two windows that began at the same
+        microsecond were counted as one, and the run never finished.)"""
+        closed = 0
+        open_start, open_steps = None, 0
         for at, k, n, start in sorted(self.events):
             if kind == "drift" and k == "drift" and n >= target:
                 return at
-            if kind == "profile" and k in ("snapshot", "profile"):
-                (closed if k == "snapshot" else open_)[start] = n
-                if sum(closed.values()) + sum(v for w, v in open_.items() if w not in closed) >= target:
-                    return at
+            if kind != "profile" or k not in ("snapshot", "profile"):
+                continue
+            if k == "snapshot":
+                closed += n
+                if start == open_start:
+                    open_start, open_steps = None, 0
+            else:
+                open_start, open_steps = start, n
+            if closed + open_steps >= target:
+                return at
         return None
 
 
