@@ -1,0 +1,204 @@
+"""The governance rules: which role each event needs, and what the registry's state must be for an event to be
+accepted. Pure functions over the projection's plain dicts (actors, models, policy); they judge, never change.
+
+Roles: an admin may do everything; an approver grants or rejects approvals; a proposer registers, proposes,
+validates, requests approval and promotes to staging. Actor, policy and rollback events are the admin's, and so is
+a promotion to production unless the policy says ``auto_promote_production`` (then a proposer may promote a
+validated version without approvals); ``auto_promote_staging: false`` makes staging the admin's too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from consumers.governance.events import ALL_MODELS
+from consumers.governance.keys import key_id_of
+from evostream.errors import GovernanceError
+
+DEFAULT_POLICY: dict[str, Any] = {
+    "production_approvals": 1,
+    "auto_promote_staging": True,
+    "auto_promote_production": False,
+}
+_POLICY_TYPES: dict[str, type] = {
+    "production_approvals": int,
+    "auto_promote_staging": bool,
+    "auto_promote_production": bool,
+}
+
+ACTOR_EVENTS = frozenset({"ActorEnrolled", "ActorRevoked", "PolicyChanged"})
+"""Events about no one model: their model_name is ALL_MODELS."""
+
+_ADMIN = frozenset({"admin"})
+_PROPOSER = frozenset({"admin", "proposer"})
+_APPROVER = frozenset({"admin", "approver"})
+_ROLES_OF: dict[str, frozenset[str]] = {
+    "ActorEnrolled": _ADMIN, "ActorRevoked": _ADMIN, "PolicyChanged": _ADMIN, "RolledBack": _ADMIN,
+    "ModelRegistered": _PROPOSER, "CandidateProposed": _PROPOSER, "ValidationCompleted": _PROPOSER,
+    "ApprovalRequested": _PROPOSER, "ApprovalGranted": _APPROVER, "ApprovalRejected": _APPROVER,
+}  # fmt: skip
+APPROVABLE_STAGES = ("staging", "production")
+
+Actors = Mapping[str, dict[str, Any]]
+Models = Mapping[str, dict[str, Any]]
+Policy = Mapping[str, Any]
+
+
+def allowed_roles(type_: str, payload: Mapping[str, Any], policy: Policy) -> frozenset[str]:
+    """The roles of which an actor needs one to write this event under ``policy``."""
+    if type_ != "Promoted":
+        return _ROLES_OF[type_]
+    stage = payload["stage"]
+    if stage == "staging":
+        return _PROPOSER if policy["auto_promote_staging"] else _ADMIN
+    if stage == "production":
+        return _PROPOSER if policy["auto_promote_production"] else _ADMIN
+    return _ADMIN  # an alias moves what serves as champion or challenger
+
+
+def approvers(version: Mapping[str, Any], stage: str) -> list[str]:
+    """The distinct actors whose approval of ``version`` for ``stage`` counts: granted after the last rejection."""
+    ap = version["approvals"].get(stage)
+    return sorted(ap["granted"]) if ap else []
+
+
+def passed_validation(version: Mapping[str, Any]) -> bool:
+    """Whether the version's latest validation passed."""
+    v = version["validation"]
+    return v is not None and v["passed"] is True
+
+
+def check_policy_value(policy: Any) -> str | None:
+    """Why a PolicyChanged payload's policy is refused, or None: only known keys, of their types."""
+    if not isinstance(policy, dict) or not policy:
+        return "PolicyChanged needs a non-empty policy object"
+    for name, value in policy.items():
+        want = _POLICY_TYPES.get(name)
+        if want is None:
+            return f"unknown policy setting {name!r} (known: {', '.join(_POLICY_TYPES)})"
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            return f"policy setting {name!r} must be {want.__name__}, not {type(value).__name__}"
+    n = policy.get("production_approvals", 1)
+    if n < 1:
+        return f"production_approvals must be at least 1, got {n} (use auto_promote_production to need none)"
+    return None
+
+
+def refusal(type_: str, model_name: str, payload: Mapping[str, Any], actors: Actors, models: Models,
+            policy: Policy) -> str | None:  # fmt: skip
+    """Why the registry's state refuses this event (its payload already fits its type), or None if it may follow."""
+    if type_ in ACTOR_EVENTS:
+        if model_name != ALL_MODELS:
+            return f"{type_} is about no one model: its model_name must be {ALL_MODELS!r}, not {model_name!r}"
+        return _RULES[type_](model_name, payload, actors, models, policy)
+    if model_name in ("", ALL_MODELS):
+        return f"{type_} needs the model it is about in model_name, not {model_name!r}"
+    if type_ != "ModelRegistered":
+        model = models.get(model_name)
+        if model is None:
+            return f"model {model_name!r} has no registered version: register one first"
+        if payload["version"] not in model["versions"]:
+            known = ", ".join(model["versions"]) or "none"
+            return f"{model_name} version {payload['version']!r} is not registered (registered: {known})"
+    return _RULES[type_](model_name, payload, actors, models, policy)
+
+
+def _enrolled(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    try:
+        derived = key_id_of(p["public_key"])
+    except GovernanceError as e:
+        return f"ActorEnrolled: {e}"
+    if derived != p["key_id"]:
+        return f"ActorEnrolled: key_id {p['key_id']!r} is not the id of the public key ({derived!r})"
+    for actor_id, actor in actors.items():
+        key = actor["keys"].get(p["key_id"])
+        if key is None:
+            continue
+        if key["revoked_seq"] is not None:
+            return f"key {p['key_id']} was revoked at sequence {key['revoked_seq']}: a revoked key never comes back"
+        if actor_id != p["actor_id"]:
+            return f"key {p['key_id']} is already enrolled for actor {actor_id!r}: each actor needs its own key"
+    return None
+
+
+def _revoked(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    actor = actors.get(p["actor_id"])
+    if actor is None:
+        return f"cannot revoke {p['actor_id']!r}: no such actor is enrolled"
+    if actor["revoked_seq"] is not None:
+        return f"actor {p['actor_id']!r} was already revoked at sequence {actor['revoked_seq']}"
+    admins = [a for a, v in actors.items() if v["revoked_seq"] is None and "admin" in v["roles"]]
+    if admins == [p["actor_id"]]:
+        return f"{p['actor_id']!r} is the last admin: enroll another admin before revoking it, or no one could govern"
+    return None
+
+
+def _policy(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    return check_policy_value(p["policy"])
+
+
+def _registered(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    version, parent = p["version"], p["parent"]
+    if not version:
+        return "ModelRegistered: the version must not be empty"
+    versions = models[model_name]["versions"] if model_name in models else {}
+    if version in versions:
+        return f"{model_name} version {version!r} is already registered (at sequence {versions[version]['sequence']})"
+    if parent is not None and parent not in versions:
+        return f"{model_name} version {version!r}: its parent {parent!r} is not a registered version of {model_name}"
+    return None
+
+
+def _no_rule(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    return None
+
+
+def _approval(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    if p["stage"] not in APPROVABLE_STAGES:
+        return f"approvals are for {' or '.join(APPROVABLE_STAGES)}, not {p['stage']!r}"
+    return None
+
+
+def _promoted(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    model = models[model_name]
+    name, stage = p["version"], p["stage"]
+    version = model["versions"][name]
+    if stage is None:
+        if not p["alias"]:
+            return "Promoted: an alias must not be empty"
+        if model["aliases"].get(p["alias"]) == name:
+            return f"{model_name} alias {p['alias']!r} already points to {name}"
+        return None
+    if version["stage"] == stage:
+        return f"{model_name} {name} is already {stage}"
+    if stage == "staging" and version["stage"] == "production":
+        return f"{model_name} {name} is production: it cannot go back to staging (promote or roll back another)"
+    if not passed_validation(version):
+        return f"{model_name} {name} cannot be {stage}: it has no passed validation (run ValidationCompleted first)"
+    if stage == "production" and not policy["auto_promote_production"]:
+        have, need = approvers(version, "production"), policy["production_approvals"]
+        if len(have) < need:
+            return (f"{model_name} {name} needs {need} distinct approvers for production, has {len(have)}"
+                    f" ({', '.join(have) or 'none'}; grants before a rejection do not count)")  # fmt: skip
+    return None
+
+
+def _rolled_back(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
+    model = models[model_name]
+    name, current = p["version"], model["production"]
+    if name == current:
+        return f"{model_name} {name} is already production: roll back to another version"
+    if p["from_version"] is not None and p["from_version"] != current:
+        return f"RolledBack from {p['from_version']!r}, but {model_name}'s production is {current!r}: re-read and retry"
+    if not passed_validation(model["versions"][name]):
+        return f"{model_name} {name} cannot be rolled back to: its latest validation did not pass"
+    return None
+
+
+_Rule = Callable[[str, Mapping[str, Any], Actors, Models, Policy], str | None]
+_RULES: dict[str, _Rule] = {
+    "ActorEnrolled": _enrolled, "ActorRevoked": _revoked, "PolicyChanged": _policy, "ModelRegistered": _registered,
+    "CandidateProposed": _no_rule, "ValidationCompleted": _no_rule, "ApprovalRequested": _approval,
+    "ApprovalGranted": _approval, "ApprovalRejected": _approval, "Promoted": _promoted, "RolledBack": _rolled_back,
+}  # fmt: skip
