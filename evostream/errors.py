@@ -16,20 +16,26 @@ from schemas.errors import (
 )
 
 __all__ = [
+    "ArtifactError",
     "BadMagicError",
     "BrokerStartError",
     "BrokerUnavailableError",
+    "ConflictError",
     "ConsumeError",
     "DecodeError",
     "DeliveryError",
     "EncodeError",
     "EvoError",
+    "GovernanceError",
     "JavaNotFoundError",
     "MavenError",
+    "PolicyViolationError",
     "PortInUseError",
     "SchemaError",
     "StackError",
+    "TamperError",
     "TruncatedRecordError",
+    "UnauthorizedError",
     "UnknownFingerprintError",
 ]
 
@@ -80,3 +86,28 @@ class CalibrationError(EvoError):
 class FoldError(EvoError):
     """An input does not fit what a processor folds it into (a neuron-count snapshot of another shape, a window too
     small to compare)."""
+
+
+# --- governance ---------------------------------------------------------------------------------------
+class GovernanceError(EvoError):
+    """A governance event, key or command is invalid (bad payload, unknown actor, missing key...)."""
+
+
+class UnauthorizedError(GovernanceError):
+    """The actor is unknown, revoked, or lacks the role the event needs."""
+
+
+class ConflictError(GovernanceError):
+    """Another writer appended first: the log's head is not the one this append was built on. Re-read and retry."""
+
+
+class PolicyViolationError(GovernanceError):
+    """The event breaks the governance policy (e.g. production without the required approvals)."""
+
+
+class TamperError(GovernanceError):
+    """Replay found an altered, forged, dropped, inserted or reordered event; the projection stops before it."""
+
+
+class ArtifactError(GovernanceError):
+    """A model artifact is missing, or its bytes do not match its registered hash: it is never served."""

@@ -38,6 +38,15 @@ class Settings(BaseSettings):
         default="evostream-processors",
         description="The stream processors' consumer group and the prefix of their changelog topics.",
     )
+    governance_dir: Path = Field(
+        default_factory=lambda: _home(".local", "share", "evostream", "governance"),
+        description="Actor keys (one file per actor, mode 0600) and the signed checkpoints of the governance log.",
+    )
+    governance_actor: str = Field(default="admin", description="The actor whose key signs governance commands.")
+    artifacts_dir: Path = Field(
+        default_factory=lambda: _home(".local", "share", "evostream", "artifacts"),
+        description="The content-addressed store of model artifacts (sha256), verified on every load.",
+    )
     profile_window_s: int = Field(default=60, ge=1, description="Tumbling profiling window, seconds of event time.")
     drift_reference_size: int = Field(default=200, ge=20, description="Completions in a model's reference window.")
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")

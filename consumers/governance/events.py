@@ -1,0 +1,156 @@
+"""Governance events: their types and payloads, the canonical bytes that are hashed, and the hash chain link.
+
+One chain over the whole topic (``evo.governance`` has one partition): event ``n`` carries ``sequence = n`` and the
+hash of event ``n - 1`` as ``prev_hash``. ``hash = SHA-256(prev_hash bytes || canonical_bytes(event))`` covers the
+header (everything but ``hash``, ``signature`` and ``signature_alg``) and the payload, and the actor's Ed25519 key
+signs the 32 hash bytes (``keys.py``). Pure: no I/O, no Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from evostream.errors import GovernanceError
+
+ROLES = ("admin", "approver", "proposer")
+STAGES = ("candidate", "staging", "production", "archived")
+ALL_MODELS = "*"
+"""``model_name`` of events about no one model: actors and policy."""
+
+# type -> {payload field: accepted Python types}; a field whose types include NoneType may be null, and every
+# listed field must be present. Extra fields are allowed (a newer writer), and kept.
+_STR, _INT, _NUM, _BOOL, _DICT, _LIST, _NONE = (str,), (int,), (int, float), (bool,), (dict,), (list,), (type(None),)
+PAYLOADS: dict[str, dict[str, tuple[type, ...]]] = {
+    "ActorEnrolled": {"actor_id": _STR, "key_id": _STR, "public_key": _STR, "roles": _LIST},
+    "ActorRevoked": {"actor_id": _STR},
+    "PolicyChanged": {"policy": _DICT},
+    "ModelRegistered": {
+        "version": _STR,
+        "artifact_uri": _STR,
+        "artifact_sha256": _STR,
+        "parent": _STR + _NONE,
+        "operator": _STR + _NONE,
+        "operator_params": _DICT,
+        "metrics": _DICT,
+    },
+    "CandidateProposed": {"version": _STR, "evidence": _DICT},
+    "ValidationCompleted": {"version": _STR, "passed": _BOOL, "gates": _DICT},
+    "ApprovalRequested": {"version": _STR, "stage": _STR},
+    "ApprovalGranted": {"version": _STR, "stage": _STR},
+    "ApprovalRejected": {"version": _STR, "stage": _STR},
+    "Promoted": {"version": _STR, "stage": _STR + _NONE, "alias": _STR + _NONE},
+    "RolledBack": {"version": _STR, "from_version": _STR + _NONE},
+}
+EVENT_TYPES = tuple(PAYLOADS)
+
+
+@dataclass(frozen=True)
+class GovEvent:
+    """One governance event as the chain sees it; ``to_record`` / ``from_record`` map it to the Avro record."""
+
+    type: str
+    actor: str
+    key_id: str
+    payload: dict[str, Any]
+    model_name: str = ALL_MODELS
+    reason: str = ""
+    sequence: int = -1
+    prev_hash: str = ""
+    occurred_at_us: int = 0
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    type_version: int = 1
+    hash: str = ""
+    signature: str = ""
+    signature_alg: str = "Ed25519"
+
+    def header(self) -> dict[str, Any]:
+        """What the hash covers besides the payload."""
+        return {"event_id": self.event_id, "model_name": self.model_name, "sequence": self.sequence,
+                "type": self.type, "type_version": self.type_version, "actor": self.actor, "key_id": self.key_id,
+                "reason": self.reason, "occurred_at_us": self.occurred_at_us, "prev_hash": self.prev_hash}  # fmt: skip
+
+    def to_record(self) -> dict[str, Any]:
+        return {**self.header(), "payload_json": canonical_json(self.payload), "hash": self.hash,
+                "signature": self.signature, "signature_alg": self.signature_alg}  # fmt: skip
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> GovEvent:
+        """The event of a decoded record (any schema version); a payload that is not JSON raises GovernanceError."""
+        try:
+            payload = json.loads(rec["payload_json"])
+        except (TypeError, ValueError) as e:
+            raise GovernanceError(f"event {rec.get('sequence')}: payload is not JSON: {e}") from e
+        if not isinstance(payload, dict):
+            raise GovernanceError(f"event {rec.get('sequence')}: payload is not a JSON object")
+        ev = cls(type=str(rec["type"]), actor=str(rec["actor"]), key_id=str(rec["key_id"]), payload=payload,
+                 model_name=str(rec["model_name"]), reason=str(rec.get("reason") or ""),
+                 sequence=int(rec["sequence"]), prev_hash=str(rec["prev_hash"]),
+                 occurred_at_us=int(rec["occurred_at_us"]), event_id=str(rec["event_id"]),
+                 type_version=int(rec.get("type_version") or 1), hash=str(rec.get("hash") or ""),
+                 signature=str(rec["signature"]), signature_alg=str(rec.get("signature_alg") or ""))  # fmt: skip
+        return ev
+
+    def linked(self, sequence: int, prev_hash: str, occurred_at_us: int) -> GovEvent:
+        """This event placed after the head (``sequence``, ``prev_hash``), its hash computed; still unsigned."""
+        ev = replace(self, sequence=sequence, prev_hash=prev_hash, occurred_at_us=occurred_at_us, hash="",
+                     signature="")  # fmt: skip
+        return replace(ev, hash=chain_hash(prev_hash, ev))
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces, UTF-8 text; NaN and infinities are refused (they have no JSON form)."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError as e:
+        raise GovernanceError(f"a governance payload must be plain JSON: {e}") from e
+
+
+def canonical_bytes(ev: GovEvent) -> bytes:
+    """The bytes the hash covers: the header and the payload as one canonical JSON object."""
+    return canonical_json({"header": ev.header(), "payload": ev.payload}).encode()
+
+
+def chain_hash(prev_hash: str, ev: GovEvent) -> str:
+    """Hex SHA-256(prev_hash bytes || canonical bytes); the first event's prev_hash is ''."""
+    try:
+        prev = bytes.fromhex(prev_hash)
+    except ValueError as e:
+        raise GovernanceError(f"prev_hash {prev_hash!r} is not hex") from e
+    return hashlib.sha256(prev + canonical_bytes(ev)).hexdigest()
+
+
+def check_payload(type_: str, payload: Mapping[str, Any]) -> None:
+    """Raise GovernanceError naming the event type and field that does not fit."""
+    spec = PAYLOADS.get(type_)
+    if spec is None:
+        raise GovernanceError(f"unknown governance event type {type_!r} (known: {', '.join(EVENT_TYPES)})")
+    for name, types in spec.items():
+        if name not in payload:
+            raise GovernanceError(f"{type_}: payload field {name!r} is missing")
+        value = payload[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise GovernanceError(f"{type_}: payload field {name!r} must be {want}, not {type(value).__name__}")
+    if type_ == "ActorEnrolled":
+        bad = [r for r in payload["roles"] if r not in ROLES]
+        if bad or not payload["roles"]:
+            raise GovernanceError(f"ActorEnrolled: roles must be a non-empty subset of {ROLES}, got {payload['roles']}")
+    if type_ in ("ApprovalRequested", "ApprovalGranted", "ApprovalRejected") and payload["stage"] not in STAGES:
+        raise GovernanceError(f"{type_}: stage must be one of {STAGES}, got {payload['stage']!r}")
+    if type_ == "Promoted":
+        if (payload["stage"] is None) == (payload["alias"] is None):
+            raise GovernanceError("Promoted: exactly one of stage and alias must be set")
+        if payload["stage"] is not None and payload["stage"] not in ("staging", "production"):
+            raise GovernanceError(f"Promoted: stage must be staging or production, got {payload['stage']!r}")
+
+
+def upcast(ev: GovEvent) -> GovEvent:
+    """The event with its payload read as the current ``type_version`` of its type. Every type is at version 1 so
+    far: this is where a version 2 will map version 1 payloads. Hashes and signatures are checked on the event as
+    written; only the projection folds upcast events."""
+    return ev

@@ -1,0 +1,187 @@
+"""The governance commands. Each one builds an event, checks it against the projection of the whole log, signs it
+with the actor's key, and appends it as the next link of the chain; a concurrent writer's append makes it re-read
+the log and try again (a few times), so the chain never forks and no decision is taken on a stale view.
+
+Reading is a replay: the projection is folded from the log (verified: hashes, signatures, actors, policy) and
+refuses to go past a tampered event, so no command is built on top of one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from consumers.governance.events import ALL_MODELS, GovEvent, check_payload
+from consumers.governance.keys import ActorKey, sign_event
+from consumers.governance.projection import Finding, Registry, replay
+from evostream.clock import now_us
+from evostream.errors import ConflictError, GovernanceError, TamperError
+
+DEFAULT_POLICY: dict[str, Any] = {"production_approvals": 1, "auto_promote_staging": True,
+                                  "auto_promote_production": False}  # fmt: skip
+
+
+class LogT(Protocol):
+    """What the commands need of the governance log (consumers.governance.log.GovernanceLog)."""
+
+    def read(self, from_offset: int = 0) -> list[tuple[int, GovEvent]]: ...
+
+    def append(self, ev: GovEvent, expected_head: tuple[int, str]) -> int: ...
+
+
+@dataclass
+class View:
+    """The log as replayed: the projection, the events it folded (with their offsets), what verification found."""
+
+    registry: Registry
+    events: list[tuple[int, GovEvent]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def key_path(keys_dir: Path, actor: str) -> Path:
+    """Where ``actor``'s private key lives."""
+    return keys_dir / f"{actor}.key"
+
+
+class Governance:
+    """The commands of one actor, signed with its key."""
+
+    def __init__(self, log: LogT, key: ActorKey, actor: str, clock: Callable[[], int] = now_us, retries: int = 5):
+        self.log = log
+        self.key = key
+        self.actor = actor
+        self.clock = clock
+        self.retries = retries
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def view(self) -> View:
+        """Replay the whole log, verifying every link; a finding stops the projection where it was found."""
+        events = self.log.read()
+        registry, findings = replay(events)
+        return View(registry, events, findings)
+
+    def state(self) -> View:
+        """The view, refusing to act on a log that failed verification."""
+        v = self.view()
+        if v.findings:
+            first = v.findings[0]
+            raise TamperError(
+                f"the governance log failed verification at offset {first.offset} (sequence {first.sequence}): "
+                f"{first.kind}: {first.detail}; run `evostream replay --verify`"
+            )
+        return v
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def append(
+        self, type_: str, payload: Mapping[str, Any], model_name: str = ALL_MODELS, reason: str = ""
+    ) -> GovEvent:
+        """Build, check, sign and append one event on top of the current head; retry on a concurrent append."""
+        check_payload(type_, payload)
+        last: ConflictError | None = None
+        for _ in range(self.retries):
+            reg = self.state().registry
+            ev = GovEvent(type=type_, actor=self.actor, key_id=self.key.key_id, payload=dict(payload),
+                          model_name=model_name, reason=reason)  # fmt: skip
+            ev = sign_event(ev.linked(reg.head_sequence + 1, reg.head_hash, self.clock()), self.key)
+            reg.check(ev)  # unauthorized or against the policy: refused before anything is written
+            try:
+                self.log.append(ev, (reg.head_sequence, reg.head_hash))
+            except ConflictError as e:
+                last = e
+                continue
+            return ev
+        raise ConflictError(f"{type_}: another writer kept appending first ({self.retries} tries): {last}")
+
+    def enroll(self, actor_id: str, public_hex: str, key_id: str, roles: list[str], reason: str = "") -> GovEvent:
+        payload = {"actor_id": actor_id, "key_id": key_id, "public_key": public_hex, "roles": list(roles)}
+        return self.append("ActorEnrolled", payload, reason=reason)
+
+    def revoke(self, actor_id: str, reason: str) -> GovEvent:
+        return self.append("ActorRevoked", {"actor_id": actor_id}, reason=reason)
+
+    def set_policy(self, policy: Mapping[str, Any], reason: str) -> GovEvent:
+        return self.append("PolicyChanged", {"policy": dict(policy)}, reason=reason)
+
+    def register(self, model: str, version: str, *, artifact_uri: str, artifact_sha256: str, parent: str | None = None,
+                 operator: str | None = None, operator_params: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, Any] | None = None, reason: str = "") -> GovEvent:  # fmt: skip
+        payload = {"version": version, "artifact_uri": artifact_uri, "artifact_sha256": artifact_sha256,
+                   "parent": parent, "operator": operator, "operator_params": dict(operator_params or {}),
+                   "metrics": dict(metrics or {})}  # fmt: skip
+        return self.append("ModelRegistered", payload, model, reason)
+
+    def propose(self, model: str, version: str, evidence: Mapping[str, Any], reason: str = "") -> GovEvent:
+        return self.append("CandidateProposed", {"version": version, "evidence": dict(evidence)}, model, reason)
+
+    def validated(
+        self, model: str, version: str, passed: bool, gates: Mapping[str, Any], reason: str = ""
+    ) -> list[GovEvent]:
+        """ValidationCompleted; a pass is promoted to staging at once when the policy says so."""
+        out = [self.append("ValidationCompleted", {"version": version, "passed": passed, "gates": dict(gates)},
+                           model, reason)]  # fmt: skip
+        if passed and self.state().registry.policy.get("auto_promote_staging", True):
+            out.append(self.promote(model, version, stage="staging", reason="validation passed (auto_promote_staging)"))
+        return out
+
+    def request_approval(self, model: str, version: str, stage: str = "production", reason: str = "") -> GovEvent:
+        return self.append("ApprovalRequested", {"version": version, "stage": stage}, model, reason)
+
+    def approve(self, model: str, version: str, stage: str = "production", reason: str = "") -> GovEvent:
+        return self.append("ApprovalGranted", {"version": version, "stage": stage}, model, reason)
+
+    def reject(self, model: str, version: str, stage: str = "production", reason: str = "") -> GovEvent:
+        return self.append("ApprovalRejected", {"version": version, "stage": stage}, model, reason)
+
+    def promote(self, model: str, version: str, *, stage: str | None = None, alias: str | None = None,
+                reason: str = "") -> GovEvent:  # fmt: skip
+        return self.append("Promoted", {"version": version, "stage": stage, "alias": alias}, model, reason)
+
+    def rollback(self, model: str, to: str, reason: str) -> GovEvent:
+        """Make ``to`` (a version, or ``previous``: the production version before the current one) serve again."""
+        if not reason.strip():
+            raise GovernanceError("a rollback needs a reason (--reason)")
+        v = self.state()
+        current = v.registry.production(model)
+        target = previous_production(v.events, model) if to == "previous" else to
+        if target is None:
+            raise GovernanceError(f"{model} has no previous production version to roll back to")
+        if target == current:
+            raise GovernanceError(f"{target} already serves {model} in production")
+        return self.append("RolledBack", {"version": target, "from_version": current}, model, reason)
+
+
+def previous_production(events: list[tuple[int, GovEvent]], model: str) -> str | None:
+    """The version that was in production before the current one, from the log's promotions and rollbacks."""
+    served: list[str] = []
+    for _, ev in events:
+        if ev.model_name != model:
+            continue
+        if (ev.type == "Promoted" and ev.payload.get("stage") == "production") or ev.type == "RolledBack":
+            version = str(ev.payload["version"])
+            if not served or served[-1] != version:
+                served.append(version)
+    return served[-2] if len(served) >= 2 else None
+
+
+def init(log: LogT, keys_dir: Path, actor: str = "admin", clock: Callable[[], int] = now_us) -> tuple[Governance, Path]:
+    """Start an empty log: a new admin key (saved 0600 under ``keys_dir``), its self-signed enrolment, the default
+    policy. Refuses a log that already has events, and an existing key file."""
+    if log.read():
+        raise GovernanceError("the governance log already has events: `governance init` starts an empty log only")
+    path = key_path(keys_dir, actor)
+    key = ActorKey.generate()
+    key.save(path)
+    gov = Governance(log, key, actor, clock)
+    gov.enroll(actor, key.public_hex, key.key_id, ["admin"], reason="genesis: the first admin")
+    gov.set_policy(DEFAULT_POLICY, reason="genesis: the default policy")
+    return gov, path
+
+
+def load_actor(log: LogT, keys_dir: Path, actor: str, clock: Callable[[], int] = now_us) -> Governance:
+    """The commands of ``actor``, with its key from ``keys_dir``."""
+    path = key_path(keys_dir, actor)
+    if not path.exists():
+        raise GovernanceError(f"no key for actor {actor!r} at {path}: run `evostream governance init` (first admin) or "
+                              f"`evostream governance enroll {actor}` as an admin")  # fmt: skip
+    return Governance(log, ActorKey.load(path), actor, clock)
