@@ -39,14 +39,13 @@ OPERATORS = ("prune_heads", "prune_neurons", "distill", "finetune_lora", "quanti
 
 
 class Chain:
-    """A governance log in memory: each append is linked to the last event, signed by its actor's key, and folded
-    into ``registry`` (unverified: the builder decides from it what may come next)."""
+    """A governance log in memory: each append is linked to the last event and signed by its actor's key (or
+    ``key``: tests sign with the wrong one on purpose)."""
 
     def __init__(self, seed: int = 0, start_us: int = START_US) -> None:
         self.rng = random.Random(seed)
         self.keys: dict[str, ActorKey] = {}
         self.events: list[GovEvent] = []
-        self.registry = Registry()
         self.now_us = start_us
 
     def new_key(self, actor: str) -> ActorKey:
@@ -62,7 +61,6 @@ class Chain:
         prev = self.events[-1].hash if self.events else ""
         ev = sign_event(ev.linked(len(self.events), prev, self.now_us), key)
         self.events.append(ev)
-        self.registry.apply(ev, verify=False)
         return ev
 
     def enroll(self, actor: str, roles: list[str], by: str = ADMIN) -> GovEvent:
@@ -83,9 +81,10 @@ class Chain:
 Step = tuple[str, str, dict[str, Any], str]  # (type, actor, payload, model)
 
 
-def _lifecycle(chain: Chain, model: str, version: str) -> Iterator[Step | None]:
-    """One version's life; each step is decided when it is taken (other work is interleaved), None = nothing."""
-    rng, reg = chain.rng, chain.registry
+def _lifecycle(chain: Chain, reg: Registry, model: str, version: str) -> Iterator[Step]:
+    """One version's life; each step is decided when it is taken (other work is interleaved), from ``reg``: the
+    registry of the log so far."""
+    rng = chain.rng
     known = list(reg.models[model]["versions"]) if model in reg.models else []
     parent = reg.production(model) or (known[-1] if known else None)
     op = rng.choice(OPERATORS)
@@ -132,21 +131,22 @@ def build_log(n: int, seed: int = 0, models: int = 40, concurrent: int = 8) -> C
     for a in APPROVERS:
         chain.enroll(a, ["approver"])
     chain.append("PolicyChanged", ADMIN, {"policy": {"production_approvals": 2}}, reason="two approvers for prod")
-    rng, reg = chain.rng, chain.registry
+    rng, reg = chain.rng, Registry()
+    for ev in chain.events:
+        reg.apply(ev, verify=False)
     counters = [0] * models
 
-    def new_work() -> Iterator[Step | None]:
+    def new_work() -> Iterator[Step]:
         m = rng.randrange(models)
         counters[m] += 1
-        return _lifecycle(chain, f"model-{m:02d}", f"v{counters[m]}")
+        return _lifecycle(chain, reg, f"model-{m:02d}", f"v{counters[m]}")
 
     work = [new_work() for _ in range(concurrent)]
     while len(chain.events) < n:
         if rng.random() < 0.0005:  # key rotation: an approver's key is revoked, a new one enrolled
             who = rng.choice(APPROVERS)
-            chain.append("ActorRevoked", ADMIN, {"actor_id": who}, reason="key rotation")
-            if len(chain.events) < n:
-                chain.enroll(who, ["approver"])
+            reg.apply(chain.append("ActorRevoked", ADMIN, {"actor_id": who}, reason="key rotation"), verify=False)
+            reg.apply(chain.enroll(who, ["approver"]), verify=False)
             continue
         i = rng.randrange(concurrent)
         step = next(work[i], None)
@@ -157,7 +157,7 @@ def build_log(n: int, seed: int = 0, models: int = 40, concurrent: int = 8) -> C
         # interleaving can make a step moot (another version took production, an alias moved): skip it then
         if rules.refusal(type_, model, payload, reg.actors, reg.models, reg.policy) is not None:
             continue
-        chain.append(type_, actor, payload, model, reason=f"{type_} by {actor}")
+        reg.apply(chain.append(type_, actor, payload, model, reason=f"{type_} by {actor}"), verify=False)
     del chain.events[n:]
     return chain
 

@@ -372,7 +372,7 @@ class _Scan:
 
     def __init__(self, reg: Registry) -> None:
         self.head = reg.head_sequence
-        self.hashes: dict[int, str] = {reg.head_sequence: reg.head_hash}
+        self.hashes: dict[int, list[str]] = {reg.head_sequence: [reg.head_hash]}  # a fork has several
         self.offsets: dict[int, int | None] = {reg.head_sequence: reg.offset}
         self.top = reg.head_sequence
         self.keys = {kid: k["public_key"] for a in reg.actors.values() for kid, k in a["keys"].items()}
@@ -381,8 +381,10 @@ class _Scan:
 
     def see(self, ev: GovEvent, offset: int | None) -> None:
         if ev.sequence not in self.hashes:
-            self.hashes[ev.sequence] = ev.hash
+            self.hashes[ev.sequence] = [ev.hash]
             self.offsets[ev.sequence] = offset
+        elif ev.hash not in self.hashes[ev.sequence]:
+            self.hashes[ev.sequence].append(ev.hash)
         self.top = max(self.top, ev.sequence)
         self.blind = False
         if ev.type == "ActorEnrolled" and isinstance(ev.payload.get("public_key"), str):
@@ -397,7 +399,7 @@ class _Scan:
             return "altered", str(e)
         if seq in self.hashes or seq <= self.head:
             taken = self.offsets.get(seq, "an applied event")
-            same = " (a copy of it)" if self.hashes.get(seq) == ev.hash else ""
+            same = " (a copy of it)" if ev.hash in self.hashes.get(seq, ()) else ""
             return "inserted", f"sequence {seq} is already taken by offset {taken}{same}: the log forks"
         if not self.blind:
             if seq < self.top:
@@ -407,7 +409,7 @@ class _Scan:
                     "gap",
                     f"expected sequence {self.top + 1}, got {seq}: events {self.top + 1}..{seq - 1} are missing",
                 )
-            if ev.prev_hash != self.hashes[self.top]:
+            if ev.prev_hash not in self.hashes[self.top]:
                 return "inserted", f"prev_hash does not link to the hash of sequence {self.top}"
         public = self.keys.get(ev.key_id)
         if public is not None and not verify_signature(public, ev.hash, ev.signature):
