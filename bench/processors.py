@@ -379,6 +379,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the worker and the private broker are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     policy = policy_for(load_policies(), VERSION)
     shared = args.bootstrap or load_settings().bootstrap_servers or LocalStack(load_settings()).read_state()
     if args.runs > 1 and shared:
