@@ -1,19 +1,21 @@
 """The ``evostream`` command line: the only layer that wires services together.
 
-One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck); this module
-only assembles their commands into one Typer app, so ``evostream = "evostream.cli:app"`` keeps working."""
+One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck, governance);
+this module only assembles their commands into one Typer app, so ``evostream = "evostream.cli:app"`` keeps working."""
 
 from __future__ import annotations
 
 import typer
 
-from evostream.cli import calibrate, contract, demo, readers, selfcheck, serve
+from evostream.cli import calibrate, contract, demo, governance, readers, selfcheck, serve
 from evostream.cli.stack import stack_app
 
 app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
                   no_args_is_help=True, pretty_exceptions_enable=False)  # fmt: skip
 app.add_typer(stack_app, name="stack")
 app.add_typer(contract.schemas_app, name="schemas")
+app.add_typer(governance.governance_app, name="governance")
+app.add_typer(governance.registry_app, name="registry")
 for command in (
     selfcheck.selfcheck,
     demo.demo,
@@ -25,7 +27,14 @@ for command in (
     readers.drift,
     readers.profile,
     contract.topics,
+    governance.register,
+    governance.approve,
+    governance.promote,
+    governance.rollback,
+    governance.audit,
+    governance.provenance,
 ):
     app.command()(command)
+app.command("replay")(governance.replay_cmd)
 
 __all__ = ["app"]

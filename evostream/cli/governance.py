@@ -1,0 +1,374 @@
+"""``evostream governance ...``, ``registry``, ``audit``, ``replay --verify``, ``rollback``: the governance log, for
+people. Every answer is a replay of ``evo.governance``; every change is a signed event appended to it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from evostream.cli.common import Bootstrap, broker, friendly, say
+from evostream.errors import GovernanceError
+from evostream.settings import Settings, load_settings
+
+governance_app = typer.Typer(help="The governance log: actors, keys and policy.", no_args_is_help=True)
+
+Actor = Annotated[str | None, typer.Option(help="Acting actor (its key signs). Env: EVOSTREAM_GOVERNANCE_ACTOR.")]
+Reason = Annotated[str, typer.Option(help="Why, in your words (kept in the log).")]
+
+
+def _settings(bootstrap: str | None, actor: str | None = None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if bootstrap:
+        overrides["bootstrap_servers"] = bootstrap
+    if actor:
+        overrides["governance_actor"] = actor
+    return load_settings(**overrides)
+
+
+def _log(settings: Settings) -> Any:
+    from consumers.governance.log import GovernanceLog
+
+    return GovernanceLog(broker(settings))
+
+
+def _actor(settings: Settings) -> Any:
+    from consumers.governance.service import load_actor
+
+    return load_actor(_log(settings), settings.governance_dir / "keys", settings.governance_actor)
+
+
+def when(us: int) -> str:
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_time(text: str) -> int:
+    """``2026-11-23T14:03``, ``2026-11-23 14:03:00`` (UTC unless an offset is given) -> µs since the epoch."""
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError as e:
+        raise GovernanceError(f"{text!r} is not a time (e.g. 2026-11-23T14:03, UTC unless an offset is given)") from e
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1e6)
+
+
+def describe(ev: Any) -> str:
+    """What an event did, in a few words."""
+    p, t = ev.payload, ev.type
+    if t == "ActorEnrolled":
+        return f"enrolled {p['actor_id']} as {'/'.join(p['roles'])} (key {p['key_id'][:8]})"
+    if t == "ActorRevoked":
+        return f"revoked {p['actor_id']}"
+    if t == "PolicyChanged":
+        return f"policy {json.dumps(p['policy'], sort_keys=True)}"
+    if t == "ModelRegistered":
+        return f"registered {p['version']} (parent {p['parent']}, {p['artifact_uri'][:19]})"
+    if t == "ValidationCompleted":
+        return f"validation of {p['version']}: {'PASS' if p['passed'] else 'FAIL'}"
+    if t == "ApprovalRequested":
+        return f"asked approval of {p['version']} for {p['stage']}"
+    if t in ("ApprovalGranted", "ApprovalRejected"):
+        return f"{'approved' if t == 'ApprovalGranted' else 'rejected'} {p['version']} for {p['stage']}"
+    if t == "Promoted":
+        return f"promoted {p['version']} to {p['stage'] or 'alias ' + str(p['alias'])}"
+    if t == "RolledBack":
+        return f"rolled back {p['from_version']} -> {p['version']}"
+    if t == "CandidateProposed":
+        return f"proposed {p['version']}"
+    return str(t)
+
+
+def audit_line(offset: int, ev: Any) -> str:
+    """One line per event: sequence, offset, when, who, on which model, what, why."""
+    reason = f": {ev.reason}" if ev.reason else ""
+    model = "" if ev.model_name == "*" else f" [{ev.model_name}]"
+    return f"#{ev.sequence:<5} @{offset:<6} {when(ev.occurred_at_us)} {ev.actor:<10}{model} {describe(ev)}{reason}"
+
+
+@governance_app.command("init")
+@friendly
+def governance_init(bootstrap: Bootstrap = None, actor: Actor = None) -> None:
+    """Start the governance log: the first admin key (0600, never printed) and its enrolment, the default policy."""
+    from consumers.governance.service import init
+
+    settings = _settings(bootstrap, actor)
+    gov, path = init(_log(settings), settings.governance_dir / "keys", settings.governance_actor)
+    say(f"admin {gov.actor} enrolled (key {gov.key.key_id}); private key saved to {path} (mode 0600): keep it safe")
+
+
+@governance_app.command("enroll")
+@friendly
+def governance_enroll(
+    name: Annotated[str, typer.Argument(help="The new actor's id.")],
+    roles: Annotated[str, typer.Option(help="Comma-separated: admin, approver, proposer.")] = "approver",
+    reason: Reason = "",
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
+    """Create a key for a new actor (saved 0600 beside the admin's) and enroll it with its roles (admin only)."""
+    from consumers.governance.keys import ActorKey
+    from consumers.governance.service import key_path
+
+    settings = _settings(bootstrap, actor)
+    gov = _actor(settings)
+    path = key_path(settings.governance_dir / "keys", name)
+    key = ActorKey.generate()
+    key.save(path)
+    try:
+        gov.enroll(name, key.public_hex, key.key_id, [r.strip() for r in roles.split(",") if r.strip()], reason)
+    except Exception:
+        path.unlink()  # not enrolled: the key must not linger as if it were
+        raise
+    say(f"enrolled {name} ({roles}, key {key.key_id}); private key at {path} (mode 0600)")
+
+
+@governance_app.command("revoke")
+@friendly
+def governance_revoke(name: str, reason: Reason = "", bootstrap: Bootstrap = None, actor: Actor = None) -> None:
+    """Revoke an actor: its key signs nothing from now on, and replay flags any later event it signed."""
+    _actor(_settings(bootstrap, actor)).revoke(name, reason)
+    say(f"revoked {name}")
+
+
+@governance_app.command("policy")
+@friendly
+def governance_policy(
+    approvals: Annotated[int, typer.Option(min=0, help="Approvers needed for production (N of the enrolled M).")] = 1,
+    auto_staging: Annotated[bool, typer.Option(help="Promote a validated candidate to staging at once.")] = True,
+    auto_production: Annotated[bool, typer.Option(help="Promote to production without approvals.")] = False,
+    reason: Reason = "",
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
+    """Change the promotion policy (admin only); the change is itself an event."""
+    policy = {"production_approvals": approvals, "auto_promote_staging": auto_staging,
+              "auto_promote_production": auto_production}  # fmt: skip
+    _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
+    say(f"policy: {json.dumps(policy, sort_keys=True)}")
+
+
+@friendly
+def register(
+    model: Annotated[str, typer.Argument(help="Model name, e.g. evostream/t5-tiny-suite.")],
+    version: Annotated[str, typer.Argument(help="Version id, e.g. evostream/t5-tiny-suite@2.")],
+    artifact: Annotated[Path, typer.Option(help="The model folder (saved with save_pretrained).", exists=True)],
+    parent: Annotated[str | None, typer.Option(help="The version it was derived from.")] = None,
+    operator: Annotated[str | None, typer.Option(help="The evolution operator that built it.")] = None,
+    metrics: Annotated[str, typer.Option(help="Measured metrics as JSON.")] = "{}",
+    reason: Reason = "",
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
+    """Store a model folder in the artifact store (by its sha256) and register it as a candidate version."""
+    from evostream.artifacts import ArtifactStore
+
+    settings = _settings(bootstrap, actor)
+    try:
+        measured = json.loads(metrics)
+    except ValueError as e:
+        raise GovernanceError(f"--metrics is not JSON: {e}") from e
+    ref = ArtifactStore(settings.artifacts_dir).put_dir(artifact)
+    _actor(settings).register(model, version, artifact_uri=ref.uri, artifact_sha256=ref.sha256, parent=parent,
+                              operator=operator, metrics=measured, reason=reason)  # fmt: skip
+    say(f"registered {version} ({ref.uri})")
+
+
+@friendly
+def approve(
+    model: str, version: str, stage: str = "production", reject: bool = False, reason: Reason = "",
+    bootstrap: Bootstrap = None, actor: Actor = None,
+) -> None:  # fmt: skip
+    """Grant (or --reject) approval of a version for a stage (approvers)."""
+    gov = _actor(_settings(bootstrap, actor))
+    (gov.reject if reject else gov.approve)(model, version, stage, reason)
+    say(f"{'rejected' if reject else 'approved'} {version} for {stage}")
+
+
+@friendly
+def promote(
+    model: str, version: str,
+    stage: Annotated[str | None, typer.Option(help="staging or production.")] = None,
+    alias: Annotated[str | None, typer.Option(help="An alias such as champion or challenger.")] = None,
+    reason: Reason = "", bootstrap: Bootstrap = None, actor: Actor = None,
+) -> None:  # fmt: skip
+    """Promote a version to a stage, or point an alias at it; the policy decides who may and when."""
+    _actor(_settings(bootstrap, actor)).promote(model, version, stage=stage, alias=alias, reason=reason)
+    say(f"promoted {version} to {stage or 'alias ' + str(alias)}")
+
+
+@friendly
+def rollback(
+    model: Annotated[str, typer.Argument(help="Model name.")],
+    to: Annotated[str, typer.Option("--to", help="A version, or 'previous'.")],
+    reason: Annotated[str, typer.Option(help="Why (required).")],
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
+    """Make an earlier version serve production again (admin); producers following the log swap to it."""
+    ev = _actor(_settings(bootstrap, actor)).rollback(model, to, reason)
+    say(f"rolled back {model}: {ev.payload['from_version']} -> {ev.payload['version']}")
+
+
+@friendly
+def audit(
+    since: Annotated[str | None, typer.Option(help="Only events from this time on (UTC unless given).")] = None,
+    actor: Annotated[str | None, typer.Option("--actor", help="Only this actor's events.")] = None,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Who did what, when and why: one line per governance event, verified as it is read."""
+    from consumers.governance.projection import replay
+
+    settings = _settings(bootstrap)
+    events = _log(settings).read()
+    _, findings = replay(events)
+    floor = parse_time(since) if since else None
+    for offset, ev in events:
+        if (floor is None or ev.occurred_at_us >= floor) and (actor is None or ev.actor == actor):
+            typer.echo(audit_line(offset, ev))
+    for f in findings:
+        typer.secho(f"TAMPERED @{f.offset} #{f.sequence} {f.kind}: {f.detail}", fg=typer.colors.RED, err=True)
+    if findings:
+        raise SystemExit(2)
+
+
+@friendly
+def replay_cmd(
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check every hash, signature, actor and policy rule.")
+    ] = False,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Replay the governance log from its first event; with --verify, report every altered, forged, dropped,
+    inserted or reordered event with its offset (exit 2), and the head the projection reached."""
+    from consumers.governance.projection import replay
+
+    settings = _settings(bootstrap)
+    events = _log(settings).read()
+    registry, findings = replay(events, verify=verify)
+    for f in findings:
+        typer.secho(f"offset {f.offset} sequence {f.sequence}: {f.kind}: {f.detail}", fg=typer.colors.RED)
+    typer.echo(f"{len(events)} events; projection at sequence {registry.head_sequence} (offset {registry.offset}), "
+               f"head {registry.head_hash[:16] or '-'}; {'verified' if verify else 'not verified'}: "
+               f"{len(findings)} finding(s)")  # fmt: skip
+    if findings:
+        raise SystemExit(2)
+
+
+registry_app = typer.Typer(help="The model registry, as replayed from the governance log.")
+AsOf = Annotated[str | None, typer.Option(help="The state as of a time (UTC unless given) or a log offset.")]
+
+
+def _replayed(settings: Settings, as_of: str | None) -> tuple[Any, list[Any], list[tuple[int, Any]]]:
+    from consumers.governance.projection import replay
+
+    events = _log(settings).read()
+    if as_of is None:
+        registry, findings = replay(events)
+    elif as_of.isdigit():
+        registry, findings = replay(events, until_offset=int(as_of))
+    else:
+        registry, findings = replay(events, until_us=parse_time(as_of))
+    return registry, findings, events
+
+
+def _warn(findings: list[Any]) -> None:
+    for f in findings:
+        typer.secho(f"TAMPERED @{f.offset} #{f.sequence} {f.kind}: {f.detail} (the registry stops before it)",
+                    fg=typer.colors.RED, err=True)  # fmt: skip
+
+
+def registry_lines(registry: Any) -> list[str]:
+    """The registry for people: per model its serving versions, then one line per version."""
+    lines = []
+    for name, model in sorted(registry.models.items()):
+        aliases = ", ".join(f"{a}={v}" for a, v in sorted(model["aliases"].items())) or "-"
+        lines.append(f"{name}: production {model['production'] or '-'}, staging {model['staging'] or '-'}, "
+                     f"aliases {aliases}")  # fmt: skip
+        for v, ver in model["versions"].items():
+            val = ver["validation"]
+            verdict = "-" if val is None else ("PASS" if val["passed"] else "FAIL")
+            approvers = sorted({a for stage in ver["approvals"].values() for a in stage}) if ver["approvals"] else []
+            lines.append(f"  {v:<36} {ver['stage']:<10} parent {ver['parent'] or '-':<30} validation {verdict:<4} "
+                         f"approved by {','.join(approvers) or '-'}  registered by {ver['registered_by']} "
+                         f"{when(ver['registered_at_us'])}")  # fmt: skip
+    for p in registry.pending_approvals():
+        lines.append(f"pending: {p['version']} -> {p['stage']}: {len(p['approvers'])}/{p['needed']} approvals "
+                     f"({', '.join(p['approvers']) or 'none yet'})")  # fmt: skip
+    lines.append(f"policy: {json.dumps(registry.policy, sort_keys=True)}")
+    lines.append(f"log head: sequence {registry.head_sequence}, offset {registry.offset}, hash "
+                 f"{registry.head_hash[:16] or '-'}")  # fmt: skip
+    return lines
+
+
+@registry_app.callback(invoke_without_command=True)
+@friendly
+def registry(ctx: typer.Context, as_of: AsOf = None, bootstrap: Bootstrap = None) -> None:
+    """Every model, its versions, stages, aliases and pending approvals; --as-of shows an earlier state."""
+    if ctx.invoked_subcommand is not None:
+        return
+    reg, findings, _ = _replayed(_settings(bootstrap), as_of)
+    for line in registry_lines(reg):
+        typer.echo(line)
+    _warn(findings)
+
+
+def _model_of(reg: Any, version: str) -> str:
+    owners = [name for name, model in reg.models.items() if version in model["versions"]]
+    if not owners:
+        raise GovernanceError(f"no model has a version {version!r}; `evostream registry` lists them")
+    return str(owners[0])
+
+
+@registry_app.command("show")
+@friendly
+def registry_show(version: str, as_of: AsOf = None, bootstrap: Bootstrap = None) -> None:
+    """One version: its artifact, metrics, lineage, validation gates, approvals and the events that touched it."""
+    reg, findings, _ = _replayed(_settings(bootstrap), as_of)
+    model = _model_of(reg, version)
+    info = reg.version(model, version)
+    info["lineage"] = reg.lineage(model, version)
+    info["model_name"] = model
+    typer.echo(json.dumps(info, indent=2, sort_keys=True))
+    _warn(findings)
+
+
+@friendly
+def provenance(
+    trace_id: str,
+    bootstrap: Bootstrap = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to look for the trace's completion.")] = 30.0,
+) -> None:
+    """Which version answered a trace, its lineage, the governance events that made it serve, its evidence."""
+    from evostream.bus.reader import TopicReader
+    from schemas.catalog import COMPLETIONS
+
+    settings = _settings(bootstrap)
+    server = broker(settings)
+    found: list[dict[str, Any]] = []
+    with TopicReader(server, COMPLETIONS, "Completion", timeout_s=timeout, until=lambda: bool(found),
+                     name="provenance") as reader:  # fmt: skip
+        for rec in reader:
+            if rec["trace_id"] == trace_id:
+                found.append(rec)
+    if not found:
+        raise GovernanceError(f"no completion of trace {trace_id} on {COMPLETIONS} (looked for {timeout:g} s)")
+    done = found[0]
+    version, at = str(done["model_version"]), int(done["completed_at_us"])
+    reg, findings, events = _replayed(settings, None)
+    model = _model_of(reg, version)
+    info = reg.version(model, version)
+    typer.echo(f"trace {trace_id}: answered by {version} at {when(at)} ({done['token_count']} tokens)")
+    typer.echo(f"lineage: {' <- '.join(reg.lineage(model, version))}")
+    typer.echo(f"artifact: {info['artifact_uri']}  operator: {info['operator'] or '-'} {info['operator_params']}")
+    val = info["validation"]
+    typer.echo("validation: " + ("none" if val is None else f"{'PASS' if val['passed'] else 'FAIL'} "
+                                 f"{json.dumps(val['gates'], sort_keys=True)}"))  # fmt: skip
+    typer.echo("governance events of this version up to the answer:")
+    for offset, ev in events:
+        if ev.model_name == model and ev.payload.get("version") == version and ev.occurred_at_us <= at:
+            typer.echo("  " + audit_line(offset, ev))
+    _warn(findings)
