@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         description="Actor keys (one file per actor, mode 0600) and the signed checkpoints of the governance log.",
     )
     governance_actor: str = Field(default="admin", description="The actor whose key signs governance commands.")
+    governance_topic: str = Field(
+        default="evo.governance", description="The governance log's topic (another one isolates a test or a tenant)."
+    )
     artifacts_dir: Path = Field(
         default_factory=lambda: _home(".local", "share", "evostream", "artifacts"),
         description="The content-addressed store of model artifacts (sha256), verified on every load.",

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_answers_every_task_with_its_step_events_and_risk(kafka: str, tmp_path: Path) -> None:
-    env = {**os.environ, "EVOSTREAM_PROCESSORS_DIR": str(tmp_path),
-           "EVOSTREAM_PROCESSORS_APP_ID": f"test-demo-{uuid.uuid4().hex[:8]}", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    """On an empty governance log (its own topic), the demo's genesis registers, validates, approves and promotes
+    the embedded model, and the answers come from that governed version; the log then verifies."""
+    run_id = uuid.uuid4().hex[:8]
+    env = {**os.environ, "EVOSTREAM_PROCESSORS_DIR": str(tmp_path / "processors"),
+           "EVOSTREAM_PROCESSORS_APP_ID": f"test-demo-{run_id}", "HF_HUB_OFFLINE": "1",
+           "EVOSTREAM_GOVERNANCE_DIR": str(tmp_path / "governance"), "EVOSTREAM_ARTIFACTS_DIR": str(tmp_path / "art"),
+           "EVOSTREAM_GOVERNANCE_TOPIC": f"test-demo-governance-{run_id}"}  # fmt: skip
     run = subprocess.run([*CLI, "demo", "--bootstrap", kafka], env=env, capture_output=True, text=True,
                          timeout=300)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
@@ -26,3 +31,21 @@ def test_demo_answers_every_task_with_its_step_events_and_risk(kafka: str, tmp_p
     assert all(line.startswith("ok ") for line in lines), run.stdout
     assert all("· risk " in line and "not reported" not in line for line in lines), run.stdout
     assert "6/6 tasks answered right; every token has its GenerationStep on evo.steps" in run.stdout
+    assert "governance: empty log, genesis" in run.stderr and "promoted to production" in run.stderr, run.stderr
+    version = next(line.split()[1].rstrip(",") for line in run.stderr.splitlines() if line.startswith("serving "))
+    assert version.startswith("evostream/t5-tiny-suite@")
+    audit = subprocess.run([*CLI, "audit", "--bootstrap", kafka], env=env, capture_output=True, text=True, timeout=60)
+    assert audit.returncode == 0, audit.stderr[-2000:]
+    kinds = [line.split(maxsplit=4)[4] for line in audit.stdout.splitlines()]
+    assert [k.split(":")[0].split(" (")[0] for k in kinds] == [
+        "admin      enrolled admin as admin",
+        'admin      policy {"auto_promote_production"',
+        f"admin      [evostream/t5-tiny-suite] registered {version}",
+        f"admin      [evostream/t5-tiny-suite] validation of {version}",
+        f"admin      [evostream/t5-tiny-suite] promoted {version} to staging",
+        f"admin      [evostream/t5-tiny-suite] approved {version} for production",
+        f"admin      [evostream/t5-tiny-suite] promoted {version} to production",
+    ], audit.stdout
+    verify = subprocess.run([*CLI, "replay", "--verify", "--bootstrap", kafka], env=env, capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert verify.returncode == 0 and "7 events" in verify.stdout and "0 finding(s)" in verify.stdout, verify.stdout

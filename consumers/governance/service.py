@@ -53,13 +53,23 @@ class Governance:
         self.actor = actor
         self.clock = clock
         self.retries = retries
+        self._view: View | None = None
 
     # --- reading -------------------------------------------------------------------------------------------
     def view(self) -> View:
-        """Replay the whole log, verifying every link; a finding stops the projection where it was found."""
-        events = self.log.read()
-        registry, findings = replay(events)
-        return View(registry, events, findings)
+        """The log replayed and verified: folded once, then only its new tail (and this actor's own appends, which
+        count at once even if the log's reader has not caught up with them yet)."""
+        if self._view is None or self._view.findings:
+            events = self.log.read()
+            registry, findings = replay(events)
+            self._view = View(registry, events, findings)
+            return self._view
+        v = self._view
+        tail = self.log.read(from_offset=v.events[-1][0] + 1 if v.events else 0)
+        if tail:
+            registry, findings = replay(tail, start=v.registry)
+            self._view = View(registry, v.events + tail, findings)
+        return self._view
 
     def state(self) -> View:
         """The view, refusing to act on a log that failed verification."""
@@ -80,16 +90,21 @@ class Governance:
         check_payload(type_, payload)
         last: ConflictError | None = None
         for _ in range(self.retries):
-            reg = self.state().registry
+            v = self.state()
+            reg = v.registry
             ev = GovEvent(type=type_, actor=self.actor, key_id=self.key.key_id, payload=dict(payload),
                           model_name=model_name, reason=reason)  # fmt: skip
             ev = sign_event(ev.linked(reg.head_sequence + 1, reg.head_hash, self.clock()), self.key)
             reg.check(ev)  # unauthorized or against the policy: refused before anything is written
             try:
-                self.log.append(ev, (reg.head_sequence, reg.head_hash))
+                offset = self.log.append(ev, (reg.head_sequence, reg.head_hash))
             except ConflictError as e:
                 last = e
+                self._view = None  # re-read the whole log: someone else's events came first
                 continue
+            # the append checked that the head was still ``reg``'s: nothing came in between
+            registry, findings = replay([(offset, ev)], start=reg)
+            self._view = View(registry, [*v.events, (offset, ev)], findings)
             return ev
         raise ConflictError(f"{type_}: another writer kept appending first ({self.retries} tries): {last}")
 

@@ -40,23 +40,29 @@ def run_demo(
     bootstrap: str, settings: Settings, say: Callable[[str], None], timeout_s: float = 120.0
 ) -> list[DemoAnswer]:
     # imported here, not at the top: every command imports this module, and only the demo needs torch
+    from evostream.cli.governed import GovernedModel, ensure_genesis
+    from models.default_model import MODEL_ID
     from models.suite.tasks import make_split
     from producers.client import InferenceClient
     from producers.embedding import PromptEmbedder
-    from producers.loading import load_model
     from producers.service import InferenceService, ServeOptions
 
-    loaded = load_model("default")
+    # what serves is what governance says: on an empty log, the genesis registers and promotes the embedded model
+    version = ensure_genesis(settings, bootstrap, say)
+    source = GovernedModel(bootstrap, settings, MODEL_ID)
+    loaded = source.current().loaded
     options = ServeOptions(
         max_batch=settings.serve_max_batch, max_wait_ms=max(settings.serve_max_wait_ms, DEMO_WAIT_MS)
     )
-    service = InferenceService(bootstrap, loaded, PromptEmbedder(), options)
+    service = InferenceService(bootstrap, loaded, PromptEmbedder(), options, models=source)
     ready = threading.Event()
     thread = threading.Thread(target=service.run, kwargs={"on_ready": ready.set}, daemon=True)
     thread.start()
     if not ready.wait(30):
+        source.close()
         raise EvoError("the inference service did not start")
-    say(f"serving {loaded.version} ({loaded.parameter_count():,} parameters) on {loaded.device}")
+    say(f"serving {version}, the governed production version ({loaded.parameter_count():,} parameters, artifact "
+        f"verified) on {loaded.device}")  # fmt: skip
     try:
         examples = {e.task: e for e in make_split("demo", 1)}
         client = InferenceClient(bootstrap, tenant="demo")
@@ -65,6 +71,7 @@ def run_demo(
     finally:
         service.stop_event.set()
         thread.join(60)
+        source.close()
     traces = {r["trace_id"] for r in replies.values()}
     steps = client.trace_steps(traces, sum(r["token_count"] for r in replies.values()), timeout_s)
     counts = Counter(s["trace_id"] for s in steps)

@@ -32,7 +32,7 @@ def _settings(bootstrap: str | None, actor: str | None = None) -> Settings:
 def _log(settings: Settings) -> Any:
     from consumers.governance.log import GovernanceLog
 
-    return GovernanceLog(broker(settings))
+    return GovernanceLog(broker(settings), topic=settings.governance_topic)
 
 
 def _actor(settings: Settings) -> Any:
@@ -220,13 +220,15 @@ def audit(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Who did what, when and why: one line per governance event, verified as it is read."""
-    from consumers.governance.projection import replay
+    from consumers.governance.projection import Finding, replay
 
     settings = _settings(bootstrap)
-    events = _log(settings).read()
-    _, findings = replay(events)
+    items = _log(settings).items()
+    _, findings = replay(items)
     floor = parse_time(since) if since else None
-    for offset, ev in events:
+    for offset, ev in items:
+        if isinstance(ev, Finding):
+            continue
         if (floor is None or ev.occurred_at_us >= floor) and (actor is None or ev.actor == actor):
             typer.echo(audit_line(offset, ev))
     for f in findings:
@@ -247,7 +249,7 @@ def replay_cmd(
     from consumers.governance.projection import replay
 
     settings = _settings(bootstrap)
-    events = _log(settings).read()
+    events = _log(settings).items()
     registry, findings = replay(events, verify=verify)
     for f in findings:
         typer.secho(f"offset {f.offset} sequence {f.sequence}: {f.kind}: {f.detail}", fg=typer.colors.RED)
@@ -263,15 +265,16 @@ AsOf = Annotated[str | None, typer.Option(help="The state as of a time (UTC unle
 
 
 def _replayed(settings: Settings, as_of: str | None) -> tuple[Any, list[Any], list[tuple[int, Any]]]:
-    from consumers.governance.projection import replay
+    from consumers.governance.projection import Finding, replay
 
-    events = _log(settings).read()
+    items = _log(settings).items()  # an undecodable record is a finding in its place
+    events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
     if as_of is None:
-        registry, findings = replay(events)
+        registry, findings = replay(items)
     elif as_of.isdigit():
-        registry, findings = replay(events, until_offset=int(as_of))
+        registry, findings = replay(items, until_offset=int(as_of))
     else:
-        registry, findings = replay(events, until_us=parse_time(as_of))
+        registry, findings = replay(items, until_us=parse_time(as_of))
     return registry, findings, events
 
 

@@ -1,0 +1,181 @@
+"""Serving what governance decided: the genesis of an empty log (the embedded default model registered, validated,
+approved and promoted), and a model source for the inference service that follows ``evo.governance`` and hands over
+the production version's artifact, verified, whenever a promotion or a rollback changes it.
+
+Here, in the CLI layer, because it wires three parts that never import each other: the governance log
+(``consumers``), the artifact store (core) and the inference producer (``producers``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from consumers.governance.log import GovernanceLog
+from consumers.governance.projection import Registry, replay
+from consumers.governance.service import Governance, init, key_path, load_actor
+from evostream.artifacts import ArtifactStore
+from evostream.errors import GovernanceError, TamperError
+from evostream.settings import Settings
+
+log = logging.getLogger("evostream.governed")
+
+GENESIS_EVAL_PER_TASK = 20
+"""Held-out prompts per task that the genesis validation measures (all 200 per task take minutes on 2 cores)."""
+GENESIS_GATE = 0.9
+"""The exact-match accuracy each task must reach for the embedded model to pass its genesis validation."""
+
+
+def _verified(registry: Registry, findings: list[Any]) -> Registry:
+    if findings:
+        f = findings[0]
+        raise TamperError(f"the governance log failed verification at offset {f.offset} (sequence {f.sequence}): "
+                          f"{f.kind}: {f.detail}; nothing is served from it (`evostream replay --verify`)")  # fmt: skip
+    return registry
+
+
+def default_version() -> str:
+    """The embedded model's version id, as the loader names it (``name@<12 hex of its weights' sha256>``)."""
+    from models.default_model import MODEL_ID, WEIGHTS_DIR
+    from producers.loading import weights_digest
+
+    return f"{MODEL_ID}@{weights_digest(WEIGHTS_DIR)}"
+
+
+def validate_default(
+    path: Path, per_task: int = GENESIS_EVAL_PER_TASK
+) -> tuple[bool, dict[str, Any], dict[str, float]]:
+    """Measure the model at ``path`` on the held-out suite: (passed, gates, accuracy per task)."""
+    from models.suite.evaluate import eval_set, evaluate
+    from producers.loading import load_model
+
+    lm = load_model(str(path), device="cpu")
+    acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))
+    gates = {f"accuracy:{task}": {"value": a, "threshold": GENESIS_GATE, "passed": a >= GENESIS_GATE}
+             for task, a in acc.items() if task != "mean"}  # fmt: skip
+    return all(g["passed"] for g in gates.values()), gates, acc
+
+
+def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) -> str:
+    """The production version of the embedded default model. On an empty log: the genesis (first admin key and
+    policy, then the default model stored, registered, validated on the held-out suite, approved and promoted)."""
+    from models.default_model import MODEL_ID, WEIGHTS_DIR
+
+    store = ArtifactStore(settings.artifacts_dir)
+    keys = settings.governance_dir / "keys"
+    with GovernanceLog(server, topic=settings.governance_topic) as glog:
+        registry = _verified(*replay(glog.read()))
+        if registry.head_sequence < 0:
+            gov, path = init(glog, keys, settings.governance_actor)
+            say(f"governance: empty log, genesis: admin {gov.actor} enrolled (key {gov.key.key_id}, saved 0600 at "
+                f"{path})")  # fmt: skip
+        elif registry.production(MODEL_ID) is not None:
+            version = str(registry.production(MODEL_ID))
+            _ensure_default_artifact(store, registry, MODEL_ID, version, WEIGHTS_DIR)
+            return version
+        elif not key_path(keys, settings.governance_actor).exists():
+            raise GovernanceError(f"the governance log has no production version of {MODEL_ID}, and there is no key "
+                                  f"for {settings.governance_actor!r} in {keys} to register one")  # fmt: skip
+        else:
+            gov = load_actor(glog, keys, settings.governance_actor)
+        return _register_default(gov, store, MODEL_ID, WEIGHTS_DIR, say)
+
+
+def _ensure_default_artifact(store: ArtifactStore, registry: Registry, model: str, version: str, weights: Path) -> None:
+    """A log made elsewhere may name the embedded model's artifact while this machine's store lacks it: the store is
+    content-addressed, so putting the shipped weights restores exactly that artifact or a different one (not used)."""
+    sha = registry.version(model, version)["artifact_sha256"]
+    if not store.contains(sha) and version == default_version():
+        store.put_dir(weights)
+
+
+def _register_default(
+    gov: Governance, store: ArtifactStore, model: str, weights: Path, say: Callable[[str], None]
+) -> str:
+    version = default_version()
+    ref = store.put_dir(weights)
+    training = json.loads((weights / "training.json").read_text()) if (weights / "training.json").exists() else {}
+    say(f"governance: validating {version} on {GENESIS_EVAL_PER_TASK} held-out prompts per task")
+    passed, gates, acc = validate_default(store.open(ref.sha256))
+    size = sum(f.stat().st_size for f in weights.iterdir() if f.is_file())
+    metrics = {"parameters": training.get("parameters"), "bytes_on_disk": size, "task_accuracy": acc,
+               "training_held_out_accuracy": training.get("held_out_accuracy")}  # fmt: skip
+    gov.register(model, version, artifact_uri=ref.uri, artifact_sha256=ref.sha256, metrics=metrics,
+                 reason="genesis: the embedded default model")  # fmt: skip
+    gov.validated(model, version, passed, gates, reason="genesis: held-out task suite")
+    if not passed:
+        raise GovernanceError(f"the embedded model failed its genesis validation: {gates}")
+    gov.approve(model, version, "production", reason="genesis")
+    gov.promote(model, version, stage="production", reason="genesis: the embedded default model")
+    say(f"governance: {version} registered ({ref.uri[:19]}...), validated (mean accuracy {acc['mean']:.2f}), "
+        f"approved and promoted to production")  # fmt: skip
+    return version
+
+
+class GovernedModel:
+    """A ``producers.swap.ModelSource`` that serves the production version of ``model`` as the governance log says.
+
+    A thread folds new governance events every ``poll_s``; when production changes (a promotion or a rollback) it
+    loads the new version's artifact from the store (its bytes re-hashed first: a mismatch is refused, never
+    served) and hands it over; the service swaps between batches."""
+
+    def __init__(self, server: str, settings: Settings, model: str, poll_s: float = 1.0,
+                 load: Callable[[Path, str], Any] | None = None) -> None:  # fmt: skip
+        from producers.swap import ServingModel
+
+        self._serving_model = ServingModel
+        self.server = server
+        self.model = model
+        self.poll_s = poll_s
+        self.store = ArtifactStore(settings.artifacts_dir)
+        self._load = load or _load_artifact
+        self._log = GovernanceLog(server, topic=settings.governance_topic)
+        items = self._log.read()
+        self.registry = _verified(*replay(items))
+        version = self.registry.production(model)
+        if version is None:
+            raise GovernanceError(f"no production version of {model} in the governance log: promote one first")
+        self._current = self._serve(version)
+        self.stop_event = threading.Event()
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._follow, name="governance-follower", daemon=True)
+        self._thread.start()
+
+    def current(self) -> Any:
+        return self._current
+
+    def _serve(self, version: str) -> Any:
+        info = self.registry.version(self.model, version)
+        path = self.store.open(info["artifact_sha256"])  # re-hashed: ArtifactError if any byte differs
+        loaded = self._load(path, version)
+        loaded.name, loaded.version = self.model, version
+        return self._serving_model(version, loaded)
+
+    def _follow(self) -> None:
+        while not self.stop_event.wait(self.poll_s):
+            try:
+                tail = self._log.read(from_offset=self.registry.offset + 1)
+                if not tail:
+                    continue
+                self.registry = _verified(*replay(tail, start=self.registry))
+                version = self.registry.production(self.model)
+                if version is not None and version != self._current.version:
+                    log.info("governance: production of %s is now %s: loading it", self.model, version)
+                    self._current = self._serve(version)
+            except Exception as e:  # the old version keeps serving; the error is logged and kept for the caller
+                self.error = e
+                log.error("governance follower: %s (still serving %s)", e, self._current.version)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self._thread.join(10)
+        self._log.close()
+
+
+def _load_artifact(path: Path, version: str) -> Any:
+    from producers.loading import load_model
+
+    return load_model(str(path))
