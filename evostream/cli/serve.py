@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -28,6 +28,13 @@ def serve(
         str, typer.Option(help="Per-head signal: auto, entropy (eager attention), output_norm.")
     ] = "auto",
     embed: Annotated[bool, typer.Option(help="Compute the 384-d MiniLM prompt embedding.")] = True,
+    governed: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve this model name's production version from the governance log, and follow it: a "
+            "promotion or a rollback swaps the model between batches (--model is then ignored)."
+        ),
+    ] = None,
     bootstrap: Bootstrap = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
@@ -42,18 +49,34 @@ def serve(
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
-    loaded = load_model(model, device=device, attn_implementation="eager" if attention == "entropy" else None)
+    attn: Literal["eager"] | None = "eager" if attention == "entropy" else None
+    source = None
+    if governed:
+        from evostream.cli.governed import GovernedModel
+
+        source = GovernedModel(
+            server, settings, governed, load=lambda path, _v: load_model(str(path), device, attn_implementation=attn)
+        )
+        loaded = source.current().loaded
+    else:
+        loaded = load_model(model, device=device, attn_implementation=attn)
     signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
     options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms)
     generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit)  # type: ignore[arg-type]
-    service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator)
+    service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator, models=source)
     service.install_signal_handlers()
-    service.run(
-        on_ready=lambda: say(
-            f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}, "
-            f"attention signal {generator.signal}) from {server}; Ctrl-C stops after the batch in flight"
+    try:
+        service.run(
+            on_ready=lambda: say(
+                f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}, "
+                f"attention signal {generator.signal}) from {server}"
+                + (f", following the governance of {governed}" if governed else "")
+                + "; Ctrl-C stops after the batch in flight"
+            )
         )
-    )
+    finally:
+        if source is not None:
+            source.close()
     say(f"stopped after {service.served} requests")
 
 
