@@ -577,3 +577,14 @@ def test_bench_log_folds_the_same_with_and_without_verification() -> None:
     assert any(m["production"] for m in verified.models.values())
     # the same seed builds the same log
     assert [ev.hash for ev in build_log(200, seed=0).events] == [ev.hash for ev in c.events]
+
+
+def test_registration_keeps_fields_a_newer_writer_added() -> None:
+    c = lifecycle()
+    c.append("ModelRegistered", "evolution", {**REGISTERED, "version": "v3", "artifact_uri": "u", "parent": "v2",
+                                              "license": "apache-2.0"}, M)  # fmt: skip
+    reg, found = replay(c.log())
+    assert found == []
+    v3 = reg.version(M, "v3")
+    assert (v3["extra"], v3["parent"], v3["stage"], reg.version(M, "v2")["extra"]) == (
+        {"license": "apache-2.0"}, "v2", "candidate", {})  # fmt: skip
