@@ -3,6 +3,8 @@
 At-least-once: a request's offset is committed only after its Completion and every one of its steps are acknowledged.
 A request that cannot be served (undecodable bytes, bad parameters, an empty or oversize prompt, a model error) gets an
 error Completion or, when it cannot even be read, a dead letter: never silence, and the partition never blocks.
+
+The model served may change between batches (``producers.swap``): every record names the version that produced it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from producers.generate import (
 from producers.loading import LoadedModel
 from producers.records import TokenTexts, completion_record
 from producers.steps import StepBatch, TraceMeta
+from producers.swap import FixedModel, ModelSource, ServingModel
 from schemas.catalog import CATALOG, COMPLETIONS, DLQ, NEURONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 from schemas.deadletter import dead_letter
@@ -63,7 +66,7 @@ class _Pending:
 
 
 class InferenceService:
-    """One consumer-group member serving requests with one model."""
+    """One consumer-group member serving requests with one model at a time."""
 
     def __init__(
         self,
@@ -72,19 +75,30 @@ class InferenceService:
         embedder: PromptEmbedder | None,
         options: ServeOptions,
         generator: InstrumentedGenerator | None = None,
+        models: ModelSource | None = None,
     ) -> None:
+        """``loaded`` is served unless ``models`` is given: then its current model is served first, and whatever it
+        names later from the next batch on. ``generator`` (for the first model) sets the attention signal and limits
+        of the generators built for later models."""
         self.bootstrap = bootstrap
-        self.loaded = loaded
+        self.models = models or FixedModel(ServingModel(loaded.version, loaded))
+        self.serving = self.models.current()
+        self.loaded = self.serving.loaded
         self.embedder = embedder
         self.options = options
+        if generator is not None and generator.loaded is not self.loaded:
+            raise GenerationError(f"the generator was built for {generator.loaded.version}, not for the model served "
+                                  f"first ({self.serving.version})")  # fmt: skip
         self.generator = generator or InstrumentedGenerator(
-            loaded, max_prompt_tokens=options.max_prompt_tokens, max_new_tokens_limit=options.max_new_tokens_limit
+            self.loaded, max_prompt_tokens=options.max_prompt_tokens, max_new_tokens_limit=options.max_new_tokens_limit
         )
+        self._refused: ServingModel | None = None
+        self.swaps = 0
         # the topics it writes, created if missing (a broker set up by an older version lacks newer ones)
         ensure_topics(bootstrap, [t for t in CATALOG if t.name in (STEPS, COMPLETIONS, NEURONS, DLQ)])
         self.producer = EventProducer(bootstrap)
         self.emitter = StepEmitter(bootstrap)
-        self.texts = TokenTexts(loaded.tokenizer)
+        self.texts = TokenTexts(self.loaded.tokenizer)
         self.requests = RecordCodec("InferenceRequest")
         self.completions = RecordCodec("Completion")
         self.dead_letters = RecordCodec("DeadLetter")
@@ -105,6 +119,7 @@ class InferenceService:
                 if max_requests is not None and self.served >= max_requests:
                     break
                 msgs = self._poll_batch()
+                self.follow()  # after the poll: a request published after a swap returned meets the new model
                 if msgs:
                     self._serve(msgs)
                 else:
@@ -112,6 +127,27 @@ class InferenceService:
         finally:
             self.emitter.close()
             self.consumer.close()
+
+    def follow(self) -> None:
+        """Serve the source's current model from this batch on; nothing in flight uses the old one any more."""
+        nxt = self.models.current()
+        if nxt is self.serving or nxt is self._refused:
+            return
+        if nxt.loaded is not self.loaded:
+            old = self.generator
+            try:  # the same signal and limits as before, so the versions' statistics compare
+                generator = InstrumentedGenerator(nxt.loaded, old.signal, old.max_prompt_tokens,
+                                                  old.max_new_tokens_limit, instrument=old.instrument)  # fmt: skip
+            except EvoError as e:
+                log.error("cannot serve model version %s: %s; %s keeps serving", nxt.version, e, self.serving.version)
+                self._refused = nxt
+                return
+            old.close()
+            self.generator, self.loaded, self.texts = generator, nxt.loaded, TokenTexts(nxt.loaded.tokenizer)
+        log.info("now serving model version %s (was %s)", nxt.version, self.serving.version)
+        self.serving = nxt
+        self._refused = None
+        self.swaps += 1
 
     def _poll_batch(self) -> list[Message]:
         msgs = self.consumer.poll_batch(self.options.max_batch, timeout_s=0.5)
@@ -142,10 +178,10 @@ class InferenceService:
         if taken is None:
             return
         counts, rows = taken
-        rec = {"snapshot_id": uuid.uuid4().hex, "model_version": self.loaded.version, "steps": rows,
+        rec = {"snapshot_id": uuid.uuid4().hex, "model_version": self.serving.version, "steps": rows,
                "num_layers": counts.shape[0], "ffn_width": counts.shape[1], "counts": counts.astype("<i4").tobytes(),
                "window_start_us": started, "window_end_us": now_us()}  # fmt: skip
-        self.producer.send(NEURONS, self.loaded.version, self.neurons.encode(rec))
+        self.producer.send(NEURONS, self.serving.version, self.neurons.encode(rec))
 
     def _read(self, msg: Message, started: int) -> _Pending | None:
         try:
@@ -172,7 +208,7 @@ class InferenceService:
 
     def _generate(self, params: GenParams, batch: list[_Pending], started: int) -> None:
         metas = [p.meta for p in batch]
-        version = self.loaded.version
+        version = self.serving.version
         signal_name = self.generator.signal
 
         def on_step(sb: StepBatch) -> None:
@@ -198,7 +234,7 @@ class InferenceService:
 
     def _complete(self, meta: TraceMeta, gen: Generated | None, text: str, embedding: list[float], started: int,
                   error: str | None = None) -> None:  # fmt: skip
-        rec = completion_record(meta, self.loaded.version, gen, text, embedding, started, error)
+        rec = completion_record(meta, self.serving.version, gen, text, embedding, started, error)
         self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec))
         self.served += 1
 
