@@ -18,6 +18,7 @@ DRIFT = "evo.drift"
 RISK = "evo.risk"
 ALERTS = "evo.alerts"
 GOVERNANCE = "evo.governance"
+GOVERNANCE_SNAPSHOTS = "evo.governance.snapshots"
 DLQ = "evo.dlq"
 NEURONS = "evo.neurons"
 
@@ -53,6 +54,8 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(ALERTS, "RiskAlert", "trace_id", 3, "delete", 90 * DAY_MS, "risk reports that crossed policy"),
     # One partition: the governance chain is totally ordered, and it is never compacted nor expired.
     TopicSpec(GOVERNANCE, "GovernanceEvent", "model_name", 1, "delete", FOREVER, "the governance log"),
+    # A cache of the projection folded up to an offset of the log: the latest per log is enough.
+    TopicSpec(GOVERNANCE_SNAPSHOTS, "GovernanceSnapshot", "log_topic", 1, "compact", FOREVER, "governance snapshots"),
     TopicSpec(DLQ, "DeadLetter", "original key", 1, "delete", 30 * DAY_MS, "records that could not be processed"),
 )
 
