@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from consumers.governance.checkpoint import write_checkpoint
 from consumers.governance.events import ALL_MODELS, GovEvent, check_payload
 from consumers.governance.keys import ActorKey, sign_event
 from consumers.governance.projection import Finding, Registry, replay
@@ -47,8 +48,19 @@ def key_path(keys_dir: Path, actor: str) -> Path:
 class Governance:
     """The commands of one actor, signed with its key."""
 
-    def __init__(self, log: LogT, key: ActorKey, actor: str, clock: Callable[[], int] = now_us, retries: int = 5):
+    def __init__(
+        self,
+        log: LogT,
+        key: ActorKey,
+        actor: str,
+        clock: Callable[[], int] = now_us,
+        retries: int = 5,
+        checkpoints: Path | None = None,
+    ) -> None:
+        """``checkpoints``: a JSONL file outside the topic where each append leaves a signed checkpoint of the new
+        head, so a later replay can tell a log cut short (``checkpoint.verify_checkpoints``)."""
         self.log = log
+        self.checkpoints = checkpoints
         self.key = key
         self.actor = actor
         self.clock = clock
@@ -105,6 +117,8 @@ class Governance:
             # the append checked that the head was still ``reg``'s: nothing came in between
             registry, findings = replay([(offset, ev)], start=reg)
             self._view = View(registry, [*v.events, (offset, ev)], findings)
+            if self.checkpoints is not None:
+                write_checkpoint(self.checkpoints, (ev.sequence, ev.hash, offset), self.key)
             return ev
         raise ConflictError(f"{type_}: another writer kept appending first ({self.retries} tries): {last}")
 
@@ -179,7 +193,13 @@ def previous_production(events: list[tuple[int, GovEvent]], model: str) -> str |
     return served[-2] if len(served) >= 2 else None
 
 
-def init(log: LogT, keys_dir: Path, actor: str = "admin", clock: Callable[[], int] = now_us) -> tuple[Governance, Path]:
+def init(
+    log: LogT,
+    keys_dir: Path,
+    actor: str = "admin",
+    clock: Callable[[], int] = now_us,
+    checkpoints: Path | None = None,
+) -> tuple[Governance, Path]:
     """Start an empty log: a new admin key (saved 0600 under ``keys_dir``), its self-signed enrolment, the default
     policy. Refuses a log that already has events, and an existing key file."""
     if log.read():
@@ -187,16 +207,18 @@ def init(log: LogT, keys_dir: Path, actor: str = "admin", clock: Callable[[], in
     path = key_path(keys_dir, actor)
     key = ActorKey.generate()
     key.save(path)
-    gov = Governance(log, key, actor, clock)
+    gov = Governance(log, key, actor, clock, checkpoints=checkpoints)
     gov.enroll(actor, key.public_hex, key.key_id, ["admin"], reason="genesis: the first admin")
     gov.set_policy(DEFAULT_POLICY, reason="genesis: the default policy")
     return gov, path
 
 
-def load_actor(log: LogT, keys_dir: Path, actor: str, clock: Callable[[], int] = now_us) -> Governance:
+def load_actor(
+    log: LogT, keys_dir: Path, actor: str, clock: Callable[[], int] = now_us, checkpoints: Path | None = None
+) -> Governance:
     """The commands of ``actor``, with its key from ``keys_dir``."""
     path = key_path(keys_dir, actor)
     if not path.exists():
         raise GovernanceError(f"no key for actor {actor!r} at {path}: run `evostream governance init` (first admin) or "
                               f"`evostream governance enroll {actor}` as an admin")  # fmt: skip
-    return Governance(log, ActorKey.load(path), actor, clock)
+    return Governance(log, ActorKey.load(path), actor, clock, checkpoints=checkpoints)

@@ -28,6 +28,7 @@ for command in (
     readers.profile,
     contract.topics,
     governance.register,
+    governance.validate,
     governance.approve,
     governance.promote,
     governance.rollback,

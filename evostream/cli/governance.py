@@ -35,10 +35,16 @@ def _log(settings: Settings) -> Any:
     return GovernanceLog(broker(settings), topic=settings.governance_topic)
 
 
+def checkpoints_path(settings: Settings) -> Path:
+    """Where this machine keeps the signed checkpoints of the log's head (outside the topic)."""
+    return settings.governance_dir / f"checkpoints-{settings.governance_topic}.jsonl"
+
+
 def _actor(settings: Settings) -> Any:
     from consumers.governance.service import load_actor
 
-    return load_actor(_log(settings), settings.governance_dir / "keys", settings.governance_actor)
+    keys = settings.governance_dir / "keys"
+    return load_actor(_log(settings), keys, settings.governance_actor, checkpoints=checkpoints_path(settings))
 
 
 def when(us: int) -> str:
@@ -96,7 +102,8 @@ def governance_init(bootstrap: Bootstrap = None, actor: Actor = None) -> None:
     from consumers.governance.service import init
 
     settings = _settings(bootstrap, actor)
-    gov, path = init(_log(settings), settings.governance_dir / "keys", settings.governance_actor)
+    gov, path = init(_log(settings), settings.governance_dir / "keys", settings.governance_actor,
+                     checkpoints=checkpoints_path(settings))  # fmt: skip
     say(f"admin {gov.actor} enrolled (key {gov.key.key_id}); private key saved to {path} (mode 0600): keep it safe")
 
 
@@ -245,19 +252,44 @@ def replay_cmd(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Replay the governance log from its first event; with --verify, report every altered, forged, dropped,
-    inserted or reordered event with its offset (exit 2), and the head the projection reached."""
-    from consumers.governance.projection import replay
+    inserted or reordered event with its offset, and a tail cut short after this machine's signed checkpoints
+    (exit 2), and the head the projection reached."""
+    from consumers.governance.checkpoint import verify_checkpoints
+    from consumers.governance.projection import Finding, replay
 
     settings = _settings(bootstrap)
-    events = _log(settings).items()
-    registry, findings = replay(events, verify=verify)
+    items = _log(settings).items()
+    registry, findings = replay(items, verify=verify)
+    checked = ""
+    if verify:
+        path = checkpoints_path(settings)
+        events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
+        findings += verify_checkpoints(path, events)
+        checked = f", checkpoints in {path}" if path.exists() else ", no checkpoint file on this machine"
     for f in findings:
         typer.secho(f"offset {f.offset} sequence {f.sequence}: {f.kind}: {f.detail}", fg=typer.colors.RED)
-    typer.echo(f"{len(events)} events; projection at sequence {registry.head_sequence} (offset {registry.offset}), "
-               f"head {registry.head_hash[:16] or '-'}; {'verified' if verify else 'not verified'}: "
+    typer.echo(f"{len(items)} events; projection at sequence {registry.head_sequence} (offset {registry.offset}), "
+               f"head {registry.head_hash[:16] or '-'}; {'verified' if verify else 'not verified'}{checked}: "
                f"{len(findings)} finding(s)")  # fmt: skip
     if findings:
         raise SystemExit(2)
+
+
+@governance_app.command("snapshot")
+@friendly
+def governance_snapshot(bootstrap: Bootstrap = None) -> None:
+    """Replay and verify the whole log, then publish its projection as the latest snapshot (a compacted topic):
+    a follower then starts from it and replays only the tail."""
+    from consumers.governance.projection import replay
+    from consumers.governance.snapshot import write_snapshot
+
+    settings = _settings(bootstrap)
+    registry, findings = replay(_log(settings).items())
+    if findings:
+        _warn(findings)
+        raise GovernanceError("the log failed verification: no snapshot is written of it")
+    snap = write_snapshot(broker(settings), registry, log_topic=settings.governance_topic)
+    say(f"snapshot of {settings.governance_topic} at sequence {snap.sequence} (offset {snap.offset}) published")
 
 
 registry_app = typer.Typer(help="The model registry, as replayed from the governance log.")
@@ -375,3 +407,33 @@ def provenance(
         if ev.model_name == model and ev.payload.get("version") == version and ev.occurred_at_us <= at:
             typer.echo("  " + audit_line(offset, ev))
     _warn(findings)
+
+
+@friendly
+def validate(
+    model: str,
+    version: str,
+    per_task: Annotated[int, typer.Option(min=1, help="Held-out prompts per task.")] = 20,
+    min_accuracy: Annotated[float, typer.Option(help="Exact-match accuracy each task must reach.")] = 0.9,
+    reason: Reason = "",
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
+    """Measure a registered version on the held-out task suite (its artifact re-hashed first) and record the result
+    with every gate's value; a pass is promoted to staging when the policy says so."""
+    from evostream.artifacts import ArtifactStore
+    from models.suite.evaluate import eval_set, evaluate
+    from producers.loading import load_model
+
+    settings = _settings(bootstrap, actor)
+    gov = _actor(settings)
+    info = gov.state().registry.version(model, version)
+    path = ArtifactStore(settings.artifacts_dir).open(info["artifact_sha256"])
+    lm = load_model(str(path), device="cpu")
+    acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))
+    gates = {f"accuracy:{task}": {"value": a, "threshold": min_accuracy, "passed": a >= min_accuracy}
+             for task, a in acc.items() if task != "mean"}  # fmt: skip
+    passed = all(g["passed"] for g in gates.values())
+    events = gov.validated(model, version, passed, gates, reason or f"task suite, {per_task} held-out prompts per task")
+    say(f"validation of {version}: {'PASS' if passed else 'FAIL'} (mean accuracy {acc['mean']:.3f})"
+        + ("; promoted to staging" if len(events) > 1 else ""))  # fmt: skip

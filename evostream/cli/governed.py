@@ -17,7 +17,9 @@ from typing import Any
 from consumers.governance.log import GovernanceLog
 from consumers.governance.projection import Registry, replay
 from consumers.governance.service import Governance, init, key_path, load_actor
+from consumers.governance.snapshot import load_projection
 from evostream.artifacts import ArtifactStore
+from evostream.cli.governance import checkpoints_path
 from evostream.errors import GovernanceError, TamperError
 from evostream.settings import Settings
 
@@ -69,7 +71,7 @@ def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) 
     with GovernanceLog(server, topic=settings.governance_topic) as glog:
         registry = _verified(*replay(glog.read()))
         if registry.head_sequence < 0:
-            gov, path = init(glog, keys, settings.governance_actor)
+            gov, path = init(glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings))
             say(f"governance: empty log, genesis: admin {gov.actor} enrolled (key {gov.key.key_id}, saved 0600 at "
                 f"{path})")  # fmt: skip
         elif registry.production(MODEL_ID) is not None:
@@ -80,7 +82,7 @@ def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) 
             raise GovernanceError(f"the governance log has no production version of {MODEL_ID}, and there is no key "
                                   f"for {settings.governance_actor!r} in {keys} to register one")  # fmt: skip
         else:
-            gov = load_actor(glog, keys, settings.governance_actor)
+            gov = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings))
         return _register_default(gov, store, MODEL_ID, WEIGHTS_DIR, say)
 
 
@@ -118,7 +120,8 @@ def _register_default(
 class GovernedModel:
     """A ``producers.swap.ModelSource`` that serves the production version of ``model`` as the governance log says.
 
-    A thread folds new governance events every ``poll_s``; when production changes (a promotion or a rollback) it
+    It starts from the latest snapshot of the log (if the log still holds its event) and the tail after it; then a
+    thread folds new governance events every ``poll_s``; when production changes (a promotion or a rollback) it
     loads the new version's artifact from the store (its bytes re-hashed first: a mismatch is refused, never
     served) and hands it over; the service swaps between batches."""
 
@@ -133,8 +136,8 @@ class GovernedModel:
         self.store = ArtifactStore(settings.artifacts_dir)
         self._load = load or _load_artifact
         self._log = GovernanceLog(server, topic=settings.governance_topic)
-        items = self._log.read()
-        self.registry = _verified(*replay(items))
+        registry, findings, _ = load_projection(self._log)  # the latest snapshot and the tail after it
+        self.registry = _verified(registry, findings)
         version = self.registry.production(model)
         if version is None:
             raise GovernanceError(f"no production version of {model} in the governance log: promote one first")
