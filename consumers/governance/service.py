@@ -15,12 +15,10 @@ from typing import Any, Protocol
 from consumers.governance.checkpoint import write_checkpoint
 from consumers.governance.events import ALL_MODELS, GovEvent, check_payload
 from consumers.governance.keys import ActorKey, sign_event
+from consumers.governance.policy import DEFAULT_POLICY
 from consumers.governance.projection import Finding, Registry, replay
 from evostream.clock import now_us
 from evostream.errors import ConflictError, GovernanceError, TamperError
-
-DEFAULT_POLICY: dict[str, Any] = {"production_approvals": 1, "auto_promote_staging": True,
-                                  "auto_promote_production": False}  # fmt: skip
 
 
 class LogT(Protocol):
@@ -106,7 +104,9 @@ class Governance:
             reg = v.registry
             ev = GovEvent(type=type_, actor=self.actor, key_id=self.key.key_id, payload=dict(payload),
                           model_name=model_name, reason=reason)  # fmt: skip
-            ev = sign_event(ev.linked(reg.head_sequence + 1, reg.head_hash, self.clock()), self.key)
+            # never before the head: "as of a time" reads the log as a prefix, so time must not go backwards in it
+            at = max(self.clock(), reg.head_us)
+            ev = sign_event(ev.linked(reg.head_sequence + 1, reg.head_hash, at), self.key)
             reg.check(ev)  # unauthorized or against the policy: refused before anything is written
             try:
                 offset = self.log.append(ev, (reg.head_sequence, reg.head_hash))
@@ -149,7 +149,9 @@ class Governance:
         """ValidationCompleted; a pass is promoted to staging at once when the policy says so."""
         out = [self.append("ValidationCompleted", {"version": version, "passed": passed, "gates": dict(gates)},
                            model, reason)]  # fmt: skip
-        if passed and self.state().registry.policy.get("auto_promote_staging", True):
+        reg = self.state().registry
+        stage = reg.version(model, version)["stage"]
+        if passed and stage == "candidate" and reg.policy.get("auto_promote_staging", True):
             out.append(self.promote(model, version, stage="staging", reason="validation passed (auto_promote_staging)"))
         return out
 
