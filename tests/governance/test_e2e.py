@@ -116,6 +116,7 @@ def test_promotion_and_rollback_change_which_model_serves(kafka: str, tmp_path: 
     registry, findings = replay(glog.read())
     glog.close()
     assert findings == []
+    assert source.registry.to_json() == registry.to_json()  # the live service's projection is the full replay's
     assert registry.production(model) == v1
     assert registry.version(model, v2)["stage"] == "archived"
     assert registry.lineage(model, v2) == [v2, v1]
