@@ -117,7 +117,8 @@ def _lifecycle(chain: Chain, reg: Registry, model: str, version: str) -> Iterato
         yield "Promoted", ADMIN, {"version": version, "stage": None, "alias": "champion"}, model
     if rng.random() < 0.05:
         current = reg.production(model)
-        earlier = [v for v, d in reg.models[model]["versions"].items() if v != current and rules.passed_validation(d)]
+        earlier = [v for v, d in reg.models[model]["versions"].items()
+                   if v != current and d["stage"] == "archived" and rules.passed_validation(d)]  # fmt: skip
         if earlier:
             target = earlier[-1]
             yield "RolledBack", ADMIN, {"version": target, "from_version": current}, model

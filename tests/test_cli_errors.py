@@ -41,7 +41,9 @@ def test_every_command_reports_errors_through_friendly() -> None:
     found = commands(typer.main.get_group(app))
     assert set(found) == {"demo", "serve", "publish", "process", "calibrate", "alerts", "drift", "profile", "topics",
                           "selfcheck", "stack up", "stack status", "stack down", "stack logs", "schemas list",
-                          "schemas check"}  # fmt: skip
+                          "schemas check", "governance init", "governance enroll", "governance revoke",
+                          "governance policy", "governance snapshot", "register", "validate", "approve", "promote",
+                          "rollback", "audit", "provenance", "replay", "registry show"}  # fmt: skip
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
 

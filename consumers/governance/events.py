@@ -87,6 +87,11 @@ class GovEvent:
             raise GovernanceError(f"event {rec.get('sequence')}: payload is not JSON: {e}") from e
         if not isinstance(payload, dict):
             raise GovernanceError(f"event {rec.get('sequence')}: payload is not a JSON object")
+        if canonical_json(payload) != rec["payload_json"]:  # duplicate keys, other spacing or number forms
+            raise GovernanceError(
+                f"event {rec.get('sequence')}: payload_json is not canonical JSON (sorted keys, no spaces, no "
+                "duplicate keys): the hash covers one reading of it, and a reader may see another"
+            )
         ev = cls(type=str(rec["type"]), actor=str(rec["actor"]), key_id=str(rec["key_id"]), payload=payload,
                  model_name=str(rec["model_name"]), reason=str(rec.get("reason") or ""),
                  sequence=int(rec["sequence"]), prev_hash=str(rec["prev_hash"]),
@@ -103,11 +108,13 @@ class GovEvent:
 
 
 def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, UTF-8 text; NaN and infinities are refused (they have no JSON form)."""
+    """Sorted keys, no spaces, UTF-8 text; NaN, infinities and lone surrogates are refused (no JSON / UTF-8 form)."""
     try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError as e:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text.encode()
+    except (ValueError, TypeError) as e:  # UnicodeEncodeError is a ValueError
         raise GovernanceError(f"a governance payload must be plain JSON: {e}") from e
+    return text
 
 
 def canonical_bytes(ev: GovEvent) -> bytes:

@@ -191,6 +191,9 @@ def _rolled_back(model_name: str, p: Mapping[str, Any], actors: Actors, models: 
         return f"{model_name} {name} is already production: roll back to another version"
     if p["from_version"] is not None and p["from_version"] != current:
         return f"RolledBack from {p['from_version']!r}, but {model_name}'s production is {current!r}: re-read and retry"
+    if model["versions"][name]["stage"] != "archived":
+        return (f"{model_name} {name} cannot be rolled back to: it never served production (stage "
+                f"{model['versions'][name]['stage']}); promote it with the approvals the policy needs")  # fmt: skip
     if not passed_validation(model["versions"][name]):
         return f"{model_name} {name} cannot be rolled back to: its latest validation did not pass"
     return None

@@ -201,14 +201,18 @@ def init(
     actor: str = "admin",
     clock: Callable[[], int] = now_us,
     checkpoints: Path | None = None,
+    reuse_key: bool = False,
 ) -> tuple[Governance, Path]:
     """Start an empty log: a new admin key (saved 0600 under ``keys_dir``), its self-signed enrolment, the default
-    policy. Refuses a log that already has events, and an existing key file."""
+    policy. Refuses a log that already has events, and an existing key file unless ``reuse_key``."""
     if log.read():
         raise GovernanceError("the governance log already has events: `governance init` starts an empty log only")
     path = key_path(keys_dir, actor)
-    key = ActorKey.generate()
-    key.save(path)
+    if reuse_key and path.exists():
+        key = ActorKey.load(path)
+    else:
+        key = ActorKey.generate()
+        key.save(path)  # refuses to overwrite an existing key
     gov = Governance(log, key, actor, clock, checkpoints=checkpoints)
     gov.enroll(actor, key.public_hex, key.key_id, ["admin"], reason="genesis: the first admin")
     gov.set_policy(DEFAULT_POLICY, reason="genesis: the default policy")

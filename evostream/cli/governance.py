@@ -144,16 +144,22 @@ def governance_revoke(name: str, reason: Reason = "", bootstrap: Bootstrap = Non
 @governance_app.command("policy")
 @friendly
 def governance_policy(
-    approvals: Annotated[int, typer.Option(min=0, help="Approvers needed for production (N of the enrolled M).")] = 1,
-    auto_staging: Annotated[bool, typer.Option(help="Promote a validated candidate to staging at once.")] = True,
-    auto_production: Annotated[bool, typer.Option(help="Promote to production without approvals.")] = False,
+    approvals: Annotated[
+        int | None, typer.Option(min=1, help="Approvers needed for production (N of the enrolled M).")
+    ] = None,
+    auto_staging: Annotated[bool | None, typer.Option(help="Promote a validated candidate to staging at once.")] = None,
+    auto_production: Annotated[bool | None, typer.Option(help="Promote to production without approvals.")] = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
 ) -> None:
     """Change the promotion policy (admin only); the change is itself an event."""
-    policy = {"production_approvals": approvals, "auto_promote_staging": auto_staging,
-              "auto_promote_production": auto_production}  # fmt: skip
+    given = {"production_approvals": approvals, "auto_promote_staging": auto_staging,
+             "auto_promote_production": auto_production}  # fmt: skip
+    policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
+    if not policy:
+        raise GovernanceError("nothing to change: give --approvals, --auto-staging/--no-auto-staging or "
+                              "--auto-production/--no-auto-production")  # fmt: skip
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")
 
@@ -326,7 +332,7 @@ def registry_lines(registry: Any) -> list[str]:
         for v, ver in model["versions"].items():
             val = ver["validation"]
             verdict = "-" if val is None else ("PASS" if val["passed"] else "FAIL")
-            approvers = sorted({a for stage in ver["approvals"].values() for a in stage}) if ver["approvals"] else []
+            approvers = sorted({a for ap in ver["approvals"].values() for a in ap["granted"]})
             lines.append(f"  {v:<36} {ver['stage']:<10} parent {ver['parent'] or '-':<30} validation {verdict:<4} "
                          f"approved by {','.join(approvers) or '-'}  registered by {ver['registered_by']} "
                          f"{when(ver['registered_at_us'])}")  # fmt: skip

@@ -17,7 +17,6 @@ from typing import Any
 from consumers.governance.log import GovernanceLog
 from consumers.governance.projection import Registry, replay
 from consumers.governance.service import Governance, init, key_path, load_actor
-from consumers.governance.snapshot import load_projection
 from evostream.artifacts import ArtifactStore
 from evostream.cli.governance import checkpoints_path
 from evostream.errors import GovernanceError, TamperError
@@ -70,8 +69,9 @@ def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) 
     keys = settings.governance_dir / "keys"
     with GovernanceLog(server, topic=settings.governance_topic) as glog:
         registry = _verified(*replay(glog.read()))
-        if registry.head_sequence < 0:
-            gov, path = init(glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings))
+        if registry.head_sequence < 0:  # an admin key left by an earlier log (a new broker, same home) is reused
+            gov, path = init(glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings),
+                             reuse_key=True)  # fmt: skip
             say(f"governance: empty log, genesis: admin {gov.actor} enrolled (key {gov.key.key_id}, saved 0600 at "
                 f"{path})")  # fmt: skip
         elif registry.production(MODEL_ID) is not None:
@@ -120,8 +120,8 @@ def _register_default(
 class GovernedModel:
     """A ``producers.swap.ModelSource`` that serves the production version of ``model`` as the governance log says.
 
-    It starts from the latest snapshot of the log (if the log still holds its event) and the tail after it; then a
-    thread folds new governance events every ``poll_s``; when production changes (a promotion or a rollback) it
+    It starts from a full verified replay (an unsigned snapshot could name any version), then a thread folds new
+    governance events every ``poll_s``; when production changes (a promotion or a rollback) it
     loads the new version's artifact from the store (its bytes re-hashed first: a mismatch is refused, never
     served) and hands it over; the service swaps between batches."""
 
@@ -136,8 +136,8 @@ class GovernedModel:
         self.store = ArtifactStore(settings.artifacts_dir)
         self._load = load or _load_artifact
         self._log = GovernanceLog(server, topic=settings.governance_topic)
-        registry, findings, _ = load_projection(self._log)  # the latest snapshot and the tail after it
-        self.registry = _verified(registry, findings)
+        # a full verified replay, never a snapshot: snapshots are not signed, and what serves must be proven
+        self.registry = _verified(*replay(self._log.items()))
         version = self.registry.production(model)
         if version is None:
             raise GovernanceError(f"no production version of {model} in the governance log: promote one first")
@@ -161,16 +161,17 @@ class GovernedModel:
         while not self.stop_event.wait(self.poll_s):
             try:
                 tail = self._log.read(from_offset=self.registry.offset + 1)
-                if not tail:
-                    continue
-                self.registry = _verified(*replay(tail, start=self.registry))
+                if tail:
+                    self.registry = _verified(*replay(tail, start=self.registry))
                 version = self.registry.production(self.model)
-                if version is not None and version != self._current.version:
+                if version is not None and version != self._current.version:  # also retries a failed load
                     log.info("governance: production of %s is now %s: loading it", self.model, version)
                     self._current = self._serve(version)
-            except Exception as e:  # the old version keeps serving; the error is logged and kept for the caller
+                self.error = None
+            except Exception as e:  # the old version keeps serving; retried every poll, the error kept for callers
+                if str(e) != str(self.error):
+                    log.error("governance follower: %s (still serving %s; retrying)", e, self._current.version)
                 self.error = e
-                log.error("governance follower: %s (still serving %s)", e, self._current.version)
 
     def close(self) -> None:
         self.stop_event.set()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.replay import ADMIN, Chain, build_log
+from bench.replay import ADMIN, PROPOSER, Chain, build_log
 from consumers.governance.events import GovEvent
 from consumers.governance.keys import ActorKey, sign_event
 from consumers.governance.projection import Finding, Registry, replay
@@ -442,7 +442,7 @@ def test_rollback_restores_a_validated_version_and_archives_the_replaced_one() -
 
 
 def test_rollback_is_refused_to_unvalidated_current_or_stale_versions() -> None:
-    for payload, why in (({"version": "v3", "from_version": "v2"}, "latest validation did not pass"),
+    for payload, why in (({"version": "v3", "from_version": "v2"}, "never served production"),
                          ({"version": "v2", "from_version": "v2"}, "already production"),
                          ({"version": "v1", "from_version": "v1"}, "production is 'v2'"),
                          ({"version": "v9", "from_version": "v2"}, "is not registered")):  # fmt: skip
@@ -450,6 +450,15 @@ def test_rollback_is_refused_to_unvalidated_current_or_stale_versions() -> None:
         register(c, "v3", parent="v2")
         c.append("RolledBack", ADMIN, payload, M)
         refused(c, "policy", why)
+
+
+def test_rollback_cannot_skip_the_approvals_of_a_version_that_never_served() -> None:
+    """A validated candidate that never reached production is not a rollback target: it needs its approvals."""
+    c = lifecycle()
+    register(c, "v3", parent="v2")
+    c.append("ValidationCompleted", PROPOSER, {"version": "v3", "passed": True, "gates": {}}, M)
+    c.append("RolledBack", ADMIN, {"version": "v3", "from_version": "v2"}, M)
+    refused(c, "policy", "never served production")
 
 
 def test_an_alias_is_a_pointer_without_stage_change() -> None:

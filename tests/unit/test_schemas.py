@@ -43,7 +43,8 @@ def test_every_field_is_documented(path: Path) -> None:
 def test_every_design_event_has_a_schema() -> None:
     names = {sv.short_name for sv in default_registry()}
     assert names == {"InferenceRequest", "GenerationStep", "Completion", "ProfileSnapshot", "DriftReport",
-                     "RiskReport", "RiskAlert", "GovernanceEvent", "GovernanceSnapshot", "DeadLetter", "NeuronCounts"}  # fmt: skip
+                     "RiskReport", "RiskAlert", "GovernanceEvent", "GovernanceSnapshot", "DeadLetter",
+                     "NeuronCounts"}  # fmt: skip
 
 
 def test_repository_schemas_are_backward_transitive() -> None:
