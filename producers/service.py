@@ -105,7 +105,9 @@ class InferenceService:
         self.neurons = RecordCodec("NeuronCounts")
         self.stop_event = threading.Event()
         self.served = 0
-        self.consumer = EventConsumer(bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
+        # joined in run(), not here: a service built but never run must not sit in the group holding partitions
+        # (librdkafka keeps an idle member for max.poll.interval.ms, and its requests wait that long)
+        self.consumer: EventConsumer
 
     def install_signal_handlers(self) -> None:
         """SIGTERM / SIGINT finish the in-flight batch, flush, commit, then stop."""
@@ -113,6 +115,7 @@ class InferenceService:
             signal.signal(sig, lambda *_: self.stop_event.set())
 
     def run(self, on_ready: Callable[[], None] = lambda: None, max_requests: int | None = None) -> None:
+        self.consumer = EventConsumer(self.bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
         on_ready()
         try:
             while not self.stop_event.is_set():
