@@ -13,10 +13,12 @@ and skips every event the stored state already includes (counted as ``duplicates
 sent after the last state write that reached the changelog are sent again, once, by the replay (the kill -9 test
 pins exactly which).
 
-Fault injection (test-only): ``EVOSTREAM_FAULT_KILL_AFTER=<n>``, read once at start-up, makes the worker SIGKILL
-itself in the window the kill test is about: at the first step, from the n-th it folds on, after which the risk
-agent's batch has sent (and flushed) a FINAL report and still holds steps it has not folded, before the table write
-of that batch. While it is set, input offsets are never committed, so the restart replays from the start.
+Fault injection (test-only): ``EVOSTREAM_FAULT_KILL_AFTER=<n>`` with ``EVOSTREAM_FAULT_KILL_MODEL=<version>``, read
+once at start-up, makes the worker SIGKILL itself in the window the kill test is about: at the first step of that
+model version, from the n-th of them it folds on, after which the risk agent's batch has sent (and flushed) a FINAL
+report of that model and still holds steps it has not folded, before the table write of that batch. (Counting only
+that model's steps keeps the kill where the test wants it on a broker that holds other tests' traffic.) While it is
+set, input offsets are never committed, so the restart replays from the start.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ log = logging.getLogger(__name__)
 
 STEP_PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEPS)
 FAULT_KILL_AFTER = "EVOSTREAM_FAULT_KILL_AFTER"
+FAULT_KILL_MODEL = "EVOSTREAM_FAULT_KILL_MODEL"
 """Test-only fault injection (see the module docstring)."""
 
 
@@ -78,6 +81,7 @@ class Processors:
                       "duplicates_drift": 0, "duplicates_profile": 0, "dead_letters": 0, "alerts": 0, "drift": 0,
                       "profiles": 0}  # fmt: skip
         self._kill_after = int(os.environ.get(FAULT_KILL_AFTER) or 0)
+        self._kill_model = os.environ.get(FAULT_KILL_MODEL, "")
         self._folded = 0
         self._metadata_ready: set[str] = set()
         self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
@@ -176,7 +180,7 @@ class Processors:
                 out = fold(state, rec, offset, now_us())
                 if await self._publish(key, out, counter, acks):
                     touched[key] = out.state
-                    if self._kill_after and record == "GenerationStep":
+                    if self._kill_after and record == "GenerationStep" and rec["model_version"] == self._kill_model:
                         await self._maybe_fault(out, sent, i, len(events))
             await self._write(self.table, touched, acks)
 
