@@ -321,7 +321,7 @@ def test_served_traffic_gives_a_profile_with_neuron_counts(kafka: str, worker: W
     replies = serve(kafka, lm, ["reverse: abc", "sort: cab", "upper: xyz"], max_new_tokens=6)
     tokens = sum(r["token_count"] for r in replies)
     profiles = read(kafka, PROFILES, "ProfileSnapshot",
-                    lambda got: any(p["model_version"] == version for p in got), timeout_s=60)  # fmt: skip
+                    lambda got: any(p["model_version"] == version for p in got), timeout_s=180)  # fmt: skip
     mine = [p for p in profiles if p["model_version"] == version]
     assert sum(p["step_count"] for p in mine) == tokens
     assert sum(p["trace_count"] for p in mine) == 3
