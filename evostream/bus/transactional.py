@@ -28,7 +28,7 @@ _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.
 """The ways the broker (or librdkafka on its behalf) says a newer instance of this transactional id took over."""
 
 _NOT_YET = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE,
-                      KafkaError._UNKNOWN_TOPIC})  # fmt: skip
+                      KafkaError._UNKNOWN_TOPIC, KafkaError.NOT_LEADER_FOR_PARTITION})  # fmt: skip
 """What the metadata of a topic created a moment ago says until every part of the broker knows it."""
 
 TRANSACTION_TIMEOUT_MS = 10_000
