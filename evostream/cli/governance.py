@@ -415,6 +415,18 @@ def provenance(
     _warn(findings)
 
 
+def measure_on_suite(path: Path, per_task: int, threshold: float) -> tuple[bool, dict[str, Any], dict[str, float]]:
+    """The model at ``path`` on ``per_task`` held-out prompts per task: (passed, gate per task, accuracy per task)."""
+    from models.suite.evaluate import eval_set, evaluate
+    from producers.loading import load_model
+
+    lm = load_model(str(path), device="cpu")
+    acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))
+    gates = {f"accuracy:{task}": {"value": a, "threshold": threshold, "passed": a >= threshold}
+             for task, a in acc.items() if task != "mean"}  # fmt: skip
+    return all(g["passed"] for g in gates.values()), gates, acc
+
+
 @friendly
 def validate(
     model: str,
@@ -428,18 +440,12 @@ def validate(
     """Measure a registered version on the held-out task suite (its artifact re-hashed first) and record the result
     with every gate's value; a pass is promoted to staging when the policy says so."""
     from evostream.artifacts import ArtifactStore
-    from models.suite.evaluate import eval_set, evaluate
-    from producers.loading import load_model
 
     settings = _settings(bootstrap, actor)
     gov = _actor(settings)
     info = gov.state().registry.version(model, version)
     path = ArtifactStore(settings.artifacts_dir).open(info["artifact_sha256"])
-    lm = load_model(str(path), device="cpu")
-    acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))
-    gates = {f"accuracy:{task}": {"value": a, "threshold": min_accuracy, "passed": a >= min_accuracy}
-             for task, a in acc.items() if task != "mean"}  # fmt: skip
-    passed = all(g["passed"] for g in gates.values())
+    passed, gates, acc = measure_on_suite(path, per_task, min_accuracy)
     events = gov.validated(model, version, passed, gates, reason or f"task suite, {per_task} held-out prompts per task")
     say(f"validation of {version}: {'PASS' if passed else 'FAIL'} (mean accuracy {acc['mean']:.3f})"
         + ("; promoted to staging" if len(events) > 1 else ""))  # fmt: skip

@@ -18,7 +18,7 @@ from consumers.governance.log import GovernanceLog
 from consumers.governance.projection import Registry, replay
 from consumers.governance.service import Governance, init, key_path, load_actor
 from evostream.artifacts import ArtifactStore
-from evostream.cli.governance import checkpoints_path
+from evostream.cli.governance import checkpoints_path, measure_on_suite
 from evostream.errors import GovernanceError, TamperError
 from evostream.settings import Settings
 
@@ -50,14 +50,7 @@ def validate_default(
     path: Path, per_task: int = GENESIS_EVAL_PER_TASK
 ) -> tuple[bool, dict[str, Any], dict[str, float]]:
     """Measure the model at ``path`` on the held-out suite: (passed, gates, accuracy per task)."""
-    from models.suite.evaluate import eval_set, evaluate
-    from producers.loading import load_model
-
-    lm = load_model(str(path), device="cpu")
-    acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))
-    gates = {f"accuracy:{task}": {"value": a, "threshold": GENESIS_GATE, "passed": a >= GENESIS_GATE}
-             for task, a in acc.items() if task != "mean"}  # fmt: skip
-    return all(g["passed"] for g in gates.values()), gates, acc
+    return measure_on_suite(path, per_task, GENESIS_GATE)
 
 
 def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) -> str:
