@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,3 +18,19 @@ def test_no_import_runs_back_up_a_layer() -> None:
     done = subprocess.run([str(exe), "--no-cache"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "Contracts: 4 kept, 0 broken." in done.stdout
+
+
+def test_a_deliberate_back_import_breaks_the_contract(tmp_path: Path) -> None:
+    # a copy of the packages and contracts where the contract (schemas) imports the CLI: lint-imports must refuse it
+    for name in ("evostream", "schemas", "models", "producers", "stream_processors", "consumers", "plugins"):
+        skip = shutil.ignore_patterns("__pycache__", "*.pt", "*.safetensors")
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=skip)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    codec = tmp_path / "schemas" / "codec.py"
+    codec.write_text(codec.read_text() + "\nimport evostream.cli.readers  # noqa: E402,F401  a back-import\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    exe = Path(sys.executable).with_name("lint-imports")
+    done = subprocess.run([str(exe), "--no-cache"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0, done.stdout[-4000:]
+    assert "schemas.codec -> evostream.cli.readers" in done.stdout, done.stdout[-4000:]
+    assert "BROKEN" in done.stdout
