@@ -44,6 +44,9 @@ class EventConsumer:
             self._assign_since(list(topics), since_us)
 
     def _assign_since(self, topics: list[str], since_us: int) -> None:
+        """Each partition from its first record at or after ``since_us``; a partition with none yet starts at its
+        end as it was *before* the time lookup. Left to the broker's "end" (offset -1), the end would be resolved
+        only when fetching starts, and a record written in between (the answer to a request just sent) was skipped."""
         try:
             parts = []
             for topic in topics:
@@ -52,7 +55,17 @@ class EventConsumer:
                 if meta is None or meta.error is not None:
                     raise ConsumeError(f"topic {topic} is not on the broker: {meta.error if meta else 'unknown'}")
                 parts += [TopicPartition(topic, p, since_us // 1000) for p in meta.partitions]
-            self._consumer.assign(self._consumer.offsets_for_times(parts, timeout=10))
+            ends = {}
+            for tp in parts:
+                marks = self._consumer.get_watermark_offsets(tp, timeout=10)
+                if marks is None:
+                    raise ConsumeError(f"the broker did not say where {tp.topic}[{tp.partition}] ends within 10 s")
+                ends[tp.topic, tp.partition] = marks[1]
+            found = self._consumer.offsets_for_times(parts, timeout=10)
+            self._consumer.assign(
+                [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
+                 for tp in found]
+            )  # fmt: skip
         except KafkaException as e:
             self._consumer.close()
             raise ConsumeError(f"could not seek {', '.join(topics)} to {since_us} us: {e}") from e

@@ -110,8 +110,6 @@ def outputs(replies: list[dict[str, Any]]) -> list[list[int]]:
 
 
 @pytest.mark.integration
-@pytest.mark.quarantine  # lost 1-2 of its first requests (before any swap) in 2 of 3 full-suite runs on 2026-11-23;
-# passes alone. Open in issue 10: a service losing a request is a product defect until shown otherwise.
 def test_a_swap_under_load_loses_nothing_and_each_record_names_its_version(
     kafka: str, stored: Stored, served: tuple[InferenceService, ModelSlot]
 ) -> None:
