@@ -120,9 +120,8 @@ class GovernedModel:
 
     def __init__(self, server: str, settings: Settings, model: str, poll_s: float = 1.0,
                  load: Callable[[Path, str], Any] | None = None) -> None:  # fmt: skip
-        from producers.swap import ServingModel
+        from producers.swap import ModelSlot, ServingModel, check_servable
 
-        self._serving_model = ServingModel
         self.server = server
         self.model = model
         self.poll_s = poll_s
@@ -134,21 +133,27 @@ class GovernedModel:
         version = self.registry.production(model)
         if version is None:
             raise GovernanceError(f"no production version of {model} in the governance log: promote one first")
-        self._current = self._serve(version)
+        first = self._loader(version)()  # a first version that cannot load or be instrumented stops the start, loudly
+        check_servable(first)
+        self._slot = ModelSlot(ServingModel(version, first))
         self.stop_event = threading.Event()
         self.error: Exception | None = None
         self._thread = threading.Thread(target=self._follow, name="governance-follower", daemon=True)
         self._thread.start()
 
     def current(self) -> Any:
-        return self._current
+        return self._slot.current()
 
-    def _serve(self, version: str) -> Any:
-        info = self.registry.version(self.model, version)
-        path = self.store.open(info["artifact_sha256"])  # re-hashed: ArtifactError if any byte differs
-        loaded = self._load(path, version)
-        loaded.name, loaded.version = self.model, version
-        return self._serving_model(version, loaded)
+    def _loader(self, version: str) -> Callable[[], Any]:
+        """Loads ``version``'s artifact, its bytes re-hashed first (ArtifactError if any byte differs)."""
+        sha256 = self.registry.version(self.model, version)["artifact_sha256"]
+
+        def load() -> Any:
+            loaded = self._load(self.store.open(sha256), version)
+            loaded.name, loaded.version = self.model, version
+            return loaded
+
+        return load
 
     def _follow(self) -> None:
         while not self.stop_event.wait(self.poll_s):
@@ -157,13 +162,15 @@ class GovernedModel:
                 if tail:
                     self.registry = _verified(*replay(tail, start=self.registry))
                 version = self.registry.production(self.model)
-                if version is not None and version != self._current.version:  # also retries a failed load
+                if version is not None and version != self.current().version:  # also retries a refused version
                     log.info("governance: production of %s is now %s: loading it", self.model, version)
-                    self._current = self._serve(version)
+                    result = self._slot.swap(version, self._loader(version))  # loaded and checked here, not serving
+                    if not result.accepted:
+                        raise GovernanceError(f"cannot serve {version}: {result.error}")
                 self.error = None
             except Exception as e:  # the old version keeps serving; retried every poll, the error kept for callers
                 if str(e) != str(self.error):
-                    log.error("governance follower: %s (still serving %s; retrying)", e, self._current.version)
+                    log.error("governance follower: %s (still serving %s; retrying)", e, self.current().version)
                 self.error = e
 
     def close(self) -> None:
