@@ -18,6 +18,11 @@ governance_app = typer.Typer(help="The governance log: actors, keys and policy."
 
 Actor = Annotated[str | None, typer.Option(help="Acting actor (its key signs). Env: EVOSTREAM_GOVERNANCE_ACTOR.")]
 Reason = Annotated[str, typer.Option(help="Why, in your words (kept in the log).")]
+_PUBLIC_KEY_HELP = (
+    "The actor's Ed25519 public key (hex, from `governance keygen` on its own machine). Without it, a key is made "
+    "here, beside the admin's."
+)
+PublicKey = Annotated[str | None, typer.Option(help=_PUBLIC_KEY_HELP)]
 
 
 def _settings(bootstrap: str | None, actor: str | None = None) -> Settings:
@@ -107,26 +112,58 @@ def governance_init(bootstrap: Bootstrap = None, actor: Actor = None) -> None:
     say(f"admin {gov.actor} enrolled (key {gov.key.key_id}); private key saved to {path} (mode 0600): keep it safe")
 
 
+@governance_app.command("keygen")
+@friendly
+def governance_keygen(
+    name: Annotated[str, typer.Argument(help="The actor id this key is for.")],
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Create an actor's key on this machine (0600, never printed) and print its public half, for an admin to enroll
+    with `governance enroll NAME --public-key HEX`: the private key never leaves the machine that made it."""
+    from consumers.governance.keys import ActorKey
+    from consumers.governance.service import key_path
+
+    settings = _settings(bootstrap)
+    path = key_path(settings.governance_dir / "keys", name)
+    if path.exists():
+        raise GovernanceError(f"{path} already holds a key for {name}: remove it first if it is really to be replaced")
+    key = ActorKey.generate()
+    key.save(path)
+    say(f"key for {name} saved to {path} (mode 0600); ask an admin to run:")
+    print(f"evostream governance enroll {name} --public-key {key.public_hex}")
+
+
 @governance_app.command("enroll")
 @friendly
 def governance_enroll(
     name: Annotated[str, typer.Argument(help="The new actor's id.")],
     roles: Annotated[str, typer.Option(help="Comma-separated: admin, approver, proposer.")] = "approver",
+    public_key: PublicKey = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
 ) -> None:
-    """Create a key for a new actor (saved 0600 beside the admin's) and enroll it with its roles (admin only)."""
-    from consumers.governance.keys import ActorKey
+    """Enroll a new actor with its roles (admin only): with `--public-key`, the key the actor made itself; without,
+    a key created here and saved 0600 beside the admin's (one machine, one operator)."""
+    from consumers.governance.keys import ActorKey, key_id_of
     from consumers.governance.service import key_path
 
     settings = _settings(bootstrap, actor)
     gov = _actor(settings)
+    role_list = [r.strip() for r in roles.split(",") if r.strip()]
+    if public_key is not None:
+        public_hex = public_key.strip().lower()
+        key_id = key_id_of(public_hex)  # refuses what is not a 32-byte key
+        gov.enroll(name, public_hex, key_id, role_list, reason)
+        say(f"enrolled {name} ({roles}, key {key_id}); its private key stays where it was made")
+        return
     path = key_path(settings.governance_dir / "keys", name)
+    if path.exists():
+        raise GovernanceError(f"{path} already holds a key for {name}: enroll it with --public-key, or remove it")
     key = ActorKey.generate()
     key.save(path)
     try:
-        gov.enroll(name, key.public_hex, key.key_id, [r.strip() for r in roles.split(",") if r.strip()], reason)
+        gov.enroll(name, key.public_hex, key.key_id, role_list, reason)
     except Exception:
         path.unlink()  # not enrolled: the key must not linger as if it were
         raise

@@ -25,8 +25,9 @@ def test_governance_commands_end_to_end(kafka: str, tmp_path: Path) -> None:
            "EVOSTREAM_ARTIFACTS_DIR": str(tmp_path / "a"), "EVOSTREAM_BOOTSTRAP_SERVERS": kafka,
            "HF_HUB_OFFLINE": "1"}  # fmt: skip
 
-    def cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+    def cli(*args: str, ok: bool = True, home: str = "gov") -> subprocess.CompletedProcess[str]:
+        where = {**env, "EVOSTREAM_GOVERNANCE_DIR": str(tmp_path / home)}  # bob keeps his key on his own machine
+        done = subprocess.run([*CLI, *args], env=where, capture_output=True, text=True, timeout=120)
         assert (done.returncode == 0) == ok, (args, done.stdout, done.stderr)
         return done
 
@@ -42,7 +43,15 @@ def test_governance_commands_end_to_end(kafka: str, tmp_path: Path) -> None:
     key = tmp_path / "gov" / "keys" / "admin.key"
     assert key.stat().st_mode & 0o777 == 0o600
     assert key.read_text() not in cli("audit").stdout  # the private key is never printed
-    cli("governance", "enroll", "bob", "--roles", "approver", "--reason", "reviewer")
+    # bob makes his key on his machine; the admin enrolls its public half, and never holds bob's private key
+    enroll = cli("governance", "keygen", "bob", home="bob").stdout.split()
+    assert enroll[:4] == ["evostream", "governance", "enroll", "bob"] and enroll[4] == "--public-key", enroll
+    assert (tmp_path / "bob" / "keys" / "bob.key").stat().st_mode & 0o777 == 0o600
+    assert "already holds a key" in cli("governance", "keygen", "bob", home="bob", ok=False).stderr
+    refused = cli("governance", "enroll", "bob", "--public-key", "abcd", ok=False)
+    assert "32 bytes" in refused.stderr, refused.stderr
+    cli("governance", "enroll", "bob", "--roles", "approver", "--public-key", enroll[5], "--reason", "reviewer")
+    assert not (tmp_path / "gov" / "keys" / "bob.key").exists()
     cli("governance", "enroll", "carol", "--roles", "proposer")
     cli("governance", "policy", "--approvals", "1", "--reason", "one reviewer is enough")
     cli("register", model, f"{model}@1", "--artifact", str(folders[0]), "--metrics", '{"parameters": 42}')
@@ -54,17 +63,17 @@ def test_governance_commands_end_to_end(kafka: str, tmp_path: Path) -> None:
     # a proposer may not approve, an approver may not promote to production
     refused = cli("approve", model, f"{model}@1", "--actor", "carol", ok=False)
     assert "carol" in refused.stderr and "approver" in refused.stderr, refused.stderr
-    refused = cli("promote", model, f"{model}@1", "--stage", "production", "--actor", "bob", ok=False)
+    refused = cli("promote", model, f"{model}@1", "--stage", "production", "--actor", "bob", ok=False, home="bob")
     assert "error:" in refused.stderr
     refused = cli("promote", model, f"{model}@1", "--stage", "production", ok=False)  # no approval yet
     assert "approv" in refused.stderr, refused.stderr
-    cli("approve", model, f"{model}@1", "--actor", "bob", "--reason", "reviewed")
+    cli("approve", model, f"{model}@1", "--actor", "bob", "--reason", "reviewed", home="bob")
     cli("promote", model, f"{model}@1", "--stage", "production", "--reason", "first")
     first = json.loads(cli("registry", "show", f"{model}@1").stdout)
     assert first["stage"] == "production" and first["metrics"] == {"parameters": 42}
     cli("register", model, f"{model}@2", "--artifact", str(folders[1]), "--parent", f"{model}@1")
     cli("validate", model, f"{model}@2", "--per-task", "2", "--min-accuracy", "0")
-    cli("approve", model, f"{model}@2", "--actor", "bob")
+    cli("approve", model, f"{model}@2", "--actor", "bob", home="bob")
     cli("promote", model, f"{model}@2", "--stage", "production")
     now = cli("registry").stdout
     assert f"{model}: production {model}@2" in now, now
