@@ -57,10 +57,14 @@ def allowed_roles(type_: str, payload: Mapping[str, Any], policy: Policy) -> fro
     return _ADMIN  # an alias moves what serves as champion or challenger
 
 
-def approvers(version: Mapping[str, Any], stage: str) -> list[str]:
-    """The distinct actors whose approval of ``version`` for ``stage`` counts: granted after the last rejection."""
+def approvers(version: Mapping[str, Any], stage: str, actors: Actors) -> list[str]:
+    """The distinct actors whose approval of ``version`` for ``stage`` counts: granted after the last rejection, by
+    an actor who is still enrolled, unrevoked and an approver (a revoked reviewer's pending grant no longer counts)."""
     ap = version["approvals"].get(stage)
-    return sorted(ap["granted"]) if ap else []
+    if not ap:
+        return []
+    return sorted(a for a in ap["granted"] if a in actors and actors[a]["revoked_seq"] is None
+                  and _APPROVER & set(actors[a]["roles"]))  # fmt: skip
 
 
 def passed_validation(version: Mapping[str, Any]) -> bool:
@@ -177,10 +181,11 @@ def _promoted(model_name: str, p: Mapping[str, Any], actors: Actors, models: Mod
     if not passed_validation(version):
         return f"{model_name} {name} cannot be {stage}: it has no passed validation (run ValidationCompleted first)"
     if stage == "production" and not policy["auto_promote_production"]:
-        have, need = approvers(version, "production"), policy["production_approvals"]
+        have, need = approvers(version, "production", actors), policy["production_approvals"]
         if len(have) < need:
-            return (f"{model_name} {name} needs {need} distinct approvers for production, has {len(have)}"
-                    f" ({', '.join(have) or 'none'}; grants before a rejection do not count)")  # fmt: skip
+            why = "grants before a rejection, or by a revoked actor, do not count"
+            return (f"{model_name} {name} needs {need} distinct approvers for production, has {len(have)} "
+                    f"({', '.join(have) or 'none'}; {why})")  # fmt: skip
     return None
 
 

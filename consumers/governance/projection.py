@@ -104,7 +104,7 @@ class Registry:
                     if ver["stage"] != stage and ver["stage"] != "archived":
                         need = self.policy["production_approvals"] if stage == "production" else 1
                         out.append({"model_name": name, "version": v, "stage": stage, "requested_seq": seq,
-                                    "approvers": rules.approvers(ver, stage), "needed": need})  # fmt: skip
+                                    "approvers": rules.approvers(ver, stage, self.actors), "needed": need})  # fmt: skip
         return out
 
     # --- verification -----------------------------------------------------------------------------------------

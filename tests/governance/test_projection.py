@@ -398,7 +398,7 @@ def test_a_rejection_voids_the_grants_before_it() -> None:
                          ("alice", "ApprovalGranted")):  # fmt: skip
         c.append(type_, actor, {"version": "v1", "stage": "production"}, M)
     c.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, M)
-    refused(c, "policy", "has 1 (alice; grants before a rejection do not count)")
+    refused(c, "policy", "has 1 (alice; grants before a rejection, or by a revoked actor, do not count)")
     c.events.pop()
     c.append("ApprovalGranted", "bob", {"version": "v1", "stage": "production"}, M)
     c.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, M)
@@ -406,6 +406,26 @@ def test_a_rejection_voids_the_grants_before_it() -> None:
     assert found == []
     assert reg.version(M, "v1")["approvals"]["production"] == {
         "granted": {"alice": 12, "bob": 13}, "rejected": {"actor": "carol", "sequence": 11}}  # fmt: skip
+
+
+def test_a_grant_by_an_approver_revoked_before_the_promotion_no_longer_counts() -> None:
+    c = staged({"production_approvals": 2})
+    c.append("ApprovalGranted", "alice", {"version": "v1", "stage": "production"}, M)
+    c.append("ApprovalGranted", "bob", {"version": "v1", "stage": "production"}, M)
+    c.append("ActorRevoked", ADMIN, {"actor_id": "bob"})
+    assert replay(c.log())[0].pending_approvals() == []  # no request was made; the count shows at promotion
+    c.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, M)
+    refused(c, "policy", "needs 2 distinct approvers for production, has 1 (alice;")
+    c.events.pop()
+    c.append("ApprovalGranted", "carol", {"version": "v1", "stage": "production"}, M)
+    c.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, M)
+    reg, found = replay(c.log())
+    assert found == []
+    assert reg.production(M) == "v1"
+    # a revocation after the promotion changes nothing about it: the rule is judged where the event stands
+    c.append("ActorRevoked", ADMIN, {"actor_id": "carol"})
+    reg, found = replay(c.log())
+    assert (found, reg.production(M)) == ([], "v1")
 
 
 def test_auto_promote_production_lets_the_proposer_promote_without_approvals() -> None:
