@@ -39,11 +39,13 @@ def reports_errors(fn: Any) -> bool:
 
 def test_every_command_reports_errors_through_friendly() -> None:
     found = commands(typer.main.get_group(app))
-    assert set(found) == {"demo", "serve", "publish", "process", "calibrate", "alerts", "drift", "profile", "topics",
-                          "selfcheck", "stack up", "stack status", "stack down", "stack logs", "schemas list",
-                          "schemas check", "governance init", "governance enroll", "governance revoke",
-                          "governance policy", "governance snapshot", "register", "validate", "approve", "promote",
-                          "rollback", "audit", "provenance", "replay", "registry show"}  # fmt: skip
+    assert set(found) == {
+        "demo", "serve", "publish", "process", "calibrate", "alerts", "drift", "profile", "topics", "selfcheck",
+        "stack up", "stack status", "stack down", "stack logs", "schemas list", "schemas check", "governance init",
+        "governance keygen", "governance enroll", "governance revoke", "governance policy", "governance snapshot",
+        "register", "validate", "request-approval", "approve", "promote", "rollback", "audit", "provenance", "replay",
+        "registry show",
+    }  # fmt: skip
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
 

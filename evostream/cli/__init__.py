@@ -37,5 +37,6 @@ for command in (
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)
+app.command("request-approval")(governance.request_approval)
 
 __all__ = ["app"]

@@ -228,6 +228,16 @@ def register(
 
 
 @friendly
+def request_approval(
+    model: str, version: str, stage: str = "production", reason: Reason = "", bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:  # fmt: skip
+    """Ask the approvers to approve a version for a stage (proposers); `registry` lists it as pending."""
+    _actor(_settings(bootstrap, actor)).request_approval(model, version, stage, reason)
+    say(f"asked approval of {version} for {stage}")
+
+
+@friendly
 def approve(
     model: str, version: str, stage: str = "production", reject: bool = False, reason: Reason = "",
     bootstrap: Bootstrap = None, actor: Actor = None,

@@ -73,6 +73,8 @@ def test_governance_commands_end_to_end(kafka: str, tmp_path: Path) -> None:
     assert first["stage"] == "production" and first["metrics"] == {"parameters": 42}
     cli("register", model, f"{model}@2", "--artifact", str(folders[1]), "--parent", f"{model}@1")
     cli("validate", model, f"{model}@2", "--per-task", "2", "--min-accuracy", "0")
+    cli("request-approval", model, f"{model}@2", "--actor", "carol", "--reason", "ready")
+    assert f"pending: {model}@2 -> production: 0/1 approvals" in cli("registry").stdout
     cli("approve", model, f"{model}@2", "--actor", "bob", home="bob")
     cli("promote", model, f"{model}@2", "--stage", "production")
     now = cli("registry").stdout
@@ -86,8 +88,8 @@ def test_governance_commands_end_to_end(kafka: str, tmp_path: Path) -> None:
     assert f"{model}: production {model}@2" in cli("registry", "--as-of", offset).stdout
     assert [line.split(maxsplit=5)[4] for line in cli("audit", "--actor", "bob").stdout.splitlines()] == ["bob"] * 2
     # genesis (2), 2 enrolments, policy, v1 (register, failed and passed validation, staging, approval, production),
-    # v2 (register, validation, staging, approval, production), the rollback
-    assert len(audit) == 2 + 2 + 1 + 6 + 5 + 1, audit
+    # v2 (register, validation, staging, request, approval, production), the rollback
+    assert len(audit) == 2 + 2 + 1 + 6 + 6 + 1, audit
     assert cli("replay", "--verify").stdout.endswith("0 finding(s)\n")
 
     # tampering: an altered copy of the last event (its reason edited, hash and signature kept) appended by hand
