@@ -26,6 +26,7 @@ __all__ = [
     "DeliveryError",
     "EncodeError",
     "EvoError",
+    "EvolutionError",
     "GovernanceError",
     "JavaNotFoundError",
     "MavenError",
@@ -111,3 +112,8 @@ class TamperError(GovernanceError):
 
 class ArtifactError(GovernanceError):
     """A model artifact is missing, or its bytes do not match its registered hash: it is never served."""
+
+
+class EvolutionError(EvoError):
+    """An evolution step cannot be done as asked: an operator's plan does not fit the model, a family is not
+    supported, a candidate cannot be built, measured or validated."""
