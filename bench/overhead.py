@@ -41,9 +41,9 @@ from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig
 
 from bench.broker import bench_broker
 from evostream.bus.admin import delete_topics, ensure_topics
+from models.loading import LoadedModel, load_model, wrap_model
 from producers.emitter import StepEmitter
 from producers.generate import GenParams, InstrumentedGenerator
-from producers.loading import LoadedModel, load_model, wrap_model
 from producers.records import TokenTexts
 from producers.steps import StepBatch, TraceMeta
 from schemas.catalog import TopicSpec

@@ -41,9 +41,9 @@ import numpy.typing as npt
 import torch
 
 from evostream.cli.calibrate import calibrate_model
+from models.loading import LoadedModel, load_model
 from models.suite.evaluate import eval_set
 from models.suite.tasks import TASKS, Example, make_split, stress_split
-from producers.loading import LoadedModel, load_model
 from producers.reference import Traced, run_traced
 from stream_processors.risk.policy import RiskPolicy, family_of, policy_path
 from stream_processors.risk.score import Assessment, TraceRisk

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from evostream.errors import EvoError
-from producers.anatomy import anatomy
-from producers.loading import LoadedModel
+from models.anatomy import anatomy
+from models.loading import LoadedModel
 from producers.probe import Probe
 from producers.stats import LN2, attention_entropy, hidden_stats, logit_stats
 from producers.steps import TOPK, AttentionSignal, StepBatch

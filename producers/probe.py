@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from evostream.errors import EvoError
-from producers.anatomy import Anatomy
+from models.anatomy import Anatomy
 from producers.stats import ffn_sparsity, head_output_norm
 from producers.steps import AttentionSignal
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from models.loading import LoadedModel
 from producers.generate import GenParams, InstrumentedGenerator
-from producers.loading import LoadedModel
 from producers.records import TokenTexts
 from producers.steps import StepBatch, TraceMeta, step_records
 

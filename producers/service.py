@@ -24,6 +24,7 @@ from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.clock import now_us
 from evostream.errors import DecodeError, EvoError
+from models.loading import LoadedModel
 from producers.client import prompt_problem
 from producers.embedding import PromptEmbedder
 from producers.emitter import StepEmitter
@@ -35,7 +36,6 @@ from producers.generate import (
     GenParams,
     InstrumentedGenerator,
 )
-from producers.loading import LoadedModel
 from producers.records import TokenTexts, completion_record
 from producers.steps import StepBatch, TraceMeta
 from producers.swap import FixedModel, ModelSource, ServingModel

@@ -23,9 +23,9 @@ from typing import Protocol
 
 from evostream.artifacts import ArtifactBackend
 from evostream.errors import EvoError
-from producers.anatomy import anatomy
+from models.anatomy import anatomy
+from models.loading import LoadedModel, load_model
 from producers.generate import GenerationError
-from producers.loading import LoadedModel, load_model
 from producers.steps import AttentionSignal
 
 log = logging.getLogger("evostream.swap")

@@ -13,7 +13,7 @@ import typer
 from evostream.cli.common import friendly, say
 
 if TYPE_CHECKING:
-    from producers.loading import LoadedModel
+    from models.loading import LoadedModel
     from stream_processors.risk.policy import RiskPolicy
 
 
@@ -44,8 +44,8 @@ def calibrate(
     so edit them there and calibrate again; the code's defaults are used otherwise."""
     from pathlib import Path
 
+    from models.loading import load_model
     from models.suite.tasks import make_split
-    from producers.loading import load_model
     from stream_processors.risk.policy import RiskPolicy, family_of, policy_path
 
     loaded = load_model(model)

@@ -464,8 +464,8 @@ def provenance(
 
 def measure_on_suite(path: Path, per_task: int, threshold: float) -> tuple[bool, dict[str, Any], dict[str, float]]:
     """The model at ``path`` on ``per_task`` held-out prompts per task: (passed, gate per task, accuracy per task)."""
+    from models.loading import load_model
     from models.suite.evaluate import eval_set, evaluate
-    from producers.loading import load_model
 
     lm = load_model(str(path), device="cpu")
     acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))

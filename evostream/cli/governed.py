@@ -41,7 +41,7 @@ def _verified(registry: Registry, findings: list[Any]) -> Registry:
 def default_version() -> str:
     """The embedded model's version id, as the loader names it (``name@<12 hex of its weights' sha256>``)."""
     from models.default_model import MODEL_ID, WEIGHTS_DIR
-    from producers.loading import weights_digest
+    from models.loading import weights_digest
 
     return f"{MODEL_ID}@{weights_digest(WEIGHTS_DIR)}"
 
@@ -180,6 +180,6 @@ class GovernedModel:
 
 
 def _load_artifact(path: Path, version: str) -> Any:
-    from producers.loading import load_model
+    from models.loading import load_model
 
     return load_model(str(path))

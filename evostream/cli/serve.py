@@ -40,9 +40,9 @@ def serve(
 ) -> None:
     """Serve inference requests from evo.requests, emitting a GenerationStep per token and a Completion per request."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from models.loading import load_model
     from producers.embedding import PromptEmbedder
     from producers.generate import InstrumentedGenerator
-    from producers.loading import load_model
     from producers.service import InferenceService, ServeOptions
 
     settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms)

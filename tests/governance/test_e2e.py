@@ -19,8 +19,8 @@ from consumers.governance.service import Governance, init
 from evostream.artifacts import ArtifactStore
 from evostream.cli.governed import GovernedModel
 from evostream.settings import load_settings
+from models.loading import LoadedModel, load_model
 from producers.client import InferenceClient
-from producers.loading import LoadedModel, load_model
 from producers.service import InferenceService, ServeOptions
 from tests.producers.models import tiny
 

@@ -15,7 +15,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from producers.loading import LoadedModel, wrap_model
+from models.loading import LoadedModel, wrap_model
 
 FAMILIES = ("t5", "gpt2", "llama")
 

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from transformers import ByT5Tokenizer
 
+from models.loading import LoadedModel
 from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
-from producers.loading import LoadedModel
 from producers.steps import TOPK, StepBatch
 from tests.producers.models import FAMILIES, tiny
 
@@ -116,7 +116,7 @@ def test_the_bare_loop_registers_no_hook_and_chooses_the_same_tokens(family: str
 
 # --- statistics against an independent full forward -----------------------------------------------------------------
 
-# The generating layers and their projections, written out per family: independent of producers.anatomy.
+# The generating layers and their projections, written out per family: independent of models.anatomy.
 LAYERS: dict[str, Callable[[Any], Any]] = {
     "t5": lambda m: m.decoder.block,
     "gpt2": lambda m: m.transformer.h,

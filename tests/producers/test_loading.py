@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from producers.loading import ModelLoadError, load_model
+from models.loading import ModelLoadError, load_model
 from tests.producers.models import tiny
 
 CACHED_ID = "evostream-test/tiny-gpt2"
@@ -19,7 +19,7 @@ CACHED_ID = "evostream-test/tiny-gpt2"
 def load_offline(source: str, hf_home: Path) -> subprocess.CompletedProcess[str]:
     """``load_model(source)`` in a fresh interpreter whose Hugging Face cache is ``hf_home`` and whose hub is off:
     prints the version, or the ModelLoadError's message and exits 3."""
-    code = ("import sys\nfrom producers.loading import ModelLoadError, load_model\n"
+    code = ("import sys\nfrom models.loading import ModelLoadError, load_model\n"
             f"try:\n    print(load_model({source!r}, device='cpu').version)\n"
             "except ModelLoadError as e:\n    print(e)\n    sys.exit(3)\n")  # fmt: skip
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}

@@ -17,9 +17,9 @@ from confluent_kafka import Consumer
 
 from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
+from models.loading import LoadedModel
 from producers.client import InferenceClient
 from producers.generate import Generated, GenParams, InstrumentedGenerator
-from producers.loading import LoadedModel
 from producers.service import GROUP, InferenceService, ServeOptions
 from producers.steps import StepBatch
 from schemas.catalog import COMPLETIONS, REQUESTS

@@ -17,9 +17,9 @@ import pytest
 from evostream.artifacts import ArtifactStore
 from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
+from models.loading import LoadedModel, load_model
 from producers.client import InferenceClient
 from producers.generate import GenerationError, GenParams, InstrumentedGenerator
-from producers.loading import LoadedModel, load_model
 from producers.service import InferenceService, ServeOptions
 from producers.swap import ModelSlot, ServingModel, artifact_loader, check_servable
 from schemas.catalog import COMPLETIONS

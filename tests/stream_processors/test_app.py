@@ -22,10 +22,10 @@ import torch
 
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
-from producers.anatomy import anatomy
+from models.anatomy import anatomy
+from models.loading import LoadedModel
 from producers.client import InferenceClient
 from producers.embedding import PromptEmbedder
-from producers.loading import LoadedModel
 from producers.service import InferenceService, ServeOptions
 from schemas.catalog import ALERTS, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
@@ -357,8 +357,8 @@ def test_a_served_decoder_forced_to_repeat_raises_a_repetition_alert_end_to_end(
 def test_served_traffic_gives_drift_windows_that_fire_on_a_new_task_family(kafka: str, worker: Worker) -> None:
     """Real producer output through Kafka: the embedded model, MiniLM embeddings, a reference of 96 completions and
     windows of 48 (smaller windows are noisier than the vocabulary thresholds allow for)."""
+    from models.loading import load_model
     from models.suite.tasks import make_split
-    from producers.loading import load_model
 
     lm = load_model("default")
     lm.version = f"drift-{uuid.uuid4().hex[:6]}"

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from models.loading import load_model
 from models.suite.tasks import make_split
 from producers.embedding import PromptEmbedder
 from producers.generate import GenParams, InstrumentedGenerator
-from producers.loading import load_model
 from producers.records import completion_record
 from producers.steps import TraceMeta
 from stream_processors.drift.policy import DriftPolicy

@@ -91,7 +91,7 @@ def test_a_symlinked_file_is_stored_as_its_content(tmp_path: Path) -> None:
 
 
 def test_one_flipped_byte_in_a_stored_weight_file_is_refused_and_the_model_never_loaded(tmp_path: Path) -> None:
-    from producers.loading import LoadedModel, load_model
+    from models.loading import LoadedModel, load_model
     from tests.producers.models import tiny
 
     lm = tiny("gpt2", varied=True)
