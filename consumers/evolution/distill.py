@@ -1,0 +1,162 @@
+"""Distillation: a pruned student recovers by learning from its parent on the prompts the log holds.
+
+Pruning without recovery collapses accuracy; a short distillation from the parent brings it back. The training set
+is what the model really served (prompts replayed from ``evo.requests`` with the parent's answers from
+``evo.completions``) mixed with the task suite's training stream (whose prompts never overlap the held-out set).
+The loss is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)`` over the answer tokens: the
+teacher's full distribution carries more than its argmax."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from torch.nn import functional as nnf
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from evostream.errors import EvolutionError
+
+Pair = tuple[str, str]
+"""(prompt, target answer)."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 50
+    temperature: float = 2.0
+    alpha: float = 0.5
+    """Weight of the teacher's soft targets; 1 - alpha goes to the labels."""
+    seed: int = 0
+
+
+@dataclass
+class DistillReport:
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    """Mean loss per logged interval."""
+
+
+def mixed_stream(
+    logged: Sequence[Pair], suite: Iterator[Pair], logged_share: float = 0.5, seed: int = 0
+) -> Iterator[Pair]:
+    """Endless pairs: a ``logged_share`` of them drawn from the logged traffic (cycled, shuffled each pass), the rest
+    from the suite's stream. With no logged traffic, the suite alone."""
+    if not 0.0 <= logged_share <= 1.0:
+        raise EvolutionError(f"logged_share must be in [0, 1], got {logged_share}")
+    g = torch.Generator().manual_seed(seed)
+
+    def logged_cycle() -> Iterator[Pair]:
+        while True:
+            for i in torch.randperm(len(logged), generator=g).tolist():
+                yield logged[i]
+
+    from_log = logged_cycle() if logged and logged_share > 0 else None
+    while True:
+        if from_log is not None and torch.rand((), generator=g).item() < logged_share:
+            yield next(from_log)
+        else:
+            yield next(suite)
+
+
+def _batch(
+    tok: PreTrainedTokenizerBase, pairs: Sequence[Pair], seq2seq: bool, device: torch.device
+) -> dict[str, Tensor]:
+    prompts, targets = [p for p, _ in pairs], [t for _, t in pairs]
+    if seq2seq:
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        labels = tok(targets, return_tensors="pt", padding=True).input_ids
+        labels[labels == tok.pad_token_id] = -100
+        return {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device),
+                "labels": labels.to(device)}  # fmt: skip
+    # causal: prompt then answer then EOS; the loss is on the answer part only
+    rows, label_rows = [], []
+    for p, t in zip(prompts, targets, strict=True):
+        p_ids = tok(p, add_special_tokens=False).input_ids
+        t_ids = [*tok(" " + t, add_special_tokens=False).input_ids, tok.eos_token_id]
+        rows.append(p_ids + t_ids)
+        label_rows.append([-100] * len(p_ids) + t_ids)
+    width = max(len(r) for r in rows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, seq2seq: bool, cfg: DistillConfig) -> Tensor:
+    if not seq2seq:  # logits at position i predict token i+1
+        student_logits, teacher_logits, labels = student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
+    keep = labels != -100
+    s, t = student_logits[keep], teacher_logits[keep]
+    temp = cfg.temperature
+    kd = nnf.kl_div(nnf.log_softmax(s / temp, -1), nnf.log_softmax(t / temp, -1), log_target=True,
+                    reduction="batchmean")  # fmt: skip
+    ce = nnf.cross_entropy(s, labels[keep])
+    return cfg.alpha * temp * temp * kd + (1 - cfg.alpha) * ce
+
+
+def distill(
+    student: PreTrainedModel,
+    teacher: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Iterator[Pair],
+    cfg: DistillConfig,
+    progress: Callable[[str], None] | None = None,
+) -> DistillReport:
+    """Train ``student`` (in place) towards ``teacher`` on ``pairs``; the teacher is never changed."""
+    seq2seq = bool(getattr(student.config, "is_encoder_decoder", False))
+    if seq2seq != bool(getattr(teacher.config, "is_encoder_decoder", False)):
+        raise EvolutionError("the student and the teacher must both be seq2seq or both causal")
+    if student.config.vocab_size != teacher.config.vocab_size:
+        raise EvolutionError(f"the student's vocabulary ({student.config.vocab_size}) differs from the teacher's "
+                             f"({teacher.config.vocab_size}): distil before compressing the vocabulary")  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    device = next(student.parameters()).device
+    teacher.eval()
+    student.train()
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=0.01)
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    report = DistillReport(steps=cfg.steps, seconds=0.0)
+    t0 = time.perf_counter()
+    window: list[float] = []
+    every = max(1, cfg.steps // 20)
+    try:
+        for step in range(cfg.steps):
+            batch = _batch(tokenizer, list(itertools.islice(pairs, cfg.batch_size)), seq2seq, device)
+            with torch.no_grad():
+                t_logits = teacher(**batch).logits
+            s_logits = student(**batch).logits
+            loss = _loss(s_logits, t_logits, batch["labels"], seq2seq, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            window.append(loss.item())
+            if (step + 1) % every == 0 or step + 1 == cfg.steps:
+                report.losses.append(sum(window) / len(window))
+                window = []
+                if progress is not None:
+                    el = time.perf_counter() - t0
+                    progress(f"distil: step {step + 1}/{cfg.steps} loss {report.losses[-1]:.4f} "
+                             f"{el:.0f}s, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")  # fmt: skip
+    finally:
+        student.eval()
+    report.seconds = time.perf_counter() - t0
+    return report
