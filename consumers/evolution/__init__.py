@@ -1,0 +1,1 @@
+"""Evolution: rebuild smaller candidates of a served model (structure, distillation, measurement)."""
