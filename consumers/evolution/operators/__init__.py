@@ -1,0 +1,1 @@
+"""Operators that build a new candidate from a model: structural pruning (heads, FFN neurons, layers)."""
