@@ -1,1 +1,1 @@
-"""Operators that build a new candidate from a model: structural pruning (heads, FFN neurons, layers)."""
+"""Operators: each builds a new candidate model from a served one and leaves its input unchanged."""
