@@ -15,11 +15,15 @@ import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
+from safetensors.torch import load_file
 from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
+    MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -29,6 +33,13 @@ from evostream.errors import EvoError
 from models.default_model import MODEL_ID, WEIGHTS_DIR
 
 DEFAULT_MODEL = "default"
+INT8_MARKER = "evostream_quantization"
+"""config.json key of an int8 artifact (written by the evolution consumer's ``save_int8``):
+``{"method": ..., "bits": 8, "weights": INT8_WEIGHTS, ...}``."""
+INT8_WEIGHTS = "model.int8.safetensors"
+"""The int8 artifact's weight file: each quantized weight ``<module>.weight`` as int8 beside ``<module>.weight_scale``
+(float32, shaped to broadcast over the weight: one scale per output channel); every other tensor as saved."""
+INT8_SCALE = "_scale"
 hf_logging.disable_progress_bar()  # a service's stderr is for its own messages
 
 
@@ -94,11 +105,50 @@ def load_model(
             kwargs["dtype"] = dtype
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation
-        model = cls.from_pretrained(ref, **kwargs)
+        if getattr(config, INT8_MARKER, None) is not None:
+            model = _load_int8(config, path, is_seq2seq, kwargs)
+        else:
+            model = cls.from_pretrained(ref, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(ref, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as e:
         raise ModelLoadError(f"cannot load model {source!r}: {e}") from e
     return wrap_model(model.to(device).eval(), tokenizer, name, weights_digest(path) if path.exists() else None)
+
+
+def _load_int8(config: PretrainedConfig, folder: Path, is_seq2seq: bool, kwargs: dict[str, object]) -> PreTrainedModel:
+    """An int8 artifact, dequantized once into the family's own float modules (``weight = int8 * scale``).
+
+    The served model then runs the float kernels: on CPU no int8 path measured faster for these models
+    (bench/int8.py), and its outputs equal those of the in-memory int8 model, which computes the same product on
+    every forward. The marker leaves the loaded config: what is in memory is a float model."""
+    marker = getattr(config, INT8_MARKER)
+    if not isinstance(marker, dict) or marker.get("bits") != 8:
+        raise ModelLoadError(f"{folder}: config.json's {INT8_MARKER} is {marker!r}; only 8-bit artifacts load")
+    file = folder / str(marker.get("weights", INT8_WEIGHTS))
+    if not file.is_file():
+        raise ModelLoadError(f"{folder}: config.json marks an int8 artifact but its weight file {file.name} is missing")
+    tensors = load_file(file)
+    state: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        if name.endswith(INT8_SCALE):
+            if name.removesuffix(INT8_SCALE) not in tensors:
+                raise ModelLoadError(f"{file}: scale {name} has no weight {name.removesuffix(INT8_SCALE)}")
+            continue
+        scale = tensors.get(name + INT8_SCALE)
+        if (tensor.dtype == torch.int8) != (scale is not None):
+            raise ModelLoadError(f"{file}: {name} is {tensor.dtype} {'with' if scale is not None else 'without'} "
+                                 f"a scale; an int8 weight needs one and only int8 weights have one")  # fmt: skip
+        state[name] = tensor if scale is None else tensor.to(torch.float32) * scale
+    delattr(config, INT8_MARKER)
+    mapping = MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if is_seq2seq else MODEL_FOR_CAUSAL_LM_MAPPING
+    model, info = mapping[type(config)].from_pretrained(
+        None, config=config, state_dict=state, output_loading_info=True, **kwargs
+    )
+    wrong = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if wrong:
+        raise ModelLoadError(f"{file} does not fit {type(model).__name__}: {wrong}")
+    loaded: PreTrainedModel = model
+    return loaded
 
 
 def _looks_like_path(source: str) -> bool:
