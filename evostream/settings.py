@@ -50,6 +50,16 @@ class Settings(BaseSettings):
         default_factory=lambda: _home(".local", "share", "evostream", "artifacts"),
         description="The content-addressed store of model artifacts (sha256), verified on every load.",
     )
+    evolution_actor: str = Field(
+        default="evolution", description="The evolution consumer's actor (a proposer): its key signs its proposals."
+    )
+    evolution_dir: Path = Field(
+        default_factory=lambda: _home(".local", "share", "evostream", "evolution"),
+        description="Where evolution cycles build, save and distil their candidates before storing them.",
+    )
+    evolution_every_s: int = Field(
+        default=0, ge=0, description="The evolution consumer runs a cycle this often (seconds; 0: only on drift)."
+    )
     profile_window_s: int = Field(default=60, ge=1, description="Tumbling profiling window, seconds of event time.")
     drift_reference_size: int = Field(default=200, ge=20, description="Completions in a model's reference window.")
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from evostream.cli import calibrate, contract, demo, governance, readers, selfcheck, serve
+from evostream.cli import calibrate, contract, demo, evolution, governance, readers, selfcheck, serve
 from evostream.cli.stack import stack_app
 
 app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
@@ -16,6 +16,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(contract.schemas_app, name="schemas")
 app.add_typer(governance.governance_app, name="governance")
 app.add_typer(governance.registry_app, name="registry")
+app.add_typer(evolution.evolution_app, name="evolution")
 for command in (
     selfcheck.selfcheck,
     demo.demo,
@@ -34,6 +35,8 @@ for command in (
     governance.rollback,
     governance.audit,
     governance.provenance,
+    evolution.evolve,
+    evolution.analyze,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

@@ -1,0 +1,162 @@
+"""One evolution cycle: build candidates from recipes, let each recover by distillation from its parent, store it,
+validate it as loaded from the store, and choose among those that pass.
+
+The choice: the Pareto front of the passing candidates over (mean accuracy, ms per token, bytes), and on it the
+one with the smallest bytes x ms-per-token (most compression and speed together), ties to the more accurate.
+Nothing here touches governance; ``propose`` does, with the cycle's result."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from consumers.evolution.distill import DistillConfig, DistillReport, Pair, distill, mixed_stream
+from consumers.evolution.inputs import Observed
+from consumers.evolution.measure import parameter_count
+from consumers.evolution.recipe import Recipe, build
+from consumers.evolution.sandbox import Gates, RiskRate, Validation, ratios, validate
+from evostream.artifacts import ArtifactStore
+from evostream.errors import EvolutionError
+from models.default_model.train import training_examples
+from models.loading import LoadedModel, load_model
+from models.suite.evaluate import eval_set
+from models.suite.tasks import Example, make_split
+
+DEFAULT_RECIPES = (Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5),)
+
+
+@dataclass(frozen=True)
+class CycleConfig:
+    recipes: tuple[Recipe, ...] = DEFAULT_RECIPES
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    gates: Gates = field(default_factory=Gates)
+    analysis_per_task: int = 16
+    """Suite examples per task that importance is measured on (with up to as many logged pairs)."""
+    held_out_per_task: int = 50
+    logged_share: float = 0.5
+    speed_reps: int = 5
+    new_tokens: int = 16
+    max_replayed: int = 300
+
+
+@dataclass
+class Candidate:
+    recipe: Recipe
+    sha256: str
+    uri: str
+    parameters: int
+    validation: Validation
+    distillation: DistillReport
+
+    @property
+    def passed(self) -> bool:
+        return self.validation.passed
+
+    def metrics(self) -> dict[str, Any]:
+        c = self.validation.candidate
+        r = ratios(self.validation)
+        return {"parameters": c.parameters, "bytes_on_disk": c.bytes, "task_accuracy": c.accuracy,
+                "ms_per_token": round(c.speed.median, 4), "alerts_per_100": c.risk_rate,
+                "vs_parent": {k: round(v, 4) for k, v in r.items()}, "agreement": self.validation.agreement,
+                "distillation": {"steps": self.distillation.steps, "seconds": round(self.distillation.seconds, 1),
+                                 "final_loss": round(self.distillation.losses[-1], 5) if self.distillation.losses
+                                 else None}}  # fmt: skip
+
+
+@dataclass
+class CycleResult:
+    parent_version: str
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: Candidate | None = None
+    front: list[Candidate] = field(default_factory=list)
+
+
+def pareto_front(cands: Sequence[Candidate]) -> list[Candidate]:
+    """The candidates no other one beats on accuracy, speed and size at once."""
+
+    def key(c: Candidate) -> tuple[float, float, float]:
+        s = c.validation.candidate
+        return (-s.accuracy["mean"], s.speed.median, float(s.bytes))
+
+    def dominates(a: Candidate, b: Candidate) -> bool:
+        ka, kb = key(a), key(b)
+        return all(x <= y for x, y in zip(ka, kb, strict=True)) and ka != kb
+
+    return [c for c in cands if not any(dominates(o, c) for o in cands if o is not c)]
+
+
+def choose(cands: Sequence[Candidate]) -> tuple[Candidate | None, list[Candidate]]:
+    front = pareto_front([c for c in cands if c.passed])
+    if not front:
+        return None, []
+    best = min(front, key=lambda c: (c.validation.candidate.bytes * c.validation.candidate.speed.median,
+                                     -c.validation.candidate.accuracy["mean"]))  # fmt: skip
+    return best, front
+
+
+def _suite_pairs(seed: int) -> Iterator[Pair]:
+    return ((e.prompt, e.answer) for e in training_examples(seed, {}))
+
+
+def run_cycle(
+    parent: LoadedModel,
+    parent_dir: Path,
+    observed: Observed,
+    store: ArtifactStore,
+    workdir: Path,
+    cfg: CycleConfig = CycleConfig(),
+    risk_rate: RiskRate | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> CycleResult:
+    """Build, recover, store and validate one candidate per recipe; choose among those that pass."""
+    if not cfg.recipes:
+        raise EvolutionError("a cycle needs at least one recipe")
+    held_out: list[Example] = list(eval_set(per_task=cfg.held_out_per_task))
+    analysis: list[Pair] = [(e.prompt, e.answer) for e in make_split("analysis", cfg.analysis_per_task)]
+    analysis += observed.pairs[-len(analysis) :]
+    replayed = observed.prompts[-cfg.max_replayed :]
+    result = CycleResult(parent.version)
+    for i, recipe in enumerate(cfg.recipes):
+        t0 = time.perf_counter()
+        progress(f"candidate {i + 1}/{len(cfg.recipes)}: {recipe.name} from {parent.version}")
+        student = build(parent.model, parent.tokenizer, recipe, analysis, progress=progress)
+        if student is parent.model:
+            student = copy.deepcopy(parent.model)
+        progress(f"build: {parameter_count(parent.model):,} -> {parameter_count(student):,} parameters")
+        pairs = mixed_stream(observed.pairs, _suite_pairs(cfg.distill.seed), cfg.logged_share, cfg.distill.seed)
+        report = distill(student, parent.model, parent.tokenizer, pairs, cfg.distill, progress)
+        folder = workdir / f"candidate-{i}-{recipe.name}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        student.save_pretrained(folder)
+        parent.tokenizer.save_pretrained(folder)
+        (folder / "evolution.json").write_text(json.dumps({"parent": parent.version, "recipe": recipe.params(),
+                                                           "distill": cfg.distill.__dict__}, indent=2))  # fmt: skip
+        ref = store.put_dir(folder)
+        path = store.open(ref.sha256)  # re-hashed, then loaded: the candidate validated is the stored one
+        stored = load_model(str(path), device=str(parent.device))
+        v = validate(
+            (parent.model, parent.tokenizer, parent_dir),
+            (stored.model, stored.tokenizer, path),
+            held_out,
+            replayed,
+            cfg.gates,
+            risk_rate,
+            new_tokens=cfg.new_tokens,
+            speed_reps=cfg.speed_reps,
+            progress=progress,
+        )
+        cand = Candidate(recipe, ref.sha256, ref.uri, parameter_count(stored.model), v, report)
+        result.candidates.append(cand)
+        r = ratios(v)
+        progress(f"candidate {recipe.name}: {'PASS' if v.passed else 'FAIL'}; mean accuracy "
+                 f"{v.candidate.accuracy['mean']:.3f} (parent {v.parent.accuracy['mean']:.3f}), {r['bytes']:.2f}x "
+                 f"smaller, {r['speed']:.2f}x faster per token; {time.perf_counter() - t0:.0f}s")  # fmt: skip
+    result.chosen, result.front = choose(result.candidates)
+    return result
