@@ -19,6 +19,7 @@ from typing import Any
 from consumers.evolution.distill import DistillConfig, DistillReport, Pair, distill, mixed_stream
 from consumers.evolution.inputs import Observed
 from consumers.evolution.measure import parameter_count
+from consumers.evolution.operators.quantize import quantize_int8, save_int8
 from consumers.evolution.recipe import Recipe, build
 from consumers.evolution.sandbox import Gates, RiskRate, Validation, ratios, validate
 from evostream.artifacts import ArtifactStore
@@ -134,8 +135,11 @@ def run_cycle(
         folder = workdir / f"candidate-{i}-{recipe.name}"
         if folder.exists():
             shutil.rmtree(folder)
-        student.save_pretrained(folder)
-        parent.tokenizer.save_pretrained(folder)
+        if recipe.int8:
+            save_int8(quantize_int8(student), folder, parent.tokenizer)
+        else:
+            student.save_pretrained(folder)
+            parent.tokenizer.save_pretrained(folder)
         (folder / "evolution.json").write_text(json.dumps({"parent": parent.version, "recipe": recipe.params(),
                                                            "distill": cfg.distill.__dict__}, indent=2))  # fmt: skip
         ref = store.put_dir(folder)

@@ -22,8 +22,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 def parameter_count(model: nn.Module) -> int:
-    """Every parameter element (a tied embedding counted once, as ``nn.Module.parameters`` yields it)."""
-    return sum(p.numel() for p in model.parameters())
+    """Every weight element (a tied embedding counted once, as ``nn.Module.parameters`` yields it), int8 weights
+    included: a quantized projection keeps its weight as an int8 buffer, not a parameter, and still counts."""
+    int8 = sum(b.numel() for b in model.buffers() if b.dtype == torch.int8)
+    return sum(p.numel() for p in model.parameters()) + int8
 
 
 def weight_bytes(folder: Path) -> int:

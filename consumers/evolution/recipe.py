@@ -32,6 +32,8 @@ class Recipe:
     """Fraction of every attention block's heads kept (rounded to whole heads, or whole key/value groups)."""
     keep_ffn: float = 1.0
     """Fraction of every FFN's neurons kept."""
+    int8: bool = False
+    """Store the recovered student's projections as weight-only int8 (smaller on disk; served dequantized)."""
 
     def __post_init__(self) -> None:
         if not (0 < self.keep_heads <= 1 and 0 < self.keep_ffn <= 1):
@@ -50,6 +52,8 @@ class Recipe:
             parts.append(f"heads{self.keep_heads:g}")
         if self.keep_ffn < 1:
             parts.append(f"ffn{self.keep_ffn:g}")
+        if self.int8:
+            parts.append("int8")
         return "+".join(parts) or "identity"
 
     def params(self) -> dict[str, Any]:
@@ -57,15 +61,16 @@ class Recipe:
 
     @staticmethod
     def parse(text: str) -> Recipe:
-        """``drop=1,heads=0.5,ffn=0.5,enc-drop=0`` -> a Recipe."""
-        keys = {"drop": "drop_layers", "enc-drop": "drop_encoder_layers", "heads": "keep_heads", "ffn": "keep_ffn"}
+        """``drop=1,heads=0.5,ffn=0.5,enc-drop=0,int8=1`` -> a Recipe."""
+        keys = {"drop": "drop_layers", "enc-drop": "drop_encoder_layers", "heads": "keep_heads", "ffn": "keep_ffn",
+                "int8": "int8"}  # fmt: skip
         values: dict[str, Any] = {}
         for item in filter(None, (s.strip() for s in text.split(","))):
             k, _, v = item.partition("=")
             if k not in keys or not v:
                 raise EvolutionError(f"recipe item {item!r}: expected one of {', '.join(k + '=N' for k in keys)}")
             try:
-                values[keys[k]] = int(v) if k in ("drop", "enc-drop") else float(v)
+                values[keys[k]] = int(v) if k in ("drop", "enc-drop") else bool(int(v)) if k == "int8" else float(v)
             except ValueError as e:
                 raise EvolutionError(f"recipe item {item!r}: {v!r} is not a number") from e
         return Recipe(**values)
