@@ -161,8 +161,8 @@ def analyze(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Rank what could go from the production version: heads, FFN neurons, layers, unused embedding rows."""
-    from consumers.evolution.importance import embedding_usage, measure
     from consumers.evolution.inputs import read_observed
+    from consumers.evolution.plan import analyze as analyze_model
     from models.suite.tasks import make_split
 
     settings = _settings(bootstrap)
@@ -170,18 +170,13 @@ def analyze(
     parent, _ = consumer(settings, server, _model_name(model), cycle_config(None, 0, 1, 1)).parent()
     observed = read_observed(server, parent.version, progress=say)
     pairs = [(e.prompt, e.answer) for e in make_split("analysis", per_task)] + observed.pairs[-per_task * 6 :]
-    m = measure(parent.model, parent.tokenizer, pairs, progress=say)
-    heads = sorted(((float(v), name, h) for name, st in m.heads.items() for h, v in enumerate(st.normalized)))
-    for v, name, h in heads[:top]:
-        print(f"head     {name} #{h}: importance {v:.4f} (normalized per block)")
-    for stack, sim in m.layers.items():
-        for i in sorted(range(len(sim)), key=lambda i: -sim[i])[:top]:
-            print(f"layer    {stack}.{i}: input/output cosine {sim[i]:.4f}")
-    for name, st in m.neurons.items():
-        print(f"neurons  {name}: {len(st.dormant())} of {len(st.firing_rate)} never fired on {st.tokens} tokens")
+    counts = None
+    if observed.neuron_counts is not None and observed.neuron_steps > 0:
+        counts = (observed.neuron_counts, observed.neuron_steps)
     ids = [list(parent.tokenizer(p).input_ids) for p in observed.prompts] + observed.output_token_ids
-    usage = embedding_usage(ids, int(parent.model.config.vocab_size))
-    print(f"embedding {usage.used} of {len(usage.counts)} rows used by {usage.tokens} logged tokens")
+    result = analyze_model(parent.model, parent.tokenizer, pairs, counts, ids or None, progress=say)
+    for line in result.lines(max_entries=top):
+        print(line)
 
 
 @evolution_app.command("run")

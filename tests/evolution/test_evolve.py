@@ -65,6 +65,9 @@ def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.Complete
 def test_evolve_proposes_a_passing_candidate_and_keeps_an_over_pruned_one_from_serving(home: dict[str, str]) -> None:
     production = cli(home, "registry").stdout
     parent = production.split("production ")[1].split()[0].rstrip(",")
+    plan = cli(home, "analyze", "--per-task", "4", "--top", "12").stdout.splitlines()
+    assert plan[0].startswith("structure measured on") and len(plan) == 13, plan
+    assert any(" head " in line for line in plan) and any("layer" in line for line in plan), plan
     done = cli(home, "evolve", "--recipe", "ffn=0.99", *FAST)
     assert "ffn0.99: PASS" in done.stdout, done.stdout + done.stderr
     version = done.stderr.strip().splitlines()[-1].split(":")[0]
