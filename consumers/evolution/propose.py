@@ -44,6 +44,10 @@ def propose(
             return None, False
         cand = max(result.candidates, key=lambda c: c.validation.candidate.accuracy["mean"])
     version = version_name(model, cand)
+    known = gov.state().registry.models.get(model, {}).get("versions", {}).get(version)
+    if known is not None:  # the same bytes from an earlier cycle: registered once, judged then
+        say(f"{version} is already registered ({known['stage']}): the cycle found the same candidate again")
+        return version, bool(known["validation"] and known["validation"]["passed"])
     params: dict[str, Any] = {"recipe": cand.recipe.params(), "trigger": trigger,
                               "distill": {k: v for k, v in cfg.distill.__dict__.items()},
                               "candidates_tried": [c.recipe.name for c in result.candidates]}  # fmt: skip

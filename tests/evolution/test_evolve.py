@@ -16,6 +16,7 @@ import pytest
 
 from consumers.evolution.cycle import CycleConfig
 from consumers.evolution.distill import DistillConfig
+from consumers.evolution.propose import propose
 from consumers.evolution.recipe import Recipe
 from consumers.evolution.service import Outcome
 from evostream.bus.producer import EventProducer
@@ -134,3 +135,9 @@ def test_drift_on_the_production_version_starts_one_cycle_and_a_handled_trigger_
     assert outcomes[0].version is not None and outcomes[0].passed
     again = evo.cycle(f"drift:{production}")  # a restart that reads the same report again
     assert again.skipped and again.version is None
+    # another trigger that finds the very same candidate registers nothing twice
+    before = len(evo.gov.state().registry.models["evostream/t5-tiny-suite"]["versions"])
+    assert outcomes[0].result is not None
+    assert propose(evo.gov, "evostream/t5-tiny-suite", outcomes[0].result, cfg, "schedule:1") == (
+        outcomes[0].version, True)  # fmt: skip
+    assert len(evo.gov.state().registry.models["evostream/t5-tiny-suite"]["versions"]) == before
