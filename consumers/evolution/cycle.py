@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumers.evolution.distill import DistillConfig, DistillReport, Pair, distill, mixed_stream
+from consumers.evolution.batches import Pair
+from consumers.evolution.distill import DistillConfig, DistillReport, distill, mixed_stream
 from consumers.evolution.inputs import Observed
 from consumers.evolution.measure import parameter_count
 from consumers.evolution.operators.quantize import quantize_int8, save_int8

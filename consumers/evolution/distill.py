@@ -19,10 +19,8 @@ from torch import Tensor
 from torch.nn import functional as nnf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from consumers.evolution.batches import Pair, teacher_forcing
 from evostream.errors import EvolutionError
-
-Pair = tuple[str, str]
-"""(prompt, target answer)."""
 
 
 @dataclass(frozen=True)
@@ -65,31 +63,6 @@ def mixed_stream(
             yield next(from_log)
         else:
             yield next(suite)
-
-
-def _batch(
-    tok: PreTrainedTokenizerBase, pairs: Sequence[Pair], seq2seq: bool, device: torch.device
-) -> dict[str, Tensor]:
-    prompts, targets = [p for p, _ in pairs], [t for _, t in pairs]
-    if seq2seq:
-        enc = tok(prompts, return_tensors="pt", padding=True)
-        labels = tok(targets, return_tensors="pt", padding=True).input_ids
-        labels[labels == tok.pad_token_id] = -100
-        return {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device),
-                "labels": labels.to(device)}  # fmt: skip
-    # causal: prompt then answer then EOS; the loss is on the answer part only
-    rows, label_rows = [], []
-    for p, t in zip(prompts, targets, strict=True):
-        p_ids = tok(p, add_special_tokens=False).input_ids
-        t_ids = [*tok(" " + t, add_special_tokens=False).input_ids, tok.eos_token_id]
-        rows.append(p_ids + t_ids)
-        label_rows.append([-100] * len(p_ids) + t_ids)
-    width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
 
 
 def _loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, seq2seq: bool, cfg: DistillConfig) -> Tensor:
@@ -137,7 +110,7 @@ def distill(
     every = max(1, cfg.steps // 20)
     try:
         for step in range(cfg.steps):
-            batch = _batch(tokenizer, list(itertools.islice(pairs, cfg.batch_size)), seq2seq, device)
+            batch = teacher_forcing(tokenizer, list(itertools.islice(pairs, cfg.batch_size)), seq2seq, device)
             with torch.no_grad():
                 t_logits = teacher(**batch).logits
             s_logits = student(**batch).logits

@@ -30,10 +30,10 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from consumers.evolution.batches import Pair, teacher_forcing
 from consumers.evolution.sites import AttentionSite, FfnSite, attention_sites, ffn_sites, layer_stacks
 from evostream.errors import EvolutionError
 
-Pair = tuple[str, str]
 FloatArray = npt.NDArray[np.float64]
 Progress = Callable[[str], None]
 GENERATING_STACK = "decoder"
@@ -107,28 +107,12 @@ class _Batch:
 def _encode(tok: PreTrainedTokenizerBase, pairs: Sequence[Pair], seq2seq: bool, device: torch.device) -> _Batch:
     """Teacher forcing inputs. Seq2seq: prompt to the encoder, answer as labels. Causal: prompt, " " answer, EOS,
     with labels only on the answer part (the format the distillation trains on)."""
-    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
+    inputs = teacher_forcing(tok, pairs, seq2seq, device)
     if seq2seq:
-        enc = tok(prompts, return_tensors="pt", padding=True)
-        labels = tok(answers, return_tensors="pt", padding=True).input_ids
-        labels[labels == tok.pad_token_id] = -100
-        inputs = {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "labels": labels}
-        masks = {"encoder": enc.attention_mask.bool(), "main": labels != -100}
+        masks = {"encoder": inputs["attention_mask"].bool(), "main": inputs["labels"] != -100}
     else:
-        rows, label_rows = [], []
-        for p, a in pairs:
-            p_ids = tok(p, add_special_tokens=False).input_ids
-            a_ids = [*tok(" " + a, add_special_tokens=False).input_ids, tok.eos_token_id]
-            rows.append(p_ids + a_ids)
-            label_rows.append([-100] * len(p_ids) + a_ids)
-        width = max(len(r) for r in rows)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])
-        inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        masks = {"main": mask.bool()}
-    return _Batch({k: v.to(device) for k, v in inputs.items()}, {k: v.to(device) for k, v in masks.items()}, len(pairs))
+        masks = {"main": inputs["attention_mask"].bool()}
+    return _Batch(inputs, masks, len(pairs))
 
 
 def _example_losses(logits: Tensor, labels: Tensor, seq2seq: bool) -> Tensor:

@@ -17,12 +17,12 @@ import numpy as np
 import numpy.typing as npt
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from consumers.evolution.batches import Pair
 from consumers.evolution.importance import (
     EmbeddingUsage,
     FloatArray,
     HeadStats,
     NeuronStats,
-    Pair,
     Progress,
     embedding_usage,
     generating_ffn_sites,

@@ -10,7 +10,8 @@ from collections import Counter
 import pytest
 import torch
 
-from consumers.evolution.distill import DistillConfig, _batch, _loss, distill, mixed_stream
+from consumers.evolution.batches import teacher_forcing
+from consumers.evolution.distill import DistillConfig, _loss, distill, mixed_stream
 from evostream.errors import EvolutionError
 from tests.producers.models import tiny
 
@@ -23,7 +24,7 @@ def suite_stream() -> itertools.cycle[tuple[str, str]]:
 
 def kd_gap(student: torch.nn.Module, teacher: torch.nn.Module, tok: object, seq2seq: bool) -> float:
     """The pure distillation loss (alpha 1) of ``student`` against ``teacher`` on fixed pairs."""
-    batch = _batch(tok, PAIRS, seq2seq, torch.device("cpu"))  # type: ignore[arg-type]
+    batch = teacher_forcing(tok, PAIRS, seq2seq, torch.device("cpu"))  # type: ignore[arg-type]
     with torch.no_grad():
         return float(_loss(student(**batch).logits, teacher(**batch).logits, batch["labels"], seq2seq,
                            DistillConfig(alpha=1.0, temperature=1.0)))  # fmt: skip
@@ -52,7 +53,7 @@ def test_the_student_moves_towards_the_teacher_which_stays_unchanged(family: str
 
 def test_causal_batches_put_the_loss_on_the_answer_only() -> None:
     lm = tiny("gpt2")
-    batch = _batch(lm.tokenizer, [("add: 1+2", "3")], False, torch.device("cpu"))
+    batch = teacher_forcing(lm.tokenizer, [("add: 1+2", "3")], False, torch.device("cpu"))
     prompt_len = len(lm.tokenizer("add: 1+2", add_special_tokens=False).input_ids)
     labels = batch["labels"][0].tolist()
     assert labels[:prompt_len] == [-100] * prompt_len

@@ -32,11 +32,11 @@ from torch.nn import functional as nnf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
+from consumers.evolution.batches import Pair, teacher_forcing
 from consumers.evolution.sites import attention_sites, features, ffn_sites
 from evostream.errors import EvolutionError
 from models.suite.tasks import Example
 
-Pair = tuple[str, str]
 """(prompt, target answer)."""
 
 
@@ -166,31 +166,8 @@ def _pairs(examples: Sequence[Example] | Sequence[Pair]) -> list[Pair]:
     return [(e.prompt, e.answer) if isinstance(e, Example) else (e[0], e[1]) for e in examples]
 
 
-def batch_for(
-    tok: PreTrainedTokenizerBase, pairs: Sequence[Pair], seq2seq: bool, device: torch.device
-) -> dict[str, Tensor]:
-    """Inputs and labels for the answer tokens only (seq2seq: the answer is the target; causal: prompt, a space,
-    the answer and EOS, with the loss on the answer and EOS)."""
-    prompts, targets = [p for p, _ in pairs], [t for _, t in pairs]
-    if seq2seq:
-        enc = tok(prompts, return_tensors="pt", padding=True)
-        labels = tok(targets, return_tensors="pt", padding=True).input_ids
-        labels[labels == tok.pad_token_id] = -100
-        return {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device),
-                "labels": labels.to(device)}  # fmt: skip
-    rows, label_rows = [], []
-    for p, t in pairs:
-        p_ids = tok(p, add_special_tokens=False).input_ids
-        t_ids = [*tok(" " + t, add_special_tokens=False).input_ids, tok.eos_token_id]
-        rows.append(p_ids + t_ids)
-        label_rows.append([-100] * len(p_ids) + t_ids)
-    width = max(len(r) for r in rows)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    return {
-        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device),
-        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device),
-        "labels": torch.tensor([r + [-100] * (width - len(r)) for r in label_rows], device=device),
-    }
+batch_for = teacher_forcing
+"""The teacher-forcing batch the adapter trains on (``consumers.evolution.batches``)."""
 
 
 def answer_loss(model: PreTrainedModel, batch: dict[str, Tensor]) -> Tensor:
