@@ -99,11 +99,10 @@ class EvolutionConsumer:
         with EventConsumer(self.server, GROUP, [DRIFT], {"enable.auto.commit": False}) as consumer:
             while not self.stop_event.is_set():
                 msgs = consumer.poll_batch(100, 1.0)
-                triggers: list[str] = []
-                for msg in msgs:
-                    rep = codec.decode_or_skip(msg.value())
-                    if rep is not None and rep["fired"] and rep["model_version"] == self.production():
-                        triggers.append(f"drift:{rep['model_version']}")
+                fired = {rep["model_version"] for rep in (codec.decode_or_skip(m.value()) for m in msgs)
+                         if rep is not None and rep["fired"]}  # fmt: skip
+                production = self.production() if fired else None  # one replay of the log's tail per batch
+                triggers = [f"drift:{production}"] if production in fired else []
                 if every_s and time.monotonic() - last >= every_s:
                     last = time.monotonic()
                     triggers.append(f"schedule:{int(time.time()) // every_s}")

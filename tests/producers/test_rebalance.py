@@ -10,20 +10,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
 
-from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
 from models.loading import LoadedModel
 from producers.client import InferenceClient
 from producers.generate import Generated, GenParams, InstrumentedGenerator
 from producers.service import GROUP, InferenceService, ServeOptions
 from producers.steps import StepBatch
-from schemas.catalog import COMPLETIONS, REQUESTS
+from schemas.catalog import REQUESTS
 from tests.producers.models import tiny
+from tests.producers.replies import collect
 
 pytestmark = pytest.mark.integration
 
@@ -44,20 +43,6 @@ class HeldGenerator(InstrumentedGenerator):
             self.entered.set()
             assert self.release.wait(120), "the test never released the held batch"
         return super().generate(prompts, params, on_step)
-
-
-def completions(kafka: str, request_ids: set[str], since_us: int, timeout_s: float = 180.0) -> list[dict[str, Any]]:
-    """Every Completion of ``request_ids`` since ``since_us``, duplicates included, once each has one."""
-    found: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    with TopicReader(kafka, COMPLETIONS, "Completion", since_us=since_us - 5_000_000, idle_s=None, timeout_s=timeout_s,
-                     until=lambda: seen >= request_ids, batch=500, name="rebalance-test") as reader:  # fmt: skip
-        for rec in reader:
-            if rec["request_id"] in request_ids:
-                found.append(rec)
-                seen.add(rec["request_id"])
-    assert seen == request_ids, f"{len(request_ids - seen)} of {len(request_ids)} requests got no completion"
-    return found
 
 
 def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(
@@ -108,7 +93,7 @@ def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(
         intruder.close()
         intruder = None
 
-        got = completions(kafka, set(first), since)
+        got = collect(kafka, set(first), since)
         assert errors == [] and thread.is_alive(), f"the service stopped: {errors}"
         counts = Counter(r["request_id"] for r in got)
         assert set(counts) == set(first) and all(n >= 1 for n in counts.values())
@@ -117,7 +102,7 @@ def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(
         # and it goes on serving
         since = now_us()
         later = [client.publish(f"reverse: later{i}", max_new_tokens=8).request_id for i in range(4)]
-        assert Counter(r["request_id"] for r in completions(kafka, set(later), since, 120)) == Counter(later)
+        assert Counter(r["request_id"] for r in collect(kafka, set(later), since, 120)) == Counter(later)
     finally:
         held.release.set()
         if intruder is not None:

@@ -15,15 +15,14 @@ from typing import Any
 import pytest
 
 from evostream.artifacts import ArtifactStore
-from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
 from models.loading import LoadedModel, load_model
 from producers.client import InferenceClient
 from producers.generate import GenerationError, GenParams, InstrumentedGenerator
 from producers.service import InferenceService, ServeOptions
 from producers.swap import ModelSlot, ServingModel, artifact_loader, check_servable
-from schemas.catalog import COMPLETIONS
 from tests.producers.models import tiny
+from tests.producers.replies import collect
 
 PROMPTS = ["reverse: hello", "sort: cab", "add: 1+2", "copy: xyz", "lookup: k", "count: aaa"]
 
@@ -71,23 +70,6 @@ def served(kafka: str, stored: Stored) -> Iterator[tuple[InferenceService, Model
     svc.stop_event.set()
     thread.join(60)
     assert not thread.is_alive(), "the service did not stop after its in-flight batch"
-
-
-def collect(kafka: str, request_ids: set[str], since_us: int, timeout_s: float = 180.0) -> list[dict[str, Any]]:
-    """Every Completion of ``request_ids`` written since ``since_us``, duplicates included: reads until each has
-    one, then on until the topic has been quiet for 2 s (a request served twice would show up here)."""
-    found: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    with TopicReader(kafka, COMPLETIONS, "Completion", since_us=since_us - 5_000_000, idle_s=None, timeout_s=timeout_s,
-                     until=lambda: seen >= request_ids, batch=500, name="swap-test") as reader:  # fmt: skip
-        for rec in reader:
-            if rec["request_id"] in request_ids:
-                found.append(rec)
-                seen.add(rec["request_id"])
-    assert seen == request_ids, f"{len(request_ids - seen)} requests got no completion within {timeout_s:.0f} s"
-    with TopicReader(kafka, COMPLETIONS, "Completion", since_us=since_us - 5_000_000, idle_s=2.0,
-                     timeout_s=60, batch=500, name="swap-test") as reader:  # fmt: skip
-        return [rec for rec in reader if rec["request_id"] in request_ids]
 
 
 def ask(kafka: str, prompts: list[str], max_new_tokens: int = 12) -> list[dict[str, Any]]:
