@@ -8,6 +8,7 @@ Nothing here touches governance; ``propose`` does, with the cycle's result."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import shutil
 import time
@@ -16,10 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 from consumers.evolution.batches import Pair
 from consumers.evolution.distill import DistillConfig, DistillReport, distill, mixed_stream
 from consumers.evolution.inputs import Observed
 from consumers.evolution.measure import parameter_count
+from consumers.evolution.operators.adapter import AdapterReport, add_adapter, merge_adapter, train_adapter
 from consumers.evolution.operators.quantize import quantize_int8, save_int8
 from consumers.evolution.recipe import Recipe, build
 from consumers.evolution.sandbox import Gates, RiskRate, Validation, ratios, validate
@@ -30,7 +34,15 @@ from models.loading import LoadedModel, load_model
 from models.suite.evaluate import eval_set
 from models.suite.tasks import Example, make_split
 
-DEFAULT_RECIPES = (Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5),)
+DEFAULT_RECIPES = (
+    Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5),
+    Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, int8=True),
+    Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, adapter_rank=16),
+    Recipe(keep_heads=0.5, keep_ffn=0.5),
+)
+"""The default search: the measured best trade (one layer, half the heads and neurons) alone, stored as int8, and
+with an adapter's extra recovery; and a milder one that keeps every layer. Recipes that differ only in storage (int8)
+or in the adapter share one build and one distillation, so this grid costs two distillations."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,8 @@ class CycleConfig:
     speed_reps: int = 5
     new_tokens: int = 16
     max_replayed: int = 300
+    adapter_steps: int = 300
+    adapter_lr: float = 1e-3
 
 
 @dataclass
@@ -55,6 +69,7 @@ class Candidate:
     parameters: int
     validation: Validation
     distillation: DistillReport
+    adapter: AdapterReport | None = None
 
     @property
     def passed(self) -> bool:
@@ -68,7 +83,9 @@ class Candidate:
                 "vs_parent": {k: round(v, 4) for k, v in r.items()}, "agreement": self.validation.agreement,
                 "distillation": {"steps": self.distillation.steps, "seconds": round(self.distillation.seconds, 1),
                                  "final_loss": round(self.distillation.losses[-1], 5) if self.distillation.losses
-                                 else None}}  # fmt: skip
+                                 else None},
+                "adapter": None if (a := self.adapter) is None else
+                {"steps": a.steps, "seconds": round(a.seconds, 1), "final_loss": round(a.losses[-1], 5)}}  # fmt: skip
 
 
 @dataclass
@@ -106,6 +123,25 @@ def _suite_pairs(seed: int) -> Iterator[Pair]:
     return ((e.prompt, e.answer) for e in training_examples(seed, {}))
 
 
+def _adapt(
+    student: PreTrainedModel,
+    tok: PreTrainedTokenizerBase,
+    observed: Observed,
+    rank: int,
+    cfg: CycleConfig,
+    progress: Callable[[str], None],
+) -> tuple[PreTrainedModel, AdapterReport]:
+    """``student`` plus a rank-``rank`` adapter on every FFN output projection, trained alone on the distillation's
+    traffic (the parent's logged answers and the suite), then merged: a plain model of the family again."""
+    stream = mixed_stream(observed.pairs, _suite_pairs(cfg.distill.seed + 1), cfg.logged_share, cfg.distill.seed + 1)
+    pairs = list(itertools.islice(stream, cfg.adapter_steps * cfg.distill.batch_size))
+    progress(f"adapter: rank {rank} on every FFN output projection, {cfg.adapter_steps} steps")
+    grown = add_adapter(student, rank=rank, seed=cfg.distill.seed)
+    report = train_adapter(grown, tok, pairs, cfg.adapter_steps, cfg.adapter_lr, progress,
+                           batch_size=cfg.distill.batch_size, seed=cfg.distill.seed)  # fmt: skip
+    return merge_adapter(grown).eval(), report
+
+
 def run_cycle(
     parent: LoadedModel,
     parent_dir: Path,
@@ -124,15 +160,29 @@ def run_cycle(
     analysis += observed.pairs[-len(analysis) :]
     replayed = observed.prompts[-cfg.max_replayed :]
     result = CycleResult(parent.version)
+    distilled: dict[tuple[int, int, float, float], tuple[PreTrainedModel, DistillReport]] = {}
+    adapted: dict[tuple[int, int, float, float, int], tuple[PreTrainedModel, AdapterReport]] = {}
     for i, recipe in enumerate(cfg.recipes):
         t0 = time.perf_counter()
         progress(f"candidate {i + 1}/{len(cfg.recipes)}: {recipe.name} from {parent.version}")
-        student = build(parent.model, parent.tokenizer, recipe, analysis, progress=progress)
-        if student is parent.model:
-            student = copy.deepcopy(parent.model)
-        progress(f"build: {parameter_count(parent.model):,} -> {parameter_count(student):,} parameters")
-        pairs = mixed_stream(observed.pairs, _suite_pairs(cfg.distill.seed), cfg.logged_share, cfg.distill.seed)
-        report = distill(student, parent.model, parent.tokenizer, pairs, cfg.distill, progress)
+        base_key = recipe.student_key[:4]
+        if base_key in distilled:
+            progress("build: the same student as an earlier candidate (built and distilled once)")
+        else:
+            student = build(parent.model, parent.tokenizer, recipe, analysis, progress=progress)
+            if student is parent.model:
+                student = copy.deepcopy(parent.model)
+            progress(f"build: {parameter_count(parent.model):,} -> {parameter_count(student):,} parameters")
+            pairs = mixed_stream(observed.pairs, _suite_pairs(cfg.distill.seed), cfg.logged_share, cfg.distill.seed)
+            distilled[base_key] = (student, distill(student, parent.model, parent.tokenizer, pairs, cfg.distill,
+                                                    progress))  # fmt: skip
+        student, report = distilled[base_key]
+        adapter: AdapterReport | None = None
+        if recipe.adapter_rank:
+            if recipe.student_key not in adapted:
+                adapted[recipe.student_key] = _adapt(student, parent.tokenizer, observed, recipe.adapter_rank, cfg,
+                                                     progress)  # fmt: skip
+            student, adapter = adapted[recipe.student_key]
         folder = workdir / f"candidate-{i}-{recipe.name}"
         if folder.exists():
             shutil.rmtree(folder)
@@ -157,7 +207,7 @@ def run_cycle(
             speed_reps=cfg.speed_reps,
             progress=progress,
         )
-        cand = Candidate(recipe, ref.sha256, ref.uri, parameter_count(stored.model), v, report)
+        cand = Candidate(recipe, ref.sha256, ref.uri, parameter_count(stored.model), v, report, adapter)
         result.candidates.append(cand)
         r = ratios(v)
         progress(f"candidate {recipe.name}: {'PASS' if v.passed else 'FAIL'}; mean accuracy "

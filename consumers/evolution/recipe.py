@@ -32,6 +32,9 @@ class Recipe:
     """Fraction of every attention block's heads kept (rounded to whole heads, or whole key/value groups)."""
     keep_ffn: float = 1.0
     """Fraction of every FFN's neurons kept."""
+    adapter_rank: int = 0
+    """After distillation, a low-rank adapter of this rank on every FFN output projection, trained alone on the same
+    traffic (backbone frozen, alpha ramping in) and merged into the weights: more recovery, no extra parameters."""
     int8: bool = False
     """Store the recovered student's projections as weight-only int8 (smaller on disk; served dequantized)."""
 
@@ -40,6 +43,13 @@ class Recipe:
             raise EvolutionError(f"keep fractions must be in (0, 1], got heads {self.keep_heads}, ffn {self.keep_ffn}")
         if self.drop_layers < 0 or self.drop_encoder_layers < 0:
             raise EvolutionError("a recipe cannot drop a negative number of layers")
+        if self.adapter_rank < 0:
+            raise EvolutionError(f"an adapter's rank cannot be negative, got {self.adapter_rank}")
+
+    @property
+    def student_key(self) -> tuple[int, int, float, float, int]:
+        """What the trained student depends on: recipes equal in it share one build and one distillation."""
+        return (self.drop_layers, self.drop_encoder_layers, self.keep_heads, self.keep_ffn, self.adapter_rank)
 
     @property
     def name(self) -> str:
@@ -52,6 +62,8 @@ class Recipe:
             parts.append(f"heads{self.keep_heads:g}")
         if self.keep_ffn < 1:
             parts.append(f"ffn{self.keep_ffn:g}")
+        if self.adapter_rank:
+            parts.append(f"adapter{self.adapter_rank}")
         if self.int8:
             parts.append("int8")
         return "+".join(parts) or "identity"
@@ -61,16 +73,17 @@ class Recipe:
 
     @staticmethod
     def parse(text: str) -> Recipe:
-        """``drop=1,heads=0.5,ffn=0.5,enc-drop=0,int8=1`` -> a Recipe."""
+        """``drop=1,heads=0.5,ffn=0.5,enc-drop=0,adapter=8,int8=1`` -> a Recipe."""
         keys = {"drop": "drop_layers", "enc-drop": "drop_encoder_layers", "heads": "keep_heads", "ffn": "keep_ffn",
-                "int8": "int8"}  # fmt: skip
+                "adapter": "adapter_rank", "int8": "int8"}  # fmt: skip
+        ints = ("drop", "enc-drop", "adapter")
         values: dict[str, Any] = {}
         for item in filter(None, (s.strip() for s in text.split(","))):
             k, _, v = item.partition("=")
             if k not in keys or not v:
                 raise EvolutionError(f"recipe item {item!r}: expected one of {', '.join(k + '=N' for k in keys)}")
             try:
-                values[keys[k]] = int(v) if k in ("drop", "enc-drop") else bool(int(v)) if k == "int8" else float(v)
+                values[keys[k]] = int(v) if k in ints else bool(int(v)) if k == "int8" else float(v)
             except ValueError as e:
                 raise EvolutionError(f"recipe item {item!r}: {v!r} is not a number") from e
         return Recipe(**values)

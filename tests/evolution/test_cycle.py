@@ -1,0 +1,91 @@
+"""A cycle over several recipes on the embedded model: recipes that differ only in storage (int8) or in an adapter
+share one build and one distillation; the adapter's recovery is merged (no extra parameters, other weights); the
+choice is the Pareto front over accuracy, speed and size, and among it the smallest bytes x ms per token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from consumers.evolution.cycle import DEFAULT_RECIPES, Candidate, CycleConfig, choose, pareto_front, run_cycle
+from consumers.evolution.distill import DistillConfig, DistillReport
+from consumers.evolution.inputs import Observed
+from consumers.evolution.measure import Speed
+from consumers.evolution.recipe import Recipe
+from consumers.evolution.sandbox import Side, Validation
+from evostream.artifacts import ArtifactStore
+from evostream.errors import EvolutionError
+from models.default_model import WEIGHTS_DIR
+from models.loading import load_model
+from models.suite.tasks import make_split
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_recipes_parse_name_and_refuse_bad_items() -> None:
+    r = Recipe.parse("drop=1,heads=0.5,ffn=0.5,adapter=8,int8=1")
+    assert r == Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, adapter_rank=8, int8=True)
+    assert r.name == "drop1+heads0.5+ffn0.5+adapter8+int8"
+    assert r.student_key == Recipe.parse("drop=1,heads=0.5,ffn=0.5,adapter=8").student_key
+    assert r.student_key != Recipe.parse("drop=1,heads=0.5,ffn=0.5").student_key
+    for bad, says in (("adapter=-1", "cannot be negative"), ("adapter=x", "is not a number"),
+                      ("size=3", "expected one of"), ("ffn=0", "must be in (0, 1]")):  # fmt: skip
+        with pytest.raises(EvolutionError, match=says.replace("(", r"\(").replace(")", r"\)")):
+            Recipe.parse(bad)
+    assert len({x.student_key[:4] for x in DEFAULT_RECIPES}) == 2  # the default grid: two distillations
+
+
+def test_recipes_differing_in_int8_or_adapter_share_one_distilled_student(tmp_path: Path) -> None:
+    parent = load_model(str(WEIGHTS_DIR))
+    pairs = [(e.prompt, e.answer) for e in make_split("cycle-test", 2)]
+    recipes = (Recipe(keep_ffn=0.9), Recipe(keep_ffn=0.9, int8=True), Recipe(keep_ffn=0.9, adapter_rank=2))
+    cfg = CycleConfig(recipes=recipes, distill=DistillConfig(steps=2, batch_size=8), analysis_per_task=2,
+                      held_out_per_task=2, speed_reps=1, new_tokens=4, adapter_steps=3)  # fmt: skip
+    said: list[str] = []
+    result = run_cycle(parent, WEIGHTS_DIR, Observed(parent.version, pairs=pairs), ArtifactStore(tmp_path / "a"),
+                       tmp_path / "w", cfg, progress=said.append)  # fmt: skip
+    text = "\n".join(said)
+    assert text.count("build: keeping") == 1 and text.count("distil") >= 1, text
+    assert text.count("the same student as an earlier candidate") == 2, text
+    plain, int8, adapted = result.candidates
+    assert [c.recipe for c in result.candidates] == list(recipes)
+    assert len({c.sha256 for c in result.candidates}) == 3  # three different artifacts
+    assert plain.parameters == adapted.parameters == 1_427_840 - 6 * 2 * 128 * 52  # 460 of 512 neurons kept
+    assert int8.validation.candidate.bytes < plain.validation.candidate.bytes / 2.5
+    assert plain.adapter is None and adapted.adapter is not None and adapted.adapter.steps == 3
+    assert adapted.metrics()["adapter"]["steps"] == 3 and plain.metrics()["adapter"] is None
+    assert plain.distillation is int8.distillation is adapted.distillation  # one distillation for all three
+    assert adapted.adapter.alphas[-1] == 1.0 and len(adapted.adapter.losses) == 3
+
+
+def candidate(name: str, acc: float, ms: float, size: int, passed: bool = True) -> Candidate:
+    side = Side({"mean": acc}, 1, size, Speed((ms,)), None)
+    parent = Side({"mean": 1.0}, 2, 10_000, Speed((10.0,)), None)
+    v = Validation(passed, {}, parent, side, None, 0)
+    return Candidate(Recipe.parse(name), name, name, 1, v, DistillReport(0, 0.0))
+
+
+def test_the_choice_is_on_the_pareto_front_of_passing_candidates_and_trades_size_for_speed() -> None:
+    a = candidate("ffn=0.9", acc=0.99, ms=5.0, size=4000)
+    b = candidate("ffn=0.8", acc=0.98, ms=4.0, size=3000)
+    dominated = candidate("ffn=0.7", acc=0.97, ms=4.5, size=3500)  # b beats it on all three
+    smallest = candidate("ffn=0.6", acc=0.98, ms=6.0, size=1000)
+    failed = candidate("ffn=0.1", acc=0.5, ms=1.0, size=100, passed=False)
+    front = pareto_front([a, b, dominated, smallest])
+    assert front == [a, b, smallest]
+    chosen, front2 = choose([a, b, dominated, smallest, failed])
+    assert front2 == front and chosen is smallest  # 1000 x 6.0 is the least bytes x ms; the failed one never counts
+    tie = candidate("ffn=0.5", acc=0.99, ms=6.0, size=1000)
+    assert choose([smallest, tie])[0] is tie  # equal bytes x ms: the more accurate
+    assert choose([failed]) == (None, [])
