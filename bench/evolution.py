@@ -4,7 +4,7 @@ For each operator alone (no recovery) and for the default recipe with distillati
 parameters, ms per generated token (greedy, exactly N new tokens, the models taking turns, median and min..max over
 repetitions) and per-task exact-match accuracy on the held-out suite. Nothing is estimated by formula.
 
-Run: python -m bench.evolution [--steps 1500] [--per-task 200] [--reps 5] [--batch 1]
+Run: python -m bench.evolution [--steps 1500] [--per-task 200] [--reps 5] [--batch 1] [--recipe R ...]
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from consumers.evolution.cycle import _suite_pairs
+from consumers.evolution.cycle import CycleConfig, _suite_pairs, adapt
 from consumers.evolution.distill import DistillConfig, distill, mixed_stream
+from consumers.evolution.inputs import Observed
 from consumers.evolution.measure import ms_per_token, parameter_count, weight_bytes
 from consumers.evolution.operators.quantize import int8_modules, quantize_int8, save_int8
 from consumers.evolution.recipe import Recipe, build
@@ -35,7 +36,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1, help="generation batch size for the speed measurement")
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--recipe", action="append", help="recovered candidates (default: drop=1,heads=0.5,ffn=0.5)")
+    ap.add_argument(
+        "--recipe",
+        action="append",
+        help="recovered candidates (default: drop=1,heads=0.5,ffn=0.5); "
+        "each is measured as distilled and as int8, and with adapter=RANK an adapter trains after distillation",
+    )
+    ap.add_argument("--adapter-steps", type=int, default=300, help="training steps of a recipe's adapter")
     args = ap.parse_args()
 
     def say(msg: str) -> None:
@@ -60,8 +67,14 @@ def main() -> None:
         student = build(parent.model, tok, recipe, analysis)
         distill(student, parent.model, tok, mixed_stream([], _suite_pairs(0), 0.0), DistillConfig(steps=args.steps),
                 progress=say)  # fmt: skip
-        models[f"{recipe.name} + distil {args.steps}"] = student
-        models[f"{recipe.name} + distil {args.steps} + int8"] = quantize_int8(student)
+        structure = Recipe(**{**recipe.params(), "adapter_rank": 0, "int8": False})
+        name = f"{structure.name} + distil {args.steps}"
+        if recipe.adapter_rank:
+            cfg = CycleConfig(distill=DistillConfig(steps=args.steps), adapter_steps=args.adapter_steps)
+            student, _ = adapt(student, tok, Observed(parent.version), recipe.adapter_rank, cfg, say)
+            name += f" + adapter{recipe.adapter_rank} ({args.adapter_steps} steps)"
+        models[name] = student
+        models[name + " + int8"] = quantize_int8(student)
 
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,8 +109,9 @@ def main() -> None:
         accs = " | ".join(f"{r['acc'][t]:.3f}" for t in [*tasks, "mean"])
         print(f"| {name} | {r['bytes']:,} | {base['bytes'] / r['bytes']:.2f} | {r['params']:,} | {s.median:.3f} "
               f"({lo:.3f}..{hi:.3f}) | {speed['parent'].median / s.median:.2f} | {accs} |")  # fmt: skip
+    recipes = "".join(f" --recipe {r}" for r in args.recipe or [])
     print(f"# reproduce: python -m bench.evolution --steps {args.steps} --per-task {args.per_task} --reps {args.reps} "
-          f"--batch {args.batch}")  # fmt: skip
+          f"--batch {args.batch} --adapter-steps {args.adapter_steps}{recipes}")  # fmt: skip
 
 
 if __name__ == "__main__":

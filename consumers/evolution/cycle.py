@@ -123,7 +123,7 @@ def _suite_pairs(seed: int) -> Iterator[Pair]:
     return ((e.prompt, e.answer) for e in training_examples(seed, {}))
 
 
-def _adapt(
+def adapt(
     student: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
     observed: Observed,
@@ -180,7 +180,7 @@ def run_cycle(
         adapter: AdapterReport | None = None
         if recipe.adapter_rank:
             if recipe.student_key not in adapted:
-                adapted[recipe.student_key] = _adapt(student, parent.tokenizer, observed, recipe.adapter_rank, cfg,
+                adapted[recipe.student_key] = adapt(student, parent.tokenizer, observed, recipe.adapter_rank, cfg,
                                                      progress)  # fmt: skip
             student, adapter = adapted[recipe.student_key]
         folder = workdir / f"candidate-{i}-{recipe.name}"
