@@ -34,7 +34,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1500, help="distillation steps for the recovered candidates")
     ap.add_argument("--per-task", type=int, default=200, help="held-out prompts per task")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=1, help="generation batch size for the speed measurement")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        action="append",
+        help="generation batch size of the speed measurement (repeat for several, one table each; default 1)",
+    )
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument(
         "--recipe",
@@ -44,6 +49,7 @@ def main() -> None:
     )
     ap.add_argument("--adapter-steps", type=int, default=300, help="training steps of a recipe's adapter")
     args = ap.parse_args()
+    batches = args.batch or [1]
 
     def say(msg: str) -> None:
         print(f"# {msg}", file=sys.stderr, flush=True)
@@ -89,29 +95,26 @@ def main() -> None:
         say(f"accuracy of {name}")
         rows[name]["acc"] = evaluate(m, tok, held)
     prompts = [e.prompt for e in held[:: max(1, len(held) // 32)]][:32]
-    say(f"speed: {args.reps} repetitions, the models taking turns")
-    speed = ms_per_token({n: (m, tok) for n, m in models.items()}, prompts, args.new_tokens, args.reps, args.batch)
-
     base = rows["parent"]
-    print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; held-out "
-          f"{args.per_task}/task; speed: {len(prompts)} prompts, batch {args.batch}, {args.new_tokens} new tokens, "
-          f"{args.reps} reps")  # fmt: skip
     tasks = [t for t in base["acc"] if t != "mean"]
-    print(
-        "| model | bytes | x smaller | parameters | ms/token median (min..max) | x faster | "
-        + " | ".join(tasks)
-        + " | mean |"
-    )
-    print("| --- " * (7 + len(tasks)) + "|")
-    for name, r in rows.items():
-        s = speed[name]
-        lo, hi = s.spread
-        accs = " | ".join(f"{r['acc'][t]:.3f}" for t in [*tasks, "mean"])
-        print(f"| {name} | {r['bytes']:,} | {base['bytes'] / r['bytes']:.2f} | {r['params']:,} | {s.median:.3f} "
-              f"({lo:.3f}..{hi:.3f}) | {speed['parent'].median / s.median:.2f} | {accs} |")  # fmt: skip
+    for batch in batches:
+        say(f"speed at batch {batch}: {args.reps} repetitions, the models taking turns")
+        speed = ms_per_token({n: (m, tok) for n, m in models.items()}, prompts, args.new_tokens, args.reps, batch)
+        print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; held-out "
+              f"{args.per_task}/task; speed: {len(prompts)} prompts, batch {batch}, {args.new_tokens} new tokens, "
+              f"{args.reps} reps")  # fmt: skip
+        print("| model | bytes | x smaller | parameters | ms/token median (min..max) | x faster | "
+              + " | ".join(tasks) + " | mean |")  # fmt: skip
+        print("| --- " * (7 + len(tasks)) + "|")
+        for name, r in rows.items():
+            s = speed[name]
+            lo, hi = s.spread
+            accs = " | ".join(f"{r['acc'][t]:.3f}" for t in [*tasks, "mean"])
+            print(f"| {name} | {r['bytes']:,} | {base['bytes'] / r['bytes']:.2f} | {r['params']:,} | {s.median:.3f} "
+                  f"({lo:.3f}..{hi:.3f}) | {speed['parent'].median / s.median:.2f} | {accs} |")  # fmt: skip
     recipes = "".join(f" --recipe {r}" for r in args.recipe or [])
-    print(f"# reproduce: python -m bench.evolution --steps {args.steps} --per-task {args.per_task} --reps {args.reps} "
-          f"--batch {args.batch} --adapter-steps {args.adapter_steps}{recipes}")  # fmt: skip
+    print(f"# reproduce: python -m bench.evolution --steps {args.steps} --per-task {args.per_task} --reps {args.reps}"
+          f"{''.join(f' --batch {b}' for b in batches)} --adapter-steps {args.adapter_steps}{recipes}")  # fmt: skip
 
 
 if __name__ == "__main__":
