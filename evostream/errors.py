@@ -117,3 +117,11 @@ class ArtifactError(GovernanceError):
 class EvolutionError(EvoError):
     """An evolution step cannot be done as asked: an operator's plan does not fit the model, a family is not
     supported, a candidate cannot be built, measured or validated."""
+
+
+class SinkError(EvoError):
+    """A sink cannot run: unknown name, a class of the wrong type, a missing optional dependency, bad settings."""
+
+
+class SinkConfigError(SinkError):
+    """A sink's settings are missing or invalid (says which setting and what it expects)."""
