@@ -1,0 +1,86 @@
+"""Handing one batch to one sink until it is applied, retried out, or dead-lettered: the runner's decision logic,
+with no Kafka in it (the runner supplies the clock, the sleep and the dead-letter writer), so the shared contract
+test drives every sink through exactly the path the runner takes.
+
+A ``RETRYABLE`` answer is tried again with exponential backoff (``base_s`` doubling up to ``max_s``) for as long as
+it takes: an endpoint that is down for an hour must not lose an hour of reports. ``stop`` lets a shutting-down
+runner give up between attempts (the batch then stays uncommitted and is read again). A ``FAILED`` answer sends
+its poison records (all of the batch when it names none) to the dead-letter writer with the sink's reason. A sink
+that raises instead of answering is a ``FAILED`` of the whole batch with the exception as the reason: a bug in one
+sink must not stop the others or block its partition."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from consumers.sinks.contract import Record, Result, SinkLike, Status
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before attempt ``attempt`` + 1 (attempt 1 is the first retry's wait)."""
+        return float(min(self.max_s, self.base_s * 2 ** (attempt - 1)))
+
+
+@dataclass
+class Delivered:
+    """What became of one batch."""
+
+    attempts: int = 0
+    applied: int = 0
+    dead: list[tuple[Record, str]] = field(default_factory=list)
+    stopped: bool = False
+    """True when ``stop`` ended the retries: nothing of the batch may be committed."""
+    reasons: list[str] = field(default_factory=list)
+    """The reason of every retryable answer, in order."""
+
+
+DeadLetter = Callable[[Record, str], None]
+
+
+def deliver(
+    sink: SinkLike,
+    records: Sequence[Record],
+    dead_letter: DeadLetter,
+    backoff: Backoff = Backoff(),
+    sleep: Callable[[float], None] = time.sleep,
+    stop: Callable[[], bool] = lambda: False,
+    on_retry: Callable[[int, str, float], None] = lambda attempt, reason, wait: None,
+) -> Delivered:
+    """Write ``records`` to ``sink`` as the contract says (see the module docstring)."""
+    out = Delivered()
+    if not records:
+        return out
+    while True:
+        out.attempts += 1
+        try:
+            result = sink.write(records)
+        except Exception as e:  # a sink's bug becomes a dead letter, never a stopped runner
+            result = Result.failed(f"{type(e).__name__}: {e}")
+        if result.status is Status.OK:
+            out.applied = len(records)
+            return out
+        if result.status is Status.FAILED:
+            poison = result.poison or tuple(records)
+            keys = {r.key for r in poison}
+            for rec in poison:
+                dead_letter(rec, result.reason)
+            out.dead = [(r, result.reason) for r in poison]
+            out.applied = sum(r.key not in keys for r in records)
+            return out
+        out.reasons.append(result.reason)
+        wait = backoff.delay(out.attempts)
+        on_retry(out.attempts, result.reason, wait)
+        if stop():
+            out.stopped = True
+            return out
+        sleep(wait)
+        if stop():
+            out.stopped = True
+            return out
