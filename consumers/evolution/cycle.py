@@ -11,7 +11,9 @@ import copy
 import itertools
 import json
 import shutil
+import string
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ from consumers.evolution.inputs import Observed
 from consumers.evolution.measure import parameter_count
 from consumers.evolution.operators.adapter import AdapterReport, add_adapter, merge_adapter, train_adapter
 from consumers.evolution.operators.quantize import quantize_int8, save_int8
+from consumers.evolution.operators.vocab import prune_vocab, used_token_ids
 from consumers.evolution.recipe import Recipe, build
 from consumers.evolution.sandbox import Gates, RiskRate, Validation, ratios, validate
 from evostream.artifacts import ArtifactStore
@@ -36,13 +39,14 @@ from models.suite.tasks import Example, make_split
 
 DEFAULT_RECIPES = (
     Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5),
-    Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, int8=True),
+    Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, vocab=True, int8=True),
     Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, adapter_rank=16),
     Recipe(keep_heads=0.5, keep_ffn=0.5),
 )
-"""The default search: the measured best trade (one layer, half the heads and neurons) alone, stored as int8, and
-with an adapter's extra recovery; and a milder one that keeps every layer. Recipes that differ only in storage (int8)
-or in the adapter share one build and one distillation, so this grid costs two distillations."""
+"""The default search: the measured best trade (one layer, half the heads and neurons) alone, with the vocabulary the
+traffic uses stored as int8, and with an adapter's extra recovery; and a milder one that keeps every layer. Recipes
+that differ only in storage (vocabulary, int8) or in the adapter share one build and one distillation, so this grid
+costs two distillations."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,16 @@ def _suite_pairs(seed: int) -> Iterator[Pair]:
     return ((e.prompt, e.answer) for e in training_examples(seed, {}))
 
 
+def vocabulary(tok: PreTrainedTokenizerBase, observed: Observed, seed: int, suite_pairs: int = 4000) -> Counter[int]:
+    """The token ids a candidate keeps: those of the logged prompts and answers (and the answers' generated ids),
+    of a sample of the suite's stream (the held-out suite is validated on), and of printable ASCII."""
+    texts = [t for pair in observed.pairs for t in pair]
+    texts += [t for pair in itertools.islice(_suite_pairs(seed), suite_pairs) for t in pair]
+    used = used_token_ids(tok, [*texts, string.printable])
+    used.update(i for ids in observed.output_token_ids for i in ids)
+    return used
+
+
 def adapt(
     student: PreTrainedModel,
     tok: PreTrainedTokenizerBase,
@@ -183,14 +197,20 @@ def run_cycle(
                 adapted[recipe.student_key] = adapt(student, parent.tokenizer, observed, recipe.adapter_rank, cfg,
                                                      progress)  # fmt: skip
             student, adapter = adapted[recipe.student_key]
+        tok = parent.tokenizer
+        if recipe.vocab:
+            keep = vocabulary(tok, observed, cfg.distill.seed)
+            student, tok = prune_vocab(student, tok, keep)
+            progress(f"vocabulary: {student.config.vocab_size} of {parent.model.config.vocab_size} rows kept (the "
+                     f"{len(keep)} token ids the log and the suite use, and the special tokens)")  # fmt: skip
         folder = workdir / f"candidate-{i}-{recipe.name}"
         if folder.exists():
             shutil.rmtree(folder)
         if recipe.int8:
-            save_int8(quantize_int8(student), folder, parent.tokenizer)
+            save_int8(quantize_int8(student), folder, tok)
         else:
             student.save_pretrained(folder)
-            parent.tokenizer.save_pretrained(folder)
+            tok.save_pretrained(folder)
         (folder / "evolution.json").write_text(json.dumps({"parent": parent.version, "recipe": recipe.params(),
                                                            "distill": cfg.distill.__dict__}, indent=2))  # fmt: skip
         ref = store.put_dir(folder)

@@ -35,6 +35,9 @@ class Recipe:
     adapter_rank: int = 0
     """After distillation, a low-rank adapter of this rank on every FFN output projection, trained alone on the same
     traffic (backbone frozen, alpha ramping in) and merged into the weights: more recovery, no extra parameters."""
+    vocab: bool = False
+    """Keep only the embedding and output-head rows of tokens the logged traffic and the suite use (a new tokenizer
+    ships with the candidate; text with other bytes reads them as unknown)."""
     int8: bool = False
     """Store the recovered student's projections as weight-only int8 (smaller on disk; served dequantized)."""
 
@@ -64,6 +67,8 @@ class Recipe:
             parts.append(f"ffn{self.keep_ffn:g}")
         if self.adapter_rank:
             parts.append(f"adapter{self.adapter_rank}")
+        if self.vocab:
+            parts.append("vocab")
         if self.int8:
             parts.append("int8")
         return "+".join(parts) or "identity"
@@ -73,9 +78,9 @@ class Recipe:
 
     @staticmethod
     def parse(text: str) -> Recipe:
-        """``drop=1,heads=0.5,ffn=0.5,enc-drop=0,adapter=8,int8=1`` -> a Recipe."""
+        """``drop=1,heads=0.5,ffn=0.5,enc-drop=0,adapter=8,vocab=1,int8=1`` -> a Recipe."""
         keys = {"drop": "drop_layers", "enc-drop": "drop_encoder_layers", "heads": "keep_heads", "ffn": "keep_ffn",
-                "adapter": "adapter_rank", "int8": "int8"}  # fmt: skip
+                "adapter": "adapter_rank", "vocab": "vocab", "int8": "int8"}  # fmt: skip
         ints = ("drop", "enc-drop", "adapter")
         values: dict[str, Any] = {}
         for item in filter(None, (s.strip() for s in text.split(","))):
@@ -83,7 +88,7 @@ class Recipe:
             if k not in keys or not v:
                 raise EvolutionError(f"recipe item {item!r}: expected one of {', '.join(k + '=N' for k in keys)}")
             try:
-                values[keys[k]] = int(v) if k in ints else bool(int(v)) if k == "int8" else float(v)
+                values[keys[k]] = int(v) if k in ints else bool(int(v)) if k in ("int8", "vocab") else float(v)
             except ValueError as e:
                 raise EvolutionError(f"recipe item {item!r}: {v!r} is not a number") from e
         return Recipe(**values)

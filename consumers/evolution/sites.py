@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from torch import nn
-from transformers import GPT2LMHeadModel, LlamaForCausalLM, PreTrainedModel, T5ForConditionalGeneration
+from transformers import (
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    T5ForConditionalGeneration,
+)
 
 from evostream.errors import EvolutionError
 
@@ -168,3 +174,14 @@ def tied_attention_sites(sites: list[AttentionSite]) -> list[list[str]]:
         if site.bias_group is not None:
             groups.setdefault(site.bias_group, []).append(site.name)
     return [names for names in groups.values() if len(names) > 1]
+
+
+def configs(model: PreTrainedModel) -> list[PretrainedConfig]:
+    """Every distinct config object the model holds (T5 keeps a copy per stack, read by its attention modules): an
+    operator that changes a shape updates them all."""
+    found: dict[int, PretrainedConfig] = {id(model.config): model.config}
+    for module in model.modules():
+        cfg = getattr(module, "config", None)
+        if isinstance(cfg, PretrainedConfig):
+            found.setdefault(id(cfg), cfg)
+    return list(found.values())

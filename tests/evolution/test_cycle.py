@@ -34,9 +34,9 @@ def one_thread() -> Iterator[None]:
 
 
 def test_recipes_parse_name_and_refuse_bad_items() -> None:
-    r = Recipe.parse("drop=1,heads=0.5,ffn=0.5,adapter=8,int8=1")
-    assert r == Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, adapter_rank=8, int8=True)
-    assert r.name == "drop1+heads0.5+ffn0.5+adapter8+int8"
+    r = Recipe.parse("drop=1,heads=0.5,ffn=0.5,adapter=8,vocab=1,int8=1")
+    assert r == Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, adapter_rank=8, vocab=True, int8=True)
+    assert r.name == "drop1+heads0.5+ffn0.5+adapter8+vocab+int8"
     assert r.student_key == Recipe.parse("drop=1,heads=0.5,ffn=0.5,adapter=8").student_key
     assert r.student_key != Recipe.parse("drop=1,heads=0.5,ffn=0.5").student_key
     for bad, says in (("adapter=-1", "cannot be negative"), ("adapter=x", "is not a number"),
@@ -46,10 +46,11 @@ def test_recipes_parse_name_and_refuse_bad_items() -> None:
     assert len({x.student_key[:4] for x in DEFAULT_RECIPES}) == 2  # the default grid: two distillations
 
 
-def test_recipes_differing_in_int8_or_adapter_share_one_distilled_student(tmp_path: Path) -> None:
+def test_recipes_differing_in_storage_or_adapter_share_one_distilled_student(tmp_path: Path) -> None:
     parent = load_model(str(WEIGHTS_DIR))
     pairs = [(e.prompt, e.answer) for e in make_split("cycle-test", 2)]
-    recipes = (Recipe(keep_ffn=0.9), Recipe(keep_ffn=0.9, int8=True), Recipe(keep_ffn=0.9, adapter_rank=2))
+    recipes = (Recipe(keep_ffn=0.9), Recipe(keep_ffn=0.9, int8=True), Recipe(keep_ffn=0.9, adapter_rank=2),
+               Recipe(keep_ffn=0.9, vocab=True))  # fmt: skip
     cfg = CycleConfig(recipes=recipes, distill=DistillConfig(steps=2, batch_size=8), analysis_per_task=2,
                       held_out_per_task=2, speed_reps=1, new_tokens=4, adapter_steps=3)  # fmt: skip
     said: list[str] = []
@@ -57,16 +58,24 @@ def test_recipes_differing_in_int8_or_adapter_share_one_distilled_student(tmp_pa
                        tmp_path / "w", cfg, progress=said.append)  # fmt: skip
     text = "\n".join(said)
     assert text.count("build: keeping") == 1 and text.count("distil") >= 1, text
-    assert text.count("the same student as an earlier candidate") == 2, text
-    plain, int8, adapted = result.candidates
+    assert text.count("the same student as an earlier candidate") == 3, text
+    plain, int8, adapted, small_vocab = result.candidates
     assert [c.recipe for c in result.candidates] == list(recipes)
-    assert len({c.sha256 for c in result.candidates}) == 3  # three different artifacts
+    assert len({c.sha256 for c in result.candidates}) == 4  # four different artifacts
     assert plain.parameters == adapted.parameters == 1_427_840 - 6 * 2 * 128 * 52  # 460 of 512 neurons kept
     assert int8.validation.candidate.bytes < plain.validation.candidate.bytes / 2.5
     assert plain.adapter is None and adapted.adapter is not None and adapted.adapter.steps == 3
     assert adapted.metrics()["adapter"]["steps"] == 3 and plain.metrics()["adapter"] is None
     assert plain.distillation is int8.distillation is adapted.distillation  # one distillation for all three
     assert adapted.adapter.alphas[-1] == 1.0 and len(adapted.adapter.losses) == 3
+    # the vocabulary candidate: the same student, fewer embedding rows (tied: one matrix), its own tokenizer, and the
+    # held-out suite still answered as the plain candidate answers it
+    kept = int(text.split("vocabulary: ")[1].split()[0])  # rows: the ids used, and the special tokens
+    assert 90 <= kept < 384, text
+    assert small_vocab.parameters == plain.parameters - (384 - kept) * 128
+    assert small_vocab.validation.candidate.accuracy == plain.validation.candidate.accuracy
+    stored = load_model(str(ArtifactStore(tmp_path / "a").open(small_vocab.sha256)))
+    assert stored.model.config.vocab_size == len(stored.tokenizer) == kept
 
 
 def candidate(name: str, acc: float, ms: float, size: int, passed: bool = True) -> Candidate:

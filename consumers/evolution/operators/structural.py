@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from consumers.evolution.measure import parameter_count
@@ -26,6 +26,7 @@ from consumers.evolution.sites import (
     AttentionSite,
     FfnSite,
     attention_sites,
+    configs,
     family,
     ffn_sites,
     layer_stacks,
@@ -114,16 +115,6 @@ def _keep(module: nn.Module, idx: Sequence[int], side: Literal["in", "out"]) -> 
         raise EvolutionError(f"cannot slice a {type(module).__name__}: only Linear and Conv1D projections are known")
 
 
-def _configs(model: PreTrainedModel) -> list[PretrainedConfig]:
-    """Every distinct config object the model holds (T5 keeps a copy per stack, read by its attention modules)."""
-    found: dict[int, PretrainedConfig] = {id(model.config): model.config}
-    for module in model.modules():
-        cfg = getattr(module, "config", None)
-        if isinstance(cfg, PretrainedConfig):
-            found.setdefault(id(cfg), cfg)
-    return list(found.values())
-
-
 def _attrs(module: nn.Module, **values: int | bool) -> None:
     """Set plain (non-tensor) attributes a module's forward reads, such as its head count or layer index."""
     for key, value in values.items():
@@ -131,7 +122,7 @@ def _attrs(module: nn.Module, **values: int | bool) -> None:
 
 
 def _set(model: PreTrainedModel, **fields: int) -> None:
-    for cfg in _configs(model):
+    for cfg in configs(model):
         for key, value in fields.items():
             setattr(cfg, key, value)
 
@@ -306,7 +297,7 @@ def _hand_over_bias(old_first: nn.Module, new_first: nn.Module) -> None:
 
 def _slice_layer_types(model: PreTrainedModel, kept: Sequence[int]) -> None:
     """A causal model's per-layer config list (``layer_types``, which the cache reads) follows the kept layers."""
-    for cfg in _configs(model):
+    for cfg in configs(model):
         types = getattr(cfg, "layer_types", None)
         if isinstance(types, list) and len(types) > max(kept):
             cfg.layer_types = [types[i] for i in kept]
@@ -318,7 +309,7 @@ def _set_layer_counts(model: PreTrainedModel, fam: str, counts: Mapping[str, int
     elif fam == "llama":
         _set(model, num_hidden_layers=counts["decoder"])
     else:
-        for cfg in _configs(model):
+        for cfg in configs(model):
             cfg.num_layers = counts["decoder"] if cfg.is_decoder else counts["encoder"]
             cfg.num_decoder_layers = counts["decoder"]
 

@@ -38,12 +38,12 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from torch import nn
 from transformers import (
     ByT5Tokenizer,
-    PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
+from consumers.evolution.sites import configs
 from evostream.errors import EvolutionError
 
 __all__ = ["kept_ids", "prune_vocab", "used_token_ids"]
@@ -155,22 +155,12 @@ def _prune_model(model: PreTrainedModel, kept: list[int], remap: dict[int, int])
             module.vocab_size = len(kept)
         if not isinstance(module, nn.Embedding) and isinstance(getattr(module, "padding_idx", None), int):
             module.padding_idx = remap.get(module.padding_idx)
-    for cfg in _configs(new):
+    for cfg in configs(new):
         cfg.vocab_size = len(kept)
         _remap_fields(cfg, remap)
     if new.generation_config is not None:
         _remap_fields(new.generation_config, remap)
     return new
-
-
-def _configs(model: PreTrainedModel) -> list[PretrainedConfig]:
-    """Every distinct config the model holds (T5 keeps a copy per stack)."""
-    found: dict[int, PretrainedConfig] = {id(model.config): model.config}
-    for module in model.modules():
-        cfg = getattr(module, "config", None)
-        if isinstance(cfg, PretrainedConfig):
-            found.setdefault(id(cfg), cfg)
-    return list(found.values())
 
 
 def _remap_fields(cfg: object, remap: dict[int, int]) -> None:
@@ -184,7 +174,7 @@ def _remap_fields(cfg: object, remap: dict[int, int]) -> None:
 
 def _config_ids(model: PreTrainedModel) -> set[int]:
     ids: set[int] = set()
-    for cfg in [*_configs(model), model.generation_config]:
+    for cfg in [*configs(model), model.generation_config]:
         for field in ID_FIELDS:
             value = getattr(cfg, field, None)
             if isinstance(value, int):
