@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from consumers.evolution.cycle import CycleConfig, _suite_pairs, adapt
+from consumers.evolution.cycle import CycleConfig, _suite_pairs, adapt, vocabulary
 from consumers.evolution.distill import DistillConfig, distill, mixed_stream
 from consumers.evolution.inputs import Observed
 from consumers.evolution.measure import ms_per_token, parameter_count, weight_bytes
 from consumers.evolution.operators.quantize import int8_modules, quantize_int8, save_int8
+from consumers.evolution.operators.vocab import prune_vocab
 from consumers.evolution.recipe import Recipe, build
 from models.loading import load_model
 from models.suite.evaluate import eval_set, evaluate
@@ -57,6 +58,8 @@ def main() -> None:
     torch.manual_seed(0)
     parent = load_model("default", device="cpu")
     tok = parent.tokenizer
+    toks: dict[str, Any] = {}
+    """The tokenizer of a model that has its own (a pruned vocabulary); the others use the parent's."""
     analysis = [(e.prompt, e.answer) for e in make_split("analysis", 16)]
     held = list(eval_set(per_task=args.per_task))
     models: dict[str, Any] = {"parent": parent.model}
@@ -73,7 +76,7 @@ def main() -> None:
         student = build(parent.model, tok, recipe, analysis)
         distill(student, parent.model, tok, mixed_stream([], _suite_pairs(0), 0.0), DistillConfig(steps=args.steps),
                 progress=say)  # fmt: skip
-        structure = Recipe(**{**recipe.params(), "adapter_rank": 0, "int8": False})
+        structure = Recipe(**{**recipe.params(), "adapter_rank": 0, "vocab": False, "int8": False})
         name = f"{structure.name} + distil {args.steps}"
         if recipe.adapter_rank:
             cfg = CycleConfig(distill=DistillConfig(steps=args.steps), adapter_steps=args.adapter_steps)
@@ -81,6 +84,9 @@ def main() -> None:
             name += f" + adapter{recipe.adapter_rank} ({args.adapter_steps} steps)"
         models[name] = student
         models[name + " + int8"] = quantize_int8(student)
+        if recipe.vocab:  # the vocabulary of the suite's stream (the bench has no logged traffic)
+            small, toks[name + " + vocab + int8"] = prune_vocab(student, tok, vocabulary(tok, Observed(""), 0))
+            models[name + " + vocab + int8"] = quantize_int8(small)
 
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,13 +99,14 @@ def main() -> None:
             rows[name] = {"bytes": weight_bytes(folder), "params": parameter_count(m)}
     for name, m in models.items():
         say(f"accuracy of {name}")
-        rows[name]["acc"] = evaluate(m, tok, held)
+        rows[name]["acc"] = evaluate(m, toks.get(name, tok), held)
     prompts = [e.prompt for e in held[:: max(1, len(held) // 32)]][:32]
     base = rows["parent"]
     tasks = [t for t in base["acc"] if t != "mean"]
     for batch in batches:
         say(f"speed at batch {batch}: {args.reps} repetitions, the models taking turns")
-        speed = ms_per_token({n: (m, tok) for n, m in models.items()}, prompts, args.new_tokens, args.reps, batch)
+        pairs = {n: (m, toks.get(n, tok)) for n, m in models.items()}
+        speed = ms_per_token(pairs, prompts, args.new_tokens, args.reps, batch)
         print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; held-out "
               f"{args.per_task}/task; speed: {len(prompts)} prompts, batch {batch}, {args.new_tokens} new tokens, "
               f"{args.reps} reps")  # fmt: skip
