@@ -25,7 +25,12 @@ evolution_app = typer.Typer(help="The evolution consumer: cycles on drift and on
 Model = Annotated[str | None, typer.Option(help="Registry model name (default: the embedded model's).")]
 Recipes = Annotated[
     list[str] | None,
-    typer.Option("--recipe", help="A candidate to build, e.g. drop=1,heads=0.5,ffn=0.5 (repeat for several)."),
+    typer.Option(
+        "--recipe",
+        help="A candidate to build: drop=N, enc-drop=N, heads=FRACTION, ffn=FRACTION, "
+        "adapter=RANK, vocab=1, int8=1, e.g. drop=1,heads=0.5,ffn=0.5 (repeat for several; default: a search "
+        "of four recipes).",
+    ),
 ]
 Steps = Annotated[int, typer.Option(min=0, help="Distillation steps per candidate.")]
 HeldOut = Annotated[int, typer.Option(min=1, help="Held-out suite prompts per task the sandbox measures.")]
