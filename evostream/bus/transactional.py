@@ -110,20 +110,31 @@ class TransactionalProducer:
             return
         self._watch_error(err)
 
+    def _fenced_error(self, doing: str, detail: str) -> ConflictError:
+        self.fenced = True
+        return ConflictError(
+            f"writer {self.transactional_id!r} was fenced while it tried to {doing}: a newer writer with the same "
+            f"transactional id took over, and nothing of this transaction was committed. Re-read the log's head "
+            f"and retry with a new writer ({detail})"
+        )
+
     def _error(self, doing: str, err: KafkaError) -> EvoError:
         if is_fenced(err):
-            self.fenced = True
-            return ConflictError(
-                f"writer {self.transactional_id!r} was fenced while it tried to {doing}: a newer writer with the same "
-                f"transactional id took over, and nothing of this transaction was committed. Re-read the log's head "
-                f"and retry with a new writer ({err.str()})"
-            )
+            return self._fenced_error(doing, err.str())
         return DeliveryError(f"transactional writer {self.transactional_id!r} could not {doing}: {err.str()}")
 
     def _kafka_error(self, doing: str, e: BaseException) -> EvoError:
         err = kafka_error_of(e)
         if err is not None:
             return self._error(doing, err)
+        # The binding can fail a call with a bare SystemError ("returned NULL without setting an exception") when
+        # the producer turns fatal inside it; the fatal error itself reaches the error callback: serve it, and say
+        # what it was.
+        if not self.fenced:
+            with contextlib.suppress(*_RAISED):
+                self._producer.poll(0)
+        if self.fenced:
+            return self._fenced_error(doing, f"the fatal error came through the error callback; the call said: {e}")
         return DeliveryError(f"transactional writer {self.transactional_id!r} could not {doing}: {e}")
 
     # --- the transaction -------------------------------------------------------------------------------
