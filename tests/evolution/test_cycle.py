@@ -4,11 +4,9 @@ choice is the Pareto front over accuracy, speed and size, and among it the small
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from consumers.evolution.cycle import DEFAULT_RECIPES, Candidate, CycleConfig, choose, pareto_front, run_cycle
 from consumers.evolution.distill import DistillConfig, DistillReport
@@ -22,15 +20,7 @@ from models.default_model import WEIGHTS_DIR
 from models.loading import load_model
 from models.suite.tasks import make_split
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_recipes_parse_name_and_refuse_bad_items() -> None:

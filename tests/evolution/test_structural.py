@@ -41,16 +41,7 @@ from tests.producers.models import FAMILIES, tiny
 IDS = torch.tensor([[5, 71, 200, 33, 9, 120, 64], [250, 18, 7, 99, 140, 3, 45]])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """These models are tiny: with more than one thread, handing each small matmul between threads costs more
-    than the matmul (10x slower on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(fam: str) -> PreTrainedModel:

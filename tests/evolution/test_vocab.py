@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,15 +40,7 @@ BYT5_SPECIALS = {0, 1, 2}  # pad, eos, unk
 EDGE_TEXTS = ["a </s> b", "x<pad>y", " <unk> ", "<extra_id_3>z", "", "  two  spaces ", "\n\ttab", "é 日本語", "x" * 40]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Tiny models: one thread is faster than handing each small matmul between threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def prompts(per_task: int = 2) -> list[str]:
