@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import uuid
 from pathlib import Path
 
@@ -19,13 +18,13 @@ import pytest
 from consumers.evolution.cycle import CycleConfig
 from consumers.evolution.distill import DistillConfig
 from consumers.evolution.recipe import Recipe
-from consumers.evolution.service import EvolutionConsumer, Outcome
+from consumers.evolution.service import EvolutionConsumer
 from evostream.artifacts import ArtifactStore
 from models.default_model import MODEL_ID
 from models.suite.tasks import make_split
 from producers.embedding import PromptEmbedder
 from schemas.catalog import DRIFT
-from tests.evolution.test_evolve import cli, settings_of
+from tests.evolution.test_evolve import cli, cycles_until_the_first, settings_of
 from tests.stream_processors.harness import Worker, read, serve
 
 pytestmark = pytest.mark.integration
@@ -98,16 +97,7 @@ def test_drift_on_a_new_task_family_runs_a_cycle_whose_candidate_reaches_staging
     mine = [r for r in reports if r["model_version"] == production]
     assert [r["fired"] for r in mine] == [False, True], [r["statistics"] for r in mine]
 
-    outcomes: list[Outcome] = []
-
-    def seen(out: Outcome) -> None:
-        outcomes.append(out)
-        evo.stop_event.set()
-
-    thread = threading.Thread(target=evo.run, kwargs={"on_cycle": seen}, daemon=True)
-    thread.start()
-    thread.join(600)
-    assert not thread.is_alive()
+    outcomes = cycles_until_the_first(evo)
     assert [(o.trigger, o.skipped, o.passed) for o in outcomes] == [(f"drift:{production}", False, True)], [
         (c.recipe.name, c.validation.gates) for o in outcomes if o.result for c in o.result.candidates
     ]

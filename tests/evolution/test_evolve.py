@@ -18,7 +18,7 @@ from consumers.evolution.cycle import CycleConfig
 from consumers.evolution.distill import DistillConfig
 from consumers.evolution.propose import propose
 from consumers.evolution.recipe import Recipe
-from consumers.evolution.service import Outcome
+from consumers.evolution.service import EvolutionConsumer, Outcome
 from evostream.bus.producer import EventProducer
 from evostream.clock import now_us
 from evostream.settings import Settings, load_settings
@@ -61,6 +61,21 @@ def cli(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.Complete
     done = subprocess.run([*CLI, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
     assert (done.returncode == 0) == ok, (args, done.stdout[-3000:], done.stderr[-3000:])
     return done
+
+
+def cycles_until_the_first(evo: EvolutionConsumer) -> list[Outcome]:
+    """Run the evolution consumer until its first cycle ends (it stops itself then); every outcome it reported."""
+    outcomes: list[Outcome] = []
+
+    def seen(out: Outcome) -> None:
+        outcomes.append(out)
+        evo.stop_event.set()
+
+    thread = threading.Thread(target=evo.run, kwargs={"on_cycle": seen}, daemon=True)
+    thread.start()
+    thread.join(600)
+    assert not thread.is_alive(), "no cycle ended within 600 s"
+    return outcomes
 
 
 def test_evolve_proposes_a_passing_candidate_and_keeps_an_over_pruned_one_from_serving(home: dict[str, str]) -> None:
@@ -121,16 +136,7 @@ def test_drift_on_the_production_version_starts_one_cycle_and_a_handled_trigger_
     producer.send(DRIFT, "other@x", codec.encode({**report, "model_version": "other@x"}))  # not what serves
     producer.send(DRIFT, production, codec.encode({**report, "fired": False}))  # quiet
     producer.flush()
-    outcomes: list[Outcome] = []
-
-    def seen(out: Outcome) -> None:
-        outcomes.append(out)
-        evo.stop_event.set()
-
-    thread = threading.Thread(target=evo.run, kwargs={"on_cycle": seen}, daemon=True)
-    thread.start()
-    thread.join(600)
-    assert not thread.is_alive()
+    outcomes = cycles_until_the_first(evo)
     assert [(o.trigger, o.skipped) for o in outcomes] == [(f"drift:{production}", False)], outcomes
     assert outcomes[0].version is not None and outcomes[0].passed
     again = evo.cycle(f"drift:{production}")  # a restart that reads the same report again
