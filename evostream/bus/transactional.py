@@ -128,11 +128,19 @@ class TransactionalProducer:
         if err is not None:
             return self._error(doing, err)
         # The binding can fail a call with a bare SystemError ("returned NULL without setting an exception") when
-        # the producer turns fatal inside it; the fatal error itself reaches the error callback: serve it, and say
-        # what it was.
+        # the producer turns fatal inside it. Ask librdkafka what happened: after a fatal error every transactional
+        # call returns that error, and an abort is what the caller does next anyway (nothing of this transaction
+        # may be committed after a failed call).
         if not self.fenced:
-            with contextlib.suppress(*_RAISED):
+            with contextlib.suppress(*_RAISED):  # serves the callbacks; the answer is in the abort
                 self._producer.poll(0)
+            try:
+                self._producer.abort_transaction(min(self.timeout_s, 5.0))
+                self.in_transaction = False
+            except _RAISED as probe:
+                found = kafka_error_of(probe)
+                if found is not None and is_fenced(found):
+                    self.fenced = True
         if self.fenced:
             return self._fenced_error(doing, f"the fatal error came through the error callback; the call said: {e}")
         return DeliveryError(f"transactional writer {self.transactional_id!r} could not {doing}: {e}")
