@@ -80,7 +80,9 @@ Positions = Mapping[tuple[str, int], int]
 @runtime_checkable
 class SinkLike(Protocol):
     name: str
-    topics: tuple[str, ...]
+
+    @property
+    def topics(self) -> tuple[str, ...]: ...
 
     def write(self, records: Sequence[Record]) -> Result: ...
 
