@@ -308,12 +308,20 @@ def test_served_traffic_gives_drift_windows_that_fire_on_a_new_task_family(kafka
              "night", "apple", "chair", "water", "dream", "smile", "train", "storm", "ocean", "forest", "garden",
              "window")  # fmt: skip
     shifted = [f"please {verb} the word {w} into french" for verb in ("translate", "turn") for w in words]
-    replies = serve(kafka, lm, suite + shifted, max_new_tokens=16, embedder=PromptEmbedder())
-    assert len(replies) == 192
-    reports = read(kafka, DRIFT, "DriftReport",
-                   lambda got: sum(r["model_version"] == lm.version for r in got) >= 2, timeout_s=90)  # fmt: skip
-    mine = [r for r in reports if r["model_version"] == lm.version]
-    assert len(mine) == 2  # reference = first 96, then two windows of 48
+    embedder = PromptEmbedder()
+
+    def reports(n: int) -> list[dict[str, Any]]:
+        got = read(kafka, DRIFT, "DriftReport", lambda got: sum(r["model_version"] == lm.version for r in got) >= n,
+                   timeout_s=90)  # fmt: skip
+        return [r for r in got if r["model_version"] == lm.version]
+
+    # The shift comes after the quiet window has been judged, as it would in service: completions reach the drift
+    # agent from three partitions, so a processor running behind (CI) would otherwise mix the two in its windows.
+    assert len(serve(kafka, lm, suite, max_new_tokens=16, embedder=embedder)) == 144
+    assert len(reports(1)) == 1  # reference = first 96, then a window of 48
+    assert len(serve(kafka, lm, shifted, max_new_tokens=16, embedder=embedder)) == 48
+    mine = reports(2)
+    assert len(mine) == 2
     quiet, shift = mine
     assert not quiet["fired"], quiet["statistics"]
     assert shift["fired"]
