@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     evolution_every_s: int = Field(
         default=0, ge=0, description="The evolution consumer runs a cycle this often (seconds; 0: only on drift)."
     )
+    sinks: str = Field(
+        default="sqlite",
+        description="The sinks `evostream sinks run` feeds: comma-separated names of evostream.sinks entry points.",
+    )
+    sinks_dir: Path = Field(
+        default_factory=lambda: _home(".local", "share", "evostream", "sinks"),
+        description="Each sink's own folder (<sinks_dir>/<name>): the SQLite sink's database, W&B's offline runs.",
+    )
     profile_window_s: int = Field(default=60, ge=1, description="Tumbling profiling window, seconds of event time.")
     drift_reference_size: int = Field(default=200, ge=20, description="Completions in a model's reference window.")
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")

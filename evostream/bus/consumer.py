@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -15,7 +15,11 @@ class EventConsumer:
     """A consumer-group member on some topics; ``poll_batch`` returns raw messages.
 
     With ``since_us`` it joins no group: it is assigned every partition of ``topics`` from the first record written
-    at or after that time (for readers that look for an answer to something they just sent)."""
+    at or after that time (for readers that look for an answer to something they just sent).
+
+    ``on_assign`` is called with the partitions the group hands this member; when it returns partitions (with
+    offsets set), consumption starts there instead of at the group's committed offsets: for a reader that keeps its
+    positions itself, in the same transaction as what it wrote."""
 
     def __init__(
         self,
@@ -24,6 +28,7 @@ class EventConsumer:
         topics: Iterable[str],
         config: Mapping[str, Any] | None = None,
         since_us: int | None = None,
+        on_assign: Callable[[list[TopicPartition]], list[TopicPartition] | None] | None = None,
     ) -> None:
         self.watch = ConnectionWatch(bootstrap, f"consumer {group_id}")
         self._consumer = Consumer(
@@ -38,10 +43,19 @@ class EventConsumer:
                 **(config or {}),
             }
         )
-        if since_us is None:
+        if since_us is not None:
+            self._assign_since(list(topics), since_us)
+        elif on_assign is None:
             self._consumer.subscribe(list(topics))
         else:
-            self._assign_since(list(topics), since_us)
+            hook = on_assign
+
+            def assigned(consumer: Consumer, parts: list[TopicPartition]) -> None:
+                placed = hook(parts)
+                if placed is not None:
+                    consumer.assign(placed)
+
+            self._consumer.subscribe(list(topics), on_assign=assigned)
 
     def _assign_since(self, topics: list[str], since_us: int) -> None:
         """Each partition from its first record at or after ``since_us``; a partition with none yet starts at its
@@ -90,6 +104,24 @@ class EventConsumer:
             self._consumer.commit(asynchronous=False)
         except KafkaException as e:
             raise ConsumeError(f"commit failed: {e}") from e
+
+    def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Commit exactly these next-offsets per (topic, partition), synchronously."""
+        if not offsets:
+            return
+        try:
+            parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            self._consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as e:
+            raise ConsumeError(f"commit failed: {e}") from e
+
+    def committed(self, parts: Iterable[tuple[str, int]], timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+        """The group's committed next-offset per (topic, partition); partitions with none are left out."""
+        try:
+            got = self._consumer.committed([TopicPartition(t, p) for t, p in parts], timeout=timeout_s)
+        except KafkaException as e:
+            raise ConsumeError(f"could not read committed offsets: {e}") from e
+        return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
 
     def close(self) -> None:
         self._consumer.close()

@@ -145,8 +145,9 @@ BUILDERS = {COMPLETIONS: completion, RISK: risk_report, ALERTS: alert, DRIFT: dr
 def records(topic: str, values: Sequence[dict[str, Any]], partition: int = 0, first_offset: int = 0) -> list[Record]:
     """``values`` as the runner hands them: encoded, decoded, with consecutive offsets."""
     codec = RecordCodec(topic_spec(topic).value_schema)
+    name = codec.reader.short_name
     return [
-        Record(topic, partition, first_offset + n, codec.reader.short_name, codec.decode(codec.encode(v)), T0_US + n, None)
+        Record(topic, partition, first_offset + n, name, codec.decode(codec.encode(v)), T0_US + n, None)
         for n, v in enumerate(values)
     ]
 

@@ -1,0 +1,205 @@
+"""Running one sink: its own consumer group (``evostream-sink-<name>``) on the topics it reads, so a slow or failing
+sink never holds back another; records decoded by the topic catalog, handed over in batches through ``deliver``
+(retries with backoff, poison records to ``evo.dlq`` with the reason), and positions committed only after the sink
+flushed and the dead letters were acknowledged. A sink that keeps its positions with its rows (SQLite) is started
+where it says, whatever the group committed: a crash between its write and the commit then neither loses nor
+duplicates.
+
+Bytes that do not decode as their topic's record are dead-lettered by the runner itself, without bothering the
+sink; the partition goes on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from confluent_kafka import Message, TopicPartition
+
+from consumers.sinks.contract import Positions, Record, SinkLike, Status
+from consumers.sinks.delivery import Backoff, deliver
+from evostream.bus.consumer import EventConsumer
+from evostream.bus.producer import EventProducer
+from evostream.clock import now_us
+from evostream.errors import ConsumeError, DecodeError, SinkError
+from schemas.catalog import DLQ, topic_spec
+from schemas.codec import RecordCodec
+from schemas.deadletter import dead_letter
+
+log = logging.getLogger("evostream.sinks")
+
+
+def group_of(name: str) -> str:
+    return f"evostream-sink-{name}"
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    max_records: int = 500
+    """Records per batch handed to the sink."""
+    max_wait_s: float = 0.5
+    """How long a poll waits for the first record of a batch."""
+    backoff: Backoff = field(default_factory=Backoff)
+    pause_before_commit_s: float = 0.0
+    """Fault-injection only: wait this long between the sink's flush and the commit (the kill test lands there)."""
+
+
+@dataclass
+class RunnerStats:
+    records: int = 0
+    """Records handed to the sink and applied (or already applied: redeliveries count again)."""
+    batches: int = 0
+    dead_letters: int = 0
+    undecodable: int = 0
+    retries: int = 0
+    commits: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    resumed: dict[tuple[str, int], int] = field(default_factory=dict)
+    """Partitions started at the sink's own position rather than the group's, with that position."""
+
+
+class SinkRunner:
+    """Feeds one sink from Kafka until ``stop()``; ``step()`` is one poll, deliver, flush and commit."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        sink: SinkLike,
+        options: RunnerOptions = RunnerOptions(),
+        group: str | None = None,
+        on_batch: Callable[[SinkRunner], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.options = options
+        self.group = group or group_of(sink.name)
+        self.stats = RunnerStats()
+        self.stop_event = threading.Event()
+        self._on_batch = on_batch
+        self._codecs = {t: RecordCodec(topic_spec(t).value_schema) for t in sink.topics}
+        self._dlq_codec = RecordCodec(topic_spec(DLQ).value_schema)
+        self._producer = EventProducer(bootstrap)
+        self._consumer = EventConsumer(
+            bootstrap, self.group, sink.topics, {"enable.auto.commit": False}, on_assign=self._place
+        )
+
+    # -- assignment -----------------------------------------------------------------------------------------------
+
+    def _place(self, parts: list[TopicPartition]) -> list[TopicPartition] | None:
+        """Start each assigned partition at the sink's own position where it keeps one."""
+        try:
+            own: Positions = self.sink.positions()
+        except Exception as e:  # a sink that cannot say where it is starts at the group's offsets, and says so
+            log.error("sink %s: positions() failed (%s); starting at the group's committed offsets", self.sink.name, e)
+            return None
+        if not own:
+            return None
+        placed = []
+        for tp in parts:
+            at = own.get((tp.topic, tp.partition))
+            if at is not None:
+                self.stats.resumed[tp.topic, tp.partition] = at
+                placed.append(TopicPartition(tp.topic, tp.partition, at))
+            else:
+                placed.append(tp)
+        log.info("sink %s resumes %d partitions at its own positions", self.sink.name, len(self.stats.resumed))
+        return placed
+
+    # -- one batch ------------------------------------------------------------------------------------------------
+
+    def _decode(self, msgs: Sequence[Message]) -> tuple[list[Record], dict[str, Message]]:
+        records, raw = [], {}
+        for m in msgs:
+            topic, partition, offset = m.topic() or "", m.partition() or 0, m.offset() or 0
+            codec = self._codecs[topic]
+            try:
+                value = codec.decode(m.value() or b"")
+            except DecodeError as e:
+                self._send_dead(topic, partition, offset, m.key(), m.value(), e)
+                self.stats.undecodable += 1
+                continue
+            ts = m.timestamp()[1]
+            rec = Record(topic, partition, offset, codec.reader.short_name, value, ts * 1000, m.key())
+            records.append(rec)
+            raw[rec.key] = m
+        return records, raw
+
+    def _send_dead(self, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
+                   error: BaseException) -> None:  # fmt: skip
+        rec = dead_letter(topic, partition, offset, key, raw, error, self.group, now_us())
+        self._producer.send(DLQ, key, self._dlq_codec.encode(rec))
+        self.stats.dead_letters += 1
+
+    def step(self) -> int:
+        """Poll one batch, deliver it, flush, commit; the number of messages polled. Raises SinkError when the batch
+        could not be made durable (nothing is committed then)."""
+        msgs = self._consumer.poll_batch(self.options.max_records, self.options.max_wait_s)
+        if not msgs:
+            self._producer.poll()
+            return 0
+        ends: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            tp = (m.topic() or "", m.partition() or 0)
+            ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
+        records, raw = self._decode(msgs)
+
+        def dead(rec: Record, reason: str) -> None:
+            m = raw[rec.key]
+            self._send_dead(rec.topic, rec.partition, rec.offset, m.key(), m.value(), SinkError(reason))
+
+        def retried(attempt: int, reason: str, wait: float) -> None:
+            self.stats.retries += 1
+            log.warning("sink %s: attempt %d not durable (%s); again in %.1f s", self.sink.name, attempt, reason, wait)
+
+        def wait(seconds: float) -> None:
+            self.stop_event.wait(seconds)
+
+        out = deliver(self.sink, records, dead, self.options.backoff, wait, self.stop_event.is_set, retried)
+        if out.stopped:
+            return len(msgs)  # stopping mid-retry: nothing of this batch is committed, it is read again next time
+        flushed = self.sink.flush()
+        while flushed.status is Status.RETRYABLE and not self.stop_event.is_set():
+            self.stats.retries += 1
+            log.warning("sink %s: flush not durable (%s); trying again", self.sink.name, flushed.reason)
+            self.stop_event.wait(self.options.backoff.base_s)
+            flushed = self.sink.flush()
+        if flushed.status is not Status.OK:
+            raise SinkError(f"sink {self.sink.name!r} could not make a batch durable: {flushed.reason or 'stopped'}")
+        self._producer.flush()  # the dead letters are acknowledged before their offsets are committed
+        if self.options.pause_before_commit_s:
+            time.sleep(self.options.pause_before_commit_s)
+        self._consumer.commit_offsets(ends)
+        self.stats.commits += 1
+        self.stats.batches += 1
+        self.stats.records += out.applied
+        if self._on_batch is not None:
+            self._on_batch(self)
+        return len(msgs)
+
+    # -- the loop -------------------------------------------------------------------------------------------------
+
+    def run(self) -> RunnerStats:
+        """Run until ``stop()``; the sink is closed at the end, also after a failure."""
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    self.step()
+                except ConsumeError as e:
+                    # a rebalance between poll and commit: the batch is applied (idempotently) and read again
+                    log.warning("sink %s: %s; the batch will be read again", self.sink.name, e)
+            return self.stats
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        finally:
+            try:
+                self._consumer.close()
+            finally:
+                self._producer.flush(10)
