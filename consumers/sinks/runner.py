@@ -32,6 +32,7 @@ log = logging.getLogger("evostream.sinks")
 
 
 def group_of(name: str) -> str:
+    """The consumer group of the sink ``name``: one per sink, so none waits on another."""
     return f"evostream-sink-{name}"
 
 
@@ -95,10 +96,14 @@ class SinkRunner:
             return None
         if not own:
             return None
+        # Records the runner dead-lettered without handing them over are past the sink's positions but committed:
+        # the later of the two is where to go on.
+        group = self._consumer.committed([(tp.topic, tp.partition) for tp in parts])
         placed = []
         for tp in parts:
             at = own.get((tp.topic, tp.partition))
             if at is not None:
+                at = max(at, group.get((tp.topic, tp.partition), 0))
                 self.stats.resumed[tp.topic, tp.partition] = at
                 placed.append(TopicPartition(tp.topic, tp.partition, at))
             else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from evostream.cli import calibrate, contract, demo, evolution, governance, readers, selfcheck, serve
+from evostream.cli import calibrate, contract, demo, evolution, governance, readers, selfcheck, serve, sinks
 from evostream.cli.stack import stack_app
 
 app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
@@ -17,6 +17,7 @@ app.add_typer(contract.schemas_app, name="schemas")
 app.add_typer(governance.governance_app, name="governance")
 app.add_typer(governance.registry_app, name="registry")
 app.add_typer(evolution.evolution_app, name="evolution")
+app.add_typer(sinks.sinks_app, name="sinks")
 for command in (
     selfcheck.selfcheck,
     demo.demo,
@@ -37,6 +38,7 @@ for command in (
     governance.provenance,
     evolution.evolve,
     evolution.analyze,
+    sinks.query,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)
