@@ -78,6 +78,7 @@ class SinkRunner:
         self.stats = RunnerStats()
         self.stop_event = threading.Event()
         self._on_batch = on_batch
+        self._catch_up: dict[tuple[str, int], int] = {}
         self._codecs = {t: RecordCodec(topic_spec(t).value_schema) for t in sink.topics}
         self._dlq_codec = RecordCodec(topic_spec(DLQ).value_schema)
         self._producer = EventProducer(bootstrap)
@@ -103,7 +104,10 @@ class SinkRunner:
         for tp in parts:
             at = own.get((tp.topic, tp.partition))
             if at is not None:
-                at = max(at, group.get((tp.topic, tp.partition), 0))
+                committed = group.get((tp.topic, tp.partition), 0)
+                if at > committed:  # the sink wrote, the commit was lost: the group learns it at the next step
+                    self._catch_up[tp.topic, tp.partition] = at
+                at = max(at, committed)
                 self.stats.resumed[tp.topic, tp.partition] = at
                 placed.append(TopicPartition(tp.topic, tp.partition, at))
             else:
@@ -140,6 +144,9 @@ class SinkRunner:
         """Poll one batch, deliver it, flush, commit; the number of messages polled. Raises SinkError when the batch
         could not be made durable (nothing is committed then)."""
         msgs = self._consumer.poll_batch(self.options.max_records, self.options.max_wait_s)
+        if self._catch_up:
+            self._consumer.commit_offsets(self._catch_up)
+            self._catch_up = {}
         if not msgs:
             self._producer.poll()
             return 0

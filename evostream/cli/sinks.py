@@ -93,6 +93,7 @@ def run(
         raise SinkConfigError(f"--option for {', '.join(unknown)}, which is not among the sinks run ({settings.sinks})")
     server = broker(settings)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("evostream.sinks").setLevel(logging.INFO)  # where each sink resumes, its retries
     options = RunnerOptions(max_records=max_records, pause_before_commit_s=pause_before_commit)
     runners: list[SinkRunner] = []
     try:
