@@ -1,11 +1,13 @@
 """Deterministic example records of the right shape, for self-checks, benchmarks and tests.
 
-They are marked with ``model_version="selfcheck"``: they exercise the transport and the codec, and must never be
-mistaken for telemetry of a real model.
+Generation steps are marked with ``model_version="selfcheck"``, the reports (completions, risk, alerts, drift,
+profiles, governance) with the versions in ``VERSIONS``: they exercise the transport, the codec and the sinks, and
+must never be mistaken for telemetry of a real model.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from schemas.tensors import pack_f32
@@ -47,3 +49,131 @@ def generation_step(i: int, trace_id: str, layers: int = 4, heads: int = 4, t0_u
         "peak_memory_bytes": 1 << 26,
         "emitted_at_us": t0_us + i * 1000,
     }
+
+
+# -- the reports sinks read: every field set, values a pure function of the index --------------------------------
+
+T0_US = 1_795_000_000_000_000
+"""A fixed time (2026-11-18) for every sample; sinks that check a timestamp window get ``now_us`` instead."""
+VERSIONS = ("tiny-a", "tiny-b")
+"""The model versions the report samples alternate between."""
+
+
+def completion(i: int, t_us: int = T0_US) -> dict[str, Any]:
+    return {
+        "trace_id": f"trace-{i}",
+        "request_id": f"req-{i}",
+        "reply_to": "evo.replies",
+        "tenant": "acme" if i % 2 else "default",
+        "model_version": VERSIONS[i % 2],
+        "output_text": f"answer number {i}",
+        "token_count": 4 + i % 5,
+        "output_token_ids": [10 + i, 11, 12, 1],
+        "prompt_token_count": 7 + i % 3,
+        "prompt_surprisal_bits": 3.5,
+        "prompt_embedding": [0.25, -0.5, 0.125],
+        "finish_reason": "LENGTH" if i % 3 == 2 else "STOP",
+        "error": None,
+        "timings": {"queue_us": 200, "prefill_us": 3000 + 100 * i, "decode_us": 20_000 + 1000 * i, "total_us": 25_000},
+        "completed_at_us": t_us + i * 1000,
+    }
+
+
+def risk_report(i: int, t_us: int = T0_US) -> dict[str, Any]:
+    flagged = i % 2 == 1
+    return {
+        "trace_id": f"trace-{i}",
+        "request_id": f"req-{i}",
+        "model_version": VERSIONS[i % 2],
+        "stage": "FINAL",
+        "step": None,
+        "score": 0.25 + 0.5 * flagged + i / 1000,
+        "flags": ["high_entropy", "low_margin"] if flagged else [],
+        "blamed_layers": [1, 3] if flagged else [],
+        "reason": "entropy above policy" if flagged else "",
+        "steps": 4 + i % 5,
+        "policy": "risk-default@1",
+        "produced_at_us": t_us + i * 1000 + 500,
+    }
+
+
+def alert(i: int, t_us: int = T0_US) -> dict[str, Any]:
+    return {
+        "trace_id": f"trace-{i}",
+        "request_id": f"req-{i}",
+        "model_version": VERSIONS[i % 2],
+        "severity": ("INFO", "WARNING", "CRITICAL")[i % 3],
+        "stage": "FINAL",
+        "score": 0.8 + i / 1000,
+        "flags": ["high_entropy"],
+        "blamed_layers": [2],
+        "reason": "entropy above policy",
+        "policy": "risk-default@1",
+        "produced_at_us": t_us + i * 1000 + 600,
+    }
+
+
+def drift_report(i: int, t_us: int = T0_US) -> dict[str, Any]:
+    fired = i % 2 == 1
+    return {
+        "model_version": VERSIONS[i % 2],
+        "reference_start_us": t_us - 10_000_000,
+        "reference_end_us": t_us - 5_000_000,
+        "window_start_us": t_us + i * 1_000_000,
+        "window_end_us": t_us + (i + 1) * 1_000_000,
+        "sample_count": 48,
+        "statistics": [
+            {"name": "embedding_mmd2", "value": 0.01 + 0.05 * fired, "threshold": 0.02, "p_value": 0.5, "fired": fired},
+            {"name": "intent_psi", "value": 0.1, "threshold": 0.64, "p_value": None, "fired": False},
+        ],
+        "fired": fired,
+        "produced_at_us": t_us + (i + 1) * 1_000_000,
+    }
+
+
+def profile(i: int, t_us: int = T0_US) -> dict[str, Any]:
+    return {
+        "model_version": VERSIONS[i % 2],
+        "window_start_us": t_us,
+        "window_end_us": t_us + 60_000_000,
+        "trace_count": 10 + i,
+        "step_count": 100 + i,
+        "head_utilization": [[0.5, 0.25], [0.75, 0.0]],
+        "ffn_neuron_activation_counts": [[3, 0, 1], [0, 0, 2]],
+        "dormant_neuron_fraction": [0.25, 0.5],
+        "layer_frequency": [1.0, 0.5],
+        "top_token_paths": [{"token_ids": [5, 6, 7], "count": 3 + i}],
+        "produced_at_us": t_us + 60_000_000 + i,
+    }
+
+
+def governance(i: int, t_us: int = T0_US) -> dict[str, Any]:
+    """Registered, then promoted to production, then rolled back, round and round (payloads as the service writes
+    them; the chain's hashes and signatures are not valid: sinks record the log, they do not verify it)."""
+    version = VERSIONS[(i // 3) % 2]
+    type_, payload = [
+        ("ModelRegistered", {"version": version, "artifact_uri": f"file:///a/{version}", "artifact_sha256": "0" * 64,
+                             "parent": None, "operator": None, "operator_params": {}, "metrics": {}}),
+        ("Promoted", {"version": version, "stage": "production", "alias": None}),
+        ("RolledBack", {"version": VERSIONS[0], "from_version": version}),
+    ][i % 3]  # fmt: skip
+    return {
+        "event_id": f"event-{i}",
+        "model_name": "tiny",
+        "sequence": i,
+        "type": type_,
+        "type_version": 1,
+        "actor": "admin",
+        "reason": "sample",
+        "payload_json": json.dumps(payload, sort_keys=True),
+        "occurred_at_us": t_us + i,
+        "prev_hash": f"{i - 1:064x}" if i else "",
+        "key_id": "k1",
+        "signature": "",
+        "signature_alg": "ed25519",
+        "hash": f"{i:064x}",
+    }
+
+
+def step(i: int, t_us: int = T0_US) -> dict[str, Any]:
+    return generation_step(i, f"trace-{i // 4}", t0_us=t_us)
