@@ -1,0 +1,182 @@
+"""The Prometheus sink: a /metrics endpoint (prometheus-client, its own registry) that a Prometheus server scrapes.
+
+Names follow Prometheus conventions: the ``evostream_`` prefix, base units (seconds), ``_total`` on counters.
+Labels are bounded: ``model_version`` (at most ``max_versions`` distinct ones, option, default 100: a record of one
+more version is refused as poison, never a new series), ``finish_reason``, ``stage``, ``flag``, ``severity``,
+``statistic``, ``fired``, ``type``, ``topic``, ``model``. **No per-trace label anywhere**: trace ids are unbounded.
+
+What each metric measures (from the records the runner hands over):
+
+- ``evostream_requests_total`` / ``evostream_generated_tokens_total`` / ``evostream_prompt_tokens_total``: per
+  Completion, by version (and finish reason);
+- ``evostream_time_to_first_token_seconds``: per Completion, queue + prefill time: from the request's arrival at the
+  service to its first token;
+- ``evostream_inter_token_latency_seconds``: per Completion, its decode time over its tokens after the first (one
+  observation per request: the mean gap of that request);
+- ``evostream_request_duration_seconds``: per Completion, from arrival to the last token;
+- ``evostream_risk_score``: per RiskReport, by stage; ``evostream_risk_flags_total``: flags raised, by flag;
+- ``evostream_alerts_total``: per RiskAlert, by severity;
+- ``evostream_drift_statistic`` / ``evostream_drift_threshold``: the latest drift window's statistics;
+  ``evostream_drift_windows_total``: windows judged, by ``fired``;
+- ``evostream_dormant_neuron_fraction``: the latest profile's mean over layers;
+- ``evostream_model_active``: 1 for the version serving a model in production (Promoted to production, or the target
+  of a RolledBack), 0 for the versions it replaced;
+- ``evostream_governance_events_total`` by type, ``evostream_sink_records_total`` by topic.
+
+Prometheus counters restart at zero with the process, so the sink is not durable (a new instance starts from
+nothing); within one, a record key seen among the last ``remember`` (option, default 100,000) is not counted twice.
+
+Options: ``port`` (default 9464, 0 picks a free one), ``addr`` (default 127.0.0.1), ``max_versions``, ``remember``."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+from evostream.errors import SinkConfigError
+from plugins.api import Record, Result, Sink, SinkContext
+from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+class Metrics:
+    """Every series the sink exposes, in one registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        v = ("model_version",)
+        self.requests = Counter("evostream_requests", "Completed requests.", (*v, "finish_reason"), registry=r)
+        self.tokens = Counter("evostream_generated_tokens", "Tokens generated.", v, registry=r)
+        self.prompt_tokens = Counter("evostream_prompt_tokens", "Prompt tokens read.", v, registry=r)
+        self.ttft = Histogram("evostream_time_to_first_token_seconds", "Queue + prefill time of a request.", v,
+                              buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.itl = Histogram("evostream_inter_token_latency_seconds", "Mean gap between a request's tokens.", v,
+                             buckets=TOKEN_GAP_BUCKETS, registry=r)  # fmt: skip
+        self.duration = Histogram("evostream_request_duration_seconds", "From arrival to the last token.", v,
+                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.risk = Histogram("evostream_risk_score", "Risk scores of reports.", (*v, "stage"), buckets=SCORE_BUCKETS,
+                              registry=r)  # fmt: skip
+        self.flags = Counter("evostream_risk_flags", "Risk flags raised.", (*v, "flag"), registry=r)
+        self.alerts = Counter("evostream_alerts", "Risk alerts.", (*v, "severity"), registry=r)
+        self.drift = Gauge("evostream_drift_statistic", "The latest drift window's statistic.", (*v, "statistic"),
+                           registry=r)  # fmt: skip
+        self.drift_cut = Gauge("evostream_drift_threshold", "The latest drift window's threshold.", (*v, "statistic"),
+                               registry=r)  # fmt: skip
+        self.windows = Counter("evostream_drift_windows", "Drift windows judged.", (*v, "fired"), registry=r)
+        self.dormant = Gauge("evostream_dormant_neuron_fraction", "Mean dormant FFN neuron fraction of the latest "
+                             "profile.", v, registry=r)  # fmt: skip
+        self.active = Gauge("evostream_model_active", "1 for the version serving a model in production.",
+                            ("model", "model_version"), registry=r)  # fmt: skip
+        self.governance = Counter("evostream_governance_events", "Governance events.", ("type",), registry=r)
+        self.records = Counter("evostream_sink_records", "Records applied by this sink.", ("topic",), registry=r)
+
+
+class PrometheusSink(Sink):
+    topics = (COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, GOVERNANCE)
+
+    def __init__(self, ctx: SinkContext) -> None:
+        super().__init__(ctx)
+        port = ctx.number("port", 9464)
+        self.max_versions = int(ctx.number("max_versions", 100))
+        self.remember = int(ctx.number("remember", 100_000))
+        if not (0 <= port <= 65535 and port == int(port)):
+            raise SinkConfigError(f"sink {self.name!r}: port must be 0..65535, got {port:g}")
+        if self.max_versions < 1 or self.remember < 1:
+            raise SinkConfigError(f"sink {self.name!r}: max_versions and remember must be at least 1")
+        self.metrics = Metrics()
+        self.versions: set[str] = set()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        addr = ctx.option("addr", "127.0.0.1") or "127.0.0.1"
+        try:
+            self._server, self._thread = start_http_server(int(port), addr=addr, registry=self.metrics.registry)
+        except OSError as e:
+            raise SinkConfigError(f"sink {self.name!r}: cannot listen on {addr}:{int(port)}: {e}") from e
+        self.port: int = self._server.server_port
+
+    # -- write ----------------------------------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> Result:
+        poison: list[Record] = []
+        with self._lock:
+            for rec in records:
+                if rec.key in self._seen:
+                    continue
+                version = rec.value.get("model_version")
+                if version is not None and version not in self.versions:
+                    if len(self.versions) >= self.max_versions:
+                        poison.append(rec)
+                        continue
+                    self.versions.add(version)
+                self._apply(rec)
+                self._seen[rec.key] = None
+                if len(self._seen) > self.remember:
+                    self._seen.popitem(last=False)
+        if poison:
+            return Result.failed(f"more than max_versions={self.max_versions} model versions: a new label value would "
+                                 "grow the series without bound", poison)  # fmt: skip
+        return Result.ok()
+
+    def _apply(self, rec: Record) -> None:
+        m, v = self.metrics, rec.value
+        if rec.topic == COMPLETIONS:
+            self._completion(v)
+        elif rec.topic == RISK:
+            m.risk.labels(v["model_version"], v["stage"]).observe(v["score"])
+            for flag in v["flags"]:
+                m.flags.labels(v["model_version"], flag).inc()
+        elif rec.topic == ALERTS:
+            m.alerts.labels(v["model_version"], v["severity"]).inc()
+        elif rec.topic == DRIFT:
+            for s in v["statistics"]:
+                m.drift.labels(v["model_version"], s["name"]).set(s["value"])
+                m.drift_cut.labels(v["model_version"], s["name"]).set(s["threshold"])
+            m.windows.labels(v["model_version"], str(v["fired"]).lower()).inc()
+        elif rec.topic == PROFILES:
+            fractions = v["dormant_neuron_fraction"]
+            if fractions:
+                m.dormant.labels(v["model_version"]).set(sum(fractions) / len(fractions))
+        elif rec.topic == GOVERNANCE:
+            m.governance.labels(v["type"]).inc()
+            self._serving(v["model_name"], v["type"], json.loads(v["payload_json"]))
+        m.records.labels(rec.topic).inc()
+
+    def _completion(self, v: Mapping[str, Any]) -> None:
+        m, version, t = self.metrics, v["model_version"], v["timings"]
+        m.requests.labels(version, v["finish_reason"]).inc()
+        m.tokens.labels(version).inc(v["token_count"])
+        m.prompt_tokens.labels(version).inc(v["prompt_token_count"])
+        if v["error"] is None and v["token_count"] > 0:
+            m.ttft.labels(version).observe((t["queue_us"] + t["prefill_us"]) / 1e6)
+            m.duration.labels(version).observe(t["total_us"] / 1e6)
+            if v["token_count"] > 1:
+                m.itl.labels(version).observe(t["decode_us"] / 1e6 / (v["token_count"] - 1))
+
+    def _serving(self, model: str, type_: str, payload: Mapping[str, Any]) -> None:
+        promoted = type_ == "Promoted" and payload.get("stage") == "production"
+        if not (promoted or type_ == "RolledBack"):
+            return
+        serving = payload["version"]
+        for sample in self.metrics.active.collect()[0].samples:
+            if sample.labels["model"] == model and sample.labels["model_version"] != serving:
+                self.metrics.active.labels(model, sample.labels["model_version"]).set(0)
+        self.metrics.active.labels(model, serving).set(1)
+
+    # -- the rest -------------------------------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """What /metrics serves now."""
+        return generate_latest(self.metrics.registry)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
