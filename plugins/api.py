@@ -15,7 +15,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from consumers.sinks.contract import Positions, Record, Result, Status
 from evostream.errors import SinkConfigError
@@ -73,7 +72,8 @@ class Sink(ABC):
     """One destination for reports. Subclasses set ``topics`` when they read other topics than ``DEFAULT_TOPICS``
     and implement ``write``; ``flush``, ``positions`` and ``close`` have defaults for sinks that write through."""
 
-    topics: ClassVar[tuple[str, ...]] = DEFAULT_TOPICS
+    topics: tuple[str, ...] = DEFAULT_TOPICS
+    """What the sink reads; a class sets it, or an instance from its options (OTLP reads steps when asked to)."""
 
     def __init__(self, ctx: SinkContext) -> None:
         self.ctx = ctx

@@ -93,6 +93,7 @@ class PrometheusSink(Sink):
             raise SinkConfigError(f"sink {self.name!r}: max_versions and remember must be at least 1")
         self.metrics = Metrics()
         self.versions: set[str] = set()
+        self._served: dict[str, set[str]] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         addr = ctx.option("addr", "127.0.0.1") or "127.0.0.1"
@@ -165,9 +166,10 @@ class PrometheusSink(Sink):
         if not (promoted or type_ == "RolledBack"):
             return
         serving = payload["version"]
-        for sample in self.metrics.active.collect()[0].samples:
-            if sample.labels["model"] == model and sample.labels["model_version"] != serving:
-                self.metrics.active.labels(model, sample.labels["model_version"]).set(0)
+        known = self._served.setdefault(model, set())
+        for version in known - {serving}:
+            self.metrics.active.labels(model, version).set(0)
+        known.add(serving)
         self.metrics.active.labels(model, serving).set(1)
 
     # -- the rest -------------------------------------------------------------------------------------------------
