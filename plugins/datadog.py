@@ -1,0 +1,231 @@
+"""The Datadog sink: metrics through the v2 series intake (``MetricsApi.submit_metrics``, gzip) and events through
+v1 ``EventsApi.create_event``, with the official datadog-api-client.
+
+Metrics (``evostream.*``, tagged ``model_version:``, ``finish_reason:``, ``stage:``, ``flag:``, ``severity:``,
+``statistic:``, ``type:``, ``topic:`` and the option ``tags``; never a trace id): ``evostream.requests``,
+``evostream.tokens.generated``, ``evostream.tokens.prompt`` (counts), ``evostream.time_to_first_token`` and
+``evostream.request.duration`` (gauges, seconds), ``evostream.risk.score`` (gauge), ``evostream.risk.flags``,
+``evostream.risk.alerts``, ``evostream.drift.windows`` (counts), ``evostream.drift.statistic`` (gauge),
+``evostream.profile.dormant_neuron_fraction`` (gauge), ``evostream.governance.events`` and
+``evostream.sink.records`` (one per record, by topic; counts). Each point carries the report's own time.
+Events: every risk alert (alert type by severity), every drift window that fired, every promotion and rollback.
+
+Limits of the intake, kept: a payload is at most 512,000 bytes compressed and 5,242,880 bytes uncompressed (series
+are split across payloads); points more than 10 minutes in the future or 1 hour in the past are not accepted by
+Datadog, so they are not sent: they are counted in ``dropped`` and said in the log (replaying an old log into
+Datadog cannot backfill it); events older than 18 hours likewise.
+
+Answers: 429, 5xx and no connection are retryable; 400, 403, 413 are permanent and dead-letter the records of the
+refused payload. Within one process a record key is sent once (Datadog adds counts up, so the sink is not durable
+across processes: a redelivery after a restart counts again).
+
+Options: ``api_key`` (or ``DD_API_KEY``), ``site`` (default ``datadoghq.com``) or ``host`` (a base URL, which wins),
+``tags`` (``k:v,k2:v2``), ``timeout_s`` (default 10)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from datadog_api_client import ApiClient, Configuration
+from datadog_api_client.exceptions import ApiException
+from datadog_api_client.v1.api.events_api import EventsApi
+from datadog_api_client.v1.model.event_alert_type import EventAlertType
+from datadog_api_client.v1.model.event_create_request import EventCreateRequest
+from datadog_api_client.v2.api.metrics_api import MetricsApi
+from datadog_api_client.v2.model.metric_content_encoding import MetricContentEncoding
+from datadog_api_client.v2.model.metric_intake_type import MetricIntakeType
+from datadog_api_client.v2.model.metric_payload import MetricPayload
+from datadog_api_client.v2.model.metric_point import MetricPoint
+from datadog_api_client.v2.model.metric_series import MetricSeries
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from evostream.errors import SinkConfigError
+from plugins.api import Record, Result, Sink, SinkContext
+from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+
+log = logging.getLogger("evostream.sinks.datadog")
+MAX_COMPRESSED = 512_000
+MAX_RAW = 5_242_880
+PAST_S, FUTURE_S, EVENT_PAST_S = 3600, 600, 18 * 3600
+RETRYABLE = {0, 408, 429}
+COUNT, GAUGE = MetricIntakeType.COUNT, MetricIntakeType.GAUGE
+ALERT_TYPE = {"INFO": EventAlertType.INFO, "WARNING": EventAlertType.WARNING, "CRITICAL": EventAlertType.ERROR}
+
+Point = tuple[str, MetricIntakeType, float, list[str]]
+"""metric, type, value, tags (the time is the record's)."""
+
+
+def points(rec: Record) -> tuple[int, list[Point], list[EventCreateRequest]]:
+    """The record's time (s), its metric points and its events."""
+    v, topic = rec.value, rec.topic
+    tags = [f"model_version:{v['model_version']}"] if "model_version" in v else []
+    out: list[Point] = [("evostream.sink.records", COUNT, 1.0, [f"topic:{topic}"])]
+    events: list[EventCreateRequest] = []
+    if topic == COMPLETIONS:
+        t, at = v["timings"], v["completed_at_us"]
+        out += [("evostream.requests", COUNT, 1.0, [*tags, f"finish_reason:{v['finish_reason']}"]),
+                ("evostream.tokens.generated", COUNT, float(v["token_count"]), tags),
+                ("evostream.tokens.prompt", COUNT, float(v["prompt_token_count"]), tags),
+                ("evostream.request.duration", GAUGE, t["total_us"] / 1e6, tags)]  # fmt: skip
+        if v["error"] is None and v["token_count"] > 0:
+            out.append(("evostream.time_to_first_token", GAUGE, (t["queue_us"] + t["prefill_us"]) / 1e6, tags))
+    elif topic == RISK:
+        at = v["produced_at_us"]
+        out.append(("evostream.risk.score", GAUGE, float(v["score"]), [*tags, f"stage:{v['stage']}"]))
+        out += [("evostream.risk.flags", COUNT, 1.0, [*tags, f"flag:{f}"]) for f in v["flags"]]
+    elif topic == ALERTS:
+        at = v["produced_at_us"]
+        out.append(("evostream.risk.alerts", COUNT, 1.0, [*tags, f"severity:{v['severity']}"]))
+        events.append(EventCreateRequest(
+            title=f"evostream: {v['severity']} risk alert on {v['model_version']}",
+            text=f"score {v['score']:.3f}, flags {', '.join(v['flags']) or 'none'}: {v['reason']}"[:4000],
+            alert_type=ALERT_TYPE[v["severity"]], tags=[*tags, f"severity:{v['severity']}"],
+            aggregation_key=f"evostream-risk-{v['model_version']}"[:100], source_type_name="evostream",
+            date_happened=at // 1_000_000,
+        ))  # fmt: skip
+    elif topic == DRIFT:
+        at = v["produced_at_us"]
+        out.append(("evostream.drift.windows", COUNT, 1.0, [*tags, f"fired:{str(v['fired']).lower()}"]))
+        out += [("evostream.drift.statistic", GAUGE, float(s["value"]), [*tags, f"statistic:{s['name']}"])
+                for s in v["statistics"]]  # fmt: skip
+        if v["fired"]:
+            fired = ", ".join(s["name"] for s in v["statistics"] if s["fired"])
+            events.append(EventCreateRequest(
+                title=f"evostream: drift on {v['model_version']}", text=f"fired: {fired}; {v['sample_count']} samples",
+                alert_type=EventAlertType.WARNING, tags=tags, source_type_name="evostream",
+                aggregation_key=f"evostream-drift-{v['model_version']}"[:100], date_happened=at // 1_000_000,
+            ))  # fmt: skip
+    elif topic == PROFILES:
+        at = v["produced_at_us"]
+        fractions = v["dormant_neuron_fraction"]
+        if fractions:
+            out.append(("evostream.profile.dormant_neuron_fraction", GAUGE, sum(fractions) / len(fractions), tags))
+    elif topic == GOVERNANCE:
+        at = v["occurred_at_us"]
+        out.append(("evostream.governance.events", COUNT, 1.0, [f"type:{v['type']}", f"model:{v['model_name']}"]))
+        if v["type"] in ("Promoted", "RolledBack"):
+            payload = json.loads(v["payload_json"])
+            events.append(EventCreateRequest(
+                title=f"evostream: {v['model_name']} {v['type'].lower()} to {payload.get('version')}",
+                text=f"by {v['actor']}: {v['reason']}"[:4000], alert_type=EventAlertType.INFO,
+                tags=[f"model:{v['model_name']}", f"type:{v['type']}"], source_type_name="evostream",
+                aggregation_key=f"evostream-governance-{v['model_name']}"[:100], date_happened=at // 1_000_000,
+            ))  # fmt: skip
+    else:
+        at = rec.timestamp_us
+    return at // 1_000_000, out, events
+
+
+class DatadogSink(Sink):
+    topics = (COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, GOVERNANCE)
+
+    def __init__(self, ctx: SinkContext) -> None:
+        super().__init__(ctx)
+        key = ctx.option("api_key") or os.environ.get("DD_API_KEY")
+        if not key:
+            raise SinkConfigError(f"sink {self.name!r} needs a Datadog API key: set {ctx.env_name('api_key')} or "
+                                  "DD_API_KEY, or pass --option datadog.api_key=KEY")  # fmt: skip
+        host = ctx.option("host")
+        site = ctx.option("site", "datadoghq.com") or "datadoghq.com"
+        if host is not None and not host.startswith(("http://", "https://")):
+            raise SinkConfigError(f"sink {self.name!r}: host is a base URL such as https://api.datadoghq.eu, "
+                                  f"got {host!r}")  # fmt: skip
+        timeout = ctx.number("timeout_s", 10.0)
+        self.tags = [t.strip() for t in (ctx.option("tags", "") or "").split(",") if t.strip()]
+        try:
+            config = Configuration(host=host or f"https://api.{site}", api_key={"apiKeyAuth": key},
+                                   request_timeout=timeout)  # fmt: skip
+        except ValueError as e:
+            raise SinkConfigError(f"sink {self.name!r}: {e}") from e
+        self.client = ApiClient(config)
+        self.metrics, self.events = MetricsApi(self.client), EventsApi(self.client)
+        self.dropped = 0
+        self._series_sent: OrderedDict[str, None] = OrderedDict()
+        self._events_sent: OrderedDict[str, None] = OrderedDict()
+        self.remember = int(ctx.number("remember", 100_000))
+
+    def write(self, records: Sequence[Record]) -> Result:
+        now = time.time()
+        payloads: list[tuple[list[Record], list[MetricSeries]]] = []
+        events: list[tuple[Record, int, EventCreateRequest]] = []
+        current: tuple[list[Record], list[MetricSeries]] = ([], [])
+        raw = 0
+        for rec in records:
+            at, pts, evs = points(rec)
+            if not now - PAST_S <= at <= now + FUTURE_S:
+                if rec.key not in self._series_sent:
+                    self.dropped += 1
+                    log.warning("record %s at %d is outside Datadog's window (1 h past, 10 min future): not sent",
+                                rec.key, at)  # fmt: skip
+                    self._remember(self._series_sent, rec.key)
+            elif rec.key not in self._series_sent:
+                series = [MetricSeries(metric=m, type=t, points=[MetricPoint(timestamp=at, value=val)],
+                                       tags=[*tags, *self.tags]) for m, t, val, tags in pts]  # fmt: skip
+                size = sum(len(json.dumps(s.to_dict())) for s in series)
+                if current[1] and raw + size > MAX_RAW // 2:  # then the compressed limit is a formality, still checked
+                    payloads.append(current)
+                    current, raw = ([], []), 0
+                current[0].append(rec)
+                current[1].extend(series)
+                raw += size
+            fresh = [(n, e) for n, e in enumerate(evs) if e.date_happened >= now - EVENT_PAST_S]
+            events += [(rec, n, e) for n, e in fresh if f"{rec.key}#{n}" not in self._events_sent]
+        if current[1]:
+            payloads.append(current)
+        # metrics and events are remembered apart: a retry after the series went out sends only what did not
+        poison: list[Record] = []
+        reasons: list[str] = []
+        for recs, series in payloads:
+            try:
+                self._submit(series)
+            except ApiException as e:
+                status = e.status or 0
+                why = f"Datadog /api/v2/series answered {status} {e.reason}: {str(e.body)[:300]}"
+                if status in RETRYABLE or status >= 500:
+                    return Result.retry(why)
+                poison += recs
+                reasons.append(why)
+                continue
+            except (Urllib3Error, OSError) as e:
+                return Result.retry(f"Datadog unreachable: {e}")
+            for r in recs:
+                self._remember(self._series_sent, r.key)
+        dead = {r.key for r in poison}
+        for rec, n, event in events:
+            if rec.key in dead:
+                continue
+            try:
+                self.events.create_event(body=event)
+            except ApiException as e:
+                if (e.status or 0) in RETRYABLE or (e.status or 0) >= 500:
+                    return Result.retry(f"Datadog /api/v1/events answered {e.status} {e.reason}")
+                log.warning("Datadog refused an event for %s: %s %s", rec.key, e.status, e.reason)
+            except (Urllib3Error, OSError) as e:
+                return Result.retry(f"Datadog unreachable: {e}")
+            self._remember(self._events_sent, f"{rec.key}#{n}")
+        if poison:
+            return Result.failed("; ".join(sorted(set(reasons))), poison)
+        return Result.ok()
+
+    def _remember(self, seen: OrderedDict[str, None], key: str) -> None:
+        seen[key] = None
+        while len(seen) > self.remember:
+            seen.popitem(last=False)
+
+    def _submit(self, series: list[MetricSeries]) -> None:
+        body = MetricPayload(series=series)
+        if len(gzip.compress(json.dumps(body.to_dict()).encode())) > MAX_COMPRESSED and len(series) > 1:
+            half = len(series) // 2
+            self._submit(series[:half])
+            self._submit(series[half:])
+            return
+        self.metrics.submit_metrics(body=body, content_encoding=MetricContentEncoding.GZIP)
+
+    def close(self) -> None:
+        self.client.close()
