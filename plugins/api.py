@@ -74,6 +74,9 @@ class Sink(ABC):
 
     topics: tuple[str, ...] = DEFAULT_TOPICS
     """What the sink reads; a class sets it, or an instance from its options (OTLP reads steps when asked to)."""
+    flush_interval_s: float = 0.0
+    """How often the runner calls ``flush`` and then commits (0: after every batch). A sink whose flush is costly
+    (W&B finishes its runs) asks for less; records delivered since the last flush are read again after a crash."""
 
     def __init__(self, ctx: SinkContext) -> None:
         self.ctx = ctx

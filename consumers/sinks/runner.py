@@ -43,6 +43,9 @@ class RunnerOptions:
     max_wait_s: float = 0.5
     """How long a poll waits for the first record of a batch."""
     backoff: Backoff = field(default_factory=Backoff)
+    flush_interval_s: float | None = None
+    """Flush and commit at most this often (seconds; the topics going idle flushes at once); None: the sink's own
+    ``flush_interval_s`` (0 for most: after every batch), as Kafka Connect's offset.flush.interval.ms."""
     pause_before_commit_s: float = 0.0
     """Fault-injection only: wait this long between the sink's flush and the commit (the kill test lands there)."""
 
@@ -79,6 +82,11 @@ class SinkRunner:
         self.stop_event = threading.Event()
         self._on_batch = on_batch
         self._catch_up: dict[tuple[str, int], int] = {}
+        self._pending: dict[tuple[str, int], int] = {}
+        """Next offsets of batches delivered but not yet flushed and committed."""
+        self._flushed_at = time.monotonic()
+        interval = options.flush_interval_s
+        self.flush_interval_s = float(getattr(sink, "flush_interval_s", 0.0) if interval is None else interval)
         self._codecs = {t: RecordCodec(topic_spec(t).value_schema) for t in sink.topics}
         self._dlq_codec = RecordCodec(topic_spec(DLQ).value_schema)
         self._producer = EventProducer(bootstrap)
@@ -141,35 +149,48 @@ class SinkRunner:
         self.stats.dead_letters += 1
 
     def step(self) -> int:
-        """Poll one batch, deliver it, flush, commit; the number of messages polled. Raises SinkError when the batch
-        could not be made durable (nothing is committed then)."""
+        """Poll one batch and deliver it; flush and commit when the sink's flush interval has passed or the topics
+        are idle. The number of messages polled. Raises SinkError when the sink could not make its writes durable
+        (nothing is committed then)."""
         msgs = self._consumer.poll_batch(self.options.max_records, self.options.max_wait_s)
         if self._catch_up:
             self._consumer.commit_offsets(self._catch_up)
             self._catch_up = {}
         if not msgs:
             self._producer.poll()
-            return 0
-        ends: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            tp = (m.topic() or "", m.partition() or 0)
-            ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
-        records, raw = self._decode(msgs)
+        else:
+            ends: dict[tuple[str, int], int] = {}
+            for m in msgs:
+                tp = (m.topic() or "", m.partition() or 0)
+                ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
+            records, raw = self._decode(msgs)
 
-        def dead(rec: Record, reason: str) -> None:
-            m = raw[rec.key]
-            self._send_dead(rec.topic, rec.partition, rec.offset, m.key(), m.value(), SinkError(reason))
+            def dead(rec: Record, reason: str) -> None:
+                m = raw[rec.key]
+                self._send_dead(rec.topic, rec.partition, rec.offset, m.key(), m.value(), SinkError(reason))
 
-        def retried(attempt: int, reason: str, wait: float) -> None:
-            self.stats.retries += 1
-            log.warning("sink %s: attempt %d not durable (%s); again in %.1f s", self.sink.name, attempt, reason, wait)
+            def retried(attempt: int, reason: str, wait: float) -> None:
+                self.stats.retries += 1
+                log.warning("sink %s: attempt %d not durable (%s); again in %.1f s", self.sink.name, attempt, reason,
+                            wait)  # fmt: skip
 
-        def wait(seconds: float) -> None:
-            self.stop_event.wait(seconds)
+            def wait(seconds: float) -> None:
+                self.stop_event.wait(seconds)
 
-        out = deliver(self.sink, records, dead, self.options.backoff, wait, self.stop_event.is_set, retried)
-        if out.stopped:
-            return len(msgs)  # stopping mid-retry: nothing of this batch is committed, it is read again next time
+            out = deliver(self.sink, records, dead, self.options.backoff, wait, self.stop_event.is_set, retried)
+            if out.stopped:
+                return len(msgs)  # stopping mid-retry: this batch is not committed, it is read again next time
+            for tp, end in ends.items():
+                self._pending[tp] = max(self._pending.get(tp, 0), end)
+            self.stats.batches += 1
+            self.stats.records += out.applied
+        if self._pending and (not msgs or time.monotonic() - self._flushed_at >= self.flush_interval_s):
+            self.commit()
+        return len(msgs)
+
+    def commit(self) -> None:
+        """Flush the sink (retrying while it answers retryable), have the dead letters acknowledged, then commit
+        every delivered batch's offsets."""
         flushed = self.sink.flush()
         while flushed.status is Status.RETRYABLE and not self.stop_event.is_set():
             self.stats.retries += 1
@@ -177,17 +198,16 @@ class SinkRunner:
             self.stop_event.wait(self.options.backoff.base_s)
             flushed = self.sink.flush()
         if flushed.status is not Status.OK:
-            raise SinkError(f"sink {self.sink.name!r} could not make a batch durable: {flushed.reason or 'stopped'}")
+            raise SinkError(f"sink {self.sink.name!r} could not make its writes durable: {flushed.reason or 'stopped'}")
         self._producer.flush()  # the dead letters are acknowledged before their offsets are committed
         if self.options.pause_before_commit_s:
             time.sleep(self.options.pause_before_commit_s)
-        self._consumer.commit_offsets(ends)
+        self._consumer.commit_offsets(self._pending)
+        self._pending = {}
+        self._flushed_at = time.monotonic()
         self.stats.commits += 1
-        self.stats.batches += 1
-        self.stats.records += out.applied
         if self._on_batch is not None:
             self._on_batch(self)
-        return len(msgs)
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
@@ -200,6 +220,9 @@ class SinkRunner:
                 except ConsumeError as e:
                     # a rebalance between poll and commit: the batch is applied (idempotently) and read again
                     log.warning("sink %s: %s; the batch will be read again", self.sink.name, e)
+                    self._pending = {}
+            if self._pending:  # delivered since the last flush: made durable and committed on the way out
+                self.commit()
             return self.stats
         finally:
             self.close()
