@@ -80,6 +80,8 @@ class SinkRunner:
         self.group = group or group_of(sink.name)
         self.stats = RunnerStats()
         self.stop_event = threading.Event()
+        self.assigned = threading.Event()
+        """Set once the group has handed this runner its partitions."""
         self._on_batch = on_batch
         self._catch_up: dict[tuple[str, int], int] = {}
         self._pending: dict[tuple[str, int], int] = {}
@@ -98,6 +100,7 @@ class SinkRunner:
 
     def _place(self, parts: list[TopicPartition]) -> list[TopicPartition] | None:
         """Start each assigned partition at the sink's own position where it keeps one."""
+        self.assigned.set()
         try:
             own: Positions = self.sink.positions()
         except Exception as e:  # a sink that cannot say where it is starts at the group's offsets, and says so
@@ -211,12 +214,15 @@ class SinkRunner:
 
     # -- the loop -------------------------------------------------------------------------------------------------
 
-    def run(self) -> RunnerStats:
-        """Run until ``stop()``; the sink is closed at the end, also after a failure."""
+    def run(self, until_idle: bool = False) -> RunnerStats:
+        """Run until ``stop()`` (or, with ``until_idle``, until three polls in a row after the assignment bring
+        nothing: the sink has caught up); the sink is closed at the end, also after a failure."""
+        idle = 0
         try:
-            while not self.stop_event.is_set():
+            while not self.stop_event.is_set() and not (until_idle and idle >= 3):
                 try:
-                    self.step()
+                    got = self.step()
+                    idle = 0 if got or not self.assigned.is_set() else idle + 1
                 except ConsumeError as e:
                     # a rebalance between poll and commit: the batch is applied (idempotently) and read again
                     log.warning("sink %s: %s; the batch will be read again", self.sink.name, e)

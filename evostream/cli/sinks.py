@@ -76,6 +76,7 @@ def run(
     option: OptionOpt = None,
     max_records: Annotated[int, typer.Option(min=1, help="Records per batch handed to a sink.")] = 500,
     every: Annotated[float, typer.Option(min=0.0, help="Seconds between progress lines (0: none).")] = 10.0,
+    until_idle: Annotated[bool, typer.Option(help="Stop once every sink has caught up (a batch job).")] = False,
     pause_before_commit: PauseOpt = 0.0,
     bootstrap: Bootstrap = None,
 ) -> None:
@@ -109,7 +110,7 @@ def run(
 
     def work(r: SinkRunner) -> None:
         try:
-            r.run()
+            r.run(until_idle)
         except BaseException as e:  # one sink failing never stops the others; it is reported at the end
             failures[r.sink.name] = e
             say(f"sink {r.sink.name} stopped: {e}")

@@ -127,3 +127,14 @@ def test_a_sink_that_cannot_write_holds_back_no_other(kafka: str, tmp_path: Path
         wait_for(lambda: held.stats.commits > 0)
     lock.close()
     assert count_rows(stuck_db, "governance_events", "event_id LIKE ?", like) == 2
+
+
+def test_until_idle_returns_once_the_sink_has_caught_up(kafka: str, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex[:8]
+    produce(kafka, marked(SqliteSink.topics, 2, marker), marker=marker)
+    db = tmp_path / "r.db"
+    runner = SinkRunner(kafka, sqlite_sink(db), FAST, group=f"test-idle-{marker}")
+    stats = runner.run(until_idle=True)  # returns by itself: no stop() anywhere
+    assert stats.commits >= 1 and stats.records >= 12
+    assert count_rows(db, "traces", "trace_id LIKE ?", f"{marker}-%") == 2
+    assert count_rows(db, "governance_events", "event_id LIKE ?", f"{marker}-%") == 2
