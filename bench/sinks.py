@@ -7,12 +7,14 @@ and times it from the first batch to the last commit. The baseline row is the ru
 the same records only consumed and decoded by the same consumer settings, handed to no sink.
 
 Sinks are loaded by name from the ``evostream.sinks`` entry points, with options as the CLI takes them
-(``-o prometheus.port=0``). Datadog needs an endpoint (``-o datadog.host=... -o datadog.api_key=...``) and OTLP a
-receiver, so neither is in the default list.
+(``-o prometheus.port=0``). Datadog and OTLP send to a service: without ``-o datadog.host=...`` /
+``-o otlp.endpoint=...`` the bench starts the tests' local endpoints (a Datadog intake stand-in that checks every
+request, a real OTLP receiver on the opentelemetry-proto services) in this process, so their rows include the
+receiving side's work on the same two cores.
 
 Uses the broker at --bootstrap, else the running local stack, else starts a private one and stops it; on a shared
 broker the topics' older records are part of what each runner reads (counted, and said).
-Run: python -m bench.sinks [--traces N] [--reps R] [--sinks sqlite,prometheus,wandb]
+Run: python -m bench.sinks [--traces N] [--reps R] [--sinks sqlite,prometheus,datadog,wandb,otlp]
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench.broker import bench_broker
@@ -54,8 +58,8 @@ def mix(traces: int, t_us: int) -> dict[str, list[dict[str, object]]]:
             a["trace_id"] = c["trace_id"]
             out[ALERTS].append(a)
         if i % 100 == 0:
-            out[DRIFT].append(drift_report(i, t_us))
-            out[PROFILES].append(profile(i, t_us))
+            out[DRIFT].append(drift_report(i // 100, t_us))
+            out[PROFILES].append(profile(i // 100, t_us))
             g = governance(i // 100, t_us)
             g["event_id"] = f"{run}-{i}"
             out[GOVERNANCE].append(g)
@@ -122,11 +126,32 @@ def through_sink(bootstrap: str, name: str, cls: type, options: dict[str, str], 
             runner.close()
 
 
+@contextmanager
+def local_endpoints(options: dict[str, dict[str, str]]) -> Iterator[list[str]]:
+    """The tests' Datadog intake and OTLP receiver, for the sinks given no endpoint of their own."""
+    from tests.plugins.datadog_intake import KEY, Intake
+    from tests.plugins.otlp_receiver import Receiver
+
+    notes: list[str] = []
+    with ExitStack() as stack:
+        if "host" not in options.setdefault("datadog", {}):
+            intake = Intake()
+            stack.callback(intake.stop)
+            options["datadog"] |= {"host": intake.url, "api_key": KEY}
+            notes.append(f"datadog: the tests' local intake at {intake.url}")
+        if "endpoint" not in options.setdefault("otlp", {}):
+            receiver = Receiver()
+            stack.callback(receiver.stop)
+            options["otlp"]["endpoint"] = f"127.0.0.1:{receiver.grpc_port}"
+            notes.append(f"otlp: the tests' gRPC receiver at 127.0.0.1:{receiver.grpc_port}")
+        yield notes
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--traces", type=int, default=5000)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--sinks", default="sqlite,prometheus,wandb")
+    ap.add_argument("--sinks", default="sqlite,prometheus,datadog,wandb,otlp")
     ap.add_argument("--option", "-o", action="append", default=[], help="SINK.OPTION=VALUE, as for evostream sinks run")
     ap.add_argument("--max-records", type=int, default=500)
     ap.add_argument("--bootstrap", default=None)
@@ -134,7 +159,9 @@ def main() -> None:
     chosen = load(args.sinks)
     options = parse_options(args.option)
     options.setdefault("prometheus", {}).setdefault("port", "0")
-    with bench_broker(args.bootstrap) as bootstrap:
+    with bench_broker(args.bootstrap) as bootstrap, local_endpoints(options) as notes:
+        for note in notes:
+            print(f"# {note}", file=sys.stderr)
         ensure_topics(bootstrap, CATALOG)
         written = produce(bootstrap, mix(args.traces, int(time.time() * 1e6)))
         rows: list[tuple[str, list[float]]] = []

@@ -30,7 +30,8 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from datadog_api_client import ApiClient, Configuration
 from datadog_api_client.exceptions import ApiException
@@ -122,6 +123,37 @@ def points(rec: Record) -> tuple[int, list[Point], list[EventCreateRequest]]:
     return at // 1_000_000, out, events
 
 
+POINT_BYTES = 160
+"""A generous estimate of one point's JSON with its series, to cut records into chunks well within the limits."""
+
+
+def chunks(fresh: list[tuple[Record, int, list[Point]]]) -> Iterator[list[tuple[Record, int, list[Point]]]]:
+    """Consecutive runs of records whose points, unaggregated, stay within half the raw payload limit."""
+    chunk: list[tuple[Record, int, list[Point]]] = []
+    size = 0
+    for item in fresh:
+        cost = len(item[2]) * POINT_BYTES
+        if chunk and size + cost > MAX_RAW // 2:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += cost
+    if chunk:
+        yield chunk
+
+
+def aggregate(chunk: list[tuple[Record, int, list[Point]]], extra: list[str]) -> list[dict[str, Any]]:
+    """The chunk's points as series, one per metric and tags, one point per second: counts summed, gauges last."""
+    series: dict[tuple[str, int, tuple[str, ...]], dict[int, float]] = {}
+    for _, at, pts in chunk:
+        for metric, kind, value, tags in pts:
+            by_second = series.setdefault((metric, int(kind.value), (*tags, *extra)), {})
+            by_second[at] = by_second.get(at, 0.0) + value if kind == COUNT else value
+    return [{"metric": m, "type": k, "tags": list(tags),
+             "points": [{"timestamp": t, "value": v} for t, v in sorted(by_second.items())]}
+            for (m, k, tags), by_second in series.items()]  # fmt: skip
+
+
 class DatadogSink(Sink):
     topics = (COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, GOVERNANCE)
 
@@ -152,50 +184,43 @@ class DatadogSink(Sink):
 
     def write(self, records: Sequence[Record]) -> Result:
         now = time.time()
-        payloads: list[tuple[list[Record], list[MetricSeries]]] = []
+        fresh: list[tuple[Record, int, list[Point]]] = []
         events: list[tuple[Record, int, EventCreateRequest]] = []
-        current: tuple[list[Record], list[MetricSeries]] = ([], [])
-        raw = 0
+        dropped: list[str] = []
         for rec in records:
             at, pts, evs = points(rec)
-            if not now - PAST_S <= at <= now + FUTURE_S:
-                if rec.key not in self._series_sent:
-                    self.dropped += 1
-                    log.warning("record %s at %d is outside Datadog's window (1 h past, 10 min future): not sent",
-                                rec.key, at)  # fmt: skip
+            if rec.key not in self._series_sent:
+                if now - PAST_S <= at <= now + FUTURE_S:
+                    fresh.append((rec, at, pts))
+                else:
+                    dropped.append(rec.key)
                     self._remember(self._series_sent, rec.key)
-            elif rec.key not in self._series_sent:
-                series = [MetricSeries(metric=m, type=t, points=[MetricPoint(timestamp=at, value=val)],
-                                       tags=[*tags, *self.tags]) for m, t, val, tags in pts]  # fmt: skip
-                size = sum(len(json.dumps(s.to_dict())) for s in series)
-                if current[1] and raw + size > MAX_RAW // 2:  # then the compressed limit is a formality, still checked
-                    payloads.append(current)
-                    current, raw = ([], []), 0
-                current[0].append(rec)
-                current[1].extend(series)
-                raw += size
-            fresh = [(n, e) for n, e in enumerate(evs) if e.date_happened >= now - EVENT_PAST_S]
-            events += [(rec, n, e) for n, e in fresh if f"{rec.key}#{n}" not in self._events_sent]
-        if current[1]:
-            payloads.append(current)
-        # metrics and events are remembered apart: a retry after the series went out sends only what did not
+            recent = [(n, e) for n, e in enumerate(evs) if e.date_happened >= now - EVENT_PAST_S]
+            events += [(rec, n, e) for n, e in recent if f"{rec.key}#{n}" not in self._events_sent]
+        if dropped:
+            self.dropped += len(dropped)
+            log.warning("%d records outside Datadog's window (1 h past, 10 min future) not sent, from %s (%d so far)",
+                        len(dropped), dropped[0], self.dropped)  # fmt: skip
+        # Records go in chunks, each chunk's points aggregated per series and second as the Datadog agent does
+        # (counts summed, gauges last); a chunk's records are remembered once it is accepted, and metrics and events
+        # are remembered apart, so a retry sends only what did not go.
         poison: list[Record] = []
         reasons: list[str] = []
-        for recs, series in payloads:
+        for chunk in chunks(fresh):
             try:
-                self._submit(series)
+                self._submit(aggregate(chunk, self.tags))
             except ApiException as e:
                 status = e.status or 0
                 why = f"Datadog /api/v2/series answered {status} {e.reason}: {str(e.body)[:300]}"
                 if status in RETRYABLE or status >= 500:
                     return Result.retry(why)
-                poison += recs
+                poison += [rec for rec, _, _ in chunk]
                 reasons.append(why)
                 continue
             except (Urllib3Error, OSError) as e:
                 return Result.retry(f"Datadog unreachable: {e}")
-            for r in recs:
-                self._remember(self._series_sent, r.key)
+            for rec, _, _ in chunk:
+                self._remember(self._series_sent, rec.key)
         dead = {r.key for r in poison}
         for rec, n, event in events:
             if rec.key in dead:
@@ -218,13 +243,19 @@ class DatadogSink(Sink):
         while len(seen) > self.remember:
             seen.popitem(last=False)
 
-    def _submit(self, series: list[MetricSeries]) -> None:
-        body = MetricPayload(series=series)
-        if len(gzip.compress(json.dumps(body.to_dict()).encode())) > MAX_COMPRESSED and len(series) > 1:
+    def _submit(self, series: list[dict[str, Any]]) -> None:
+        """One payload, or halves of it while it is over the intake's limits."""
+        raw = json.dumps(series).encode()
+        if (len(raw) > MAX_RAW // 2 or len(gzip.compress(raw)) > MAX_COMPRESSED) and len(series) > 1:
             half = len(series) // 2
             self._submit(series[:half])
             self._submit(series[half:])
             return
+        body = MetricPayload(series=[
+            MetricSeries(metric=s["metric"], type=MetricIntakeType(s["type"]), tags=s["tags"],
+                         points=[MetricPoint(timestamp=p["timestamp"], value=p["value"]) for p in s["points"]])
+            for s in series
+        ])  # fmt: skip
         self.metrics.submit_metrics(body=body, content_encoding=MetricContentEncoding.GZIP)
 
     def close(self) -> None:
