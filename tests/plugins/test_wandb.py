@@ -60,6 +60,7 @@ class TestWandbContract(SinkContract):
 
 
 def test_one_run_per_version_with_history_summary_config_and_tables(tmp_path: Path) -> None:
+    before = children()
     sink = WandbSink(SinkContext("wandb", tmp_path, {"dir": str(tmp_path / "runs")}))
     try:
         assert sink.write(sample_records(sink.topics, per_topic=3)).status is Status.OK
@@ -68,7 +69,7 @@ def test_one_run_per_version_with_history_summary_config_and_tables(tmp_path: Pa
         assert sink.write(sample_records(sink.topics, per_topic=2, first=3)).status is Status.OK
     finally:
         sink.close()
-    assert not (children()), "wandb-core left running after close()"
+    assert children() == before, "wandb-core left running after close()"
     runs = read_runs(tmp_path / "runs")
     assert all(r.exited and r.project == "evostream" for r in runs)
     by_name: dict[str, list] = {}
