@@ -269,11 +269,16 @@ def test_served_traffic_gives_a_profile_with_neuron_counts(kafka: str, worker: W
     lm.version = version
     replies = serve(kafka, lm, ["reverse: abc", "sort: cab", "upper: xyz"], max_new_tokens=6)
     tokens = sum(r["token_count"] for r in replies)
+    # Tumbling 60 s windows of event time: a generation that straddles a window boundary (a few % of runs) ends in
+    # two snapshots, the second once its window is idle past the grace; each trace counts in every window it has
+    # steps in.
     profiles = read(kafka, PROFILES, "ProfileSnapshot",
-                    lambda got: any(p["model_version"] == version for p in got), timeout_s=180)  # fmt: skip
+                    lambda got: sum(p["step_count"] for p in got if p["model_version"] == version) >= tokens,
+                    timeout_s=180)  # fmt: skip
     mine = [p for p in profiles if p["model_version"] == version]
     assert sum(p["step_count"] for p in mine) == tokens
-    assert sum(p["trace_count"] for p in mine) == 3
+    assert 3 <= sum(p["trace_count"] for p in mine) <= 3 * len(mine)
+    assert len(mine) == 1 or len({p["window_start_us"] for p in mine}) == len(mine)
     p = mine[0]
     assert len(p["head_utilization"]) == 2 and len(p["head_utilization"][0]) == 4
     assert len(p["ffn_neuron_activation_counts"]) == 2 and len(p["ffn_neuron_activation_counts"][0]) == 64
