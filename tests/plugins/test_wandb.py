@@ -15,7 +15,7 @@ from plugins.api import Sink, SinkContext
 from plugins.wandb import WandbSink, run_id
 from tests.plugins.contract import Kind, SinkContract, children
 from tests.plugins.samples import sample_records
-from tests.plugins.wandb_reader import read_runs
+from tests.plugins.wandb_reader import Run, read_runs
 
 
 def wandb_dir(sink: Sink) -> Path:
@@ -72,7 +72,7 @@ def test_one_run_per_version_with_history_summary_config_and_tables(tmp_path: Pa
     assert children() == before, "wandb-core left running after close()"
     runs = read_runs(tmp_path / "runs")
     assert all(r.exited and r.project == "evostream" for r in runs)
-    by_name: dict[str, list] = {}
+    by_name: dict[str, list[Run]] = {}
     for r in runs:
         by_name.setdefault(r.name, []).append(r)
     assert set(by_name) == {"tiny-a", "tiny-b"}

@@ -35,7 +35,7 @@ def records(path: Path) -> Iterator[Any]:
             raise ValueError(f"{path}: bad CRC at byte {pos}")
         chunks += payload
         if kind in (1, 4):  # FULL or LAST
-            rec = pb.Record()
+            rec = pb.Record()  # type: ignore[attr-defined]  # generated module: its stub lacks the messages
             rec.ParseFromString(chunks)
             chunks = b""
             yield rec
