@@ -68,13 +68,20 @@ GEN_AI_USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
 GEN_AI_USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
 GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_TOKEN_TYPE = "gen_ai.token.type"
+ERROR_TYPE = "error.type"
 OPERATION = "text_completion"
 PROVIDER = "evostream"
+OTHER_ERROR = "_OTHER"  # error.type when no low-cardinality error class is known (the conventions' fallback)
 
 RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
                   grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.OUT_OF_RANGE,
                   grpc.StatusCode.DATA_LOSS}  # fmt: skip
 RETRYABLE_HTTP = {429, 502, 503, 504}
+# the explicit bucket boundaries the GenAI metric conventions give (the SDK's defaults are for milliseconds)
+TOKEN_BUCKETS = [4.0**i for i in range(14)]  # 1, 4, 16 ... 67108864 tokens
+DURATION_BUCKETS = [0.01 * 2**i for i in range(14)]  # 0.01, 0.02, 0.04 ... 81.92 s
+TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0]
+TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
 log = logging.getLogger("evostream.sinks.otlp")
 SCOPE = InstrumentationScope("evostream.sinks.otlp", "1")
 
@@ -171,10 +178,14 @@ class OtlpSink(Sink):
         self.reader = InMemoryMetricReader()
         self.meters = MeterProvider(metric_readers=[self.reader], resource=self.resource)
         meter = self.meters.get_meter("evostream.sinks.otlp")
-        self.token_usage = meter.create_histogram("gen_ai.client.token.usage", "{token}", "Tokens used per request.")
-        self.duration = meter.create_histogram("gen_ai.client.operation.duration", "s", "Request duration.")
-        self.ttft = meter.create_histogram("gen_ai.server.time_to_first_token", "s", "Queue + prefill time.")
-        self.tpot = meter.create_histogram("gen_ai.server.time_per_output_token", "s", "Decode time per token.")
+        self.token_usage = meter.create_histogram("gen_ai.client.token.usage", "{token}", "Tokens used per request.",
+                                                  explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)  # fmt: skip
+        self.duration = meter.create_histogram("gen_ai.client.operation.duration", "s", "Request duration.",
+                                               explicit_bucket_boundaries_advisory=DURATION_BUCKETS)  # fmt: skip
+        self.ttft = meter.create_histogram("gen_ai.server.time_to_first_token", "s", "Queue + prefill time.",
+                                           explicit_bucket_boundaries_advisory=TTFT_BUCKETS)  # fmt: skip
+        self.tpot = meter.create_histogram("gen_ai.server.time_per_output_token", "s", "Decode time per token.",
+                                           explicit_bucket_boundaries_advisory=TPOT_BUCKETS)  # fmt: skip
         self.alerts = meter.create_counter("evostream.risk.alerts", "{alert}", "Risk alerts.")
         self._sent: OrderedDict[str, None] = OrderedDict()
         self.remember = int(ctx.number("remember", 100_000))
@@ -213,6 +224,8 @@ class OtlpSink(Sink):
             "evostream.queue_us": t["queue_us"], "evostream.prefill_us": t["prefill_us"],
             "evostream.decode_us": t["decode_us"], "evostream.record": rec.key,
         }  # fmt: skip
+        if v["error"] is not None:  # the message is unbounded text: the span's status carries it, error.type does not
+            attrs[ERROR_TYPE] = OTHER_ERROR
         return self._span(f"{OPERATION} {v['model_version']}", v["trace_id"], request_span_id(v["trace_id"]), None,
                           end - t["total_us"] * 1000, end, attrs, SpanKind.SERVER, error=v["error"])  # fmt: skip
 
@@ -281,7 +294,7 @@ class OtlpSink(Sink):
         t = v["timings"]
         self.token_usage.record(v["prompt_token_count"], {**base, GEN_AI_TOKEN_TYPE: "input"})
         self.token_usage.record(v["token_count"], {**base, GEN_AI_TOKEN_TYPE: "output"})
-        self.duration.record(t["total_us"] / 1e6, base)
+        self.duration.record(t["total_us"] / 1e6, base if v["error"] is None else {**base, ERROR_TYPE: OTHER_ERROR})
         if v["error"] is None and v["token_count"] > 0:
             self.ttft.record((t["queue_us"] + t["prefill_us"]) / 1e6, base)
             if v["token_count"] > 1:

@@ -105,7 +105,7 @@ class Receiver:
                     for p in getattr(m, kind).data_points:
                         attrs = {kv.key: any_value(kv.value) for kv in p.attributes}
                         if kind == "histogram":
-                            points.append((attrs, {"count": p.count, "sum": p.sum}))
+                            points.append((attrs, {"count": p.count, "sum": p.sum, "bounds": list(p.explicit_bounds)}))
                         else:
                             points.append((attrs, p.as_double if p.WhichOneof("value") == "as_double" else p.as_int))
                     export[m.name] = {"kind": kind, "unit": m.unit, "points": points}
@@ -119,7 +119,7 @@ class Receiver:
         self._thread.join(10)
 
 
-class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
+class _Traces(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]  # generated, untyped
     def __init__(self, receiver: Receiver) -> None:
         self.r = receiver
 
@@ -131,7 +131,7 @@ class _Traces(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
-class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+class _Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):  # type: ignore[misc]
     def __init__(self, receiver: Receiver) -> None:
         self.r = receiver
 

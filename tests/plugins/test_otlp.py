@@ -15,10 +15,11 @@ import pytest
 from consumers.sinks.contract import Status
 from plugins.api import Sink, SinkContext
 from plugins.otlp import OtlpSink, request_span_id, trace_id_of
-from schemas.catalog import STEPS
+from schemas.catalog import COMPLETIONS, STEPS
+from schemas.samples import T0_US, completion
 from tests.plugins.contract import Kind, SinkContract
 from tests.plugins.otlp_receiver import Received, Receiver
-from tests.plugins.samples import sample_records
+from tests.plugins.samples import records, sample_records
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,20 @@ def test_a_request_span_carries_every_genai_attribute(receiver: Receiver, tmp_pa
     assert usage == {("input", "tiny-a"): 7 + 9, ("output", "tiny-a"): 4 + 6, ("input", "tiny-b"): 8,
                      ("output", "tiny-b"): 5}  # fmt: skip
     assert last["gen_ai.client.operation.duration"]["unit"] == "s"
+    # the GenAI conventions' bucket boundaries, in seconds and tokens (not the SDK's millisecond defaults)
+    bounds = {name: {tuple(p["bounds"]) for _, p in last[name]["points"]} for name in
+              ("gen_ai.client.token.usage", "gen_ai.client.operation.duration", "gen_ai.server.time_to_first_token",
+               "gen_ai.server.time_per_output_token")}  # fmt: skip
+    assert bounds == {
+        "gen_ai.client.token.usage": {(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
+                                       16777216, 67108864)},
+        "gen_ai.client.operation.duration": {(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
+                                              20.48, 40.96, 81.92)},
+        "gen_ai.server.time_to_first_token": {(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                                               2.5, 5.0, 7.5, 10.0)},
+        "gen_ai.server.time_per_output_token": {(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+                                                 2.5)},
+    }  # fmt: skip
     assert {tuple(a.items()): v for a, v in last["evostream.risk.alerts"]["points"]} == {
         (("evostream.alert.severity", "INFO"), ("gen_ai.request.model", "tiny-a")): 1,
         (("evostream.alert.severity", "WARNING"), ("gen_ai.request.model", "tiny-b")): 1,
@@ -124,9 +139,7 @@ def test_a_request_span_carries_every_genai_attribute(receiver: Receiver, tmp_pa
 def test_an_early_report_marks_its_flagged_step(receiver: Receiver, tmp_path: Path) -> None:
     receiver.got = Received()
     recs = sample_records(("evo.risk",), per_topic=2)
-    early = recs[1].value | {"stage": "EARLY", "step": 3}
-    from tests.plugins.samples import records
-
+    early = {**recs[1].value, "stage": "EARLY", "step": 3}
     sink = OtlpSink(SinkContext("otlp", tmp_path, {"endpoint": endpoint(receiver, "grpc")}))
     try:
         assert sink.write(records("evo.risk", [early], first_offset=9)).status is Status.OK
@@ -162,3 +175,25 @@ def test_a_receiver_that_is_down_is_retryable(tmp_path: Path) -> None:
         finally:
             sink.close()
         assert out.status is Status.RETRYABLE and url.split("//")[-1] in out.reason, out
+
+
+def test_a_failed_request_is_an_error_span_with_a_bounded_error_type(receiver: Receiver, tmp_path: Path) -> None:
+    receiver.got = Received()
+    failed = {
+        **completion(4, T0_US),
+        "finish_reason": "ERROR",
+        "error": "CUDA out of memory at step 3",
+        "token_count": 0,
+    }
+    sink = OtlpSink(SinkContext("otlp", tmp_path, {"endpoint": endpoint(receiver, "grpc")}))
+    try:
+        assert sink.write(records(COMPLETIONS, [failed])).status is Status.OK
+    finally:
+        sink.close()  # flushes the metrics
+    (span,) = receiver.got.spans
+    assert span.status_code == 2 and span.attributes["error.type"] == "_OTHER"  # STATUS_CODE_ERROR
+    assert span.attributes["gen_ai.response.finish_reasons"] == ["error"]
+    (metrics,) = receiver.got.metrics
+    ((attrs, point),) = metrics["gen_ai.client.operation.duration"]["points"]
+    assert attrs["error.type"] == "_OTHER" and point["count"] == 1
+    assert "gen_ai.server.time_to_first_token" not in metrics  # no token came, no time to first token
