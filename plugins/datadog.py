@@ -15,12 +15,22 @@ are split across payloads); points more than 10 minutes in the future or 1 hour 
 Datadog, so they are not sent: they are counted in ``dropped`` and said in the log (replaying an old log into
 Datadog cannot backfill it); events older than 18 hours likewise.
 
-Answers: 429, 5xx and no connection are retryable; 400, 403, 413 are permanent and dead-letter the records of the
-refused payload. Within one process a record key is sent once (Datadog adds counts up, so the sink is not durable
-across processes: a redelivery after a restart counts again).
+Datadog keeps one value per series and second (a later payload's replaces it), so points go as the Datadog agent
+sends them: summed per series and second (counts added, gauges last), each second once it is closed. A batch sends
+the seconds before its newest; the newest waits for a later batch or the flush, which the runner calls every
+``flush_interval_s`` (option, default 10 s, the agent's own interval) before it commits. A record of a second that
+already went (late, or after a flush) moves its counts to the series' next free second (see ``aggregate``): once
+per flush at most when reports arrive in order, so a count is never overwritten and its time moves by a second.
+
+Answers: no connection, 401 and 403 (a wrong or revoked key: the reports wait, and the log says why), 408, 429
+and 5xx are retryable; any other refusal of a series payload (400, 413) is permanent and dead-letters the records
+of that payload. An event refused permanently is logged and not sent again (its record's metrics went). Within one
+process a record key is sent once (Datadog adds counts up, so the sink is not durable across processes: a
+redelivery after a restart counts again, and its counts may land on a second already used).
 
 Options: ``api_key`` (or ``DD_API_KEY``), ``site`` (default ``datadoghq.com``) or ``host`` (a base URL, which wins),
-``tags`` (``k:v,k2:v2``), ``timeout_s`` (default 10)."""
+``tags`` (``k:v,k2:v2``), ``timeout_s`` (default 10), ``remember`` (record keys remembered as sent, default
+100,000), ``flush_interval_s`` (default 10)."""
 
 from __future__ import annotations
 
@@ -47,19 +57,25 @@ from datadog_api_client.v2.model.metric_series import MetricSeries
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from evostream.errors import SinkConfigError
-from plugins.api import Record, Result, Sink, SinkContext
+from plugins.api import Record, Result, Sink, SinkContext, Status
 from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
 
 log = logging.getLogger("evostream.sinks.datadog")
 MAX_COMPRESSED = 512_000
 MAX_RAW = 5_242_880
 PAST_S, FUTURE_S, EVENT_PAST_S = 3600, 600, 18 * 3600
-RETRYABLE = {0, 408, 429}
+RETRYABLE = {0, 401, 403, 408, 429}
+"""Besides 5xx: no answer, a wrong or revoked API key (the reports wait for a fixed key rather than being
+dead-lettered), a timeout, rate limiting."""
 COUNT, GAUGE = MetricIntakeType.COUNT, MetricIntakeType.GAUGE
 ALERT_TYPE = {"INFO": EventAlertType.INFO, "WARNING": EventAlertType.WARNING, "CRITICAL": EventAlertType.ERROR}
 
 Point = tuple[str, MetricIntakeType, float, list[str]]
 """metric, type, value, tags (the time is the record's)."""
+
+
+def retryable(status: int) -> bool:
+    return status in RETRYABLE or status >= 500
 
 
 def points(rec: Record) -> tuple[int, list[Point], list[EventCreateRequest]]:
@@ -127,9 +143,13 @@ POINT_BYTES = 160
 """A generous estimate of one point's JSON with its series, to cut records into chunks well within the limits."""
 
 
-def chunks(fresh: list[tuple[Record, int, list[Point]]]) -> Iterator[list[tuple[Record, int, list[Point]]]]:
+Item = tuple[Record, int, list[Point]]
+"""A record, its time (s) and its points."""
+
+
+def chunks(fresh: list[Item]) -> Iterator[list[Item]]:
     """Consecutive runs of records whose points, unaggregated, stay within half the raw payload limit."""
-    chunk: list[tuple[Record, int, list[Point]]] = []
+    chunk: list[Item] = []
     size = 0
     for item in fresh:
         cost = len(item[2]) * POINT_BYTES
@@ -142,16 +162,38 @@ def chunks(fresh: list[tuple[Record, int, list[Point]]]) -> Iterator[list[tuple[
         yield chunk
 
 
-def aggregate(chunk: list[tuple[Record, int, list[Point]]], extra: list[str]) -> list[dict[str, Any]]:
-    """The chunk's points as series, one per metric and tags, one point per second: counts summed, gauges last."""
-    series: dict[tuple[str, int, tuple[str, ...]], dict[int, float]] = {}
+SeriesKey = tuple[str, int, tuple[str, ...]]
+"""metric, type, tags."""
+
+
+def aggregate(chunk: list[Item], extra: list[str], counted: dict[SeriesKey, int] | None = None) -> list[dict[str, Any]]:
+    """The chunk's points as series, one per metric and tags, one point per second: counts summed, gauges last.
+
+    Datadog keeps one value per series and second (a later one replaces the earlier), so a count never goes to a
+    second of its series that an earlier payload already used: ``counted`` holds each count series' last second
+    sent, and a point at or before it moves to the second after (its sum is kept; its time moves by the distance
+    to the series' last payload, a second when reports arrive in order)."""
+    series: dict[SeriesKey, dict[int, float]] = {}
     for _, at, pts in chunk:
         for metric, kind, value, tags in pts:
             by_second = series.setdefault((metric, int(kind.value), (*tags, *extra)), {})
             by_second[at] = by_second.get(at, 0.0) + value if kind == COUNT else value
-    return [{"metric": m, "type": k, "tags": list(tags),
-             "points": [{"timestamp": t, "value": v} for t, v in sorted(by_second.items())]}
-            for (m, k, tags), by_second in series.items()]  # fmt: skip
+    out = []
+    for key, by_second in series.items():
+        if key[1] == int(COUNT.value) and counted is not None and key in counted:
+            floor, moved = counted[key] + 1, dict[int, float]()
+            for t in sorted(by_second):
+                moved[max(t, floor)] = moved.get(max(t, floor), 0.0) + by_second[t]
+            by_second = moved
+        out.append({"metric": key[0], "type": key[1], "tags": list(key[2]),
+                    "points": [{"timestamp": t, "value": v} for t, v in sorted(by_second.items())]})  # fmt: skip
+    return out
+
+
+def last_counted(series: list[dict[str, Any]]) -> dict[SeriesKey, int]:
+    """Each count series' last second in ``series``."""
+    return {(s["metric"], s["type"], tuple(s["tags"])): max(p["timestamp"] for p in s["points"])
+            for s in series if s["type"] == int(COUNT.value) and s["points"]}  # fmt: skip
 
 
 class DatadogSink(Sink):
@@ -180,18 +222,27 @@ class DatadogSink(Sink):
         self.dropped = 0
         self._series_sent: OrderedDict[str, None] = OrderedDict()
         self._events_sent: OrderedDict[str, None] = OrderedDict()
+        self._counted: dict[SeriesKey, int] = {}
+        self._held: list[Item] = []
+        """Records whose points wait for their second to close (or for the flush)."""
+        self.refused = 0
+        self.flush_interval_s = ctx.number("flush_interval_s", 10.0)
+        if self.flush_interval_s < 0:
+            raise SinkConfigError(f"sink {self.name!r}: flush_interval_s must be >= 0")
         self.remember = int(ctx.number("remember", 100_000))
 
     def write(self, records: Sequence[Record]) -> Result:
         now = time.time()
-        fresh: list[tuple[Record, int, list[Point]]] = []
+        fresh: list[Item] = []
         events: list[tuple[Record, int, EventCreateRequest]] = []
         dropped: list[str] = []
+        held = {rec.key for rec, _, _ in self._held}
         for rec in records:
             at, pts, evs = points(rec)
-            if rec.key not in self._series_sent:
+            if rec.key not in self._series_sent and rec.key not in held:
                 if now - PAST_S <= at <= now + FUTURE_S:
                     fresh.append((rec, at, pts))
+                    held.add(rec.key)
                 else:
                     dropped.append(rec.key)
                     self._remember(self._series_sent, rec.key)
@@ -201,42 +252,65 @@ class DatadogSink(Sink):
             self.dropped += len(dropped)
             log.warning("%d records outside Datadog's window (1 h past, 10 min future) not sent, from %s (%d so far)",
                         len(dropped), dropped[0], self.dropped)  # fmt: skip
-        # Records go in chunks, each chunk's points aggregated per series and second as the Datadog agent does
-        # (counts summed, gauges last); a chunk's records are remembered once it is accepted, and metrics and events
-        # are remembered apart, so a retry sends only what did not go.
-        poison: list[Record] = []
-        reasons: list[str] = []
-        for chunk in chunks(fresh):
-            try:
-                self._submit(aggregate(chunk, self.tags))
-            except ApiException as e:
-                status = e.status or 0
-                why = f"Datadog /api/v2/series answered {status} {e.reason}: {str(e.body)[:300]}"
-                if status in RETRYABLE or status >= 500:
-                    return Result.retry(why)
-                poison += [rec for rec, _, _ in chunk]
-                reasons.append(why)
-                continue
-            except (Urllib3Error, OSError) as e:
-                return Result.retry(f"Datadog unreachable: {e}")
-            for rec, _, _ in chunk:
-                self._remember(self._series_sent, rec.key)
-        dead = {r.key for r in poison}
+        # Points of the newest second wait (Datadog keeps one value per series and second): the seconds before it
+        # are closed and go now, it goes with a later batch or at the flush. A retry sends only what did not go.
+        self._held += fresh
+        newest = max((at for _, at, _ in self._held), default=0)
+        out = self._send([item for item in self._held if item[1] < newest])
+        if out.status is Status.RETRYABLE:
+            return out
+        dead = {r.key for r in out.poison}
         for rec, n, event in events:
             if rec.key in dead:
                 continue
             try:
                 self.events.create_event(body=event)
             except ApiException as e:
-                if (e.status or 0) in RETRYABLE or (e.status or 0) >= 500:
+                if retryable(e.status or 0):
                     return Result.retry(f"Datadog /api/v1/events answered {e.status} {e.reason}")
-                log.warning("Datadog refused an event for %s: %s %s", rec.key, e.status, e.reason)
+                log.warning("Datadog refused an event for %s (not sent again): %s %s", rec.key, e.status, e.reason)
             except (Urllib3Error, OSError) as e:
                 return Result.retry(f"Datadog unreachable: {e}")
             self._remember(self._events_sent, f"{rec.key}#{n}")
+        return out
+
+    def _send(self, items: list[Item]) -> Result:
+        """Send ``items`` in chunks, each aggregated per series and second; what went (or was refused for good)
+        leaves ``_held``."""
+        poison: list[Record] = []
+        reasons: list[str] = []
+        for chunk in chunks(items):
+            series = aggregate(chunk, self.tags, self._counted)
+            try:
+                self._submit(series)
+            except ApiException as e:
+                status = e.status or 0
+                why = f"Datadog /api/v2/series answered {status} {e.reason}: {str(e.body)[:300]}"
+                if retryable(status):
+                    return Result.retry(why)
+                poison += [rec for rec, _, _ in chunk]
+                reasons.append(why)
+            except (Urllib3Error, OSError) as e:
+                return Result.retry(f"Datadog unreachable: {e}")
+            else:
+                self._counted.update(last_counted(series))
+                for rec, _, _ in chunk:
+                    self._remember(self._series_sent, rec.key)
+            done = {rec.key for rec, _, _ in chunk}
+            self._held = [item for item in self._held if item[0].key not in done]
         if poison:
             return Result.failed("; ".join(sorted(set(reasons))), poison)
         return Result.ok()
+
+    def flush(self) -> Result:
+        """Send the points still held (the newest second's)."""
+        out = self._send(list(self._held))
+        if out.status is Status.FAILED:  # the records were handed over as applied: they can only be counted here
+            self.refused += len(out.poison)
+            log.error("Datadog refused the held points of %d records for good: %s (%d so far)", len(out.poison),
+                      out.reason, self.refused)  # fmt: skip
+            return Result.ok()
+        return out
 
     def _remember(self, seen: OrderedDict[str, None], key: str) -> None:
         seen[key] = None
@@ -259,4 +333,8 @@ class DatadogSink(Sink):
         self.metrics.submit_metrics(body=body, content_encoding=MetricContentEncoding.GZIP)
 
     def close(self) -> None:
-        self.client.close()
+        try:
+            if self._held and self.flush().status is not Status.OK:
+                log.error("Datadog: the points of %d records were not sent before close", len(self._held))
+        finally:
+            self.client.close()

@@ -1,8 +1,10 @@
 """The Prometheus sink: a /metrics endpoint (prometheus-client, its own registry) that a Prometheus server scrapes.
 
 Names follow Prometheus conventions: the ``evostream_`` prefix, base units (seconds), ``_total`` on counters.
-Labels are bounded: ``model_version`` (at most ``max_versions`` distinct ones, option, default 100: a record of one
-more version is refused as poison, never a new series), ``finish_reason``, ``stage``, ``flag``, ``severity``,
+Labels are bounded: ``model_version`` (at most ``max_versions`` distinct ones, option, default 100, counting the
+versions that promotions and rollbacks name: a record of one more version is refused as poison, never a new
+series; a version's ``evostream_drift_windows_total`` and ``evostream_alerts_total`` series start at 0 when it is
+first seen, so that ``increase()`` catches their first event), ``finish_reason``, ``stage``, ``flag``, ``severity``,
 ``statistic``, ``fired``, ``type``, ``topic``, ``model``. **No per-trace label anywhere**: trace ids are unbounded.
 
 What each metric measures (from the records the runner hands over):
@@ -44,6 +46,7 @@ from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RI
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+SEVERITIES = ("INFO", "WARNING", "CRITICAL")
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
@@ -111,12 +114,13 @@ class PrometheusSink(Sink):
             for rec in records:
                 if rec.key in self._seen:
                     continue
-                version = rec.value.get("model_version")
+                version = self.version_of(rec)
                 if version is not None and version not in self.versions:
                     if len(self.versions) >= self.max_versions:
                         poison.append(rec)
                         continue
                     self.versions.add(version)
+                    self._first_seen(version)
                 self._apply(rec)
                 self._seen[rec.key] = None
                 if len(self._seen) > self.remember:
@@ -125,6 +129,27 @@ class PrometheusSink(Sink):
             return Result.failed(f"more than max_versions={self.max_versions} model versions: a new label value would "
                                  "grow the series without bound", poison)  # fmt: skip
         return Result.ok()
+
+    @staticmethod
+    def version_of(rec: Record) -> str | None:
+        """The model version a record labels a series with: its own, or the one a promotion or rollback serves."""
+        if rec.topic == GOVERNANCE:
+            if rec.value["type"] not in ("Promoted", "RolledBack"):
+                return None
+            version = json.loads(rec.value["payload_json"]).get("version")
+            return str(version) if version else None
+        version = rec.value.get("model_version")
+        return None if version is None else str(version)
+
+    def _first_seen(self, version: str) -> None:
+        """A new version's event counters exist at 0 from the first scrape on: ``increase()`` and ``rate()`` see
+        nothing of a series' first sample, so a drift window that fires in a version's first scrape interval
+        would otherwise never alert."""
+        m = self.metrics
+        for fired in ("true", "false"):
+            m.windows.labels(version, fired)
+        for severity in SEVERITIES:
+            m.alerts.labels(version, severity)
 
     def _apply(self, rec: Record) -> None:
         m, v = self.metrics, rec.value

@@ -14,7 +14,9 @@ ignored):
 Each ``write`` is one transaction holding the rows **and** the positions, so the runner, which starts where
 ``positions()`` says, neither loses nor duplicates a report when it dies between this write and its Kafka commit.
 A record the database refuses (a constraint) is rolled back alone (a savepoint per record) and answered as poison;
-a locked or unwritable database is answered as retryable, and nothing of the batch is kept.
+the partition's position then stays at that record, since its dead letter is sent only after this write: a crash
+before the runner's commit reads it (and the records after it, ignored as redeliveries) again, so its dead letter is
+never lost. A locked or unwritable database is answered as retryable, and nothing of the batch is kept.
 
 Options: ``path`` (default ``<sinks_dir>/sqlite/evostream.db``), ``busy_timeout_ms`` (default 2000)."""
 
@@ -188,17 +190,21 @@ class SqliteSink(Sink):
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
+                held: dict[tuple[str, int], int] = {}
                 for rec in records:
-                    ends[rec.topic, rec.partition] = max(ends[rec.topic, rec.partition], rec.offset + 1)
+                    tp = (rec.topic, rec.partition)
+                    ends[tp] = max(ends[tp], rec.offset + 1)
                     table, row = ROWS[rec.topic](rec.value)
                     c.execute("SAVEPOINT record")
-                    try:
-                        c.execute(f"INSERT OR IGNORE INTO {table} (record_key, {', '.join(row)}) "
-                                  f"VALUES (?{', ?' * len(row)})", (rec.key, *row.values()))  # fmt: skip
+                    try:  # only a redelivery is ignored: any other constraint (NOT NULL, a trigger) is poison
+                        c.execute(f"INSERT INTO {table} (record_key, {', '.join(row)}) VALUES (?{', ?' * len(row)}) "
+                                  "ON CONFLICT (record_key) DO NOTHING", (rec.key, *row.values()))  # fmt: skip
                     except sqlite3.IntegrityError as e:
                         poison.append((rec, f"{table}: {e}"))
+                        held[tp] = min(held.get(tp, rec.offset), rec.offset)
                         c.execute("ROLLBACK TO record")
                     c.execute("RELEASE record")
+                ends.update(held)  # see the module docstring: a poison record's dead letter is not yet acknowledged
                 c.executemany(
                     "INSERT INTO sink_positions (topic, partition, next_offset) VALUES (?, ?, ?) "
                     "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",

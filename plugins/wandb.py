@@ -17,7 +17,9 @@ history rows whose step goes back). Within a process a record key is logged once
 
 Options: ``dir`` (default the sink's folder), ``project`` (default ``evostream``), ``mode`` (``offline``, default,
 or ``online``), ``max_runs`` (default 100: a record of one more model version is refused as poison),
-``flush_interval_s``. W&B's own caches and logs are kept under ``dir`` too, not the user's home."""
+``flush_interval_s``. W&B's own caches and logs are kept under ``dir`` too, not the user's home: the sink sets
+``WANDB_CACHE_DIR``, ``WANDB_DATA_DIR``, ``WANDB_CONFIG_DIR`` and ``WANDB_ARTIFACT_DIR`` for its process where they are
+unset (W&B reads them from the environment only). In online mode, a W&B that cannot be reached is retryable."""
 
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ COLUMNS = {
     "alerts": ("produced_at_us", "trace_id", "severity", "stage", "score", "flags", "reason"),
     "drift_windows": ("window_start_us", "window_end_us", "sample_count", "fired", "statistics_fired"),
 }
+UNREACHABLE = (wandb.errors.CommError, ConnectionError, TimeoutError)
+"""What an online run raises while W&B cannot be reached: retryable."""
 TABLE_ROWS = 10_000
 """Rows kept per table and run: the newest (a W&B table is logged whole each time)."""
 
@@ -103,6 +107,12 @@ class WandbSink(Sink):
     # -- write ----------------------------------------------------------------------------------------------------
 
     def write(self, records: Sequence[Record]) -> Result:
+        try:
+            return self._write(records)
+        except UNREACHABLE as e:  # online mode: what was logged is remembered, a retry logs only the rest
+            return Result.retry(f"W&B unreachable: {type(e).__name__}: {e}")
+
+    def _write(self, records: Sequence[Record]) -> Result:
         poison = []
         for rec in records:
             if rec.key in self._seen:
@@ -170,6 +180,12 @@ class WandbSink(Sink):
     # -- durability -----------------------------------------------------------------------------------------------
 
     def flush(self) -> Result:
+        try:
+            return self._flush()
+        except UNREACHABLE as e:
+            return Result.retry(f"W&B unreachable: {type(e).__name__}: {e}")
+
+    def _flush(self) -> Result:
         for name, run in list(self.runs.items()):
             mine = self.tables.get(name, {})
             tables = {k: wandb.Table(columns=list(COLUMNS[k]), data=rows) for k, rows in mine.items()}

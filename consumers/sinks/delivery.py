@@ -5,7 +5,8 @@ test drives every sink through exactly the path the runner takes.
 A ``RETRYABLE`` answer is tried again with exponential backoff (``base_s`` doubling up to ``max_s``) for as long as
 it takes: an endpoint that is down for an hour must not lose an hour of reports. ``stop`` lets a shutting-down
 runner give up between attempts (the batch then stays uncommitted and is read again). A ``FAILED`` answer sends
-its poison records (all of the batch when it names none) to the dead-letter writer with the sink's reason. A sink
+its poison records (all of the batch when it names none, or names only records that are not in the batch) to the
+dead-letter writer with the sink's reason. A sink
 that raises instead of answering is a ``FAILED`` of the whole batch with the exception as the reason: a bug in one
 sink must not stop the others or block its partition."""
 
@@ -25,7 +26,7 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before attempt ``attempt`` + 1 (attempt 1 is the first retry's wait)."""
-        return float(min(self.max_s, self.base_s * 2 ** (attempt - 1)))
+        return float(min(self.max_s, self.base_s * 2.0 ** min(max(attempt - 1, 0), 60)))
 
 
 @dataclass
@@ -67,7 +68,9 @@ def deliver(
             out.applied = len(records)
             return out
         if result.status is Status.FAILED:
-            poison = result.poison or tuple(records)
+            batch = {r.key for r in records}
+            named = {r.key: r for r in result.poison if r.key in batch}  # each once, and only the batch's own
+            poison = list(named.values()) or list(records)
             keys = {r.key for r in poison}
             for rec in poison:
                 dead_letter(rec, result.reason)

@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
-from consumers.sinks.contract import Positions, Record, SinkLike, Status
+from consumers.sinks.contract import Positions, Record, Result, SinkLike, Status
 from consumers.sinks.delivery import Backoff, deliver
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
@@ -59,6 +59,8 @@ class RunnerStats:
     undecodable: int = 0
     retries: int = 0
     commits: int = 0
+    rewinds: int = 0
+    """Failed polls after which the partitions were read again from the last delivered or committed offset."""
     started_at: float = field(default_factory=time.monotonic)
     resumed: dict[tuple[str, int], int] = field(default_factory=dict)
     """Partitions started at the sink's own position rather than the group's, with that position."""
@@ -154,11 +156,16 @@ class SinkRunner:
     def step(self) -> int:
         """Poll one batch and deliver it; flush and commit when the sink's flush interval has passed or the topics
         are idle. The number of messages polled. Raises SinkError when the sink could not make its writes durable
-        (nothing is committed then)."""
-        msgs = self._consumer.poll_batch(self.options.max_records, self.options.max_wait_s)
-        if self._catch_up:
+        (nothing is committed then), ConsumeError when Kafka failed (the partitions are then rewound, see
+        ``_rewind``)."""
+        if self._catch_up:  # before anything else is read: a failure leaves it to the next step
             self._consumer.commit_offsets(self._catch_up)
             self._catch_up = {}
+        try:
+            msgs = self._consumer.poll_batch(self.options.max_records, self.options.max_wait_s)
+        except ConsumeError:
+            self._rewind()
+            raise
         if not msgs:
             self._producer.poll()
         else:
@@ -166,7 +173,12 @@ class SinkRunner:
             for m in msgs:
                 tp = (m.topic() or "", m.partition() or 0)
                 ends[tp] = max(ends.get(tp, 0), (m.offset() or 0) + 1)
+            dead_before = self.stats.dead_letters
             records, raw = self._decode(msgs)
+            if self.stats.dead_letters > dead_before:
+                # acknowledged before the sink writes: a sink that keeps its positions (SQLite) moves them past
+                # the undecodable records in that write, and a crash must not lose their dead letters
+                self._producer.flush()
 
             def dead(rec: Record, reason: str) -> None:
                 m = raw[rec.key]
@@ -183,6 +195,8 @@ class SinkRunner:
             out = deliver(self.sink, records, dead, self.options.backoff, wait, self.stop_event.is_set, retried)
             if out.stopped:
                 return len(msgs)  # stopping mid-retry: this batch is not committed, it is read again next time
+            if out.dead:
+                self._producer.flush()  # the sink's poison, acknowledged before anything else is written
             for tp, end in ends.items():
                 self._pending[tp] = max(self._pending.get(tp, 0), end)
             self.stats.batches += 1
@@ -191,15 +205,42 @@ class SinkRunner:
             self.commit()
         return len(msgs)
 
+    def _rewind(self) -> None:
+        """After a failed poll, read every assigned partition again from where this runner has delivered to (its
+        pending offsets), or else from where the group committed or the sink keeps its position: the poll may have
+        fetched good records with the error and dropped them, and the consumer's position is already past them.
+        A runner that cannot rewind stops (SinkError): going on would commit past records never delivered."""
+        try:
+            parts = self._consumer.assignment()
+            undelivered = [tp for tp in parts if tp not in self._pending]
+            starts = dict(self._pending)
+            if undelivered:
+                starts |= self._starts(undelivered)
+            self._consumer.seek({tp: starts.get(tp, OFFSET_BEGINNING) for tp in parts})
+        except ConsumeError as e:
+            raise SinkError(f"sink {self.sink.name!r}: a poll failed and the runner could not rewind: {e}") from e
+        self.stats.rewinds += 1
+
+    def _starts(self, parts: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Where to read ``parts`` from: the later of the group's commit and the sink's own position."""
+        group = self._consumer.committed(parts)
+        own = self.sink.positions()
+        out = {}
+        for tp in parts:
+            at = max(group.get(tp, -1), own.get(tp, -1))
+            if at >= 0:
+                out[tp] = at
+        return out
+
     def commit(self) -> None:
         """Flush the sink (retrying while it answers retryable), have the dead letters acknowledged, then commit
         every delivered batch's offsets."""
-        flushed = self.sink.flush()
+        flushed = self._flush()
         while flushed.status is Status.RETRYABLE and not self.stop_event.is_set():
             self.stats.retries += 1
             log.warning("sink %s: flush not durable (%s); trying again", self.sink.name, flushed.reason)
             self.stop_event.wait(self.options.backoff.base_s)
-            flushed = self.sink.flush()
+            flushed = self._flush()
         if flushed.status is not Status.OK:
             raise SinkError(f"sink {self.sink.name!r} could not make its writes durable: {flushed.reason or 'stopped'}")
         self._producer.flush()  # the dead letters are acknowledged before their offsets are committed
@@ -212,26 +253,50 @@ class SinkRunner:
         if self._on_batch is not None:
             self._on_batch(self)
 
+    def _flush(self) -> Result:
+        try:
+            return self.sink.flush()
+        except Exception as e:  # a sink's bug: nothing may be committed, and the runner says whose bug it was
+            raise SinkError(f"sink {self.sink.name!r}: flush raised {type(e).__name__}: {e}") from e
+
     # -- the loop -------------------------------------------------------------------------------------------------
 
     def run(self, until_idle: bool = False) -> RunnerStats:
-        """Run until ``stop()`` (or, with ``until_idle``, until three polls in a row after the assignment bring
-        nothing: the sink has caught up); the sink is closed at the end, also after a failure."""
-        idle = 0
+        """Run until ``stop()`` (or, with ``until_idle``, until a poll after the assignment brings nothing and every
+        assigned partition's position has reached its end: the sink has caught up); the sink is closed at the end,
+        also after a failure."""
         try:
-            while not self.stop_event.is_set() and not (until_idle and idle >= 3):
+            while not self.stop_event.is_set():
                 try:
                     got = self.step()
-                    idle = 0 if got or not self.assigned.is_set() else idle + 1
+                    if until_idle and not got and self.assigned.is_set() and self._caught_up():
+                        break
                 except ConsumeError as e:
-                    # a rebalance between poll and commit: the batch is applied (idempotently) and read again
-                    log.warning("sink %s: %s; the batch will be read again", self.sink.name, e)
-                    self._pending = {}
+                    # a failed poll was rewound; a failed commit leaves its offsets pending for the next one (a
+                    # partition lost to a rebalance is read again by its new owner from the last commit)
+                    log.warning("sink %s: %s", self.sink.name, e)
+                    self._keep_assigned()
             if self._pending:  # delivered since the last flush: made durable and committed on the way out
                 self.commit()
             return self.stats
         finally:
             self.close()
+
+    def _caught_up(self) -> bool:
+        if self._pending:  # an idle poll flushes and commits them first
+            return False
+        try:
+            return all(n <= 0 for n in self._consumer.lag().values())
+        except ConsumeError as e:
+            log.warning("sink %s: %s", self.sink.name, e)
+            return False
+
+    def _keep_assigned(self) -> None:
+        try:
+            mine = set(self._consumer.assignment())
+        except ConsumeError:
+            return
+        self._pending = {tp: at for tp, at in self._pending.items() if tp in mine}
 
     def stop(self) -> None:
         self.stop_event.set()

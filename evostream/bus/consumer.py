@@ -123,6 +123,44 @@ class EventConsumer:
             raise ConsumeError(f"could not read committed offsets: {e}") from e
         return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}
 
+    def assignment(self) -> list[tuple[str, int]]:
+        """The (topic, partition)s the group has handed this member now."""
+        try:
+            return [(tp.topic, tp.partition) for tp in self._consumer.assignment()]
+        except KafkaException as e:
+            raise ConsumeError(f"could not read the assignment: {e}") from e
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Read each (topic, partition) from this offset next (an assigned partition; a negative offset is Kafka's
+        logical one, -2 the beginning)."""
+        try:
+            for (t, p), o in offsets.items():
+                self._consumer.seek(TopicPartition(t, p, o))
+        except KafkaException as e:
+            raise ConsumeError(f"could not seek: {e}") from e
+
+    def lag(self, timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
+        """Records each assigned partition holds beyond this member's position (its next offset to read, or, before
+        the first fetch, the group's commit; with neither, the partition's start)."""
+        try:
+            parts = self._consumer.assignment()
+            at = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.position(parts)}
+            unknown = [tp for tp in parts if at[tp.topic, tp.partition] < 0]
+            if unknown:
+                for tp in self._consumer.committed(unknown, timeout=timeout_s):
+                    at[tp.topic, tp.partition] = tp.offset
+            out = {}
+            for tp in parts:
+                marks = self._consumer.get_watermark_offsets(tp, timeout=timeout_s, cached=False)
+                if marks is None:
+                    raise ConsumeError(f"the broker did not say where {tp.topic}[{tp.partition}] ends")
+                low, high = marks
+                pos = at[tp.topic, tp.partition]
+                out[tp.topic, tp.partition] = high - (pos if pos >= 0 else low)
+            return out
+        except KafkaException as e:
+            raise ConsumeError(f"could not measure the lag: {e}") from e
+
     def close(self) -> None:
         self._consumer.close()
 

@@ -29,6 +29,16 @@ OptionOpt = Annotated[
     list[str] | None,
     typer.Option("--option", "-o", help="SINK.OPTION=VALUE, repeatable (else env EVOSTREAM_SINK_<SINK>_<OPTION>)."),
 ]
+GROUP_PREFIX = "evostream-sink-"
+"""The default consumer groups' prefix (``consumers.sinks.runner.group_of``; imported late, as the CLI's services
+are)."""
+GroupOpt = Annotated[
+    str,
+    typer.Option(
+        help="Consumer groups are <prefix><sink>: another prefix reads the topics "
+        "from the start again, apart from other deployments."
+    ),
+]
 PauseOpt = Annotated[float, typer.Option(hidden=True, help="Fault injection: wait between a flush and the commit.")]
 SqlArg = Annotated[str | None, typer.Argument(help="A SELECT statement; none lists the tables and their row counts.")]
 DbOpt = Annotated[
@@ -78,6 +88,7 @@ def run(
     every: Annotated[float, typer.Option(min=0.0, help="Seconds between progress lines (0: none).")] = 10.0,
     until_idle: Annotated[bool, typer.Option(help="Stop once every sink has caught up (a batch job).")] = False,
     pause_before_commit: PauseOpt = 0.0,
+    group_prefix: GroupOpt = GROUP_PREFIX,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Feed every chosen sink from Kafka until Ctrl-C: one consumer group per sink (evostream-sink-<name>), retries
@@ -101,7 +112,7 @@ def run(
         for name, cls in chosen:
             ctx = SinkContext.from_env(name, settings.sinks_dir / name, overrides.get(name))
             ctx.data_dir.mkdir(parents=True, exist_ok=True)
-            runners.append(SinkRunner(server, cls(ctx), options))
+            runners.append(SinkRunner(server, cls(ctx), options, group=f"{group_prefix}{name}"))
     except BaseException:
         for r in runners:
             r.close()

@@ -26,6 +26,9 @@ class Intake:
         self.payloads: list[tuple[int, int]] = []
         """(compressed, raw) bytes of each series payload."""
         self.fail: list[int] = []
+        self._counted: set[tuple[str, tuple[str, ...], int]] = set()
+        """(metric, tags, second) of every count point accepted: Datadog keeps the last value of a series' second,
+        so a second count there would replace the first."""
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -33,6 +36,7 @@ class Intake:
 
     def reset(self) -> None:
         self.series, self.events, self.violations, self.payloads, self.fail = [], [], [], [], []
+        self._counted = set()
 
     def _check(self, ok: bool, what: str) -> None:
         if not ok:
@@ -66,6 +70,10 @@ class Intake:
                         for p in s["points"]:
                             check(isinstance(p["timestamp"], int), "timestamp is not an integer of seconds")
                             check(now - 3600 <= p["timestamp"] <= now + 600, f"{p['timestamp']} out of window")
+                            if s["type"] == 1:
+                                at = (s["metric"], tuple(s["tags"]), p["timestamp"])
+                                check(at not in intake._counted, f"a second count for {at}: Datadog keeps the last")
+                                intake._counted.add(at)
                     intake.series += series
                     return self._reply(202, {"errors": []})
                 if self.path == "/api/v1/events":

@@ -140,3 +140,36 @@ def test_a_missing_key_says_where_to_put_it(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.delenv("DD_API_KEY", raising=False)
     with pytest.raises(SinkConfigError, match="EVOSTREAM_SINK_DATADOG_API_KEY or DD_API_KEY"):
         DatadogSink(SinkContext("datadog", tmp_path, {}))
+
+
+def test_a_second_waits_until_it_closes_and_a_late_count_moves_to_the_next(intake: Intake, tmp_path: Path) -> None:
+    intake.reset()
+    sink = DatadogSink(SinkContext("datadog", tmp_path, {"api_key": KEY, "host": intake.url}))
+    try:
+        recs = recent(("evo.completions",), per_topic=4)  # a millisecond apart: one second
+        assert sink.write(recs[:2]).status is Status.OK
+        assert intake.series == []  # their second may still get points: it waits
+        assert sink.flush().status is Status.OK  # the runner's commit: the held second goes
+        assert sink.write(recs[2:]).status is Status.OK  # the same series and second, after it went
+        assert sink.flush().status is Status.OK
+    finally:
+        sink.close()
+    assert not intake.violations, intake.violations  # the intake flags a count second used twice
+    points = [(p["timestamp"], p["value"]) for s in intake.series if s["metric"] == "evostream.sink.records"
+              for p in s["points"]]  # fmt: skip
+    second = recs[0].value["completed_at_us"] // 1_000_000
+    assert points == [(second, 2.0), (second + 1, 2.0)]
+
+
+def test_a_refused_key_is_retried_not_dead_lettered(intake: Intake, tmp_path: Path) -> None:
+    intake.reset()
+    sink = DatadogSink(SinkContext("datadog", tmp_path, {"api_key": KEY, "host": intake.url}))
+    try:
+        assert sink.write(recent(("evo.completions",), per_topic=2)).status is Status.OK
+        intake.fail = [403]
+        out = sink.flush()
+        assert out.status is Status.RETRYABLE and "403" in out.reason and not out.poison
+        assert sink.flush().status is Status.OK and sink.refused == 0
+    finally:
+        sink.close()
+    assert sum(p["value"] for s in intake.series if s["metric"] == "evostream.sink.records" for p in s["points"]) == 2

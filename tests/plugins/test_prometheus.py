@@ -13,6 +13,7 @@ import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,29 @@ def test_the_dashboard_queries_only_metrics_the_sink_serves(served: tuple[Promet
     used = {t["expr"] for p in dashboard["panels"] for t in p["targets"]}
     metrics = {m for e in used for m in re.findall(r"\bevostream_[a-z_]+", e)}
     assert metrics and metrics <= names, metrics - names
+
+
+def test_a_new_versions_event_series_start_at_zero_and_promotions_count_against_max_versions(tmp_path: Path) -> None:
+    sink = PrometheusSink(SinkContext("prometheus", tmp_path, {"port": "0", "max_versions": "2"}))
+    try:
+        recs = sample_records(("evo.completions",), 1)  # one version seen, no drift window or alert of it yet
+        assert sink.write(recs).status is Status.OK
+        version = recs[0].value["model_version"]
+        got = scrape(sink)
+        windows = {(lb["model_version"], lb["fired"]): v for lb, v in got["evostream_drift_windows_total"]}
+        assert windows == {(version, "true"): 0.0, (version, "false"): 0.0}
+        alerts = {(lb["model_version"], lb["severity"]): v for lb, v in got["evostream_alerts_total"]}
+        assert alerts == {(version, s): 0.0 for s in ("INFO", "WARNING", "CRITICAL")}
+        # promotions name versions too: tiny-b fills max_versions=2, and a promotion of a third is poison
+        gov = [r for r in sample_records(("evo.governance",), 6) if r.value["type"] == "Promoted"]
+        assert (
+            [json.loads(r.value["payload_json"])["version"] for r in gov] == ["tiny-a", "tiny-b"] == [version, "tiny-b"]
+        )
+        third = replace(gov[1], offset=99, value={**gov[1].value, "payload_json": json.dumps(
+            {"alias": None, "stage": "production", "version": "tiny-c"})})  # fmt: skip
+        out = sink.write([*gov, third])
+        assert out.status is Status.FAILED and [r.key for r in out.poison] == [third.key]
+        active = {lb["model_version"]: v for lb, v in scrape(sink)["evostream_model_active"]}
+        assert active == {"tiny-a": 0.0, "tiny-b": 1.0} and sink.versions == {"tiny-a", "tiny-b"}
+    finally:
+        sink.close()

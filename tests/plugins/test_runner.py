@@ -17,6 +17,7 @@ import pytest
 from consumers.sinks.delivery import Backoff
 from consumers.sinks.runner import RunnerOptions, SinkRunner
 from evostream.bus.consumer import EventConsumer
+from evostream.errors import ConsumeError
 from plugins.api import SinkContext
 from plugins.sqlite import SqliteSink, connect
 from schemas.catalog import ALERTS, DLQ, RISK
@@ -98,13 +99,20 @@ def test_records_are_stored_poison_and_garbage_dead_lettered_and_offsets_committ
     assert "refused by the test" in refused["error"] and refused["raw_value"]
 
     # the group committed every partition at least as far as the sink's own positions, and further exactly where
-    # the runner dead-lettered undecodable records without handing them to the sink
+    # the runner dead-lettered undecodable records without handing them to the sink; the sink's position stays at
+    # the record it refused (its dead letter was sent after the write), the group's moved past it
     with contextlib.closing(sqlite_sink(db)) as again:
         own = dict(again.positions())
-    group_at = committed(kafka, group, list(own))
-    garbage = Counter((d["source_topic"], d["partition"]) for d in dead if d["error_type"] == "BadMagicError"
-                      and (d["original_key"] or b"").startswith(marker.encode()))  # fmt: skip
-    assert {tp: at - own[tp] for tp, at in group_at.items() if at != own[tp]} == garbage
+    junk = [d for d in dead if d["error_type"] == "BadMagicError" and (d["original_key"] or b"").startswith(
+        marker.encode())]  # fmt: skip
+    garbage = Counter((d["source_topic"], d["partition"]) for d in junk)
+    group_at = committed(kafka, group, list(set(own) | set(garbage)))
+    held = (ALERTS, refused["partition"])
+    assert own[held] == refused["offset"] < group_at[held]
+    assert {tp: at - own[tp] for tp, at in group_at.items() if tp in own and at != own[tp] and tp != held} == Counter(
+        {tp: n for tp, n in garbage.items() if tp in own})  # fmt: skip
+    for tp in set(garbage) - set(own):  # a partition that held nothing but garbage: the sink never saw it
+        assert group_at[tp] == max(d["offset"] for d in junk if (d["source_topic"], d["partition"]) == tp) + 1
 
 
 def test_a_sink_that_cannot_write_holds_back_no_other(kafka: str, tmp_path: Path) -> None:
@@ -138,3 +146,27 @@ def test_until_idle_returns_once_the_sink_has_caught_up(kafka: str, tmp_path: Pa
     assert stats.commits >= 1 and stats.records >= 12
     assert count_rows(db, "traces", "trace_id LIKE ?", f"{marker}-%") == 2
     assert count_rows(db, "governance_events", "event_id LIKE ?", f"{marker}-%") == 2
+
+
+def test_a_poll_that_fails_after_fetching_loses_nothing(kafka: str, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex[:8]
+    produce(kafka, marked(SqliteSink.topics, 3, marker), marker=marker)
+    db = tmp_path / "r.db"
+    runner = SinkRunner(kafka, sqlite_sink(db), FAST, group=f"test-rewind-{marker}")
+    real, dropped = runner._consumer.poll_batch, []
+
+    def poll_then_fail(max_records: int, timeout_s: float) -> list[Any]:
+        msgs = real(max_records, timeout_s)
+        mine = [m for m in msgs if (m.key() or b"").startswith(marker.encode())]
+        if mine and not dropped:  # the fault lands on a poll that fetched this test's records: they go with it
+            dropped.extend(mine)
+            raise ConsumeError("injected: a partition error in the same fetch")
+        return msgs
+
+    runner._consumer.poll_batch = poll_then_fail  # type: ignore[method-assign]
+    stats = runner.run(until_idle=True)
+    assert dropped and stats.rewinds == 1
+    like = f"{marker}-%"
+    counts = {t: count_rows(db, t, "trace_id LIKE ?", like) for t in ("traces", "risk_reports", "alerts")}
+    assert counts == {"traces": 3, "risk_reports": 3, "alerts": 3}
+    assert count_rows(db, "governance_events", "event_id LIKE ?", like) == 3

@@ -156,3 +156,23 @@ def test_a_folder_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(SinkConfigError, match="cannot create the folder"):
         SqliteSink(SinkContext("sqlite", tmp_path, {"path": str(tmp_path / "file" / "sub" / "r.db")}))
+
+
+def test_a_null_in_a_required_column_is_poison_not_silently_dropped(tmp_path: Path) -> None:
+    sink = SqliteSink(SinkContext("sqlite", tmp_path, {"path": str(tmp_path / "r.db")}))
+    try:
+        recs = sample_records(("evo.completions",), 3)
+        bad = recs[1]
+        broken = Record(bad.topic, bad.partition, bad.offset, bad.schema, {**bad.value, "output_text": None},
+                        bad.timestamp_us, bad.raw_key)  # fmt: skip
+        out = sink.write([recs[0], broken, recs[2]])
+        assert out.status is Status.FAILED and [r.key for r in out.poison] == [bad.key]
+        assert "NOT NULL" in out.reason
+        assert sink.positions() == {("evo.completions", 0): bad.offset}  # held at the poison record
+        with contextlib.closing(connect(sink.path, read_only=True)) as c:
+            keys = [k for (k,) in c.execute("SELECT record_key FROM traces ORDER BY record_key")]
+        assert keys == [recs[0].key, recs[2].key]
+        assert sink.write(recs).status is Status.OK  # once it is fixed upstream and redelivered, it is stored
+        assert sink.positions() == {("evo.completions", 0): 3}
+    finally:
+        sink.close()

@@ -21,7 +21,6 @@ from plugins.sqlite import SqliteSink, connect
 from tests.plugins.kafka import committed, count_rows, marked, produce
 
 pytestmark = pytest.mark.integration
-GROUP = "evostream-sink-sqlite"
 
 
 def wait_for(what: Callable[[], bool], timeout_s: float, why: str, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -34,15 +33,17 @@ def wait_for(what: Callable[[], bool], timeout_s: float, why: str, proc: subproc
         time.sleep(0.2)
 
 
-def runner(kafka: str, db: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+def runner(kafka: str, db: Path, log: Path, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "EVOSTREAM_SINK_SQLITE_PATH": str(db), "EVOSTREAM_SINKS_DIR": str(db.parent / "sinks")}
     cmd = [sys.executable, "-m", "evostream.cli", "sinks", "run", "--sinks", "sqlite", "--bootstrap", kafka,
-           "--every", "0", *extra]  # fmt: skip
+           "--every", "0", "--group-prefix", prefix, *extra]  # fmt: skip
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
 def test_a_kill_between_write_and_commit_leaves_exactly_one_row_per_report(kafka: str, tmp_path: Path) -> None:
     marker = uuid.uuid4().hex[:8]
+    prefix = f"test-kill-{marker}-"  # a group of its own: no other run has committed anything in it
+    group = f"{prefix}sqlite"
     values = marked(SqliteSink.topics, 5, marker)
     produce(kafka, values)
     db, like = tmp_path / "reports.db", f"{marker}-%"
@@ -58,12 +59,12 @@ def test_a_kill_between_write_and_commit_leaves_exactly_one_row_per_report(kafka
     first_log = tmp_path / "first.log"
     # every batch waits 10 s between its flush and its commit; the reports of this test are written last, so once
     # they are all in the database the runner is inside that wait
-    first = runner(kafka, db, first_log, "--pause-before-commit", "10", "--max-records", "100000")
+    first = runner(kafka, db, first_log, prefix, "--pause-before-commit", "10", "--max-records", "100000")
     try:
         wait_for(all_stored, 120, "the first runner did not store the reports", first, first_log)
         with contextlib.closing(connect(db, read_only=True)) as c:
             own = {(t, p): o for t, p, o in c.execute("SELECT topic, partition, next_offset FROM sink_positions")}
-        group_at = committed(kafka, GROUP, list(own))
+        group_at = committed(kafka, group, list(own))
         behind = {tp: (group_at.get(tp), at) for tp, at in own.items() if group_at.get(tp, 0) < at}
         assert behind, "the kill must land after the sink's write and before the commit"
     finally:
@@ -72,9 +73,9 @@ def test_a_kill_between_write_and_commit_leaves_exactly_one_row_per_report(kafka
     assert first.returncode == -signal.SIGKILL
 
     second_log = tmp_path / "second.log"
-    second = runner(kafka, db, second_log)
+    second = runner(kafka, db, second_log, prefix)
     try:
-        wait_for(lambda: all(committed(kafka, GROUP, list(own)).get(tp, 0) >= at for tp, at in own.items()), 120,
+        wait_for(lambda: all(committed(kafka, group, list(own)).get(tp, 0) >= at for tp, at in own.items()), 120,
                  "the restarted runner did not catch up", second, second_log)  # fmt: skip
     finally:
         second.send_signal(signal.SIGTERM)
