@@ -73,12 +73,16 @@ def test_a_lost_broker_is_logged_once_and_its_return_once(
         _poll_for(consumer, producer, 60.0, until=lambda: consumer.watch.connected and producer.watch.connected)
         producer.send(topic, b"k", b"after")
         producer.flush()
-        assert consumer.watch.restored == 1 and consumer.watch.connected
-        assert producer.watch.restored == 1 and producer.watch.connected
+        # each loss said once and each return once: a broker that has just started can drop a client once more
+        # (seen in CI on a loaded machine: lost and restored twice), which is a loss and a return of their own
+        for watch in (consumer.watch, producer.watch):
+            assert watch.connected and watch.restored == watch.lost >= 1, (watch.client, watch.lost, watch.restored)
         back = [r for r in caplog.records if "again" in r.getMessage()]
+        lost = [r for r in caplog.records if "lost the Kafka cluster" in r.getMessage()]
         assert sorted(r.getMessage().split(" reached")[0] for r in back) == sorted(
-            [f"consumer {consumer_group}", "producer"]
+            [f"consumer {consumer_group}"] * consumer.watch.restored + ["producer"] * producer.watch.restored
         ), [r.getMessage() for r in back]
+        assert len(lost) == consumer.watch.lost + producer.watch.lost
     finally:
         consumer.close()
         stack.down()
