@@ -36,6 +36,9 @@ from schemas.catalog import CATALOG, STEPS, TopicSpec
 from schemas.codec import RecordCodec
 from schemas.samples import generation_step
 
+TUNED = {"broker_max_poll_records": 10_000, "stream_buffer_maxsize": 65_536, "consumer_max_fetch_size": 8 << 20}
+"""Consumer settings raised from Faust's defaults (None = aiokafka's 500 records per poll, a 4,096-event buffer
+per partition, 1 MiB per partition fetch), and Faust's Monitor sensor removed."""
 PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEPS)
 
 
@@ -90,9 +93,20 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
     import faust
     from faust.worker import Worker
 
-    app = faust.App(f"floor-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
+    from stream_processors.transport import App
+
+    fast = kind.endswith("-fast")
+    kind = kind.removesuffix("-fast")
+    tuned = TUNED if kind.endswith("-tuned") or fast else {}
+    app = (App if fast else faust.App)(f"floor-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
                     web_enabled=False, topic_partitions=PARTITIONS, consumer_auto_offset_reset="earliest",
-                    datadir=f"/tmp/floor-{os.getpid()}", stream_wait_empty=False)  # fmt: skip
+                    datadir=f"/tmp/floor-{os.getpid()}", stream_wait_empty=False, **tuned)  # fmt: skip
+    if tuned:
+
+        @app.task
+        async def quiet_monitor() -> None:  # Faust's Monitor sensor times every event: measure it
+            app.sensors.remove(app.monitor)
+
     source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     codec = RecordCodec("GenerationStep")
     seen = {"n": 0, "t0": 0.0}
@@ -113,7 +127,7 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
                 tick(1)
 
     else:
-        decode = kind == "faust-decode"
+        decode = kind.startswith("faust-decode")
 
         @app.agent(source)
         async def batches(stream: faust.StreamT[bytes]) -> None:
@@ -159,6 +173,10 @@ def main() -> None:
                 rows.setdefault("confluent-kafka consume", []).append(confluent(bootstrap, topic, args.records))
                 for kind, name in (("aiokafka", "aiokafka getmany"), ("faust-batch", "faust take_events (no-op)"),
                                    ("faust-decode", "faust take_events + fastavro"),
+                                   ("faust-batch-tuned", "faust take_events, tuned (no-op)"),
+                                   ("faust-decode-tuned", "faust take_events + fastavro, tuned"),
+                                   ("faust-batch-tuned-fast", "faust take_events, inline hand-over (no-op)"),
+                                   ("faust-decode-tuned-fast", "faust take_events + fastavro, inline hand-over"),
                                    ("faust-events", "faust events() one by one (no-op)")):  # fmt: skip
                     rows.setdefault(name, []).append(in_child(kind, bootstrap, topic, args.records))
                     print(f"  {name}: {rows[name][-1]:,.0f}/s", file=sys.stderr)

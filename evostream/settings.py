@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +38,11 @@ class Settings(BaseSettings):
     processors_app_id: str = Field(
         default="evostream-processors",
         description="The stream processors' consumer group and the prefix of their changelog topics.",
+    )
+    processors_handover: Literal["inline", "faust"] = Field(
+        default="inline",
+        description="How the processors' fetcher hands messages to the agents: inline (started in place, a task only "
+        "for one that waits) or faust (Faust's own loop: four tasks per message).",
     )
     governance_dir: Path = Field(
         default_factory=lambda: _home(".local", "share", "evostream", "governance"),

@@ -50,6 +50,7 @@ from stream_processors.profiling.window import ProfilePolicy
 from stream_processors.risk.policy import RiskPolicy, load_policies
 from stream_processors.risk.tracker import TABLE as RISK_TABLE
 from stream_processors.risk.tracker import RiskTracker
+from stream_processors.transport import App
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Processors:
         app_id: str,
         drift: DriftTracker,
         profile: ProfileTracker,
+        handover: str = "inline",
     ) -> None:
         self.tracker = RiskTracker(policies)
         self.drift_tracker = drift
@@ -86,7 +88,8 @@ class Processors:
         self._metadata_ready: set[str] = set()
         self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
         self._profile_lock = asyncio.Lock()  # the step agent, the neuron agent and the window timer write profiles
-        app = faust.App(
+        # Faust's app, with the inline hand-over of fetched messages unless told otherwise (see transport.py)
+        app = (App if handover == "inline" else faust.App)(
             app_id,
             broker=f"kafka://{bootstrap}",
             store="memory://",
@@ -388,6 +391,7 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
             load_drift_policies(), DriftWindows(settings.drift_reference_size, settings.drift_window_size)
         ),
         profile=ProfileTracker(ProfilePolicy(window_s=settings.profile_window_s)),
+        handover=settings.processors_handover,
     )
 
 
