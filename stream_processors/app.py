@@ -2,6 +2,10 @@
 
 Topics: reads evo.steps and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
 state on the same partition, and by model version for drift), writes evo.risk, evo.alerts, evo.drift and evo.dlq.
+Steps are read once, by the risk agent, which also sends profiling its share of each batch: one ProfileDelta per
+model, keyed by model, on the internal topic ``<app_id>-profile-deltas`` (``profiling/delta.py``), rather than every
+step forwarded a second time by model. The profiling agent skips a delta's steps that it folded already, step by
+step, so a delta sent again by a replay counts nothing twice.
 State: the tables ``risk-traces``, ``drift-models`` and ``profile-models``, each backed by its changelog topic; a
 restarted worker rebuilds them from there.
 
@@ -24,10 +28,12 @@ set, input offsets are never committed, so the restart replays from the start.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import signal
+import types
 from collections.abc import Awaitable, Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +50,7 @@ from stream_processors.drift.policy import load_drift_policies
 from stream_processors.drift.tracker import DriftTracker, DriftWindows
 from stream_processors.drift.tracker import table_name as drift_table
 from stream_processors.fold import Fold
+from stream_processors.profiling.delta import Columns, columns, deltas
 from stream_processors.profiling.tracker import ProfileTracker
 from stream_processors.profiling.tracker import table_name as profile_table
 from stream_processors.profiling.window import ProfilePolicy
@@ -77,7 +84,7 @@ class Processors:
         self.drift_tracker = drift
         self.profile_tracker = profile
         names = ("GenerationStep", "Completion", "RiskReport", "RiskAlert", "DeadLetter", "DriftReport",
-                 "ProfileSnapshot", "NeuronCounts")  # fmt: skip
+                 "ProfileSnapshot", "NeuronCounts", "ProfileDelta")  # fmt: skip
         self.codecs = {n: RecordCodec(n) for n in names}
         self.stats = {"steps": 0, "completions": 0, "drift_completions": 0, "profile_steps": 0, "duplicates_risk": 0,
                       "duplicates_drift": 0, "duplicates_profile": 0, "dead_letters": 0, "alerts": 0, "drift": 0,
@@ -89,8 +96,9 @@ class Processors:
         self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
         self._profile_lock = asyncio.Lock()  # the step agent, the neuron agent and the window timer write profiles
         # Faust's app, with the inline hand-over of fetched messages unless told otherwise (see transport.py)
-        app = (App if handover == "inline" else faust.App)(
+        app = App(
             app_id,
+            handover=handover,
             broker=f"kafka://{bootstrap}",
             store="memory://",
             datadir=str(datadir),
@@ -117,6 +125,7 @@ class Processors:
         self.drift = app.topic(DRIFT, **raw)
         self.profiles = app.topic(PROFILES, **raw)
         self.neurons = app.topic(NEURONS, **raw)
+        self.profile_deltas = app.topic(f"{app_id}-profile-deltas", internal=True, partitions=STEP_PARTITIONS, **raw)
         self.table = app.Table(
             RISK_TABLE,
             default=None,
@@ -144,7 +153,7 @@ class Processors:
             help="the open profiling window per model version",
         )
         app.agent(self.completions, name="drift-completions")(self._on_drift)
-        app.agent(self.steps, name="profile-steps")(self._on_profile)
+        app.agent(self.profile_deltas, name="profile-deltas")(self._on_profile)
         app.agent(self.neurons, name="profile-neurons")(self._on_neurons)
         app.timer(interval=self.profile_tracker.policy.grace_s)(self._close_idle_windows)
         app.timer(interval=60.0)(self._log_stats)
@@ -171,20 +180,40 @@ class Processors:
         async with self._risk_lock:
             touched: dict[bytes, dict[str, Any]] = {}
             acks: list[Awaitable[Any]] = []
-            sent: list[list[str]] = []
-            for i, event in enumerate(events):
+            if record == "Completion":
+                for event in events:
+                    rec = await self._decode(record, event)
+                    if rec is None:
+                        continue
+                    key = str(rec["trace_id"]).encode()
+                    state = touched[key] if key in touched else self.table.get(key)
+                    out = self.tracker.on_completion(state, rec, event.message.offset, now_us())
+                    if await self._publish(key, out, counter, acks, 1):
+                        touched[key] = out.state
+                await self._write(self.table, touched, acks)
+                return
+            # steps: each trace's steps of the batch folded in one go (TraceRisk built and stored once per trace)
+            by_trace: dict[bytes, list[tuple[dict[str, Any], int]]] = {}
+            by_model: dict[str, list[dict[str, Any]]] = {}
+            for event in events:
                 rec = await self._decode(record, event)
                 if rec is None:
                     continue
-                key = str(rec["trace_id"]).encode()
-                state = touched[key] if key in touched else self.table.get(key)
-                offset = event.message.offset
-                fold = self.tracker.on_step if record == "GenerationStep" else self.tracker.on_completion
-                out = fold(state, rec, offset, now_us())
-                if await self._publish(key, out, counter, acks):
+                by_trace.setdefault(str(rec["trace_id"]).encode(), []).append((rec, event.message.offset))
+                by_model.setdefault(str(rec["model_version"]), []).append(rec)
+            sent: list[list[str]] = []
+            done = 0
+            for key, steps in by_trace.items():
+                out = self.tracker.on_steps(self.table.get(key), steps, now_us())
+                done += len(steps)
+                if await self._publish(key, out, counter, acks, len(steps)):
                     touched[key] = out.state
-                    if self._kill_after and record == "GenerationStep" and rec["model_version"] == self._kill_model:
-                        await self._maybe_fault(out, sent, i, len(events))
+                    if self._kill_after and steps[0][0]["model_version"] == self._kill_model:
+                        await self._maybe_fault(out, sent, len(steps) - out.duplicates, done, len(events))
+            for model, recs in by_model.items():  # profiling's share of the batch, acknowledged like its reports
+                for delta in deltas(model, recs):
+                    delta_bytes = self.codecs["ProfileDelta"].encode(delta)
+                    acks.append(await self.profile_deltas.send(key=model.encode(), value=delta_bytes))
             await self._write(self.table, touched, acks)
 
     async def _write(self, table: Any, states: Mapping[bytes, dict[str, Any]], acks: list[Awaitable[Any]]) -> None:
@@ -222,25 +251,33 @@ class Processors:
             await self._write(self.drift_table, touched, acks)
 
     async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
-        by_model = stream.group_by(lambda value: self._step_model(value), name="steps-by-model")
-        # take_events acks a batch once it is folded and stored (not in StreamT's stubs)
-        async for events in by_model.take_events(2000, within=0.5):  # type: ignore[attr-defined]
-            per_model: dict[str, list[dict[str, Any]]] = {}
+        # ProfileDeltas, one per model and step batch, keyed by model: a few per second where steps were thousands
+        async for events in stream.take_events(50, within=0.5):  # type: ignore[attr-defined]
+            per_model: dict[str, list[Columns]] = {}
             for event in events:
+                rec = await self._decode("ProfileDelta", event)
+                if rec is None:
+                    continue
                 try:
-                    rec = self.codecs["GenerationStep"].decode(bytes(event.value or b""))
-                except DecodeError:
-                    continue  # the risk agent dead-letters undecodable steps
-                per_model.setdefault(str(rec["model_version"]), []).append(rec)
+                    cols = columns(rec)
+                except DecodeError as e:
+                    log.warning("profile delta of %s dropped: %s", rec["model_version"], e)
+                    continue
+                per_model.setdefault(cols.model_version, []).append(cols)
             async with self._profile_lock:  # the neuron agent and the idle-window timer write the same keys
                 touched: dict[bytes, dict[str, Any]] = {}
                 acks: list[Awaitable[Any]] = []
-                for model, steps in per_model.items():
-                    out = self.profile_tracker.on_steps(model, self.profile_table.get(model.encode()), steps, now_us())
-                    self.stats["duplicates_profile"] += out.duplicates
-                    self.stats["profile_steps"] += len(steps) - out.duplicates
-                    acks += await self._publish_profiles(model, out.reports)
-                    touched[model.encode()] = out.state
+                for model, batches in per_model.items():
+                    key = model.encode()
+                    state: dict[str, Any] | None = self.profile_table.get(key)
+                    for cols in batches:
+                        out = self.profile_tracker.on_delta(model, state, cols, now_us())
+                        self.stats["duplicates_profile"] += out.duplicates
+                        self.stats["profile_steps"] += len(cols) - out.duplicates
+                        acks += await self._publish_profiles(model, out.reports)
+                        state = out.state
+                    if state is not None:
+                        touched[key] = state
                 await self._write(self.profile_table, touched, acks)
 
     async def _on_neurons(self, stream: faust.StreamT[bytes]) -> None:
@@ -292,26 +329,28 @@ class Processors:
         lines = []
         for task in asyncio.all_tasks():
             lines.append(f"task {task.get_name()}:")
-            aw: Any = task.get_coro()
-            while aw is not None:  # the await chain, outermost first (Task.get_stack stops at the outermost frame)
-                frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None) or getattr(aw, "ag_frame", None)
-                if frame is not None:
-                    lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
-                aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None) or getattr(aw, "ag_await", None)
+            lines += _await_chain(task.get_coro())
+        # an agent's own coroutine hides behind Faust's actor (a coroutine_wrapper, which has no frame)
+        for obj in gc.get_objects():
+            if not isinstance(obj, types.CoroutineType) or obj.cr_code.co_filename != __file__:
+                continue
+            if obj.cr_code.co_name.startswith("_on_"):
+                lines.append(f"agent {obj.cr_code.co_name}:")
+                lines += _await_chain(obj)
         log.warning("asyncio tasks on SIGUSR1:\n%s", "\n".join(lines))
 
-    async def _maybe_fault(self, out: Fold, sent: list[list[str]], index: int, batch: int) -> None:
+    async def _maybe_fault(self, out: Fold, sent: list[list[str]], folded: int, done: int, batch: int) -> None:
         """Test-only (``EVOSTREAM_FAULT_KILL_AFTER``): kill -9 mid-batch, once a FINAL this batch sent is on the
         broker and before this batch's state is written, at the first such step from the n-th folded on. (A plain
         "after the n-th step" missed that window when partitions were folded unevenly: CI saw a batch with no FINAL.)"""
         sent += [[str(r["trace_id"]), str(r["stage"])] for r in out.reports]
-        self._folded += 1
-        mid_batch = index + 1 < batch
+        self._folded += folded
+        mid_batch = done < batch
         if self._folded < self._kill_after or not mid_batch or not any(stage == "FINAL" for _, stage in sent):
             return
         await self.app.producer.flush()  # what was sent is on the broker: the replay must meet it there
         log.warning("fault injection: SIGKILL after folded step %d (event %d of a batch of %d); reports sent by "
-                    "this batch before its state write: %s", self._folded, index + 1, batch,
+                    "this batch before its state write: %s", self._folded, done, batch,
                     json.dumps(sent))  # fmt: skip
         for handler in logging.getLogger().handlers:
             handler.flush()
@@ -338,12 +377,6 @@ class Processors:
             acks.append(await self.profiles.send(key=model.encode(), value=self.codecs["ProfileSnapshot"].encode(snap)))
         return acks
 
-    def _step_model(self, value: bytes) -> bytes:
-        try:
-            return str(self.codecs["GenerationStep"].decode(value)["model_version"]).encode()
-        except DecodeError:
-            return b"undecodable"
-
     def _trace_of(self, value: bytes) -> bytes:
         return self._field_of(value, "trace_id")
 
@@ -353,13 +386,13 @@ class Processors:
         except DecodeError:
             return b"undecodable"  # decoded again after the repartition, and dead-lettered there
 
-    async def _publish(self, key: bytes, out: Fold, counter: str, acks: list[Awaitable[Any]]) -> bool:
-        """Send the outcome's reports and alerts (their acks join ``acks``); False for a duplicate (nothing to
-        store)."""
-        if out.duplicates:
-            self.stats["duplicates_risk"] += out.duplicates
+    async def _publish(self, key: bytes, out: Fold, counter: str, acks: list[Awaitable[Any]], inputs: int) -> bool:
+        """Send the outcome of folding ``inputs`` records (its reports and alerts, whose acks join ``acks``); False
+        when every input was a duplicate (nothing to store)."""
+        self.stats["duplicates_risk"] += out.duplicates
+        if out.duplicates == inputs:
             return False
-        self.stats[counter] += 1
+        self.stats[counter] += inputs - out.duplicates
         for report in out.reports:
             acks.append(await self.risk.send(key=key, value=self.codecs["RiskReport"].encode(report)))
         for alert in out.alerts:
@@ -377,6 +410,17 @@ class Processors:
             rec = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, event.value, e, self.app.conf.id, now_us())
             await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
             return None
+
+
+def _await_chain(aw: Any) -> list[str]:
+    """Where a coroutine waits: its await chain, outermost first (``Task.get_stack`` stops at the outermost frame)."""
+    lines = []
+    while aw is not None:
+        frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None) or getattr(aw, "ag_frame", None)
+        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}" if frame is not None
+                     else f"  awaits {aw!r:.200}")  # fmt: skip
+        aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None) or getattr(aw, "ag_await", None)
+    return lines
 
 
 def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:

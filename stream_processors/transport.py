@@ -115,12 +115,49 @@ class Consumer(driver.Consumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
 
+class Producer(driver.Producer):
+    """The aiokafka producer, tracking the metadata of every topic it sends to.
+
+    aiokafka's client fetches metadata for every topic while it tracks none, and only for the tracked ones once it
+    tracks any (``add_topic``), replacing what it knew. A send to a topic its metadata held already does not track
+    it: once any other topic was tracked (a changelog's, a topic first sent to later), that topic fell out of the
+    metadata, its partitions had no leader, and its batches waited forever, and with them every acknowledgement,
+    flush and commit after them (seen: a worker's sends to its internal deltas topic). Each send tracks its topic
+    first (a finished future when it is tracked already)."""
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+        *,
+        transactional_id: str | None = None,
+    ) -> Any:
+        await self._ensure_producer().client.add_topic(topic)
+        return await super().send(topic, key, value, partition, timestamp, headers, transactional_id=transactional_id)
+
+
 class Transport(driver.Transport):
     Consumer = Consumer
+    Producer = Producer
+
+
+class FaustHandoverTransport(driver.Transport):
+    """Faust's own consumer loop (``EVOSTREAM_PROCESSORS_HANDOVER=faust``), with the producer above."""
+
+    Producer = Producer
 
 
 class App(faust.App):
-    """A Faust app on this transport for its consumer (its producer is Faust's own)."""
+    """A Faust app on this transport: the inline hand-over unless ``handover="faust"``, and the producer above."""
+
+    def __init__(self, *args: Any, handover: str = "inline", **kwargs: Any) -> None:
+        self._handover = handover
+        super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
-        return Transport(self.conf.broker_consumer, self)
+        kind = Transport if self._handover == "inline" else FaustHandoverTransport
+        return kind(self.conf.broker_consumer, self)

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from stream_processors.fold import Fold
+from stream_processors.profiling.delta import Columns
 from stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
 
 STATE_LAYOUT = 1
@@ -50,6 +51,27 @@ class ProfileTracker:
             # written): its steps are recognised there, not folded into the open window a second time
             if int(step["step"]) <= st.get("closed", {}).get(str(step["trace_id"]), -1) or not win.add_step(step):
                 duplicates += 1
+        st["window"] = win.to_state() if win is not None else None
+        return Fold(st, snapshots, duplicates=duplicates)
+
+    def on_delta(self, model: str, state: Mapping[str, Any] | None, cols: Columns, now_us: int) -> Fold:
+        """``on_steps`` for the steps of a ProfileDelta: the same windows, closings and skipped duplicates."""
+        st = dict(state or {"window_start": None, "window": None})
+        snapshots, duplicates = [], 0
+        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
+        order = np.argsort(cols.emitted_at_us, kind="stable")
+        at = cols.emitted_at_us[order]
+        starts = at - at % (self.policy.window_s * 1_000_000)
+        i = 0
+        while i < len(order):
+            if win is None or int(starts[i]) > st["window_start"]:
+                if win is not None and win.steps:
+                    snapshots.append(win.snapshot(model, now_us))
+                    st["closed"] = dict(win.applied)
+                win, st["window_start"] = ProfileWindow(self.policy), int(starts[i])
+            j = int(np.searchsorted(starts, st["window_start"], side="right"))  # this window's run (and late steps)
+            duplicates += win.add_columns(cols, order[i:j], st.get("closed", {}))
+            i = j
         st["window"] = win.to_state() if win is not None else None
         return Fold(st, snapshots, duplicates=duplicates)
 

@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from evostream.errors import FoldError
 from schemas.tensors import step_heads, step_layers
+from stream_processors.profiling.delta import Columns
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,52 @@ class ProfileWindow:
             if len(self.paths) > p.max_paths:  # keep the heavy hitters; rare n-grams cannot make the top list
                 self.paths = Counter(dict(self.paths.most_common(p.max_paths // 2)))
         return True
+
+    def add_columns(self, cols: Columns, rows: npt.NDArray[np.intp], closed: Mapping[str, int]) -> int:
+        """Fold rows ``rows`` of a ProfileDelta in, in that order, as ``add_step`` would fold those steps one by one
+        (sums with numpy; a trace's step at or below its last folded one, or at or below ``closed``, is skipped).
+        How many were skipped."""
+        p = self.policy
+        kept: list[int] = []
+        for r in rows.tolist():
+            trace, step = cols.trace_ids[r], int(cols.steps[r])
+            if step <= closed.get(trace, -1) or step <= self.applied.get(trace, -1):
+                continue
+            self.applied[trace] = step
+            self.traces.add(trace)
+            tail = [*self.tails.get(trace, []), int(cols.token_ids[r])][-p.ngram :]
+            self.tails[trace] = tail
+            if len(tail) == p.ngram:
+                self.paths[" ".join(map(str, tail))] += 1
+                if len(self.paths) > p.max_paths:
+                    self.paths = Counter(dict(self.paths.most_common(p.max_paths // 2)))
+            kept.append(r)
+        if not kept:
+            return len(rows)
+        k = np.asarray(kept, dtype=np.intp)
+        self.steps += len(k)
+        at = cols.emitted_at_us[k]
+        self._span(int(at.min()))
+        self._span(int(at.max()))
+        heads = cols.heads[k]
+        if heads[0].size:
+            ok = np.isfinite(heads).all(axis=(1, 2))
+            if ok.any():
+                self.signal = cols.signals[int(k[ok][-1])]
+                total = heads[ok].sum(axis=0)
+                self.head_sum = total if self.head_sum is None else self.head_sum + total
+                self.head_steps += int(ok.sum())
+        l2 = cols.layer_l2[k]
+        if l2.shape[1]:
+            ok = np.isfinite(l2).all(axis=1)
+            if ok.any():
+                x = l2[ok]
+                changed = np.ones(x.shape, dtype=np.int64)
+                changed[:, 1:] = np.abs(x[:, 1:] - x[:, :-1]) / np.maximum(x[:, :-1], 1e-12) > p.layer_change
+                total_changed = changed.sum(axis=0)
+                self.layer_changed = total_changed if self.layer_changed is None else self.layer_changed + total_changed
+                self.layer_steps += int(ok.sum())
+        return len(rows) - len(k)
 
     def add_neuron_counts(self, counts: Sequence[Sequence[int]], steps: int, at_us: int) -> None:
         """Merge a producer's per-neuron activation counts covering ``steps`` steps."""

@@ -121,7 +121,9 @@ class TraceRisk:
                         self.collapse[int(layer)] = max(self.collapse.get(int(layer), 0.0), float(low[layer].mean()))
         self.tokens.append(int(step["token_id"]))
         sig = np.concatenate([log_magnitude(l2), log_magnitude(maxabs)]) if len(l2) else np.empty(0)
-        self.signatures.append([float(x) for x in np.nan_to_num(sig, nan=0.0, posinf=50.0, neginf=-50.0)])
+        # float32, as the state stores them: a trace folded in one go and one stored and reloaded step by step
+        # see the same signatures
+        self.signatures.append(np.nan_to_num(sig, nan=0.0, posinf=50.0, neginf=-50.0).astype(np.float32).tolist())
         del self.tokens[: -p.repeat_window], self.signatures[: -p.repeat_window]
         if not self.loop:
             self.loop = self._loop()

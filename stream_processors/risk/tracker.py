@@ -7,7 +7,7 @@ or below the stored one) is recognised and skipped. Counts are neither lost nor 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from stream_processors.fold import Fold
@@ -31,25 +31,44 @@ class RiskTracker:
         return policy_for(self.policies, model_version)
 
     def on_step(self, state: Mapping[str, Any] | None, step: Mapping[str, Any], offset: int, now_us: int) -> Fold:
+        return self.on_steps(state, [(step, offset)], now_us)
+
+    def on_steps(
+        self, state: Mapping[str, Any] | None, steps: Sequence[tuple[Mapping[str, Any], int]], now_us: int
+    ) -> Fold:
+        """Fold one trace's steps (with their input offsets, in the order read): the outcome of ``on_step`` step by
+        step, with the trace's ``TraceRisk`` built once and stored once (the state round-trips exactly, so this is
+        the same result; building and storing it per step was most of the fold's cost). ``duplicates`` counts
+        the steps skipped as already folded."""
         st = dict(state or {})
-        if offset <= st.get("step_offset", -1) or st.get("final"):
-            return Fold(st, duplicates=1)
-        model = str(step["model_version"])
-        policy = self.policy(model)
-        risk = TraceRisk(policy, st.get("risk"))
-        assessment = risk.update(step)
-        st.update(model_version=model, request_id=step["request_id"], trace_id=step["trace_id"], step_offset=offset,
-                  last_step=int(step["step"]), risk=risk.to_state())  # fmt: skip
         out = Fold(st)
-        severity = assessment.severity(policy)
-        if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
-            st["alerted"] = severity
-            report = self._report(st, assessment, policy, "EARLY", now_us)
-            out.reports.append(report)
-            out.alerts.append(self._alert(report, severity, policy))
-        pending = st.get("completion")
-        if pending is not None and risk.steps >= pending["token_count"]:
-            self._finish(st, pending, policy, now_us, out)
+        risk: TraceRisk | None = None
+        for step, offset in steps:
+            if offset <= st.get("step_offset", -1) or st.get("final"):
+                out.duplicates += 1
+                continue
+            model = str(step["model_version"])
+            if risk is None or model != st.get("model_version"):
+                if risk is not None:
+                    st["risk"] = risk.to_state()
+                risk = TraceRisk(self.policy(model), st.get("risk"))
+            policy = risk.policy
+            assessment = risk.update(step)
+            st.update(model_version=model, request_id=step["request_id"], trace_id=step["trace_id"],
+                      step_offset=offset, last_step=int(step["step"]))  # fmt: skip
+            severity = assessment.severity(policy)
+            if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
+                st["alerted"] = severity
+                report = self._report(st, assessment, policy, "EARLY", now_us)
+                out.reports.append(report)
+                out.alerts.append(self._alert(report, severity, policy))
+            pending = st.get("completion")
+            if pending is not None and risk.steps >= pending["token_count"]:
+                st["risk"] = risk.to_state()
+                self._finish(st, pending, policy, now_us, out)
+                risk = None
+        if risk is not None:
+            st["risk"] = risk.to_state()
         return out
 
     def on_completion(

@@ -13,7 +13,7 @@ from stream_processors.risk.tracker import RiskTracker
 
 def step(i: int, **changes: Any) -> dict[str, Any]:
     rec = generation_step(i, "t")
-    rec.update(model_version="m@1", entropy_bits=0.5, token_id=(i * 37 + 11) % 300, **changes)
+    rec.update({"model_version": "m@1", "entropy_bits": 0.5, "token_id": (i * 37 + 11) % 300, **changes})
     return rec
 
 
@@ -49,3 +49,35 @@ def test_an_early_alert_once_per_severity_and_replays_skipped() -> None:
     _, reports = fold(tracker, events)
     assert [(r["stage"], r["flags"]) for r in reports] == [("EARLY", ["nonfinite_hidden"]),
                                                             ("FINAL", ["nonfinite_hidden"])]  # fmt: skip
+
+
+def test_a_traces_steps_folded_in_one_go_give_what_step_by_step_gives() -> None:
+    """The agent folds each trace's steps of a batch at once; the outcome must be the step-by-step one with the
+    state stored and reloaded between steps (as the table does): same reports, same alerts, same state."""
+    tracker = RiskTracker({"*": RiskPolicy()})
+    nan = {"layer_nonfinite": [0, 0, 1, 1], "layer_hidden_l2": pack_f32([1.0, 2.0, float("nan"), float("nan")])}
+    # wandering tokens, then a loop of period 3 (the repetition flag fires mid-trace), a NaN step (CRITICAL) later
+    recs = [step(i, **({} if i < 12 else {"token_id": 5 + i % 3}), **(nan if i == 30 else {})) for i in range(40)]
+    done = completion(40)
+    step_by_step = fold(tracker, [("completion", done, 0)] + [("step", r, i) for i, r in enumerate(recs)])
+
+    state: Any = tracker.on_completion(None, done, 0, 0).state
+    reports: list[dict[str, Any]] = []
+    alerts: list[dict[str, Any]] = []
+    duplicates = 0
+    offsets = list(enumerate(recs))
+    batches = [offsets[0:7], offsets[7:20], offsets[15:33], offsets[33:40], offsets[38:40]]  # two overlap: replays
+    for batch in batches:
+        out = tracker.on_steps(state, [(r, i) for i, r in batch], 0)
+        state = json.loads(json.dumps(out.state))
+        reports += out.reports
+        alerts += out.alerts
+        duplicates += out.duplicates
+    assert (state, reports) == step_by_step
+    assert duplicates == 5 + 2  # steps 15..19 and 38..39 were folded already
+    assert [(r["stage"], r["flags"]) for r in reports] == [
+        ("EARLY", ["repetition_loop"]),
+        ("EARLY", ["nonfinite_hidden", "repetition_loop"]),
+        ("FINAL", ["nonfinite_hidden", "repetition_loop"]),
+    ]
+    assert [a["severity"] for a in alerts] == ["WARNING", "CRITICAL", "CRITICAL"]

@@ -4,11 +4,14 @@ goes on as a task would run it, with its result, its exception and its cancellat
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
+import faust
 import pytest
 
-from stream_processors.transport import _resume, start_inline
+from schemas.catalog import DLQ, RISK
+from stream_processors.transport import App, _resume, start_inline
 
 
 async def no_wait(out: list[str]) -> str:
@@ -74,3 +77,32 @@ def test_its_exception_and_its_cancellation_reach_the_caller() -> None:
         return out
 
     assert asyncio.run(cancelled()) == ["before"]  # abandoned: it never went on
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("ours", [True, False], ids=["evostream producer", "faust producer"])
+def test_a_topic_sent_to_stays_in_the_producers_metadata_when_another_is_tracked(kafka: str, ours: bool) -> None:
+    """aiokafka's refresh fetches every topic while it tracks none and only the tracked ones after: a topic the worker
+    sent to while its metadata was known from such a refresh was not tracked, fell out when a changelog was tracked,
+    and its batches never left (their acknowledgements never came). Our producer tracks each topic it sends to;
+    Faust's own does not (the control)."""
+
+    async def main() -> tuple[bool, bool]:
+        cls = App if ours else faust.App
+        app = cls(f"test-producer-{uuid.uuid4().hex[:8]}", broker=f"kafka://{kafka}", store="memory://",
+                  web_enabled=False)  # fmt: skip
+        producer = app.producer
+        await producer.start()
+        try:
+            client = producer._ensure_producer().client  # type: ignore[attr-defined]
+            await client.force_metadata_update()  # a refresh while none is tracked: every topic's metadata
+            ack = await producer.send(DLQ, b"k", b"v", None, None, None)
+            await asyncio.wait_for(ack, 30)
+            await client.add_topic(RISK)  # as the first write to a changelog does
+            await client.force_metadata_update()
+            return DLQ in client._topics, client.cluster.partitions_for_topic(DLQ) is not None
+        finally:
+            await producer.stop()
+
+    tracked, known = asyncio.run(main())
+    assert (tracked, known) == ((True, True) if ours else (False, False))

@@ -44,7 +44,7 @@ def test_every_design_event_has_a_schema() -> None:
     names = {sv.short_name for sv in default_registry()}
     assert names == {"InferenceRequest", "GenerationStep", "Completion", "ProfileSnapshot", "DriftReport",
                      "RiskReport", "RiskAlert", "GovernanceEvent", "GovernanceSnapshot", "DeadLetter",
-                     "NeuronCounts"}  # fmt: skip
+                     "NeuronCounts", "ProfileDelta"}  # fmt: skip  # ProfileDelta: internal to the processors
 
 
 def test_repository_schemas_are_backward_transitive() -> None:
