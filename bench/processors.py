@@ -26,7 +26,9 @@ thread offers healthy traffic at ``--load`` times the throughput just measured.
 A new worker reads the topics from their start, so each run starts a private broker (unless --bootstrap or a
 running local stack is given: then only --runs 1, and only meaningful on a broker holding nothing else).
 
-Run: python -m bench.processors [--steps 50000 --traces 500 --alerts 200 --load 0.5 --runs 3]
+Scale-out: ``--workers 2`` starts two worker processes of the one app, which share the partitions out.
+
+Run: python -m bench.processors [--steps 50000 --traces 500 --alerts 200 --load 0.5 --runs 3 --workers 1]
 """
 
 from __future__ import annotations
@@ -149,20 +151,31 @@ class Worker:
                 self.proc.wait(10)
 
 
-def start_worker(bootstrap: str, tmp: Path) -> Worker:
+def start_workers(bootstrap: str, tmp: Path, n: int) -> list[Worker]:
+    """``n`` worker processes of one app (one consumer group, the partitions shared out), each with its own state
+    directory, started together; they return once each has logged Ready."""
     app_id = f"bench-processors-{uuid.uuid4().hex[:8]}"
-    log = tmp / f"{app_id}.log"
-    env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EVOSTREAM_PROCESSORS_DIR": str(tmp / app_id),
-           "EVOSTREAM_PROCESSORS_APP_ID": app_id}  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "evostream.cli", "process", "--loglevel", "INFO"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
-    while (m := re.search(rb"\[([\d-]+ [\d:,]+)\] \[\d+\] \[INFO\] \[\^Worker\]: Ready", log.read_bytes())) is None:
-        if proc.poll() is not None:
-            raise SystemExit(f"worker died:\n{log.read_text()[-2000:]}")
-        time.sleep(0.05)
-    ready = datetime.strptime(m[1].decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the worker logs local time
-    return Worker(proc, log, app_id, int(ready * 1e6))
+    started = []
+    for k in range(n):
+        log = tmp / f"{app_id}-{k}.log"
+        env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EVOSTREAM_PROCESSORS_APP_ID": app_id,
+               "EVOSTREAM_PROCESSORS_DIR": str(tmp / f"{app_id}-{k}")}  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "evostream.cli", "process", "--loglevel", "INFO"],
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        started.append((proc, log))
+    workers = []
+    for proc, log in started:
+        ready_line = rb"\[([\d-]+ [\d:,]+)\] \[\d+\] \[INFO\] \[\^Worker\]: Ready"
+        while (m := re.search(ready_line, log.read_bytes())) is None:
+            if proc.poll() is not None:
+                for other, _ in started:
+                    other.kill()
+                raise SystemExit(f"worker died:\n{log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        ready = datetime.strptime(m[1].decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the worker logs local time
+        workers.append(Worker(proc, log, app_id, int(ready * 1e6)))
+    return workers
 
 
 @dataclass
@@ -215,8 +228,9 @@ class Progress:
         return None
 
 
-def read_progress(bootstrap: str, worker: Worker, traces: set[str], progress: Progress, until: Any) -> None:
+def read_progress(bootstrap: str, workers: list[Worker], traces: set[str], progress: Progress, until: Any) -> None:
     settings = load_settings()  # the worker runs with the same settings: its tables are named after them
+    worker = workers[0]
     profile_log = f"{worker.app_id}-{profile_table(ProfilePolicy(window_s=settings.profile_window_s))}-changelog"
     drift_windows = DriftWindows(settings.drift_reference_size, settings.drift_window_size)
     topics = [RISK, ALERTS, PROFILES, profile_log, f"{worker.app_id}-{drift_table(drift_windows)}-changelog"]
@@ -224,8 +238,9 @@ def read_progress(bootstrap: str, worker: Worker, traces: set[str], progress: Pr
     with EventConsumer(bootstrap, f"bench-{uuid.uuid4().hex}", topics) as consumer:
         deadline = time.monotonic() + 3600
         while not until(progress) and time.monotonic() < deadline:
-            if worker.proc.poll() is not None:
-                raise SystemExit(f"worker died:\n{worker.log.read_text()[-2000:]}")
+            for w in workers:
+                if w.proc.poll() is not None:
+                    raise SystemExit(f"worker died:\n{w.log.read_text()[-2000:]}")
             for m in consumer.poll_batch(2000, 0.5):
                 topic, value = m.topic(), m.value() or b""
                 if topic == RISK:
@@ -251,8 +266,11 @@ def read_progress(bootstrap: str, worker: Worker, traces: set[str], progress: Pr
                         progress.events.append((at, "drift", n, 0))
 
 
-def throughput(bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_traces: int) -> tuple[Worker, Throughput]:
-    """Returns the worker, caught up, for the latency runs."""
+def throughput(
+    bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_traces: int, n_workers: int
+) -> tuple[list[Worker], Throughput]:
+    """Returns the workers, caught up, for the latency runs. With several, the clock starts at the first one's Ready
+    line (the others' joining and the rebalance it causes count against them)."""
     run = uuid.uuid4().hex[:8]
     traces = [f"bench-{run}-{t}" for t in range(n_traces)]
     per = n_steps // n_traces
@@ -264,7 +282,8 @@ def throughput(bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_trac
     for k, t in enumerate(traces):
         producer.send(COMPLETIONS, t, COMPLETION.encode(traffic.completion(t, per, k)))
     producer.flush()
-    worker = start_worker(bootstrap, tmp)
+    workers = start_workers(bootstrap, tmp, n_workers)
+    ready_us = min(w.ready_us for w in workers)
     progress = Progress()
     steps = per * n_traces
 
@@ -272,20 +291,21 @@ def throughput(bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_trac
         return (len(p.finals) == n_traces and p.done_at("profile", steps) is not None
                 and p.done_at("drift", n_traces) is not None)  # fmt: skip
 
-    read_progress(bootstrap, worker, set(traces), progress, done)
+    read_progress(bootstrap, workers, set(traces), progress, done)
     ends = {"risk": max(progress.finals.values(), default=None), "profiling": progress.done_at("profile", steps),
             "drift": progress.done_at("drift", n_traces)}  # fmt: skip
     if len(progress.finals) < n_traces:
         ends["risk"] = None
     never = sorted(k for k, v in ends.items() if v is None)
     if never:  # read_progress gave up at its deadline: there is no time to report for these agents
-        worker.stop()
+        for w in workers:
+            w.stop()
         raise SystemExit(
             f"agents never finished the input: {', '.join(never)} (risk FINALs: {len(progress.finals)} "
-            f"of {n_traces}; worker log: {worker.log})"
+            f"of {n_traces}; worker logs: {', '.join(str(w.log) for w in workers)})"
         )
-    done_s = {k: (v - worker.ready_us) / 1e6 for k, v in ends.items() if v is not None}
-    return worker, Throughput(steps, n_traces, max(done_s.values()), done_s, progress.policies, progress.alerts)
+    done_s = {k: (v - ready_us) / 1e6 for k, v in ends.items() if v is not None}
+    return workers, Throughput(steps, n_traces, max(done_s.values()), done_s, progress.policies, progress.alerts)
 
 
 def probe(producer: EventProducer, consumer: EventConsumer, traffic: Traffic) -> float | None:
@@ -377,6 +397,7 @@ def main() -> None:
     ap.add_argument("--alerts", type=int, default=200)
     ap.add_argument("--load", type=float, default=0.5, help="offered load while probing, x the measured step rate")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1, help="worker processes of the one app (consumer group)")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the worker and the private broker are stopped on the way out
@@ -394,16 +415,18 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-proc-"))
         traffic = Traffic(policy, seed=r)
         with bench_broker(args.bootstrap) as bootstrap:
-            worker, tp = throughput(bootstrap, tmp, traffic, args.steps, args.traces)
+            workers, tp = throughput(bootstrap, tmp, traffic, args.steps, args.traces, args.workers)
             try:
                 idle, idle_lost = latency(bootstrap, traffic, args.alerts, 0.0)
                 offered = args.load * tp.steps_per_s
                 loaded, load_lost = latency(bootstrap, traffic, args.alerts, offered) if args.load > 0 else ([], 0)
             finally:
-                worker.stop()
+                for w in workers:
+                    w.stop()
         agents = ", ".join(f"{k} {v:.2f} s" for k, v in tp.done_s.items())
+        ready = "the first worker ready" if args.workers > 1 else "worker ready"
         print(f"run {r}: {tp.steps:,} step events + {tp.completions:,} completions ({args.traces} traces) in "
-              f"{tp.seconds:.2f} s from worker ready = {tp.steps_per_s:,.0f} step events/s, "
+              f"{tp.seconds:.2f} s from {ready} = {tp.steps_per_s:,.0f} step events/s, "
               f"{tp.completions / tp.seconds:,.1f} completions/s (all done: {agents}); FINAL reports judged with "
               f"{', '.join(sorted(tp.policies))}; alerts on the healthy traces: {tp.healthy_alerts}")  # fmt: skip
         row = {"step events/s": tp.steps_per_s, "completions/s": tp.completions / tp.seconds}
@@ -425,7 +448,8 @@ def main() -> None:
                 f"  {key}: {spread(vals, ',.0f' if key.startswith('step') else '.1f')}" + ("" if "/s" in key else " ms")
             )
     print(f"# reproduce: python -m bench.processors --steps {args.steps} --traces {args.traces} --alerts {args.alerts} "
-          f"--load {args.load:g} --runs {args.runs}")  # fmt: skip
+          f"--load {args.load:g} --runs {args.runs}"
+          f"{f' --workers {args.workers}' if args.workers > 1 else ''}")  # fmt: skip
 
 
 if __name__ == "__main__":
