@@ -15,6 +15,7 @@ from stream_processors.drift.statistics import (
     IntentClusters,
     Window,
     js_divergence_bits,
+    mmd2_null,
     mmd2_unbiased,
     mmd_test,
     new_token_rate,
@@ -51,6 +52,17 @@ def test_unbiased_mmd2_equals_the_brute_force_sum() -> None:
     syy = sum(k[n + i, n + j] for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     sxy = sum(k[i, n + j] for i in range(n) for j in range(m)) / (n * m)
     assert mmd2_unbiased(k, n) == pytest.approx(sxx + syy - 2 * sxy)
+
+
+def test_the_permutation_null_equals_the_statistic_of_each_permuted_kernel() -> None:
+    """The vectorised null against its reference: mmd2_unbiased of the kernel gathered by each permutation (a kernel
+    with a diagonal that is not all ones, and more permutations than one block, so every term is exercised)."""
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(30, 4))
+    k = np.exp(-((z[:, None, :] - z[None, :, :]) ** 2).sum(-1) / 3.0) + np.diag(rng.uniform(0.0, 0.5, 30))
+    perms = np.stack([rng.permutation(30) for _ in range(300)])
+    reference = [mmd2_unbiased(k[np.ix_(p, p)], 18) for p in perms]
+    np.testing.assert_allclose(mmd2_null(k, 18, perms, chunk=128), reference, rtol=1e-10, atol=1e-13)
 
 
 def test_mmd_test_separates_a_mean_shift_from_a_resample() -> None:
