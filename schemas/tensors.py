@@ -39,3 +39,24 @@ def step_heads(step: Mapping[str, Any]) -> F32Array:
     if not data:
         return np.empty((0, 0), dtype=F32)
     return unpack_f32(data, (step["num_layers"], step["num_heads"]))
+
+
+PER_LAYER_FIELDS = ("layer_hidden_l2", "layer_hidden_maxabs", "ffn_sparsity")
+
+
+def check_step(step: Mapping[str, Any]) -> None:
+    """DecodeError where a decoded GenerationStep's packed fields disagree with its ``num_layers`` / ``num_heads``
+    (an empty field is allowed: not measured). Avro cannot say it: the fields are bytes, their shape is in siblings;
+    a step that fails here would fail every consumer that unpacks it."""
+    layers, heads = int(step["num_layers"]), int(step["num_heads"])
+    if layers < 0 or heads < 0:
+        raise DecodeError(f"negative shape: num_layers {layers}, num_heads {heads}")
+    for field in PER_LAYER_FIELDS:
+        size = len(step.get(field) or b"")
+        if size and size != layers * F32.itemsize:
+            raise DecodeError(f"{field} has {size} bytes, {layers} layers need {layers * F32.itemsize}")
+    size = len(step["head_attention_entropy"] or b"")
+    if size and size != layers * heads * F32.itemsize:
+        raise DecodeError(
+            f"head_attention_entropy has {size} bytes, {layers} x {heads} heads need {layers * heads * F32.itemsize}"
+        )

@@ -46,6 +46,7 @@ from evostream.settings import Settings
 from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from schemas.codec import RecordCodec
 from schemas.deadletter import dead_letter
+from schemas.tensors import check_step
 from stream_processors.drift.policy import load_drift_policies
 from stream_processors.drift.tracker import DriftTracker, DriftWindows
 from stream_processors.drift.tracker import table_name as drift_table
@@ -403,7 +404,10 @@ class Processors:
     async def _decode(self, name: str, event: faust.EventT[bytes]) -> dict[str, Any] | None:
         msg = event.message
         try:
-            return self.codecs[name].decode(bytes(event.value or b""))
+            rec = self.codecs[name].decode(bytes(event.value or b""))
+            if name == "GenerationStep":
+                check_step(rec)  # a malformed matrix would stop the agent that unpacks it
+            return rec
         except DecodeError as e:
             self.stats["dead_letters"] += 1
             log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)

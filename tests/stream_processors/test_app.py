@@ -85,14 +85,18 @@ def test_undecodable_steps_go_to_the_dlq_and_the_partition_keeps_flowing(kafka: 
     trace = f"dlq-{uuid.uuid4().hex}"
     producer = EventProducer(kafka)
     producer.send(STEPS, trace, b"not avro at all")
+    malformed = STEP.encode(step(trace, 1, layer_hidden_l2=pack_f32([1.0, 2.0, 3.0])))  # valid Avro, 3 of 4 layers
+    producer.send(STEPS, trace, malformed)
     for i in range(3):
         producer.send(STEPS, trace, STEP.encode(step(trace, i)))
     producer.send(COMPLETIONS, trace, COMPLETION.encode(completion(trace, 3)))
     producer.flush()
-    dead = read(kafka, DLQ, "DeadLetter", lambda got: any(d["original_key"] == trace.encode() for d in got))
+    dead = read(kafka, DLQ, "DeadLetter", lambda got: sum(d["original_key"] == trace.encode() for d in got) >= 2)
     mine = [d for d in dead if d["original_key"] == trace.encode()]
-    assert [(d["source_topic"], d["error_type"], d["raw_value"]) for d in mine] == [(STEPS, "BadMagicError",
-                                                                                     b"not avro at all")]  # fmt: skip
+    assert [(d["source_topic"], d["error_type"], d["raw_value"]) for d in mine] == [
+        (STEPS, "BadMagicError", b"not avro at all"),
+        (STEPS, "DecodeError", malformed),
+    ]
     reports = read(kafka, RISK, "RiskReport", lambda got: any(r["trace_id"] == trace for r in got))
     final = [r for r in reports if r["trace_id"] == trace]
     assert [(r["stage"], r["steps"]) for r in final] == [("FINAL", 3)]

@@ -8,7 +8,7 @@ import pytest
 from evostream.errors import DecodeError
 from schemas import RecordCodec
 from schemas.samples import generation_step
-from schemas.tensors import pack_f32, step_heads, step_layers, unpack_f32
+from schemas.tensors import check_step, pack_f32, step_heads, step_layers, unpack_f32
 
 
 def test_pack_is_little_endian_row_major_float32() -> None:
@@ -38,3 +38,29 @@ def test_generation_step_accessors_after_a_round_trip() -> None:
     assert step_layers(step, "layer_hidden_l2").shape == (6,)
     assert step_layers(step | {"ffn_sparsity": b""}, "ffn_sparsity").shape == (0,)
     assert step_heads(step | {"head_attention_entropy": b""}).shape == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("layer_hidden_l2", pack_f32([1.0, 2.0, 3.0]), "layer_hidden_l2 has 12 bytes, 4 layers need 16"),
+        ("layer_hidden_maxabs", b"\x00" * 17, "layer_hidden_maxabs has 17 bytes"),
+        ("ffn_sparsity", pack_f32([0.5] * 5), "ffn_sparsity has 20 bytes"),
+        ("head_attention_entropy", pack_f32([1.0] * 15), "4 x 4 heads need 64"),
+        ("num_heads", -1, "negative shape"),
+    ],
+)
+def test_a_step_whose_matrices_disagree_with_its_shape_is_a_decode_error(
+    field: str, value: object, message: str
+) -> None:
+    step = generation_step(0, "t")  # 4 layers x 4 heads
+    check_step(step)  # well-formed
+    step[field] = value
+    with pytest.raises(DecodeError, match=message):
+        check_step(step)
+
+
+def test_a_step_without_measurements_is_well_formed() -> None:
+    step = generation_step(0, "t")
+    step.update(layer_hidden_l2=b"", layer_hidden_maxabs=b"", ffn_sparsity=b"", head_attention_entropy=b"")
+    check_step(step)
