@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from schemas.tensors import pack_f32, unpack_f32
+from schemas.tensors import pack_f32, step_heads, step_layers, unpack_f32
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,10 @@ def deltas(model_version: str, steps: Sequence[Mapping[str, Any]]) -> list[dict[
         head_rows = np.full((n, layers * heads), np.nan, dtype=np.float32)
         l2_rows = np.full((n, layers), np.nan, dtype=np.float32)
         for i, s in enumerate(group):
-            if s["head_attention_entropy"] and layers * heads:
-                head_rows[i] = unpack_f32(s["head_attention_entropy"], (layers * heads,))
-            if s["layer_hidden_l2"] and layers:
-                l2_rows[i] = unpack_f32(s["layer_hidden_l2"], (layers,))
+            if (step_head := step_heads(s)).size:
+                head_rows[i] = step_head.ravel()
+            if (step_l2 := step_layers(s, "layer_hidden_l2")).size:
+                l2_rows[i] = step_l2
         out.append({
             "model_version": model_version, "num_layers": layers, "num_heads": heads,
             "trace_ids": [str(s["trace_id"]) for s in group], "steps": [int(s["step"]) for s in group],

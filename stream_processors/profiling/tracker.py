@@ -38,15 +38,12 @@ class ProfileTracker:
     ) -> Fold:
         """New state, snapshots of closed windows (``reports``), and how many steps were duplicates."""
         st = dict(state or {"window_start": None, "window": None})
-        snapshots, duplicates = [], 0
+        snapshots: list[dict[str, Any]] = []
+        duplicates = 0
         win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
         for step in sorted(steps, key=lambda s: int(s["emitted_at_us"])):
-            start = window_of(int(step["emitted_at_us"]), self.policy.window_s)
-            if win is None or start > st["window_start"]:
-                if win is not None and win.steps:
-                    snapshots.append(win.snapshot(model, now_us))
-                    st["closed"] = dict(win.applied)
-                win, st["window_start"] = ProfileWindow(self.policy), start
+            win = self._window(model, st, win, window_of(int(step["emitted_at_us"]), self.policy.window_s), now_us,
+                               snapshots)  # fmt: skip
             # a replay can reach back past the last window closed (offsets are committed after the state is
             # written): its steps are recognised there, not folded into the open window a second time
             if int(step["step"]) <= st.get("closed", {}).get(str(step["trace_id"]), -1) or not win.add_step(step):
@@ -57,23 +54,39 @@ class ProfileTracker:
     def on_delta(self, model: str, state: Mapping[str, Any] | None, cols: Columns, now_us: int) -> Fold:
         """``on_steps`` for the steps of a ProfileDelta: the same windows, closings and skipped duplicates."""
         st = dict(state or {"window_start": None, "window": None})
-        snapshots, duplicates = [], 0
+        snapshots: list[dict[str, Any]] = []
+        duplicates = 0
         win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
         order = np.argsort(cols.emitted_at_us, kind="stable")
         at = cols.emitted_at_us[order]
         starts = at - at % (self.policy.window_s * 1_000_000)
         i = 0
         while i < len(order):
-            if win is None or int(starts[i]) > st["window_start"]:
-                if win is not None and win.steps:
-                    snapshots.append(win.snapshot(model, now_us))
-                    st["closed"] = dict(win.applied)
-                win, st["window_start"] = ProfileWindow(self.policy), int(starts[i])
+            win = self._window(model, st, win, int(starts[i]), now_us, snapshots)
             j = int(np.searchsorted(starts, st["window_start"], side="right"))  # this window's run (and late steps)
             duplicates += win.add_columns(cols, order[i:j], st.get("closed", {}))
             i = j
         st["window"] = win.to_state() if win is not None else None
         return Fold(st, snapshots, duplicates=duplicates)
+
+    def _window(
+        self,
+        model: str,
+        st: dict[str, Any],
+        win: ProfileWindow | None,
+        start: int,
+        now_us: int,
+        snapshots: list[dict[str, Any]],
+    ) -> ProfileWindow:
+        """The window a step that starts at ``start`` folds into: the open one (a late step too), or a new one, the
+        open one closed first into ``snapshots``."""
+        if win is not None and start <= st["window_start"]:
+            return win
+        if win is not None and win.steps:
+            snapshots.append(win.snapshot(model, now_us))
+            st["closed"] = dict(win.applied)
+        st["window_start"] = start
+        return ProfileWindow(self.policy)
 
     def on_neurons(self, model: str, state: Mapping[str, Any] | None, snap: Mapping[str, Any], now_us: int) -> Fold:
         """Fold a producer's NeuronCounts record into the window of its end time: new state, closed windows, and

@@ -120,14 +120,18 @@ class ProfileWindow:
             changed[1:] = np.abs(l2[1:] - l2[:-1]) / below > p.layer_change
             self.layer_changed = changed if self.layer_changed is None else self.layer_changed + changed
             self.layer_steps += 1
-        tail = self.tails.get(trace, [])
-        tail = [*tail, int(step["token_id"])][-p.ngram :]
+        self._path(trace, int(step["token_id"]))
+        return True
+
+    def _path(self, trace: str, token: int) -> None:
+        """The trace's newest token: its last n tokens, once it has n, count as one token path."""
+        p = self.policy
+        tail = [*self.tails.get(trace, []), token][-p.ngram :]
         self.tails[trace] = tail
         if len(tail) == p.ngram:
             self.paths[" ".join(map(str, tail))] += 1
             if len(self.paths) > p.max_paths:  # keep the heavy hitters; rare n-grams cannot make the top list
                 self.paths = Counter(dict(self.paths.most_common(p.max_paths // 2)))
-        return True
 
     def add_columns(self, cols: Columns, rows: npt.NDArray[np.intp], closed: Mapping[str, int]) -> int:
         """Fold rows ``rows`` of a ProfileDelta in, in that order, as ``add_step`` would fold those steps one by one
@@ -141,12 +145,7 @@ class ProfileWindow:
                 continue
             self.applied[trace] = step
             self.traces.add(trace)
-            tail = [*self.tails.get(trace, []), int(cols.token_ids[r])][-p.ngram :]
-            self.tails[trace] = tail
-            if len(tail) == p.ngram:
-                self.paths[" ".join(map(str, tail))] += 1
-                if len(self.paths) > p.max_paths:
-                    self.paths = Counter(dict(self.paths.most_common(p.max_paths // 2)))
+            self._path(trace, int(cols.token_ids[r]))
             kept.append(r)
         if not kept:
             return len(rows)
