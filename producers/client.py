@@ -1,16 +1,28 @@
-"""The request client: publish an InferenceRequest, await its Completion."""
+"""The request client: publish InferenceRequests, await their Completions.
+
+One client keeps one producer and, from its first request on, one reader of evo.completions that routes each
+completion to the request waiting for it (``producers.replies``). Requests can be pipelined: ``submit`` returns at
+once with a ``Reply`` to wait on, at most ``max_in_flight`` are outstanding (``submit`` blocks for a free slot), and
+``infer_many`` / ``ainfer`` wrap the common cases for threads and asyncio."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
+from collections.abc import Sequence
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
+from evostream.bus.admin import ensure_topics
 from evostream.bus.producer import EventProducer
 from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
 from evostream.errors import EvoError
-from schemas.catalog import COMPLETIONS, REQUESTS, STEPS
+from producers.replies import Record, ReplyBook, ReplyReader
+from schemas.catalog import CATALOG, COMPLETIONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
 
 
@@ -39,19 +51,68 @@ class Published:
     submitted_at_us: int
 
 
-class InferenceClient:
-    """Publishes requests to evo.requests and reads their Completions from evo.completions."""
+CLOCK_SLACK_US = 5_000_000
+"""How far before its start the reply reader looks (clock slack between the client and the broker)."""
 
-    def __init__(self, bootstrap: str, tenant: str = "default") -> None:
+
+class Reply:
+    """A request in flight: ``result`` waits for its Completion; ``await reply`` does the same in asyncio."""
+
+    def __init__(self, client: InferenceClient, published: Published, future: Future[Record]) -> None:
+        self.published = published
+        self.future = future
+        self._client = client
+
+    @property
+    def request_id(self) -> str:
+        return self.published.request_id
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self, timeout_s: float | None = 60.0) -> Record:
+        """The Completion; ReplyTimeoutError (the request is then given up) if none came within ``timeout_s``."""
+        try:
+            return self.future.result(timeout_s)
+        except FutureTimeout:
+            self._client._give_up(self.published.request_id)
+            raise self._client._timeout(self.published, timeout_s) from None
+        except CancelledError:
+            raise self._client._timeout(self.published, timeout_s) from None
+
+    async def aresult(self, timeout_s: float | None = 60.0) -> Record:
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(self.future), timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as e:
+            if isinstance(e, asyncio.CancelledError) and not self.future.cancelled():
+                raise  # the caller's task was cancelled, not the request
+            self._client._give_up(self.published.request_id)
+            raise self._client._timeout(self.published, timeout_s) from None
+
+
+class InferenceClient:
+    """Publishes requests to evo.requests and reads their Completions from evo.completions.
+
+    Thread-safe: many threads (or one asyncio loop) may submit through one client. ``close`` (or ``with``) stops
+    its reader and fails what still waits."""
+
+    def __init__(self, bootstrap: str, tenant: str = "default", max_in_flight: int = 1024) -> None:
+        if max_in_flight < 1:
+            raise BadRequestError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.bootstrap = bootstrap
         self.tenant = tenant
+        self.max_in_flight = max_in_flight
         self._producer = EventProducer(bootstrap)
         self._requests = RecordCodec("InferenceRequest")
+        self._book = ReplyBook()
+        self._reader: ReplyReader | None = None
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._closed = False
 
-    def publish(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                request_id: str | None = None) -> Published:  # fmt: skip
-        """Send one request and wait for the broker's acknowledgement; an empty prompt is refused unsent."""
+    # --- sending --------------------------------------------------------------------------------------------------
+    def _record(self, prompt: str, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                seed: int | None, request_id: str | None) -> tuple[Published, bytes]:  # fmt: skip
         problem = prompt_problem(prompt)
         if problem is not None:
             raise BadRequestError(problem)
@@ -72,24 +133,163 @@ class InferenceClient:
             "reply_to": rid,
             "submitted_at_us": submitted,
         }
-        self._producer.send(REQUESTS, rid, self._requests.encode(record))
-        self._producer.flush(30)
-        return Published(rid, submitted)
+        return Published(rid, submitted), self._requests.encode(record)
 
-    def await_reply(self, published: Published, timeout_s: float = 60.0) -> dict[str, Any]:
-        """The Completion answering ``published``, read from the completions published since it was sent."""
-        since_us = published.submitted_at_us - 5_000_000  # clock slack between client and broker
+    def _replies(self) -> ReplyReader:
+        """The reply reader, started (and positioned) before the first request it must see is sent."""
+        with self._lock:
+            if self._closed:
+                raise EvoError("this InferenceClient is closed")
+            if self._reader is None:
+                # a client may come before any service: the topics it writes and reads are created if missing
+                ensure_topics(self.bootstrap, [t for t in CATALOG if t.name in (REQUESTS, COMPLETIONS)])
+                self._reader = ReplyReader(self.bootstrap, self._book, now_us() - CLOCK_SLACK_US, self._serve_producer)
+            return self._reader
+
+    def _serve_producer(self) -> None:
+        try:
+            self._producer.poll()  # delivery reports of submitted requests (their outcome goes to their futures)
+        except EvoError as e:
+            self._book.fail_all(e)
+
+    def publish(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                request_id: str | None = None) -> Published:  # fmt: skip
+        """Send one request and wait for the broker's acknowledgement; an empty prompt is refused unsent. Its reply
+        is kept for a later ``await_reply``."""
+        return self.publish_many([prompt], max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                                 [request_id] if request_id else None)[0]  # fmt: skip
+
+    def publish_many(self, prompts: Sequence[str], max_new_tokens: int = 64, do_sample: bool = False,
+                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                     request_ids: Sequence[str] | None = None) -> list[Published]:  # fmt: skip
+        """Send many requests with one wait for the broker's acknowledgement of all; every prompt is checked before
+        any is sent."""
+        ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(prompts)
+        if len(ids) != len(prompts):
+            raise BadRequestError(f"{len(prompts)} prompts but {len(ids)} request ids")
+        built = [self._record(p, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid)
+                 for p, rid in zip(prompts, ids, strict=True)]  # fmt: skip
+        self._replies()
+        for published, value in built:
+            self._book.expect_later(published.request_id)
+            self._producer.send(REQUESTS, published.request_id, value)
+        self._producer.flush(30)
+        return [published for published, _ in built]
+
+    def submit(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, request_id: str | None = None,
+               slot_timeout_s: float | None = None) -> Reply:  # fmt: skip
+        """Send one request without waiting for anything but a free in-flight slot; the ``Reply`` fails if the
+        request is not delivered to the broker."""
+        published, value = self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                                        request_id)  # fmt: skip
+        self._replies()
+        if self._book.awaited(published.request_id):  # refused now, not after waiting for a slot
+            raise BadRequestError(f"request id {published.request_id} is already in flight on this client")
+        if not self._slots.acquire(timeout=slot_timeout_s):
+            raise ReplyTimeoutError(f"no free slot among {self.max_in_flight} requests in flight "
+                                    f"within {slot_timeout_s} s")  # fmt: skip
+        return self._send(published, value)
+
+    def _send(self, published: Published, value: bytes) -> Reply:
+        rid = published.request_id
+        try:
+            future = self._book.expect(rid, exclusive=True)
+        except KeyError:
+            self._slots.release()
+            raise BadRequestError(f"request id {rid} is already in flight on this client") from None
+        future.add_done_callback(lambda _: self._slots.release())  # exactly once: result, error or give-up
+
+        def delivered(error: EvoError | None) -> None:
+            if error is not None:
+                self._book.fail(rid, error)
+
+        try:
+            self._producer.send(REQUESTS, rid, value, on_delivery=delivered)
+        except EvoError as e:
+            self._book.fail(rid, e)
+        return Reply(self, published, future)
+
+    async def asubmit(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
+                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                      request_id: str | None = None) -> Reply:  # fmt: skip
+        """``submit`` for asyncio: waits for a free slot without blocking the loop."""
+        published, value = self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                                        request_id)  # fmt: skip
+        if self._reader is None:
+            await asyncio.to_thread(self._replies)  # positioning the reader asks the broker: not on the loop
+        while not self._slots.acquire(blocking=False):
+            await asyncio.sleep(0.001)
+        return self._send(published, value)
+
+    # --- waiting --------------------------------------------------------------------------------------------------
+    def infer(self, prompt: str, timeout_s: float = 60.0, **params: Any) -> Record:
+        """Send one request and return its Completion."""
+        return self.submit(prompt, **params).result(timeout_s)
+
+    def infer_many(self, prompts: Sequence[str], timeout_s: float = 60.0, **params: Any) -> list[Record]:
+        """Pipeline ``prompts`` (at most ``max_in_flight`` outstanding) and return their Completions in order;
+        ``timeout_s`` bounds the wait for each reply from when it is awaited."""
+        replies = [self.submit(p, **params) for p in prompts]
+        return [r.result(timeout_s) for r in replies]
+
+    async def ainfer(self, prompt: str, timeout_s: float = 60.0, **params: Any) -> Record:
+        """``infer`` for asyncio."""
+        reply = await self.asubmit(prompt, **params)
+        return await reply.aresult(timeout_s)
+
+    def await_reply(self, published: Published, timeout_s: float = 60.0) -> Record:
+        """The Completion answering ``published``: routed by this client's reader when this client sent it, else
+        looked for among the completions written since it was sent."""
+        rid = published.request_id
+        if self._reader is not None and self._book.knows(rid):
+            return Reply(self, published, self._book.expect(rid)).result(timeout_s)
+        since_us = published.submitted_at_us - CLOCK_SLACK_US
         with TopicReader(self.bootstrap, COMPLETIONS, "Completion", since_us=since_us, idle_s=None,
                          timeout_s=timeout_s, batch=500, name="client") as reader:  # fmt: skip
             for rec in reader:
-                if rec["reply_to"] == published.request_id:
+                if rec["reply_to"] == rid:
                     return rec
-        raise ReplyTimeoutError(f"no completion for request {published.request_id} within {timeout_s:.0f} s; "
-                                "is `evostream serve` running?")  # fmt: skip
+        raise self._timeout(published, timeout_s)
 
-    def trace_steps(self, trace_ids: set[str], expected: int, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    def _give_up(self, request_id: str) -> None:
+        self._book.forget(request_id)
+
+    def _timeout(self, published: Published, timeout_s: float | None) -> ReplyTimeoutError:
+        reader = self._reader
+        if reader is not None and reader.error is not None:
+            return ReplyTimeoutError(f"no completion for request {published.request_id}: the reply reader failed: "
+                                     f"{reader.error}")  # fmt: skip
+        return ReplyTimeoutError(f"no completion for request {published.request_id} within {timeout_s} s; "
+                                 "is `evostream serve` running?")  # fmt: skip
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted whose reply has not come (nor been given up)."""
+        return self._book.waiting
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what was sent, stop the reader; whatever still waits fails with a clear error."""
+        with self._lock:
+            self._closed = True
+            reader, self._reader = self._reader, None
+        try:
+            self._producer.flush(timeout_s)
+        finally:
+            if reader is not None:
+                reader.close(timeout_s)
+            self._book.fail_all(EvoError("the InferenceClient was closed before its reply came"))
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def trace_steps(self, trace_ids: set[str], expected: int, timeout_s: float = 60.0) -> list[Record]:
         """The GenerationStep events of ``trace_ids`` on evo.steps: reads until ``expected`` are found or time is up."""
-        found: list[dict[str, Any]] = []
+        found: list[Record] = []
         with TopicReader(self.bootstrap, STEPS, "GenerationStep", idle_s=None, timeout_s=timeout_s,
                          until=lambda: len(found) >= expected, batch=5000, name="client") as reader:  # fmt: skip
             for rec in reader:

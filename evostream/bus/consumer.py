@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -9,6 +10,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from evostream.bus.connection import ConnectionWatch
 from evostream.errors import ConsumeError
+
+_SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
+"""What a just-created topic's partitions answer until the broker has settled their leaders."""
+_SETTLE_S = 15.0
 
 
 class EventConsumer:
@@ -60,29 +65,45 @@ class EventConsumer:
     def _assign_since(self, topics: list[str], since_us: int) -> None:
         """Each partition from its first record at or after ``since_us``; a partition with none yet starts at its
         end as it was *before* the time lookup. Left to the broker's "end" (offset -1), the end would be resolved
-        only when fetching starts, and a record written in between (the answer to a request just sent) was skipped."""
-        try:
-            parts = []
-            for topic in topics:
-                md = self._consumer.list_topics(topic, timeout=10)
-                meta = md.topics.get(topic)
-                if meta is None or meta.error is not None:
-                    raise ConsumeError(f"topic {topic} is not on the broker: {meta.error if meta else 'unknown'}")
-                parts += [TopicPartition(topic, p, since_us // 1000) for p in meta.partitions]
-            ends = {}
-            for tp in parts:
-                marks = self._consumer.get_watermark_offsets(tp, timeout=10)
-                if marks is None:
-                    raise ConsumeError(f"the broker did not say where {tp.topic}[{tp.partition}] ends within 10 s")
-                ends[tp.topic, tp.partition] = marks[1]
-            found = self._consumer.offsets_for_times(parts, timeout=10)
-            self._consumer.assign(
-                [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
-                 for tp in found]
-            )  # fmt: skip
-        except KafkaException as e:
-            self._consumer.close()
-            raise ConsumeError(f"could not seek {', '.join(topics)} to {since_us} us: {e}") from e
+        only when fetching starts, and a record written in between (the answer to a request just sent) was skipped.
+        A topic created a moment ago may have no leader yet: that is asked again for up to ``_SETTLE_S``."""
+        deadline = time.monotonic() + _SETTLE_S
+        while True:
+            try:
+                self._try_assign_since(topics, since_us)
+                return
+            except KafkaException as e:
+                code = e.args[0].code() if e.args and isinstance(e.args[0], KafkaError) else None
+                if code in _SETTLING and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                self._consumer.close()
+                raise ConsumeError(f"could not seek {', '.join(topics)} to {since_us} us: {e}") from e
+
+    def _try_assign_since(self, topics: list[str], since_us: int) -> None:
+        """One try of ``_assign_since``: a KafkaException for a topic or partition that is not settled yet."""
+        parts = []
+        for topic in topics:
+            md = self._consumer.list_topics(topic, timeout=10)
+            meta = md.topics.get(topic)
+            if meta is not None and meta.error is not None and meta.error.code() in _SETTLING:
+                raise KafkaException(meta.error)
+            if meta is None or meta.error is not None:
+                self._consumer.close()
+                raise ConsumeError(f"topic {topic} is not on the broker: {meta.error if meta else 'unknown'}")
+            parts += [TopicPartition(topic, p, since_us // 1000) for p in meta.partitions]
+        ends = {}
+        for tp in parts:
+            marks = self._consumer.get_watermark_offsets(tp, timeout=10)
+            if marks is None:
+                self._consumer.close()
+                raise ConsumeError(f"the broker did not say where {tp.topic}[{tp.partition}] ends within 10 s")
+            ends[tp.topic, tp.partition] = marks[1]
+        found = self._consumer.offsets_for_times(parts, timeout=10)
+        self._consumer.assign(
+            [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
+             for tp in found]
+        )  # fmt: skip
 
     def poll_batch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -70,12 +70,33 @@ class EventProducer:
         else:
             self.failures.append((msg.topic() or "?", err))
 
-    def send(self, topic: str, key: bytes | str | None, value: bytes) -> None:
-        """Queue one record; when the local queue is full, wait for deliveries (back-pressure) rather than drop."""
+    def send(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        value: bytes,
+        on_delivery: Callable[[DeliveryError | None], None] | None = None,
+    ) -> None:
+        """Queue one record; when the local queue is full, wait for deliveries (back-pressure) rather than drop.
+
+        With ``on_delivery``, the record's outcome goes to it (None once acknowledged, else the DeliveryError) and
+        not to the next ``send`` / ``flush``: the caller reports it where it belongs (the request client fails that
+        request's future). It runs on whichever thread serves the producer's callbacks."""
+        callback = self._on_delivery
+        if on_delivery is not None:
+            report = on_delivery
+
+            def callback(err: KafkaError | None, msg: Message) -> None:
+                if err is None:
+                    self.delivered += 1
+                    report(None)
+                else:
+                    report(DeliveryError(f"record to {msg.topic() or topic} failed delivery: {err.str()}"))
+
         deadline = 0.0
         while True:
             try:
-                self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key, on_delivery=callback)
                 break
             except BufferError:
                 now = time.monotonic()
