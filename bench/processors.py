@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from bench.broker import bench_broker
+from bench.stats import pct, spread
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.settings import load_settings
@@ -380,14 +381,6 @@ def latency(bootstrap: str, traffic: Traffic, n: int, load_rate: float) -> tuple
         load.stop_event.set()
         load.join()
     return lat, lost
-
-
-def pct(xs: list[float], q: int) -> float:
-    return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else xs[0]
-
-
-def spread(xs: list[float], fmt: str) -> str:
-    return " / ".join(format(v, fmt) for v in (min(xs), statistics.median(xs), max(xs)))
 
 
 def main() -> None:

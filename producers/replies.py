@@ -157,7 +157,7 @@ class ReplyReader:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                for m in self._consumer.poll_batch(1000, self.poll_s):
+                for m in self._consumer.poll_ready(1000, self.poll_s):  # a reply is routed the moment it comes
                     rec = self._codec.decode_or_skip(m.value())
                     if rec is not None:
                         self.read += 1

@@ -153,12 +153,11 @@ class InferenceService:
         self.swaps += 1
 
     def _poll_batch(self) -> list[Message]:
-        msgs = self.consumer.poll_batch(self.options.max_batch, timeout_s=0.5)
+        """The first request as soon as it comes (up to 0.5 s), then what else arrives within ``max_wait_ms``."""
+        msgs = self.consumer.poll_ready(self.options.max_batch, timeout_s=0.5)
         deadline = time.monotonic() + self.options.max_wait_ms / 1000
-        while msgs and len(msgs) < self.options.max_batch and time.monotonic() < deadline:
-            msgs += self.consumer.poll_batch(
-                self.options.max_batch - len(msgs), timeout_s=max(0.0, deadline - time.monotonic())
-            )
+        while msgs and len(msgs) < self.options.max_batch and (left := deadline - time.monotonic()) > 0:
+            msgs += self.consumer.poll_ready(self.options.max_batch - len(msgs), timeout_s=left)
         return msgs
 
     def _serve(self, msgs: list[Message]) -> None:

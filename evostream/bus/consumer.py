@@ -106,10 +106,30 @@ class EventConsumer:
         )  # fmt: skip
 
     def poll_batch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
+        """Up to ``max_records`` records; waits until there are that many or ``timeout_s`` has passed (librdkafka's
+        batch consume), so a caller that must act on the first record should use ``poll_ready``."""
         try:
             msgs: list[Message] = self._consumer.consume(num_messages=max_records, timeout=timeout_s)
         except KafkaException as e:
             raise ConsumeError(f"consume failed: {e}") from e
+        return self._good(msgs)
+
+    def poll_ready(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
+        """Waits up to ``timeout_s`` for the first record only, then returns it with whatever else has already been
+        fetched (up to ``max_records``) without waiting for more: one request alone is not held back for the full
+        timeout, as ``poll_batch`` would hold it."""
+        try:
+            first = self._consumer.poll(timeout_s)
+            if first is None:
+                return []
+            rest: list[Message] = (
+                self._consumer.consume(num_messages=max_records - 1, timeout=0) if max_records > 1 else []
+            )
+        except KafkaException as e:
+            raise ConsumeError(f"consume failed: {e}") from e
+        return self._good([first, *rest])
+
+    def _good(self, msgs: list[Message]) -> list[Message]:
         good = []
         for m in msgs:
             err = m.error()
