@@ -106,9 +106,8 @@ def pipelined(client: InferenceClient, examples: Sequence[Example]) -> Outcome:
     replies: list[Reply] = []
     t0 = time.perf_counter()
     for e in examples:
-        t = time.perf_counter()
         reply = client.submit(e.prompt, max_new_tokens=MAX_NEW_TOKENS)
-        sent_at[reply.request_id] = t
+        sent_at[reply.request_id] = time.perf_counter()  # once sent: a wait for a free slot is not its latency
         reply.future.add_done_callback(lambda _f, rid=reply.request_id: got_at.__setitem__(rid, time.perf_counter()))
         replies.append(reply)
     recs = [r.result(300) for r in replies]
@@ -207,9 +206,12 @@ def main() -> None:
                     with InferenceClient(bootstrap, max_in_flight=c) as client:
                         out = pipelined(client, examples[: args.per_level])
                     ttft = first_token_ms(bootstrap, out.replies, since)
+                    queue = [r["timings"]["queue_us"] / 1000 for r in out.replies]
+                    prefill = [r["timings"]["prefill_us"] / 1000 for r in out.replies]
                     print(f"rep {rep}: {c} in flight, {out.total} requests: {out.tokens / out.seconds:,.0f} generated "
                           f"tokens/s, {out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}, time to first "
-                          f"token {ms(ttft)}; {out.right}/{out.total} right")  # fmt: skip
+                          f"token {ms(ttft)} (of which submit -> batch start {ms(queue)}, batch start -> first token "
+                          f"{ms(prefill)}); {out.right}/{out.total} right")  # fmt: skip
                     note(f"{c} in flight: tokens/s", out.tokens / out.seconds)
                     note(f"{c} in flight: requests/s", out.per_s)
                     note(f"{c} in flight: TTFT p50 ms", statistics.median(ttft))

@@ -102,7 +102,9 @@ class InferenceClient:
         self.bootstrap = bootstrap
         self.tenant = tenant
         self.max_in_flight = max_in_flight
-        self._producer = EventProducer(bootstrap)
+        # a request is sent at once (linger 1 ms, not 5): pipelined ones still share the produce requests that
+        # leave while one is in flight, and a lone one does not wait
+        self._producer = EventProducer(bootstrap, {"linger.ms": 1})
         self._requests = RecordCodec("InferenceRequest")
         self._book = ReplyBook()
         self._reader: ReplyReader | None = None
@@ -181,16 +183,24 @@ class InferenceClient:
                top_k: int = 0, top_p: float = 1.0, seed: int | None = None, request_id: str | None = None,
                slot_timeout_s: float | None = None) -> Reply:  # fmt: skip
         """Send one request without waiting for anything but a free in-flight slot; the ``Reply`` fails if the
-        request is not delivered to the broker."""
-        published, value = self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                                        request_id)  # fmt: skip
-        self._replies()
-        if self._book.awaited(published.request_id):  # refused now, not after waiting for a slot
-            raise BadRequestError(f"request id {published.request_id} is already in flight on this client")
+        request is not delivered to the broker. The request is stamped (``submitted_at_us``) when its slot is free,
+        so a wait for a slot does not count as the service's queueing."""
+        rid = self._admit(prompt, request_id)
         if not self._slots.acquire(timeout=slot_timeout_s):
             raise ReplyTimeoutError(f"no free slot among {self.max_in_flight} requests in flight "
                                     f"within {slot_timeout_s} s")  # fmt: skip
-        return self._send(published, value)
+        return self._send(*self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid))
+
+    def _admit(self, prompt: str, request_id: str | None) -> str:
+        """Refuse what would be refused anyway before waiting for a slot; the request id to use."""
+        problem = prompt_problem(prompt)
+        if problem is not None:
+            raise BadRequestError(problem)
+        rid = request_id or uuid.uuid4().hex
+        self._replies()
+        if self._book.awaited(rid):
+            raise BadRequestError(f"request id {rid} is already in flight on this client")
+        return rid
 
     def _send(self, published: Published, value: bytes) -> Reply:
         rid = published.request_id
@@ -215,13 +225,12 @@ class InferenceClient:
                       top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                       request_id: str | None = None) -> Reply:  # fmt: skip
         """``submit`` for asyncio: waits for a free slot without blocking the loop."""
-        published, value = self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                                        request_id)  # fmt: skip
         if self._reader is None:
             await asyncio.to_thread(self._replies)  # positioning the reader asks the broker: not on the loop
+        rid = self._admit(prompt, request_id)
         while not self._slots.acquire(blocking=False):
             await asyncio.sleep(0.001)
-        return self._send(published, value)
+        return self._send(*self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid))
 
     # --- waiting --------------------------------------------------------------------------------------------------
     def infer(self, prompt: str, timeout_s: float = 60.0, **params: Any) -> Record:

@@ -96,7 +96,8 @@ class InferenceService:
         self.swaps = 0
         # the topics it writes, created if missing (a broker set up by an older version lacks newer ones)
         ensure_topics(bootstrap, [t for t in CATALOG if t.name in (STEPS, COMPLETIONS, NEURONS, DLQ)])
-        self.producer = EventProducer(bootstrap)
+        # completions leave at once (linger 1 ms, not 5): a batch's completions are sent together anyway
+        self.producer = EventProducer(bootstrap, {"linger.ms": 1})
         self.emitter = StepEmitter(bootstrap)
         self.texts = TokenTexts(self.loaded.tokenizer)
         self.requests = RecordCodec("InferenceRequest")
@@ -216,14 +217,16 @@ class InferenceService:
         def on_step(sb: StepBatch) -> None:
             self.emitter.submit(sb, metas, version, signal_name, self.texts.rows(sb))
 
-        embeddings = self._embed([p.prompt for p in batch])
         try:
             results = self.generator.generate([p.prompt for p in batch], params, on_step)
         except (EvoError, RuntimeError, ValueError) as e:  # a model error fails the batch, loudly, per request
             log.exception("generation failed for %d requests", len(batch))
-            for p, emb in zip(batch, embeddings, strict=True):
+            for p, emb in zip(batch, self._embed([p.prompt for p in batch]), strict=True):
                 self._complete(p.meta, None, "", emb, started, error=f"model error: {e}")
             return
+        # embedded after generating: the embedding is only needed in the Completion, and the first token need not
+        # wait for it
+        embeddings = self._embed([p.prompt for p in batch])
         tok = self.loaded.tokenizer
         for p, res, emb in zip(batch, results, embeddings, strict=True):
             text = tok.decode(res.token_ids, skip_special_tokens=True)
