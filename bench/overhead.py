@@ -24,6 +24,7 @@ rep, so drift of the machine and position in the rep affect all sides alike. Not
 once-per-batch NeuronCounts event and its Completion (one small record per request, not per token).
 
 Run: python -m bench.overhead [--models default,gpt2-30m] [--tokens 64,256] [--reps 5] [--device cpu]
+     [--kv-cache dynamic|static]
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from bench.broker import bench_broker
 from evostream.bus.admin import delete_topics, ensure_topics
 from models.loading import LoadedModel, load_model, wrap_model
 from producers.emitter import StepEmitter
-from producers.generate import GenParams, InstrumentedGenerator
+from producers.generate import GenParams, InstrumentedGenerator, KVCache
 from producers.records import TokenTexts
 from producers.steps import StepBatch, TraceMeta
 from schemas.catalog import TopicSpec
@@ -113,7 +114,14 @@ def timed(fn: Callable[[], int], sync: Callable[[], None], expected_tokens: int,
 
 
 def bench_model(
-    plain_lm: LoadedModel, lm: LoadedModel, bootstrap: str, topic: str, prompts: list[str], tokens: int, reps: int
+    plain_lm: LoadedModel,
+    lm: LoadedModel,
+    bootstrap: str,
+    topic: str,
+    prompts: list[str],
+    tokens: int,
+    reps: int,
+    kv_cache: KVCache = "dynamic",
 ) -> dict[str, list[float]]:
     """Seconds per rep of each side. ``plain_lm`` is never hooked; ``lm`` carries the instrumentation's hooks."""
     if plain_lm.model is lm.model:
@@ -131,8 +139,9 @@ def bench_model(
             n += out.shape[1] - (1 if plain_lm.is_seq2seq else enc.input_ids.shape[1])
         return n
 
-    bare = InstrumentedGenerator(plain_lm, instrument=False)
-    gen = InstrumentedGenerator(lm)
+    bare = InstrumentedGenerator(plain_lm, instrument=False, kv_cache=kv_cache)
+    gen = InstrumentedGenerator(lm, kv_cache=kv_cache)
+    print(f"our sides decode with the {gen.decode_path} KV cache ({gen.decode_path_reason})", flush=True)
     emitter = StepEmitter(bootstrap, topic=topic)
     texts = TokenTexts(lm.tokenizer)
     params = GenParams(max_new_tokens=tokens, stop_at_eos=False)
@@ -216,7 +225,7 @@ def run(bootstrap: str, args: argparse.Namespace) -> None:
             require_same_weights(plain_lm.model, lm.model)
             require_hook_free(plain_lm.model, SIDES["plain"])
             for n in (int(t) for t in args.tokens.split(",")):
-                times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps)
+                times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps, args.kv_cache)
                 report(name, lm.parameter_count(), n, len(prompts), times)
             del lm, plain_lm
     finally:
@@ -231,12 +240,14 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"prompts per rep (at most {len(PROMPTS)})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--kv-cache", default="dynamic", choices=["dynamic", "static"], help="our sides' KV cache")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
     with bench_broker(args.bootstrap) as bootstrap:
         run(bootstrap, args)
     print(f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
-          f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype}", file=sys.stderr)  # fmt: skip
+          f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --kv-cache {args.kv_cache}",
+          file=sys.stderr)  # fmt: skip
 
 
 if __name__ == "__main__":

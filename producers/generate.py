@@ -11,11 +11,13 @@ import resource
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
+from transformers import StaticCache
 
 from evostream.errors import EvoError
 from models.anatomy import anatomy
@@ -64,6 +66,7 @@ class Generated:
 
 
 StepCallback = Callable[[StepBatch], None]
+KVCache = Literal["dynamic", "static"]
 MAX_PROMPT_TOKENS = 512
 """The longest prompt a generator accepts unless told otherwise (the service's limit too)."""
 MAX_NEW_TOKENS_LIMIT = 1024
@@ -75,11 +78,25 @@ class InstrumentedGenerator:
 
     def __init__(self, loaded: LoadedModel, signal: AttentionSignal | None = None,
                  max_prompt_tokens: int = MAX_PROMPT_TOKENS, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT, *,
-                 instrument: bool = True) -> None:  # fmt: skip
+                 instrument: bool = True, kv_cache: KVCache = "dynamic") -> None:  # fmt: skip
         """``instrument=False`` builds the bare decoding loop: no hook is registered and no statistic is computed,
         only the tokens are chosen, so a benchmark can tell the loop's own cost from the instrumentation's. Such a
-        generator refuses an ``on_step`` callback, since it has no step statistics to report."""
+        generator refuses an ``on_step`` callback, since it has no step statistics to report.
+
+        ``kv_cache="static"`` decodes a decoder-only model with a KV cache allocated once per batch for its whole
+        length (prompt + max_new_tokens) and written in place, the shape a CUDA graph capture needs; a model it does
+        not fit (encoder-decoder) decodes with the dynamic cache instead. ``decode_path`` says which one runs and
+        ``decode_path_reason`` why."""
         self.loaded = loaded
+        self.kv_cache: KVCache = kv_cache
+        self.decode_path: KVCache = kv_cache
+        self.decode_path_reason = "as asked"
+        if kv_cache not in ("dynamic", "static"):
+            raise GenerationError(f"kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
+        if kv_cache == "static" and loaded.is_seq2seq:
+            self.decode_path = "dynamic"
+            self.decode_path_reason = "the static KV cache path is for decoder-only models; encoder-decoder models " \
+                                      "decode with the dynamic cache"  # fmt: skip
         self.anat = anatomy(loaded.model)
         self.instrument = instrument
         if not instrument:
@@ -154,6 +171,7 @@ class InstrumentedGenerator:
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         want_attn = self.signal == "ENTROPY"
 
+        static = self.decode_path == "static"
         t0 = time.perf_counter()
         surprisal: list[float | None] = [None] * b
         if self.loaded.is_seq2seq:
@@ -168,11 +186,18 @@ class InstrumentedGenerator:
         else:
             if probe is not None:
                 probe.row_mask = ~finished
+            enc_mask = mask
             position = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, use_cache=True,
-                        output_attentions=want_attn)  # fmt: skip
+            cache = None
+            if static:
+                # the whole length allocated once, and a mask of that length from the start: every step's inputs
+                # keep their shapes (positions past the newest are hidden by causality, not by the mask)
+                cache = StaticCache(config=model.config, max_cache_len=input_ids.shape[1] + params.max_new_tokens)
+                mask = torch.cat([enc_mask, enc_mask.new_ones((b, params.max_new_tokens))], dim=-1)
+            out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                        use_cache=True, output_attentions=want_attn)  # fmt: skip
             if probe is not None:
-                surprisal = _prompt_surprisal(out.logits, input_ids, mask)
+                surprisal = _prompt_surprisal(out.logits, input_ids, enc_mask)
             past = out.past_key_values
             next_pos = position[:, -1:] + 1
 
@@ -184,7 +209,8 @@ class InstrumentedGenerator:
             if self.loaded.is_seq2seq:
                 out = forward(next_input, past)
             elif step > 0:
-                mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=-1)
+                if not static:
+                    mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=-1)
                 out = model(input_ids=next_input, attention_mask=mask, position_ids=next_pos, past_key_values=past,
                             use_cache=True, output_attentions=want_attn)  # fmt: skip
                 next_pos = next_pos + 1

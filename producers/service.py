@@ -141,7 +141,8 @@ class InferenceService:
             old = self.generator
             try:  # the same signal and limits as before, so the versions' statistics compare
                 generator = InstrumentedGenerator(nxt.loaded, old.signal, old.max_prompt_tokens,
-                                                  old.max_new_tokens_limit, instrument=old.instrument)  # fmt: skip
+                                                  old.max_new_tokens_limit, instrument=old.instrument,
+                                                  kv_cache=old.kv_cache)  # fmt: skip
             except EvoError as e:
                 log.error("cannot serve model version %s: %s; %s keeps serving", nxt.version, e, self.serving.version)
                 self._refused = nxt

@@ -35,6 +35,13 @@ def serve(
             "promotion or a rollback swaps the model between batches (--model is then ignored)."
         ),
     ] = None,
+    kv_cache: Annotated[
+        str,
+        typer.Option(
+            help="KV cache: dynamic (grows per step), or static (allocated once per batch, decoder-only "
+            "models; others fall back to dynamic and say so)."
+        ),
+    ] = "dynamic",
     bootstrap: Bootstrap = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
@@ -42,13 +49,15 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from models.loading import load_model
     from producers.embedding import PromptEmbedder
-    from producers.generate import InstrumentedGenerator
+    from producers.generate import InstrumentedGenerator, KVCache
     from producers.service import InferenceService, ServeOptions
 
     settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms)
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
+    if kv_cache not in ("dynamic", "static"):
+        raise typer.BadParameter("--kv-cache must be dynamic or static")
     attn: Literal["eager"] | None = "eager" if attention == "entropy" else None
     source = None
     if governed:
@@ -62,14 +71,18 @@ def serve(
         loaded = load_model(model, device=device, attn_implementation=attn)
     signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
     options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms)
-    generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit)  # type: ignore[arg-type]
+    cache: KVCache = "static" if kv_cache == "static" else "dynamic"
+    generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit,  # type: ignore[arg-type]
+                                      kv_cache=cache)  # fmt: skip
     service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator, models=source)
     service.install_signal_handlers()
     try:
         service.run(
             on_ready=lambda: say(
                 f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}, "
-                f"attention signal {generator.signal}) from {server}"
+                f"attention signal {generator.signal}, {generator.decode_path} KV cache"
+                + (f": {generator.decode_path_reason}" if generator.decode_path != kv_cache else "")
+                + f") from {server}"
                 + (f", following the governance of {governed}" if governed else "")
                 + "; Ctrl-C stops after the batch in flight"
             )

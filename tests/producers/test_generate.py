@@ -26,6 +26,8 @@ EOS = 1
 N = 12
 
 F64 = npt.NDArray[np.float64]
+PATHS = [(f, "dynamic") for f in FAMILIES] + [(f, "static") for f in FAMILIES if f != "t5"]
+"""Every decode path of every family: the static KV cache is for the decoder-only ones."""
 
 
 def model(family: str, attn: str = "sdpa") -> LoadedModel:
@@ -57,18 +59,18 @@ def hooked_modules(m: nn.Module) -> list[str]:
 # --- tokens ---------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_tokens_equal_plain_generate_in_a_batch(family: str) -> None:
+@pytest.mark.parametrize(("family", "kv_cache"), PATHS)
+def test_tokens_equal_plain_generate_in_a_batch(family: str, kv_cache: str) -> None:
     lm = model(family)
-    _, res = run(lm, PROMPTS)
+    _, res = run(lm, PROMPTS, kv_cache=kv_cache)
     for prompt, r in zip(PROMPTS, res, strict=True):
         want = plain_generate(lm, prompt, N)
         assert len(set(want)) > 3, "the model repeats itself: comparing its tokens would prove little"
         assert r.token_ids == want
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_tokens_equal_plain_generate_through_eos(family: str) -> None:
+@pytest.mark.parametrize(("family", "kv_cache"), PATHS)
+def test_tokens_equal_plain_generate_through_eos(family: str, kv_cache: str) -> None:
     """Both stop at EOS: the output head's EOS logit is made one more than the logit of the token chosen at step 3,
     so EOS wins at step 3 at the latest."""
     lm = model(family)
@@ -83,7 +85,7 @@ def test_tokens_equal_plain_generate_through_eos(family: str) -> None:
     hook = lm.model.get_output_embeddings().register_forward_hook(favour_eos)
     try:
         want = plain_generate(lm, PROMPTS[0], N)
-        _, res = run(lm, PROMPTS)
+        _, res = run(lm, PROMPTS, kv_cache=kv_cache)
         want_other = plain_generate(lm, PROMPTS[1], N)
     finally:
         hook.remove()
@@ -214,8 +216,8 @@ def hidden_reference(h: F64) -> list[float]:
 
 
 @pytest.mark.parametrize("poisoned", [False, True], ids=["clean", "nan-weight"])
-@pytest.mark.parametrize("family", FAMILIES)
-def test_every_step_statistic_on_every_layer_matches_a_full_forward(family: str, poisoned: bool) -> None:
+@pytest.mark.parametrize(("family", "kv_cache"), PATHS)
+def test_every_step_statistic_on_every_layer_matches_a_full_forward(family: str, kv_cache: str, poisoned: bool) -> None:
     """Logit statistics, hidden L2 / max-abs / NaN-Inf count, per-head output norms and FFN sparsity, for every
     step of both rows of a padded batch and every layer including the last. Poisoned: a NaN weight in the last
     layer's FFN, so the NaN counts are not all zero (and the last layer's are taken before the final norm)."""
@@ -223,7 +225,7 @@ def test_every_step_statistic_on_every_layer_matches_a_full_forward(family: str,
     if poisoned:
         with torch.no_grad():
             FFN_OUT[family](LAYERS[family](lm.model)[-1]).weight[0, 0] = float("nan")
-    steps, res = run(lm, PROMPTS, signal="OUTPUT_NORM")
+    steps, res = run(lm, PROMPTS, signal="OUTPUT_NORM", kv_cache=kv_cache)
     n_layers, n_heads = 2, 4
     for r, (prompt, out) in enumerate(zip(PROMPTS, res, strict=True)):
         ref = reference(lm, family, prompt, out.token_ids)
@@ -341,3 +343,13 @@ def test_neuron_counts_agree_with_the_per_step_sparsity_of_active_rows() -> None
     expected = sum((1 - s.ffn[s.active]).sum(0) * d_ff for s in steps)  # type: ignore[index]
     assert counts.shape[0] == 2 and counts.dtype == np.int32
     np.testing.assert_allclose(counts.sum(1), expected, atol=0.5)
+
+
+def test_the_static_cache_path_says_which_path_runs() -> None:
+    causal = InstrumentedGenerator(model("gpt2"), kv_cache="static")
+    assert (causal.decode_path, causal.decode_path_reason) == ("static", "as asked")
+    seq2seq = InstrumentedGenerator(model("t5"), kv_cache="static")
+    assert seq2seq.decode_path == "dynamic"
+    assert "decoder-only" in seq2seq.decode_path_reason
+    with pytest.raises(GenerationError, match="kv_cache must be 'dynamic' or 'static', got 'paged'"):
+        InstrumentedGenerator(model("gpt2"), kv_cache="paged")  # type: ignore[arg-type]
