@@ -122,6 +122,8 @@ def bench_model(
     tokens: int,
     reps: int,
     kv_cache: KVCache = "dynamic",
+    coalesce_ms: float = 5.0,
+    linger_ms: float = 5.0,
 ) -> dict[str, list[float]]:
     """Seconds per rep of each side. ``plain_lm`` is never hooked; ``lm`` carries the instrumentation's hooks."""
     if plain_lm.model is lm.model:
@@ -142,7 +144,8 @@ def bench_model(
     bare = InstrumentedGenerator(plain_lm, instrument=False, kv_cache=kv_cache)
     gen = InstrumentedGenerator(lm, kv_cache=kv_cache)
     print(f"our sides decode with the {gen.decode_path} KV cache ({gen.decode_path_reason})", flush=True)
-    emitter = StepEmitter(bootstrap, topic=topic)
+    emitter = StepEmitter(bootstrap, topic=topic, producer_config={"linger.ms": linger_ms},
+                          coalesce_s=coalesce_ms / 1000)  # fmt: skip
     texts = TokenTexts(lm.tokenizer)
     params = GenParams(max_new_tokens=tokens, stop_at_eos=False)
 
@@ -225,7 +228,8 @@ def run(bootstrap: str, args: argparse.Namespace) -> None:
             require_same_weights(plain_lm.model, lm.model)
             require_hook_free(plain_lm.model, SIDES["plain"])
             for n in (int(t) for t in args.tokens.split(",")):
-                times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps, args.kv_cache)
+                times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps, args.kv_cache,
+                                    args.coalesce_ms, args.linger_ms)  # fmt: skip
                 report(name, lm.parameter_count(), n, len(prompts), times)
             del lm, plain_lm
     finally:
@@ -240,13 +244,16 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"prompts per rep (at most {len(PROMPTS)})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--coalesce-ms", type=float, default=5.0, help="the emitter's step coalescing window")
+    ap.add_argument("--linger-ms", type=float, default=5.0, help="the emitter's producer linger.ms")
     ap.add_argument("--kv-cache", default="dynamic", choices=["dynamic", "static"], help="our sides' KV cache")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
     with bench_broker(args.bootstrap) as bootstrap:
         run(bootstrap, args)
     print(f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
-          f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --kv-cache {args.kv_cache}",
+          f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --kv-cache {args.kv_cache} "
+          f"--coalesce-ms {args.coalesce_ms:g} --linger-ms {args.linger_ms:g}",
           file=sys.stderr)  # fmt: skip
 
 
