@@ -43,7 +43,7 @@ from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig
 from bench.broker import bench_broker
 from evostream.bus.admin import delete_topics, ensure_topics
 from models.loading import LoadedModel, load_model, wrap_model
-from producers.emitter import StepEmitter
+from producers.emitter import COALESCE_S, StepEmitter
 from producers.generate import GenParams, InstrumentedGenerator, KVCache
 from producers.records import TokenTexts
 from producers.steps import StepBatch, TraceMeta
@@ -122,7 +122,7 @@ def bench_model(
     tokens: int,
     reps: int,
     kv_cache: KVCache = "dynamic",
-    coalesce_ms: float = 5.0,
+    coalesce_ms: float = COALESCE_S * 1000,
     linger_ms: float = 5.0,
 ) -> dict[str, list[float]]:
     """Seconds per rep of each side. ``plain_lm`` is never hooked; ``lm`` carries the instrumentation's hooks."""
@@ -244,7 +244,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=len(PROMPTS), help=f"prompts per rep (at most {len(PROMPTS)})")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--coalesce-ms", type=float, default=5.0, help="the emitter's step coalescing window")
+    ap.add_argument("--coalesce-ms", type=float, default=COALESCE_S * 1000, help="the emitter's step coalescing window")
     ap.add_argument("--linger-ms", type=float, default=5.0, help="the emitter's producer linger.ms")
     ap.add_argument("--kv-cache", default="dynamic", choices=["dynamic", "static"], help="our sides' KV cache")
     ap.add_argument("--bootstrap", default=None)
