@@ -124,6 +124,7 @@ def bench_model(
     kv_cache: KVCache = "dynamic",
     coalesce_ms: float = COALESCE_S * 1000,
     linger_ms: float = 5.0,
+    our_threads: int | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per rep of each side. ``plain_lm`` is never hooked; ``lm`` carries the instrumentation's hooks."""
     if plain_lm.model is lm.model:
@@ -177,6 +178,7 @@ def bench_model(
     }
     expected = tokens * len(prompts)
     names = list(runs)
+    default_threads = torch.get_num_threads()
     times: dict[str, list[float]] = {name: [] for name in names}
     try:
         for rep in range(-1, reps):  # rep -1 warms up kernels, the allocator and the broker connection
@@ -184,10 +186,13 @@ def bench_model(
                 name = names[(rep + i) % len(names)]
                 if name in ("plain", "loop"):
                     require_hook_free(plain_lm.model, SIDES[name])
+                # plain runs with torch's default threads (what its user gets); ours with --our-threads if given
+                torch.set_num_threads(default_threads if name == "plain" or our_threads is None else our_threads)
                 t = timed(runs[name], sync, expected, SIDES[name])
                 if rep >= 0:
                     times[name].append(t)
     finally:
+        torch.set_num_threads(default_threads)
         emitter.close()
         gen.close()
         bare.close()
@@ -216,7 +221,9 @@ def run(bootstrap: str, args: argparse.Namespace) -> None:
     topic = TopicSpec(f"evo.bench.steps.{uuid.uuid4().hex[:8]}", "GenerationStep", "trace_id", 6, "delete",
                       3600_000, "benchmark")  # fmt: skip
     ensure_topics(bootstrap, [topic])
-    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    ours = f", ours {args.our_threads}" if args.our_threads else ""
+    dev = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+           else f"CPU, {torch.get_num_threads()} torch threads (plain, torch's default){ours}")  # fmt: skip
     prompts = PROMPTS[: args.prompts]
     print(f"# {dev}, torch {torch.__version__}, {args.dtype}, batch 1, greedy, {len(prompts)} prompts per rep, "
           f"{args.reps} reps, emitting to {bootstrap}; ms/token: median rep's time per generated token")  # fmt: skip
@@ -229,7 +236,7 @@ def run(bootstrap: str, args: argparse.Namespace) -> None:
             require_hook_free(plain_lm.model, SIDES["plain"])
             for n in (int(t) for t in args.tokens.split(",")):
                 times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps, args.kv_cache,
-                                    args.coalesce_ms, args.linger_ms)  # fmt: skip
+                                    args.coalesce_ms, args.linger_ms, args.our_threads)  # fmt: skip
                 report(name, lm.parameter_count(), n, len(prompts), times)
             del lm, plain_lm
     finally:
@@ -246,6 +253,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--coalesce-ms", type=float, default=COALESCE_S * 1000, help="the emitter's step coalescing window")
     ap.add_argument("--linger-ms", type=float, default=5.0, help="the emitter's producer linger.ms")
+    ap.add_argument(
+        "--our-threads",
+        type=int,
+        default=None,
+        help="torch threads for our sides (plain keeps torch's default, what its user runs)",
+    )
     ap.add_argument("--kv-cache", default="dynamic", choices=["dynamic", "static"], help="our sides' KV cache")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
@@ -253,7 +266,8 @@ def main() -> None:
         run(bootstrap, args)
     print(f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
           f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --kv-cache {args.kv_cache} "
-          f"--coalesce-ms {args.coalesce_ms:g} --linger-ms {args.linger_ms:g}",
+          f"--coalesce-ms {args.coalesce_ms:g} --linger-ms {args.linger_ms:g}"
+          + (f" --our-threads {args.our_threads}" if args.our_threads else ""),
           file=sys.stderr)  # fmt: skip
 
 

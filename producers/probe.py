@@ -25,28 +25,32 @@ def _newest(x: Any) -> Tensor:
 
 class Probe:
     """Hooks on the generating layers: hidden state (output), head outputs and FFN activations (inputs of the
-    output projections). Each hook reduces its tensor to the newest position, on the device, and keeps the result."""
+    output projections). Each hook only keeps a view of its tensor's newest position; the statistics are computed at
+    the step's end over all layers at once (one stacked reduction instead of a few small ones per layer: on a small
+    model each tensor op costs more in dispatch than in arithmetic)."""
 
     def __init__(self, anat: Anatomy, signal: AttentionSignal) -> None:
         self.anat = anat
         self.signal = signal
         n = anat.num_layers
         self.hidden: list[Tensor | None] = [None] * n
-        self.heads: list[Tensor | None] = [None] * n
-        self.ffn: list[Tensor | None] = [None] * n
+        self.heads_in: list[Tensor | None] = [None] * n
+        self.ffn_in: list[Tensor | None] = [None] * n
         self.row_mask: Tensor | None = None
         """[B] bool: rows still generating (set by the generator before each step); only they count below."""
         self.neuron_counts: list[Tensor | None] = [None] * n
-        """Per layer [d_ff] int32 on the device: steps on which each FFN neuron fired, since the last take."""
+        """Per layer [d_ff] int32 on the device: steps on which each FFN neuron fired, since the last take (layers
+        of different widths); ``stacked_counts`` holds them as one [L, d_ff] tensor when every layer is as wide."""
+        self.stacked_counts: Tensor | None = None
         self.counted_rows: Tensor | None = None
         self._handles: list[RemovableHandle] = []
         for i, layer in enumerate(anat.layers):
-            self._handles.append(layer.register_forward_hook(self._hidden_hook(i)))
+            self._handles.append(layer.register_forward_hook(self._keep_output(self.hidden, i)))
             attn, ffn = anat.attn_out[i], anat.ffn_out[i]
             if signal == "OUTPUT_NORM" and attn is not None:
-                self._handles.append(attn.register_forward_pre_hook(self._heads_hook(i)))
+                self._handles.append(attn.register_forward_pre_hook(self._keep_input(self.heads_in, i)))
             if ffn is not None:
-                self._handles.append(ffn.register_forward_pre_hook(self._ffn_hook(i)))
+                self._handles.append(ffn.register_forward_pre_hook(self._keep_input(self.ffn_in, i)))
 
     @property
     def has_ffn(self) -> bool:
@@ -56,43 +60,35 @@ class Probe:
     def has_head_norms(self) -> bool:
         return self.signal == "OUTPUT_NORM" and all(m is not None for m in self.anat.attn_out)
 
-    def _hidden_hook(self, i: int) -> Any:
+    @staticmethod
+    def _keep_output(store: list[Tensor | None], i: int) -> Any:
         def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-            self.hidden[i] = _newest(out)
+            store[i] = _newest(out)
 
         return hook
 
-    def _heads_hook(self, i: int) -> Any:
-        heads = self.anat.num_heads
-
+    @staticmethod
+    def _keep_input(store: list[Tensor | None], i: int) -> Any:
         def hook(_m: nn.Module, inp: Any) -> None:
-            self.heads[i] = head_output_norm(_newest(inp), heads)
-
-        return hook
-
-    def _ffn_hook(self, i: int) -> Any:
-        def hook(_m: nn.Module, inp: Any) -> None:
-            x = _newest(inp)
-            self.ffn[i] = ffn_sparsity(x)
-            fired = x > 0
-            if self.row_mask is not None:
-                fired = fired & self.row_mask[:, None]
-            add = fired.sum(0, dtype=torch.int32)
-            prev = self.neuron_counts[i]
-            self.neuron_counts[i] = add if prev is None else prev + add
-            if i == 0:
-                rows = self.row_mask.sum() if self.row_mask is not None else torch.tensor(x.shape[0], device=x.device)
-                self.counted_rows = rows if self.counted_rows is None else self.counted_rows + rows
+            store[i] = _newest(inp)
 
         return hook
 
     def take_neuron_counts(self) -> tuple[Tensor, int] | None:
         """([L, d_ff] int32 on the host, sequence-steps covered) since the last take, then reset; None if no FFN."""
-        if not self.has_ffn or any(c is None for c in self.neuron_counts) or self.counted_rows is None:
+        if not self.has_ffn or self.counted_rows is None:
             return None
-        counts = torch.stack([c for c in self.neuron_counts if c is not None]).cpu()
+        if self.stacked_counts is not None:
+            counts = self.stacked_counts.cpu()
+        else:
+            per_layer = [c for c in self.neuron_counts if c is not None]
+            # layers of different widths do not fit one NeuronCounts record ([L, d_ff]): none is reported
+            if len(per_layer) != self.anat.num_layers or not _same_shape(per_layer):
+                return None
+            counts = torch.stack(per_layer).cpu()
         rows = int(self.counted_rows.item())
         self.neuron_counts = [None] * self.anat.num_layers
+        self.stacked_counts = None
         self.counted_rows = None
         return counts, rows
 
@@ -103,18 +99,55 @@ class Probe:
         return out
 
     def take_heads(self) -> Tensor | None:
-        """[B, L, H] per-head output norms, or None."""
+        """[B, L, H] per-head output norms of this step, or None."""
         if not self.has_head_norms:
             return None
-        return torch.stack([h for h in self.heads if h is not None], dim=1)
+        kept = self._kept(self.heads_in, "attention output projection")
+        heads = self.anat.num_heads
+        if _same_shape(kept):  # one reduction over every layer
+            x = torch.stack(kept, dim=1)
+            norms: Tensor = torch.linalg.vector_norm(x.float().reshape(x.shape[0], x.shape[1], heads, -1), dim=-1)
+            return norms
+        return torch.stack([head_output_norm(x, heads) for x in kept], dim=1)
 
     def take_ffn(self) -> Tensor | None:
-        """[B, L] FFN sparsity, or None."""
+        """[B, L] FFN sparsity of this step, or None; folds the step's neuron firing counts in (call once a step)."""
         if not self.has_ffn:
             return None
-        return torch.stack([f for f in self.ffn if f is not None], dim=1)
+        kept = self._kept(self.ffn_in, "FFN output projection")
+        mask = self.row_mask
+        rows = mask.sum() if mask is not None else torch.tensor(kept[0].shape[0], device=kept[0].device)
+        self.counted_rows = rows if self.counted_rows is None else self.counted_rows + rows
+        if _same_shape(kept):  # every layer as wide: one reduction over all of them
+            x = torch.stack(kept, dim=1)  # [B, L, F]
+            fired = x > 0
+            if mask is not None:
+                fired = fired & mask[:, None, None]
+            add = fired.sum(0, dtype=torch.int32)  # [L, F]
+            self.stacked_counts = add if self.stacked_counts is None else self.stacked_counts + add
+            return ffn_sparsity(x)
+        sparsity = []
+        for i, x in enumerate(kept):  # widths differ (a pruned model): layer by layer
+            fired = x > 0
+            if mask is not None:
+                fired = fired & mask[:, None]
+            add = fired.sum(0, dtype=torch.int32)
+            prev = self.neuron_counts[i]
+            self.neuron_counts[i] = add if prev is None else prev + add
+            sparsity.append(ffn_sparsity(x))
+        return torch.stack(sparsity, dim=1)
+
+    def _kept(self, store: list[Tensor | None], what: str) -> list[Tensor]:
+        kept = [t for t in store if t is not None]
+        if len(kept) != self.anat.num_layers:
+            raise ProbeError(f"a generating layer's {what} did not run its hook")
+        return kept
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+def _same_shape(tensors: list[Tensor]) -> bool:
+    return all(t.shape == tensors[0].shape for t in tensors)

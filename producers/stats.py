@@ -18,8 +18,8 @@ def logit_stats(logits: Tensor, chosen: Tensor, k: int = 10) -> Tensor:
     top-k mass, surprisal_bits. All from the raw distribution, so sampling settings do not distort them."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     p = logp.exp()
-    # 0 * -inf is nan: masked logits (-inf) contribute nothing to the entropy
-    entropy = -(p * torch.where(p > 0, logp, torch.zeros_like(logp))).sum(-1) / LN2
+    # entr(p) = -p ln p, and 0 at p = 0: masked logits (-inf) contribute nothing (p * logp would be 0 * -inf = nan)
+    entropy = torch.special.entr(p).sum(-1) / LN2
     top = p.topk(min(k, p.shape[-1]), dim=-1).values
     margin = top[:, 0] - top[:, 1] if top.shape[-1] > 1 else top[:, 0]
     mass = top.sum(-1)
@@ -56,5 +56,5 @@ def head_output_norm(head_outputs: Tensor, num_heads: int) -> Tensor:
 
 
 def ffn_sparsity(activations: Tensor, eps: float = 1e-6) -> Tensor:
-    """FFN activations of the newest position, [B, F] -> [B] fraction with |a| <= eps."""
+    """FFN activations of the newest position, [..., F] -> [...] fraction with |a| <= eps."""
     return (activations.abs() <= eps).float().mean(-1)

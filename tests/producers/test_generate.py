@@ -353,3 +353,37 @@ def test_the_static_cache_path_says_which_path_runs() -> None:
     assert "decoder-only" in seq2seq.decode_path_reason
     with pytest.raises(GenerationError, match="kv_cache must be 'dynamic' or 'static', got 'paged'"):
         InstrumentedGenerator(model("gpt2"), kv_cache="paged")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_stacked_reductions_equal_the_layer_by_layer_ones(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head norms, FFN sparsity and neuron counts are reduced over all layers at once when the layers are alike;
+    layer by layer (the path for layers of different widths) they are the same numbers."""
+    import producers.probe
+
+    def collect() -> tuple[list[StepBatch], list[npt.NDArray[np.int32]], tuple[npt.NDArray[np.int32], int] | None]:
+        gen = InstrumentedGenerator(model(family), signal="OUTPUT_NORM")
+        steps: list[StepBatch] = []
+        try:
+            gen.generate(PROMPTS, GenParams(max_new_tokens=N), steps.append)
+            probe = gen.probe
+            assert probe is not None
+            kept = probe.stacked_counts.unbind(0) if probe.stacked_counts is not None else probe.neuron_counts
+            per_layer = [c.numpy() for c in kept if c is not None]
+            return steps, per_layer, gen.take_neuron_counts()
+        finally:
+            gen.close()
+
+    stacked, stacked_counts, stacked_taken = collect()
+    monkeypatch.setattr(producers.probe, "_same_shape", lambda _tensors: False)
+    layered, layered_counts, layered_taken = collect()
+    assert len(stacked) == len(layered) == N
+    for a, b in zip(stacked, layered, strict=True):
+        np.testing.assert_allclose(a.heads, b.heads, rtol=1e-6)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(a.ffn, b.ffn)  # type: ignore[arg-type]
+    assert len(stacked_counts) == len(layered_counts) == 2
+    for a_counts, b_counts in zip(stacked_counts, layered_counts, strict=True):
+        np.testing.assert_array_equal(a_counts, b_counts)
+    assert stacked_counts[0].sum() > 0, "no neuron fired: the counts compared nothing"
+    assert stacked_taken is not None and stacked_taken[1] == 2 * N
+    assert layered_taken is None  # layer by layer the widths may differ: no [L, d_ff] record is reported
