@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")
     serve_max_batch: int = Field(default=8, ge=1, description="Requests the service generates together.")
     serve_max_wait_ms: int = Field(default=5, ge=0, description="How long the service waits to fill a batch.")
+    serve_torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Torch threads for a model served on the CPU; 0: one less than the CPUs (at least 1), leaving a "
+        "core to the step emitter process.",
+    )
     kafka_version: str = "4.1.2"
     log4j_version: str = "2.24.3"
     broker_port: int = Field(default=DEFAULT_BROKER_PORT, ge=0, le=65535, description="0 picks a free port.")

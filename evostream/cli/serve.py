@@ -35,6 +35,12 @@ def serve(
             "promotion or a rollback swaps the model between batches (--model is then ignored)."
         ),
     ] = None,
+    torch_threads: Annotated[
+        int | None,
+        typer.Option(
+            help="Torch threads on the CPU [default: CPUs - 1, at least 1]. Env: EVOSTREAM_SERVE_TORCH_THREADS."
+        ),
+    ] = None,
     kv_cache: Annotated[
         str,
         typer.Option(
@@ -52,7 +58,8 @@ def serve(
     from producers.generate import InstrumentedGenerator, KVCache
     from producers.service import InferenceService, ServeOptions
 
-    settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms)
+    settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms,
+                             serve_torch_threads=torch_threads)  # fmt: skip
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
@@ -69,6 +76,17 @@ def serve(
         loaded = source.current().loaded
     else:
         loaded = load_model(model, device=device, attn_implementation=attn)
+    threads = ""
+    if loaded.device.type == "cpu":
+        import os
+
+        import torch
+
+        # measured by bench.overhead on 2 cores: decoding on both loses to the emitter process and the broker waking
+        # beside it (and a small model decodes no faster on two); one less leaves them a core
+        n = settings.serve_torch_threads or max(1, (os.cpu_count() or 1) - 1)
+        torch.set_num_threads(n)
+        threads = f", {n} torch thread{'s' if n > 1 else ''}"
     signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
     options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms)
     cache: KVCache = "static" if kv_cache == "static" else "dynamic"
@@ -79,7 +97,7 @@ def serve(
     try:
         service.run(
             on_ready=lambda: say(
-                f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}, "
+                f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}{threads}, "
                 f"attention signal {generator.signal}, {generator.decode_path} KV cache"
                 + (f": {generator.decode_path_reason}" if generator.decode_path != kv_cache else "")
                 + f") from {server}"
