@@ -218,14 +218,7 @@ class InstrumentedGenerator:
             logits = out.logits[:, -1, :]
             chosen = self._choose(logits, params, gen)
             chosen = torch.where(finished, torch.full_like(chosen, self.pad_id), chosen)
-            active = ~finished
-            parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1)]
-            heads = ffn = None
-            if probe is not None:
-                parts += [logit_stats(logits, chosen, TOPK), hidden_stats(probe.take_hidden()).flatten(1)]
-                heads, ffn = self._heads(out, probe), probe.take_ffn()
-                parts += [t.flatten(1) for t in (heads, ffn) if t is not None]
-            host = torch.cat(parts, dim=-1).cpu().numpy()  # the one copy to the host per step
+            host, has_heads, has_ffn = self.step_host(out, logits, chosen, ~finished)
             if self.eos_id is not None and params.stop_at_eos:
                 finished = finished | (chosen == self.eos_id)
             now = time.perf_counter()
@@ -239,7 +232,7 @@ class InstrumentedGenerator:
                     if params.stop_at_eos and self.eos_id is not None and token_ids[r] == self.eos_id:
                         results[r].finish_reason = "STOP"
             if on_step is not None:
-                on_step(self._unpack(host, step, latency_us, heads is not None, ffn is not None, cuda, device))
+                on_step(self.unpack(host, step, latency_us, has_heads, has_ffn))
             if bool(finished.all()):
                 break
             next_input = chosen.unsqueeze(-1)
@@ -249,6 +242,20 @@ class InstrumentedGenerator:
             res.prefill_us = prefill_us
             res.decode_us = total_us - prefill_us
         return results
+
+    def step_host(self, out: object, logits: Tensor, chosen: Tensor, active: Tensor) -> tuple[
+            npt.NDArray[np.float32], bool, bool]:  # fmt: skip
+        """One step's chosen tokens, active flags and (instrumented) statistics, packed on the device and brought
+        to the host in one copy; whether head and FFN columns are in it."""
+        parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1)]
+        heads = ffn = None
+        probe = self.probe
+        if probe is not None:
+            parts += [logit_stats(logits, chosen, TOPK), hidden_stats(probe.take_hidden()).flatten(1)]
+            heads, ffn = self._heads(out, probe), probe.take_ffn()
+            parts += [t.flatten(1) for t in (heads, ffn) if t is not None]
+        host: npt.NDArray[np.float32] = torch.cat(parts, dim=-1).cpu().numpy()  # the one copy to the host per step
+        return host, heads is not None, ffn is not None
 
     def _choose(self, logits: Tensor, params: GenParams, gen: torch.Generator) -> Tensor:
         if not params.do_sample:
@@ -275,8 +282,10 @@ class InstrumentedGenerator:
             return torch.stack([attention_entropy(a[:, :, -1, :]) for a in attn], dim=1)
         return probe.take_heads()
 
-    def _unpack(self, host: npt.NDArray[np.float32], step: int, latency_us: int, has_heads: bool, has_ffn: bool,
-                cuda: bool, device: torch.device) -> StepBatch:  # fmt: skip
+    def unpack(self, host: npt.NDArray[np.float32], step: int, latency_us: int, has_heads: bool,
+               has_ffn: bool) -> StepBatch:  # fmt: skip
+        """The StepBatch of a ``step_host`` array."""
+        device = self.loaded.device
         n_l, n_h = self.num_layers, self.num_heads
         b = host.shape[0]
         o = 7
@@ -287,7 +296,7 @@ class InstrumentedGenerator:
             heads = host[:, o : o + n_l * n_h].reshape(b, n_l, n_h)
             o += n_l * n_h
         ffn = host[:, o : o + n_l] if has_ffn else None
-        if cuda:
+        if device.type == "cuda":
             peak = int(torch.cuda.max_memory_allocated(device))
         else:
             peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -34,6 +34,9 @@ class StepBatch:
     active: npt.NDArray[np.bool_]  # [B]: False once a sequence has finished before this step
     latency_us: int
     peak_memory_bytes: int
+    row_steps: npt.NDArray[np.int64] | None = None
+    """[B] each row's own step index, where rows of one batch are at different steps (continuous batching);
+    None: every row is at ``step``."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def step_records(batch: StepBatch, metas: Sequence[TraceMeta], model_version: st
             "trace_id": meta.trace_id,
             "request_id": meta.request_id,
             "model_version": model_version,
-            "step": batch.step,
+            "step": batch.step if batch.row_steps is None else int(batch.row_steps[r]),
             "token_id": token,
             "token_text": token_texts[r],
             "logprob": float(lg[0]),
