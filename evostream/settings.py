@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")
     serve_max_batch: int = Field(default=8, ge=1, description="Requests the service generates together.")
     serve_max_wait_ms: int = Field(default=5, ge=0, description="How long the service waits to fill a batch.")
+    serve_batching: Literal["continuous", "static"] = Field(
+        default="continuous",
+        description="continuous: greedy requests join the running batch between steps and leave it when done; "
+        "static: each batch runs to completion before the next is read.",
+    )
     serve_torch_threads: int = Field(
         default=0,
         ge=0,

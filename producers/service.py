@@ -14,8 +14,11 @@ import signal
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 from confluent_kafka import Message
 
@@ -25,6 +28,7 @@ from evostream.bus.producer import EventProducer
 from evostream.clock import now_us
 from evostream.errors import DecodeError, EvoError
 from models.loading import LoadedModel
+from producers.batching import Row, RunningBatch
 from producers.client import prompt_problem
 from producers.embedding import PromptEmbedder
 from producers.emitter import StepEmitter
@@ -36,6 +40,7 @@ from producers.generate import (
     GenParams,
     InstrumentedGenerator,
 )
+from producers.offsets import OffsetBook
 from producers.records import TokenTexts, completion_record
 from producers.steps import StepBatch, TraceMeta
 from producers.swap import FixedModel, ModelSource, ServingModel
@@ -45,6 +50,7 @@ from schemas.deadletter import dead_letter
 
 log = logging.getLogger("evostream.serve")
 GROUP = "evostream-inference"
+Batching = Literal["continuous", "static"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,11 @@ class ServeOptions:
     max_wait_ms: int
     max_prompt_tokens: int = MAX_PROMPT_TOKENS
     max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT
+    batching: Batching = "continuous"
+    """continuous: greedy requests join the running batch between steps and leave it when done; static: each
+    batch runs to completion before the next is read (sampled requests always run so, each with its seed)."""
+    commit_every_s: float = 0.1
+    """Continuous batching: how often the finished requests' steps and completions are awaited and committed."""
 
 
 @dataclass
@@ -106,6 +117,8 @@ class InferenceService:
         self.neurons = RecordCodec("NeuronCounts")
         self.stop_event = threading.Event()
         self.served = 0
+        self._rows: dict[str, tuple[_Pending, int]] = {}
+        """Continuous batching: the requests in the running batch by trace id, with when each started (us)."""
         # joined in run(), not here: a service built but never run must not sit in the group holding partitions
         # (librdkafka keeps an idle member for max.poll.interval.ms, and its requests wait that long)
         self.consumer: EventConsumer
@@ -118,6 +131,15 @@ class InferenceService:
     def run(self, on_ready: Callable[[], None] = lambda: None, max_requests: int | None = None) -> None:
         self.consumer = EventConsumer(self.bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
         on_ready()
+        if self.options.batching == "continuous" and self.generator.decode_path != "dynamic":
+            log.warning("continuous batching needs the dynamic KV cache: serving static batches")
+        elif self.options.batching == "continuous":
+            try:
+                self._run_continuous(max_requests)
+            finally:
+                self.emitter.close()
+                self.consumer.close()
+            return
         try:
             while not self.stop_event.is_set():
                 if max_requests is not None and self.served >= max_requests:
@@ -153,6 +175,99 @@ class InferenceService:
         self.serving = nxt
         self._refused = None
         self.swaps += 1
+
+    # --- continuous batching -------------------------------------------------------------------------------------
+    def _run_continuous(self, max_requests: int | None) -> None:
+        """Read requests while there is room, admit greedy ones to the running batch between steps, finish each as
+        soon as it is done; every ``commit_every_s``, and whenever nothing is in flight, await the outputs and
+        commit the offsets of what is done (never past a request still in flight on its partition). A stop admits
+        nothing more, finishes the requests in flight and commits; requests read but not admitted are read again by
+        whoever serves their partition next."""
+        batch = self._new_batch()
+        queue: deque[_Pending] = deque()
+        book = OffsetBook()
+        last_commit = time.monotonic()
+        while not self.stop_event.is_set() or self._rows:  # a stop finishes the requests in flight, admits no more
+            if max_requests is not None and self.served >= max_requests and not self._rows and not queue:
+                break
+            stopping = self.stop_event.is_set()
+            room = 0 if stopping else batch.free - len(queue)
+            if room > 0:
+                idle = not self._rows and not queue
+                for msg in self.consumer.poll_ready(room, timeout_s=0.5 if idle else 0.0):
+                    book.read(_part(msg), msg.offset() or 0)
+                    pending = self._read(msg, now_us())
+                    if pending is None:  # answered with an error Completion or dead-lettered already
+                        book.done(_part(msg), msg.offset() or 0)
+                    elif pending.params.do_sample:  # its own seed: run to completion now, alone
+                        self._generate(pending.params, [pending], now_us())
+                        book.done(_part(msg), msg.offset() or 0)
+                    else:
+                        queue.append(pending)
+            if not self._rows:  # a swap happens only between batches: nothing in flight uses the old model
+                before = self.generator
+                self.follow()
+                if self.generator is not before:
+                    batch = self._new_batch()
+            swap_waits = self.models.current() not in (self.serving, self._refused)
+            if queue and batch.free and not swap_waits and not stopping:
+                take = [queue.popleft() for _ in range(min(batch.free, len(queue)))]
+                started = now_us()
+                self._rows.update({p.meta.trace_id: (p, started) for p in take})
+                new = [Row(p.meta.trace_id, p.params.max_new_tokens) for p in take]
+                if not self._advance(book, partial(batch.admit, [p.prompt for p in take], new, self._row_step)):
+                    batch = self._new_batch()
+            if len(batch) and not self._advance(book, partial(batch.step, self._row_step)):
+                batch = self._new_batch()
+            if not self._rows or time.monotonic() - last_commit >= self.options.commit_every_s:
+                self._commit(book)
+                last_commit = time.monotonic()
+            if not self._rows and not queue:
+                self.producer.poll()  # an idle producer reports a lost broker now, not at the next request
+        self._commit(book)
+
+    def _new_batch(self) -> RunningBatch:
+        return RunningBatch(self.generator, self.options.max_batch)
+
+    def _row_step(self, sb: StepBatch, rows: list[Row]) -> None:
+        metas = [self._rows[row.key][0].meta for row in rows]
+        self.emitter.submit(sb, metas, self.serving.version, self.generator.signal, self.texts.rows(sb))
+
+    def _advance(self, book: OffsetBook, move: Callable[[], list[Row]]) -> bool:
+        """Admit or step, then complete the rows that finished. A model error fails every row in flight, each with
+        an error Completion; False then (the batch must be built anew)."""
+        try:
+            finished = move()
+        except (EvoError, RuntimeError, ValueError) as e:
+            log.exception("generation failed for %d requests", len(self._rows))
+            for p, started in self._rows.values():
+                self._complete(p.meta, None, "", self._embed([p.prompt])[0], started, error=f"model error: {e}")
+                book.done(_part(p.msg), p.msg.offset() or 0)
+            self._rows.clear()
+            return False
+        if finished:
+            done = [(row, *self._rows.pop(row.key)) for row in finished]
+            embeddings = self._embed([p.prompt for _, p, _ in done])  # after generating: only Completions need it
+            tok = self.loaded.tokenizer
+            for (row, p, started), emb in zip(done, embeddings, strict=True):
+                res = row.result
+                res.decode_us = max(0, int((time.perf_counter() - row.admitted) * 1e6) - res.prefill_us)
+                self._complete(p.meta, res, tok.decode(res.token_ids, skip_special_tokens=True), emb, started)
+                book.done(_part(p.msg), p.msg.offset() or 0)
+        return True
+
+    def _commit(self, book: OffsetBook) -> None:
+        """Await every output so far, then commit the offsets of the requests done."""
+        assigned = set(self.consumer.assigned)
+        book.forget(assigned)  # a partition taken away: its requests in flight are the new owner's to serve
+        offsets = book.committable(assigned)
+        if not offsets:
+            return
+        self._publish_neuron_counts(now_us())
+        self.emitter.drain()  # every step event acknowledged ...
+        self.producer.flush()  # ... and every completion, before the requests are committed
+        self.consumer.commit_offsets(offsets)
+        book.committed(offsets)
 
     def _poll_batch(self) -> list[Message]:
         """The first request as soon as it comes (up to 0.5 s), then what else arrives within ``max_wait_ms``."""
@@ -249,3 +364,7 @@ class InferenceService:
                           error, GROUP, now_us())  # fmt: skip
         self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec))
         self.served += 1
+
+
+def _part(msg: Message) -> tuple[str, int]:
+    return msg.topic() or REQUESTS, msg.partition() or 0

@@ -48,19 +48,24 @@ class EventConsumer:
                 **(config or {}),
             }
         )
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
+        """The partitions the group has handed this member, as of its last poll: readable from any thread (asking
+        librdkafka from another thread while this one polls can wait a long time)."""
         if since_us is not None:
             self._assign_since(list(topics), since_us)
-        elif on_assign is None:
-            self._consumer.subscribe(list(topics))
-        else:
-            hook = on_assign
+            return
+        hook = on_assign
 
-            def assigned(consumer: Consumer, parts: list[TopicPartition]) -> None:
-                placed = hook(parts)
-                if placed is not None:
-                    consumer.assign(placed)
+        def assigned(consumer: Consumer, parts: list[TopicPartition]) -> None:
+            self.assigned = frozenset((tp.topic, tp.partition) for tp in parts)
+            placed = hook(parts) if hook is not None else None
+            if placed is not None:
+                consumer.assign(placed)
 
-            self._consumer.subscribe(list(topics), on_assign=assigned)
+        def revoked(_consumer: Consumer, _parts: list[TopicPartition]) -> None:
+            self.assigned = frozenset()
+
+        self._consumer.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=revoked)
 
     def _assign_since(self, topics: list[str], since_us: int) -> None:
         """Each partition from its first record at or after ``since_us``; a partition with none yet starts at its

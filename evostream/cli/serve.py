@@ -35,6 +35,13 @@ def serve(
             "promotion or a rollback swaps the model between batches (--model is then ignored)."
         ),
     ] = None,
+    batching: Annotated[
+        str | None,
+        typer.Option(
+            help="continuous (greedy requests join and leave the running batch between steps) or static "
+            "(each batch runs to completion) [default continuous]. Env: EVOSTREAM_SERVE_BATCHING."
+        ),
+    ] = None,
     torch_threads: Annotated[
         int | None,
         typer.Option(
@@ -59,7 +66,7 @@ def serve(
     from producers.service import InferenceService, ServeOptions
 
     settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms,
-                             serve_torch_threads=torch_threads)  # fmt: skip
+                             serve_torch_threads=torch_threads, serve_batching=batching)  # fmt: skip
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
@@ -88,7 +95,8 @@ def serve(
         torch.set_num_threads(n)
         threads = f", {n} torch thread{'s' if n > 1 else ''}"
     signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
-    options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms)
+    options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms,
+                           batching=settings.serve_batching)  # fmt: skip
     cache: KVCache = "static" if kv_cache == "static" else "dynamic"
     generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit,  # type: ignore[arg-type]
                                       kv_cache=cache)  # fmt: skip
@@ -98,7 +106,8 @@ def serve(
         service.run(
             on_ready=lambda: say(
                 f"serving {loaded.version} ({loaded.parameter_count():,} parameters, {loaded.device}{threads}, "
-                f"attention signal {generator.signal}, {generator.decode_path} KV cache"
+                f"attention signal {generator.signal}, {generator.decode_path} KV cache, "
+                f"{options.batching if generator.decode_path == 'dynamic' else 'static'} batching"
                 + (f": {generator.decode_path_reason}" if generator.decode_path != kv_cache else "")
                 + f") from {server}"
                 + (f", following the governance of {governed}" if governed else "")

@@ -60,6 +60,12 @@ def services(kafka: str) -> Iterator[list[CountingService]]:
         t.start()
         assert ready.wait(30)
         threads.append(t)
+    # both members hold partitions before the test sends anything (else the first may take every request while the
+    # second is still joining)
+    deadline = time.monotonic() + 60
+    while not all(svc.consumer.assigned for svc in svcs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(svc.consumer.assigned for svc in svcs), "a service never got partitions"
     yield svcs
     for svc in svcs:
         svc.stop_event.set()

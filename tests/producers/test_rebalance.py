@@ -50,7 +50,8 @@ def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(
 ) -> None:
     lm = tiny("t5")
     held = HeldGenerator(lm)
-    svc = InferenceService(kafka, lm, None, ServeOptions(max_batch=16, max_wait_ms=200, max_prompt_tokens=64),
+    svc = InferenceService(kafka, lm, None, ServeOptions(max_batch=16, max_wait_ms=200, max_prompt_tokens=64,
+                                                      batching="static"),
                            generator=held)  # fmt: skip
     errors: list[BaseException] = []
 
