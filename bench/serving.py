@@ -12,9 +12,12 @@ fast wrong answer cannot pass for a result.
    request it did not send). Client-side latency: submit -> the reply in the client's hands.
 2. Concurrency. A closed loop keeping C requests in flight (``--concurrency 1,8,32``) for ``--per-level`` requests:
    generated tokens/s, requests/s, latency, and time to first token (submit -> the ``emitted_at_us`` of the
-   request's step-0 event, read back from evo.steps; one machine, one clock).
+   request's step-0 event, read back from evo.steps; one machine, one clock). Each of the service's ``--batching``
+   modes (continuous: requests join and leave the running batch between steps; static: each batch runs to
+   completion) is started afresh and measured in every rep, side by side.
 
 Run: python -m bench.serving [--requests 1000] [--legacy 60] [--concurrency 1,8,32] [--per-level 96] [--reps 3]
+     [--batching continuous,static] [--max-batch 8]
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +63,15 @@ class Server:
                 self.proc.wait(10)
 
 
-def start_servers(bootstrap: str, n: int, max_batch: int, tmp: Path) -> list[Server]:
+def start_servers(bootstrap: str, n: int, max_batch: int, batching: str, tmp: Path) -> list[Server]:
     """``n`` ``evostream serve`` processes of the default model, returned once each says it is serving."""
     servers = []
     for k in range(n):
         log = tmp / f"serve-{k}.log"
         with log.open("wb") as out:
             proc = subprocess.Popen([sys.executable, "-m", "evostream.cli", "serve", "--bootstrap", bootstrap,
-                                     "--max-batch", str(max_batch), "--log-level", "WARNING"],
+                                     "--max-batch", str(max_batch), "--batching", batching,
+                                     "--log-level", "WARNING"],
                                     stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))  # fmt: skip
         servers.append(Server(proc, log))
     deadline = time.monotonic() + 180
@@ -160,6 +164,42 @@ def ms(xs: list[float]) -> str:
     return f"p50 {statistics.median(xs):,.1f} ms, p99 {pct(xs, 99):,.1f} ms"
 
 
+def client_section(bootstrap: str, args: argparse.Namespace, examples: Sequence[Example], rep: int, mode: str,
+                   note: Callable[[str, float], None]) -> None:  # fmt: skip
+    """The pipelined client, and the client as it was, against the same service."""
+    with InferenceClient(bootstrap, max_in_flight=args.in_flight) as client:
+        out = pipelined(client, examples)
+    print(f"rep {rep} ({mode}): pipelined client, {out.total} requests (<= {args.in_flight} in flight): "
+          f"{out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}; {out.right}/{out.total} right")  # fmt: skip
+    note("pipelined client requests/s", out.per_s)
+    note("pipelined client latency p50 ms", statistics.median(out.latencies_ms))
+    note("pipelined client latency p99 ms", pct(out.latencies_ms, 99))
+    if args.legacy:
+        old = legacy(bootstrap, examples[: args.legacy])
+        print(f"rep {rep} ({mode}): client as it was, {old.total} requests: {old.per_s:,.1f} requests/s, "
+              f"latency {ms(old.latencies_ms)}; {old.right}/{old.total} right")  # fmt: skip
+        note("client as it was requests/s", old.per_s)
+
+
+def level(bootstrap: str, examples: Sequence[Example], c: int, rep: int, mode: str,
+          note: Callable[[str, float], None]) -> None:  # fmt: skip
+    """A closed loop keeping ``c`` requests in flight."""
+    since = now_us() - 1_000_000
+    with InferenceClient(bootstrap, max_in_flight=c) as client:
+        out = pipelined(client, examples)
+    ttft = first_token_ms(bootstrap, out.replies, since)
+    queue = [r["timings"]["queue_us"] / 1000 for r in out.replies]
+    print(f"rep {rep} ({mode}): {c} in flight, {out.total} requests: {out.tokens / out.seconds:,.0f} generated "
+          f"tokens/s, {out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}, time to first token {ms(ttft)} "
+          f"(of which send -> admitted {ms(queue)}); {out.right}/{out.total} right")  # fmt: skip
+    note(f"{mode}, {c} in flight: tokens/s", out.tokens / out.seconds)
+    note(f"{mode}, {c} in flight: requests/s", out.per_s)
+    note(f"{mode}, {c} in flight: TTFT p50 ms", statistics.median(ttft))
+    note(f"{mode}, {c} in flight: TTFT p99 ms", pct(ttft, 99))
+    note(f"{mode}, {c} in flight: latency p50 ms", statistics.median(out.latencies_ms))
+    note(f"{mode}, {c} in flight: latency p99 ms", pct(out.latencies_ms, 99))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=1000, help="requests pipelined through one client")
@@ -169,6 +209,7 @@ def main() -> None:
     ap.add_argument("--per-level", type=int, default=96, help="requests per concurrency level")
     ap.add_argument("--instances", type=int, default=1, help="evostream serve processes (one consumer group)")
     ap.add_argument("--max-batch", type=int, default=8, help="the service's --max-batch")
+    ap.add_argument("--batching", default="continuous,static", help="the service's --batching modes, side by side")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
@@ -182,52 +223,30 @@ def main() -> None:
         rows.setdefault(key, []).append(value)
 
     tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-serving-"))
+    modes = [m for m in args.batching.split(",") if m]
     with bench_broker(args.bootstrap) as bootstrap:
-        servers = start_servers(bootstrap, args.instances, args.max_batch, tmp)
-        try:
-            with InferenceClient(bootstrap) as warm:
-                warm.infer_many([e.prompt for e in pool[:16]], timeout_s=120, max_new_tokens=MAX_NEW_TOKENS)
-            for rep in range(1, args.reps + 1):
-                with InferenceClient(bootstrap, max_in_flight=args.in_flight) as client:
-                    out = pipelined(client, examples)
-                print(f"rep {rep}: pipelined client, {out.total} requests (<= {args.in_flight} in flight): "
-                      f"{out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}; "
-                      f"{out.right}/{out.total} right")  # fmt: skip
-                note("pipelined client requests/s", out.per_s)
-                note("pipelined client latency p50 ms", statistics.median(out.latencies_ms))
-                note("pipelined client latency p99 ms", pct(out.latencies_ms, 99))
-                if args.legacy:
-                    old = legacy(bootstrap, examples[: args.legacy])
-                    print(f"rep {rep}: client as it was, {old.total} requests: {old.per_s:,.1f} requests/s, "
-                          f"latency {ms(old.latencies_ms)}; {old.right}/{old.total} right")  # fmt: skip
-                    note("client as it was requests/s", old.per_s)
-                for c in levels:
-                    since = now_us() - 1_000_000
-                    with InferenceClient(bootstrap, max_in_flight=c) as client:
-                        out = pipelined(client, examples[: args.per_level])
-                    ttft = first_token_ms(bootstrap, out.replies, since)
-                    queue = [r["timings"]["queue_us"] / 1000 for r in out.replies]
-                    prefill = [r["timings"]["prefill_us"] / 1000 for r in out.replies]
-                    print(f"rep {rep}: {c} in flight, {out.total} requests: {out.tokens / out.seconds:,.0f} generated "
-                          f"tokens/s, {out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}, time to first "
-                          f"token {ms(ttft)} (of which submit -> batch start {ms(queue)}, batch start -> first token "
-                          f"{ms(prefill)}); {out.right}/{out.total} right")  # fmt: skip
-                    note(f"{c} in flight: tokens/s", out.tokens / out.seconds)
-                    note(f"{c} in flight: requests/s", out.per_s)
-                    note(f"{c} in flight: TTFT p50 ms", statistics.median(ttft))
-                    note(f"{c} in flight: TTFT p99 ms", pct(ttft, 99))
-                    note(f"{c} in flight: latency p99 ms", pct(out.latencies_ms, 99))
-                sys.stdout.flush()
-        finally:
-            for s in servers:
-                s.stop()
+        for rep in range(1, args.reps + 1):
+            for k, mode in enumerate(modes):  # side by side: each rep serves with every mode, freshly started
+                servers = start_servers(bootstrap, args.instances, args.max_batch, mode, tmp)
+                try:
+                    with InferenceClient(bootstrap) as warm:
+                        warm.infer_many([e.prompt for e in pool[:16]], timeout_s=120, max_new_tokens=MAX_NEW_TOKENS)
+                    if k == 0:
+                        client_section(bootstrap, args, examples, rep, mode, note)
+                    for c in levels:
+                        level(bootstrap, examples[: args.per_level], c, rep, mode, note)
+                    sys.stdout.flush()
+                finally:
+                    for s in servers:
+                        s.stop()
     print(f"over {args.reps} reps, min / median / max ({args.instances} evostream serve, --max-batch {args.max_batch}, "
           f"default model, {os.cpu_count()} CPUs, broker on the same machine):")  # fmt: skip
     for key, vals in rows.items():
         print(f"  {key}: {spread(vals, ',.1f')}")
     print(f"# reproduce: python -m bench.serving --requests {args.requests} --in-flight {args.in_flight} "
           f"--legacy {args.legacy} --concurrency {args.concurrency} --per-level {args.per_level} "
-          f"--instances {args.instances} --max-batch {args.max_batch} --reps {args.reps}")  # fmt: skip
+          f"--instances {args.instances} --max-batch {args.max_batch} --batching {args.batching} "
+          f"--reps {args.reps}")  # fmt: skip
 
 
 if __name__ == "__main__":
