@@ -202,7 +202,7 @@ def level(bootstrap: str, examples: Sequence[Example], c: int, rep: int, mode: s
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--requests", type=int, default=1000, help="requests pipelined through one client")
+    ap.add_argument("--requests", type=int, default=1000, help="requests pipelined through one client (0: skip)")
     ap.add_argument("--in-flight", type=int, default=256, help="the pipelined client's bound on requests in flight")
     ap.add_argument("--legacy", type=int, default=60, help="requests through the client as it was (0: skip)")
     ap.add_argument("--concurrency", default="1,8,32", help="closed-loop levels (requests in flight)")
@@ -215,8 +215,9 @@ def main() -> None:
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     levels = [int(c) for c in args.concurrency.split(",") if c]
-    pool = list(eval_set(max(1, (args.requests + 5) // 6)))
+    pool = list(eval_set(max(1, (max(args.requests, args.per_level) + 5) // 6)))
     examples = [pool[i % len(pool)] for i in range(args.requests)]
+    per_level = [pool[i % len(pool)] for i in range(args.per_level)]
     rows: dict[str, list[float]] = {}
 
     def note(key: str, value: float) -> None:
@@ -231,10 +232,10 @@ def main() -> None:
                 try:
                     with InferenceClient(bootstrap) as warm:
                         warm.infer_many([e.prompt for e in pool[:16]], timeout_s=120, max_new_tokens=MAX_NEW_TOKENS)
-                    if k == 0:
+                    if k == 0 and args.requests:
                         client_section(bootstrap, args, examples, rep, mode, note)
                     for c in levels:
-                        level(bootstrap, examples[: args.per_level], c, rep, mode, note)
+                        level(bootstrap, per_level, c, rep, mode, note)
                     sys.stdout.flush()
                 finally:
                     for s in servers:
