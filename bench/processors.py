@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from bench.broker import bench_broker
+from bench.procs import stop
 from bench.stats import pct, spread
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
@@ -142,14 +143,7 @@ class Worker:
     ready_us: int
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                print(f"worker did not stop within 60 s of SIGTERM: killed (log: {self.log})", file=sys.stderr)
-                self.proc.kill()
-                self.proc.wait(10)
+        stop(self.proc, self.log, "worker")
 
 
 def start_workers(bootstrap: str, tmp: Path, n: int) -> list[Worker]:

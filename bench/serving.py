@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.broker import bench_broker
+from bench.procs import stop
 from bench.stats import pct, spread
 from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
@@ -54,13 +55,7 @@ class Server:
     log: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop(self.proc, self.log, "evostream serve")
 
 
 def start_servers(bootstrap: str, n: int, max_batch: int, batching: str, tmp: Path) -> list[Server]:

@@ -28,7 +28,7 @@ from torch import Tensor
 from transformers import EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from producers.generate import Generated, GenerationError, InstrumentedGenerator, _prompt_surprisal
+from producers.generate import Generated, GenerationError, InstrumentedGenerator, prompt_surprisal
 from producers.steps import StepBatch
 
 
@@ -100,18 +100,9 @@ class RunningBatch:
         if len(rows) > self.free:
             raise GenerationError(f"{len(rows)} rows do not fit: {self.free} free of {self.max_rows}")
         gen, lm = self.gen, self.gen.loaded
-        model, tok, device = lm.model, lm.tokenizer, lm.device
+        model, device = lm.model, lm.device
         t0 = time.perf_counter()
-        if self.seq2seq:
-            enc = tok(list(prompts), return_tensors="pt", padding=True)
-        else:
-            enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-        lengths = enc.attention_mask.sum(-1).tolist()
-        if max(lengths) > gen.max_prompt_tokens:
-            raise GenerationError(f"prompt of {max(lengths)} tokens exceeds the limit of {gen.max_prompt_tokens}")
-        if 0 in lengths:
-            raise GenerationError("a prompt encodes to no tokens: there is nothing to condition on")
-        ids, mask = enc.input_ids.to(device), enc.attention_mask.to(device)
+        ids, mask, lengths = gen.encode(prompts)
         b = ids.shape[0]
         want_attn = gen.signal == "ENTROPY"
         if gen.probe is not None:
@@ -130,7 +121,7 @@ class RunningBatch:
             out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
                         output_attentions=want_attn)  # fmt: skip
             if gen.probe is not None:
-                surprisal = _prompt_surprisal(out.logits, ids, mask)
+                surprisal = prompt_surprisal(out.logits, ids, mask)
             slots, pos, hidden = mask, position[:, -1:] + 1, None
         logits = out.logits[:, -1, :]
         chosen = logits.argmax(-1)

@@ -143,24 +143,13 @@ class InstrumentedGenerator:
             raise GenerationError("this generator was built with instrument=False: it has no step statistics to report")
         if not prompts:
             return []
-        model, tok = self.loaded.model, self.loaded.tokenizer
+        model = self.loaded.model
         probe = self.probe
         device = self.loaded.device
         cuda = device.type == "cuda"
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
-        if self.loaded.is_seq2seq:
-            enc = tok(list(prompts), return_tensors="pt", padding=True)
-        else:
-            enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
-        lengths = enc.attention_mask.sum(-1).tolist()
-        too_long = [n for n in lengths if n > self.max_prompt_tokens]
-        if too_long:
-            raise GenerationError(f"prompt of {max(too_long)} tokens exceeds the limit of {self.max_prompt_tokens}")
-        if 0 in lengths:
-            raise GenerationError("a prompt encodes to no tokens: there is nothing to condition on")
-        input_ids = enc.input_ids.to(device)
-        mask = enc.attention_mask.to(device)
+        input_ids, mask, lengths = self.encode(prompts)
         b = input_ids.shape[0]
         results = [Generated(prompt_tokens=int(n)) for n in lengths]
         gen = torch.Generator(device=device)
@@ -197,7 +186,7 @@ class InstrumentedGenerator:
             out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
                         use_cache=True, output_attentions=want_attn)  # fmt: skip
             if probe is not None:
-                surprisal = _prompt_surprisal(out.logits, input_ids, enc_mask)
+                surprisal = prompt_surprisal(out.logits, input_ids, enc_mask)
             past = out.past_key_values
             next_pos = position[:, -1:] + 1
 
@@ -242,6 +231,23 @@ class InstrumentedGenerator:
             res.prefill_us = prefill_us
             res.decode_us = total_us - prefill_us
         return results
+
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor, list[int]]:
+        """Token ids and attention mask of ``prompts`` on the model's device (padded on the left for decoder-only
+        models, so every row's newest token is last), and each prompt's length; refuses an empty or oversize one."""
+        tok = self.loaded.tokenizer
+        if self.loaded.is_seq2seq:
+            enc = tok(list(prompts), return_tensors="pt", padding=True)
+        else:
+            enc = tok(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        lengths: list[int] = enc.attention_mask.sum(-1).tolist()
+        too_long = [n for n in lengths if n > self.max_prompt_tokens]
+        if too_long:
+            raise GenerationError(f"prompt of {max(too_long)} tokens exceeds the limit of {self.max_prompt_tokens}")
+        if 0 in lengths:
+            raise GenerationError("a prompt encodes to no tokens: there is nothing to condition on")
+        device = self.loaded.device
+        return enc.input_ids.to(device), enc.attention_mask.to(device), lengths
 
     def step_host(self, out: object, logits: Tensor, chosen: Tensor, active: Tensor) -> tuple[
             npt.NDArray[np.float32], bool, bool]:  # fmt: skip
@@ -305,7 +311,7 @@ class InstrumentedGenerator:
                          peak_memory_bytes=peak)  # fmt: skip
 
 
-def _prompt_surprisal(logits: Tensor, input_ids: Tensor, mask: Tensor) -> list[float | None]:
+def prompt_surprisal(logits: Tensor, input_ids: Tensor, mask: Tensor) -> list[float | None]:
     """Mean surprisal in bits of each prompt's tokens under the model (left-padded batch)."""
     if input_ids.shape[1] < 2:
         return [None] * input_ids.shape[0]

@@ -10,12 +10,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer
 
 from evostream.clock import now_us
 from models.loading import LoadedModel
+from producers.batching import Row, RowStepCallback, RunningBatch
 from producers.client import InferenceClient
 from producers.generate import Generated, GenParams, InstrumentedGenerator
 from producers.service import GROUP, InferenceService, ServeOptions
@@ -27,7 +29,15 @@ from tests.producers.replies import collect
 pytestmark = pytest.mark.integration
 
 
-class HeldGenerator(InstrumentedGenerator):
+class Gate:
+    """Where the service is held: ``entered`` once it is, ``release`` lets it go."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+
+class HeldGenerator(InstrumentedGenerator, Gate):
     """The real generator, held at the start of its first batch until the test lets it go: the rebalance is made to
     land inside that batch, not near it."""
 
@@ -45,14 +55,40 @@ class HeldGenerator(InstrumentedGenerator):
         return super().generate(prompts, params, on_step)
 
 
-def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(
-    kafka: str,
-) -> None:
+class HeldBatch(RunningBatch):
+    """The real running batch, held at its first decoding step until the test lets it go (continuous batching)."""
+
+    def __init__(self, generator: InstrumentedGenerator, max_rows: int, gate: Gate) -> None:
+        super().__init__(generator, max_rows)
+        self.gate = gate
+
+    def step(self, on_step: RowStepCallback | None = None) -> list[Row]:
+        if not self.gate.entered.is_set():
+            self.gate.entered.set()
+            assert self.gate.release.wait(120), "the test never released the held batch"
+        return super().step(on_step)
+
+
+class HeldService(InferenceService):
+    def __init__(self, *args: Any, gate: Gate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = gate
+
+    def _new_batch(self) -> RunningBatch:
+        return HeldBatch(self.generator, self.options.max_batch, self.gate)
+
+
+@pytest.mark.parametrize("batching", ["static", "continuous"])
+def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(kafka: str, batching: str) -> None:
     lm = tiny("t5")
-    held = HeldGenerator(lm)
-    svc = InferenceService(kafka, lm, None, ServeOptions(max_batch=16, max_wait_ms=200, max_prompt_tokens=64,
-                                                      batching="static"),
-                           generator=held)  # fmt: skip
+    options = ServeOptions(max_batch=16, max_wait_ms=200, max_prompt_tokens=64, batching=batching)  # type: ignore[arg-type]
+    held: Gate
+    if batching == "static":
+        held = HeldGenerator(lm)
+        svc = InferenceService(kafka, lm, None, options, generator=held)
+    else:  # held inside the running batch's first step instead of the generator's first batch
+        held = Gate()
+        svc = HeldService(kafka, lm, None, options, gate=held)
     errors: list[BaseException] = []
 
     def run() -> None:
