@@ -26,8 +26,8 @@ def _newest(x: Any) -> Tensor:
 class Probe:
     """Hooks on the generating layers: hidden state (output), head outputs and FFN activations (inputs of the
     output projections). Each hook only keeps a view of its tensor's newest position; the statistics are computed at
-    the step's end over all layers at once (one stacked reduction instead of a few small ones per layer: on a small
-    model each tensor op costs more in dispatch than in arithmetic)."""
+    the step's end, over all layers at once where the layers are alike (``take_stacked`` and ``stats.step_stats``: on
+    a small model each tensor op costs more in dispatch than in arithmetic), else layer by layer."""
 
     def __init__(self, anat: Anatomy, signal: AttentionSignal) -> None:
         self.anat = anat
@@ -98,36 +98,44 @@ class Probe:
             raise ProbeError("a generating layer did not run its forward hook")
         return out
 
+    def take_stacked(self) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+        """This step's newest-position tensors stacked over layers, for ``stats.step_stats``: hidden [B, L, D], the
+        attention output projections' inputs [B, L, H*Dh] (OUTPUT_NORM signal, else None) and the FFN output
+        projections' inputs [B, L, F] (None without FFN hooks); None when some kind differs in shape across layers
+        (a pruned model), which the layer-by-layer ``take_heads`` / ``take_ffn`` handle."""
+        hidden = self.take_hidden()
+        heads = self._kept(self.heads_in, "attention output projection") if self.has_head_norms else None
+        ffn = self._kept(self.ffn_in, "FFN output projection") if self.has_ffn else None
+        if not all(_same_shape(t) for t in (hidden, heads, ffn) if t is not None):
+            return None
+        return (torch.stack(hidden, dim=1), None if heads is None else torch.stack(heads, dim=1),
+                None if ffn is None else torch.stack(ffn, dim=1))  # fmt: skip
+
+    def fold_counts(self, fired: Tensor, batch_rows: int) -> None:
+        """Add one step's stacked FFN firing counts [L, F] (from ``stats.step_stats``) and the rows they cover."""
+        mask = self.row_mask
+        rows = mask.sum() if mask is not None else torch.tensor(batch_rows, device=fired.device)
+        self.counted_rows = rows if self.counted_rows is None else self.counted_rows + rows
+        self.stacked_counts = fired if self.stacked_counts is None else self.stacked_counts + fired
+
     def take_heads(self) -> Tensor | None:
-        """[B, L, H] per-head output norms of this step, or None."""
+        """[B, L, H] per-head output norms of this step, layer by layer, or None."""
         if not self.has_head_norms:
             return None
         kept = self._kept(self.heads_in, "attention output projection")
-        heads = self.anat.num_heads
-        if _same_shape(kept):  # one reduction over every layer
-            x = torch.stack(kept, dim=1)
-            norms: Tensor = torch.linalg.vector_norm(x.float().reshape(x.shape[0], x.shape[1], heads, -1), dim=-1)
-            return norms
-        return torch.stack([head_output_norm(x, heads) for x in kept], dim=1)
+        return torch.stack([head_output_norm(x, self.anat.num_heads) for x in kept], dim=1)
 
     def take_ffn(self) -> Tensor | None:
-        """[B, L] FFN sparsity of this step, or None; folds the step's neuron firing counts in (call once a step)."""
+        """[B, L] FFN sparsity of this step, layer by layer, or None; folds the step's neuron firing counts in (call
+        once a step)."""
         if not self.has_ffn:
             return None
         kept = self._kept(self.ffn_in, "FFN output projection")
         mask = self.row_mask
         rows = mask.sum() if mask is not None else torch.tensor(kept[0].shape[0], device=kept[0].device)
         self.counted_rows = rows if self.counted_rows is None else self.counted_rows + rows
-        if _same_shape(kept):  # every layer as wide: one reduction over all of them
-            x = torch.stack(kept, dim=1)  # [B, L, F]
-            fired = x > 0
-            if mask is not None:
-                fired = fired & mask[:, None, None]
-            add = fired.sum(0, dtype=torch.int32)  # [L, F]
-            self.stacked_counts = add if self.stacked_counts is None else self.stacked_counts + add
-            return ffn_sparsity(x)
         sparsity = []
-        for i, x in enumerate(kept):  # widths differ (a pruned model): layer by layer
+        for i, x in enumerate(kept):
             fired = x > 0
             if mask is not None:
                 fired = fired & mask[:, None]

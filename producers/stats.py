@@ -58,3 +58,25 @@ def head_output_norm(head_outputs: Tensor, num_heads: int) -> Tensor:
 def ffn_sparsity(activations: Tensor, eps: float = 1e-6) -> Tensor:
     """FFN activations of the newest position, [..., F] -> [...] fraction with |a| <= eps."""
     return (activations.abs() <= eps).float().mean(-1)
+
+
+def step_stats(logits: Tensor, chosen: Tensor, active: Tensor, hidden: Tensor, heads_in: Tensor | None,
+               ffn_in: Tensor | None, row_mask: Tensor, num_heads: int,
+               k: int = 10) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+    """Every statistic of one step from tensors of layers alike, in one function (what ``torch.compile`` fuses):
+    ``hidden`` [B, L, D], ``heads_in`` [B, L, H*Dh] (the attention output projections' inputs) or None, ``ffn_in``
+    [B, L, F] (the FFN output projections' inputs) or None, ``row_mask`` [B] rows still generating.
+
+    Returns the packed row [B, 2 + 5 + 3L (+ L*H) (+ L)]: chosen id, active flag, ``logit_stats``, ``hidden_stats``,
+    per-head output norms, FFN sparsity; and the step's FFN firing counts [L, F] int32 over the masked rows (None
+    without ``ffn_in``)."""
+    b, n_layers = hidden.shape[0], hidden.shape[1]
+    parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1), logit_stats(logits, chosen, k),
+             hidden_stats(list(hidden.unbind(1))).flatten(1)]  # fmt: skip
+    if heads_in is not None:
+        parts.append(torch.linalg.vector_norm(heads_in.float().reshape(b, n_layers, num_heads, -1), dim=-1).flatten(1))
+    fired = None
+    if ffn_in is not None:
+        parts.append(ffn_sparsity(ffn_in))
+        fired = ((ffn_in > 0) & row_mask[:, None, None]).sum(0, dtype=torch.int32)
+    return torch.cat(parts, dim=-1), fired
