@@ -125,7 +125,6 @@ def bench_model(
     coalesce_ms: float = COALESCE_S * 1000,
     linger_ms: float = 5.0,
     our_threads: int | None = None,
-    compile_stats: bool = False,
 ) -> dict[str, list[float]]:
     """Seconds per rep of each side. ``plain_lm`` is never hooked; ``lm`` carries the instrumentation's hooks."""
     if plain_lm.model is lm.model:
@@ -144,7 +143,7 @@ def bench_model(
         return n
 
     bare = InstrumentedGenerator(plain_lm, instrument=False, kv_cache=kv_cache)
-    gen = InstrumentedGenerator(lm, kv_cache=kv_cache, compile_stats=compile_stats)
+    gen = InstrumentedGenerator(lm, kv_cache=kv_cache)
     print(f"our sides decode with the {gen.decode_path} KV cache ({gen.decode_path_reason})", flush=True)
     emitter = StepEmitter(bootstrap, topic=topic, producer_config={"linger.ms": linger_ms},
                           coalesce_s=coalesce_ms / 1000)  # fmt: skip
@@ -237,8 +236,7 @@ def run(bootstrap: str, args: argparse.Namespace) -> None:
             require_hook_free(plain_lm.model, SIDES["plain"])
             for n in (int(t) for t in args.tokens.split(",")):
                 times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps, args.kv_cache,
-                                    args.coalesce_ms, args.linger_ms, args.our_threads,
-                                    args.compile_stats)  # fmt: skip
+                                    args.coalesce_ms, args.linger_ms, args.our_threads)  # fmt: skip
                 report(name, lm.parameter_count(), n, len(prompts), times)
             del lm, plain_lm
     finally:
@@ -261,7 +259,6 @@ def main() -> None:
         default=None,
         help="torch threads for our sides (plain keeps torch's default, what its user runs)",
     )
-    ap.add_argument("--compile-stats", action="store_true", help="our statistics through torch.compile")
     ap.add_argument("--kv-cache", default="dynamic", choices=["dynamic", "static"], help="our sides' KV cache")
     ap.add_argument("--bootstrap", default=None)
     args = ap.parse_args()
@@ -270,8 +267,7 @@ def main() -> None:
     print(f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
           f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --kv-cache {args.kv_cache} "
           f"--coalesce-ms {args.coalesce_ms:g} --linger-ms {args.linger_ms:g}"
-          + (f" --our-threads {args.our_threads}" if args.our_threads else "")
-          + (" --compile-stats" if args.compile_stats else ""),
+          + (f" --our-threads {args.our_threads}" if args.our_threads else ""),
           file=sys.stderr)  # fmt: skip
 
 

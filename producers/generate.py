@@ -78,8 +78,7 @@ class InstrumentedGenerator:
 
     def __init__(self, loaded: LoadedModel, signal: AttentionSignal | None = None,
                  max_prompt_tokens: int = MAX_PROMPT_TOKENS, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT, *,
-                 instrument: bool = True, kv_cache: KVCache = "dynamic",
-                 compile_stats: bool = False) -> None:  # fmt: skip
+                 instrument: bool = True, kv_cache: KVCache = "dynamic") -> None:  # fmt: skip
         """``instrument=False`` builds the bare decoding loop: no hook is registered and no statistic is computed,
         only the tokens are chosen, so a benchmark can tell the loop's own cost from the instrumentation's. Such a
         generator refuses an ``on_step`` callback, since it has no step statistics to report.
@@ -87,10 +86,7 @@ class InstrumentedGenerator:
         ``kv_cache="static"`` decodes a decoder-only model with a KV cache allocated once per batch for its whole
         length (prompt + max_new_tokens) and written in place, the shape a CUDA graph capture needs; a model it does
         not fit (encoder-decoder) decodes with the dynamic cache instead. ``decode_path`` says which one runs and
-        ``decode_path_reason`` why.
-
-        ``compile_stats`` runs the per-step statistics through ``torch.compile`` (one fused kernel where eager runs
-        ~40 small ops): its first steps pay the compilation (seconds), every later step less dispatch."""
+        ``decode_path_reason`` why."""
         self.loaded = loaded
         self.kv_cache: KVCache = kv_cache
         self.decode_path: KVCache = kv_cache
@@ -103,8 +99,6 @@ class InstrumentedGenerator:
                                       "decode with the dynamic cache"  # fmt: skip
         self.anat = anatomy(loaded.model)
         self.instrument = instrument
-        self.compile_stats = compile_stats
-        self._step_stats = torch.compile(step_stats, dynamic=True) if compile_stats else step_stats
         if not instrument:
             signal = "NONE"
         elif signal is None:
@@ -263,8 +257,8 @@ class InstrumentedGenerator:
         if probe is not None and self.signal != "ENTROPY" and (stacked := probe.take_stacked()) is not None:
             hidden, heads_in, ffn_in = stacked  # every layer alike: one function for every statistic
             mask = probe.row_mask if probe.row_mask is not None else active
-            packed, fired = self._step_stats(logits, chosen, active, hidden, heads_in, ffn_in, mask,
-                                             self.anat.num_heads, TOPK)  # fmt: skip
+            packed, fired = step_stats(logits, chosen, active, hidden, heads_in, ffn_in, mask, self.anat.num_heads,
+                                       TOPK)  # fmt: skip
             if fired is not None:
                 probe.fold_counts(fired, int(chosen.shape[0]))
             fused: npt.NDArray[np.float32] = packed.cpu().numpy()  # the one copy to the host per step
