@@ -14,7 +14,9 @@ fast wrong answer cannot pass for a result.
    generated tokens/s, requests/s, latency, and time to first token (submit -> the ``emitted_at_us`` of the
    request's step-0 event, read back from evo.steps; one machine, one clock). Each of the service's ``--batching``
    modes (continuous: requests join and leave the running batch between steps; static: each batch runs to
-   completion) is started afresh and measured in every rep, side by side.
+   completion) is started afresh and measured in every rep, side by side, in an order that rotates from rep to
+   rep; the client section runs on a service of its own. TTFT here ends when the emitter process builds the step-0
+   record (its ``emitted_at_us``), before Kafka delivers it.
 
 Run: python -m bench.serving [--requests 1000] [--legacy 60] [--concurrency 1,8,32] [--per-level 96] [--reps 3]
      [--batching continuous,static] [--max-batch 8]
@@ -220,15 +222,26 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-serving-"))
     modes = [m for m in args.batching.split(",") if m]
+
+    def serving(mode: str) -> list[Server]:
+        servers = start_servers(bootstrap, args.instances, args.max_batch, mode, tmp)
+        with InferenceClient(bootstrap) as warm:
+            warm.infer_many([e.prompt for e in pool[:16]], timeout_s=120, max_new_tokens=MAX_NEW_TOKENS)
+        return servers
+
     with bench_broker(args.bootstrap) as bootstrap:
         for rep in range(1, args.reps + 1):
-            for k, mode in enumerate(modes):  # side by side: each rep serves with every mode, freshly started
-                servers = start_servers(bootstrap, args.instances, args.max_batch, mode, tmp)
+            if args.requests:  # the client section on a service of its own (the first mode)
+                servers = serving(modes[0])
                 try:
-                    with InferenceClient(bootstrap) as warm:
-                        warm.infer_many([e.prompt for e in pool[:16]], timeout_s=120, max_new_tokens=MAX_NEW_TOKENS)
-                    if k == 0 and args.requests:
-                        client_section(bootstrap, args, examples, rep, mode, note)
+                    client_section(bootstrap, args, examples, rep, modes[0], note)
+                finally:
+                    for s in servers:
+                        s.stop()
+            # side by side: every mode freshly started in every rep, in an order that rotates from rep to rep
+            for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
+                servers = serving(mode)
+                try:
                     for c in levels:
                         level(bootstrap, per_level, c, rep, mode, note)
                     sys.stdout.flush()

@@ -67,12 +67,24 @@ def _layers(cache: Any) -> tuple[list[Any], list[Any]]:
     return list(cache.layers), []
 
 
+def unsupported(generator: InstrumentedGenerator) -> str | None:
+    """Why ``generator``'s model cannot be batched continuously, or None: the cache surgery here knows plain
+    dynamic layers only (no static cache, no sliding window)."""
+    if generator.decode_path != "dynamic":
+        return "continuous batching runs on the dynamic KV cache"
+    config = generator.loaded.model.config.get_text_config(decoder=True)
+    if getattr(config, "sliding_window", None) or "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        return "continuous batching does not handle sliding-window attention caches"
+    return None
+
+
 class RunningBatch:
     """The requests in flight on one model, decoded together one step at a time."""
 
     def __init__(self, generator: InstrumentedGenerator, max_rows: int) -> None:
-        if generator.decode_path != "dynamic":
-            raise GenerationError("continuous batching runs on the dynamic KV cache")
+        problem = unsupported(generator)
+        if problem is not None:
+            raise GenerationError(problem)
         self.gen = generator
         self.max_rows = max_rows
         self.rows: list[Row] = []
@@ -125,12 +137,12 @@ class RunningBatch:
             slots, pos, hidden = mask, position[:, -1:] + 1, None
         logits = out.logits[:, -1, :]
         chosen = logits.argmax(-1)
-        latency_us = int((time.perf_counter() - t0) * 1e6)
         for r, row in enumerate(rows):
             row.result.prompt_tokens = int(lengths[r])
             row.result.prompt_surprisal_bits = surprisal[r]
+        latency_us = self._emit(out, logits, chosen, list(rows), t0, on_step)
+        for row in rows:
             row.result.prefill_us = latency_us
-        self._emit(out, logits, chosen, list(rows), latency_us, on_step)
         self._merge(list(rows), out.past_key_values, slots, chosen.unsqueeze(-1), pos, hidden, mask)
         return self._evict()
 
@@ -159,16 +171,18 @@ class RunningBatch:
         self._cache, self._mask = out.past_key_values, mask
         logits = out.logits[:, -1, :]
         chosen = logits.argmax(-1)
-        self._emit(out, logits, chosen, self.rows, int((time.perf_counter() - t0) * 1e6), on_step)
+        self._emit(out, logits, chosen, self.rows, t0, on_step)
         self._next = chosen.unsqueeze(-1)
         return self._evict()
 
-    def _emit(self, out: Any, logits: Tensor, chosen: Tensor, rows: list[Row], latency_us: int,
-              on_step: RowStepCallback | None) -> None:  # fmt: skip
-        """The step's host copy: each row's token appended, EOS and limits noted, the StepBatch handed on."""
+    def _emit(self, out: Any, logits: Tensor, chosen: Tensor, rows: list[Row], t0: float,
+              on_step: RowStepCallback | None) -> int:  # fmt: skip
+        """The step's host copy: each row's token appended, EOS and limits noted, the StepBatch handed on; returns
+        the step's latency, from ``t0`` to the host copy (which waits for the device)."""
         gen = self.gen
         active = torch.ones(len(rows), dtype=torch.bool, device=chosen.device)
         host, has_heads, has_ffn = gen.step_host(out, logits, chosen, active)
+        latency_us = int((time.perf_counter() - t0) * 1e6)
         steps = np.array([row.step for row in rows], dtype=np.int64)
         for r, row in enumerate(rows):
             token = int(host[r, 0])
@@ -182,6 +196,7 @@ class RunningBatch:
             sb = gen.unpack(host, int(steps.max()), latency_us, has_heads, has_ffn)
             sb.row_steps = steps
             on_step(sb, list(rows))
+        return latency_us
 
     def _merge(self, rows: list[Row], cache: Any, slots: Tensor, nxt: Tensor, pos: Tensor | None,
                hidden: Tensor | None, enc_mask: Tensor) -> None:  # fmt: skip

@@ -8,6 +8,7 @@ once with a ``Reply`` to wait on, at most ``max_in_flight`` are outstanding (``s
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Sequence
@@ -20,10 +21,12 @@ from evostream.bus.admin import ensure_topics
 from evostream.bus.producer import EventProducer
 from evostream.bus.reader import TopicReader
 from evostream.clock import now_us
-from evostream.errors import EvoError
+from evostream.errors import DeliveryError, EvoError
 from producers.replies import Record, ReplyBook, ReplyReader
 from schemas.catalog import CATALOG, COMPLETIONS, REQUESTS, STEPS
 from schemas.codec import RecordCodec
+
+log = logging.getLogger("evostream.client")
 
 
 class ReplyTimeoutError(EvoError):
@@ -81,13 +84,19 @@ class Reply:
             raise self._client._timeout(self.published, timeout_s) from None
 
     async def aresult(self, timeout_s: float | None = 60.0) -> Record:
+        """``result`` for asyncio. Cancelling the awaiting task gives the request up and cancels the task as usual."""
+        waiting = asyncio.shield(asyncio.wrap_future(self.future))  # a cancel of this task must not look like ours
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(self.future), timeout_s)
-        except (TimeoutError, asyncio.CancelledError) as e:
-            if isinstance(e, asyncio.CancelledError) and not self.future.cancelled():
-                raise  # the caller's task was cancelled, not the request
+            return await asyncio.wait_for(waiting, timeout_s)
+        except TimeoutError:
             self._client._give_up(self.published.request_id)
             raise self._client._timeout(self.published, timeout_s) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self.future.cancelled() and not (task is not None and task.cancelling()):
+                raise self._client._timeout(self.published, timeout_s) from None  # given up elsewhere
+            self._client._give_up(self.published.request_id)
+            raise
 
 
 class InferenceClient:
@@ -151,8 +160,8 @@ class InferenceClient:
     def _serve_producer(self) -> None:
         try:
             self._producer.poll()  # delivery reports of submitted requests (their outcome goes to their futures)
-        except EvoError as e:
-            self._book.fail_all(e)
+        except EvoError as e:  # each request's own failure reaches its future; this is the producer's state
+            log.warning("request producer: %s", e)
 
     def publish(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
@@ -173,10 +182,14 @@ class InferenceClient:
         built = [self._record(p, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid)
                  for p, rid in zip(prompts, ids, strict=True)]  # fmt: skip
         self._replies()
+        failed: list[EvoError] = []
         for published, value in built:
             self._book.expect_later(published.request_id)
-            self._producer.send(REQUESTS, published.request_id, value)
+            self._producer.send(REQUESTS, published.request_id, value,
+                                on_delivery=lambda e: failed.append(e) if e is not None else None)  # fmt: skip
         self._producer.flush(30)
+        if failed:  # this call's records, not another's
+            raise DeliveryError(f"{len(failed)} of {len(built)} requests were not delivered; first: {failed[0]}")
         return [published for published, _ in built]
 
     def submit(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
@@ -240,6 +253,9 @@ class InferenceClient:
     def infer_many(self, prompts: Sequence[str], timeout_s: float = 60.0, **params: Any) -> list[Record]:
         """Pipeline ``prompts`` (at most ``max_in_flight`` outstanding) and return their Completions in order;
         ``timeout_s`` bounds the wait for each reply from when it is awaited."""
+        problems = [(i, problem) for i, p in enumerate(prompts) if (problem := prompt_problem(p)) is not None]
+        if problems:  # refused before any is sent
+            raise BadRequestError(f"prompt {problems[0][0]}: {problems[0][1]}")
         replies = [self.submit(p, **params) for p in prompts]
         return [r.result(timeout_s) for r in replies]
 

@@ -13,7 +13,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from evostream.bus.consumer import EventConsumer
@@ -96,8 +96,7 @@ class ReplyBook:
                 return False
             self._later.pop(key, None)
             self.delivered += 1
-        if not fut.done():  # cancelled by a caller that gave up; set outside the lock: callbacks run here
-            fut.set_result(record)
+        _settle(fut, record)  # outside the lock: callbacks run here
         return True
 
     def forget(self, key: str) -> None:
@@ -113,8 +112,8 @@ class ReplyBook:
         with self._lock:
             fut = self._waiting.pop(key, None)
             self._later.pop(key, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(error)
+        if fut is not None:
+            _settle(fut, error=error)
 
     def fail_all(self, error: BaseException) -> None:
         """The reader is gone: every waiter, and every later ``expect``, gets ``error``."""
@@ -122,13 +121,23 @@ class ReplyBook:
             self._failed = error
             waiting, self._waiting = self._waiting, {}
         for fut in waiting.values():
-            if not fut.done():
-                fut.set_exception(error)
+            _settle(fut, error=error)
 
     @property
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)
+
+
+def _settle(fut: Future[Record], record: Record | None = None, error: BaseException | None = None) -> None:
+    """Set a future's outcome unless a caller cancelled it (giving up) meanwhile, from any thread."""
+    try:
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(record)  # type: ignore[arg-type]
+    except InvalidStateError:  # cancelled between the lookup and here
+        pass
 
 
 class ReplyReader:
@@ -163,10 +172,12 @@ class ReplyReader:
                         self.read += 1
                         self.book.deliver(str(rec["reply_to"]), rec)
                 self.between()
-        except EvoError as e:
+        except BaseException as e:  # whatever ends the reader fails its waiters: none waits out its timeout
             log.error("reply reader stopped: %s", e)
             self.error = e
-            self.book.fail_all(e)
+            self.book.fail_all(e if isinstance(e, EvoError) else EvoError(f"reply reader stopped: {e!r}"))
+            if not isinstance(e, Exception):
+                raise
         finally:
             self._consumer.close()
 

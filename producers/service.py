@@ -26,9 +26,9 @@ from evostream.bus.admin import ensure_topics
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.clock import now_us
-from evostream.errors import DecodeError, EvoError
+from evostream.errors import ConsumeError, DecodeError, EvoError
 from models.loading import LoadedModel
-from producers.batching import Row, RunningBatch
+from producers.batching import Row, RunningBatch, unsupported
 from producers.client import prompt_problem
 from producers.embedding import PromptEmbedder
 from producers.emitter import StepEmitter
@@ -134,8 +134,9 @@ class InferenceService:
     def run(self, on_ready: Callable[[], None] = lambda: None, max_requests: int | None = None) -> None:
         self.consumer = EventConsumer(self.bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
         on_ready()
-        if self.options.batching == "continuous" and self.generator.decode_path != "dynamic":
-            log.warning("continuous batching needs the dynamic KV cache: serving static batches")
+        problem = unsupported(self.generator) if self.options.batching == "continuous" else None
+        if problem is not None:
+            log.warning("%s: serving static batches", problem)
         elif self.options.batching == "continuous":
             try:
                 self._run_continuous(max_requests)
@@ -218,8 +219,8 @@ class InferenceService:
                 started = now_us()
                 self._rows.update({p.meta.trace_id: (p, started) for p in take})
                 new = [Row(p.meta.trace_id, p.params.max_new_tokens) for p in take]
-                if not self._advance(book, partial(batch.admit, [p.prompt for p in take], new, self._row_step)):
-                    batch = self._new_batch()
+                self._advance(book, partial(batch.admit, [p.prompt for p in take], new, self._row_step),
+                              [p.meta.trace_id for p in take])  # fmt: skip
             if len(batch) and not self._advance(book, partial(batch.step, self._row_step)):
                 batch = self._new_batch()
             if not self._rows or time.monotonic() - last_commit >= self.options.commit_every_s:
@@ -238,18 +239,20 @@ class InferenceService:
         metas = [self._rows[row.key][0].meta for row in rows]
         self.emitter.submit(sb, metas, self.serving.version, self.generator.signal, self.texts.rows(sb))
 
-    def _advance(self, book: OffsetBook, move: Callable[[], list[Row]]) -> bool:
-        """Admit or step, then complete the rows that finished. A model error fails every row in flight, each with
-        an error Completion; False then (the batch must be built anew)."""
+    def _advance(self, book: OffsetBook, move: Callable[[], list[Row]], at_risk: list[str] | None = None) -> bool:
+        """Admit or step, then complete the rows that finished. A model error fails the rows at risk (the newcomers
+        of an admission: the running batch is untouched until they are merged; every row for a step), each with an
+        error Completion; False when the batch must be built anew."""
         try:
             finished = move()
-        except (EvoError, RuntimeError, ValueError) as e:
-            log.exception("generation failed for %d requests", len(self._rows))
-            for p, started in self._rows.values():
+        except Exception as e:  # any model error fails requests loudly, never the service
+            keys = list(self._rows) if at_risk is None else at_risk
+            log.exception("generation failed for %d requests", len(keys))
+            for key in keys:
+                p, started = self._rows.pop(key)
                 self._complete(p.meta, None, "", self._embed([p.prompt])[0], started, error=f"model error: {e}")
                 book.done(_part(p.msg), p.msg.offset() or 0)
-            self._rows.clear()
-            return False
+            return at_risk is not None
         for row in finished:
             row.result.decode_us = max(0, int((time.perf_counter() - row.admitted) * 1e6) - row.result.prefill_us)
             self._finished.append((row, *self._rows.pop(row.key)))
@@ -277,7 +280,11 @@ class InferenceService:
         self._publish_neuron_counts(now_us())
         self.emitter.drain()  # every step event acknowledged ...
         self.producer.flush()  # ... and every completion, before the requests are committed
-        self.consumer.commit_offsets(offsets)
+        try:
+            self.consumer.commit_offsets(offsets)
+        except ConsumeError as e:  # a rebalance under way refuses it: the next tick commits again, or the new owner
+            log.warning("commit refused (%s); retried at the next tick", e)  # re-serves (at-least-once)
+            return
         book.committed(offsets)
 
     def _poll_batch(self) -> list[Message]:

@@ -25,3 +25,22 @@ def test_in_flight_is_bounded_and_a_reply_given_up_frees_its_slot(kafka: str) ->
         assert third.request_id != first.request_id
         with pytest.raises(BadRequestError, match="already in flight"):
             client.submit("reverse: again", request_id=second.request_id, slot_timeout_s=0.3)
+
+
+def test_cancelling_an_awaiting_task_cancels_it_and_frees_the_slot(kafka: str) -> None:
+    """An outer timeout (or TaskGroup) cancels the task awaiting a reply: the task ends cancelled, as asyncio code
+    expects, not with a ReplyTimeoutError, and the request is given up (its slot free)."""
+    import asyncio
+
+    async def main(client: InferenceClient) -> None:
+        task = asyncio.ensure_future(client.ainfer("reverse: never answered", timeout_s=60, max_new_tokens=1))
+        await asyncio.sleep(0.5)
+        assert client.in_flight == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert client.in_flight == 0
+
+    with InferenceClient(kafka, max_in_flight=1) as client:
+        asyncio.run(main(client))
+        client.submit("reverse: the freed slot", max_new_tokens=1, slot_timeout_s=0.3)  # would time out if held
