@@ -80,7 +80,7 @@ class Settings(BaseSettings):
     serve_max_batch: int = Field(default=8, ge=1, description="Requests the service generates together.")
     serve_max_wait_ms: int = Field(default=5, ge=0, description="How long the service waits to fill a batch.")
     serve_batching: Literal["continuous", "static"] = Field(
-        default="continuous",
+        default="static",
         description="continuous: greedy requests join the running batch between steps and leave it when done; "
         "static: each batch runs to completion before the next is read.",
     )

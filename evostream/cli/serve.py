@@ -39,7 +39,7 @@ def serve(
         str | None,
         typer.Option(
             help="continuous (greedy requests join and leave the running batch between steps) or static "
-            "(each batch runs to completion) [default continuous]. Env: EVOSTREAM_SERVE_BATCHING."
+            "(each batch runs to completion) [default static]. Env: EVOSTREAM_SERVE_BATCHING."
         ),
     ] = None,
     torch_threads: Annotated[

@@ -51,7 +51,8 @@ class CountingService(InferenceService):
 def services(kafka: str) -> Iterator[list[CountingService]]:
     """Two services in the serving group, each with its own copy of one tiny T5 (same seed, same weights)."""
     svcs = [CountingService(kafka, tiny("t5", varied=True), None, ServeOptions(max_batch=8, max_wait_ms=10,
-                                                                               max_prompt_tokens=64))
+                                                                               max_prompt_tokens=64,
+                                                                               batching="continuous"))
             for _ in range(2)]  # fmt: skip
     threads = []
     for svc in svcs:
