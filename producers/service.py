@@ -159,11 +159,16 @@ class InferenceService:
             self.emitter.close()
             self.consumer.close()
 
+    def _swap_pending(self) -> bool:
+        """Whether the source names a model other than the one served (and not one already refused)."""
+        nxt = self.models.current()
+        return nxt is not self.serving and nxt is not self._refused
+
     def follow(self) -> None:
         """Serve the source's current model from this batch on; nothing in flight uses the old one any more."""
-        nxt = self.models.current()
-        if nxt is self.serving or nxt is self._refused:
+        if not self._swap_pending():
             return
+        nxt = self.models.current()
         if nxt.loaded is not self.loaded:
             old = self.generator
             try:  # the same signal and limits as before, so the versions' statistics compare
@@ -200,13 +205,13 @@ class InferenceService:
             if room > 0:
                 idle = not self._rows and not queue
                 for msg in self.consumer.poll_ready(room, timeout_s=0.5 if idle else 0.0):
-                    book.read(_part(msg), msg.offset() or 0)
+                    book.read(*_position(msg))
                     pending = self._read(msg, now_us())
                     if pending is None:  # answered with an error Completion or dead-lettered already
-                        book.done(_part(msg), msg.offset() or 0)
+                        book.done(*_position(msg))
                     elif pending.params.do_sample:  # its own seed: run to completion now, alone
                         self._generate(pending.params, [pending], now_us())
-                        book.done(_part(msg), msg.offset() or 0)
+                        book.done(*_position(msg))
                     else:
                         queue.append(pending)
             if not self._rows:  # a swap happens only between batches: nothing in flight uses the old model
@@ -214,8 +219,7 @@ class InferenceService:
                 self.follow()
                 if self.generator is not before:
                     batch = self._new_batch()
-            swap_waits = self.models.current() not in (self.serving, self._refused)
-            if queue and batch.free and not swap_waits and not stopping:
+            if queue and batch.free and not self._swap_pending() and not stopping:
                 take = [queue.popleft() for _ in range(min(batch.free, len(queue)))]
                 started = now_us()
                 self._rows.update({p.meta.trace_id: (p, started) for p in take})
@@ -249,10 +253,10 @@ class InferenceService:
         except Exception as e:  # any model error fails requests loudly, never the service
             keys = list(self._rows) if at_risk is None else at_risk
             log.exception("generation failed for %d requests", len(keys))
-            for key in keys:
-                p, started = self._rows.pop(key)
-                self._complete(p.meta, None, "", self._embed([p.prompt])[0], started, error=f"model error: {e}")
-                book.done(_part(p.msg), p.msg.offset() or 0)
+            failed = [self._rows.pop(key) for key in keys]
+            for (p, started), emb in zip(failed, self._embed([p.prompt for p, _ in failed]), strict=True):
+                self._complete(p.meta, None, "", emb, started, error=f"model error: {e}")
+                book.done(*_position(p.msg))
             return at_risk is not None
         for row in finished:
             row.result.decode_us = max(0, int((time.perf_counter() - row.admitted) * 1e6) - row.result.prefill_us)
@@ -269,7 +273,7 @@ class InferenceService:
         tok = self.loaded.tokenizer
         for (row, p, started), emb in zip(done, embeddings, strict=True):
             self._complete(p.meta, row.result, tok.decode(row.result.token_ids, skip_special_tokens=True), emb, started)
-            book.done(_part(p.msg), p.msg.offset() or 0)
+            book.done(*_position(p.msg))
 
     def _commit(self, book: OffsetBook) -> None:
         """Await every output so far, then commit the offsets of the requests done."""
@@ -385,5 +389,6 @@ class InferenceService:
         self.served += 1
 
 
-def _part(msg: Message) -> tuple[str, int]:
-    return msg.topic() or REQUESTS, msg.partition() or 0
+def _position(msg: Message) -> tuple[tuple[str, int], int]:
+    """((topic, partition), offset) of a request, as the OffsetBook keys it."""
+    return (msg.topic() or REQUESTS, msg.partition() or 0), msg.offset() or 0
