@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="continuous: greedy requests join the running batch between steps and leave it when done; "
         "static: each batch runs to completion before the next is read.",
     )
+    serve_admit_min: int = Field(
+        default=0,
+        ge=0,
+        description="Continuous batching: newcomers join the running batch once this many slots are free (0: half "
+        "the batch), or once the oldest has waited 20 ms.",
+    )
     serve_torch_threads: int = Field(
         default=0,
         ge=0,

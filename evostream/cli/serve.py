@@ -42,6 +42,13 @@ def serve(
             "(each batch runs to completion) [default static]. Env: EVOSTREAM_SERVE_BATCHING."
         ),
     ] = None,
+    admit_min: Annotated[
+        int | None,
+        typer.Option(
+            help="Continuous batching: admit newcomers once this many slots are free [default: half the batch], "
+            "or once the oldest has waited 20 ms. Env: EVOSTREAM_SERVE_ADMIT_MIN."
+        ),
+    ] = None,
     torch_threads: Annotated[
         int | None,
         typer.Option(
@@ -66,7 +73,8 @@ def serve(
     from producers.service import InferenceService, ServeOptions
 
     settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms,
-                             serve_torch_threads=torch_threads, serve_batching=batching)  # fmt: skip
+                             serve_torch_threads=torch_threads, serve_batching=batching,
+                             serve_admit_min=admit_min)  # fmt: skip
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
@@ -96,7 +104,7 @@ def serve(
         threads = f", {n} torch thread{'s' if n > 1 else ''}"
     signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
     options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms,
-                           batching=settings.serve_batching)  # fmt: skip
+                           batching=settings.serve_batching, admit_min=settings.serve_admit_min)  # fmt: skip
     cache: KVCache = "static" if kv_cache == "static" else "dynamic"
     generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit,  # type: ignore[arg-type]
                                       kv_cache=cache)  # fmt: skip
