@@ -7,7 +7,8 @@ the same requests, instrumented as the service runs them (statistics unpacked pe
 - static: requests taken ``--max-batch`` at a time in arrival order, grouped by generation parameters as the service
   groups them (a request's ``max_new_tokens`` is one of them), each group run to completion;
 - continuous: a closed loop keeping the batch full, newcomers admitted between steps (each admission a prefill of
-  its own) once at least ``--admit-min`` slots are free, each row leaving when done.
+  its own) once at least ``--admit-min`` slots are free (default: half the batch, as ``evostream serve``), each
+  row leaving when done.
 
 Workloads: ``suite`` (the default model on the suite's prompts, ``max_new_tokens`` 32: answers end at EOS after ~6
 tokens, all about as long) and ``mixed`` (GPT-2 30M built from config, which rarely meets its EOS, with
@@ -16,7 +17,7 @@ tokens must be the same in both loops (greedy); a mismatch is counted and printe
 and the slot-steps spent on rows already finished (static batches' padding), min / median / max over ``--reps``,
 the loops' order rotated per rep.
 
-Run: python -m bench.batching [--workloads suite,mixed] [--requests 192] [--max-batch 8] [--admit-min 1] [--reps 3]
+Run: python -m bench.batching [--workloads suite,mixed] [--requests 192] [--max-batch 8] [--admit-min 4] [--reps 3]
 """
 
 from __future__ import annotations
@@ -110,10 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="suite,mixed")
     ap.add_argument("--requests", type=int, default=192)
     ap.add_argument("--max-batch", type=int, default=8)
-    ap.add_argument("--admit-min", type=int, default=1, help="continuous: admit once this many slots are free")
+    ap.add_argument(
+        "--admit-min",
+        type=int,
+        default=0,
+        help="continuous: admit once this many slots are free (0: half the batch, as evostream serve)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (evostream serve's default here: CPUs - 1)")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args(argv)
+    args.admit_min = args.admit_min or max(1, args.max_batch // 2)
     torch.set_num_threads(args.threads)
     loops: dict[str, Callable[[InstrumentedGenerator, list[str], list[int]], Run]] = {
         "static": lambda g, p, n: run_static(g, p, n, args.max_batch),
