@@ -11,6 +11,7 @@ import typer
 from evostream.bus.reader import TopicReader
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.settings import load_settings
+from evostream.views.tokens import TokenDecoder, local_resolver
 from schemas.catalog import ALERTS, DRIFT, PROFILES
 
 SEVERITIES = ("INFO", "WARNING", "CRITICAL")
@@ -49,7 +50,8 @@ def latest_drift(bootstrap: str, last: int = 10, model: str | None = None) -> li
     return [format_drift(r) for r in out[-last:]]
 
 
-def format_profile(p: Mapping[str, Any]) -> str:
+def format_profile(p: Mapping[str, Any], tokens: TokenDecoder | None = None) -> str:
+    """A profiling window for people; its token paths as text when ``tokens`` finds the version's tokenizer."""
     start = dt.datetime.fromtimestamp(p["window_start_us"] / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
     lines = [f"{p['model_version']}  window from {start}: {p['step_count']} steps, {p['trace_count']} traces"]
     for layer, row in enumerate(p["head_utilization"]):
@@ -60,16 +62,21 @@ def format_profile(p: Mapping[str, Any]) -> str:
                                                                                  if dormant else ""))  # fmt: skip
     if p["dormant_neuron_fraction"]:
         lines.append("  dormant FFN neurons per layer: " + " ".join(f"{x:.0%}" for x in p["dormant_neuron_fraction"]))
-    paths = ", ".join(f"{path['token_ids']}x{path['count']}" for path in p["top_token_paths"][:5])
+    version = str(p["model_version"])
+
+    def shown(ids: list[int]) -> str:
+        return tokens.path_text(version, ids) if tokens else str(ids)
+
+    paths = ", ".join(f"{shown(path['token_ids'])} x{path['count']}" for path in p["top_token_paths"][:5])
     lines.append(f"  top token paths: {paths}")
     return "\n".join(lines)
 
 
-def latest_profiles(bootstrap: str, model: str | None = None) -> list[str]:
+def latest_profiles(bootstrap: str, model: str | None = None, tokens: TokenDecoder | None = None) -> list[str]:
     """The latest ProfileSnapshot of each model version (or of ``model``)."""
     with TopicReader(bootstrap, PROFILES, "ProfileSnapshot") as reader:
         latest = {r["model_version"]: r for r in reader if model is None or r["model_version"] == model}
-    return [format_profile(r) for r in latest.values()]
+    return [format_profile(r, tokens) for r in latest.values()]
 
 
 @friendly
@@ -107,12 +114,16 @@ def profile(
     model: Annotated[str | None, typer.Option(help="Only this model version.")] = None,
     bootstrap: Bootstrap = None,
 ) -> None:
-    """Show the latest profiling window of each model: head utilization, layer activity, dormant units, token paths."""
+    """Show the latest profiling window of each model: head utilization, layer activity, dormant units, token paths
+    (as text, with the version's tokenizer where this machine has it)."""
+    from consumers.governance.log import GovernanceLog
+    from consumers.governance.projection import replay
     from stream_processors.profiling.window import ProfilePolicy
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = broker(settings)
-    shown = latest_profiles(server, model)
+    registry = lambda: replay(GovernanceLog(server, topic=settings.governance_topic).items())[0]  # noqa: E731
+    shown = latest_profiles(server, model, TokenDecoder(local_resolver(settings.artifacts_dir, registry)))
     for text in shown:
         typer.echo(text)
     if not shown:
