@@ -125,3 +125,11 @@ class SinkError(EvoError):
 
 class SinkConfigError(SinkError):
     """A sink's settings are missing or invalid (says which setting and what it expects)."""
+
+
+class NotFoundError(EvoError):
+    """What was asked for does not exist (an unknown model version, a trace no completion names)."""
+
+
+class UnknownVersionError(NotFoundError, GovernanceError):
+    """No model in the registry has this version."""

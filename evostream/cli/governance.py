@@ -3,7 +3,6 @@ people. Every answer is a replay of ``evo.governance``; every change is a signed
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ import typer
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.errors import GovernanceError
 from evostream.settings import Settings, load_settings
+from evostream.views.governance import GovernanceView, audit_line, model_of, parse_time, when
 
 governance_app = typer.Typer(help="The governance log: actors, keys and policy.", no_args_is_help=True)
 
@@ -34,70 +34,21 @@ def _settings(bootstrap: str | None, actor: str | None = None) -> Settings:
     return load_settings(**overrides)
 
 
-def _log(settings: Settings) -> Any:
-    from consumers.governance.log import GovernanceLog
+def _view(settings: Settings) -> GovernanceView:
+    return GovernanceView(broker(settings), settings)
 
-    return GovernanceLog(broker(settings), topic=settings.governance_topic)
+
+def _log(settings: Settings) -> Any:
+    return _view(settings).log()
 
 
 def checkpoints_path(settings: Settings) -> Path:
     """Where this machine keeps the signed checkpoints of the log's head (outside the topic)."""
-    return settings.governance_dir / f"checkpoints-{settings.governance_topic}.jsonl"
+    return _view(settings).checkpoints_path()
 
 
 def _actor(settings: Settings) -> Any:
-    from consumers.governance.service import load_actor
-
-    keys = settings.governance_dir / "keys"
-    return load_actor(_log(settings), keys, settings.governance_actor, checkpoints=checkpoints_path(settings))
-
-
-def when(us: int) -> str:
-    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def parse_time(text: str) -> int:
-    """``2026-11-23T14:03``, ``2026-11-23 14:03:00`` (UTC unless an offset is given) -> µs since the epoch."""
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError as e:
-        raise GovernanceError(f"{text!r} is not a time (e.g. 2026-11-23T14:03, UTC unless an offset is given)") from e
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1e6)
-
-
-def describe(ev: Any) -> str:
-    """What an event did, in a few words."""
-    p, t = ev.payload, ev.type
-    if t == "ActorEnrolled":
-        return f"enrolled {p['actor_id']} as {'/'.join(p['roles'])} (key {p['key_id'][:8]})"
-    if t == "ActorRevoked":
-        return f"revoked {p['actor_id']}"
-    if t == "PolicyChanged":
-        return f"policy {json.dumps(p['policy'], sort_keys=True)}"
-    if t == "ModelRegistered":
-        return f"registered {p['version']} (parent {p['parent']}, {p['artifact_uri'][:19]})"
-    if t == "ValidationCompleted":
-        return f"validation of {p['version']}: {'PASS' if p['passed'] else 'FAIL'}"
-    if t == "ApprovalRequested":
-        return f"asked approval of {p['version']} for {p['stage']}"
-    if t in ("ApprovalGranted", "ApprovalRejected"):
-        return f"{'approved' if t == 'ApprovalGranted' else 'rejected'} {p['version']} for {p['stage']}"
-    if t == "Promoted":
-        return f"promoted {p['version']} to {p['stage'] or 'alias ' + str(p['alias'])}"
-    if t == "RolledBack":
-        return f"rolled back {p['from_version']} -> {p['version']}"
-    if t == "CandidateProposed":
-        return f"proposed {p['version']}"
-    return str(t)
-
-
-def audit_line(offset: int, ev: Any) -> str:
-    """One line per event: sequence, offset, when, who, on which model, what, why."""
-    reason = f": {ev.reason}" if ev.reason else ""
-    model = "" if ev.model_name == "*" else f" [{ev.model_name}]"
-    return f"#{ev.sequence:<5} @{offset:<6} {when(ev.occurred_at_us)} {ev.actor:<10}{model} {describe(ev)}{reason}"
+    return _view(settings).actor(settings.governance_actor)
 
 
 @governance_app.command("init")
@@ -350,17 +301,8 @@ AsOf = Annotated[str | None, typer.Option(help="The state as of a time (UTC unle
 
 
 def _replayed(settings: Settings, as_of: str | None) -> tuple[Any, list[Any], list[tuple[int, Any]]]:
-    from consumers.governance.projection import Finding, replay
-
-    items = _log(settings).items()  # an undecodable record is a finding in its place
-    events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
-    if as_of is None:
-        registry, findings = replay(items)
-    elif as_of.isdigit():
-        registry, findings = replay(items, until_offset=int(as_of))
-    else:
-        registry, findings = replay(items, until_us=parse_time(as_of))
-    return registry, findings, events
+    r = _view(settings).replayed(as_of)
+    return r.registry, r.findings, r.events
 
 
 def _warn(findings: list[Any]) -> None:
@@ -404,19 +346,12 @@ def registry(ctx: typer.Context, as_of: AsOf = None, bootstrap: Bootstrap = None
     _warn(findings)
 
 
-def _model_of(reg: Any, version: str) -> str:
-    owners = [name for name, model in reg.models.items() if version in model["versions"]]
-    if not owners:
-        raise GovernanceError(f"no model has a version {version!r}; `evostream registry` lists them")
-    return str(owners[0])
-
-
 @registry_app.command("show")
 @friendly
 def registry_show(version: str, as_of: AsOf = None, bootstrap: Bootstrap = None) -> None:
     """One version: its artifact, metrics, lineage, validation gates, approvals and the events that touched it."""
     reg, findings, _ = _replayed(_settings(bootstrap), as_of)
-    model = _model_of(reg, version)
+    model = model_of(reg, version)
     info = reg.version(model, version)
     info["lineage"] = reg.lineage(model, version)
     info["model_name"] = model
@@ -447,7 +382,7 @@ def provenance(
     done = found[0]
     version, at = str(done["model_version"]), int(done["completed_at_us"])
     reg, findings, events = _replayed(settings, None)
-    model = _model_of(reg, version)
+    model = model_of(reg, version)
     info = reg.version(model, version)
     typer.echo(f"trace {trace_id}: answered by {version} at {when(at)} ({done['token_count']} tokens)")
     typer.echo(f"lineage: {' <- '.join(reg.lineage(model, version))}")

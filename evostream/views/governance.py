@@ -1,0 +1,209 @@
+"""The governance log as people read it: the registry, one version, the audit trail, a trace's provenance.
+
+Every answer is a replay of ``evo.governance`` (``consumers.governance.projection.replay``), as of now, a time or an
+offset; the CLI prints these, the HTTP API returns them as JSON. Writes go through ``actor``: the commands of one
+actor, signed with its key from this machine's key folder."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evostream.errors import GovernanceError, UnknownVersionError
+from evostream.settings import Settings
+
+
+def when(us: int) -> str:
+    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def parse_time(text: str) -> int:
+    """``2026-11-23T14:03``, ``2026-11-23 14:03:00`` (UTC unless an offset is given) -> µs since the epoch."""
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError as e:
+        raise GovernanceError(f"{text!r} is not a time (e.g. 2026-11-23T14:03, UTC unless an offset is given)") from e
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1e6)
+
+
+def describe(ev: Any) -> str:
+    """What an event did, in a few words."""
+    p, t = ev.payload, ev.type
+    if t == "ActorEnrolled":
+        return f"enrolled {p['actor_id']} as {'/'.join(p['roles'])} (key {p['key_id'][:8]})"
+    if t == "ActorRevoked":
+        return f"revoked {p['actor_id']}"
+    if t == "PolicyChanged":
+        return f"policy {json.dumps(p['policy'], sort_keys=True)}"
+    if t == "ModelRegistered":
+        return f"registered {p['version']} (parent {p['parent']}, {p['artifact_uri'][:19]})"
+    if t == "ValidationCompleted":
+        return f"validation of {p['version']}: {'PASS' if p['passed'] else 'FAIL'}"
+    if t == "ApprovalRequested":
+        return f"asked approval of {p['version']} for {p['stage']}"
+    if t in ("ApprovalGranted", "ApprovalRejected"):
+        return f"{'approved' if t == 'ApprovalGranted' else 'rejected'} {p['version']} for {p['stage']}"
+    if t == "Promoted":
+        return f"promoted {p['version']} to {p['stage'] or 'alias ' + str(p['alias'])}"
+    if t == "RolledBack":
+        return f"rolled back {p['from_version']} -> {p['version']}"
+    if t == "CandidateProposed":
+        return f"proposed {p['version']}"
+    return str(t)
+
+
+def audit_line(offset: int, ev: Any) -> str:
+    """One line per event: sequence, offset, when, who, on which model, what, why."""
+    reason = f": {ev.reason}" if ev.reason else ""
+    model = "" if ev.model_name == "*" else f" [{ev.model_name}]"
+    return f"#{ev.sequence:<5} @{offset:<6} {when(ev.occurred_at_us)} {ev.actor:<10}{model} {describe(ev)}{reason}"
+
+
+def audit_row(offset: int, ev: Any) -> dict[str, Any]:
+    """One event as data: the audit line's fields, and the version it concerns (if any)."""
+    return {
+        "sequence": ev.sequence,
+        "offset": offset,
+        "occurred_at_us": ev.occurred_at_us,
+        "when": when(ev.occurred_at_us),
+        "actor": ev.actor,
+        "model": None if ev.model_name == "*" else ev.model_name,
+        "type": ev.type,
+        "version": ev.payload.get("version"),
+        "what": describe(ev),
+        "reason": ev.reason,
+    }
+
+
+def finding_doc(f: Any) -> dict[str, Any]:
+    return {"offset": f.offset, "sequence": f.sequence, "kind": f.kind, "detail": f.detail}
+
+
+@dataclass
+class Replayed:
+    registry: Any
+    findings: list[Any]
+    events: list[tuple[int, Any]]
+    """(offset, event) of every decodable event up to where the replay stopped reading."""
+
+
+class GovernanceView:
+    """Reads of one governance log (``settings.governance_topic`` on ``bootstrap``)."""
+
+    def __init__(self, bootstrap: str, settings: Settings) -> None:
+        self.bootstrap = bootstrap
+        self.settings = settings
+
+    def log(self) -> Any:
+        from consumers.governance.log import GovernanceLog
+
+        return GovernanceLog(self.bootstrap, topic=self.settings.governance_topic)
+
+    def checkpoints_path(self) -> Path:
+        """Where this machine keeps the signed checkpoints of the log's head (outside the topic)."""
+        return self.settings.governance_dir / f"checkpoints-{self.settings.governance_topic}.jsonl"
+
+    def replayed(self, as_of: str | None = None) -> Replayed:
+        """The registry now, as of a time (UTC unless given) or a log offset (digits)."""
+        from consumers.governance.projection import Finding, replay
+
+        items = self.log().items()  # an undecodable record is a finding in its place
+        events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
+        if as_of is None:
+            registry, findings = replay(items)
+        elif as_of.isdigit():
+            registry, findings = replay(items, until_offset=int(as_of))
+        else:
+            registry, findings = replay(items, until_us=parse_time(as_of))
+        return Replayed(registry, findings, events)
+
+    def audit(self, since_us: int | None = None, actor: str | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
+        """(rows of the events from ``since_us`` on, by ``actor``, oldest first; findings of the verification)."""
+        from consumers.governance.projection import Finding, replay
+
+        items = self.log().items()
+        _, findings = replay(items)
+        rows = [
+            audit_row(off, ev)
+            for off, ev in items
+            if not isinstance(ev, Finding)
+            and (since_us is None or ev.occurred_at_us >= since_us)
+            and (actor is None or ev.actor == actor)
+        ]
+        return rows, findings
+
+    def actor(self, name: str) -> Any:
+        """The commands of actor ``name``, signed with its key from this machine's key folder."""
+        from consumers.governance.service import load_actor
+
+        keys = self.settings.governance_dir / "keys"
+        return load_actor(self.log(), keys, name, checkpoints=self.checkpoints_path())
+
+
+def model_of(reg: Any, version: str) -> str:
+    """The model that has ``version``; UnknownVersionError if none has."""
+    owners = [name for name, model in reg.models.items() if version in model["versions"]]
+    if not owners:
+        raise UnknownVersionError(f"no model has a version {version!r}; `evostream registry` lists them")
+    return str(owners[0])
+
+
+def version_doc(reg: Any, version: str) -> dict[str, Any]:
+    """One version: its artifact, metrics, lineage (newest first), validation, approvals, stage, and its model."""
+    model = model_of(reg, version)
+    info: dict[str, Any] = reg.version(model, version)
+    info["lineage"] = reg.lineage(model, version)
+    info["model_name"] = model
+    info["version"] = version
+    return info
+
+
+def registry_doc(reg: Any) -> dict[str, Any]:
+    """The whole registry as data: per model its serving versions and every version (with lineage), the pending
+    approvals, the policy, the log head."""
+    models = {}
+    for name, model in sorted(reg.models.items()):
+        models[name] = {
+            "production": model["production"],
+            "staging": model["staging"],
+            "aliases": dict(model["aliases"]),
+            "versions": {v: version_doc(reg, v) for v in model["versions"]},
+        }
+    return {
+        "models": models,
+        "pending_approvals": reg.pending_approvals(),
+        "policy": reg.policy,
+        "head": {"sequence": reg.head_sequence, "offset": reg.offset, "hash": reg.head_hash},
+        "actors": {
+            a: {"roles": list(v["roles"]), "revoked": v["revoked_seq"] is not None}
+            for a, v in sorted(reg.actors.items())
+        },
+    }
+
+
+def provenance_doc(replayed: Replayed, completion: dict[str, Any]) -> dict[str, Any]:
+    """Which version answered a trace, its lineage and evidence, and the governance events of that version up to the
+    answer."""
+    version, at = str(completion["model_version"]), int(completion["completed_at_us"])
+    reg = replayed.registry
+    info = version_doc(reg, version)
+    model = info["model_name"]
+    events = [
+        audit_row(off, ev)
+        for off, ev in replayed.events
+        if ev.model_name == model and ev.payload.get("version") == version and ev.occurred_at_us <= at
+    ]
+    return {
+        "trace_id": completion["trace_id"],
+        "request_id": completion["request_id"],
+        "model_version": version,
+        "answered_at_us": at,
+        "token_count": completion["token_count"],
+        "version": info,
+        "events": events,
+    }
