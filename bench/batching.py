@@ -7,8 +7,9 @@ the same requests, instrumented as the service runs them (statistics unpacked pe
 - static: requests taken ``--max-batch`` at a time in arrival order, grouped by generation parameters as the service
   groups them (a request's ``max_new_tokens`` is one of them), each group run to completion;
 - continuous: a closed loop keeping the batch full, newcomers admitted between steps (each admission a prefill of
-  its own) once at least ``--admit-min`` slots are free (default: half the batch, as ``evostream serve``), each
-  row leaving when done.
+  its own) once at least ``--admit-min`` slots are free (default: half the batch, ``evostream serve``'s default
+  count), each row leaving when done. Every request is waiting from the start, so the service's other admission
+  rule (the oldest has waited 20 ms) is left out: here it would admit at every step, as ``--admit-min 1`` does.
 
 Workloads: ``suite`` (the default model on the suite's prompts, ``max_new_tokens`` 32: answers end at EOS after ~6
 tokens, all about as long) and ``mixed`` (GPT-2 30M built from config, which rarely meets its EOS, with
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "--admit-min",
         type=int,
         default=0,
-        help="continuous: admit once this many slots are free (0: half the batch, as evostream serve)",
+        help="continuous: admit once this many slots are free (0: half the batch, evostream serve's default)",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch threads (evostream serve's default here: CPUs - 1)")
     ap.add_argument("--reps", type=int, default=3)
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.workloads.split(","):
         preset, prompts, limits = workload(name, args.requests)
         gen = InstrumentedGenerator(build(preset, "cpu", torch.float32))
-        loops["static"](gen, prompts[: args.max_batch], limits[: args.max_batch])  # warm-up
+        for warm in loops.values():  # warm-up of both loops
+            warm(gen, prompts[: args.max_batch], limits[: args.max_batch])
         rates: dict[str, list[float]] = {k: [] for k in loops}
         forwards: dict[str, int] = {}
         slots: dict[str, int] = {}
@@ -155,8 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         summary.append(f"{name} ({preset}, {args.requests} requests, {useful} tokens, max_new_tokens {lengths}); "
                        f"requests whose tokens differ between the loops: {mismatches}")  # fmt: skip
         for loop in loops:
-            summary.append(f"  {loop:10s} tokens/s {spread(rates[loop], '.0f')}; forward passes {forwards[loop]}; "
-                           f"slot-steps {slots[loop]} ({slots[loop] - useful} on finished rows)")  # fmt: skip
+            summary.append(f"  {loop:10s} tokens/s {spread(rates[loop], '.0f')}; forward passes {forwards[loop]}, "
+                           f"{slots[loop] / forwards[loop]:.2f} rows each; slot-steps {slots[loop]} "
+                           f"({slots[loop] - useful} on finished rows)")  # fmt: skip
         ratios = [c / s for c, s in zip(rates["continuous"], rates["static"], strict=True)]
         summary.append(f"  continuous / static, per rep: {spread(ratios, '.2f')}")
     print(f"\nover {args.reps} reps, min / median / max ({args.threads} torch thread(s), --max-batch {args.max_batch}, "

@@ -5,7 +5,8 @@ for one prompt, 30 ms for eight, one CPU thread): done inline it was half of the
 batching (py-spy, bench.serving at 8 in flight). Here the decode loop hands each group of finished requests over and
 goes on; the thread embeds every group waiting in one call (larger groups cost less per prompt) and calls each group's
 ``then`` with its vectors, where the Completions are sent. Torch releases the GIL inside its kernels, so the embedding
-runs on another core while the model decodes.
+overlaps decoding where a core is free for it (on the 2-core bench machine the model decodes on one torch thread);
+the Python parts of both still share the interpreter lock. ``submit`` blocks once ``max_pending`` prompts wait.
 
 The owner learns what is done through ``then`` (thread-safe bookkeeping is its job), waits with ``wait`` before it
 commits, and meets an embedding failure at its next ``check`` or ``wait``, as it would have met it inline.
@@ -13,12 +14,14 @@ commits, and meets an embedding failure at its next ``check`` or ``wait``, as it
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from evostream.errors import EvoError
 
+log = logging.getLogger("evostream.serve")
 Embed = Callable[[list[str]], list[list[float]]]
 Then = Callable[[list[list[float]]], None]
 
@@ -30,11 +33,15 @@ class CompleterError(EvoError):
 class Completer:
     """A thread that embeds the prompts of finished requests in groups and hands each group its vectors."""
 
-    def __init__(self, embed: Embed, max_group: int = 64) -> None:
+    def __init__(self, embed: Embed, max_group: int = 64, max_pending: int = 256) -> None:
+        """``max_pending``: prompts waiting before ``submit`` blocks (back-pressure: a model that decodes faster than
+        the embedder, e.g. on a GPU beside a CPU embedder, is held to its pace instead of queueing without end)."""
         self._embed = embed
         self._max_group = max_group
+        self._max_pending = max_pending
         self._jobs: deque[tuple[list[str], Then]] = deque()
         self._busy = 0  # jobs submitted and not yet handed their vectors
+        self._pending = 0  # prompts of those jobs
         self._error: BaseException | None = None
         self._closed = False
         self._cv = threading.Condition()
@@ -47,9 +54,12 @@ class Completer:
         with self._cv:
             if self._closed:
                 raise CompleterError("the completer is closed")
+            self._cv.wait_for(lambda: self._pending < self._max_pending or self._error is not None)
             self._jobs.append((list(prompts), then))
             self._busy += 1
+            self._pending += len(prompts)
             self._cv.notify_all()
+        self.check()
 
     @property
     def busy(self) -> int:
@@ -73,11 +83,13 @@ class Completer:
         self.check()
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Finish what was submitted, then stop the thread."""
+        """Finish what was submitted, then stop the thread (said in the log if it does not stop in time)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
         self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("the completion thread did not stop within %.0f s (%d groups left)", timeout_s, self.busy)
 
     def _take(self) -> list[tuple[list[str], Then]] | None:
         with self._cv:
@@ -108,4 +120,5 @@ class Completer:
             finally:
                 with self._cv:
                     self._busy -= len(taken)
+                    self._pending -= sum(len(prompts) for prompts, _ in taken)
                     self._cv.notify_all()

@@ -26,7 +26,7 @@ from evostream.bus.admin import ensure_topics
 from evostream.bus.consumer import EventConsumer
 from evostream.bus.producer import EventProducer
 from evostream.clock import now_us
-from evostream.errors import ConsumeError, DecodeError, EvoError
+from evostream.errors import ConsumeError, DecodeError, DeliveryError, EvoError
 from models.loading import LoadedModel
 from producers.batching import Row, RunningBatch, unsupported
 from producers.client import prompt_problem
@@ -51,6 +51,8 @@ from schemas.deadletter import dead_letter
 
 log = logging.getLogger("evostream.serve")
 GROUP = "evostream-inference"
+Position = tuple[tuple[str, int], int]
+"""((topic, partition), offset) of a request, as the OffsetBook keys it."""
 Batching = Literal["continuous", "static"]
 
 
@@ -65,16 +67,18 @@ class ServeOptions:
     batching: Batching = "static"
     """static: each batch runs to completion before the next is read; continuous: greedy requests join the running
     batch between steps and leave it when done (sampled requests run alone, each with its seed). Static is the
-    default: on the default model continuous measured sometimes faster, sometimes 35% slower (bench.serving)."""
+    default: on the default model's short, alike answers continuous measured 0.71x and 0.82x static's tokens/s at 8
+    and 32 requests in flight (bench.serving); it pays where lengths differ (bench.batching)."""
     admit_min: int = 0
     """Continuous batching: newcomers join once this many slots are free (0: half the batch, at least 1), or once
     the oldest has waited ``admit_wait_ms``, or at once into an empty batch. Each admission is a prefill of its own:
-    admitting each request as a slot freed cost a forward pass per request, and made continuous batching 0.68x static
-    batching on the suite's short answers (bench.batching; 0.94x with 4 of 8 free, 1.01x with 8)."""
+    admitting each request as its slot freed made continuous batching 0.70x static on the suite's short answers, half
+    the batch 0.86x (bench.batching, decode loops alone, no timer); on mixed lengths one at a time did better (2.17x
+    against 1.95x)."""
     admit_wait_ms: int = 20
     commit_every_s: float = 0.05
-    """Continuous batching: how often the requests finished since the last tick are completed (their prompts
-    embedded together), and their outputs awaited and committed; at once whenever nothing else is in flight."""
+    """Continuous batching: how often the offsets of the requests answered are committed (their step events
+    awaited first); at once whenever nothing else is in flight. Static batches commit after each batch."""
 
 
 @dataclass
@@ -131,8 +135,10 @@ class InferenceService:
         self._read_n = 0  # requests read (max_requests counts these)
         self._rows: dict[str, tuple[_Pending, int]] = {}
         """Continuous batching: the requests in the running batch by trace id, with when each started (us)."""
-        self._done: deque[tuple[tuple[str, int], int]] = deque()
-        """Positions of the requests whose Completion (or dead letter) has been sent, for the OffsetBook."""
+        self._done: deque[Position] = deque()
+        """Positions of the requests whose Completion (or dead letter) the broker acknowledged, for the OffsetBook."""
+        self._lost: deque[DeliveryError] = deque()
+        """Answers the broker refused: the service stops before committing anything after them."""
         self.completer: Completer
         # joined in run(), not here: a service built but never run must not sit in the group holding partitions
         # (librdkafka keeps an idle member for max.poll.interval.ms, and its requests wait that long)
@@ -154,16 +160,17 @@ class InferenceService:
         self.consumer = EventConsumer(self.bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
         self.completer = Completer(self._embed)
         book = OffsetBook()
-        on_ready()
-        problem = unsupported(self.generator) if self.options.batching == "continuous" else None
-        if problem is not None:
-            log.warning("%s: serving static batches", problem)
         try:
+            on_ready()
+            problem = unsupported(self.generator) if self.options.batching == "continuous" else None
+            if problem is not None:
+                log.warning("%s: serving static batches", problem)
             if self.options.batching == "continuous" and problem is None:
                 self._run_continuous(book, max_requests)
             else:
                 self._run_static(book, max_requests)
-            self.completer.wait()
+            self.completer.wait(timeout_s=max(60.0, 5.0 * self.completer.busy))
+            self.producer.flush()  # neuron counts, and completions of partitions taken away, go out too
             self._commit(book)
         finally:
             self.completer.close()
@@ -303,23 +310,24 @@ class InferenceService:
 
         def then(embeddings: list[list[float]]) -> None:
             for (p, gen, started), text, emb in zip(done, texts, embeddings, strict=True):
-                self._complete(p.meta, version, gen, text, emb, started, error)
-                self._done.append(_position(p.msg))
+                self._complete(p.meta, version, gen, text, emb, started, error, at=_position(p.msg))
 
         self.completer.submit([p.prompt for p, _, _ in done], then)
 
     def _commit(self, book: OffsetBook) -> None:
-        """Await every output of the requests answered so far, then commit their offsets."""
+        """Commit the offsets of the requests whose Completion (or dead letter) the broker acknowledged, once every
+        step event submitted so far is acknowledged too. A failed delivery stops the service before any commit."""
         self.completer.check()
-        while self._done:
+        self.producer.poll()  # delivery reports waiting to be served
+        self._raise_lost()
+        while self._done:  # filled by delivery reports: acknowledged answers only
             book.done(*self._done.popleft())
         assigned = set(self.consumer.assigned)
         book.forget(assigned)  # a partition taken away: its requests in flight are the new owner's to serve
         offsets = book.committable(assigned)
         if not offsets:
             return
-        self.emitter.drain()  # every step event acknowledged ...
-        self.producer.flush()  # ... and every completion, before the requests are committed
+        self.emitter.drain()  # every step event acknowledged, those of the requests answered included
         try:
             self.consumer.commit_offsets(offsets)
         except ConsumeError as e:  # a rebalance under way refuses it: the next tick commits again, or the new owner
@@ -367,7 +375,6 @@ class InferenceService:
             req = self.requests.decode(msg.value() or b"")
         except DecodeError as e:
             self._dead_letter(msg, e)
-            self._done.append(_position(msg))
             return None
         meta = TraceMeta(uuid.uuid4().hex, req["request_id"], req["reply_to"] or req["request_id"], req["tenant"],
                          req["submitted_at_us"])  # fmt: skip
@@ -411,23 +418,40 @@ class InferenceService:
         return self.embedder.embed(prompts)
 
     def _complete(self, meta: TraceMeta, version: str, gen: Generated | None, text: str, embedding: list[float],
-                  started: int, error: str | None = None) -> None:  # fmt: skip
-        """Send one Completion (on the completer's thread)."""
+                  started: int, error: str | None = None, at: Position | None = None) -> None:  # fmt: skip
+        """Send one Completion (on the completer's thread); once the broker acknowledges it, the request at ``at`` is
+        done for the OffsetBook."""
         rec = completion_record(meta, version, gen, text, embedding, started, error)
-        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec))
+        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec), on_delivery=self._delivered(at))
         self._count()
 
     def _dead_letter(self, msg: Message, error: Exception) -> None:
         rec = dead_letter(msg.topic() or REQUESTS, msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
                           error, GROUP, now_us())  # fmt: skip
-        self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec))
+        self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec), on_delivery=self._delivered(_position(msg)))
         self._count()
+
+    def _delivered(self, at: Position | None) -> Callable[[DeliveryError | None], None]:
+        """The delivery report of an answer: acknowledged, its request is done; lost, the service stops (its request
+        stays uncommitted and is served again). Runs on whichever thread serves the producer's callbacks."""
+
+        def report(error: DeliveryError | None) -> None:
+            if error is not None:
+                self._lost.append(error)
+            elif at is not None:
+                self._done.append(at)
+
+        return report
+
+    def _raise_lost(self) -> None:
+        if self._lost:
+            raise self._lost[0]
 
     def _count(self) -> None:
         with self._served_lock:
             self._served += 1
 
 
-def _position(msg: Message) -> tuple[tuple[str, int], int]:
+def _position(msg: Message) -> Position:
     """((topic, partition), offset) of a request, as the OffsetBook keys it."""
     return (msg.topic() or REQUESTS, msg.partition() or 0), msg.offset() or 0

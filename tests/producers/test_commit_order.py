@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from evostream.clock import now_us
 from producers.batching import Row, RowStepCallback, RunningBatch
@@ -22,6 +22,19 @@ from tests.producers.models import tiny
 
 pytestmark = pytest.mark.integration
 LONG = 40
+
+
+def committed(probe: Consumer) -> int:
+    """Partition 0's committed offset for the serving group, as the broker has it (an OffsetFetch, no join); a
+    coordinator still loading on a fresh broker is asked again."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return int(probe.committed([TopicPartition(REQUESTS, 0)], timeout=10)[0].offset)
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 class Observed(RunningBatch):
@@ -46,8 +59,7 @@ class ObservedService(InferenceService):
         self.probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": GROUP, "log_level": 3})
 
     def committed(self) -> int:
-        """Partition 0's committed offset for the serving group, as the broker has it (an OffsetFetch, no join)."""
-        return int(self.probe.committed([TopicPartition(REQUESTS, 0)], timeout=10)[0].offset)
+        return committed(self.probe)
 
     def _new_batch(self) -> RunningBatch:
         return Observed(self.generator, self.options.max_batch, self)
@@ -61,26 +73,38 @@ def request(codec: RecordCodec, prompt: str, max_new_tokens: int) -> tuple[Publi
     return Published(rid, at), codec.encode(rec)
 
 
-def test_the_commit_stops_at_a_long_request_in_flight_while_a_later_short_one_is_answered(kafka: str) -> None:
+def publish_to_partition_0(kafka: str, values: list[bytes]) -> list[int]:
+    """Send ``values`` to evo.requests partition 0, in this order; their offsets."""
+    offsets: list[int] = []
+    producer = Producer({"bootstrap.servers": kafka, "linger.ms": 50})  # in one batch, in this order
+    for value in values:
+        producer.produce(REQUESTS, value, partition=0, on_delivery=lambda err, msg: offsets.append(msg.offset()))
+    assert producer.flush(30) == 0 and len(offsets) == len(values)
+    return sorted(offsets)
+
+
+def test_the_commit_stops_at_a_long_request_in_flight_while_later_short_ones_are_answered(kafka: str) -> None:
     lm = tiny("t5")
     options = ServeOptions(max_batch=4, max_wait_ms=5, max_prompt_tokens=64, batching="continuous", admit_min=1)
     svc = ObservedService(kafka, lm, None, options)
     svc.generator.eos_id = None  # every row runs to its limit: the long one is surely still decoding
+    before = svc.committed()
     thread = threading.Thread(target=svc.run, daemon=True)
     thread.start()
     try:
         codec = RecordCodec("InferenceRequest")
-        (long_p, long_v), (short_p, short_v) = request(codec, "reverse: long", LONG), request(codec, "reverse: x", 2)
-        offsets: list[int] = []
-        producer = Producer({"bootstrap.servers": kafka, "linger.ms": 50})  # both in one batch, in this order
-        for value in (long_v, short_v):
-            producer.produce(REQUESTS, value, partition=0, on_delivery=lambda err, msg: offsets.append(msg.offset()))
-        assert producer.flush(30) == 0 and len(offsets) == 2
-        long_at, short_at = sorted(offsets)
+        first, long, last = (
+            request(codec, "reverse: a", 2),
+            request(codec, "reverse: long", LONG),
+            request(codec, "reverse: b", 2),
+        )
+        first_at, long_at, last_at = publish_to_partition_0(kafka, [first[1], long[1], last[1]])
+        assert before <= first_at
 
         client = InferenceClient(kafka)
-        assert client.await_reply(short_p, 120)["error"] is None
-        assert client.await_reply(long_p, 120)["token_count"] == LONG
+        assert client.await_reply(first[0], 120)["error"] is None
+        assert client.await_reply(last[0], 120)["error"] is None
+        assert client.await_reply(long[0], 120)["token_count"] == LONG
         client.close()
     finally:
         svc.stop_event.set()
@@ -89,13 +113,62 @@ def test_the_commit_stops_at_a_long_request_in_flight_while_a_later_short_one_is
         svc.probe.close()
     assert not thread.is_alive()
 
-    alone = [committed for held, committed in svc.seen if held == {long_p.request_id}]
-    together = [held for held, _ in svc.seen if held == {long_p.request_id, short_p.request_id}]
-    assert together, "the two requests never decoded side by side"
-    assert alone, "the long request never decoded alone after the short one left"
-    # while the long request was in flight, the commit never passed it ...
-    assert all(c <= long_at for held, c in svc.seen if long_p.request_id in held), svc.seen
-    # ... though the short one after it was done: the commit went up to the long one and waited there
-    assert alone[-1] == long_at, (alone, long_at, short_at)
-    # and once both were answered, past both
-    assert final == short_at + 1
+    rid = long[0].request_id
+    alone = [committed for held, committed in svc.seen if held == {rid}]
+    assert any(rid in held and len(held) > 1 for held, _ in svc.seen), "the long request never decoded beside another"
+    assert alone, "the long request never decoded alone after the short ones left (the later one was answered first)"
+    # while the long request was in flight, the commit never passed it, though the short one after it was done ...
+    assert all(c <= long_at for held, c in svc.seen if rid in held), svc.seen
+    # ... and it did move during the test: past the first short one, up to the long one, where it waited
+    assert alone[-1] == long_at and before < long_at, (before, alone, long_at)
+    # and once all were answered, past all three
+    assert final == last_at + 1
+
+
+class GatedEmbedding(InferenceService):
+    """The real service (static batches) whose prompt embedding, on the completion thread, waits for the test."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": GROUP, "log_level": 3})
+
+    def _embed(self, prompts: list[str]) -> list[list[float]]:
+        self.entered.set()
+        assert self.release.wait(120), "the test never released the embedding"
+        return super()._embed(prompts)
+
+    def committed(self) -> int:
+        return committed(self.probe)
+
+
+def test_no_commit_passes_a_request_before_its_completion_is_sent(kafka: str) -> None:
+    """The request is generated, but its Completion waits for its embedding: the service goes on (polling, ticking
+    its commits), and the group's committed offset must not pass the request until the Completion is acknowledged."""
+    svc = GatedEmbedding(kafka, tiny("t5"), None, ServeOptions(max_batch=4, max_wait_ms=5, max_prompt_tokens=64))
+    thread = threading.Thread(target=svc.run, daemon=True)
+    thread.start()
+    try:
+        published, value = request(RecordCodec("InferenceRequest"), "reverse: held", 4)
+        (at,) = publish_to_partition_0(kafka, [value])
+        assert svc.entered.wait(120), "the request was never generated"
+        held = []
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:  # the service loops (polls, commit ticks) all this while
+            held.append(svc.committed())
+            time.sleep(0.1)
+        assert held and max(held) <= at, (held, at)
+        svc.release.set()
+        client = InferenceClient(kafka)
+        assert client.await_reply(published, 60)["error"] is None
+        client.close()
+        deadline = time.monotonic() + 20
+        while svc.committed() != at + 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert svc.committed() == at + 1  # once answered, committed
+    finally:
+        svc.release.set()
+        svc.stop_event.set()
+        thread.join(60)
+        svc.probe.close()
+    assert not thread.is_alive()

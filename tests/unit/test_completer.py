@@ -102,3 +102,26 @@ def test_wait_gives_up_after_its_timeout_and_close_finishes_what_was_submitted()
     assert got == [[[1.0, 0.0], [1.0, 1.0]]]
     with pytest.raises(CompleterError, match="closed"):
         c.submit(["c"], got.append)
+
+
+def test_submit_blocks_once_max_pending_prompts_wait_and_resumes_when_they_are_done() -> None:
+    embed = GatedEmbed()
+    c = Completer(embed, max_pending=3)
+    c.submit(["a", "b"], lambda v: None)
+    assert embed.entered.wait(5)
+    c.submit(["c"], lambda v: None)  # 3 pending now: the next submit must wait
+    third = threading.Event()
+
+    def submit_third() -> None:
+        c.submit(["d"], lambda v: None)
+        third.set()
+
+    t = threading.Thread(target=submit_third)
+    t.start()
+    assert not third.wait(0.3), "submit did not block with max_pending prompts waiting"
+    embed.release.set()
+    assert third.wait(5), "submit stayed blocked after the waiting prompts were done"
+    t.join(5)
+    c.wait(5)
+    assert embed.calls == [["a", "b"], ["c"], ["d"]] or embed.calls == [["a", "b"], ["c", "d"]]
+    c.close()
