@@ -133,3 +133,7 @@ class NotFoundError(EvoError):
 
 class UnknownVersionError(NotFoundError, GovernanceError):
     """No model in the registry has this version."""
+
+
+class InvalidTokenError(UnauthorizedError):
+    """An HTTP API token that is malformed, forged, or of a revoked actor or key."""

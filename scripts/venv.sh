@@ -30,4 +30,6 @@ fi
 # Editable install of this checkout; --no-deps keeps it to seconds.
 "$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e "$root" >"$venv/.editable.log" 2>&1 \
   || { cat "$venv/.editable.log" >&2; exit 1; }
+# The dashboard's front-end assets (npm, once; a no-op after): `evostream api` serves them.
+"$root/scripts/web.sh" || echo "warning: the dashboard's assets were not built (scripts/web.sh needs npm)" >&2
 echo "$venv"

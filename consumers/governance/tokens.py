@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 from consumers.governance.keys import ActorKey, verify_signature
-from evostream.errors import UnauthorizedError
+from evostream.errors import InvalidTokenError
 
 _STATEMENT = "evostream http api token v1: "
 
@@ -26,16 +26,16 @@ def token_for(key: ActorKey, actor: str) -> str:
 
 
 def actor_of(token: str, registry: Any) -> tuple[str, list[str]]:
-    """The actor a token belongs to and its roles; UnauthorizedError for a malformed, forged or revoked token. The
+    """The actor a token belongs to and its roles; InvalidTokenError for a malformed, forged or revoked token. The
     error never repeats the token."""
     actor, _, signature = token.rpartition(".")
     if not actor or len(signature) != 128:
-        raise UnauthorizedError("malformed token: expected <actor>.<128 hex digits> (evostream governance api-token)")
+        raise InvalidTokenError("malformed token: expected <actor>.<128 hex digits> (evostream governance api-token)")
     known = registry.actors.get(actor)
     if known is None or known["revoked_seq"] is not None:
-        raise UnauthorizedError(f"actor {actor!r} is not enrolled in the governance log, or was revoked")
+        raise InvalidTokenError(f"actor {actor!r} is not enrolled in the governance log, or was revoked")
     digest = _statement_hash(actor)
     for key in known["keys"].values():
         if key["revoked_seq"] is None and verify_signature(key["public_key"], digest, signature):
             return actor, list(known["roles"])
-    raise UnauthorizedError(f"the token does not match any current key of actor {actor!r}")
+    raise InvalidTokenError(f"the token does not match any current key of actor {actor!r}")

@@ -83,3 +83,30 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0)
             if isinstance(err, KafkaError) and err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 continue
             raise StackError(f"cannot delete topic {name}: {err}") from e
+
+
+def group_lags(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+    """Per consumer group, per topic it has committed offsets on: records not yet consumed (the partitions' ends
+    minus the group's commits, summed). A group with no commit yet is left out."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+    from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+    admin = admin_client(bootstrap)
+    out: dict[str, dict[str, int]] = {}
+    try:
+        for group in groups:
+            fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout_s)
+            committed = [tp for tp in fut[group].result(timeout=timeout_s).topic_partitions or [] if tp.offset >= 0]
+            if not committed:
+                continue
+            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            ends = admin.list_offsets({TopicPartition(tp.topic, tp.partition): latest for tp in committed},
+                                      request_timeout=timeout_s)  # fmt: skip
+            lags: dict[str, int] = {}
+            for tp in committed:
+                end = ends[TopicPartition(tp.topic, tp.partition)].result(timeout=timeout_s).offset
+                lags[tp.topic] = lags.get(tp.topic, 0) + max(0, end - tp.offset)
+            out[group] = lags
+    except KafkaException as e:
+        raise BrokerUnavailableError(f"could not read consumer group offsets at {bootstrap}: {e}") from e
+    return out

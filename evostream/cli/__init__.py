@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from evostream.cli import calibrate, contract, demo, evolution, governance, readers, selfcheck, serve, sinks
+from evostream.cli import api, calibrate, contract, demo, evolution, governance, readers, selfcheck, serve, sinks
 from evostream.cli.stack import stack_app
 
 app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
@@ -39,6 +39,7 @@ for command in (
     evolution.evolve,
     evolution.analyze,
     sinks.query,
+    api.api,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

@@ -84,6 +84,23 @@ def governance_keygen(
     print(f"evostream governance enroll {name} --public-key {key.public_hex}")
 
 
+@governance_app.command("api-token")
+@friendly
+def governance_api_token(actor: Actor = None) -> None:
+    """Print this machine's actor's HTTP API token (`Authorization: Bearer <token>` for the writes of `evostream api`):
+    its key's signature over a statement naming it, checked against the key enrolled in the log. Treat it as a
+    password; revoking the actor (or rotating its key) revokes it."""
+    from consumers.governance.keys import ActorKey
+    from consumers.governance.service import key_path
+    from consumers.governance.tokens import token_for
+
+    settings = _settings(None, actor)
+    path = key_path(settings.governance_dir / "keys", settings.governance_actor)
+    if not path.exists():
+        raise GovernanceError(f"no key for actor {settings.governance_actor!r} at {path}")
+    print(token_for(ActorKey.load(path), settings.governance_actor))
+
+
 @governance_app.command("enroll")
 @friendly
 def governance_enroll(

@@ -29,6 +29,23 @@ class Trace:
     risk: dict[str, Record] = field(default_factory=dict)
     alerts: list[Record] = field(default_factory=list)
 
+    def summary(self) -> dict[str, Any]:
+        """A line of the trace list: what it is and how it went, without its steps."""
+        first = next(iter(self.steps.values()), None) or self.completion or {}
+        final = self.risk.get("FINAL") or self.risk.get("EARLY")
+        done = self.completion
+        return {
+            "trace_id": self.trace_id,
+            "request_id": first.get("request_id"),
+            "model_version": first.get("model_version"),
+            "steps": len(self.steps),
+            "answer": None if done is None else done["output_text"],
+            "finish_reason": None if done is None else done["finish_reason"],
+            "risk_score": None if final is None else final["score"],
+            "risk_stage": None if final is None else final["stage"],
+            "alerts": len(self.alerts),
+        }
+
     def doc(self) -> dict[str, Any]:
         """The trace as the API returns it (bytes fields left out: packed statistics are for machines)."""
         first = next(iter(self.steps.values()), None) or self.completion or {}
@@ -37,14 +54,14 @@ class Trace:
             "trace_id": self.trace_id,
             "request_id": first.get("request_id"),
             "model_version": first.get("model_version"),
-            "steps": [_plain(self.steps[k]) for k in sorted(self.steps)],
-            "completion": None if self.completion is None else _plain(self.completion, drop=("prompt_embedding",)),
+            "steps": [plain(self.steps[k]) for k in sorted(self.steps)],
+            "completion": None if self.completion is None else plain(self.completion, drop=("prompt_embedding",)),
             "risk": None if final is None else dict(final),
             "alerts": [dict(a) for a in self.alerts],
         }
 
 
-def _plain(rec: Mapping[str, Any], drop: tuple[str, ...] = ()) -> Record:
+def plain(rec: Mapping[str, Any], drop: tuple[str, ...] = ()) -> Record:
     return {k: v for k, v in rec.items() if not isinstance(v, bytes | bytearray) and k not in drop}
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from evostream.bus.consumer import EventConsumer
 from evostream.clock import now_us
@@ -32,14 +32,16 @@ class Tail:
         topics: Sequence[str] = WATCHED,
         history_s: float = 3600.0,
         poll_s: float = 0.2,
+        schemas: Mapping[str, str] | None = None,
     ) -> None:
+        """``schemas``: the record type of a topic the catalog does not name (a governance log's own topic)."""
         self.recent = recent
         self.lock = threading.Lock()
         self.error: EvoError | None = None
         self.caught_up = threading.Event()
         """Set once the history up to the start has been read (the first empty poll)."""
-        schemas = {t.name: t.value_schema for t in CATALOG}
-        self._codecs = {t: RecordCodec(schemas[t]) for t in topics}
+        known = {t.name: t.value_schema for t in CATALOG} | dict(schemas or {})
+        self._codecs = {t: RecordCodec(known[t]) for t in topics}
         self._subscribers: list[Subscriber] = []
         self._stop = threading.Event()
         self._poll_s = poll_s

@@ -1,0 +1,335 @@
+"""``evostream api``: the HTTP API and the live dashboard, one FastAPI app.
+
+Every read answers from the same views the CLI prints: a ``Recent`` fold of the topics (kept live by a ``Tail``)
+and the governance log replayed (``GovernanceView``). Nothing is recomputed here: risk, drift and profiles are what
+the processors published. Server-sent events push each new record to the dashboard as the tail reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from evostream.api.auth import Auth, Caller
+from evostream.api.errors import TimeoutAnswerError, install
+from evostream.api.limits import BodyLimit
+from evostream.bus.admin import cluster_metadata, group_lags
+from evostream.clock import now_us
+from evostream.errors import EvoError, NotFoundError
+from evostream.settings import Settings
+from evostream.views.governance import (
+    GovernanceView,
+    finding_doc,
+    parse_time,
+    provenance_doc,
+    registry_doc,
+    version_doc,
+)
+from evostream.views.recent import SEVERITIES, Recent, Record, plain
+from evostream.views.tail import WATCHED, Tail
+from evostream.views.tokens import TokenDecoder, local_resolver
+from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+
+STATIC = Path(__file__).parent / "static"
+EVENTS = {STEPS: "step", COMPLETIONS: "completion", RISK: "risk", ALERTS: "alert", DRIFT: "drift", PROFILES: "profile"}
+GROUPS = ("evostream-inference", "evostream-evolution")
+MAX_PROMPT_CHARS = 4000
+Severity = Literal["INFO", "WARNING", "CRITICAL"]
+
+
+@dataclass
+class ApiConfig:
+    bootstrap: str
+    settings: Settings
+    open_reads: bool = False
+    """Reads from other machines without a key (they are open to this machine's clients anyway)."""
+    cors_origins: list[str] = field(default_factory=list)
+    """Origins allowed to call from a browser page of theirs; none by default (CORS off)."""
+    max_body_bytes: int = 64 * 1024
+    history_s: float = 3600.0
+    """How far back the live views start when the API starts."""
+
+
+class InferBody(BaseModel):
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt.")
+    max_new_tokens: int = Field(32, ge=1, le=512)
+    timeout_s: float = Field(30.0, gt=0, le=300, description="How long to wait for the answer.")
+    risk_wait_s: float = Field(2.0, ge=0, le=30, description="How long to wait, after the answer, for its risk.")
+
+
+class RollbackBody(BaseModel):
+    model: str = Field(min_length=1, max_length=200)
+    to: str = Field("previous", min_length=1, max_length=200, description="A version, or 'previous'.")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ApproveBody(BaseModel):
+    model: str = Field(min_length=1, max_length=200)
+    version: str = Field(min_length=1, max_length=200)
+    stage: Literal["staging", "production"] = "production"
+    reason: str = Field("", max_length=2000)
+
+
+class Api:
+    """The app's parts: the live fold and its tail, the governance view, the request client, the token decoder."""
+
+    def __init__(self, cfg: ApiConfig, tail: bool = True) -> None:
+        self.cfg = cfg
+        self.recent = Recent()
+        self.governance = GovernanceView(cfg.bootstrap, cfg.settings)
+        self.auth = Auth(self.governance, cfg.open_reads)
+        self.tokens = TokenDecoder(
+            local_resolver(cfg.settings.artifacts_dir, lambda: self.governance.replayed().registry)
+        )
+        gov = cfg.settings.governance_topic
+        self.tail = Tail(cfg.bootstrap, self.recent, (*WATCHED, gov), cfg.history_s,
+                         schemas={gov: "GovernanceEvent"}) if tail else None  # fmt: skip
+        self._client: Any = None
+
+    def client(self) -> Any:
+        if self._client is None:
+            from producers.client import InferenceClient
+
+            self._client = InferenceClient(self.cfg.bootstrap, tenant="http")
+        return self._client
+
+    def close(self) -> None:
+        if self.tail is not None:
+            self.tail.close()
+        if self._client is not None:
+            self._client.close()
+
+    def read(self, fn: Callable[[Recent], Any]) -> Any:
+        if self.tail is None:
+            return fn(self.recent)
+        with self.tail.lock:
+            return fn(self.recent)
+
+
+def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
+    api = Api(cfg, tail)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        api.close()
+
+    app = FastAPI(
+        title="evostream",
+        version="0.1.0",
+        description="Watch, profile, evolve and govern language models on Apache Kafka. Reads are open to this "
+        "machine's clients; writes need an actor key (`Authorization: Bearer <token>`, from "
+        "`evostream governance api-token --actor NAME`).",
+        lifespan=lifespan,
+    )
+    app.state.api = api
+    install(app)
+    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    if cfg.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+    Reader = Annotated[Caller, Depends(api.auth.reader)]  # noqa: N806 (a type alias, as FastAPI's docs write it)
+    Writer = Annotated[Caller, Depends(api.auth.writer)]  # noqa: N806
+
+    # --- reads ---------------------------------------------------------------------------------------------------
+    @app.get("/health", tags=["reads"], summary="Broker, active versions, consumer lags, the live views")
+    def health(_: Reader) -> dict[str, Any]:
+        out: dict[str, Any] = {"broker": {"bootstrap": cfg.bootstrap, "reachable": False}}
+        try:
+            md = cluster_metadata(cfg.bootstrap, 3.0)
+            out["broker"].update(reachable=True, brokers=len(md.brokers), topics=len(md.topics))
+            out["consumer_lags"] = group_lags(cfg.bootstrap, (*GROUPS, cfg.settings.processors_app_id))
+            reg = api.governance.replayed().registry
+            out["active_versions"] = {name: m["production"] for name, m in sorted(reg.models.items())}
+        except EvoError as e:
+            out["error"] = str(e)
+        out["live"] = {"caught_up": bool(api.tail and api.tail.caught_up.is_set()),
+                       "error": str(api.tail.error) if api.tail and api.tail.error else None,
+                       "records": api.read(lambda r: dict(r.seen))}  # fmt: skip
+        out["status"] = "ok" if out["broker"]["reachable"] and not out["live"]["error"] else "degraded"
+        return out
+
+    @app.get("/overview", tags=["reads"], summary="Throughput, answering versions and alert rate, last minute")
+    def overview(_: Reader) -> dict[str, Any]:
+        return dict(api.read(lambda r: r.overview(now_us())))
+
+    @app.get("/traces", tags=["reads"], summary="The latest traces, newest first")
+    def traces(_: Reader, last: Annotated[int, Query(ge=1, le=500)] = 20) -> list[dict[str, Any]]:
+        return list(api.read(lambda r: [t.summary() for t in r.traces(last)]))
+
+    @app.get("/traces/{trace_id}", tags=["reads"], summary="One trace: its steps, completion, risk and alerts")
+    def trace(trace_id: str, _: Reader) -> dict[str, Any]:
+        doc = api.read(lambda r: None if (t := r.trace(trace_id)) is None else t.doc())
+        if doc is None:
+            raise NotFoundError(f"no trace {trace_id!r} among the latest {api.recent.max_traces} traces")
+        return dict(doc)
+
+    @app.get("/alerts", tags=["reads"], summary="Recent risk alerts, oldest first")
+    def alerts(_: Reader, last: Annotated[int, Query(ge=1, le=1000)] = 50, min_severity: Severity = "INFO",
+               model: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        return list(api.read(lambda r: r.alerts(last, min_severity, model)))
+
+    @app.get("/alerts/stream", tags=["live"], summary="Risk alerts as server-sent events, as they are published",
+             response_class=StreamingResponse)  # fmt: skip
+    async def alerts_stream(request: Request, _: Reader, min_severity: Severity = "INFO") -> StreamingResponse:
+        floor = SEVERITIES.index(min_severity)
+        return sse(api, request, {ALERTS}, lambda t, r: SEVERITIES.index(r["severity"]) >= floor)
+
+    @app.get("/stream", tags=["live"], summary="Steps, completions, risk, alerts and drift as server-sent events",
+             response_class=StreamingResponse)  # fmt: skip
+    async def stream(request: Request, _: Reader, trace_id: str | None = None) -> StreamingResponse:
+        topics = {STEPS, COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, cfg.settings.governance_topic}
+        return sse(api, request, topics, lambda t, r: trace_id is None or r.get("trace_id") == trace_id)
+
+    @app.get("/drift", tags=["reads"], summary="The latest drift windows, oldest first")
+    def drift(
+        _: Reader, last: Annotated[int, Query(ge=1, le=1000)] = 50, model: str | None = None
+    ) -> list[dict[str, Any]]:
+        return list(api.read(lambda r: r.drift(last, model)))
+
+    @app.get("/profiles", tags=["reads"], summary="The latest profile of each model version, token paths as text")
+    def profiles(_: Reader, model: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for p in api.read(lambda r: r.profiles(model)):
+            doc = plain(p)
+            version = str(p["model_version"])
+            doc["top_token_paths"] = [{**path, "text": api.tokens.path_text(version, path["token_ids"]),
+                                       "pieces": api.tokens.pieces(version, path["token_ids"])}
+                                      for path in p["top_token_paths"]]  # fmt: skip
+            out.append(doc)
+        return out
+
+    @app.get("/registry", tags=["governance"], summary="Every model, version, stage, lineage and pending approval")
+    def registry(_: Reader, as_of: str | None = None) -> dict[str, Any]:
+        r = api.governance.replayed(as_of)
+        return {**registry_doc(r.registry), "findings": [finding_doc(f) for f in r.findings]}
+
+    @app.get("/registry/{version}", tags=["governance"], summary="One version: artifact, metrics, lineage, approvals")
+    def registry_version(version: str, _: Reader, as_of: str | None = None) -> dict[str, Any]:
+        return version_doc(api.governance.replayed(as_of).registry, version)
+
+    @app.get("/governance/audit", tags=["governance"], summary="Who did what, when and why, verified as it is read")
+    def audit(_: Reader, since: str | None = None, actor: str | None = None) -> dict[str, Any]:
+        rows, findings = api.governance.audit(parse_time(since) if since else None, actor)
+        return {"events": rows, "findings": [finding_doc(f) for f in findings]}
+
+    @app.get("/provenance/{trace_id}", tags=["governance"], summary="Which version answered a trace, and why it served")
+    def provenance(trace_id: str, _: Reader) -> dict[str, Any]:
+        done = api.read(lambda r: None if (t := r.trace(trace_id)) is None else t.completion)
+        if done is None:
+            raise NotFoundError(f"no completion of trace {trace_id!r} among the latest {api.recent.max_traces} traces")
+        return provenance_doc(api.governance.replayed(), done)
+
+    # --- writes --------------------------------------------------------------------------------------------------
+    @app.post("/infer", tags=["inference"], summary="Publish a request, wait for its answer (and its risk)")
+    async def infer(body: InferBody, _: Reader) -> dict[str, Any]:
+        from producers.client import ReplyTimeoutError
+
+        reply = api.client().submit(body.prompt, max_new_tokens=body.max_new_tokens)
+        try:
+            rec = await reply.aresult(body.timeout_s)
+        except ReplyTimeoutError as e:
+            raise TimeoutAnswerError(f"no answer within {body.timeout_s:g} s (is `evostream serve` running?)") from e
+        risk = await wait_for(lambda: api.read(lambda r: _final_risk(r, rec["trace_id"])), body.risk_wait_s)
+        return {"request_id": rec["request_id"], "trace_id": rec["trace_id"], "model_version": rec["model_version"],
+                "answer": rec["output_text"], "token_count": rec["token_count"], "finish_reason": rec["finish_reason"],
+                "error": rec["error"], "risk": risk}  # fmt: skip
+
+    @app.post("/governance/rollback", tags=["governance"], summary="Make an earlier version serve production again")
+    def rollback(body: RollbackBody, caller: Writer) -> dict[str, Any]:
+        ev = acting(api, caller).rollback(body.model, body.to, body.reason)
+        return {"event": ev.type, "sequence": ev.sequence, "actor": ev.actor, "model": body.model,
+                "from_version": ev.payload["from_version"], "version": ev.payload["version"]}  # fmt: skip
+
+    @app.post("/governance/approve", tags=["governance"], summary="Approve a version for a stage")
+    def approve(body: ApproveBody, caller: Writer) -> dict[str, Any]:
+        ev = acting(api, caller).approve(body.model, body.version, body.stage, body.reason)
+        return {"event": ev.type, "sequence": ev.sequence, "actor": ev.actor, "model": body.model,
+                "version": body.version, "stage": body.stage}  # fmt: skip
+
+    # --- the dashboard -------------------------------------------------------------------------------------------
+    if STATIC.exists():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    return app
+
+
+def acting(api: Api, caller: Caller) -> Any:
+    """The caller's commands, signed with its key from this machine (ForbiddenError if it is not here)."""
+    from evostream.api.errors import ForbiddenError
+    from evostream.errors import GovernanceError
+
+    assert caller.actor is not None
+    try:
+        return api.governance.actor(caller.actor)
+    except GovernanceError as e:
+        raise ForbiddenError(f"actor {caller.actor!r} holds a valid key, but its private key is not on this "
+                             "server to sign with; act from the machine that holds it") from e  # fmt: skip
+
+
+def _final_risk(r: Recent, trace_id: str) -> dict[str, Any] | None:
+    t = r.trace(trace_id)
+    return None if t is None or "FINAL" not in t.risk else dict(t.risk["FINAL"])
+
+
+async def wait_for(fn: Callable[[], Any], timeout_s: float, every_s: float = 0.05) -> Any:
+    """``fn()`` once it is not None, or None after ``timeout_s``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while (out := fn()) is None and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(every_s)
+    return out
+
+
+def sse(api: Api, request: Request, topics: set[str], keep: Callable[[str, Record], bool]) -> StreamingResponse:
+    """A server-sent event per record of ``topics`` that ``keep`` accepts, from now on; a comment every 15 s keeps
+    proxies from closing an idle stream. A client too slow to read loses the oldest records first, and is told."""
+    if api.tail is None:
+        raise EvoError("this API runs without a live tail: no streams")
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[str, Record]] = asyncio.Queue(maxsize=2000)
+    dropped = [0]
+
+    def put(item: tuple[str, Record]) -> None:
+        if queue.full():
+            queue.get_nowait()
+            dropped[0] += 1
+        queue.put_nowait(item)
+
+    def push(topic: str, rec: Record) -> None:
+        if topic in topics and keep(topic, rec):
+            loop.call_soon_threadsafe(put, (topic, rec))
+
+    async def events() -> AsyncIterator[bytes]:
+        unsubscribe = api.tail.subscribe(push)  # type: ignore[union-attr]
+        try:
+            yield b": connected\n\n"
+            while not await request.is_disconnected():
+                try:
+                    topic, rec = await asyncio.wait_for(queue.get(), 15.0)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if dropped[0]:
+                    yield f"event: dropped\ndata: {dropped[0]}\n\n".encode()
+                    dropped[0] = 0
+                event = EVENTS.get(topic, "governance")
+                doc = plain(rec, drop=("prompt_embedding", "signature", "payload_json"))
+                yield f"event: {event}\ndata: {json.dumps(doc, default=str)}\n\n".encode()
+        finally:
+            unsubscribe()
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

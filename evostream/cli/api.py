@@ -1,0 +1,38 @@
+"""``evostream api``: serve the HTTP API and the dashboard."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from evostream.cli.common import Bootstrap, broker, friendly, say
+from evostream.settings import load_settings
+
+
+@friendly
+def api(
+    host: Annotated[str, typer.Option(help="Address to listen on (another than loopback exposes it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    open_reads: Annotated[
+        bool, typer.Option("--open-reads", help="Let clients on other machines read without a key.")
+    ] = False,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="An origin whose pages may call the API (repeat; default: none).")
+    ] = None,
+    max_body_kb: Annotated[int, typer.Option(min=1, help="Largest request body accepted (KiB).")] = 64,
+    history: Annotated[float, typer.Option(min=0, help="Seconds of past records the live views start with.")] = 3600,
+    bootstrap: Bootstrap = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) and the live dashboard (at /)."""
+    import uvicorn
+
+    from evostream.api.app import ApiConfig, create_app
+
+    settings = load_settings(bootstrap_servers=bootstrap)
+    server = broker(settings)
+    app = create_app(ApiConfig(server, settings, open_reads=open_reads, cors_origins=list(cors_origin or []),
+                               max_body_bytes=max_body_kb * 1024, history_s=history))  # fmt: skip
+    say(f"evostream api on http://{host}:{port}/ (dashboard), http://{host}:{port}/docs (OpenAPI); broker {server}")
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
