@@ -116,6 +116,20 @@ class Api:
             return fn(self.recent)
 
 
+async def _reader(request: Request) -> Caller:
+    caller: Caller = await request.app.state.api.auth.reader(request)
+    return caller
+
+
+async def _writer(request: Request) -> Caller:
+    caller: Caller = await request.app.state.api.auth.writer(request)
+    return caller
+
+
+Reader = Annotated[Caller, Depends(_reader)]
+Writer = Annotated[Caller, Depends(_writer)]
+
+
 def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     api = Api(cfg, tail)
 
@@ -138,8 +152,6 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
-    Reader = Annotated[Caller, Depends(api.auth.reader)]  # noqa: N806 (a type alias, as FastAPI's docs write it)
-    Writer = Annotated[Caller, Depends(api.auth.writer)]  # noqa: N806
 
     # --- reads ---------------------------------------------------------------------------------------------------
     @app.get("/health", tags=["reads"], summary="Broker, active versions, consumer lags, the live views")

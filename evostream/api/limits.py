@@ -25,35 +25,28 @@ class BodyLimit:
             await self._refuse(send, f"the request body has {int(declared):,} bytes; the limit is {self.max_bytes:,}")
             return
         seen = 0
-        refused = False
+        refused = started = False
 
         async def counted() -> Message:
             nonlocal seen, refused
             msg = await receive()
-            if msg["type"] == "http.request":
+            if msg["type"] == "http.request" and not refused:
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
                     refused = True
-                    raise _OversizeError()
+                    if not started:
+                        await self._refuse(send, f"the request body is over the limit of {self.max_bytes:,} bytes")
+                    return {"type": "http.disconnect"}  # the endpoint stops reading; its answer is dropped
             return msg
 
-        started = False
-
-        async def tracked(msg: Message) -> None:
+        async def guarded(msg: Message) -> None:
             nonlocal started
+            if refused:
+                return  # the 413 went out instead
             started = started or msg["type"] == "http.response.start"
             await send(msg)
 
-        try:
-            await self.app(scope, counted, tracked)
-        except _OversizeError:
-            if not started:
-                await self._refuse(send, f"the request body is over the limit of {self.max_bytes:,} bytes")
-        except Exception:
-            if refused and not started:
-                await self._refuse(send, f"the request body is over the limit of {self.max_bytes:,} bytes")
-                return
-            raise
+        await self.app(scope, counted, guarded)
 
     @staticmethod
     async def _refuse(send: Send, detail: str) -> None:
@@ -61,7 +54,3 @@ class BodyLimit:
         headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-class _OversizeError(Exception):
-    pass

@@ -87,7 +87,7 @@ def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0)
 
 def group_lags(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
     """Per consumer group, per topic it has committed offsets on: records not yet consumed (the partitions' ends
-    minus the group's commits, summed). A group with no commit yet is left out."""
+    minus the group's commits, summed); ``{}`` for a group with no commit yet."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
     from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
@@ -98,6 +98,7 @@ def group_lags(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0) ->
             fut = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout_s)
             committed = [tp for tp in fut[group].result(timeout=timeout_s).topic_partitions or [] if tp.offset >= 0]
             if not committed:
+                out[group] = {}
                 continue
             latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
             ends = admin.list_offsets({TopicPartition(tp.topic, tp.partition): latest for tp in committed},

@@ -1,0 +1,125 @@
+"""A governed deployment the HTTP API fronts, on the real broker: the embedded model's weights as version 1 and a
+perturbed copy as version 2 (production), both in the artifact store and on the governance log; the inference
+service following the log; the stream processors (``evostream process``) for risk; ``evostream api``'s app served by
+uvicorn on a free port. Shared by the API, schema and browser tests."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import uvicorn
+
+from consumers.governance.keys import ActorKey
+from consumers.governance.log import GovernanceLog
+from consumers.governance.service import Governance, init, key_path
+from consumers.governance.tokens import token_for
+from evostream.api.app import ApiConfig, create_app
+from evostream.artifacts import ArtifactStore
+from evostream.cli.governed import GovernedModel
+from evostream.settings import Settings, load_settings
+from models.loading import load_model
+from producers.service import InferenceService, ServeOptions
+from tests.stream_processors.harness import Worker
+
+GATES = {"accuracy:mean": {"value": 1.0, "threshold": 0.9, "passed": True}}
+
+
+@dataclass
+class Deployment:
+    url: str
+    settings: Settings
+    model: str
+    v1: str
+    v2: str
+    admin_token: str
+    alice_token: str
+    """An approver's token (not an admin)."""
+    service: InferenceService
+    source: GovernedModel
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def saved_versions(tmp: Path) -> tuple[Path, Path]:
+    """The embedded model as saved, and a copy with its output head perturbed (other weights, another hash)."""
+    lm = load_model("default", device="cpu")
+    one, two = tmp / "v1", tmp / "v2"
+    lm.model.save_pretrained(one)
+    lm.tokenizer.save_pretrained(one)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        head = lm.model.get_output_embeddings().weight
+        head.add_(0.02 * torch.randn_like(head))
+    lm.model.save_pretrained(two)
+    lm.tokenizer.save_pretrained(two)
+    return one, two
+
+
+@pytest.fixture(scope="session")
+def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    tmp = tmp_path_factory.mktemp("api")
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(bootstrap_servers=kafka, governance_dir=tmp / "gov", artifacts_dir=tmp / "art",
+                             governance_topic=f"test-api-governance-{run}")  # fmt: skip
+    store = ArtifactStore(settings.artifacts_dir)
+    p1, p2 = saved_versions(tmp)
+    r1, r2 = store.put_dir(p1), store.put_dir(p2)
+    model, v1, v2 = f"suite-{run}", f"suite-{run}@1", f"suite-{run}@2"
+    keys = settings.governance_dir / "keys"
+    glog = GovernanceLog(kafka, topic=settings.governance_topic)
+    admin, _ = init(glog, keys, "admin")
+    alice_key = ActorKey.generate()
+    alice_key.save(key_path(keys, "alice"))
+    admin.enroll("alice", alice_key.public_hex, alice_key.key_id, ["approver"], reason="test approver")
+    alice = Governance(glog, alice_key, "alice")
+    for version, ref, parent in ((v1, r1, None), (v2, r2, v1)):
+        admin.register(model, version, artifact_uri=ref.uri, artifact_sha256=ref.sha256, parent=parent,
+                       operator=None if parent is None else "perturb", metrics={"parameters": 1_412_224})  # fmt: skip
+        admin.validated(model, version, True, GATES)
+        alice.approve(model, version, reason="looks fine")
+        admin.promote(model, version, stage="production", reason="first" if parent is None else "better")
+
+    (tmp / "processors").mkdir()
+    worker = Worker(kafka, tmp / "processors")
+    worker.start()
+    settings = settings.model_copy(update={"processors_app_id": worker.env["EVOSTREAM_PROCESSORS_APP_ID"]})
+    source = GovernedModel(
+        kafka, settings, model, poll_s=0.2, load=lambda path, _v: load_model(str(path), device="cpu")
+    )
+    service = InferenceService(kafka, source.current().loaded, None, ServeOptions(max_batch=8, max_wait_ms=10),
+                               models=source)  # fmt: skip
+    serving = threading.Thread(target=service.run, daemon=True)
+    serving.start()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ApiConfig(kafka, settings)), host="127.0.0.1", port=port,
+                                          log_level="warning"))  # fmt: skip
+    api = threading.Thread(target=server.run, daemon=True)
+    api.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert api.is_alive() and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield Deployment(f"http://127.0.0.1:{port}", settings, model, v1, v2,
+                         token_for(ActorKey.load(key_path(keys, "admin")), "admin"), token_for(alice_key, "alice"),
+                         service, source)  # fmt: skip
+    finally:
+        server.should_exit = True
+        api.join(30)
+        service.stop_event.set()
+        serving.join(60)
+        source.close()
+        worker.stop()
+        glog.close()
