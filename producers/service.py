@@ -73,8 +73,8 @@ class ServeOptions:
     """Continuous batching: newcomers join once this many slots are free (0: half the batch, at least 1), or once
     the oldest has waited ``admit_wait_ms``, or at once into an empty batch. Each admission is a prefill of its own:
     admitting each request as its slot freed made continuous batching 0.70x static on the suite's short answers, half
-    the batch 0.86x (bench.batching, decode loops alone, no timer); on mixed lengths one at a time did better (2.17x
-    against 1.95x)."""
+    the batch 0.94x (bench.batching, decode loops alone, no timer); on mixed lengths one at a time did better (2.17x
+    against 1.92x)."""
     admit_wait_ms: int = 20
     commit_every_s: float = 0.05
     """Continuous batching: how often the offsets of the requests answered are committed (their step events
