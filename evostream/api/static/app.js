@@ -1,0 +1,338 @@
+// The evostream dashboard: reads the HTTP API, then follows /stream (server-sent events) so that tokens, risk,
+// alerts, drift windows and governance changes appear as they are published, without a reload.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_TRACES = 30;
+const traces = new Map(); // trace id -> {el, tokens, risk}
+let mineId = null;
+
+function el(tag, attrs = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") e.className = v; else if (k === "text") e.textContent = v; else e.setAttribute(k, v);
+  }
+  for (const c of children) e.append(c);
+  return e;
+}
+
+async function api(path, opts = {}) {
+  const r = await fetch(path, opts);
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
+    throw new Error(`${r.status}: ${detail}`);
+  }
+  return body;
+}
+
+function throttle(fn, ms) {
+  let timer = null;
+  return () => { if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms); };
+}
+
+// --- colours ---------------------------------------------------------------------------------------------------
+function entropyColour(bits) {  // 0 bits: green, 2 bits: yellow, >= 4 bits: red
+  const t = Math.max(0, Math.min(1, (bits || 0) / 4));
+  return `hsl(${Math.round(140 - 140 * t)} 75% 83%)`;
+}
+function riskColour(score) {
+  const t = Math.max(0, Math.min(1, score));
+  return `hsl(${Math.round(140 - 140 * t)} 70% 78%)`;
+}
+
+// --- overview and header ---------------------------------------------------------------------------------------
+async function refreshOverview() {
+  try {
+    const o = await api("/overview");
+    $("rps").textContent = o.requests_per_s.toFixed(2);
+    $("tps").textContent = o.tokens_per_s.toFixed(1);
+    $("apm").textContent = o.alerts_per_min.toFixed(1);
+    const v = Object.entries(o.versions_answering).map(([k, n]) => `${k} (${n})`).join(", ");
+    $("answering").textContent = v || "none";
+  } catch (e) { /* shown by the status pill */ }
+}
+
+// "live" once the API is healthy, the event stream is open and what was there before it has been read
+const state = { health: null, streamOpen: false, loaded: false };
+
+function showStatus() {
+  const pill = $("status");
+  let text = "connecting…", ok = false;
+  if (state.health === "unreachable") text = "API unreachable";
+  else if (state.health && state.health !== "ok") text = `degraded: ${state.health}`;
+  else if (state.health === "ok" && !state.streamOpen) text = "reconnecting…";
+  else if (state.health === "ok" && state.loaded) { text = "live"; ok = true; }
+  pill.textContent = text;
+  pill.className = "pill " + (ok ? "ok" : (text === "connecting…" ? "" : "bad"));
+}
+
+async function refreshHealth() {
+  try {
+    const h = await api("/health");
+    state.health = h.status === "ok" ? "ok" : (h.error || h.live.error || "broker unreachable");
+    const active = Object.entries(h.active_versions || {}).map(([m, v]) => `${m}: ${v || "-"}`).join("  ");
+    $("active").textContent = active ? `production ${active}` : "";
+  } catch (e) {
+    state.health = "unreachable";
+  }
+  showStatus();
+}
+
+// --- live traces -----------------------------------------------------------------------------------------------
+function traceCard(rec) {
+  let t = traces.get(rec.trace_id);
+  if (t) return t;
+  const risk = el("span", { class: "risk", text: "risk …" });
+  const answer = el("span", { class: "answer" });
+  const card = el("div", { class: "trace", "data-trace-id": rec.trace_id },
+    el("div", { class: "meta" }, el("span", { text: rec.trace_id.slice(0, 12) }),
+      el("span", { text: rec.model_version || "" }), risk, answer),
+    el("div", { class: "tokens" }));
+  t = { el: card, risk, answer, tokens: card.querySelector(".tokens"), steps: new Set() };
+  traces.set(rec.trace_id, t);
+  if (rec.trace_id === mineId) card.classList.add("mine");
+  $("traces").prepend(card);
+  while (traces.size > MAX_TRACES) {
+    const [oldest] = traces.keys();
+    traces.get(oldest).el.remove();
+    traces.delete(oldest);
+  }
+  return t;
+}
+
+function onStep(s) {
+  const t = traceCard(s);
+  if (t.steps.has(s.step)) return; // a step delivered twice is shown once
+  t.steps.add(s.step);
+  const tok = el("span", { class: "tok", text: s.token_text, "data-step": String(s.step) });
+  tok.style.background = entropyColour(s.entropy_bits);
+  tok.title = `step ${s.step}: entropy ${s.entropy_bits.toFixed(2)} bits, margin ${s.top1_top2_margin.toFixed(2)}, ` +
+    `surprisal ${s.surprisal_bits.toFixed(2)} bits, ${(s.latency_us / 1000).toFixed(1)} ms`;
+  const after = [...t.tokens.children].find((c) => Number(c.dataset.step) > s.step);
+  t.tokens.insertBefore(tok, after || null);
+}
+
+function onRisk(r) {
+  const t = traceCard(r);
+  if (t.riskStage === "FINAL" && r.stage !== "FINAL") return;
+  t.riskStage = r.stage;
+  t.risk.textContent = `risk ${r.score.toFixed(2)}${r.stage === "EARLY" ? " (early)" : ""}`;
+  t.risk.style.background = riskColour(r.score);
+  t.risk.title = (r.flags || []).join(", ") + (r.reason ? `: ${r.reason}` : "");
+  t.risk.dataset.score = String(r.score);
+}
+
+function onCompletion(c) {
+  const t = traceCard(c);
+  t.answer.textContent = c.error ? `error: ${c.error}` : `→ ${c.output_text}`;
+  t.el.classList.add("done");
+}
+
+function onAlert(a) {
+  const when = new Date(a.produced_at_us / 1000).toLocaleTimeString();
+  const li = el("li", { class: a.severity, text: `${when} ${a.severity} ${a.score.toFixed(2)} ${a.trace_id.slice(0, 12)} ` +
+    `${a.model_version} [${a.flags.join(", ")}] ${a.reason || ""}` });
+  $("alerts").prepend(li);
+  while ($("alerts").children.length > 200) $("alerts").lastChild.remove();
+}
+
+$("ask").addEventListener("submit", async (ev) => {
+  ev.preventDefault();
+  const prompt = $("prompt").value.trim();
+  if (!prompt) return;
+  $("send").disabled = true;
+  $("mine").textContent = "asking…";
+  $("mine").className = "note";
+  try {
+    const out = await api("/infer", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt, max_new_tokens: Number($("max-tokens").value) || 32 }),
+    });
+    mineId = out.trace_id;
+    document.querySelectorAll(".trace.mine").forEach((e) => e.classList.remove("mine"));
+    const t = traces.get(out.trace_id);
+    if (t) t.el.classList.add("mine");
+    const risk = out.risk ? `risk ${out.risk.score.toFixed(2)}` : "risk not reported yet";
+    $("mine").textContent = `answer: ${out.answer} · ${out.model_version} · ${risk} · trace ${out.trace_id}`;
+    $("mine").dataset.traceId = out.trace_id;
+  } catch (e) {
+    $("mine").textContent = String(e.message || e);
+    $("mine").className = "note error";
+  } finally {
+    $("send").disabled = false;
+  }
+});
+
+// --- drift -----------------------------------------------------------------------------------------------------
+const drift = { windows: [], charts: new Map() };
+
+function drawDrift() {
+  if (!drift.windows.length || typeof uPlot === "undefined") return;
+  $("drift-empty")?.remove();
+  const names = [...new Set(drift.windows.flatMap((w) => w.statistics.map((s) => s.name)))];
+  for (const name of names) {
+    const xs = [], ys = [], th = [];
+    for (const w of drift.windows) {
+      const s = w.statistics.find((x) => x.name === name);
+      if (!s) continue;
+      xs.push(w.window_end_us / 1e6); ys.push(s.value); th.push(s.threshold ?? null);
+    }
+    const data = [xs, ys, th];
+    let chart = drift.charts.get(name);
+    if (chart) { chart.setData(data); continue; }
+    const box = el("div", { class: "chart", "data-statistic": name });
+    $("drift-charts").append(box);
+    chart = new uPlot({
+      title: name, width: 380, height: 180,
+      series: [{}, { label: name, stroke: "#2f5bd3", points: { show: true } },
+               { label: "threshold", stroke: "#b3261e", dash: [4, 4] }],
+    }, data, box);
+    drift.charts.set(name, chart);
+  }
+}
+
+function onDrift(w) { drift.windows.push(w); drawDrift(); }
+
+// --- registry and governance -----------------------------------------------------------------------------------
+let registry = null;
+
+function lineageTree(model) {
+  const versions = Object.values(model.versions);
+  const children = new Map();
+  for (const v of versions) {
+    const p = v.parent || "";
+    if (!children.has(p)) children.set(p, []);
+    children.get(p).push(v);
+  }
+  const render = (parent) => {
+    const ul = el("ul");
+    for (const v of children.get(parent) || []) {
+      const metrics = Object.entries(v.metrics || {}).map(([k, x]) => `${k}=${typeof x === "number" ? +x.toFixed(4) : x}`);
+      const val = v.validation ? (v.validation.passed ? "validation PASS" : "validation FAIL") : "not validated";
+      const li = el("li", {},
+        el("div", { class: "node", "data-version": v.version },
+          el("span", { text: v.version }), el("span", { class: `stage ${v.stage}`, text: v.stage }),
+          el("span", { class: "metrics", text: [val, v.operator ? `by ${v.operator}` : "", ...metrics].filter(Boolean).join(" · ") })),
+        render(v.version));
+      ul.append(li);
+    }
+    return ul;
+  };
+  return render("");
+}
+
+async function refreshRegistry() {
+  try {
+    registry = await api("/registry");
+  } catch (e) { return; }
+  const box = $("lineage");
+  box.replaceChildren();
+  for (const [name, model] of Object.entries(registry.models)) {
+    box.append(el("div", { class: "lineage" }, el("strong", { text: `${name} (production ${model.production || "-"})` }),
+      lineageTree(model)));
+  }
+  const pick = $("rb-model"), chosen = pick.value;
+  pick.replaceChildren(...Object.keys(registry.models).map((m) => el("option", { value: m, text: m })));
+  if (chosen && registry.models[chosen]) pick.value = chosen;
+  fillTargets();
+  const pending = $("pending");
+  pending.replaceChildren();
+  for (const p of registry.pending_approvals) {
+    const b = el("button", { type: "button", text: "Approve" });
+    b.addEventListener("click", () => act("/governance/approve", { model: p.model_name || p.model, version: p.version, stage: p.stage }));
+    pending.append(el("li", {}, `${p.version} → ${p.stage}: ${p.approvers.length}/${p.needed} `, b));
+  }
+  if (!registry.pending_approvals.length) pending.append(el("li", { class: "note", text: "none" }));
+}
+
+function fillTargets() {
+  const model = registry?.models[$("rb-model").value];
+  const to = $("rb-to"), chosen = to.value;
+  const options = [el("option", { value: "previous", text: "previous production" })];
+  for (const v of Object.keys(model?.versions || {})) {
+    if (v !== model.production) options.push(el("option", { value: v, text: v }));
+  }
+  to.replaceChildren(...options);
+  if ([...to.options].some((o) => o.value === chosen)) to.value = chosen;
+}
+$("rb-model").addEventListener("change", fillTargets);
+
+async function refreshTimeline() {
+  try {
+    const audit = await api("/governance/audit");
+    $("timeline").replaceChildren(...audit.events.slice().reverse().map((e) =>
+      el("li", { text: `#${e.sequence} ${e.when} ${e.actor}${e.model ? ` [${e.model}]` : ""} ${e.what}${e.reason ? `: ${e.reason}` : ""}` })));
+  } catch (e) { /* status pill */ }
+}
+
+const KEY = "evostream.actor-key";
+$("actor-key").value = sessionStorage.getItem(KEY) || "";
+$("actor-key").addEventListener("change", () => {
+  sessionStorage.setItem(KEY, $("actor-key").value.trim());
+  $("key-state").textContent = $("actor-key").value ? `key of ${$("actor-key").value.split(".")[0]} (kept for this tab)` : "";
+});
+
+async function act(path, body) {
+  const key = $("actor-key").value.trim();
+  const out = $("gov-result");
+  try {
+    const r = await api(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", ...(key ? { Authorization: `Bearer ${key}` } : {}) },
+      body: JSON.stringify(body),
+    });
+    out.textContent = `${r.event} #${r.sequence} by ${r.actor}` + (r.from_version ? `: ${r.from_version} → ${r.version}` : "");
+    out.className = "note";
+    refreshGovernance();
+  } catch (e) {
+    out.textContent = String(e.message || e);
+    out.className = "note error";
+  }
+}
+
+$("rollback").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  act("/governance/rollback", { model: $("rb-model").value, to: $("rb-to").value, reason: $("rb-reason").value });
+});
+
+const refreshGovernance = throttle(() => { refreshRegistry(); refreshTimeline(); refreshHealth(); }, 300);
+const refreshRates = throttle(refreshOverview, 1000);
+
+// --- start: the stream first (its events held back), then what was there before, then the held events ---------
+async function start() {
+  const held = [];
+  let ready = false;
+  const events = new EventSource("/stream");
+  const on = (name, fn) => events.addEventListener(name, (m) => {
+    const rec = JSON.parse(m.data);
+    if (ready) fn(rec); else held.push([fn, rec]);
+  });
+  on("step", onStep);
+  on("risk", onRisk);
+  on("completion", (c) => { onCompletion(c); refreshRates(); });
+  on("alert", (a) => { onAlert(a); refreshRates(); });
+  on("drift", onDrift);
+  on("governance", () => refreshGovernance());
+  events.onopen = () => { state.streamOpen = true; refreshHealth(); };
+  events.onerror = () => { state.streamOpen = false; showStatus(); };
+  await Promise.all([refreshHealth(), refreshOverview(), refreshRegistry(), refreshTimeline()]);
+  try {
+    for (const a of await api("/alerts?last=50")) onAlert(a);
+    drift.windows = await api("/drift?last=200");
+    drawDrift();
+    for (const t of (await api("/traces?last=10")).reverse()) {
+      const doc = await api(`/traces/${encodeURIComponent(t.trace_id)}`);
+      for (const s of doc.steps) onStep(s);
+      if (doc.risk) onRisk(doc.risk);
+      if (doc.completion) onCompletion(doc.completion);
+    }
+  } catch (e) { /* the status pill says what is wrong */ }
+  ready = true;
+  for (const [fn, rec] of held.splice(0)) fn(rec); // a record in both is shown once (steps by number, risk by stage)
+  state.loaded = true;
+  showStatus();
+  setInterval(refreshOverview, 5000); // rates decay when traffic stops
+}
+
+start();

@@ -1,0 +1,122 @@
+"""The dashboard in a real browser: headless Debian Chromium driven by Playwright, against the governed deployment.
+
+A prompt published through the page shows its tokens and risk as they stream in (server-sent events, no reload); a
+rollback from the governance view changes the active version, and the service swaps. Screenshots are saved in
+``EVOSTREAM_SCREENSHOT_DIR`` when set (the README's comes from there), else beside the test's temporary files."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.api.conftest import Deployment
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# No background traffic from the browser: this machine has no network beyond the package registries.
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"no Chromium at {CHROMIUM}: apt install chromium (CI installs it)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = ctx.new_page()
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        yield pg
+        browser.close()
+        assert errors == [], f"the page raised: {errors}"
+
+
+def shots(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("EVOSTREAM_SCREENSHOT_DIR") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_a_prompt_published_from_the_page_streams_its_tokens_and_risk(deployment: Deployment, page: object,
+                                                                      tmp_path: Path) -> None:  # fmt: skip
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    page.goto(deployment.url + "/")
+    expect(page.locator("#status")).to_have_text("live", timeout=30_000)
+    added: list[tuple[str, int]] = []
+    page.expose_function("noteStep", lambda trace, n: added.append((trace, int(n))))
+    # note each token as it is added (trace, step): they come one by one from the stream, none twice
+    page.evaluate("""() => new MutationObserver((ms) => { for (const m of ms) for (const n of m.addedNodes)
+        if (n.classList && n.classList.contains('tok')) window.noteStep(n.closest('.trace').dataset.traceId,
+                                                                        n.dataset.step); })
+        .observe(document.getElementById('traces'), {childList: true, subtree: true})""")
+    page.fill("#prompt", "reverse: dashboard")
+    page.click("#send")
+    mine = page.locator("#mine")
+    expect(mine).to_contain_text("answer:", timeout=60_000)
+    trace_id = mine.get_attribute("data-trace-id")
+    assert trace_id
+    card = page.locator(f'.trace[data-trace-id="{trace_id}"]')
+    expect(card).to_have_class(re.compile(r"\bmine\b"), timeout=30_000)
+    expect(card).to_have_class(re.compile(r"\bdone\b"), timeout=30_000)
+    expect(card.locator(".risk")).to_contain_text("risk 0.", timeout=30_000)
+    trace = httpx.get(f"{deployment.url}/traces/{trace_id}", timeout=30).json()
+    tokens = card.locator(".tok")
+    expect(tokens).to_have_count(trace["completion"]["token_count"])
+    assert tokens.all_text_contents() == [s["token_text"] for s in trace["steps"]]  # the steps, in order, as text
+    assert float(card.locator(".risk").get_attribute("data-score") or "nan") == pytest.approx(trace["risk"]["score"])
+    assert sorted(n for t, n in added if t == trace_id) == list(range(trace["completion"]["token_count"]))
+    expect(page.locator("#rps")).to_have_text(re.compile(r"^\d+\.\d\d$"))  # the overview's rate, a number ...
+    expect(page.locator("#rps")).not_to_have_text("0.00", timeout=10_000)  # ... updated by the completion's event
+    expect(page.locator("#answering")).to_contain_text(deployment.v2)
+    page.screenshot(path=str(shots(tmp_path) / "dashboard.png"), full_page=True)
+
+
+def test_a_rollback_from_the_governance_view_changes_the_active_version(deployment: Deployment, page: object,
+                                                                        tmp_path: Path) -> None:  # fmt: skip
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    page.goto(deployment.url + "/")
+    active = page.locator("#active")
+    expect(active).to_contain_text(f"{deployment.model}: {deployment.v2}", timeout=30_000)
+    expect(page.locator(f'.node[data-version="{deployment.v1}"]')).to_be_visible()
+    page.fill("#actor-key", deployment.admin_token)
+    page.dispatch_event("#actor-key", "change")
+    page.select_option("#rb-model", deployment.model)
+    page.select_option("#rb-to", deployment.v1)
+    page.fill("#rb-reason", "rolled back from the dashboard")
+    page.click("#rb-go")
+    expect(page.locator("#gov-result")).to_contain_text("RolledBack", timeout=30_000)
+    expect(active).to_contain_text(f"{deployment.model}: {deployment.v1}", timeout=30_000)
+    expect(page.locator("#timeline li").first).to_contain_text("rolled back from the dashboard")
+    assert deployment.admin_token not in page.content()  # the key stays in the password field's value only
+    page.screenshot(path=str(shots(tmp_path) / "governance.png"), full_page=True)
+    deadline = time.monotonic() + 60
+    while deployment.source.current().version != deployment.v1:
+        assert time.monotonic() < deadline, "the service never swapped to the version rolled back to"
+        time.sleep(0.1)
+    # a wrong key is refused, and the page says so
+    page.fill("#actor-key", "admin." + "0" * 128)
+    page.dispatch_event("#actor-key", "change")
+    page.select_option("#rb-to", deployment.v2)
+    page.click("#rb-go")
+    expect(page.locator("#gov-result")).to_contain_text("401: the token does not match")
+    # put v2 back for the tests after this one
+    r = httpx.post(deployment.url + "/governance/rollback", json={"model": deployment.model, "to": deployment.v2,
+                                                                  "reason": "restore"},
+                   headers={"Authorization": f"Bearer {deployment.admin_token}"}, timeout=60)  # fmt: skip
+    assert r.status_code == 200, r.text
