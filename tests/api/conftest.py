@@ -26,6 +26,7 @@ from evostream.artifacts import ArtifactStore
 from evostream.cli.governed import GovernedModel
 from evostream.settings import Settings, load_settings
 from models.loading import load_model
+from producers.embedding import PromptEmbedder
 from producers.service import InferenceService, ServeOptions
 from tests.stream_processors.harness import Worker
 
@@ -98,8 +99,8 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     source = GovernedModel(
         kafka, settings, model, poll_s=0.2, load=lambda path, _v: load_model(str(path), device="cpu")
     )
-    service = InferenceService(kafka, source.current().loaded, None, ServeOptions(max_batch=8, max_wait_ms=10),
-                               models=source)  # fmt: skip
+    options = ServeOptions(max_batch=8, max_wait_ms=10)
+    service = InferenceService(kafka, source.current().loaded, PromptEmbedder(), options, models=source)
     serving = threading.Thread(target=service.run, daemon=True)
     serving.start()
     port = free_port()

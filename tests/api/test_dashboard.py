@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from models.suite.evaluate import eval_set
+from producers.client import InferenceClient
 from tests.api.conftest import Deployment
 
 pytestmark = pytest.mark.integration
@@ -82,7 +84,18 @@ def test_a_prompt_published_from_the_page_streams_its_tokens_and_risk(deployment
     expect(page.locator("#rps")).to_have_text(re.compile(r"^\d+\.\d\d$"))  # the overview's rate, a number ...
     expect(page.locator("#rps")).not_to_have_text("0.00", timeout=10_000)  # ... updated by the completion's event
     expect(page.locator("#answering")).to_contain_text(deployment.v2)
-    page.screenshot(path=str(shots(tmp_path) / "dashboard.png"), full_page=True)
+    # enough traffic for the processors' first drift window of this version (reference 96 + window 48): its
+    # statistics are plotted as they are published
+    prompts = [e.prompt for e in eval_set()]
+    with InferenceClient(deployment.settings.bootstrap_servers) as client:
+        answers = client.infer_many([prompts[i % len(prompts)] for i in range(150)], timeout_s=120, max_new_tokens=8)
+    assert all(a["error"] is None for a in answers)
+    expect(page.locator("#drift-charts .chart").first).to_be_visible(timeout=90_000)
+    names = page.locator("#drift-charts .chart").evaluate_all("cs => cs.map(c => c.dataset.statistic)")
+    drift = httpx.get(f"{deployment.url}/drift", params={"model": deployment.v2}, timeout=30).json()
+    assert drift and set(names) == {s["name"] for w in drift for s in w["statistics"]}
+    page.screenshot(path=str(shots(tmp_path) / "dashboard.png"))
+    page.screenshot(path=str(shots(tmp_path) / "dashboard-full.png"), full_page=True)
 
 
 def test_a_rollback_from_the_governance_view_changes_the_active_version(deployment: Deployment, page: object,

@@ -80,9 +80,11 @@ async function refreshHealth() {
 }
 
 // --- live traces -----------------------------------------------------------------------------------------------
-function traceCard(rec) {
+// A card is made by a trace's steps (the newest MAX_TRACES traces are kept); its risk, completion and alerts only
+// update it, so a late risk report of a trace already scrolled away does not bring back an empty card.
+function traceCard(rec, make = false) {
   let t = traces.get(rec.trace_id);
-  if (t) return t;
+  if (t || !make) return t;
   const risk = el("span", { class: "risk", text: "risk …" });
   const answer = el("span", { class: "answer" });
   const card = el("div", { class: "trace", "data-trace-id": rec.trace_id },
@@ -102,7 +104,7 @@ function traceCard(rec) {
 }
 
 function onStep(s) {
-  const t = traceCard(s);
+  const t = traceCard(s, true);
   if (t.steps.has(s.step)) return; // a step delivered twice is shown once
   t.steps.add(s.step);
   const tok = el("span", { class: "tok", text: s.token_text, "data-step": String(s.step) });
@@ -115,6 +117,7 @@ function onStep(s) {
 
 function onRisk(r) {
   const t = traceCard(r);
+  if (!t) return;
   if (t.riskStage === "FINAL" && r.stage !== "FINAL") return;
   t.riskStage = r.stage;
   t.risk.textContent = `risk ${r.score.toFixed(2)}${r.stage === "EARLY" ? " (early)" : ""}`;
@@ -125,6 +128,7 @@ function onRisk(r) {
 
 function onCompletion(c) {
   const t = traceCard(c);
+  if (!t) return;
   t.answer.textContent = c.error ? `error: ${c.error}` : `→ ${c.output_text}`;
   t.el.classList.add("done");
 }
@@ -185,6 +189,9 @@ function drawDrift() {
     $("drift-charts").append(box);
     chart = new uPlot({
       title: name, width: 380, height: 180,
+      // a few windows still read as times of day (uPlot's own time axis spans years around a single point)
+      scales: { x: { time: false, range: (u, lo, hi) => [lo - 300, hi + 60] } },
+      axes: [{ values: (u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString()) }, {}],
       series: [{}, { label: name, stroke: "#2f5bd3", points: { show: true } },
                { label: "threshold", stroke: "#b3261e", dash: [4, 4] }],
     }, data, box);
