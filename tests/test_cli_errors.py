@@ -44,7 +44,8 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "stack up", "stack status", "stack down", "stack logs", "schemas list", "schemas check", "governance init",
         "governance keygen", "governance enroll", "governance revoke", "governance policy", "governance snapshot",
         "register", "validate", "request-approval", "approve", "promote", "rollback", "audit", "provenance", "replay",
-        "registry show", "analyze", "evolve", "evolution run", "sinks list", "sinks run", "query",
+        "registry show", "analyze", "evolve", "evolution run", "sinks list", "sinks run", "query", "api",
+        "governance api-token",
     }  # fmt: skip
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,7 +27,7 @@ from evostream.api.errors import TimeoutAnswerError, install
 from evostream.api.limits import BodyLimit
 from evostream.bus.admin import cluster_metadata, group_lags
 from evostream.clock import now_us
-from evostream.errors import EvoError, NotFoundError
+from evostream.errors import ConflictError, EvoError, NotFoundError
 from evostream.settings import Settings
 from evostream.views.governance import (
     GovernanceView,
@@ -80,6 +82,35 @@ class ApproveBody(BaseModel):
     reason: str = Field("", max_length=2000)
 
 
+class EvolveBody(BaseModel):
+    model: str | None = Field(None, max_length=200, description="Registry model name (default: the embedded model's).")
+    recipes: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Candidates to build, e.g. 'drop=1,heads=0.5' (default: a search of four).",
+    )
+    steps: int = Field(1500, ge=0, le=20000, description="Distillation steps per candidate.")
+    held_out: int = Field(50, ge=1, le=500, description="Held-out suite prompts per task the sandbox measures.")
+    reps: int = Field(5, ge=1, le=20, description="Side-by-side speed repetitions.")
+    propose: bool = Field(True, description="Register and propose the chosen candidate to governance.")
+
+
+@dataclass
+class EvolveJob:
+    """One evolution cycle started through the API, run on a thread of its own; its progress lines as they come."""
+
+    job_id: str
+    actor: str
+    started_us: int
+    state: Literal["running", "done", "failed"] = "running"
+    lines: list[str] = field(default_factory=list)
+    candidates: list[str] = field(default_factory=list)
+    version: str | None = None
+    passed: bool | None = None
+    error: str | None = None
+    ended_us: int | None = None
+
+
 class Api:
     """The app's parts: the live fold and its tail, the governance view, the request client, the token decoder."""
 
@@ -95,6 +126,8 @@ class Api:
         self.tail = Tail(cfg.bootstrap, self.recent, (*WATCHED, gov), cfg.history_s,
                          schemas={gov: "GovernanceEvent"}) if tail else None  # fmt: skip
         self._client: Any = None
+        self.jobs: dict[str, EvolveJob] = {}
+        self._jobs_lock = threading.Lock()
 
     def client(self) -> Any:
         if self._client is None:
@@ -102,6 +135,36 @@ class Api:
 
             self._client = InferenceClient(self.cfg.bootstrap, tenant="http")
         return self._client
+
+    def evolve(self, body: EvolveBody, actor: str) -> EvolveJob:
+        """Start one cycle on a thread (ConflictError while another runs: cycles measure speed side by side, and
+        two at once would measure each other)."""
+        with self._jobs_lock:
+            running = [j for j in self.jobs.values() if j.state == "running"]
+            if running:
+                raise ConflictError(
+                    f"evolution cycle {running[0].job_id} is still running; GET /evolve/{running[0].job_id}"
+                )
+            job = EvolveJob(uuid.uuid4().hex[:12], actor, now_us())
+            self.jobs[job.job_id] = job
+        threading.Thread(target=self._cycle, args=(job, body), name=f"evolve-{job.job_id}", daemon=True).start()
+        return job
+
+    def _cycle(self, job: EvolveJob, body: EvolveBody) -> None:
+        from evostream.views.evolution import consumer, cycle_config, cycle_line
+        from models.default_model import MODEL_ID
+
+        try:
+            cfg = cycle_config(body.recipes or None, body.steps, body.held_out, body.reps)
+            evo = consumer(self.cfg.settings, self.cfg.bootstrap, body.model or MODEL_ID, cfg, job.lines.append)
+            out = evo.cycle(f"api:{job.actor}:{job.job_id}", propose_it=body.propose)
+            job.candidates = [cycle_line(c) for c in (out.result.candidates if out.result else [])]
+            job.version, job.passed = out.version, out.passed
+            job.state = "done"
+        except Exception as e:  # a failed cycle is the job's answer, never the API's end
+            job.error, job.state = f"{type(e).__name__}: {e}", "failed"
+        finally:
+            job.ended_us = now_us()
 
     def close(self) -> None:
         if self.tail is not None:
@@ -126,8 +189,14 @@ async def _writer(request: Request) -> Caller:
     return caller
 
 
+async def _admin(request: Request) -> Caller:
+    caller: Caller = await request.app.state.api.auth.admin(request)
+    return caller
+
+
 Reader = Annotated[Caller, Depends(_reader)]
 Writer = Annotated[Caller, Depends(_writer)]
+Admin = Annotated[Caller, Depends(_admin)]
 
 
 def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
@@ -268,6 +337,18 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
         ev = acting(api, caller).approve(body.model, body.version, body.stage, body.reason)
         return {"event": ev.type, "sequence": ev.sequence, "actor": ev.actor, "model": body.model,
                 "version": body.version, "stage": body.stage}  # fmt: skip
+
+    @app.post("/evolve", tags=["evolution"], status_code=202, summary="Start one evolution cycle now (admin key)")
+    def evolve(body: EvolveBody, caller: Admin) -> dict[str, Any]:
+        assert caller.actor is not None
+        return asdict(api.evolve(body, caller.actor))
+
+    @app.get("/evolve/{job_id}", tags=["evolution"], summary="An evolution cycle started here: progress and verdict")
+    def evolve_job(job_id: str, _: Reader) -> dict[str, Any]:
+        job = api.jobs.get(job_id)
+        if job is None:
+            raise NotFoundError(f"no evolution job {job_id!r} on this API (jobs: {', '.join(api.jobs) or 'none'})")
+        return asdict(job)
 
     # --- the dashboard -------------------------------------------------------------------------------------------
     if STATIC.exists():

@@ -43,6 +43,7 @@ class Deployment:
     admin_token: str
     alice_token: str
     """An approver's token (not an admin)."""
+    parameters: int
     service: InferenceService
     source: GovernedModel
 
@@ -53,8 +54,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def saved_versions(tmp: Path) -> tuple[Path, Path]:
-    """The embedded model as saved, and a copy with its output head perturbed (other weights, another hash)."""
+def saved_versions(tmp: Path) -> tuple[Path, Path, int]:
+    """The embedded model as saved, and a copy with its output head perturbed (other weights, another hash); their
+    parameter count."""
     lm = load_model("default", device="cpu")
     one, two = tmp / "v1", tmp / "v2"
     lm.model.save_pretrained(one)
@@ -65,7 +67,7 @@ def saved_versions(tmp: Path) -> tuple[Path, Path]:
         head.add_(0.02 * torch.randn_like(head))
     lm.model.save_pretrained(two)
     lm.tokenizer.save_pretrained(two)
-    return one, two
+    return one, two, lm.parameter_count()
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +77,7 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     settings = load_settings(bootstrap_servers=kafka, governance_dir=tmp / "gov", artifacts_dir=tmp / "art",
                              governance_topic=f"test-api-governance-{run}")  # fmt: skip
     store = ArtifactStore(settings.artifacts_dir)
-    p1, p2 = saved_versions(tmp)
+    p1, p2, parameters = saved_versions(tmp)
     r1, r2 = store.put_dir(p1), store.put_dir(p2)
     model, v1, v2 = f"suite-{run}", f"suite-{run}@1", f"suite-{run}@2"
     keys = settings.governance_dir / "keys"
@@ -87,7 +89,7 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     alice = Governance(glog, alice_key, "alice")
     for version, ref, parent in ((v1, r1, None), (v2, r2, v1)):
         admin.register(model, version, artifact_uri=ref.uri, artifact_sha256=ref.sha256, parent=parent,
-                       operator=None if parent is None else "perturb", metrics={"parameters": 1_412_224})  # fmt: skip
+                       operator=None if parent is None else "perturb", metrics={"parameters": parameters})  # fmt: skip
         admin.validated(model, version, True, GATES)
         alice.approve(model, version, reason="looks fine")
         admin.promote(model, version, stage="production", reason="first" if parent is None else "better")
@@ -115,7 +117,7 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     try:
         yield Deployment(f"http://127.0.0.1:{port}", settings, model, v1, v2,
                          token_for(ActorKey.load(key_path(keys, "admin")), "admin"), token_for(alice_key, "alice"),
-                         service, source)  # fmt: skip
+                         parameters, service, source)  # fmt: skip
     finally:
         server.should_exit = True
         api.join(30)

@@ -72,7 +72,7 @@ def test_registry_version_and_audit(deployment: Deployment) -> None:
     assert m["versions"][deployment.v2]["lineage"] == [deployment.v2, deployment.v1]
     assert reg["findings"] == []
     one = get(deployment, f"/registry/{deployment.v1}").json()
-    assert one["model_name"] == deployment.model and one["metrics"]["parameters"] == 1_412_224
+    assert one["model_name"] == deployment.model and one["metrics"]["parameters"] == deployment.parameters
     audit = get(deployment, "/governance/audit", actor="alice").json()
     assert [e["type"] for e in audit["events"]] == ["ApprovalGranted", "ApprovalGranted"]
     assert all(e["actor"] == "alice" for e in audit["events"])
@@ -192,3 +192,27 @@ def test_a_rollback_through_the_api_changes_which_model_serves(deployment: Deplo
     back = post(deployment, "/governance/rollback", {"model": deployment.model, "to": deployment.v2,
                                                     "reason": "restore"}, token=deployment.admin_token)  # fmt: skip
     assert back.status_code == 200, back.text
+
+
+def test_evolve_needs_an_admin_and_runs_one_cycle_that_registers_a_smaller_candidate(deployment: Deployment) -> None:
+    body = {"model": deployment.model, "recipes": ["ffn=0.99"], "steps": 0, "held_out": 4, "reps": 1}
+    assert post(deployment, "/evolve", body).status_code == 401
+    r = post(deployment, "/evolve", body, token=deployment.alice_token)
+    assert r.status_code == 403 and "is not an admin" in r.json()["detail"]
+    r = post(deployment, "/evolve", body, token=deployment.admin_token)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["state"] == "running" and job["actor"] == "admin"
+    again = post(deployment, "/evolve", body, token=deployment.admin_token)
+    assert again.status_code == 409 and job["job_id"] in again.json()["detail"]
+    deadline = time.monotonic() + 600
+    while (job := get(deployment, f"/evolve/{job['job_id']}").json())["state"] == "running":
+        assert time.monotonic() < deadline, job
+        time.sleep(1)
+    assert job["state"] == "done", job
+    assert job["version"] and len(job["candidates"]) == 1 and job["candidates"][0].startswith("ffn0.99:")
+    shown = get(deployment, f"/registry/{job['version']}").json()
+    assert (shown["parent"], shown["operator"]) == (deployment.v2, "evolve")
+    assert shown["operator_params"]["trigger"] == f"api:admin:{job['job_id']}"
+    assert 0 < shown["metrics"]["parameters"] < deployment.parameters  # really smaller: FFN neurons removed
+    assert get(deployment, "/evolve/nope").status_code == 404
