@@ -37,7 +37,7 @@ from evostream.views.governance import (
     registry_doc,
     version_doc,
 )
-from evostream.views.recent import SEVERITIES, Recent, Record, plain
+from evostream.views.recent import Recent, Record, at_least, plain
 from evostream.views.tail import WATCHED, Tail
 from evostream.views.tokens import TokenDecoder, local_resolver
 from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
@@ -263,8 +263,7 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     @app.get("/alerts/stream", tags=["live"], summary="Risk alerts as server-sent events, as they are published",
              response_class=StreamingResponse)  # fmt: skip
     async def alerts_stream(request: Request, _: Reader, min_severity: Severity = "INFO") -> StreamingResponse:
-        floor = SEVERITIES.index(min_severity)
-        return sse(api, request, {ALERTS}, lambda t, r: SEVERITIES.index(r["severity"]) >= floor)
+        return sse(api, request, {ALERTS}, lambda t, r: at_least(r, min_severity))
 
     @app.get("/stream", tags=["live"], summary="Steps, completions, risk, alerts and drift as server-sent events",
              response_class=StreamingResponse)  # fmt: skip

@@ -11,10 +11,9 @@ import typer
 from evostream.bus.reader import TopicReader
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.settings import load_settings
+from evostream.views.recent import SEVERITIES, Recent, at_least
 from evostream.views.tokens import TokenDecoder, local_resolver
 from schemas.catalog import ALERTS, DRIFT, PROFILES
-
-SEVERITIES = ("INFO", "WARNING", "CRITICAL")
 
 
 def format_alert(a: Mapping[str, Any]) -> str:
@@ -28,11 +27,10 @@ def follow_alerts(
     bootstrap: str, min_severity: str = "WARNING", follow: bool = True, from_start: bool = False, idle_s: float = 2.0
 ) -> Iterator[str]:
     """Lines for alerts at or above ``min_severity``; without ``follow``, stops once the topic is idle."""
-    floor = SEVERITIES.index(min_severity)
     with TopicReader(bootstrap, ALERTS, "RiskAlert", start="earliest" if from_start else "latest",
                      idle_s=None if follow else idle_s, batch=500, name="alerts") as reader:  # fmt: skip
         for a in reader:
-            if SEVERITIES.index(a["severity"]) >= floor:
+            if at_least(a, min_severity):
                 yield format_alert(a)
 
 
@@ -43,11 +41,18 @@ def format_drift(r: Mapping[str, Any]) -> str:
     return f"{when} {r['model_version']} n={r['sample_count']:<4} {verdict} {stats}"
 
 
+def _read_into(recent: Recent, bootstrap: str, topic: str, schema: str) -> Recent:
+    """One pass over ``topic`` into the fold the HTTP API keeps live: both select from it the same way."""
+    with TopicReader(bootstrap, topic, schema) as reader:
+        for r in reader:
+            recent.add(topic, r)
+    return recent
+
+
 def latest_drift(bootstrap: str, last: int = 10, model: str | None = None) -> list[str]:
     """The last ``last`` drift windows (of ``model``, or of every model), oldest first."""
-    with TopicReader(bootstrap, DRIFT, "DriftReport") as reader:
-        out = [r for r in reader if model is None or r["model_version"] == model]
-    return [format_drift(r) for r in out[-last:]]
+    recent = _read_into(Recent(max_records=100_000), bootstrap, DRIFT, "DriftReport")
+    return [format_drift(r) for r in recent.drift(last, model)]
 
 
 def format_profile(p: Mapping[str, Any], tokens: TokenDecoder | None = None) -> str:
@@ -74,9 +79,8 @@ def format_profile(p: Mapping[str, Any], tokens: TokenDecoder | None = None) -> 
 
 def latest_profiles(bootstrap: str, model: str | None = None, tokens: TokenDecoder | None = None) -> list[str]:
     """The latest ProfileSnapshot of each model version (or of ``model``)."""
-    with TopicReader(bootstrap, PROFILES, "ProfileSnapshot") as reader:
-        latest = {r["model_version"]: r for r in reader if model is None or r["model_version"] == model}
-    return [format_profile(r, tokens) for r in latest.values()]
+    recent = _read_into(Recent(), bootstrap, PROFILES, "ProfileSnapshot")
+    return [format_profile(r, tokens) for r in recent.profiles(model)]
 
 
 @friendly

@@ -16,6 +16,13 @@ from typing import Any
 from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
 
 SEVERITIES = ("INFO", "WARNING", "CRITICAL")
+
+
+def at_least(alert: Mapping[str, Any], min_severity: str) -> bool:
+    """Whether an alert is at or above ``min_severity`` (INFO < WARNING < CRITICAL)."""
+    return SEVERITIES.index(alert["severity"]) >= SEVERITIES.index(min_severity)
+
+
 Record = dict[str, Any]
 
 
@@ -113,12 +120,7 @@ class Recent:
 
     def alerts(self, last: int = 50, min_severity: str = "INFO", model: str | None = None) -> list[Record]:
         """The latest alerts at or above ``min_severity``, oldest first."""
-        floor = SEVERITIES.index(min_severity)
-        out = [
-            a
-            for a in self._alerts
-            if SEVERITIES.index(a["severity"]) >= floor and (model is None or a["model_version"] == model)
-        ]
+        out = [a for a in self._alerts if at_least(a, min_severity) and (model is None or a["model_version"] == model)]
         return out[-last:] if last else []
 
     def drift(self, last: int = 10, model: str | None = None) -> list[Record]:
