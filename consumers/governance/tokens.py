@@ -25,12 +25,18 @@ def token_for(key: ActorKey, actor: str) -> str:
     return f"{actor}.{key.sign(_statement_hash(actor))}"
 
 
+def check_format(token: str) -> None:
+    """InvalidTokenError unless ``token`` looks like one (checked before anything is read to verify it)."""
+    actor, _, signature = token.rpartition(".")
+    if not actor or len(signature) != 128 or len(actor) > 200:
+        raise InvalidTokenError("malformed token: expected <actor>.<128 hex digits> (evostream governance api-token)")
+
+
 def actor_of(token: str, registry: Any) -> tuple[str, list[str]]:
     """The actor a token belongs to and its roles; InvalidTokenError for a malformed, forged or revoked token. The
     error never repeats the token."""
+    check_format(token)
     actor, _, signature = token.rpartition(".")
-    if not actor or len(signature) != 128:
-        raise InvalidTokenError("malformed token: expected <actor>.<128 hex digits> (evostream governance api-token)")
     known = registry.actors.get(actor)
     if known is None or known["revoked_seq"] is not None:
         raise InvalidTokenError(f"actor {actor!r} is not enrolled in the governance log, or was revoked")

@@ -18,14 +18,16 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from evostream.api.auth import Auth, Caller
-from evostream.api.errors import TimeoutAnswerError, install
+from evostream.api.auth import Auth, Caller, RegistryCache
+from evostream.api.errors import BusyError, TimeoutAnswerError, install
 from evostream.api.limits import BodyLimit
-from evostream.bus.admin import cluster_metadata, group_lags
+from evostream.bus.admin import cluster_metadata, ensure_topics, group_lags
 from evostream.clock import now_us
 from evostream.errors import ConflictError, EvoError, NotFoundError
 from evostream.settings import Settings
@@ -40,7 +42,7 @@ from evostream.views.governance import (
 from evostream.views.recent import Recent, Record, at_least, plain
 from evostream.views.tail import WATCHED, Tail
 from evostream.views.tokens import TokenDecoder, local_resolver
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
 
 STATIC = Path(__file__).parent / "static"
 EVENTS = {STEPS: "step", COMPLETIONS: "completion", RISK: "risk", ALERTS: "alert", DRIFT: "drift", PROFILES: "profile"}
@@ -60,11 +62,16 @@ class ApiConfig:
     max_body_bytes: int = 64 * 1024
     history_s: float = 3600.0
     """How far back the live views start when the API starts."""
+    allowed_hosts: list[str] | None = None
+    """Host headers accepted (None: any). ``evostream api`` bound to loopback accepts only loopback names, so a web
+    page of another site cannot reach it through DNS rebinding."""
+    max_streams: int = 64
+    """Server-sent event streams open at once; more get 503."""
 
 
 class InferBody(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt.")
-    max_new_tokens: int = Field(32, ge=1, le=512)
+    max_new_tokens: int = Field(32, ge=1, le=256)
     timeout_s: float = Field(30.0, gt=0, le=300, description="How long to wait for the answer.")
     risk_wait_s: float = Field(2.0, ge=0, le=30, description="How long to wait, after the answer, for its risk.")
 
@@ -118,13 +125,22 @@ class Api:
         self.cfg = cfg
         self.recent = Recent()
         self.governance = GovernanceView(cfg.bootstrap, cfg.settings)
-        self.auth = Auth(self.governance, cfg.open_reads)
-        self.tokens = TokenDecoder(
-            local_resolver(cfg.settings.artifacts_dir, lambda: self.governance.replayed().registry)
-        )
-        gov = cfg.settings.governance_topic
-        self.tail = Tail(cfg.bootstrap, self.recent, (*WATCHED, gov), cfg.history_s,
-                         schemas={gov: "GovernanceEvent"}) if tail else None  # fmt: skip
+        self.registry = RegistryCache(self.governance)
+        self.auth = Auth(self.registry, cfg.open_reads)
+        self.tokens = TokenDecoder(local_resolver(cfg.settings.artifacts_dir, self.registry.get))
+        self.write_lock = threading.Lock()
+        """One governance write at a time from this API (each is a transaction of the log's one writer id)."""
+        self.tail: Tail | None = None
+        self.watching_governance = False
+        if tail:
+            # the topics read are created if missing (an API may start before any service); the governance log's
+            # topic exists once `governance init` ran: until then its events are not followed (health says so)
+            ensure_topics(cfg.bootstrap, [t for t in CATALOG if t.name in WATCHED])
+            gov = cfg.settings.governance_topic
+            self.watching_governance = gov in cluster_metadata(cfg.bootstrap, 10.0).topics
+            topics = (*WATCHED, gov) if self.watching_governance else WATCHED
+            self.tail = Tail(cfg.bootstrap, self.recent, topics, cfg.history_s, schemas={gov: "GovernanceEvent"})
+            self.tail.subscribe(lambda topic, _rec: self.registry.invalidate() if topic == gov else None)
         self._client: Any = None
         self.jobs: dict[str, EvolveJob] = {}
         self._jobs_lock = threading.Lock()
@@ -139,7 +155,17 @@ class Api:
     def evolve(self, body: EvolveBody, actor: str) -> EvolveJob:
         """Start one cycle on a thread (ConflictError while another runs: cycles measure speed side by side, and
         two at once would measure each other)."""
+        from consumers.evolution.recipe import Recipe
+        from models.default_model import MODEL_ID
+
+        for r in body.recipes:
+            Recipe.parse(r)  # a bad recipe is refused now (400), not accepted and failed later
+        model = body.model or MODEL_ID
+        if model not in self.registry.get().models:
+            raise NotFoundError(f"no model {model!r} in the registry; GET /registry lists them")
         with self._jobs_lock:
+            for old in list(self.jobs)[:-19]:  # the last 20 jobs are kept
+                del self.jobs[old]
             running = [j for j in self.jobs.values() if j.state == "running"]
             if running:
                 raise ConflictError(
@@ -165,6 +191,7 @@ class Api:
             job.error, job.state = f"{type(e).__name__}: {e}", "failed"
         finally:
             job.ended_us = now_us()
+            self.registry.invalidate()
 
     def close(self) -> None:
         if self.tail is not None:
@@ -179,22 +206,34 @@ class Api:
             return fn(self.recent)
 
 
-async def _reader(request: Request) -> Caller:
-    caller: Caller = await request.app.state.api.auth.reader(request)
+# Plain functions: FastAPI runs them on its thread pool, so checking a key (a replay of the log, at most every few
+# seconds) never holds the event loop. The bearer scheme is declared for the OpenAPI document.
+_bearer = HTTPBearer(auto_error=False, description="An actor key: `evostream governance api-token --actor NAME`.")
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _reader(request: Request) -> Caller:
+    caller: Caller = request.app.state.api.auth.reader(request)
     return caller
 
 
-async def _writer(request: Request) -> Caller:
-    caller: Caller = await request.app.state.api.auth.writer(request)
+def _publisher(request: Request, _: Bearer) -> Caller:
+    caller: Caller = request.app.state.api.auth.publisher(request)
     return caller
 
 
-async def _admin(request: Request) -> Caller:
-    caller: Caller = await request.app.state.api.auth.admin(request)
+def _writer(request: Request, _: Bearer) -> Caller:
+    caller: Caller = request.app.state.api.auth.writer(request)
+    return caller
+
+
+def _admin(request: Request, _: Bearer) -> Caller:
+    caller: Caller = request.app.state.api.auth.admin(request)
     return caller
 
 
 Reader = Annotated[Caller, Depends(_reader)]
+Publisher = Annotated[Caller, Depends(_publisher)]
 Writer = Annotated[Caller, Depends(_writer)]
 Admin = Annotated[Caller, Depends(_admin)]
 
@@ -218,6 +257,8 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     app.state.api = api
     install(app)
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
+    if cfg.allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.allowed_hosts)
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
@@ -230,14 +271,18 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
             md = cluster_metadata(cfg.bootstrap, 3.0)
             out["broker"].update(reachable=True, brokers=len(md.brokers), topics=len(md.topics))
             out["consumer_lags"] = group_lags(cfg.bootstrap, (*GROUPS, cfg.settings.processors_app_id))
-            reg = api.governance.replayed().registry
+            reg = api.registry.get()
             out["active_versions"] = {name: m["production"] for name, m in sorted(reg.models.items())}
         except EvoError as e:
             out["error"] = str(e)
-        out["live"] = {"caught_up": bool(api.tail and api.tail.caught_up.is_set()),
-                       "error": str(api.tail.error) if api.tail and api.tail.error else None,
+        tail = api.tail
+        live_error = None if tail is None or tail.error is None else str(tail.error)
+        if tail is not None and not tail.alive:
+            live_error = "the live view's reader stopped (see the API's log)"
+        out["live"] = {"caught_up": bool(tail and tail.caught_up.is_set()), "error": live_error,
+                       "streams": tail.subscribers if tail else 0, "governance_followed": api.watching_governance,
                        "records": api.read(lambda r: dict(r.seen))}  # fmt: skip
-        out["status"] = "ok" if out["broker"]["reachable"] and not out["live"]["error"] else "degraded"
+        out["status"] = "ok" if out["broker"]["reachable"] and not live_error and "error" not in out else "degraded"
         return out
 
     @app.get("/overview", tags=["reads"], summary="Throughput, answering versions and alert rate, last minute")
@@ -258,7 +303,7 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     @app.get("/alerts", tags=["reads"], summary="Recent risk alerts, oldest first")
     def alerts(_: Reader, last: Annotated[int, Query(ge=1, le=1000)] = 50, min_severity: Severity = "INFO",
                model: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
-        return list(api.read(lambda r: r.alerts(last, min_severity, model)))
+        return [plain(a) for a in api.read(lambda r: r.alerts(last, min_severity, model))]
 
     @app.get("/alerts/stream", tags=["live"], summary="Risk alerts as server-sent events, as they are published",
              response_class=StreamingResponse)  # fmt: skip
@@ -275,7 +320,7 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     def drift(
         _: Reader, last: Annotated[int, Query(ge=1, le=1000)] = 50, model: str | None = None
     ) -> list[dict[str, Any]]:
-        return list(api.read(lambda r: r.drift(last, model)))
+        return [plain(w) for w in api.read(lambda r: r.drift(last, model))]
 
     @app.get("/profiles", tags=["reads"], summary="The latest profile of each model version, token paths as text")
     def profiles(_: Reader, model: str | None = None) -> list[dict[str, Any]]:
@@ -312,28 +357,34 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
 
     # --- writes --------------------------------------------------------------------------------------------------
     @app.post("/infer", tags=["inference"], summary="Publish a request, wait for its answer (and its risk)")
-    async def infer(body: InferBody, _: Reader) -> dict[str, Any]:
+    async def infer(body: InferBody, _: Publisher) -> dict[str, Any]:
         from producers.client import ReplyTimeoutError
 
-        reply = api.client().submit(body.prompt, max_new_tokens=body.max_new_tokens)
+        client = await asyncio.to_thread(api.client)  # made once; its reader is positioned off the loop
+        try:
+            submit = client.asubmit(body.prompt, max_new_tokens=body.max_new_tokens)
+            reply = await asyncio.wait_for(submit, body.timeout_s)
+        except TimeoutError as e:
+            raise TimeoutAnswerError(f"no free request slot within {body.timeout_s:g} s: too many in flight") from e
         try:
             rec = await reply.aresult(body.timeout_s)
         except ReplyTimeoutError as e:
             raise TimeoutAnswerError(f"no answer within {body.timeout_s:g} s (is `evostream serve` running?)") from e
         risk = await wait_for(lambda: api.read(lambda r: _final_risk(r, rec["trace_id"])), body.risk_wait_s)
-        return {"request_id": rec["request_id"], "trace_id": rec["trace_id"], "model_version": rec["model_version"],
-                "answer": rec["output_text"], "token_count": rec["token_count"], "finish_reason": rec["finish_reason"],
-                "error": rec["error"], "risk": risk}  # fmt: skip
+        return plain({"request_id": rec["request_id"], "trace_id": rec["trace_id"],
+                      "model_version": rec["model_version"], "answer": rec["output_text"],
+                      "token_count": rec["token_count"], "finish_reason": rec["finish_reason"], "error": rec["error"],
+                      "risk": risk})  # fmt: skip
 
     @app.post("/governance/rollback", tags=["governance"], summary="Make an earlier version serve production again")
     def rollback(body: RollbackBody, caller: Writer) -> dict[str, Any]:
-        ev = acting(api, caller).rollback(body.model, body.to, body.reason)
+        ev = acting(api, caller, lambda gov: gov.rollback(body.model, body.to, body.reason))
         return {"event": ev.type, "sequence": ev.sequence, "actor": ev.actor, "model": body.model,
                 "from_version": ev.payload["from_version"], "version": ev.payload["version"]}  # fmt: skip
 
     @app.post("/governance/approve", tags=["governance"], summary="Approve a version for a stage")
     def approve(body: ApproveBody, caller: Writer) -> dict[str, Any]:
-        ev = acting(api, caller).approve(body.model, body.version, body.stage, body.reason)
+        ev = acting(api, caller, lambda gov: gov.approve(body.model, body.version, body.stage, body.reason))
         return {"event": ev.type, "sequence": ev.sequence, "actor": ev.actor, "model": body.model,
                 "version": body.version, "stage": body.stage}  # fmt: skip
 
@@ -346,7 +397,9 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     def evolve_job(job_id: str, _: Reader) -> dict[str, Any]:
         job = api.jobs.get(job_id)
         if job is None:
-            raise NotFoundError(f"no evolution job {job_id!r} on this API (jobs: {', '.join(api.jobs) or 'none'})")
+            raise NotFoundError(
+                f"no evolution job {job_id!r} on this API (jobs: {', '.join(list(api.jobs)) or 'none'})"
+            )
         return asdict(job)
 
     # --- the dashboard -------------------------------------------------------------------------------------------
@@ -360,17 +413,24 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     return app
 
 
-def acting(api: Api, caller: Caller) -> Any:
-    """The caller's commands, signed with its key from this machine (ForbiddenError if it is not here)."""
+def acting(api: Api, caller: Caller, act: Callable[[Any], Any]) -> Any:
+    """``act`` with the caller's commands, signed with its key from this machine (ForbiddenError if it is not here),
+    one write at a time; the registry is read afresh after."""
     from evostream.api.errors import ForbiddenError
     from evostream.errors import GovernanceError
 
     assert caller.actor is not None
-    try:
-        return api.governance.actor(caller.actor)
-    except GovernanceError as e:
-        raise ForbiddenError(f"actor {caller.actor!r} holds a valid key, but its private key is not on this "
-                             "server to sign with; act from the machine that holds it") from e  # fmt: skip
+    with api.write_lock:
+        try:
+            gov = api.governance.actor(caller.actor)
+        except GovernanceError as e:
+            raise ForbiddenError(f"actor {caller.actor!r} holds a valid key, but its private key is not on this "
+                                 "server to sign with; act from the machine that holds it") from e  # fmt: skip
+        try:
+            return act(gov)
+        finally:
+            gov.log.close()
+            api.registry.invalidate()
 
 
 def _final_risk(r: Recent, trace_id: str) -> dict[str, Any] | None:
@@ -390,7 +450,9 @@ def sse(api: Api, request: Request, topics: set[str], keep: Callable[[str, Recor
     """A server-sent event per record of ``topics`` that ``keep`` accepts, from now on; a comment every 15 s keeps
     proxies from closing an idle stream. A client too slow to read loses the oldest records first, and is told."""
     if api.tail is None:
-        raise EvoError("this API runs without a live tail: no streams")
+        raise BusyError("this API runs without a live view: no streams")
+    if api.tail.subscribers >= api.cfg.max_streams:
+        raise BusyError(f"{api.cfg.max_streams} event streams are open already; try again later")
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Record]] = asyncio.Queue(maxsize=2000)
     dropped = [0]
@@ -420,7 +482,7 @@ def sse(api: Api, request: Request, topics: set[str], keep: Callable[[str, Recor
                     dropped[0] = 0
                 event = EVENTS.get(topic, "governance")
                 doc = plain(rec, drop=("prompt_embedding", "signature", "payload_json"))
-                yield f"event: {event}\ndata: {json.dumps(doc, default=str)}\n\n".encode()
+                yield f"event: {event}\ndata: {json.dumps(doc, default=str, allow_nan=False)}\n\n".encode()
         finally:
             unsubscribe()
 

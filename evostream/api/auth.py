@@ -1,19 +1,27 @@
 """Who may call what. Reads are open to clients on this machine (and to everyone with ``open_reads``); from elsewhere
-they need a key. Writes need an actor key: ``Authorization: Bearer <actor>.<signature>``, the token
-``evostream governance api-token`` prints, checked against the actor's public key in the governance log (so revoking
-the actor there revokes it here); the action is then signed with that actor's key from this machine's key folder,
-and the log's own rules decide whether the actor's roles allow it. Admin endpoints need the admin role.
+they need a key. ``POST /infer`` is open to this machine's clients, and needs a key from elsewhere even with
+``open_reads`` (it publishes, and its traffic feeds drift and evolution). Writes need an actor key:
+``Authorization: Bearer <actor>.<signature>``, the token ``evostream governance api-token`` prints, checked against
+the actor's public key in the governance log (so revoking the actor there revokes it here); the action is then
+signed with that actor's key from this machine's key folder, and the log's own rules decide whether the actor's roles
+allow it. Admin endpoints need the admin role.
 
-A token is never logged and never repeated in an answer."""
+"This machine" is the TCP peer's address: the server does not read proxy headers (``evostream api`` starts uvicorn
+with ``proxy_headers=False``), so a client cannot claim to be local. A token is never logged and never repeated in
+an answer. Checking one replays the log at most every ``ttl_s`` (and again after any governance event the API sees):
+the dependencies run on the server's thread pool, never on its event loop."""
 
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 
-from consumers.governance.tokens import actor_of
+from consumers.governance.tokens import actor_of, check_format
 from evostream.api.errors import AuthRequiredError, ForbiddenError
 from evostream.views.governance import GovernanceView
 
@@ -25,19 +33,43 @@ class Caller:
     roles: tuple[str, ...] = ()
 
 
-def _local(request: Request) -> bool:
+def is_local(request: Request) -> bool:
+    """Whether the TCP peer is this machine (loopback, IPv4-mapped loopback included)."""
     host = request.client.host if request.client else ""
-    if host in ("localhost", "testclient"):
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.ip_address(host)
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+class RegistryCache:
+    """The replayed registry, kept for ``ttl_s`` and dropped at once by ``invalidate`` (a governance event seen, a
+    write made here)."""
+
+    def __init__(self, governance: GovernanceView, ttl_s: float = 2.0) -> None:
+        self.governance = governance
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._registry: Any = None
+        self._at = 0.0
+
+    def get(self) -> Any:
+        with self._lock:
+            if self._registry is None or time.monotonic() - self._at > self.ttl_s:
+                self._registry = self.governance.replayed().registry
+                self._at = time.monotonic()
+            return self._registry
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._registry = None
 
 
 class Auth:
-    def __init__(self, governance: GovernanceView, open_reads: bool = False) -> None:
-        self.governance = governance
+    def __init__(self, registry: RegistryCache, open_reads: bool = False) -> None:
+        self.registry = registry
         self.open_reads = open_reads
 
     def _token(self, request: Request) -> str | None:
@@ -49,29 +81,41 @@ class Auth:
             raise AuthRequiredError(
                 "the Authorization header must be 'Bearer <actor key>' (evostream governance api-token)"
             )
-        return token.strip()
+        token = token.strip()
+        check_format(token)  # before any read of the log: a malformed token costs nothing
+        return token
 
     def _caller(self, token: str) -> Caller:
-        actor, roles = actor_of(token, self.governance.replayed().registry)
+        actor, roles = actor_of(token, self.registry.get())
         return Caller(actor, tuple(roles))
 
-    async def reader(self, request: Request) -> Caller:
+    def reader(self, request: Request) -> Caller:
+        if self.open_reads or is_local(request):
+            token = self._token(request)
+            return Caller(None) if token is None else self._caller(token)
+        token = self._token(request)
+        if token is None:
+            raise AuthRequiredError("reads from another machine need an actor key (or start the API with --open-reads)")
+        return self._caller(token)
+
+    def publisher(self, request: Request) -> Caller:
+        """``POST /infer``: this machine's clients, or a key."""
         token = self._token(request)
         if token is not None:
             return self._caller(token)
-        if self.open_reads or _local(request):
+        if is_local(request):
             return Caller(None)
-        raise AuthRequiredError("reads from another machine need an actor key (or start the API with --open-reads)")
+        raise AuthRequiredError("requests from another machine need an actor key (--open-reads opens reads only)")
 
-    async def writer(self, request: Request) -> Caller:
+    def writer(self, request: Request) -> Caller:
         token = self._token(request)
         if token is None:
             raise AuthRequiredError("this endpoint needs an actor key: Authorization: Bearer <token from "
                                     "`evostream governance api-token --actor NAME`>")  # fmt: skip
         return self._caller(token)
 
-    async def admin(self, request: Request) -> Caller:
-        caller = await self.writer(request)
+    def admin(self, request: Request) -> Caller:
+        caller = self.writer(request)
         if "admin" not in caller.roles:
             raise ForbiddenError(f"actor {caller.actor!r} is not an admin (roles: {', '.join(caller.roles) or 'none'})")
         return caller

@@ -38,6 +38,10 @@ class TooLargeError(EvoError):
     """The request body is over the size limit."""
 
 
+class BusyError(EvoError):
+    """The server is at a limit it keeps (event streams open); try again later."""
+
+
 STATUS: list[tuple[type[Exception], int]] = [
     (AuthRequiredError, 401),
     (InvalidTokenError, 401),
@@ -50,6 +54,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (TamperError, 409),
     (GovernanceError, 400),
     (TimeoutAnswerError, 504),
+    (BusyError, 503),
     (ConsumeError, 503),
     (DeliveryError, 503),
     (StackError, 503),

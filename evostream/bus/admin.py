@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Iterable
 
@@ -108,6 +109,6 @@ def group_lags(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0) ->
                 end = ends[TopicPartition(tp.topic, tp.partition)].result(timeout=timeout_s).offset
                 lags[tp.topic] = lags.get(tp.topic, 0) + max(0, end - tp.offset)
             out[group] = lags
-    except KafkaException as e:
-        raise BrokerUnavailableError(f"could not read consumer group offsets at {bootstrap}: {e}") from e
+    except (KafkaException, TimeoutError, concurrent.futures.TimeoutError) as e:
+        raise BrokerUnavailableError(f"could not read consumer group offsets at {bootstrap}: {e!r}") from e
     return out

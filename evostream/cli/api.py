@@ -32,7 +32,14 @@ def api(
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = broker(settings)
+    # bound to loopback, only loopback names are accepted as Host: another site's page cannot reach this API
+    # through DNS rebinding; bound elsewhere, any name (the operator's proxy and firewall decide)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None
     app = create_app(ApiConfig(server, settings, open_reads=open_reads, cors_origins=list(cors_origin or []),
-                               max_body_bytes=max_body_kb * 1024, history_s=history))  # fmt: skip
+                               max_body_bytes=max_body_kb * 1024, history_s=history, allowed_hosts=hosts))  # fmt: skip
     say(f"evostream api on http://{host}:{port}/ (dashboard), http://{host}:{port}/docs (OpenAPI); broker {server}")
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower())
+    # proxy headers are not read: "this machine" is the TCP peer, which a client cannot claim to be; open event
+    # streams are closed after 5 s on SIGTERM instead of holding the shutdown
+    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=False,
+                timeout_graceful_shutdown=5)  # fmt: skip

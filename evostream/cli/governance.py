@@ -12,7 +12,7 @@ import typer
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.errors import GovernanceError
 from evostream.settings import Settings, load_settings
-from evostream.views.governance import GovernanceView, audit_line, model_of, parse_time, when
+from evostream.views.governance import GovernanceView, audit_line, checkpoints_path, model_of, parse_time, when
 
 governance_app = typer.Typer(help="The governance log: actors, keys and policy.", no_args_is_help=True)
 
@@ -40,11 +40,6 @@ def _view(settings: Settings) -> GovernanceView:
 
 def _log(settings: Settings) -> Any:
     return _view(settings).log()
-
-
-def checkpoints_path(settings: Settings) -> Path:
-    """Where this machine keeps the signed checkpoints of the log's head (outside the topic)."""
-    return _view(settings).checkpoints_path()
 
 
 def _actor(settings: Settings) -> Any:

@@ -18,9 +18,10 @@ from consumers.governance.log import GovernanceLog
 from consumers.governance.projection import Registry, replay
 from consumers.governance.service import Governance, init, key_path, load_actor
 from evostream.artifacts import ArtifactStore
-from evostream.cli.governance import checkpoints_path, measure_on_suite
+from evostream.cli.governance import measure_on_suite
 from evostream.errors import GovernanceError, TamperError
 from evostream.settings import Settings
+from evostream.views.governance import checkpoints_path
 
 log = logging.getLogger("evostream.governed")
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from evostream.errors import GovernanceError
 from evostream.settings import Settings
-from evostream.views.governance import GovernanceView
+from evostream.views.governance import checkpoints_path
 
 if TYPE_CHECKING:
     from consumers.evolution.cycle import CycleConfig
@@ -26,7 +26,7 @@ def evolution_actor(settings: Settings, server: str, say: Callable[[str], None])
     from consumers.governance.service import key_path, load_actor
 
     keys = settings.governance_dir / "keys"
-    checkpoints = GovernanceView(server, settings).checkpoints_path()
+    checkpoints = checkpoints_path(settings)
     glog = GovernanceLog(server, topic=settings.governance_topic)
     me = settings.evolution_actor
     if not key_path(keys, me).exists():

@@ -84,6 +84,11 @@ def finding_doc(f: Any) -> dict[str, Any]:
     return {"offset": f.offset, "sequence": f.sequence, "kind": f.kind, "detail": f.detail}
 
 
+def checkpoints_path(settings: Settings) -> Path:
+    """Where this machine keeps the signed checkpoints of the log's head (outside the topic)."""
+    return settings.governance_dir / f"checkpoints-{settings.governance_topic}.jsonl"
+
+
 @dataclass
 class Replayed:
     registry: Any
@@ -105,18 +110,25 @@ class GovernanceView:
         return GovernanceLog(self.bootstrap, topic=self.settings.governance_topic)
 
     def checkpoints_path(self) -> Path:
-        """Where this machine keeps the signed checkpoints of the log's head (outside the topic)."""
-        return self.settings.governance_dir / f"checkpoints-{self.settings.governance_topic}.jsonl"
+        return checkpoints_path(self.settings)
+
+    def items(self) -> list[tuple[int, Any]]:
+        """Every record of the log (an undecodable one is a finding in its place); the reader is closed after."""
+        log = self.log()
+        try:
+            return list(log.items())
+        finally:
+            log.close()
 
     def replayed(self, as_of: str | None = None) -> Replayed:
-        """The registry now, as of a time (UTC unless given) or a log offset (digits)."""
+        """The registry now, as of a time (UTC unless given) or a log offset (ASCII digits)."""
         from consumers.governance.projection import Finding, replay
 
-        items = self.log().items()  # an undecodable record is a finding in its place
+        items = self.items()
         events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
         if as_of is None:
             registry, findings = replay(items)
-        elif as_of.isdigit():
+        elif as_of.isascii() and as_of.isdigit():
             registry, findings = replay(items, until_offset=int(as_of))
         else:
             registry, findings = replay(items, until_us=parse_time(as_of))
@@ -126,7 +138,7 @@ class GovernanceView:
         """(rows of the events from ``since_us`` on, by ``actor``, oldest first; findings of the verification)."""
         from consumers.governance.projection import Finding, replay
 
-        items = self.log().items()
+        items = self.items()
         _, findings = replay(items)
         rows = [
             audit_row(off, ev)

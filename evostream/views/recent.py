@@ -8,6 +8,7 @@ published; traces are their steps, completion and risk reports gathered by trace
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -63,13 +64,25 @@ class Trace:
             "model_version": first.get("model_version"),
             "steps": [plain(self.steps[k]) for k in sorted(self.steps)],
             "completion": None if self.completion is None else plain(self.completion, drop=("prompt_embedding",)),
-            "risk": None if final is None else dict(final),
-            "alerts": [dict(a) for a in self.alerts],
+            "risk": None if final is None else plain(final),
+            "alerts": [plain(a) for a in self.alerts],
         }
 
 
 def plain(rec: Mapping[str, Any], drop: tuple[str, ...] = ()) -> Record:
-    return {k: v for k, v in rec.items() if not isinstance(v, bytes | bytearray) and k not in drop}
+    """A record as JSON can carry it: bytes fields (packed statistics, for machines) and ``drop`` left out, and a
+    non-finite number (a NaN entropy is what the risk maths flags) as null, at any depth."""
+    return {k: _finite(v) for k, v in rec.items() if not isinstance(v, bytes | bytearray) and k not in drop}
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {k: _finite(x) for k, x in v.items() if not isinstance(x, bytes | bytearray)}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
 
 
 class Recent:
@@ -92,11 +105,13 @@ class Recent:
         elif topic == COMPLETIONS:
             self._trace(rec["trace_id"]).completion = rec
             self._completed.append((int(rec["completed_at_us"]), int(rec["token_count"]), str(rec["model_version"])))
-        elif topic == RISK:
-            self._trace(rec["trace_id"]).risk[str(rec["stage"])] = rec
+        elif topic == RISK:  # a report of a trace no longer (or not yet) kept makes no empty trace that evicts one
+            if (t := self._traces.get(rec["trace_id"])) is not None:
+                t.risk[str(rec["stage"])] = rec
         elif topic == ALERTS:
             self._alerts.append(rec)
-            self._trace(rec["trace_id"]).alerts.append(rec)
+            if (t := self._traces.get(rec["trace_id"])) is not None:
+                t.alerts.append(rec)
         elif topic == DRIFT:
             self._drift.append(rec)
         elif topic == PROFILES:

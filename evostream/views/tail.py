@@ -84,11 +84,30 @@ class Tail:
                     decoded.append((m.topic() or "", rec))
             with self.lock:
                 for topic, rec in decoded:
-                    self.recent.add(topic, rec)
+                    try:
+                        self.recent.add(topic, rec)
+                    except (KeyError, TypeError, ValueError) as e:  # a record the fold cannot take: skipped, said
+                        log.warning("tail: %s record not folded: %r", topic, e)
                 subscribers = list(self._subscribers)
             for topic, rec in decoded:
                 for fn in subscribers:
-                    fn(topic, rec)
+                    try:
+                        fn(topic, rec)
+                    except Exception as e:  # a subscriber gone (its event loop closed) or broken: dropped, not us
+                        log.warning("tail: dropping a subscriber that failed: %r", e)
+                        with self.lock:
+                            if fn in self._subscribers:
+                                self._subscribers.remove(fn)
+                        subscribers = [f for f in subscribers if f is not fn]
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def subscribers(self) -> int:
+        with self.lock:
+            return len(self._subscribers)
 
     def close(self) -> None:
         self._stop.set()

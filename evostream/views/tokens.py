@@ -7,6 +7,9 @@ names it. Where neither is here, ids stay ids (``#50``)."""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import time
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
@@ -25,9 +28,14 @@ class TokenDecoder:
         self._tokenizers: dict[str, Any] = {}
 
     def tokenizer(self, version: str) -> Any | None:
+        """The version's tokenizer; one not found is looked for again next time (a version registered since, in a
+        long-running API, is then found), one found is kept."""
         if version not in self._tokenizers:
             path = self._resolve(version)
-            self._tokenizers[version] = None if path is None else _load(path)
+            tok = None if path is None else _load(path)
+            if tok is None:
+                return None
+            self._tokenizers[version] = tok
         return self._tokenizers[version]
 
     def pieces(self, version: str, ids: Sequence[int]) -> list[str]:
@@ -61,26 +69,30 @@ def default_version() -> str | None:
     return f"{MODEL_ID}@{digest}" if digest else None
 
 
-def local_resolver(artifacts_dir: Path, registry: Callable[[], Any] | None = None) -> Resolve:
-    """The default model's folder for its version; else, given ``registry`` (called once, on the first version that
-    is not the default: it replays the governance log), the local artifact of the version it names."""
+def local_resolver(artifacts_dir: Path, registry: Callable[[], Any] | None = None, refresh_s: float = 30.0) -> Resolve:
+    """The default model's folder for its version; else, given ``registry`` (it replays the governance log: called on
+    the first version that is not the default, and again at most every ``refresh_s`` for a version it did not name),
+    the local artifact of the version it names."""
     from evostream.artifacts import ArtifactStore
     from models.default_model import WEIGHTS_DIR
 
     store = ArtifactStore(artifacts_dir)
-    replayed: list[Any] = []
+    replayed: dict[str, Any] = {"registry": None, "at": -math.inf}
+
+    def current(version: str) -> Any:
+        known = replayed["registry"] is not None and any(
+            version in m["versions"] for m in replayed["registry"].models.values()
+        )
+        if registry is not None and not known and time.monotonic() - replayed["at"] >= refresh_s:
+            replayed["at"] = time.monotonic()
+            with contextlib.suppress(EvoError):  # no broker, no log: ids stay ids, for now
+                replayed["registry"] = registry()
+        return replayed["registry"]
 
     def resolve(version: str) -> Path | None:
         if version == default_version():
             return WEIGHTS_DIR
-        if registry is None:
-            return None
-        if not replayed:
-            try:
-                replayed.append(registry())
-            except EvoError:  # no broker, no log: ids stay ids
-                replayed.append(None)
-        reg = replayed[0]
+        reg = current(version)
         if reg is None:
             return None
         for model in reg.models.values():

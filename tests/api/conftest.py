@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 import uvicorn
@@ -47,6 +48,22 @@ class Deployment:
     service: InferenceService
     source: GovernedModel
 
+    def wait_serving(self, version: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.source.current().version != version:
+            assert time.monotonic() < deadline, f"the service never swapped to {version}"
+            time.sleep(0.1)
+
+    def restore(self) -> None:
+        """Version 2 in production and serving again, whatever a test did (the tests after it expect it)."""
+        r = httpx.get(self.url + "/registry", timeout=30).json()
+        if r["models"][self.model]["production"] != self.v2:
+            back = httpx.post(self.url + "/governance/rollback", json={"model": self.model, "to": self.v2,
+                              "reason": "restore"}, headers={"Authorization": f"Bearer {self.admin_token}"},
+                              timeout=60)  # fmt: skip
+            assert back.status_code == 200, back.text
+        self.wait_serving(self.v2)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -70,7 +87,9 @@ def saved_versions(tmp: Path) -> tuple[Path, Path, int]:
     return one, two, lm.parameter_count()
 
 
-@pytest.fixture(scope="session")
+# package scope: its service is a member of the serving consumer group, and must leave it before the other tests'
+# services join (they would share the requests)
+@pytest.fixture(scope="package")
 def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("api")
     run = uuid.uuid4().hex[:8]
@@ -106,8 +125,9 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     serving = threading.Thread(target=service.run, daemon=True)
     serving.start()
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ApiConfig(kafka, settings)), host="127.0.0.1", port=port,
-                                          log_level="warning"))  # fmt: skip
+    cfg = ApiConfig(kafka, settings, allowed_hosts=["127.0.0.1", "localhost"])
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
+                                          proxy_headers=False))  # fmt: skip
     api = threading.Thread(target=server.run, daemon=True)
     api.start()
     deadline = time.monotonic() + 60

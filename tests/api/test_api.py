@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -148,8 +151,9 @@ def test_alerts_arrive_on_the_server_sent_event_stream_and_in_the_recent_list(de
                     event = line[7:]
                 elif line.startswith("data: ") and event == "alert":
                     rec = json.loads(line[6:])
-                    if rec["trace_id"] == trace:
+                    if rec["trace_id"] in (trace, f"{trace}-info"):
                         got.append(rec)
+                    if rec["trace_id"] == trace:  # sent after the INFO one: had that come, it is in `got`
                         return
 
     listener = threading.Thread(target=listen, daemon=True)
@@ -177,21 +181,17 @@ def test_alerts_arrive_on_the_server_sent_event_stream_and_in_the_recent_list(de
 def test_a_rollback_through_the_api_changes_which_model_serves(deployment: Deployment) -> None:
     before = infer(deployment, "sort: dcba")
     assert before["model_version"] == deployment.v2
-    r = post(deployment, "/governance/rollback", {"model": deployment.model, "to": "previous", "reason": "api test"},
-             token=deployment.admin_token)  # fmt: skip
-    assert r.status_code == 200, r.text
-    assert (r.json()["from_version"], r.json()["version"]) == (deployment.v2, deployment.v1)
-    assert get(deployment, "/health").json()["active_versions"][deployment.model] == deployment.v1
-    deadline = time.monotonic() + 60
-    while deployment.source.current().version != deployment.v1:
-        assert time.monotonic() < deadline, "the service never swapped to the rolled-back version"
-        time.sleep(0.1)
-    after = infer(deployment, "sort: dcba")
-    assert after["model_version"] == deployment.v1  # another model answers now
-    # and put v2 back for the tests after this one
-    back = post(deployment, "/governance/rollback", {"model": deployment.model, "to": deployment.v2,
-                                                    "reason": "restore"}, token=deployment.admin_token)  # fmt: skip
-    assert back.status_code == 200, back.text
+    try:
+        body = {"model": deployment.model, "to": "previous", "reason": "api test"}
+        r = post(deployment, "/governance/rollback", body, token=deployment.admin_token)
+        assert r.status_code == 200, r.text
+        assert (r.json()["from_version"], r.json()["version"]) == (deployment.v2, deployment.v1)
+        assert get(deployment, "/health").json()["active_versions"][deployment.model] == deployment.v1
+        deployment.wait_serving(deployment.v1)
+        after = infer(deployment, "sort: dcba")
+        assert after["model_version"] == deployment.v1  # another model answers now
+    finally:
+        deployment.restore()
 
 
 def test_evolve_needs_an_admin_and_runs_one_cycle_that_registers_a_smaller_candidate(deployment: Deployment) -> None:
@@ -216,3 +216,38 @@ def test_evolve_needs_an_admin_and_runs_one_cycle_that_registers_a_smaller_candi
     assert shown["operator_params"]["trigger"] == f"api:admin:{job['job_id']}"
     assert 0 < shown["metrics"]["parameters"] < deployment.parameters  # really smaller: FFN neurons removed
     assert get(deployment, "/evolve/nope").status_code == 404
+
+
+def test_the_api_token_command_prints_the_key_the_api_accepts(deployment: Deployment) -> None:
+    env = {**os.environ, "EVOSTREAM_GOVERNANCE_DIR": str(deployment.settings.governance_dir)}
+    done = subprocess.run([sys.executable, "-m", "evostream.cli", "governance", "api-token", "--actor", "alice"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == deployment.alice_token
+
+
+def test_a_host_header_other_than_this_machines_is_refused(deployment: Deployment) -> None:
+    assert httpx.get(deployment.url + "/health", headers={"Host": "rebinding.example"}, timeout=30).status_code == 400
+    assert get(deployment, "/health").status_code == 200
+
+
+def test_profiles_show_token_paths_as_the_versions_text(deployment: Deployment) -> None:
+    deadline = time.monotonic() + 90
+    paths: list[dict[str, Any]] = []
+    while not paths:  # a window with a repeated n-gram: the same answer several times
+        assert time.monotonic() < deadline, "no profile of the served version with token paths"
+        for _ in range(3):
+            infer(deployment, "reverse: profile", risk_wait_s=0)
+        time.sleep(2.5)  # the processors' profile window here is 2 s
+        profiles = get(deployment, "/profiles", model=deployment.v2).json()
+        paths = profiles[0]["top_token_paths"] if profiles else []
+    assert all(len(p["pieces"]) == len(p["token_ids"]) for p in paths)
+    assert not any(piece.startswith("#") for p in paths for piece in p["pieces"])  # the tokenizer was found
+    assert all(p["text"] == '"' + "·".join(p["pieces"]) + '"' for p in paths)
+
+
+def test_overview_counts_the_last_minutes_answers(deployment: Deployment) -> None:
+    infer(deployment, "upper: overview")
+    o = get(deployment, "/overview").json()
+    assert o["requests_per_s"] > 0 and o["tokens_per_s"] > 0
+    assert deployment.v2 in o["versions_answering"]

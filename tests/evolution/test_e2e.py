@@ -39,8 +39,8 @@ def own_production_version(env: dict[str, str], kafka: str) -> str:
     """Genesis, then the embedded weights registered, validated, approved and promoted again as a fresh version."""
     from consumers.governance.log import GovernanceLog
     from consumers.governance.service import load_actor
-    from evostream.cli.governance import checkpoints_path
     from evostream.cli.governed import ensure_genesis
+    from evostream.views.governance import checkpoints_path
 
     settings = settings_of(env)
     genesis = ensure_genesis(settings, kafka, lambda _: None)

@@ -47,12 +47,16 @@ def test_memory_is_bounded_oldest_traces_leave_first() -> None:
 
 def test_alerts_by_severity_and_model_drift_and_profiles_per_version_and_the_last_minutes_rates() -> None:
     r = Recent()
+    r.add(STEPS, step("t3", 0, "x"))  # a trace kept: its alerts attach to it; the others' make no empty trace
     for sev, model, at in [("INFO", "a", 1), ("WARNING", "a", 2), ("CRITICAL", "b", 3), ("WARNING", "b", 4)]:
         r.add(ALERTS, {"trace_id": f"t{at}", "severity": sev, "model_version": model, "produced_at_us": at * 10**6})
     assert [a["trace_id"] for a in r.alerts(10, "WARNING")] == ["t2", "t3", "t4"]
     assert [a["trace_id"] for a in r.alerts(10, "WARNING", model="b")] == ["t3", "t4"]
     assert [a["trace_id"] for a in r.alerts(1)] == ["t4"]
     assert r.trace("t3").alerts[0]["severity"] == "CRITICAL"  # type: ignore[union-attr]
+    assert r.trace("t2") is None and [t.trace_id for t in r.traces(10)] == ["t3"]
+    r.add(RISK, {"trace_id": "gone", "stage": "FINAL", "score": 0.5})
+    assert r.trace("gone") is None
     for v, n in [("a", 1), ("b", 1), ("a", 2)]:
         r.add(PROFILES, {"model_version": v, "n": n})
     assert [(p["model_version"], p["n"]) for p in r.profiles()] == [("a", 2), ("b", 1)]

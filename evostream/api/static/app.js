@@ -26,6 +26,8 @@ async function api(path, opts = {}) {
   return body;
 }
 
+const num = (x, digits) => (typeof x === "number" && Number.isFinite(x) ? x.toFixed(digits) : "n/a");
+
 function throttle(fn, ms) {
   let timer = null;
   return () => { if (!timer) timer = setTimeout(() => { timer = null; fn(); }, ms); };
@@ -109,8 +111,8 @@ function onStep(s) {
   t.steps.add(s.step);
   const tok = el("span", { class: "tok", text: s.token_text, "data-step": String(s.step) });
   tok.style.background = entropyColour(s.entropy_bits);
-  tok.title = `step ${s.step}: entropy ${s.entropy_bits.toFixed(2)} bits, margin ${s.top1_top2_margin.toFixed(2)}, ` +
-    `surprisal ${s.surprisal_bits.toFixed(2)} bits, ${(s.latency_us / 1000).toFixed(1)} ms`;
+  tok.title = `step ${s.step}: entropy ${num(s.entropy_bits, 2)} bits, margin ${num(s.top1_top2_margin, 2)}, ` +
+    `surprisal ${num(s.surprisal_bits, 2)} bits, ${num(s.latency_us / 1000, 1)} ms`;
   const after = [...t.tokens.children].find((c) => Number(c.dataset.step) > s.step);
   t.tokens.insertBefore(tok, after || null);
 }
@@ -120,7 +122,7 @@ function onRisk(r) {
   if (!t) return;
   if (t.riskStage === "FINAL" && r.stage !== "FINAL") return;
   t.riskStage = r.stage;
-  t.risk.textContent = `risk ${r.score.toFixed(2)}${r.stage === "EARLY" ? " (early)" : ""}`;
+  t.risk.textContent = `risk ${num(r.score, 2)}${r.stage === "EARLY" ? " (early)" : ""}`;
   t.risk.style.background = riskColour(r.score);
   t.risk.title = (r.flags || []).join(", ") + (r.reason ? `: ${r.reason}` : "");
   t.risk.dataset.score = String(r.score);
@@ -133,9 +135,14 @@ function onCompletion(c) {
   t.el.classList.add("done");
 }
 
+const alertsSeen = new Set();
+
 function onAlert(a) {
+  const key = `${a.trace_id}|${a.stage}|${a.severity}|${a.produced_at_us}`;
+  if (alertsSeen.has(key)) return; // in the history and on the stream: shown once
+  alertsSeen.add(key);
   const when = new Date(a.produced_at_us / 1000).toLocaleTimeString();
-  const li = el("li", { class: a.severity, text: `${when} ${a.severity} ${a.score.toFixed(2)} ${a.trace_id.slice(0, 12)} ` +
+  const li = el("li", { class: a.severity, text: `${when} ${a.severity} ${num(a.score, 2)} ${a.trace_id.slice(0, 12)} ` +
     `${a.model_version} [${a.flags.join(", ")}] ${a.reason || ""}` });
   $("alerts").prepend(li);
   while ($("alerts").children.length > 200) $("alerts").lastChild.remove();
@@ -157,7 +164,7 @@ $("ask").addEventListener("submit", async (ev) => {
     document.querySelectorAll(".trace.mine").forEach((e) => e.classList.remove("mine"));
     const t = traces.get(out.trace_id);
     if (t) t.el.classList.add("mine");
-    const risk = out.risk ? `risk ${out.risk.score.toFixed(2)}` : "risk not reported yet";
+    const risk = out.risk ? `risk ${num(out.risk.score, 2)}` : "risk not reported yet";
     $("mine").textContent = `answer: ${out.answer} · ${out.model_version} · ${risk} · trace ${out.trace_id}`;
     $("mine").dataset.traceId = out.trace_id;
   } catch (e) {
@@ -168,38 +175,48 @@ $("ask").addEventListener("submit", async (ev) => {
   }
 });
 
-// --- drift -----------------------------------------------------------------------------------------------------
-const drift = { windows: [], charts: new Map() };
+// --- drift: one chart per statistic, one line per model version, windows in time order ----------------------------
+const drift = { windows: new Map(), charts: new Map() }; // "version|end" -> window
+const MAX_WINDOWS = 2000;
+const COLOURS = ["#2f5bd3", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e"];
 
 function drawDrift() {
-  if (!drift.windows.length || typeof uPlot === "undefined") return;
+  if (!drift.windows.size || typeof uPlot === "undefined") return;
   $("drift-empty")?.remove();
-  const names = [...new Set(drift.windows.flatMap((w) => w.statistics.map((s) => s.name)))];
+  const windows = [...drift.windows.values()].sort((a, b) => a.window_end_us - b.window_end_us);
+  const versions = [...new Set(windows.map((w) => w.model_version))];
+  const names = [...new Set(windows.flatMap((w) => w.statistics.map((s) => s.name)))];
+  const xs = [...new Set(windows.map((w) => w.window_end_us / 1e6))].sort((a, b) => a - b);
   for (const name of names) {
-    const xs = [], ys = [], th = [];
-    for (const w of drift.windows) {
-      const s = w.statistics.find((x) => x.name === name);
-      if (!s) continue;
-      xs.push(w.window_end_us / 1e6); ys.push(s.value); th.push(s.threshold ?? null);
+    const data = [xs];
+    for (const v of versions) {
+      const at = new Map(windows.filter((w) => w.model_version === v)
+        .map((w) => [w.window_end_us / 1e6, w.statistics.find((x) => x.name === name)?.value ?? null]));
+      data.push(xs.map((x) => (at.has(x) ? at.get(x) : null)));
     }
-    const data = [xs, ys, th];
+    const key = `${name}|${versions.join(",")}`;
     let chart = drift.charts.get(name);
-    if (chart) { chart.setData(data); continue; }
+    if (chart && chart.key === key) { chart.plot.setData(data); continue; }
+    if (chart) chart.box.remove();
     const box = el("div", { class: "chart", "data-statistic": name });
     $("drift-charts").append(box);
-    chart = new uPlot({
+    const plot = new uPlot({
       title: name, width: 380, height: 180,
       // a few windows still read as times of day (uPlot's own time axis spans years around a single point)
       scales: { x: { time: false, range: (u, lo, hi) => [lo - 300, hi + 60] } },
       axes: [{ values: (u, vals) => vals.map((v) => new Date(v * 1000).toLocaleTimeString()) }, {}],
-      series: [{}, { label: name, stroke: "#2f5bd3", points: { show: true } },
-               { label: "threshold", stroke: "#b3261e", dash: [4, 4] }],
+      series: [{}, ...versions.map((v, i) => ({ label: v, stroke: COLOURS[i % COLOURS.length], points: { show: true },
+                                                 spanGaps: true }))],
     }, data, box);
-    drift.charts.set(name, chart);
+    drift.charts.set(name, { key, box, plot });
   }
 }
 
-function onDrift(w) { drift.windows.push(w); drawDrift(); }
+function onDrift(w) {
+  drift.windows.set(`${w.model_version}|${w.window_end_us}`, w); // a window in the history and on the stream: once
+  while (drift.windows.size > MAX_WINDOWS) drift.windows.delete(drift.windows.keys().next().value);
+  drawDrift();
+}
 
 // --- registry and governance -----------------------------------------------------------------------------------
 let registry = null;
@@ -306,40 +323,54 @@ $("rollback").addEventListener("submit", (ev) => {
 const refreshGovernance = throttle(() => { refreshRegistry(); refreshTimeline(); refreshHealth(); }, 300);
 const refreshRates = throttle(refreshOverview, 1000);
 
-// --- start: the stream first (its events held back), then what was there before, then the held events ---------
+// --- start: the stream first; once it is open, what was there before; the stream's events are held until then,
+// so none is lost in between and none shown twice (steps by number, risk by stage, alerts and windows by key).
+// After a reconnect (or a "dropped" notice) the history is read again the same way.
+async function loadHistory() {
+  for (const a of await api("/alerts?last=50")) onAlert(a);
+  for (const w of await api("/drift?last=500")) onDrift(w);
+  for (const t of (await api("/traces?last=10")).reverse()) {
+    const doc = await api(`/traces/${encodeURIComponent(t.trace_id)}`);
+    for (const s of doc.steps) onStep(s);
+    if (doc.risk) onRisk(doc.risk);
+    if (doc.completion) onCompletion(doc.completion);
+  }
+}
+
 async function start() {
   const held = [];
   let ready = false;
+  let syncing = null;
   const events = new EventSource("/stream");
   const on = (name, fn) => events.addEventListener(name, (m) => {
     const rec = JSON.parse(m.data);
     if (ready) fn(rec); else held.push([fn, rec]);
   });
+  const sync = async () => {
+    ready = false;
+    try { await loadHistory(); } catch (e) { /* the status pill says what is wrong */ }
+    ready = true;
+    for (const [fn, rec] of held.splice(0)) fn(rec);
+    state.loaded = true;
+    refreshGovernance();
+    showStatus();
+  };
   on("step", onStep);
   on("risk", onRisk);
   on("completion", (c) => { onCompletion(c); refreshRates(); });
   on("alert", (a) => { onAlert(a); refreshRates(); });
   on("drift", onDrift);
   on("governance", () => refreshGovernance());
-  events.onopen = () => { state.streamOpen = true; refreshHealth(); };
-  events.onerror = () => { state.streamOpen = false; showStatus(); };
+  events.addEventListener("dropped", () => { syncing = sync(); });
+  events.onerror = () => { state.streamOpen = false; state.loaded = false; showStatus(); };
+  events.onopen = () => { // the first open, and every reconnect: read what may have passed meanwhile
+    state.streamOpen = true;
+    syncing = sync();
+    refreshHealth();
+  };
   await Promise.all([refreshHealth(), refreshOverview(), refreshRegistry(), refreshTimeline()]);
-  try {
-    for (const a of await api("/alerts?last=50")) onAlert(a);
-    drift.windows = await api("/drift?last=200");
-    drawDrift();
-    for (const t of (await api("/traces?last=10")).reverse()) {
-      const doc = await api(`/traces/${encodeURIComponent(t.trace_id)}`);
-      for (const s of doc.steps) onStep(s);
-      if (doc.risk) onRisk(doc.risk);
-      if (doc.completion) onCompletion(doc.completion);
-    }
-  } catch (e) { /* the status pill says what is wrong */ }
-  ready = true;
-  for (const [fn, rec] of held.splice(0)) fn(rec); // a record in both is shown once (steps by number, risk by stage)
-  state.loaded = true;
-  showStatus();
   setInterval(refreshOverview, 5000); // rates decay when traffic stops
+  return syncing;
 }
 
 start();
