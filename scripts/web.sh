@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 web="$root/evostream/api/web"
 vendor="$root/evostream/api/static/vendor"
-if [ -f "$vendor/.complete" ] && [ "$vendor/.complete" -nt "$web/package-lock.json" ]; then
+if [ -f "$vendor/.complete" ] && [ -f "$vendor/uPlot.iife.min.js" ] && [ "$vendor/.complete" -nt "$web/package-lock.json" ]; then
   exit 0
 fi
 command -v npm >/dev/null 2>&1 || { echo "the dashboard's assets need npm (apt install nodejs npm)" >&2; exit 1; }
