@@ -128,6 +128,8 @@ class Api:
         self.registry = RegistryCache(self.governance)
         self.auth = Auth(self.registry, cfg.open_reads)
         self.tokens = TokenDecoder(local_resolver(cfg.settings.artifacts_dir, self.registry.get))
+        self.streams = 0
+        """Event streams open now (the cap counts these, not the API's own subscribers)."""
         self.write_lock = threading.Lock()
         """One governance write at a time from this API (each is a transaction of the log's one writer id)."""
         self.tail: Tail | None = None
@@ -280,7 +282,7 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
         if tail is not None and not tail.alive:
             live_error = "the live view's reader stopped (see the API's log)"
         out["live"] = {"caught_up": bool(tail and tail.caught_up.is_set()), "error": live_error,
-                       "streams": tail.subscribers if tail else 0, "governance_followed": api.watching_governance,
+                       "streams": api.streams, "governance_followed": api.watching_governance,
                        "records": api.read(lambda r: dict(r.seen))}  # fmt: skip
         out["status"] = "ok" if out["broker"]["reachable"] and not live_error and "error" not in out else "degraded"
         return out
@@ -451,7 +453,7 @@ def sse(api: Api, request: Request, topics: set[str], keep: Callable[[str, Recor
     proxies from closing an idle stream. A client too slow to read loses the oldest records first, and is told."""
     if api.tail is None:
         raise BusyError("this API runs without a live view: no streams")
-    if api.tail.subscribers >= api.cfg.max_streams:
+    if api.streams >= api.cfg.max_streams:
         raise BusyError(f"{api.cfg.max_streams} event streams are open already; try again later")
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Record]] = asyncio.Queue(maxsize=2000)
@@ -469,6 +471,7 @@ def sse(api: Api, request: Request, topics: set[str], keep: Callable[[str, Recor
 
     async def events() -> AsyncIterator[bytes]:
         unsubscribe = api.tail.subscribe(push)  # type: ignore[union-attr]
+        api.streams += 1  # on the event loop only: no lock needed
         try:
             yield b": connected\n\n"
             while not await request.is_disconnected():
@@ -484,6 +487,7 @@ def sse(api: Api, request: Request, topics: set[str], keep: Callable[[str, Recor
                 doc = plain(rec, drop=("prompt_embedding", "signature", "payload_json"))
                 yield f"event: {event}\ndata: {json.dumps(doc, default=str, allow_nan=False)}\n\n".encode()
         finally:
+            api.streams -= 1
             unsubscribe()
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -159,6 +159,7 @@ def test_alerts_arrive_on_the_server_sent_event_stream_and_in_the_recent_list(de
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     assert connected.wait(30)
+    assert get(deployment, "/health").json()["live"]["streams"] >= 1  # counted against the cap of open streams
     alert = {"trace_id": trace, "request_id": "r", "model_version": deployment.v2, "severity": "CRITICAL",
              "stage": "EARLY", "score": 0.97, "flags": ["nonfinite_hidden"], "blamed_layers": [1],
              "reason": "test alert", "policy": "test", "produced_at_us": now_us()}  # fmt: skip
