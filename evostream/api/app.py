@@ -145,14 +145,16 @@ class Api:
             self.tail.subscribe(lambda topic, _rec: self.registry.invalidate() if topic == gov else None)
         self._client: Any = None
         self.jobs: dict[str, EvolveJob] = {}
-        self._jobs_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the request client and the jobs
 
     def client(self) -> Any:
-        if self._client is None:
-            from producers.client import InferenceClient
+        """The one request client (made on first use; two first requests at once make one)."""
+        with self._lock:
+            if self._client is None:
+                from producers.client import InferenceClient
 
-            self._client = InferenceClient(self.cfg.bootstrap, tenant="http")
-        return self._client
+                self._client = InferenceClient(self.cfg.bootstrap, tenant="http")
+            return self._client
 
     def evolve(self, body: EvolveBody, actor: str) -> EvolveJob:
         """Start one cycle on a thread (ConflictError while another runs: cycles measure speed side by side, and
@@ -165,7 +167,7 @@ class Api:
         model = body.model or MODEL_ID
         if model not in self.registry.get().models:
             raise NotFoundError(f"no model {model!r} in the registry; GET /registry lists them")
-        with self._jobs_lock:
+        with self._lock:
             for old in list(self.jobs)[:-19]:  # the last 20 jobs are kept
                 del self.jobs[old]
             running = [j for j in self.jobs.values() if j.state == "running"]
