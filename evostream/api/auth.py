@@ -90,13 +90,12 @@ class Auth:
         return Caller(actor, tuple(roles))
 
     def reader(self, request: Request) -> Caller:
-        if self.open_reads or is_local(request):
-            token = self._token(request)
-            return Caller(None) if token is None else self._caller(token)
         token = self._token(request)
-        if token is None:
-            raise AuthRequiredError("reads from another machine need an actor key (or start the API with --open-reads)")
-        return self._caller(token)
+        if token is not None:
+            return self._caller(token)
+        if self.open_reads or is_local(request):
+            return Caller(None)
+        raise AuthRequiredError("reads from another machine need an actor key (or start the API with --open-reads)")
 
     def publisher(self, request: Request) -> Caller:
         """``POST /infer``: this machine's clients, or a key."""

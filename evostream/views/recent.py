@@ -37,10 +37,17 @@ class Trace:
     risk: dict[str, Record] = field(default_factory=dict)
     alerts: list[Record] = field(default_factory=list)
 
+    def _first(self) -> Record:
+        """A record naming the trace's request and version: its first step, else its completion."""
+        return next(iter(self.steps.values()), None) or self.completion or {}
+
+    def _risk(self) -> Record | None:
+        """The latest risk report: the FINAL one once it came, else the EARLY one."""
+        return self.risk.get("FINAL") or self.risk.get("EARLY")
+
     def summary(self) -> dict[str, Any]:
         """A line of the trace list: what it is and how it went, without its steps."""
-        first = next(iter(self.steps.values()), None) or self.completion or {}
-        final = self.risk.get("FINAL") or self.risk.get("EARLY")
+        first, final = self._first(), self._risk()
         done = self.completion
         return {
             "trace_id": self.trace_id,
@@ -56,8 +63,7 @@ class Trace:
 
     def doc(self) -> dict[str, Any]:
         """The trace as the API returns it (bytes fields left out: packed statistics are for machines)."""
-        first = next(iter(self.steps.values()), None) or self.completion or {}
-        final = self.risk.get("FINAL") or self.risk.get("EARLY")
+        first, final = self._first(), self._risk()
         return {
             "trace_id": self.trace_id,
             "request_id": first.get("request_id"),

@@ -104,11 +104,6 @@ class Tail:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    @property
-    def subscribers(self) -> int:
-        with self.lock:
-            return len(self._subscribers)
-
     def close(self) -> None:
         self._stop.set()
         self._thread.join(10)
