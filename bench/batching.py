@@ -34,9 +34,9 @@ import torch
 
 from bench.overhead import PROMPTS, build
 from bench.stats import spread
-from models.suite.evaluate import eval_set
-from producers.batching import Row, RunningBatch
-from producers.generate import GenParams, InstrumentedGenerator
+from evostream.models.suite.evaluate import eval_set
+from evostream.producers.batching import Row, RunningBatch
+from evostream.producers.generate import GenParams, InstrumentedGenerator
 
 LENGTHS = (4, 8, 16, 32, 64, 128)
 
@@ -82,8 +82,9 @@ def run_static(gen: InstrumentedGenerator, prompts: list[str], limits: list[int]
     return Run(out, time.perf_counter() - t0, count["forwards"], count["slots"])
 
 
-def run_continuous(gen: InstrumentedGenerator, prompts: list[str], limits: list[int], max_batch: int,
-                   admit_min: int) -> Run:  # fmt: skip
+def run_continuous(
+    gen: InstrumentedGenerator, prompts: list[str], limits: list[int], max_batch: int, admit_min: int
+) -> Run:
     out: list[list[int]] = [[] for _ in prompts]
     count = {"forwards": 0, "slots": 0}
 
@@ -149,21 +150,30 @@ def main(argv: list[str] | None = None) -> int:
                     reference = r.tokens
                 else:
                     mismatches += sum(a != b for a, b in zip(reference, r.tokens, strict=True))
-                print(f"{name} rep {rep + 1} {loop}: {n_tokens} tokens in {r.seconds:.2f} s = {rates[loop][-1]:.0f} "
-                      f"tokens/s, {r.forwards} forward passes, {r.slot_steps} slot-steps", flush=True)  # fmt: skip
+                print(
+                    f"{name} rep {rep + 1} {loop}: {n_tokens} tokens in {r.seconds:.2f} s = {rates[loop][-1]:.0f} "
+                    f"tokens/s, {r.forwards} forward passes, {r.slot_steps} slot-steps",
+                    flush=True,
+                )
         assert reference is not None
         useful = sum(len(t) for t in reference)
         lengths = sorted(set(limits))
-        summary.append(f"{name} ({preset}, {args.requests} requests, {useful} tokens, max_new_tokens {lengths}); "
-                       f"requests whose tokens differ between the loops: {mismatches}")  # fmt: skip
+        summary.append(
+            f"{name} ({preset}, {args.requests} requests, {useful} tokens, max_new_tokens {lengths}); "
+            f"requests whose tokens differ between the loops: {mismatches}"
+        )
         for loop in loops:
-            summary.append(f"  {loop:10s} tokens/s {spread(rates[loop], '.0f')}; forward passes {forwards[loop]}, "
-                           f"{slots[loop] / forwards[loop]:.2f} rows each; slot-steps {slots[loop]} "
-                           f"({slots[loop] - useful} on finished rows)")  # fmt: skip
+            summary.append(
+                f"  {loop:10s} tokens/s {spread(rates[loop], '.0f')}; forward passes {forwards[loop]}, "
+                f"{slots[loop] / forwards[loop]:.2f} rows each; slot-steps {slots[loop]} "
+                f"({slots[loop] - useful} on finished rows)"
+            )
         ratios = [c / s for c, s in zip(rates["continuous"], rates["static"], strict=True)]
         summary.append(f"  continuous / static, per rep: {spread(ratios, '.2f')}")
-    print(f"\nover {args.reps} reps, min / median / max ({args.threads} torch thread(s), --max-batch {args.max_batch}, "
-          f"--admit-min {args.admit_min}, CPU):")  # fmt: skip
+    print(
+        f"\nover {args.reps} reps, min / median / max ({args.threads} torch thread(s), --max-batch {args.max_batch}, "
+        f"--admit-min {args.admit_min}, CPU):"
+    )
     print("\n".join(summary))
     print("# reproduce: python -m bench.batching " + " ".join(sys.argv[1:] if argv is None else argv))
     return 0

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from evostream.settings import load_settings
-from evostream.stack import LocalStack
+from evostream.core.settings import load_settings
+from evostream.core.stack import LocalStack
 
 
 @contextmanager

@@ -10,8 +10,8 @@ import platform
 import sys
 import time
 
-from schemas.codec import RecordCodec
-from schemas.samples import generation_step
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import generation_step
 
 SHAPES = [(4, 4), (12, 12), (24, 16)]  # (layers, heads): the embedded default, GPT-2 small, a 350M model
 

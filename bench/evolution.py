@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
-from consumers.evolution.cycle import CycleConfig, _suite_pairs, adapt, vocabulary
-from consumers.evolution.distill import DistillConfig, distill, mixed_stream
-from consumers.evolution.inputs import Observed
-from consumers.evolution.measure import ms_per_token, parameter_count, weight_bytes
-from consumers.evolution.operators.quantize import int8_modules, quantize_int8, save_int8
-from consumers.evolution.operators.vocab import prune_vocab
-from consumers.evolution.recipe import Recipe, build
-from models.loading import load_model
-from models.suite.evaluate import eval_set, evaluate
-from models.suite.tasks import make_split
+from evostream.consumers.evolution.cycle import CycleConfig, _suite_pairs, adapt, vocabulary
+from evostream.consumers.evolution.distill import DistillConfig, distill, mixed_stream
+from evostream.consumers.evolution.inputs import Observed
+from evostream.consumers.evolution.measure import ms_per_token, parameter_count, weight_bytes
+from evostream.consumers.evolution.operators.quantize import int8_modules, quantize_int8, save_int8
+from evostream.consumers.evolution.operators.vocab import prune_vocab
+from evostream.consumers.evolution.recipe import Recipe, build
+from evostream.models.loading import load_model
+from evostream.models.suite.evaluate import eval_set, evaluate
+from evostream.models.suite.tasks import make_split
 
 
 def main() -> None:
@@ -63,8 +63,11 @@ def main() -> None:
     analysis = [(e.prompt, e.answer) for e in make_split("analysis", 16)]
     held = list(eval_set(per_task=args.per_task))
     models: dict[str, Any] = {"parent": parent.model}
-    alone = {"heads 2/4": Recipe(keep_heads=0.5), "ffn 256/512": Recipe(keep_ffn=0.5),
-             "drop 1 decoder layer": Recipe(drop_layers=1)}  # fmt: skip
+    alone = {
+        "heads 2/4": Recipe(keep_heads=0.5),
+        "ffn 256/512": Recipe(keep_ffn=0.5),
+        "drop 1 decoder layer": Recipe(drop_layers=1),
+    }
     for name, recipe in alone.items():
         say(f"building {name}")
         models[name + " (no recovery)"] = build(parent.model, tok, recipe, analysis)
@@ -74,8 +77,14 @@ def main() -> None:
         recipe = Recipe.parse(text)
         say(f"building {recipe.name} and distilling it for {args.steps} steps")
         student = build(parent.model, tok, recipe, analysis)
-        distill(student, parent.model, tok, mixed_stream([], _suite_pairs(0), 0.0), DistillConfig(steps=args.steps),
-                progress=say)  # fmt: skip
+        distill(
+            student,
+            parent.model,
+            tok,
+            mixed_stream([], _suite_pairs(0), 0.0),
+            DistillConfig(steps=args.steps),
+            progress=say,
+        )
         structure = Recipe(**{**recipe.params(), "adapter_rank": 0, "vocab": False, "int8": False})
         name = f"{structure.name} + distil {args.steps}"
         if recipe.adapter_rank:
@@ -107,21 +116,30 @@ def main() -> None:
         say(f"speed at batch {batch}: {args.reps} repetitions, the models taking turns")
         pairs = {n: (m, toks.get(n, tok)) for n, m in models.items()}
         speed = ms_per_token(pairs, prompts, args.new_tokens, args.reps, batch)
-        print(f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; held-out "
-              f"{args.per_task}/task; speed: {len(prompts)} prompts, batch {batch}, {args.new_tokens} new tokens, "
-              f"{args.reps} reps")  # fmt: skip
-        print("| model | bytes | x smaller | parameters | ms/token median (min..max) | x faster | "
-              + " | ".join(tasks) + " | mean |")  # fmt: skip
+        print(
+            f"# {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; held-out "
+            f"{args.per_task}/task; speed: {len(prompts)} prompts, batch {batch}, {args.new_tokens} new tokens, "
+            f"{args.reps} reps"
+        )
+        print(
+            "| model | bytes | x smaller | parameters | ms/token median (min..max) | x faster | "
+            + " | ".join(tasks)
+            + " | mean |"
+        )
         print("| --- " * (7 + len(tasks)) + "|")
         for name, r in rows.items():
             s = speed[name]
             lo, hi = s.spread
             accs = " | ".join(f"{r['acc'][t]:.3f}" for t in [*tasks, "mean"])
-            print(f"| {name} | {r['bytes']:,} | {base['bytes'] / r['bytes']:.2f} | {r['params']:,} | {s.median:.3f} "
-                  f"({lo:.3f}..{hi:.3f}) | {speed['parent'].median / s.median:.2f} | {accs} |")  # fmt: skip
+            print(
+                f"| {name} | {r['bytes']:,} | {base['bytes'] / r['bytes']:.2f} | {r['params']:,} | {s.median:.3f} "
+                f"({lo:.3f}..{hi:.3f}) | {speed['parent'].median / s.median:.2f} | {accs} |"
+            )
     recipes = "".join(f" --recipe {r}" for r in args.recipe or [])
-    print(f"# reproduce: python -m bench.evolution --steps {args.steps} --per-task {args.per_task} --reps {args.reps}"
-          f"{''.join(f' --batch {b}' for b in batches)} --adapter-steps {args.adapter_steps}{recipes}")  # fmt: skip
+    print(
+        f"# reproduce: python -m bench.evolution --steps {args.steps} --per-task {args.per_task} --reps {args.reps}"
+        f"{''.join(f' --batch {b}' for b in batches)} --adapter-steps {args.adapter_steps}{recipes}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,12 +29,12 @@ import time
 import uuid
 
 from bench.broker import bench_broker
-from evostream.bus.admin import delete_topics, ensure_topics
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from schemas.catalog import CATALOG, STEPS, TopicSpec
-from schemas.codec import RecordCodec
-from schemas.samples import generation_step
+from evostream.core.bus.admin import delete_topics, ensure_topics
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.schemas.catalog import CATALOG, STEPS, TopicSpec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import generation_step
 
 TUNED = {"broker_max_poll_records": 10_000, "stream_buffer_maxsize": 65_536, "consumer_max_fetch_size": 8 << 20}
 """Consumer settings raised from Faust's defaults (None = aiokafka's 500 records per poll, a 4,096-event buffer
@@ -71,9 +71,13 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
 
         async def run() -> float:
             c = AIOKafkaConsumer(
-                topic, bootstrap_servers=bootstrap, group_id=f"floor-{uuid.uuid4().hex}",
-                auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=10_000,
-            )  # fmt: skip
+                topic,
+                bootstrap_servers=bootstrap,
+                group_id=f"floor-{uuid.uuid4().hex}",
+                auto_offset_reset="earliest",
+                enable_auto_commit=False,
+                max_poll_records=10_000,
+            )
             await c.start()
             got, t0 = 0, 0.0
             try:
@@ -93,14 +97,22 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
     import faust
     from faust.worker import Worker
 
-    from stream_processors.transport import App
+    from evostream.stream_processors.transport import App
 
     fast = kind.endswith("-fast")
     kind = kind.removesuffix("-fast")
     tuned = TUNED if kind.endswith("-tuned") or fast else {}
-    app = (App if fast else faust.App)(f"floor-{uuid.uuid4().hex[:8]}", broker=f"kafka://{bootstrap}", store="memory://",
-                    web_enabled=False, topic_partitions=PARTITIONS, consumer_auto_offset_reset="earliest",
-                    datadir=f"/tmp/floor-{os.getpid()}", stream_wait_empty=False, **tuned)  # fmt: skip
+    app = (App if fast else faust.App)(
+        f"floor-{uuid.uuid4().hex[:8]}",
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=PARTITIONS,
+        consumer_auto_offset_reset="earliest",
+        datadir=f"/tmp/floor-{os.getpid()}",
+        stream_wait_empty=False,
+        **tuned,
+    )
     if tuned:
 
         @app.task
@@ -142,9 +154,25 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
 
 
 def in_child(kind: str, bootstrap: str, topic: str, n: int) -> float:
-    done = subprocess.run([sys.executable, "-m", "bench.faust_floor", "--child", kind, "--bootstrap", bootstrap,
-                           "--topic", topic, "--records", str(n)], capture_output=True, text=True, timeout=900,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.faust_floor",
+            "--child",
+            kind,
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--records",
+            str(n),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     found = re.search(r'\{"rate": [^}]+\}', done.stdout + done.stderr)  # a Faust worker logs what it prints
     if found:
         return float(json.loads(found[0])["rate"])
@@ -171,19 +199,24 @@ def main() -> None:
             size = produce(bootstrap, topic, args.records)
             for _ in range(args.reps):  # interleaved: each rep runs every row once
                 rows.setdefault("confluent-kafka consume", []).append(confluent(bootstrap, topic, args.records))
-                for kind, name in (("aiokafka", "aiokafka getmany"), ("faust-batch", "faust take_events (no-op)"),
-                                   ("faust-decode", "faust take_events + fastavro"),
-                                   ("faust-batch-tuned", "faust take_events, tuned (no-op)"),
-                                   ("faust-decode-tuned", "faust take_events + fastavro, tuned"),
-                                   ("faust-batch-tuned-fast", "faust take_events, inline hand-over (no-op)"),
-                                   ("faust-decode-tuned-fast", "faust take_events + fastavro, inline hand-over"),
-                                   ("faust-events", "faust events() one by one (no-op)")):  # fmt: skip
+                for kind, name in (
+                    ("aiokafka", "aiokafka getmany"),
+                    ("faust-batch", "faust take_events (no-op)"),
+                    ("faust-decode", "faust take_events + fastavro"),
+                    ("faust-batch-tuned", "faust take_events, tuned (no-op)"),
+                    ("faust-decode-tuned", "faust take_events + fastavro, tuned"),
+                    ("faust-batch-tuned-fast", "faust take_events, inline hand-over (no-op)"),
+                    ("faust-decode-tuned-fast", "faust take_events + fastavro, inline hand-over"),
+                    ("faust-events", "faust events() one by one (no-op)"),
+                ):
                     rows.setdefault(name, []).append(in_child(kind, bootstrap, topic, args.records))
                     print(f"  {name}: {rows[name][-1]:,.0f}/s", file=sys.stderr)
         finally:
             delete_topics(bootstrap, [topic])
-    print(f"# {args.records:,} GenerationStep records of {size} B, {PARTITIONS} partitions, broker {bootstrap} on the "
-          f"same machine, {args.reps} runs")  # fmt: skip
+    print(
+        f"# {args.records:,} GenerationStep records of {size} B, {PARTITIONS} partitions, broker {bootstrap} on the "
+        f"same machine, {args.reps} runs"
+    )
     print(f"{'':>36} {'events/s median':>16} {'min':>9} {'max':>9}")
     for name, rates in rows.items():
         print(f"{name:>36} {statistics.median(rates):16,.0f} {min(rates):9,.0f} {max(rates):9,.0f}")

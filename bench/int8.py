@@ -47,10 +47,10 @@ from safetensors import safe_open
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from consumers.evolution.operators.quantize import Int8Linear, int8_modules, quantize_int8, save_int8
-from models.loading import INT8_WEIGHTS, load_model
-from models.suite.evaluate import eval_set, predict
-from models.suite.tasks import TASKS, Example
+from evostream.consumers.evolution.operators.quantize import Int8Linear, int8_modules, quantize_int8, save_int8
+from evostream.models.loading import INT8_WEIGHTS, load_model
+from evostream.models.suite.evaluate import eval_set, predict
+from evostream.models.suite.tasks import TASKS, Example
 
 BATCH = 16
 
@@ -156,8 +156,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"python -m bench.int8 {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), quantized engine "
-          f"{torch.backends.quantized.engine}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), quantized engine "
+        f"{torch.backends.quantized.engine}"
+    )
 
     base = load_model("default", device="cpu")
     tok = base.tokenizer
@@ -191,8 +193,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
 
     print(f"\nbytes on disk: the {len(projections)} quantized projections' tensors, read from the weight files")
-    print(f"  fp32 weights: {proj_fp32:,} B; int8: {proj_int8:,} B + scales {proj_scales:,} B = "
-          f"{proj_int8 + proj_scales:,} B ({proj_fp32 / (proj_int8 + proj_scales):.2f}x smaller)")  # fmt: skip
+    print(
+        f"  fp32 weights: {proj_fp32:,} B; int8: {proj_int8:,} B + scales {proj_scales:,} B = "
+        f"{proj_int8 + proj_scales:,} B ({proj_fp32 / (proj_int8 + proj_scales):.2f}x smaller)"
+    )
     print("bytes on disk: each side's weight file")
     for name, size in disk.items():
         print(f"  {name:24s} {size:>10,} B  ({disk['fp32'] / size:.2f}x smaller than fp32)")
@@ -200,12 +204,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     prompts = fixed_prompts(BATCH)
     for batch, chosen in ((1, prompts[: args.prompts_b1]), (BATCH, prompts)):
         runs = speed(sides, tok, chosen, batch, args.new_tokens, args.reps)
-        print(f"\nms per generated token, batch {batch} ({len(chosen)} prompts x {args.new_tokens} new tokens, "
-              f"{args.reps} reps): median (min..max); ratio to fp32 within each rep: median (min..max)")  # fmt: skip
+        print(
+            f"\nms per generated token, batch {batch} ({len(chosen)} prompts x {args.new_tokens} new tokens, "
+            f"{args.reps} reps): median (min..max); ratio to fp32 within each rep: median (min..max)"
+        )
         for name, r in runs.items():
             ratios = [a / b for a, b in zip(r, runs["fp32"], strict=True)]
-            print(f"  {name:24s} {statistics.median(r):7.3f} ({min(r):.3f}..{max(r):.3f})  "
-                  f"x{statistics.median(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f})")  # fmt: skip
+            print(
+                f"  {name:24s} {statistics.median(r):7.3f} ({min(r):.3f}..{max(r):.3f})  "
+                f"x{statistics.median(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f})"
+            )
 
     examples = list(eval_set(args.per_task))
     reference = predict(base.model, tok, [e.prompt for e in examples])

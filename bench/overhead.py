@@ -41,13 +41,13 @@ from torch import nn
 from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from bench.broker import bench_broker
-from evostream.bus.admin import delete_topics, ensure_topics
-from models.loading import LoadedModel, load_model, wrap_model
-from producers.emitter import COALESCE_S, StepEmitter
-from producers.generate import GenParams, InstrumentedGenerator, KVCache
-from producers.records import TokenTexts
-from producers.steps import StepBatch, TraceMeta
-from schemas.catalog import TopicSpec
+from evostream.core.bus.admin import delete_topics, ensure_topics
+from evostream.models.loading import LoadedModel, load_model, wrap_model
+from evostream.producers.emitter import COALESCE_S, StepEmitter
+from evostream.producers.generate import GenParams, InstrumentedGenerator, KVCache
+from evostream.producers.records import TokenTexts
+from evostream.producers.steps import StepBatch, TraceMeta
+from evostream.schemas.catalog import TopicSpec
 
 PROMPTS = ["reverse: hello", "sort: benchmark", "add: 12+34", "date: 2024-03-15", "lookup: b; a=1 b=2 c=3 d=4"]
 SIDES = {
@@ -92,8 +92,10 @@ def require_hook_free(model: nn.Module, side: str) -> None:
     hooked = [n or "<model>" for n, m in model.named_modules() if m._forward_hooks or m._forward_pre_hooks]
     global_hooks = len(nn.modules.module._global_forward_hooks) + len(nn.modules.module._global_forward_pre_hooks)
     if hooked or global_hooks:
-        raise SystemExit(f"{side}: the model must run hook-free, but {len(hooked)} modules carry forward hooks "
-                         f"({', '.join(hooked[:3])}), and {global_hooks} global ones are registered")  # fmt: skip
+        raise SystemExit(
+            f"{side}: the model must run hook-free, but {len(hooked)} modules carry forward hooks "
+            f"({', '.join(hooked[:3])}), and {global_hooks} global ones are registered"
+        )
 
 
 def require_same_weights(a: nn.Module, b: nn.Module) -> None:
@@ -137,16 +139,18 @@ def bench_model(
         for p in prompts:
             enc = ptok([p], return_tensors="pt").to(plain_lm.device)
             with torch.inference_mode():
-                out = plain_lm.model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                              pad_token_id=ptok.pad_token_id)  # fmt: skip
+                out = plain_lm.model.generate(
+                    **enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=ptok.pad_token_id
+                )
             n += out.shape[1] - (1 if plain_lm.is_seq2seq else enc.input_ids.shape[1])
         return n
 
     bare = InstrumentedGenerator(plain_lm, instrument=False, kv_cache=kv_cache)
     gen = InstrumentedGenerator(lm, kv_cache=kv_cache)
     print(f"our sides decode with the {gen.decode_path} KV cache ({gen.decode_path_reason})", flush=True)
-    emitter = StepEmitter(bootstrap, topic=topic, producer_config={"linger.ms": linger_ms},
-                          coalesce_s=coalesce_ms / 1000)  # fmt: skip
+    emitter = StepEmitter(
+        bootstrap, topic=topic, producer_config={"linger.ms": linger_ms}, coalesce_s=coalesce_ms / 1000
+    )
     texts = TokenTexts(lm.tokenizer)
     params = GenParams(max_new_tokens=tokens, stop_at_eos=False)
 
@@ -202,8 +206,10 @@ def bench_model(
 def report(name: str, params: int, tokens: int, n_prompts: int, times: dict[str, list[float]]) -> None:
     per_rep = tokens * n_prompts
     ms = {side: statistics.median(t) / per_rep * 1000 for side, t in times.items()}
-    print(f"\n## {name}, {params / 1e6:.1f}M parameters, {tokens} new tokens x {n_prompts} prompts per rep, "
-          f"{len(times['plain'])} reps")  # fmt: skip
+    print(
+        f"\n## {name}, {params / 1e6:.1f}M parameters, {tokens} new tokens x {n_prompts} prompts per rep, "
+        f"{len(times['plain'])} reps"
+    )
     print(f"{'side':<34} {'ms/token':>9}   ratio to plain: median (min..max over reps)")
     for side, label in SIDES.items():
         ratios = [t / p for t, p in zip(times[side], times["plain"], strict=True)]
@@ -212,21 +218,30 @@ def report(name: str, params: int, tokens: int, n_prompts: int, times: dict[str,
     loop = ms["loop"] - ms["plain"]
     stats = ms["instrumented"] - ms["loop"]
     emission = ms["emitting"] - ms["instrumented"]
-    print(f"added ms/token (differences of the medians): loop {loop:+.3f}, statistics {stats:+.3f}, "
-          f"emission {emission:+.3f}; total {ms['emitting'] - ms['plain']:+.3f}", flush=True)  # fmt: skip
+    print(
+        f"added ms/token (differences of the medians): loop {loop:+.3f}, statistics {stats:+.3f}, "
+        f"emission {emission:+.3f}; total {ms['emitting'] - ms['plain']:+.3f}",
+        flush=True,
+    )
 
 
 def run(bootstrap: str, args: argparse.Namespace) -> None:
     dtype = getattr(torch, args.dtype)
-    topic = TopicSpec(f"evo.bench.steps.{uuid.uuid4().hex[:8]}", "GenerationStep", "trace_id", 6, "delete",
-                      3600_000, "benchmark")  # fmt: skip
+    topic = TopicSpec(
+        f"evo.bench.steps.{uuid.uuid4().hex[:8]}", "GenerationStep", "trace_id", 6, "delete", 3600_000, "benchmark"
+    )
     ensure_topics(bootstrap, [topic])
     ours = f", ours {args.our_threads}" if args.our_threads else ""
-    dev = (torch.cuda.get_device_name() if args.device.startswith("cuda")
-           else f"CPU, {torch.get_num_threads()} torch threads (plain, torch's default){ours}")  # fmt: skip
+    dev = (
+        torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"CPU, {torch.get_num_threads()} torch threads (plain, torch's default){ours}"
+    )
     prompts = PROMPTS[: args.prompts]
-    print(f"# {dev}, torch {torch.__version__}, {args.dtype}, batch 1, greedy, {len(prompts)} prompts per rep, "
-          f"{args.reps} reps, emitting to {bootstrap}; ms/token: median rep's time per generated token")  # fmt: skip
+    print(
+        f"# {dev}, torch {torch.__version__}, {args.dtype}, batch 1, greedy, {len(prompts)} prompts per rep, "
+        f"{args.reps} reps, emitting to {bootstrap}; ms/token: median rep's time per generated token"
+    )
     try:
         for name in args.models.split(","):
             # two objects with the same weights, the plain one built before any hook exists and never hooked
@@ -235,8 +250,19 @@ def run(bootstrap: str, args: argparse.Namespace) -> None:
             require_same_weights(plain_lm.model, lm.model)
             require_hook_free(plain_lm.model, SIDES["plain"])
             for n in (int(t) for t in args.tokens.split(",")):
-                times = bench_model(plain_lm, lm, bootstrap, topic.name, prompts, n, args.reps, args.kv_cache,
-                                    args.coalesce_ms, args.linger_ms, args.our_threads)  # fmt: skip
+                times = bench_model(
+                    plain_lm,
+                    lm,
+                    bootstrap,
+                    topic.name,
+                    prompts,
+                    n,
+                    args.reps,
+                    args.kv_cache,
+                    args.coalesce_ms,
+                    args.linger_ms,
+                    args.our_threads,
+                )
                 report(name, lm.parameter_count(), n, len(prompts), times)
             del lm, plain_lm
     finally:
@@ -264,11 +290,13 @@ def main() -> None:
     args = ap.parse_args()
     with bench_broker(args.bootstrap) as bootstrap:
         run(bootstrap, args)
-    print(f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
-          f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --kv-cache {args.kv_cache} "
-          f"--coalesce-ms {args.coalesce_ms:g} --linger-ms {args.linger_ms:g}"
-          + (f" --our-threads {args.our_threads}" if args.our_threads else ""),
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"# reproduce: python -m bench.overhead --models {args.models} --tokens {args.tokens} --reps {args.reps} "
+        f"--prompts {args.prompts} --device {args.device} --dtype {args.dtype} --kv-cache {args.kv_cache} "
+        f"--coalesce-ms {args.coalesce_ms:g} --linger-ms {args.linger_ms:g}"
+        + (f" --our-threads {args.our_threads}" if args.our_threads else ""),
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -56,19 +56,19 @@ import numpy as np
 from bench.broker import bench_broker
 from bench.procs import stop
 from bench.stats import pct, spread
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from evostream.settings import load_settings
-from evostream.stack import LocalStack
-from schemas.catalog import ALERTS, COMPLETIONS, PROFILES, RISK, STEPS
-from schemas.codec import RecordCodec
-from schemas.samples import generation_step
-from schemas.tensors import pack_f32, step_heads, step_layers
-from stream_processors.drift.tracker import DriftWindows
-from stream_processors.drift.tracker import table_name as drift_table
-from stream_processors.profiling.tracker import table_name as profile_table
-from stream_processors.profiling.window import ProfilePolicy
-from stream_processors.risk.policy import RiskPolicy, load_policies, policy_for
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.core.settings import load_settings
+from evostream.core.stack import LocalStack
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, PROFILES, RISK, STEPS
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import generation_step
+from evostream.schemas.tensors import pack_f32, step_heads, step_layers
+from evostream.stream_processors.drift.tracker import DriftWindows
+from evostream.stream_processors.drift.tracker import table_name as drift_table
+from evostream.stream_processors.profiling.tracker import table_name as profile_table
+from evostream.stream_processors.profiling.window import ProfilePolicy
+from evostream.stream_processors.risk.policy import RiskPolicy, load_policies, policy_for
 
 VERSION = "evostream/t5-tiny-suite@bench"
 STEP, COMPLETION = RecordCodec("GenerationStep"), RecordCodec("Completion")
@@ -99,10 +99,15 @@ class Traffic:
         l2[0] = 20.0 * np.exp(self.rng.normal(0.0, 0.05))
         l2[1:] = l2[0] * np.exp(self.ratio_mu[b] + self.rng.normal(0.0, 0.5, self.layers - 1) * self.ratio_sd[b])
         rec = generation_step(i, trace, self.layers, self.heads, t0_us=t0_us)
-        rec.update(model_version=VERSION, token_id=(i * 37 + salt * 11) % 300,
-                   entropy_bits=float(abs(self.rng.normal(0.0, self.policy.entropy_bits / 4))),
-                   head_attention_entropy=pack_f32(heads.tolist()), layer_hidden_l2=pack_f32(l2.tolist()),
-                   layer_hidden_maxabs=pack_f32((l2 * 0.3).tolist()), attention_signal="OUTPUT_NORM")  # fmt: skip
+        rec.update(
+            model_version=VERSION,
+            token_id=(i * 37 + salt * 11) % 300,
+            entropy_bits=float(abs(self.rng.normal(0.0, self.policy.entropy_bits / 4))),
+            head_attention_entropy=pack_f32(heads.tolist()),
+            layer_hidden_l2=pack_f32(l2.tolist()),
+            layer_hidden_maxabs=pack_f32((l2 * 0.3).tolist()),
+            attention_signal="OUTPUT_NORM",
+        )
         return rec
 
     def z_scores(self) -> tuple[float, float]:
@@ -121,18 +126,31 @@ class Traffic:
 
     def nan_step(self, trace: str, i: int) -> dict[str, Any]:
         bad = self.step(trace, i, 0, 1)
-        bad.update(layer_nonfinite=[0] + [1] * (self.layers - 1),
-                   layer_hidden_l2=pack_f32([1.0] + [float("nan")] * (self.layers - 1)))  # fmt: skip
+        bad.update(
+            layer_nonfinite=[0] + [1] * (self.layers - 1),
+            layer_hidden_l2=pack_f32([1.0] + [float("nan")] * (self.layers - 1)),
+        )
         return bad
 
     def completion(self, trace: str, n: int, salt: int) -> dict[str, Any]:
         emb = self.centers[salt % len(self.centers)] + self.rng.normal(0.0, 0.5, 384)
-        return {"trace_id": trace, "request_id": trace, "reply_to": "", "tenant": "bench", "model_version": VERSION,
-                "output_text": "", "token_count": n, "output_token_ids": [(i * 37 + salt * 11) % 300 for i in range(n)],
-                "prompt_token_count": 8, "prompt_surprisal_bits": None,
-                "prompt_embedding": (emb / np.linalg.norm(emb)).tolist(), "finish_reason": "STOP", "error": None,
-                "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
-                "completed_at_us": time.time_ns() // 1000}  # fmt: skip
+        return {
+            "trace_id": trace,
+            "request_id": trace,
+            "reply_to": "",
+            "tenant": "bench",
+            "model_version": VERSION,
+            "output_text": "",
+            "token_count": n,
+            "output_token_ids": [(i * 37 + salt * 11) % 300 for i in range(n)],
+            "prompt_token_count": 8,
+            "prompt_surprisal_bits": None,
+            "prompt_embedding": (emb / np.linalg.norm(emb)).tolist(),
+            "finish_reason": "STOP",
+            "error": None,
+            "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
+            "completed_at_us": time.time_ns() // 1000,
+        }
 
 
 @dataclass
@@ -153,11 +171,19 @@ def start_workers(bootstrap: str, tmp: Path, n: int) -> list[Worker]:
     started = []
     for k in range(n):
         log = tmp / f"{app_id}-{k}.log"
-        env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": bootstrap, "EVOSTREAM_PROCESSORS_APP_ID": app_id,
-               "EVOSTREAM_PROCESSORS_DIR": str(tmp / f"{app_id}-{k}")}  # fmt: skip
+        env = {
+            **os.environ,
+            "EVOSTREAM_BOOTSTRAP_SERVERS": bootstrap,
+            "EVOSTREAM_PROCESSORS_APP_ID": app_id,
+            "EVOSTREAM_PROCESSORS_DIR": str(tmp / f"{app_id}-{k}"),
+        }
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "evostream.cli", "process", "--loglevel", "INFO"],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "evostream.cli", "process", "--loglevel", "INFO"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         started.append((proc, log))
     workers = []
     for proc, log in started:
@@ -283,12 +309,18 @@ def throughput(
     steps = per * n_traces
 
     def done(p: Progress) -> bool:
-        return (len(p.finals) == n_traces and p.done_at("profile", steps) is not None
-                and p.done_at("drift", n_traces) is not None)  # fmt: skip
+        return (
+            len(p.finals) == n_traces
+            and p.done_at("profile", steps) is not None
+            and p.done_at("drift", n_traces) is not None
+        )
 
     read_progress(bootstrap, workers, set(traces), progress, done)
-    ends = {"risk": max(progress.finals.values(), default=None), "profiling": progress.done_at("profile", steps),
-            "drift": progress.done_at("drift", n_traces)}  # fmt: skip
+    ends = {
+        "risk": max(progress.finals.values(), default=None),
+        "profiling": progress.done_at("profile", steps),
+        "drift": progress.done_at("drift", n_traces),
+    }
     if len(progress.finals) < n_traces:
         ends["risk"] = None
     never = sorted(k for k, v in ends.items() if v is None)
@@ -394,9 +426,11 @@ def main() -> None:
     if args.runs > 1 and shared:
         raise SystemExit("--runs > 1 needs a private broker per run (a new worker reads the topics from the start)")
     zh, zn = Traffic(policy, seed=0).z_scores()
-    print(f"risk policy for {VERSION}: {policy.name}; steps of {len(policy.heads.mean[0])} layers x "
-          f"{len(policy.heads.mean[0][0])} heads drawn around its z-score baselines (largest |z| on a trace: heads "
-          f"{zh:.1f}, layer norms {zn:.1f}; thresholds {policy.collapse_z:g} / {policy.blowup_z:g})")  # fmt: skip
+    print(
+        f"risk policy for {VERSION}: {policy.name}; steps of {len(policy.heads.mean[0])} layers x "
+        f"{len(policy.heads.mean[0][0])} heads drawn around its z-score baselines (largest |z| on a trace: heads "
+        f"{zh:.1f}, layer norms {zn:.1f}; thresholds {policy.collapse_z:g} / {policy.blowup_z:g})"
+    )
     results: list[dict[str, float]] = []
     for r in range(1, args.runs + 1):
         tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-proc-"))
@@ -412,19 +446,23 @@ def main() -> None:
                     w.stop()
         agents = ", ".join(f"{k} {v:.2f} s" for k, v in tp.done_s.items())
         ready = "the first worker ready" if args.workers > 1 else "worker ready"
-        print(f"run {r}: {tp.steps:,} step events + {tp.completions:,} completions ({args.traces} traces) in "
-              f"{tp.seconds:.2f} s from {ready} = {tp.steps_per_s:,.0f} step events/s, "
-              f"{tp.completions / tp.seconds:,.1f} completions/s (all done: {agents}); FINAL reports judged with "
-              f"{', '.join(sorted(tp.policies))}; alerts on the healthy traces: {tp.healthy_alerts}")  # fmt: skip
+        print(
+            f"run {r}: {tp.steps:,} step events + {tp.completions:,} completions ({args.traces} traces) in "
+            f"{tp.seconds:.2f} s from {ready} = {tp.steps_per_s:,.0f} step events/s, "
+            f"{tp.completions / tp.seconds:,.1f} completions/s (all done: {agents}); FINAL reports judged with "
+            f"{', '.join(sorted(tp.policies))}; alerts on the healthy traces: {tp.healthy_alerts}"
+        )
         row = {"step events/s": tp.steps_per_s, "completions/s": tp.completions / tp.seconds}
         for name, lat, lost in (("idle", idle, idle_lost), ("load", loaded, load_lost)):
             if not lat:
                 continue
             row |= {f"{name} p50": statistics.median(lat), f"{name} p99": pct(lat, 99)}
             where = "idle worker" if name == "idle" else f"under {args.load:g}x load ({offered:,.0f} step events/s)"
-            print(f"run {r}: alert latency, NaN step emitted -> RiskAlert at a consumer, {where}, {len(lat)}/"
-                  f"{args.alerts} alerts{f' ({lost} lost)' if lost else ''}: p50 {statistics.median(lat):.1f} ms, "
-                  f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms")  # fmt: skip
+            print(
+                f"run {r}: alert latency, NaN step emitted -> RiskAlert at a consumer, {where}, {len(lat)}/"
+                f"{args.alerts} alerts{f' ({lost} lost)' if lost else ''}: p50 {statistics.median(lat):.1f} ms, "
+                f"p99 {pct(lat, 99):.1f} ms, max {max(lat):.1f} ms"
+            )
         results.append(row)
         sys.stdout.flush()
     if len(results) > 1:
@@ -434,9 +472,11 @@ def main() -> None:
             print(
                 f"  {key}: {spread(vals, ',.0f' if key.startswith('step') else '.1f')}" + ("" if "/s" in key else " ms")
             )
-    print(f"# reproduce: python -m bench.processors --steps {args.steps} --traces {args.traces} --alerts {args.alerts} "
-          f"--load {args.load:g} --runs {args.runs}"
-          f"{f' --workers {args.workers}' if args.workers > 1 else ''}")  # fmt: skip
+    print(
+        f"# reproduce: python -m bench.processors --steps {args.steps} --traces {args.traces} --alerts {args.alerts} "
+        f"--load {args.load:g} --runs {args.runs}"
+        f"{f' --workers {args.workers}' if args.workers > 1 else ''}"
+    )
 
 
 if __name__ == "__main__":

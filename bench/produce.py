@@ -18,12 +18,12 @@ import time
 import uuid
 
 from bench.broker import bench_broker
-from evostream.bus.admin import delete_topics, ensure_topics
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from schemas.catalog import TopicSpec
-from schemas.codec import RecordCodec
-from schemas.samples import generation_step
+from evostream.core.bus.admin import delete_topics, ensure_topics
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.schemas.catalog import TopicSpec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import generation_step
 
 
 def produce(bootstrap: str, topic: str, items: list[tuple[str, bytes]]) -> float:
@@ -69,8 +69,18 @@ def run(bootstrap: str, n: int, layers: int, heads: int, partitions: int) -> Non
     records = [generation_step(i // 1000, f"trace-{i % 1000:04d}", layers, heads) for i in range(n)]
     items = [(str(r["trace_id"]), codec.encode(r)) for r in records]
     size = sum(len(v) for _, v in items) / n
-    topics = [TopicSpec(f"evo.bench.{uuid.uuid4().hex[:10]}", "GenerationStep", "trace_id", partitions, "delete",
-                        3600_000, "benchmark") for _ in range(2)]  # fmt: skip
+    topics = [
+        TopicSpec(
+            f"evo.bench.{uuid.uuid4().hex[:10]}",
+            "GenerationStep",
+            "trace_id",
+            partitions,
+            "delete",
+            3600_000,
+            "benchmark",
+        )
+        for _ in range(2)
+    ]
     ensure_topics(bootstrap, topics)
     try:
         rows = [
@@ -98,8 +108,11 @@ def main() -> None:
     args = ap.parse_args()
     with bench_broker(args.bootstrap) as bootstrap:
         run(bootstrap, args.records, args.layers, args.heads, args.partitions)
-    print(f"# reproduce: python -m bench.produce --records {args.records} --layers {args.layers} --heads {args.heads}"
-          f" --partitions {args.partitions}", file=sys.stderr)  # fmt: skip
+    print(
+        f"# reproduce: python -m bench.produce --records {args.records} --layers {args.layers} --heads {args.heads}"
+        f" --partitions {args.partitions}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

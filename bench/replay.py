@@ -28,10 +28,10 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from consumers.governance import policy as rules
-from consumers.governance.events import ALL_MODELS, GovEvent
-from consumers.governance.keys import ActorKey, sign_event
-from consumers.governance.projection import Registry, replay
+from evostream.consumers.governance import policy as rules
+from evostream.consumers.governance.events import ALL_MODELS, GovEvent
+from evostream.consumers.governance.keys import ActorKey, sign_event
+from evostream.consumers.governance.projection import Registry, replay
 
 START_US = 1_760_000_000_000_000
 ADMIN, PROPOSER, APPROVERS = "root", "evolution", ("alice", "bob", "carol", "dave")
@@ -52,12 +52,26 @@ class Chain:
         self.keys[actor] = ActorKey.from_seed(self.rng.randbytes(32))
         return self.keys[actor]
 
-    def append(self, type_: str, actor: str, payload: Mapping[str, Any], model_name: str = ALL_MODELS,
-               reason: str = "", key: ActorKey | None = None) -> GovEvent:  # fmt: skip
+    def append(
+        self,
+        type_: str,
+        actor: str,
+        payload: Mapping[str, Any],
+        model_name: str = ALL_MODELS,
+        reason: str = "",
+        key: ActorKey | None = None,
+    ) -> GovEvent:
         key = key or self.keys[actor]
         self.now_us += self.rng.randrange(1_000_000, 60_000_000)
-        ev = GovEvent(type=type_, actor=actor, key_id=key.key_id, payload=dict(payload), model_name=model_name,
-                      reason=reason, event_id=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)))  # fmt: skip
+        ev = GovEvent(
+            type=type_,
+            actor=actor,
+            key_id=key.key_id,
+            payload=dict(payload),
+            model_name=model_name,
+            reason=reason,
+            event_id=str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+        )
         prev = self.events[-1].hash if self.events else ""
         ev = sign_event(ev.linked(len(self.events), prev, self.now_us), key)
         self.events.append(ev)
@@ -88,19 +102,38 @@ def _lifecycle(chain: Chain, reg: Registry, model: str, version: str) -> Iterato
     known = list(reg.models[model]["versions"]) if model in reg.models else []
     parent = reg.production(model) or (known[-1] if known else None)
     op = rng.choice(OPERATORS)
-    yield "ModelRegistered", PROPOSER, {
-        "version": version, "artifact_uri": f"file:///var/lib/evostream/artifacts/{model}/{version}.safetensors",
-        "artifact_sha256": rng.randbytes(32).hex(), "parent": parent, "operator": op,
-        "operator_params": {"fraction": round(rng.uniform(0.05, 0.4), 3), "layers": rng.sample(range(12), 3)},
-        "metrics": {"task_accuracy": round(rng.uniform(0.6, 0.95), 4), "ppl": round(rng.uniform(8, 30), 3)},
-    }, model  # fmt: skip
-    yield "CandidateProposed", PROPOSER, {
-        "version": version, "evidence": {"drift_mmd": round(rng.uniform(0, 0.2), 5), "window_end_us": chain.now_us,
-                                         "dormant_heads": rng.randrange(0, 40)},
-    }, model  # fmt: skip
+    yield (
+        "ModelRegistered",
+        PROPOSER,
+        {
+            "version": version,
+            "artifact_uri": f"file:///var/lib/evostream/artifacts/{model}/{version}.safetensors",
+            "artifact_sha256": rng.randbytes(32).hex(),
+            "parent": parent,
+            "operator": op,
+            "operator_params": {"fraction": round(rng.uniform(0.05, 0.4), 3), "layers": rng.sample(range(12), 3)},
+            "metrics": {"task_accuracy": round(rng.uniform(0.6, 0.95), 4), "ppl": round(rng.uniform(8, 30), 3)},
+        },
+        model,
+    )
+    yield (
+        "CandidateProposed",
+        PROPOSER,
+        {
+            "version": version,
+            "evidence": {
+                "drift_mmd": round(rng.uniform(0, 0.2), 5),
+                "window_end_us": chain.now_us,
+                "dormant_heads": rng.randrange(0, 40),
+            },
+        },
+        model,
+    )
     passed = rng.random() < 0.85
-    gates = {"task_suite": {"accuracy": round(rng.uniform(0.6, 0.95), 4), "min": 0.7, "passed": passed},
-             "replay": {"traces": rng.randrange(200, 2000), "agreement": round(rng.uniform(0.8, 1), 4)}}  # fmt: skip
+    gates = {
+        "task_suite": {"accuracy": round(rng.uniform(0.6, 0.95), 4), "min": 0.7, "passed": passed},
+        "replay": {"traces": rng.randrange(200, 2000), "agreement": round(rng.uniform(0.8, 1), 4)},
+    }
     yield "ValidationCompleted", PROPOSER, {"version": version, "passed": passed, "gates": gates}, model
     if not passed:
         return
@@ -117,8 +150,11 @@ def _lifecycle(chain: Chain, reg: Registry, model: str, version: str) -> Iterato
         yield "Promoted", ADMIN, {"version": version, "stage": None, "alias": "champion"}, model
     if rng.random() < 0.05:
         current = reg.production(model)
-        earlier = [v for v, d in reg.models[model]["versions"].items()
-                   if v != current and d["stage"] == "archived" and rules.passed_validation(d)]  # fmt: skip
+        earlier = [
+            v
+            for v, d in reg.models[model]["versions"].items()
+            if v != current and d["stage"] == "archived" and rules.passed_validation(d)
+        ]
         if earlier:
             target = earlier[-1]
             yield "RolledBack", ADMIN, {"version": target, "from_version": current}, model
@@ -195,8 +231,10 @@ def main() -> None:
         counts[ev.type] = counts.get(ev.type, 0) + 1
     versions = sum(len(m["versions"]) for m in verified.models.values())
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}, one core")
-    print(f"# log: {len(log):,} events, {len(verified.models)} models, {versions:,} versions, built and signed in "
-          f"{built_s:.1f} s; " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())))  # fmt: skip
+    print(
+        f"# log: {len(log):,} events, {len(verified.models)} models, {versions:,} versions, built and signed in "
+        f"{built_s:.1f} s; " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()))
+    )
     print(_line("fold", _rates(lambda: replay(log, verify=False), len(log), args.reps)))
     print(_line("verified", _rates(lambda: replay(log), len(log), args.reps)))
     print(f"# {args.reps} reps each; both reach the same registry with no finding")

@@ -41,12 +41,12 @@ import numpy.typing as npt
 import torch
 
 from evostream.cli.calibrate import calibrate_model
-from models.loading import LoadedModel, load_model
-from models.suite.evaluate import eval_set
-from models.suite.tasks import TASKS, Example, make_split, stress_split
-from producers.reference import Traced, run_traced
-from stream_processors.risk.policy import RiskPolicy, family_of, policy_path
-from stream_processors.risk.score import Assessment, TraceRisk
+from evostream.models.loading import LoadedModel, load_model
+from evostream.models.suite.evaluate import eval_set
+from evostream.models.suite.tasks import TASKS, Example, make_split, stress_split
+from evostream.producers.reference import Traced, run_traced
+from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_path
+from evostream.stream_processors.risk.score import Assessment, TraceRisk
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]
@@ -198,11 +198,14 @@ def report(label: str, rows: Sequence[Outcome], base: Baselines, reps: int, seed
             tb = _boot(len(m), reps, rng)
             label_t = f"  {t} ({len(m)}, {wrong[m].sum()} wrong)"
             few = min(wrong[m].sum(), (~wrong[m]).sum()) < MIN_CLASS
-            cells = [_stat(lambda i, s=scores[k][m], w=wrong[m]: auroc(s[i], w[i]), tb, len(m), not few)
-                     for k in SCORES]  # fmt: skip
+            cells = [
+                _stat(lambda i, s=scores[k][m], w=wrong[m]: auroc(s[i], w[i]), tb, len(m), not few) for k in SCORES
+            ]
             print(f"  {label_t:36}" + "".join(f"{c:>{width}}" for c in cells))
-    print(f"  {'alerts (share of traces)':36}" + "".join(
-        f"{f'{alerts[k].sum()} ({alerts[k].mean():.1%})':>{width}}" for k in SCORES))  # fmt: skip
+    print(
+        f"  {'alerts (share of traces)':36}"
+        + "".join(f"{f'{alerts[k].sum()} ({alerts[k].mean():.1%})':>{width}}" for k in SCORES)
+    )
 
     def precision(k: str, i: npt.NDArray[np.intp]) -> float:
         a = alerts[k][i]
@@ -214,8 +217,10 @@ def report(label: str, rows: Sequence[Outcome], base: Baselines, reps: int, seed
 
     row("alert precision (wrong | alert)", precision, boots)
     row("alert recall (alert | wrong)", recall, boots)
-    print(f"  {'false alerts (on right answers)':36}" + "".join(
-        f"{f'{(alerts[k] & ~wrong).sum()} of {(~wrong).sum()}':>{width}}" for k in SCORES))  # fmt: skip
+    print(
+        f"  {'false alerts (on right answers)':36}"
+        + "".join(f"{f'{(alerts[k] & ~wrong).sum()} of {(~wrong).sum()}':>{width}}" for k in SCORES)
+    )
     unflagged = sum(r.alerted and not r.flagged for r in rows)
     n_alerts = int(alerts["risk score"].sum())
     print(f"  risk alerts with no flag raised at any step (the entropy term alone): {unflagged} of {n_alerts}")
@@ -275,8 +280,13 @@ def faults(lm: LoadedModel, policy: RiskPolicy, prompts: list[str]) -> None:
     for cycle in ([ord("a") + 3], [ord("x") + 3, ord("y") + 3, ord("z") + 3]):
         hook = head.register_forward_hook(RepeatBias(cycle))
         try:
-            cases.append((f"decoder forced to repeat a {len(cycle)}-token cycle", "repetition_loop",
-                          list(run_traced(lm, prompts, max_new_tokens=24))))  # fmt: skip
+            cases.append(
+                (
+                    f"decoder forced to repeat a {len(cycle)}-token cycle",
+                    "repetition_loop",
+                    list(run_traced(lm, prompts, max_new_tokens=24)),
+                )
+            )
         finally:
             hook.remove()
     print()
@@ -286,8 +296,10 @@ def faults(lm: LoadedModel, policy: RiskPolicy, prompts: list[str]) -> None:
         firsts = [f for _, f, _ in folded if f is not None]
         span = f"{min(firsts)}..{max(firsts)}" if firsts else "-"
         blamed = sorted({x for a, _, _ in folded for x in a.blamed_layers})
-        print(f"fault: {label}: {flag} on {np.mean(hit):.0%} of {len(traced)} traces, alert on {len(firsts)}; "
-              f"first alert at step {span}; blamed layers {blamed}")  # fmt: skip
+        print(
+            f"fault: {label}: {flag} on {np.mean(hit):.0%} of {len(traced)} traces, alert on {len(firsts)}; "
+            f"first alert at step {span}; blamed layers {blamed}"
+        )
 
 
 def _disjoint(name: str, rows: Sequence[Example], fitted_on: dict[str, set[str]]) -> list[Example]:
@@ -316,26 +328,38 @@ def main() -> None:
     path = policy_path(family_of(lm.version))
     if path.exists():
         policy = RiskPolicy.from_json(path.read_text(encoding="utf-8"), str(path))
-        print(f"# policy {policy.name} from {path} (calibrated on {policy.calibration.get('model_version')}, "
-              f"{policy.calibration.get('traces')} traces)")  # fmt: skip
+        print(
+            f"# policy {policy.name} from {path} (calibrated on {policy.calibration.get('model_version')}, "
+            f"{policy.calibration.get('traces')} traces)"
+        )
     else:
         policy = calibrate_model(lm, [e.prompt for e in make_split("calibration", 100)])
         policy.calibration.update(split="calibration", per_task=100)
         print(f"# policy calibrated now on {policy.calibration['steps']} steps (no {path})")
     print(f"# model {lm.version}, {lm.parameter_count():,} parameters")
-    print(f"# policy numbers: entropy_bits {policy.entropy_bits}, collapse_z {policy.collapse_z}, blowup_z "
-          f"{policy.blowup_z}, alert_score {policy.alert_score}, critical_score {policy.critical_score}, "
-          f"entropy_weight {policy.entropy_weight}")  # fmt: skip
+    print(
+        f"# policy numbers: entropy_bits {policy.entropy_bits}, collapse_z {policy.collapse_z}, blowup_z "
+        f"{policy.blowup_z}, alert_score {policy.alert_score}, critical_score {policy.critical_score}, "
+        f"entropy_weight {policy.entropy_weight}"
+    )
     alone = policy.entropy_alone_alerts_at()
-    print("# computed from the loaded policy: with no flag raised, the entropy term alone "
-          + (f"alerts when a trace's mean entropy >= {alone:.4g} bits (alert_score x entropy_bits / (entropy_weight "
-             "- alert_score)): below the flags, the risk alert is a mean-entropy threshold" if alone is not None
-             else "never alerts (alert_score >= entropy_weight)"))  # fmt: skip
+    print(
+        "# computed from the loaded policy: with no flag raised, the entropy term alone "
+        + (
+            f"alerts when a trace's mean entropy >= {alone:.4g} bits (alert_score x entropy_bits / (entropy_weight "
+            "- alert_score)): below the flags, the risk alert is a mean-entropy threshold"
+            if alone is not None
+            else "never alerts (alert_score >= entropy_weight)"
+        )
+    )
     per_task = int(policy.calibration.get("per_task", int(policy.calibration.get("traces", 600)) // len(TASKS)))
     reference = {e.prompt for e in make_split(str(policy.calibration.get("split", "calibration")), per_task)}
     policy_split = f"the policy's calibration split ({len(reference)} prompts)"
-    cal = _disjoint("calibration stress split", stress_split(args.calibration_stress, seed="stress-calibration"),
-                    {policy_split: reference})  # fmt: skip
+    cal = _disjoint(
+        "calibration stress split",
+        stress_split(args.calibration_stress, seed="stress-calibration"),
+        {policy_split: reference},
+    )
     fitted = {policy_split: reference, f"the calibration stress split ({len(cal)} prompts)": {e.prompt for e in cal}}
     held_out = _disjoint("held-out suite", list(eval_set(args.per_task)), fitted)
     stress = _disjoint("stress split", stress_split(args.stress), fitted)
@@ -343,19 +367,25 @@ def main() -> None:
     fault_prompts = _disjoint("fault prompts", make_split("faults", max(1, n_faults // 6)), fitted)[:n_faults]
 
     base = fit_baselines(outcomes(lm, policy, cal))
-    print(f"# calibration stress split ({base.n} prompts, seed 'stress-calibration'): risk alerts on "
-          f"{base.risk_alert_rate:.1%}; task error rates "
-          + ", ".join(f"{t} {r:.1%}" for t, r in base.task_error.items())
-          + "; baseline alert cut-offs (alert when above) "
-          + ", ".join(f"{k} {v:.4g}" for k, v in base.cutoffs.items()))  # fmt: skip
+    print(
+        f"# calibration stress split ({base.n} prompts, seed 'stress-calibration'): risk alerts on "
+        f"{base.risk_alert_rate:.1%}; task error rates "
+        + ", ".join(f"{t} {r:.1%}" for t, r in base.task_error.items())
+        + "; baseline alert cut-offs (alert when above) "
+        + ", ".join(f"{k} {v:.4g}" for k, v in base.cutoffs.items())
+    )
     report("held-out suite", outcomes(lm, policy, held_out), base, args.bootstrap)
     report("stress split (just past the training distribution)", outcomes(lm, policy, stress), base, args.bootstrap)
     faults(lm, policy, [e.prompt for e in fault_prompts])
-    print(f"# 95% intervals: {args.bootstrap} bootstrap resamples of the traces (per task: within the task; none "
-          f"where a task has fewer than {MIN_CLASS} wrong or right answers)")  # fmt: skip
-    print(f"# reproduce: python -m bench.risk_quality --per-task {args.per_task} --stress {args.stress} "
-          f"--calibration-stress {args.calibration_stress} --fault-prompts {args.fault_prompts} "
-          f"--bootstrap {args.bootstrap}")  # fmt: skip
+    print(
+        f"# 95% intervals: {args.bootstrap} bootstrap resamples of the traces (per task: within the task; none "
+        f"where a task has fewer than {MIN_CLASS} wrong or right answers)"
+    )
+    print(
+        f"# reproduce: python -m bench.risk_quality --per-task {args.per_task} --stress {args.stress} "
+        f"--calibration-stress {args.calibration_stress} --fault-prompts {args.fault_prompts} "
+        f"--bootstrap {args.bootstrap}"
+    )
 
 
 if __name__ == "__main__":

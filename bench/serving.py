@@ -41,12 +41,12 @@ from typing import Any
 from bench.broker import bench_broker
 from bench.procs import stop
 from bench.stats import pct, spread
-from evostream.bus.reader import TopicReader
-from evostream.clock import now_us
-from models.suite.evaluate import eval_set
-from models.suite.tasks import Example
-from producers.client import InferenceClient, Published, Reply
-from schemas.catalog import STEPS
+from evostream.core.bus.reader import TopicReader
+from evostream.core.clock import now_us
+from evostream.models.suite.evaluate import eval_set
+from evostream.models.suite.tasks import Example
+from evostream.producers.client import InferenceClient, Published, Reply
+from evostream.schemas.catalog import STEPS
 
 MAX_NEW_TOKENS = 32
 
@@ -66,10 +66,25 @@ def start_servers(bootstrap: str, n: int, max_batch: int, batching: str, tmp: Pa
     for k in range(n):
         log = tmp / f"serve-{k}.log"
         with log.open("wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "evostream.cli", "serve", "--bootstrap", bootstrap,
-                                     "--max-batch", str(max_batch), "--batching", batching,
-                                     "--log-level", "WARNING"],
-                                    stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))  # fmt: skip
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "evostream.cli",
+                    "serve",
+                    "--bootstrap",
+                    bootstrap,
+                    "--max-batch",
+                    str(max_batch),
+                    "--batching",
+                    batching,
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(os.environ),
+            )
         servers.append(Server(proc, log))
     deadline = time.monotonic() + 180
     for s in servers:
@@ -140,8 +155,17 @@ def first_token_ms(bootstrap: str, replies: Sequence[dict[str, Any]], since_us: 
     """Submit -> step-0 event emitted, per reply (its trace's step 0 read back from evo.steps)."""
     want = {r["trace_id"]: r for r in replies if r["token_count"] > 0}
     found: dict[str, float] = {}
-    with TopicReader(bootstrap, STEPS, "GenerationStep", since_us=since_us, idle_s=None, timeout_s=120,
-                     until=lambda: len(found) >= len(want), batch=5000, name="bench-ttft") as reader:  # fmt: skip
+    with TopicReader(
+        bootstrap,
+        STEPS,
+        "GenerationStep",
+        since_us=since_us,
+        idle_s=None,
+        timeout_s=120,
+        until=lambda: len(found) >= len(want),
+        batch=5000,
+        name="bench-ttft",
+    ) as reader:
         for step in reader:
             rec = want.get(step["trace_id"])
             if rec is not None and step["step"] == 0:
@@ -161,34 +185,47 @@ def ms(xs: list[float]) -> str:
     return f"p50 {statistics.median(xs):,.1f} ms, p99 {pct(xs, 99):,.1f} ms"
 
 
-def client_section(bootstrap: str, args: argparse.Namespace, examples: Sequence[Example], rep: int, mode: str,
-                   note: Callable[[str, float], None]) -> None:  # fmt: skip
+def client_section(
+    bootstrap: str,
+    args: argparse.Namespace,
+    examples: Sequence[Example],
+    rep: int,
+    mode: str,
+    note: Callable[[str, float], None],
+) -> None:
     """The pipelined client, and the client as it was, against the same service."""
     with InferenceClient(bootstrap, max_in_flight=args.in_flight) as client:
         out = pipelined(client, examples)
-    print(f"rep {rep} ({mode}): pipelined client, {out.total} requests (<= {args.in_flight} in flight): "
-          f"{out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}; {out.right}/{out.total} right")  # fmt: skip
+    print(
+        f"rep {rep} ({mode}): pipelined client, {out.total} requests (<= {args.in_flight} in flight): "
+        f"{out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}; {out.right}/{out.total} right"
+    )
     note("pipelined client requests/s", out.per_s)
     note("pipelined client latency p50 ms", statistics.median(out.latencies_ms))
     note("pipelined client latency p99 ms", pct(out.latencies_ms, 99))
     if args.legacy:
         old = legacy(bootstrap, examples[: args.legacy])
-        print(f"rep {rep} ({mode}): client as it was, {old.total} requests: {old.per_s:,.1f} requests/s, "
-              f"latency {ms(old.latencies_ms)}; {old.right}/{old.total} right")  # fmt: skip
+        print(
+            f"rep {rep} ({mode}): client as it was, {old.total} requests: {old.per_s:,.1f} requests/s, "
+            f"latency {ms(old.latencies_ms)}; {old.right}/{old.total} right"
+        )
         note("client as it was requests/s", old.per_s)
 
 
-def level(bootstrap: str, examples: Sequence[Example], c: int, rep: int, mode: str,
-          note: Callable[[str, float], None]) -> None:  # fmt: skip
+def level(
+    bootstrap: str, examples: Sequence[Example], c: int, rep: int, mode: str, note: Callable[[str, float], None]
+) -> None:
     """A closed loop keeping ``c`` requests in flight."""
     since = now_us() - 1_000_000
     with InferenceClient(bootstrap, max_in_flight=c) as client:
         out = pipelined(client, examples)
     ttft = first_token_ms(bootstrap, out.replies, since)
     queue = [r["timings"]["queue_us"] / 1000 for r in out.replies]
-    print(f"rep {rep} ({mode}): {c} in flight, {out.total} requests: {out.tokens / out.seconds:,.0f} generated "
-          f"tokens/s, {out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}, time to first token {ms(ttft)} "
-          f"(of which send -> admitted {ms(queue)}); {out.right}/{out.total} right")  # fmt: skip
+    print(
+        f"rep {rep} ({mode}): {c} in flight, {out.total} requests: {out.tokens / out.seconds:,.0f} generated "
+        f"tokens/s, {out.per_s:,.1f} requests/s, latency {ms(out.latencies_ms)}, time to first token {ms(ttft)} "
+        f"(of which send -> admitted {ms(queue)}); {out.right}/{out.total} right"
+    )
     note(f"{mode}, {c} in flight: tokens/s", out.tokens / out.seconds)
     note(f"{mode}, {c} in flight: requests/s", out.per_s)
     note(f"{mode}, {c} in flight: TTFT p50 ms", statistics.median(ttft))
@@ -248,14 +285,18 @@ def main() -> None:
                 finally:
                     for s in servers:
                         s.stop()
-    print(f"over {args.reps} reps, min / median / max ({args.instances} evostream serve, --max-batch {args.max_batch}, "
-          f"default model, {os.cpu_count()} CPUs, broker on the same machine):")  # fmt: skip
+    print(
+        f"over {args.reps} reps, min / median / max ({args.instances} evostream serve, --max-batch {args.max_batch}, "
+        f"default model, {os.cpu_count()} CPUs, broker on the same machine):"
+    )
     for key, vals in rows.items():
         print(f"  {key}: {spread(vals, ',.1f')}")
-    print(f"# reproduce: python -m bench.serving --requests {args.requests} --in-flight {args.in_flight} "
-          f"--legacy {args.legacy} --concurrency {args.concurrency} --per-level {args.per_level} "
-          f"--instances {args.instances} --max-batch {args.max_batch} --batching {args.batching} "
-          f"--reps {args.reps}")  # fmt: skip
+    print(
+        f"# reproduce: python -m bench.serving --requests {args.requests} --in-flight {args.in_flight} "
+        f"--legacy {args.legacy} --concurrency {args.concurrency} --per-level {args.per_level} "
+        f"--instances {args.instances} --max-batch {args.max_batch} --batching {args.batching} "
+        f"--reps {args.reps}"
+    )
 
 
 if __name__ == "__main__":

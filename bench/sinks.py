@@ -33,16 +33,16 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from bench.broker import bench_broker
-from consumers.sinks.runner import RunnerOptions, SinkRunner
-from evostream.bus.admin import ensure_topics
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
 from evostream.cli.sinks import parse_options
-from plugins.api import DEFAULT_TOPICS, SinkContext
-from plugins.registry import load
-from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK, topic_spec
-from schemas.codec import RecordCodec
-from schemas.samples import alert, completion, drift_report, governance, profile, risk_report
+from evostream.consumers.sinks.runner import RunnerOptions, SinkRunner
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.plugins.api import DEFAULT_TOPICS, SinkContext
+from evostream.plugins.discovery import load
+from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK, topic_spec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import alert, completion, drift_report, governance, profile, risk_report
 
 
 def mix(traces: int, t_us: int) -> dict[str, list[dict[str, object]]]:
@@ -115,8 +115,12 @@ def baseline(bootstrap: str, topics: tuple[str, ...], n: int, max_records: int) 
 def through_sink(bootstrap: str, name: str, cls: type, options: dict[str, str], n: int, max_records: int) -> float:
     with tempfile.TemporaryDirectory(prefix=f"bench-sink-{name}-") as tmp:
         sink = cls(SinkContext(name, Path(tmp), options))
-        runner = SinkRunner(bootstrap, sink, RunnerOptions(max_records=max_records, max_wait_s=0.5),
-                            group=f"bench-sink-{name}-{uuid.uuid4().hex[:8]}")  # fmt: skip
+        runner = SinkRunner(
+            bootstrap,
+            sink,
+            RunnerOptions(max_records=max_records, max_wait_s=0.5),
+            group=f"bench-sink-{name}-{uuid.uuid4().hex[:8]}",
+        )
         t0 = 0.0
         try:
             deadline = time.monotonic() + 900

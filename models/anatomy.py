@@ -12,12 +12,28 @@ from dataclasses import dataclass
 from torch import nn
 from transformers import PreTrainedModel
 
-from evostream.errors import EvoError
+from evostream.core.errors import EvoError
 
-ATTN_OUT = ("SelfAttention.o", "self_attn.o_proj", "self_attn.out_proj", "attn.c_proj", "attn.out_proj",
-            "attention.dense", "self_attention.dense", "attn.o_proj")  # fmt: skip
-FFN_OUT = ("DenseReluDense.wo", "mlp.down_proj", "mlp.c_proj", "mlp.fc2", "fc2", "mlp.dense_4h_to_h",
-           "feed_forward.w2", "mlp.fc_out")  # fmt: skip
+ATTN_OUT = (
+    "SelfAttention.o",
+    "self_attn.o_proj",
+    "self_attn.out_proj",
+    "attn.c_proj",
+    "attn.out_proj",
+    "attention.dense",
+    "self_attention.dense",
+    "attn.o_proj",
+)
+FFN_OUT = (
+    "DenseReluDense.wo",
+    "mlp.down_proj",
+    "mlp.c_proj",
+    "mlp.fc2",
+    "fc2",
+    "mlp.dense_4h_to_h",
+    "feed_forward.w2",
+    "mlp.fc_out",
+)
 LAYER_LISTS = ("block", "layers", "h", "layer", "blocks")
 
 

@@ -29,8 +29,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from evostream.errors import EvoError
-from models.default_model import MODEL_ID, WEIGHTS_DIR
+from evostream.core.errors import EvoError
+from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR
 
 DEFAULT_MODEL = "default"
 INT8_MARKER = "evostream_quantization"
@@ -92,7 +92,9 @@ def load_model(
     name = MODEL_ID if source == DEFAULT_MODEL else source
     ref = str(path) if path.exists() else source
     if source == DEFAULT_MODEL and not (path / "config.json").exists():
-        raise ModelLoadError(f"the embedded model is missing from {path}: run python -m models.default_model.train")
+        raise ModelLoadError(
+            f"the embedded model is missing from {path}: run python -m evostream.models.default_model.train"
+        )
     _check_source(source, path, allow_download)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     local_only = not allow_download
@@ -136,8 +138,10 @@ def _load_int8(config: PretrainedConfig, folder: Path, is_seq2seq: bool, kwargs:
             continue
         scale = tensors.get(name + INT8_SCALE)
         if (tensor.dtype == torch.int8) != (scale is not None):
-            raise ModelLoadError(f"{file}: {name} is {tensor.dtype} {'with' if scale is not None else 'without'} "
-                                 f"a scale; an int8 weight needs one and only int8 weights have one")  # fmt: skip
+            raise ModelLoadError(
+                f"{file}: {name} is {tensor.dtype} {'with' if scale is not None else 'without'} "
+                f"a scale; an int8 weight needs one and only int8 weights have one"
+            )
         state[name] = tensor if scale is None else tensor.to(torch.float32) * scale
     delattr(config, INT8_MARKER)
     mapping = MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING if is_seq2seq else MODEL_FOR_CAUSAL_LM_MAPPING
@@ -172,8 +176,10 @@ def _check_source(source: str, path: Path, allow_download: bool) -> None:
     except HFValidationError as e:
         raise ModelLoadError(f"model {source!r} is neither an existing folder nor a Hugging Face id: {e}") from e
     if not isinstance(cached, str):
-        raise ModelLoadError(f"model {source!r} is neither an existing folder nor in the local Hugging Face cache "
-                             f"({hf_constants.HF_HUB_CACHE}); evostream loads models offline")  # fmt: skip
+        raise ModelLoadError(
+            f"model {source!r} is neither an existing folder nor in the local Hugging Face cache "
+            f"({hf_constants.HF_HUB_CACHE}); evostream loads models offline"
+        )
 
 
 def wrap_model(

@@ -16,9 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from consumers.sinks.contract import Positions, Record, Result, Status
-from evostream.errors import SinkConfigError
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+from evostream.consumers.sinks.contract import Positions, Record, Result, Status
+from evostream.core.errors import SinkConfigError
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
 
 __all__ = ["DEFAULT_TOPICS", "ENTRY_POINT_GROUP", "Positions", "Record", "Result", "Sink", "SinkContext", "Status"]
 
@@ -53,8 +53,10 @@ class SinkContext:
     def require(self, option: str) -> str:
         value = self.options.get(option)
         if not value:
-            raise SinkConfigError(f"sink {self.name!r} needs the option {option!r}: set {self.env_name(option)} or "
-                                  f"pass --option {self.name}.{option}=VALUE")  # fmt: skip
+            raise SinkConfigError(
+                f"sink {self.name!r} needs the option {option!r}: set {self.env_name(option)} or "
+                f"pass --option {self.name}.{option}=VALUE"
+            )
         return value
 
     def number(self, option: str, default: float) -> float:
@@ -64,8 +66,9 @@ class SinkContext:
         try:
             return float(text)
         except ValueError as e:
-            raise SinkConfigError(f"sink {self.name!r}: option {option!r} must be a number, got {text!r} "
-                                  f"({self.env_name(option)})") from e  # fmt: skip
+            raise SinkConfigError(
+                f"sink {self.name!r}: option {option!r} must be a number, got {text!r} ({self.env_name(option)})"
+            ) from e
 
 
 class Sink(ABC):

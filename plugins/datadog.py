@@ -56,9 +56,9 @@ from datadog_api_client.v2.model.metric_point import MetricPoint
 from datadog_api_client.v2.model.metric_series import MetricSeries
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from evostream.errors import SinkConfigError
-from plugins.api import Record, Result, Sink, SinkContext, Status
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+from evostream.core.errors import SinkConfigError
+from evostream.plugins.api import Record, Result, Sink, SinkContext, Status
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
 
 log = logging.getLogger("evostream.sinks.datadog")
 MAX_COMPRESSED = 512_000
@@ -86,10 +86,12 @@ def points(rec: Record) -> tuple[int, list[Point], list[EventCreateRequest]]:
     events: list[EventCreateRequest] = []
     if topic == COMPLETIONS:
         t, at = v["timings"], v["completed_at_us"]
-        out += [("evostream.requests", COUNT, 1.0, [*tags, f"finish_reason:{v['finish_reason']}"]),
-                ("evostream.tokens.generated", COUNT, float(v["token_count"]), tags),
-                ("evostream.tokens.prompt", COUNT, float(v["prompt_token_count"]), tags),
-                ("evostream.request.duration", GAUGE, t["total_us"] / 1e6, tags)]  # fmt: skip
+        out += [
+            ("evostream.requests", COUNT, 1.0, [*tags, f"finish_reason:{v['finish_reason']}"]),
+            ("evostream.tokens.generated", COUNT, float(v["token_count"]), tags),
+            ("evostream.tokens.prompt", COUNT, float(v["prompt_token_count"]), tags),
+            ("evostream.request.duration", GAUGE, t["total_us"] / 1e6, tags),
+        ]
         if v["error"] is None and v["token_count"] > 0:
             out.append(("evostream.time_to_first_token", GAUGE, (t["queue_us"] + t["prefill_us"]) / 1e6, tags))
     elif topic == RISK:
@@ -99,25 +101,37 @@ def points(rec: Record) -> tuple[int, list[Point], list[EventCreateRequest]]:
     elif topic == ALERTS:
         at = v["produced_at_us"]
         out.append(("evostream.risk.alerts", COUNT, 1.0, [*tags, f"severity:{v['severity']}"]))
-        events.append(EventCreateRequest(
-            title=f"evostream: {v['severity']} risk alert on {v['model_version']}",
-            text=f"score {v['score']:.3f}, flags {', '.join(v['flags']) or 'none'}: {v['reason']}"[:4000],
-            alert_type=ALERT_TYPE[v["severity"]], tags=[*tags, f"severity:{v['severity']}"],
-            aggregation_key=f"evostream-risk-{v['model_version']}"[:100], source_type_name="evostream",
-            date_happened=at // 1_000_000,
-        ))  # fmt: skip
+        events.append(
+            EventCreateRequest(
+                title=f"evostream: {v['severity']} risk alert on {v['model_version']}",
+                text=f"score {v['score']:.3f}, flags {', '.join(v['flags']) or 'none'}: {v['reason']}"[:4000],
+                alert_type=ALERT_TYPE[v["severity"]],
+                tags=[*tags, f"severity:{v['severity']}"],
+                aggregation_key=f"evostream-risk-{v['model_version']}"[:100],
+                source_type_name="evostream",
+                date_happened=at // 1_000_000,
+            )
+        )
     elif topic == DRIFT:
         at = v["produced_at_us"]
         out.append(("evostream.drift.windows", COUNT, 1.0, [*tags, f"fired:{str(v['fired']).lower()}"]))
-        out += [("evostream.drift.statistic", GAUGE, float(s["value"]), [*tags, f"statistic:{s['name']}"])
-                for s in v["statistics"]]  # fmt: skip
+        out += [
+            ("evostream.drift.statistic", GAUGE, float(s["value"]), [*tags, f"statistic:{s['name']}"])
+            for s in v["statistics"]
+        ]
         if v["fired"]:
             fired = ", ".join(s["name"] for s in v["statistics"] if s["fired"])
-            events.append(EventCreateRequest(
-                title=f"evostream: drift on {v['model_version']}", text=f"fired: {fired}; {v['sample_count']} samples",
-                alert_type=EventAlertType.WARNING, tags=tags, source_type_name="evostream",
-                aggregation_key=f"evostream-drift-{v['model_version']}"[:100], date_happened=at // 1_000_000,
-            ))  # fmt: skip
+            events.append(
+                EventCreateRequest(
+                    title=f"evostream: drift on {v['model_version']}",
+                    text=f"fired: {fired}; {v['sample_count']} samples",
+                    alert_type=EventAlertType.WARNING,
+                    tags=tags,
+                    source_type_name="evostream",
+                    aggregation_key=f"evostream-drift-{v['model_version']}"[:100],
+                    date_happened=at // 1_000_000,
+                )
+            )
     elif topic == PROFILES:
         at = v["produced_at_us"]
         fractions = v["dormant_neuron_fraction"]
@@ -128,12 +142,17 @@ def points(rec: Record) -> tuple[int, list[Point], list[EventCreateRequest]]:
         out.append(("evostream.governance.events", COUNT, 1.0, [f"type:{v['type']}", f"model:{v['model_name']}"]))
         if v["type"] in ("Promoted", "RolledBack"):
             payload = json.loads(v["payload_json"])
-            events.append(EventCreateRequest(
-                title=f"evostream: {v['model_name']} {v['type'].lower()} to {payload.get('version')}",
-                text=f"by {v['actor']}: {v['reason']}"[:4000], alert_type=EventAlertType.INFO,
-                tags=[f"model:{v['model_name']}", f"type:{v['type']}"], source_type_name="evostream",
-                aggregation_key=f"evostream-governance-{v['model_name']}"[:100], date_happened=at // 1_000_000,
-            ))  # fmt: skip
+            events.append(
+                EventCreateRequest(
+                    title=f"evostream: {v['model_name']} {v['type'].lower()} to {payload.get('version')}",
+                    text=f"by {v['actor']}: {v['reason']}"[:4000],
+                    alert_type=EventAlertType.INFO,
+                    tags=[f"model:{v['model_name']}", f"type:{v['type']}"],
+                    source_type_name="evostream",
+                    aggregation_key=f"evostream-governance-{v['model_name']}"[:100],
+                    date_happened=at // 1_000_000,
+                )
+            )
     else:
         at = rec.timestamp_us
     return at // 1_000_000, out, events
@@ -185,15 +204,24 @@ def aggregate(chunk: list[Item], extra: list[str], counted: dict[SeriesKey, int]
             for t in sorted(by_second):
                 moved[max(t, floor)] = moved.get(max(t, floor), 0.0) + by_second[t]
             by_second = moved
-        out.append({"metric": key[0], "type": key[1], "tags": list(key[2]),
-                    "points": [{"timestamp": t, "value": v} for t, v in sorted(by_second.items())]})  # fmt: skip
+        out.append(
+            {
+                "metric": key[0],
+                "type": key[1],
+                "tags": list(key[2]),
+                "points": [{"timestamp": t, "value": v} for t, v in sorted(by_second.items())],
+            }
+        )
     return out
 
 
 def last_counted(series: list[dict[str, Any]]) -> dict[SeriesKey, int]:
     """Each count series' last second in ``series``."""
-    return {(s["metric"], s["type"], tuple(s["tags"])): max(p["timestamp"] for p in s["points"])
-            for s in series if s["type"] == int(COUNT.value) and s["points"]}  # fmt: skip
+    return {
+        (s["metric"], s["type"], tuple(s["tags"])): max(p["timestamp"] for p in s["points"])
+        for s in series
+        if s["type"] == int(COUNT.value) and s["points"]
+    }
 
 
 class DatadogSink(Sink):
@@ -203,18 +231,22 @@ class DatadogSink(Sink):
         super().__init__(ctx)
         key = ctx.option("api_key") or os.environ.get("DD_API_KEY")
         if not key:
-            raise SinkConfigError(f"sink {self.name!r} needs a Datadog API key: set {ctx.env_name('api_key')} or "
-                                  "DD_API_KEY, or pass --option datadog.api_key=KEY")  # fmt: skip
+            raise SinkConfigError(
+                f"sink {self.name!r} needs a Datadog API key: set {ctx.env_name('api_key')} or "
+                "DD_API_KEY, or pass --option datadog.api_key=KEY"
+            )
         host = ctx.option("host")
         site = ctx.option("site", "datadoghq.com") or "datadoghq.com"
         if host is not None and not host.startswith(("http://", "https://")):
-            raise SinkConfigError(f"sink {self.name!r}: host is a base URL such as https://api.datadoghq.eu, "
-                                  f"got {host!r}")  # fmt: skip
+            raise SinkConfigError(
+                f"sink {self.name!r}: host is a base URL such as https://api.datadoghq.eu, got {host!r}"
+            )
         timeout = ctx.number("timeout_s", 10.0)
         self.tags = [t.strip() for t in (ctx.option("tags", "") or "").split(",") if t.strip()]
         try:
-            config = Configuration(host=host or f"https://api.{site}", api_key={"apiKeyAuth": key},
-                                   request_timeout=timeout)  # fmt: skip
+            config = Configuration(
+                host=host or f"https://api.{site}", api_key={"apiKeyAuth": key}, request_timeout=timeout
+            )
         except ValueError as e:
             raise SinkConfigError(f"sink {self.name!r}: {e}") from e
         self.client = ApiClient(config)
@@ -250,8 +282,12 @@ class DatadogSink(Sink):
             events += [(rec, n, e) for n, e in recent if f"{rec.key}#{n}" not in self._events_sent]
         if dropped:
             self.dropped += len(dropped)
-            log.warning("%d records outside Datadog's window (1 h past, 10 min future) not sent, from %s (%d so far)",
-                        len(dropped), dropped[0], self.dropped)  # fmt: skip
+            log.warning(
+                "%d records outside Datadog's window (1 h past, 10 min future) not sent, from %s (%d so far)",
+                len(dropped),
+                dropped[0],
+                self.dropped,
+            )
         # Points of the newest second wait (Datadog keeps one value per series and second): the seconds before it
         # are closed and go now, it goes with a later batch or at the flush. A retry sends only what did not go.
         self._held += fresh
@@ -307,8 +343,12 @@ class DatadogSink(Sink):
         out = self._send(list(self._held))
         if out.status is Status.FAILED:  # the records were handed over as applied: they can only be counted here
             self.refused += len(out.poison)
-            log.error("Datadog refused the held points of %d records for good: %s (%d so far)", len(out.poison),
-                      out.reason, self.refused)  # fmt: skip
+            log.error(
+                "Datadog refused the held points of %d records for good: %s (%d so far)",
+                len(out.poison),
+                out.reason,
+                self.refused,
+            )
             return Result.ok()
         return out
 
@@ -325,11 +365,17 @@ class DatadogSink(Sink):
             self._submit(series[:half])
             self._submit(series[half:])
             return
-        body = MetricPayload(series=[
-            MetricSeries(metric=s["metric"], type=MetricIntakeType(s["type"]), tags=s["tags"],
-                         points=[MetricPoint(timestamp=p["timestamp"], value=p["value"]) for p in s["points"]])
-            for s in series
-        ])  # fmt: skip
+        body = MetricPayload(
+            series=[
+                MetricSeries(
+                    metric=s["metric"],
+                    type=MetricIntakeType(s["type"]),
+                    tags=s["tags"],
+                    points=[MetricPoint(timestamp=p["timestamp"], value=p["value"]) for p in s["points"]],
+                )
+                for s in series
+            ]
+        )
         self.metrics.submit_metrics(body=body, content_encoding=MetricContentEncoding.GZIP)
 
     def close(self) -> None:

@@ -54,9 +54,9 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status as SpanStatus
 from opentelemetry.trace.status import StatusCode
 
-from evostream.errors import SinkConfigError
-from plugins.api import Record, Result, Sink, SinkContext
-from schemas.catalog import ALERTS, COMPLETIONS, RISK, STEPS
+from evostream.core.errors import SinkConfigError
+from evostream.plugins.api import Record, Result, Sink, SinkContext
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, RISK, STEPS
 
 # GenAI semantic conventions (https://opentelemetry.io/docs/specs/semconv/gen-ai/)
 GEN_AI_OPERATION_NAME = "gen_ai.operation.name"
@@ -73,9 +73,15 @@ OPERATION = "text_completion"
 PROVIDER = "evostream"
 OTHER_ERROR = "_OTHER"  # error.type when no low-cardinality error class is known (the conventions' fallback)
 
-RETRYABLE_GRPC = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                  grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED, grpc.StatusCode.OUT_OF_RANGE,
-                  grpc.StatusCode.DATA_LOSS}  # fmt: skip
+RETRYABLE_GRPC = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.DATA_LOSS,
+}
 RETRYABLE_HTTP = {429, 502, 503, 504}
 # the explicit bucket boundaries the GenAI metric conventions give (the SDK's defaults are for milliseconds)
 TOKEN_BUCKETS = [4.0**i for i in range(14)]  # 1, 4, 16 ... 67108864 tokens
@@ -112,13 +118,18 @@ class Transport:
                 stub.Export(request, timeout=self.timeout_s, metadata=tuple(self.headers.items()))
             except grpc.RpcError as e:
                 code = e.code()
-                raise ExportRefusedError(f"OTLP gRPC {signal} to {self.endpoint}: {code.name}: {e.details()}",
-                                         code in RETRYABLE_GRPC) from e  # fmt: skip
+                raise ExportRefusedError(
+                    f"OTLP gRPC {signal} to {self.endpoint}: {code.name}: {e.details()}", code in RETRYABLE_GRPC
+                ) from e
             return
         url = f"{self.endpoint.rstrip('/')}/v1/{signal}"
         body = gzip.compress(request.SerializeToString())
-        req = urllib.request.Request(url, data=body, method="POST", headers={
-            "Content-Type": "application/x-protobuf", "Content-Encoding": "gzip", **self.headers})  # fmt: skip
+        req = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip", **self.headers},
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as reply:
                 reply.read()
@@ -178,23 +189,49 @@ class OtlpSink(Sink):
         self.reader = InMemoryMetricReader()
         self.meters = MeterProvider(metric_readers=[self.reader], resource=self.resource)
         meter = self.meters.get_meter("evostream.sinks.otlp")
-        self.token_usage = meter.create_histogram("gen_ai.client.token.usage", "{token}", "Tokens used per request.",
-                                                  explicit_bucket_boundaries_advisory=TOKEN_BUCKETS)  # fmt: skip
-        self.duration = meter.create_histogram("gen_ai.client.operation.duration", "s", "Request duration.",
-                                               explicit_bucket_boundaries_advisory=DURATION_BUCKETS)  # fmt: skip
-        self.ttft = meter.create_histogram("gen_ai.server.time_to_first_token", "s", "Queue + prefill time.",
-                                           explicit_bucket_boundaries_advisory=TTFT_BUCKETS)  # fmt: skip
-        self.tpot = meter.create_histogram("gen_ai.server.time_per_output_token", "s", "Decode time per token.",
-                                           explicit_bucket_boundaries_advisory=TPOT_BUCKETS)  # fmt: skip
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            "{token}",
+            "Tokens used per request.",
+            explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
+        )
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            "s",
+            "Request duration.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.ttft = meter.create_histogram(
+            "gen_ai.server.time_to_first_token",
+            "s",
+            "Queue + prefill time.",
+            explicit_bucket_boundaries_advisory=TTFT_BUCKETS,
+        )
+        self.tpot = meter.create_histogram(
+            "gen_ai.server.time_per_output_token",
+            "s",
+            "Decode time per token.",
+            explicit_bucket_boundaries_advisory=TPOT_BUCKETS,
+        )
         self.alerts = meter.create_counter("evostream.risk.alerts", "{alert}", "Risk alerts.")
         self._sent: OrderedDict[str, None] = OrderedDict()
         self.remember = int(ctx.number("remember", 100_000))
 
     # -- spans ----------------------------------------------------------------------------------------------------
 
-    def _span(self, name: str, trace: str, span_id: int, parent: int | None, start_ns: int, end_ns: int,
-              attributes: Mapping[str, Any], kind: SpanKind = SpanKind.INTERNAL, events: Sequence[Event] = (),
-              error: str | None = None) -> ReadableSpan:  # fmt: skip
+    def _span(
+        self,
+        name: str,
+        trace: str,
+        span_id: int,
+        parent: int | None,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, Any],
+        kind: SpanKind = SpanKind.INTERNAL,
+        events: Sequence[Event] = (),
+        error: str | None = None,
+    ) -> ReadableSpan:
         tid = trace_id_of(trace)
         flags = TraceFlags(TraceFlags.SAMPLED)
         return ReadableSpan(
@@ -215,19 +252,34 @@ class OtlpSink(Sink):
         v, t = rec.value, rec.value["timings"]
         end = v["completed_at_us"] * 1000
         attrs = {
-            GEN_AI_OPERATION_NAME: OPERATION, GEN_AI_PROVIDER_NAME: PROVIDER,
-            GEN_AI_REQUEST_MODEL: v["model_version"], GEN_AI_RESPONSE_MODEL: v["model_version"],
-            GEN_AI_RESPONSE_ID: v["request_id"], GEN_AI_USAGE_INPUT_TOKENS: v["prompt_token_count"],
+            GEN_AI_OPERATION_NAME: OPERATION,
+            GEN_AI_PROVIDER_NAME: PROVIDER,
+            GEN_AI_REQUEST_MODEL: v["model_version"],
+            GEN_AI_RESPONSE_MODEL: v["model_version"],
+            GEN_AI_RESPONSE_ID: v["request_id"],
+            GEN_AI_USAGE_INPUT_TOKENS: v["prompt_token_count"],
             GEN_AI_USAGE_OUTPUT_TOKENS: v["token_count"],
             GEN_AI_RESPONSE_FINISH_REASONS: [v["finish_reason"].lower()],
-            "evostream.trace_id": v["trace_id"], "evostream.tenant": v["tenant"],
-            "evostream.queue_us": t["queue_us"], "evostream.prefill_us": t["prefill_us"],
-            "evostream.decode_us": t["decode_us"], "evostream.record": rec.key,
-        }  # fmt: skip
+            "evostream.trace_id": v["trace_id"],
+            "evostream.tenant": v["tenant"],
+            "evostream.queue_us": t["queue_us"],
+            "evostream.prefill_us": t["prefill_us"],
+            "evostream.decode_us": t["decode_us"],
+            "evostream.record": rec.key,
+        }
         if v["error"] is not None:  # the message is unbounded text: the span's status carries it, error.type does not
             attrs[ERROR_TYPE] = OTHER_ERROR
-        return self._span(f"{OPERATION} {v['model_version']}", v["trace_id"], request_span_id(v["trace_id"]), None,
-                          end - t["total_us"] * 1000, end, attrs, SpanKind.SERVER, error=v["error"])  # fmt: skip
+        return self._span(
+            f"{OPERATION} {v['model_version']}",
+            v["trace_id"],
+            request_span_id(v["trace_id"]),
+            None,
+            end - t["total_us"] * 1000,
+            end,
+            attrs,
+            SpanKind.SERVER,
+            error=v["error"],
+        )
 
     def _risk(self, rec: Record) -> ReadableSpan:
         v = rec.value
@@ -235,34 +287,77 @@ class OtlpSink(Sink):
         events = []
         if v["flags"]:
             step_attrs = {"evostream.risk.step": v["step"]} if v["step"] is not None else {}
-            events = [Event("evostream.risk.flagged_step" if v["stage"] == "EARLY" else "evostream.risk.flag",
-                            {"evostream.risk.flag": f, **step_attrs}, at) for f in v["flags"]]  # fmt: skip
+            events = [
+                Event(
+                    "evostream.risk.flagged_step" if v["stage"] == "EARLY" else "evostream.risk.flag",
+                    {"evostream.risk.flag": f, **step_attrs},
+                    at,
+                )
+                for f in v["flags"]
+            ]
         attrs = {
-            "evostream.risk.stage": v["stage"], "evostream.risk.score": v["score"], "evostream.risk.flags": v["flags"],
-            "evostream.risk.blamed_layers": v["blamed_layers"], "evostream.risk.policy": v["policy"],
-            "evostream.risk.steps": v["steps"], "evostream.record": rec.key,
-        }  # fmt: skip
-        return self._span(f"evaluate_risk {v['model_version']}", v["trace_id"], _id("risk", rec.key, size=8),
-                          request_span_id(v["trace_id"]), at, at, attrs, events=events)  # fmt: skip
+            "evostream.risk.stage": v["stage"],
+            "evostream.risk.score": v["score"],
+            "evostream.risk.flags": v["flags"],
+            "evostream.risk.blamed_layers": v["blamed_layers"],
+            "evostream.risk.policy": v["policy"],
+            "evostream.risk.steps": v["steps"],
+            "evostream.record": rec.key,
+        }
+        return self._span(
+            f"evaluate_risk {v['model_version']}",
+            v["trace_id"],
+            _id("risk", rec.key, size=8),
+            request_span_id(v["trace_id"]),
+            at,
+            at,
+            attrs,
+            events=events,
+        )
 
     def _alert(self, rec: Record) -> ReadableSpan:
         v = rec.value
         at = v["produced_at_us"] * 1000
-        attrs = {"evostream.alert.severity": v["severity"], "evostream.risk.stage": v["stage"],
-                 "evostream.risk.score": v["score"], "evostream.risk.flags": v["flags"],
-                 "evostream.alert.reason": v["reason"], "evostream.record": rec.key}  # fmt: skip
+        attrs = {
+            "evostream.alert.severity": v["severity"],
+            "evostream.risk.stage": v["stage"],
+            "evostream.risk.score": v["score"],
+            "evostream.risk.flags": v["flags"],
+            "evostream.alert.reason": v["reason"],
+            "evostream.record": rec.key,
+        }
         event = Event("evostream.risk.alert", {"evostream.alert.severity": v["severity"]}, at)
-        return self._span(f"risk_alert {v['severity'].lower()}", v["trace_id"], _id("alert", rec.key, size=8),
-                          request_span_id(v["trace_id"]), at, at, attrs, events=[event])  # fmt: skip
+        return self._span(
+            f"risk_alert {v['severity'].lower()}",
+            v["trace_id"],
+            _id("alert", rec.key, size=8),
+            request_span_id(v["trace_id"]),
+            at,
+            at,
+            attrs,
+            events=[event],
+        )
 
     def _step(self, rec: Record) -> ReadableSpan:
         v = rec.value
         end = v["emitted_at_us"] * 1000
-        attrs = {"evostream.step": v["step"], "evostream.token_id": v["token_id"],
-                 "evostream.entropy_bits": v["entropy_bits"], "evostream.surprisal_bits": v["surprisal_bits"],
-                 "evostream.top1_top2_margin": v["top1_top2_margin"], "evostream.record": rec.key}  # fmt: skip
-        return self._span(f"generate_token {v['step']}", v["trace_id"], _id("step", rec.key, size=8),
-                          request_span_id(v["trace_id"]), end - v["latency_us"] * 1000, end, attrs)  # fmt: skip
+        attrs = {
+            "evostream.step": v["step"],
+            "evostream.token_id": v["token_id"],
+            "evostream.entropy_bits": v["entropy_bits"],
+            "evostream.surprisal_bits": v["surprisal_bits"],
+            "evostream.top1_top2_margin": v["top1_top2_margin"],
+            "evostream.record": rec.key,
+        }
+        return self._span(
+            f"generate_token {v['step']}",
+            v["trace_id"],
+            _id("step", rec.key, size=8),
+            request_span_id(v["trace_id"]),
+            end - v["latency_us"] * 1000,
+            end,
+            attrs,
+        )
 
     # -- the sink -------------------------------------------------------------------------------------------------
 
@@ -289,8 +384,12 @@ class OtlpSink(Sink):
             return
         if rec.topic != COMPLETIONS:
             return
-        base = {GEN_AI_OPERATION_NAME: OPERATION, GEN_AI_PROVIDER_NAME: PROVIDER,
-                GEN_AI_REQUEST_MODEL: v["model_version"], GEN_AI_RESPONSE_MODEL: v["model_version"]}  # fmt: skip
+        base = {
+            GEN_AI_OPERATION_NAME: OPERATION,
+            GEN_AI_PROVIDER_NAME: PROVIDER,
+            GEN_AI_REQUEST_MODEL: v["model_version"],
+            GEN_AI_RESPONSE_MODEL: v["model_version"],
+        }
         t = v["timings"]
         self.token_usage.record(v["prompt_token_count"], {**base, GEN_AI_TOKEN_TYPE: "input"})
         self.token_usage.record(v["token_count"], {**base, GEN_AI_TOKEN_TYPE: "output"})

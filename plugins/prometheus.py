@@ -40,9 +40,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from evostream.errors import SinkConfigError
-from plugins.api import Record, Result, Sink, SinkContext
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+from evostream.core.errors import SinkConfigError
+from evostream.plugins.api import Record, Result, Sink, SinkContext
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -59,25 +59,51 @@ class Metrics:
         self.requests = Counter("evostream_requests", "Completed requests.", (*v, "finish_reason"), registry=r)
         self.tokens = Counter("evostream_generated_tokens", "Tokens generated.", v, registry=r)
         self.prompt_tokens = Counter("evostream_prompt_tokens", "Prompt tokens read.", v, registry=r)
-        self.ttft = Histogram("evostream_time_to_first_token_seconds", "Queue + prefill time of a request.", v,
-                              buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.itl = Histogram("evostream_inter_token_latency_seconds", "Mean gap between a request's tokens.", v,
-                             buckets=TOKEN_GAP_BUCKETS, registry=r)  # fmt: skip
-        self.duration = Histogram("evostream_request_duration_seconds", "From arrival to the last token.", v,
-                                  buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.risk = Histogram("evostream_risk_score", "Risk scores of reports.", (*v, "stage"), buckets=SCORE_BUCKETS,
-                              registry=r)  # fmt: skip
+        self.ttft = Histogram(
+            "evostream_time_to_first_token_seconds",
+            "Queue + prefill time of a request.",
+            v,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "evostream_inter_token_latency_seconds",
+            "Mean gap between a request's tokens.",
+            v,
+            buckets=TOKEN_GAP_BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "evostream_request_duration_seconds",
+            "From arrival to the last token.",
+            v,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.risk = Histogram(
+            "evostream_risk_score", "Risk scores of reports.", (*v, "stage"), buckets=SCORE_BUCKETS, registry=r
+        )
         self.flags = Counter("evostream_risk_flags", "Risk flags raised.", (*v, "flag"), registry=r)
         self.alerts = Counter("evostream_alerts", "Risk alerts.", (*v, "severity"), registry=r)
-        self.drift = Gauge("evostream_drift_statistic", "The latest drift window's statistic.", (*v, "statistic"),
-                           registry=r)  # fmt: skip
-        self.drift_cut = Gauge("evostream_drift_threshold", "The latest drift window's threshold.", (*v, "statistic"),
-                               registry=r)  # fmt: skip
+        self.drift = Gauge(
+            "evostream_drift_statistic", "The latest drift window's statistic.", (*v, "statistic"), registry=r
+        )
+        self.drift_cut = Gauge(
+            "evostream_drift_threshold", "The latest drift window's threshold.", (*v, "statistic"), registry=r
+        )
         self.windows = Counter("evostream_drift_windows", "Drift windows judged.", (*v, "fired"), registry=r)
-        self.dormant = Gauge("evostream_dormant_neuron_fraction", "Mean dormant FFN neuron fraction of the latest "
-                             "profile.", v, registry=r)  # fmt: skip
-        self.active = Gauge("evostream_model_active", "1 for the version serving a model in production.",
-                            ("model", "model_version"), registry=r)  # fmt: skip
+        self.dormant = Gauge(
+            "evostream_dormant_neuron_fraction",
+            "Mean dormant FFN neuron fraction of the latest profile.",
+            v,
+            registry=r,
+        )
+        self.active = Gauge(
+            "evostream_model_active",
+            "1 for the version serving a model in production.",
+            ("model", "model_version"),
+            registry=r,
+        )
         self.governance = Counter("evostream_governance_events", "Governance events.", ("type",), registry=r)
         self.records = Counter("evostream_sink_records", "Records applied by this sink.", ("topic",), registry=r)
 
@@ -126,8 +152,11 @@ class PrometheusSink(Sink):
                 if len(self._seen) > self.remember:
                     self._seen.popitem(last=False)
         if poison:
-            return Result.failed(f"more than max_versions={self.max_versions} model versions: a new label value would "
-                                 "grow the series without bound", poison)  # fmt: skip
+            return Result.failed(
+                f"more than max_versions={self.max_versions} model versions: a new label value would "
+                "grow the series without bound",
+                poison,
+            )
         return Result.ok()
 
     @staticmethod

@@ -29,9 +29,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from evostream.errors import SinkConfigError
-from plugins.api import Positions, Record, Result, Sink, SinkContext
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+from evostream.core.errors import SinkConfigError
+from evostream.plugins.api import Positions, Record, Result, Sink, SinkContext
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS traces (
@@ -84,62 +84,108 @@ def _js(value: object) -> str:
 def _trace(v: Mapping[str, Any]) -> Row:
     t = v["timings"]
     return "traces", {
-        "trace_id": v["trace_id"], "request_id": v["request_id"], "tenant": v["tenant"],
-        "model_version": v["model_version"], "prompt_token_count": v["prompt_token_count"],
-        "token_count": v["token_count"], "finish_reason": v["finish_reason"], "error": v["error"],
-        "queue_us": t["queue_us"], "prefill_us": t["prefill_us"], "decode_us": t["decode_us"],
-        "total_us": t["total_us"], "output_text": v["output_text"], "completed_at_us": v["completed_at_us"],
-    }  # fmt: skip
+        "trace_id": v["trace_id"],
+        "request_id": v["request_id"],
+        "tenant": v["tenant"],
+        "model_version": v["model_version"],
+        "prompt_token_count": v["prompt_token_count"],
+        "token_count": v["token_count"],
+        "finish_reason": v["finish_reason"],
+        "error": v["error"],
+        "queue_us": t["queue_us"],
+        "prefill_us": t["prefill_us"],
+        "decode_us": t["decode_us"],
+        "total_us": t["total_us"],
+        "output_text": v["output_text"],
+        "completed_at_us": v["completed_at_us"],
+    }
 
 
 def _risk(v: Mapping[str, Any]) -> Row:
     return "risk_reports", {
-        "trace_id": v["trace_id"], "request_id": v["request_id"], "model_version": v["model_version"],
-        "stage": v["stage"], "step": v["step"], "score": v["score"], "flags": _js(v["flags"]),
-        "blamed_layers": _js(v["blamed_layers"]), "reason": v["reason"], "steps": v["steps"],
-        "policy": v["policy"], "produced_at_us": v["produced_at_us"],
-    }  # fmt: skip
+        "trace_id": v["trace_id"],
+        "request_id": v["request_id"],
+        "model_version": v["model_version"],
+        "stage": v["stage"],
+        "step": v["step"],
+        "score": v["score"],
+        "flags": _js(v["flags"]),
+        "blamed_layers": _js(v["blamed_layers"]),
+        "reason": v["reason"],
+        "steps": v["steps"],
+        "policy": v["policy"],
+        "produced_at_us": v["produced_at_us"],
+    }
 
 
 def _alert(v: Mapping[str, Any]) -> Row:
     return "alerts", {
-        "trace_id": v["trace_id"], "request_id": v["request_id"], "model_version": v["model_version"],
-        "severity": v["severity"], "stage": v["stage"], "score": v["score"], "flags": _js(v["flags"]),
-        "blamed_layers": _js(v["blamed_layers"]), "reason": v["reason"], "policy": v["policy"],
+        "trace_id": v["trace_id"],
+        "request_id": v["request_id"],
+        "model_version": v["model_version"],
+        "severity": v["severity"],
+        "stage": v["stage"],
+        "score": v["score"],
+        "flags": _js(v["flags"]),
+        "blamed_layers": _js(v["blamed_layers"]),
+        "reason": v["reason"],
+        "policy": v["policy"],
         "produced_at_us": v["produced_at_us"],
-    }  # fmt: skip
+    }
 
 
 def _drift(v: Mapping[str, Any]) -> Row:
     return "drift_windows", {
-        "model_version": v["model_version"], "reference_start_us": v["reference_start_us"],
-        "reference_end_us": v["reference_end_us"], "window_start_us": v["window_start_us"],
-        "window_end_us": v["window_end_us"], "sample_count": v["sample_count"], "fired": int(v["fired"]),
-        "statistics": _js(v["statistics"]), "produced_at_us": v["produced_at_us"],
-    }  # fmt: skip
+        "model_version": v["model_version"],
+        "reference_start_us": v["reference_start_us"],
+        "reference_end_us": v["reference_end_us"],
+        "window_start_us": v["window_start_us"],
+        "window_end_us": v["window_end_us"],
+        "sample_count": v["sample_count"],
+        "fired": int(v["fired"]),
+        "statistics": _js(v["statistics"]),
+        "produced_at_us": v["produced_at_us"],
+    }
 
 
 def _profile(v: Mapping[str, Any]) -> Row:
     return "profiles", {
-        "model_version": v["model_version"], "window_start_us": v["window_start_us"],
-        "window_end_us": v["window_end_us"], "trace_count": v["trace_count"], "step_count": v["step_count"],
-        "head_utilization": _js(v["head_utilization"]), "dormant_neuron_fraction": _js(v["dormant_neuron_fraction"]),
-        "layer_frequency": _js(v["layer_frequency"]), "top_token_paths": _js(v["top_token_paths"]),
+        "model_version": v["model_version"],
+        "window_start_us": v["window_start_us"],
+        "window_end_us": v["window_end_us"],
+        "trace_count": v["trace_count"],
+        "step_count": v["step_count"],
+        "head_utilization": _js(v["head_utilization"]),
+        "dormant_neuron_fraction": _js(v["dormant_neuron_fraction"]),
+        "layer_frequency": _js(v["layer_frequency"]),
+        "top_token_paths": _js(v["top_token_paths"]),
         "produced_at_us": v["produced_at_us"],
-    }  # fmt: skip
+    }
 
 
 def _governance(v: Mapping[str, Any]) -> Row:
     return "governance_events", {
-        "sequence": v["sequence"], "event_id": v["event_id"], "model_name": v["model_name"], "type": v["type"],
-        "actor": v["actor"], "reason": v["reason"], "payload": v["payload_json"],
-        "occurred_at_us": v["occurred_at_us"], "prev_hash": v["prev_hash"], "hash": v["hash"],
-    }  # fmt: skip
+        "sequence": v["sequence"],
+        "event_id": v["event_id"],
+        "model_name": v["model_name"],
+        "type": v["type"],
+        "actor": v["actor"],
+        "reason": v["reason"],
+        "payload": v["payload_json"],
+        "occurred_at_us": v["occurred_at_us"],
+        "prev_hash": v["prev_hash"],
+        "hash": v["hash"],
+    }
 
 
 ROWS: dict[str, Callable[[Mapping[str, Any]], Row]] = {
-    COMPLETIONS: _trace, RISK: _risk, ALERTS: _alert, DRIFT: _drift, PROFILES: _profile, GOVERNANCE: _governance,
-}  # fmt: skip
+    COMPLETIONS: _trace,
+    RISK: _risk,
+    ALERTS: _alert,
+    DRIFT: _drift,
+    PROFILES: _profile,
+    GOVERNANCE: _governance,
+}
 
 
 def default_path(ctx: SinkContext) -> Path:
@@ -197,8 +243,11 @@ class SqliteSink(Sink):
                     table, row = ROWS[rec.topic](rec.value)
                     c.execute("SAVEPOINT record")
                     try:  # only a redelivery is ignored: any other constraint (NOT NULL, a trigger) is poison
-                        c.execute(f"INSERT INTO {table} (record_key, {', '.join(row)}) VALUES (?{', ?' * len(row)}) "
-                                  "ON CONFLICT (record_key) DO NOTHING", (rec.key, *row.values()))  # fmt: skip
+                        c.execute(
+                            f"INSERT INTO {table} (record_key, {', '.join(row)}) VALUES (?{', ?' * len(row)}) "
+                            "ON CONFLICT (record_key) DO NOTHING",
+                            (rec.key, *row.values()),
+                        )
                     except sqlite3.IntegrityError as e:
                         poison.append((rec, f"{table}: {e}"))
                         held[tp] = min(held.get(tp, rec.offset), rec.offset)

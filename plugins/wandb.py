@@ -34,9 +34,9 @@ from typing import Any
 
 import wandb
 
-from evostream.errors import SinkConfigError
-from plugins.api import Record, Result, Sink, SinkContext
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+from evostream.core.errors import SinkConfigError
+from evostream.plugins.api import Record, Result, Sink, SinkContext
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
 
 GOVERNANCE_RUN = "governance"
 COLUMNS = {
@@ -72,13 +72,23 @@ class WandbSink(Sink):
         self.flush_interval_s = ctx.number("flush_interval_s", 10.0)
         if self.max_runs < 1 or self.flush_interval_s < 0:
             raise SinkConfigError(f"sink {self.name!r}: max_runs must be >= 1 and flush_interval_s >= 0")
-        for var, sub in (("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config"),
-                         ("WANDB_ARTIFACT_DIR", "artifacts")):  # fmt: skip
+        for var, sub in (
+            ("WANDB_CACHE_DIR", "cache"),
+            ("WANDB_DATA_DIR", "data"),
+            ("WANDB_CONFIG_DIR", "config"),
+            ("WANDB_ARTIFACT_DIR", "artifacts"),
+        ):
             os.environ.setdefault(var, str(self.dir / ".wandb" / sub))
         self.settings = wandb.Settings(
-            mode="online" if self.mode == "online" else "offline", silent=True, console="off", disable_git=True,
-            save_code=False, x_disable_stats=True, x_disable_meta=True, x_save_requirements=False,
-        )  # fmt: skip
+            mode="online" if self.mode == "online" else "offline",
+            silent=True,
+            console="off",
+            disable_git=True,
+            save_code=False,
+            x_disable_stats=True,
+            x_disable_meta=True,
+            x_save_requirements=False,
+        )
         self._steps_file = self.dir / "steps.json"
         self.steps: dict[str, int] = json.loads(self._steps_file.read_text()) if self._steps_file.is_file() else {}
         self.runs: dict[str, Any] = {}
@@ -91,8 +101,16 @@ class WandbSink(Sink):
     def _run(self, name: str) -> Any:
         run = self.runs.get(name)
         if run is None:
-            run = wandb.init(project=self.project, dir=str(self.dir), name=name, id=run_id(name), resume="allow",
-                             config={"model_version": name}, settings=self.settings, reinit="create_new")  # fmt: skip
+            run = wandb.init(
+                project=self.project,
+                dir=str(self.dir),
+                name=name,
+                id=run_id(name),
+                resume="allow",
+                config={"model_version": name},
+                settings=self.settings,
+                reinit="create_new",
+            )
             self.runs[name] = run
         return run
 
@@ -129,8 +147,9 @@ class WandbSink(Sink):
             self._table_rows(name, rec)
             if rec.topic == GOVERNANCE and rec.value["type"] in ("Promoted", "RolledBack"):
                 payload = json.loads(rec.value["payload_json"])
-                run.summary["stage"] = payload.get("stage") or ("production" if rec.value["type"] == "RolledBack"
-                                                                else payload.get("alias"))  # fmt: skip
+                run.summary["stage"] = payload.get("stage") or (
+                    "production" if rec.value["type"] == "RolledBack" else payload.get("alias")
+                )
             self._seen[rec.key] = None
             if len(self._seen) > 100_000:
                 self._seen.popitem(last=False)
@@ -144,8 +163,12 @@ class WandbSink(Sink):
         row: dict[str, Any] = {f"records/{topic.removeprefix('evo.')}": 1}
         if topic == COMPLETIONS:
             t = v["timings"]
-            row |= {"tokens/generated": v["token_count"], "tokens/prompt": v["prompt_token_count"],
-                    "latency/request_s": t["total_us"] / 1e6, f"finish/{v['finish_reason'].lower()}": 1}  # fmt: skip
+            row |= {
+                "tokens/generated": v["token_count"],
+                "tokens/prompt": v["prompt_token_count"],
+                "latency/request_s": t["total_us"] / 1e6,
+                f"finish/{v['finish_reason'].lower()}": 1,
+            }
             if v["error"] is None and v["token_count"] > 0:
                 row["latency/time_to_first_token_s"] = (t["queue_us"] + t["prefill_us"]) / 1e6
         elif topic == RISK:
@@ -165,8 +188,18 @@ class WandbSink(Sink):
     def _table_rows(self, name: str, rec: Record) -> None:
         v: Mapping[str, Any] = rec.value
         if rec.topic == ALERTS:
-            table, row = "alerts", [v["produced_at_us"], v["trace_id"], v["severity"], v["stage"], v["score"],
-                                    ", ".join(v["flags"]), v["reason"]]  # fmt: skip
+            table, row = (
+                "alerts",
+                [
+                    v["produced_at_us"],
+                    v["trace_id"],
+                    v["severity"],
+                    v["stage"],
+                    v["score"],
+                    ", ".join(v["flags"]),
+                    v["reason"],
+                ],
+            )
         elif rec.topic == DRIFT:
             fired = ", ".join(s["name"] for s in v["statistics"] if s["fired"])
             table = "drift_windows"

@@ -28,8 +28,8 @@ from torch import Tensor
 from transformers import EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from producers.generate import Generated, GenerationError, InstrumentedGenerator, prompt_surprisal
-from producers.steps import StepBatch
+from evostream.producers.generate import Generated, GenerationError, InstrumentedGenerator, prompt_surprisal
+from evostream.producers.steps import StepBatch
 
 
 @dataclass
@@ -124,14 +124,20 @@ class RunningBatch:
             hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
             start = model.config.decoder_start_token_id
             first = torch.full((b, 1), start if start is not None else gen.pad_id, device=device)
-            out = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden), attention_mask=mask,
-                        decoder_input_ids=first, use_cache=True, output_attentions=want_attn)  # fmt: skip
+            out = model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                attention_mask=mask,
+                decoder_input_ids=first,
+                use_cache=True,
+                output_attentions=want_attn,
+            )
             slots = torch.ones((b, 1), dtype=mask.dtype, device=device)
             pos = None
         else:
             position = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True,
-                        output_attentions=want_attn)  # fmt: skip
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, output_attentions=want_attn
+            )
             if gen.probe is not None:
                 surprisal = prompt_surprisal(out.logits, ids, mask)
             slots, pos, hidden = mask, position[:, -1:] + 1, None
@@ -160,12 +166,24 @@ class RunningBatch:
         mask = torch.cat([self._mask, self._mask.new_ones((b, 1))], dim=-1)
         want_attn = gen.signal == "ENTROPY"
         if self.seq2seq:
-            out = model(encoder_outputs=BaseModelOutput(last_hidden_state=self._enc), attention_mask=self._enc_mask,
-                        decoder_input_ids=self._next, decoder_attention_mask=mask, past_key_values=self._cache,
-                        use_cache=True, output_attentions=want_attn)  # fmt: skip
+            out = model(
+                encoder_outputs=BaseModelOutput(last_hidden_state=self._enc),
+                attention_mask=self._enc_mask,
+                decoder_input_ids=self._next,
+                decoder_attention_mask=mask,
+                past_key_values=self._cache,
+                use_cache=True,
+                output_attentions=want_attn,
+            )
         else:
-            out = model(input_ids=self._next, attention_mask=mask, position_ids=self._pos,
-                        past_key_values=self._cache, use_cache=True, output_attentions=want_attn)  # fmt: skip
+            out = model(
+                input_ids=self._next,
+                attention_mask=mask,
+                position_ids=self._pos,
+                past_key_values=self._cache,
+                use_cache=True,
+                output_attentions=want_attn,
+            )
             assert self._pos is not None
             self._pos = self._pos + 1
         self._cache, self._mask = out.past_key_values, mask
@@ -175,8 +193,9 @@ class RunningBatch:
         self._next = chosen.unsqueeze(-1)
         return self._evict()
 
-    def _emit(self, out: Any, logits: Tensor, chosen: Tensor, rows: list[Row], t0: float,
-              on_step: RowStepCallback | None) -> int:  # fmt: skip
+    def _emit(
+        self, out: Any, logits: Tensor, chosen: Tensor, rows: list[Row], t0: float, on_step: RowStepCallback | None
+    ) -> int:
         """The step's host copy: each row's token appended, EOS and limits noted, the StepBatch handed on; returns
         the step's latency, from ``t0`` to the host copy (which waits for the device)."""
         gen = self.gen
@@ -198,8 +217,16 @@ class RunningBatch:
             on_step(sb, list(rows))
         return latency_us
 
-    def _merge(self, rows: list[Row], cache: Any, slots: Tensor, nxt: Tensor, pos: Tensor | None,
-               hidden: Tensor | None, enc_mask: Tensor) -> None:  # fmt: skip
+    def _merge(
+        self,
+        rows: list[Row],
+        cache: Any,
+        slots: Tensor,
+        nxt: Tensor,
+        pos: Tensor | None,
+        hidden: Tensor | None,
+        enc_mask: Tensor,
+    ) -> None:
         """Append newcomers (their cache, slot mask, next token, positions, encoder outputs) to the batch."""
         if not self.rows:
             self.rows, self._cache, self._mask, self._next, self._pos = list(rows), cache, slots, nxt, pos

@@ -17,14 +17,14 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from evostream.bus.admin import ensure_topics
-from evostream.bus.producer import EventProducer
-from evostream.bus.reader import TopicReader
-from evostream.clock import now_us
-from evostream.errors import DeliveryError, EvoError
-from producers.replies import Record, ReplyBook, ReplyReader
-from schemas.catalog import CATALOG, COMPLETIONS, REQUESTS, STEPS
-from schemas.codec import RecordCodec
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.producer import EventProducer
+from evostream.core.bus.reader import TopicReader
+from evostream.core.clock import now_us
+from evostream.core.errors import DeliveryError, EvoError
+from evostream.producers.replies import Record, ReplyBook, ReplyReader
+from evostream.schemas.catalog import CATALOG, COMPLETIONS, REQUESTS, STEPS
+from evostream.schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.client")
 
@@ -122,8 +122,17 @@ class InferenceClient:
         self._closed = False
 
     # --- sending --------------------------------------------------------------------------------------------------
-    def _record(self, prompt: str, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
-                seed: int | None, request_id: str | None) -> tuple[Published, bytes]:  # fmt: skip
+    def _record(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        do_sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int | None,
+        request_id: str | None,
+    ) -> tuple[Published, bytes]:
         problem = prompt_problem(prompt)
         if problem is not None:
             raise BadRequestError(problem)
@@ -163,45 +172,75 @@ class InferenceClient:
         except EvoError as e:  # each request's own failure reaches its future; this is the producer's state
             log.warning("request producer: %s", e)
 
-    def publish(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                request_id: str | None = None) -> Published:  # fmt: skip
+    def publish(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> Published:
         """Send one request and wait for the broker's acknowledgement; an empty prompt is refused unsent. Its reply
         is kept for a later ``await_reply``."""
-        return self.publish_many([prompt], max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                                 [request_id] if request_id else None)[0]  # fmt: skip
+        return self.publish_many(
+            [prompt], max_new_tokens, do_sample, temperature, top_k, top_p, seed, [request_id] if request_id else None
+        )[0]
 
-    def publish_many(self, prompts: Sequence[str], max_new_tokens: int = 64, do_sample: bool = False,
-                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                     request_ids: Sequence[str] | None = None) -> list[Published]:  # fmt: skip
+    def publish_many(
+        self,
+        prompts: Sequence[str],
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        request_ids: Sequence[str] | None = None,
+    ) -> list[Published]:
         """Send many requests with one wait for the broker's acknowledgement of all; every prompt is checked before
         any is sent."""
         ids: Sequence[str | None] = request_ids if request_ids is not None else [None] * len(prompts)
         if len(ids) != len(prompts):
             raise BadRequestError(f"{len(prompts)} prompts but {len(ids)} request ids")
-        built = [self._record(p, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid)
-                 for p, rid in zip(prompts, ids, strict=True)]  # fmt: skip
+        built = [
+            self._record(p, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid)
+            for p, rid in zip(prompts, ids, strict=True)
+        ]
         self._replies()
         failed: list[EvoError] = []
         for published, value in built:
             self._book.expect_later(published.request_id)
-            self._producer.send(REQUESTS, published.request_id, value,
-                                on_delivery=lambda e: failed.append(e) if e is not None else None)  # fmt: skip
+            self._producer.send(
+                REQUESTS, published.request_id, value, on_delivery=lambda e: failed.append(e) if e is not None else None
+            )
         self._producer.flush(30)
         if failed:  # this call's records, not another's
             raise DeliveryError(f"{len(failed)} of {len(built)} requests were not delivered; first: {failed[0]}")
         return [published for published, _ in built]
 
-    def submit(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-               top_k: int = 0, top_p: float = 1.0, seed: int | None = None, request_id: str | None = None,
-               slot_timeout_s: float | None = None) -> Reply:  # fmt: skip
+    def submit(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        request_id: str | None = None,
+        slot_timeout_s: float | None = None,
+    ) -> Reply:
         """Send one request without waiting for anything but a free in-flight slot; the ``Reply`` fails if the
         request is not delivered to the broker. The request is stamped (``submitted_at_us``) when its slot is free,
         so a wait for a slot does not count as the service's queueing."""
         rid = self._admit(prompt, request_id)
         if not self._slots.acquire(timeout=slot_timeout_s):
-            raise ReplyTimeoutError(f"no free slot among {self.max_in_flight} requests in flight "
-                                    f"within {slot_timeout_s} s")  # fmt: skip
+            raise ReplyTimeoutError(
+                f"no free slot among {self.max_in_flight} requests in flight within {slot_timeout_s} s"
+            )
         return self._send(*self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid))
 
     def _admit(self, prompt: str, request_id: str | None) -> str:
@@ -234,9 +273,17 @@ class InferenceClient:
             self._book.fail(rid, e)
         return Reply(self, published, future)
 
-    async def asubmit(self, prompt: str, max_new_tokens: int = 64, do_sample: bool = False, temperature: float = 1.0,
-                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                      request_id: str | None = None) -> Reply:  # fmt: skip
+    async def asubmit(
+        self,
+        prompt: str,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        request_id: str | None = None,
+    ) -> Reply:
         """``submit`` for asyncio: waits for a free slot without blocking the loop."""
         if self._reader is None:
             await asyncio.to_thread(self._replies)  # positioning the reader asks the broker: not on the loop
@@ -271,8 +318,16 @@ class InferenceClient:
         if self._reader is not None and self._book.knows(rid):
             return Reply(self, published, self._book.expect(rid)).result(timeout_s)
         since_us = published.submitted_at_us - CLOCK_SLACK_US
-        with TopicReader(self.bootstrap, COMPLETIONS, "Completion", since_us=since_us, idle_s=None,
-                         timeout_s=timeout_s, batch=500, name="client") as reader:  # fmt: skip
+        with TopicReader(
+            self.bootstrap,
+            COMPLETIONS,
+            "Completion",
+            since_us=since_us,
+            idle_s=None,
+            timeout_s=timeout_s,
+            batch=500,
+            name="client",
+        ) as reader:
             for rec in reader:
                 if rec["reply_to"] == rid:
                     return rec
@@ -284,10 +339,12 @@ class InferenceClient:
     def _timeout(self, published: Published, timeout_s: float | None) -> ReplyTimeoutError:
         reader = self._reader
         if reader is not None and reader.error is not None:
-            return ReplyTimeoutError(f"no completion for request {published.request_id}: the reply reader failed: "
-                                     f"{reader.error}")  # fmt: skip
-        return ReplyTimeoutError(f"no completion for request {published.request_id} within {timeout_s} s; "
-                                 "is `evostream serve` running?")  # fmt: skip
+            return ReplyTimeoutError(
+                f"no completion for request {published.request_id}: the reply reader failed: {reader.error}"
+            )
+        return ReplyTimeoutError(
+            f"no completion for request {published.request_id} within {timeout_s} s; is `evostream serve` running?"
+        )
 
     @property
     def in_flight(self) -> int:
@@ -315,8 +372,16 @@ class InferenceClient:
     def trace_steps(self, trace_ids: set[str], expected: int, timeout_s: float = 60.0) -> list[Record]:
         """The GenerationStep events of ``trace_ids`` on evo.steps: reads until ``expected`` are found or time is up."""
         found: list[Record] = []
-        with TopicReader(self.bootstrap, STEPS, "GenerationStep", idle_s=None, timeout_s=timeout_s,
-                         until=lambda: len(found) >= expected, batch=5000, name="client") as reader:  # fmt: skip
+        with TopicReader(
+            self.bootstrap,
+            STEPS,
+            "GenerationStep",
+            idle_s=None,
+            timeout_s=timeout_s,
+            until=lambda: len(found) >= expected,
+            batch=5000,
+            name="client",
+        ) as reader:
             for rec in reader:
                 if rec["trace_id"] in trace_ids:
                     found.append(rec)

@@ -19,7 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from evostream.errors import EvoError
+from evostream.core.errors import EvoError
 
 log = logging.getLogger("evostream.serve")
 Embed = Callable[[list[str]], list[list[float]]]

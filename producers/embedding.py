@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from evostream.errors import EvoError
+from evostream.core.errors import EvoError
 
 DIM = 384
 hf_logging.disable_progress_bar()
@@ -42,8 +42,9 @@ class PromptEmbedder:
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt").to(self.device)  # fmt: skip
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         hidden = self.model(**enc).last_hidden_state
         mask = enc.attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

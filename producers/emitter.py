@@ -22,9 +22,9 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
-from evostream.errors import DeliveryError, EvoError
-from producers.steps import AttentionSignal, StepBatch, TraceMeta, step_records
-from schemas.catalog import STEPS
+from evostream.core.errors import DeliveryError, EvoError
+from evostream.producers.steps import AttentionSignal, StepBatch, TraceMeta, step_records
+from evostream.schemas.catalog import STEPS
 
 _STEPS, _DRAIN, _STOP = 0, 1, 2
 COALESCE_S = 0.025
@@ -175,8 +175,8 @@ def _worker(
     bootstrap: str, topic: str, config: dict[str, Any], jobs: Connection, results: Connection, log_level: int
 ) -> None:
     """The worker process: decode steps from the pipe, build, encode and produce their records."""
-    from evostream.bus.producer import EventProducer  # imported here: the parent needs none of it
-    from schemas.codec import RecordCodec
+    from evostream.core.bus.producer import EventProducer  # imported here: the parent needs none of it
+    from evostream.schemas.codec import RecordCodec
 
     # a spawned process starts without the parent's logging set-up: log at its level, in the serve format
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s (step emitter): %(message)s")

@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 from transformers import StaticCache
 
-from evostream.errors import EvoError
-from models.anatomy import anatomy
-from models.loading import LoadedModel
-from producers.probe import Probe
-from producers.stats import LN2, attention_entropy, hidden_stats, logit_stats, step_stats
-from producers.steps import TOPK, AttentionSignal, StepBatch
+from evostream.core.errors import EvoError
+from evostream.models.anatomy import anatomy
+from evostream.models.loading import LoadedModel
+from evostream.producers.probe import Probe
+from evostream.producers.stats import LN2, attention_entropy, hidden_stats, logit_stats, step_stats
+from evostream.producers.steps import TOPK, AttentionSignal, StepBatch
 
 
 class GenerationError(EvoError):
@@ -76,9 +76,16 @@ MAX_NEW_TOKENS_LIMIT = 1024
 class InstrumentedGenerator:
     """Generates for a batch of prompts with a model, reporting every step's statistics."""
 
-    def __init__(self, loaded: LoadedModel, signal: AttentionSignal | None = None,
-                 max_prompt_tokens: int = MAX_PROMPT_TOKENS, max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT, *,
-                 instrument: bool = True, kv_cache: KVCache = "dynamic") -> None:  # fmt: skip
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        signal: AttentionSignal | None = None,
+        max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+        max_new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
+        *,
+        instrument: bool = True,
+        kv_cache: KVCache = "dynamic",
+    ) -> None:
         """``instrument=False`` builds the bare decoding loop: no hook is registered and no statistic is computed,
         only the tokens are chosen, so a benchmark can tell the loop's own cost from the instrumentation's. Such a
         generator refuses an ``on_step`` callback, since it has no step statistics to report.
@@ -95,8 +102,10 @@ class InstrumentedGenerator:
             raise GenerationError(f"kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
         if kv_cache == "static" and loaded.is_seq2seq:
             self.decode_path = "dynamic"
-            self.decode_path_reason = "the static KV cache path is for decoder-only models; encoder-decoder models " \
-                                      "decode with the dynamic cache"  # fmt: skip
+            self.decode_path_reason = (
+                "the static KV cache path is for decoder-only models; encoder-decoder models "
+                "decode with the dynamic cache"
+            )
         self.anat = anatomy(loaded.model)
         self.instrument = instrument
         if not instrument:
@@ -170,8 +179,14 @@ class InstrumentedGenerator:
             past = None
 
             def forward(inp: Tensor, past_kv: object) -> object:
-                return model(encoder_outputs=encoder_outputs, attention_mask=mask, decoder_input_ids=inp,
-                             past_key_values=past_kv, use_cache=True, output_attentions=want_attn)  # fmt: skip
+                return model(
+                    encoder_outputs=encoder_outputs,
+                    attention_mask=mask,
+                    decoder_input_ids=inp,
+                    past_key_values=past_kv,
+                    use_cache=True,
+                    output_attentions=want_attn,
+                )
         else:
             if probe is not None:
                 probe.row_mask = ~finished
@@ -183,8 +198,14 @@ class InstrumentedGenerator:
                 # keep their shapes (positions past the newest are hidden by causality, not by the mask)
                 cache = StaticCache(config=model.config, max_cache_len=input_ids.shape[1] + params.max_new_tokens)
                 mask = torch.cat([enc_mask, enc_mask.new_ones((b, params.max_new_tokens))], dim=-1)
-            out = model(input_ids=input_ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                        use_cache=True, output_attentions=want_attn)  # fmt: skip
+            out = model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=position,
+                past_key_values=cache,
+                use_cache=True,
+                output_attentions=want_attn,
+            )
             if probe is not None:
                 surprisal = prompt_surprisal(out.logits, input_ids, enc_mask)
             past = out.past_key_values
@@ -200,8 +221,14 @@ class InstrumentedGenerator:
             elif step > 0:
                 if not static:
                     mask = torch.cat([mask, torch.ones((b, 1), dtype=mask.dtype, device=device)], dim=-1)
-                out = model(input_ids=next_input, attention_mask=mask, position_ids=next_pos, past_key_values=past,
-                            use_cache=True, output_attentions=want_attn)  # fmt: skip
+                out = model(
+                    input_ids=next_input,
+                    attention_mask=mask,
+                    position_ids=next_pos,
+                    past_key_values=past,
+                    use_cache=True,
+                    output_attentions=want_attn,
+                )
                 next_pos = next_pos + 1
             past = out.past_key_values
             logits = out.logits[:, -1, :]
@@ -249,16 +276,18 @@ class InstrumentedGenerator:
         device = self.loaded.device
         return enc.input_ids.to(device), enc.attention_mask.to(device), lengths
 
-    def step_host(self, out: object, logits: Tensor, chosen: Tensor, active: Tensor) -> tuple[
-            npt.NDArray[np.float32], bool, bool]:  # fmt: skip
+    def step_host(
+        self, out: object, logits: Tensor, chosen: Tensor, active: Tensor
+    ) -> tuple[npt.NDArray[np.float32], bool, bool]:
         """One step's chosen tokens, active flags and (instrumented) statistics, packed on the device and brought
         to the host in one copy; whether head and FFN columns are in it."""
         probe = self.probe
         if probe is not None and self.signal != "ENTROPY" and (stacked := probe.take_stacked()) is not None:
             hidden, heads_in, ffn_in = stacked  # every layer alike: one function for every statistic
             mask = probe.row_mask if probe.row_mask is not None else active
-            packed, fired = step_stats(logits, chosen, active, hidden, heads_in, ffn_in, mask, self.anat.num_heads,
-                                       TOPK)  # fmt: skip
+            packed, fired = step_stats(
+                logits, chosen, active, hidden, heads_in, ffn_in, mask, self.anat.num_heads, TOPK
+            )
             if fired is not None:
                 probe.fold_counts(fired, int(chosen.shape[0]))
             fused: npt.NDArray[np.float32] = packed.cpu().numpy()  # the one copy to the host per step
@@ -297,8 +326,9 @@ class InstrumentedGenerator:
             return torch.stack([attention_entropy(a[:, :, -1, :]) for a in attn], dim=1)
         return probe.take_heads()
 
-    def unpack(self, host: npt.NDArray[np.float32], step: int, latency_us: int, has_heads: bool,
-               has_ffn: bool) -> StepBatch:  # fmt: skip
+    def unpack(
+        self, host: npt.NDArray[np.float32], step: int, latency_us: int, has_heads: bool, has_ffn: bool
+    ) -> StepBatch:
         """The StepBatch of a ``step_host`` array."""
         device = self.loaded.device
         n_l, n_h = self.num_layers, self.num_heads
@@ -315,9 +345,17 @@ class InstrumentedGenerator:
             peak = int(torch.cuda.max_memory_allocated(device))
         else:
             peak = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-        return StepBatch(step=step, token_ids=host[:, 0].astype(np.int64), active=host[:, 1] > 0.5,
-                         logits=host[:, 2:7], hidden=hidden, heads=heads, ffn=ffn, latency_us=latency_us,
-                         peak_memory_bytes=peak)  # fmt: skip
+        return StepBatch(
+            step=step,
+            token_ids=host[:, 0].astype(np.int64),
+            active=host[:, 1] > 0.5,
+            logits=host[:, 2:7],
+            hidden=hidden,
+            heads=heads,
+            ffn=ffn,
+            latency_us=latency_us,
+            peak_memory_bytes=peak,
+        )
 
 
 def prompt_surprisal(logits: Tensor, input_ids: Tensor, mask: Tensor) -> list[float | None]:

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from evostream.errors import EvoError
-from models.anatomy import Anatomy
-from producers.stats import ffn_sparsity, head_output_norm
-from producers.steps import AttentionSignal
+from evostream.core.errors import EvoError
+from evostream.models.anatomy import Anatomy
+from evostream.producers.stats import ffn_sparsity, head_output_norm
+from evostream.producers.steps import AttentionSignal
 
 
 class ProbeError(EvoError):
@@ -108,8 +108,11 @@ class Probe:
         ffn = self._kept(self.ffn_in, "FFN output projection") if self.has_ffn else None
         if not all(_same_shape(t) for t in (hidden, heads, ffn) if t is not None):
             return None
-        return (torch.stack(hidden, dim=1), None if heads is None else torch.stack(heads, dim=1),
-                None if ffn is None else torch.stack(ffn, dim=1))  # fmt: skip
+        return (
+            torch.stack(hidden, dim=1),
+            None if heads is None else torch.stack(heads, dim=1),
+            None if ffn is None else torch.stack(ffn, dim=1),
+        )
 
     def fold_counts(self, fired: Tensor, batch_rows: int) -> None:
         """Add one step's stacked FFN firing counts [L, F] (from ``stats.step_stats``) and the rows they cover."""

@@ -8,9 +8,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from evostream.clock import now_us
-from producers.generate import Generated
-from producers.steps import StepBatch, TraceMeta
+from evostream.core.clock import now_us
+from evostream.producers.generate import Generated
+from evostream.producers.steps import StepBatch, TraceMeta
 
 
 class TokenTexts:

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from models.loading import LoadedModel
-from producers.generate import GenParams, InstrumentedGenerator
-from producers.records import TokenTexts
-from producers.steps import StepBatch, TraceMeta, step_records
+from evostream.models.loading import LoadedModel
+from evostream.producers.generate import GenParams, InstrumentedGenerator
+from evostream.producers.records import TokenTexts
+from evostream.producers.steps import StepBatch, TraceMeta, step_records
 
 
 @dataclass

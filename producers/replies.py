@@ -16,10 +16,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from evostream.bus.consumer import EventConsumer
-from evostream.errors import EvoError
-from schemas.catalog import COMPLETIONS
-from schemas.codec import RecordCodec
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.errors import EvoError
+from evostream.schemas.catalog import COMPLETIONS
+from evostream.schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.client")
 
@@ -147,8 +147,14 @@ class ReplyReader:
     reader's thread (the client serves its producer's delivery reports there). A consume error ends the thread and
     fails every waiter with it."""
 
-    def __init__(self, bootstrap: str, book: ReplyBook, since_us: int, between: Callable[[], None] = lambda: None,
-                 poll_s: float = 0.05) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bootstrap: str,
+        book: ReplyBook,
+        since_us: int,
+        between: Callable[[], None] = lambda: None,
+        poll_s: float = 0.05,
+    ) -> None:
         self.book = book
         self.since_us = since_us
         self.between = between
@@ -157,8 +163,13 @@ class ReplyReader:
         self.error: BaseException | None = None
         self._codec = RecordCodec("Completion")
         # positioned here, before the caller publishes anything: a reply written after this is never missed
-        self._consumer = EventConsumer(bootstrap, f"evostream-client-{uuid.uuid4().hex[:8]}", [COMPLETIONS],
-                                       {"enable.auto.commit": False}, since_us=since_us)  # fmt: skip
+        self._consumer = EventConsumer(
+            bootstrap,
+            f"evostream-client-{uuid.uuid4().hex[:8]}",
+            [COMPLETIONS],
+            {"enable.auto.commit": False},
+            since_us=since_us,
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="evostream-replies", daemon=True)
         self._thread.start()

@@ -22,18 +22,18 @@ from typing import Literal
 
 from confluent_kafka import Message
 
-from evostream.bus.admin import ensure_topics
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from evostream.clock import now_us
-from evostream.errors import ConsumeError, DecodeError, DeliveryError, EvoError
-from models.loading import LoadedModel
-from producers.batching import Row, RunningBatch, unsupported
-from producers.client import prompt_problem
-from producers.completer import Completer
-from producers.embedding import PromptEmbedder
-from producers.emitter import StepEmitter
-from producers.generate import (
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.core.clock import now_us
+from evostream.core.errors import ConsumeError, DecodeError, DeliveryError, EvoError
+from evostream.models.loading import LoadedModel
+from evostream.producers.batching import Row, RunningBatch, unsupported
+from evostream.producers.client import prompt_problem
+from evostream.producers.completer import Completer
+from evostream.producers.embedding import PromptEmbedder
+from evostream.producers.emitter import StepEmitter
+from evostream.producers.generate import (
     MAX_NEW_TOKENS_LIMIT,
     MAX_PROMPT_TOKENS,
     Generated,
@@ -41,13 +41,13 @@ from producers.generate import (
     GenParams,
     InstrumentedGenerator,
 )
-from producers.offsets import OffsetBook
-from producers.records import TokenTexts, completion_record
-from producers.steps import StepBatch, TraceMeta
-from producers.swap import FixedModel, ModelSource, ServingModel
-from schemas.catalog import CATALOG, COMPLETIONS, DLQ, NEURONS, REQUESTS, STEPS
-from schemas.codec import RecordCodec
-from schemas.deadletter import dead_letter
+from evostream.producers.offsets import OffsetBook
+from evostream.producers.records import TokenTexts, completion_record
+from evostream.producers.steps import StepBatch, TraceMeta
+from evostream.producers.swap import FixedModel, ModelSource, ServingModel
+from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, NEURONS, REQUESTS, STEPS
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.deadletter import dead_letter
 
 log = logging.getLogger("evostream.serve")
 GROUP = "evostream-inference"
@@ -112,8 +112,10 @@ class InferenceService:
         self.embedder = embedder
         self.options = options
         if generator is not None and generator.loaded is not self.loaded:
-            raise GenerationError(f"the generator was built for {generator.loaded.version}, not for the model served "
-                                  f"first ({self.serving.version})")  # fmt: skip
+            raise GenerationError(
+                f"the generator was built for {generator.loaded.version}, not for the model served "
+                f"first ({self.serving.version})"
+            )
         self.generator = generator or InstrumentedGenerator(
             self.loaded, max_prompt_tokens=options.max_prompt_tokens, max_new_tokens_limit=options.max_new_tokens_limit
         )
@@ -203,9 +205,14 @@ class InferenceService:
         if nxt.loaded is not self.loaded:
             old = self.generator
             try:  # the same signal and limits as before, so the versions' statistics compare
-                generator = InstrumentedGenerator(nxt.loaded, old.signal, old.max_prompt_tokens,
-                                                  old.max_new_tokens_limit, instrument=old.instrument,
-                                                  kv_cache=old.kv_cache)  # fmt: skip
+                generator = InstrumentedGenerator(
+                    nxt.loaded,
+                    old.signal,
+                    old.max_prompt_tokens,
+                    old.max_new_tokens_limit,
+                    instrument=old.instrument,
+                    kv_cache=old.kv_cache,
+                )
             except EvoError as e:
                 log.error("cannot serve model version %s: %s; %s keeps serving", nxt.version, e, self.serving.version)
                 self._refused = nxt
@@ -253,8 +260,9 @@ class InferenceService:
                 started = now_us()
                 self._rows.update({p.meta.trace_id: (p, started) for p in take})
                 new = [Row(p.meta.trace_id, p.params.max_new_tokens) for p in take]
-                self._advance(partial(batch.admit, [p.prompt for p in take], new, self._row_step),
-                              [p.meta.trace_id for p in take])  # fmt: skip
+                self._advance(
+                    partial(batch.admit, [p.prompt for p in take], new, self._row_step), [p.meta.trace_id for p in take]
+                )
             if len(batch) and not self._advance(partial(batch.step, self._row_step)):
                 batch = self._new_batch()
             if not self._rows or time.monotonic() - last_commit >= self.options.commit_every_s:
@@ -268,8 +276,11 @@ class InferenceService:
         """Whether the queued requests join now (``ServeOptions.admit_min``)."""
         opts = self.options
         admit_min = min(opts.admit_min or max(1, opts.max_batch // 2), opts.max_batch)
-        return (not len(batch) or batch.free >= admit_min
-                or time.monotonic() - queue[0].read_at >= opts.admit_wait_ms / 1000)  # fmt: skip
+        return (
+            not len(batch)
+            or batch.free >= admit_min
+            or time.monotonic() - queue[0].read_at >= opts.admit_wait_ms / 1000
+        )
 
     def _new_batch(self) -> RunningBatch:
         return RunningBatch(self.generator, self.options.max_batch)
@@ -361,9 +372,16 @@ class InferenceService:
         if taken is None:
             return
         counts, rows = taken
-        rec = {"snapshot_id": uuid.uuid4().hex, "model_version": self.serving.version, "steps": rows,
-               "num_layers": counts.shape[0], "ffn_width": counts.shape[1], "counts": counts.astype("<i4").tobytes(),
-               "window_start_us": started, "window_end_us": now_us()}  # fmt: skip
+        rec = {
+            "snapshot_id": uuid.uuid4().hex,
+            "model_version": self.serving.version,
+            "steps": rows,
+            "num_layers": counts.shape[0],
+            "ffn_width": counts.shape[1],
+            "counts": counts.astype("<i4").tobytes(),
+            "window_start_us": started,
+            "window_end_us": now_us(),
+        }
         self.producer.send(NEURONS, self.serving.version, self.neurons.encode(rec))
 
     def _read(self, msg: Message, started: int, book: OffsetBook) -> _Pending | None:
@@ -376,8 +394,13 @@ class InferenceService:
         except DecodeError as e:
             self._dead_letter(msg, e)
             return None
-        meta = TraceMeta(uuid.uuid4().hex, req["request_id"], req["reply_to"] or req["request_id"], req["tenant"],
-                         req["submitted_at_us"])  # fmt: skip
+        meta = TraceMeta(
+            uuid.uuid4().hex,
+            req["request_id"],
+            req["reply_to"] or req["request_id"],
+            req["tenant"],
+            req["submitted_at_us"],
+        )
         p = req["params"]
         params = GenParams(p["max_new_tokens"], p["do_sample"], p["temperature"], p["top_k"], p["top_p"], p["seed"])
         pending = _Pending(msg, meta, req["prompt"], params)
@@ -417,8 +440,17 @@ class InferenceService:
             return [[] for _ in prompts]
         return self.embedder.embed(prompts)
 
-    def _complete(self, meta: TraceMeta, version: str, gen: Generated | None, text: str, embedding: list[float],
-                  started: int, error: str | None = None, at: Position | None = None) -> None:  # fmt: skip
+    def _complete(
+        self,
+        meta: TraceMeta,
+        version: str,
+        gen: Generated | None,
+        text: str,
+        embedding: list[float],
+        started: int,
+        error: str | None = None,
+        at: Position | None = None,
+    ) -> None:
         """Send one Completion (on the completer's thread); once the broker acknowledges it, the request at ``at`` is
         done for the OffsetBook."""
         rec = completion_record(meta, version, gen, text, embedding, started, error)
@@ -426,8 +458,16 @@ class InferenceService:
         self._count()
 
     def _dead_letter(self, msg: Message, error: Exception) -> None:
-        rec = dead_letter(msg.topic() or REQUESTS, msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
-                          error, GROUP, now_us())  # fmt: skip
+        rec = dead_letter(
+            msg.topic() or REQUESTS,
+            msg.partition() or 0,
+            msg.offset() or 0,
+            msg.key(),
+            msg.value(),
+            error,
+            GROUP,
+            now_us(),
+        )
         self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec), on_delivery=self._delivered(_position(msg)))
         self._count()
 

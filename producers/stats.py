@@ -60,9 +60,17 @@ def ffn_sparsity(activations: Tensor, eps: float = 1e-6) -> Tensor:
     return (activations.abs() <= eps).float().mean(-1)
 
 
-def step_stats(logits: Tensor, chosen: Tensor, active: Tensor, hidden: Tensor, heads_in: Tensor | None,
-               ffn_in: Tensor | None, row_mask: Tensor, num_heads: int,
-               k: int = 10) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+def step_stats(
+    logits: Tensor,
+    chosen: Tensor,
+    active: Tensor,
+    hidden: Tensor,
+    heads_in: Tensor | None,
+    ffn_in: Tensor | None,
+    row_mask: Tensor,
+    num_heads: int,
+    k: int = 10,
+) -> tuple[Tensor, Tensor | None]:
     """Every statistic of one step from tensors of layers alike, in one function (what ``torch.compile`` fuses):
     ``hidden`` [B, L, D], ``heads_in`` [B, L, H*Dh] (the attention output projections' inputs) or None, ``ffn_in``
     [B, L, F] (the FFN output projections' inputs) or None, ``row_mask`` [B] rows still generating.
@@ -71,8 +79,12 @@ def step_stats(logits: Tensor, chosen: Tensor, active: Tensor, hidden: Tensor, h
     per-head output norms, FFN sparsity; and the step's FFN firing counts [L, F] int32 over the masked rows (None
     without ``ffn_in``)."""
     b, n_layers = hidden.shape[0], hidden.shape[1]
-    parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1), logit_stats(logits, chosen, k),
-             hidden_stats(list(hidden.unbind(1))).flatten(1)]  # fmt: skip
+    parts = [
+        chosen.float().unsqueeze(-1),
+        active.float().unsqueeze(-1),
+        logit_stats(logits, chosen, k),
+        hidden_stats(list(hidden.unbind(1))).flatten(1),
+    ]
     if heads_in is not None:
         parts.append(torch.linalg.vector_norm(heads_in.float().reshape(b, n_layers, num_heads, -1), dim=-1).flatten(1))
     fired = None

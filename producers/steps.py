@@ -12,8 +12,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from evostream.clock import now_us
-from schemas.tensors import pack_f32
+from evostream.core.clock import now_us
+from evostream.schemas.tensors import pack_f32
 
 TOPK = 10
 """Top-k mass is the probability of the k most likely tokens."""
@@ -50,8 +50,13 @@ class TraceMeta:
     submitted_at_us: int
 
 
-def step_records(batch: StepBatch, metas: Sequence[TraceMeta], model_version: str, signal: AttentionSignal,
-                 token_texts: Sequence[str]) -> list[dict[str, Any]]:  # fmt: skip
+def step_records(
+    batch: StepBatch,
+    metas: Sequence[TraceMeta],
+    model_version: str,
+    signal: AttentionSignal,
+    token_texts: Sequence[str],
+) -> list[dict[str, Any]]:
     """One GenerationStep record per row still generating at this step; ``token_texts[r]`` is row r's token."""
     emitted = now_us()
     n_layers = batch.hidden.shape[2]
@@ -62,29 +67,31 @@ def step_records(batch: StepBatch, metas: Sequence[TraceMeta], model_version: st
             continue
         lg = batch.logits[r]
         token = int(batch.token_ids[r])
-        out.append({
-            "trace_id": meta.trace_id,
-            "request_id": meta.request_id,
-            "model_version": model_version,
-            "step": batch.step if batch.row_steps is None else int(batch.row_steps[r]),
-            "token_id": token,
-            "token_text": token_texts[r],
-            "logprob": float(lg[0]),
-            "entropy_bits": float(lg[1]),
-            "top1_top2_margin": float(lg[2]),
-            "topk_mass": float(lg[3]),
-            "topk_k": TOPK,
-            "surprisal_bits": float(lg[4]),
-            "num_layers": n_layers,
-            "num_heads": n_heads,
-            "layer_hidden_l2": pack_f32(batch.hidden[r, 0]),
-            "layer_hidden_maxabs": pack_f32(batch.hidden[r, 1]),
-            "layer_nonfinite": [int(x) for x in batch.hidden[r, 2]],
-            "head_attention_entropy": pack_f32(batch.heads[r]) if batch.heads is not None else b"",
-            "attention_signal": signal if batch.heads is not None else "NONE",
-            "ffn_sparsity": pack_f32(batch.ffn[r]) if batch.ffn is not None else b"",
-            "latency_us": batch.latency_us,
-            "peak_memory_bytes": batch.peak_memory_bytes,
-            "emitted_at_us": emitted,
-        })  # fmt: skip
+        out.append(
+            {
+                "trace_id": meta.trace_id,
+                "request_id": meta.request_id,
+                "model_version": model_version,
+                "step": batch.step if batch.row_steps is None else int(batch.row_steps[r]),
+                "token_id": token,
+                "token_text": token_texts[r],
+                "logprob": float(lg[0]),
+                "entropy_bits": float(lg[1]),
+                "top1_top2_margin": float(lg[2]),
+                "topk_mass": float(lg[3]),
+                "topk_k": TOPK,
+                "surprisal_bits": float(lg[4]),
+                "num_layers": n_layers,
+                "num_heads": n_heads,
+                "layer_hidden_l2": pack_f32(batch.hidden[r, 0]),
+                "layer_hidden_maxabs": pack_f32(batch.hidden[r, 1]),
+                "layer_nonfinite": [int(x) for x in batch.hidden[r, 2]],
+                "head_attention_entropy": pack_f32(batch.heads[r]) if batch.heads is not None else b"",
+                "attention_signal": signal if batch.heads is not None else "NONE",
+                "ffn_sparsity": pack_f32(batch.ffn[r]) if batch.ffn is not None else b"",
+                "latency_us": batch.latency_us,
+                "peak_memory_bytes": batch.peak_memory_bytes,
+                "emitted_at_us": emitted,
+            }
+        )
     return out

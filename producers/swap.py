@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from evostream.artifacts import ArtifactBackend
-from evostream.errors import EvoError
-from models.anatomy import anatomy
-from models.loading import LoadedModel, load_model
-from producers.generate import GenerationError
-from producers.steps import AttentionSignal
+from evostream.core.artifacts import ArtifactBackend
+from evostream.core.errors import EvoError
+from evostream.models.anatomy import anatomy
+from evostream.models.loading import LoadedModel, load_model
+from evostream.producers.generate import GenerationError
+from evostream.producers.steps import AttentionSignal
 
 log = logging.getLogger("evostream.swap")
 
@@ -77,8 +77,10 @@ def check_servable(lm: LoadedModel, signal: AttentionSignal | None = None) -> No
     the model does not compute eager attention (the same rules the generator applies, checked before the swap)."""
     anatomy(lm.model)
     if signal == "ENTROPY" and lm.attn_implementation != "eager":
-        raise GenerationError(f"{lm.name} was loaded with {lm.attn_implementation} attention, but the service reports "
-                              "attention ENTROPY, which needs attn_implementation='eager'")  # fmt: skip
+        raise GenerationError(
+            f"{lm.name} was loaded with {lm.attn_implementation} attention, but the service reports "
+            "attention ENTROPY, which needs attn_implementation='eager'"
+        )
 
 
 class ModelSlot:
@@ -107,13 +109,23 @@ class ModelSlot:
                 lm = load()
                 self._validate(lm)
             except Exception as e:  # any failure refuses the version; serving must go on
-                log.error("refused model version %s (%s: %s); %s keeps serving", version, type(e).__name__, e,
-                          old.version, exc_info=not isinstance(e, EvoError))  # fmt: skip
+                log.error(
+                    "refused model version %s (%s: %s); %s keeps serving",
+                    version,
+                    type(e).__name__,
+                    e,
+                    old.version,
+                    exc_info=not isinstance(e, EvoError),
+                )
                 return SwapResult(version, accepted=False, error=f"{type(e).__name__}: {e}")
             load_s = time.perf_counter() - t0
             self._current = ServingModel(version, lm)
-            log.info("model version %s loaded in %.1f s; it serves from the next batch (was %s)", version, load_s,
-                     old.version)  # fmt: skip
+            log.info(
+                "model version %s loaded in %.1f s; it serves from the next batch (was %s)",
+                version,
+                load_s,
+                old.version,
+            )
             return SwapResult(version, accepted=True, load_s=load_s)
 
 

@@ -1,16 +1,19 @@
 """The contract: Avro schemas of every event, their codec, and the topic catalog."""
 
-from schemas.catalog import CATALOG, TopicSpec, topic_spec
-from schemas.codec import MAGIC, RecordCodec
-from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
+if __name__ != "evostream.schemas":  # one module object per file (tests/test_packaging.py)
+    raise ImportError(f"import evostream.schemas, not {__name__}: the folder schemas/ is part of evostream")
+
+from evostream.schemas.catalog import CATALOG, TopicSpec, topic_spec
+from evostream.schemas.codec import MAGIC, RecordCodec
+from evostream.schemas.fingerprints import SchemaIndex, SchemaVersion, default_index
 
 __all__ = [
     "CATALOG",
     "MAGIC",
     "RecordCodec",
-    "SchemaRegistry",
+    "SchemaIndex",
     "SchemaVersion",
     "TopicSpec",
-    "default_registry",
+    "default_index",
     "topic_spec",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas.errors import EvoError
+from evostream.schemas.errors import EvoError
 
 FOREVER = -1
 DAY_MS = 24 * 3600 * 1000

@@ -13,13 +13,13 @@ from typing import Any
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import validate
 
-from schemas.errors import (
+from evostream.schemas.errors import (
     BadMagicError,
     DecodeError,
     EncodeError,
     TruncatedRecordError,
 )
-from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
+from evostream.schemas.fingerprints import SchemaIndex, SchemaVersion, default_index
 
 MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
@@ -42,9 +42,9 @@ def split_header(data: bytes) -> tuple[bytes, memoryview]:
 class RecordCodec:
     """Encodes and decodes one record type; the writer is its newest schema, the reader too unless pinned."""
 
-    def __init__(self, name: str, registry: SchemaRegistry | None = None, reader_version: int | None = None):
-        self.registry = registry or default_registry()
-        versions = self.registry.versions(name)
+    def __init__(self, name: str, index: SchemaIndex | None = None, reader_version: int | None = None):
+        self.schemas = index or default_index()
+        versions = self.schemas.versions(name)
         self.writer: SchemaVersion = versions[-1]
         self.reader: SchemaVersion = versions[-1] if reader_version is None else versions[reader_version - 1]
         self._header = MAGIC + self.writer.fingerprint
@@ -77,7 +77,7 @@ class RecordCodec:
         if fp == self.reader.fingerprint:
             writer = self.reader
         else:
-            writer = self.registry.by_fingerprint(fp)
+            writer = self.schemas.by_fingerprint(fp)
             if writer.name != self.reader.name:
                 raise DecodeError(
                     f"record is a {writer.short_name} (v{writer.version}), expected {self.reader.short_name}"

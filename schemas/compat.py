@@ -8,7 +8,7 @@ from io import BytesIO
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.utils import generate_many
 
-from schemas.registry import SchemaRegistry, SchemaVersion
+from evostream.schemas.fingerprints import SchemaIndex, SchemaVersion
 
 
 def check_pair(writer: SchemaVersion, reader: SchemaVersion, samples: int = 20, seed: int = 0) -> str | None:
@@ -38,11 +38,11 @@ def check_pair(writer: SchemaVersion, reader: SchemaVersion, samples: int = 20, 
     return None
 
 
-def check_backward_transitive(registry: SchemaRegistry) -> list[str]:
-    """Every problem found, as '<record>: <reason>'; empty when the registry is compatible."""
+def check_backward_transitive(index: SchemaIndex) -> list[str]:
+    """Every problem found, as '<record>: <reason>'; empty when the index is compatible."""
     problems = []
-    for name in registry.names():
-        versions = registry.versions(name)
+    for name in index.names():
+        versions = index.versions(name)
         for j, reader in enumerate(versions):
             for writer in versions[: j + 1]:
                 why = check_pair(writer, reader)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.tensors import pack_f32
+from evostream.schemas.tensors import pack_f32
 
 SELFCHECK_VERSION = "selfcheck"
 
@@ -152,11 +152,21 @@ def governance(i: int, t_us: int = T0_US) -> dict[str, Any]:
     them; the chain's hashes and signatures are not valid: sinks record the log, they do not verify it)."""
     version = VERSIONS[(i // 3) % 2]
     type_, payload = [
-        ("ModelRegistered", {"version": version, "artifact_uri": f"file:///a/{version}", "artifact_sha256": "0" * 64,
-                             "parent": None, "operator": None, "operator_params": {}, "metrics": {}}),
+        (
+            "ModelRegistered",
+            {
+                "version": version,
+                "artifact_uri": f"file:///a/{version}",
+                "artifact_sha256": "0" * 64,
+                "parent": None,
+                "operator": None,
+                "operator_params": {},
+                "metrics": {},
+            },
+        ),
         ("Promoted", {"version": version, "stage": "production", "alias": None}),
         ("RolledBack", {"version": VERSIONS[0], "from_version": version}),
-    ][i % 3]  # fmt: skip
+    ][i % 3]
     return {
         "event_id": f"event-{i}",
         "model_name": "tiny",

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from schemas.errors import DecodeError
+from evostream.schemas.errors import DecodeError
 
 F32 = np.dtype("<f4")
 F32Array = npt.NDArray[np.float32]

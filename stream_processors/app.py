@@ -40,25 +40,25 @@ from typing import Any
 
 import faust
 
-from evostream.clock import now_us
-from evostream.errors import DecodeError
-from evostream.settings import Settings
-from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
-from schemas.codec import RecordCodec
-from schemas.deadletter import dead_letter
-from schemas.tensors import check_step
-from stream_processors.drift.policy import load_drift_policies
-from stream_processors.drift.tracker import DriftTracker, DriftWindows
-from stream_processors.drift.tracker import table_name as drift_table
-from stream_processors.fold import Fold
-from stream_processors.profiling.delta import Columns, columns, deltas
-from stream_processors.profiling.tracker import ProfileTracker
-from stream_processors.profiling.tracker import table_name as profile_table
-from stream_processors.profiling.window import ProfilePolicy
-from stream_processors.risk.policy import RiskPolicy, load_policies
-from stream_processors.risk.tracker import TABLE as RISK_TABLE
-from stream_processors.risk.tracker import RiskTracker
-from stream_processors.transport import App
+from evostream.core.clock import now_us
+from evostream.core.errors import DecodeError
+from evostream.core.settings import Settings
+from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.deadletter import dead_letter
+from evostream.schemas.tensors import check_step
+from evostream.stream_processors.drift.policy import load_drift_policies
+from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
+from evostream.stream_processors.drift.tracker import table_name as drift_table
+from evostream.stream_processors.fold import Fold
+from evostream.stream_processors.profiling.delta import Columns, columns, deltas
+from evostream.stream_processors.profiling.tracker import ProfileTracker
+from evostream.stream_processors.profiling.tracker import table_name as profile_table
+from evostream.stream_processors.profiling.window import ProfilePolicy
+from evostream.stream_processors.risk.policy import RiskPolicy, load_policies
+from evostream.stream_processors.risk.tracker import TABLE as RISK_TABLE
+from evostream.stream_processors.risk.tracker import RiskTracker
+from evostream.stream_processors.transport import App
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +84,31 @@ class Processors:
         self.tracker = RiskTracker(policies)
         self.drift_tracker = drift
         self.profile_tracker = profile
-        names = ("GenerationStep", "Completion", "RiskReport", "RiskAlert", "DeadLetter", "DriftReport",
-                 "ProfileSnapshot", "NeuronCounts", "ProfileDelta")  # fmt: skip
+        names = (
+            "GenerationStep",
+            "Completion",
+            "RiskReport",
+            "RiskAlert",
+            "DeadLetter",
+            "DriftReport",
+            "ProfileSnapshot",
+            "NeuronCounts",
+            "ProfileDelta",
+        )
         self.codecs = {n: RecordCodec(n) for n in names}
-        self.stats = {"steps": 0, "completions": 0, "drift_completions": 0, "profile_steps": 0, "duplicates_risk": 0,
-                      "duplicates_drift": 0, "duplicates_profile": 0, "dead_letters": 0, "alerts": 0, "drift": 0,
-                      "profiles": 0}  # fmt: skip
+        self.stats = {
+            "steps": 0,
+            "completions": 0,
+            "drift_completions": 0,
+            "profile_steps": 0,
+            "duplicates_risk": 0,
+            "duplicates_drift": 0,
+            "duplicates_profile": 0,
+            "dead_letters": 0,
+            "alerts": 0,
+            "drift": 0,
+            "profiles": 0,
+        }
         self._kill_after = int(os.environ.get(FAULT_KILL_AFTER) or 0)
         self._kill_model = os.environ.get(FAULT_KILL_MODEL, "")
         self._folded = 0
@@ -116,8 +135,12 @@ class Processors:
             stream_wait_empty=False,
         )
         self.app = app
-        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-                               "value_serializer": "raw"}  # fmt: skip
+        raw: dict[str, Any] = {
+            "key_type": bytes,
+            "value_type": bytes,
+            "key_serializer": "raw",
+            "value_serializer": "raw",
+        }
         self.steps = app.topic(STEPS, **raw)
         self.completions = app.topic(COMPLETIONS, **raw)
         self.risk = app.topic(RISK, **raw)
@@ -350,9 +373,14 @@ class Processors:
         if self._folded < self._kill_after or not mid_batch or not any(stage == "FINAL" for _, stage in sent):
             return
         await self.app.producer.flush()  # what was sent is on the broker: the replay must meet it there
-        log.warning("fault injection: SIGKILL after folded step %d (event %d of a batch of %d); reports sent by "
-                    "this batch before its state write: %s", self._folded, done, batch,
-                    json.dumps(sent))  # fmt: skip
+        log.warning(
+            "fault injection: SIGKILL after folded step %d (event %d of a batch of %d); reports sent by "
+            "this batch before its state write: %s",
+            self._folded,
+            done,
+            batch,
+            json.dumps(sent),
+        )
         for handler in logging.getLogger().handlers:
             handler.flush()
         os.kill(os.getpid(), signal.SIGKILL)
@@ -421,8 +449,11 @@ def _await_chain(aw: Any) -> list[str]:
     lines = []
     while aw is not None:
         frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None) or getattr(aw, "ag_frame", None)
-        lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}" if frame is not None
-                     else f"  awaits {aw!r:.200}")  # fmt: skip
+        lines.append(
+            f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}"
+            if frame is not None
+            else f"  awaits {aw!r:.200}"
+        )
         aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None) or getattr(aw, "ag_await", None)
     return lines
 

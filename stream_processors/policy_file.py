@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from evostream.errors import PolicyError
+from evostream.core.errors import PolicyError
 
 
 def check_fields(d: Mapping[str, Any], allowed: Iterable[str], required: Iterable[str], kind: str, source: str) -> None:
@@ -16,5 +16,7 @@ def check_fields(d: Mapping[str, Any], allowed: Iterable[str], required: Iterabl
         raise PolicyError(f"{source}: unknown {kind} policy fields {unknown}")
     missing = [f for f in required if f not in d]
     if missing:
-        raise PolicyError(f"{source}: {kind} policy {d.get('name', '?')} lacks {missing} (every field must be in "
-                          "the file; the code defaults are only the fallback when no file exists)")  # fmt: skip
+        raise PolicyError(
+            f"{source}: {kind} policy {d.get('name', '?')} lacks {missing} (every field must be in "
+            "the file; the code defaults are only the fallback when no file exists)"
+        )

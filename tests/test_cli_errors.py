@@ -11,7 +11,7 @@ import typer.main
 
 from evostream.cli import app
 from evostream.cli.common import friendly
-from evostream.stack.ports import free_port
+from evostream.core.stack.ports import free_port
 
 WRAPPED = friendly(lambda: None).__code__  # every function friendly wraps runs this code object
 
@@ -40,21 +40,61 @@ def reports_errors(fn: Any) -> bool:
 def test_every_command_reports_errors_through_friendly() -> None:
     found = commands(typer.main.get_group(app))
     assert set(found) == {
-        "demo", "serve", "publish", "process", "calibrate", "alerts", "drift", "profile", "topics", "selfcheck",
-        "stack up", "stack status", "stack down", "stack logs", "schemas list", "schemas check", "governance init",
-        "governance keygen", "governance enroll", "governance revoke", "governance policy", "governance snapshot",
-        "register", "validate", "request-approval", "approve", "promote", "rollback", "audit", "provenance", "replay",
-        "registry show", "analyze", "evolve", "evolution run", "sinks list", "sinks run", "query", "api",
+        "demo",
+        "serve",
+        "publish",
+        "process",
+        "calibrate",
+        "alerts",
+        "drift",
+        "profile",
+        "topics",
+        "selfcheck",
+        "stack up",
+        "stack status",
+        "stack down",
+        "stack logs",
+        "schemas list",
+        "schemas check",
+        "governance init",
+        "governance keygen",
+        "governance enroll",
+        "governance revoke",
+        "governance policy",
+        "governance snapshot",
+        "register",
+        "validate",
+        "request-approval",
+        "approve",
+        "promote",
+        "rollback",
+        "audit",
+        "provenance",
+        "replay",
+        "registry show",
+        "analyze",
+        "evolve",
+        "evolution run",
+        "sinks list",
+        "sinks run",
+        "query",
+        "api",
         "governance api-token",
-    }  # fmt: skip
+    }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
 
 
 def test_a_reader_without_a_broker_says_so_in_one_line() -> None:
     env = {**os.environ, "EVOSTREAM_CONNECT_TIMEOUT_S": "2"}
-    done = subprocess.run([sys.executable, "-m", "evostream.cli", "drift", "--bootstrap", f"127.0.0.1:{free_port()}"],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "evostream.cli", "drift", "--bootstrap", f"127.0.0.1:{free_port()}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no Kafka broker answers at"), done.stderr

@@ -33,12 +33,18 @@ def test_compose_spec_validation_with_compose_go() -> None:
         # unless the person running the tests opted out by name.
         if os.environ.get("EVOSTREAM_SKIP_COMPOSE_GO") == "1":
             pytest.skip("EVOSTREAM_SKIP_COMPOSE_GO=1: compose-go validation skipped (the YAML checks still run)")
-        pytest.fail("go is needed to validate docker-compose.yml with compose-go: install it (apt-get install "
-                    "golang-go) or set EVOSTREAM_SKIP_COMPOSE_GO=1 to skip this check on purpose")  # fmt: skip
+        pytest.fail(
+            "go is needed to validate docker-compose.yml with compose-go: install it (apt-get install "
+            "golang-go) or set EVOSTREAM_SKIP_COMPOSE_GO=1 to skip this check on purpose"
+        )
     done = subprocess.run(
-        [go, "run", ".", str(COMPOSE)], cwd=ROOT / "tests" / "compose",
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [go, "run", ".", str(COMPOSE)],
+        cwd=ROOT / "tests" / "compose",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert set(done.stdout.split()) >= {"kafka", "topics", "prometheus", "grafana", "otel-collector"}
 
@@ -49,8 +55,14 @@ def test_compose_go_rejects_a_broken_file(tmp_path: Path) -> None:
         pytest.skip("go is not installed")
     bad = tmp_path / "docker-compose.yml"
     bad.write_text(COMPOSE.read_text().replace("    hostname: kafka", "    hostnme: kafka"))
-    done = subprocess.run([go, "run", ".", str(bad)], cwd=ROOT / "tests" / "compose",
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    done = subprocess.run(
+        [go, "run", ".", str(bad)],
+        cwd=ROOT / "tests" / "compose",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode != 0
     assert "hostnme" in done.stderr
 

@@ -19,12 +19,16 @@ def test_demo_answers_every_task_with_its_step_events_and_risk(kafka: str, tmp_p
     """On an empty governance log (its own topic), the demo's genesis registers, validates, approves and promotes
     the embedded model, and the answers come from that governed version; the log then verifies."""
     run_id = uuid.uuid4().hex[:8]
-    env = {**os.environ, "EVOSTREAM_PROCESSORS_DIR": str(tmp_path / "processors"),
-           "EVOSTREAM_PROCESSORS_APP_ID": f"test-demo-{run_id}", "HF_HUB_OFFLINE": "1",
-           "EVOSTREAM_GOVERNANCE_DIR": str(tmp_path / "governance"), "EVOSTREAM_ARTIFACTS_DIR": str(tmp_path / "art"),
-           "EVOSTREAM_GOVERNANCE_TOPIC": f"test-demo-governance-{run_id}"}  # fmt: skip
-    run = subprocess.run([*CLI, "demo", "--bootstrap", kafka], env=env, capture_output=True, text=True,
-                         timeout=300)  # fmt: skip
+    env = {
+        **os.environ,
+        "EVOSTREAM_PROCESSORS_DIR": str(tmp_path / "processors"),
+        "EVOSTREAM_PROCESSORS_APP_ID": f"test-demo-{run_id}",
+        "HF_HUB_OFFLINE": "1",
+        "EVOSTREAM_GOVERNANCE_DIR": str(tmp_path / "governance"),
+        "EVOSTREAM_ARTIFACTS_DIR": str(tmp_path / "art"),
+        "EVOSTREAM_GOVERNANCE_TOPIC": f"test-demo-governance-{run_id}",
+    }
+    run = subprocess.run([*CLI, "demo", "--bootstrap", kafka], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = [line for line in run.stdout.splitlines() if line.startswith(("ok ", "BAD"))]
     assert len(lines) == 6
@@ -46,6 +50,7 @@ def test_demo_answers_every_task_with_its_step_events_and_risk(kafka: str, tmp_p
         f"admin      [evostream/t5-tiny-suite] approved {version} for production",
         f"admin      [evostream/t5-tiny-suite] promoted {version} to production",
     ], audit.stdout
-    verify = subprocess.run([*CLI, "replay", "--verify", "--bootstrap", kafka], env=env, capture_output=True,
-                            text=True, timeout=60)  # fmt: skip
+    verify = subprocess.run(
+        [*CLI, "replay", "--verify", "--bootstrap", kafka], env=env, capture_output=True, text=True, timeout=60
+    )
     assert verify.returncode == 0 and "7 events" in verify.stdout and "0 finding(s)" in verify.stdout, verify.stdout

@@ -22,15 +22,15 @@ def test_no_import_runs_back_up_a_layer() -> None:
 
 def test_a_deliberate_back_import_breaks_the_contract(tmp_path: Path) -> None:
     # a copy of the packages and contracts where the contract (schemas) imports the CLI: lint-imports must refuse it
-    for name in ("evostream", "schemas", "models", "producers", "stream_processors", "consumers", "plugins"):
-        skip = shutil.ignore_patterns("__pycache__", "*.pt", "*.safetensors")
-        shutil.copytree(ROOT / name, tmp_path / name, ignore=skip)
+    # copytree follows the package's links (evostream/schemas -> ../schemas, ...): the copy is one plain package
+    skip = shutil.ignore_patterns("__pycache__", "*.pt", "*.safetensors", "node_modules")
+    shutil.copytree(ROOT / "evostream", tmp_path / "evostream", ignore=skip)
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    codec = tmp_path / "schemas" / "codec.py"
+    codec = tmp_path / "evostream" / "schemas" / "codec.py"
     codec.write_text(codec.read_text() + "\nimport evostream.cli.readers  # noqa: E402,F401  a back-import\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     exe = Path(sys.executable).with_name("lint-imports")
     done = subprocess.run([str(exe), "--no-cache"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0, done.stdout[-4000:]
-    assert "schemas.codec -> evostream.cli.readers" in done.stdout, done.stdout[-4000:]
+    assert "evostream.schemas.codec -> evostream.cli.readers" in done.stdout, done.stdout[-4000:]
     assert "BROKEN" in done.stdout

@@ -23,8 +23,11 @@ def teacher_forcing(
         enc = tok(prompts, return_tensors="pt", padding=True)
         labels = tok(answers, return_tensors="pt", padding=True).input_ids
         labels[labels == tok.pad_token_id] = -100
-        return {"input_ids": enc.input_ids.to(device), "attention_mask": enc.attention_mask.to(device),
-                "labels": labels.to(device)}  # fmt: skip
+        return {
+            "input_ids": enc.input_ids.to(device),
+            "attention_mask": enc.attention_mask.to(device),
+            "labels": labels.to(device),
+        }
     rows, label_rows = [], []
     for p, a in pairs:
         p_ids = tok(p, add_special_tokens=False).input_ids

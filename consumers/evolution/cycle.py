@@ -21,21 +21,21 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from consumers.evolution.batches import Pair
-from consumers.evolution.distill import DistillConfig, DistillReport, distill, mixed_stream
-from consumers.evolution.inputs import Observed
-from consumers.evolution.measure import parameter_count
-from consumers.evolution.operators.adapter import AdapterReport, add_adapter, merge_adapter, train_adapter
-from consumers.evolution.operators.quantize import quantize_int8, save_int8
-from consumers.evolution.operators.vocab import prune_vocab, used_token_ids
-from consumers.evolution.recipe import Recipe, build
-from consumers.evolution.sandbox import Gates, RiskRate, Validation, ratios, validate
-from evostream.artifacts import ArtifactStore
-from evostream.errors import EvolutionError
-from models.default_model.train import training_examples
-from models.loading import LoadedModel, load_model
-from models.suite.evaluate import eval_set
-from models.suite.tasks import Example, make_split
+from evostream.consumers.evolution.batches import Pair
+from evostream.consumers.evolution.distill import DistillConfig, DistillReport, distill, mixed_stream
+from evostream.consumers.evolution.inputs import Observed
+from evostream.consumers.evolution.measure import parameter_count
+from evostream.consumers.evolution.operators.adapter import AdapterReport, add_adapter, merge_adapter, train_adapter
+from evostream.consumers.evolution.operators.quantize import quantize_int8, save_int8
+from evostream.consumers.evolution.operators.vocab import prune_vocab, used_token_ids
+from evostream.consumers.evolution.recipe import Recipe, build
+from evostream.consumers.evolution.sandbox import Gates, RiskRate, Validation, ratios, validate
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.errors import EvolutionError
+from evostream.models.default_model.train import training_examples
+from evostream.models.loading import LoadedModel, load_model
+from evostream.models.suite.evaluate import eval_set
+from evostream.models.suite.tasks import Example, make_split
 
 DEFAULT_RECIPES = (
     Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5),
@@ -82,14 +82,23 @@ class Candidate:
     def metrics(self) -> dict[str, Any]:
         c = self.validation.candidate
         r = ratios(self.validation)
-        return {"parameters": c.parameters, "bytes_on_disk": c.bytes, "task_accuracy": c.accuracy,
-                "ms_per_token": round(c.speed.median, 4), "alerts_per_100": c.risk_rate,
-                "vs_parent": {k: round(v, 4) for k, v in r.items()}, "agreement": self.validation.agreement,
-                "distillation": {"steps": self.distillation.steps, "seconds": round(self.distillation.seconds, 1),
-                                 "final_loss": round(self.distillation.losses[-1], 5) if self.distillation.losses
-                                 else None},
-                "adapter": None if (a := self.adapter) is None else
-                {"steps": a.steps, "seconds": round(a.seconds, 1), "final_loss": round(a.losses[-1], 5)}}  # fmt: skip
+        return {
+            "parameters": c.parameters,
+            "bytes_on_disk": c.bytes,
+            "task_accuracy": c.accuracy,
+            "ms_per_token": round(c.speed.median, 4),
+            "alerts_per_100": c.risk_rate,
+            "vs_parent": {k: round(v, 4) for k, v in r.items()},
+            "agreement": self.validation.agreement,
+            "distillation": {
+                "steps": self.distillation.steps,
+                "seconds": round(self.distillation.seconds, 1),
+                "final_loss": round(self.distillation.losses[-1], 5) if self.distillation.losses else None,
+            },
+            "adapter": None
+            if (a := self.adapter) is None
+            else {"steps": a.steps, "seconds": round(a.seconds, 1), "final_loss": round(a.losses[-1], 5)},
+        }
 
 
 @dataclass
@@ -118,8 +127,13 @@ def choose(cands: Sequence[Candidate]) -> tuple[Candidate | None, list[Candidate
     front = pareto_front([c for c in cands if c.passed])
     if not front:
         return None, []
-    best = min(front, key=lambda c: (c.validation.candidate.bytes * c.validation.candidate.speed.median,
-                                     -c.validation.candidate.accuracy["mean"]))  # fmt: skip
+    best = min(
+        front,
+        key=lambda c: (
+            c.validation.candidate.bytes * c.validation.candidate.speed.median,
+            -c.validation.candidate.accuracy["mean"],
+        ),
+    )
     return best, front
 
 
@@ -151,8 +165,16 @@ def adapt(
     pairs = list(itertools.islice(stream, cfg.adapter_steps * cfg.distill.batch_size))
     progress(f"adapter: rank {rank} on every FFN output projection, {cfg.adapter_steps} steps")
     grown = add_adapter(student, rank=rank, seed=cfg.distill.seed)
-    report = train_adapter(grown, tok, pairs, cfg.adapter_steps, cfg.adapter_lr, progress,
-                           batch_size=cfg.distill.batch_size, seed=cfg.distill.seed)  # fmt: skip
+    report = train_adapter(
+        grown,
+        tok,
+        pairs,
+        cfg.adapter_steps,
+        cfg.adapter_lr,
+        progress,
+        batch_size=cfg.distill.batch_size,
+        seed=cfg.distill.seed,
+    )
     return merge_adapter(grown).eval(), report
 
 
@@ -188,21 +210,26 @@ def run_cycle(
                 student = copy.deepcopy(parent.model)
             progress(f"build: {parameter_count(parent.model):,} -> {parameter_count(student):,} parameters")
             pairs = mixed_stream(observed.pairs, _suite_pairs(cfg.distill.seed), cfg.logged_share, cfg.distill.seed)
-            distilled[base_key] = (student, distill(student, parent.model, parent.tokenizer, pairs, cfg.distill,
-                                                    progress))  # fmt: skip
+            distilled[base_key] = (
+                student,
+                distill(student, parent.model, parent.tokenizer, pairs, cfg.distill, progress),
+            )
         student, report = distilled[base_key]
         adapter: AdapterReport | None = None
         if recipe.adapter_rank:
             if recipe.student_key not in adapted:
-                adapted[recipe.student_key] = adapt(student, parent.tokenizer, observed, recipe.adapter_rank, cfg,
-                                                     progress)  # fmt: skip
+                adapted[recipe.student_key] = adapt(
+                    student, parent.tokenizer, observed, recipe.adapter_rank, cfg, progress
+                )
             student, adapter = adapted[recipe.student_key]
         tok = parent.tokenizer
         if recipe.vocab:
             keep = vocabulary(tok, observed, cfg.distill.seed)
             student, tok = prune_vocab(student, tok, keep)
-            progress(f"vocabulary: {student.config.vocab_size} of {parent.model.config.vocab_size} rows kept (the "
-                     f"{len(keep)} token ids the log and the suite use, and the special tokens)")  # fmt: skip
+            progress(
+                f"vocabulary: {student.config.vocab_size} of {parent.model.config.vocab_size} rows kept (the "
+                f"{len(keep)} token ids the log and the suite use, and the special tokens)"
+            )
         folder = workdir / f"candidate-{i}-{recipe.name}"
         if folder.exists():
             shutil.rmtree(folder)
@@ -211,8 +238,9 @@ def run_cycle(
         else:
             student.save_pretrained(folder)
             tok.save_pretrained(folder)
-        (folder / "evolution.json").write_text(json.dumps({"parent": parent.version, "recipe": recipe.params(),
-                                                           "distill": cfg.distill.__dict__}, indent=2))  # fmt: skip
+        (folder / "evolution.json").write_text(
+            json.dumps({"parent": parent.version, "recipe": recipe.params(), "distill": cfg.distill.__dict__}, indent=2)
+        )
         ref = store.put_dir(folder)
         path = store.open(ref.sha256)  # re-hashed, then loaded: the candidate validated is the stored one
         stored = load_model(str(path), device=str(parent.device))
@@ -230,8 +258,10 @@ def run_cycle(
         cand = Candidate(recipe, ref.sha256, ref.uri, parameter_count(stored.model), v, report, adapter)
         result.candidates.append(cand)
         r = ratios(v)
-        progress(f"candidate {recipe.name}: {'PASS' if v.passed else 'FAIL'}; mean accuracy "
-                 f"{v.candidate.accuracy['mean']:.3f} (parent {v.parent.accuracy['mean']:.3f}), {r['bytes']:.2f}x "
-                 f"smaller, {r['speed']:.2f}x faster per token; {time.perf_counter() - t0:.0f}s")  # fmt: skip
+        progress(
+            f"candidate {recipe.name}: {'PASS' if v.passed else 'FAIL'}; mean accuracy "
+            f"{v.candidate.accuracy['mean']:.3f} (parent {v.parent.accuracy['mean']:.3f}), {r['bytes']:.2f}x "
+            f"smaller, {r['speed']:.2f}x faster per token; {time.perf_counter() - t0:.0f}s"
+        )
     result.chosen, result.front = choose(result.candidates)
     return result

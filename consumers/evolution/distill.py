@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.nn import functional as nnf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from consumers.evolution.batches import Pair, teacher_forcing
-from evostream.errors import EvolutionError
+from evostream.consumers.evolution.batches import Pair, teacher_forcing
+from evostream.core.errors import EvolutionError
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,9 @@ def _loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, seq2se
     keep = labels != -100
     s, t = student_logits[keep], teacher_logits[keep]
     temp = cfg.temperature
-    kd = nnf.kl_div(nnf.log_softmax(s / temp, -1), nnf.log_softmax(t / temp, -1), log_target=True,
-                    reduction="batchmean")  # fmt: skip
+    kd = nnf.kl_div(
+        nnf.log_softmax(s / temp, -1), nnf.log_softmax(t / temp, -1), log_target=True, reduction="batchmean"
+    )
     ce = nnf.cross_entropy(s, labels[keep])
     return cfg.alpha * temp * temp * kd + (1 - cfg.alpha) * ce
 
@@ -90,8 +91,10 @@ def distill(
     if seq2seq != bool(getattr(teacher.config, "is_encoder_decoder", False)):
         raise EvolutionError("the student and the teacher must both be seq2seq or both causal")
     if student.config.vocab_size != teacher.config.vocab_size:
-        raise EvolutionError(f"the student's vocabulary ({student.config.vocab_size}) differs from the teacher's "
-                             f"({teacher.config.vocab_size}): distil before compressing the vocabulary")  # fmt: skip
+        raise EvolutionError(
+            f"the student's vocabulary ({student.config.vocab_size}) differs from the teacher's "
+            f"({teacher.config.vocab_size}): distil before compressing the vocabulary"
+        )
     torch.manual_seed(cfg.seed)
     device = next(student.parameters()).device
     teacher.eval()
@@ -127,8 +130,10 @@ def distill(
                 window = []
                 if progress is not None:
                     el = time.perf_counter() - t0
-                    progress(f"distil: step {step + 1}/{cfg.steps} loss {report.losses[-1]:.4f} "
-                             f"{el:.0f}s, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")  # fmt: skip
+                    progress(
+                        f"distil: step {step + 1}/{cfg.steps} loss {report.losses[-1]:.4f} "
+                        f"{el:.0f}s, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s"
+                    )
     finally:
         student.eval()
     report.seconds = time.perf_counter() - t0

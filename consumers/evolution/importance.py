@@ -30,9 +30,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from consumers.evolution.batches import Pair, teacher_forcing
-from consumers.evolution.sites import AttentionSite, FfnSite, attention_sites, ffn_sites, layer_stacks
-from evostream.errors import EvolutionError
+from evostream.consumers.evolution.batches import Pair, teacher_forcing
+from evostream.consumers.evolution.sites import AttentionSite, FfnSite, attention_sites, ffn_sites, layer_stacks
+from evostream.core.errors import EvolutionError
 
 FloatArray = npt.NDArray[np.float64]
 Progress = Callable[[str], None]
@@ -220,8 +220,9 @@ class _Probe:
         self.batch = batch
         device = next(self.model.parameters()).device
         if self.want_heads:
-            self.head_gates = {a.name: torch.ones(batch.size, a.num_heads, device=device, requires_grad=True)
-                               for a in self.attn}  # fmt: skip
+            self.head_gates = {
+                a.name: torch.ones(batch.size, a.num_heads, device=device, requires_grad=True) for a in self.attn
+            }
 
     def finish_batch(self) -> None:
         for name, g in self.head_gates.items():
@@ -235,8 +236,10 @@ class _Probe:
             raise EvolutionError("a hook ran outside a measured batch")
         mask = self.batch.masks[role]
         if tuple(x.shape[:2]) != tuple(mask.shape):
-            raise EvolutionError(f"{where}: hidden states of shape {tuple(x.shape)} do not match the batch's "
-                                 f"{tuple(mask.shape)} tokens; this layout is not supported")  # fmt: skip
+            raise EvolutionError(
+                f"{where}: hidden states of shape {tuple(x.shape)} do not match the batch's "
+                f"{tuple(mask.shape)} tokens; this layout is not supported"
+            )
         return mask
 
     def _head_hook(self, site: AttentionSite, role: str) -> Callable[[nn.Module, Any], Any]:
@@ -244,8 +247,10 @@ class _Probe:
             x = _first(inp)
             b, t, feat = x.shape
             if feat != site.num_heads * site.head_dim:
-                raise EvolutionError(f"{site.name}: output projection input has {feat} features, expected "
-                                     f"{site.num_heads} heads x {site.head_dim}")  # fmt: skip
+                raise EvolutionError(
+                    f"{site.name}: output projection input has {feat} features, expected "
+                    f"{site.num_heads} heads x {site.head_dim}"
+                )
             self._mask(role, x, site.name)
             scale = None
             if site.name in self.head_gates:
@@ -380,11 +385,16 @@ def measure(
     if neurons:
         for f in probe.ffn:
             tokens = max(probe.tokens[f.name], 1)
-            neuron_stats[f.name] = NeuronStats((probe.fired[f.name] / tokens).cpu().numpy(),
-                                               (probe.taylor[f.name] / tokens).cpu().numpy(), probe.tokens[f.name],
-                                               "examples")  # fmt: skip
-    redundancy = {stack: np.array([probe.cos_sum[(stack, i)] / max(probe.cos_n[(stack, i)], 1) for i in range(len(ls))])
-                  for stack, ls in probe.stacks.items()}  # fmt: skip
+            neuron_stats[f.name] = NeuronStats(
+                (probe.fired[f.name] / tokens).cpu().numpy(),
+                (probe.taylor[f.name] / tokens).cpu().numpy(),
+                probe.tokens[f.name],
+                "examples",
+            )
+    redundancy = {
+        stack: np.array([probe.cos_sum[(stack, i)] / max(probe.cos_n[(stack, i)], 1) for i in range(len(ls))])
+        for stack, ls in probe.stacks.items()
+    }
     return Measurement(head_stats, neuron_stats, redundancy, loss, n)
 
 
@@ -396,8 +406,9 @@ def head_importance(
     progress: Progress | None = None,
 ) -> dict[str, HeadStats]:
     """Per attention site (by name), each head's E_x |dL_x/dg_h|, raw and L2-normalised over the site's heads."""
-    return measure(model, tokenizer, examples, neurons=False, layers=False, batch_size=batch_size,
-                   progress=progress).heads  # fmt: skip
+    return measure(
+        model, tokenizer, examples, neurons=False, layers=False, batch_size=batch_size, progress=progress
+    ).heads
 
 
 def neuron_importance(
@@ -408,8 +419,9 @@ def neuron_importance(
     progress: Progress | None = None,
 ) -> dict[str, NeuronStats]:
     """Per FFN site (by name), each neuron's firing rate and Taylor score E|a * dL/da| on the examples' tokens."""
-    return measure(model, tokenizer, examples, heads=False, layers=False, batch_size=batch_size,
-                   progress=progress).neurons  # fmt: skip
+    return measure(
+        model, tokenizer, examples, heads=False, layers=False, batch_size=batch_size, progress=progress
+    ).neurons
 
 
 def layer_redundancy(
@@ -420,8 +432,9 @@ def layer_redundancy(
     progress: Progress | None = None,
 ) -> dict[str, FloatArray]:
     """Per stack, each layer's mean cosine similarity of its input and output hidden states over real tokens."""
-    return measure(model, tokenizer, examples, heads=False, neurons=False, batch_size=batch_size,
-                   progress=progress).layers  # fmt: skip
+    return measure(
+        model, tokenizer, examples, heads=False, neurons=False, batch_size=batch_size, progress=progress
+    ).layers
 
 
 def gated_loss(
@@ -444,8 +457,10 @@ def neurons_from_counts(counts: npt.ArrayLike, steps: int, sites: Sequence[FfnSi
     ``sites`` are the FFN sites of that stack, in layer order (``generating_ffn_sites``)."""
     arr = np.asarray(counts)
     if arr.ndim != 2 or arr.shape[0] != len(sites):
-        raise EvolutionError(f"neuron counts of shape {arr.shape} do not fit the {len(sites)} FFN layers of the "
-                             "generating stack: give [num_layers, width] counts of the model that served")  # fmt: skip
+        raise EvolutionError(
+            f"neuron counts of shape {arr.shape} do not fit the {len(sites)} FFN layers of the "
+            "generating stack: give [num_layers, width] counts of the model that served"
+        )
     if steps <= 0:
         raise EvolutionError(f"neuron counts cover {steps} steps: nothing was served to rank neurons by")
     if np.any(arr < 0) or np.any(arr > steps):
@@ -453,8 +468,10 @@ def neurons_from_counts(counts: npt.ArrayLike, steps: int, sites: Sequence[FfnSi
     out: dict[str, NeuronStats] = {}
     for row, site in zip(arr, sites, strict=True):
         if row.shape[0] != site.width:
-            raise EvolutionError(f"{site.name} has {site.width} neurons but its counts row has {row.shape[0]}: "
-                                 "the counts come from another model version")  # fmt: skip
+            raise EvolutionError(
+                f"{site.name} has {site.width} neurons but its counts row has {row.shape[0]}: "
+                "the counts come from another model version"
+            )
         out[site.name] = NeuronStats(row.astype(np.float64) / steps, None, int(steps), "traffic")
     return out
 
@@ -476,8 +493,10 @@ def embedding_usage(token_ids: Iterable[Iterable[int]], vocab_size: int) -> Embe
         if ids.size == 0:
             continue
         if ids.min() < 0 or ids.max() >= vocab_size:
-            raise EvolutionError(f"token id {int(ids.min() if ids.min() < 0 else ids.max())} is outside the "
-                                 f"vocabulary of {vocab_size} rows: the ids come from another tokenizer")  # fmt: skip
+            raise EvolutionError(
+                f"token id {int(ids.min() if ids.min() < 0 else ids.max())} is outside the "
+                f"vocabulary of {vocab_size} rows: the ids come from another tokenizer"
+            )
         counts += np.bincount(ids, minlength=vocab_size)
         total += int(ids.size)
     return EmbeddingUsage(counts, total)

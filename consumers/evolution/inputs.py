@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from evostream.bus.reader import TopicReader
-from schemas.catalog import COMPLETIONS, NEURONS, REQUESTS
+from evostream.core.bus.reader import TopicReader
+from evostream.schemas.catalog import COMPLETIONS, NEURONS, REQUESTS
 
 I64 = npt.NDArray[np.int64]
 
@@ -67,6 +67,8 @@ def read_observed(
                 seen.neuron_steps = 0
             seen.neuron_counts += counts
             seen.neuron_steps += rec["steps"]
-    progress(f"log: {len(seen.pairs)} answered requests of {version} ({len(prompts)} requests read), FFN counts over "
-             f"{seen.neuron_steps} steps")  # fmt: skip
+    progress(
+        f"log: {len(seen.pairs)} answered requests of {version} ({len(prompts)} requests read), FFN counts over "
+        f"{seen.neuron_steps} steps"
+    )
     return seen

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from evostream.errors import EvolutionError
+from evostream.core.errors import EvolutionError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -59,13 +59,19 @@ Generating = tuple[nn.Module, PreTrainedTokenizerBase]
 
 
 @torch.inference_mode()
-def _generate_all(model: nn.Module, tok: PreTrainedTokenizerBase, prompts: Sequence[str], new_tokens: int,
-                  batch_size: int) -> None:  # fmt: skip
+def _generate_all(
+    model: nn.Module, tok: PreTrainedTokenizerBase, prompts: Sequence[str], new_tokens: int, batch_size: int
+) -> None:
     device = next(model.parameters()).device
     for i in range(0, len(prompts), batch_size):
         enc = tok(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True).to(device)
-        model.generate(**enc, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,  # type: ignore[operator]
-                       num_beams=1)  # fmt: skip
+        model.generate(
+            **enc,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,  # type: ignore[operator]
+            num_beams=1,
+        )
 
 
 def ms_per_token(

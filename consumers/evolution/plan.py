@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from consumers.evolution.batches import Pair
-from consumers.evolution.importance import (
+from evostream.consumers.evolution.batches import Pair
+from evostream.consumers.evolution.importance import (
     EmbeddingUsage,
     FloatArray,
     HeadStats,
@@ -29,8 +29,8 @@ from consumers.evolution.importance import (
     measure,
     neurons_from_counts,
 )
-from consumers.evolution.sites import attention_sites, ffn_sites, tied_attention_sites
-from evostream.errors import EvolutionError
+from evostream.consumers.evolution.sites import attention_sites, ffn_sites, tied_attention_sites
+from evostream.core.errors import EvolutionError
 
 Kind = Literal["embedding_rows", "neurons", "head", "layer"]
 KINDS: tuple[Kind, ...] = ("embedding_rows", "neurons", "head", "layer")
@@ -131,8 +131,10 @@ class Analysis:
         if not unused:
             return []
         vocab = len(self.embeddings.counts)
-        text = (f"embeddings: {len(unused)} of {vocab} rows never used in {self.embeddings.tokens:,} logged tokens "
-                f"(ids {_ids(unused)}; special tokens kept)")  # fmt: skip
+        text = (
+            f"embeddings: {len(unused)} of {vocab} rows never used in {self.embeddings.tokens:,} logged tokens "
+            f"(ids {_ids(unused)}; special tokens kept)"
+        )
         return [PlanEntry("embedding_rows", "embeddings", tuple(unused), 0.0, 0.0, text)]
 
     def _heads(self) -> list[PlanEntry]:
@@ -141,8 +143,10 @@ class Analysis:
         out = []
         for (value, name, h), rank in zip(flat, ranks, strict=True):
             raw = float(self.heads[name].raw[h])
-            text = (f"{self._label(name)} head {h}: importance {value:.3g} normalised ({raw:.3g} raw E|dL/dg|), "
-                    f"{_standing(rank, len(flat), 'heads')}{self._head_note(name, h)}")  # fmt: skip
+            text = (
+                f"{self._label(name)} head {h}: importance {value:.3g} normalised ({raw:.3g} raw E|dL/dg|), "
+                f"{_standing(rank, len(flat), 'heads')}{self._head_note(name, h)}"
+            )
             out.append(PlanEntry("head", name, (h,), value, rank, text))
         return out
 
@@ -176,8 +180,16 @@ class Analysis:
                 ids = order[i : i + block]
                 rank = float(rank_of[n][ids].max())
                 score = float(scores[n][ids].mean())
-                out.append(PlanEntry("neurons", n, tuple(int(j) for j in ids), score, rank,
-                                     self._neuron_text(n, ids, score, rank, len(flat), by_taylor)))  # fmt: skip
+                out.append(
+                    PlanEntry(
+                        "neurons",
+                        n,
+                        tuple(int(j) for j in ids),
+                        score,
+                        rank,
+                        self._neuron_text(n, ids, score, rank, len(flat), by_taylor),
+                    )
+                )
         return out
 
     def _neuron_text(
@@ -198,8 +210,10 @@ class Analysis:
         ranks = _ranks(np.array([-v for v, _, _ in flat]))  # the more redundant, the less important
         out = []
         for (value, stack, i), rank in zip(flat, ranks, strict=True):
-            text = (f"{stack} layer {i}: output/input cosine {value:.3f} (1 = passes its input through), "
-                    f"{_standing(rank, len(flat), 'layers', most='redundant')}")  # fmt: skip
+            text = (
+                f"{stack} layer {i}: output/input cosine {value:.3f} (1 = passes its input through), "
+                f"{_standing(rank, len(flat), 'layers', most='redundant')}"
+            )
             out.append(PlanEntry("layer", stack, (i,), value, rank, text))
         return out
 
@@ -273,8 +287,16 @@ def analyze(
         if progress is not None:
             progress(f"embedding usage: {usage.used} of {len(usage.counts)} rows in {usage.tokens} tokens")
     sites = attention_sites(model)
-    return Analysis(heads=m.heads, neurons=m.neurons, layers=m.layers, labels=site_labels(model), loss=m.loss,
-                    examples=m.examples, traffic=traffic, embeddings=usage,
-                    protected_tokens=special_token_ids(model, tokenizer),
-                    group_sizes={a.name: a.group_size for a in sites},
-                    tied_sites=tuple(tuple(names) for names in tied_attention_sites(sites)))  # fmt: skip
+    return Analysis(
+        heads=m.heads,
+        neurons=m.neurons,
+        layers=m.layers,
+        labels=site_labels(model),
+        loss=m.loss,
+        examples=m.examples,
+        traffic=traffic,
+        embeddings=usage,
+        protected_tokens=special_token_ids(model, tokenizer),
+        group_sizes={a.name: a.group_size for a in sites},
+        tied_sites=tuple(tuple(names) for names in tied_attention_sites(sites)),
+    )

@@ -12,16 +12,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from consumers.evolution.cycle import Candidate, CycleConfig, CycleResult
-from consumers.governance.service import Governance
+from evostream.consumers.evolution.cycle import Candidate, CycleConfig, CycleResult
+from evostream.consumers.governance.service import Governance
 
 
 def handled_triggers(gov: Governance, model: str) -> set[str]:
     """Triggers whose cycle already registered a candidate of ``model``."""
     reg = gov.state().registry
     versions = reg.models.get(model, {}).get("versions", {})
-    return {str(v["operator_params"].get("trigger")) for v in versions.values()
-            if v.get("operator") == "evolve" and v["operator_params"].get("trigger")}  # fmt: skip
+    return {
+        str(v["operator_params"].get("trigger"))
+        for v in versions.values()
+        if v.get("operator") == "evolve" and v["operator_params"].get("trigger")
+    }
 
 
 def version_name(model: str, cand: Candidate) -> str:
@@ -48,14 +51,30 @@ def propose(
     if known is not None:  # the same bytes from an earlier cycle: registered once, judged then
         say(f"{version} is already registered ({known['stage']}): the cycle found the same candidate again")
         return version, bool(known["validation"] and known["validation"]["passed"])
-    params: dict[str, Any] = {"recipe": cand.recipe.params(), "trigger": trigger,
-                              "distill": {k: v for k, v in cfg.distill.__dict__.items()},
-                              "candidates_tried": [c.recipe.name for c in result.candidates]}  # fmt: skip
-    gov.register(model, version, artifact_uri=cand.uri, artifact_sha256=cand.sha256, parent=result.parent_version,
-                 operator="evolve", operator_params=params, metrics=cand.metrics(),
-                 reason=f"evolution cycle ({trigger}): {cand.recipe.name}")  # fmt: skip
-    gov.validated(model, version, cand.passed, cand.validation.payload(),
-                  reason="sandbox: held-out suite, replayed traffic, speed and size against the parent")  # fmt: skip
+    params: dict[str, Any] = {
+        "recipe": cand.recipe.params(),
+        "trigger": trigger,
+        "distill": {k: v for k, v in cfg.distill.__dict__.items()},
+        "candidates_tried": [c.recipe.name for c in result.candidates],
+    }
+    gov.register(
+        model,
+        version,
+        artifact_uri=cand.uri,
+        artifact_sha256=cand.sha256,
+        parent=result.parent_version,
+        operator="evolve",
+        operator_params=params,
+        metrics=cand.metrics(),
+        reason=f"evolution cycle ({trigger}): {cand.recipe.name}",
+    )
+    gov.validated(
+        model,
+        version,
+        cand.passed,
+        cand.validation.payload(),
+        reason="sandbox: held-out suite, replayed traffic, speed and size against the parent",
+    )
     say(f"registered {version} ({cand.recipe.name}); validation {'PASS' if cand.passed else 'FAIL'}")
     if cand.passed:
         evidence = {"trigger": trigger, "front": [c.recipe.name for c in result.front], **cand.metrics()}

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from consumers.evolution import importance as analyze
-from consumers.evolution.operators import structural
-from consumers.evolution.sites import attention_sites, ffn_sites, layer_stacks
-from evostream.errors import EvolutionError
+from evostream.consumers.evolution import importance as analyze
+from evostream.consumers.evolution.operators import structural
+from evostream.consumers.evolution.sites import attention_sites, ffn_sites, layer_stacks
+from evostream.core.errors import EvolutionError
 
 Pair = tuple[str, str]
 
@@ -79,8 +79,15 @@ class Recipe:
     @staticmethod
     def parse(text: str) -> Recipe:
         """``drop=1,heads=0.5,ffn=0.5,enc-drop=0,adapter=8,vocab=1,int8=1`` -> a Recipe."""
-        keys = {"drop": "drop_layers", "enc-drop": "drop_encoder_layers", "heads": "keep_heads", "ffn": "keep_ffn",
-                "adapter": "adapter_rank", "vocab": "vocab", "int8": "int8"}  # fmt: skip
+        keys = {
+            "drop": "drop_layers",
+            "enc-drop": "drop_encoder_layers",
+            "heads": "keep_heads",
+            "ffn": "keep_ffn",
+            "adapter": "adapter_rank",
+            "vocab": "vocab",
+            "int8": "int8",
+        }
         ints = ("drop", "enc-drop", "adapter")
         values: dict[str, Any] = {}
         for item in filter(None, (s.strip() for s in text.split(","))):
@@ -98,8 +105,14 @@ def _generating_stack(model: PreTrainedModel) -> str:
     return "decoder" if getattr(model.config, "is_encoder_decoder", False) else next(iter(layer_stacks(model)))
 
 
-def _drop(model: PreTrainedModel, stack: str, n: int, examples: Sequence[Pair], tok: PreTrainedTokenizerBase,
-          say: Callable[[str], None]) -> PreTrainedModel:  # fmt: skip
+def _drop(
+    model: PreTrainedModel,
+    stack: str,
+    n: int,
+    examples: Sequence[Pair],
+    tok: PreTrainedTokenizerBase,
+    say: Callable[[str], None],
+) -> PreTrainedModel:
     if n == 0:
         return model
     depth = len(layer_stacks(model)[stack])
@@ -107,8 +120,10 @@ def _drop(model: PreTrainedModel, stack: str, n: int, examples: Sequence[Pair], 
         raise EvolutionError(f"cannot drop {n} of the {depth} layers of the {stack}: at least one must stay")
     redundancy = analyze.layer_redundancy(model, tok, examples)[stack]
     drop = sorted(int(i) for i in np.argsort(-np.asarray(redundancy))[:n])
-    say(f"build: dropping {stack} layers {drop} (input/output similarity "
-        f"{', '.join(f'{redundancy[i]:.3f}' for i in drop)})")  # fmt: skip
+    say(
+        f"build: dropping {stack} layers {drop} (input/output similarity "
+        f"{', '.join(f'{redundancy[i]:.3f}' for i in drop)})"
+    )
     return structural.drop_layers(model, {stack: drop})
 
 

@@ -23,10 +23,10 @@ from typing import Any
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from consumers.evolution.measure import Speed, ms_per_token, parameter_count, weight_bytes
-from evostream.errors import EvolutionError
-from models.suite.evaluate import evaluate, predict
-from models.suite.tasks import Example
+from evostream.consumers.evolution.measure import Speed, ms_per_token, parameter_count, weight_bytes
+from evostream.core.errors import EvolutionError
+from evostream.models.suite.evaluate import evaluate, predict
+from evostream.models.suite.tasks import Example
 
 RiskRate = Callable[[nn.Module, PreTrainedTokenizerBase, Sequence[str]], float]
 """Alerts per 100 generations of a model on prompts."""
@@ -80,10 +80,18 @@ class Validation:
 
 def _side_json(s: Side) -> dict[str, Any]:
     lo, hi = s.speed.spread
-    return {"accuracy": s.accuracy, "parameters": s.parameters, "bytes": s.bytes,
-            "ms_per_token": {"median": round(s.speed.median, 4), "min": round(lo, 4), "max": round(hi, 4),
-                             "runs": len(s.speed.runs)},
-            "alerts_per_100": s.risk_rate}  # fmt: skip
+    return {
+        "accuracy": s.accuracy,
+        "parameters": s.parameters,
+        "bytes": s.bytes,
+        "ms_per_token": {
+            "median": round(s.speed.median, 4),
+            "min": round(lo, 4),
+            "max": round(hi, 4),
+            "runs": len(s.speed.runs),
+        },
+        "alerts_per_100": s.risk_rate,
+    }
 
 
 def _gate(value: float, limit: float, ok: bool) -> dict[str, Any]:
@@ -121,9 +129,13 @@ def validate(
         progress(f"validation: risk rate on {len(prompts)} prompts")
         risk = {"parent": risk_rate(pm, ptok, prompts), "candidate": risk_rate(cm, ctok, prompts)}
     progress(f"validation: speed, {speed_reps} repetitions side by side")
-    timing = ms_per_token({"parent": (pm, ptok), "candidate": (cm, ctok)},
-                          list(speed_prompts) or [e.prompt for e in held_out[:32]], new_tokens, speed_reps,
-                          progress=progress)  # fmt: skip
+    timing = ms_per_token(
+        {"parent": (pm, ptok), "candidate": (cm, ctok)},
+        list(speed_prompts) or [e.prompt for e in held_out[:32]],
+        new_tokens,
+        speed_reps,
+        progress=progress,
+    )
     sides = {
         name: Side(acc[name], parameter_count(m), weight_bytes(d), timing[name], risk[name])
         for name, m, d in (("parent", pm, pdir), ("candidate", cm, cdir))

@@ -16,17 +16,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from consumers.evolution.cycle import CycleConfig, CycleResult, run_cycle
-from consumers.evolution.inputs import read_observed
-from consumers.evolution.propose import handled_triggers, propose
-from consumers.evolution.sandbox import RiskRate
-from consumers.governance.service import Governance
-from evostream.artifacts import ArtifactStore
-from evostream.bus.consumer import EventConsumer
-from evostream.errors import EvolutionError
-from models.loading import LoadedModel, load_model
-from schemas.catalog import DRIFT
-from schemas.codec import RecordCodec
+from evostream.consumers.evolution.cycle import CycleConfig, CycleResult, run_cycle
+from evostream.consumers.evolution.inputs import read_observed
+from evostream.consumers.evolution.propose import handled_triggers, propose
+from evostream.consumers.evolution.sandbox import RiskRate
+from evostream.consumers.governance.service import Governance
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.errors import EvolutionError
+from evostream.models.loading import LoadedModel, load_model
+from evostream.schemas.catalog import DRIFT
+from evostream.schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.evolution")
 GROUP = "evostream-evolution"
@@ -68,8 +68,10 @@ class EvolutionConsumer:
         registry = self.gov.state().registry
         version = registry.production(self.model)
         if version is None:
-            raise EvolutionError(f"no production version of {self.model} in the governance log: serve it governed "
-                                 "first (`make run`, `evostream demo` or `evostream serve --governed`)")  # fmt: skip
+            raise EvolutionError(
+                f"no production version of {self.model} in the governance log: serve it governed "
+                "first (`make run`, `evostream demo` or `evostream serve --governed`)"
+            )
         path = self.store.open(registry.version(self.model, version)["artifact_sha256"])
         lm = load_model(str(path), device="cpu")
         lm.name, lm.version = self.model, version
@@ -99,8 +101,11 @@ class EvolutionConsumer:
         with EventConsumer(self.server, GROUP, [DRIFT], {"enable.auto.commit": False}) as consumer:
             while not self.stop_event.is_set():
                 msgs = consumer.poll_batch(100, 1.0)
-                fired = {rep["model_version"] for rep in (codec.decode_or_skip(m.value()) for m in msgs)
-                         if rep is not None and rep["fired"]}  # fmt: skip
+                fired = {
+                    rep["model_version"]
+                    for rep in (codec.decode_or_skip(m.value()) for m in msgs)
+                    if rep is not None and rep["fired"]
+                }
                 production = self.production() if fired else None  # one replay of the log's tail per batch
                 triggers = [f"drift:{production}"] if production in fired else []
                 if every_s and time.monotonic() - last >= every_s:

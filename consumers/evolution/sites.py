@@ -19,7 +19,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from evostream.errors import EvolutionError
+from evostream.core.errors import EvolutionError
 
 Family = Literal["t5", "gpt2", "llama"]
 SUPPORTED = "T5ForConditionalGeneration, GPT2LMHeadModel, LlamaForCausalLM"
@@ -122,31 +122,55 @@ def attention_sites(model: PreTrainedModel) -> list[AttentionSite]:
                     head_dim = _int(attn, "key_value_proj_dim")
                     heads = features(attn.get_submodule("q"), "out") // head_dim
                     is_self = path.endswith("SelfAttention")
-                    sites.append(AttentionSite(
-                        name=f"{prefix}.{i}.{path}", stack=stack, layer=i, kind="self" if is_self else "cross",
-                        num_heads=heads, head_dim=head_dim, num_kv_heads=heads, module=attn,
-                        out_proj=attn.get_submodule("o"), bias_group=f"{stack}.self" if is_self else None,
-                    ))  # fmt: skip
+                    sites.append(
+                        AttentionSite(
+                            name=f"{prefix}.{i}.{path}",
+                            stack=stack,
+                            layer=i,
+                            kind="self" if is_self else "cross",
+                            num_heads=heads,
+                            head_dim=head_dim,
+                            num_kv_heads=heads,
+                            module=attn,
+                            out_proj=attn.get_submodule("o"),
+                            bias_group=f"{stack}.self" if is_self else None,
+                        )
+                    )
             elif fam == "gpt2":
                 for path in ("attn", "crossattention"):
                     if not hasattr(layer, path):
                         continue
                     attn = layer.get_submodule(path)
                     heads = _int(attn, "num_heads")
-                    sites.append(AttentionSite(
-                        name=f"{prefix}.{i}.{path}", stack=stack, layer=i, kind="self" if path == "attn" else "cross",
-                        num_heads=heads, head_dim=_int(attn, "head_dim"), num_kv_heads=heads, module=attn,
-                        out_proj=attn.get_submodule("c_proj"),
-                    ))  # fmt: skip
+                    sites.append(
+                        AttentionSite(
+                            name=f"{prefix}.{i}.{path}",
+                            stack=stack,
+                            layer=i,
+                            kind="self" if path == "attn" else "cross",
+                            num_heads=heads,
+                            head_dim=_int(attn, "head_dim"),
+                            num_kv_heads=heads,
+                            module=attn,
+                            out_proj=attn.get_submodule("c_proj"),
+                        )
+                    )
             else:
                 attn = layer.get_submodule("self_attn")
                 head_dim = _int(attn, "head_dim")
-                sites.append(AttentionSite(
-                    name=f"{prefix}.{i}.self_attn", stack=stack, layer=i, kind="self",
-                    num_heads=features(attn.get_submodule("q_proj"), "out") // head_dim, head_dim=head_dim,
-                    num_kv_heads=features(attn.get_submodule("k_proj"), "out") // head_dim, module=attn,
-                    out_proj=attn.get_submodule("o_proj"),
-                ))  # fmt: skip
+                sites.append(
+                    AttentionSite(
+                        name=f"{prefix}.{i}.self_attn",
+                        stack=stack,
+                        layer=i,
+                        kind="self",
+                        num_heads=features(attn.get_submodule("q_proj"), "out") // head_dim,
+                        head_dim=head_dim,
+                        num_kv_heads=features(attn.get_submodule("k_proj"), "out") // head_dim,
+                        module=attn,
+                        out_proj=attn.get_submodule("o_proj"),
+                    )
+                )
     return sites
 
 

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from consumers.governance.events import GovEvent, canonical_json
-from consumers.governance.keys import ActorKey, verify_signature
-from consumers.governance.projection import Finding
-from evostream.clock import now_us
-from evostream.errors import GovernanceError
+from evostream.consumers.governance.events import GovEvent, canonical_json
+from evostream.consumers.governance.keys import ActorKey, verify_signature
+from evostream.consumers.governance.projection import Finding
+from evostream.core.clock import now_us
+from evostream.core.errors import GovernanceError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from evostream.errors import GovernanceError
+from evostream.core.errors import GovernanceError
 
 ROLES = ("admin", "approver", "proposer")
 STAGES = ("candidate", "staging", "production", "archived")
@@ -70,13 +70,27 @@ class GovEvent:
 
     def header(self) -> dict[str, Any]:
         """What the hash covers besides the payload."""
-        return {"event_id": self.event_id, "model_name": self.model_name, "sequence": self.sequence,
-                "type": self.type, "type_version": self.type_version, "actor": self.actor, "key_id": self.key_id,
-                "reason": self.reason, "occurred_at_us": self.occurred_at_us, "prev_hash": self.prev_hash}  # fmt: skip
+        return {
+            "event_id": self.event_id,
+            "model_name": self.model_name,
+            "sequence": self.sequence,
+            "type": self.type,
+            "type_version": self.type_version,
+            "actor": self.actor,
+            "key_id": self.key_id,
+            "reason": self.reason,
+            "occurred_at_us": self.occurred_at_us,
+            "prev_hash": self.prev_hash,
+        }
 
     def to_record(self) -> dict[str, Any]:
-        return {**self.header(), "payload_json": canonical_json(self.payload), "hash": self.hash,
-                "signature": self.signature, "signature_alg": self.signature_alg}  # fmt: skip
+        return {
+            **self.header(),
+            "payload_json": canonical_json(self.payload),
+            "hash": self.hash,
+            "signature": self.signature,
+            "signature_alg": self.signature_alg,
+        }
 
     @classmethod
     def from_record(cls, rec: Mapping[str, Any]) -> GovEvent:
@@ -92,18 +106,27 @@ class GovEvent:
                 f"event {rec.get('sequence')}: payload_json is not canonical JSON (sorted keys, no spaces, no "
                 "duplicate keys): the hash covers one reading of it, and a reader may see another"
             )
-        ev = cls(type=str(rec["type"]), actor=str(rec["actor"]), key_id=str(rec["key_id"]), payload=payload,
-                 model_name=str(rec["model_name"]), reason=str(rec.get("reason") or ""),
-                 sequence=int(rec["sequence"]), prev_hash=str(rec["prev_hash"]),
-                 occurred_at_us=int(rec["occurred_at_us"]), event_id=str(rec["event_id"]),
-                 type_version=int(rec.get("type_version") or 1), hash=str(rec.get("hash") or ""),
-                 signature=str(rec["signature"]), signature_alg=str(rec.get("signature_alg") or ""))  # fmt: skip
+        ev = cls(
+            type=str(rec["type"]),
+            actor=str(rec["actor"]),
+            key_id=str(rec["key_id"]),
+            payload=payload,
+            model_name=str(rec["model_name"]),
+            reason=str(rec.get("reason") or ""),
+            sequence=int(rec["sequence"]),
+            prev_hash=str(rec["prev_hash"]),
+            occurred_at_us=int(rec["occurred_at_us"]),
+            event_id=str(rec["event_id"]),
+            type_version=int(rec.get("type_version") or 1),
+            hash=str(rec.get("hash") or ""),
+            signature=str(rec["signature"]),
+            signature_alg=str(rec.get("signature_alg") or ""),
+        )
         return ev
 
     def linked(self, sequence: int, prev_hash: str, occurred_at_us: int) -> GovEvent:
         """This event placed after the head (``sequence``, ``prev_hash``), its hash computed; still unsigned."""
-        ev = replace(self, sequence=sequence, prev_hash=prev_hash, occurred_at_us=occurred_at_us, hash="",
-                     signature="")  # fmt: skip
+        ev = replace(self, sequence=sequence, prev_hash=prev_hash, occurred_at_us=occurred_at_us, hash="", signature="")
         return replace(ev, hash=chain_hash(prev_hash, ev))
 
 

@@ -18,8 +18,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from consumers.governance.events import GovEvent, chain_hash
-from evostream.errors import GovernanceError
+from evostream.consumers.governance.events import GovEvent, chain_hash
+from evostream.core.errors import GovernanceError
 
 SIGNATURE_ALG = "Ed25519"
 

@@ -23,13 +23,13 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from consumers.governance.events import GovEvent, chain_hash
-from consumers.governance.projection import Finding
-from evostream.bus.admin import ensure_topics
-from evostream.bus.transactional import PartitionReader, TransactionalProducer
-from evostream.errors import ConflictError, DecodeError, EvoError, GovernanceError, TamperError
-from schemas.catalog import GOVERNANCE, topic_spec
-from schemas.codec import RecordCodec
+from evostream.consumers.governance.events import GovEvent, chain_hash
+from evostream.consumers.governance.projection import Finding
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.transactional import PartitionReader, TransactionalProducer
+from evostream.core.errors import ConflictError, DecodeError, EvoError, GovernanceError, TamperError
+from evostream.schemas.catalog import GOVERNANCE, topic_spec
+from evostream.schemas.codec import RecordCodec
 
 log = logging.getLogger(__name__)
 
@@ -201,8 +201,9 @@ class GovernanceLog:
         while part.bounds()[1] <= offset:
             if time.monotonic() > deadline:
                 # committed, but not visible yet: registering again before the next append waits for it
-                log.warning("%s offset %d is committed but not yet visible after %.0f s", self.topic, offset,
-                            self.timeout_s)  # fmt: skip
+                log.warning(
+                    "%s offset %d is committed but not yet visible after %.0f s", self.topic, offset, self.timeout_s
+                )
                 self._drop_writer()
                 return
             time.sleep(0.002)

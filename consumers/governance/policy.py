@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from consumers.governance.events import ALL_MODELS
-from consumers.governance.keys import key_id_of
-from evostream.errors import GovernanceError
+from evostream.consumers.governance.events import ALL_MODELS
+from evostream.consumers.governance.keys import key_id_of
+from evostream.core.errors import GovernanceError
 
 DEFAULT_POLICY: dict[str, Any] = {
     "production_approvals": 1,
@@ -34,10 +34,17 @@ _ADMIN = frozenset({"admin"})
 _PROPOSER = frozenset({"admin", "proposer"})
 _APPROVER = frozenset({"admin", "approver"})
 _ROLES_OF: dict[str, frozenset[str]] = {
-    "ActorEnrolled": _ADMIN, "ActorRevoked": _ADMIN, "PolicyChanged": _ADMIN, "RolledBack": _ADMIN,
-    "ModelRegistered": _PROPOSER, "CandidateProposed": _PROPOSER, "ValidationCompleted": _PROPOSER,
-    "ApprovalRequested": _PROPOSER, "ApprovalGranted": _APPROVER, "ApprovalRejected": _APPROVER,
-}  # fmt: skip
+    "ActorEnrolled": _ADMIN,
+    "ActorRevoked": _ADMIN,
+    "PolicyChanged": _ADMIN,
+    "RolledBack": _ADMIN,
+    "ModelRegistered": _PROPOSER,
+    "CandidateProposed": _PROPOSER,
+    "ValidationCompleted": _PROPOSER,
+    "ApprovalRequested": _PROPOSER,
+    "ApprovalGranted": _APPROVER,
+    "ApprovalRejected": _APPROVER,
+}
 APPROVABLE_STAGES = ("staging", "production")
 
 Actors = Mapping[str, dict[str, Any]]
@@ -63,8 +70,11 @@ def approvers(version: Mapping[str, Any], stage: str, actors: Actors) -> list[st
     ap = version["approvals"].get(stage)
     if not ap:
         return []
-    return sorted(a for a in ap["granted"] if a in actors and actors[a]["revoked_seq"] is None
-                  and _APPROVER & set(actors[a]["roles"]))  # fmt: skip
+    return sorted(
+        a
+        for a in ap["granted"]
+        if a in actors and actors[a]["revoked_seq"] is None and _APPROVER & set(actors[a]["roles"])
+    )
 
 
 def passed_validation(version: Mapping[str, Any]) -> bool:
@@ -89,8 +99,9 @@ def check_policy_value(policy: Any) -> str | None:
     return None
 
 
-def refusal(type_: str, model_name: str, payload: Mapping[str, Any], actors: Actors, models: Models,
-            policy: Policy) -> str | None:  # fmt: skip
+def refusal(
+    type_: str, model_name: str, payload: Mapping[str, Any], actors: Actors, models: Models, policy: Policy
+) -> str | None:
     """Why the registry's state refuses this event (its payload already fits its type), or None if it may follow."""
     if type_ in ACTOR_EVENTS:
         if model_name != ALL_MODELS:
@@ -184,8 +195,10 @@ def _promoted(model_name: str, p: Mapping[str, Any], actors: Actors, models: Mod
         have, need = approvers(version, "production", actors), policy["production_approvals"]
         if len(have) < need:
             why = "grants before a rejection, or by a revoked actor, do not count"
-            return (f"{model_name} {name} needs {need} distinct approvers for production, has {len(have)} "
-                    f"({', '.join(have) or 'none'}; {why})")  # fmt: skip
+            return (
+                f"{model_name} {name} needs {need} distinct approvers for production, has {len(have)} "
+                f"({', '.join(have) or 'none'}; {why})"
+            )
     return None
 
 
@@ -197,8 +210,10 @@ def _rolled_back(model_name: str, p: Mapping[str, Any], actors: Actors, models: 
     if p["from_version"] is not None and p["from_version"] != current:
         return f"RolledBack from {p['from_version']!r}, but {model_name}'s production is {current!r}: re-read and retry"
     if model["versions"][name]["stage"] != "archived":
-        return (f"{model_name} {name} cannot be rolled back to: it never served production (stage "
-                f"{model['versions'][name]['stage']}); promote it with the approvals the policy needs")  # fmt: skip
+        return (
+            f"{model_name} {name} cannot be rolled back to: it never served production (stage "
+            f"{model['versions'][name]['stage']}); promote it with the approvals the policy needs"
+        )
     if not passed_validation(model["versions"][name]):
         return f"{model_name} {name} cannot be rolled back to: its latest validation did not pass"
     return None
@@ -206,7 +221,15 @@ def _rolled_back(model_name: str, p: Mapping[str, Any], actors: Actors, models: 
 
 _Rule = Callable[[str, Mapping[str, Any], Actors, Models, Policy], str | None]
 _RULES: dict[str, _Rule] = {
-    "ActorEnrolled": _enrolled, "ActorRevoked": _revoked, "PolicyChanged": _policy, "ModelRegistered": _registered,
-    "CandidateProposed": _no_rule, "ValidationCompleted": _no_rule, "ApprovalRequested": _approval,
-    "ApprovalGranted": _approval, "ApprovalRejected": _approval, "Promoted": _promoted, "RolledBack": _rolled_back,
-}  # fmt: skip
+    "ActorEnrolled": _enrolled,
+    "ActorRevoked": _revoked,
+    "PolicyChanged": _policy,
+    "ModelRegistered": _registered,
+    "CandidateProposed": _no_rule,
+    "ValidationCompleted": _no_rule,
+    "ApprovalRequested": _approval,
+    "ApprovalGranted": _approval,
+    "ApprovalRejected": _approval,
+    "Promoted": _promoted,
+    "RolledBack": _rolled_back,
+}

@@ -17,21 +17,39 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from consumers.governance import policy as rules
-from consumers.governance.events import GovEvent, chain_hash, check_payload, upcast
-from consumers.governance.keys import SIGNATURE_ALG, key_id_of, verify_signature
-from evostream.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
+from evostream.consumers.governance import policy as rules
+from evostream.consumers.governance.events import GovEvent, chain_hash, check_payload, upcast
+from evostream.consumers.governance.keys import SIGNATURE_ALG, key_id_of, verify_signature
+from evostream.core.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
 
 SNAPSHOT_FORMAT = 1
 
-FINDING_KINDS = ("altered", "forged", "gap", "inserted", "reordered", "unknown_actor", "revoked_key", "unauthorized",
-                 "policy", "truncated", "undecodable")  # fmt: skip
+FINDING_KINDS = (
+    "altered",
+    "forged",
+    "gap",
+    "inserted",
+    "reordered",
+    "unknown_actor",
+    "revoked_key",
+    "unauthorized",
+    "policy",
+    "truncated",
+    "undecodable",
+)
 _ERROR_OF: dict[str, type[GovernanceError]] = {
-    "altered": TamperError, "forged": TamperError, "gap": TamperError, "inserted": TamperError,
-    "reordered": TamperError, "truncated": TamperError, "unknown_actor": UnauthorizedError,
-    "revoked_key": UnauthorizedError, "unauthorized": UnauthorizedError, "policy": PolicyViolationError,
+    "altered": TamperError,
+    "forged": TamperError,
+    "gap": TamperError,
+    "inserted": TamperError,
+    "reordered": TamperError,
+    "truncated": TamperError,
+    "unknown_actor": UnauthorizedError,
+    "revoked_key": UnauthorizedError,
+    "unauthorized": UnauthorizedError,
+    "policy": PolicyViolationError,
     "undecodable": GovernanceError,
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -103,8 +121,16 @@ class Registry:
                 for stage, seq in sorted(ver["requests"].items()):
                     if ver["stage"] != stage and ver["stage"] != "archived":
                         need = self.policy["production_approvals"] if stage == "production" else 1
-                        out.append({"model_name": name, "version": v, "stage": stage, "requested_seq": seq,
-                                    "approvers": rules.approvers(ver, stage, self.actors), "needed": need})  # fmt: skip
+                        out.append(
+                            {
+                                "model_name": name,
+                                "version": v,
+                                "stage": stage,
+                                "requested_seq": seq,
+                                "approvers": rules.approvers(ver, stage, self.actors),
+                                "needed": need,
+                            }
+                        )
         return out
 
     # --- verification -----------------------------------------------------------------------------------------
@@ -214,9 +240,18 @@ class Registry:
     # --- snapshots --------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The whole state as plain JSON (a copy): from_json of it folds on exactly as this registry does."""
-        return copy.deepcopy({"format": SNAPSHOT_FORMAT, "head_sequence": self.head_sequence,
-                              "head_hash": self.head_hash, "head_us": self.head_us, "offset": self.offset,
-                              "actors": self.actors, "policy": self.policy, "models": self.models})  # fmt: skip
+        return copy.deepcopy(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "head_sequence": self.head_sequence,
+                "head_hash": self.head_hash,
+                "head_us": self.head_us,
+                "offset": self.offset,
+                "actors": self.actors,
+                "policy": self.policy,
+                "models": self.models,
+            }
+        )
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Registry:
@@ -267,8 +302,9 @@ def _on_policy(reg: Registry, ev: GovEvent) -> None:
     reg.policy = {**reg.policy, **ev.payload["policy"]}
 
 
-_REGISTERED_FIELDS = frozenset({"version", "artifact_uri", "artifact_sha256", "parent", "operator", "operator_params",
-                                "metrics"})  # fmt: skip
+_REGISTERED_FIELDS = frozenset(
+    {"version", "artifact_uri", "artifact_sha256", "parent", "operator", "operator_params", "metrics"}
+)
 
 
 def _on_registered(reg: Registry, ev: GovEvent) -> None:
@@ -278,12 +314,25 @@ def _on_registered(reg: Registry, ev: GovEvent) -> None:
         model = reg.models[ev.model_name] = {"versions": {}, "production": None, "staging": None, "aliases": {}}
     extra = {k: v for k, v in p.items() if k not in _REGISTERED_FIELDS} if len(p) > len(_REGISTERED_FIELDS) else {}
     model["versions"][p["version"]] = {
-        "version": p["version"], "artifact_uri": p["artifact_uri"], "artifact_sha256": p["artifact_sha256"],
-        "parent": p["parent"], "operator": p["operator"], "operator_params": p["operator_params"],
-        "metrics": p["metrics"], "extra": extra, "sequence": ev.sequence, "registered_by": ev.actor,
-        "registered_at_us": ev.occurred_at_us, "stage": "candidate", "aliases": [], "validation": None,
-        "proposals": [], "requests": {}, "approvals": {}, "events": [ev.sequence],
-    }  # fmt: skip
+        "version": p["version"],
+        "artifact_uri": p["artifact_uri"],
+        "artifact_sha256": p["artifact_sha256"],
+        "parent": p["parent"],
+        "operator": p["operator"],
+        "operator_params": p["operator_params"],
+        "metrics": p["metrics"],
+        "extra": extra,
+        "sequence": ev.sequence,
+        "registered_by": ev.actor,
+        "registered_at_us": ev.occurred_at_us,
+        "stage": "candidate",
+        "aliases": [],
+        "validation": None,
+        "proposals": [],
+        "requests": {},
+        "approvals": {},
+        "events": [ev.sequence],
+    }
 
 
 def _touch(reg: Registry, ev: GovEvent) -> dict[str, Any]:
@@ -300,8 +349,12 @@ def _on_proposed(reg: Registry, ev: GovEvent) -> None:
 
 def _on_validated(reg: Registry, ev: GovEvent) -> None:
     p = ev.payload
-    _touch(reg, ev)["validation"] = {"passed": p["passed"], "gates": p["gates"], "sequence": ev.sequence,
-                                     "actor": ev.actor}  # fmt: skip
+    _touch(reg, ev)["validation"] = {
+        "passed": p["passed"],
+        "gates": p["gates"],
+        "sequence": ev.sequence,
+        "actor": ev.actor,
+    }
 
 
 def _on_requested(reg: Registry, ev: GovEvent) -> None:
@@ -362,11 +415,18 @@ def _on_rolled_back(reg: Registry, ev: GovEvent) -> None:
 
 
 _FOLD: dict[str, Callable[[Registry, GovEvent], None]] = {
-    "ActorEnrolled": _on_enrolled, "ActorRevoked": _on_revoked, "PolicyChanged": _on_policy,
-    "ModelRegistered": _on_registered, "CandidateProposed": _on_proposed, "ValidationCompleted": _on_validated,
-    "ApprovalRequested": _on_requested, "ApprovalGranted": _on_granted, "ApprovalRejected": _on_rejected,
-    "Promoted": _on_promoted, "RolledBack": _on_rolled_back,
-}  # fmt: skip
+    "ActorEnrolled": _on_enrolled,
+    "ActorRevoked": _on_revoked,
+    "PolicyChanged": _on_policy,
+    "ModelRegistered": _on_registered,
+    "CandidateProposed": _on_proposed,
+    "ValidationCompleted": _on_validated,
+    "ApprovalRequested": _on_requested,
+    "ApprovalGranted": _on_granted,
+    "ApprovalRejected": _on_rejected,
+    "Promoted": _on_promoted,
+    "RolledBack": _on_rolled_back,
+}
 
 
 # --- replay -------------------------------------------------------------------------------------------------------

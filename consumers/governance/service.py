@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from consumers.governance.checkpoint import write_checkpoint
-from consumers.governance.events import ALL_MODELS, GovEvent, check_payload
-from consumers.governance.keys import ActorKey, sign_event
-from consumers.governance.policy import DEFAULT_POLICY
-from consumers.governance.projection import Finding, Registry, replay
-from evostream.clock import now_us
-from evostream.errors import ConflictError, GovernanceError, TamperError
+from evostream.consumers.governance.checkpoint import write_checkpoint
+from evostream.consumers.governance.events import ALL_MODELS, GovEvent, check_payload
+from evostream.consumers.governance.keys import ActorKey, sign_event
+from evostream.consumers.governance.policy import DEFAULT_POLICY
+from evostream.consumers.governance.projection import Finding, Registry, replay
+from evostream.core.clock import now_us
+from evostream.core.errors import ConflictError, GovernanceError, TamperError
 
 
 class LogT(Protocol):
@@ -102,8 +102,14 @@ class Governance:
         for _ in range(self.retries):
             v = self.state()
             reg = v.registry
-            ev = GovEvent(type=type_, actor=self.actor, key_id=self.key.key_id, payload=dict(payload),
-                          model_name=model_name, reason=reason)  # fmt: skip
+            ev = GovEvent(
+                type=type_,
+                actor=self.actor,
+                key_id=self.key.key_id,
+                payload=dict(payload),
+                model_name=model_name,
+                reason=reason,
+            )
             # never before the head: "as of a time" reads the log as a prefix, so time must not go backwards in it
             at = max(self.clock(), reg.head_us)
             ev = sign_event(ev.linked(reg.head_sequence + 1, reg.head_hash, at), self.key)
@@ -132,12 +138,28 @@ class Governance:
     def set_policy(self, policy: Mapping[str, Any], reason: str) -> GovEvent:
         return self.append("PolicyChanged", {"policy": dict(policy)}, reason=reason)
 
-    def register(self, model: str, version: str, *, artifact_uri: str, artifact_sha256: str, parent: str | None = None,
-                 operator: str | None = None, operator_params: Mapping[str, Any] | None = None,
-                 metrics: Mapping[str, Any] | None = None, reason: str = "") -> GovEvent:  # fmt: skip
-        payload = {"version": version, "artifact_uri": artifact_uri, "artifact_sha256": artifact_sha256,
-                   "parent": parent, "operator": operator, "operator_params": dict(operator_params or {}),
-                   "metrics": dict(metrics or {})}  # fmt: skip
+    def register(
+        self,
+        model: str,
+        version: str,
+        *,
+        artifact_uri: str,
+        artifact_sha256: str,
+        parent: str | None = None,
+        operator: str | None = None,
+        operator_params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        reason: str = "",
+    ) -> GovEvent:
+        payload = {
+            "version": version,
+            "artifact_uri": artifact_uri,
+            "artifact_sha256": artifact_sha256,
+            "parent": parent,
+            "operator": operator,
+            "operator_params": dict(operator_params or {}),
+            "metrics": dict(metrics or {}),
+        }
         return self.append("ModelRegistered", payload, model, reason)
 
     def propose(self, model: str, version: str, evidence: Mapping[str, Any], reason: str = "") -> GovEvent:
@@ -147,8 +169,11 @@ class Governance:
         self, model: str, version: str, passed: bool, gates: Mapping[str, Any], reason: str = ""
     ) -> list[GovEvent]:
         """ValidationCompleted; a pass is promoted to staging at once when the policy says so."""
-        out = [self.append("ValidationCompleted", {"version": version, "passed": passed, "gates": dict(gates)},
-                           model, reason)]  # fmt: skip
+        out = [
+            self.append(
+                "ValidationCompleted", {"version": version, "passed": passed, "gates": dict(gates)}, model, reason
+            )
+        ]
         reg = self.state().registry
         stage = reg.version(model, version)["stage"]
         if passed and stage == "candidate" and reg.policy.get("auto_promote_staging", True):
@@ -164,8 +189,9 @@ class Governance:
     def reject(self, model: str, version: str, stage: str = "production", reason: str = "") -> GovEvent:
         return self.append("ApprovalRejected", {"version": version, "stage": stage}, model, reason)
 
-    def promote(self, model: str, version: str, *, stage: str | None = None, alias: str | None = None,
-                reason: str = "") -> GovEvent:  # fmt: skip
+    def promote(
+        self, model: str, version: str, *, stage: str | None = None, alias: str | None = None, reason: str = ""
+    ) -> GovEvent:
         return self.append("Promoted", {"version": version, "stage": stage, "alias": alias}, model, reason)
 
     def rollback(self, model: str, to: str, reason: str) -> GovEvent:
@@ -225,6 +251,8 @@ def load_actor(
     """The commands of ``actor``, with its key from ``keys_dir``."""
     path = key_path(keys_dir, actor)
     if not path.exists():
-        raise GovernanceError(f"no key for actor {actor!r} at {path}: run `evostream governance init` (first admin) or "
-                              f"`evostream governance enroll {actor}` as an admin")  # fmt: skip
+        raise GovernanceError(
+            f"no key for actor {actor!r} at {path}: run `evostream governance init` (first admin) or "
+            f"`evostream governance enroll {actor}` as an admin"
+        )
     return Governance(log, ActorKey.load(path), actor, clock, checkpoints=checkpoints)

@@ -12,16 +12,16 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from consumers.governance.events import GovEvent, canonical_json
-from consumers.governance.log import GovernanceLog
-from consumers.governance.projection import Finding, Registry, replay
-from evostream.bus.admin import ensure_topics
-from evostream.bus.producer import EventProducer
-from evostream.bus.transactional import PartitionReader
-from evostream.clock import now_us
-from evostream.errors import DecodeError, GovernanceError
-from schemas.catalog import GOVERNANCE, GOVERNANCE_SNAPSHOTS, topic_spec
-from schemas.codec import RecordCodec
+from evostream.consumers.governance.events import GovEvent, canonical_json
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.consumers.governance.projection import Finding, Registry, replay
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.producer import EventProducer
+from evostream.core.bus.transactional import PartitionReader
+from evostream.core.clock import now_us
+from evostream.core.errors import DecodeError, GovernanceError
+from evostream.schemas.catalog import GOVERNANCE, GOVERNANCE_SNAPSHOTS, topic_spec
+from evostream.schemas.codec import RecordCodec
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,14 @@ def write_snapshot(
     broker acknowledged it."""
     if registry.offset < 0:
         raise GovernanceError("the projection has folded no event yet: there is nothing to snapshot")
-    snap = Snapshot(log_topic, registry.offset, registry.head_sequence, registry.head_hash,
-                    canonical_json(registry.to_json()), now_us())  # fmt: skip
+    snap = Snapshot(
+        log_topic,
+        registry.offset,
+        registry.head_sequence,
+        registry.head_hash,
+        canonical_json(registry.to_json()),
+        now_us(),
+    )
     _ensure(bootstrap, topic, timeout_s)
     producer = EventProducer(bootstrap)
     producer.connect(topic, timeout_s)
@@ -116,8 +122,11 @@ def load_projection(
         if _anchored(snap, tail):
             registry, findings = replay(tail[1:], verify=verify, start=snap.registry())
             return registry, findings, snap
-        log.warning("the snapshot of %s at offset %d does not match the log there: replaying the whole log",
-                    glog.topic, snap.offset)  # fmt: skip
+        log.warning(
+            "the snapshot of %s at offset %d does not match the log there: replaying the whole log",
+            glog.topic,
+            snap.offset,
+        )
     registry, findings = replay(glog.items(0), verify=verify)
     return registry, findings, None
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from consumers.sinks.contract import Record, Result, SinkLike, Status
+from evostream.consumers.sinks.contract import Record, Result, SinkLike, Status
 
 
 @dataclass(frozen=True)

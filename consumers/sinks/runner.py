@@ -18,15 +18,15 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
-from consumers.sinks.contract import Positions, Record, Result, SinkLike, Status
-from consumers.sinks.delivery import Backoff, deliver
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from evostream.clock import now_us
-from evostream.errors import ConsumeError, DecodeError, SinkError
-from schemas.catalog import DLQ, topic_spec
-from schemas.codec import RecordCodec
-from schemas.deadletter import dead_letter
+from evostream.consumers.sinks.contract import Positions, Record, Result, SinkLike, Status
+from evostream.consumers.sinks.delivery import Backoff, deliver
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.core.clock import now_us
+from evostream.core.errors import ConsumeError, DecodeError, SinkError
+from evostream.schemas.catalog import DLQ, topic_spec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.deadletter import dead_letter
 
 log = logging.getLogger("evostream.sinks")
 
@@ -147,8 +147,9 @@ class SinkRunner:
             raw[rec.key] = m
         return records, raw
 
-    def _send_dead(self, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None,
-                   error: BaseException) -> None:  # fmt: skip
+    def _send_dead(
+        self, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None, error: BaseException
+    ) -> None:
         rec = dead_letter(topic, partition, offset, key, raw, error, self.group, now_us())
         self._producer.send(DLQ, key, self._dlq_codec.encode(rec))
         self.stats.dead_letters += 1
@@ -186,8 +187,9 @@ class SinkRunner:
 
             def retried(attempt: int, reason: str, wait: float) -> None:
                 self.stats.retries += 1
-                log.warning("sink %s: attempt %d not durable (%s); again in %.1f s", self.sink.name, attempt, reason,
-                            wait)  # fmt: skip
+                log.warning(
+                    "sink %s: attempt %d not durable (%s); again in %.1f s", self.sink.name, attempt, reason, wait
+                )
 
             def wait(seconds: float) -> None:
                 self.stop_event.wait(seconds)

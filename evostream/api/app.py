@@ -27,10 +27,11 @@ from pydantic import BaseModel, Field
 from evostream.api.auth import Auth, Caller, RegistryCache
 from evostream.api.errors import BusyError, TimeoutAnswerError, install
 from evostream.api.limits import BodyLimit
-from evostream.bus.admin import cluster_metadata, ensure_topics, group_lags
-from evostream.clock import now_us
-from evostream.errors import ConflictError, EvoError, NotFoundError
-from evostream.settings import Settings
+from evostream.core.bus.admin import cluster_metadata, ensure_topics, group_lags
+from evostream.core.clock import now_us
+from evostream.core.errors import ConflictError, EvoError, NotFoundError
+from evostream.core.settings import Settings
+from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
 from evostream.views.governance import (
     GovernanceView,
     finding_doc,
@@ -41,8 +42,7 @@ from evostream.views.governance import (
 )
 from evostream.views.recent import Recent, Record, at_least, plain
 from evostream.views.tail import WATCHED, Tail
-from evostream.views.tokens import TokenDecoder, local_resolver
-from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from evostream.views.token_text import TokenDecoder, local_resolver
 
 STATIC = Path(__file__).parent / "static"
 EVENTS = {STEPS: "step", COMPLETIONS: "completion", RISK: "risk", ALERTS: "alert", DRIFT: "drift", PROFILES: "profile"}
@@ -151,7 +151,7 @@ class Api:
         """The one request client (made on first use; two first requests at once make one)."""
         with self._lock:
             if self._client is None:
-                from producers.client import InferenceClient
+                from evostream.producers.client import InferenceClient
 
                 self._client = InferenceClient(self.cfg.bootstrap, tenant="http")
             return self._client
@@ -159,8 +159,8 @@ class Api:
     def evolve(self, body: EvolveBody, actor: str) -> EvolveJob:
         """Start one cycle on a thread (ConflictError while another runs: cycles measure speed side by side, and
         two at once would measure each other)."""
-        from consumers.evolution.recipe import Recipe
-        from models.default_model import MODEL_ID
+        from evostream.consumers.evolution.recipe import Recipe
+        from evostream.models.default_model import MODEL_ID
 
         for r in body.recipes:
             Recipe.parse(r)  # a bad recipe is refused now (400), not accepted and failed later
@@ -181,8 +181,8 @@ class Api:
         return job
 
     def _cycle(self, job: EvolveJob, body: EvolveBody) -> None:
-        from evostream.views.evolution import consumer, cycle_config, cycle_line
-        from models.default_model import MODEL_ID
+        from evostream.models.default_model import MODEL_ID
+        from evostream.wiring.evolution import consumer, cycle_config, cycle_line
 
         try:
             cfg = cycle_config(body.recipes or None, body.steps, body.held_out, body.reps)
@@ -264,8 +264,12 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     if cfg.allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.allowed_hosts)
     if cfg.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cfg.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
 
     # --- reads ---------------------------------------------------------------------------------------------------
     @app.get("/health", tags=["reads"], summary="Broker, active versions, consumer lags, the live views")
@@ -283,9 +287,13 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
         live_error = None if tail is None or tail.error is None else str(tail.error)
         if tail is not None and not tail.alive:
             live_error = "the live view's reader stopped (see the API's log)"
-        out["live"] = {"caught_up": bool(tail and tail.caught_up.is_set()), "error": live_error,
-                       "streams": api.streams, "governance_followed": api.watching_governance,
-                       "records": api.read(lambda r: dict(r.seen))}  # fmt: skip
+        out["live"] = {
+            "caught_up": bool(tail and tail.caught_up.is_set()),
+            "error": live_error,
+            "streams": api.streams,
+            "governance_followed": api.watching_governance,
+            "records": api.read(lambda r: dict(r.seen)),
+        }
         out["status"] = "ok" if out["broker"]["reachable"] and not live_error and "error" not in out else "degraded"
         return out
 
@@ -305,17 +313,29 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
         return dict(doc)
 
     @app.get("/alerts", tags=["reads"], summary="Recent risk alerts, oldest first")
-    def alerts(_: Reader, last: Annotated[int, Query(ge=1, le=1000)] = 50, min_severity: Severity = "INFO",
-               model: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    def alerts(
+        _: Reader,
+        last: Annotated[int, Query(ge=1, le=1000)] = 50,
+        min_severity: Severity = "INFO",
+        model: str | None = None,
+    ) -> list[dict[str, Any]]:
         return [plain(a) for a in api.read(lambda r: r.alerts(last, min_severity, model))]
 
-    @app.get("/alerts/stream", tags=["live"], summary="Risk alerts as server-sent events, as they are published",
-             response_class=StreamingResponse)  # fmt: skip
+    @app.get(
+        "/alerts/stream",
+        tags=["live"],
+        summary="Risk alerts as server-sent events, as they are published",
+        response_class=StreamingResponse,
+    )
     async def alerts_stream(request: Request, _: Reader, min_severity: Severity = "INFO") -> StreamingResponse:
         return sse(api, request, {ALERTS}, lambda t, r: at_least(r, min_severity))
 
-    @app.get("/stream", tags=["live"], summary="Steps, completions, risk, alerts and drift as server-sent events",
-             response_class=StreamingResponse)  # fmt: skip
+    @app.get(
+        "/stream",
+        tags=["live"],
+        summary="Steps, completions, risk, alerts and drift as server-sent events",
+        response_class=StreamingResponse,
+    )
     async def stream(request: Request, _: Reader, trace_id: str | None = None) -> StreamingResponse:
         topics = {STEPS, COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, cfg.settings.governance_topic}
         return sse(api, request, topics, lambda t, r: trace_id is None or r.get("trace_id") == trace_id)
@@ -332,9 +352,14 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
         for p in api.read(lambda r: r.profiles(model)):
             doc = plain(p)
             version = str(p["model_version"])
-            doc["top_token_paths"] = [{**path, "text": api.tokens.path_text(version, path["token_ids"]),
-                                       "pieces": api.tokens.pieces(version, path["token_ids"])}
-                                      for path in p["top_token_paths"]]  # fmt: skip
+            doc["top_token_paths"] = [
+                {
+                    **path,
+                    "text": api.tokens.path_text(version, path["token_ids"]),
+                    "pieces": api.tokens.pieces(version, path["token_ids"]),
+                }
+                for path in p["top_token_paths"]
+            ]
             out.append(doc)
         return out
 
@@ -362,7 +387,7 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     # --- writes --------------------------------------------------------------------------------------------------
     @app.post("/infer", tags=["inference"], summary="Publish a request, wait for its answer (and its risk)")
     async def infer(body: InferBody, _: Publisher) -> dict[str, Any]:
-        from producers.client import ReplyTimeoutError
+        from evostream.producers.client import ReplyTimeoutError
 
         client = await asyncio.to_thread(api.client)  # made once; its reader is positioned off the loop
         try:
@@ -375,22 +400,42 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
         except ReplyTimeoutError as e:
             raise TimeoutAnswerError(f"no answer within {body.timeout_s:g} s (is `evostream serve` running?)") from e
         risk = await wait_for(lambda: api.read(lambda r: _final_risk(r, rec["trace_id"])), body.risk_wait_s)
-        return plain({"request_id": rec["request_id"], "trace_id": rec["trace_id"],
-                      "model_version": rec["model_version"], "answer": rec["output_text"],
-                      "token_count": rec["token_count"], "finish_reason": rec["finish_reason"], "error": rec["error"],
-                      "risk": risk})  # fmt: skip
+        return plain(
+            {
+                "request_id": rec["request_id"],
+                "trace_id": rec["trace_id"],
+                "model_version": rec["model_version"],
+                "answer": rec["output_text"],
+                "token_count": rec["token_count"],
+                "finish_reason": rec["finish_reason"],
+                "error": rec["error"],
+                "risk": risk,
+            }
+        )
 
     @app.post("/governance/rollback", tags=["governance"], summary="Make an earlier version serve production again")
     def rollback(body: RollbackBody, caller: Writer) -> dict[str, Any]:
         ev = acting(api, caller, lambda gov: gov.rollback(body.model, body.to, body.reason))
-        return {"event": ev.type, "sequence": ev.sequence, "actor": ev.actor, "model": body.model,
-                "from_version": ev.payload["from_version"], "version": ev.payload["version"]}  # fmt: skip
+        return {
+            "event": ev.type,
+            "sequence": ev.sequence,
+            "actor": ev.actor,
+            "model": body.model,
+            "from_version": ev.payload["from_version"],
+            "version": ev.payload["version"],
+        }
 
     @app.post("/governance/approve", tags=["governance"], summary="Approve a version for a stage")
     def approve(body: ApproveBody, caller: Writer) -> dict[str, Any]:
         ev = acting(api, caller, lambda gov: gov.approve(body.model, body.version, body.stage, body.reason))
-        return {"event": ev.type, "sequence": ev.sequence, "actor": ev.actor, "model": body.model,
-                "version": body.version, "stage": body.stage}  # fmt: skip
+        return {
+            "event": ev.type,
+            "sequence": ev.sequence,
+            "actor": ev.actor,
+            "model": body.model,
+            "version": body.version,
+            "stage": body.stage,
+        }
 
     @app.post("/evolve", tags=["evolution"], status_code=202, summary="Start one evolution cycle now (admin key)")
     def evolve(body: EvolveBody, caller: Admin) -> dict[str, Any]:
@@ -421,15 +466,17 @@ def acting(api: Api, caller: Caller, act: Callable[[Any], Any]) -> Any:
     """``act`` with the caller's commands, signed with its key from this machine (ForbiddenError if it is not here),
     one write at a time; the registry is read afresh after."""
     from evostream.api.errors import ForbiddenError
-    from evostream.errors import GovernanceError
+    from evostream.core.errors import GovernanceError
 
     assert caller.actor is not None
     with api.write_lock:
         try:
             gov = api.governance.actor(caller.actor)
         except GovernanceError as e:
-            raise ForbiddenError(f"actor {caller.actor!r} holds a valid key, but its private key is not on this "
-                                 "server to sign with; act from the machine that holds it") from e  # fmt: skip
+            raise ForbiddenError(
+                f"actor {caller.actor!r} holds a valid key, but its private key is not on this "
+                "server to sign with; act from the machine that holds it"
+            ) from e
         try:
             return act(gov)
         finally:

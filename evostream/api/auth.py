@@ -21,8 +21,8 @@ from typing import Any
 
 from fastapi import Request
 
-from consumers.governance.tokens import actor_of, check_format
 from evostream.api.errors import AuthRequiredError, ForbiddenError
+from evostream.consumers.governance.api_keys import actor_of, check_format
 from evostream.views.governance import GovernanceView
 
 
@@ -109,8 +109,10 @@ class Auth:
     def writer(self, request: Request) -> Caller:
         token = self._token(request)
         if token is None:
-            raise AuthRequiredError("this endpoint needs an actor key: Authorization: Bearer <token from "
-                                    "`evostream governance api-token --actor NAME`>")  # fmt: skip
+            raise AuthRequiredError(
+                "this endpoint needs an actor key: Authorization: Bearer <token from "
+                "`evostream governance api-token --actor NAME`>"
+            )
         return self._caller(token)
 
     def admin(self, request: Request) -> Caller:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from evostream.errors import (
+from evostream.core.errors import (
     ConflictError,
     ConsumeError,
     DeliveryError,

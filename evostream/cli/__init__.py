@@ -10,8 +10,11 @@ import typer
 from evostream.cli import api, calibrate, contract, demo, evolution, governance, readers, selfcheck, serve, sinks
 from evostream.cli.stack import stack_app
 
-app = typer.Typer(help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)  # fmt: skip
+app = typer.Typer(
+    help="evostream: watch, profile, evolve and govern language models on Apache Kafka.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 app.add_typer(stack_app, name="stack")
 app.add_typer(contract.schemas_app, name="schemas")
 app.add_typer(governance.governance_app, name="governance")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.settings import load_settings
+from evostream.core.settings import load_settings
 
 
 @friendly
@@ -36,10 +36,20 @@ def api(
     # through DNS rebinding; bound elsewhere, any name (the operator's proxy and firewall decide)
     loopback = host in ("127.0.0.1", "localhost", "::1")
     hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None
-    app = create_app(ApiConfig(server, settings, open_reads=open_reads, cors_origins=list(cors_origin or []),
-                               max_body_bytes=max_body_kb * 1024, history_s=history, allowed_hosts=hosts))  # fmt: skip
+    app = create_app(
+        ApiConfig(
+            server,
+            settings,
+            open_reads=open_reads,
+            cors_origins=list(cors_origin or []),
+            max_body_bytes=max_body_kb * 1024,
+            history_s=history,
+            allowed_hosts=hosts,
+        )
+    )
     say(f"evostream api on http://{host}:{port}/ (dashboard), http://{host}:{port}/docs (OpenAPI); broker {server}")
     # proxy headers are not read: "this machine" is the TCP peer, which a client cannot claim to be; open event
     # streams are closed after 5 s on SIGTERM instead of holding the shutdown
-    uvicorn.run(app, host=host, port=port, log_level=log_level.lower(), proxy_headers=False,
-                timeout_graceful_shutdown=5)  # fmt: skip
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level.lower(), proxy_headers=False, timeout_graceful_shutdown=5
+    )

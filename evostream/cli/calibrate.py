@@ -13,8 +13,8 @@ import typer
 from evostream.cli.common import friendly, say
 
 if TYPE_CHECKING:
-    from models.loading import LoadedModel
-    from stream_processors.risk.policy import RiskPolicy
+    from evostream.models.loading import LoadedModel
+    from evostream.stream_processors.risk.policy import RiskPolicy
 
 
 def calibrate_model(
@@ -25,8 +25,8 @@ def calibrate_model(
 ) -> RiskPolicy:
     """A policy for ``loaded``'s family fitted on its steps on ``prompts`` (healthy traffic); hand-set fields come
     from ``base`` (default: the code's fallback)."""
-    from producers.reference import run_traced
-    from stream_processors.risk.calibrate import calibrate
+    from evostream.producers.reference import run_traced
+    from evostream.stream_processors.risk.calibrate import calibrate
 
     steps = [s for t in run_traced(loaded, prompts, progress=progress) for s in t.steps]
     return calibrate(steps, loaded.version, base)
@@ -44,9 +44,9 @@ def calibrate(
     so edit them there and calibrate again; the code's defaults are used otherwise."""
     from pathlib import Path
 
-    from models.loading import load_model
-    from models.suite.tasks import make_split
-    from stream_processors.risk.policy import RiskPolicy, family_of, policy_path
+    from evostream.models.loading import load_model
+    from evostream.models.suite.tasks import make_split
+    from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_path
 
     loaded = load_model(model)
     path = Path(out) if out else policy_path(family_of(loaded.version))
@@ -58,6 +58,8 @@ def calibrate(
     policy.calibration.update(split="calibration", per_task=per_task)  # so benchmarks can keep clear of it
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(policy.to_json() + "\n", encoding="utf-8")
-    say(f"wrote {path} from {policy.calibration['steps']} steps of {policy.calibration['traces']} traces: "
+    say(
+        f"wrote {path} from {policy.calibration['steps']} steps of {policy.calibration['traces']} traces: "
         f"entropy threshold {policy.entropy_bits:.4f} bits, collapse z {policy.collapse_z}, blow-up z "
-        f"{policy.blowup_z}, alert score {policy.alert_score}, critical score {policy.critical_score}")  # fmt: skip
+        f"{policy.blowup_z}, alert score {policy.alert_score}, critical score {policy.critical_score}"
+    )

@@ -9,8 +9,8 @@ from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
-from evostream.errors import EvoError
-from evostream.settings import Settings
+from evostream.core.errors import EvoError
+from evostream.core.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -42,8 +42,8 @@ Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap servers. En
 
 def broker(settings: Settings) -> str:
     """The broker address (the flag, else the environment, else the local stack), once it answers."""
-    from evostream.bus.admin import wait_for_broker
-    from evostream.stack import resolve_bootstrap
+    from evostream.core.bus.admin import wait_for_broker
+    from evostream.core.stack import resolve_bootstrap
 
     server = resolve_bootstrap(settings)
     wait_for_broker(server, settings.connect_timeout_s)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from evostream.cli.common import Bootstrap, friendly, say
-from evostream.settings import load_settings
+from evostream.core.settings import load_settings
 
 schemas_app = typer.Typer(help="The Avro contract.", no_args_is_help=True)
 
@@ -20,11 +20,11 @@ def topics(
     bootstrap: Bootstrap = None,
 ) -> None:
     """List the topic catalog; with --create, create its missing topics on the broker."""
-    from schemas.catalog import CATALOG
+    from evostream.schemas.catalog import CATALOG
 
     if create:
-        from evostream.bus.admin import ensure_topics
-        from evostream.stack import resolve_bootstrap
+        from evostream.core.bus.admin import ensure_topics
+        from evostream.core.stack import resolve_bootstrap
 
         settings = load_settings(bootstrap_servers=bootstrap)
         server = resolve_bootstrap(settings)
@@ -32,17 +32,19 @@ def topics(
         say(f"created on {server}: {', '.join(sorted(created)) or 'nothing (all present)'}")
     for t in CATALOG:
         keep = "forever" if t.retention_ms < 0 else f"{t.retention_ms / 86_400_000:g} d"
-        typer.echo(f"{t.name:18} key={t.key:14} value={t.value_schema:17} partitions={t.partitions} "
-                   f"{t.cleanup_policy:7} {keep:8} {t.doc}")  # fmt: skip
+        typer.echo(
+            f"{t.name:18} key={t.key:14} value={t.value_schema:17} partitions={t.partitions} "
+            f"{t.cleanup_policy:7} {keep:8} {t.doc}"
+        )
 
 
 @schemas_app.command("list")
 @friendly
 def schemas_list() -> None:
     """Every schema version with its fingerprint."""
-    from schemas import default_registry
+    from evostream.schemas import default_index
 
-    for sv in default_registry():
+    for sv in default_index():
         typer.echo(f"{sv.short_name:18} v{sv.version}  {sv.fingerprint.hex()}  {sv.source}")
 
 
@@ -50,10 +52,10 @@ def schemas_list() -> None:
 @friendly
 def schemas_check() -> None:
     """Check BACKWARD_TRANSITIVE compatibility of every schema version in the repository."""
-    from schemas import default_registry
-    from schemas.compat import check_backward_transitive
+    from evostream.schemas import default_index
+    from evostream.schemas.compat import check_backward_transitive
 
-    problems = check_backward_transitive(default_registry())
+    problems = check_backward_transitive(default_index())
     for p in problems:
         typer.secho(p, fg=typer.colors.RED, err=True)
     if problems:

@@ -11,11 +11,11 @@ from typing import Annotated, Any
 
 import typer
 
-from evostream.bus.reader import TopicReader
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.errors import EvoError
-from evostream.settings import Settings, load_settings
-from schemas.catalog import RISK
+from evostream.core.bus.reader import TopicReader
+from evostream.core.errors import EvoError
+from evostream.core.settings import Settings, load_settings
+from evostream.schemas.catalog import RISK
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,12 @@ def run_demo(
     bootstrap: str, settings: Settings, say: Callable[[str], None], timeout_s: float = 120.0
 ) -> list[DemoAnswer]:
     # imported here, not at the top: every command imports this module, and only the demo needs torch
-    from evostream.cli.governed import GovernedModel, ensure_genesis
-    from models.default_model import MODEL_ID
-    from models.suite.tasks import make_split
-    from producers.client import InferenceClient
-    from producers.embedding import PromptEmbedder
-    from producers.service import InferenceService, ServeOptions
+    from evostream.models.default_model import MODEL_ID
+    from evostream.models.suite.tasks import make_split
+    from evostream.producers.client import InferenceClient
+    from evostream.producers.embedding import PromptEmbedder
+    from evostream.producers.service import InferenceService, ServeOptions
+    from evostream.wiring.governed import GovernedModel, ensure_genesis
 
     # what serves is what governance says: on an empty log, the genesis registers and promotes the embedded model
     version = ensure_genesis(settings, bootstrap, say)
@@ -61,8 +61,10 @@ def run_demo(
     if not ready.wait(30):
         source.close()
         raise EvoError("the inference service did not start")
-    say(f"serving {version}, the governed production version ({loaded.parameter_count():,} parameters, artifact "
-        f"verified) on {loaded.device}")  # fmt: skip
+    say(
+        f"serving {version}, the governed production version ({loaded.parameter_count():,} parameters, artifact "
+        f"verified) on {loaded.device}"
+    )
     try:
         examples = {e.task: e for e in make_split("demo", 1)}
         client = InferenceClient(bootstrap, tenant="demo")
@@ -93,8 +95,9 @@ def run_demo(
 def final_risk(bootstrap: str, traces: set[str], timeout_s: float = 60.0) -> dict[str, dict[str, Any]]:
     """The FINAL RiskReport of each trace in ``traces`` (those that arrive within ``timeout_s``)."""
     found: dict[str, dict[str, Any]] = {}
-    with TopicReader(bootstrap, RISK, "RiskReport", idle_s=None, timeout_s=timeout_s,
-                     until=lambda: set(found) == traces, name="demo") as reader:  # fmt: skip
+    with TopicReader(
+        bootstrap, RISK, "RiskReport", idle_s=None, timeout_s=timeout_s, until=lambda: set(found) == traces, name="demo"
+    ) as reader:
         for r in reader:
             if r["trace_id"] in traces and r["stage"] == "FINAL":
                 found[r["trace_id"]] = r
@@ -123,8 +126,11 @@ def demo(
         log = settings.processors_dir / "demo-worker.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as out:  # this interpreter runs the CLI of this checkout, whatever is on PATH
-            worker = subprocess.Popen([sys.executable, "-m", "evostream.cli", "process", "--bootstrap", server],
-                                      stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "evostream.cli", "process", "--bootstrap", server],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         say(f"stream processors started (pid {worker.pid}, log {log})")
     try:
         answers = run_demo(server, settings, say)
@@ -139,11 +145,21 @@ def demo(
         ok = a.answer == a.expected
         right += ok
         r = a.risk
-        verdict = (f" · risk {r['score']:.2f} {','.join(r['flags']) or 'no flags'}" if r else
-                   " · risk not reported" if risk else "")  # fmt: skip
-        typer.echo(f"{'ok ' if ok else 'BAD'} {a.prompt!r:34} -> {a.answer!r:14} trace {a.trace_id} "
-                   f"{a.tokens} tokens, {a.step_events} step events, {a.total_ms:.0f} ms{verdict}")  # fmt: skip
-    typer.echo(f"{right}/{len(answers)} tasks answered right; every token has its GenerationStep on evo.steps"
-               if all(a.step_events == a.tokens for a in answers) else "step events are missing!")  # fmt: skip
+        verdict = (
+            f" · risk {r['score']:.2f} {','.join(r['flags']) or 'no flags'}"
+            if r
+            else " · risk not reported"
+            if risk
+            else ""
+        )
+        typer.echo(
+            f"{'ok ' if ok else 'BAD'} {a.prompt!r:34} -> {a.answer!r:14} trace {a.trace_id} "
+            f"{a.tokens} tokens, {a.step_events} step events, {a.total_ms:.0f} ms{verdict}"
+        )
+    typer.echo(
+        f"{right}/{len(answers)} tasks answered right; every token has its GenerationStep on evo.steps"
+        if all(a.step_events == a.tokens for a in answers)
+        else "step events are missing!"
+    )
     if not all(a.step_events == a.tokens for a in answers):
         raise typer.Exit(1)

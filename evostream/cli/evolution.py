@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.errors import EvolutionError
-from evostream.settings import Settings, load_settings
-from evostream.views import evolution as wiring
-from evostream.views.evolution import cycle_config, cycle_line, risk_rate
+from evostream.core.errors import EvolutionError
+from evostream.core.settings import Settings, load_settings
+from evostream.wiring import evolution as wiring
+from evostream.wiring.evolution import cycle_config, cycle_line, risk_rate
 
 __all__ = ["consumer", "cycle_config", "cycle_line", "evolution_actor", "risk_rate"]
 
 if TYPE_CHECKING:
-    from consumers.evolution.cycle import CycleConfig
-    from consumers.governance.service import Governance
+    from evostream.consumers.evolution.cycle import CycleConfig
+    from evostream.consumers.governance.service import Governance
 
 evolution_app = typer.Typer(help="The evolution consumer: cycles on drift and on a schedule.", no_args_is_help=True)
 
@@ -48,7 +48,7 @@ def _settings(bootstrap: str | None) -> Settings:
 def _model_name(model: str | None) -> str:
     if model:
         return model
-    from models.default_model import MODEL_ID
+    from evostream.models.default_model import MODEL_ID
 
     return MODEL_ID
 
@@ -96,9 +96,9 @@ def analyze(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Rank what could go from the production version: heads, FFN neurons, layers, unused embedding rows."""
-    from consumers.evolution.inputs import read_observed
-    from consumers.evolution.plan import analyze as analyze_model
-    from models.suite.tasks import make_split
+    from evostream.consumers.evolution.inputs import read_observed
+    from evostream.consumers.evolution.plan import analyze as analyze_model
+    from evostream.models.suite.tasks import make_split
 
     settings = _settings(bootstrap)
     server = broker(settings)
@@ -138,8 +138,10 @@ def evolution_run(
     evo = consumer(settings, server, name, cycle_config(recipe, steps, held_out, reps))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: evo.stop_event.set())
-    say(f"evolution: following evo.drift for {name}" + (f", and a cycle every {settings.evolution_every_s} s"
-                                                        if settings.evolution_every_s else ""))  # fmt: skip
+    say(
+        f"evolution: following evo.drift for {name}"
+        + (f", and a cycle every {settings.evolution_every_s} s" if settings.evolution_every_s else "")
+    )
 
     def report(out: Any) -> None:
         for c in out.result.candidates if out.result else []:

@@ -10,8 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.errors import GovernanceError
-from evostream.settings import Settings, load_settings
+from evostream.core.errors import GovernanceError
+from evostream.core.settings import Settings, load_settings
 from evostream.views.governance import GovernanceView, audit_line, checkpoints_path, model_of, parse_time, when
 
 governance_app = typer.Typer(help="The governance log: actors, keys and policy.", no_args_is_help=True)
@@ -50,11 +50,15 @@ def _actor(settings: Settings) -> Any:
 @friendly
 def governance_init(bootstrap: Bootstrap = None, actor: Actor = None) -> None:
     """Start the governance log: the first admin key (0600, never printed) and its enrolment, the default policy."""
-    from consumers.governance.service import init
+    from evostream.consumers.governance.service import init
 
     settings = _settings(bootstrap, actor)
-    gov, path = init(_log(settings), settings.governance_dir / "keys", settings.governance_actor,
-                     checkpoints=checkpoints_path(settings))  # fmt: skip
+    gov, path = init(
+        _log(settings),
+        settings.governance_dir / "keys",
+        settings.governance_actor,
+        checkpoints=checkpoints_path(settings),
+    )
     say(f"admin {gov.actor} enrolled (key {gov.key.key_id}); private key saved to {path} (mode 0600): keep it safe")
 
 
@@ -66,8 +70,8 @@ def governance_keygen(
 ) -> None:
     """Create an actor's key on this machine (0600, never printed) and print its public half, for an admin to enroll
     with `governance enroll NAME --public-key HEX`: the private key never leaves the machine that made it."""
-    from consumers.governance.keys import ActorKey
-    from consumers.governance.service import key_path
+    from evostream.consumers.governance.keys import ActorKey
+    from evostream.consumers.governance.service import key_path
 
     settings = _settings(bootstrap)
     path = key_path(settings.governance_dir / "keys", name)
@@ -85,9 +89,9 @@ def governance_api_token(actor: Actor = None) -> None:
     """Print this machine's actor's HTTP API token (`Authorization: Bearer <token>` for the writes of `evostream api`):
     its key's signature over a statement naming it, checked against the key enrolled in the log. Treat it as a
     password; revoking the actor (or rotating its key) revokes it."""
-    from consumers.governance.keys import ActorKey
-    from consumers.governance.service import key_path
-    from consumers.governance.tokens import token_for
+    from evostream.consumers.governance.api_keys import token_for
+    from evostream.consumers.governance.keys import ActorKey
+    from evostream.consumers.governance.service import key_path
 
     settings = _settings(None, actor)
     path = key_path(settings.governance_dir / "keys", settings.governance_actor)
@@ -108,8 +112,8 @@ def governance_enroll(
 ) -> None:
     """Enroll a new actor with its roles (admin only): with `--public-key`, the key the actor made itself; without,
     a key created here and saved 0600 beside the admin's (one machine, one operator)."""
-    from consumers.governance.keys import ActorKey, key_id_of
-    from consumers.governance.service import key_path
+    from evostream.consumers.governance.keys import ActorKey, key_id_of
+    from evostream.consumers.governance.service import key_path
 
     settings = _settings(bootstrap, actor)
     gov = _actor(settings)
@@ -154,12 +158,17 @@ def governance_policy(
     actor: Actor = None,
 ) -> None:
     """Change the promotion policy (admin only); the change is itself an event."""
-    given = {"production_approvals": approvals, "auto_promote_staging": auto_staging,
-             "auto_promote_production": auto_production}  # fmt: skip
+    given = {
+        "production_approvals": approvals,
+        "auto_promote_staging": auto_staging,
+        "auto_promote_production": auto_production,
+    }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
     if not policy:
-        raise GovernanceError("nothing to change: give --approvals, --auto-staging/--no-auto-staging or "
-                              "--auto-production/--no-auto-production")  # fmt: skip
+        raise GovernanceError(
+            "nothing to change: give --approvals, --auto-staging/--no-auto-staging or "
+            "--auto-production/--no-auto-production"
+        )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")
 
@@ -177,7 +186,7 @@ def register(
     actor: Actor = None,
 ) -> None:
     """Store a model folder in the artifact store (by its sha256) and register it as a candidate version."""
-    from evostream.artifacts import ArtifactStore
+    from evostream.core.artifacts import ArtifactStore
 
     settings = _settings(bootstrap, actor)
     try:
@@ -185,16 +194,28 @@ def register(
     except ValueError as e:
         raise GovernanceError(f"--metrics is not JSON: {e}") from e
     ref = ArtifactStore(settings.artifacts_dir).put_dir(artifact)
-    _actor(settings).register(model, version, artifact_uri=ref.uri, artifact_sha256=ref.sha256, parent=parent,
-                              operator=operator, metrics=measured, reason=reason)  # fmt: skip
+    _actor(settings).register(
+        model,
+        version,
+        artifact_uri=ref.uri,
+        artifact_sha256=ref.sha256,
+        parent=parent,
+        operator=operator,
+        metrics=measured,
+        reason=reason,
+    )
     say(f"registered {version} ({ref.uri})")
 
 
 @friendly
 def request_approval(
-    model: str, version: str, stage: str = "production", reason: Reason = "", bootstrap: Bootstrap = None,
+    model: str,
+    version: str,
+    stage: str = "production",
+    reason: Reason = "",
+    bootstrap: Bootstrap = None,
     actor: Actor = None,
-) -> None:  # fmt: skip
+) -> None:
     """Ask the approvers to approve a version for a stage (proposers); `registry` lists it as pending."""
     _actor(_settings(bootstrap, actor)).request_approval(model, version, stage, reason)
     say(f"asked approval of {version} for {stage}")
@@ -202,9 +223,14 @@ def request_approval(
 
 @friendly
 def approve(
-    model: str, version: str, stage: str = "production", reject: bool = False, reason: Reason = "",
-    bootstrap: Bootstrap = None, actor: Actor = None,
-) -> None:  # fmt: skip
+    model: str,
+    version: str,
+    stage: str = "production",
+    reject: bool = False,
+    reason: Reason = "",
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
     """Grant (or --reject) approval of a version for a stage (approvers)."""
     gov = _actor(_settings(bootstrap, actor))
     (gov.reject if reject else gov.approve)(model, version, stage, reason)
@@ -213,11 +239,14 @@ def approve(
 
 @friendly
 def promote(
-    model: str, version: str,
+    model: str,
+    version: str,
     stage: Annotated[str | None, typer.Option(help="staging or production.")] = None,
     alias: Annotated[str | None, typer.Option(help="An alias such as champion or challenger.")] = None,
-    reason: Reason = "", bootstrap: Bootstrap = None, actor: Actor = None,
-) -> None:  # fmt: skip
+    reason: Reason = "",
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
     """Promote a version to a stage, or point an alias at it; the policy decides who may and when."""
     _actor(_settings(bootstrap, actor)).promote(model, version, stage=stage, alias=alias, reason=reason)
     say(f"promoted {version} to {stage or 'alias ' + str(alias)}")
@@ -243,7 +272,7 @@ def audit(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Who did what, when and why: one line per governance event, verified as it is read."""
-    from consumers.governance.projection import Finding, replay
+    from evostream.consumers.governance.projection import Finding, replay
 
     settings = _settings(bootstrap)
     items = _log(settings).items()
@@ -270,8 +299,8 @@ def replay_cmd(
     """Replay the governance log from its first event; with --verify, report every altered, forged, dropped,
     inserted or reordered event with its offset, and a tail cut short after this machine's signed checkpoints
     (exit 2), and the head the projection reached."""
-    from consumers.governance.checkpoint import verify_checkpoints
-    from consumers.governance.projection import Finding, replay
+    from evostream.consumers.governance.checkpoint import verify_checkpoints
+    from evostream.consumers.governance.projection import Finding, replay
 
     settings = _settings(bootstrap)
     items = _log(settings).items()
@@ -284,9 +313,11 @@ def replay_cmd(
         checked = f", checkpoints in {path}" if path.exists() else ", no checkpoint file on this machine"
     for f in findings:
         typer.secho(f"offset {f.offset} sequence {f.sequence}: {f.kind}: {f.detail}", fg=typer.colors.RED)
-    typer.echo(f"{len(items)} events; projection at sequence {registry.head_sequence} (offset {registry.offset}), "
-               f"head {registry.head_hash[:16] or '-'}; {'verified' if verify else 'not verified'}{checked}: "
-               f"{len(findings)} finding(s)")  # fmt: skip
+    typer.echo(
+        f"{len(items)} events; projection at sequence {registry.head_sequence} (offset {registry.offset}), "
+        f"head {registry.head_hash[:16] or '-'}; {'verified' if verify else 'not verified'}{checked}: "
+        f"{len(findings)} finding(s)"
+    )
     if findings:
         raise SystemExit(2)
 
@@ -296,8 +327,8 @@ def replay_cmd(
 def governance_snapshot(bootstrap: Bootstrap = None) -> None:
     """Replay and verify the whole log, then publish its projection as the latest snapshot (a compacted topic):
     a follower then starts from it and replays only the tail."""
-    from consumers.governance.projection import replay
-    from consumers.governance.snapshot import write_snapshot
+    from evostream.consumers.governance.projection import replay
+    from evostream.consumers.governance.snapshot import write_snapshot
 
     settings = _settings(bootstrap)
     registry, findings = replay(_log(settings).items())
@@ -319,8 +350,11 @@ def _replayed(settings: Settings, as_of: str | None) -> tuple[Any, list[Any], li
 
 def _warn(findings: list[Any]) -> None:
     for f in findings:
-        typer.secho(f"TAMPERED @{f.offset} #{f.sequence} {f.kind}: {f.detail} (the registry stops before it)",
-                    fg=typer.colors.RED, err=True)  # fmt: skip
+        typer.secho(
+            f"TAMPERED @{f.offset} #{f.sequence} {f.kind}: {f.detail} (the registry stops before it)",
+            fg=typer.colors.RED,
+            err=True,
+        )
 
 
 def registry_lines(registry: Any) -> list[str]:
@@ -328,21 +362,27 @@ def registry_lines(registry: Any) -> list[str]:
     lines = []
     for name, model in sorted(registry.models.items()):
         aliases = ", ".join(f"{a}={v}" for a, v in sorted(model["aliases"].items())) or "-"
-        lines.append(f"{name}: production {model['production'] or '-'}, staging {model['staging'] or '-'}, "
-                     f"aliases {aliases}")  # fmt: skip
+        lines.append(
+            f"{name}: production {model['production'] or '-'}, staging {model['staging'] or '-'}, aliases {aliases}"
+        )
         for v, ver in model["versions"].items():
             val = ver["validation"]
             verdict = "-" if val is None else ("PASS" if val["passed"] else "FAIL")
             approvers = sorted({a for ap in ver["approvals"].values() for a in ap["granted"]})
-            lines.append(f"  {v:<36} {ver['stage']:<10} parent {ver['parent'] or '-':<30} validation {verdict:<4} "
-                         f"approved by {','.join(approvers) or '-'}  registered by {ver['registered_by']} "
-                         f"{when(ver['registered_at_us'])}")  # fmt: skip
+            lines.append(
+                f"  {v:<36} {ver['stage']:<10} parent {ver['parent'] or '-':<30} validation {verdict:<4} "
+                f"approved by {','.join(approvers) or '-'}  registered by {ver['registered_by']} "
+                f"{when(ver['registered_at_us'])}"
+            )
     for p in registry.pending_approvals():
-        lines.append(f"pending: {p['version']} -> {p['stage']}: {len(p['approvers'])}/{p['needed']} approvals "
-                     f"({', '.join(p['approvers']) or 'none yet'})")  # fmt: skip
+        lines.append(
+            f"pending: {p['version']} -> {p['stage']}: {len(p['approvers'])}/{p['needed']} approvals "
+            f"({', '.join(p['approvers']) or 'none yet'})"
+        )
     lines.append(f"policy: {json.dumps(registry.policy, sort_keys=True)}")
-    lines.append(f"log head: sequence {registry.head_sequence}, offset {registry.offset}, hash "
-                 f"{registry.head_hash[:16] or '-'}")  # fmt: skip
+    lines.append(
+        f"log head: sequence {registry.head_sequence}, offset {registry.offset}, hash {registry.head_hash[:16] or '-'}"
+    )
     return lines
 
 
@@ -378,14 +418,15 @@ def provenance(
     timeout: Annotated[float, typer.Option(help="Seconds to look for the trace's completion.")] = 30.0,
 ) -> None:
     """Which version answered a trace, its lineage, the governance events that made it serve, its evidence."""
-    from evostream.bus.reader import TopicReader
-    from schemas.catalog import COMPLETIONS
+    from evostream.core.bus.reader import TopicReader
+    from evostream.schemas.catalog import COMPLETIONS
 
     settings = _settings(bootstrap)
     server = broker(settings)
     found: list[dict[str, Any]] = []
-    with TopicReader(server, COMPLETIONS, "Completion", timeout_s=timeout, until=lambda: bool(found),
-                     name="provenance") as reader:  # fmt: skip
+    with TopicReader(
+        server, COMPLETIONS, "Completion", timeout_s=timeout, until=lambda: bool(found), name="provenance"
+    ) as reader:
         for rec in reader:
             if rec["trace_id"] == trace_id:
                 found.append(rec)
@@ -400,25 +441,19 @@ def provenance(
     typer.echo(f"lineage: {' <- '.join(reg.lineage(model, version))}")
     typer.echo(f"artifact: {info['artifact_uri']}  operator: {info['operator'] or '-'} {info['operator_params']}")
     val = info["validation"]
-    typer.echo("validation: " + ("none" if val is None else f"{'PASS' if val['passed'] else 'FAIL'} "
-                                 f"{json.dumps(val['gates'], sort_keys=True)}"))  # fmt: skip
+    typer.echo(
+        "validation: "
+        + (
+            "none"
+            if val is None
+            else f"{'PASS' if val['passed'] else 'FAIL'} {json.dumps(val['gates'], sort_keys=True)}"
+        )
+    )
     typer.echo("governance events of this version up to the answer:")
     for offset, ev in events:
         if ev.model_name == model and ev.payload.get("version") == version and ev.occurred_at_us <= at:
             typer.echo("  " + audit_line(offset, ev))
     _warn(findings)
-
-
-def measure_on_suite(path: Path, per_task: int, threshold: float) -> tuple[bool, dict[str, Any], dict[str, float]]:
-    """The model at ``path`` on ``per_task`` held-out prompts per task: (passed, gate per task, accuracy per task)."""
-    from models.loading import load_model
-    from models.suite.evaluate import eval_set, evaluate
-
-    lm = load_model(str(path), device="cpu")
-    acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))
-    gates = {f"accuracy:{task}": {"value": a, "threshold": threshold, "passed": a >= threshold}
-             for task, a in acc.items() if task != "mean"}  # fmt: skip
-    return all(g["passed"] for g in gates.values()), gates, acc
 
 
 @friendly
@@ -433,7 +468,8 @@ def validate(
 ) -> None:
     """Measure a registered version on the held-out task suite (its artifact re-hashed first) and record the result
     with every gate's value; a pass is promoted to staging when the policy says so."""
-    from evostream.artifacts import ArtifactStore
+    from evostream.core.artifacts import ArtifactStore
+    from evostream.wiring.governed import measure_on_suite
 
     settings = _settings(bootstrap, actor)
     gov = _actor(settings)
@@ -441,5 +477,7 @@ def validate(
     path = ArtifactStore(settings.artifacts_dir).open(info["artifact_sha256"])
     passed, gates, acc = measure_on_suite(path, per_task, min_accuracy)
     events = gov.validated(model, version, passed, gates, reason or f"task suite, {per_task} held-out prompts per task")
-    say(f"validation of {version}: {'PASS' if passed else 'FAIL'} (mean accuracy {acc['mean']:.3f})"
-        + ("; promoted to staging" if len(events) > 1 else ""))  # fmt: skip
+    say(
+        f"validation of {version}: {'PASS' if passed else 'FAIL'} (mean accuracy {acc['mean']:.3f})"
+        + ("; promoted to staging" if len(events) > 1 else "")
+    )

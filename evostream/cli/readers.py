@@ -8,27 +8,36 @@ from typing import Annotated, Any
 
 import typer
 
-from evostream.bus.reader import TopicReader
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.settings import load_settings
+from evostream.core.bus.reader import TopicReader
+from evostream.core.settings import load_settings
+from evostream.schemas.catalog import ALERTS, DRIFT, PROFILES
 from evostream.views.recent import SEVERITIES, Recent, at_least
-from evostream.views.tokens import TokenDecoder, local_resolver
-from schemas.catalog import ALERTS, DRIFT, PROFILES
+from evostream.views.token_text import TokenDecoder, local_resolver
 
 
 def format_alert(a: Mapping[str, Any]) -> str:
     when = dt.datetime.fromtimestamp(a["produced_at_us"] / 1e6, dt.UTC).strftime("%H:%M:%S.%f")[:-3]
     layers = f" layers {','.join(map(str, a['blamed_layers']))}" if a["blamed_layers"] else ""
-    return (f"{when} {a['severity']:8} {a['stage']:5} score {a['score']:.2f} trace {a['trace_id'][:12]} "
-            f"{a['model_version']} [{', '.join(a['flags'])}]{layers}: {a.get('reason', '')}")  # fmt: skip
+    return (
+        f"{when} {a['severity']:8} {a['stage']:5} score {a['score']:.2f} trace {a['trace_id'][:12]} "
+        f"{a['model_version']} [{', '.join(a['flags'])}]{layers}: {a.get('reason', '')}"
+    )
 
 
 def follow_alerts(
     bootstrap: str, min_severity: str = "WARNING", follow: bool = True, from_start: bool = False, idle_s: float = 2.0
 ) -> Iterator[str]:
     """Lines for alerts at or above ``min_severity``; without ``follow``, stops once the topic is idle."""
-    with TopicReader(bootstrap, ALERTS, "RiskAlert", start="earliest" if from_start else "latest",
-                     idle_s=None if follow else idle_s, batch=500, name="alerts") as reader:  # fmt: skip
+    with TopicReader(
+        bootstrap,
+        ALERTS,
+        "RiskAlert",
+        start="earliest" if from_start else "latest",
+        idle_s=None if follow else idle_s,
+        batch=500,
+        name="alerts",
+    ) as reader:
         for a in reader:
             if at_least(a, min_severity):
                 yield format_alert(a)
@@ -63,8 +72,10 @@ def format_profile(p: Mapping[str, Any], tokens: TokenDecoder | None = None) -> 
         freq = p["layer_frequency"][layer] if layer < len(p["layer_frequency"]) else float("nan")
         dormant = [h for h, u in enumerate(row) if u < 0.05]
         cells = " ".join(f"{u:4.2f}" for u in row)
-        lines.append(f"  layer {layer:2d}  heads [{cells}]  active {freq:4.0%}" + (f"  dormant heads {dormant}"
-                                                                                 if dormant else ""))  # fmt: skip
+        lines.append(
+            f"  layer {layer:2d}  heads [{cells}]  active {freq:4.0%}"
+            + (f"  dormant heads {dormant}" if dormant else "")
+        )
     if p["dormant_neuron_fraction"]:
         lines.append("  dormant FFN neurons per layer: " + " ".join(f"{x:.0%}" for x in p["dormant_neuron_fraction"]))
     version = str(p["model_version"])
@@ -120,9 +131,9 @@ def profile(
 ) -> None:
     """Show the latest profiling window of each model: head utilization, layer activity, dormant units, token paths
     (as text, with the version's tokenizer where this machine has it)."""
-    from consumers.governance.log import GovernanceLog
-    from consumers.governance.projection import replay
-    from stream_processors.profiling.window import ProfilePolicy
+    from evostream.consumers.governance.log import GovernanceLog
+    from evostream.consumers.governance.projection import replay
+    from evostream.stream_processors.profiling.window import ProfilePolicy
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = broker(settings)

@@ -10,16 +10,16 @@ from typing import Annotated
 
 import typer
 
-from evostream.bus.admin import delete_topics, ensure_topics, wait_for_broker
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
 from evostream.cli.common import Bootstrap, friendly, say
-from evostream.clock import now_us
-from evostream.errors import EvoError
-from evostream.settings import load_settings
-from schemas.catalog import TopicSpec
-from schemas.codec import RecordCodec
-from schemas.samples import generation_step
+from evostream.core.bus.admin import delete_topics, ensure_topics, wait_for_broker
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.core.clock import now_us
+from evostream.core.errors import EvoError
+from evostream.core.settings import load_settings
+from evostream.schemas.catalog import TopicSpec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import generation_step
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,15 @@ def round_trip(
     """Send ``count`` steps spread over ``traces`` traces to a fresh topic, read them all back, check equality."""
     wait_for_broker(bootstrap, connect_timeout_s)
     codec = RecordCodec("GenerationStep")
-    topic = TopicSpec(f"evo.selfcheck.{uuid.uuid4().hex[:12]}", "GenerationStep", "trace_id", partitions,
-                      "delete", 3600_000, "round-trip self-check")  # fmt: skip
+    topic = TopicSpec(
+        f"evo.selfcheck.{uuid.uuid4().hex[:12]}",
+        "GenerationStep",
+        "trace_id",
+        partitions,
+        "delete",
+        3600_000,
+        "round-trip self-check",
+    )
     ensure_topics(bootstrap, [topic])
     try:
         t0 = now_us()
@@ -116,10 +123,11 @@ def round_trip(
 
 
 @friendly
-def selfcheck(count: Annotated[int, typer.Option(help="Records to send and read back.")] = 10_000,
-              bootstrap: Bootstrap = None) -> None:  # fmt: skip
+def selfcheck(
+    count: Annotated[int, typer.Option(help="Records to send and read back.")] = 10_000, bootstrap: Bootstrap = None
+) -> None:
     """Produce GenerationStep records to the broker, consume them back and check every one is equal."""
-    from evostream.stack import resolve_bootstrap
+    from evostream.core.stack import resolve_bootstrap
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = resolve_bootstrap(settings)

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.settings import load_settings
+from evostream.core.settings import load_settings
 
 
 @friendly
@@ -67,14 +67,20 @@ def serve(
 ) -> None:
     """Serve inference requests from evo.requests, emitting a GenerationStep per token and a Completion per request."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from models.loading import load_model
-    from producers.embedding import PromptEmbedder
-    from producers.generate import InstrumentedGenerator, KVCache
-    from producers.service import InferenceService, ServeOptions
+    from evostream.models.loading import load_model
+    from evostream.producers.embedding import PromptEmbedder
+    from evostream.producers.generate import InstrumentedGenerator, KVCache
+    from evostream.producers.service import InferenceService, ServeOptions
+    from evostream.producers.steps import AttentionSignal
 
-    settings = load_settings(bootstrap_servers=bootstrap, serve_max_batch=max_batch, serve_max_wait_ms=max_wait_ms,
-                             serve_torch_threads=torch_threads, serve_batching=batching,
-                             serve_admit_min=admit_min)  # fmt: skip
+    settings = load_settings(
+        bootstrap_servers=bootstrap,
+        serve_max_batch=max_batch,
+        serve_max_wait_ms=max_wait_ms,
+        serve_torch_threads=torch_threads,
+        serve_batching=batching,
+        serve_admit_min=admit_min,
+    )
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
@@ -83,7 +89,7 @@ def serve(
     attn: Literal["eager"] | None = "eager" if attention == "entropy" else None
     source = None
     if governed:
-        from evostream.cli.governed import GovernedModel
+        from evostream.wiring.governed import GovernedModel
 
         source = GovernedModel(
             server, settings, governed, load=lambda path, _v: load_model(str(path), device, attn_implementation=attn)
@@ -102,12 +108,23 @@ def serve(
         n = settings.serve_torch_threads or max(1, (os.cpu_count() or 1) - 1)
         torch.set_num_threads(n)
         threads = f", {n} torch thread{'s' if n > 1 else ''}"
-    signal = None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
-    options = ServeOptions(max_batch=settings.serve_max_batch, max_wait_ms=settings.serve_max_wait_ms,
-                           batching=settings.serve_batching, admit_min=settings.serve_admit_min)  # fmt: skip
+    signal: AttentionSignal | None = (
+        None if attention == "auto" else ("ENTROPY" if attention == "entropy" else "OUTPUT_NORM")
+    )
+    options = ServeOptions(
+        max_batch=settings.serve_max_batch,
+        max_wait_ms=settings.serve_max_wait_ms,
+        batching=settings.serve_batching,
+        admit_min=settings.serve_admit_min,
+    )
     cache: KVCache = "static" if kv_cache == "static" else "dynamic"
-    generator = InstrumentedGenerator(loaded, signal, options.max_prompt_tokens, options.max_new_tokens_limit,  # type: ignore[arg-type]
-                                      kv_cache=cache)  # fmt: skip
+    generator = InstrumentedGenerator(
+        loaded,
+        signal,
+        options.max_prompt_tokens,
+        options.max_new_tokens_limit,
+        kv_cache=cache,
+    )
     service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator, models=source)
     service.install_signal_handlers()
     try:
@@ -137,7 +154,7 @@ def publish(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Publish an inference request; with --wait, print the answer, its trace id and how it finished."""
-    from producers.client import BadRequestError, InferenceClient, prompt_problem
+    from evostream.producers.client import BadRequestError, InferenceClient, prompt_problem
 
     problem = prompt_problem(prompt)
     if problem:  # refused before looking for a broker: with none running, the broker error would hide this one
@@ -168,7 +185,7 @@ def process(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Run the stream processors (risk scores and alerts) until Ctrl-C; state resumes from changelog topics."""
-    from stream_processors.app import run_worker
+    from evostream.stream_processors.app import run_worker
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = broker(settings)

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.errors import SinkConfigError, SinkError
-from evostream.settings import load_settings
+from evostream.core.errors import SinkConfigError, SinkError
+from evostream.core.settings import load_settings
 
 if TYPE_CHECKING:
-    from consumers.sinks.runner import SinkRunner
+    from evostream.consumers.sinks.runner import SinkRunner
 
 SinksOpt = Annotated[
     str | None, typer.Option(help="Comma-separated sink names. Env: EVOSTREAM_SINKS (default: sqlite).")
@@ -46,8 +46,9 @@ DbOpt = Annotated[
     typer.Option(help="The database (default: the SQLite sink's, <sinks_dir>/sqlite/evostream.db)."),
 ]
 
-sinks_app = typer.Typer(help="Fan reports out to SQLite, Prometheus, Datadog, W&B, OTLP or any installed sink.",
-                        no_args_is_help=True)  # fmt: skip
+sinks_app = typer.Typer(
+    help="Fan reports out to SQLite, Prometheus, Datadog, W&B, OTLP or any installed sink.", no_args_is_help=True
+)
 
 
 def parse_options(items: list[str]) -> dict[str, dict[str, str]]:
@@ -66,7 +67,7 @@ def parse_options(items: list[str]) -> dict[str, dict[str, str]]:
 @friendly
 def list_sinks() -> None:
     """The sinks installed in this environment (entry points of the group evostream.sinks), and whether each loads."""
-    from plugins.registry import available, load_one
+    from evostream.plugins.discovery import available, load_one
 
     installed = available()
     for name, ep in installed.items():
@@ -93,9 +94,9 @@ def run(
 ) -> None:
     """Feed every chosen sink from Kafka until Ctrl-C: one consumer group per sink (evostream-sink-<name>), retries
     with backoff, poison records to evo.dlq, positions committed after each sink's durable write."""
-    from consumers.sinks.runner import RunnerOptions, SinkRunner
-    from plugins.api import SinkContext
-    from plugins.registry import load
+    from evostream.consumers.sinks.runner import RunnerOptions, SinkRunner
+    from evostream.plugins.api import SinkContext
+    from evostream.plugins.discovery import load
 
     settings = load_settings(bootstrap_servers=bootstrap, sinks=sinks)
     chosen = load(settings.sinks)
@@ -167,7 +168,7 @@ def query(
     limit: Annotated[int, typer.Option(min=0, help="Rows printed at most (0: all).")] = 100,
 ) -> None:
     """Read the SQLite sink's reports with SQL, read-only: e.g. evostream query "SELECT * FROM trace_summary"."""
-    from evostream.errors import EvoError
+    from evostream.core.errors import EvoError
 
     settings = load_settings()
     path = db or Path(settings.sinks_dir / "sqlite" / "evostream.db")

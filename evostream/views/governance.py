@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evostream.errors import GovernanceError, UnknownVersionError
-from evostream.settings import Settings
+from evostream.core.errors import GovernanceError, UnknownVersionError
+from evostream.core.settings import Settings
 
 
 def when(us: int) -> str:
@@ -105,7 +105,7 @@ class GovernanceView:
         self.settings = settings
 
     def log(self) -> Any:
-        from consumers.governance.log import GovernanceLog
+        from evostream.consumers.governance.log import GovernanceLog
 
         return GovernanceLog(self.bootstrap, topic=self.settings.governance_topic)
 
@@ -122,7 +122,7 @@ class GovernanceView:
 
     def replayed(self, as_of: str | None = None) -> Replayed:
         """The registry now, as of a time (UTC unless given) or a log offset (ASCII digits)."""
-        from consumers.governance.projection import Finding, replay
+        from evostream.consumers.governance.projection import Finding, replay
 
         items = self.items()
         events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
@@ -136,7 +136,7 @@ class GovernanceView:
 
     def audit(self, since_us: int | None = None, actor: str | None = None) -> tuple[list[dict[str, Any]], list[Any]]:
         """(rows of the events from ``since_us`` on, by ``actor``, oldest first; findings of the verification)."""
-        from consumers.governance.projection import Finding, replay
+        from evostream.consumers.governance.projection import Finding, replay
 
         items = self.items()
         _, findings = replay(items)
@@ -151,7 +151,7 @@ class GovernanceView:
 
     def actor(self, name: str) -> Any:
         """The commands of actor ``name``, signed with its key from this machine's key folder."""
-        from consumers.governance.service import load_actor
+        from evostream.consumers.governance.service import load_actor
 
         keys = self.settings.governance_dir / "keys"
         return load_actor(self.log(), keys, name, checkpoints=self.checkpoints_path())

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
 
 SEVERITIES = ("INFO", "WARNING", "CRITICAL")
 

@@ -10,12 +10,12 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 
-from evostream.bus.consumer import EventConsumer
-from evostream.clock import now_us
-from evostream.errors import EvoError
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.clock import now_us
+from evostream.core.errors import EvoError
+from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.codec import RecordCodec
 from evostream.views.recent import Recent, Record
-from schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
-from schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.views")
 WATCHED = (STEPS, COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES)

@@ -1,6 +1,6 @@
 """Train the embedded default model from scratch on the task suite (deterministic; CPU minutes, GPU seconds).
 
-Run: python -m models.default_model.train [--steps 10000 --lr 1e-3 --mix lookup=2] [--out DIR]
+Run: python -m evostream.models.default_model.train [--steps 10000 --lr 1e-3 --mix lookup=2] [--out DIR]
 
 The defaults are the shipped model's recipe. Lookup (find a key's digit in a table) is learnt late, in a sudden
 jump, and only at the lower learning rate: at 2e-3 it stays near 0.5 while every other task converges.
@@ -20,20 +20,29 @@ from pathlib import Path
 import torch
 from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
-from models.default_model import WEIGHTS_DIR
-from models.suite.evaluate import eval_set, evaluate
-from models.suite.tasks import Example, training_stream
+from evostream.models.default_model import WEIGHTS_DIR
+from evostream.models.suite.evaluate import eval_set, evaluate
+from evostream.models.suite.tasks import Example, training_stream
 
 
 def default_config(layers: int = 3, d_model: int = 128, heads: int = 4) -> T5Config:
     """A small byte-level T5: ``layers``+``layers`` layers, ``heads`` heads, FFN 4x wide with ReLU (so FFN
     sparsity is real)."""
     return T5Config(
-        vocab_size=384, d_model=d_model, d_kv=d_model // heads, d_ff=4 * d_model, num_layers=layers,
-        num_decoder_layers=layers, num_heads=heads,
-        feed_forward_proj="relu", dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+        vocab_size=384,
+        d_model=d_model,
+        d_kv=d_model // heads,
+        d_ff=4 * d_model,
+        num_layers=layers,
+        num_decoder_layers=layers,
+        num_heads=heads,
+        feed_forward_proj="relu",
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
         tie_word_embeddings=True,
-    )  # fmt: skip
+    )
 
 
 def training_examples(seed: int, mix: Mapping[str, int]) -> Iterator[Example]:
@@ -94,8 +103,12 @@ def main() -> None:
         opt.zero_grad(set_to_none=True)
         if (step + 1) % 100 == 0:
             el = time.perf_counter() - t0
-            print(f"step {step + 1}/{args.steps} loss {loss.item():.4f} {el:.0f}s "
-                  f"eta {el / (step + 1) * (args.steps - step - 1):.0f}s", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"step {step + 1}/{args.steps} loss {loss.item():.4f} {el:.0f}s "
+                f"eta {el / (step + 1) * (args.steps - step - 1):.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             acc = evaluate(model, tok, eval_set()[::4])  # a quarter of the held-out set while training
             history.append({"step": step + 1, "loss": round(loss.item(), 5), "accuracy": acc})
@@ -107,12 +120,22 @@ def main() -> None:
     model.save_pretrained(args.out, safe_serialization=True)
     tok.save_pretrained(args.out)
     report = {
-        "parameters": n_params, "device": device, "threads": torch.get_num_threads(), "steps": args.steps,
-        "batch": args.batch, "lr": args.lr, "seed": args.seed, "layers": args.layers, "d_model": args.d_model,
-        "heads": args.heads, "mix": mix,
+        "parameters": n_params,
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "layers": args.layers,
+        "d_model": args.d_model,
+        "heads": args.heads,
+        "mix": mix,
         "train_seconds": round(train_s, 1),
-        "held_out_accuracy": acc, "history": history, "torch": torch.__version__,
-    }  # fmt: skip
+        "held_out_accuracy": acc,
+        "history": history,
+        "torch": torch.__version__,
+    }
     (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("parameters", "train_seconds", "held_out_accuracy")}, indent=2))
 

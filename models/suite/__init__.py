@@ -1,5 +1,5 @@
 """The multi-task suite: deterministic task generators, held-out evaluation sets, and ``evaluate(model)``."""
 
-from models.suite.tasks import TASKS, Example, Task, make_split
+from evostream.models.suite.tasks import TASKS, Example, Task, make_split
 
 __all__ = ["TASKS", "Example", "Task", "make_split"]

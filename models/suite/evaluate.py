@@ -9,7 +9,7 @@ from functools import cache
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from models.suite.tasks import Example, make_split
+from evostream.models.suite.tasks import Example, make_split
 
 EVAL_PER_TASK = 200
 

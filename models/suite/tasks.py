@@ -11,7 +11,7 @@ import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from evostream.errors import EvoError
+from evostream.core.errors import EvoError
 
 LETTERS = string.ascii_lowercase
 

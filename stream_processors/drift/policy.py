@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from evostream.errors import PolicyError
-from stream_processors.policy_file import check_fields
+from evostream.core.errors import PolicyError
+from evostream.stream_processors.policy_file import check_fields
 
 F64 = npt.NDArray[np.float64]
 
@@ -64,8 +64,10 @@ class DriftPolicy:
 
     def __post_init__(self) -> None:
         if self.mmd_permutations * self.mmd_alpha < 1:
-            raise PolicyError(f"{self.mmd_permutations} permutations cannot reach p < {self.mmd_alpha}: the smallest "
-                             f"permutation p-value is 1/{self.mmd_permutations + 1}")  # fmt: skip
+            raise PolicyError(
+                f"{self.mmd_permutations} permutations cannot reach p < {self.mmd_alpha}: the smallest "
+                f"permutation p-value is 1/{self.mmd_permutations + 1}"
+            )
 
 
 DRIFT_POLICY_DIR = Path(__file__).parent / "policies"

@@ -20,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import chi2
 
-from evostream.errors import FoldError
-from stream_processors.drift.policy import F64, DriftPolicy
+from evostream.core.errors import FoldError
+from evostream.stream_processors.drift.policy import F64, DriftPolicy
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from evostream.errors import PolicyError
-from stream_processors.drift.policy import DriftPolicy, drift_policy_for
-from stream_processors.drift.statistics import DriftDetector, DriftResult, Window
-from stream_processors.fold import Fold
+from evostream.core.errors import PolicyError
+from evostream.stream_processors.drift.policy import DriftPolicy, drift_policy_for
+from evostream.stream_processors.drift.statistics import DriftDetector, DriftResult, Window
+from evostream.stream_processors.fold import Fold
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ def _empty() -> dict[str, Any]:
 
 
 def _window(w: Mapping[str, Any]) -> Window:
-    out = Window(tokens=Counter({int(k): v for k, v in w["tokens"].items()}), start_us=w["start_us"],
-                 end_us=w["end_us"])  # fmt: skip
+    out = Window(
+        tokens=Counter({int(k): v for k, v in w["tokens"].items()}), start_us=w["start_us"], end_us=w["end_us"]
+    )
     out.embeddings = [_unpack(e) for e in w["emb"]]
     out.token_lists = [list(t) for t in w.get("token_lists", [])]
     return out
@@ -74,8 +75,10 @@ class DriftTracker:
         self.windows = windows
         for p in self.policies.values():
             if self.windows.window_size < p.min_samples:
-                raise PolicyError(f"window_size {self.windows.window_size} is below the min_samples {p.min_samples} "
-                                 f"of drift policy {p.name}")  # fmt: skip
+                raise PolicyError(
+                    f"window_size {self.windows.window_size} is below the min_samples {p.min_samples} "
+                    f"of drift policy {p.name}"
+                )
         self._detectors: dict[tuple[str, int], DriftDetector] = {}
 
     def on_completion(
@@ -84,8 +87,12 @@ class DriftTracker:
         st = dict(state or {"reference": _empty(), "window": _empty(), "offset": -1, "windows": 0, "skipped": 0})
         trace = str(completion["trace_id"])
         recent = st.get("recent", [])
-        if (offset <= st["offset"] or trace in st["reference"]["traces"] or trace in st["window"]["traces"]
-                or trace in recent):  # fmt: skip
+        if (
+            offset <= st["offset"]
+            or trace in st["reference"]["traces"]
+            or trace in st["window"]["traces"]
+            or trace in recent
+        ):
             # the same input again (a replay), or the same completion forwarded again by a repartition: a restarted
             # worker replays its source topic from the last commit and forwards those completions a second time,
             # at new offsets of the repartition topic, possibly after their window was reported
@@ -98,8 +105,11 @@ class DriftTracker:
         at = int(completion["completed_at_us"])
         building = len(st["reference"]["emb"]) < self.windows.reference_size
         target = st["reference"] if building else st["window"]
-        target = {**target, "emb": [*target["emb"], _pack(completion["prompt_embedding"])],
-                  "traces": [*target["traces"], trace]}  # fmt: skip
+        target = {
+            **target,
+            "emb": [*target["emb"], _pack(completion["prompt_embedding"])],
+            "traces": [*target["traces"], trace],
+        }
         ids = [int(t) for t in completion.get("output_token_ids") or []]
         target["token_lists"] = [*target.get("token_lists", []), ids]
         tokens = Counter({int(k): v for k, v in target["tokens"].items()})

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from schemas.tensors import pack_f32, step_heads, step_layers, unpack_f32
+from evostream.schemas.tensors import pack_f32, step_heads, step_layers, unpack_f32
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,20 @@ def deltas(model_version: str, steps: Sequence[Mapping[str, Any]]) -> list[dict[
                 head_rows[i] = step_head.ravel()
             if (step_l2 := step_layers(s, "layer_hidden_l2")).size:
                 l2_rows[i] = step_l2
-        out.append({
-            "model_version": model_version, "num_layers": layers, "num_heads": heads,
-            "trace_ids": [str(s["trace_id"]) for s in group], "steps": [int(s["step"]) for s in group],
-            "emitted_at_us": [int(s["emitted_at_us"]) for s in group],
-            "token_ids": [int(s["token_id"]) for s in group],
-            "attention_signals": [str(s["attention_signal"]) for s in group],
-            "head_signal": pack_f32(head_rows), "layer_hidden_l2": pack_f32(l2_rows),
-        })  # fmt: skip
+        out.append(
+            {
+                "model_version": model_version,
+                "num_layers": layers,
+                "num_heads": heads,
+                "trace_ids": [str(s["trace_id"]) for s in group],
+                "steps": [int(s["step"]) for s in group],
+                "emitted_at_us": [int(s["emitted_at_us"]) for s in group],
+                "token_ids": [int(s["token_id"]) for s in group],
+                "attention_signals": [str(s["attention_signal"]) for s in group],
+                "head_signal": pack_f32(head_rows),
+                "layer_hidden_l2": pack_f32(l2_rows),
+            }
+        )
     return out
 
 

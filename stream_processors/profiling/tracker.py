@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from stream_processors.fold import Fold
-from stream_processors.profiling.delta import Columns
-from stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
+from evostream.stream_processors.fold import Fold
+from evostream.stream_processors.profiling.delta import Columns
+from evostream.stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
 
 STATE_LAYOUT = 1
 """Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
@@ -42,8 +42,9 @@ class ProfileTracker:
         duplicates = 0
         win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
         for step in sorted(steps, key=lambda s: int(s["emitted_at_us"])):
-            win = self._window(model, st, win, window_of(int(step["emitted_at_us"]), self.policy.window_s), now_us,
-                               snapshots)  # fmt: skip
+            win = self._window(
+                model, st, win, window_of(int(step["emitted_at_us"]), self.policy.window_s), now_us, snapshots
+            )
             # a replay can reach back past the last window closed (offsets are committed after the state is
             # written): its steps are recognised there, not folded into the open window a second time
             if int(step["step"]) <= st.get("closed", {}).get(str(step["trace_id"]), -1) or not win.add_step(step):

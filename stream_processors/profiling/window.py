@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from evostream.errors import FoldError
-from schemas.tensors import step_heads, step_layers
-from stream_processors.profiling.delta import Columns
+from evostream.core.errors import FoldError
+from evostream.schemas.tensors import step_heads, step_layers
+from evostream.stream_processors.profiling.delta import Columns
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,9 @@ class ProfileWindow:
         # accumulators stay numpy while folding; to_state turns them into JSON lists once per batch
         self.head_sum: np.ndarray | None = np.asarray(s["head_sum"], np.float64) if s.get("head_sum") else None
         self.head_steps: int = s.get("head_steps", 0)
-        self.layer_changed: np.ndarray | None = (np.asarray(s["layer_changed"], np.int64) if s.get("layer_changed")
-                                                 else None)  # fmt: skip
+        self.layer_changed: np.ndarray | None = (
+            np.asarray(s["layer_changed"], np.int64) if s.get("layer_changed") else None
+        )
         self.layer_steps: int = s.get("layer_steps", 0)
         self.neuron_counts: list[list[int]] = s.get("neuron_counts", [])
         self.neuron_steps: int = s.get("neuron_steps", 0)
@@ -181,8 +182,9 @@ class ProfileWindow:
             self.neuron_counts = [[0] * len(layer) for layer in counts]
         if [len(x) for x in counts] != [len(x) for x in self.neuron_counts]:
             raise FoldError("neuron count snapshot does not match the model's FFN shape")
-        self.neuron_counts = [[a + b for a, b in zip(x, y, strict=True)] for x, y in zip(self.neuron_counts, counts,
-                                                                                          strict=True)]  # fmt: skip
+        self.neuron_counts = [
+            [a + b for a, b in zip(x, y, strict=True)] for x, y in zip(self.neuron_counts, counts, strict=True)
+        ]
         self.neuron_steps += steps
 
     def utilization(self) -> np.ndarray:

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from evostream.errors import CalibrationError
-from schemas.tensors import step_heads, step_layers
-from stream_processors.risk.policy import F64, Baseline, RiskPolicy, family_of, log_magnitude
-from stream_processors.risk.score import TraceRisk
+from evostream.core.errors import CalibrationError
+from evostream.schemas.tensors import step_heads, step_layers
+from evostream.stream_processors.risk.policy import F64, Baseline, RiskPolicy, family_of, log_magnitude
+from evostream.stream_processors.risk.score import TraceRisk
 
 CROSSOVER = "; with this policy's alert_score: "
 """Joins a note and what the fitted alert_score means for the entropy term (replaced on each calibration)."""
@@ -76,8 +76,11 @@ def calibrate(steps: Iterable[Mapping[str, Any]], model_version: str, base: Risk
         notes["heads"] += f" ({buckets} position buckets; fewer than {MIN_PER_BUCKET} steps: pooled)"
         notes["norm_ratio"] += f" ({buckets} position buckets; fewer than {MIN_PER_BUCKET} steps: pooled)"
 
-    for name, what in (("collapse_z", "head statistics"), ("blowup_z", "hidden norms of 2+ layers"),
-                       ("entropy_bits", "trace with min_steps steps")):  # fmt: skip
+    for name, what in (
+        ("collapse_z", "head statistics"),
+        ("blowup_z", "hidden norms of 2+ layers"),
+        ("entropy_bits", "trace with min_steps steps"),
+    ):
         notes[name] = f"hand-set: kept from the base policy: the reference run has no {what}"
     fitted: dict[str, Any] = {}
     rate = base.flag_rate
@@ -86,39 +89,52 @@ def calibrate(steps: Iterable[Mapping[str, Any]], model_version: str, base: Risk
         q = float(np.quantile(collapse, rate, method="lower"))
         if q < 0:
             fitted["collapse_z"] = round(base.z_margin * q, 3)
-            notes["collapse_z"] = (f"fitted: z_margin x the {rate:.2%} quantile ({q:.2f}) over {len(collapse)} "
-                                   "reference traces of the highest z at which each would have raised "
-                                   "attention_collapse")  # fmt: skip
+            notes["collapse_z"] = (
+                f"fitted: z_margin x the {rate:.2%} quantile ({q:.2f}) over {len(collapse)} "
+                "reference traces of the highest z at which each would have raised "
+                "attention_collapse"
+            )
         else:
             notes["collapse_z"] = f"hand-set: kept from the base policy: the reference tail ({q:.2f}) is not below 0"
     if len(blowup):
         q = float(np.quantile(blowup, 1 - rate, method="higher"))
         if q > 0:
             fitted["blowup_z"] = round(base.z_margin * q, 3)
-            notes["blowup_z"] = (f"fitted: z_margin x the {1 - rate:.2%} quantile ({q:.2f}) over {len(blowup)} "
-                                 "reference traces of each trace's highest layer-norm z")  # fmt: skip
+            notes["blowup_z"] = (
+                f"fitted: z_margin x the {1 - rate:.2%} quantile ({q:.2f}) over {len(blowup)} "
+                "reference traces of each trace's highest layer-norm z"
+            )
         else:
             notes["blowup_z"] = f"hand-set: kept from the base policy: the reference tail ({q:.2f}) is not above 0"
     crit = _entropy_criticals(base, traces)
     if len(crit):
         fitted["entropy_bits"] = _just_above(float(np.quantile(crit, 1 - rate, method="higher")))
-        notes["entropy_bits"] = (f"fitted: per-step threshold at which {rate:.2%} of {len(crit)} reference traces "
-                                 "(those with >= min_steps steps) would raise high_entropy at some prefix: the "
-                                 f"{1 - rate:.2%} quantile of each trace's critical entropy")  # fmt: skip
+        notes["entropy_bits"] = (
+            f"fitted: per-step threshold at which {rate:.2%} of {len(crit)} reference traces "
+            "(those with >= min_steps steps) would raise high_entropy at some prefix: the "
+            f"{1 - rate:.2%} quantile of each trace's critical entropy"
+        )
     policy = replace(policy, **fitted)
 
     peaks = np.array([_peak_score(policy, v) for v in traces.values()])
     alert = _just_above(float(np.quantile(peaks, 1 - base.alert_rate, method="higher")))
     critical = max(alert, _just_above(float(np.quantile(peaks, 1 - base.critical_rate, method="higher"))))
-    notes["alert_score"] = (f"fitted: just above the {1 - base.alert_rate:.2%} quantile of the highest score each "
-                            f"of {n} reference traces reaches at any step (<= alert_rate of them alert)")  # fmt: skip
-    notes["critical_score"] = (f"fitted: just above the {1 - base.critical_rate:.2%} quantile of the same "
-                               f"{n} peak scores (so <= critical_rate of them are CRITICAL)")  # fmt: skip
+    notes["alert_score"] = (
+        f"fitted: just above the {1 - base.alert_rate:.2%} quantile of the highest score each "
+        f"of {n} reference traces reaches at any step (<= alert_rate of them alert)"
+    )
+    notes["critical_score"] = (
+        f"fitted: just above the {1 - base.critical_rate:.2%} quantile of the same "
+        f"{n} peak scores (so <= critical_rate of them are CRITICAL)"
+    )
     policy = replace(policy, alert_score=alert, critical_score=critical)
     crossover = policy.entropy_alone_alerts_at()
-    alone = (f"with no flag raised, the entropy term alone alerts when mean entropy >= {crossover:.4g} bits "
-             f"(alert_score x entropy_bits / (entropy_weight - alert_score))" if crossover is not None
-             else "the entropy term alone never alerts (alert_score >= entropy_weight)")  # fmt: skip
+    alone = (
+        f"with no flag raised, the entropy term alone alerts when mean entropy >= {crossover:.4g} bits "
+        f"(alert_score x entropy_bits / (entropy_weight - alert_score))"
+        if crossover is not None
+        else "the entropy term alone never alerts (alert_score >= entropy_weight)"
+    )
     notes["entropy_weight"] = f"{notes['entropy_weight'].split(CROSSOVER)[0]}{CROSSOVER}{alone}"
     notes["alert_score"] += f"{CROSSOVER}{alone}"
     return replace(

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from evostream.errors import PolicyError
-from stream_processors.policy_file import check_fields
+from evostream.core.errors import PolicyError
+from evostream.stream_processors.policy_file import check_fields
 
 F64 = npt.NDArray[np.float64]
 EPS = 1e-6

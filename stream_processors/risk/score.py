@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from schemas.tensors import step_heads, step_layers
-from stream_processors.risk.policy import RiskPolicy, log_magnitude
+from evostream.schemas.tensors import step_heads, step_layers
+from evostream.stream_processors.risk.policy import RiskPolicy, log_magnitude
 
 
 @dataclass(frozen=True)
@@ -153,23 +153,27 @@ class TraceRisk:
         if self.nonfinite_layers:
             layers = sorted(self.nonfinite_layers)
             spread = f" (and after it: {_fmt(layers[1:])})" if len(layers) > 1 else ""
-            parts.append(("nonfinite_hidden", f"NaN/Inf in the hidden state from layer {layers[0]}{spread}",
-                          layers[:1]))  # fmt: skip
+            parts.append(
+                ("nonfinite_hidden", f"NaN/Inf in the hidden state from layer {layers[0]}{spread}", layers[:1])
+            )
         if self.loop:
             parts.append(("repetition_loop", self.loop, []))
         if self.blowup:
             layers = sorted(self.blowup)
             worst = max(self.blowup.values())
-            parts.append(("mid_layer_anomaly", f"hidden norm of layer {_fmt(layers)} {worst:.0f} sd above baseline",
-                          layers))  # fmt: skip
+            parts.append(
+                ("mid_layer_anomaly", f"hidden norm of layer {_fmt(layers)} {worst:.0f} sd above baseline", layers)
+            )
         if self.collapse:
             layers = sorted(self.collapse)
             share = max(self.collapse.values())
-            parts.append(("attention_collapse", f"{share:.0%} of heads in layer {_fmt(layers)} far below baseline",
-                          layers))  # fmt: skip
+            parts.append(
+                ("attention_collapse", f"{share:.0%} of heads in layer {_fmt(layers)} far below baseline", layers)
+            )
         if self.high_entropy >= p.min_steps and self.high_entropy >= p.high_entropy_share * self.steps:
-            parts.append(("high_entropy", f"{self.high_entropy} of {self.steps} steps above {p.entropy_bits:.2f} bits",
-                          []))  # fmt: skip
+            parts.append(
+                ("high_entropy", f"{self.high_entropy} of {self.steps} steps above {p.entropy_bits:.2f} bits", [])
+            )
         # a continuous term under the flags, so that scores rank traces even when nothing is flagged; it never
         # saturates (half-way at the per-step threshold), so it keeps ranking far above the healthy range
         mean_h = self.entropy_sum / self.steps if self.steps else 0.0

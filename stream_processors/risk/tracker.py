@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stream_processors.fold import Fold
-from stream_processors.risk.policy import RiskPolicy, policy_for
-from stream_processors.risk.score import Assessment, TraceRisk
+from evostream.stream_processors.fold import Fold
+from evostream.stream_processors.risk.policy import RiskPolicy, policy_for
+from evostream.stream_processors.risk.score import Assessment, TraceRisk
 
 SEVERITY_RANK = {None: 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}
 STATE_LAYOUT = 1
@@ -54,8 +54,13 @@ class RiskTracker:
                 risk = TraceRisk(self.policy(model), st.get("risk"))
             policy = risk.policy
             assessment = risk.update(step)
-            st.update(model_version=model, request_id=step["request_id"], trace_id=step["trace_id"],
-                      step_offset=offset, last_step=int(step["step"]))  # fmt: skip
+            st.update(
+                model_version=model,
+                request_id=step["request_id"],
+                trace_id=step["trace_id"],
+                step_offset=offset,
+                last_step=int(step["step"]),
+            )
             severity = assessment.severity(policy)
             if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
                 st["alerted"] = severity
@@ -84,8 +89,11 @@ class RiskTracker:
         st.setdefault("request_id", completion["request_id"])
         st.setdefault("model_version", model)
         expected = int(completion["token_count"])
-        pending = {"token_count": expected, "finish_reason": completion.get("finish_reason"),
-                   "error": completion.get("error")}  # fmt: skip
+        pending = {
+            "token_count": expected,
+            "finish_reason": completion.get("finish_reason"),
+            "error": completion.get("error"),
+        }
         st.update(completion=pending, completion_offset=offset)
         out = Fold(st)
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
@@ -95,8 +103,13 @@ class RiskTracker:
     def _finish(self, st: dict[str, Any], done: Mapping[str, Any], policy: RiskPolicy, now_us: int, out: Fold) -> None:
         assessment = TraceRisk(policy, st.get("risk")).assess()
         if done.get("finish_reason") == "ERROR":
-            assessment = Assessment(assessment.score, (*assessment.flags, "generation_error"), assessment.blamed_layers,
-                                    f"generation failed: {done.get('error')}", assessment.steps)  # fmt: skip
+            assessment = Assessment(
+                assessment.score,
+                (*assessment.flags, "generation_error"),
+                assessment.blamed_layers,
+                f"generation failed: {done.get('error')}",
+                assessment.steps,
+            )
         report = self._report(st, assessment, policy, "FINAL", now_us)
         out.reports.append(report)
         severity = assessment.severity(policy)
@@ -125,6 +138,15 @@ class RiskTracker:
 
     @staticmethod
     def _alert(report: Mapping[str, Any], severity: str, policy: RiskPolicy) -> dict[str, Any]:
-        keys = ("trace_id", "request_id", "model_version", "stage", "score", "flags", "blamed_layers", "reason",
-                "produced_at_us")  # fmt: skip
+        keys = (
+            "trace_id",
+            "request_id",
+            "model_version",
+            "stage",
+            "score",
+            "flags",
+            "blamed_layers",
+            "reason",
+            "produced_at_us",
+        )
         return {**{k: report[k] for k in keys}, "severity": severity, "policy": policy.name}

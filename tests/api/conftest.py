@@ -18,17 +18,17 @@ import pytest
 import torch
 import uvicorn
 
-from consumers.governance.keys import ActorKey
-from consumers.governance.log import GovernanceLog
-from consumers.governance.service import Governance, init, key_path
-from consumers.governance.tokens import token_for
 from evostream.api.app import ApiConfig, create_app
-from evostream.artifacts import ArtifactStore
-from evostream.cli.governed import GovernedModel
-from evostream.settings import Settings, load_settings
-from models.loading import load_model
-from producers.embedding import PromptEmbedder
-from producers.service import InferenceService, ServeOptions
+from evostream.consumers.governance.api_keys import token_for
+from evostream.consumers.governance.keys import ActorKey
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.consumers.governance.service import Governance, init, key_path
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.settings import Settings, load_settings
+from evostream.models.loading import load_model
+from evostream.producers.embedding import PromptEmbedder
+from evostream.producers.service import InferenceService, ServeOptions
+from evostream.wiring.governed import GovernedModel
 from tests.stream_processors.harness import Worker
 
 GATES = {"accuracy:mean": {"value": 1.0, "threshold": 0.9, "passed": True}}
@@ -58,9 +58,12 @@ class Deployment:
         """Version 2 in production and serving again, whatever a test did (the tests after it expect it)."""
         r = httpx.get(self.url + "/registry", timeout=30).json()
         if r["models"][self.model]["production"] != self.v2:
-            back = httpx.post(self.url + "/governance/rollback", json={"model": self.model, "to": self.v2,
-                              "reason": "restore"}, headers={"Authorization": f"Bearer {self.admin_token}"},
-                              timeout=60)  # fmt: skip
+            back = httpx.post(
+                self.url + "/governance/rollback",
+                json={"model": self.model, "to": self.v2, "reason": "restore"},
+                headers={"Authorization": f"Bearer {self.admin_token}"},
+                timeout=60,
+            )
             assert back.status_code == 200, back.text
         self.wait_serving(self.v2)
 
@@ -93,8 +96,12 @@ def saved_versions(tmp: Path) -> tuple[Path, Path, int]:
 def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("api")
     run = uuid.uuid4().hex[:8]
-    settings = load_settings(bootstrap_servers=kafka, governance_dir=tmp / "gov", artifacts_dir=tmp / "art",
-                             governance_topic=f"test-api-governance-{run}")  # fmt: skip
+    settings = load_settings(
+        bootstrap_servers=kafka,
+        governance_dir=tmp / "gov",
+        artifacts_dir=tmp / "art",
+        governance_topic=f"test-api-governance-{run}",
+    )
     store = ArtifactStore(settings.artifacts_dir)
     p1, p2, parameters = saved_versions(tmp)
     r1, r2 = store.put_dir(p1), store.put_dir(p2)
@@ -107,8 +114,15 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     admin.enroll("alice", alice_key.public_hex, alice_key.key_id, ["approver"], reason="test approver")
     alice = Governance(glog, alice_key, "alice")
     for version, ref, parent in ((v1, r1, None), (v2, r2, v1)):
-        admin.register(model, version, artifact_uri=ref.uri, artifact_sha256=ref.sha256, parent=parent,
-                       operator=None if parent is None else "perturb", metrics={"parameters": parameters})  # fmt: skip
+        admin.register(
+            model,
+            version,
+            artifact_uri=ref.uri,
+            artifact_sha256=ref.sha256,
+            parent=parent,
+            operator=None if parent is None else "perturb",
+            metrics={"parameters": parameters},
+        )
         admin.validated(model, version, True, GATES)
         alice.approve(model, version, reason="looks fine")
         admin.promote(model, version, stage="production", reason="first" if parent is None else "better")
@@ -126,8 +140,9 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     serving.start()
     port = free_port()
     cfg = ApiConfig(kafka, settings, allowed_hosts=["127.0.0.1", "localhost"])
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning",
-                                          proxy_headers=False))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    )
     api = threading.Thread(target=server.run, daemon=True)
     api.start()
     deadline = time.monotonic() + 60
@@ -135,9 +150,18 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         assert api.is_alive() and time.monotonic() < deadline, "the API did not start"
         time.sleep(0.05)
     try:
-        yield Deployment(f"http://127.0.0.1:{port}", settings, model, v1, v2,
-                         token_for(ActorKey.load(key_path(keys, "admin")), "admin"), token_for(alice_key, "alice"),
-                         parameters, service, source)  # fmt: skip
+        yield Deployment(
+            f"http://127.0.0.1:{port}",
+            settings,
+            model,
+            v1,
+            v2,
+            token_for(ActorKey.load(key_path(keys, "admin")), "admin"),
+            token_for(alice_key, "alice"),
+            parameters,
+            service,
+            source,
+        )
     finally:
         server.should_exit = True
         api.join(30)

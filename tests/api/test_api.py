@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from evostream.bus.producer import EventProducer
-from evostream.clock import now_us
-from schemas.catalog import ALERTS
-from schemas.codec import RecordCodec
+from evostream.core.bus.producer import EventProducer
+from evostream.core.clock import now_us
+from evostream.schemas.catalog import ALERTS
+from evostream.schemas.codec import RecordCodec
 from tests.api.conftest import Deployment
 
 pytestmark = pytest.mark.integration
@@ -83,9 +83,12 @@ def test_registry_version_and_audit(deployment: Deployment) -> None:
 
 @pytest.mark.parametrize(
     ("path", "needle"),
-    [("/traces/no-such-trace", "no trace 'no-such-trace'"), ("/registry/nope@1", "no model has a version 'nope@1'"),
-     ("/provenance/no-such-trace", "no completion of trace")],
-)  # fmt: skip
+    [
+        ("/traces/no-such-trace", "no trace 'no-such-trace'"),
+        ("/registry/nope@1", "no model has a version 'nope@1'"),
+        ("/provenance/no-such-trace", "no completion of trace"),
+    ],
+)
 def test_unknown_things_are_404_with_a_clear_message(deployment: Deployment, path: str, needle: str) -> None:
     r = get(deployment, path)
     assert r.status_code == 404 and needle in r.json()["detail"], r.text
@@ -96,8 +99,12 @@ def test_bad_input_is_4xx_with_a_clear_message(deployment: Deployment) -> None:
     assert r.status_code == 422 and "at most 4000 characters" in r.text
     r = post(deployment, "/infer", {"prompt": ""})
     assert r.status_code == 422 and "at least 1 character" in r.text
-    r = httpx.post(deployment.url + "/infer", content=b"{" + b" " * 70_000 + b"}", timeout=30,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        deployment.url + "/infer",
+        content=b"{" + b" " * 70_000 + b"}",
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 413 and "limit is 65,536" in r.json()["detail"]
 
     def chunks() -> Any:  # no Content-Length: counted as it arrives
@@ -129,9 +136,12 @@ def test_writes_need_a_valid_actor_key_and_the_right_role(deployment: Deployment
 
 
 def test_approve_with_an_approvers_key(deployment: Deployment) -> None:
-    r = post(deployment, "/governance/approve", {"model": deployment.model, "version": deployment.v1,
-                                                 "stage": "staging", "reason": "api test"},
-             token=deployment.alice_token)  # fmt: skip
+    r = post(
+        deployment,
+        "/governance/approve",
+        {"model": deployment.model, "version": deployment.v1, "stage": "staging", "reason": "api test"},
+        token=deployment.alice_token,
+    )
     assert r.status_code == 200, r.text
     assert r.json()["actor"] == "alice" and r.json()["event"] == "ApprovalGranted"
 
@@ -142,8 +152,9 @@ def test_alerts_arrive_on_the_server_sent_event_stream_and_in_the_recent_list(de
     connected = threading.Event()
 
     def listen() -> None:
-        with httpx.stream("GET", deployment.url + "/alerts/stream", params={"min_severity": "WARNING"},
-                          timeout=60) as r:  # fmt: skip
+        with httpx.stream(
+            "GET", deployment.url + "/alerts/stream", params={"min_severity": "WARNING"}, timeout=60
+        ) as r:
             event = None
             for line in r.iter_lines():
                 connected.set()
@@ -160,9 +171,19 @@ def test_alerts_arrive_on_the_server_sent_event_stream_and_in_the_recent_list(de
     listener.start()
     assert connected.wait(30)
     assert get(deployment, "/health").json()["live"]["streams"] >= 1  # counted against the cap of open streams
-    alert = {"trace_id": trace, "request_id": "r", "model_version": deployment.v2, "severity": "CRITICAL",
-             "stage": "EARLY", "score": 0.97, "flags": ["nonfinite_hidden"], "blamed_layers": [1],
-             "reason": "test alert", "policy": "test", "produced_at_us": now_us()}  # fmt: skip
+    alert = {
+        "trace_id": trace,
+        "request_id": "r",
+        "model_version": deployment.v2,
+        "severity": "CRITICAL",
+        "stage": "EARLY",
+        "score": 0.97,
+        "flags": ["nonfinite_hidden"],
+        "blamed_layers": [1],
+        "reason": "test alert",
+        "policy": "test",
+        "produced_at_us": now_us(),
+    }
     info = dict(alert, trace_id=f"{trace}-info", severity="INFO")
     producer = EventProducer(deployment.settings.bootstrap_servers)
     codec = RecordCodec("RiskAlert")
@@ -221,8 +242,14 @@ def test_evolve_needs_an_admin_and_runs_one_cycle_that_registers_a_smaller_candi
 
 def test_the_api_token_command_prints_the_key_the_api_accepts(deployment: Deployment) -> None:
     env = {**os.environ, "EVOSTREAM_GOVERNANCE_DIR": str(deployment.settings.governance_dir)}
-    done = subprocess.run([sys.executable, "-m", "evostream.cli", "governance", "api-token", "--actor", "alice"],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "evostream.cli", "governance", "api-token", "--actor", "alice"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == deployment.alice_token
 

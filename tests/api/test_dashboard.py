@@ -15,16 +15,24 @@ from pathlib import Path
 import httpx
 import pytest
 
-from models.suite.evaluate import eval_set
-from producers.client import InferenceClient
+from evostream.models.suite.evaluate import eval_set
+from evostream.producers.client import InferenceClient
 from tests.api.conftest import Deployment
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # No background traffic from the browser: this machine has no network beyond the package registries.
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -50,8 +58,9 @@ def shots(tmp_path: Path) -> Path:
     return out
 
 
-def test_a_prompt_published_from_the_page_streams_its_tokens_and_risk(deployment: Deployment, page: object,
-                                                                      tmp_path: Path) -> None:  # fmt: skip
+def test_a_prompt_published_from_the_page_streams_its_tokens_and_risk(
+    deployment: Deployment, page: object, tmp_path: Path
+) -> None:
     from playwright.sync_api import Page, expect
 
     assert isinstance(page, Page)
@@ -104,8 +113,9 @@ def test_a_prompt_published_from_the_page_streams_its_tokens_and_risk(deployment
     page.screenshot(path=str(shots(tmp_path) / "dashboard-full.png"), full_page=True)
 
 
-def test_a_rollback_from_the_governance_view_changes_the_active_version(deployment: Deployment, page: object,
-                                                                        tmp_path: Path) -> None:  # fmt: skip
+def test_a_rollback_from_the_governance_view_changes_the_active_version(
+    deployment: Deployment, page: object, tmp_path: Path
+) -> None:
     from playwright.sync_api import Page
 
     assert isinstance(page, Page)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import PreTrainedModel
 
-from consumers.evolution.operators.adapter import (
+from evostream.consumers.evolution.operators.adapter import (
     LowRankAdapter,
     adapter_parameter_count,
     adapters,
@@ -23,13 +23,19 @@ from consumers.evolution.operators.adapter import (
     set_alpha,
     train_adapter,
 )
-from consumers.evolution.sites import features, ffn_sites
-from evostream.errors import EvolutionError
-from models.loading import LoadedModel, load_model
+from evostream.consumers.evolution.sites import features, ffn_sites
+from evostream.core.errors import EvolutionError
+from evostream.models.loading import LoadedModel, load_model
 from tests.producers.models import tiny
 
-PAIRS = [("reverse: abc", "cba"), ("sort: dcba", "abcd"), ("upper: xy", "XY"), ("add: 1+2", "3"),
-         ("reverse: xyz", "zyx"), ("upper: abc", "ABC")]  # fmt: skip
+PAIRS = [
+    ("reverse: abc", "cba"),
+    ("sort: dcba", "abcd"),
+    ("upper: xy", "XY"),
+    ("add: 1+2", "3"),
+    ("reverse: xyz", "zyx"),
+    ("upper: abc", "ABC"),
+]
 FAMILIES = ["t5", "gpt2", "llama"]
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from consumers.evolution.importance import (
+from evostream.consumers.evolution.importance import (
     Measurement,
     embedding_usage,
     gated_loss,
@@ -22,13 +22,13 @@ from consumers.evolution.importance import (
     measure,
     neurons_from_counts,
 )
-from consumers.evolution.plan import analyze
-from consumers.evolution.sites import attention_sites, ffn_sites, layer_stacks
-from evostream.errors import EvolutionError
-from models.loading import LoadedModel, load_model
-from models.suite.evaluate import eval_set
-from models.suite.tasks import make_split
-from producers.generate import GenParams, InstrumentedGenerator
+from evostream.consumers.evolution.plan import analyze
+from evostream.consumers.evolution.sites import attention_sites, ffn_sites, layer_stacks
+from evostream.core.errors import EvolutionError
+from evostream.models.loading import LoadedModel, load_model
+from evostream.models.suite.evaluate import eval_set
+from evostream.models.suite.tasks import make_split
+from evostream.producers.generate import GenParams, InstrumentedGenerator
 from tests.producers.models import FAMILIES, tiny
 
 Pairs = list[tuple[str, str]]
@@ -134,8 +134,12 @@ def test_dormant_neurons_are_found_and_cost_nothing(default: LoadedModel, measur
     np.testing.assert_array_equal(stats.taylor[dead], 0.0)
     gates = {site.name: np.ones(site.width)}
     gates[site.name][dead] = 0.0
-    torch.testing.assert_close(gated_loss(model, default.tokenizer, ANALYSIS[:12], gates),
-                               gated_loss(model, default.tokenizer, ANALYSIS[:12]), rtol=1e-6, atol=0.0)  # fmt: skip
+    torch.testing.assert_close(
+        gated_loss(model, default.tokenizer, ANALYSIS[:12], gates),
+        gated_loss(model, default.tokenizer, ANALYSIS[:12]),
+        rtol=1e-6,
+        atol=0.0,
+    )
     first = analysis.plan(kinds=["neurons"], neuron_block=20)[0]
     assert first.site == site.name and sorted(first.units) == dead.tolist()
     assert "20 never" in first.explanation
@@ -231,8 +235,15 @@ def test_every_head_and_neuron_of_every_family_gets_a_score_and_a_place_in_the_p
     flags = [p.requires_grad for p in model.parameters()]
     model.train()
     seen: list[str] = []
-    analysis = analyze(model, lm.tokenizer, SHORT, counts=taken, token_ids=[g.token_ids for g in generated],
-                       batch_size=3, progress=seen.append)  # fmt: skip
+    analysis = analyze(
+        model,
+        lm.tokenizer,
+        SHORT,
+        counts=taken,
+        token_ids=[g.token_ids for g in generated],
+        batch_size=3,
+        progress=seen.append,
+    )
     assert model.training and [p.requires_grad for p in model.parameters()] == flags  # left as it was
     assert any("batch 2/2" in s for s in seen)
 

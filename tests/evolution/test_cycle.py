@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from consumers.evolution.cycle import DEFAULT_RECIPES, Candidate, CycleConfig, choose, pareto_front, run_cycle
-from consumers.evolution.distill import DistillConfig, DistillReport
-from consumers.evolution.inputs import Observed
-from consumers.evolution.measure import Speed
-from consumers.evolution.recipe import Recipe
-from consumers.evolution.sandbox import Side, Validation
-from evostream.artifacts import ArtifactStore
-from evostream.errors import EvolutionError
-from models.default_model import WEIGHTS_DIR
-from models.loading import load_model
-from models.suite.tasks import make_split
+from evostream.consumers.evolution.cycle import DEFAULT_RECIPES, Candidate, CycleConfig, choose, pareto_front, run_cycle
+from evostream.consumers.evolution.distill import DistillConfig, DistillReport
+from evostream.consumers.evolution.inputs import Observed
+from evostream.consumers.evolution.measure import Speed
+from evostream.consumers.evolution.recipe import Recipe
+from evostream.consumers.evolution.sandbox import Side, Validation
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.errors import EvolutionError
+from evostream.models.default_model import WEIGHTS_DIR
+from evostream.models.loading import load_model
+from evostream.models.suite.tasks import make_split
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,8 +29,12 @@ def test_recipes_parse_name_and_refuse_bad_items() -> None:
     assert r.name == "drop1+heads0.5+ffn0.5+adapter8+vocab+int8"
     assert r.student_key == Recipe.parse("drop=1,heads=0.5,ffn=0.5,adapter=8").student_key
     assert r.student_key != Recipe.parse("drop=1,heads=0.5,ffn=0.5").student_key
-    for bad, says in (("adapter=-1", "cannot be negative"), ("adapter=x", "is not a number"),
-                      ("size=3", "expected one of"), ("ffn=0", "must be in (0, 1]")):  # fmt: skip
+    for bad, says in (
+        ("adapter=-1", "cannot be negative"),
+        ("adapter=x", "is not a number"),
+        ("size=3", "expected one of"),
+        ("ffn=0", "must be in (0, 1]"),
+    ):
         with pytest.raises(EvolutionError, match=says.replace("(", r"\(").replace(")", r"\)")):
             Recipe.parse(bad)
     assert len({x.student_key[:4] for x in DEFAULT_RECIPES}) == 2  # the default grid: two distillations
@@ -39,13 +43,31 @@ def test_recipes_parse_name_and_refuse_bad_items() -> None:
 def test_recipes_differing_in_storage_or_adapter_share_one_distilled_student(tmp_path: Path) -> None:
     parent = load_model(str(WEIGHTS_DIR))
     pairs = [(e.prompt, e.answer) for e in make_split("cycle-test", 2)]
-    recipes = (Recipe(keep_ffn=0.9), Recipe(keep_ffn=0.9, int8=True), Recipe(keep_ffn=0.9, adapter_rank=2),
-               Recipe(keep_ffn=0.9, vocab=True))  # fmt: skip
-    cfg = CycleConfig(recipes=recipes, distill=DistillConfig(steps=2, batch_size=8), analysis_per_task=2,
-                      held_out_per_task=2, speed_reps=1, new_tokens=4, adapter_steps=3)  # fmt: skip
+    recipes = (
+        Recipe(keep_ffn=0.9),
+        Recipe(keep_ffn=0.9, int8=True),
+        Recipe(keep_ffn=0.9, adapter_rank=2),
+        Recipe(keep_ffn=0.9, vocab=True),
+    )
+    cfg = CycleConfig(
+        recipes=recipes,
+        distill=DistillConfig(steps=2, batch_size=8),
+        analysis_per_task=2,
+        held_out_per_task=2,
+        speed_reps=1,
+        new_tokens=4,
+        adapter_steps=3,
+    )
     said: list[str] = []
-    result = run_cycle(parent, WEIGHTS_DIR, Observed(parent.version, pairs=pairs), ArtifactStore(tmp_path / "a"),
-                       tmp_path / "w", cfg, progress=said.append)  # fmt: skip
+    result = run_cycle(
+        parent,
+        WEIGHTS_DIR,
+        Observed(parent.version, pairs=pairs),
+        ArtifactStore(tmp_path / "a"),
+        tmp_path / "w",
+        cfg,
+        progress=said.append,
+    )
     text = "\n".join(said)
     assert text.count("build: keeping") == 1 and text.count("distil") >= 1, text
     assert text.count("the same student as an earlier candidate") == 3, text

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 import torch
 
-from consumers.evolution.batches import teacher_forcing
-from consumers.evolution.distill import DistillConfig, _loss, distill, mixed_stream
-from evostream.errors import EvolutionError
+from evostream.consumers.evolution.batches import teacher_forcing
+from evostream.consumers.evolution.distill import DistillConfig, _loss, distill, mixed_stream
+from evostream.core.errors import EvolutionError
 from tests.producers.models import tiny
 
 PAIRS = [("reverse: abc", "cba"), ("sort: dcba", "abcd"), ("upper: xy", "XY"), ("add: 1+2", "3")]
@@ -26,8 +26,15 @@ def kd_gap(student: torch.nn.Module, teacher: torch.nn.Module, tok: object, seq2
     """The pure distillation loss (alpha 1) of ``student`` against ``teacher`` on fixed pairs."""
     batch = teacher_forcing(tok, PAIRS, seq2seq, torch.device("cpu"))  # type: ignore[arg-type]
     with torch.no_grad():
-        return float(_loss(student(**batch).logits, teacher(**batch).logits, batch["labels"], seq2seq,
-                           DistillConfig(alpha=1.0, temperature=1.0)))  # fmt: skip
+        return float(
+            _loss(
+                student(**batch).logits,
+                teacher(**batch).logits,
+                batch["labels"],
+                seq2seq,
+                DistillConfig(alpha=1.0, temperature=1.0),
+            )
+        )
 
 
 @pytest.mark.parametrize("family", ["t5", "gpt2", "llama"])
@@ -42,8 +49,13 @@ def test_the_student_moves_towards_the_teacher_which_stays_unchanged(family: str
     before_teacher = {k: v.clone() for k, v in teacher.state_dict().items()}
     seq2seq = family == "t5"
     gap0 = kd_gap(student, teacher, tok, seq2seq)
-    report = distill(student, teacher, tok, itertools.cycle(PAIRS), DistillConfig(steps=40, batch_size=4, lr=3e-3,
-                                                                                  warmup=5, alpha=1.0))  # fmt: skip
+    report = distill(
+        student,
+        teacher,
+        tok,
+        itertools.cycle(PAIRS),
+        DistillConfig(steps=40, batch_size=4, lr=3e-3, warmup=5, alpha=1.0),
+    )
     gap1 = kd_gap(student, teacher, tok, seq2seq)
     assert gap1 < 0.5 * gap0, (gap0, gap1)
     assert report.steps == 40 and len(report.losses) == 20 and report.losses[-1] < report.losses[0]
@@ -64,8 +76,10 @@ def test_causal_batches_put_the_loss_on_the_answer_only() -> None:
 
 def test_the_mix_draws_its_share_from_the_log() -> None:
     logged = [(f"logged {i}", "x") for i in range(7)]
-    drawn = Counter("log" if p.startswith("logged") else "suite"
-                    for p, _ in itertools.islice(mixed_stream(logged, suite_stream(), 0.3, seed=1), 2000))  # fmt: skip
+    drawn = Counter(
+        "log" if p.startswith("logged") else "suite"
+        for p, _ in itertools.islice(mixed_stream(logged, suite_stream(), 0.3, seed=1), 2000)
+    )
     assert 0.26 < drawn["log"] / 2000 < 0.34, drawn
     # each pass over the log is a shuffled full pass: every logged pair comes back equally often
     only_log = Counter(itertools.islice(mixed_stream(logged, suite_stream(), 1.0), 70))

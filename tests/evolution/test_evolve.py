@@ -14,16 +14,16 @@ import uuid
 
 import pytest
 
-from consumers.evolution.cycle import CycleConfig
-from consumers.evolution.distill import DistillConfig
-from consumers.evolution.propose import propose
-from consumers.evolution.recipe import Recipe
-from consumers.evolution.service import EvolutionConsumer, Outcome
-from evostream.bus.producer import EventProducer
-from evostream.clock import now_us
-from evostream.settings import Settings, load_settings
-from schemas.catalog import DRIFT
-from schemas.codec import RecordCodec
+from evostream.consumers.evolution.cycle import CycleConfig
+from evostream.consumers.evolution.distill import DistillConfig
+from evostream.consumers.evolution.propose import propose
+from evostream.consumers.evolution.recipe import Recipe
+from evostream.consumers.evolution.service import EvolutionConsumer, Outcome
+from evostream.core.bus.producer import EventProducer
+from evostream.core.clock import now_us
+from evostream.core.settings import Settings, load_settings
+from evostream.schemas.catalog import DRIFT
+from evostream.schemas.codec import RecordCodec
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "evostream.cli"]
@@ -35,10 +35,15 @@ def home(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     """A governance log of its own with the embedded model in production (the genesis `make run` does)."""
     root = tmp_path_factory.mktemp("evolve")
     topic = f"test-evolve-{uuid.uuid4().hex[:8]}"
-    env = {"EVOSTREAM_GOVERNANCE_DIR": str(root / "gov"), "EVOSTREAM_GOVERNANCE_TOPIC": topic,
-           "EVOSTREAM_ARTIFACTS_DIR": str(root / "a"), "EVOSTREAM_EVOLUTION_DIR": str(root / "evo"),
-           "EVOSTREAM_BOOTSTRAP_SERVERS": kafka, "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    from evostream.cli.governed import ensure_genesis
+    env = {
+        "EVOSTREAM_GOVERNANCE_DIR": str(root / "gov"),
+        "EVOSTREAM_GOVERNANCE_TOPIC": topic,
+        "EVOSTREAM_ARTIFACTS_DIR": str(root / "a"),
+        "EVOSTREAM_EVOLUTION_DIR": str(root / "evo"),
+        "EVOSTREAM_BOOTSTRAP_SERVERS": kafka,
+        "HF_HUB_OFFLINE": "1",
+    }
+    from evostream.wiring.governed import ensure_genesis
 
     ensure_genesis(settings_of(env), kafka, lambda _: None)
     return env
@@ -108,9 +113,14 @@ def test_evolve_proposes_a_passing_candidate_and_keeps_an_over_pruned_one_from_s
     refused = cli(home, "promote", shown["model_name"], rejected, "--stage", "staging", ok=False)
     assert "no passed validation" in refused.stderr, refused.stderr
     audit = cli(home, "audit").stdout
-    for line in (f"registered {version} (parent {parent}", f"validation of {version}: PASS",
-                 f"promoted {version} to staging", f"proposed {version}", f"validation of {rejected}: FAIL",
-                 "enrolled evolution as proposer"):  # fmt: skip
+    for line in (
+        f"registered {version} (parent {parent}",
+        f"validation of {version}: PASS",
+        f"promoted {version} to staging",
+        f"proposed {version}",
+        f"validation of {rejected}: FAIL",
+        "enrolled evolution as proposer",
+    ):
         assert line in audit, (line, audit)
     assert f"proposed {rejected}" not in audit
 
@@ -121,16 +131,25 @@ def test_drift_on_the_production_version_starts_one_cycle_and_a_handled_trigger_
     from evostream.cli.evolution import consumer
 
     settings = settings_of(home)
-    cfg = CycleConfig(recipes=(Recipe(keep_ffn=0.99),), distill=DistillConfig(steps=5), held_out_per_task=4,
-                      speed_reps=1)  # fmt: skip
+    cfg = CycleConfig(
+        recipes=(Recipe(keep_ffn=0.99),), distill=DistillConfig(steps=5), held_out_per_task=4, speed_reps=1
+    )
     evo = consumer(settings, kafka, "evostream/t5-tiny-suite", cfg)
     production = evo.production()
     codec = RecordCodec("DriftReport")
     producer = EventProducer(kafka)
     t = now_us()
-    report = {"model_version": production, "reference_start_us": t - 10, "reference_end_us": t - 5,
-              "window_start_us": t - 4, "window_end_us": t, "sample_count": 50, "statistics": [], "fired": True,
-              "produced_at_us": t}  # fmt: skip
+    report = {
+        "model_version": production,
+        "reference_start_us": t - 10,
+        "reference_end_us": t - 5,
+        "window_start_us": t - 4,
+        "window_end_us": t,
+        "sample_count": 50,
+        "statistics": [],
+        "fired": True,
+        "produced_at_us": t,
+    }
     for _ in range(2):  # two windows of the same drift: one cycle
         producer.send(DRIFT, production, codec.encode(report))
     producer.send(DRIFT, "other@x", codec.encode({**report, "model_version": "other@x"}))  # not what serves
@@ -145,5 +164,7 @@ def test_drift_on_the_production_version_starts_one_cycle_and_a_handled_trigger_
     before = len(evo.gov.state().registry.models["evostream/t5-tiny-suite"]["versions"])
     assert outcomes[0].result is not None
     assert propose(evo.gov, "evostream/t5-tiny-suite", outcomes[0].result, cfg, "schedule:1") == (
-        outcomes[0].version, True)  # fmt: skip
+        outcomes[0].version,
+        True,
+    )
     assert len(evo.gov.state().registry.models["evostream/t5-tiny-suite"]["versions"]) == before

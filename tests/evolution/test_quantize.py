@@ -13,16 +13,16 @@ from safetensors.torch import save_file
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from consumers.evolution.operators.quantize import (
+from evostream.consumers.evolution.operators.quantize import (
     Int8Linear,
     int8_marker,
     int8_modules,
     quantize_int8,
     save_int8,
 )
-from evostream.errors import EvolutionError
-from models.loading import INT8_MARKER, INT8_WEIGHTS, LoadedModel, ModelLoadError, load_model
-from models.suite.evaluate import eval_set, evaluate
+from evostream.core.errors import EvolutionError
+from evostream.models.loading import INT8_MARKER, INT8_WEIGHTS, LoadedModel, ModelLoadError, load_model
+from evostream.models.suite.evaluate import eval_set, evaluate
 from tests.producers.models import tiny
 
 PROMPTS = ["reverse: abcde", "add: 12+30", "date: 2001-02-03", "sort: zyx"]
@@ -68,9 +68,13 @@ def test_reload_through_load_model_gives_the_int8_models_outputs(family: str, tm
     tied_head = lm.model.get_output_embeddings().weight is lm.model.get_input_embeddings().weight
     assert len(int8_modules(q)) == len(projections) - int(tied_head)
     save_int8(q, tmp_path / "int8", lm.tokenizer)
-    assert int8_marker(tmp_path / "int8") == {"method": "weight_only", "bits": 8, "weights": INT8_WEIGHTS,
-                                              "scales": "float32, per output channel, symmetric",
-                                              "modules": len(int8_modules(q))}  # fmt: skip
+    assert int8_marker(tmp_path / "int8") == {
+        "method": "weight_only",
+        "bits": 8,
+        "weights": INT8_WEIGHTS,
+        "scales": "float32, per output channel, symmetric",
+        "modules": len(int8_modules(q)),
+    }
     served = load_model(str(tmp_path / "int8"), device="cpu")
     assert type(served.model) is type(lm.model)
     assert not hasattr(served.model.config, INT8_MARKER)

@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from consumers.evolution.measure import Speed, ms_per_token, parameter_count, weight_bytes
-from consumers.evolution.sandbox import Gates, validate
-from evostream.artifacts import ArtifactStore
-from evostream.errors import EvolutionError
-from models.default_model import WEIGHTS_DIR
-from models.loading import load_model
-from models.suite.evaluate import eval_set
+from evostream.consumers.evolution.measure import Speed, ms_per_token, parameter_count, weight_bytes
+from evostream.consumers.evolution.sandbox import Gates, validate
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.errors import EvolutionError
+from evostream.models.default_model import WEIGHTS_DIR
+from evostream.models.loading import load_model
+from evostream.models.suite.evaluate import eval_set
 
 HELD_OUT = eval_set(per_task=5)
 LOGGED = ["reverse: kitten", "sort: banana", "add: 7+35", "upper: lamp", "date: 1999-12-31", "lookup: c; a=1 b=2 c=3"]
@@ -35,8 +35,14 @@ def test_the_parent_against_itself_from_its_stored_artifact_passes_every_gate(
     parent = load_model("default", device="cpu")
     path = store.open(sha)  # re-hashed: the candidate measured is the stored one
     cand = load_model(str(path), device="cpu")
-    v = validate((parent.model, parent.tokenizer, WEIGHTS_DIR), (cand.model, cand.tokenizer, path), HELD_OUT, LOGGED,
-                 speed_reps=2, new_tokens=4)  # fmt: skip
+    v = validate(
+        (parent.model, parent.tokenizer, WEIGHTS_DIR),
+        (cand.model, cand.tokenizer, path),
+        HELD_OUT,
+        LOGGED,
+        speed_reps=2,
+        new_tokens=4,
+    )
     assert v.passed, v.gates
     assert v.agreement == 1.0 and v.replayed == len(LOGGED)
     assert v.parent.accuracy == v.candidate.accuracy and v.parent.accuracy["mean"] == 1.0
@@ -57,9 +63,15 @@ def test_a_candidate_pruned_without_recovery_is_refused(tmp_path: Path) -> None:
             block.layer[-1].DenseReluDense.wo.weight[:, ::2] = 0
     broken.save_pretrained(tmp_path / "c")
     cand = T5ForConditionalGeneration.from_pretrained(tmp_path / "c").eval()
-    v = validate((parent.model, parent.tokenizer, WEIGHTS_DIR), (cand, parent.tokenizer, tmp_path / "c"), HELD_OUT,
-                 LOGGED, gates=Gates(max_task_drop=0.02, max_mean_drop=0.01, min_agreement=0.9), speed_reps=1,
-                 new_tokens=2)  # fmt: skip
+    v = validate(
+        (parent.model, parent.tokenizer, WEIGHTS_DIR),
+        (cand, parent.tokenizer, tmp_path / "c"),
+        HELD_OUT,
+        LOGGED,
+        gates=Gates(max_task_drop=0.02, max_mean_drop=0.01, min_agreement=0.9),
+        speed_reps=1,
+        new_tokens=2,
+    )
     assert not v.passed
     assert not v.gates["max_task_drop"]["passed"] and v.gates["max_task_drop"]["value"] > 0.02
     assert not v.gates["mean_drop"]["passed"]

@@ -24,7 +24,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from consumers.evolution.operators.structural import (
+from evostream.consumers.evolution.operators.structural import (
     drop_layers,
     parameter_count,
     plan_heads,
@@ -33,9 +33,15 @@ from consumers.evolution.operators.structural import (
     top_heads,
     top_neurons,
 )
-from consumers.evolution.sites import AttentionSite, attention_sites, ffn_sites, layer_stacks, tied_attention_sites
-from evostream.errors import EvolutionError
-from models.loading import load_model
+from evostream.consumers.evolution.sites import (
+    AttentionSite,
+    attention_sites,
+    ffn_sites,
+    layer_stacks,
+    tied_attention_sites,
+)
+from evostream.core.errors import EvolutionError
+from evostream.models.loading import load_model
 from tests.producers.models import FAMILIES, tiny
 
 IDS = torch.tensor([[5, 71, 200, 33, 9, 120, 64], [250, 18, 7, 99, 140, 3, 45]])
@@ -49,9 +55,21 @@ def build(fam: str) -> PreTrainedModel:
     if fam != "t5-gated":
         return tiny(fam, varied=True).model
     torch.manual_seed(3)
-    model = T5ForConditionalGeneration(T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=48, num_layers=2,
-                                                num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
-                                                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))  # fmt: skip
+    model = T5ForConditionalGeneration(
+        T5Config(
+            vocab_size=384,
+            d_model=32,
+            d_kv=8,
+            d_ff=48,
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=4,
+            feed_forward_proj="gated-gelu",
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -146,8 +164,9 @@ def test_sites_name_their_modules_and_out_proj_input_is_the_concatenated_heads(f
     ffns = ffn_sites(model)
     assert [model.get_submodule(f.name) is f.module for f in ffns] == [True] * (4 if fam == "t5" else 2)
     assert {f.width for f in ffns} == {128 if fam == "gpt2" else 64}
-    assert {k: len(v) for k, v in layer_stacks(model).items()} == ({"encoder": 2, "decoder": 2} if fam == "t5"
-                                                                    else {"decoder": 2})  # fmt: skip
+    assert {k: len(v) for k, v in layer_stacks(model).items()} == (
+        {"encoder": 2, "decoder": 2} if fam == "t5" else {"decoder": 2}
+    )
 
     site = sites[-1]  # the last layer's attention (T5: decoder cross-attention)
     heads = [2, 3] if fam == "llama" else [1]  # Llama: KV head 1 serves query heads 2 and 3
@@ -285,8 +304,12 @@ def test_prune_ffn_equals_silencing_the_neurons(fam: str, tmp_path: Path) -> Non
     assert_untouched(model, before, config)
 
     d_model, r = model.config.hidden_size, width - width // 2
-    per_site = {"t5": 2 * r * d_model, "t5-gated": 3 * r * d_model, "llama": 3 * r * d_model,
-                "gpt2": 2 * r * d_model + r}[fam]  # fmt: skip  # GPT-2's c_fc has a bias per neuron
+    per_site = {
+        "t5": 2 * r * d_model,
+        "t5-gated": 3 * r * d_model,
+        "llama": 3 * r * d_model,
+        "gpt2": 2 * r * d_model + r,
+    }[fam]  # GPT-2's c_fc has a bias per neuron
     assert parameter_count(pruned) == parameter_count(model) - per_site * len(sites)
     assert {s.width for s in ffn_sites(pruned)} == {width // 2}
     field = {"t5": "d_ff", "t5-gated": "d_ff", "gpt2": "n_inner", "llama": "intermediate_size"}[fam]
@@ -367,8 +390,9 @@ def test_layer_drops_that_do_not_fit_are_refused() -> None:
         drop_layers(model, {"decoder": [2]})
 
     torch.manual_seed(0)
-    scaled = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64,
-                                        scale_attn_by_inverse_layer_idx=True)).eval()  # fmt: skip
+    scaled = GPT2LMHeadModel(
+        GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=64, scale_attn_by_inverse_layer_idx=True)
+    ).eval()
     with pytest.raises(EvolutionError, match="scale_attn_by_inverse_layer_idx"):
         drop_layers(scaled, {"decoder": [0]})
     assert drop_layers(scaled, {"decoder": [1]}).config.n_layer == 1
@@ -409,8 +433,9 @@ def test_top_heads_and_neurons_keep_the_best_by_group_and_tie() -> None:
 
     t5 = build("t5")
     sites = attention_sites(t5)
-    assert tied_attention_sites(sites) == [[s.name for s in sites if s.stack == st and s.kind == "self"]
-                                           for st in ("encoder", "decoder")]  # fmt: skip
+    assert tied_attention_sites(sites) == [
+        [s.name for s in sites if s.stack == st and s.kind == "self"] for st in ("encoder", "decoder")
+    ]
     gen = torch.Generator().manual_seed(0)
     plan = plan_heads(t5, {s.name: torch.rand(4, generator=gen).tolist() for s in sites}, 3)
     prune_heads(t5, plan)  # a plan made under the model's constraints is one prune_heads accepts
@@ -428,8 +453,10 @@ def test_default_model_answers_after_identity_and_runs_pruned() -> None:
     answer = model.generate(**batch, max_new_tokens=12, do_sample=False)
 
     sites = attention_sites(model)
-    same = prune_ffn(prune_heads(model, {s.name: list(range(4)) for s in sites}),
-                     {s.name: list(range(s.width)) for s in ffn_sites(model)})  # fmt: skip
+    same = prune_ffn(
+        prune_heads(model, {s.name: list(range(4)) for s in sites}),
+        {s.name: list(range(s.width)) for s in ffn_sites(model)},
+    )
     assert torch.equal(same.generate(**batch, max_new_tokens=12, do_sample=False), answer)
 
     heads = plan_heads(model, {s.name: [1.0, 0.5, 0.0, 2.0] for s in sites}, 3)

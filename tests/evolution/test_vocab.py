@@ -27,12 +27,12 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from consumers.evolution.measure import parameter_count
-from consumers.evolution.operators.vocab import kept_ids, prune_vocab, used_token_ids
-from evostream.errors import EvolutionError
-from models.loading import LoadedModel, load_model, wrap_model
-from models.suite.evaluate import eval_set
-from models.suite.tasks import make_split
+from evostream.consumers.evolution.measure import parameter_count
+from evostream.consumers.evolution.operators.vocab import kept_ids, prune_vocab, used_token_ids
+from evostream.core.errors import EvolutionError
+from evostream.models.loading import LoadedModel, load_model, wrap_model
+from evostream.models.suite.evaluate import eval_set
+from evostream.models.suite.tasks import make_split
 from tests.producers.models import tiny
 
 RELOAD = {"t5": T5ForConditionalGeneration, "gpt2": GPT2LMHeadModel, "llama": LlamaForCausalLM}
@@ -50,9 +50,18 @@ def prompts(per_task: int = 2) -> list[str]:
 def tied_llama() -> LoadedModel:
     """tiny("llama") is untied (Llama's default); the same model with its head tied to the embedding."""
     torch.manual_seed(0)
-    config = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
-                         num_key_value_heads=2, bos_token_id=1, eos_token_id=1, pad_token_id=0, vocab_size=384,
-                         tie_word_embeddings=True)  # fmt: skip
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+        vocab_size=384,
+        tie_word_embeddings=True,
+    )
     return wrap_model(LlamaForCausalLM(config).eval(), ByT5Tokenizer(), "tiny-llama-tied")
 
 
@@ -204,8 +213,9 @@ def trained_bpe() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     backend.train_from_iterator(texts, trainer)
     eos = "<|endoftext|>"
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, bos_token=eos, pad_token=eos)

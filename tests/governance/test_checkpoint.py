@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from consumers.governance.checkpoint import Checkpoint, read_checkpoints, verify_checkpoints, write_checkpoint
-from consumers.governance.events import GovEvent
-from consumers.governance.keys import ActorKey
-from consumers.governance.log import GovernanceLog
-from consumers.governance.projection import Finding, replay
-from evostream.bus.admin import cluster_metadata, delete_topics
-from evostream.errors import GovernanceError
+from evostream.consumers.governance.checkpoint import Checkpoint, read_checkpoints, verify_checkpoints, write_checkpoint
+from evostream.consumers.governance.events import GovEvent
+from evostream.consumers.governance.keys import ActorKey
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.consumers.governance.projection import Finding, replay
+from evostream.core.bus.admin import cluster_metadata, delete_topics
+from evostream.core.errors import GovernanceError
 from tests.governance.test_log import ADMIN, append_all, fresh_topic, fresh_writer_id, genesis, on_head, policy
 
 OUTSIDER = ActorKey.from_seed(b"\x07" * 32)
@@ -121,8 +121,13 @@ def test_an_empty_log_has_no_head_to_checkpoint(tmp_path: Path) -> None:
 def test_checkpoint_signature_covers_every_field() -> None:
     cp = Checkpoint(3, "ab" * 32, 6, 1, ADMIN.key_id)
     digests = {cp.digest()}
-    for change in ({"sequence": 4}, {"head_hash": "cd" * 32}, {"offset": 7}, {"written_at_us": 2},
-                   {"key_id": OUTSIDER.key_id}):  # fmt: skip
+    for change in (
+        {"sequence": 4},
+        {"head_hash": "cd" * 32},
+        {"offset": 7},
+        {"written_at_us": 2},
+        {"key_id": OUTSIDER.key_id},
+    ):
         digests.add(Checkpoint(**{**cp.__dict__, **change}).digest())
     assert len(digests) == 6
     assert Checkpoint(**{**cp.__dict__, "signature": "00"}).digest() == cp.digest()

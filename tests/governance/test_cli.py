@@ -10,9 +10,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from consumers.governance.events import GovEvent
-from evostream.bus.producer import EventProducer
-from schemas.codec import RecordCodec
+from evostream.consumers.governance.events import GovEvent
+from evostream.core.bus.producer import EventProducer
+from evostream.schemas.codec import RecordCodec
 from tests.producers.models import tiny
 
 CLI = [sys.executable, "-m", "evostream.cli"]
@@ -21,9 +21,14 @@ CLI = [sys.executable, "-m", "evostream.cli"]
 def test_governance_commands_end_to_end(kafka: str, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     topic = f"test-governance-cli-{run}"
-    env = {**os.environ, "EVOSTREAM_GOVERNANCE_DIR": str(tmp_path / "gov"), "EVOSTREAM_GOVERNANCE_TOPIC": topic,
-           "EVOSTREAM_ARTIFACTS_DIR": str(tmp_path / "a"), "EVOSTREAM_BOOTSTRAP_SERVERS": kafka,
-           "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "EVOSTREAM_GOVERNANCE_DIR": str(tmp_path / "gov"),
+        "EVOSTREAM_GOVERNANCE_TOPIC": topic,
+        "EVOSTREAM_ARTIFACTS_DIR": str(tmp_path / "a"),
+        "EVOSTREAM_BOOTSTRAP_SERVERS": kafka,
+        "HF_HUB_OFFLINE": "1",
+    }
 
     def cli(*args: str, ok: bool = True, home: str = "gov") -> subprocess.CompletedProcess[str]:
         where = {**env, "EVOSTREAM_GOVERNANCE_DIR": str(tmp_path / home)}  # bob keeps his key on his own machine
@@ -94,12 +99,13 @@ def test_governance_commands_end_to_end(kafka: str, tmp_path: Path) -> None:
 
     # tampering: an altered copy of the last event (its reason edited, hash and signature kept) appended by hand
     codec = RecordCodec("GovernanceEvent")
-    from consumers.governance.log import GovernanceLog
+    from evostream.consumers.governance.log import GovernanceLog
 
     with GovernanceLog(kafka, topic=topic) as glog:
         last_offset, last = glog.read()[-1]
-    forged = GovEvent(**{**last.__dict__, "reason": "nothing to see", "sequence": last.sequence + 1,
-                         "prev_hash": last.hash})  # fmt: skip
+    forged = GovEvent(
+        **{**last.__dict__, "reason": "nothing to see", "sequence": last.sequence + 1, "prev_hash": last.hash}
+    )
     producer = EventProducer(kafka)
     producer.send(topic, model, codec.encode(forged.to_record()))
     producer.flush()

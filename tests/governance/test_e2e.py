@@ -12,16 +12,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from consumers.governance.keys import ActorKey
-from consumers.governance.log import GovernanceLog
-from consumers.governance.projection import replay
-from consumers.governance.service import Governance, init
-from evostream.artifacts import ArtifactStore
-from evostream.cli.governed import GovernedModel
-from evostream.settings import load_settings
-from models.loading import LoadedModel, load_model
-from producers.client import InferenceClient
-from producers.service import InferenceService, ServeOptions
+from evostream.consumers.governance.keys import ActorKey
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.consumers.governance.projection import replay
+from evostream.consumers.governance.service import Governance, init
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.settings import load_settings
+from evostream.models.loading import LoadedModel, load_model
+from evostream.producers.client import InferenceClient
+from evostream.producers.service import InferenceService, ServeOptions
+from evostream.wiring.governed import GovernedModel
 from tests.producers.models import tiny
 
 PROMPTS = ["reverse: hello", "sort: dcba", "upper: abc", "add: 2+2"]
@@ -52,8 +52,12 @@ def wait_for(source: GovernedModel, version: str, timeout_s: float = 60) -> None
 def test_promotion_and_rollback_change_which_model_serves(kafka: str, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     model = f"tiny-gpt2-{run}"
-    settings = load_settings(bootstrap_servers=kafka, governance_dir=tmp_path / "gov", artifacts_dir=tmp_path / "art",
-                             governance_topic=f"test-governance-e2e-{run}")  # fmt: skip
+    settings = load_settings(
+        bootstrap_servers=kafka,
+        governance_dir=tmp_path / "gov",
+        artifacts_dir=tmp_path / "art",
+        governance_topic=f"test-governance-e2e-{run}",
+    )
     store = ArtifactStore(settings.artifacts_dir)
     r1, r2 = store.put_dir(saved(tmp_path, "v1", seed=1)), store.put_dir(saved(tmp_path, "v2", seed=2))
     assert r1.sha256 != r2.sha256
@@ -76,8 +80,9 @@ def test_promotion_and_rollback_change_which_model_serves(kafka: str, tmp_path: 
         return load_model(str(path), device="cpu")
 
     source = GovernedModel(kafka, settings, model, poll_s=0.2, load=load)
-    service = InferenceService(kafka, source.current().loaded, None, ServeOptions(max_batch=4, max_wait_ms=20),
-                               models=source)  # fmt: skip
+    service = InferenceService(
+        kafka, source.current().loaded, None, ServeOptions(max_batch=4, max_wait_ms=20), models=source
+    )
     thread = threading.Thread(target=service.run, daemon=True)
     thread.start()
     try:
@@ -86,8 +91,15 @@ def test_promotion_and_rollback_change_which_model_serves(kafka: str, tmp_path: 
         assert [r["model_version"] for r in first] == [v1] * len(PROMPTS)
         assert all(r["error"] is None for r in first)
 
-        admin.register(model, v2, artifact_uri=r2.uri, artifact_sha256=r2.sha256, parent=v1, operator="test",
-                       metrics={"parameters": 1})  # fmt: skip
+        admin.register(
+            model,
+            v2,
+            artifact_uri=r2.uri,
+            artifact_sha256=r2.sha256,
+            parent=v1,
+            operator="test",
+            metrics={"parameters": 1},
+        )
         admin.validated(model, v2, True, GATES)
         alice.approve(model, v2)
         admin.promote(model, v2, stage="production", reason="better")

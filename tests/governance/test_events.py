@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consumers.governance.events import GovEvent
-from evostream.errors import GovernanceError
+from evostream.consumers.governance.events import GovEvent
+from evostream.core.errors import GovernanceError
 
 
 def record(payload_json: str) -> dict[str, object]:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers.governance.events import GovEvent
-from consumers.governance.keys import ActorKey, key_id_of, sign_event, verify_signature
-from evostream.errors import GovernanceError
+from evostream.consumers.governance.events import GovEvent
+from evostream.consumers.governance.keys import ActorKey, key_id_of, sign_event, verify_signature
+from evostream.core.errors import GovernanceError
 
 HASH = hashlib.sha256(b"an event").hexdigest()
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 
-from consumers.governance.events import ALL_MODELS, GovEvent, chain_hash
-from consumers.governance.keys import ActorKey, sign_event, verify_signature
-from consumers.governance.log import EMPTY_HEAD, GovernanceLog, Undecodable
-from consumers.governance.projection import replay
-from evostream.bus.producer import EventProducer
-from evostream.bus.transactional import TRANSACTION_TIMEOUT_MS, PartitionReader
-from evostream.clock import now_us
-from evostream.errors import ConflictError, GovernanceError, TamperError
+from evostream.consumers.governance.events import ALL_MODELS, GovEvent, chain_hash
+from evostream.consumers.governance.keys import ActorKey, sign_event, verify_signature
+from evostream.consumers.governance.log import EMPTY_HEAD, GovernanceLog, Undecodable
+from evostream.consumers.governance.projection import replay
+from evostream.core.bus.producer import EventProducer
+from evostream.core.bus.transactional import TRANSACTION_TIMEOUT_MS, PartitionReader
+from evostream.core.clock import now_us
+from evostream.core.errors import ConflictError, GovernanceError, TamperError
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = ActorKey.from_seed(bytes(range(32)))
@@ -166,11 +166,11 @@ def test_a_writer_fenced_by_another_conflicts_once_then_registers_again(kafka: s
 # --- real processes -----------------------------------------------------------------------------------------
 WRITER = r"""
 import json, sys, time
-from consumers.governance.events import ALL_MODELS, GovEvent
-from consumers.governance.keys import ActorKey, sign_event
-from consumers.governance.log import GovernanceLog
-from evostream.clock import now_us
-from evostream.errors import ConflictError, EvoError
+from evostream.consumers.governance.events import ALL_MODELS, GovEvent
+from evostream.consumers.governance.keys import ActorKey, sign_event
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.core.clock import now_us
+from evostream.core.errors import ConflictError, EvoError
 
 bootstrap, topic, writer_id, name = sys.argv[1:5]
 key = ActorKey.from_seed(bytes(range(32)))
@@ -204,12 +204,12 @@ ZOMBIE = r"""
 import sys
 import tempfile
 import time
-from consumers.governance.events import ALL_MODELS, GovEvent
-from consumers.governance.keys import ActorKey, sign_event
-from evostream.bus.transactional import TransactionalProducer
-from evostream.clock import now_us
-from evostream.errors import ConflictError
-from schemas.codec import RecordCodec
+from evostream.consumers.governance.events import ALL_MODELS, GovEvent
+from evostream.consumers.governance.keys import ActorKey, sign_event
+from evostream.core.bus.transactional import TransactionalProducer
+from evostream.core.clock import now_us
+from evostream.core.errors import ConflictError
+from evostream.schemas.codec import RecordCodec
 
 bootstrap, topic, writer_id, seq, prev = sys.argv[1:6]
 key = ActorKey.from_seed(bytes(range(32)))
@@ -239,8 +239,13 @@ class Child:
         self.stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-c", script, *args],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
         assert self.proc.stdout is not None and self.proc.stdin is not None
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.proc.stdout, selectors.EVENT_READ)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from bench.replay import ADMIN, PROPOSER, Chain, build_log
-from consumers.governance.events import GovEvent
-from consumers.governance.keys import ActorKey, sign_event
-from consumers.governance.projection import Finding, Registry, replay
-from evostream.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
+from evostream.consumers.governance.events import GovEvent
+from evostream.consumers.governance.keys import ActorKey, sign_event
+from evostream.consumers.governance.projection import Finding, Registry, replay
+from evostream.core.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
 
 M = "sentiment"
 REGISTERED = {
@@ -197,8 +197,12 @@ def test_event_moved_forward_is_reordered_not_dropped() -> None:
     moved = events.pop(12)
     events.insert(9, moved)  # 0..8, 12, 9, 10, 11, 13...
     found = replay(offsets(events))[1]
-    assert [(f.sequence, f.kind) for f in found] == [(12, "reordered"), (9, "reordered"), (10, "reordered"),
-                                                     (11, "reordered")]  # fmt: skip
+    assert [(f.sequence, f.kind) for f in found] == [
+        (12, "reordered"),
+        (9, "reordered"),
+        (10, "reordered"),
+        (11, "reordered"),
+    ]
 
 
 def test_inserted_event_signed_by_an_outsider_is_forged_and_the_real_one_then_forks() -> None:
@@ -206,8 +210,13 @@ def test_inserted_event_signed_by_an_outsider_is_forged_and_the_real_one_then_fo
     events = c.events
     k = 10
     intruder = ActorKey.generate()
-    fake = GovEvent(type="Promoted", actor=ADMIN, key_id=c.keys[ADMIN].key_id, model_name=M,
-                    payload={"version": "v1", "stage": None, "alias": "champion"})  # fmt: skip
+    fake = GovEvent(
+        type="Promoted",
+        actor=ADMIN,
+        key_id=c.keys[ADMIN].key_id,
+        model_name=M,
+        payload={"version": "v1", "stage": None, "alias": "champion"},
+    )
     fake = fake.linked(k, events[k - 1].hash, events[k - 1].occurred_at_us + 1)
     events.insert(k, replace(fake, signature=intruder.sign(fake.hash)))
     reg, found = replay(offsets(events))
@@ -219,8 +228,13 @@ def test_inserted_event_by_an_insider_forks_the_chain_at_the_real_event() -> Non
     c = lifecycle()
     events = c.events
     k = 10
-    fake = GovEvent(type="CandidateProposed", actor="evolution", key_id=c.keys["evolution"].key_id, model_name=M,
-                    payload={"version": "v1", "evidence": {}})  # fmt: skip
+    fake = GovEvent(
+        type="CandidateProposed",
+        actor="evolution",
+        key_id=c.keys["evolution"].key_id,
+        model_name=M,
+        payload={"version": "v1", "evidence": {}},
+    )
     fake = sign_event(fake.linked(k, events[k - 1].hash, events[k - 1].occurred_at_us + 1), c.keys["evolution"])
     events.insert(k, fake)
     reg, found = replay(offsets(events))
@@ -284,8 +298,11 @@ def test_reenrolled_actor_signs_with_the_new_key_only() -> None:
     c.append("ApprovalGranted", "alice", {"version": "v2", "stage": "production"}, M, key=old_key)
     refused(c, "revoked_key")
     c.events.pop()
-    c.append("ActorEnrolled", ADMIN, {"actor_id": "alice", "key_id": old_key.key_id, "public_key": old_key.public_hex,
-                                      "roles": ["approver"]})  # fmt: skip
+    c.append(
+        "ActorEnrolled",
+        ADMIN,
+        {"actor_id": "alice", "key_id": old_key.key_id, "public_key": old_key.public_hex, "roles": ["approver"]},
+    )
     refused(c, "policy", "never comes back")
 
 
@@ -380,8 +397,16 @@ def test_production_needs_n_distinct_approvers_from_the_policy() -> None:
     c.append("ApprovalGranted", "alice", {"version": "v1", "stage": "production"}, M)
     c.append("ApprovalGranted", "alice", {"version": "v1", "stage": "production"}, M)  # twice is still one
     pending = replay(c.log())[0].pending_approvals()
-    assert pending == [{"model_name": M, "version": "v1", "stage": "production", "requested_seq": 9,
-                        "approvers": ["alice"], "needed": 2}]  # fmt: skip
+    assert pending == [
+        {
+            "model_name": M,
+            "version": "v1",
+            "stage": "production",
+            "requested_seq": 9,
+            "approvers": ["alice"],
+            "needed": 2,
+        }
+    ]
     c.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, M)
     refused(c, "policy", "needs 2 distinct approvers for production, has 1 (alice")
     c.events.pop()
@@ -394,8 +419,12 @@ def test_production_needs_n_distinct_approvers_from_the_policy() -> None:
 
 def test_a_rejection_voids_the_grants_before_it() -> None:
     c = staged({"production_approvals": 2})
-    for actor, type_ in (("alice", "ApprovalGranted"), ("bob", "ApprovalGranted"), ("carol", "ApprovalRejected"),
-                         ("alice", "ApprovalGranted")):  # fmt: skip
+    for actor, type_ in (
+        ("alice", "ApprovalGranted"),
+        ("bob", "ApprovalGranted"),
+        ("carol", "ApprovalRejected"),
+        ("alice", "ApprovalGranted"),
+    ):
         c.append(type_, actor, {"version": "v1", "stage": "production"}, M)
     c.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, M)
     refused(c, "policy", "has 1 (alice; grants before a rejection, or by a revoked actor, do not count)")
@@ -405,7 +434,9 @@ def test_a_rejection_voids_the_grants_before_it() -> None:
     reg, found = replay(c.log())
     assert found == []
     assert reg.version(M, "v1")["approvals"]["production"] == {
-        "granted": {"alice": 12, "bob": 13}, "rejected": {"actor": "carol", "sequence": 11}}  # fmt: skip
+        "granted": {"alice": 12, "bob": 13},
+        "rejected": {"actor": "carol", "sequence": 11},
+    }
 
 
 def test_a_grant_by_an_approver_revoked_before_the_promotion_no_longer_counts() -> None:
@@ -442,10 +473,13 @@ def test_auto_promote_production_lets_the_proposer_promote_without_approvals() -
 
 
 def test_policy_changes_are_checked() -> None:
-    for policy, why in (({"production_approval": 2}, "unknown policy setting"),
-                        ({"production_approvals": 0}, "at least 1"),
-                        ({"production_approvals": True}, "must be int"),
-                        ({"auto_promote_production": "yes"}, "must be bool"), ({}, "non-empty")):  # fmt: skip
+    for policy, why in (
+        ({"production_approval": 2}, "unknown policy setting"),
+        ({"production_approvals": 0}, "at least 1"),
+        ({"production_approvals": True}, "must be int"),
+        ({"auto_promote_production": "yes"}, "must be bool"),
+        ({}, "non-empty"),
+    ):
         c = staged()
         c.append("PolicyChanged", ADMIN, {"policy": policy})
         refused(c, "policy", why)
@@ -462,10 +496,12 @@ def test_rollback_restores_a_validated_version_and_archives_the_replaced_one() -
 
 
 def test_rollback_is_refused_to_unvalidated_current_or_stale_versions() -> None:
-    for payload, why in (({"version": "v3", "from_version": "v2"}, "never served production"),
-                         ({"version": "v2", "from_version": "v2"}, "already production"),
-                         ({"version": "v1", "from_version": "v1"}, "production is 'v2'"),
-                         ({"version": "v9", "from_version": "v2"}, "is not registered")):  # fmt: skip
+    for payload, why in (
+        ({"version": "v3", "from_version": "v2"}, "never served production"),
+        ({"version": "v2", "from_version": "v2"}, "already production"),
+        ({"version": "v1", "from_version": "v1"}, "production is 'v2'"),
+        ({"version": "v9", "from_version": "v2"}, "is not registered"),
+    ):
         c = lifecycle()
         register(c, "v3", parent="v2")
         c.append("RolledBack", ADMIN, payload, M)
@@ -518,13 +554,17 @@ def test_model_events_need_a_model_and_actor_events_none() -> None:
 def test_enrollment_rules() -> None:
     c = lifecycle()
     k = ActorKey.generate()
-    c.append("ActorEnrolled", ADMIN, {"actor_id": "x", "key_id": "0" * 32, "public_key": k.public_hex,
-                                      "roles": ["approver"]})  # fmt: skip
+    c.append(
+        "ActorEnrolled", ADMIN, {"actor_id": "x", "key_id": "0" * 32, "public_key": k.public_hex, "roles": ["approver"]}
+    )
     refused(c, "policy", "is not the id of the public key")
     c.events.pop()
     bob = c.keys["bob"]
-    c.append("ActorEnrolled", ADMIN, {"actor_id": "x", "key_id": bob.key_id, "public_key": bob.public_hex,
-                                      "roles": ["approver"]})  # fmt: skip
+    c.append(
+        "ActorEnrolled",
+        ADMIN,
+        {"actor_id": "x", "key_id": bob.key_id, "public_key": bob.public_hex, "roles": ["approver"]},
+    )
     refused(c, "policy", "already enrolled for actor 'bob'")
     c.events.pop()
     c.append("ActorRevoked", ADMIN, {"actor_id": ADMIN})
@@ -601,8 +641,15 @@ def test_bench_log_folds_the_same_with_and_without_verification() -> None:
     assert (found_fold, found) == ([], [])
     assert folded.to_json() == verified.to_json()
     assert verified.head_sequence == 199
-    assert {ev.type for ev in c.events} >= {"ActorEnrolled", "PolicyChanged", "ModelRegistered", "Promoted",
-                                            "ApprovalGranted", "ValidationCompleted", "CandidateProposed"}  # fmt: skip
+    assert {ev.type for ev in c.events} >= {
+        "ActorEnrolled",
+        "PolicyChanged",
+        "ModelRegistered",
+        "Promoted",
+        "ApprovalGranted",
+        "ValidationCompleted",
+        "CandidateProposed",
+    }
     assert any(m["production"] for m in verified.models.values())
     # the same seed builds the same log
     assert [ev.hash for ev in build_log(200, seed=0).events] == [ev.hash for ev in c.events]
@@ -610,10 +657,18 @@ def test_bench_log_folds_the_same_with_and_without_verification() -> None:
 
 def test_registration_keeps_fields_a_newer_writer_added() -> None:
     c = lifecycle()
-    c.append("ModelRegistered", "evolution", {**REGISTERED, "version": "v3", "artifact_uri": "u", "parent": "v2",
-                                              "license": "apache-2.0"}, M)  # fmt: skip
+    c.append(
+        "ModelRegistered",
+        "evolution",
+        {**REGISTERED, "version": "v3", "artifact_uri": "u", "parent": "v2", "license": "apache-2.0"},
+        M,
+    )
     reg, found = replay(c.log())
     assert found == []
     v3 = reg.version(M, "v3")
     assert (v3["extra"], v3["parent"], v3["stage"], reg.version(M, "v2")["extra"]) == (
-        {"license": "apache-2.0"}, "v2", "candidate", {})  # fmt: skip
+        {"license": "apache-2.0"},
+        "v2",
+        "candidate",
+        {},
+    )

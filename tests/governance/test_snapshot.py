@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumers.governance.events import GovEvent
-from consumers.governance.keys import ActorKey
-from consumers.governance.log import GovernanceLog
-from consumers.governance.projection import Registry, replay
-from consumers.governance.snapshot import SCHEMA, latest_snapshot, load_projection, snapshots, write_snapshot
-from evostream.bus.producer import EventProducer
-from schemas.catalog import GOVERNANCE_SNAPSHOTS, topic_spec
+from evostream.consumers.governance.events import GovEvent
+from evostream.consumers.governance.keys import ActorKey
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.consumers.governance.projection import Registry, replay
+from evostream.consumers.governance.snapshot import SCHEMA, latest_snapshot, load_projection, snapshots, write_snapshot
+from evostream.core.bus.producer import EventProducer
+from evostream.schemas.catalog import GOVERNANCE_SNAPSHOTS, topic_spec
 from tests.governance.test_log import ADMIN, fresh_topic, fresh_writer_id, genesis, on_head
 
 PROPOSER = ActorKey.from_seed(b"\x02" * 32)
@@ -31,19 +31,37 @@ def lifecycle() -> list[tuple[GovEvent, ActorKey]]:
     def by(who: tuple[str, ActorKey], type_: str, model: str = MODEL, **payload: Any) -> tuple[GovEvent, ActorKey]:
         return ev(type_, who[1], who[0], model, **payload), who[1]
 
-    out = [(genesis(), ADMIN),
-           by(admin, "ActorEnrolled", "*", actor_id="prop", key_id=PROPOSER.key_id, public_key=PROPOSER.public_hex,
-              roles=["proposer"])]  # fmt: skip
+    out = [
+        (genesis(), ADMIN),
+        by(
+            admin,
+            "ActorEnrolled",
+            "*",
+            actor_id="prop",
+            key_id=PROPOSER.key_id,
+            public_key=PROPOSER.public_hex,
+            roles=["proposer"],
+        ),
+    ]
     for version, parent in (("v1", None), ("v2", "v1")):
         out += [
-            by(prop, "ModelRegistered", version=version, artifact_uri=f"file:///m/{version}", artifact_sha256="0" * 64,
-               parent=parent, operator=None, operator_params={}, metrics={"accuracy": 0.9}),
+            by(
+                prop,
+                "ModelRegistered",
+                version=version,
+                artifact_uri=f"file:///m/{version}",
+                artifact_sha256="0" * 64,
+                parent=parent,
+                operator=None,
+                operator_params={},
+                metrics={"accuracy": 0.9},
+            ),
             by(prop, "ValidationCompleted", version=version, passed=True, gates={"accuracy": True}),
             by(prop, "Promoted", version=version, stage="staging", alias=None),
             by(prop, "ApprovalRequested", version=version, stage="production"),
             by(admin, "ApprovalGranted", version=version, stage="production"),
             by(admin, "Promoted", version=version, stage="production", alias=None),
-        ]  # fmt: skip
+        ]
     out.append(by(admin, "RolledBack", version="v1", from_version="v2"))
     return out
 

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from evostream.bus.admin import ensure_topics
-from evostream.bus.connection import CONNECT_FAILURES
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from evostream.stack import LocalStack
-from evostream.stack.ports import HOST, free_port
-from schemas.catalog import TopicSpec
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.connection import CONNECT_FAILURES
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.core.stack import LocalStack
+from evostream.core.stack.ports import HOST, free_port
+from evostream.schemas.catalog import TopicSpec
 from tests.conftest import stack_settings
 
 pytestmark = pytest.mark.integration

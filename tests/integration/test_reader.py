@@ -6,13 +6,13 @@ import uuid
 
 import pytest
 
-from evostream.bus.admin import ensure_topics
-from evostream.bus.producer import EventProducer
-from evostream.bus.reader import TopicReader
-from evostream.clock import now_us
-from schemas.catalog import TopicSpec
-from schemas.codec import RecordCodec
-from schemas.deadletter import dead_letter
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.producer import EventProducer
+from evostream.core.bus.reader import TopicReader
+from evostream.core.clock import now_us
+from evostream.schemas.catalog import TopicSpec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.deadletter import dead_letter
 
 pytestmark = pytest.mark.integration
 

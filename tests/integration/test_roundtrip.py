@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from evostream.bus.producer import EventProducer
 from evostream.cli.selfcheck import round_trip
-from evostream.errors import DeliveryError
-from evostream.stack.ports import free_port
+from evostream.core.bus.producer import EventProducer
+from evostream.core.errors import DeliveryError
+from evostream.core.stack.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +45,11 @@ def test_cli_selfcheck_without_broker_says_so_quickly() -> None:
     t0 = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "evostream.cli", "selfcheck", "--bootstrap", f"127.0.0.1:{free_port()}"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 1
     assert "error: no Kafka broker answers at" in done.stderr
     assert "Traceback" not in done.stderr
@@ -56,7 +59,10 @@ def test_cli_selfcheck_without_broker_says_so_quickly() -> None:
 def test_cli_selfcheck_against_the_broker(kafka: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "evostream.cli", "selfcheck", "--count", "2000", "--bootstrap", kafka],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "round trip OK" in done.stdout and "2000 records" in done.stdout

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from evostream.bus.admin import cluster_metadata, wait_for_broker
-from evostream.errors import BrokerStartError, BrokerUnavailableError, MavenError, PortInUseError
-from evostream.stack import LocalStack
-from evostream.stack import broker as broker_module
-from evostream.stack.jars import resolve_kafka_libs
-from evostream.stack.ports import free_port
-from schemas import CATALOG
+from evostream.core.bus.admin import cluster_metadata, wait_for_broker
+from evostream.core.errors import BrokerStartError, BrokerUnavailableError, MavenError, PortInUseError
+from evostream.core.stack import LocalStack
+from evostream.core.stack import broker as broker_module
+from evostream.core.stack.jars import resolve_kafka_libs
+from evostream.core.stack.ports import free_port
+from evostream.schemas import CATALOG
 from tests.conftest import stack_settings
 
 pytestmark = pytest.mark.integration

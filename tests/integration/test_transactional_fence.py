@@ -10,9 +10,9 @@ import uuid
 import pytest
 from confluent_kafka import KafkaException
 
-from evostream.bus.transactional import TransactionalProducer
-from evostream.errors import ConflictError, DeliveryError
-from schemas.catalog import REQUESTS
+from evostream.core.bus.transactional import TransactionalProducer
+from evostream.core.errors import ConflictError, DeliveryError
+from evostream.schemas.catalog import REQUESTS
 from tests.unit.test_transactional_errors import BARE
 
 pytestmark = pytest.mark.integration

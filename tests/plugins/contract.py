@@ -25,11 +25,11 @@ from typing import ClassVar, Literal
 
 import pytest
 
-from consumers.sinks.contract import Record, Status
-from consumers.sinks.delivery import Backoff, deliver
-from evostream.errors import SinkConfigError, SinkError
-from plugins.api import Sink, SinkContext
-from schemas.catalog import CATALOG
+from evostream.consumers.sinks.contract import Record, Status
+from evostream.consumers.sinks.delivery import Backoff, deliver
+from evostream.core.errors import SinkConfigError, SinkError
+from evostream.plugins.api import Sink, SinkContext
+from evostream.schemas.catalog import CATALOG
 from tests.plugins.samples import sample_records
 
 Kind = Literal["retryable", "permanent"]

@@ -11,7 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from plugins.datadog import MAX_COMPRESSED, MAX_RAW
+from evostream.plugins.datadog import MAX_COMPRESSED, MAX_RAW
 
 KEY = "test-api-key-0123456789"
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from evostream.bus.admin import ensure_topics
-from evostream.bus.producer import EventProducer
-from schemas.catalog import CATALOG, topic_spec
-from schemas.codec import RecordCodec
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.producer import EventProducer
+from evostream.schemas.catalog import CATALOG, topic_spec
+from evostream.schemas.codec import RecordCodec
 from tests.plugins.samples import BUILDERS
 
 

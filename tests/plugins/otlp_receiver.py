@@ -87,13 +87,21 @@ class Receiver:
                 resource = {kv.key: any_value(kv.value) for kv in rs.resource.attributes}
                 for ss in rs.scope_spans:
                     for s in ss.spans:
-                        self.got.spans.append(Span(
-                            s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.name, s.kind,
-                            s.start_time_unix_nano, s.end_time_unix_nano,
-                            {kv.key: any_value(kv.value) for kv in s.attributes},
-                            [(e.name, {kv.key: any_value(kv.value) for kv in e.attributes}) for e in s.events],
-                            s.status.code, resource,
-                        ))  # fmt: skip
+                        self.got.spans.append(
+                            Span(
+                                s.trace_id.hex(),
+                                s.span_id.hex(),
+                                s.parent_span_id.hex(),
+                                s.name,
+                                s.kind,
+                                s.start_time_unix_nano,
+                                s.end_time_unix_nano,
+                                {kv.key: any_value(kv.value) for kv in s.attributes},
+                                [(e.name, {kv.key: any_value(kv.value) for kv in e.attributes}) for e in s.events],
+                                s.status.code,
+                                resource,
+                            )
+                        )
 
     def take_metrics(self, req: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
         export: dict[str, Any] = {}
@@ -150,8 +158,10 @@ def _handler(r: Receiver) -> type[BaseHTTPRequestHandler]:
                 code = r._refusal()
                 if code is not None:
                     return self._reply(HTTP_OF.get(code, 500), b"refused by the test receiver")
-                r.take_traces(trace_service_pb2.ExportTraceServiceRequest.FromString(body),
-                              {k.lower(): v for k, v in self.headers.items()})  # fmt: skip
+                r.take_traces(
+                    trace_service_pb2.ExportTraceServiceRequest.FromString(body),
+                    {k.lower(): v for k, v in self.headers.items()},
+                )
                 return self._reply(200, trace_service_pb2.ExportTraceServiceResponse().SerializeToString())
             if self.path == "/v1/metrics":
                 r.take_metrics(metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))

@@ -6,14 +6,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from consumers.sinks.contract import Record
-from plugins.api import DEFAULT_TOPICS
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK, STEPS, topic_spec
-from schemas.codec import RecordCodec
-from schemas.samples import T0_US, alert, completion, drift_report, governance, profile, risk_report, step
+from evostream.consumers.sinks.contract import Record
+from evostream.plugins.api import DEFAULT_TOPICS
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK, STEPS, topic_spec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import T0_US, alert, completion, drift_report, governance, profile, risk_report, step
 
-BUILDERS = {COMPLETIONS: completion, RISK: risk_report, ALERTS: alert, DRIFT: drift_report, PROFILES: profile,
-            GOVERNANCE: governance, STEPS: step}  # fmt: skip
+BUILDERS = {
+    COMPLETIONS: completion,
+    RISK: risk_report,
+    ALERTS: alert,
+    DRIFT: drift_report,
+    PROFILES: profile,
+    GOVERNANCE: governance,
+    STEPS: step,
+}
 
 
 def records(topic: str, values: Sequence[dict[str, Any]], partition: int = 0, first_offset: int = 0) -> list[Record]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers.sinks.contract import Record, Status
-from plugins.api import Sink, SinkContext
-from plugins.datadog import MAX_COMPRESSED, MAX_RAW, DatadogSink
+from evostream.consumers.sinks.contract import Record, Status
+from evostream.plugins.api import Sink, SinkContext
+from evostream.plugins.datadog import MAX_COMPRESSED, MAX_RAW, DatadogSink
 from tests.plugins.contract import Kind, SinkContract
 from tests.plugins.datadog_intake import KEY, Intake
 from tests.plugins.samples import sample_records
@@ -101,9 +101,14 @@ def test_the_requests_carry_the_right_metrics_tags_and_events(intake: Intake, tm
     assert {s["type"] for s in intake.series if s["metric"] == "evostream.risk.score"} == {3}  # GAUGE
     # events: three alerts, one fired drift window, a promotion and a rollback
     titles = sorted(e["title"] for e in intake.events)
-    assert titles == ["evostream: CRITICAL risk alert on tiny-a", "evostream: INFO risk alert on tiny-a",
-                      "evostream: WARNING risk alert on tiny-b", "evostream: drift on tiny-b",
-                      "evostream: tiny promoted to tiny-a", "evostream: tiny rolledback to tiny-a"]  # fmt: skip
+    assert titles == [
+        "evostream: CRITICAL risk alert on tiny-a",
+        "evostream: INFO risk alert on tiny-a",
+        "evostream: WARNING risk alert on tiny-b",
+        "evostream: drift on tiny-b",
+        "evostream: tiny promoted to tiny-a",
+        "evostream: tiny rolledback to tiny-a",
+    ]
     assert {e["alert_type"] for e in intake.events if "CRITICAL" in e["title"]} == {"error"}
 
 
@@ -135,7 +140,7 @@ def test_a_large_batch_is_split_within_the_payload_limits(intake: Intake, tmp_pa
 
 
 def test_a_missing_key_says_where_to_put_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from evostream.errors import SinkConfigError
+    from evostream.core.errors import SinkConfigError
 
     monkeypatch.delenv("DD_API_KEY", raising=False)
     with pytest.raises(SinkConfigError, match="EVOSTREAM_SINK_DATADOG_API_KEY or DD_API_KEY"):
@@ -155,8 +160,12 @@ def test_a_second_waits_until_it_closes_and_a_late_count_moves_to_the_next(intak
     finally:
         sink.close()
     assert not intake.violations, intake.violations  # the intake flags a count second used twice
-    points = [(p["timestamp"], p["value"]) for s in intake.series if s["metric"] == "evostream.sink.records"
-              for p in s["points"]]  # fmt: skip
+    points = [
+        (p["timestamp"], p["value"])
+        for s in intake.series
+        if s["metric"] == "evostream.sink.records"
+        for p in s["points"]
+    ]
     second = recs[0].value["completed_at_us"] // 1_000_000
     assert points == [(second, 2.0), (second + 1, 2.0)]
 

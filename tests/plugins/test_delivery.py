@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from consumers.sinks.contract import Record, Result
-from consumers.sinks.delivery import Backoff, deliver
-from plugins.api import Sink, SinkContext
+from evostream.consumers.sinks.contract import Record, Result
+from evostream.consumers.sinks.delivery import Backoff, deliver
+from evostream.plugins.api import Sink, SinkContext
 from tests.plugins.samples import sample_records
 
 
@@ -44,8 +44,9 @@ def test_poison_named_outside_the_batch_dead_letters_the_whole_batch() -> None:
 def test_poison_named_twice_is_dead_lettered_once() -> None:
     batch = sample_records(("evo.completions",), 4)
     dead: list[tuple[Record, str]] = []
-    out = deliver(Answers([Result.failed("bad", [batch[1], batch[1], batch[3]])]), batch,
-                  lambda r, why: dead.append((r, why)))  # fmt: skip
+    out = deliver(
+        Answers([Result.failed("bad", [batch[1], batch[1], batch[3]])]), batch, lambda r, why: dead.append((r, why))
+    )
     assert [r.key for r, _ in dead] == [batch[1].key, batch[3].key]
     assert out.applied == 2 and out.attempts == 1
 

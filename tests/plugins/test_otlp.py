@@ -12,11 +12,11 @@ from typing import ClassVar
 import grpc
 import pytest
 
-from consumers.sinks.contract import Status
-from plugins.api import Sink, SinkContext
-from plugins.otlp import OtlpSink, request_span_id, trace_id_of
-from schemas.catalog import COMPLETIONS, STEPS
-from schemas.samples import T0_US, completion
+from evostream.consumers.sinks.contract import Status
+from evostream.plugins.api import Sink, SinkContext
+from evostream.plugins.otlp import OtlpSink, request_span_id, trace_id_of
+from evostream.schemas.catalog import COMPLETIONS, STEPS
+from evostream.schemas.samples import T0_US, completion
 from tests.plugins.contract import Kind, SinkContract
 from tests.plugins.otlp_receiver import Received, Receiver
 from tests.plugins.samples import records, sample_records
@@ -78,8 +78,13 @@ class TestOtlpHttpContract(OtlpContract):
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
 def test_a_request_span_carries_every_genai_attribute(receiver: Receiver, tmp_path: Path, protocol: str) -> None:
     receiver.got = Received()
-    sink = OtlpSink(SinkContext("otlp", tmp_path, {"protocol": protocol, "endpoint": endpoint(receiver, protocol),
-                                                   "headers": "x-tenant=acme"}))  # fmt: skip
+    sink = OtlpSink(
+        SinkContext(
+            "otlp",
+            tmp_path,
+            {"protocol": protocol, "endpoint": endpoint(receiver, protocol), "headers": "x-tenant=acme"},
+        )
+    )
     try:
         assert sink.write(sample_records(sink.topics, per_topic=3)).status is Status.OK
         assert sink.flush().status is Status.OK
@@ -88,12 +93,21 @@ def test_a_request_span_carries_every_genai_attribute(receiver: Receiver, tmp_pa
     spans = {(s.name, s.attributes["evostream.record"]): s for s in receiver.got.spans}
     req = spans["text_completion tiny-b", "evo.completions:0:1"]
     assert req.attributes == {
-        "gen_ai.operation.name": "text_completion", "gen_ai.provider.name": "evostream",
-        "gen_ai.request.model": "tiny-b", "gen_ai.response.model": "tiny-b", "gen_ai.response.id": "req-1",
-        "gen_ai.usage.input_tokens": 8, "gen_ai.usage.output_tokens": 5, "gen_ai.response.finish_reasons": ["stop"],
-        "evostream.trace_id": "trace-1", "evostream.tenant": "acme", "evostream.queue_us": 200,
-        "evostream.prefill_us": 3100, "evostream.decode_us": 21000, "evostream.record": "evo.completions:0:1",
-    }  # fmt: skip
+        "gen_ai.operation.name": "text_completion",
+        "gen_ai.provider.name": "evostream",
+        "gen_ai.request.model": "tiny-b",
+        "gen_ai.response.model": "tiny-b",
+        "gen_ai.response.id": "req-1",
+        "gen_ai.usage.input_tokens": 8,
+        "gen_ai.usage.output_tokens": 5,
+        "gen_ai.response.finish_reasons": ["stop"],
+        "evostream.trace_id": "trace-1",
+        "evostream.tenant": "acme",
+        "evostream.queue_us": 200,
+        "evostream.prefill_us": 3100,
+        "evostream.decode_us": 21000,
+        "evostream.record": "evo.completions:0:1",
+    }
     assert req.kind == 2 and req.parent_span_id == ""  # SPAN_KIND_SERVER, a root span
     assert req.end_ns - req.start_ns == 25_000 * 1000 and req.end_ns == (1_795_000_000_000_000 + 1000) * 1000
     assert req.trace_id == f"{trace_id_of('trace-1'):032x}" and req.span_id == f"{request_span_id('trace-1'):016x}"
@@ -101,8 +115,10 @@ def test_a_request_span_carries_every_genai_attribute(receiver: Receiver, tmp_pa
     # the risk report of the same trace is a child with one event per flag; the alert too
     risk = spans["evaluate_risk tiny-b", "evo.risk:0:1"]
     assert (risk.trace_id, risk.parent_span_id) == (req.trace_id, req.span_id)
-    assert risk.events == [("evostream.risk.flag", {"evostream.risk.flag": "high_entropy"}),
-                           ("evostream.risk.flag", {"evostream.risk.flag": "low_margin"})]  # fmt: skip
+    assert risk.events == [
+        ("evostream.risk.flag", {"evostream.risk.flag": "high_entropy"}),
+        ("evostream.risk.flag", {"evostream.risk.flag": "low_margin"}),
+    ]
     assert risk.attributes["evostream.risk.score"] == pytest.approx(0.751)
     assert spans["evaluate_risk tiny-a", "evo.risk:0:0"].events == []  # nothing flagged, no event
     alert = spans["risk_alert warning", "evo.alerts:0:1"]
@@ -110,25 +126,41 @@ def test_a_request_span_carries_every_genai_attribute(receiver: Receiver, tmp_pa
     assert all(h.get("x-tenant") == "acme" for h in receiver.got.headers)
     # metrics: input and output token usage of the three requests, by token type
     last = receiver.got.metrics[-1]
-    usage = {(a["gen_ai.token.type"], a["gen_ai.request.model"]): p["sum"]
-             for a, p in last["gen_ai.client.token.usage"]["points"]}  # fmt: skip
-    assert usage == {("input", "tiny-a"): 7 + 9, ("output", "tiny-a"): 4 + 6, ("input", "tiny-b"): 8,
-                     ("output", "tiny-b"): 5}  # fmt: skip
+    usage = {
+        (a["gen_ai.token.type"], a["gen_ai.request.model"]): p["sum"]
+        for a, p in last["gen_ai.client.token.usage"]["points"]
+    }
+    assert usage == {
+        ("input", "tiny-a"): 7 + 9,
+        ("output", "tiny-a"): 4 + 6,
+        ("input", "tiny-b"): 8,
+        ("output", "tiny-b"): 5,
+    }
     assert last["gen_ai.client.operation.duration"]["unit"] == "s"
     # the GenAI conventions' bucket boundaries, in seconds and tokens (not the SDK's millisecond defaults)
-    bounds = {name: {tuple(p["bounds"]) for _, p in last[name]["points"]} for name in
-              ("gen_ai.client.token.usage", "gen_ai.client.operation.duration", "gen_ai.server.time_to_first_token",
-               "gen_ai.server.time_per_output_token")}  # fmt: skip
+    bounds = {
+        name: {tuple(p["bounds"]) for _, p in last[name]["points"]}
+        for name in (
+            "gen_ai.client.token.usage",
+            "gen_ai.client.operation.duration",
+            "gen_ai.server.time_to_first_token",
+            "gen_ai.server.time_per_output_token",
+        )
+    }
     assert bounds == {
-        "gen_ai.client.token.usage": {(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304,
-                                       16777216, 67108864)},
-        "gen_ai.client.operation.duration": {(0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24,
-                                              20.48, 40.96, 81.92)},
-        "gen_ai.server.time_to_first_token": {(0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                                               2.5, 5.0, 7.5, 10.0)},
-        "gen_ai.server.time_per_output_token": {(0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
-                                                 2.5)},
-    }  # fmt: skip
+        "gen_ai.client.token.usage": {
+            (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+        },
+        "gen_ai.client.operation.duration": {
+            (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+        },
+        "gen_ai.server.time_to_first_token": {
+            (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+        },
+        "gen_ai.server.time_per_output_token": {
+            (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+        },
+    }
     assert {tuple(a.items()): v for a, v in last["evostream.risk.alerts"]["points"]} == {
         (("evostream.alert.severity", "INFO"), ("gen_ai.request.model", "tiny-a")): 1,
         (("evostream.alert.severity", "WARNING"), ("gen_ai.request.model", "tiny-b")): 1,
@@ -146,10 +178,10 @@ def test_an_early_report_marks_its_flagged_step(receiver: Receiver, tmp_path: Pa
     finally:
         sink.close()
     (span,) = receiver.got.spans
-    assert span.events == [("evostream.risk.flagged_step", {"evostream.risk.flag": "high_entropy",
-                                                            "evostream.risk.step": 3}),
-                           ("evostream.risk.flagged_step", {"evostream.risk.flag": "low_margin",
-                                                            "evostream.risk.step": 3})]  # fmt: skip
+    assert span.events == [
+        ("evostream.risk.flagged_step", {"evostream.risk.flag": "high_entropy", "evostream.risk.step": 3}),
+        ("evostream.risk.flagged_step", {"evostream.risk.flag": "low_margin", "evostream.risk.step": 3}),
+    ]
 
 
 def test_steps_all_reads_the_step_topic_and_sends_a_span_per_token(receiver: Receiver, tmp_path: Path) -> None:
@@ -166,7 +198,7 @@ def test_steps_all_reads_the_step_topic_and_sends_a_span_per_token(receiver: Rec
 
 
 def test_a_receiver_that_is_down_is_retryable(tmp_path: Path) -> None:
-    from evostream.stack.ports import free_port
+    from evostream.core.stack.ports import free_port
 
     for protocol, url in (("grpc", f"127.0.0.1:{free_port()}"), ("http/protobuf", f"http://127.0.0.1:{free_port()}")):
         sink = OtlpSink(SinkContext("otlp", tmp_path, {"protocol": protocol, "endpoint": url, "timeout_s": "1"}))

@@ -21,10 +21,10 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumers.sinks.contract import Record, Status
-from evostream.stack.ports import free_port
-from plugins.api import Sink, SinkContext
-from plugins.prometheus import PrometheusSink
+from evostream.consumers.sinks.contract import Record, Status
+from evostream.core.stack.ports import free_port
+from evostream.plugins.api import Sink, SinkContext
+from evostream.plugins.prometheus import PrometheusSink
 from tests.plugins.contract import Kind, SinkContract
 from tests.plugins.samples import sample_records
 
@@ -34,8 +34,10 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 def tool(name: str) -> str:
     found = shutil.which(name)
     if found is None:  # CI installs the Debian package: a skip would hide a broken set-up
-        pytest.fail(f"{name} is not on PATH: install the Debian package (apt-get install --no-install-recommends "
-                    "prometheus), as .ci/run does")  # fmt: skip
+        pytest.fail(
+            f"{name} is not on PATH: install the Debian package (apt-get install --no-install-recommends "
+            "prometheus), as .ci/run does"
+        )
     return found
 
 
@@ -88,13 +90,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Prometheu
     sink = PrometheusSink(SinkContext("prometheus", tmp, {"port": "0"}))
     assert sink.write(sample_records(per_topic=5)).status is Status.OK
     port = free_port()
-    (tmp / "prom.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "evostream", "static_configs": [{"targets": [f"127.0.0.1:{sink.port}"]}]}],
-    }))  # fmt: skip
-    proc = subprocess.Popen([tool("prometheus"), f"--config.file={tmp / 'prom.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], stderr=(tmp / "prometheus.log").open("wb"))  # fmt: skip
+    (tmp / "prom.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "scrape_configs": [
+                    {"job_name": "evostream", "static_configs": [{"targets": [f"127.0.0.1:{sink.port}"]}]}
+                ],
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [
+            tool("prometheus"),
+            f"--config.file={tmp / 'prom.yml'}",
+            f"--storage.tsdb.path={tmp / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stderr=(tmp / "prometheus.log").open("wb"),
+    )
     try:
         yield sink, f"http://127.0.0.1:{port}"
     finally:
@@ -108,8 +123,9 @@ def query(url: str, promql: str, timeout_s: float = 30.0) -> list[dict[str, Any]
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            got = json.loads(urllib.request.urlopen(f"{url}/api/v1/query?query={urllib.parse.quote(promql)}",
-                                                    timeout=5).read())["data"]["result"]  # fmt: skip
+            got = json.loads(
+                urllib.request.urlopen(f"{url}/api/v1/query?query={urllib.parse.quote(promql)}", timeout=5).read()
+            )["data"]["result"]
         except OSError:
             got = []  # still starting
         if got or time.monotonic() > deadline:
@@ -138,8 +154,19 @@ def test_a_real_prometheus_sees_which_version_serves(served: tuple[PrometheusSin
 def test_no_series_carries_a_trace_label(served: tuple[PrometheusSink, str]) -> None:
     sink, _ = served
     labels = {k for samples in scrape(sink).values() for labels, _ in samples for k in labels}
-    assert labels == {"model_version", "finish_reason", "stage", "flag", "severity", "statistic", "fired", "model",
-                      "type", "topic", "le"}  # fmt: skip
+    assert labels == {
+        "model_version",
+        "finish_reason",
+        "stage",
+        "flag",
+        "severity",
+        "statistic",
+        "fired",
+        "model",
+        "type",
+        "topic",
+        "le",
+    }
 
 
 def test_the_latency_histograms_measure_what_they_say(served: tuple[PrometheusSink, str]) -> None:
@@ -159,15 +186,19 @@ def test_the_latency_histograms_measure_what_they_say(served: tuple[PrometheusSi
 
 def test_promtool_accepts_the_exposition(served: tuple[PrometheusSink, str]) -> None:
     sink, _ = served
-    done = subprocess.run([tool("promtool"), "check", "metrics"], input=sink.exposition(), capture_output=True,
-                          timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [tool("promtool"), "check", "metrics"], input=sink.exposition(), capture_output=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_shipped_rules_and_config_check_and_their_unit_tests_pass() -> None:
     promtool = tool("promtool")
-    for args in (["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"],
-                 ["check", "config", "prometheus.yml"]):  # fmt: skip
+    for args in (
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+        ["check", "config", "prometheus.yml"],
+    ):
         done = subprocess.run([promtool, *args], cwd=DEPLOY, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
     config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
@@ -200,8 +231,14 @@ def test_a_new_versions_event_series_start_at_zero_and_promotions_count_against_
         assert (
             [json.loads(r.value["payload_json"])["version"] for r in gov] == ["tiny-a", "tiny-b"] == [version, "tiny-b"]
         )
-        third = replace(gov[1], offset=99, value={**gov[1].value, "payload_json": json.dumps(
-            {"alias": None, "stage": "production", "version": "tiny-c"})})  # fmt: skip
+        third = replace(
+            gov[1],
+            offset=99,
+            value={
+                **gov[1].value,
+                "payload_json": json.dumps({"alias": None, "stage": "production", "version": "tiny-c"}),
+            },
+        )
         out = sink.write([*gov, third])
         assert out.status is Status.FAILED and [r.key for r in out.poison] == [third.key]
         active = {lb["model_version"]: v for lb, v in scrape(sink)["evostream_model_active"]}

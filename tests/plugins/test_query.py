@@ -9,15 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from consumers.sinks.contract import Status
-from plugins.api import SinkContext
-from plugins.sqlite import SqliteSink
+from evostream.consumers.sinks.contract import Status
+from evostream.plugins.api import SinkContext
+from evostream.plugins.sqlite import SqliteSink
 from tests.plugins.samples import sample_records
 
 
 def query(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "evostream.cli", "query", *args], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "evostream.cli", "query", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +43,14 @@ def test_without_sql_it_lists_tables_and_row_counts(db: Path) -> None:
 
 
 def test_json_rows_and_the_limit(db: Path) -> None:
-    done = query("SELECT trace_id, score FROM trace_summary ORDER BY trace_id", "--db", str(db), "--json",
-                 "--limit", "2")  # fmt: skip
+    done = query(
+        "SELECT trace_id, score FROM trace_summary ORDER BY trace_id", "--db", str(db), "--json", "--limit", "2"
+    )
     assert done.returncode == 0, done.stderr
-    assert [json.loads(x) for x in done.stdout.splitlines()] == [{"trace_id": "trace-0", "score": 0.25},
-                                                                 {"trace_id": "trace-1", "score": 0.751}]  # fmt: skip
+    assert [json.loads(x) for x in done.stdout.splitlines()] == [
+        {"trace_id": "trace-0", "score": 0.25},
+        {"trace_id": "trace-1", "score": 0.751},
+    ]
     assert "more rows than --limit 2" in done.stderr
 
 
@@ -53,8 +61,9 @@ def test_a_table_for_people(db: Path) -> None:
     assert table == [["severity", "score"], ["INFO", "0.8"], ["WARNING", "0.801"], ["CRITICAL", "0.802"]]
 
 
-@pytest.mark.parametrize("sql", ["DELETE FROM traces", "  update traces SET tenant = 'x'",
-                                 "WITH x AS (SELECT 1) DELETE FROM traces"])  # fmt: skip
+@pytest.mark.parametrize(
+    "sql", ["DELETE FROM traces", "  update traces SET tenant = 'x'", "WITH x AS (SELECT 1) DELETE FROM traces"]
+)
 def test_writes_are_refused_and_change_nothing(db: Path, sql: str) -> None:
     done = query(sql, "--db", str(db))
     assert done.returncode == 1 and done.stderr.startswith("error: "), done.stderr

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-from consumers.sinks.delivery import Backoff
-from consumers.sinks.runner import RunnerOptions, SinkRunner
-from evostream.bus.consumer import EventConsumer
-from evostream.errors import ConsumeError
-from plugins.api import SinkContext
-from plugins.sqlite import SqliteSink, connect
-from schemas.catalog import ALERTS, DLQ, RISK
-from schemas.codec import RecordCodec
+from evostream.consumers.sinks.delivery import Backoff
+from evostream.consumers.sinks.runner import RunnerOptions, SinkRunner
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.errors import ConsumeError
+from evostream.plugins.api import SinkContext
+from evostream.plugins.sqlite import SqliteSink, connect
+from evostream.schemas.catalog import ALERTS, DLQ, RISK
+from evostream.schemas.codec import RecordCodec
 from tests.plugins.kafka import committed, count_rows, marked, produce
 
 pytestmark = pytest.mark.integration
@@ -78,8 +78,10 @@ def test_records_are_stored_poison_and_garbage_dead_lettered_and_offsets_committ
     db = tmp_path / "r.db"
     sink = sqlite_sink(db)
     with contextlib.closing(connect(db)) as c:  # the database refuses one of this run's alerts
-        c.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.trace_id = '{marker}-trace-2' "
-                  "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")  # fmt: skip
+        c.execute(
+            f"CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.trace_id = '{marker}-trace-2' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )
     group = f"test-sink-{marker}"
     like = f"{marker}-%"
     with running(SinkRunner(kafka, sink, FAST, group=group)) as runner:
@@ -91,10 +93,16 @@ def test_records_are_stored_poison_and_garbage_dead_lettered_and_offsets_committ
     assert counts == {"traces": 3, "risk_reports": 3, "alerts": 2, "drift_windows": 3, "profiles": 3}
 
     dead = dead_letters(kafka, group, 3)
-    mine = sorted((d["source_topic"], d["error_type"], (d["original_key"] or b"").decode()) for d in dead
-                  if (d["original_key"] or b"").decode().startswith(marker))  # fmt: skip
-    assert mine == [(ALERTS, "SinkError", f"{marker}-trace-2"), (RISK, "BadMagicError", f"{marker}-garbage-0"),
-                    (RISK, "BadMagicError", f"{marker}-garbage-1")]  # fmt: skip
+    mine = sorted(
+        (d["source_topic"], d["error_type"], (d["original_key"] or b"").decode())
+        for d in dead
+        if (d["original_key"] or b"").decode().startswith(marker)
+    )
+    assert mine == [
+        (ALERTS, "SinkError", f"{marker}-trace-2"),
+        (RISK, "BadMagicError", f"{marker}-garbage-0"),
+        (RISK, "BadMagicError", f"{marker}-garbage-1"),
+    ]
     refused = next(d for d in dead if d["original_key"] == f"{marker}-trace-2".encode())
     assert "refused by the test" in refused["error"] and refused["raw_value"]
 
@@ -103,14 +111,16 @@ def test_records_are_stored_poison_and_garbage_dead_lettered_and_offsets_committ
     # the record it refused (its dead letter was sent after the write), the group's moved past it
     with contextlib.closing(sqlite_sink(db)) as again:
         own = dict(again.positions())
-    junk = [d for d in dead if d["error_type"] == "BadMagicError" and (d["original_key"] or b"").startswith(
-        marker.encode())]  # fmt: skip
+    junk = [
+        d for d in dead if d["error_type"] == "BadMagicError" and (d["original_key"] or b"").startswith(marker.encode())
+    ]
     garbage = Counter((d["source_topic"], d["partition"]) for d in junk)
     group_at = committed(kafka, group, list(set(own) | set(garbage)))
     held = (ALERTS, refused["partition"])
     assert own[held] == refused["offset"] < group_at[held]
     assert {tp: at - own[tp] for tp, at in group_at.items() if tp in own and at != own[tp] and tp != held} == Counter(
-        {tp: n for tp, n in garbage.items() if tp in own})  # fmt: skip
+        {tp: n for tp, n in garbage.items() if tp in own}
+    )
     for tp in set(garbage) - set(own):  # a partition that held nothing but garbage: the sink never saw it
         assert group_at[tp] == max(d["offset"] for d in junk if (d["source_topic"], d["partition"]) == tp) + 1
 
@@ -124,8 +134,10 @@ def test_a_sink_that_cannot_write_holds_back_no_other(kafka: str, tmp_path: Path
     lock.execute("BEGIN IMMEDIATE")  # another writer holds the stuck sink's database
     like = f"{marker}-%"
     stuck_group = f"test-stuck-{marker}"
-    with running(SinkRunner(kafka, good, FAST, group=f"test-good-{marker}")), \
-         running(SinkRunner(kafka, stuck, FAST, group=stuck_group)) as held:  # fmt: skip
+    with (
+        running(SinkRunner(kafka, good, FAST, group=f"test-good-{marker}")),
+        running(SinkRunner(kafka, stuck, FAST, group=stuck_group)) as held,
+    ):
         wait_for(lambda: count_rows(good_db, "traces", "trace_id LIKE ?", like) == 2, why="the good sink was held back")
         wait_for(lambda: held.stats.retries >= 3, why="the stuck sink was not retried")
         assert count_rows(stuck_db, "traces", "trace_id LIKE ?", like) == 0

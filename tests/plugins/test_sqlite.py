@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from consumers.sinks.contract import Record, Status
-from evostream.errors import SinkConfigError
-from plugins.api import Sink, SinkContext
-from plugins.sqlite import TABLES, SqliteSink, connect
+from evostream.consumers.sinks.contract import Record, Status
+from evostream.core.errors import SinkConfigError
+from evostream.plugins.api import Sink, SinkContext
+from evostream.plugins.sqlite import TABLES, SqliteSink, connect
 from tests.plugins.contract import Kind, SinkContract
 from tests.plugins.samples import sample_records
 
@@ -46,8 +46,10 @@ class TestSqliteContract(SinkContract):
         if kind == "permanent":
             # the database itself refuses one record: a trigger aborts its insert as a constraint would
             with contextlib.closing(connect(db)) as c:
-                c.execute("CREATE TRIGGER refuse BEFORE INSERT ON traces WHEN NEW.trace_id = 'trace-1' "
-                          "BEGIN SELECT RAISE(ABORT, 'trace-1 refused'); END")  # fmt: skip
+                c.execute(
+                    "CREATE TRIGGER refuse BEFORE INSERT ON traces WHEN NEW.trace_id = 'trace-1' "
+                    "BEGIN SELECT RAISE(ABORT, 'trace-1 refused'); END"
+                )
             try:
                 yield
             finally:
@@ -102,17 +104,26 @@ def test_rows_are_plain_sql_readable_from_another_process(sink: SqliteSink) -> N
         "'gov': c.execute('SELECT sequence, type, json_extract(payload, \"$.version\") FROM governance_events "
         "ORDER BY sequence').fetchall()}))"
     )
-    got = json.loads(subprocess.run([sys.executable, "-c", script, str(sink.path)], check=True, capture_output=True,
-                                    text=True).stdout)  # fmt: skip
+    got = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", script, str(sink.path)], check=True, capture_output=True, text=True
+        ).stdout
+    )
     assert got == {
-        "traces": [["trace-0", "tiny-a", 4, "STOP", 3000], ["trace-1", "tiny-b", 5, "STOP", 3100],
-                   ["trace-2", "tiny-a", 6, "LENGTH", 3200]],
-        "summary": [["trace-0", 0.25, "[]"], ["trace-1", 0.751, '["high_entropy","low_margin"]'],
-                    ["trace-2", 0.252, "[]"]],
+        "traces": [
+            ["trace-0", "tiny-a", 4, "STOP", 3000],
+            ["trace-1", "tiny-b", 5, "STOP", 3100],
+            ["trace-2", "tiny-a", 6, "LENGTH", 3200],
+        ],
+        "summary": [
+            ["trace-0", 0.25, "[]"],
+            ["trace-1", 0.751, '["high_entropy","low_margin"]'],
+            ["trace-2", 0.252, "[]"],
+        ],
         "alerts": [["INFO"], ["WARNING"], ["CRITICAL"]],
         "drift": [[0, "embedding_mmd2"], [1, "embedding_mmd2"], [0, "embedding_mmd2"]],
         "gov": [[0, "ModelRegistered", "tiny-a"], [1, "Promoted", "tiny-a"], [2, "RolledBack", "tiny-a"]],
-    }  # fmt: skip
+    }
 
 
 def test_positions_are_written_with_the_rows_and_only_with_them(sink: SqliteSink) -> None:
@@ -136,8 +147,10 @@ def test_positions_are_written_with_the_rows_and_only_with_them(sink: SqliteSink
 
 def test_a_poison_record_is_rolled_back_alone(sink: SqliteSink) -> None:
     with contextlib.closing(connect(sink.path)) as c:
-        c.execute("CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.severity = 'CRITICAL' "
-                  "BEGIN SELECT RAISE(ABORT, 'no critical alerts here'); END")  # fmt: skip
+        c.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON alerts WHEN NEW.severity = 'CRITICAL' "
+            "BEGIN SELECT RAISE(ABORT, 'no critical alerts here'); END"
+        )
     recs = sample_records(per_topic=3)
     out = sink.write(recs)
     assert out.status is Status.FAILED and "no critical alerts here" in out.reason
@@ -163,8 +176,15 @@ def test_a_null_in_a_required_column_is_poison_not_silently_dropped(tmp_path: Pa
     try:
         recs = sample_records(("evo.completions",), 3)
         bad = recs[1]
-        broken = Record(bad.topic, bad.partition, bad.offset, bad.schema, {**bad.value, "output_text": None},
-                        bad.timestamp_us, bad.raw_key)  # fmt: skip
+        broken = Record(
+            bad.topic,
+            bad.partition,
+            bad.offset,
+            bad.schema,
+            {**bad.value, "output_text": None},
+            bad.timestamp_us,
+            bad.raw_key,
+        )
         out = sink.write([recs[0], broken, recs[2]])
         assert out.status is Status.FAILED and [r.key for r in out.poison] == [bad.key]
         assert "NOT NULL" in out.reason

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.sqlite import SqliteSink, connect
+from evostream.plugins.sqlite import SqliteSink, connect
 from tests.plugins.kafka import committed, count_rows, marked, produce
 
 pytestmark = pytest.mark.integration
@@ -35,8 +35,22 @@ def wait_for(what: Callable[[], bool], timeout_s: float, why: str, proc: subproc
 
 def runner(kafka: str, db: Path, log: Path, prefix: str, *extra: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "EVOSTREAM_SINK_SQLITE_PATH": str(db), "EVOSTREAM_SINKS_DIR": str(db.parent / "sinks")}
-    cmd = [sys.executable, "-m", "evostream.cli", "sinks", "run", "--sinks", "sqlite", "--bootstrap", kafka,
-           "--every", "0", "--group-prefix", prefix, *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "evostream.cli",
+        "sinks",
+        "run",
+        "--sinks",
+        "sqlite",
+        "--bootstrap",
+        kafka,
+        "--every",
+        "0",
+        "--group-prefix",
+        prefix,
+        *extra,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
 
 
@@ -48,10 +62,13 @@ def test_a_kill_between_write_and_commit_leaves_exactly_one_row_per_report(kafka
     produce(kafka, values)
     db, like = tmp_path / "reports.db", f"{marker}-%"
     mine = {  # table -> (where, expected rows)
-        "traces": "trace_id LIKE ?", "risk_reports": "trace_id LIKE ?", "alerts": "trace_id LIKE ?",
-        "drift_windows": "model_version LIKE ?", "profiles": "model_version LIKE ?",
+        "traces": "trace_id LIKE ?",
+        "risk_reports": "trace_id LIKE ?",
+        "alerts": "trace_id LIKE ?",
+        "drift_windows": "model_version LIKE ?",
+        "profiles": "model_version LIKE ?",
         "governance_events": "event_id LIKE ?",
-    }  # fmt: skip
+    }
 
     def all_stored() -> bool:
         return all(count_rows(db, t, where, like) == 5 for t, where in mine.items())
@@ -75,8 +92,13 @@ def test_a_kill_between_write_and_commit_leaves_exactly_one_row_per_report(kafka
     second_log = tmp_path / "second.log"
     second = runner(kafka, db, second_log, prefix)
     try:
-        wait_for(lambda: all(committed(kafka, group, list(own)).get(tp, 0) >= at for tp, at in own.items()), 120,
-                 "the restarted runner did not catch up", second, second_log)  # fmt: skip
+        wait_for(
+            lambda: all(committed(kafka, group, list(own)).get(tp, 0) >= at for tp, at in own.items()),
+            120,
+            "the restarted runner did not catch up",
+            second,
+            second_log,
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(60)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from consumers.sinks.contract import Record, Status
-from plugins.api import Sink, SinkContext
-from plugins.wandb import WandbSink, run_id
+from evostream.consumers.sinks.contract import Record, Status
+from evostream.plugins.api import Sink, SinkContext
+from evostream.plugins.wandb import WandbSink, run_id
 from tests.plugins.contract import Kind, SinkContract, children
 from tests.plugins.samples import sample_records
 from tests.plugins.wandb_reader import Run, read_runs
@@ -39,8 +39,9 @@ class TestWandbContract(SinkContract):
         out: Counter[str] = Counter()
         for run in read_runs(wandb_dir(sink)):
             for row in run.history:
-                out.update({f"evo.{k.removeprefix('records/')}": int(v) for k, v in row.items()
-                            if k.startswith("records/")})  # fmt: skip
+                out.update(
+                    {f"evo.{k.removeprefix('records/')}": int(v) for k, v in row.items() if k.startswith("records/")}
+                )
         return out
 
     def expected(self, records: Sequence[Record]) -> Counter[str]:

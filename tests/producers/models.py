@@ -15,7 +15,7 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from models.loading import LoadedModel, wrap_model
+from evostream.models.loading import LoadedModel, wrap_model
 
 FAMILIES = ("t5", "gpt2", "llama")
 
@@ -33,15 +33,36 @@ def tiny(family: str, attn: str = "sdpa", seed: int = 0, varied: bool = False) -
     if varied:
         common["tie_word_embeddings"] = False
     if family == "t5":
-        model = T5ForConditionalGeneration(T5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
-                                                    num_heads=4, decoder_start_token_id=0, pad_token_id=0,
-                                                    eos_token_id=1, **common))  # fmt: skip
+        model = T5ForConditionalGeneration(
+            T5Config(
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_decoder_layers=2,
+                num_heads=4,
+                decoder_start_token_id=0,
+                pad_token_id=0,
+                eos_token_id=1,
+                **common,
+            )
+        )
     elif family == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=4, bos_token_id=1, eos_token_id=1, **common))
     elif family == "llama":
-        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
-                                             num_attention_heads=4, num_key_value_heads=2, bos_token_id=1,
-                                             eos_token_id=1, pad_token_id=0, **common))  # fmt: skip
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                num_hidden_layers=2,
+                hidden_size=32,
+                intermediate_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                bos_token_id=1,
+                eos_token_id=1,
+                pad_token_id=0,
+                **common,
+            )
+        )
     else:
         raise ValueError(family)
     if varied:

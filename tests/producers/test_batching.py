@@ -8,9 +8,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from producers.batching import Row, RunningBatch
-from producers.generate import GenerationError, GenParams, InstrumentedGenerator
-from producers.steps import StepBatch
+from evostream.producers.batching import Row, RunningBatch
+from evostream.producers.generate import GenerationError, GenParams, InstrumentedGenerator
+from evostream.producers.steps import StepBatch
 from tests.producers.models import FAMILIES, tiny
 
 PROMPTS = ["reverse: hello", "sort: abcdefghij", "upper: x", "add: 12+345", "lookup: k in a=1,k=7,z=3", "date: 5"]
@@ -41,9 +41,16 @@ def test_rows_joining_and_leaving_decode_as_each_alone(family: str) -> None:
                 assert sb.row_steps[r] == row.step - 1  # the step this token is
                 assert int(sb.row_steps[r]) not in seen[row.key], "a step was reported twice"
                 seen[row.key][int(sb.row_steps[r])] = StepBatch(
-                    0, sb.token_ids[r : r + 1], sb.logits[r : r + 1], sb.hidden[r : r + 1],
-                    None if sb.heads is None else sb.heads[r : r + 1], None if sb.ffn is None else sb.ffn[r : r + 1],
-                    sb.active[r : r + 1], 0, 0)  # fmt: skip
+                    0,
+                    sb.token_ids[r : r + 1],
+                    sb.logits[r : r + 1],
+                    sb.hidden[r : r + 1],
+                    None if sb.heads is None else sb.heads[r : r + 1],
+                    None if sb.ffn is None else sb.ffn[r : r + 1],
+                    sb.active[r : r + 1],
+                    0,
+                    0,
+                )
 
         finished: list[Row] = []
         waiting = list(range(len(PROMPTS)))
@@ -64,12 +71,14 @@ def test_rows_joining_and_leaving_decode_as_each_alone(family: str) -> None:
             assert row.result.token_ids == tokens, f"request {row.key} decoded differently in the running batch"
             assert sorted(seen[row.key]) == list(range(len(tokens)))
             got = [seen[row.key][t] for t in range(len(tokens))]
-            np.testing.assert_allclose([g.logits[0] for g in got], [s.logits[0] for s in steps], rtol=1e-4,
-                                       atol=1e-5)  # fmt: skip
-            np.testing.assert_allclose([g.hidden[0] for g in got], [s.hidden[0] for s in steps], rtol=1e-4,
-                                       atol=1e-5)  # fmt: skip
-            np.testing.assert_allclose([g.heads[0] for g in got], [s.heads[0] for s in steps], rtol=1e-4,  # type: ignore[index]
-                                       atol=1e-5)  # fmt: skip
+            np.testing.assert_allclose([g.logits[0] for g in got], [s.logits[0] for s in steps], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose([g.hidden[0] for g in got], [s.hidden[0] for s in steps], rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(
+                [g.heads[0] for g in got],
+                [s.heads[0] for s in steps],
+                rtol=1e-4,  # type: ignore[index]
+                atol=1e-5,
+            )
         counts = gen.take_neuron_counts()
         assert counts is not None and counts[1] == sum(len(t) for t, _ in want)  # each token counted once
     finally:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from producers.client import InferenceClient
+from evostream.producers.client import InferenceClient
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "evostream.cli"]
@@ -18,8 +18,13 @@ CLI = [sys.executable, "-m", "evostream.cli"]
 
 def test_publish_wait_returns_the_answer_with_its_trace_and_one_step_per_token(kafka: str) -> None:
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    serve = subprocess.Popen([*CLI, "serve", "--bootstrap", kafka, "--max-wait-ms", "1"], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    serve = subprocess.Popen(
+        [*CLI, "serve", "--bootstrap", kafka, "--max-wait-ms", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = ""
         deadline = time.monotonic() + 120
@@ -27,8 +32,14 @@ def test_publish_wait_returns_the_answer_with_its_trace_and_one_step_per_token(k
             line = serve.stderr.readline() if serve.stderr else ""
             if serve.poll() is not None:
                 pytest.fail(f"serve exited: {serve.stderr.read() if serve.stderr else ''}")
-        done = subprocess.run([*CLI, "publish", "reverse: hello", "--wait", "--bootstrap", kafka], env=env,
-                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+        done = subprocess.run(
+            [*CLI, "publish", "reverse: hello", "--wait", "--bootstrap", kafka],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert done.returncode == 0, done.stderr
         assert done.stdout == "olleh\n"
         info = done.stderr.split()
@@ -45,8 +56,9 @@ def test_publish_wait_returns_the_answer_with_its_trace_and_one_step_per_token(k
 
 
 def test_publish_refuses_an_empty_prompt_with_a_clear_error(kafka: str) -> None:
-    done = subprocess.run([*CLI, "publish", "", "--wait", "--bootstrap", kafka], capture_output=True, text=True,
-                          timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [*CLI, "publish", "", "--wait", "--bootstrap", kafka], capture_output=True, text=True, timeout=120, check=False
+    )
     assert done.returncode == 1
     assert done.stderr == "error: the prompt is empty: there is nothing to answer\n"
     assert done.stdout == ""

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from evostream.clock import now_us
-from producers.client import BadRequestError, InferenceClient
-from producers.generate import GenParams, InstrumentedGenerator
-from producers.service import InferenceService, ServeOptions
-from producers.steps import TraceMeta
+from evostream.core.clock import now_us
+from evostream.producers.client import BadRequestError, InferenceClient
+from evostream.producers.generate import GenParams, InstrumentedGenerator
+from evostream.producers.service import InferenceService, ServeOptions
+from evostream.producers.steps import TraceMeta
 from tests.producers.models import tiny
 from tests.producers.replies import collect
 
@@ -50,10 +50,15 @@ class CountingService(InferenceService):
 @pytest.fixture(scope="module")
 def services(kafka: str) -> Iterator[list[CountingService]]:
     """Two services in the serving group, each with its own copy of one tiny T5 (same seed, same weights)."""
-    svcs = [CountingService(kafka, tiny("t5", varied=True), None, ServeOptions(max_batch=8, max_wait_ms=10,
-                                                                               max_prompt_tokens=64,
-                                                                               batching="continuous"))
-            for _ in range(2)]  # fmt: skip
+    svcs = [
+        CountingService(
+            kafka,
+            tiny("t5", varied=True),
+            None,
+            ServeOptions(max_batch=8, max_wait_ms=10, max_prompt_tokens=64, batching="continuous"),
+        )
+        for _ in range(2)
+    ]
     threads = []
     for svc in svcs:
         ready = threading.Event()

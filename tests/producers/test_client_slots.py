@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from evostream.clock import now_us
-from producers.client import BadRequestError, InferenceClient, ReplyTimeoutError
+from evostream.core.clock import now_us
+from evostream.producers.client import BadRequestError, InferenceClient, ReplyTimeoutError
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from evostream.clock import now_us
-from producers.batching import Row, RowStepCallback, RunningBatch
-from producers.client import InferenceClient, Published
-from producers.generate import InstrumentedGenerator
-from producers.service import GROUP, InferenceService, ServeOptions
-from schemas.catalog import REQUESTS
-from schemas.codec import RecordCodec
+from evostream.core.clock import now_us
+from evostream.producers.batching import Row, RowStepCallback, RunningBatch
+from evostream.producers.client import InferenceClient, Published
+from evostream.producers.generate import InstrumentedGenerator
+from evostream.producers.service import GROUP, InferenceService, ServeOptions
+from evostream.schemas.catalog import REQUESTS
+from evostream.schemas.codec import RecordCodec
 from tests.producers.models import tiny
 
 pytestmark = pytest.mark.integration
@@ -67,9 +67,21 @@ class ObservedService(InferenceService):
 
 def request(codec: RecordCodec, prompt: str, max_new_tokens: int) -> tuple[Published, bytes]:
     rid, at = uuid.uuid4().hex, now_us()
-    rec = {"request_id": rid, "prompt": prompt, "tenant": "default", "reply_to": rid, "submitted_at_us": at,
-           "params": {"max_new_tokens": max_new_tokens, "do_sample": False, "temperature": 1.0, "top_k": 0,
-                      "top_p": 1.0, "seed": None}}  # fmt: skip
+    rec = {
+        "request_id": rid,
+        "prompt": prompt,
+        "tenant": "default",
+        "reply_to": rid,
+        "submitted_at_us": at,
+        "params": {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": False,
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "seed": None,
+        },
+    }
     return Published(rid, at), codec.encode(rec)
 
 

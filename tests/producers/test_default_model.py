@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from models.default_model import MODEL_ID, WEIGHTS_DIR
-from models.default_model.train import training_examples
-from models.loading import LoadedModel, load_model
-from models.suite import TASKS
-from models.suite.evaluate import eval_set, evaluate, predict
-from models.suite.tasks import training_stream
+from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR
+from evostream.models.default_model.train import training_examples
+from evostream.models.loading import LoadedModel, load_model
+from evostream.models.suite import TASKS
+from evostream.models.suite.evaluate import eval_set, evaluate, predict
+from evostream.models.suite.tasks import training_stream
 
 PREFIX = 128_000
 """Training examples checked for held-out prompts: the first 1,000 of the shipped run's 10,000 batches of 128."""

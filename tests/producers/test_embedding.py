@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from producers.embedding import DIM, PromptEmbedder
+from evostream.producers.embedding import DIM, PromptEmbedder
 
 TEXTS = ["reverse: hello", "sort: abc", "The cat sat on the mat.", ""]
 

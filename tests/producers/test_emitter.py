@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from transformers import ByT5Tokenizer
 
-from evostream.bus.admin import delete_topics, ensure_topics
-from evostream.bus.consumer import EventConsumer
-from evostream.errors import DeliveryError
-from producers.emitter import StepEmitter
-from producers.records import TokenTexts
-from producers.steps import StepBatch, TraceMeta
-from schemas.catalog import TopicSpec
-from schemas.codec import RecordCodec
-from schemas.tensors import step_heads, step_layers
+from evostream.core.bus.admin import delete_topics, ensure_topics
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.errors import DeliveryError
+from evostream.producers.emitter import StepEmitter
+from evostream.producers.records import TokenTexts
+from evostream.producers.steps import StepBatch, TraceMeta
+from evostream.schemas.catalog import TopicSpec
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.tensors import step_heads, step_layers
 
 pytestmark = pytest.mark.integration
 

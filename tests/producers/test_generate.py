@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from transformers import ByT5Tokenizer
 
-from models.loading import LoadedModel
-from producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
-from producers.steps import TOPK, StepBatch
+from evostream.models.loading import LoadedModel
+from evostream.producers.generate import Generated, GenerationError, GenParams, InstrumentedGenerator
+from evostream.producers.steps import TOPK, StepBatch
 from tests.producers.models import FAMILIES, tiny
 
 PROMPTS = ["reverse: hello", "sort: abcdefghij"]  # different lengths: the batch is padded
@@ -175,9 +175,11 @@ def reference(lm: LoadedModel, family: str, prompt: str, tokens: list[int]) -> R
 
     layers = list(LAYERS[family](lm.model))
     for i, layer in enumerate(layers):
-        handles += [layer.register_forward_hook(keep_output(("hidden", i))),
-                    ATTN_OUT[family](layer).register_forward_pre_hook(keep_input(("heads", i))),
-                    FFN_OUT[family](layer).register_forward_pre_hook(keep_input(("ffn", i)))]  # fmt: skip
+        handles += [
+            layer.register_forward_hook(keep_output(("hidden", i))),
+            ATTN_OUT[family](layer).register_forward_pre_hook(keep_input(("heads", i))),
+            FFN_OUT[family](layer).register_forward_pre_hook(keep_input(("ffn", i))),
+        ]
     try:
         out = full_forward(lm, prompt, tokens)
     finally:
@@ -359,7 +361,7 @@ def test_the_static_cache_path_says_which_path_runs() -> None:
 def test_the_stacked_reductions_equal_the_layer_by_layer_ones(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Head norms, FFN sparsity and neuron counts are reduced over all layers at once when the layers are alike;
     layer by layer (the path for layers of different widths) they are the same numbers."""
-    import producers.probe
+    from evostream.producers import probe as probe_module
 
     def collect() -> tuple[list[StepBatch], list[npt.NDArray[np.int32]], tuple[npt.NDArray[np.int32], int] | None]:
         gen = InstrumentedGenerator(model(family), signal="OUTPUT_NORM")
@@ -375,7 +377,7 @@ def test_the_stacked_reductions_equal_the_layer_by_layer_ones(family: str, monke
             gen.close()
 
     stacked, stacked_counts, stacked_taken = collect()
-    monkeypatch.setattr(producers.probe, "_same_shape", lambda _tensors: False)
+    monkeypatch.setattr(probe_module, "_same_shape", lambda _tensors: False)
     layered, layered_counts, layered_taken = collect()
     assert len(stacked) == len(layered) == N
     for a, b in zip(stacked, layered, strict=True):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models.loading import ModelLoadError, load_model
+from evostream.models.loading import ModelLoadError, load_model
 from tests.producers.models import tiny
 
 CACHED_ID = "evostream-test/tiny-gpt2"
@@ -19,13 +19,16 @@ CACHED_ID = "evostream-test/tiny-gpt2"
 def load_offline(source: str, hf_home: Path) -> subprocess.CompletedProcess[str]:
     """``load_model(source)`` in a fresh interpreter whose Hugging Face cache is ``hf_home`` and whose hub is off:
     prints the version, or the ModelLoadError's message and exits 3."""
-    code = ("import sys\nfrom models.loading import ModelLoadError, load_model\n"
-            f"try:\n    print(load_model({source!r}, device='cpu').version)\n"
-            "except ModelLoadError as e:\n    print(e)\n    sys.exit(3)\n")  # fmt: skip
+    code = (
+        "import sys\nfrom models.loading import ModelLoadError, load_model\n"
+        f"try:\n    print(load_model({source!r}, device='cpu').version)\n"
+        "except ModelLoadError as e:\n    print(e)\n    sys.exit(3)\n"
+    )
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)}
     env.pop("HF_HUB_CACHE", None)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_a_missing_folder_is_a_clear_error_naming_it(tmp_path: Path) -> None:
@@ -42,8 +45,10 @@ def test_a_folder_without_a_config_is_not_taken_for_a_model(tmp_path: Path) -> N
 def test_an_id_missing_from_the_cache_is_a_clear_error_offline(tmp_path: Path) -> None:
     done = load_offline("evostream-test/not-cached", tmp_path / "hf")
     assert done.returncode == 3, done.stderr
-    assert done.stdout == (f"model 'evostream-test/not-cached' is neither an existing folder nor in the local Hugging "
-                           f"Face cache ({tmp_path / 'hf' / 'hub'}); evostream loads models offline\n")  # fmt: skip
+    assert done.stdout == (
+        f"model 'evostream-test/not-cached' is neither an existing folder nor in the local Hugging "
+        f"Face cache ({tmp_path / 'hf' / 'hub'}); evostream loads models offline\n"
+    )
     assert "Traceback" not in done.stderr
 
 

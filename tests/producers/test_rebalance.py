@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
-from evostream.clock import now_us
-from models.loading import LoadedModel
-from producers.batching import Row, RowStepCallback, RunningBatch
-from producers.client import InferenceClient
-from producers.generate import Generated, GenParams, InstrumentedGenerator
-from producers.service import GROUP, InferenceService, ServeOptions
-from producers.steps import StepBatch
-from schemas.catalog import REQUESTS
+from evostream.core.clock import now_us
+from evostream.models.loading import LoadedModel
+from evostream.producers.batching import Row, RowStepCallback, RunningBatch
+from evostream.producers.client import InferenceClient
+from evostream.producers.generate import Generated, GenParams, InstrumentedGenerator
+from evostream.producers.service import GROUP, InferenceService, ServeOptions
+from evostream.producers.steps import StepBatch
+from evostream.schemas.catalog import REQUESTS
 from tests.producers.models import tiny
 from tests.producers.replies import collect
 
@@ -107,8 +107,15 @@ def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(kaf
         assert held.entered.wait(120), "the service never started on the requests"
 
         # a second member joins the group while the batch is being generated ...
-        intruder = Consumer({"bootstrap.servers": kafka, "group.id": GROUP, "enable.auto.commit": False,
-                             "auto.offset.reset": "earliest", "log_level": 3})  # fmt: skip
+        intruder = Consumer(
+            {
+                "bootstrap.servers": kafka,
+                "group.id": GROUP,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "log_level": 3,
+            }
+        )
         intruder.subscribe([REQUESTS])
         joined = threading.Event()
         intruder_stop = threading.Event()

@@ -10,15 +10,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from evostream.clock import now_us
-from producers.client import BadRequestError, InferenceClient, Published
-from producers.embedding import PromptEmbedder
-from producers.service import InferenceService, ServeOptions
-from schemas.catalog import DLQ, REQUESTS
-from schemas.codec import RecordCodec
-from schemas.tensors import step_heads, step_layers
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.core.clock import now_us
+from evostream.producers.client import BadRequestError, InferenceClient, Published
+from evostream.producers.embedding import PromptEmbedder
+from evostream.producers.service import InferenceService, ServeOptions
+from evostream.schemas.catalog import DLQ, REQUESTS
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.tensors import step_heads, step_layers
 from tests.producers.models import tiny
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def service(kafka: str) -> Iterator[InferenceService]:
-    svc = InferenceService(kafka, tiny("t5"), PromptEmbedder(), ServeOptions(max_batch=4, max_wait_ms=20,
-                                                                           max_prompt_tokens=64))  # fmt: skip
+    svc = InferenceService(
+        kafka, tiny("t5"), PromptEmbedder(), ServeOptions(max_batch=4, max_wait_ms=20, max_prompt_tokens=64)
+    )
     ready = threading.Event()
     thread = threading.Thread(target=svc.run, kwargs={"on_ready": ready.set}, daemon=True)
     thread.start()
@@ -81,8 +82,14 @@ def test_empty_and_blank_prompts_get_error_completions_and_no_steps(kafka: str, 
     for prompt in ["", " \n\t "]:
         rid, submitted = uuid.uuid4().hex, now_us()
         params = {"max_new_tokens": 4, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
-        record = {"request_id": rid, "prompt": prompt, "params": params, "tenant": "test", "reply_to": rid,
-                  "submitted_at_us": submitted}  # fmt: skip
+        record = {
+            "request_id": rid,
+            "prompt": prompt,
+            "params": params,
+            "tenant": "test",
+            "reply_to": rid,
+            "submitted_at_us": submitted,
+        }
         producer.send(REQUESTS, rid, codec.encode(record))
         sent.append(Published(rid, submitted))
     producer.flush(10)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from producers.stats import attention_entropy, ffn_sparsity, head_output_norm, hidden_stats, logit_stats
+from evostream.producers.stats import attention_entropy, ffn_sparsity, head_output_norm, hidden_stats, logit_stats
 
 
 def test_uniform_distribution_has_log2_v_bits() -> None:

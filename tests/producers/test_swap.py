@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from evostream.artifacts import ArtifactStore
-from evostream.clock import now_us
-from models.loading import LoadedModel, load_model
-from producers.client import InferenceClient
-from producers.generate import GenerationError, GenParams, InstrumentedGenerator
-from producers.service import InferenceService, ServeOptions
-from producers.swap import ModelSlot, ServingModel, artifact_loader, check_servable
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.clock import now_us
+from evostream.models.loading import LoadedModel, load_model
+from evostream.producers.client import InferenceClient
+from evostream.producers.generate import GenerationError, GenParams, InstrumentedGenerator
+from evostream.producers.service import InferenceService, ServeOptions
+from evostream.producers.swap import ModelSlot, ServingModel, artifact_loader, check_servable
 from tests.producers.models import tiny
 from tests.producers.replies import collect
 
@@ -138,8 +138,10 @@ def test_a_swap_under_load_loses_nothing_and_each_record_names_its_version(
     assert order == [va] * n_a + [vb] * (len(order) - n_a)
     # and the version named is the one that answered: each output is what that very model says to that prompt
     prompts = sorted(set(prompt_of.values()))
-    want = {v: dict(zip(prompts, greedy(stored.store, sha, prompts, 24), strict=True))
-            for v, sha in [(va, stored.a), (vb, stored.b)]}  # fmt: skip
+    want = {
+        v: dict(zip(prompts, greedy(stored.store, sha, prompts, 24), strict=True))
+        for v, sha in [(va, stored.a), (vb, stored.b)]
+    }
     assert sum(want[va][p] != want[vb][p] for p in prompts) >= 0.9 * len(prompts), "A and B answer alike"
     assert {r["request_id"]: r["output_token_ids"] for r in recs} == {
         r["request_id"]: want[r["model_version"]][prompt_of[r["request_id"]]] for r in recs
@@ -192,8 +194,9 @@ def test_an_altered_artifact_is_refused_and_the_serving_version_keeps_answering(
     assert "model.safetensors differs: expected sha256 " in result.error
     assert loads == [], "the altered model was loaded"
     refusals = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "evostream.swap"]
-    assert [r.getMessage() for r in refusals] == [f"refused model version {vc} ({result.error}); {serving} keeps "
-                                                  "serving"]  # fmt: skip
+    assert [r.getMessage() for r in refusals] == [
+        f"refused model version {vc} ({result.error}); {serving} keeps serving"
+    ]
     assert slot.current().version == serving
     replies = ask(kafka, PROMPTS)
     assert [(r["model_version"], r["error"]) for r in replies] == [(serving, None)] * len(PROMPTS)
@@ -221,9 +224,12 @@ def test_a_model_the_service_could_not_instrument_is_refused_before_it_serves() 
     with pytest.raises(GenerationError, match="needs attn_implementation='eager'"):
         check_servable(sdpa, "ENTROPY")
     result = slot.swap("v2", lambda: sdpa)
-    assert (result.accepted, result.error) == (False, "GenerationError: tiny-gpt2 was loaded with sdpa attention, "
-                                               "but the service reports attention ENTROPY, which needs "
-                                               "attn_implementation='eager'")  # fmt: skip
+    assert (result.accepted, result.error) == (
+        False,
+        "GenerationError: tiny-gpt2 was loaded with sdpa attention, "
+        "but the service reports attention ENTROPY, which needs "
+        "attn_implementation='eager'",
+    )
 
     def crash() -> LoadedModel:
         raise RuntimeError("CUDA out of memory")

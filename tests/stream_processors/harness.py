@@ -14,29 +14,35 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from evostream.bus.consumer import EventConsumer
-from models.loading import LoadedModel
-from producers.client import InferenceClient
-from producers.embedding import PromptEmbedder
-from producers.service import InferenceService, ServeOptions
-from schemas.codec import RecordCodec
+from evostream.core.bus.consumer import EventConsumer
+from evostream.models.loading import LoadedModel
+from evostream.producers.client import InferenceClient
+from evostream.producers.embedding import PromptEmbedder
+from evostream.producers.service import InferenceService, ServeOptions
+from evostream.schemas.codec import RecordCodec
 
 CLI = [sys.executable, "-m", "evostream.cli"]  # the CLI of the checkout under test, not the one on PATH
 
 
 class Worker:
     def __init__(self, kafka: str, tmp: Path) -> None:
-        self.env = {**os.environ, "EVOSTREAM_BOOTSTRAP_SERVERS": kafka, "EVOSTREAM_PROCESSORS_DIR": str(tmp),
-                    "EVOSTREAM_PROCESSORS_APP_ID": f"test-processors-{uuid.uuid4().hex[:8]}",
-                    "EVOSTREAM_PROFILE_WINDOW_S": "2", "EVOSTREAM_DRIFT_REFERENCE_SIZE": "96",
-                    "EVOSTREAM_DRIFT_WINDOW_SIZE": "48"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "EVOSTREAM_BOOTSTRAP_SERVERS": kafka,
+            "EVOSTREAM_PROCESSORS_DIR": str(tmp),
+            "EVOSTREAM_PROCESSORS_APP_ID": f"test-processors-{uuid.uuid4().hex[:8]}",
+            "EVOSTREAM_PROFILE_WINDOW_S": "2",
+            "EVOSTREAM_DRIFT_REFERENCE_SIZE": "96",
+            "EVOSTREAM_DRIFT_WINDOW_SIZE": "48",
+        }
         self.log = tmp / "worker.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([*CLI, "process", "--loglevel", "INFO"], env=self.env, stdout=log,
-                                         stderr=subprocess.STDOUT)  # fmt: skip
+            self.proc = subprocess.Popen(
+                [*CLI, "process", "--loglevel", "INFO"], env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 90
         while b"Worker]: Ready" not in self.log.read_bytes():
             assert self.proc.poll() is None, self.log.read_text()[-3000:]

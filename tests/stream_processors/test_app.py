@@ -17,17 +17,17 @@ from typing import Any
 import pytest
 import torch
 
-from evostream.bus.consumer import EventConsumer
-from evostream.bus.producer import EventProducer
-from evostream.errors import DecodeError
-from models.anatomy import anatomy
-from producers.embedding import PromptEmbedder
-from schemas.catalog import ALERTS, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEPS
-from schemas.codec import RecordCodec
-from schemas.samples import generation_step
-from schemas.tensors import pack_f32
-from stream_processors.drift.tracker import DriftWindows
-from stream_processors.drift.tracker import table_name as drift_table
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.bus.producer import EventProducer
+from evostream.core.errors import DecodeError
+from evostream.models.anatomy import anatomy
+from evostream.producers.embedding import PromptEmbedder
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import generation_step
+from evostream.schemas.tensors import pack_f32
+from evostream.stream_processors.drift.tracker import DriftWindows
+from evostream.stream_processors.drift.tracker import table_name as drift_table
 from tests.producers.models import tiny
 from tests.stream_processors.harness import Worker, read, serve
 
@@ -53,11 +53,22 @@ def step(trace: str, i: int, **changes: Any) -> dict[str, Any]:
 
 
 def completion(trace: str, n: int) -> dict[str, Any]:
-    return {"trace_id": trace, "request_id": f"req-{trace}", "reply_to": "x", "tenant": "t",
-            "model_version": "test-model@1", "output_text": "ok", "token_count": n, "prompt_token_count": 3,
-            "prompt_surprisal_bits": None, "prompt_embedding": [], "finish_reason": "STOP", "error": None,
-            "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
-            "completed_at_us": time.time_ns() // 1000}  # fmt: skip
+    return {
+        "trace_id": trace,
+        "request_id": f"req-{trace}",
+        "reply_to": "x",
+        "tenant": "t",
+        "model_version": "test-model@1",
+        "output_text": "ok",
+        "token_count": n,
+        "prompt_token_count": 3,
+        "prompt_surprisal_bits": None,
+        "prompt_embedding": [],
+        "finish_reason": "STOP",
+        "error": None,
+        "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
+        "completed_at_us": time.time_ns() // 1000,
+    }
 
 
 def test_a_nan_step_raises_a_critical_alert_mid_generation(kafka: str, worker: Worker) -> None:
@@ -75,8 +86,12 @@ def test_a_nan_step_raises_a_critical_alert_mid_generation(kafka: str, worker: W
     mine = [a for a in alerts if a["trace_id"] == trace]
     assert len(mine) == 1, mine
     a = mine[0]
-    assert (a["severity"], a["stage"], a["flags"], a["blamed_layers"]) == ("CRITICAL", "EARLY", ["nonfinite_hidden"],
-                                                                            [2])  # fmt: skip
+    assert (a["severity"], a["stage"], a["flags"], a["blamed_layers"]) == (
+        "CRITICAL",
+        "EARLY",
+        ["nonfinite_hidden"],
+        [2],
+    )
     assert "from layer 2" in a["reason"]
     assert a["produced_at_us"] - sent_at < 5_000_000  # latency is measured properly by bench/processors.py
 
@@ -152,8 +167,14 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
         return STEP.encode(rec)
 
     w = Worker(kafka, tmp_path)
-    w.env.update({"EVOSTREAM_DRIFT_REFERENCE_SIZE": "20", "EVOSTREAM_DRIFT_WINDOW_SIZE": "20",
-                  "EVOSTREAM_FAULT_KILL_AFTER": str(kill_after), "EVOSTREAM_FAULT_KILL_MODEL": model})  # fmt: skip
+    w.env.update(
+        {
+            "EVOSTREAM_DRIFT_REFERENCE_SIZE": "20",
+            "EVOSTREAM_DRIFT_WINDOW_SIZE": "20",
+            "EVOSTREAM_FAULT_KILL_AFTER": str(kill_after),
+            "EVOSTREAM_FAULT_KILL_MODEL": model,
+        }
+    )
     w.start()
     producer = EventProducer(kafka)
     # phase 1: the first steps and every completion (the completions overtake their last steps, so FINALs come
@@ -163,8 +184,12 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
             producer.send(STEPS, t, mk(t, i))
     for k, t in enumerate(traces):
         c = completion(t, n_steps)
-        c.update(model_version=model, prompt_embedding=[math.cos(k * (d + 1)) for d in range(8)],
-                 output_token_ids=[k % 7, 3], completed_at_us=t0 + k)  # fmt: skip
+        c.update(
+            model_version=model,
+            prompt_embedding=[math.cos(k * (d + 1)) for d in range(8)],
+            output_token_ids=[k % 7, 3],
+            completed_at_us=t0 + k,
+        )
         producer.send(COMPLETIONS, t, COMPLETION.encode(c))
     producer.flush()
     early = read(kafka, ALERTS, "RiskAlert", lambda got: sum(a["trace_id"] in traces for a in got) >= n_traces)
@@ -183,8 +208,11 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
         w.proc.send_signal(signal.SIGCONT)
     assert w.proc.wait(120) == -signal.SIGKILL
     first_log = w.log.read_text()
-    marker = re.search(r"fault injection: SIGKILL after folded step (\d+) \(event (\d+) of a batch of (\d+)\); "
-                       r"reports sent by this batch before its state write: (.*)", first_log)  # fmt: skip
+    marker = re.search(
+        r"fault injection: SIGKILL after folded step (\d+) \(event (\d+) of a batch of (\d+)\); "
+        r"reports sent by this batch before its state write: (.*)",
+        first_log,
+    )
     assert marker is not None, first_log[-3000:]
     assert kill_after <= int(marker[1]) < total  # counted over this test's model only
     assert int(marker[2]) < int(marker[3]), marker[0]  # events of the batch were left unfolded: mid-batch
@@ -201,8 +229,12 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
         return sum(p["step_count"] for p in got if p["model_version"] == model) >= total
 
     profiles = drain(kafka, PROFILES, lambda m: profile_codec.decode(m.value()), profiled)
-    reports = drain(kafka, RISK, lambda m: RISK_CODEC.decode(m.value()),
-                    lambda got: {r["trace_id"] for r in got if r["stage"] == "FINAL"} >= set(traces))  # fmt: skip
+    reports = drain(
+        kafka,
+        RISK,
+        lambda m: RISK_CODEC.decode(m.value()),
+        lambda got: {r["trace_id"] for r in got if r["stage"] == "FINAL"} >= set(traces),
+    )
     w.stop()  # SIGTERM: the worker logs its counters on the way out
     counters = stats(w.log.read_text()[len(first_log) :])
     alerts = drain(kafka, ALERTS, lambda m: ALERT_CODEC.decode(m.value()), lambda got: True)
@@ -220,12 +252,15 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
     assert {r["steps"] for r in mine if r["stage"] == "FINAL"} == {n_steps}
     assert Counter(r["trace_id"] for r in mine if r["stage"] == "EARLY") == Counter(traces)
     got = Counter((a["trace_id"], a["stage"], a["severity"]) for a in alerts if a["trace_id"] in traces)
-    assert got == Counter({**{(t, "EARLY", "CRITICAL"): 1 for t in traces},
-                           **{(t, "FINAL", "CRITICAL"): 1 + resent[t] for t in traces}})  # fmt: skip
+    assert got == Counter(
+        {**{(t, "EARLY", "CRITICAL"): 1 for t in traces}, **{(t, "FINAL", "CRITICAL"): 1 + resent[t] for t in traces}}
+    )
     # profiling: every step in exactly one snapshot
     snaps = [p for p in profiles if p["model_version"] == model]
-    assert sum(p["step_count"] for p in snaps) == total, ([(p["window_start_us"], p["step_count"]) for p in snaps],
-                                                          counters)  # fmt: skip
+    assert sum(p["step_count"] for p in snaps) == total, (
+        [(p["window_start_us"], p["step_count"]) for p in snaps],
+        counters,
+    )
     # drift: reference 20, one window of 20 reported once, 10 completions in the open window (the stored state)
     assert [r["sample_count"] for r in drifts if r["model_version"] == model] == [20]
     state = drift_state(kafka, w.env, model)
@@ -276,9 +311,13 @@ def test_served_traffic_gives_a_profile_with_neuron_counts(kafka: str, worker: W
     # Tumbling 60 s windows of event time: a generation that straddles a window boundary (a few % of runs) ends in
     # two snapshots, the second once its window is idle past the grace; each trace counts in every window it has
     # steps in.
-    profiles = read(kafka, PROFILES, "ProfileSnapshot",
-                    lambda got: sum(p["step_count"] for p in got if p["model_version"] == version) >= tokens,
-                    timeout_s=180)  # fmt: skip
+    profiles = read(
+        kafka,
+        PROFILES,
+        "ProfileSnapshot",
+        lambda got: sum(p["step_count"] for p in got if p["model_version"] == version) >= tokens,
+        timeout_s=180,
+    )
     mine = [p for p in profiles if p["model_version"] == version]
     assert sum(p["step_count"] for p in mine) == tokens
     assert 3 <= sum(p["trace_count"] for p in mine) <= 3 * len(mine)
@@ -315,23 +354,51 @@ def test_a_served_decoder_forced_to_repeat_raises_a_repetition_alert_end_to_end(
 def test_served_traffic_gives_drift_windows_that_fire_on_a_new_task_family(kafka: str, worker: Worker) -> None:
     """Real producer output through Kafka: the embedded model, MiniLM embeddings, a reference of 96 completions and
     windows of 48 (smaller windows are noisier than the vocabulary thresholds allow for)."""
-    from models.loading import load_model
-    from models.suite.tasks import make_split
+    from evostream.models.loading import load_model
+    from evostream.models.suite.tasks import make_split
 
     lm = load_model("default")
     lm.version = f"drift-{uuid.uuid4().hex[:6]}"
     suite = [e.prompt for e in make_split("drift-e2e", 24)]  # 144 prompts, every task, the same every run
     rng = __import__("random").Random(1)
     rng.shuffle(suite)
-    words = ("house", "river", "light", "stone", "green", "table", "music", "paper", "cloud", "bread", "horse", "glass",
-             "night", "apple", "chair", "water", "dream", "smile", "train", "storm", "ocean", "forest", "garden",
-             "window")  # fmt: skip
+    words = (
+        "house",
+        "river",
+        "light",
+        "stone",
+        "green",
+        "table",
+        "music",
+        "paper",
+        "cloud",
+        "bread",
+        "horse",
+        "glass",
+        "night",
+        "apple",
+        "chair",
+        "water",
+        "dream",
+        "smile",
+        "train",
+        "storm",
+        "ocean",
+        "forest",
+        "garden",
+        "window",
+    )
     shifted = [f"please {verb} the word {w} into french" for verb in ("translate", "turn") for w in words]
     embedder = PromptEmbedder()
 
     def reports(n: int) -> list[dict[str, Any]]:
-        got = read(kafka, DRIFT, "DriftReport", lambda got: sum(r["model_version"] == lm.version for r in got) >= n,
-                   timeout_s=90)  # fmt: skip
+        got = read(
+            kafka,
+            DRIFT,
+            "DriftReport",
+            lambda got: sum(r["model_version"] == lm.version for r in got) >= n,
+            timeout_s=90,
+        )
         return [r for r in got if r["model_version"] == lm.version]
 
     # The shift comes after the quiet window has been judged, as it would in service: completions reach the drift

@@ -8,7 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from stream_processors.risk.policy import RiskPolicy, tunable_fields
+from evostream.stream_processors.risk.policy import RiskPolicy, tunable_fields
 
 CLI = [sys.executable, "-m", "evostream.cli"]  # the CLI of the checkout under test, not the one on PATH
 
@@ -17,8 +17,9 @@ def test_calibrate_fits_the_default_model_and_keeps_the_files_hand_set_numbers(t
     out = tmp_path / "policy.json"
     hand = replace(RiskPolicy(), min_steps=2, z_margin=2.0, notes={**RiskPolicy().notes, "min_steps": "hand-set: two"})
     out.write_text(hand.to_json(), encoding="utf-8")
-    done = subprocess.run([*CLI, "calibrate", "--per-task", "4", "--out", str(out)], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [*CLI, "calibrate", "--per-task", "4", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     assert f"hand-set numbers from {out}" in done.stderr
     policy = RiskPolicy.from_json(out.read_text(encoding="utf-8"))

@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from evostream.errors import FoldError, PolicyError
-from stream_processors.drift.policy import DriftPolicy
-from stream_processors.drift.statistics import (
+from evostream.core.errors import FoldError, PolicyError
+from evostream.stream_processors.drift.policy import DriftPolicy
+from evostream.stream_processors.drift.statistics import (
     DriftDetector,
     IntentClusters,
     Window,

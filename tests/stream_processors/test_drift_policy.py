@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from evostream.errors import PolicyError
-from evostream.settings import Settings
-from stream_processors.app import Processors, processors_from_settings
-from stream_processors.drift.policy import DRIFT_POLICY_DIR, DriftPolicy, drift_policy_for, load_drift_policies
-from stream_processors.drift.tracker import DriftTracker, DriftWindows
+from evostream.core.errors import PolicyError
+from evostream.core.settings import Settings
+from evostream.stream_processors.app import Processors, processors_from_settings
+from evostream.stream_processors.drift.policy import (
+    DRIFT_POLICY_DIR,
+    DriftPolicy,
+    drift_policy_for,
+    load_drift_policies,
+)
+from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 
 
 def test_every_tunable_number_of_the_shipped_drift_policy_says_whether_it_is_fitted_or_hand_set() -> None:

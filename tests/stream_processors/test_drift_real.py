@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from models.loading import load_model
-from models.suite.tasks import make_split
-from producers.embedding import PromptEmbedder
-from producers.generate import GenParams, InstrumentedGenerator
-from producers.records import completion_record
-from producers.steps import TraceMeta
-from stream_processors.drift.policy import DriftPolicy
-from stream_processors.drift.tracker import DriftTracker, DriftWindows
+from evostream.models.loading import load_model
+from evostream.models.suite.tasks import make_split
+from evostream.producers.embedding import PromptEmbedder
+from evostream.producers.generate import GenParams, InstrumentedGenerator
+from evostream.producers.records import completion_record
+from evostream.producers.steps import TraceMeta
+from evostream.stream_processors.drift.policy import DriftPolicy
+from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 
 REFERENCE, WINDOW, WINDOWS = 200, 50, 20
 
@@ -66,8 +66,10 @@ def test_in_distribution_traffic_is_quiet_and_a_new_task_family_fires(
     assert len(reports) == WINDOWS
     for r in reports:
         assert not r["fired"], r["statistics"]
-    quiet = {s["name"]: max(r_s["value"] for r in reports for r_s in r["statistics"] if r_s["name"] == s["name"])
-             for s in reports[0]["statistics"]}  # fmt: skip
+    quiet = {
+        s["name"]: max(r_s["value"] for r in reports for r_s in r["statistics"] if r_s["name"] == s["name"])
+        for s in reports[0]["statistics"]
+    }
     out_reports = []
     for k, rec in enumerate(shifted):
         out = tracker.on_completion(state, rec, len(same) + k, 0)

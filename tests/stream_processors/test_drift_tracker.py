@@ -7,17 +7,23 @@ from typing import Any
 
 import numpy as np
 
-from schemas.codec import RecordCodec
-from stream_processors.drift.policy import DriftPolicy
-from stream_processors.drift.tracker import DriftTracker, DriftWindows
+from evostream.schemas.codec import RecordCodec
+from evostream.stream_processors.drift.policy import DriftPolicy
+from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 
 CENTERS = np.random.default_rng(7).normal(0, 2, size=(6, 384))
 
 
 def completion(i: int, group: int, vocab: range, rng: np.random.Generator, **changes: Any) -> dict[str, Any]:
     emb = CENTERS[group] + rng.normal(0, 0.5, size=384)
-    rec = {"trace_id": f"t{i}", "model_version": "m@1", "prompt_embedding": emb.tolist(), "error": None,
-           "output_token_ids": rng.choice(vocab, size=6).tolist(), "completed_at_us": 1_000_000 + i}  # fmt: skip
+    rec = {
+        "trace_id": f"t{i}",
+        "model_version": "m@1",
+        "prompt_embedding": emb.tolist(),
+        "error": None,
+        "output_token_ids": rng.choice(vocab, size=6).tolist(),
+        "completed_at_us": 1_000_000 + i,
+    }
     rec.update(changes)
     return rec
 

@@ -9,12 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from schemas.codec import RecordCodec
-from schemas.samples import generation_step
-from schemas.tensors import pack_f32
-from stream_processors.profiling.delta import columns, deltas
-from stream_processors.profiling.tracker import ProfileTracker
-from stream_processors.profiling.window import ProfilePolicy
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import generation_step
+from evostream.schemas.tensors import pack_f32
+from evostream.stream_processors.profiling.delta import columns, deltas
+from evostream.stream_processors.profiling.tracker import ProfileTracker
+from evostream.stream_processors.profiling.window import ProfilePolicy
 
 CODEC = RecordCodec("ProfileDelta")
 
@@ -107,7 +107,7 @@ def test_a_delta_carries_each_shape_apart_and_checks_its_sizes() -> None:
     made = deltas("m", [a, b, a])
     assert [(d["num_layers"], d["num_heads"], d["steps"]) for d in made] == [(2, 2, [0, 0]), (3, 1, [1])]
     broken = {**made[0], "layer_hidden_l2": made[0]["layer_hidden_l2"][:-4]}
-    from evostream.errors import DecodeError
+    from evostream.core.errors import DecodeError
 
     with pytest.raises(DecodeError):
         columns(broken)

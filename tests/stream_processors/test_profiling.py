@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evostream.errors import FoldError
-from schemas.codec import RecordCodec
-from schemas.tensors import pack_f32
-from stream_processors.fold import Fold
-from stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
+from evostream.core.errors import FoldError
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.tensors import pack_f32
+from evostream.stream_processors.fold import Fold
+from evostream.stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
 
 
 def parts(out: Fold) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
@@ -20,8 +20,15 @@ def parts(out: Fold) -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     return out.state, out.reports, out.duplicates
 
 
-def step(trace: str, i: int, token: int, heads: np.ndarray, l2: list[float], signal: str = "OUTPUT_NORM",
-         at_us: int = 1_000_000) -> dict[str, Any]:  # fmt: skip
+def step(
+    trace: str,
+    i: int,
+    token: int,
+    heads: np.ndarray,
+    l2: list[float],
+    signal: str = "OUTPUT_NORM",
+    at_us: int = 1_000_000,
+) -> dict[str, Any]:
     return {
         "trace_id": trace,
         "step": i,
@@ -66,8 +73,10 @@ def test_token_paths_are_counted_per_trace_without_crossing_traces() -> None:
         for i, tok in enumerate([7, 8, 7, 8]):
             w.add_step(step(trace, i, tok, h, [1.0]))
     # per trace: (7 8) twice, (8 7) once; nothing spans a -> b
-    assert w.snapshot("m@1", 0)["top_token_paths"] == [{"token_ids": [7, 8], "count": 4},
-                                                       {"token_ids": [8, 7], "count": 2}]  # fmt: skip
+    assert w.snapshot("m@1", 0)["top_token_paths"] == [
+        {"token_ids": [7, 8], "count": 4},
+        {"token_ids": [8, 7], "count": 2},
+    ]
 
 
 def test_dormant_neurons_from_count_snapshots() -> None:
@@ -99,7 +108,7 @@ def test_tumbling_windows_align_to_their_size() -> None:
 
 
 def test_tracker_closes_windows_by_event_time_and_on_idle_ticks() -> None:
-    from stream_processors.profiling.tracker import ProfileTracker
+    from evostream.stream_processors.profiling.tracker import ProfileTracker
 
     tracker = ProfileTracker(ProfilePolicy(window_s=60, grace_s=5))
     h = np.array([[1.0, 0.5]])
@@ -118,7 +127,7 @@ def test_tracker_closes_windows_by_event_time_and_on_idle_ticks() -> None:
 
 
 def test_steps_of_a_closed_window_replayed_after_a_restart_are_not_counted_again() -> None:
-    from stream_processors.profiling.tracker import ProfileTracker
+    from evostream.stream_processors.profiling.tracker import ProfileTracker
 
     tracker = ProfileTracker(ProfilePolicy(window_s=60, grace_s=5))
     h = np.array([[1.0, 0.5]])
@@ -137,14 +146,21 @@ def test_steps_of_a_closed_window_replayed_after_a_restart_are_not_counted_again
 
 
 def test_neuron_count_snapshots_fold_into_their_window_once() -> None:
-    from stream_processors.profiling.tracker import ProfileTracker
+    from evostream.stream_processors.profiling.tracker import ProfileTracker
 
     tracker = ProfileTracker(ProfilePolicy(window_s=60))
     h = np.array([[1.0, 0.5]])
     state, _, _ = parts(tracker.on_steps("m@1", None, [step("a", 0, 1, h, [1.0], at_us=10_000_000)], 0))
-    snap = {"snapshot_id": "s1", "model_version": "m@1", "steps": 4, "num_layers": 2, "ffn_width": 3,
-            "counts": np.array([[0, 4, 1], [0, 0, 2]], dtype="<i4").tobytes(), "window_start_us": 10_000_000,
-            "window_end_us": 10_500_000}  # fmt: skip
+    snap = {
+        "snapshot_id": "s1",
+        "model_version": "m@1",
+        "steps": 4,
+        "num_layers": 2,
+        "ffn_width": 3,
+        "counts": np.array([[0, 4, 1], [0, 0, 2]], dtype="<i4").tobytes(),
+        "window_start_us": 10_000_000,
+        "window_end_us": 10_500_000,
+    }
     state, closed, dup = parts(tracker.on_neurons("m@1", state, snap, 0))
     assert (closed, dup) == ([], 0)
     state, _, dup = parts(tracker.on_neurons("m@1", json.loads(json.dumps(state)), snap, 0))

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from schemas.tensors import pack_f32
-from stream_processors.risk.calibrate import calibrate
-from stream_processors.risk.policy import RiskPolicy, load_policies, policy_for
-from stream_processors.risk.score import TraceRisk
+from evostream.schemas.tensors import pack_f32
+from evostream.stream_processors.risk.calibrate import calibrate
+from evostream.stream_processors.risk.policy import RiskPolicy, load_policies, policy_for
+from evostream.stream_processors.risk.score import TraceRisk
 
 L, H = 4, 4
 
@@ -81,8 +81,9 @@ def test_calibration_reads_the_reference(policy: RiskPolicy) -> None:
     ents: dict[str, list[float]] = {}
     for s in reference():
         ents.setdefault(s["trace_id"], []).append(s["entropy_bits"])
-    crit = max(max(sorted(h[:n], reverse=True)[max(3, math.ceil(0.3 * n)) - 1] for n in range(3, 13))
-               for h in ents.values())  # fmt: skip
+    crit = max(
+        max(sorted(h[:n], reverse=True)[max(3, math.ceil(0.3 * n)) - 1] for n in range(3, 13)) for h in ents.values()
+    )
     assert policy.entropy_bits == math.floor(crit * 1e6 + 1) / 1e6 == 1.455097  # the data is seeded: pinned
     assert len(policy.heads.mean) == 5 and np.asarray(policy.heads.mean[0]).shape == (L, H)
     assert policy.calibration["steps"] == 480

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evostream.errors import CalibrationError, PolicyError
-from stream_processors.risk.calibrate import calibrate
-from stream_processors.risk.policy import POLICY_DIR, RiskPolicy, load_policies, tunable_fields
-from stream_processors.risk.score import TraceRisk
+from evostream.core.errors import CalibrationError, PolicyError
+from evostream.stream_processors.risk.calibrate import calibrate
+from evostream.stream_processors.risk.policy import POLICY_DIR, RiskPolicy, load_policies, tunable_fields
+from evostream.stream_processors.risk.score import TraceRisk
 from tests.stream_processors.test_risk import H, L, step
 
 
@@ -41,8 +41,9 @@ def reference(
                 heads = 2.0 * (1 + 0.05 * rng.standard_normal((L, H)))
                 heads[1] /= 5
                 kw["heads"] = heads
-            out.append(step(i, int(rng.integers(3, 200)), trace=f"ref{t}", entropy=float(rng.uniform(0.1, entropy_hi)),
-                            **kw))  # fmt: skip
+            out.append(
+                step(i, int(rng.integers(3, 200)), trace=f"ref{t}", entropy=float(rng.uniform(0.1, entropy_hi)), **kw)
+            )
     return out
 
 
@@ -120,8 +121,13 @@ def test_fitted_thresholds_hold_their_target_share_of_reference_traces_and_are_t
 
 
 def test_hand_set_numbers_come_from_the_base_policy_unchanged() -> None:
-    base = replace(RiskPolicy(), min_steps=5, weights={**RiskPolicy().weights, "high_entropy": 0.4}, alert_rate=0.05,
-                   notes={**RiskPolicy().notes, "min_steps": "hand-set: five, for this test"})  # fmt: skip
+    base = replace(
+        RiskPolicy(),
+        min_steps=5,
+        weights={**RiskPolicy().weights, "high_entropy": 0.4},
+        alert_rate=0.05,
+        notes={**RiskPolicy().notes, "min_steps": "hand-set: five, for this test"},
+    )
     policy = calibrate(reference(), "toy@1", base)
     assert policy.min_steps == 5 and policy.weights["high_entropy"] == 0.4
     assert policy.notes["min_steps"] == "hand-set: five, for this test"
@@ -189,8 +195,10 @@ def test_calibrate_writes_from_which_mean_entropy_the_entropy_term_alone_alerts(
     if a < w:
         x = a * e / (w - a)  # entropy_weight * m / (m + entropy_bits) = alert_score, solved for m
         assert policy.entropy_alone_alerts_at() == pytest.approx(x, rel=1e-12)
-        said = (f"with no flag raised, the entropy term alone alerts when mean entropy >= {x:.4g} bits "
-                "(alert_score x entropy_bits / (entropy_weight - alert_score))")  # fmt: skip
+        said = (
+            f"with no flag raised, the entropy term alone alerts when mean entropy >= {x:.4g} bits "
+            "(alert_score x entropy_bits / (entropy_weight - alert_score))"
+        )
     else:
         assert policy.entropy_alone_alerts_at() is None
         said = "the entropy term alone never alerts (alert_score >= entropy_weight)"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from schemas.samples import generation_step
-from schemas.tensors import pack_f32
-from stream_processors.risk.policy import RiskPolicy
-from stream_processors.risk.tracker import RiskTracker
+from evostream.schemas.samples import generation_step
+from evostream.schemas.tensors import pack_f32
+from evostream.stream_processors.risk.policy import RiskPolicy
+from evostream.stream_processors.risk.tracker import RiskTracker
 
 
 def step(i: int, **changes: Any) -> dict[str, Any]:
@@ -18,8 +18,14 @@ def step(i: int, **changes: Any) -> dict[str, Any]:
 
 
 def completion(n: int) -> dict[str, Any]:
-    return {"trace_id": "t", "request_id": "req-t", "model_version": "m@1", "token_count": n, "finish_reason": "STOP",
-            "error": None}  # fmt: skip
+    return {
+        "trace_id": "t",
+        "request_id": "req-t",
+        "model_version": "m@1",
+        "token_count": n,
+        "finish_reason": "STOP",
+        "error": None,
+    }
 
 
 def fold(tracker: RiskTracker, events: list[tuple[str, dict[str, Any], int]]) -> tuple[Any, list[dict[str, Any]]]:
@@ -44,11 +50,19 @@ def test_a_completion_that_overtakes_its_steps_waits_for_them() -> None:
 def test_an_early_alert_once_per_severity_and_replays_skipped() -> None:
     tracker = RiskTracker({"*": RiskPolicy()})
     nan = step(1, layer_nonfinite=[0, 1, 1, 1], layer_hidden_l2=pack_f32([1.0, float("nan"), 1.0, 1.0]))
-    events = [("step", step(0), 0), ("step", nan, 1), ("step", nan, 1), ("step", step(2), 2),
-              ("completion", completion(3), 0), ("completion", completion(3), 0)]  # fmt: skip
+    events = [
+        ("step", step(0), 0),
+        ("step", nan, 1),
+        ("step", nan, 1),
+        ("step", step(2), 2),
+        ("completion", completion(3), 0),
+        ("completion", completion(3), 0),
+    ]
     _, reports = fold(tracker, events)
-    assert [(r["stage"], r["flags"]) for r in reports] == [("EARLY", ["nonfinite_hidden"]),
-                                                            ("FINAL", ["nonfinite_hidden"])]  # fmt: skip
+    assert [(r["stage"], r["flags"]) for r in reports] == [
+        ("EARLY", ["nonfinite_hidden"]),
+        ("FINAL", ["nonfinite_hidden"]),
+    ]
 
 
 def test_a_traces_steps_folded_in_one_go_give_what_step_by_step_gives() -> None:

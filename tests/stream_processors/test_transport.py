@@ -10,8 +10,8 @@ from typing import Any
 import faust
 import pytest
 
-from schemas.catalog import DLQ, RISK
-from stream_processors.transport import App, _resume, start_inline
+from evostream.schemas.catalog import DLQ, RISK
+from evostream.stream_processors.transport import App, _resume, start_inline
 
 
 async def no_wait(out: list[str]) -> str:
@@ -89,8 +89,9 @@ def test_a_topic_sent_to_stays_in_the_producers_metadata_when_another_is_tracked
 
     async def main() -> tuple[bool, bool]:
         cls = App if ours else faust.App
-        app = cls(f"test-producer-{uuid.uuid4().hex[:8]}", broker=f"kafka://{kafka}", store="memory://",
-                  web_enabled=False)  # fmt: skip
+        app = cls(
+            f"test-producer-{uuid.uuid4().hex[:8]}", broker=f"kafka://{kafka}", store="memory://", web_enabled=False
+        )
         producer = app.producer
         await producer.start()
         try:

@@ -10,11 +10,11 @@ import pytest
 from starlette.requests import Request
 
 from bench.replay import ADMIN, Chain
-from consumers.governance.projection import replay
-from consumers.governance.tokens import token_for
 from evostream.api.auth import Auth, Caller, is_local
 from evostream.api.errors import AuthRequiredError, ForbiddenError
-from evostream.errors import InvalidTokenError
+from evostream.consumers.governance.api_keys import token_for
+from evostream.consumers.governance.projection import replay
+from evostream.core.errors import InvalidTokenError
 
 
 def request(peer: str, token: str | None = None, forwarded: str | None = None) -> Request:

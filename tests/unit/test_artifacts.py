@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from evostream.artifacts import ArtifactBackend, ArtifactRef, ArtifactStore, FileEntry, manifest_bytes
-from evostream.errors import ArtifactError
+from evostream.core.artifacts import ArtifactBackend, ArtifactRef, ArtifactStore, FileEntry, manifest_bytes
+from evostream.core.errors import ArtifactError
 
 
 def sha(data: bytes) -> str:
@@ -44,8 +44,11 @@ def test_the_digest_is_sha256_of_the_canonical_manifest(tmp_path: Path) -> None:
         '{"files":[{"path":"a/c.json","sha256":"' + sha(b"{}") + '","size":2},'
         '{"path":"b.bin","sha256":"' + sha(b"abc") + '","size":3}],"format":"evostream-artifact/1"}'
     ).encode()
-    assert ref == ArtifactRef(uri=f"sha256:{sha(manifest)}", sha256=sha(manifest),
-                              path=tmp_path / "store" / "sha256" / sha(manifest) / "files")  # fmt: skip
+    assert ref == ArtifactRef(
+        uri=f"sha256:{sha(manifest)}",
+        sha256=sha(manifest),
+        path=tmp_path / "store" / "sha256" / sha(manifest) / "files",
+    )
     assert (tmp_path / "store" / "sha256" / ref.sha256 / "manifest.json").read_bytes() == manifest
     assert manifest_bytes([FileEntry("b.bin", sha(b"abc"), 3), FileEntry("a/c.json", sha(b"{}"), 2)]) == manifest
 
@@ -61,8 +64,10 @@ def test_same_content_gets_the_same_hash_wherever_and_whenever_it_was_written(tm
     # and it can fail: one byte, or one name, makes another artifact
     flipped = dict(FILES, **{"weights/model.bin": b"\x01" + FILES["weights/model.bin"][1:]})
     renamed = {("weights/model2.bin" if k == "weights/model.bin" else k): v for k, v in FILES.items()}
-    others = {store.put_dir(write_tree(tmp_path / name, files)).sha256
-              for name, files in [("flipped", flipped), ("renamed", renamed)]}  # fmt: skip
+    others = {
+        store.put_dir(write_tree(tmp_path / name, files)).sha256
+        for name, files in [("flipped", flipped), ("renamed", renamed)]
+    }
     assert len(others | {first.sha256}) == 3
     assert sorted(p.name for p in (tmp_path / "store" / "sha256").iterdir()) == sorted(others | {first.sha256})
 
@@ -91,7 +96,7 @@ def test_a_symlinked_file_is_stored_as_its_content(tmp_path: Path) -> None:
 
 
 def test_one_flipped_byte_in_a_stored_weight_file_is_refused_and_the_model_never_loaded(tmp_path: Path) -> None:
-    from models.loading import LoadedModel, load_model
+    from evostream.models.loading import LoadedModel, load_model
     from tests.producers.models import tiny
 
     lm = tiny("gpt2", varied=True)
@@ -134,8 +139,10 @@ def test_missing_added_and_deleted_files_and_an_altered_manifest_are_refused(tmp
     missing = "0" * 64
     with pytest.raises(ArtifactError) as caught:
         store.open(f"sha256:{missing}")
-    assert str(caught.value) == (f"artifact sha256:{missing} is not in the store at {tmp_path / 'store'}: put the "
-                                 "model's folder (`ArtifactStore.put_dir`) before serving it")  # fmt: skip
+    assert str(caught.value) == (
+        f"artifact sha256:{missing} is not in the store at {tmp_path / 'store'}: put the "
+        "model's folder (`ArtifactStore.put_dir`) before serving it"
+    )
     with pytest.raises(ArtifactError, match=r"^'sha256:abc' is not an artifact digest"):
         store.open("sha256:abc")
 
@@ -158,8 +165,10 @@ def test_missing_added_and_deleted_files_and_an_altered_manifest_are_refused(tmp
     manifest.write_bytes(forged)
     with pytest.raises(ArtifactError) as caught:
         store.open(ref.uri)
-    assert str(caught.value) == (f"the manifest of artifact {ref.uri} ({manifest}) was altered: it hashes to "
-                                 f"{sha(forged)}. Remove {base} and put the model's folder again")  # fmt: skip
+    assert str(caught.value) == (
+        f"the manifest of artifact {ref.uri} ({manifest}) was altered: it hashes to "
+        f"{sha(forged)}. Remove {base} and put the model's folder again"
+    )
 
 
 def test_puts_of_nothing_are_refused(tmp_path: Path) -> None:
@@ -184,8 +193,9 @@ def test_concurrent_puts_of_the_same_content_leave_one_intact_copy(tmp_path: Pat
     n = 4
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(n), ctx.Queue()
-    procs = [ctx.Process(target=put_in_process, args=(str(tmp_path / "store"), str(src), barrier, out))
-             for _ in range(n)]  # fmt: skip
+    procs = [
+        ctx.Process(target=put_in_process, args=(str(tmp_path / "store"), str(src), barrier, out)) for _ in range(n)
+    ]
     for p in procs:
         p.start()
     uris = [out.get(timeout=120) for _ in range(n)]

@@ -8,8 +8,13 @@ from bench.processors import Progress
 def test_two_windows_that_begin_at_the_same_microsecond_are_both_counted() -> None:
     p = Progress()
     # window A (start 100) open with 200, then 380 steps; closed by its snapshot; window B also starts at 100
-    p.events += [(1, "profile", 200, 100), (2, "profile", 380, 100), (3, "snapshot", 380, 100),
-                 (4, "profile", 1000, 100), (5, "snapshot", 1620, 100)]  # fmt: skip
+    p.events += [
+        (1, "profile", 200, 100),
+        (2, "profile", 380, 100),
+        (3, "snapshot", 380, 100),
+        (4, "profile", 1000, 100),
+        (5, "snapshot", 1620, 100),
+    ]
     assert p.done_at("profile", 2000) == 5
     assert p.done_at("profile", 1380) == 4  # A closed (380) + B open (1000)
 

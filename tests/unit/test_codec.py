@@ -7,18 +7,18 @@ import random
 import pytest
 from fastavro.utils import generate_many
 
-from evostream.errors import (
+from evostream.core.errors import (
     BadMagicError,
     DecodeError,
     EncodeError,
     TruncatedRecordError,
     UnknownFingerprintError,
 )
-from schemas import MAGIC, RecordCodec, SchemaRegistry, default_registry
-from schemas.samples import generation_step
+from evostream.schemas import MAGIC, RecordCodec, SchemaIndex, default_index
+from evostream.schemas.samples import generation_step
 from tests.conftest import DATA
 
-ALL_NAMES = [sv.short_name for sv in default_registry()]
+ALL_NAMES = [sv.short_name for sv in default_index()]
 
 
 def crc64_avro(data: bytes) -> int:
@@ -46,7 +46,7 @@ def test_reference_crc_matches_the_spec_vector() -> None:
 def test_header_is_magic_plus_little_endian_crc64_of_canonical_form(name: str) -> None:
     from fastavro.schema import to_parsing_canonical_form
 
-    sv = default_registry().latest(name)
+    sv = default_index().latest(name)
     expected = crc64_avro(to_parsing_canonical_form(sv.parsed).encode()).to_bytes(8, "little")
     codec = RecordCodec(name)
     record = next(iter(generate_many(sv.parsed, 1)))
@@ -131,8 +131,8 @@ def test_encode_error_names_the_field() -> None:
 
 
 def test_old_records_decode_after_the_schema_gains_fields() -> None:
-    old_world = SchemaRegistry([SchemaRegistry.from_directory(DATA / "evolving").versions("Reading")[0]])
-    new_world = SchemaRegistry.from_directory(DATA / "evolving")
+    old_world = SchemaIndex([SchemaIndex.from_directory(DATA / "evolving").versions("Reading")[0]])
+    new_world = SchemaIndex.from_directory(DATA / "evolving")
     old_bytes = RecordCodec("Reading", old_world).encode({"sensor": "s1", "value": 21.5})
 
     back = RecordCodec("Reading", new_world).decode(old_bytes)
@@ -146,8 +146,8 @@ def test_old_records_decode_after_the_schema_gains_fields() -> None:
 
 
 def test_old_process_does_not_know_new_fingerprint() -> None:
-    old_world = SchemaRegistry([SchemaRegistry.from_directory(DATA / "evolving").versions("Reading")[0]])
-    new_bytes = RecordCodec("Reading", SchemaRegistry.from_directory(DATA / "evolving")).encode(
+    old_world = SchemaIndex([SchemaIndex.from_directory(DATA / "evolving").versions("Reading")[0]])
+    new_bytes = RecordCodec("Reading", SchemaIndex.from_directory(DATA / "evolving")).encode(
         {"sensor": "s", "value": 2.0, "unit": "K", "tags": []}
     )
     with pytest.raises(UnknownFingerprintError, match="newer evostream"):

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from evostream.errors import DeliveryError
-from producers.completer import Completer, CompleterError
+from evostream.core.errors import DeliveryError
+from evostream.producers.completer import Completer, CompleterError
 
 
 class GatedEmbed:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from schemas.codec import RecordCodec
-from schemas.deadletter import dead_letter
-from schemas.errors import BadMagicError
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.deadletter import dead_letter
+from evostream.schemas.errors import BadMagicError
 
 
 def test_dead_letter_round_trips_every_field() -> None:
     rec = dead_letter("evo.steps", 2, 41, b"trace-1", b"\x00junk", BadMagicError("no C3 01"), "proc", 1_700_000)
-    assert rec == {"source_topic": "evo.steps", "partition": 2, "offset": 41, "original_key": b"trace-1",
-                   "raw_value": b"\x00junk", "error_type": "BadMagicError", "error": "no C3 01", "consumer": "proc",
-                   "failed_at_us": 1_700_000}  # fmt: skip
+    assert rec == {
+        "source_topic": "evo.steps",
+        "partition": 2,
+        "offset": 41,
+        "original_key": b"trace-1",
+        "raw_value": b"\x00junk",
+        "error_type": "BadMagicError",
+        "error": "no C3 01",
+        "consumer": "proc",
+        "failed_at_us": 1_700_000,
+    }
     codec = RecordCodec("DeadLetter")
     assert codec.decode(codec.encode(rec)) == rec
 

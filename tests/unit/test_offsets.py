@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producers.offsets import OffsetBook
+from evostream.producers.offsets import OffsetBook
 
 P0, P1 = ("evo.requests", 0), ("evo.requests", 1)
 

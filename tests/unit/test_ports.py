@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from evostream.stack.ports import HOST, free_port, port_is_free
+from evostream.core.stack.ports import HOST, free_port, port_is_free
 
 
 def _leave_time_wait(port: int) -> None:

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
 from evostream.views.recent import Recent
-from schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
 
 
 def step(trace: str, i: int, text: str) -> dict[str, Any]:
-    return {"trace_id": trace, "request_id": f"r-{trace}", "model_version": "m@1", "step": i, "token_text": text,
-            "layer_hidden_l2": b"\x00\x00\x80\x3f"}  # fmt: skip
+    return {
+        "trace_id": trace,
+        "request_id": f"r-{trace}",
+        "model_version": "m@1",
+        "step": i,
+        "token_text": text,
+        "layer_hidden_l2": b"\x00\x00\x80\x3f",
+    }
 
 
 def test_a_trace_gathers_its_steps_in_order_once_with_its_completion_and_latest_risk() -> None:
@@ -20,17 +26,33 @@ def test_a_trace_gathers_its_steps_in_order_once_with_its_completion_and_latest_
         r.add(STEPS, step("t1", i, t))
     r.add(RISK, {"trace_id": "t1", "stage": "EARLY", "score": 0.2})
     r.add(RISK, {"trace_id": "t1", "stage": "FINAL", "score": 0.7})
-    done = {"trace_id": "t1", "request_id": "r-t1", "model_version": "m@1", "output_text": "abc", "token_count": 3,
-            "finish_reason": "STOP", "completed_at_us": 10, "prompt_embedding": [0.1]}  # fmt: skip
+    done = {
+        "trace_id": "t1",
+        "request_id": "r-t1",
+        "model_version": "m@1",
+        "output_text": "abc",
+        "token_count": 3,
+        "finish_reason": "STOP",
+        "completed_at_us": 10,
+        "prompt_embedding": [0.1],
+    }
     r.add(COMPLETIONS, done)
     doc = r.trace("t1").doc()  # type: ignore[union-attr]
     assert [s["token_text"] for s in doc["steps"]] == ["a", "b", "c"]
     assert all("layer_hidden_l2" not in s for s in doc["steps"])  # packed bytes stay out of JSON
     assert doc["risk"]["score"] == 0.7 and doc["completion"]["output_text"] == "abc"
     assert "prompt_embedding" not in doc["completion"]
-    assert r.traces(5)[0].summary() == {"trace_id": "t1", "request_id": "r-t1", "model_version": "m@1", "steps": 3,
-                                        "answer": "abc", "finish_reason": "STOP", "risk_score": 0.7,
-                                        "risk_stage": "FINAL", "alerts": 0}  # fmt: skip
+    assert r.traces(5)[0].summary() == {
+        "trace_id": "t1",
+        "request_id": "r-t1",
+        "model_version": "m@1",
+        "steps": 3,
+        "answer": "abc",
+        "finish_reason": "STOP",
+        "risk_score": 0.7,
+        "risk_stage": "FINAL",
+        "alerts": 0,
+    }
     assert r.seen == {STEPS: 4, RISK: 2, COMPLETIONS: 1}
 
 
@@ -61,8 +83,10 @@ def test_alerts_by_severity_and_model_drift_and_profiles_per_version_and_the_las
         r.add(PROFILES, {"model_version": v, "n": n})
     assert [(p["model_version"], p["n"]) for p in r.profiles()] == [("a", 2), ("b", 1)]
     for t, tokens in [(60, 5), (100, 7), (119, 3)]:  # seconds; the first is more than a minute before 121
-        r.add(COMPLETIONS, {"trace_id": f"c{t}", "completed_at_us": t * 10**6, "token_count": tokens,
-                            "model_version": "a"})  # fmt: skip
+        r.add(
+            COMPLETIONS,
+            {"trace_id": f"c{t}", "completed_at_us": t * 10**6, "token_count": tokens, "model_version": "a"},
+        )
     o = r.overview(now_us=121 * 10**6, window_s=60)
     assert o["requests_per_s"] == 2 / 60 and o["tokens_per_s"] == 10 / 60 and o["versions_answering"] == {"a": 2}
     assert o["alerts_per_min"] == 0.0  # the alerts above were at 1..4 s

@@ -7,8 +7,8 @@ from concurrent.futures import CancelledError
 
 import pytest
 
-from evostream.errors import ConsumeError, DeliveryError
-from producers.replies import ReplyBook
+from evostream.core.errors import ConsumeError, DeliveryError
+from evostream.producers.replies import ReplyBook
 
 
 def reply(key: str, text: str = "x") -> dict[str, object]:

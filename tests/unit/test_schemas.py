@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from evostream.errors import SchemaError
-from schemas import CATALOG, SchemaRegistry, default_registry, topic_spec
-from schemas.catalog import GOVERNANCE
-from schemas.compat import check_backward_transitive
-from schemas.registry import AVRO_DIR
+from evostream.core.errors import SchemaError
+from evostream.schemas import CATALOG, SchemaIndex, default_index, topic_spec
+from evostream.schemas.catalog import GOVERNANCE
+from evostream.schemas.compat import check_backward_transitive
+from evostream.schemas.fingerprints import AVRO_DIR
 from tests.conftest import DATA
 
 
@@ -41,54 +41,65 @@ def test_every_field_is_documented(path: Path) -> None:
 
 
 def test_every_design_event_has_a_schema() -> None:
-    names = {sv.short_name for sv in default_registry()}
-    assert names == {"InferenceRequest", "GenerationStep", "Completion", "ProfileSnapshot", "DriftReport",
-                     "RiskReport", "RiskAlert", "GovernanceEvent", "GovernanceSnapshot", "DeadLetter",
-                     "NeuronCounts", "ProfileDelta"}  # fmt: skip  # ProfileDelta: internal to the processors
+    names = {sv.short_name for sv in default_index()}
+    assert names == {
+        "InferenceRequest",
+        "GenerationStep",
+        "Completion",
+        "ProfileSnapshot",
+        "DriftReport",
+        "RiskReport",
+        "RiskAlert",
+        "GovernanceEvent",
+        "GovernanceSnapshot",
+        "DeadLetter",
+        "NeuronCounts",
+        "ProfileDelta",
+    }  # ProfileDelta: internal to the processors
 
 
 def test_repository_schemas_are_backward_transitive() -> None:
-    assert check_backward_transitive(default_registry()) == []
+    assert check_backward_transitive(default_index()) == []
 
 
 def test_compatible_evolution_passes_the_check() -> None:
-    assert check_backward_transitive(SchemaRegistry.from_directory(DATA / "evolving")) == []
+    assert check_backward_transitive(SchemaIndex.from_directory(DATA / "evolving")) == []
 
 
 def test_field_without_default_is_caught() -> None:
-    problems = check_backward_transitive(SchemaRegistry.from_directory(DATA / "incompatible"))
+    problems = check_backward_transitive(SchemaIndex.from_directory(DATA / "incompatible"))
     assert problems, "a v3 that adds a field without default must be refused"
     assert all("v3 cannot read" in p for p in problems)
     assert any("v1" in p for p in problems) and any("v2" in p for p in problems)
 
 
-def test_registry_refuses_gaps_and_bad_names(tmp_path: Path) -> None:
+def test_schema_index_refuses_gaps_and_bad_names(tmp_path: Path) -> None:
     src = (DATA / "evolving" / "Reading.v1.avsc").read_text()
     (tmp_path / "Reading.v1.avsc").write_text(src)
     (tmp_path / "Reading.v3.avsc").write_text((DATA / "evolving" / "Reading.v2.avsc").read_text())
     with pytest.raises(SchemaError, match="without gaps"):
-        SchemaRegistry.from_directory(tmp_path)
+        SchemaIndex.from_directory(tmp_path)
     (tmp_path / "Reading.v3.avsc").unlink()
     (tmp_path / "reading-v2.avsc").write_text(src)
     with pytest.raises(SchemaError, match=r"<Record>\.v<N>\.avsc"):
-        SchemaRegistry.from_directory(tmp_path)
+        SchemaIndex.from_directory(tmp_path)
 
 
-def test_registry_refuses_broken_schema(tmp_path: Path) -> None:
+def test_schema_index_refuses_broken_schema(tmp_path: Path) -> None:
     (tmp_path / "Broken.v1.avsc").write_text(
         '{"type": "record", "name": "Broken", "fields": [{"name": "x", "type": "nope"}]}'
     )
     with pytest.raises(SchemaError, match=r"Broken\.v1\.avsc: not a valid Avro schema"):
-        SchemaRegistry.from_directory(tmp_path)
+        SchemaIndex.from_directory(tmp_path)
 
 
 def test_unknown_record_name_lists_known_ones() -> None:
     with pytest.raises(SchemaError, match="GenerationStep"):
-        default_registry().latest("GenerationSteps")
+        default_index().latest("GenerationSteps")
 
 
 def test_catalog_matches_the_schemas() -> None:
-    reg = default_registry()
+    reg = default_index()
     for spec in CATALOG:
         fields = {f["name"] for f in reg.latest(spec.value_schema).parsed["fields"]}
         if spec.name != "evo.dlq":  # dead letters keep the original record's key

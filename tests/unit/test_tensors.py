@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evostream.errors import DecodeError
-from schemas import RecordCodec
-from schemas.samples import generation_step
-from schemas.tensors import check_step, pack_f32, step_heads, step_layers, unpack_f32
+from evostream.core.errors import DecodeError
+from evostream.schemas import RecordCodec
+from evostream.schemas.samples import generation_step
+from evostream.schemas.tensors import check_step, pack_f32, step_heads, step_layers, unpack_f32
 
 
 def test_pack_is_little_endian_row_major_float32() -> None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from confluent_kafka import KafkaError
 
-from evostream.bus.transactional import TransactionalProducer
-from evostream.errors import ConflictError, DeliveryError
+from evostream.core.bus.transactional import TransactionalProducer
+from evostream.core.errors import ConflictError, DeliveryError
 
 BARE = SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an exception")
 

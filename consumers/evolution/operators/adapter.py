@@ -32,10 +32,10 @@ from torch.nn import functional as nnf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from consumers.evolution.batches import Pair, teacher_forcing
-from consumers.evolution.sites import attention_sites, features, ffn_sites
-from evostream.errors import EvolutionError
-from models.suite.tasks import Example
+from evostream.consumers.evolution.batches import Pair, teacher_forcing
+from evostream.consumers.evolution.sites import attention_sites, features, ffn_sites
+from evostream.core.errors import EvolutionError
+from evostream.models.suite.tasks import Example
 
 """(prompt, target answer)."""
 
@@ -108,14 +108,20 @@ def _resolve(model: PreTrainedModel, sites: Sequence[str] | None) -> list[str]:
         elif site in modules and isinstance(modules[site], nn.Linear | Conv1D):
             path = site
         elif site in modules:
-            raise EvolutionError(f"site {site!r} is a {type(modules[site]).__name__}: name a projection (Linear or "
-                                 f"Conv1D) or an FFN/attention block, e.g. {next(iter(blocks))!r}")  # fmt: skip
+            raise EvolutionError(
+                f"site {site!r} is a {type(modules[site]).__name__}: name a projection (Linear or "
+                f"Conv1D) or an FFN/attention block, e.g. {next(iter(blocks))!r}"
+            )
         else:
-            raise EvolutionError(f"{type(model).__name__} has no module {site!r}; FFN blocks are e.g. "
-                                 f"{', '.join(s.name for s in ffns[:2])}")  # fmt: skip
+            raise EvolutionError(
+                f"{type(model).__name__} has no module {site!r}; FFN blocks are e.g. "
+                f"{', '.join(s.name for s in ffns[:2])}"
+            )
         if id(modules[path].weight) in embeddings:
-            raise EvolutionError(f"site {site!r}: {path}'s weight is tied to an embedding; merging an update into it "
-                                 f"would change the embedding too")  # fmt: skip
+            raise EvolutionError(
+                f"site {site!r}: {path}'s weight is tied to an embedding; merging an update into it "
+                f"would change the embedding too"
+            )
         if path in resolved:
             raise EvolutionError(f"site {site!r} names projection {path} a second time: each gets one adapter")
         resolved.append(path)
@@ -194,8 +200,10 @@ def train_adapter(
     if not found:
         raise EvolutionError("the model has no adapter to train: add_adapter(model) first")
     if steps < 1 or lr <= 0 or batch_size < 1 or not 0.0 < ramp <= 1.0:
-        raise EvolutionError(f"train_adapter needs steps >= 1, lr > 0, batch_size >= 1 and ramp in (0, 1]; got "
-                             f"steps={steps}, lr={lr}, batch_size={batch_size}, ramp={ramp}")  # fmt: skip
+        raise EvolutionError(
+            f"train_adapter needs steps >= 1, lr > 0, batch_size >= 1 and ramp in (0, 1]; got "
+            f"steps={steps}, lr={lr}, batch_size={batch_size}, ramp={ramp}"
+        )
     pairs = _pairs(examples)
     if not pairs:
         raise EvolutionError("train_adapter needs examples to train on")
@@ -226,8 +234,10 @@ def train_adapter(
             report.losses.append(loss.item())
             report.alphas.append(alpha)
             if progress is not None and ((step + 1) % every == 0 or step + 1 == steps):
-                progress(f"adapter: step {step + 1}/{steps} alpha {alpha:.2f} loss {report.losses[-1]:.4f} "
-                         f"{time.perf_counter() - t0:.0f}s")  # fmt: skip
+                progress(
+                    f"adapter: step {step + 1}/{steps} alpha {alpha:.2f} loss {report.losses[-1]:.4f} "
+                    f"{time.perf_counter() - t0:.0f}s"
+                )
     set_alpha(model, 1.0)
     report.seconds = time.perf_counter() - t0
     return report

@@ -33,8 +33,8 @@ from torch.nn import functional as nnf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
-from evostream.errors import EvolutionError
-from models.loading import INT8_MARKER, INT8_WEIGHTS
+from evostream.core.errors import EvolutionError
+from evostream.models.loading import INT8_MARKER, INT8_WEIGHTS
 
 Method = Literal["weight_only", "dynamic"]
 METHODS: tuple[Method, ...] = ("weight_only", "dynamic")
@@ -101,8 +101,10 @@ def quantize_int8(model: PreTrainedModel, method: Method = DEFAULT_METHOD) -> Pr
     new = copy.deepcopy(model).eval()
     if method == "dynamic":
         if any(isinstance(m, Conv1D) for m in new.modules()):
-            raise EvolutionError("dynamic int8 quantizes nn.Linear only; this model's projections are GPT-2 Conv1D: "
-                                 "use method='weight_only'")  # fmt: skip
+            raise EvolutionError(
+                "dynamic int8 quantizes nn.Linear only; this model's projections are GPT-2 Conv1D: "
+                "use method='weight_only'"
+            )
         targets = {path for path, *_ in _projections(new)}
         tied = {path for path, m in new.named_modules() if isinstance(m, nn.Linear) and path not in targets}
         with warnings.catch_warnings():  # its deprecation notice is documented above, not news at every call
@@ -132,8 +134,10 @@ def save_int8(model: PreTrainedModel, folder: str | Path, tokenizer: PreTrainedT
     config, and the tokenizer when given (``load_model`` needs one in the folder)."""
     quantized = int8_modules(model)
     if not quantized:
-        raise EvolutionError("the model has no weight-only int8 projections: quantize_int8(model) first "
-                             "(the 'dynamic' method is measured only, never saved)")  # fmt: skip
+        raise EvolutionError(
+            "the model has no weight-only int8 projections: quantize_int8(model) first "
+            "(the 'dynamic' method is measured only, never saved)"
+        )
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, Tensor] = {}
@@ -145,9 +149,17 @@ def save_int8(model: PreTrainedModel, folder: str | Path, tokenizer: PreTrainedT
         tensors[name] = tensor.detach().contiguous()
     save_file(tensors, str(out / INT8_WEIGHTS), metadata={"format": "pt"})
     config = copy.deepcopy(model.config)
-    setattr(config, INT8_MARKER, {"method": "weight_only", "bits": 8, "weights": INT8_WEIGHTS,
-                                  "scales": "float32, per output channel, symmetric",
-                                  "modules": len(quantized)})  # fmt: skip
+    setattr(
+        config,
+        INT8_MARKER,
+        {
+            "method": "weight_only",
+            "bits": 8,
+            "weights": INT8_WEIGHTS,
+            "scales": "float32, per output channel, symmetric",
+            "modules": len(quantized),
+        },
+    )
     config.save_pretrained(out)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(out)

@@ -21,8 +21,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
-from consumers.evolution.measure import parameter_count
-from consumers.evolution.sites import (
+from evostream.consumers.evolution.measure import parameter_count
+from evostream.consumers.evolution.sites import (
     AttentionSite,
     FfnSite,
     attention_sites,
@@ -33,7 +33,7 @@ from consumers.evolution.sites import (
     stack_path,
     tied_attention_sites,
 )
-from evostream.errors import EvolutionError
+from evostream.core.errors import EvolutionError
 
 __all__ = ["drop_layers", "parameter_count", "plan_heads", "prune_ffn", "prune_heads", "top_heads", "top_neurons"]
 

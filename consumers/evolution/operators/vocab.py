@@ -43,8 +43,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from consumers.evolution.sites import configs
-from evostream.errors import EvolutionError
+from evostream.consumers.evolution.sites import configs
+from evostream.core.errors import EvolutionError
 
 __all__ = ["kept_ids", "prune_vocab", "used_token_ids"]
 
@@ -277,8 +277,14 @@ def _byt5_as_bpe(tok: ByT5Tokenizer) -> Tokenizer:
 
 def _special(token: Any) -> AddedToken:
     """A ByT5 added token as a ``tokenizers`` special token (skipped by ``skip_special_tokens``), same stripping."""
-    return AddedToken(token.content, single_word=token.single_word, lstrip=token.lstrip, rstrip=token.rstrip,
-                      normalized=token.normalized, special=True)  # fmt: skip
+    return AddedToken(
+        token.content,
+        single_word=token.single_word,
+        lstrip=token.lstrip,
+        rstrip=token.rstrip,
+        normalized=token.normalized,
+        special=True,
+    )
 
 
 def _merges(model: Json) -> list[tuple[str, str]]:
@@ -317,8 +323,11 @@ def _renumber(data: Json, remap: dict[int, int]) -> Json:
     model = out["model"]
     vocab = {t: remap[i] for t, i in model["vocab"].items() if i in remap}
     model["vocab"] = dict(sorted(vocab.items(), key=lambda kv: kv[1]))
-    model["merges"] = [m for m, (a, b) in zip(model.get("merges", []), _merges(model), strict=True)
-                       if a in vocab and b in vocab and a + b in vocab]  # fmt: skip
+    model["merges"] = [
+        m
+        for m, (a, b) in zip(model.get("merges", []), _merges(model), strict=True)
+        if a in vocab and b in vocab and a + b in vocab
+    ]
     out["added_tokens"] = [{**a, "id": remap[int(a["id"])]} for a in out.get("added_tokens", []) if a["id"] in remap]
     _remap_processor(out.get("post_processor"), remap)
     if out.get("padding"):

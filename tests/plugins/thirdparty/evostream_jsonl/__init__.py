@@ -8,8 +8,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from evostream.errors import SinkConfigError
-from plugins.api import Record, Result, Sink, SinkContext
+from evostream.core.errors import SinkConfigError
+from evostream.plugins.api import Record, Result, Sink, SinkContext
 
 
 class JsonlSink(Sink):
@@ -29,8 +29,10 @@ class JsonlSink(Sink):
         for rec in records:
             if rec.key in self.seen:
                 continue
-            line = json.dumps({"key": rec.key, "topic": rec.topic, "schema": rec.schema, "value": rec.value},
-                              default=repr) + "\n"  # fmt: skip
+            line = (
+                json.dumps({"key": rec.key, "topic": rec.topic, "schema": rec.schema, "value": rec.value}, default=repr)
+                + "\n"
+            )
             if len(line.encode()) > self.max_line_bytes:
                 poison.append(rec)
             else:

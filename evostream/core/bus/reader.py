@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from evostream.bus.consumer import EventConsumer
-from schemas.codec import RecordCodec
+from evostream.core.bus.consumer import EventConsumer
+from evostream.schemas.codec import RecordCodec
 
 
 class TopicReader:

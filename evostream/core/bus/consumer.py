@@ -8,8 +8,8 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from evostream.bus.connection import ConnectionWatch
-from evostream.errors import ConsumeError
+from evostream.core.bus.connection import ConnectionWatch
+from evostream.core.errors import ConsumeError
 
 _SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
 """What a just-created topic's partitions answer until the broker has settled their leaders."""
@@ -106,9 +106,11 @@ class EventConsumer:
             ends[tp.topic, tp.partition] = marks[1]
         found = self._consumer.offsets_for_times(parts, timeout=10)
         self._consumer.assign(
-            [tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
-             for tp in found]
-        )  # fmt: skip
+            [
+                tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
+                for tp in found
+            ]
+        )
 
     def poll_batch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
         """Up to ``max_records`` records; waits until there are that many or ``timeout_s`` has passed (librdkafka's

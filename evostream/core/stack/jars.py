@@ -8,7 +8,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from evostream.errors import MavenError
+from evostream.core.errors import MavenError
 
 _LOG4J2_DEPS = "\n".join(
     f"    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>{a}</artifactId>"
@@ -38,7 +38,7 @@ def uses_log4j2(kafka_version: str) -> bool:
 
 
 def render_pom(kafka_version: str, log4j_version: str) -> str:
-    template = resources.files("evostream.stack").joinpath("resources/pom.xml").read_text(encoding="utf-8")
+    template = resources.files("evostream.core.stack").joinpath("resources/pom.xml").read_text(encoding="utf-8")
     deps = _LOG4J2_DEPS.replace("{log4j}", log4j_version) if uses_log4j2(kafka_version) else _RELOAD4J_DEPS
     return template.replace("@KAFKA_VERSION@", kafka_version).replace("@LOGGING_DEPENDENCIES@", deps)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from evostream.errors import SinkError
-from plugins.registry import available, load
-from plugins.sqlite import SqliteSink
+from evostream.core.errors import SinkError
+from evostream.plugins.discovery import available, load
+from evostream.plugins.sqlite import SqliteSink
 
 
 def distribution(root: Path, name: str, entry_points: dict[str, str], extras: str = "", module: str = "") -> None:
@@ -38,19 +38,24 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def test_the_built_ins_are_entry_points_like_any_other() -> None:
     found = {name: ep.value for name, ep in available().items()}
     assert {k: found[k] for k in ("sqlite", "prometheus", "datadog", "wandb", "otlp")} == {
-        "sqlite": "plugins.sqlite:SqliteSink", "prometheus": "plugins.prometheus:PrometheusSink",
-        "datadog": "plugins.datadog:DatadogSink [datadog]", "wandb": "plugins.wandb:WandbSink [wandb]",
-        "otlp": "plugins.otlp:OtlpSink [otlp]",
-    }  # fmt: skip
+        "sqlite": "evostream.plugins.sqlite:SqliteSink",
+        "prometheus": "evostream.plugins.prometheus:PrometheusSink",
+        "datadog": "evostream.plugins.datadog:DatadogSink [datadog]",
+        "wandb": "evostream.plugins.wandb:WandbSink [wandb]",
+        "otlp": "evostream.plugins.otlp:OtlpSink [otlp]",
+    }
     assert load("sqlite") == [("sqlite", SqliteSink)]
     assert [name for name, _ in load(" prometheus, sqlite ")] == ["prometheus", "sqlite"]
 
 
-@pytest.mark.parametrize(("names", "message"), [
-    ("nope", "no sink named 'nope' in the entry-point group 'evostream.sinks'; installed: "),
-    ("sqlite,sqlite", "sink 'sqlite' named twice"),
-    (" , ", "no sink named: give a comma-separated list of evostream.sinks entry points"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        ("nope", "no sink named 'nope' in the entry-point group 'evostream.sinks'; installed: "),
+        ("sqlite,sqlite", "sink 'sqlite' named twice"),
+        (" , ", "no sink named: give a comma-separated list of evostream.sinks entry points"),
+    ],
+)
 def test_a_wrong_name_is_a_clear_error(names: str, message: str) -> None:
     with pytest.raises(SinkError) as err:
         load(names)
@@ -71,12 +76,18 @@ def test_an_entry_point_that_is_not_a_sink_names_the_group(site: Path) -> None:
 
 
 def test_a_missing_optional_dependency_says_what_to_install(site: Path) -> None:
-    distribution(site, "broken-dep", {"needsdep": "broken_dep:Sink [fancy]"}, extras="fancy",
-                 module="import not_installed_library_xyz\n")  # fmt: skip
+    distribution(
+        site,
+        "broken-dep",
+        {"needsdep": "broken_dep:Sink [fancy]"},
+        extras="fancy",
+        module="import not_installed_library_xyz\n",
+    )
     with pytest.raises(SinkError) as err:
         load("needsdep")
-    assert str(err.value) == ("sink 'needsdep' needs not_installed_library_xyz, which is not installed: "
-                              "pip install 'broken-dep[fancy]'")  # fmt: skip
+    assert str(err.value) == (
+        "sink 'needsdep' needs not_installed_library_xyz, which is not installed: pip install 'broken-dep[fancy]'"
+    )
 
 
 def test_a_plugin_whose_module_is_gone_says_so(site: Path) -> None:
@@ -95,11 +106,22 @@ def test_the_cli_says_it_in_one_line(site: Path) -> None:
     import os
     import subprocess
 
-    distribution(site, "broken-dep2", {"needsdep2": "broken_dep2:Sink [fancy]"}, extras="fancy",
-                 module="import not_installed_library_xyz\n")  # fmt: skip
+    distribution(
+        site,
+        "broken-dep2",
+        {"needsdep2": "broken_dep2:Sink [fancy]"},
+        extras="fancy",
+        module="import not_installed_library_xyz\n",
+    )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-m", "evostream.cli", "sinks", "run", "--sinks", "sqlite,needsdep2"],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "evostream.cli", "sinks", "run", "--sinks", "sqlite,needsdep2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "error: sink 'needsdep2' needs not_installed_library_xyz, which is not installed: "

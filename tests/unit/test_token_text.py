@@ -5,15 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from evostream.cli.readers import format_profile
-from evostream.errors import ConsumeError
-from evostream.views.tokens import TokenDecoder, default_version, local_resolver
-from models.loading import load_model
+from evostream.core.errors import ConsumeError
+from evostream.models.loading import load_model
+from evostream.views.token_text import TokenDecoder, default_version, local_resolver
 
 
 def profile(version: str, paths: list[list[int]]) -> dict[str, object]:
-    return {"model_version": version, "window_start_us": 0, "step_count": 10, "trace_count": 2,
-            "head_utilization": [[0.5, 0.01]], "layer_frequency": [1.0], "dormant_neuron_fraction": [],
-            "top_token_paths": [{"token_ids": ids, "count": 7 - i} for i, ids in enumerate(paths)]}  # fmt: skip
+    return {
+        "model_version": version,
+        "window_start_us": 0,
+        "step_count": 10,
+        "trace_count": 2,
+        "head_utilization": [[0.5, 0.01]],
+        "layer_frequency": [1.0],
+        "dormant_neuron_fraction": [],
+        "top_token_paths": [{"token_ids": ids, "count": 7 - i} for i, ids in enumerate(paths)],
+    }
 
 
 def test_the_default_models_paths_read_as_its_tokens_texts(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ re-exported here, so ``from evostream.errors import X`` works for every X."""
 
 from __future__ import annotations
 
-from schemas.errors import (
+from evostream.schemas.errors import (
     BadMagicError,
     DecodeError,
     EncodeError,

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
-from schemas.errors import SchemaError, UnknownFingerprintError
+from evostream.schemas.errors import SchemaError, UnknownFingerprintError
 
 NAMESPACE = "io.evostream"
 AVRO_DIR = Path(__file__).parent / "avro"
@@ -70,7 +70,7 @@ class SchemaVersion:
         return sv
 
 
-class SchemaRegistry:
+class SchemaIndex:
     """A read-only set of schema versions: the latest version of a record is its writer schema."""
 
     def __init__(self, versions: Iterable[SchemaVersion]) -> None:
@@ -89,7 +89,7 @@ class SchemaRegistry:
                 raise SchemaError(f"{name}: versions must run 1..N without gaps, found {numbers}")
 
     @classmethod
-    def from_directory(cls, directory: Path) -> SchemaRegistry:
+    def from_directory(cls, directory: Path) -> SchemaIndex:
         paths = sorted(directory.glob("*.avsc"))
         if not paths:
             raise SchemaError(f"no *.avsc schema files in {directory}")
@@ -125,6 +125,6 @@ class SchemaRegistry:
 
 
 @cache
-def default_registry() -> SchemaRegistry:
+def default_index() -> SchemaIndex:
     """The schemas shipped in this package."""
-    return SchemaRegistry.from_directory(AVRO_DIR)
+    return SchemaIndex.from_directory(AVRO_DIR)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from consumers.governance.keys import ActorKey, verify_signature
-from evostream.errors import InvalidTokenError
+from evostream.consumers.governance.keys import ActorKey, verify_signature
+from evostream.core.errors import InvalidTokenError
 
 _STATEMENT = "evostream http api token v1: "
 

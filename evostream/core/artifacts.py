@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from evostream.errors import ArtifactError
+from evostream.core.errors import ArtifactError
 
 MANIFEST_FORMAT = "evostream-artifact/1"
 SCHEME = "sha256:"
@@ -90,8 +90,9 @@ def parse_digest(sha256: str) -> str:
     """The 64-hex digest of ``sha256`` given as ``<hex>`` or ``sha256:<hex>``."""
     digest = sha256.removeprefix(SCHEME)
     if not _HEX.fullmatch(digest):
-        raise ArtifactError(f"{sha256!r} is not an artifact digest: expected 64 lowercase hex digits, "
-                            "optionally prefixed by 'sha256:'")  # fmt: skip
+        raise ArtifactError(
+            f"{sha256!r} is not an artifact digest: expected 64 lowercase hex digits, optionally prefixed by 'sha256:'"
+        )
     return digest
 
 
@@ -242,18 +243,23 @@ class ArtifactStore:
         base = self._dir(digest)
         uri = SCHEME + digest
         if not base.is_dir():
-            raise ArtifactError(f"artifact {uri} is not in the store at {self.root}: put the model's folder "
-                                "(`ArtifactStore.put_dir`) before serving it")  # fmt: skip
+            raise ArtifactError(
+                f"artifact {uri} is not in the store at {self.root}: put the model's folder "
+                "(`ArtifactStore.put_dir`) before serving it"
+            )
         manifest = base / "manifest.json"
         try:
             raw = manifest.read_bytes()
         except OSError as err:
-            raise ArtifactError(f"artifact {uri} has no readable manifest ({err}): remove {base} and put the model's "
-                                "folder again") from err  # fmt: skip
+            raise ArtifactError(
+                f"artifact {uri} has no readable manifest ({err}): remove {base} and put the model's folder again"
+            ) from err
         actual = hashlib.sha256(raw).hexdigest()
         if actual != digest:
-            raise ArtifactError(f"the manifest of artifact {uri} ({manifest}) was altered: it hashes to {actual}. "
-                                f"Remove {base} and put the model's folder again")  # fmt: skip
+            raise ArtifactError(
+                f"the manifest of artifact {uri} ({manifest}) was altered: it hashes to {actual}. "
+                f"Remove {base} and put the model's folder again"
+            )
         entries = parse_manifest(raw)
         files = base / "files"
         try:
@@ -266,12 +272,16 @@ class ArtifactStore:
                     continue
                 h, n = _hash_file(p)
                 if (h, n) != (entry.sha256, entry.size):
-                    problems.append(f"{entry.path} differs: expected sha256 {entry.sha256} ({entry.size} bytes), "
-                                    f"found {h} ({n} bytes)")  # fmt: skip
+                    problems.append(
+                        f"{entry.path} differs: expected sha256 {entry.sha256} ({entry.size} bytes), "
+                        f"found {h} ({n} bytes)"
+                    )
             problems += [f"{rel} is not in the manifest (an added file)" for rel in sorted(present)]
         except OSError as e:
             raise ArtifactError(f"cannot read artifact {uri} at {base}: {e}") from e
         if problems:
-            raise ArtifactError(f"artifact {uri} at {base} does not match its manifest, so it is refused: "
-                                f"{'; '.join(problems)}. Remove {base} and put the model's folder again")  # fmt: skip
+            raise ArtifactError(
+                f"artifact {uri} at {base} does not match its manifest, so it is refused: "
+                f"{'; '.join(problems)}. Remove {base} and put the model's folder again"
+            )
         return files

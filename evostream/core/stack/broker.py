@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
-from evostream.bus.admin import cluster_metadata, ensure_topics
-from evostream.errors import BrokerStartError, BrokerUnavailableError, PortInUseError, StackError
-from evostream.settings import DEFAULT_BROKER_PORT, Settings
-from evostream.stack.config import server_properties
-from evostream.stack.jars import resolve_kafka_libs, uses_log4j2
-from evostream.stack.java import find_java
-from evostream.stack.ports import HOST, free_port, port_is_free
-from schemas.catalog import CATALOG
+from evostream.core.bus.admin import cluster_metadata, ensure_topics
+from evostream.core.errors import BrokerStartError, BrokerUnavailableError, PortInUseError, StackError
+from evostream.core.settings import DEFAULT_BROKER_PORT, Settings
+from evostream.core.stack.config import server_properties
+from evostream.core.stack.jars import resolve_kafka_libs, uses_log4j2
+from evostream.core.stack.java import find_java
+from evostream.core.stack.ports import HOST, free_port, port_is_free
+from evostream.schemas.catalog import CATALOG
 
 Progress = Callable[[str], None]
 
@@ -135,10 +135,23 @@ class LocalStack:
             cluster_id = new_cluster_id()
             fmt = subprocess.run(
                 # --cluster-id=ID, not "-t ID": a random base64url id starting with "-" reads as an option
-                [str(java), "-Xmx256m", *jvm, "-cp", classpath, "kafka.tools.StorageTool", "format",
-                 f"--cluster-id={cluster_id}", "-c", str(props)],
-                capture_output=True, text=True, timeout=120, check=False,
-            )  # fmt: skip
+                [
+                    str(java),
+                    "-Xmx256m",
+                    *jvm,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    "-c",
+                    str(props),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
             if fmt.returncode != 0:
                 raise BrokerStartError(
                     f"formatting {self.data_dir} failed:\n{(fmt.stdout + fmt.stderr).strip()[-2000:]}"
@@ -149,8 +162,11 @@ class LocalStack:
         with (self.logs_dir / "stdout.log").open("ab") as out:
             proc = subprocess.Popen(
                 [str(java), f"-Xms{heap}", f"-Xmx{heap}", *jvm, "-cp", classpath, "kafka.Kafka", str(props)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         bootstrap = f"{HOST}:{broker_port}"
         state = StackState(proc.pid, bootstrap, controller_port, s.kafka_version, time.time(), 0.0)
         self._write_state(state)
@@ -177,7 +193,7 @@ class LocalStack:
         else:
             name, flag = "log4j.properties", "-Dlog4j.configuration=file:{}"
         target = self.config_dir / name
-        src = resources.files("evostream.stack").joinpath(f"resources/{name}")
+        src = resources.files("evostream.core.stack").joinpath(f"resources/{name}")
         target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
         return [flag.format(target)]
 

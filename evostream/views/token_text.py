@@ -15,7 +15,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from evostream.errors import EvoError
+from evostream.core.errors import EvoError
 
 Resolve = Callable[[str], Path | None]
 
@@ -62,8 +62,8 @@ def _load(path: Path) -> Any | None:
 @cache
 def default_version() -> str | None:
     """The embedded default model's registry version (``name@<digest of its weights>``), None if it is not built."""
-    from models.default_model import MODEL_ID, WEIGHTS_DIR
-    from models.loading import weights_digest
+    from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR
+    from evostream.models.loading import weights_digest
 
     digest = weights_digest(WEIGHTS_DIR) if WEIGHTS_DIR.exists() else None
     return f"{MODEL_ID}@{digest}" if digest else None
@@ -73,8 +73,8 @@ def local_resolver(artifacts_dir: Path, registry: Callable[[], Any] | None = Non
     """The default model's folder for its version; else, given ``registry`` (it replays the governance log: called on
     the first version that is not the default, and again at most every ``refresh_s`` for a version it did not name),
     the local artifact of the version it names."""
-    from evostream.artifacts import ArtifactStore
-    from models.default_model import WEIGHTS_DIR
+    from evostream.core.artifacts import ArtifactStore
+    from evostream.models.default_model import WEIGHTS_DIR
 
     store = ArtifactStore(artifacts_dir)
     replayed: dict[str, Any] = {"registry": None, "at": -math.inf}

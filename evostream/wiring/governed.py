@@ -2,8 +2,8 @@
 approved and promoted), and a model source for the inference service that follows ``evo.governance`` and hands over
 the production version's artifact, verified, whenever a promotion or a rollback changes it.
 
-Here, in the CLI layer, because it wires three parts that never import each other: the governance log
-(``consumers``), the artifact store (core) and the inference producer (``producers``)."""
+Here, in the wiring layer shared by the CLI and the API, because it wires three parts that never import each
+other: the governance log (``consumers``), the artifact store (core) and the inference producer (``producers``)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from consumers.governance.log import GovernanceLog
-from consumers.governance.projection import Registry, replay
-from consumers.governance.service import Governance, init, key_path, load_actor
-from evostream.artifacts import ArtifactStore
-from evostream.cli.governance import measure_on_suite
-from evostream.errors import GovernanceError, TamperError
-from evostream.settings import Settings
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.consumers.governance.projection import Registry, replay
+from evostream.consumers.governance.service import Governance, init, key_path, load_actor
+from evostream.core.artifacts import ArtifactStore
+from evostream.core.errors import GovernanceError, TamperError
+from evostream.core.settings import Settings
 from evostream.views.governance import checkpoints_path
 
 log = logging.getLogger("evostream.governed")
@@ -31,18 +30,35 @@ GENESIS_GATE = 0.9
 """The exact-match accuracy each task must reach for the embedded model to pass its genesis validation."""
 
 
+def measure_on_suite(path: Path, per_task: int, threshold: float) -> tuple[bool, dict[str, Any], dict[str, float]]:
+    """The model at ``path`` on ``per_task`` held-out prompts per task: (passed, gate per task, accuracy per task)."""
+    from evostream.models.loading import load_model
+    from evostream.models.suite.evaluate import eval_set, evaluate
+
+    lm = load_model(str(path), device="cpu")
+    acc = evaluate(lm.model, lm.tokenizer, eval_set(per_task))
+    gates = {
+        f"accuracy:{task}": {"value": a, "threshold": threshold, "passed": a >= threshold}
+        for task, a in acc.items()
+        if task != "mean"
+    }
+    return all(g["passed"] for g in gates.values()), gates, acc
+
+
 def _verified(registry: Registry, findings: list[Any]) -> Registry:
     if findings:
         f = findings[0]
-        raise TamperError(f"the governance log failed verification at offset {f.offset} (sequence {f.sequence}): "
-                          f"{f.kind}: {f.detail}; nothing is served from it (`evostream replay --verify`)")  # fmt: skip
+        raise TamperError(
+            f"the governance log failed verification at offset {f.offset} (sequence {f.sequence}): "
+            f"{f.kind}: {f.detail}; nothing is served from it (`evostream replay --verify`)"
+        )
     return registry
 
 
 def default_version() -> str:
     """The embedded model's version id, as the loader names it (``name@<12 hex of its weights' sha256>``)."""
-    from models.default_model import MODEL_ID, WEIGHTS_DIR
-    from models.loading import weights_digest
+    from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR
+    from evostream.models.loading import weights_digest
 
     return f"{MODEL_ID}@{weights_digest(WEIGHTS_DIR)}"
 
@@ -57,24 +73,29 @@ def validate_default(
 def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) -> str:
     """The production version of the embedded default model. On an empty log: the genesis (first admin key and
     policy, then the default model stored, registered, validated on the held-out suite, approved and promoted)."""
-    from models.default_model import MODEL_ID, WEIGHTS_DIR
+    from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR
 
     store = ArtifactStore(settings.artifacts_dir)
     keys = settings.governance_dir / "keys"
     with GovernanceLog(server, topic=settings.governance_topic) as glog:
         registry = _verified(*replay(glog.read()))
         if registry.head_sequence < 0:  # an admin key left by an earlier log (a new broker, same home) is reused
-            gov, path = init(glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings),
-                             reuse_key=True)  # fmt: skip
-            say(f"governance: empty log, genesis: admin {gov.actor} enrolled (key {gov.key.key_id}, saved 0600 at "
-                f"{path})")  # fmt: skip
+            gov, path = init(
+                glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings), reuse_key=True
+            )
+            say(
+                f"governance: empty log, genesis: admin {gov.actor} enrolled (key {gov.key.key_id}, saved 0600 at "
+                f"{path})"
+            )
         elif registry.production(MODEL_ID) is not None:
             version = str(registry.production(MODEL_ID))
             _ensure_default_artifact(store, registry, MODEL_ID, version, WEIGHTS_DIR)
             return version
         elif not key_path(keys, settings.governance_actor).exists():
-            raise GovernanceError(f"the governance log has no production version of {MODEL_ID}, and there is no key "
-                                  f"for {settings.governance_actor!r} in {keys} to register one")  # fmt: skip
+            raise GovernanceError(
+                f"the governance log has no production version of {MODEL_ID}, and there is no key "
+                f"for {settings.governance_actor!r} in {keys} to register one"
+            )
         else:
             gov = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings))
         return _register_default(gov, store, MODEL_ID, WEIGHTS_DIR, say)
@@ -97,17 +118,29 @@ def _register_default(
     say(f"governance: validating {version} on {GENESIS_EVAL_PER_TASK} held-out prompts per task")
     passed, gates, acc = validate_default(store.open(ref.sha256))
     size = sum(f.stat().st_size for f in weights.iterdir() if f.is_file())
-    metrics = {"parameters": training.get("parameters"), "bytes_on_disk": size, "task_accuracy": acc,
-               "training_held_out_accuracy": training.get("held_out_accuracy")}  # fmt: skip
-    gov.register(model, version, artifact_uri=ref.uri, artifact_sha256=ref.sha256, metrics=metrics,
-                 reason="genesis: the embedded default model")  # fmt: skip
+    metrics = {
+        "parameters": training.get("parameters"),
+        "bytes_on_disk": size,
+        "task_accuracy": acc,
+        "training_held_out_accuracy": training.get("held_out_accuracy"),
+    }
+    gov.register(
+        model,
+        version,
+        artifact_uri=ref.uri,
+        artifact_sha256=ref.sha256,
+        metrics=metrics,
+        reason="genesis: the embedded default model",
+    )
     gov.validated(model, version, passed, gates, reason="genesis: held-out task suite")
     if not passed:
         raise GovernanceError(f"the embedded model failed its genesis validation: {gates}")
     gov.approve(model, version, "production", reason="genesis")
     gov.promote(model, version, stage="production", reason="genesis: the embedded default model")
-    say(f"governance: {version} registered ({ref.uri[:19]}...), validated (mean accuracy {acc['mean']:.2f}), "
-        f"approved and promoted to production")  # fmt: skip
+    say(
+        f"governance: {version} registered ({ref.uri[:19]}...), validated (mean accuracy {acc['mean']:.2f}), "
+        f"approved and promoted to production"
+    )
     return version
 
 
@@ -119,9 +152,15 @@ class GovernedModel:
     loads the new version's artifact from the store (its bytes re-hashed first: a mismatch is refused, never
     served) and hands it over; the service swaps between batches."""
 
-    def __init__(self, server: str, settings: Settings, model: str, poll_s: float = 1.0,
-                 load: Callable[[Path, str], Any] | None = None) -> None:  # fmt: skip
-        from producers.swap import ModelSlot, ServingModel, check_servable
+    def __init__(
+        self,
+        server: str,
+        settings: Settings,
+        model: str,
+        poll_s: float = 1.0,
+        load: Callable[[Path, str], Any] | None = None,
+    ) -> None:
+        from evostream.producers.swap import ModelSlot, ServingModel, check_servable
 
         self.server = server
         self.model = model
@@ -181,6 +220,6 @@ class GovernedModel:
 
 
 def _load_artifact(path: Path, version: str) -> Any:
-    from models.loading import load_model
+    from evostream.models.loading import load_model
 
     return load_model(str(path))

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
 
-from evostream.errors import SinkError
-from plugins.api import ENTRY_POINT_GROUP, Sink
+from evostream.core.errors import SinkError
+from evostream.plugins.api import ENTRY_POINT_GROUP, Sink
 
 DEFAULT_SINKS = "sqlite"
 
@@ -49,8 +49,10 @@ def load_one(name: str, installed: dict[str, EntryPoint] | None = None) -> type[
     except ImportError as e:
         missing = e.name or str(e)
         if ep.module == missing or ep.module.startswith(f"{missing}."):
-            raise SinkError(f"sink {name!r}: its module {ep.module} is not installed ({ep.value}); reinstall the "
-                            "package that registers it") from e  # fmt: skip
+            raise SinkError(
+                f"sink {name!r}: its module {ep.module} is not installed ({ep.value}); reinstall the "
+                "package that registers it"
+            ) from e
         raise SinkError(f"sink {name!r} needs {missing}, which is not installed: {_install_hint(ep)}") from e
     except Exception as e:  # a broken plugin module: say which entry point
         raise SinkError(f"sink {name!r} ({ep.value}) failed to load: {type(e).__name__}: {e}") from e

@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
-from evostream.errors import BrokerUnavailableError, StackError
-from schemas.catalog import TopicSpec
+from evostream.core.errors import BrokerUnavailableError, StackError
+from evostream.schemas.catalog import TopicSpec
 
 
 def admin_client(bootstrap: str) -> AdminClient:
@@ -102,8 +102,9 @@ def group_lags(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0) ->
                 out[group] = {}
                 continue
             latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-            ends = admin.list_offsets({TopicPartition(tp.topic, tp.partition): latest for tp in committed},
-                                      request_timeout=timeout_s)  # fmt: skip
+            ends = admin.list_offsets(
+                {TopicPartition(tp.topic, tp.partition): latest for tp in committed}, request_timeout=timeout_s
+            )
             lags: dict[str, int] = {}
             for tp in committed:
                 end = ends[TopicPartition(tp.topic, tp.partition)].result(timeout=timeout_s).offset

@@ -87,5 +87,9 @@ class ConnectionWatch:
         if up:
             self.connected = True
             self.restored += 1
-            log.info("%s reached the Kafka cluster at %s again (broker %s)", self.client, self.bootstrap,
-                     up[0].get("name", "?"))  # fmt: skip
+            log.info(
+                "%s reached the Kafka cluster at %s again (broker %s)",
+                self.client,
+                self.bootstrap,
+                up[0].get("name", "?"),
+            )

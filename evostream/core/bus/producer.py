@@ -8,8 +8,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from evostream.bus.connection import ConnectionWatch
-from evostream.errors import DeliveryError
+from evostream.core.bus.connection import ConnectionWatch
+from evostream.core.errors import DeliveryError
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "enable.idempotence": True,

@@ -21,14 +21,21 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from evostream.bus.connection import ConnectionWatch
-from evostream.errors import ConflictError, ConsumeError, DeliveryError, EvoError
+from evostream.core.bus.connection import ConnectionWatch
+from evostream.core.errors import ConflictError, ConsumeError, DeliveryError, EvoError
 
 _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 """The ways the broker (or librdkafka on its behalf) says a newer instance of this transactional id took over."""
 
-_NOT_YET = frozenset({KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE,
-                      KafkaError._UNKNOWN_TOPIC, KafkaError.NOT_LEADER_FOR_PARTITION})  # fmt: skip
+_NOT_YET = frozenset(
+    {
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)
 """What the metadata of a topic created a moment ago says until every part of the broker knows it."""
 
 TRANSACTION_TIMEOUT_MS = 10_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evostream.stack.ports import HOST
+from evostream.core.stack.ports import HOST
 
 
 def server_properties(broker_port: int, controller_port: int, data_dir: Path) -> str:

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from evostream.errors import JavaNotFoundError
+from evostream.core.errors import JavaNotFoundError
 
 MIN_JAVA = 17
 

@@ -9,21 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from evostream.errors import GovernanceError
-from evostream.settings import Settings
+from evostream.core.errors import GovernanceError
+from evostream.core.settings import Settings
 from evostream.views.governance import checkpoints_path
 
 if TYPE_CHECKING:
-    from consumers.evolution.cycle import CycleConfig
-    from consumers.governance.service import Governance
+    from evostream.consumers.evolution.cycle import CycleConfig
+    from evostream.consumers.governance.service import Governance
 
 
 def evolution_actor(settings: Settings, server: str, say: Callable[[str], None]) -> Governance:
     """The evolution consumer's own signer (a proposer). On a machine that holds an admin key and none for the
     evolution actor yet, its key is made here and enrolled by that admin, once."""
-    from consumers.governance.keys import ActorKey
-    from consumers.governance.log import GovernanceLog
-    from consumers.governance.service import key_path, load_actor
+    from evostream.consumers.governance.keys import ActorKey
+    from evostream.consumers.governance.log import GovernanceLog
+    from evostream.consumers.governance.service import key_path, load_actor
 
     keys = settings.governance_dir / "keys"
     checkpoints = checkpoints_path(settings)
@@ -31,13 +31,16 @@ def evolution_actor(settings: Settings, server: str, say: Callable[[str], None])
     me = settings.evolution_actor
     if not key_path(keys, me).exists():
         if not key_path(keys, settings.governance_actor).exists():
-            raise GovernanceError(f"no key for the evolution actor {me!r} in {keys}: run `evostream governance keygen "
-                                  f"{me}` and have an admin enroll it with --roles proposer")  # fmt: skip
+            raise GovernanceError(
+                f"no key for the evolution actor {me!r} in {keys}: run `evostream governance keygen "
+                f"{me}` and have an admin enroll it with --roles proposer"
+            )
         admin = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints)
         enrolled = admin.state().registry.actors.get(me)
         if enrolled is not None and enrolled["revoked_seq"] is None:
-            raise GovernanceError(f"{me!r} is enrolled, but its key is not in {keys}: copy it there, or revoke the "
-                                  "actor and run again")  # fmt: skip
+            raise GovernanceError(
+                f"{me!r} is enrolled, but its key is not in {keys}: copy it there, or revoke the actor and run again"
+            )
         key = ActorKey.generate()
         key.save(key_path(keys, me))
         admin.enroll(me, key.public_hex, key.key_id, ["proposer"], reason="the evolution consumer's own key")
@@ -48,11 +51,11 @@ def evolution_actor(settings: Settings, server: str, say: Callable[[str], None])
 def risk_rate(model: Any, tokenizer: Any, prompts: Sequence[str]) -> float:
     """Alerts per 100 generations of ``model`` on ``prompts``: the producer's reference run folded by the processors'
     risk maths under the embedded family's policy, exactly as a served trace would be."""
-    from models.default_model import MODEL_ID
-    from models.loading import wrap_model
-    from producers.reference import run_traced
-    from stream_processors.risk.policy import load_policies, policy_for
-    from stream_processors.risk.score import TraceRisk
+    from evostream.models.default_model import MODEL_ID
+    from evostream.models.loading import wrap_model
+    from evostream.producers.reference import run_traced
+    from evostream.stream_processors.risk.policy import load_policies, policy_for
+    from evostream.stream_processors.risk.score import TraceRisk
 
     lm = wrap_model(model, tokenizer, MODEL_ID)
     policy = policy_for(load_policies(), lm.version)
@@ -67,34 +70,36 @@ def risk_rate(model: Any, tokenizer: Any, prompts: Sequence[str]) -> float:
 
 
 def cycle_config(recipes: list[str] | None, steps: int, held_out: int, reps: int) -> CycleConfig:
-    from consumers.evolution.cycle import DEFAULT_RECIPES, CycleConfig
-    from consumers.evolution.distill import DistillConfig
-    from consumers.evolution.recipe import Recipe
+    from evostream.consumers.evolution.cycle import DEFAULT_RECIPES, CycleConfig
+    from evostream.consumers.evolution.distill import DistillConfig
+    from evostream.consumers.evolution.recipe import Recipe
 
     chosen = tuple(Recipe.parse(r) for r in recipes) if recipes else DEFAULT_RECIPES
-    return CycleConfig(recipes=chosen, distill=DistillConfig(steps=steps), held_out_per_task=held_out,
-                       speed_reps=reps)  # fmt: skip
+    return CycleConfig(recipes=chosen, distill=DistillConfig(steps=steps), held_out_per_task=held_out, speed_reps=reps)
 
 
 def consumer(settings: Settings, server: str, model: str, cfg: CycleConfig, say: Callable[[str], None]) -> Any:
     """The evolution consumer for ``model``, wired: its signer, the artifact store, the risk rate."""
-    from consumers.evolution.service import EvolutionConsumer
-    from evostream.artifacts import ArtifactStore
+    from evostream.consumers.evolution.service import EvolutionConsumer
+    from evostream.core.artifacts import ArtifactStore
 
     gov = evolution_actor(settings, server, say)
-    return EvolutionConsumer(server, gov, model, ArtifactStore(settings.artifacts_dir), settings.evolution_dir, cfg,
-                             risk_rate, say)  # fmt: skip
+    return EvolutionConsumer(
+        server, gov, model, ArtifactStore(settings.artifacts_dir), settings.evolution_dir, cfg, risk_rate, say
+    )
 
 
 def cycle_line(c: Any) -> str:
     """One line per candidate: its recipe, verdict and what was measured against the parent."""
-    from consumers.evolution.sandbox import ratios
+    from evostream.consumers.evolution.sandbox import ratios
 
     v = c.validation
     r = ratios(v)
     acc = " ".join(f"{t}={a:.3f}" for t, a in v.candidate.accuracy.items())
     failed = [name for name, g in v.gates.items() if not g["passed"]]
-    return (f"{c.recipe.name}: {'PASS' if v.passed else 'FAIL ' + ','.join(failed)}  {v.parent.bytes:,} -> "
-            f"{v.candidate.bytes:,} bytes ({r['bytes']:.2f}x), {v.parent.parameters:,} -> {v.candidate.parameters:,} "
-            f"parameters, {v.parent.speed.median:.3f} -> {v.candidate.speed.median:.3f} ms/token ({r['speed']:.2f}x), "
-            f"accuracy {acc}")  # fmt: skip
+    return (
+        f"{c.recipe.name}: {'PASS' if v.passed else 'FAIL ' + ','.join(failed)}  {v.parent.bytes:,} -> "
+        f"{v.candidate.bytes:,} bytes ({r['bytes']:.2f}x), {v.parent.parameters:,} -> {v.candidate.parameters:,} "
+        f"parameters, {v.parent.speed.median:.3f} -> {v.candidate.speed.median:.3f} ms/token ({r['speed']:.2f}x), "
+        f"accuracy {acc}"
+    )

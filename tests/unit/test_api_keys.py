@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from bench.replay import ADMIN, Chain
-from consumers.governance.keys import ActorKey
-from consumers.governance.projection import replay
-from consumers.governance.tokens import actor_of, token_for
-from evostream.errors import InvalidTokenError
+from evostream.consumers.governance.api_keys import actor_of, token_for
+from evostream.consumers.governance.keys import ActorKey
+from evostream.consumers.governance.projection import replay
+from evostream.core.errors import InvalidTokenError
 
 
 def chain() -> Chain:
@@ -33,8 +33,13 @@ def test_forged_borrowed_malformed_and_revoked_tokens_are_refused_without_echoin
     alice = token_for(c.keys["alice"], "alice")
     forged = token_for(ActorKey.from_seed(b"\x01" * 32), "alice")  # another key claiming alice
     borrowed = f"{ADMIN}." + alice.split(".")[1]  # alice's signature presented as the admin's
-    for bad, why in ((forged, "does not match"), (borrowed, "does not match"), ("alice", "malformed"),
-                     ("alice." + "zz" * 64, "does not match"), ("mallory." + "00" * 64, "not enrolled")):  # fmt: skip
+    for bad, why in (
+        (forged, "does not match"),
+        (borrowed, "does not match"),
+        ("alice", "malformed"),
+        ("alice." + "zz" * 64, "does not match"),
+        ("mallory." + "00" * 64, "not enrolled"),
+    ):
         with pytest.raises(InvalidTokenError, match=why) as e:
             actor_of(bad, reg)
         assert bad.split(".")[-1] not in str(e.value) or len(bad.split(".")[-1]) < 10
