@@ -1,5 +1,5 @@
 # The two set-up commands of the README, and the checks CI runs.
-.PHONY: run test lint bench stop
+.PHONY: run test test-fast lint bench stop
 
 run:    ## start the local Kafka broker and run the main job
 	@scripts/run.sh
@@ -7,8 +7,11 @@ run:    ## start the local Kafka broker and run the main job
 test:   ## run the test suite (starts and stops its own broker)
 	@scripts/test.sh
 
-lint:   ## ruff, mypy and the import layers
-	@venv="$$(scripts/venv.sh)" && "$$venv/bin/ruff" check . && "$$venv/bin/ruff" format --check . && "$$venv/bin/mypy" && "$$venv/bin/lint-imports"
+test-fast:  ## the tests that need neither the broker nor the browser (a few minutes at most)
+	@scripts/test.sh -m "not integration and not browser"
+
+lint:   ## ruff (no formatter opt-outs), mypy --strict and the import layers
+	@scripts/lint.sh
 
 bench:  ## codec and produce/consume benchmarks against the local broker
 	@venv="$$(scripts/venv.sh)" && "$$venv/bin/python" -m bench.codec && "$$venv/bin/python" -m bench.produce && "$$venv/bin/python" -m bench.overhead && "$$venv/bin/python" -m bench.processors && "$$venv/bin/python" -m bench.risk_quality

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.api import Sink, SinkContext
+from evostream.plugins.api import Sink, SinkContext
 from tests.plugins.contract import Kind, SinkContract
 from tests.plugins.kafka import marked, produce
 
@@ -31,32 +31,75 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package installed by pip into a folder of its own (built from a copy: pip builds in the source tree)."""
     root = tmp_path_factory.mktemp("thirdparty")
     shutil.copytree(PACKAGE, root / "src")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(root / "site"), str(root / "src")], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(root / "site"),
+            str(root / "src"),
+        ],
+        check=True,
+    )
     return root / "site"
+
+
+@pytest.fixture(scope="module", params=["checkout", "wheel"])
+def python(request: pytest.FixtureRequest) -> str:
+    """The interpreter that runs evostream: this checkout's environment, or a clean one holding only the built wheel."""
+    return sys.executable if request.param == "checkout" else str(request.getfixturevalue("wheel_python"))
 
 
 def env_with(site: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
-def test_the_installed_sink_is_listed_and_loads(site: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "evostream.cli", "sinks", "list"], env=env_with(site),
-                          capture_output=True, text=True, check=True, timeout=120)  # fmt: skip
+def test_the_installed_sink_is_listed_and_loads(site: Path, python: str) -> None:
+    done = subprocess.run(
+        [python, "-m", "evostream.cli", "sinks", "list"],
+        env=env_with(site),
+        cwd=site,  # not the checkout: `python -m` puts the working folder first on the path
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     line = next(x for x in done.stdout.splitlines() if x.startswith("jsonl "))
     assert "evostream_jsonl:JsonlSink" in line and "evostream-jsonl 0.1.0" in line and line.endswith(" ok"), line
 
 
 @pytest.mark.integration
-def test_evostream_sinks_run_runs_it_unchanged(site: Path, kafka: str, tmp_path: Path) -> None:
+def test_evostream_sinks_run_runs_it_unchanged(site: Path, python: str, kafka: str, tmp_path: Path) -> None:
     marker = uuid.uuid4().hex[:8]
     values = marked(("evo.completions", "evo.alerts"), 3, marker)
     produce(kafka, values)
     out = tmp_path / "out.jsonl"
     env = {**env_with(site), "EVOSTREAM_SINKS": "jsonl", "EVOSTREAM_SINKS_DIR": str(tmp_path / "sinks")}
     log = tmp_path / "run.log"
-    proc = subprocess.Popen([sys.executable, "-m", "evostream.cli", "sinks", "run", "--bootstrap", kafka, "--every",
-                             "0", "-o", f"jsonl.path={out}"], env=env, stderr=log.open("wb"))  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            python,
+            "-m",
+            "evostream.cli",
+            "sinks",
+            "run",
+            "--bootstrap",
+            kafka,
+            "--every",
+            "0",
+            "-o",
+            f"jsonl.path={out}",
+        ],
+        env=env,
+        cwd=site,
+        stderr=log.open("wb"),
+    )
 
     def mine() -> list[dict[str, object]]:
         if not out.is_file():
