@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from io import BytesIO
-from typing import Any
+from typing import Any, Generic, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.validation import validate
+from typing_extensions import TypeVar
 
 from evostream.schemas.errors import (
     BadMagicError,
@@ -25,6 +26,9 @@ MAGIC = b"\xc3\x01"
 HEADER_LEN = len(MAGIC) + 8
 
 Record = dict[str, Any]
+R = TypeVar("R", default=Record)
+"""What ``decode`` returns: a TypedDict of ``evostream.schemas.records`` for a codec made with ``RecordCodec.of``."""
+T = TypeVar("T")
 
 
 def split_header(data: bytes) -> tuple[bytes, memoryview]:
@@ -39,8 +43,16 @@ def split_header(data: bytes) -> tuple[bytes, memoryview]:
     return bytes(view[2:HEADER_LEN]), view[HEADER_LEN:]
 
 
-class RecordCodec:
-    """Encodes and decodes one record type; the writer is its newest schema, the reader too unless pinned."""
+class RecordCodec(Generic[R]):
+    """Encodes and decodes one record type; the writer is its newest schema, the reader too unless pinned.
+
+    ``RecordCodec.of(Completion)`` (a TypedDict of ``evostream.schemas.records``) decodes typed records, so mypy
+    refuses a misspelled field; ``RecordCodec("Completion")`` decodes plain dicts."""
+
+    @classmethod
+    def of(cls, record: type[T], index: SchemaIndex | None = None) -> RecordCodec[T]:
+        """The codec of the record ``record`` types (its class name is the schema's record name)."""
+        return RecordCodec[T](record.__name__, index)
 
     def __init__(self, name: str, index: SchemaIndex | None = None, reader_version: int | None = None):
         self.schemas = index or default_index()
@@ -63,7 +75,7 @@ class RecordCodec:
             raise EncodeError(f"{self.writer.short_name}: {self._explain(record, e)}") from e
         return buf.getvalue()
 
-    def decode_or_skip(self, data: bytes | None) -> Record | None:
+    def decode_or_skip(self, data: bytes | None) -> R | None:
         """The record, or None for bytes that are not one: for readers that search a shared topic for their own
         records, where a malformed one is someone else's (the processors dead-letter it with the reason)."""
         try:
@@ -71,7 +83,7 @@ class RecordCodec:
         except DecodeError:
             return None
 
-    def decode(self, data: bytes) -> Record:
+    def decode(self, data: bytes) -> R:
         """Parse single-object bytes written with any known version of this record."""
         fp, body = split_header(data)
         if fp == self.reader.fingerprint:
@@ -102,7 +114,7 @@ class RecordCodec:
             )
         if not isinstance(record, dict):
             raise DecodeError(f"{writer.short_name}: body did not decode to a record")
-        return record
+        return cast(R, record)  # the reader schema's record: the shape evostream.schemas.records derives from it
 
     def _explain(self, record: Mapping[str, Any], error: Exception) -> str:
         try:

@@ -8,14 +8,14 @@ must never be mistaken for telemetry of a real model.
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from evostream.schemas import records
 from evostream.schemas.tensors import pack_f32
 
 SELFCHECK_VERSION = "selfcheck"
 
 
-def generation_step(i: int, trace_id: str, layers: int = 4, heads: int = 4, t0_us: int = 0) -> dict[str, Any]:
+def generation_step(i: int, trace_id: str, layers: int = 4, heads: int = 4, t0_us: int = 0) -> records.GenerationStep:
     """The ``i``-th step of a synthetic trace: every field set, values a pure function of ``i``."""
 
     def f(k: int) -> float:
@@ -59,7 +59,7 @@ VERSIONS = ("tiny-a", "tiny-b")
 """The model versions the report samples alternate between."""
 
 
-def completion(i: int, t_us: int = T0_US) -> dict[str, Any]:
+def completion(i: int, t_us: int = T0_US) -> records.Completion:
     return {
         "trace_id": f"trace-{i}",
         "request_id": f"req-{i}",
@@ -79,7 +79,7 @@ def completion(i: int, t_us: int = T0_US) -> dict[str, Any]:
     }
 
 
-def risk_report(i: int, t_us: int = T0_US) -> dict[str, Any]:
+def risk_report(i: int, t_us: int = T0_US) -> records.RiskReport:
     flagged = i % 2 == 1
     return {
         "trace_id": f"trace-{i}",
@@ -97,7 +97,7 @@ def risk_report(i: int, t_us: int = T0_US) -> dict[str, Any]:
     }
 
 
-def alert(i: int, t_us: int = T0_US) -> dict[str, Any]:
+def alert(i: int, t_us: int = T0_US) -> records.RiskAlert:
     return {
         "trace_id": f"trace-{i}",
         "request_id": f"req-{i}",
@@ -113,7 +113,7 @@ def alert(i: int, t_us: int = T0_US) -> dict[str, Any]:
     }
 
 
-def drift_report(i: int, t_us: int = T0_US) -> dict[str, Any]:
+def drift_report(i: int, t_us: int = T0_US) -> records.DriftReport:
     fired = i % 2 == 1
     return {
         "model_version": VERSIONS[i % 2],
@@ -131,7 +131,7 @@ def drift_report(i: int, t_us: int = T0_US) -> dict[str, Any]:
     }
 
 
-def profile(i: int, t_us: int = T0_US) -> dict[str, Any]:
+def profile(i: int, t_us: int = T0_US) -> records.ProfileSnapshot:
     return {
         "model_version": VERSIONS[i % 2],
         "window_start_us": t_us,
@@ -147,7 +147,7 @@ def profile(i: int, t_us: int = T0_US) -> dict[str, Any]:
     }
 
 
-def governance(i: int, t_us: int = T0_US) -> dict[str, Any]:
+def governance(i: int, t_us: int = T0_US) -> records.GovernanceEvent:
     """Registered, then promoted to production, then rolled back, round and round (payloads as the service writes
     them; the chain's hashes and signatures are not valid: sinks record the log, they do not verify it)."""
     version = VERSIONS[(i // 3) % 2]
@@ -185,5 +185,5 @@ def governance(i: int, t_us: int = T0_US) -> dict[str, Any]:
     }
 
 
-def step(i: int, t_us: int = T0_US) -> dict[str, Any]:
+def step(i: int, t_us: int = T0_US) -> records.GenerationStep:
     return generation_step(i, f"trace-{i // 4}", t0_us=t_us)

@@ -18,8 +18,8 @@ from evostream.consumers.governance.service import Governance
 
 def handled_triggers(gov: Governance, model: str) -> set[str]:
     """Triggers whose cycle already registered a candidate of ``model``."""
-    reg = gov.state().registry
-    versions = reg.models.get(model, {}).get("versions", {})
+    found = gov.state().registry.models.get(model)
+    versions = found["versions"] if found else {}
     return {
         str(v["operator_params"].get("trigger"))
         for v in versions.values()
@@ -47,7 +47,8 @@ def propose(
             return None, False
         cand = max(result.candidates, key=lambda c: c.validation.candidate.accuracy["mean"])
     version = version_name(model, cand)
-    known = gov.state().registry.models.get(model, {}).get("versions", {}).get(version)
+    found = gov.state().registry.models.get(model)
+    known = found["versions"].get(version) if found else None
     if known is not None:  # the same bytes from an earlier cycle: registered once, judged then
         say(f"{version} is already registered ({known['stage']}): the cycle found the same candidate again")
         return version, bool(known["validation"] and known["validation"]["passed"])

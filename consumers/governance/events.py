@@ -13,7 +13,8 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from types import UnionType
+from typing import Any, TypedDict, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from evostream.core.errors import GovernanceError
 
@@ -22,31 +23,111 @@ STAGES = ("candidate", "staging", "production", "archived")
 ALL_MODELS = "*"
 """``model_name`` of events about no one model: actors and policy."""
 
-# type -> {payload field: accepted Python types}; a field whose types include NoneType may be null, and every
-# listed field must be present. Extra fields are allowed (a newer writer), and kept.
-_STR, _INT, _NUM, _BOOL, _DICT, _LIST, _NONE = (str,), (int,), (int, float), (bool,), (dict,), (list,), (type(None),)
+
+# The payload of each event type, typed: the fold reads them through these (``payload_of``), and the runtime check of
+# an event (``check_payload``) is derived from them. Every listed field must be present (a ``| None`` one may be
+# null); extra fields are allowed (a newer writer), and kept.
+class ActorEnrolled(TypedDict):
+    actor_id: str
+    key_id: str
+    public_key: str
+    roles: list[str]
+
+
+class ActorRevoked(TypedDict):
+    actor_id: str
+
+
+class PolicyChanged(TypedDict):
+    policy: dict[str, Any]
+
+
+class ModelRegistered(TypedDict):
+    version: str
+    artifact_uri: str
+    artifact_sha256: str
+    parent: str | None
+    operator: str | None
+    operator_params: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+class CandidateProposed(TypedDict):
+    version: str
+    evidence: dict[str, Any]
+
+
+class ValidationCompleted(TypedDict):
+    version: str
+    passed: bool
+    gates: dict[str, Any]
+
+
+class ApprovalRequested(TypedDict):
+    version: str
+    stage: str
+
+
+class ApprovalGranted(ApprovalRequested):
+    pass
+
+
+class ApprovalRejected(ApprovalRequested):
+    pass
+
+
+class Promoted(TypedDict):
+    version: str
+    stage: str | None
+    alias: str | None
+
+
+class RolledBack(TypedDict):
+    version: str
+    from_version: str | None
+
+
+PAYLOAD_TYPES: dict[str, type] = {
+    t.__name__: t
+    for t in (
+        ActorEnrolled,
+        ActorRevoked,
+        PolicyChanged,
+        ModelRegistered,
+        CandidateProposed,
+        ValidationCompleted,
+        ApprovalRequested,
+        ApprovalGranted,
+        ApprovalRejected,
+        Promoted,
+        RolledBack,
+    )
+}
+P = TypeVar("P")
+
+
+def _accepted(annotation: Any) -> tuple[type, ...]:
+    """The Python types a JSON value of this annotation may have (an int is a float's JSON spelling too)."""
+    origin = get_origin(annotation)
+    if origin in (UnionType, Union):
+        return tuple(t for arm in get_args(annotation) for t in _accepted(arm))
+    if annotation is float:
+        return (int, float)
+    return (origin or annotation,)
+
+
+# type -> {payload field: accepted Python types}, from the TypedDicts above
 PAYLOADS: dict[str, dict[str, tuple[type, ...]]] = {
-    "ActorEnrolled": {"actor_id": _STR, "key_id": _STR, "public_key": _STR, "roles": _LIST},
-    "ActorRevoked": {"actor_id": _STR},
-    "PolicyChanged": {"policy": _DICT},
-    "ModelRegistered": {
-        "version": _STR,
-        "artifact_uri": _STR,
-        "artifact_sha256": _STR,
-        "parent": _STR + _NONE,
-        "operator": _STR + _NONE,
-        "operator_params": _DICT,
-        "metrics": _DICT,
-    },
-    "CandidateProposed": {"version": _STR, "evidence": _DICT},
-    "ValidationCompleted": {"version": _STR, "passed": _BOOL, "gates": _DICT},
-    "ApprovalRequested": {"version": _STR, "stage": _STR},
-    "ApprovalGranted": {"version": _STR, "stage": _STR},
-    "ApprovalRejected": {"version": _STR, "stage": _STR},
-    "Promoted": {"version": _STR, "stage": _STR + _NONE, "alias": _STR + _NONE},
-    "RolledBack": {"version": _STR, "from_version": _STR + _NONE},
+    name: {field: _accepted(a) for field, a in get_type_hints(td).items()} for name, td in PAYLOAD_TYPES.items()
 }
 EVENT_TYPES = tuple(PAYLOADS)
+
+
+def payload_of(ev: GovEvent, kind: type[P]) -> P:
+    """The event's payload as the TypedDict of its type; refuses an event of another type (a programming error)."""
+    if ev.type != kind.__name__:
+        raise GovernanceError(f"event {ev.sequence} is a {ev.type}, not a {kind.__name__}")
+    return cast(P, ev.payload)  # check_payload verified the fields when the event was made or read
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 from evostream.consumers.governance.events import ALL_MODELS
 from evostream.consumers.governance.keys import key_id_of
+from evostream.consumers.governance.state import ActorState, ModelState, VersionState
 from evostream.core.errors import GovernanceError
 
 DEFAULT_POLICY: dict[str, Any] = {
@@ -47,8 +48,8 @@ _ROLES_OF: dict[str, frozenset[str]] = {
 }
 APPROVABLE_STAGES = ("staging", "production")
 
-Actors = Mapping[str, dict[str, Any]]
-Models = Mapping[str, dict[str, Any]]
+Actors = Mapping[str, ActorState]
+Models = Mapping[str, ModelState]
 Policy = Mapping[str, Any]
 
 
@@ -64,7 +65,7 @@ def allowed_roles(type_: str, payload: Mapping[str, Any], policy: Policy) -> fro
     return _ADMIN  # an alias moves what serves as champion or challenger
 
 
-def approvers(version: Mapping[str, Any], stage: str, actors: Actors) -> list[str]:
+def approvers(version: VersionState, stage: str, actors: Actors) -> list[str]:
     """The distinct actors whose approval of ``version`` for ``stage`` counts: granted after the last rejection, by
     an actor who is still enrolled, unrevoked and an approver (a revoked reviewer's pending grant no longer counts)."""
     ap = version["approvals"].get(stage)
@@ -77,7 +78,7 @@ def approvers(version: Mapping[str, Any], stage: str, actors: Actors) -> list[st
     )
 
 
-def passed_validation(version: Mapping[str, Any]) -> bool:
+def passed_validation(version: VersionState) -> bool:
     """Whether the version's latest validation passed."""
     v = version["validation"]
     return v is not None and v["passed"] is True

@@ -17,9 +17,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from evostream.consumers.governance import events as e
 from evostream.consumers.governance import policy as rules
-from evostream.consumers.governance.events import GovEvent, chain_hash, check_payload, upcast
+from evostream.consumers.governance.events import GovEvent, chain_hash, check_payload, payload_of, upcast
 from evostream.consumers.governance.keys import SIGNATURE_ALG, key_id_of, verify_signature
+from evostream.consumers.governance.state import ActorState, ModelState, PendingApproval, VersionState
 from evostream.core.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
 
 SNAPSHOT_FORMAT = 1
@@ -74,12 +76,11 @@ class Registry:
         self.head_hash = ""
         self.head_us = 0
         self.offset = -1
-        self.actors: dict[str, dict[str, Any]] = {}
-        """actor id -> {"roles", "keys": {key_id: {"public_key", "sequence", "revoked_seq"}}, "sequence",
-        "revoked_seq"}"""
+        self.actors: dict[str, ActorState] = {}
+        """actor id -> its roles and keys"""
         self.policy: dict[str, Any] = dict(rules.DEFAULT_POLICY)
-        self.models: dict[str, dict[str, Any]] = {}
-        """model name -> {"versions": {version: {...}}, "production", "staging", "aliases": {alias: version}}"""
+        self.models: dict[str, ModelState] = {}
+        """model name -> its versions, stages and aliases"""
 
     # --- queries ----------------------------------------------------------------------------------------------
     def production(self, model_name: str) -> str | None:
@@ -94,7 +95,7 @@ class Registry:
         model = self.models.get(model_name)
         return model["aliases"].get(alias) if model else None
 
-    def version(self, model_name: str, version: str) -> dict[str, Any]:
+    def version(self, model_name: str, version: str) -> VersionState:
         """A copy of everything known about one version; GovernanceError if it was never registered."""
         model = self.models.get(model_name)
         if model is None:
@@ -113,9 +114,9 @@ class Registry:
             parent = self.models[model_name]["versions"][parent]["parent"]
         return chain
 
-    def pending_approvals(self) -> list[dict[str, Any]]:
+    def pending_approvals(self) -> list[PendingApproval]:
         """Approval requests whose version has not reached the stage yet, with who approved so far."""
-        out = []
+        out: list[PendingApproval] = []
         for name, model in sorted(self.models.items()):
             for v, ver in model["versions"].items():
                 for stage, seq in sorted(ver["requests"].items()):
@@ -264,8 +265,8 @@ class Registry:
             reg.head_sequence, reg.head_hash = int(d["head_sequence"]), str(d["head_hash"])
             reg.head_us, reg.offset = int(d["head_us"]), int(d["offset"])
             reg.actors, reg.policy, reg.models = copy.deepcopy((d["actors"], d["policy"], d["models"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise GovernanceError(f"registry snapshot is incomplete ({e}): replay the log instead") from e
+        except (KeyError, TypeError, ValueError) as err:
+            raise GovernanceError(f"registry snapshot is incomplete ({err}): replay the log instead") from err
         return reg
 
     def __eq__(self, other: object) -> bool:
@@ -281,7 +282,7 @@ class Registry:
 
 # --- one small mutator per event type (the event was verified, or is trusted) ---------------------------------
 def _on_enrolled(reg: Registry, ev: GovEvent) -> None:
-    p = ev.payload
+    p = payload_of(ev, e.ActorEnrolled)
     actor = reg.actors.get(p["actor_id"])
     if actor is None:
         actor = reg.actors[p["actor_id"]] = {"roles": [], "keys": {}, "sequence": ev.sequence, "revoked_seq": None}
@@ -291,7 +292,7 @@ def _on_enrolled(reg: Registry, ev: GovEvent) -> None:
 
 
 def _on_revoked(reg: Registry, ev: GovEvent) -> None:
-    actor = reg.actors[ev.payload["actor_id"]]
+    actor = reg.actors[payload_of(ev, e.ActorRevoked)["actor_id"]]
     actor["revoked_seq"] = ev.sequence
     for key in actor["keys"].values():
         if key["revoked_seq"] is None:
@@ -299,20 +300,18 @@ def _on_revoked(reg: Registry, ev: GovEvent) -> None:
 
 
 def _on_policy(reg: Registry, ev: GovEvent) -> None:
-    reg.policy = {**reg.policy, **ev.payload["policy"]}
+    reg.policy = {**reg.policy, **payload_of(ev, e.PolicyChanged)["policy"]}
 
 
-_REGISTERED_FIELDS = frozenset(
-    {"version", "artifact_uri", "artifact_sha256", "parent", "operator", "operator_params", "metrics"}
-)
+_REGISTERED_FIELDS = frozenset(e.ModelRegistered.__annotations__)
 
 
 def _on_registered(reg: Registry, ev: GovEvent) -> None:
-    p = ev.payload
+    p = payload_of(ev, e.ModelRegistered)
     model = reg.models.get(ev.model_name)
     if model is None:
         model = reg.models[ev.model_name] = {"versions": {}, "production": None, "staging": None, "aliases": {}}
-    extra = {k: v for k, v in p.items() if k not in _REGISTERED_FIELDS} if len(p) > len(_REGISTERED_FIELDS) else {}
+    extra = {k: v for k, v in ev.payload.items() if k not in _REGISTERED_FIELDS}
     model["versions"][p["version"]] = {
         "version": p["version"],
         "artifact_uri": p["artifact_uri"],
@@ -335,20 +334,20 @@ def _on_registered(reg: Registry, ev: GovEvent) -> None:
     }
 
 
-def _touch(reg: Registry, ev: GovEvent) -> dict[str, Any]:
-    ver: dict[str, Any] = reg.models[ev.model_name]["versions"][ev.payload["version"]]
+def _touch(reg: Registry, ev: GovEvent) -> VersionState:
+    ver = reg.models[ev.model_name]["versions"][str(ev.payload["version"])]  # every type but actors' and policy's
     ver["events"].append(ev.sequence)
     return ver
 
 
 def _on_proposed(reg: Registry, ev: GovEvent) -> None:
     _touch(reg, ev)["proposals"].append(
-        {"sequence": ev.sequence, "actor": ev.actor, "evidence": ev.payload["evidence"]}
+        {"sequence": ev.sequence, "actor": ev.actor, "evidence": payload_of(ev, e.CandidateProposed)["evidence"]}
     )
 
 
 def _on_validated(reg: Registry, ev: GovEvent) -> None:
-    p = ev.payload
+    p = payload_of(ev, e.ValidationCompleted)
     _touch(reg, ev)["validation"] = {
         "passed": p["passed"],
         "gates": p["gates"],
@@ -358,12 +357,12 @@ def _on_validated(reg: Registry, ev: GovEvent) -> None:
 
 
 def _on_requested(reg: Registry, ev: GovEvent) -> None:
-    _touch(reg, ev)["requests"][ev.payload["stage"]] = ev.sequence
+    _touch(reg, ev)["requests"][payload_of(ev, e.ApprovalRequested)["stage"]] = ev.sequence
 
 
 def _on_granted(reg: Registry, ev: GovEvent) -> None:
     approvals = _touch(reg, ev)["approvals"]
-    stage = ev.payload["stage"]
+    stage = payload_of(ev, e.ApprovalGranted)["stage"]
     ap = approvals.get(stage)
     if ap is None:
         ap = approvals[stage] = {"granted": {}, "rejected": None}
@@ -373,10 +372,11 @@ def _on_granted(reg: Registry, ev: GovEvent) -> None:
 def _on_rejected(reg: Registry, ev: GovEvent) -> None:
     # a rejection voids the grants before it: approvers must look again
     approvals = _touch(reg, ev)["approvals"]
-    approvals[ev.payload["stage"]] = {"granted": {}, "rejected": {"actor": ev.actor, "sequence": ev.sequence}}
+    stage = payload_of(ev, e.ApprovalRejected)["stage"]
+    approvals[stage] = {"granted": {}, "rejected": {"actor": ev.actor, "sequence": ev.sequence}}
 
 
-def _make_production(model: dict[str, Any], name: str) -> None:
+def _make_production(model: ModelState, name: str) -> None:
     versions = model["versions"]
     old = model["production"]
     if old is not None and old != name:
@@ -388,7 +388,7 @@ def _make_production(model: dict[str, Any], name: str) -> None:
 
 
 def _on_promoted(reg: Registry, ev: GovEvent) -> None:
-    p = ev.payload
+    p = payload_of(ev, e.Promoted)
     ver = _touch(reg, ev)
     model = reg.models[ev.model_name]
     name, stage = p["version"], p["stage"]
@@ -401,7 +401,7 @@ def _on_promoted(reg: Registry, ev: GovEvent) -> None:
         model["staging"] = name
         ver["stage"] = "staging"
     else:
-        alias = p["alias"]
+        alias = str(p["alias"])  # check_payload: exactly one of stage and alias is set
         old = model["aliases"].get(alias)
         if old is not None:
             model["versions"][old]["aliases"].remove(alias)
@@ -411,7 +411,7 @@ def _on_promoted(reg: Registry, ev: GovEvent) -> None:
 
 def _on_rolled_back(reg: Registry, ev: GovEvent) -> None:
     _touch(reg, ev)
-    _make_production(reg.models[ev.model_name], ev.payload["version"])
+    _make_production(reg.models[ev.model_name], payload_of(ev, e.RolledBack)["version"])
 
 
 _FOLD: dict[str, Callable[[Registry, GovEvent], None]] = {

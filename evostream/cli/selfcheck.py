@@ -19,6 +19,7 @@ from evostream.core.errors import EvoError
 from evostream.core.settings import load_settings
 from evostream.schemas.catalog import TopicSpec
 from evostream.schemas.codec import RecordCodec
+from evostream.schemas.records import GenerationStep
 from evostream.schemas.samples import generation_step
 
 
@@ -62,7 +63,7 @@ def round_trip(
 ) -> RoundTrip:
     """Send ``count`` steps spread over ``traces`` traces to a fresh topic, read them all back, check equality."""
     wait_for_broker(bootstrap, connect_timeout_s)
-    codec = RecordCodec("GenerationStep")
+    codec = RecordCodec.of(GenerationStep)
     topic = TopicSpec(
         f"evo.selfcheck.{uuid.uuid4().hex[:12]}",
         "GenerationStep",
@@ -94,7 +95,7 @@ def round_trip(
         produce_s = time.perf_counter() - p0
         progress(f"produced {count} records ({size:.0f} B each) in {produce_s:.2f} s")
 
-        seen: dict[tuple[str, int], dict[str, object]] = {}
+        seen: dict[tuple[str, int], GenerationStep] = {}
         c0 = 0.0
         end = time.monotonic() + deadline_s
         with EventConsumer(bootstrap, f"selfcheck-{uuid.uuid4().hex[:8]}", [topic.name]) as consumer:

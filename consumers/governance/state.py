@@ -1,0 +1,87 @@
+"""The shapes of the registry projection (``projection.Registry``): what the fold keeps per actor, model and
+version. Plain JSON-able dicts, typed, so the fold, the views and the API read the same fields and mypy checks
+them; the snapshot (``Registry.to_json``) is these dicts as they are."""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+
+class KeyState(TypedDict):
+    public_key: str
+    sequence: int
+    revoked_seq: int | None
+
+
+class ActorState(TypedDict):
+    roles: list[str]
+    keys: dict[str, KeyState]
+    """key id -> the key"""
+    sequence: int
+    revoked_seq: int | None
+
+
+class Validation(TypedDict):
+    passed: bool
+    gates: dict[str, Any]
+    sequence: int
+    actor: str
+
+
+class Proposal(TypedDict):
+    sequence: int
+    actor: str
+    evidence: dict[str, Any]
+
+
+class Rejection(TypedDict):
+    actor: str
+    sequence: int
+
+
+class Approvals(TypedDict):
+    granted: dict[str, int]
+    """approver -> the sequence of the grant"""
+    rejected: Rejection | None
+
+
+class VersionState(TypedDict):
+    version: str
+    artifact_uri: str
+    artifact_sha256: str
+    parent: str | None
+    operator: str | None
+    operator_params: dict[str, Any]
+    metrics: dict[str, Any]
+    extra: dict[str, Any]
+    """payload fields of a newer writer, kept"""
+    sequence: int
+    registered_by: str
+    registered_at_us: int
+    stage: str
+    aliases: list[str]
+    validation: Validation | None
+    proposals: list[Proposal]
+    requests: dict[str, int]
+    """stage -> the sequence of the request"""
+    approvals: dict[str, Approvals]
+    """stage -> who approved or rejected"""
+    events: list[int]
+    """the sequences of every event about this version"""
+
+
+class ModelState(TypedDict):
+    versions: dict[str, VersionState]
+    production: str | None
+    staging: str | None
+    aliases: dict[str, str]
+    """alias -> version"""
+
+
+class PendingApproval(TypedDict):
+    model_name: str
+    version: str
+    stage: str
+    requested_seq: int
+    approvers: list[str]
+    needed: int

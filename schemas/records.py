@@ -1,0 +1,425 @@
+"""Typed records of the Avro contract: one TypedDict per record (its newest version), one Literal per enum.
+
+Generated from schemas/avro/*.avsc by ``python -m evostream.schemas.typegen``: do not edit by hand."""
+
+from __future__ import annotations
+
+from typing import Literal, TypeAlias, TypedDict
+
+FinishReason: TypeAlias = Literal["STOP", "LENGTH", "ERROR"]
+
+
+class CompletionTimings(TypedDict):
+    """CompletionTimings"""
+
+    queue_us: int
+    """From submitted_at to the start of work."""
+    prefill_us: int
+    """Prompt encoding / first forward pass."""
+    decode_us: int
+    """All decoding steps together."""
+    total_us: int
+    """From the start of work to the completion."""
+
+
+class Completion(TypedDict):
+    """The outcome of one request: its text or its error. Topic evo.completions, key = trace_id. v2 adds
+    output_token_ids."""
+
+    trace_id: str
+    """Id of the generation; its steps are on evo.steps under this key."""
+    request_id: str
+    """The InferenceRequest answered."""
+    reply_to: str
+    """Copied from the request so the client can find its reply."""
+    tenant: str
+    """Copied from the request."""
+    model_version: str
+    """Registry version of the model that served the request."""
+    output_text: str
+    """Generated text (empty on error)."""
+    token_count: int
+    """Number of generated tokens (= GenerationStep events for this trace)."""
+    output_token_ids: list[int]
+    """The generated token ids, in order (v2; empty in v1 records)."""
+    prompt_token_count: int
+    """Number of prompt tokens."""
+    prompt_surprisal_bits: float | None
+    """Mean per-token surprisal of the prompt under the model, bits (null where not computable)."""
+    prompt_embedding: list[float]
+    """384-d MiniLM sentence embedding of the prompt (empty if the encoder is off)."""
+    finish_reason: FinishReason
+    """STOP = end-of-sequence token; LENGTH = max_new_tokens reached; ERROR = see error."""
+    error: str | None
+    """Why the request failed, when finish_reason is ERROR."""
+    timings: CompletionTimings
+    """Where the time went, microseconds."""
+    completed_at_us: int
+    """Producer wall clock at completion, microseconds since the Unix epoch."""
+
+
+class DeadLetter(TypedDict):
+    """A record that could not be processed, kept with the reason so that nothing blocks a partition and nothing is
+    lost. Topic evo.dlq, key = the original key."""
+
+    source_topic: str
+    """Topic the record was read from."""
+    partition: int
+    """Its partition."""
+    offset: int
+    """Its offset."""
+    original_key: bytes | None
+    """The record's key bytes."""
+    raw_value: bytes | None
+    """The record's value bytes as read."""
+    error_type: str
+    """Class of the error, e.g. UnknownFingerprintError."""
+    error: str
+    """Human-readable reason."""
+    consumer: str
+    """The consumer group or service that gave up on it."""
+    failed_at_us: int
+    """When, microseconds since the Unix epoch."""
+
+
+class DriftStatistic(TypedDict):
+    """DriftStatistic"""
+
+    name: str
+    """e.g. embedding_mmd, vocabulary_js, new_token_rate, intent_shift."""
+    value: float
+    """The statistic's value on this window."""
+    threshold: float
+    """Value above which it fires."""
+    p_value: float | None
+    """Permutation p-value where computed."""
+    fired: bool
+    """value > threshold (and p_value below the policy's alpha, where computed)."""
+
+
+class DriftReport(TypedDict):
+    """Comparison of a current window against a reference window. Topic evo.drift, key = model_version."""
+
+    model_version: str
+    """The model version whose traffic was compared."""
+    reference_start_us: int
+    """Reference window start, microseconds since the Unix epoch."""
+    reference_end_us: int
+    """Reference window end."""
+    window_start_us: int
+    """Current window start."""
+    window_end_us: int
+    """Current window end."""
+    sample_count: int
+    """Requests in the current window."""
+    statistics: list[DriftStatistic]
+    """Every statistic computed, fired or not."""
+    fired: bool
+    """True when any statistic fired."""
+    produced_at_us: int
+    """Processor wall clock, microseconds since the Unix epoch."""
+
+
+AttentionSignal: TypeAlias = Literal["ENTROPY", "OUTPUT_NORM", "NONE"]
+
+
+class GenerationStep(TypedDict):
+    """Telemetry of one generated token, computed on the model's device inside generation. Topic evo.steps, key =
+    trace_id. Per-layer and per-head statistics are packed float32 (little-endian, row-major) so that a step decodes in
+    microseconds whatever the model's size; schemas.tensors unpacks them into numpy arrays."""
+
+    trace_id: str
+    """Id of one generation (one request served by one model version)."""
+    request_id: str
+    """The InferenceRequest this step answers."""
+    model_version: str
+    """Registry version of the model that produced the token."""
+    step: int
+    """0-based index of the generated token within the trace."""
+    token_id: int
+    """Chosen token id in the model's vocabulary."""
+    token_text: str
+    """The chosen token decoded alone (may be a partial UTF-8 sequence rendered with U+FFFD)."""
+    logprob: float
+    """Natural-log probability of the chosen token under the raw (untempered) distribution."""
+    entropy_bits: float
+    """Shannon entropy in bits of the full-vocabulary distribution from raw logits."""
+    top1_top2_margin: float
+    """Probability of the most likely token minus that of the second."""
+    topk_mass: float
+    """Probability mass of the k most likely tokens (k = topk_k)."""
+    topk_k: int
+    """The k used for topk_mass."""
+    surprisal_bits: float
+    """-log2 p(chosen token): information content of the choice."""
+    num_layers: int
+    """Transformer layers reporting statistics: the length of every per-layer field."""
+    num_heads: int
+    """Attention heads per layer: the second dimension of head_attention_entropy."""
+    layer_hidden_l2: bytes
+    """Per layer: L2 norm of the newest position's hidden-state output. Packed float32 little-endian, length
+    num_layers."""
+    layer_hidden_maxabs: bytes
+    """Per layer: max |x| of the newest position's hidden state. Packed float32 little-endian, length num_layers."""
+    layer_nonfinite: list[int]
+    """Per layer: count of NaN or Inf values in the newest position's hidden state."""
+    head_attention_entropy: bytes
+    """Per layer, per head: entropy in bits of the newest query's attention distribution, or the signal named by
+    attention_signal. Packed float32 little-endian, row-major [num_layers, num_heads]; empty when attention_signal is
+    NONE."""
+    attention_signal: AttentionSignal
+    """Which per-head utilization signal this event carries."""
+    ffn_sparsity: bytes
+    """Per layer: fraction of FFN activations that are (near) zero at the newest position. Packed float32 little-endian,
+    length num_layers; empty when not measured."""
+    latency_us: int
+    """Wall time of this decoding step, microseconds."""
+    peak_memory_bytes: int
+    """Peak device memory so far in this trace (CUDA) or process RSS peak (CPU), bytes."""
+    emitted_at_us: int
+    """Producer wall clock when the step was computed, microseconds since the Unix epoch."""
+
+
+class GovernanceEvent(TypedDict):
+    """One fact of model governance (enrolment, policy, registration, validation, approval, promotion, rollback). Topic
+    evo.governance: one partition, kept forever, never compacted, key = model_name. All events form ONE hash chain in
+    topic order: sequence is gapless from 0, prev_hash is the previous event's hash, hash = SHA-256(prev_hash bytes ||
+    canonical bytes of header and payload), signature = Ed25519 over the hash bytes by the key key_id of the actor (see
+    consumers/governance/events.py for the canonical bytes). v2 adds hash; v1 records decode with hash '' and cannot be
+    verified."""
+
+    event_id: str
+    """Unique id (UUID) of the event."""
+    model_name: str
+    """The governed model family ('*' for actor and policy events): the record key."""
+    sequence: int
+    """0-based, gapless position in the governance log."""
+    type: str
+    """ActorEnrolled, ActorRevoked, PolicyChanged, ModelRegistered, CandidateProposed, ValidationCompleted,
+    ApprovalRequested, ApprovalGranted, ApprovalRejected, Promoted, RolledBack."""
+    type_version: int
+    """Version of the payload's meaning for this type; old versions are upcast on read."""
+    actor: str
+    """Who caused the event: an enrolled actor id."""
+    reason: str
+    """Why, in the actor's words."""
+    payload_json: str
+    """Type-specific payload as canonical JSON (sorted keys, no spaces)."""
+    occurred_at_us: int
+    """When it happened, microseconds since the Unix epoch."""
+    prev_hash: str
+    """Hex SHA-256 of the previous event ('' for the first)."""
+    key_id: str
+    """Id of the key that signed the event (hex SHA-256 of its raw public key, first 16 bytes)."""
+    signature: str
+    """Hex signature of the hash bytes (see signature_alg)."""
+    signature_alg: str
+    """Signature algorithm."""
+    hash: str
+    """Hex SHA-256(prev_hash bytes || canonical bytes); '' on records written as v1."""
+
+
+class GovernanceSnapshot(TypedDict):
+    """The governance projection (registry of actors, policy, models and versions) folded up to one event of the
+    governance log, so a reader can replay only the tail after it. Topic evo.governance.snapshots (compacted), key =
+    log_topic: the latest snapshot per log is kept. A cache: the log stays the truth, and audit replays it from the
+    start."""
+
+    log_topic: str
+    """The governance topic this snapshot folds (evo.governance): the record key."""
+    offset: int
+    """Offset in log_topic of the last event folded in; the tail starts at offset + 1."""
+    sequence: int
+    """Sequence of that event (the projection's head)."""
+    head_hash: str
+    """Hash of that event: a reader checks the log still has it at offset before trusting the snapshot."""
+    registry_json: str
+    """The projection as canonical JSON (Registry.to_json in consumers/governance/projection.py)."""
+    written_at_us: int
+    """When the snapshot was taken, microseconds since the Unix epoch."""
+
+
+class GenerationParams(TypedDict):
+    """GenerationParams"""
+
+    max_new_tokens: int
+    """Upper bound on generated tokens."""
+    do_sample: bool
+    """False = greedy decoding."""
+    temperature: float
+    """Softmax temperature when sampling (> 0)."""
+    top_k: int
+    """Keep the k most likely tokens when sampling; 0 = off."""
+    top_p: float
+    """Nucleus sampling mass in (0, 1]; 1 = off."""
+    seed: int | None
+    """RNG seed for reproducible sampling."""
+
+
+class InferenceRequest(TypedDict):
+    """A client's request to generate text. Topic evo.requests, key = request_id."""
+
+    request_id: str
+    """Client-chosen unique id (UUID recommended); the reply carries it back."""
+    prompt: str
+    """The input text, UTF-8."""
+    params: GenerationParams
+    """Generation parameters."""
+    tenant: str
+    """Who asked; used for quotas and per-tenant drift."""
+    reply_to: str
+    """Key under which the Completion is published on evo.completions' reply routing (defaults to request_id)."""
+    submitted_at_us: int
+    """Client wall clock at submission, microseconds since the Unix epoch."""
+
+
+class NeuronCounts(TypedDict):
+    """How often each FFN neuron of a model fired (activation > 0) over many decoding steps, sent by the inference
+    producer after each batch instead of per step. Topic evo.neurons, key = model_version."""
+
+    snapshot_id: str
+    """Unique id of this snapshot (processors skip one they have already counted)."""
+    model_version: str
+    """Registry version of the model."""
+    steps: int
+    """Sequence-steps covered: one per active batch row per decoding step."""
+    num_layers: int
+    """Generating layers."""
+    ffn_width: int
+    """FFN neurons per layer."""
+    counts: bytes
+    """Per layer, per neuron: steps on which it fired; little-endian int32, row-major [num_layers, ffn_width]."""
+    window_start_us: int
+    """First step covered, microseconds since the Unix epoch."""
+    window_end_us: int
+    """Last step covered, microseconds since the Unix epoch."""
+
+
+class ProfileDelta(TypedDict):
+    """The GenerationSteps of one model version that one stream-processor batch read, reduced to what profiling folds,
+    as columns (one record per model and batch, where a step would be one record). Internal to the processors: topic
+    <app_id>-profile-deltas, key = model_version."""
+
+    model_version: str
+    """Registry version of the model."""
+    num_layers: int
+    """Generating layers of every step in this record."""
+    num_heads: int
+    """Attention heads per layer of every step in this record."""
+    trace_ids: list[str]
+    """Per step: its trace."""
+    steps: list[int]
+    """Per step: its index in the trace."""
+    emitted_at_us: list[int]
+    """Per step: when it was emitted."""
+    token_ids: list[int]
+    """Per step: the generated token."""
+    attention_signals: list[str]
+    """Per step: its attention_signal."""
+    head_signal: bytes
+    """Per step, layer and head: head_attention_entropy; little-endian float32, row-major [steps, num_layers,
+    num_heads]; NaN rows where a step measured none."""
+    layer_hidden_l2: bytes
+    """Per step and layer: layer_hidden_l2; little-endian float32, row-major [steps, num_layers]; NaN rows where a step
+    measured none."""
+
+
+class TokenPath(TypedDict):
+    """TokenPath"""
+
+    token_ids: list[int]
+    """The n-gram."""
+    count: int
+    """Occurrences in the window."""
+
+
+class ProfileSnapshot(TypedDict):
+    """Profiling aggregate of one model version over a window of steps. Topic evo.profiles (compacted), key =
+    model_version."""
+
+    model_version: str
+    """The profiled model version."""
+    window_start_us: int
+    """First event time included, microseconds since the Unix epoch."""
+    window_end_us: int
+    """Last event time included, microseconds since the Unix epoch."""
+    trace_count: int
+    """Traces seen in the window."""
+    step_count: int
+    """Step events seen in the window."""
+    head_utilization: list[list[float]]
+    """Per layer, per head: utilization in [0, 1] (1 - mean normalized attention entropy, or the normalized output-norm
+    share)."""
+    ffn_neuron_activation_counts: list[list[int]]
+    """Per layer, per FFN neuron: how many steps activated it (empty when not collected)."""
+    dormant_neuron_fraction: list[float]
+    """Per layer: fraction of FFN neurons never (or below threshold) active in the window."""
+    layer_frequency: list[float]
+    """Per layer: share of steps on which the layer changed the hidden state materially."""
+    top_token_paths: list[TokenPath]
+    """Most frequent token n-grams generated in the window."""
+    produced_at_us: int
+    """Processor wall clock, microseconds since the Unix epoch."""
+
+
+Severity: TypeAlias = Literal["INFO", "WARNING", "CRITICAL"]
+
+
+RiskStage: TypeAlias = Literal["EARLY", "FINAL"]
+
+
+class RiskAlert(TypedDict):
+    """A RiskReport that crossed policy. Topic evo.alerts, key = trace_id. v2 adds reason."""
+
+    trace_id: str
+    """The assessed generation."""
+    request_id: str
+    """Its request."""
+    model_version: str
+    """Model version that generated it."""
+    severity: Severity
+    """How loud the alert is."""
+    stage: RiskStage
+    """EARLY or FINAL, as in the report."""
+    score: float
+    """Risk in [0, 1]."""
+    flags: list[str]
+    """The flags that crossed policy."""
+    blamed_layers: list[int]
+    """Layers whose statistics drove the score."""
+    reason: str
+    """One line for a human: what was seen, where (e.g. 'NaN/Inf in the hidden state of layer 2')."""
+    policy: str
+    """Name and version of the policy that raised the alert."""
+    produced_at_us: int
+    """Processor wall clock, microseconds since the Unix epoch."""
+
+
+class RiskReport(TypedDict):
+    """Risk assessment of one trace, mid-generation (early) or at its end (final). Topic evo.risk, key = trace_id. v2
+    adds reason, steps and policy."""
+
+    trace_id: str
+    """The assessed generation."""
+    request_id: str
+    """Its request."""
+    model_version: str
+    """Model version that generated it."""
+    stage: RiskStage
+    """EARLY = from the steps seen so far; FINAL = after the Completion."""
+    step: int | None
+    """Last step included (EARLY reports)."""
+    score: float
+    """Risk in [0, 1]."""
+    flags: list[str]
+    """Named findings, e.g. high_entropy, nonfinite_hidden, repetition_loop."""
+    blamed_layers: list[int]
+    """Layers whose statistics drove the score."""
+    reason: str
+    """One line for a human: what was seen, where (e.g. 'NaN/Inf in the hidden state of layer 2')."""
+    steps: int
+    """Step events included in the assessment."""
+    policy: str
+    """Name and version of the policy the score was judged by."""
+    produced_at_us: int
+    """Processor wall clock, microseconds since the Unix epoch."""
