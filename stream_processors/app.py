@@ -17,12 +17,7 @@ and skips every event the stored state already includes (counted as ``duplicates
 sent after the last state write that reached the changelog are sent again, once, by the replay (the kill -9 test
 pins exactly which).
 
-Fault injection (test-only): ``EVOSTREAM_FAULT_KILL_AFTER=<n>`` with ``EVOSTREAM_FAULT_KILL_MODEL=<version>``, read
-once at start-up, makes the worker SIGKILL itself in the window the kill test is about: at the first step of that
-model version, from the n-th of them it folds on, after which the risk agent's batch has sent (and flushed) a FINAL
-report of that model and still holds steps it has not folded, before the table write of that batch. (Counting only
-that model's steps keeps the kill where the test wants it on a broker that holds other tests' traffic.) While it is
-set, input offsets are never committed, so the restart replays from the start.
+Fault injection for the kill -9 test lives in ``faults.py`` (``KillSwitch``), configured through Settings.
 """
 
 from __future__ import annotations
@@ -31,7 +26,6 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import signal
 import types
 from collections.abc import Awaitable, Mapping
@@ -50,6 +44,7 @@ from evostream.schemas.tensors import check_step
 from evostream.stream_processors.drift.policy import load_drift_policies
 from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 from evostream.stream_processors.drift.tracker import table_name as drift_table
+from evostream.stream_processors.faults import KillSwitch
 from evostream.stream_processors.fold import Fold
 from evostream.stream_processors.profiling.delta import Columns, columns, deltas
 from evostream.stream_processors.profiling.tracker import ProfileTracker
@@ -63,9 +58,6 @@ from evostream.stream_processors.transport import App
 log = logging.getLogger(__name__)
 
 STEP_PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEPS)
-FAULT_KILL_AFTER = "EVOSTREAM_FAULT_KILL_AFTER"
-FAULT_KILL_MODEL = "EVOSTREAM_FAULT_KILL_MODEL"
-"""Test-only fault injection (see the module docstring)."""
 
 
 class Processors:
@@ -80,6 +72,7 @@ class Processors:
         drift: DriftTracker,
         profile: ProfileTracker,
         handover: str = "inline",
+        faults: KillSwitch | None = None,
     ) -> None:
         self.tracker = RiskTracker(policies)
         self.drift_tracker = drift
@@ -109,9 +102,7 @@ class Processors:
             "drift": 0,
             "profiles": 0,
         }
-        self._kill_after = int(os.environ.get(FAULT_KILL_AFTER) or 0)
-        self._kill_model = os.environ.get(FAULT_KILL_MODEL, "")
-        self._folded = 0
+        self.faults = faults or KillSwitch(0, "")
         self._metadata_ready: set[str] = set()
         self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
         self._profile_lock = asyncio.Lock()  # the step agent, the neuron agent and the window timer write profiles
@@ -126,8 +117,8 @@ class Processors:
             topic_replication_factor=1,
             web_enabled=False,
             producer_acks=-1,
-            broker_commit_every=1000 if not self._kill_after else 1 << 40,
-            broker_commit_interval=1.0 if not self._kill_after else 1e6,
+            broker_commit_every=1000 if not self.faults.armed else 1 << 40,
+            broker_commit_interval=1.0 if not self.faults.armed else 1e6,
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             # take_events acks a batch only when the next one starts: a stop that waited for every ack could wait
@@ -225,15 +216,15 @@ class Processors:
                     continue
                 by_trace.setdefault(str(rec["trace_id"]).encode(), []).append((rec, event.message.offset))
                 by_model.setdefault(str(rec["model_version"]), []).append(rec)
-            sent: list[list[str]] = []
+            self.faults.start_batch()
             done = 0
             for key, steps in by_trace.items():
                 out = self.tracker.on_steps(self.table.get(key), steps, now_us())
                 done += len(steps)
                 if await self._publish(key, out, counter, acks, len(steps)):
                     touched[key] = out.state
-                    if self._kill_after and steps[0][0]["model_version"] == self._kill_model:
-                        await self._maybe_fault(out, sent, len(steps) - out.duplicates, done, len(events))
+                    if self.faults.watches(str(steps[0][0]["model_version"])):
+                        await self._maybe_fault(out, len(steps) - out.duplicates, done, len(events))
             for model, recs in by_model.items():  # profiling's share of the batch, acknowledged like its reports
                 for delta in deltas(model, recs):
                     delta_bytes = self.codecs["ProfileDelta"].encode(delta)
@@ -363,27 +354,24 @@ class Processors:
                 lines += _await_chain(obj)
         log.warning("asyncio tasks on SIGUSR1:\n%s", "\n".join(lines))
 
-    async def _maybe_fault(self, out: Fold, sent: list[list[str]], folded: int, done: int, batch: int) -> None:
-        """Test-only (``EVOSTREAM_FAULT_KILL_AFTER``): kill -9 mid-batch, once a FINAL this batch sent is on the
-        broker and before this batch's state is written, at the first such step from the n-th folded on. (A plain
-        "after the n-th step" missed that window when partitions were folded unevenly: CI saw a batch with no FINAL.)"""
-        sent += [[str(r["trace_id"]), str(r["stage"])] for r in out.reports]
-        self._folded += folded
-        mid_batch = done < batch
-        if self._folded < self._kill_after or not mid_batch or not any(stage == "FINAL" for _, stage in sent):
+    async def _maybe_fault(self, out: Fold, folded: int, done: int, batch: int) -> None:
+        """The kill -9 test's moment (faults.py): what was sent is flushed to the broker first, so the replay meets
+        it there."""
+        reports = [(str(r["trace_id"]), str(r["stage"])) for r in out.reports]
+        if not self.faults.should_kill(reports, folded, done, batch):
             return
-        await self.app.producer.flush()  # what was sent is on the broker: the replay must meet it there
+        await self.app.producer.flush()
         log.warning(
             "fault injection: SIGKILL after folded step %d (event %d of a batch of %d); reports sent by "
             "this batch before its state write: %s",
-            self._folded,
+            self.faults.folded,
             done,
             batch,
-            json.dumps(sent),
+            json.dumps(self.faults.sent),
         )
         for handler in logging.getLogger().handlers:
             handler.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
+        self.faults.trip()
 
     async def _close_idle_windows(self) -> None:
         async with self._profile_lock:
@@ -471,6 +459,7 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
         ),
         profile=ProfileTracker(ProfilePolicy(window_s=settings.profile_window_s)),
         handover=settings.processors_handover,
+        faults=KillSwitch(settings.fault_kill_after, settings.fault_kill_model),
     )
 
 

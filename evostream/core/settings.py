@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         description="How the processors' fetcher hands messages to the agents: inline (started in place, a task only "
         "for one that waits) or faust (Faust's own loop: four tasks per message).",
     )
+    fault_kill_after: int = Field(
+        default=0,
+        ge=0,
+        description="Test-only: a processors worker SIGKILLs itself mid-batch from the n-th folded step of "
+        "fault_kill_model on (stream_processors/faults.py); 0 is off.",
+    )
+    fault_kill_model: str = Field(default="", description="Test-only: the model version fault_kill_after counts.")
     governance_dir: Path = Field(
         default_factory=lambda: _home(".local", "share", "evostream", "governance"),
         description="Actor keys (one file per actor, mode 0600) and the signed checkpoints of the governance log.",
