@@ -17,10 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from evostream.consumers.sinks.contract import Positions, Record, Result, Status
-from evostream.core.errors import SinkConfigError
+from evostream.core.errors import SinkConfigError, SinkError
 from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
 
-__all__ = ["DEFAULT_TOPICS", "ENTRY_POINT_GROUP", "Positions", "Record", "Result", "Sink", "SinkContext", "Status"]
+__all__ = [
+    "DEFAULT_TOPICS",
+    "ENTRY_POINT_GROUP",
+    "Positions",
+    "Record",
+    "Result",
+    "Sink",
+    "SinkConfigError",
+    "SinkContext",
+    "SinkError",
+    "Status",
+]
 
 ENTRY_POINT_GROUP = "evostream.sinks"
 DEFAULT_TOPICS: tuple[str, ...] = (COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, GOVERNANCE)

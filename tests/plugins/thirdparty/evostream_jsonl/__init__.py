@@ -8,8 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from evostream.core.errors import SinkConfigError
-from evostream.plugins.api import Record, Result, Sink, SinkContext
+from evostream.plugins.api import Record, Result, Sink, SinkConfigError, SinkContext
 
 
 class JsonlSink(Sink):

@@ -24,7 +24,7 @@ from evostream.models.default_model import MODEL_ID
 from evostream.models.suite.tasks import make_split
 from evostream.producers.embedding import PromptEmbedder
 from evostream.schemas.catalog import DRIFT
-from tests.evolution.test_evolve import cli, cycles_until_the_first, settings_of
+from tests.consumers.evolution.test_evolve import cli, cycles_until_the_first, settings_of
 from tests.stream_processors.harness import Worker, read, serve
 
 pytestmark = pytest.mark.integration

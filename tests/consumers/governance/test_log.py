@@ -28,7 +28,7 @@ from evostream.core.bus.transactional import TRANSACTION_TIMEOUT_MS, PartitionRe
 from evostream.core.clock import now_us
 from evostream.core.errors import ConflictError, GovernanceError, TamperError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ADMIN = ActorKey.from_seed(bytes(range(32)))
 
 

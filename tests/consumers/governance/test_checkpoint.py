@@ -15,7 +15,15 @@ from evostream.consumers.governance.log import GovernanceLog
 from evostream.consumers.governance.projection import Finding, replay
 from evostream.core.bus.admin import cluster_metadata, delete_topics
 from evostream.core.errors import GovernanceError
-from tests.governance.test_log import ADMIN, append_all, fresh_topic, fresh_writer_id, genesis, on_head, policy
+from tests.consumers.governance.test_log import (
+    ADMIN,
+    append_all,
+    fresh_topic,
+    fresh_writer_id,
+    genesis,
+    on_head,
+    policy,
+)
 
 OUTSIDER = ActorKey.from_seed(b"\x07" * 32)
 

@@ -12,7 +12,7 @@ from evostream.consumers.governance.projection import Registry, replay
 from evostream.consumers.governance.snapshot import SCHEMA, latest_snapshot, load_projection, snapshots, write_snapshot
 from evostream.core.bus.producer import EventProducer
 from evostream.schemas.catalog import GOVERNANCE_SNAPSHOTS, topic_spec
-from tests.governance.test_log import ADMIN, fresh_topic, fresh_writer_id, genesis, on_head
+from tests.consumers.governance.test_log import ADMIN, fresh_topic, fresh_writer_id, genesis, on_head
 
 PROPOSER = ActorKey.from_seed(b"\x02" * 32)
 MODEL = "demo"

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaException
 from evostream.core.bus.transactional import TransactionalProducer
 from evostream.core.errors import ConflictError, DeliveryError
 from evostream.schemas.catalog import REQUESTS
-from tests.unit.test_transactional_errors import BARE
+from tests.core.test_transactional_errors import BARE
 
 pytestmark = pytest.mark.integration
 
