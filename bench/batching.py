@@ -11,12 +11,12 @@ the same requests, instrumented as the service runs them (statistics unpacked pe
   count), each row leaving when done. Every request is waiting from the start, so the service's other admission
   rule (the oldest has waited 20 ms) is left out: here it would admit at every step, as ``--admit-min 1`` does.
 
-Workloads: ``suite`` (the default model on the suite's prompts, ``max_new_tokens`` 32: answers end at EOS after ~6
-tokens, all about as long) and ``mixed`` (GPT-2 30M built from config, which rarely meets its EOS, with
-``max_new_tokens`` drawn, seeded, from 4..128: lengths that differ by 32x, as open-ended traffic does). Every request's
-tokens must be the same in both loops (greedy); a mismatch is counted and printed. Prints tokens/s, forward passes
-and the slot-steps spent on rows already finished (static batches' padding), min / median / max over ``--reps``,
-the loops' order rotated per rep.
+Workloads: ``suite`` (the default model on the suite's prompts, ``max_new_tokens`` 32: short answers that end at EOS,
+all about as long) and ``mixed`` (GPT-2 30M built from config, which rarely meets its EOS, with ``max_new_tokens``
+drawn, seeded, from 4..128: lengths that differ by 32x, as open-ended traffic does). Every request's tokens must be the
+same in both loops (greedy); a mismatch is counted and printed. Prints tokens/s, forward passes and the slot-steps spent
+on rows already finished (static batches' padding), min / median / max over ``--reps``, the loops' order rotated per
+rep.
 
 Run: python -m bench.batching [--workloads suite,mixed] [--requests 192] [--max-batch 8] [--admit-min 4] [--reps 3]
 """

@@ -14,9 +14,8 @@ Equal work has a price on the plain side only: min_new_tokens=N adds a logits pr
 masks the EOS logit on every step until N tokens are out, and our loop has no such step (stop_at_eos=False just
 does not look for EOS). So plain pays a little work ours does not, which slightly favours our side; it is required,
 because without it plain stops at the first EOS and the sides would decode different token counts. The review of
-issue 8 estimated this at well under 1% of a step on CPU; it is not measured by this bench (a smoke measurement on
-the shared 2-core machine, gpt2-30m from config at 64 tokens on the 4 prompts whose greedy answer has no EOS,
-did not finish within 4 minutes under load, so no number is given here).
+issue 8 estimated it as a small share of a step on CPU; it is not measured by this bench (the estimate and a smoke
+attempt to measure it: docs/benchmarks.md#overhead-of-instrumented-generation-cpu).
 
 So the overhead splits into the loop's own cost (loop - plain), the statistics' (instrumented - loop) and the
 emission's (emitting - instrumented). The sides run interleaved within each rep, in an order that rotates from rep to

@@ -120,9 +120,9 @@ def load_model(
 def _load_int8(config: PretrainedConfig, folder: Path, is_seq2seq: bool, kwargs: dict[str, object]) -> PreTrainedModel:
     """An int8 artifact, dequantized once into the family's own float modules (``weight = int8 * scale``).
 
-    The served model then runs the float kernels: on CPU no int8 path measured faster for these models
-    (bench/int8.py), and its outputs equal those of the in-memory int8 model, which computes the same product on
-    every forward. The marker leaves the loaded config: what is in memory is a float model."""
+    The served model then runs the float kernels: on CPU no int8 path measured faster for these models (bench/int8.py;
+    see docs/benchmarks.md#int8-on-cpu), and its outputs equal those of the in-memory int8 model, which computes the
+    same product on every forward. The marker leaves the loaded config: what is in memory is a float model."""
     marker = getattr(config, INT8_MARKER)
     if not isinstance(marker, dict) or marker.get("bits") != 8:
         raise ModelLoadError(f"{folder}: config.json's {INT8_MARKER} is {marker!r}; only 8-bit artifacts load")

@@ -9,11 +9,12 @@ Tables, logged at each flush: ``alerts`` and ``drift_windows`` (every row so far
 go to the run of the version they name (a governance run for those that name none), and a promotion sets the run's
 summary ``stage``.
 
-Durability: W&B's service writes an offline run's file when the run finishes, so ``flush`` finishes every open run
-and the next write resumes it (same run id, a new ``offline-run-*-<id>-N`` folder that ``wandb sync`` merges into
-the same run). That costs ~0.15 s per run, so the sink asks the runner to flush every ``flush_interval_s`` (option,
-default 10 s). Steps per run are kept in ``steps.json`` beside the runs so a restarted sink continues them (W&B drops
-history rows whose step goes back). Within a process a record key is logged once.
+Durability: W&B's service writes an offline run's file when the run finishes, so ``flush`` finishes every open run and
+the next write resumes it (same run id, a new ``offline-run-*-<id>-N`` folder that ``wandb sync`` merges into the same
+run). Finishing a run takes long enough to matter (measured with the sink's tests; docs/benchmarks.md#sinks), so the
+sink asks the runner to flush every ``flush_interval_s`` (option, default 10 s). Steps per run are kept in
+``steps.json`` beside the runs so a restarted sink continues them (W&B drops history rows whose step goes back). Within
+a process a record key is logged once.
 
 Options: ``dir`` (default the sink's folder), ``project`` (default ``evostream``), ``mode`` (``offline``, default,
 or ``online``), ``max_runs`` (default 100: a record of one more model version is refused as poison),

@@ -1,12 +1,12 @@
 """Completions finished beside the decode loop: the prompts of finished requests embedded on a thread of their own.
 
-On the default model the prompt embedding (MiniLM, 22M parameters) costs as much per request as decoding it (11 ms
-for one prompt, 30 ms for eight, one CPU thread): done inline it was half of the service's busy time with continuous
-batching (py-spy, bench.serving at 8 in flight). Here the decode loop hands each group of finished requests over and
+On the default model the prompt embedding (MiniLM, 22M parameters) costs as much per request as decoding it: done inline
+it took a large share of the service's busy time with continuous batching (py-spy, bench.serving at 8 in flight; see
+docs/benchmarks.md#figures-behind-design-decisions). Here the decode loop hands each group of finished requests over and
 goes on; the thread embeds every group waiting in one call (larger groups cost less per prompt) and calls each group's
 ``then`` with its vectors, where the Completions are sent. Torch releases the GIL inside its kernels, so the embedding
-overlaps decoding where a core is free for it (on the 2-core bench machine the model decodes on one torch thread);
-the Python parts of both still share the interpreter lock. ``submit`` blocks once ``max_pending`` prompts wait.
+overlaps decoding where a core is free for it (on the 2-core bench machine the model decodes on one torch thread); the
+Python parts of both still share the interpreter lock. ``submit`` blocks once ``max_pending`` prompts wait.
 
 The owner learns what is done through ``then`` (thread-safe bookkeeping is its job), waits with ``wait`` before it
 commits, and meets an embedding failure at its next ``check`` or ``wait``, as it would have met it inline.

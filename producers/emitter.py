@@ -3,8 +3,9 @@ thread's interpreter lock.
 
 The generation thread pickles each step's small host arrays into a pipe; a worker process (spawned, so CUDA and
 threads in the parent are safe) builds the GenerationStep records, encodes them and produces them through its own
-idempotent producer. On a GPU, decoding is bound by how fast Python launches kernels: a worker *thread* doing the
-same work costs the generating thread about one GIL switch interval (5 ms) per token (measured in bench/overhead.py).
+idempotent producer. On a GPU, decoding is bound by how fast Python launches kernels, and a worker *thread* doing the
+same work stalls the generating thread on the interpreter lock at every token: bench.overhead measured that on a GPU
+(see docs/benchmarks.md#withdrawn-or-not-re-measured, where the figure waits to be measured again).
 
 The pipe is bounded by the operating system's buffer: when Kafka falls behind, ``submit`` blocks (back-pressure)
 instead of dropping. A failure in the worker (encoding, delivery, the process dying) is raised to the generation
@@ -28,10 +29,10 @@ from evostream.schemas.catalog import STEPS
 
 _STEPS, _DRAIN, _STOP = 0, 1, 2
 COALESCE_S = 0.025
-"""Steps that follow within this window travel to the emitter process together. Measured by bench.overhead on the
-2-core machine (64 tokens, 5 reps, the broker on the same cores): the emission's added ms/token fell from 2.35 to
-1.25 (default model) and 2.63 to 1.40 (GPT-2 19.6M) going from 5 to 25 ms; each wake-up of the emitter process
-stalls the decoding threads it shares the cores with. The first step after a pause still leaves at once."""
+"""Steps that follow within this window travel to the emitter process together: each wake-up of the emitter process
+stalls the decoding threads it shares the cores with, and this window cut the emission's added time per token against
+a shorter one on both the default model and GPT-2 (bench.overhead; see
+docs/benchmarks.md#overhead-of-instrumented-generation-cpu). The first step after a pause still leaves at once."""
 _READY, _DRAINED, _FAILED = "ready", "drained", "failed"
 
 

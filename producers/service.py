@@ -67,14 +67,15 @@ class ServeOptions:
     batching: Batching = "static"
     """static: each batch runs to completion before the next is read; continuous: greedy requests join the running
     batch between steps and leave it when done (sampled requests run alone, each with its seed). Static is the
-    default: on the default model's short, alike answers continuous measured 0.71x and 0.82x static's tokens/s at 8
-    and 32 requests in flight (bench.serving); it pays where lengths differ (bench.batching)."""
+    default: on the default model's short, alike answers continuous batching generated fewer tokens/s than static at
+    8 and 32 requests in flight (bench.serving; see docs/benchmarks.md#serving-through-kafka); it pays where lengths
+    differ (bench.batching; see docs/benchmarks.md#the-decode-loops-alone)."""
     admit_min: int = 0
     """Continuous batching: newcomers join once this many slots are free (0: half the batch, at least 1), or once
     the oldest has waited ``admit_wait_ms``, or at once into an empty batch. Each admission is a prefill of its own:
-    admitting each request as its slot freed made continuous batching 0.70x static on the suite's short answers, half
-    the batch 0.94x (bench.batching, decode loops alone, no timer); on mixed lengths one at a time did better (2.17x
-    against 1.92x)."""
+    on the suite's short answers, admitting once half the batch is free lost much less against static batching than
+    admitting each request as its slot freed, while on mixed lengths one at a time did better (bench.batching,
+    decode loops alone, no timer; see docs/benchmarks.md#the-decode-loops-alone)."""
     admit_wait_ms: int = 20
     commit_every_s: float = 0.05
     """Continuous batching: how often the offsets of the requests answered are committed (their step events

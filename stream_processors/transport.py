@@ -4,8 +4,8 @@ Faust's fetcher loop (``Consumer._drain_messages``) hands every message to the c
 ``Service.wait_first(callback(message), suspend_flow.wait())``: four tasks (the callback, the suspend event, the
 service's stopped and crashed events) and an ``asyncio.wait`` per message, so that a rebalance, which suspends the
 flow, can abandon a callback that waits (for flow control, for room in a full queue, for the producer's buffer).
-That machinery, not Kafka, set the framework's ceiling on this machine: a no-op agent took 7,400 events/s, the
-aiokafka consumer under it 550,000 (``python -m bench.faust_floor``).
+That machinery, not Kafka, set the framework's ceiling: a no-op agent stayed far below the aiokafka consumer under it
+(``python -m bench.faust_floor``; see docs/benchmarks.md#fausts-ceiling).
 
 Almost every callback completes without waiting: its message goes straight into the agents' queues. So the loop
 here starts the callback inline and runs it to its first suspension point; only a callback that must wait goes to

@@ -43,10 +43,11 @@ DEFAULT_RECIPES = (
     Recipe(drop_layers=1, keep_heads=0.5, keep_ffn=0.5, adapter_rank=16),
     Recipe(keep_heads=0.5, keep_ffn=0.5),
 )
-"""The default search: the measured best trade (one layer, half the heads and neurons) alone, with the vocabulary the
-traffic uses stored as int8, and with an adapter's extra recovery; and a milder one that keeps every layer. Recipes
-that differ only in storage (vocabulary, int8) or in the adapter share one build and one distillation, so this grid
-costs two distillations."""
+"""The default search: the measured best trade (one layer, half the heads and neurons; bench.evolution, see
+docs/benchmarks.md#the-default-searchs-recipes-batch-1-and-batch-16) alone, with the vocabulary the traffic uses stored
+as int8, and with an adapter's extra recovery; and a milder one that keeps every layer. Recipes that differ only in
+storage (vocabulary, int8) or in the adapter share one build and one distillation, so this grid costs two
+distillations."""
 
 
 @dataclass(frozen=True)

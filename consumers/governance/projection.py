@@ -484,8 +484,8 @@ class _Scan:
 @contextmanager
 def _no_gc_pauses() -> Iterator[None]:
     """The cyclic collector off while folding: the fold makes many small dicts and lists but no cycles, and the
-    collector's passes over a big log's events (measured on 20,000 events: 115k..267k events/s with it, 276k..282k
-    without) were most of the fold's run-to-run spread."""
+    collector's passes over a big log's events were most of the fold's run-to-run spread (bench.replay; see
+    docs/benchmarks.md#governance-replay)."""
     was = gc.isenabled()
     gc.disable()
     try:

@@ -105,6 +105,7 @@ def serve(
 
         # measured by bench.overhead on 2 cores: decoding on both loses to the emitter process and the broker waking
         # beside it (and a small model decodes no faster on two); one less leaves them a core
+        # (docs/benchmarks.md#overhead-of-instrumented-generation-cpu)
         n = settings.serve_torch_threads or max(1, (os.cpu_count() or 1) - 1)
         torch.set_num_threads(n)
         threads = f", {n} torch thread{'s' if n > 1 else ''}"

@@ -25,7 +25,8 @@ from evostream.views.governance import checkpoints_path
 log = logging.getLogger("evostream.governed")
 
 GENESIS_EVAL_PER_TASK = 20
-"""Held-out prompts per task that the genesis validation measures (all 200 per task take minutes on 2 cores)."""
+"""Held-out prompts per task that the genesis validation measures: a sample, since the whole held-out suite is too
+slow for a first start on a small CPU machine (docs/benchmarks.md#figures-behind-design-decisions)."""
 GENESIS_GATE = 0.9
 """The exact-match accuracy each task must reach for the embedded model to pass its genesis validation."""
 

@@ -1,9 +1,11 @@
-"""Train the embedded default model from scratch on the task suite (deterministic; CPU minutes, GPU seconds).
+"""Train the embedded default model from scratch on the task suite (deterministic; the shipped weights' training run is
+recorded in docs/benchmarks.md#the-embedded-default-model).
 
 Run: python -m evostream.models.default_model.train [--steps 10000 --lr 1e-3 --mix lookup=2] [--out DIR]
 
 The defaults are the shipped model's recipe. Lookup (find a key's digit in a table) is learnt late, in a sudden
-jump, and only at the lower learning rate: at 2e-3 it stays near 0.5 while every other task converges.
+jump, and only at the lower learning rate: at the higher one it stays far from learnt while every other task converges
+(the training runs behind it: docs/benchmarks.md#figures-behind-design-decisions).
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def mmd2_null(kernel: F64, n: int, perms: npt.NDArray[np.intp], chunk: int = 256
     A permutation only decides which rows form the first sample: with ``s`` its 0/1 membership vector, the sums
     over the first sample's pairs, over its pairs with the rest, and over the rest's pairs are ``s'Ks``,
     ``s'K1 - s'Ks`` and ``1'K1 - 2 s'K1 + s'Ks``. One product per block of permutations replaces a gathered
-    matrix per permutation (the drift agent's largest cost under load: 2,000 of them per window)."""
+    matrix per permutation (the drift agent's largest cost under load: 2,000 of them per window; bench.processors,
+    see docs/benchmarks.md#stream-processors)."""
     size = kernel.shape[0]
     m = size - n
     rows, diag = kernel.sum(1), np.diag(kernel).copy()

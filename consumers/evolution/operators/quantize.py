@@ -1,6 +1,7 @@
-"""int8 weights: a candidate 4x smaller on disk, saved as a folder that ``models.loading.load_model`` serves.
+"""int8 weights: each projection's weight stored in a quarter of its float32 bytes (plus one scale per output
+channel), saved as a folder that ``models.loading.load_model`` serves.
 
-Methods (``bench/int8.py`` measures them side by side on the default model):
+Methods (``bench/int8.py`` measures them side by side on the default model; see docs/benchmarks.md#int8-on-cpu):
 
 - ``weight_only`` (the default): every projection's weight becomes int8 with one float32 scale per output channel
   (symmetric: ``scale = max|w_row| / 127``, ``q = round(w / scale)``), dequantized on the fly in each forward.
@@ -39,8 +40,9 @@ from evostream.models.loading import INT8_MARKER, INT8_WEIGHTS
 Method = Literal["weight_only", "dynamic"]
 METHODS: tuple[Method, ...] = ("weight_only", "dynamic")
 DEFAULT_METHOD: Method = "weight_only"
-"""Chosen from bench/int8.py: no int8 path was faster than fp32 on CPU for the default model (tiny matrices,
-generation bound by per-step overhead); weight-only int8 keeps accuracy, shrinks the weights 4x and reloads exactly."""
+"""Chosen from bench/int8.py (docs/benchmarks.md#int8-on-cpu): no int8 path was faster than fp32 on CPU for the default
+model (tiny matrices, generation bound by per-step overhead); weight-only int8 keeps accuracy, stores the projections'
+weights in a quarter of their float32 bytes and reloads exactly."""
 
 
 class Int8Linear(nn.Module):
