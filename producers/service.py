@@ -45,12 +45,12 @@ from evostream.producers.offsets import OffsetBook
 from evostream.producers.records import TokenTexts, completion_record
 from evostream.producers.steps import StepBatch, TraceMeta
 from evostream.producers.swap import FixedModel, ModelSource, ServingModel
-from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, NEURONS, REQUESTS, STEPS
+from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, INFERENCE_GROUP, NEURONS, REQUESTS, STEPS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.deadletter import dead_letter
 
 log = logging.getLogger("evostream.serve")
-GROUP = "evostream-inference"
+GROUP = INFERENCE_GROUP
 Position = tuple[tuple[str, int], int]
 """((topic, partition), offset) of a request, as the OffsetBook keys it."""
 Batching = Literal["continuous", "static"]

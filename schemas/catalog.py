@@ -20,6 +20,11 @@ ALERTS = "evo.alerts"
 GOVERNANCE = "evo.governance"
 GOVERNANCE_SNAPSHOTS = "evo.governance.snapshots"
 DLQ = "evo.dlq"
+
+# The consumer groups of the long-running services: names that readers (``/health``) share with the services, as
+# they share topic names. The processors' group is a setting (``Settings.processors_app_id``).
+INFERENCE_GROUP = "evostream-inference"
+EVOLUTION_GROUP = "evostream-evolution"
 NEURONS = "evo.neurons"
 
 

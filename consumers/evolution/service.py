@@ -25,11 +25,11 @@ from evostream.core.artifacts import ArtifactStore
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.errors import EvolutionError
 from evostream.models.loading import LoadedModel, load_model
-from evostream.schemas.catalog import DRIFT
+from evostream.schemas.catalog import DRIFT, EVOLUTION_GROUP
 from evostream.schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.evolution")
-GROUP = "evostream-evolution"
+GROUP = EVOLUTION_GROUP
 
 
 @dataclass(frozen=True)

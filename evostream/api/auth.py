@@ -28,8 +28,18 @@ from evostream.views.governance import GovernanceView
 
 @dataclass(frozen=True)
 class Caller:
+    """Who reads or publishes: an actor, or an anonymous client of this machine."""
+
     actor: str | None
     """None for an anonymous local reader."""
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who writes: an enrolled actor whose key was checked (never anonymous)."""
+
+    name: str
     roles: tuple[str, ...] = ()
 
 
@@ -68,6 +78,8 @@ class RegistryCache:
 
 
 class Auth:
+    """The checks of the dependencies in ``deps``: each returns who called, or raises the error the caller sees."""
+
     def __init__(self, registry: RegistryCache, open_reads: bool = False) -> None:
         self.registry = registry
         self.open_reads = open_reads
@@ -85,11 +97,16 @@ class Auth:
         check_format(token)  # before any read of the log: a malformed token costs nothing
         return token
 
+    def _actor(self, token: str) -> Actor:
+        name, roles = actor_of(token, self.registry.get())
+        return Actor(name, tuple(roles))
+
     def _caller(self, token: str) -> Caller:
-        actor, roles = actor_of(token, self.registry.get())
-        return Caller(actor, tuple(roles))
+        actor = self._actor(token)
+        return Caller(actor.name, actor.roles)
 
     def reader(self, request: Request) -> Caller:
+        """Reads: this machine's clients (everyone with ``open_reads``), or a key."""
         token = self._token(request)
         if token is not None:
             return self._caller(token)
@@ -106,17 +123,19 @@ class Auth:
             return Caller(None)
         raise AuthRequiredError("requests from another machine need an actor key (--open-reads opens reads only)")
 
-    def writer(self, request: Request) -> Caller:
+    def writer(self, request: Request) -> Actor:
+        """Writes: a key, always."""
         token = self._token(request)
         if token is None:
             raise AuthRequiredError(
                 "this endpoint needs an actor key: Authorization: Bearer <token from "
                 "`evostream governance api-token --actor NAME`>"
             )
-        return self._caller(token)
+        return self._actor(token)
 
-    def admin(self, request: Request) -> Caller:
-        caller = self.writer(request)
-        if "admin" not in caller.roles:
-            raise ForbiddenError(f"actor {caller.actor!r} is not an admin (roles: {', '.join(caller.roles) or 'none'})")
-        return caller
+    def admin(self, request: Request) -> Actor:
+        """Admin endpoints: the key of an actor with the admin role."""
+        actor = self.writer(request)
+        if "admin" not in actor.roles:
+            raise ForbiddenError(f"actor {actor.name!r} is not an admin (roles: {', '.join(actor.roles) or 'none'})")
+        return actor

@@ -4,8 +4,11 @@ Messages are the errors' own (written for people, and never containing a key).""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from evostream.core.errors import (
     ConflictError,
@@ -59,6 +62,29 @@ STATUS: list[tuple[type[Exception], int]] = [
     (DeliveryError, 503),
     (StackError, 503),
 ]
+
+
+class Refusal(BaseModel):
+    """Every refusal's answer (413 from the body limit included)."""
+
+    error: str = Field(description="The error's type, e.g. NotFoundError.")
+    detail: str = Field(description="What was wrong, for people.")
+
+
+MEANING = {
+    400: "The request names something wrongly (a time, a recipe, a version the log does not know).",
+    401: "No actor key where one is needed, or a key the governance log does not accept.",
+    403: "The actor's roles do not allow it, or its private key is not on this server.",
+    404: "No such thing among what this API keeps.",
+    409: "The governance log's rules refuse it, or a cycle is running already.",
+    503: "A limit this server keeps, or the broker is away; try again later.",
+    504: "The service did not answer in time.",
+}
+
+
+def refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route that may answer with ``codes``."""
+    return {code: {"model": Refusal, "description": MEANING[code]} for code in codes}
 
 
 def status_of(e: Exception) -> int:

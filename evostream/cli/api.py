@@ -28,7 +28,8 @@ def api(
     """Serve the HTTP API (OpenAPI at /docs) and the live dashboard (at /)."""
     import uvicorn
 
-    from evostream.api.app import ApiConfig, create_app
+    from evostream.api.app import create_app
+    from evostream.api.config import ApiConfig
 
     settings = load_settings(bootstrap_servers=bootstrap)
     server = broker(settings)

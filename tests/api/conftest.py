@@ -1,7 +1,8 @@
 """A governed deployment the HTTP API fronts, on the real broker: the embedded model's weights as version 1 and a
 perturbed copy as version 2 (production), both in the artifact store and on the governance log; the inference
 service following the log; the stream processors (``evostream process``) for risk; ``evostream api``'s app served by
-uvicorn on a free port. Shared by the API, schema and browser tests."""
+uvicorn on a free port. Shared by the API, schema and browser tests; ``unprocessed`` is a second API on the same
+broker as it is when the stream processors are not running."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,8 @@ import pytest
 import torch
 import uvicorn
 
-from evostream.api.app import ApiConfig, create_app
+from evostream.api.app import create_app
+from evostream.api.config import ApiConfig
 from evostream.consumers.governance.api_keys import token_for
 from evostream.consumers.governance.keys import ActorKey
 from evostream.consumers.governance.log import GovernanceLog
@@ -32,6 +35,9 @@ from evostream.wiring.governed import GovernedModel
 from tests.stream_processors.harness import Worker
 
 GATES = {"accuracy:mean": {"value": 1.0, "threshold": 0.9, "passed": True}}
+TASK_ACCURACY = {"copy": 0.98, "reverse": 0.95, "sort": 0.9}
+"""Registered as both versions' nested metrics, as the embedded model's genesis registers its own."""
+HOSTS = ["127.0.0.1", "localhost"]
 
 
 @dataclass
@@ -72,6 +78,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def served(cfg: ApiConfig) -> Iterator[str]:
+    """``evostream api``'s app over ``cfg``, served by uvicorn on a free port: its URL while the block runs."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def saved_versions(tmp: Path) -> tuple[Path, Path, int]:
@@ -121,7 +147,7 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             artifact_sha256=ref.sha256,
             parent=parent,
             operator=None if parent is None else "perturb",
-            metrics={"parameters": parameters},
+            metrics={"parameters": parameters, "task_accuracy": TASK_ACCURACY},
         )
         admin.validated(model, version, True, GATES)
         alice.approve(model, version, reason="looks fine")
@@ -138,35 +164,32 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     service = InferenceService(kafka, source.current().loaded, PromptEmbedder(), options, models=source)
     serving = threading.Thread(target=service.run, daemon=True)
     serving.start()
-    port = free_port()
-    cfg = ApiConfig(kafka, settings, allowed_hosts=["127.0.0.1", "localhost"])
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
-    )
-    api = threading.Thread(target=server.run, daemon=True)
-    api.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert api.is_alive() and time.monotonic() < deadline, "the API did not start"
-        time.sleep(0.05)
     try:
-        yield Deployment(
-            f"http://127.0.0.1:{port}",
-            settings,
-            model,
-            v1,
-            v2,
-            token_for(ActorKey.load(key_path(keys, "admin")), "admin"),
-            token_for(alice_key, "alice"),
-            parameters,
-            service,
-            source,
-        )
+        with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS)) as url:
+            yield Deployment(
+                url,
+                settings,
+                model,
+                v1,
+                v2,
+                token_for(ActorKey.load(key_path(keys, "admin")), "admin"),
+                token_for(alice_key, "alice"),
+                parameters,
+                service,
+                source,
+            )
     finally:
-        server.should_exit = True
-        api.join(30)
         service.stop_event.set()
         serving.join(60)
         source.close()
         worker.stop()
         glog.close()
+
+
+@pytest.fixture(scope="package")
+def unprocessed(kafka: str, deployment: Deployment) -> Iterator[str]:
+    """The URL of a second API on the deployment's broker whose settings name a processors group no process is in:
+    the API as it is when ``evostream process`` is not running (the inference service is, as in the deployment)."""
+    settings = deployment.settings.model_copy(update={"processors_app_id": f"absent-processors-{uuid.uuid4().hex[:8]}"})
+    with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS)) as url:
+        yield url

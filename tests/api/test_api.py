@@ -18,7 +18,9 @@ from evostream.core.bus.producer import EventProducer
 from evostream.core.clock import now_us
 from evostream.schemas.catalog import ALERTS
 from evostream.schemas.codec import RecordCodec
-from tests.api.conftest import Deployment
+from evostream.schemas.fingerprints import default_index
+from evostream.views.governance import GovernanceView, finding_doc, registry_doc, version_doc
+from tests.api.conftest import TASK_ACCURACY, Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,29 @@ def test_health_names_the_broker_the_active_version_and_the_lags(deployment: Dep
     assert "evo.requests" in lags["evostream-inference"] and lags["evostream-inference"]["evo.requests"] >= 0
 
 
+def test_health_names_each_service_by_its_consumer_groups_members(deployment: Deployment) -> None:
+    h = get(deployment, "/health").json()
+    parts = h["components"]
+    assert parts["processors"]["group"] == deployment.settings.processors_app_id
+    assert parts["inference"]["group"] == "evostream-inference"
+    for name in ("processors", "inference"):  # both run in the deployment
+        assert parts[name]["members"] >= 1 and parts[name]["running"] is True and parts[name]["notice"] is None, h
+    assert parts["evolution"]["running"] is False and parts["evolution"]["notice"] is None  # optional: not warned of
+    assert h["notices"] == []
+
+
+def test_health_says_the_stream_processors_are_not_running_when_their_group_is_empty(unprocessed: str) -> None:
+    r = httpx.get(unprocessed + "/health", timeout=60)
+    assert r.status_code == 200, r.text
+    h = r.json()
+    assert h["status"] == "ok", h  # the API itself works: what is missing is said, not a failure of the API
+    processors = h["components"]["processors"]
+    assert (processors["members"], processors["running"]) == (0, False)
+    assert h["components"]["inference"]["running"] is True
+    assert h["notices"] == [processors["notice"]]
+    assert "the stream processors are not running (evostream process)" in processors["notice"]
+
+
 def test_infer_answers_with_its_trace_version_and_risk_and_the_trace_holds_every_step(deployment: Deployment) -> None:
     out = infer(deployment, "reverse: hello")
     assert out["error"] is None and out["model_version"] == deployment.v2
@@ -76,6 +101,7 @@ def test_registry_version_and_audit(deployment: Deployment) -> None:
     assert reg["findings"] == []
     one = get(deployment, f"/registry/{deployment.v1}").json()
     assert one["model_name"] == deployment.model and one["metrics"]["parameters"] == deployment.parameters
+    assert one["metrics"]["task_accuracy"] == TASK_ACCURACY  # nested metrics pass as they were registered
     audit = get(deployment, "/governance/audit", actor="alice").json()
     assert [e["type"] for e in audit["events"]] == ["ApprovalGranted", "ApprovalGranted"]
     assert all(e["actor"] == "alice" for e in audit["events"])
@@ -279,3 +305,71 @@ def test_overview_counts_the_last_minutes_answers(deployment: Deployment) -> Non
     o = get(deployment, "/overview").json()
     assert o["requests_per_s"] > 0 and o["tokens_per_s"] > 0
     assert deployment.v2 in o["versions_answering"]
+
+
+def test_the_answers_hold_everything_the_views_give(kafka: str, deployment: Deployment) -> None:
+    """The response models leave nothing out: the registry and a version are the views' documents as they are, and a
+    trace's records have every field of the contract but the packed bytes."""
+    view = GovernanceView(kafka, deployment.settings).replayed()
+    expected = {**registry_doc(view.registry), "findings": [finding_doc(f) for f in view.findings]}
+    assert get(deployment, "/registry").json() == json.loads(json.dumps(expected))
+    one = get(deployment, f"/registry/{deployment.v2}").json()
+    assert one == json.loads(json.dumps(version_doc(view.registry, deployment.v2)))
+    out = infer(deployment, "copy: fields")
+    trace = get(deployment, f"/traces/{out['trace_id']}").json()
+
+    def fields(record: str) -> set[str]:
+        return {f["name"] for f in default_index().latest(record).parsed["fields"] if f["type"] != "bytes"}
+
+    assert set(trace["steps"][0]) == fields("GenerationStep")
+    assert set(trace["completion"]) == fields("Completion") - {"prompt_embedding"}
+    assert set(trace["risk"]) == set(out["risk"]) == fields("RiskReport")
+
+
+def test_every_operation_documents_the_shape_of_its_answer(deployment: Deployment) -> None:
+    schema = get(deployment, "/openapi.json").json()
+    shapes = schema["components"]["schemas"]
+    for path, operations in schema["paths"].items():
+        for method, op in operations.items():
+            ok = next(r for code, r in op["responses"].items() if code.startswith("2"))
+            if path.endswith("stream"):
+                assert "text/event-stream" in ok["content"], (method, path)
+                continue
+            shown = ok["content"]["application/json"]["schema"]
+            ref = shown.get("$ref") or shown.get("items", {}).get("$ref")  # a model, or a list of one
+            assert ref, (method, path, shown)
+            assert shapes[ref.rsplit("/", 1)[-1]]["properties"], (method, path)
+            refusals = {code for code in op["responses"] if code.startswith("4") and code != "422"}
+            for code in refusals:  # a refusal's shape is documented too
+                assert op["responses"][code]["content"]["application/json"]["schema"]["$ref"].endswith("/Refusal")
+            assert "401" in refusals, (method, path)  # each needs a key from elsewhere
+
+
+def test_a_non_finite_number_is_answered_as_null(kafka: str, deployment: Deployment) -> None:
+    trace = f"nan-{uuid.uuid4().hex}"
+    alert = {
+        "trace_id": trace,
+        "request_id": "r",
+        "model_version": deployment.v2,
+        "severity": "WARNING",
+        "stage": "FINAL",
+        "score": float("nan"),
+        "flags": ["nonfinite_hidden"],
+        "blamed_layers": [],
+        "reason": "test alert",
+        "policy": "test",
+        "produced_at_us": now_us(),
+    }
+    producer = EventProducer(kafka)
+    producer.send(ALERTS, trace, RecordCodec("RiskAlert").encode(alert))
+    producer.flush(10)
+    deadline = time.monotonic() + 10
+    while not (mine := [a for a in get(deployment, "/alerts", last=1000).json() if a["trace_id"] == trace]):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert mine[0]["score"] is None and mine[0]["flags"] == ["nonfinite_hidden"]
+
+
+def test_the_page_carries_its_icon_so_the_browser_asks_for_no_favicon(deployment: Deployment) -> None:
+    page = get(deployment, "/").text
+    assert '<link rel="icon" type="image/svg+xml" href="data:image/svg+xml,' in page  # inline: no file to ship

@@ -1,7 +1,8 @@
 """The dashboard in a real browser: headless Debian Chromium driven by Playwright, against the governed deployment.
 
 A prompt published through the page shows its tokens and risk as they stream in (server-sent events, no reload); a
-rollback from the governance view changes the active version, and the service swaps. Screenshots are saved in
+rollback from the governance view changes the active version, and the service swaps; the page loads without a failed
+request, spells out nested metrics, and says which service is missing when one is. Screenshots are saved in
 ``EVOSTREAM_SCREENSHOT_DIR`` when set (the README's comes from there), else beside the test's temporary files."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from evostream.models.suite.evaluate import eval_set
 from evostream.producers.client import InferenceClient
-from tests.api.conftest import Deployment
+from tests.api.conftest import TASK_ACCURACY, Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -111,6 +112,37 @@ def test_a_prompt_published_from_the_page_streams_its_tokens_and_risk(
     assert drift and set(names) == {s["name"] for w in drift for s in w["statistics"]}
     page.screenshot(path=str(shots(tmp_path) / "dashboard.png"))
     page.screenshot(path=str(shots(tmp_path) / "dashboard-full.png"), full_page=True)
+
+
+def test_the_page_loads_without_a_failed_request_and_spells_out_nested_metrics(
+    deployment: Deployment, page: object
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    failed: list[str] = []  # the browser's own requests (its icon) show here, not as Playwright responses
+    page.on("console", lambda m: failed.append(m.text) if m.type == "error" else None)
+    page.goto(deployment.url + "/")
+    expect(page.locator("#status")).to_have_text("live", timeout=30_000)
+    metrics = page.locator(f'.node[data-version="{deployment.v1}"] .metrics')
+    spelled = " ".join(f"{task}={accuracy}" for task, accuracy in TASK_ACCURACY.items())
+    expect(metrics).to_contain_text(f"task_accuracy: {spelled}")
+    expect(metrics).to_contain_text(f"parameters={deployment.parameters}")
+    assert "[object Object]" not in page.locator("#lineage").inner_text()
+    expect(page.locator("#notices")).to_be_empty()  # every service the panels need is running
+    page.wait_for_timeout(1000)  # the icon is asked for after the page's load
+    assert failed == []
+
+
+def test_the_page_says_the_stream_processors_are_not_running(unprocessed: str, page: object, tmp_path: Path) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    page.goto(unprocessed + "/")
+    notice = "no risk reports, drift windows or profiles: the stream processors are not running (evostream process)"
+    expect(page.locator("#notices .notice")).to_have_text([notice], timeout=30_000)
+    expect(page.locator("#status")).to_have_text("live", timeout=30_000)  # the API itself works
+    page.screenshot(path=str(shots(tmp_path) / "missing-processors.png"))
 
 
 def test_a_rollback_from_the_governance_view_changes_the_active_version(

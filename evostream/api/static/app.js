@@ -69,14 +69,22 @@ function showStatus() {
   pill.className = "pill " + (ok ? "ok" : (text === "connecting…" ? "" : "bad"));
 }
 
+// a service the panels depend on that is not running (its consumer group has no member): said in a banner, so an
+// empty panel or a risk that never comes has its reason on the page
+function showNotices(notices) {
+  $("notices").replaceChildren(...notices.map((n) => el("p", { class: "notice", text: n })));
+}
+
 async function refreshHealth() {
   try {
     const h = await api("/health");
     state.health = h.status === "ok" ? "ok" : (h.error || h.live.error || "broker unreachable");
     const active = Object.entries(h.active_versions || {}).map(([m, v]) => `${m}: ${v || "-"}`).join("  ");
     $("active").textContent = active ? `production ${active}` : "";
+    showNotices(h.notices || []);
   } catch (e) {
     state.health = "unreachable";
+    showNotices([]);
   }
   showStatus();
 }
@@ -221,6 +229,20 @@ function onDrift(w) {
 // --- registry and governance -----------------------------------------------------------------------------------
 let registry = null;
 
+// a metric as text: numbers rounded, lists and nested objects spelled out (task_accuracy: copy=0.98 reverse=0.95)
+function shown(x) {
+  if (typeof x === "number") return Number.isFinite(x) ? String(+x.toFixed(4)) : String(x);
+  if (x === null || x === undefined) return "n/a";
+  if (Array.isArray(x)) return `[${x.map(shown).join(", ")}]`;
+  if (typeof x === "object") return `(${Object.entries(x).map(([k, v]) => `${k}=${shown(v)}`).join(" ")})`;
+  return String(x);
+}
+
+function metricText(name, x) {
+  if (x === null || typeof x !== "object" || Array.isArray(x)) return `${name}=${shown(x)}`;
+  return `${name}: ${Object.entries(x).map(([k, v]) => `${k}=${shown(v)}`).join(" ")}`;
+}
+
 function lineageTree(model) {
   const versions = Object.values(model.versions);
   const children = new Map();
@@ -232,7 +254,7 @@ function lineageTree(model) {
   const render = (parent) => {
     const ul = el("ul");
     for (const v of children.get(parent) || []) {
-      const metrics = Object.entries(v.metrics || {}).map(([k, x]) => `${k}=${typeof x === "number" ? +x.toFixed(4) : x}`);
+      const metrics = Object.entries(v.metrics || {}).map(([k, x]) => metricText(k, x));
       const val = v.validation ? (v.validation.passed ? "validation PASS" : "validation FAIL") : "not validated";
       const li = el("li", {},
         el("div", { class: "node", "data-version": v.version },
@@ -370,6 +392,7 @@ async function start() {
   };
   await Promise.all([refreshHealth(), refreshOverview(), refreshRegistry(), refreshTimeline()]);
   setInterval(refreshOverview, 5000); // rates decay when traffic stops
+  setInterval(refreshHealth, 5000); // a service started or stopped since: its notice comes or goes
   return syncing;
 }
 

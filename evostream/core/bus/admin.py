@@ -113,3 +113,15 @@ def group_lags(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0) ->
     except (KafkaException, TimeoutError, concurrent.futures.TimeoutError) as e:
         raise BrokerUnavailableError(f"could not read consumer group offsets at {bootstrap}: {e!r}") from e
     return out
+
+
+def group_members(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0) -> dict[str, int]:
+    """Members of each consumer group now (0 for a group that is empty or unknown); BrokerUnavailableError when the
+    broker cannot say."""
+    groups = list(groups)
+    admin = admin_client(bootstrap)  # held until the answers came: a client collected early never completes them
+    try:
+        futures = admin.describe_consumer_groups(groups, request_timeout=timeout_s)
+        return {g: len(futures[g].result(timeout=timeout_s).members) for g in groups}
+    except (KafkaException, TimeoutError, concurrent.futures.TimeoutError) as e:
+        raise BrokerUnavailableError(f"could not describe consumer groups at {bootstrap}: {e!r}") from e

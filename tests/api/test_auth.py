@@ -76,4 +76,4 @@ def test_writes_need_a_key_admin_needs_the_role_and_a_malformed_key_costs_no_rea
     assert reg.reads == 0
     with pytest.raises(ForbiddenError, match="not an admin"):
         auth.admin(request("127.0.0.1", token_for(chain.keys["alice"], "alice")))
-    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN))).actor == ADMIN
+    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN))).name == ADMIN

@@ -1,0 +1,19 @@
+"""One router per resource; ``app.create_app`` mounts them in this order (the order of /docs)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from evostream.api.routes import alerts, drift, evolve, governance, health, infer, profiles, registry, traces
+
+ROUTERS: tuple[APIRouter, ...] = (
+    health.router,
+    traces.router,
+    alerts.router,
+    drift.router,
+    profiles.router,
+    registry.router,
+    infer.router,
+    governance.router,
+    evolve.router,
+)
