@@ -20,7 +20,7 @@ def load_offline(source: str, hf_home: Path) -> subprocess.CompletedProcess[str]
     """``load_model(source)`` in a fresh interpreter whose Hugging Face cache is ``hf_home`` and whose hub is off:
     prints the version, or the ModelLoadError's message and exits 3."""
     code = (
-        "import sys\nfrom models.loading import ModelLoadError, load_model\n"
+        "import sys\nfrom evostream.models.loading import ModelLoadError, load_model\n"
         f"try:\n    print(load_model({source!r}, device='cpu').version)\n"
         "except ModelLoadError as e:\n    print(e)\n    sys.exit(3)\n"
     )
