@@ -15,7 +15,8 @@ RUN pip install --no-cache-dir -r requirements.lock
 COPY . .
 COPY --from=web /web/node_modules/uplot/dist/uPlot.iife.min.js /web/node_modules/uplot/dist/uPlot.min.css evostream/api/static/vendor/
 COPY --from=web /web/node_modules/uplot/LICENSE evostream/api/static/vendor/uPlot.LICENSE
-RUN pip install --no-cache-dir --no-deps . \
-    && python -c "import importlib.resources as r; assert r.files('evostream.api').joinpath('static/vendor/uPlot.iife.min.js').is_file()"
+RUN pip install --no-cache-dir --no-deps .
+# From / (not /app, whose source tree `python -c` would import): the installed package ships the dashboard's script.
 WORKDIR /
+RUN python -c "import importlib.resources as r; assert r.files('evostream.api').joinpath('static/vendor/uPlot.iife.min.js').is_file()"
 ENTRYPOINT ["evostream"]

@@ -8,7 +8,7 @@ test:   ## run the test suite (starts and stops its own broker)
 	@scripts/test.sh
 
 test-fast:  ## the tests that need neither the broker nor the browser (a few minutes at most)
-	@scripts/test.sh -m "not integration and not browser"
+	@scripts/test.sh -m "not integration and not browser and not quarantine"
 
 lint:   ## ruff (no formatter opt-outs), mypy --strict and the import layers
 	@scripts/lint.sh

@@ -59,7 +59,7 @@ def load_one(name: str, installed: dict[str, EntryPoint] | None = None) -> type[
     if not (isinstance(obj, type) and issubclass(obj, Sink)):
         raise SinkError(
             f"the entry point {name!r} = {ep.value!r} in the group {ENTRY_POINT_GROUP!r} is {obj!r}, not a subclass "
-            "of plugins.api.Sink"
+            "of evostream.plugins.api.Sink"
         )
     return obj
 

@@ -1,6 +1,6 @@
 """The contract's own errors: the base of every evostream error, and what reading or writing a record can raise.
 
-They live with the contract so that ``schemas`` imports nothing above it; ``evostream.errors`` re-exports them."""
+They live with the contract so that it imports nothing above it; ``evostream.core.errors`` re-exports them."""
 
 from __future__ import annotations
 

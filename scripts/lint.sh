@@ -9,7 +9,7 @@ echo "== ruff" >&2
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
 # The formatter owns the layout: no `fmt: skip` / `fmt: off` anywhere.
-if grep -rnE --include='*.py' "#[[:space:]]*fmt:[[:space:]]*(skip|off)" . --exclude-dir=node_modules --exclude-dir=.git --exclude-dir=build --exclude-dir=dist; then
+if git grep -nE "#[[:space:]]*fmt:[[:space:]]*(skip|off)" -- '*.py'; then  # tracked files: not a .venv or build/
   echo "the lines above opt out of the formatter: remove the markers and run ruff format" >&2
   exit 1
 fi

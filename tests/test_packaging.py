@@ -4,6 +4,7 @@ and serves the dashboard from its own files."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -84,17 +85,35 @@ def test_the_installed_wheel_runs_from_its_own_files(wheel_python: Path, tmp_pat
         "print(json.dumps({'codec': c.__file__, 'sinks': sorted(d.available())}))"
     )
     done = subprocess.run(
-        [str(wheel_python), "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+        [str(wheel_python), "-c", probe],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     found = json.loads(done.stdout)
     assert found["codec"].startswith(str(wheel_python.parents[1])), found  # the venv's copy, not the checkout
     assert {"sqlite", "prometheus", "datadog", "wandb", "otlp"} <= set(found["sinks"])
-    bare = subprocess.run([str(wheel_python), "-c", "import schemas"], cwd=tmp_path, capture_output=True, text=True)
+    bare = subprocess.run(
+        [str(wheel_python), "-c", "import schemas"], cwd=tmp_path, env=_env(), capture_output=True, text=True
+    )
     assert bare.returncode != 0 and "No module named 'schemas'" in bare.stderr
     cli = subprocess.run(
-        [str(wheel_python), "-m", "evostream.cli", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [str(wheel_python), "-m", "evostream.cli", "--help"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert cli.returncode == 0 and "serve" in cli.stdout, cli.stderr[-2000:]
+
+
+def _env() -> dict[str, str]:
+    """This environment without PYTHONPATH: a path naming a checkout would hide the wheel's own files."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _get(url: str) -> tuple[int, str, bytes]:
@@ -108,7 +127,7 @@ def test_the_installed_wheel_serves_the_dashboard(wheel_python: Path, kafka: str
     log = tmp_path / "api.log"
     evostream = wheel_python.with_name("evostream")  # the console script the wheel installed
     cmd = [str(evostream), "api", "--port", str(port), "--bootstrap", kafka]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=log.open("wb"), stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90

@@ -6,6 +6,7 @@ without downloading torch again."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,10 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 OWN = ("evostream", "__editable__", "_evostream", "evostream_jsonl")  # the checkout's install, never the wheel's deps
 
 
+LEFT_OUT = (".git", "build", "dist", "*.egg-info", "node_modules", "__pycache__", ".*_cache", ".venv")
+"""What a fresh source tree lacks; the dashboard's built assets (static/vendor) are copied, as the image builds them."""
+
+
 def build(out: Path) -> Path:
-    """``pip wheel`` of this checkout (no build isolation: setuptools is in the environment, nothing is fetched)."""
+    """``pip wheel`` of a copy of this checkout (links kept as links, no earlier build/ to reuse), without build
+    isolation: setuptools is in the environment, nothing is fetched."""
+    src = out / "src"
+    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(*LEFT_OUT))
     cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(out)]
-    subprocess.run([*cmd, str(ROOT)], check=True, timeout=600)
+    subprocess.run([*cmd, str(src)], check=True, timeout=600)
     (wheel,) = out.glob("evostream-*.whl")
     return wheel
 

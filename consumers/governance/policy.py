@@ -14,7 +14,7 @@ from typing import Any
 
 from evostream.consumers.governance.events import ALL_MODELS
 from evostream.consumers.governance.keys import key_id_of
-from evostream.consumers.governance.state import ActorState, ModelState, VersionState
+from evostream.consumers.governance.shapes import ActorState, ModelState, VersionState
 from evostream.core.errors import GovernanceError
 
 DEFAULT_POLICY: dict[str, Any] = {

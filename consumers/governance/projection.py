@@ -21,7 +21,7 @@ from evostream.consumers.governance import events as e
 from evostream.consumers.governance import policy as rules
 from evostream.consumers.governance.events import GovEvent, chain_hash, check_payload, payload_of, upcast
 from evostream.consumers.governance.keys import SIGNATURE_ALG, key_id_of, verify_signature
-from evostream.consumers.governance.state import ActorState, ModelState, PendingApproval, VersionState
+from evostream.consumers.governance.shapes import ActorState, ModelState, PendingApproval, VersionState
 from evostream.core.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
 
 SNAPSHOT_FORMAT = 1

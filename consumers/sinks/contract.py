@@ -16,7 +16,7 @@ The promises, which the shared contract test (``tests/plugins/contract.py``) che
   returns them (the next offset to read per partition) and the runner starts there; every other sink returns ``{}``
   and the runner's committed offsets are the positions.
 - ``close()`` flushes what it can and releases everything; it is called once, also after a failure.
-- A sink raises ``evostream.errors.SinkError`` (or a subclass) for a misconfiguration it cannot run with, never a
+- A sink raises ``evostream.plugins.api.SinkError`` (or a subclass) for a misconfiguration it cannot run with, never a
   library's own exception type."""
 
 from __future__ import annotations

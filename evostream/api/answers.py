@@ -1,6 +1,6 @@
 """The JSON the API answers with, as pydantic models: one per answer of its own, so /docs and /openapi.json show every
 response's shape. The contract's records (steps, completions, risk, alerts, drift, profiles) are ``records``'s,
-derived from the ``.avsc`` files; the registry's shapes mirror ``consumers.governance.state`` (a test holds them
+derived from the ``.avsc`` files; the registry's shapes mirror ``consumers.governance.shapes`` (a test holds them
 equal). Only payloads the log keeps as free JSON (metrics, gates, evidence, policy) stay open dicts."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from evostream.api.records import Completion, GenerationStep, RiskAlert, RiskReport
+from evostream.api.record_models import Completion, GenerationStep, RiskAlert, RiskReport
 from evostream.schemas.records import FinishReason, RiskStage
 
 Open = dict[str, Any]

@@ -1,4 +1,5 @@
-"""The ``evostream`` command line: the only layer that wires services together.
+"""The ``evostream`` command line: commands that present what the services, views and wiring (``evostream.wiring``)
+return.
 
 One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck, governance);
 this module only assembles their commands into one Typer app, so ``evostream = "evostream.cli:app"`` keeps working."""

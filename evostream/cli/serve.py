@@ -18,11 +18,11 @@ def serve(
     ] = "default",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda when available).")] = None,
     max_batch: Annotated[
-        int | None, typer.Option(help="Requests generated together [default 8]. Env: EVOSTREAM_SERVE_MAX_BATCH.")
+        int | None, typer.Option(help="Requests generated together (default 8). Env: EVOSTREAM_SERVE_MAX_BATCH.")
     ] = None,
     max_wait_ms: Annotated[
         int | None,
-        typer.Option(help="How long to wait to fill a batch [default 5]. Env: EVOSTREAM_SERVE_MAX_WAIT_MS."),
+        typer.Option(help="How long to wait to fill a batch (default 5). Env: EVOSTREAM_SERVE_MAX_WAIT_MS."),
     ] = None,
     attention: Annotated[
         str, typer.Option(help="Per-head signal: auto, entropy (eager attention), output_norm.")
@@ -39,20 +39,20 @@ def serve(
         str | None,
         typer.Option(
             help="continuous (greedy requests join and leave the running batch between steps) or static "
-            "(each batch runs to completion) [default static]. Env: EVOSTREAM_SERVE_BATCHING."
+            "(each batch runs to completion) (default static). Env: EVOSTREAM_SERVE_BATCHING."
         ),
     ] = None,
     admit_min: Annotated[
         int | None,
         typer.Option(
-            help="Continuous batching: admit newcomers once this many slots are free [default: half the batch], "
+            help="Continuous batching: admit newcomers once this many slots are free (default: half the batch), "
             "or once the oldest has waited 20 ms. Env: EVOSTREAM_SERVE_ADMIT_MIN."
         ),
     ] = None,
     torch_threads: Annotated[
         int | None,
         typer.Option(
-            help="Torch threads on the CPU [default: CPUs - 1, at least 1]. Env: EVOSTREAM_SERVE_TORCH_THREADS."
+            help="Torch threads on the CPU (default: CPUs - 1, at least 1). Env: EVOSTREAM_SERVE_TORCH_THREADS."
         ),
     ] = None,
     kv_cache: Annotated[

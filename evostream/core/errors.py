@@ -1,7 +1,7 @@
 """The project's exception hierarchy: driver and library errors are translated into these at boundaries.
 
-The base class and the contract's errors live in ``schemas.errors`` (the contract imports nothing above it) and are
-re-exported here, so ``from evostream.errors import X`` works for every X."""
+The base class and the contract's errors live in ``evostream.schemas.errors`` (the contract imports nothing above
+it) and are re-exported here, so ``from evostream.core.errors import X`` works for every X."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The response models of the registry mirror the projection's typed shapes (``consumers.governance.state``): a
+"""The response models of the registry mirror the projection's typed shapes (``consumers.governance.shapes``): a
 field the fold gains is a field the API must show, or the answer would drop it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from evostream.api import answers
-from evostream.consumers.governance import state
+from evostream.consumers.governance import shapes as state
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ def test_an_entry_point_that_is_not_a_sink_names_the_group(site: Path) -> None:
     with pytest.raises(SinkError) as err:
         load("notasink")
     assert "'notasink' = 'json:dumps' in the group 'evostream.sinks'" in str(err.value)
-    assert "not a subclass of plugins.api.Sink" in str(err.value)
+    assert "not a subclass of evostream.plugins.api.Sink" in str(err.value)
 
 
 def test_a_missing_optional_dependency_says_what_to_install(site: Path) -> None:

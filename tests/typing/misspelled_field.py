@@ -1,4 +1,5 @@
-"""Must NOT type-check: a Completion's decode time lives under ``timings``, and mypy says so (tests/test_typing.py)."""
+"""Must NOT type-check: a Completion's decode time lives under ``timings``, and mypy says so
+(tests/schemas/test_records.py)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from evostream.api.deps import Reader, State
 from evostream.api.errors import refusals
-from evostream.api.records import RiskAlert
+from evostream.api.record_models import RiskAlert
 from evostream.api.sse import sse
 from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
 from evostream.schemas.records import Severity

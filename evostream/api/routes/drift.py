@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from evostream.api.deps import Reader, State
 from evostream.api.errors import refusals
-from evostream.api.records import DriftReport
+from evostream.api.record_models import DriftReport
 from evostream.views.recent import plain
 
 router = APIRouter(tags=["reads"], responses=refusals(401))

@@ -60,6 +60,8 @@ class _Deriver:
         if kind == "array":
             item = self.type_of(schema["items"])
             return None if item is None else GenericAlias(list, (item,))
+        if kind == "fixed":  # bytes by another name: left out, as bytes are
+            return None
         if kind == "map":
             value = self.type_of(schema["values"])
             return None if value is None else GenericAlias(dict, (str, value))
