@@ -20,6 +20,7 @@ ALERTS = "evo.alerts"
 GOVERNANCE = "evo.governance"
 GOVERNANCE_SNAPSHOTS = "evo.governance.snapshots"
 DLQ = "evo.dlq"
+OUTCOMES = "evo.outcomes"
 
 # The consumer groups of the long-running services: names that readers (``/health``) share with the services, as
 # they share topic names. The processors' group is a setting (``Settings.processors_app_id``).
@@ -57,6 +58,8 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(DRIFT, "DriftReport", "model_version", 1, "delete", 90 * DAY_MS, "drift window reports"),
     TopicSpec(RISK, "RiskReport", "trace_id", 3, "delete", 30 * DAY_MS, "risk per trace, early and final"),
     TopicSpec(ALERTS, "RiskAlert", "trace_id", 3, "delete", 90 * DAY_MS, "risk reports that crossed policy"),
+    # Co-partitioned with evo.steps' readers by trace; kept a year: a risk probe is trained from them.
+    TopicSpec(OUTCOMES, "Outcome", "trace_id", 3, "delete", 365 * DAY_MS, "labels: was a generation right"),
     # One partition: the governance chain is totally ordered, and it is never compacted nor expired.
     TopicSpec(GOVERNANCE, "GovernanceEvent", "model_name", 1, "delete", FOREVER, "the governance log"),
     # A cache of the projection folded up to an offset of the log: the latest per log is enough.

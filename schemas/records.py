@@ -295,6 +295,39 @@ class NeuronCounts(TypedDict):
     """Last step covered, microseconds since the Unix epoch."""
 
 
+OutcomeLabel: TypeAlias = Literal["RIGHT", "WRONG", "GRADED"]
+
+
+OutcomeSource: TypeAlias = Literal["SUITE", "VALIDATION", "REFERENCE", "HUMAN", "JUDGE"]
+
+
+class Outcome(TypedDict):
+    """Whether a generation was right, learned after the fact: from the task suite, a validation run, a reference
+    answer, a person or a judge. Labels arrive late (hours after the answer is normal) and may be repeated. Topic
+    evo.outcomes, key = trace_id. A retried write carries the same outcome_id and counts once; for each trace and actor
+    the latest label (recorded_at_us, then offset) stands."""
+
+    outcome_id: str
+    """Id of this label, chosen by its writer: the same id again is a retry of the same write (a person's click, a suite
+    run's answer), recorded once."""
+    trace_id: str
+    """The generation judged (its steps are on evo.steps under this key)."""
+    model_version: str
+    """The model version that generated the trace, from its Completion."""
+    label: OutcomeLabel
+    """RIGHT (score 1), WRONG (score 0), or GRADED (score in between)."""
+    score: float
+    """How right the answer was, in [0, 1]: 1 for RIGHT, 0 for WRONG."""
+    source: OutcomeSource
+    """Where the truth came from."""
+    actor: str
+    """Who said so: a governance actor, or the service that knew the answer (suite, validation)."""
+    note: str
+    """Why, in the actor's words (may be empty)."""
+    recorded_at_us: int
+    """Writer's wall clock when the label was given, microseconds since the Unix epoch."""
+
+
 class ProfileDelta(TypedDict):
     """The GenerationSteps of one model version that one stream-processor batch read, reduced to what profiling folds,
     as columns (one record per model and batch, where a step would be one record). Internal to the processors: topic

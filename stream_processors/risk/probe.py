@@ -1,0 +1,239 @@
+"""A risk probe learned from the log: the steps of a trace pooled into one feature vector, and a logistic regression
+from those features to "this answer is wrong", fitted on labelled outcomes.
+
+Pure numpy: the processors can serve it, ``evostream risk train`` fits it and ``bench.risk_quality`` measures it, all
+with this one module. The fit is Newton's method on the L2-penalized log-likelihood from zero weights, in a fixed
+order, so the same labelled traces give the same probe; ``to_bytes`` writes it as canonical JSON (sorted keys,
+numbers rounded to 12 significant digits), the bytes the artifact store hashes."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from evostream.core.errors import EvoError
+from evostream.schemas.tensors import step_heads, step_layers
+
+F64 = npt.NDArray[np.float64]
+FORMAT = "evostream.risk-probe/1"
+_TOKEN_FEATURES = (
+    "entropy_mean",
+    "entropy_max",
+    "entropy_std",
+    "entropy_first",
+    "entropy_last",
+    "margin_mean",
+    "margin_min",
+    "topk_mass_mean",
+    "topk_mass_min",
+    "surprisal_mean",
+    "surprisal_max",
+    "log_steps",
+    "nonfinite_steps",
+)
+_LAYER_FEATURES = ("hidden_l2", "hidden_maxabs", "ffn_sparsity", "head_entropy_mean", "head_entropy_std")
+
+
+class ProbeError(EvoError):
+    """A probe that cannot be built, read or applied (no labels of one class, another model's layer count)."""
+
+
+def feature_names(num_layers: int) -> list[str]:
+    """The features of a model with ``num_layers`` layers, in the order ``trace_features`` returns them."""
+    per_layer = [f"{name}_l{i}" for name in _LAYER_FEATURES for i in range(num_layers)]
+    return [*_TOKEN_FEATURES, *per_layer]
+
+
+def _layer_means(steps: Sequence[Mapping[str, Any]], num_layers: int) -> F64:
+    """Per-layer statistics averaged over the steps: log1p of the hidden norms, FFN sparsity, head entropy's mean and
+    spread over heads; 0 where a statistic was not measured."""
+    out = np.zeros((len(_LAYER_FEATURES), num_layers))
+    rows: list[list[npt.NDArray[np.float32]]] = [[], [], [], [], []]
+    for s in steps:
+        l2, maxabs, sparsity = (step_layers(s, f) for f in ("layer_hidden_l2", "layer_hidden_maxabs", "ffn_sparsity"))
+        heads = step_heads(s)
+        for k, arr in enumerate((l2, maxabs, sparsity)):
+            if arr.size == num_layers:
+                rows[k].append(arr)
+        if heads.shape[0] == num_layers and heads.size:
+            rows[3].append(heads.mean(axis=1))
+            rows[4].append(heads.std(axis=1))
+    for k, got in enumerate(rows):
+        if got:
+            stacked = np.nan_to_num(np.stack(got).astype(np.float64), nan=0.0, posinf=1e6, neginf=-1e6)
+            out[k] = stacked.mean(axis=0)
+    out[0:2] = np.log1p(np.abs(out[0:2]))
+    return out.reshape(-1)
+
+
+def trace_features(steps: Sequence[Mapping[str, Any]], num_layers: int) -> F64:
+    """One trace's steps (GenerationStep records, in order) pooled into the probe's feature vector."""
+    if not steps:
+        raise ProbeError("a trace with no steps has no features")
+
+    def col(field: str) -> F64:
+        values = np.array([float(s[field]) for s in steps], dtype=np.float64)
+        return np.asarray(np.nan_to_num(values, nan=0.0, posinf=1e6, neginf=-1e6), dtype=np.float64)
+
+    ent, margin, mass, surprisal = col("entropy_bits"), col("top1_top2_margin"), col("topk_mass"), col("surprisal_bits")
+    nonfinite = sum(1 for s in steps if any(s["layer_nonfinite"]))
+    tokens = [
+        ent.mean(),
+        ent.max(),
+        ent.std(),
+        ent[0],
+        ent[-1],
+        margin.mean(),
+        margin.min(),
+        mass.mean(),
+        mass.min(),
+        surprisal.mean(),
+        surprisal.max(),
+        math.log1p(len(steps)),
+        float(nonfinite),
+    ]
+    return np.concatenate([np.array(tokens), _layer_means(steps, num_layers)])
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.12g}")
+
+
+@dataclass(frozen=True)
+class RiskProbe:
+    """P(wrong) = sigmoid(bias + weights . (features - center) / scale), for one model family's layer count."""
+
+    family: str
+    num_layers: int
+    features: tuple[str, ...]
+    center: tuple[float, ...]
+    scale: tuple[float, ...]
+    weights: tuple[float, ...]
+    bias: float
+    l2: float
+    trained_on: Mapping[str, Any]
+    """Where its labels came from (log ranges, split names, counts): the lineage that rebuilds it."""
+
+    def probability(self, x: F64) -> F64:
+        """P(wrong) for each row of ``x`` (features in ``self.features`` order)."""
+        x = np.atleast_2d(x)
+        if x.shape[1] != len(self.features):
+            raise ProbeError(f"the probe takes {len(self.features)} features, got {x.shape[1]}")
+        z = (x - np.array(self.center)) / np.array(self.scale) @ np.array(self.weights) + self.bias
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), dtype=np.float64)
+
+    def score(self, steps: Sequence[Mapping[str, Any]]) -> float:
+        """P(wrong) of one trace from its steps."""
+        return float(self.probability(trace_features(steps, self.num_layers))[0])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "family": self.family,
+            "num_layers": self.num_layers,
+            "features": list(self.features),
+            "center": [_round(v) for v in self.center],
+            "scale": [_round(v) for v in self.scale],
+            "weights": [_round(v) for v in self.weights],
+            "bias": _round(self.bias),
+            "l2": self.l2,
+            "trained_on": dict(self.trained_on),
+        }
+
+    def to_bytes(self) -> bytes:
+        """Canonical JSON: the same probe gives the same bytes (and the same artifact hash)."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RiskProbe:
+        try:
+            d = json.loads(data)
+            if d.get("format") != FORMAT:
+                raise ProbeError(f"not a risk probe of format {FORMAT} (got {d.get('format')!r})")
+            probe = cls(
+                family=str(d["family"]),
+                num_layers=int(d["num_layers"]),
+                features=tuple(str(f) for f in d["features"]),
+                center=tuple(float(v) for v in d["center"]),
+                scale=tuple(float(v) for v in d["scale"]),
+                weights=tuple(float(v) for v in d["weights"]),
+                bias=float(d["bias"]),
+                l2=float(d["l2"]),
+                trained_on=dict(d["trained_on"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ProbeError(f"not a readable risk probe: {e}") from e
+        n = len(probe.features)
+        if not (len(probe.center) == len(probe.scale) == len(probe.weights) == n):
+            raise ProbeError(f"a probe of {n} features needs {n} centers, scales and weights")
+        return probe
+
+
+def fit_probe(
+    x: F64,
+    wrong: npt.NDArray[np.bool_],
+    family: str,
+    num_layers: int,
+    l2: float = 1.0,
+    trained_on: Mapping[str, Any] | None = None,
+    groups: Sequence[str] | None = None,
+    iterations: int = 100,
+) -> RiskProbe:
+    """Logistic regression of ``wrong`` on the standardized rows of ``x`` (L2 penalty ``l2`` on the weights, none on
+    the bias), by Newton's method from zero until the step is below 1e-10.
+
+    With ``groups`` (each trace's task), the fit gives each group an intercept of its own, so the weights learn what
+    tells wrong from right within a group rather than which group is which; the probe keeps the weights, and its bias
+    is refitted on all traces with the weights fixed."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(wrong, dtype=np.float64)
+    names = feature_names(num_layers)
+    if x.ndim != 2 or x.shape != (len(y), len(names)):
+        raise ProbeError(f"expected {len(y)} rows of {len(names)} features, got {x.shape}")
+    if y.min() == y.max():
+        raise ProbeError("the labels must hold both right and wrong answers")
+    center = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-12] = 1.0  # a constant feature stays 0 after centering and gets no weight
+    standard = (x - center) / scale
+    if groups is None:
+        intercepts = np.ones((len(y), 1))
+    else:
+        labels = np.asarray(groups)
+        intercepts = (labels[:, None] == np.unique(labels)[None, :]).astype(np.float64)
+    k = intercepts.shape[1]
+    w = _newton(np.hstack([intercepts, standard]), y, np.r_[np.zeros(k), np.full(len(names), l2)], iterations)
+    weights = w[k:]
+    bias = w[0] if groups is None else _newton(np.ones((len(y), 1)), y, np.zeros(1), iterations, standard @ weights)[0]
+    return RiskProbe(
+        family=family,
+        num_layers=num_layers,
+        features=tuple(names),
+        center=tuple(float(v) for v in center),
+        scale=tuple(float(v) for v in scale),
+        weights=tuple(float(v) for v in weights),
+        bias=float(bias),
+        l2=l2,
+        trained_on=dict(trained_on or {}),
+    )
+
+
+def _newton(z: F64, y: F64, penalty: F64, iterations: int, offset: F64 | None = None) -> F64:
+    """Penalized logistic regression coefficients of ``y`` on the columns of ``z`` (plus a fixed ``offset``)."""
+    w = np.zeros(z.shape[1])
+    base = np.zeros(len(y)) if offset is None else offset
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w + base, -50, 50)))
+        grad = z.T @ (p - y) + penalty * w
+        hess = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if float(np.abs(step).max()) < 1e-10:
+            break
+    return w
