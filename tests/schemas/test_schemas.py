@@ -55,6 +55,7 @@ def test_every_design_event_has_a_schema() -> None:
         "DeadLetter",
         "NeuronCounts",
         "ProfileDelta",
+        "Outcome",
     }  # ProfileDelta: internal to the processors
 
 
