@@ -111,6 +111,7 @@ class EventConsumer:
                 for tp in found
             ]
         )
+        self.assigned = frozenset((tp.topic, tp.partition) for tp in parts)
 
     def poll_batch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
         """Up to ``max_records`` records; waits until there are that many or ``timeout_s`` has passed (librdkafka's

@@ -14,6 +14,9 @@ from typing import Any, Literal
 from evostream.core.bus.consumer import EventConsumer
 from evostream.schemas.codec import RecordCodec
 
+JOIN_S = 15.0
+"""How long a reader waits for its first partition assignment before idleness counts."""
+
 
 class TopicReader:
     """Reads ``topic`` as ``schema`` records with a private, never-committed group.
@@ -51,7 +54,8 @@ class TopicReader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """The decoded records in the order they arrive (per partition, the order they were written)."""
-        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        started = time.monotonic()
+        deadline = None if self.timeout_s is None else started + self.timeout_s
         idle = 0.0
         while self.idle_s is None or idle < self.idle_s:
             if deadline is not None and time.monotonic() >= deadline:
@@ -59,7 +63,11 @@ class TopicReader:
             if self.until is not None and self.until():
                 return
             msgs = self._consumer.poll_batch(self.batch, self.poll_s)
-            idle = 0.0 if msgs else idle + self.poll_s
+            # idle counts once partitions are assigned (or after JOIN_S without any: a topic that is not there):
+            # joining the group can take longer than idle_s, and a reader that gave up before its first assignment
+            # read nothing (a trace lookup missed a trace)
+            joining = not self._consumer.assigned and time.monotonic() - started < JOIN_S
+            idle = 0.0 if msgs or joining else idle + self.poll_s
             for m in msgs:
                 rec = self.codec.decode_or_skip(m.value())
                 if rec is not None:
