@@ -254,3 +254,17 @@ class EvolveJob(BaseModel):
     passed: bool | None = None
     error: str | None = None
     ended_us: int | None = None
+
+
+class Recorded(BaseModel):
+    """A label as ``evo.outcomes`` holds it (the broker acknowledged it)."""
+
+    outcome_id: str = Field(description="The label's id: the Idempotency-Key when one came, so a retry is one label.")
+    trace_id: str
+    model_version: str
+    label: Literal["RIGHT", "WRONG", "GRADED"]
+    score: float
+    source: str
+    actor: str
+    note: str
+    recorded_at_us: int

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 MAX_PROMPT_CHARS = 4000
 
@@ -41,3 +41,19 @@ class EvolveBody(BaseModel):
     held_out: int = Field(50, ge=1, le=500, description="Held-out suite prompts per task the sandbox measures.")
     reps: int = Field(5, ge=1, le=20, description="Side-by-side speed repetitions.")
     propose: bool = Field(True, description="Register and propose the chosen candidate to governance.")
+
+
+class FeedbackBody(BaseModel):
+    trace_id: str = Field(min_length=1, max_length=200)
+    label: Literal["RIGHT", "WRONG", "GRADED"]
+    score: float | None = Field(None, ge=0.0, le=1.0, description="How right: needed for GRADED, 1 / 0 or none else.")
+    note: str = Field("", max_length=2000)
+
+    @model_validator(mode="after")
+    def _score_fits_label(self) -> FeedbackBody:
+        fixed = {"RIGHT": 1.0, "WRONG": 0.0}.get(self.label)
+        if fixed is None and self.score is None:
+            raise ValueError("a GRADED label needs a score in [0, 1]")
+        if fixed is not None and self.score not in (None, fixed):
+            raise ValueError(f"a {self.label} label has score {fixed:g}")
+        return self

@@ -23,6 +23,7 @@ from evostream.core.errors import (
     TamperError,
     UnauthorizedError,
 )
+from evostream.stream_processors.risk.outcomes import OutcomeError
 
 
 class AuthRequiredError(EvoError):
@@ -51,6 +52,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (UnauthorizedError, 403),  # the log's rules: the actor's roles do not allow the event
     (ForbiddenError, 403),
     (NotFoundError, 404),
+    (OutcomeError, 422),  # a label outside the set, where the body's own checks could not tell
     (TooLargeError, 413),
     (PolicyViolationError, 409),
     (ConflictError, 409),

@@ -8,7 +8,19 @@ from __future__ import annotations
 
 import typer
 
-from evostream.cli import api, calibrate, contract, demo, evolution, governance, readers, selfcheck, serve, sinks
+from evostream.cli import (
+    api,
+    calibrate,
+    contract,
+    demo,
+    evolution,
+    feedback,
+    governance,
+    readers,
+    selfcheck,
+    serve,
+    sinks,
+)
 from evostream.cli.stack import stack_app
 
 app = typer.Typer(
@@ -44,6 +56,7 @@ for command in (
     evolution.analyze,
     sinks.query,
     api.api,
+    feedback.feedback,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

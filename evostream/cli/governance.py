@@ -418,21 +418,14 @@ def provenance(
     timeout: Annotated[float, typer.Option(help="Seconds to look for the trace's completion.")] = 30.0,
 ) -> None:
     """Which version answered a trace, its lineage, the governance events that made it serve, its evidence."""
-    from evostream.core.bus.reader import TopicReader
     from evostream.schemas.catalog import COMPLETIONS
+    from evostream.views.traces import find_completion
 
     settings = _settings(bootstrap)
     server = broker(settings)
-    found: list[dict[str, Any]] = []
-    with TopicReader(
-        server, COMPLETIONS, "Completion", timeout_s=timeout, until=lambda: bool(found), name="provenance"
-    ) as reader:
-        for rec in reader:
-            if rec["trace_id"] == trace_id:
-                found.append(rec)
-    if not found:
+    done = find_completion(server, trace_id, timeout)
+    if done is None:
         raise GovernanceError(f"no completion of trace {trace_id} on {COMPLETIONS} (looked for {timeout:g} s)")
-    done = found[0]
     version, at = str(done["model_version"]), int(done["completed_at_us"])
     reg, findings, events = _replayed(settings, None)
     model = model_of(reg, version)

@@ -19,6 +19,7 @@ import pytest
 from evostream.models.suite.evaluate import eval_set
 from evostream.producers.client import InferenceClient
 from tests.api.conftest import TASK_ACCURACY, Deployment
+from tests.api.test_api import infer
 
 pytestmark = pytest.mark.integration
 
@@ -183,3 +184,38 @@ def rollback_from_the_page(deployment: Deployment, page: object, tmp_path: Path)
     page.select_option("#rb-to", deployment.v2)
     page.click("#rb-go")
     expect(page.locator("#gov-result")).to_contain_text("401: the token does not match")
+
+
+def test_a_trace_labelled_from_the_page_is_one_outcome_even_when_the_request_is_retried(
+    kafka: str, deployment: Deployment, page: object
+) -> None:
+    from playwright.sync_api import Page, Route, expect
+
+    from tests.api.test_feedback import outcomes_of
+
+    assert isinstance(page, Page)
+    trace_id = infer(deployment, "sort: dcba")["trace_id"]
+    page.goto(deployment.url + "/")
+    expect(page.locator("#status")).to_have_text("live", timeout=30_000)
+    page.fill("#actor-key", deployment.alice_token)
+    page.dispatch_event("#actor-key", "change")
+    card = page.locator(f'.trace[data-trace-id="{trace_id}"]')
+    expect(card).to_be_visible(timeout=30_000)
+    # the first try reaches the server, but its answer is lost on the way back: the page tries again, same key
+    tries: list[str] = []
+
+    def lose_first_answer(route: Route) -> None:
+        tries.append(route.request.headers.get("idempotency-key", ""))
+        response = route.fetch()
+        if len(tries) == 1:
+            route.fulfill(status=502, body="lost")
+        else:
+            route.fulfill(response=response)
+
+    page.route("**/feedback", lose_first_answer)
+    card.locator("button.judge.wrong").click()
+    expect(card.locator(".verdict")).to_have_text("wrong (alice)", timeout=30_000)
+    assert len(tries) == 2 and tries[0] == tries[1] != ""
+    book = outcomes_of(kafka, trace_id)
+    assert book.retries == 1
+    assert [(s.actor, s.label) for s in book.labels(trace_id)] == [("alice", "WRONG")]

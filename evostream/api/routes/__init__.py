@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from evostream.api.routes import alerts, drift, evolve, governance, health, infer, profiles, registry, traces
+from evostream.api.routes import (
+    alerts,
+    drift,
+    evolve,
+    feedback,
+    governance,
+    health,
+    infer,
+    profiles,
+    registry,
+    traces,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     health.router,
     traces.router,
+    feedback.router,
     alerts.router,
     drift.router,
     profiles.router,

@@ -21,7 +21,7 @@ async function api(path, opts = {}) {
   const body = await r.json().catch(() => ({}));
   if (!r.ok) {
     const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
-    throw new Error(`${r.status}: ${detail}`);
+    throw Object.assign(new Error(`${r.status}: ${detail}`), { status: r.status });
   }
   return body;
 }
@@ -97,9 +97,15 @@ function traceCard(rec, make = false) {
   if (t || !make) return t;
   const risk = el("span", { class: "risk", text: "risk …" });
   const answer = el("span", { class: "answer" });
+  const verdict = el("span", { class: "verdict note" });
+  const judge = (label) => el("button", { type: "button", class: `judge ${label.toLowerCase()}`, text: label.toLowerCase(),
+    title: `label this answer ${label.toLowerCase()} (evo.outcomes; needs an actor key)` });
+  const right = judge("RIGHT"), wrong = judge("WRONG");
+  right.addEventListener("click", () => label(rec.trace_id, "RIGHT", verdict));
+  wrong.addEventListener("click", () => label(rec.trace_id, "WRONG", verdict));
   const card = el("div", { class: "trace", "data-trace-id": rec.trace_id },
     el("div", { class: "meta" }, el("span", { text: rec.trace_id.slice(0, 12) }),
-      el("span", { text: rec.model_version || "" }), risk, answer),
+      el("span", { text: rec.model_version || "" }), risk, answer, right, wrong, verdict),
     el("div", { class: "tokens" }));
   t = { el: card, risk, answer, tokens: card.querySelector(".tokens"), steps: new Set() };
   traces.set(rec.trace_id, t);
@@ -335,6 +341,32 @@ async function act(path, body) {
     out.textContent = String(e.message || e);
     out.className = "note error";
   }
+}
+
+// One click is one label: its Idempotency-Key is made once, and a retry after a failed request sends the same key,
+// so the server records the label once however many tries it took.
+async function label(traceId, verdictLabel, out) {
+  const key = $("actor-key").value.trim();
+  const idem = crypto.randomUUID();
+  let last;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      const r = await api("/feedback", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", "Idempotency-Key": idem,
+          ...(key ? { Authorization: `Bearer ${key}` } : {}) },
+        body: JSON.stringify({ trace_id: traceId, label: verdictLabel }),
+      });
+      out.textContent = `${r.label.toLowerCase()} (${r.actor})`;
+      out.className = "verdict note";
+      return;
+    } catch (e) {
+      last = e;
+      if (e.status && e.status < 500) break; // refused: a retry would be refused too
+    }
+  }
+  out.textContent = String(last.message || last);
+  out.className = "verdict note error";
 }
 
 $("rollback").addEventListener("submit", (ev) => {
