@@ -32,10 +32,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from bench.risk_quality import _boot, _ci, _disjoint, auroc, fold, within_task_auroc
+from bench.risk_quality import _boot, _ci, _disjoint, fold, within_task_auroc
 from evostream.models.loading import LoadedModel, load_model
 from evostream.models.suite.tasks import TASKS, Example, make_split, stress_split
 from evostream.producers.reference import run_traced
+from evostream.stream_processors.risk.metrics import auroc, ece, recall_at_precision
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_path
 from evostream.stream_processors.risk.probe import fit_probe, trace_features
 
@@ -73,31 +74,6 @@ def trace_split(lm: LoadedModel, policy: RiskPolicy, examples: Sequence[Example]
         base["hand-set risk"].append(fold(policy, t)[0].score)
     print(f"# {label}: {len(rows)} traces, {int(np.sum(wrong))} wrong, in {time.perf_counter() - t0:.0f} s")
     return Traces(np.array(tasks), np.array(wrong), np.vstack(rows), {k: np.array(v) for k, v in base.items()}, layers)
-
-
-def recall_at_precision(scores: F64, wrong: BOOL, target: float) -> float:
-    """The best recall of wrong answers among cut-offs (alert when score >= cut-off) whose precision reaches
-    ``target``; 0 where none does."""
-    order = np.argsort(-scores, kind="stable")
-    s, w = scores[order], wrong[order].astype(np.float64)
-    if not w.sum():
-        return float("nan")
-    hits = np.cumsum(w)
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # a cut-off takes every trace tied with it
-    precision = hits[last] / (last + 1)
-    ok = precision >= target
-    return float(hits[last][ok].max() / w.sum()) if ok.any() else 0.0
-
-
-def ece(p: F64, wrong: BOOL, bins: int = 10) -> float:
-    """Expected calibration error: |mean P(wrong) - share wrong| per equal-width bin, weighted by its traces."""
-    idx = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = idx == b
-        if m.any():
-            total += m.sum() * abs(float(p[m].mean()) - float(wrong[m].mean()))
-    return total / len(p)
 
 
 def _stat(fn: Callable[[npt.NDArray[np.intp]], float], boots: list[npt.NDArray[np.intp]], n: int) -> str:

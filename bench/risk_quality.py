@@ -45,6 +45,7 @@ from evostream.models.loading import LoadedModel, load_model
 from evostream.models.suite.evaluate import eval_set
 from evostream.models.suite.tasks import TASKS, Example, make_split, stress_split
 from evostream.producers.reference import Traced, run_traced
+from evostream.stream_processors.risk.metrics import auroc
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_path
 from evostream.stream_processors.risk.score import Assessment, TraceRisk
 
@@ -54,25 +55,6 @@ SCORES = ("risk score", "mean entropy", "task only")
 MIN_CLASS = 5
 """A task with fewer wrong (or right) answers than this gets its AUROC without a bootstrap interval: resamples
 that lose the few would make the interval look far tighter than it is."""
-
-
-def _ranks(x: F64) -> F64:
-    """1-based ranks, ties sharing their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)
-    return ranks
-
-
-def auroc(scores: Sequence[float] | F64, positive: Sequence[bool] | BOOL) -> float:
-    """Probability that a random positive scores above a random negative (ties count half); NaN without both."""
-    s, y = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if not n1 or not n0:
-        return float("nan")
-    return float((_ranks(s)[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def within_task_auroc(scores: F64, wrong: BOOL, tasks: npt.NDArray[np.str_]) -> float:

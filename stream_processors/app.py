@@ -28,7 +28,7 @@ import json
 import logging
 import signal
 import types
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,9 @@ class Processors:
         the table's lock from its first read to its last write (without it, a completion folded while a step
         batch awaited its sends was overwritten by that batch: its FINAL never came)."""
         async with self._risk_lock:
+            for family in self.tracker.take_offers():  # a probe governance promoted serves from this batch on
+                served = self.tracker.probes.get(family)
+                log.warning("risk: %s is now judged by %s", family, served.version if served else "its hand-set policy")
             touched: dict[bytes, dict[str, Any]] = {}
             acks: list[Awaitable[Any]] = []
             if record == "Completion":
@@ -463,9 +466,21 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
     )
 
 
-def run_worker(settings: Settings, bootstrap: str, loglevel: str = "WARNING") -> None:
-    """Run the processors until SIGTERM / SIGINT (Faust's worker handles both and commits on the way out)."""
+def run_worker(
+    settings: Settings,
+    bootstrap: str,
+    loglevel: str = "WARNING",
+    on_start: Callable[[Processors], Callable[[], None]] | None = None,
+) -> None:
+    """Run the processors until SIGTERM / SIGINT (Faust's worker handles both and commits on the way out).
+    ``on_start`` gets the processors before they start (the CLI's wiring offers them governed probes from there)
+    and returns what stops it afterwards."""
     from faust.worker import Worker
 
     procs = processors_from_settings(settings, bootstrap)
-    Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    stop = on_start(procs) if on_start is not None else None
+    try:
+        Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        if stop is not None:
+            stop()

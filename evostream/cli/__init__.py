@@ -17,6 +17,7 @@ from evostream.cli import (
     feedback,
     governance,
     readers,
+    risk,
     selfcheck,
     serve,
     sinks,
@@ -34,6 +35,7 @@ app.add_typer(governance.governance_app, name="governance")
 app.add_typer(governance.registry_app, name="registry")
 app.add_typer(evolution.evolution_app, name="evolution")
 app.add_typer(sinks.sinks_app, name="sinks")
+app.add_typer(risk.risk_app, name="risk")
 for command in (
     selfcheck.selfcheck,
     demo.demo,
@@ -57,6 +59,7 @@ for command in (
     sinks.query,
     api.api,
     feedback.feedback,
+    risk.rescore,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

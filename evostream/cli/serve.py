@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.core.settings import load_settings
+from evostream.core.settings import Settings, load_settings
 
 
 @friendly
@@ -192,4 +193,18 @@ def process(
     server = broker(settings)
     settings.processors_dir.mkdir(parents=True, exist_ok=True)
     say(f"stream processors on {server} (data in {settings.processors_dir})")
-    run_worker(settings, server, loglevel)
+    run_worker(settings, server, loglevel, on_start=_follow_governed_probes(settings, server))
+
+
+def _follow_governed_probes(settings: Settings, server: str) -> Callable[[Any], Callable[[], None]]:
+    """The processors' risk tracker is offered each family's production probe from the governance log."""
+
+    def start(procs: Any) -> Callable[[], None]:
+        from evostream.wiring.risk import GovernedProbes
+
+        probes = GovernedProbes(server, settings, procs.tracker.offer)
+        if probes.serving:
+            say("learned risk probes: " + ", ".join(f"{f} -> {v}" for f, v in sorted(probes.serving.items())))
+        return probes.close
+
+    return start

@@ -50,55 +50,93 @@ def feature_names(num_layers: int) -> list[str]:
     return [*_TOKEN_FEATURES, *per_layer]
 
 
-def _layer_means(steps: Sequence[Mapping[str, Any]], num_layers: int) -> F64:
-    """Per-layer statistics averaged over the steps: log1p of the hidden norms, FFN sparsity, head entropy's mean and
-    spread over heads; 0 where a statistic was not measured."""
-    out = np.zeros((len(_LAYER_FEATURES), num_layers))
-    rows: list[list[npt.NDArray[np.float32]]] = [[], [], [], [], []]
-    for s in steps:
-        l2, maxabs, sparsity = (step_layers(s, f) for f in ("layer_hidden_l2", "layer_hidden_maxabs", "ffn_sparsity"))
-        heads = step_heads(s)
-        for k, arr in enumerate((l2, maxabs, sparsity)):
-            if arr.size == num_layers:
-                rows[k].append(arr)
-        if heads.shape[0] == num_layers and heads.size:
-            rows[3].append(heads.mean(axis=1))
-            rows[4].append(heads.std(axis=1))
-    for k, got in enumerate(rows):
-        if got:
-            stacked = np.nan_to_num(np.stack(got).astype(np.float64), nan=0.0, posinf=1e6, neginf=-1e6)
-            out[k] = stacked.mean(axis=0)
-    out[0:2] = np.log1p(np.abs(out[0:2]))
-    return out.reshape(-1)
+def _clean(x: float) -> float:
+    """A logged statistic as the probe reads it: NaN as 0, an infinity as +-1e6 (a fault is its own signal)."""
+    return 0.0 if math.isnan(x) else max(-1e6, min(1e6, x))
+
+
+class FeatureSums:
+    """The running sums a trace's features are computed from, step by step, so the processors keep a few numbers per
+    trace instead of its steps; ``to_state`` / ``from_state`` round-trip them through a JSON changelog."""
+
+    def __init__(self, num_layers: int, state: Mapping[str, Any] | None = None) -> None:
+        self.num_layers = num_layers
+        s = state or {}
+        self.n = int(s.get("n", 0))
+        self.token = list(map(float, s.get("token", [0.0] * 12)))
+        """entropy sum, sum of squares, max, first, last; margin sum, min; top-k mass sum, min; surprisal sum, max;
+        steps with a non-finite hidden state"""
+        self.layer = [list(map(float, row)) for row in s.get("layer", [[0.0] * num_layers] * len(_LAYER_FEATURES))]
+        self.layer_n = list(map(int, s.get("layer_n", [0] * len(_LAYER_FEATURES))))
+
+    def to_state(self) -> dict[str, Any]:
+        return {"n": self.n, "token": self.token, "layer": self.layer, "layer_n": self.layer_n}
+
+    def update(self, step: Mapping[str, Any]) -> None:
+        h, m = _clean(float(step["entropy_bits"])), _clean(float(step["top1_top2_margin"]))
+        k, s = _clean(float(step["topk_mass"])), _clean(float(step["surprisal_bits"]))
+        t = self.token
+        if self.n == 0:
+            t[2], t[3], t[6], t[8], t[10] = h, h, m, k, s
+        t[0] += h
+        t[1] += h * h
+        t[2] = max(t[2], h)
+        t[4] = h
+        t[5] += m
+        t[6] = min(t[6], m)
+        t[7] += k
+        t[8] = min(t[8], k)
+        t[9] += s
+        t[10] = max(t[10], s)
+        t[11] += 1.0 if any(step["layer_nonfinite"]) else 0.0
+        self.n += 1
+        heads = step_heads(step)
+        rows = [step_layers(step, f) for f in ("layer_hidden_l2", "layer_hidden_maxabs", "ffn_sparsity")]
+        if heads.shape[0] == self.num_layers and heads.size:
+            rows += [heads.mean(axis=1), heads.std(axis=1)]
+        for i, row in enumerate(rows):
+            if row.size == self.num_layers:
+                clean = np.nan_to_num(row.astype(np.float64), nan=0.0, posinf=1e6, neginf=-1e6)
+                self.layer[i] = [a + float(b) for a, b in zip(self.layer[i], clean, strict=True)]
+                self.layer_n[i] += 1
+
+    def features(self) -> F64:
+        """The feature vector, in ``feature_names(num_layers)`` order."""
+        if not self.n:
+            raise ProbeError("a trace with no steps has no features")
+        t, n = self.token, self.n
+        mean_h = t[0] / n
+        tokens = [
+            mean_h,
+            t[2],
+            math.sqrt(max(0.0, t[1] / n - mean_h * mean_h)),
+            t[3],
+            t[4],
+            t[5] / n,
+            t[6],
+            t[7] / n,
+            t[8],
+            t[9] / n,
+            t[10],
+            math.log1p(n),
+            t[11],
+        ]
+        layer = np.array(
+            [
+                [v / c for v in row] if c else [0.0] * self.num_layers
+                for row, c in zip(self.layer, self.layer_n, strict=True)
+            ]
+        )
+        layer[0:2] = np.log1p(np.abs(layer[0:2]))
+        return np.concatenate([np.array(tokens), layer.reshape(-1)])
 
 
 def trace_features(steps: Sequence[Mapping[str, Any]], num_layers: int) -> F64:
     """One trace's steps (GenerationStep records, in order) pooled into the probe's feature vector."""
-    if not steps:
-        raise ProbeError("a trace with no steps has no features")
-
-    def col(field: str) -> F64:
-        values = np.array([float(s[field]) for s in steps], dtype=np.float64)
-        return np.asarray(np.nan_to_num(values, nan=0.0, posinf=1e6, neginf=-1e6), dtype=np.float64)
-
-    ent, margin, mass, surprisal = col("entropy_bits"), col("top1_top2_margin"), col("topk_mass"), col("surprisal_bits")
-    nonfinite = sum(1 for s in steps if any(s["layer_nonfinite"]))
-    tokens = [
-        ent.mean(),
-        ent.max(),
-        ent.std(),
-        ent[0],
-        ent[-1],
-        margin.mean(),
-        margin.min(),
-        mass.mean(),
-        mass.min(),
-        surprisal.mean(),
-        surprisal.max(),
-        math.log1p(len(steps)),
-        float(nonfinite),
-    ]
-    return np.concatenate([np.array(tokens), _layer_means(steps, num_layers)])
+    sums = FeatureSums(num_layers)
+    for step in steps:
+        sums.update(step)
+    return sums.features()
 
 
 def _round(x: float) -> float:
@@ -119,6 +157,15 @@ class RiskProbe:
     l2: float
     trained_on: Mapping[str, Any]
     """Where its labels came from (log ranges, split names, counts): the lineage that rebuilds it."""
+    alert_at: float = 0.5
+    """P(wrong) from which a FINAL report alerts (WARNING): more likely wrong than right."""
+    critical_at: float = 0.8
+    """P(wrong) from which the alert is CRITICAL."""
+
+    def severity(self, p_wrong: float) -> str | None:
+        if p_wrong >= self.critical_at:
+            return "CRITICAL"
+        return "WARNING" if p_wrong >= self.alert_at else None
 
     def probability(self, x: F64) -> F64:
         """P(wrong) for each row of ``x`` (features in ``self.features`` order)."""
@@ -144,6 +191,8 @@ class RiskProbe:
             "bias": _round(self.bias),
             "l2": self.l2,
             "trained_on": dict(self.trained_on),
+            "alert_at": self.alert_at,
+            "critical_at": self.critical_at,
         }
 
     def to_bytes(self) -> bytes:
@@ -166,6 +215,8 @@ class RiskProbe:
                 bias=float(d["bias"]),
                 l2=float(d["l2"]),
                 trained_on=dict(d["trained_on"]),
+                alert_at=float(d.get("alert_at", 0.5)),
+                critical_at=float(d.get("critical_at", 0.8)),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise ProbeError(f"not a readable risk probe: {e}") from e

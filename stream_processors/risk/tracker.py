@@ -7,11 +7,14 @@ or below the stored one) is recognised and skipped. Counts are neither lost nor 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from evostream.stream_processors.fold import Fold
-from evostream.stream_processors.risk.policy import RiskPolicy, policy_for
+from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_for
+from evostream.stream_processors.risk.probe import FeatureSums, RiskProbe
 from evostream.stream_processors.risk.score import Assessment, TraceRisk
 
 SEVERITY_RANK = {None: 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}
@@ -21,11 +24,43 @@ TABLE = f"risk-traces-v{STATE_LAYOUT}"
 """The risk table (and, prefixed with the app id, its changelog topic)."""
 
 
+@dataclass(frozen=True)
+class ServedProbe:
+    """A learned probe the governance log made production for a model family, under its registry version."""
+
+    version: str
+    probe: RiskProbe
+
+
 class RiskTracker:
-    """Folds a trace's steps and its completion into risk reports and alerts."""
+    """Folds a trace's steps and its completion into risk reports and alerts.
+
+    A family's FINAL score comes from its learned probe where governance promoted one (``offer``, taken up between
+    batches by ``take_offers``) and the trace was followed by it from its first step; else from the hand-set policy,
+    which stays the fallback. The hand-set flags (non-finite states, loops, ...) are raised either way, and a report
+    names what judged it: the probe's registry version or the policy's name."""
 
     def __init__(self, policies: Mapping[str, RiskPolicy]) -> None:
         self.policies = dict(policies)
+        self.probes: dict[str, ServedProbe] = {}
+        self._offers: dict[str, ServedProbe | None] = {}
+        self._offers_lock = threading.Lock()
+
+    def offer(self, family: str, served: ServedProbe | None) -> None:
+        """From any thread: serve ``served`` for ``family`` from the next batch on (None: back to the hand-set)."""
+        with self._offers_lock:
+            self._offers[family] = served
+
+    def take_offers(self) -> list[str]:
+        """Between batches: the offered probes start serving; the families that changed."""
+        with self._offers_lock:
+            offers, self._offers = self._offers, {}
+        for family, served in offers.items():
+            if served is None:
+                self.probes.pop(family, None)
+            else:
+                self.probes[family] = served
+        return sorted(offers)
 
     def policy(self, model_version: str) -> RiskPolicy:
         return policy_for(self.policies, model_version)
@@ -54,6 +89,7 @@ class RiskTracker:
                 risk = TraceRisk(self.policy(model), st.get("risk"))
             policy = risk.policy
             assessment = risk.update(step)
+            self._follow_probe(st, step)
             st.update(
                 model_version=model,
                 request_id=step["request_id"],
@@ -64,9 +100,9 @@ class RiskTracker:
             severity = assessment.severity(policy)
             if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
                 st["alerted"] = severity
-                report = self._report(st, assessment, policy, "EARLY", now_us)
+                report = self._report(st, assessment, policy.name, "EARLY", now_us)
                 out.reports.append(report)
-                out.alerts.append(self._alert(report, severity, policy))
+                out.alerts.append(self._alert(report, severity, policy.name))
             pending = st.get("completion")
             if pending is not None and risk.steps >= pending["token_count"]:
                 st["risk"] = risk.to_state()
@@ -100,6 +136,32 @@ class RiskTracker:
             self._finish(st, pending, self.policy(model), now_us, out)
         return out
 
+    def _follow_probe(self, st: dict[str, Any], step: Mapping[str, Any]) -> None:
+        """Keep the probe's running sums of a trace its family's probe has followed from the first step."""
+        served = self.probes.get(family_of(str(step["model_version"])))
+        if served is None:
+            return
+        sums = st.get("probe")
+        if sums is None:
+            if int(step["step"]) != 0 or st.get("probe_missed"):
+                st["probe_missed"] = True  # the probe came mid-trace: the hand-set policy judges this one
+                return
+            sums = {"version": served.version, "sums": None}
+        acc = FeatureSums(served.probe.num_layers, sums["sums"])
+        acc.update(step)
+        st["probe"] = {"version": sums["version"], "sums": acc.to_state()}
+
+    def _probe_verdict(self, st: Mapping[str, Any], steps: int) -> tuple[ServedProbe, float] | None:
+        """The probe's P(wrong) for a finished trace it followed whole, by the version that followed it."""
+        kept = st.get("probe")
+        served = self.probes.get(family_of(str(st["model_version"])))
+        if kept is None or served is None or served.version != kept["version"]:
+            return None
+        acc = FeatureSums(served.probe.num_layers, kept["sums"])
+        if acc.n != steps:
+            return None
+        return served, float(served.probe.probability(acc.features())[0])
+
     def _finish(self, st: dict[str, Any], done: Mapping[str, Any], policy: RiskPolicy, now_us: int, out: Fold) -> None:
         assessment = TraceRisk(policy, st.get("risk")).assess()
         if done.get("finish_reason") == "ERROR":
@@ -110,17 +172,32 @@ class RiskTracker:
                 f"generation failed: {done.get('error')}",
                 assessment.steps,
             )
-        report = self._report(st, assessment, policy, "FINAL", now_us)
-        out.reports.append(report)
         severity = assessment.severity(policy)
+        judge = policy.name
+        verdict = self._probe_verdict(st, assessment.steps)
+        if verdict is not None:
+            served, p_wrong = verdict
+            learned = served.probe.severity(p_wrong)
+            flagged = severity if assessment.flags else None  # the hand-set flags still raise their own alerts
+            severity = max(learned, flagged, key=lambda s: SEVERITY_RANK[s])
+            assessment = Assessment(
+                round(p_wrong, 6),
+                assessment.flags,
+                assessment.blamed_layers,
+                f"learned probe: P(wrong) {p_wrong:.2f}; {assessment.reason}",
+                assessment.steps,
+            )
+            judge = served.version
+        report = self._report(st, assessment, judge, "FINAL", now_us)
+        out.reports.append(report)
         if severity is not None:
-            out.alerts.append(self._alert(report, severity, policy))
+            out.alerts.append(self._alert(report, severity, judge))
         st["final"] = True
-        st.pop("risk", None)  # a finished trace keeps only what recognises replays
-        st.pop("completion", None)
+        for kept in ("risk", "completion", "probe", "probe_missed"):  # a finished trace keeps what recognises replays
+            st.pop(kept, None)
 
     @staticmethod
-    def _report(st: Mapping[str, Any], a: Assessment, policy: RiskPolicy, stage: str, now_us: int) -> dict[str, Any]:
+    def _report(st: Mapping[str, Any], a: Assessment, judge: str, stage: str, now_us: int) -> dict[str, Any]:
         return {
             "trace_id": st["trace_id"],
             "request_id": st["request_id"],
@@ -132,12 +209,12 @@ class RiskTracker:
             "blamed_layers": list(a.blamed_layers),
             "reason": a.reason,
             "steps": a.steps,
-            "policy": policy.name,
+            "policy": judge,
             "produced_at_us": now_us,
         }
 
     @staticmethod
-    def _alert(report: Mapping[str, Any], severity: str, policy: RiskPolicy) -> dict[str, Any]:
+    def _alert(report: Mapping[str, Any], severity: str, judge: str) -> dict[str, Any]:
         keys = (
             "trace_id",
             "request_id",
@@ -149,4 +226,4 @@ class RiskTracker:
             "reason",
             "produced_at_us",
         )
-        return {**{k: report[k] for k in keys}, "severity": severity, "policy": policy.name}
+        return {**{k: report[k] for k in keys}, "severity": severity, "policy": judge}
