@@ -13,9 +13,13 @@ import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.core.bus.reader import TopicReader
+from evostream.core.clock import now_us
 from evostream.core.errors import EvoError
 from evostream.core.settings import Settings, load_settings
 from evostream.schemas.catalog import RISK
+from evostream.schemas.records import Outcome
+from evostream.stream_processors.risk.outcomes import outcome
+from evostream.wiring.feedback import publish_outcomes
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,7 @@ class DemoAnswer:
     expected: str
     answer: str
     trace_id: str
+    model_version: str
     tokens: int
     step_events: int
     total_ms: float
@@ -84,6 +89,7 @@ def run_demo(
             examples[task].answer,
             r["output_text"],
             r["trace_id"],
+            r["model_version"],
             r["token_count"],
             counts[r["trace_id"]],
             r["timings"]["total_us"] / 1000,
@@ -163,3 +169,23 @@ def demo(
     )
     if not all(a.step_events == a.tokens for a in answers):
         raise typer.Exit(1)
+    # the suite knows each answer: the log learns whether it was right (evo.outcomes, once per trace)
+    publish_outcomes(server, suite_outcomes(answers))
+    say(f"{len(answers)} outcomes (source SUITE) recorded on evo.outcomes")
+
+
+def suite_outcomes(answers: list[DemoAnswer]) -> list[Outcome]:
+    """One SUITE label per answer, its id the trace's: a demo run again labels new traces, never the same twice."""
+    return [
+        outcome(
+            a.trace_id,
+            a.model_version,
+            "RIGHT" if a.answer == a.expected else "WRONG",
+            source="SUITE",
+            actor="suite",
+            recorded_at_us=now_us(),
+            note=f"expected {a.expected!r}",
+            outcome_id=f"suite-{a.trace_id}",
+        )
+        for a in answers
+    ]
