@@ -80,6 +80,9 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "query",
         "api",
         "governance api-token",
+        "feedback",
+        "risk train",
+        "rescore",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
