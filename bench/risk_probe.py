@@ -36,6 +36,7 @@ from bench.risk_quality import _boot, _ci, _disjoint, fold, within_task_auroc
 from evostream.models.loading import LoadedModel, load_model
 from evostream.models.suite.tasks import TASKS, Example, make_split, stress_split
 from evostream.producers.reference import run_traced
+from evostream.producers.sketch import DEFAULT_DIM
 from evostream.stream_processors.risk.metrics import auroc, ece, recall_at_precision
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_path
 from evostream.stream_processors.risk.probe import fit_probe, trace_features
@@ -55,7 +56,9 @@ class Traces:
     num_layers: int
 
 
-def trace_split(lm: LoadedModel, policy: RiskPolicy, examples: Sequence[Example], label: str) -> Traces:
+def trace_split(
+    lm: LoadedModel, policy: RiskPolicy, examples: Sequence[Example], label: str, sketch_dim: int
+) -> Traces:
     t0 = time.perf_counter()
     tasks, wrong, rows = [], [], []
     base: dict[str, list[float]] = {"mean entropy": [], "max entropy": [], "-min margin": [], "hand-set risk": []}
@@ -66,7 +69,7 @@ def trace_split(lm: LoadedModel, policy: RiskPolicy, examples: Sequence[Example]
         layers = int(t.steps[0]["num_layers"])
         tasks.append(e.task)
         wrong.append(t.output.strip() != e.answer)
-        rows.append(trace_features(t.steps, layers))
+        rows.append(trace_features(t.steps, layers, sketch_dim))
         ent = np.array([s["entropy_bits"] for s in t.steps])
         base["mean entropy"].append(float(ent.mean()))
         base["max entropy"].append(float(ent.max()))
@@ -111,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-per-task", type=int, default=100, help="in-distribution prompts per task it is fitted on")
     ap.add_argument("--stress", type=int, default=1500, help="prompts of the reported stress split")
     ap.add_argument("--bootstrap", type=int, default=500, help="resamples for the 95%% intervals")
+    ap.add_argument(
+        "--no-sketch", action="store_true", help="leave the hidden-state sketch out of the probe's features"
+    )
     args = ap.parse_args(argv)
     lm = load_model(args.model)
     path = policy_path(family_of(lm.version))
@@ -119,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
     train_examples = stress_split(args.train, seed="stress-train") + make_split("probe-train", args.train_per_task)
     fitted = {f"the train split ({len(train_examples)} prompts)": {e.prompt for e in train_examples}}
     stress_examples = _disjoint("stress split", stress_split(args.stress), fitted)
-    train = trace_split(lm, policy, train_examples, "train split")
-    stress = trace_split(lm, policy, stress_examples, "stress split")
+    # the sketch's numbers per step as the service emits them (0: the probe reads the pooled statistics alone)
+    sketch = 0 if args.no_sketch else 2 * DEFAULT_DIM
+    train = trace_split(lm, policy, train_examples, "train split", sketch)
+    stress = trace_split(lm, policy, stress_examples, "stress split", sketch)
     num_layers = train.num_layers
     family = family_of(lm.version)
     # the probe's form is chosen on a quarter of the train split held out from fitting, never on a reported split
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
                 num_layers,
                 l2=l2,
                 groups=list(train.tasks[fit_rows]) if by_task else None,
+                sketch_dim=sketch,
             )
             score = within_task_auroc(candidate.probability(train.x[val]), train.wrong[val], train.tasks[val])
             print(
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     _, by_task, l2 = best
     print(f"# chosen: task intercepts {by_task}, l2 {l2}; refitted on the whole train split")
     groups = list(train.tasks) if by_task else None
-    probe = fit_probe(train.x, train.wrong, family, num_layers, l2=l2, groups=groups)
+    probe = fit_probe(train.x, train.wrong, family, num_layers, l2=l2, groups=groups, sketch_dim=sketch)
     task_error = {t: float(train.wrong[train.tasks == t].mean()) for t in np.unique(train.tasks)}
 
     def scored(split: Traces, p: F64) -> dict[str, F64]:
@@ -172,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             num_layers,
             l2=l2,
             groups=list(train.tasks[keep]) if by_task else None,
+            sketch_dim=sketch,
         )
         m = stress.tasks == t
         p_transfer[m] = held.probability(stress.x[m])
@@ -179,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  transfer probe expected calibration error (10 bins): {ece(p_transfer, stress.wrong):.3f}")
     print(
         f"# reproduce: python -m bench.risk_probe --train {args.train} --train-per-task {args.train_per_task} "
-        f"--stress {args.stress} --bootstrap {args.bootstrap}",
+        f"--stress {args.stress} --bootstrap {args.bootstrap}" + (" --no-sketch" if args.no_sketch else ""),
         file=sys.stderr,
     )
 

@@ -23,6 +23,7 @@ from evostream.core.errors import EvoError
 from evostream.models.anatomy import anatomy
 from evostream.models.loading import LoadedModel
 from evostream.producers.probe import Probe
+from evostream.producers.sketch import DEFAULT_DIM, HiddenSketch
 from evostream.producers.stats import LN2, attention_entropy, hidden_stats, logit_stats, step_stats
 from evostream.producers.steps import TOPK, AttentionSignal, StepBatch
 
@@ -85,6 +86,7 @@ class InstrumentedGenerator:
         *,
         instrument: bool = True,
         kv_cache: KVCache = "dynamic",
+        sketch_dim: int = DEFAULT_DIM,
     ) -> None:
         """``instrument=False`` builds the bare decoding loop: no hook is registered and no statistic is computed,
         only the tokens are chosen, so a benchmark can tell the loop's own cost from the instrumentation's. Such a
@@ -118,6 +120,8 @@ class InstrumentedGenerator:
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens_limit = max_new_tokens_limit
         self.probe: Probe | None = Probe(self.anat, signal) if instrument else None
+        self.sketch = HiddenSketch(self.anat.num_layers, sketch_dim) if instrument and sketch_dim > 0 else None
+        """The per-step hidden-state sketch (``sketch.py``); None with ``sketch_dim=0``."""
         tok = loaded.tokenizer
         self.eos_id = tok.eos_token_id
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else self.eos_id
@@ -290,14 +294,19 @@ class InstrumentedGenerator:
             )
             if fired is not None:
                 probe.fold_counts(fired, int(chosen.shape[0]))
+            if self.sketch is not None:
+                packed = torch.cat([packed, self.sketch(hidden)], dim=-1)
             fused: npt.NDArray[np.float32] = packed.cpu().numpy()  # the one copy to the host per step
             return fused, heads_in is not None, ffn_in is not None
         parts = [chosen.float().unsqueeze(-1), active.float().unsqueeze(-1)]
         heads = ffn = None
         if probe is not None:
-            parts += [logit_stats(logits, chosen, TOPK), hidden_stats(probe.take_hidden()).flatten(1)]
+            layers = probe.take_hidden()
+            parts += [logit_stats(logits, chosen, TOPK), hidden_stats(layers).flatten(1)]
             heads, ffn = self._heads(out, probe), probe.take_ffn()
             parts += [t.flatten(1) for t in (heads, ffn) if t is not None]
+            if self.sketch is not None:
+                parts.append(self.sketch(layers))
         host: npt.NDArray[np.float32] = torch.cat(parts, dim=-1).cpu().numpy()  # the one copy to the host per step
         return host, heads is not None, ffn is not None
 
@@ -341,6 +350,8 @@ class InstrumentedGenerator:
             heads = host[:, o : o + n_l * n_h].reshape(b, n_l, n_h)
             o += n_l * n_h
         ffn = host[:, o : o + n_l] if has_ffn else None
+        o += n_l if has_ffn else 0
+        sketch = host[:, o : o + 2 * self.sketch.dim] if self.sketch is not None and self.probe is not None else None
         if device.type == "cuda":
             peak = int(torch.cuda.max_memory_allocated(device))
         else:
@@ -355,6 +366,7 @@ class InstrumentedGenerator:
             ffn=ffn,
             latency_us=latency_us,
             peak_memory_bytes=peak,
+            sketch=sketch,
         )
 
 

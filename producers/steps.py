@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.core.clock import now_us
-from evostream.schemas.tensors import pack_f32
+from evostream.schemas.tensors import pack_f16, pack_f32
 
 TOPK = 10
 """Top-k mass is the probability of the k most likely tokens."""
@@ -37,6 +37,8 @@ class StepBatch:
     row_steps: npt.NDArray[np.int64] | None = None
     """[B] each row's own step index, where rows of one batch are at different steps (continuous batching);
     None: every row is at ``step``."""
+    sketch: npt.NDArray[np.float32] | None = None
+    """[B, 2 * dim]: the hidden-state sketch (``sketch.py``), None when off."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ def step_records(
                 "head_attention_entropy": pack_f32(batch.heads[r]) if batch.heads is not None else b"",
                 "attention_signal": signal if batch.heads is not None else "NONE",
                 "ffn_sparsity": pack_f32(batch.ffn[r]) if batch.ffn is not None else b"",
+                "hidden_sketch": pack_f16(batch.sketch[r]) if batch.sketch is not None else b"",
                 "latency_us": batch.latency_us,
                 "peak_memory_bytes": batch.peak_memory_bytes,
                 "emitted_at_us": emitted,

@@ -126,7 +126,7 @@ AttentionSignal: TypeAlias = Literal["ENTROPY", "OUTPUT_NORM", "NONE"]
 class GenerationStep(TypedDict):
     """Telemetry of one generated token, computed on the model's device inside generation. Topic evo.steps, key =
     trace_id. Per-layer and per-head statistics are packed float32 (little-endian, row-major) so that a step decodes in
-    microseconds whatever the model's size; schemas.tensors unpacks them into numpy arrays."""
+    microseconds whatever the model's size; schemas.tensors unpacks them into numpy arrays. v2 adds hidden_sketch."""
 
     trace_id: str
     """Id of one generation (one request served by one model version)."""
@@ -178,6 +178,10 @@ class GenerationStep(TypedDict):
     """Peak device memory so far in this trace (CUDA) or process RSS peak (CPU), bytes."""
     emitted_at_us: int
     """Producer wall clock when the step was computed, microseconds since the Unix epoch."""
+    hidden_sketch: bytes
+    """A sketch of the hidden state for a learned risk probe: the newest position's hidden state of the middle and the
+    last layer, each through a fixed seeded random projection (producers/sketch.py), packed float16 little-endian,
+    length 2 x dim; empty when off (and in v1 records)."""
 
 
 class GovernanceEvent(TypedDict):

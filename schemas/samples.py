@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from evostream.schemas import records
-from evostream.schemas.tensors import pack_f32
+from evostream.schemas.tensors import pack_f16, pack_f32
 
 SELFCHECK_VERSION = "selfcheck"
 
@@ -45,6 +45,7 @@ def generation_step(i: int, trace_id: str, layers: int = 4, heads: int = 4, t0_u
         ),
         "attention_signal": "ENTROPY",
         "ffn_sparsity": pack_f32([f(60 + j) for j in range(layers)]),
+        "hidden_sketch": pack_f16([f(80 + j) - 0.5 for j in range(8)]),
         "latency_us": 1000 + i % 500,
         "peak_memory_bytes": 1 << 26,
         "emitted_at_us": t0_us + i * 1000,

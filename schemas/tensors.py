@@ -19,6 +19,18 @@ def pack_f32(values: npt.ArrayLike) -> bytes:
     return np.ascontiguousarray(values, dtype=F32).tobytes()
 
 
+def pack_f16(values: npt.ArrayLike) -> bytes:
+    """Little-endian float16 bytes of ``values`` (row-major): half the bytes, for sketches a probe reads."""
+    return np.ascontiguousarray(values, dtype="<f2").tobytes()
+
+
+def unpack_f16(data: bytes) -> F32Array:
+    """float16 bytes as float32 numbers."""
+    if len(data) % 2:
+        raise DecodeError(f"packed float16 field has {len(data)} bytes, not a whole number of values")
+    return np.frombuffer(data, dtype="<f2").astype(F32)
+
+
 def unpack_f32(data: bytes, shape: Sequence[int]) -> F32Array:
     """A read-only float32 array of ``shape`` over ``data``; DecodeError when the sizes disagree."""
     expected = int(np.prod(shape)) * F32.itemsize

@@ -126,6 +126,7 @@ def serve(
         options.max_prompt_tokens,
         options.max_new_tokens_limit,
         kv_cache=cache,
+        sketch_dim=settings.serve_sketch_dim,
     )
     service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator, models=source)
     service.install_signal_handlers()

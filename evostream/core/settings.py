@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     drift_reference_size: int = Field(default=200, ge=20, description="Completions in a model's reference window.")
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")
     serve_max_batch: int = Field(default=8, ge=1, description="Requests the service generates together.")
+    serve_sketch_dim: int = Field(
+        default=32,
+        ge=0,
+        le=1024,
+        description="Numbers per layer of the hidden-state sketch each step carries for a learned risk probe "
+        "(producers/sketch.py; two layers); 0 sends none.",
+    )
     serve_max_wait_ms: int = Field(default=5, ge=0, description="How long the service waits to fill a batch.")
     serve_batching: Literal["continuous", "static"] = Field(
         default="static",

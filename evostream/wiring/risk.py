@@ -14,7 +14,7 @@ import hashlib
 import logging
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from evostream.schemas.records import Outcome
 from evostream.stream_processors.risk.metrics import auroc
 from evostream.stream_processors.risk.outcomes import OutcomeBook
 from evostream.stream_processors.risk.policy import family_of
-from evostream.stream_processors.risk.probe import FeatureSums, RiskProbe, fit_probe
+from evostream.stream_processors.risk.probe import RiskProbe, fit_probe, sketch_dim_of, trace_features
 from evostream.stream_processors.risk.tracker import ServedProbe
 
 log = logging.getLogger("evostream.risk")
@@ -103,9 +103,9 @@ def train_probe(
     rows = sorted(steps, key=lambda t: (int(steps[t][0]["emitted_at_us"]), t))
     if not rows:
         raise EvoError(f"no labelled trace of {family} has its steps on {STEPS}")
-    layers = int(steps[rows[0]][0]["num_layers"])
+    layers, sketch = int(steps[rows[0]][0]["num_layers"]), sketch_dim_of(steps[rows[-1]][0])
     rows = [t for t in rows if int(steps[t][0]["num_layers"]) == layers]
-    x = np.vstack([_features(steps[t], layers) for t in rows])
+    x = np.vstack([trace_features(steps[t], layers, sketch) for t in rows])
     wrong = np.array([(book.score(t) or 0.0) < 0.5 for t in rows])
     entropy = np.array([float(np.mean([s["entropy_bits"] for s in steps[t]])) for t in rows])
     cut = round(len(rows) * (1 - HELD_OUT))
@@ -132,13 +132,15 @@ def train_probe(
         l2 = max(
             L2_CHOICES,
             key=lambda c: (
-                auroc(fit_probe(x[:inner], y_in, family, layers, l2=c).probability(x[inner:cut]), y_out)
+                auroc(
+                    fit_probe(x[:inner], y_in, family, layers, l2=c, sketch_dim=sketch).probability(x[inner:cut]), y_out
+                )
                 if min(y_in.sum(), (~y_in).sum(), y_out.sum(), (~y_out).sum()) > 0
                 else -c
             ),
         )
         progress(f"L2 penalty {l2:g}, chosen on the newest quarter of the fit part")
-    probe = fit_probe(x[fit], wrong[fit], family, layers, l2=l2, trained_on={**lineage, "l2": l2})
+    probe = fit_probe(x[fit], wrong[fit], family, layers, l2=l2, trained_on={**lineage, "l2": l2}, sketch_dim=sketch)
     p_held = probe.probability(x[held])
     ours, base = auroc(p_held, wrong[held]), auroc(entropy[held], wrong[held])
     passed = bool(np.isfinite(ours) and ours >= base + min_gain)
@@ -154,13 +156,6 @@ def train_probe(
         f"probe fitted on {cut} traces; held out {len(rows) - cut}: AUROC {ours:.3f} against mean entropy's {base:.3f}"
     )
     return Trained(probe, metrics, passed, gates)
-
-
-def _features(steps: Iterable[dict[str, Any]], layers: int) -> Any:
-    sums = FeatureSums(layers)
-    for s in steps:
-        sums.update(s)
-    return sums.features()
 
 
 def register_probe(gov: Governance, store: ArtifactStore, trained: Trained, reason: str = "") -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.core.errors import EvoError
-from evostream.schemas.tensors import step_heads, step_layers
+from evostream.schemas.tensors import step_heads, step_layers, unpack_f16
 
 F64 = npt.NDArray[np.float64]
 FORMAT = "evostream.risk-probe/1"
@@ -44,10 +44,17 @@ class ProbeError(EvoError):
     """A probe that cannot be built, read or applied (no labels of one class, another model's layer count)."""
 
 
-def feature_names(num_layers: int) -> list[str]:
-    """The features of a model with ``num_layers`` layers, in the order ``trace_features`` returns them."""
+def feature_names(num_layers: int, sketch_dim: int = 0) -> list[str]:
+    """The features of a model with ``num_layers`` layers and ``sketch_dim`` numbers of hidden-state sketch per step
+    (``GenerationStep.hidden_sketch``; 0: none), in the order ``trace_features`` returns them."""
     per_layer = [f"{name}_l{i}" for name in _LAYER_FEATURES for i in range(num_layers)]
-    return [*_TOKEN_FEATURES, *per_layer]
+    sketch = [f"sketch_{kind}_{i}" for kind in ("mean", "last") for i in range(sketch_dim)]
+    return [*_TOKEN_FEATURES, *per_layer, *sketch]
+
+
+def sketch_dim_of(step: Mapping[str, Any]) -> int:
+    """How many numbers of hidden-state sketch a step carries (0 for none, and for steps written before it)."""
+    return len(step.get("hidden_sketch") or b"") // 2
 
 
 def _clean(x: float) -> float:
@@ -59,9 +66,13 @@ class FeatureSums:
     """The running sums a trace's features are computed from, step by step, so the processors keep a few numbers per
     trace instead of its steps; ``to_state`` / ``from_state`` round-trip them through a JSON changelog."""
 
-    def __init__(self, num_layers: int, state: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, num_layers: int, state: Mapping[str, Any] | None = None, sketch_dim: int = 0) -> None:
         self.num_layers = num_layers
+        self.sketch_dim = sketch_dim
         s = state or {}
+        self.sketch_sum = list(map(float, s.get("sketch_sum", [0.0] * sketch_dim)))
+        self.sketch_last = list(map(float, s.get("sketch_last", [0.0] * sketch_dim)))
+        self.sketch_n = int(s.get("sketch_n", 0))
         self.n = int(s.get("n", 0))
         self.token = list(map(float, s.get("token", [0.0] * 12)))
         """entropy sum, sum of squares, max, first, last; margin sum, min; top-k mass sum, min; surprisal sum, max;
@@ -70,7 +81,10 @@ class FeatureSums:
         self.layer_n = list(map(int, s.get("layer_n", [0] * len(_LAYER_FEATURES))))
 
     def to_state(self) -> dict[str, Any]:
-        return {"n": self.n, "token": self.token, "layer": self.layer, "layer_n": self.layer_n}
+        state: dict[str, Any] = {"n": self.n, "token": self.token, "layer": self.layer, "layer_n": self.layer_n}
+        if self.sketch_dim:
+            state.update(sketch_sum=self.sketch_sum, sketch_last=self.sketch_last, sketch_n=self.sketch_n)
+        return state
 
     def update(self, step: Mapping[str, Any]) -> None:
         h, m = _clean(float(step["entropy_bits"])), _clean(float(step["top1_top2_margin"]))
@@ -94,6 +108,13 @@ class FeatureSums:
         rows = [step_layers(step, f) for f in ("layer_hidden_l2", "layer_hidden_maxabs", "ffn_sparsity")]
         if heads.shape[0] == self.num_layers and heads.size:
             rows += [heads.mean(axis=1), heads.std(axis=1)]
+        if self.sketch_dim and sketch_dim_of(step) == self.sketch_dim:
+            sketch = np.nan_to_num(
+                unpack_f16(step["hidden_sketch"]).astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0
+            )
+            self.sketch_sum = [a + float(b) for a, b in zip(self.sketch_sum, sketch, strict=True)]
+            self.sketch_last = [float(b) for b in sketch]
+            self.sketch_n += 1
         for i, row in enumerate(rows):
             if row.size == self.num_layers:
                 clean = np.nan_to_num(row.astype(np.float64), nan=0.0, posinf=1e6, neginf=-1e6)
@@ -128,12 +149,13 @@ class FeatureSums:
             ]
         )
         layer[0:2] = np.log1p(np.abs(layer[0:2]))
-        return np.concatenate([np.array(tokens), layer.reshape(-1)])
+        mean = [v / self.sketch_n for v in self.sketch_sum] if self.sketch_n else [0.0] * self.sketch_dim
+        return np.concatenate([np.array(tokens), layer.reshape(-1), np.array(mean), np.array(self.sketch_last)])
 
 
-def trace_features(steps: Sequence[Mapping[str, Any]], num_layers: int) -> F64:
+def trace_features(steps: Sequence[Mapping[str, Any]], num_layers: int, sketch_dim: int = 0) -> F64:
     """One trace's steps (GenerationStep records, in order) pooled into the probe's feature vector."""
-    sums = FeatureSums(num_layers)
+    sums = FeatureSums(num_layers, sketch_dim=sketch_dim)
     for step in steps:
         sums.update(step)
     return sums.features()
@@ -157,6 +179,8 @@ class RiskProbe:
     l2: float
     trained_on: Mapping[str, Any]
     """Where its labels came from (log ranges, split names, counts): the lineage that rebuilds it."""
+    sketch_dim: int = 0
+    """Numbers of hidden-state sketch per step among its features (0: it reads none)."""
     alert_at: float = 0.5
     """P(wrong) from which a FINAL report alerts (WARNING): more likely wrong than right."""
     critical_at: float = 0.8
@@ -177,7 +201,7 @@ class RiskProbe:
 
     def score(self, steps: Sequence[Mapping[str, Any]]) -> float:
         """P(wrong) of one trace from its steps."""
-        return float(self.probability(trace_features(steps, self.num_layers))[0])
+        return float(self.probability(trace_features(steps, self.num_layers, self.sketch_dim))[0])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -191,6 +215,7 @@ class RiskProbe:
             "bias": _round(self.bias),
             "l2": self.l2,
             "trained_on": dict(self.trained_on),
+            "sketch_dim": self.sketch_dim,
             "alert_at": self.alert_at,
             "critical_at": self.critical_at,
         }
@@ -215,6 +240,7 @@ class RiskProbe:
                 bias=float(d["bias"]),
                 l2=float(d["l2"]),
                 trained_on=dict(d["trained_on"]),
+                sketch_dim=int(d.get("sketch_dim", 0)),
                 alert_at=float(d.get("alert_at", 0.5)),
                 critical_at=float(d.get("critical_at", 0.8)),
             )
@@ -235,6 +261,7 @@ def fit_probe(
     trained_on: Mapping[str, Any] | None = None,
     groups: Sequence[str] | None = None,
     iterations: int = 100,
+    sketch_dim: int = 0,
 ) -> RiskProbe:
     """Logistic regression of ``wrong`` on the standardized rows of ``x`` (L2 penalty ``l2`` on the weights, none on
     the bias), by Newton's method from zero until the step is below 1e-10.
@@ -244,7 +271,7 @@ def fit_probe(
     is refitted on all traces with the weights fixed."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(wrong, dtype=np.float64)
-    names = feature_names(num_layers)
+    names = feature_names(num_layers, sketch_dim)
     if x.ndim != 2 or x.shape != (len(y), len(names)):
         raise ProbeError(f"expected {len(y)} rows of {len(names)} features, got {x.shape}")
     if y.min() == y.max():
@@ -272,6 +299,7 @@ def fit_probe(
         bias=float(bias),
         l2=l2,
         trained_on=dict(trained_on or {}),
+        sketch_dim=sketch_dim,
     )
 
 

@@ -147,7 +147,7 @@ class RiskTracker:
                 st["probe_missed"] = True  # the probe came mid-trace: the hand-set policy judges this one
                 return
             sums = {"version": served.version, "sums": None}
-        acc = FeatureSums(served.probe.num_layers, sums["sums"])
+        acc = FeatureSums(served.probe.num_layers, sums["sums"], served.probe.sketch_dim)
         acc.update(step)
         st["probe"] = {"version": sums["version"], "sums": acc.to_state()}
 
@@ -157,7 +157,7 @@ class RiskTracker:
         served = self.probes.get(family_of(str(st["model_version"])))
         if kept is None or served is None or served.version != kept["version"]:
             return None
-        acc = FeatureSums(served.probe.num_layers, kept["sums"])
+        acc = FeatureSums(served.probe.num_layers, kept["sums"], served.probe.sketch_dim)
         if acc.n != steps:
             return None
         return served, float(served.probe.probability(acc.features())[0])

@@ -66,3 +66,25 @@ def test_one_class_or_wrong_shape_is_refused() -> None:
         fit_probe(x, np.zeros(10, dtype=bool), "fam", 2)
     with pytest.raises(ProbeError, match="features"):
         fit_probe(x[:, :3], np.arange(10) % 2 == 0, "fam", 2)
+
+
+def test_the_sketch_features_are_its_mean_and_last_step() -> None:
+    from evostream.schemas.tensors import unpack_f16
+    from evostream.stream_processors.risk.probe import FeatureSums, sketch_dim_of
+
+    steps = [generation_step(i, "t", layers=4, heads=4) for i in range(3)]
+    dim = sketch_dim_of(steps[0])
+    assert dim == 8
+    x = trace_features(steps, 4, dim)
+    names = feature_names(4, dim)
+    assert x.shape == (len(names),) and names[-1] == f"sketch_last_{dim - 1}"
+    sketches = np.stack([unpack_f16(s["hidden_sketch"]) for s in steps])
+    assert np.allclose(x[names.index("sketch_mean_0") : names.index("sketch_last_0")], sketches.mean(0), atol=1e-6)
+    assert np.allclose(x[names.index("sketch_last_0") :], sketches[-1])
+    half = FeatureSums(4, sketch_dim=dim)
+    half.update(steps[0])
+    resumed = FeatureSums(4, half.to_state(), dim)
+    for s in steps[1:]:
+        resumed.update(s)
+    assert np.array_equal(resumed.features(), x)
+    assert np.array_equal(trace_features(steps, 4), x[: len(feature_names(4))])  # without: the pooled ones only
