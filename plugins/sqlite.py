@@ -13,10 +13,11 @@ ignored):
 
 Each ``write`` is one transaction holding the rows **and** the positions, so the runner, which starts where
 ``positions()`` says, neither loses nor duplicates a report when it dies between this write and its Kafka commit.
-A record the database refuses (a constraint) is rolled back alone (a savepoint per record) and answered as poison;
-the partition's position then stays at that record, since its dead letter is sent only after this write: a crash
-before the runner's commit reads it (and the records after it, ignored as redeliveries) again, so its dead letter is
-never lost. A locked or unwritable database is answered as retryable, and nothing of the batch is kept.
+A non-finite risk score is stored as NULL (SQLite has no NaN). A record the database refuses (a constraint) is rolled
+back alone (a savepoint per record) and answered as poison; the partition's position then stays at that record, since
+its dead letter is sent only after this write: a crash before the runner's commit reads it (and the records after it,
+ignored as redeliveries) again, so its dead letter is never lost. A locked or unwritable database is answered as
+retryable, and nothing of the batch is kept.
 
 Options: ``path`` (default ``<sinks_dir>/sqlite/evostream.db``), ``busy_timeout_ms`` (default 2000)."""
 
@@ -43,12 +44,12 @@ CREATE INDEX IF NOT EXISTS traces_trace ON traces (trace_id);
 CREATE INDEX IF NOT EXISTS traces_version ON traces (model_version, completed_at_us);
 CREATE TABLE IF NOT EXISTS risk_reports (
     record_key TEXT PRIMARY KEY, trace_id TEXT NOT NULL, request_id TEXT NOT NULL, model_version TEXT NOT NULL,
-    stage TEXT NOT NULL, step INTEGER, score REAL NOT NULL, flags TEXT NOT NULL, blamed_layers TEXT NOT NULL,
+    stage TEXT NOT NULL, step INTEGER, score REAL, flags TEXT NOT NULL, blamed_layers TEXT NOT NULL,
     reason TEXT NOT NULL, steps INTEGER NOT NULL, policy TEXT NOT NULL, produced_at_us INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS risk_trace ON risk_reports (trace_id, stage);
 CREATE TABLE IF NOT EXISTS alerts (
     record_key TEXT PRIMARY KEY, trace_id TEXT NOT NULL, request_id TEXT NOT NULL, model_version TEXT NOT NULL,
-    severity TEXT NOT NULL, stage TEXT NOT NULL, score REAL NOT NULL, flags TEXT NOT NULL,
+    severity TEXT NOT NULL, stage TEXT NOT NULL, score REAL, flags TEXT NOT NULL,
     blamed_layers TEXT NOT NULL, reason TEXT NOT NULL, policy TEXT NOT NULL, produced_at_us INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS drift_windows (
     record_key TEXT PRIMARY KEY, model_version TEXT NOT NULL, reference_start_us INTEGER NOT NULL,

@@ -196,3 +196,18 @@ def test_a_null_in_a_required_column_is_poison_not_silently_dropped(tmp_path: Pa
         assert sink.positions() == {("evo.completions", 0): 3}
     finally:
         sink.close()
+
+
+def test_a_non_finite_risk_score_is_stored_as_null_not_refused(sink: SqliteSink) -> None:
+    # SQLite has no NaN (it becomes NULL): a report whose score is not a number is still a report. Refused, it pinned
+    # the partition's position at itself for good, and every restart read the partition again from there.
+    recs = sample_records(("evo.risk", "evo.alerts"), 2)
+    nan = [
+        Record(r.topic, r.partition, r.offset, r.schema, {**r.value, "score": float("nan")}, r.timestamp_us)
+        for r in recs
+    ]
+    assert sink.write(nan).status is Status.OK
+    assert sink.positions() == {("evo.risk", 0): 2, ("evo.alerts", 0): 2}
+    with contextlib.closing(connect(sink.path, read_only=True)) as c:
+        scores = [s for (s,) in c.execute("SELECT score FROM risk_reports UNION ALL SELECT score FROM alerts")]
+    assert scores == [None] * 4
