@@ -93,6 +93,9 @@ def test_a_prompt_published_from_the_page_streams_its_tokens_and_risk(
     expect(tokens).to_have_count(trace["completion"]["token_count"])
     assert tokens.all_text_contents() == [s["token_text"] for s in trace["steps"]]  # the steps, in order, as text
     assert float(card.locator(".risk").get_attribute("data-score") or "nan") == pytest.approx(trace["risk"]["score"])
+    # which policy judged the trace is on its badge
+    assert card.locator(".risk").get_attribute("data-policy") == trace["risk"]["policy"]
+    assert (card.locator(".risk").get_attribute("title") or "").startswith(f"judged by {trace['risk']['policy']}")
     ours = [what for t, what in added if t == trace_id]
     n = trace["completion"]["token_count"]
     # each token added once, by its own step event (the page draws nothing from /infer's answer; the completion and

@@ -138,8 +138,9 @@ function onRisk(r) {
   t.riskStage = r.stage;
   t.risk.textContent = `risk ${num(r.score, 2)}${r.stage === "EARLY" ? " (early)" : ""}`;
   t.risk.style.background = riskColour(r.score);
-  t.risk.title = (r.flags || []).join(", ") + (r.reason ? `: ${r.reason}` : "");
+  t.risk.title = `judged by ${r.policy}: ` + ((r.flags || []).join(", ") + (r.reason ? `: ${r.reason}` : ""));
   t.risk.dataset.score = String(r.score);
+  t.risk.dataset.policy = r.policy || "";
 }
 
 function onCompletion(c) {
