@@ -16,11 +16,10 @@ import numpy as np
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.bus.reader import TopicReader
 from evostream.core.errors import NotFoundError
-from evostream.schemas.catalog import ALERTS, OUTCOMES, STEPS
-from evostream.schemas.records import Outcome
-from evostream.stream_processors.risk.outcomes import OutcomeBook
+from evostream.schemas.catalog import ALERTS, STEPS
 from evostream.stream_processors.risk.policy import family_of, load_policies
 from evostream.stream_processors.risk.tracker import SEVERITY_RANK, RiskTracker, ServedProbe
+from evostream.views.outcomes import read_outcomes
 from evostream.wiring.risk import PREFIX, load_probe
 
 HAND_SET = "hand-set"
@@ -120,11 +119,7 @@ def rescore(
         for rec in reader:
             if rec["trace_id"] in traces:
                 then.setdefault(str(rec["trace_id"]), []).append(str(rec["severity"]))
-    book = OutcomeBook()
-    with TopicReader(server, OUTCOMES, "Outcome", idle_s=3.0, name="rescore-outcomes") as reader:
-        for n, rec in enumerate(reader):
-            if rec["trace_id"] in traces:
-                book.add(Outcome(**rec), n)  # type: ignore[typeddict-item]  # the reader decodes Outcome records
+    book = read_outcomes(server, lambda rec: rec["trace_id"] in traces)
     out = Rescored(policy)
     for trace, steps in sorted(traces.items(), key=lambda kv: (int(kv[1][0]["emitted_at_us"]), kv[0])):
         if policy != HAND_SET and family_of(str(steps[0]["model_version"])) != policy.split("@", 1)[0][len(PREFIX) :]:

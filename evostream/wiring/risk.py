@@ -29,12 +29,12 @@ from evostream.core.bus.reader import TopicReader
 from evostream.core.errors import EvoError
 from evostream.core.settings import Settings
 from evostream.schemas.catalog import OUTCOMES, STEPS
-from evostream.schemas.records import Outcome
 from evostream.stream_processors.risk.metrics import auroc
 from evostream.stream_processors.risk.outcomes import OutcomeBook
 from evostream.stream_processors.risk.policy import family_of
 from evostream.stream_processors.risk.probe import RiskProbe, fit_probe, sketch_dim_of, trace_features
 from evostream.stream_processors.risk.tracker import ServedProbe
+from evostream.views.outcomes import read_outcomes
 
 log = logging.getLogger("evostream.risk")
 
@@ -63,16 +63,11 @@ class Trained:
     gates: dict[str, Any]
 
 
-def _labelled(server: str, since_us: int | None, until_us: int | None) -> tuple[OutcomeBook, list[str]]:
-    """The outcomes recorded in [since, until), folded; and their ids (the labels' digest is made of them)."""
-    book, ids = OutcomeBook(), []
-    with TopicReader(server, OUTCOMES, "Outcome", idle_s=3.0, name="risk-train-outcomes") as reader:
-        for n, rec in enumerate(reader):
-            at = int(rec["recorded_at_us"])
-            if (since_us is None or at >= since_us) and (until_us is None or at < until_us):
-                book.add(Outcome(**rec), n)  # type: ignore[typeddict-item]  # the reader decodes Outcome records
-                ids.append(str(rec["outcome_id"]))
-    return book, ids
+def _labelled(server: str, since_us: int | None, until_us: int | None) -> OutcomeBook:
+    """The outcomes recorded in [since, until), folded."""
+    at = since_us if since_us is not None else -(2**63)
+    end = until_us if until_us is not None else 2**63
+    return read_outcomes(server, lambda rec: at <= int(rec["recorded_at_us"]) < end)
 
 
 def _steps_of(server: str, traces: set[str], family: str) -> dict[str, list[dict[str, Any]]]:
@@ -97,7 +92,8 @@ def train_probe(
     progress: Callable[[str], None] = lambda _: None,
 ) -> Trained:
     """Fit and measure ``family``'s probe from the log (EvoError when the log holds too few labels)."""
-    book, ids = _labelled(server, since_us, until_us)
+    book = _labelled(server, since_us, until_us)
+    ids = book.ids()
     progress(f"{len(ids)} labels of {len(book)} traces recorded in the range ({book.retries} retries counted once)")
     steps = _steps_of(server, set(book.traces()), family)
     rows = sorted(steps, key=lambda t: (int(steps[t][0]["emitted_at_us"]), t))
@@ -121,7 +117,7 @@ def train_probe(
         "since_us": since_us,
         "until_us": until_us,
         "labels": len(ids),
-        "labels_sha256": hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest(),
+        "labels_sha256": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
         "traces": len(rows),
         "fitted_on": cut,
         "held_out": len(rows) - cut,

@@ -124,6 +124,10 @@ class OutcomeBook:
             return None
         return sum(s.score for s in standing.values()) / len(standing)
 
+    def ids(self) -> list[str]:
+        """The ids of every label folded (retries counted once), sorted: what a digest of the labels is made of."""
+        return sorted(self._seen)
+
     def traces(self) -> list[str]:
         """Every labelled trace, sorted."""
         return sorted(self._by_trace)

@@ -6,21 +6,14 @@ import uuid
 
 import httpx
 
-from evostream.core.bus.reader import TopicReader
-from evostream.schemas.catalog import OUTCOMES
-from evostream.schemas.records import Outcome
 from evostream.stream_processors.risk.outcomes import OutcomeBook
+from evostream.views.outcomes import read_outcomes
 from tests.api.conftest import Deployment
 from tests.api.test_api import infer, post
 
 
 def outcomes_of(kafka: str, trace_id: str) -> OutcomeBook:
-    book = OutcomeBook()
-    with TopicReader(kafka, OUTCOMES, "Outcome", idle_s=3.0, timeout_s=60, name="test-outcomes") as reader:
-        for offset, rec in enumerate(reader):
-            if rec["trace_id"] == trace_id:
-                book.add(Outcome(**rec), offset)  # type: ignore[typeddict-item]
-    return book
+    return read_outcomes(kafka, lambda rec: rec["trace_id"] == trace_id, timeout_s=60)
 
 
 def test_a_label_given_twice_with_one_key_is_recorded_once(kafka: str, deployment: Deployment) -> None:

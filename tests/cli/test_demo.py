@@ -10,10 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from evostream.core.bus.reader import TopicReader
-from evostream.schemas.catalog import OUTCOMES
-from evostream.schemas.records import Outcome
-from evostream.stream_processors.risk.outcomes import OutcomeBook
+from evostream.views.outcomes import read_outcomes
 
 CLI = [sys.executable, "-m", "evostream.cli"]  # the CLI of the checkout under test, not the one on PATH
 
@@ -42,11 +39,7 @@ def test_demo_answers_every_task_with_its_step_events_and_risk(kafka: str, tmp_p
     assert "6/6 tasks answered right; every token has its GenerationStep on evo.steps" in run.stdout
     # the suite knew each answer: one SUITE label per trace on evo.outcomes
     traces = {line.split(" trace ")[1].split()[0] for line in lines}
-    book = OutcomeBook()
-    with TopicReader(kafka, OUTCOMES, "Outcome", idle_s=3.0, timeout_s=60, name="test-demo-outcomes") as reader:
-        for n, rec in enumerate(reader):
-            if rec["trace_id"] in traces:
-                book.add(Outcome(**rec), n)  # type: ignore[typeddict-item]
+    book = read_outcomes(kafka, lambda rec: rec["trace_id"] in traces, timeout_s=60)
     assert {t: [(s.source, s.label) for s in book.labels(t)] for t in traces} == {
         t: [("SUITE", "RIGHT")] for t in traces
     }

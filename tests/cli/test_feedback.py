@@ -8,12 +8,12 @@ import sys
 import uuid
 
 from evostream.core.bus.producer import EventProducer
-from evostream.core.bus.reader import TopicReader
-from evostream.schemas.catalog import COMPLETIONS, OUTCOMES
+from evostream.schemas.catalog import COMPLETIONS
 from evostream.schemas.codec import RecordCodec
-from evostream.schemas.records import Completion, Outcome
+from evostream.schemas.records import Completion
 from evostream.schemas.samples import completion
 from evostream.stream_processors.risk.outcomes import OutcomeBook
+from evostream.views.outcomes import read_outcomes
 
 CLI = [sys.executable, "-m", "evostream.cli"]
 
@@ -34,12 +34,7 @@ def a_logged_trace(kafka: str) -> Completion:
 
 
 def book_of(kafka: str, trace_id: str) -> OutcomeBook:
-    book = OutcomeBook()
-    with TopicReader(kafka, OUTCOMES, "Outcome", idle_s=3.0, timeout_s=60, name="test-outcomes") as reader:
-        for offset, rec in enumerate(reader):
-            if rec["trace_id"] == trace_id:
-                book.add(Outcome(**rec), offset)  # type: ignore[typeddict-item]
-    return book
+    return read_outcomes(kafka, lambda rec: rec["trace_id"] == trace_id, timeout_s=60)
 
 
 def test_a_label_and_its_retry_are_one_and_a_change_of_mind_stands(kafka: str) -> None:

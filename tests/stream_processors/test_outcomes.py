@@ -21,6 +21,8 @@ def test_a_retry_is_counted_once() -> None:
     assert book.add(Outcome(**first), 1) is False
     assert book.retries == 1
     assert [s.outcome_id for s in book.labels("t1")] == ["click-1"]
+    book.add(label("t2", "RIGHT", oid="a-first"), 2)
+    assert book.ids() == ["a-first", "click-1"]  # each label once, sorted: what a digest of the labels is made of
 
 
 def test_the_latest_label_of_an_actor_stands_and_actors_are_averaged() -> None:
