@@ -60,7 +60,7 @@ class Rescored:
                 recall = float(alerted[wrong].mean()) if wrong.any() else float("nan")
                 out.append(
                     f"  {name:5} on {len(labelled)} labelled ({int(wrong.sum())} wrong): "
-                    f"precision {precision:.3f}, recall {recall:.3f}"
+                    f"precision {_share(precision)}, recall {_share(recall)}"
                 )
         changed = [x for x in v if (x.now is None) != (x.then is None) or x.now != x.then]
         out.append(f"  {len(changed)} traces whose verdict changed:")
@@ -70,6 +70,11 @@ class Rescored:
                 f"    {x.trace_id} {x.model_version}: {x.then or '-'} -> {x.now or '-'} score {x.score:.4f}{label}"
             )
         return out
+
+
+def _share(x: float) -> str:
+    """A precision or recall, or n/a where it has no denominator (no alert, no wrong answer)."""
+    return "n/a" if x != x else f"{x:.3f}"
 
 
 def _tracker(store: ArtifactStore, registry: Any, policy: str) -> RiskTracker:
