@@ -284,6 +284,11 @@ class Child:
 ROUNDS = 40
 
 
+# Quarantined 2026-12-07: in one full run of six (alone: 3 of 3 passed) round 0 ended with the loser's append
+# failing as DeliveryError ("transactional writer ... could not ...", the Kafka error cut off in the report) instead
+# of ConflictError; the winner won and no fork was seen. Not yet found: which Kafka error the transactional writer
+# met in round 0, right after both writers registered. `scripts/test.sh -m quarantine` runs it.
+@pytest.mark.quarantine
 def test_two_writer_processes_never_fork_the_chain(kafka: str) -> None:
     topic, writer_id = fresh_topic(), fresh_writer_id()
     with GovernanceLog(kafka, topic=topic, transactional_id=writer_id) as glog:
@@ -315,7 +320,8 @@ def test_two_writer_processes_never_fork_the_chain(kafka: str) -> None:
     winners = []
     for r, answers in enumerate(rounds):
         results = sorted(a["result"] for a in answers.values())
-        assert results == ["conflict", "won"], (r, answers)  # exactly one winner, and the loser got ConflictError
+        # exactly one winner, and the loser got ConflictError (a str message: pytest cuts a repr to 240 characters)
+        assert results == ["conflict", "won"], f"round {r}: {answers}"
         winner = next(name for name, a in answers.items() if a["result"] == "won")
         offset, ev = events[r + 1]
         assert answers[winner]["offset"] == offset and ev.reason == f"{winner} round {r + 1}", (r, answers)
