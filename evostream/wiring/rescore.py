@@ -16,10 +16,12 @@ import numpy as np
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.bus.reader import TopicReader
 from evostream.core.errors import NotFoundError
-from evostream.schemas.catalog import ALERTS, STEPS
+from evostream.schemas.catalog import ALERTS
+from evostream.schemas.records import GenerationStep
 from evostream.stream_processors.risk.policy import family_of, load_policies
 from evostream.stream_processors.risk.tracker import SEVERITY_RANK, RiskTracker, ServedProbe
 from evostream.views.outcomes import read_outcomes
+from evostream.views.traces import read_traces
 from evostream.wiring.risk import PREFIX, load_probe
 
 HAND_SET = "hand-set"
@@ -96,17 +98,9 @@ def _in(at: int, since_us: int | None, until_us: int | None) -> bool:
     return (since_us is None or at >= since_us) and (until_us is None or at < until_us)
 
 
-def _steps(server: str, since_us: int | None, until_us: int | None) -> dict[str, list[dict[str, Any]]]:
-    """Whole traces that began in the range: every step 0..n-1, each once."""
-    by_trace: dict[str, dict[int, dict[str, Any]]] = {}
-    with TopicReader(server, STEPS, "GenerationStep", idle_s=3.0, name="rescore-steps") as reader:
-        for rec in reader:
-            by_trace.setdefault(str(rec["trace_id"]), {})[int(rec["step"])] = rec
-    out = {}
-    for trace, steps in by_trace.items():
-        if sorted(steps) == list(range(len(steps))) and _in(int(steps[0]["emitted_at_us"]), since_us, until_us):
-            out[trace] = [steps[i] for i in range(len(steps))]
-    return out
+def _steps(server: str, since_us: int | None, until_us: int | None) -> dict[str, list[GenerationStep]]:
+    """Whole traces that began in the range."""
+    return {t: s for t, s in read_traces(server).items() if _in(s[0]["emitted_at_us"], since_us, until_us)}
 
 
 def _worst(severities: Iterable[str | None]) -> str | None:
