@@ -1,0 +1,279 @@
+"""Chaos: the broker killed and paused while the whole pipeline runs, and every record accounted for by id.
+
+One private broker (the project's own launcher, on fixed ports so that a restart comes back at the same address)
+carries ``evostream serve``, ``evostream process`` and ``evostream sinks run --sinks sqlite``, each a real process as
+users run them. A client publishes requests with unique ids in rounds; in each round the broker is killed (SIGKILL,
+then restarted by the launcher) while requests are being served, and paused (SIGSTOP, then SIGCONT) while a
+governance append is under way. Afterwards every record is accounted for:
+
+- every request has its Completion on ``evo.completions`` (lost 0); extra copies are at-least-once duplicates of the
+  inference service, counted, and recognised downstream: they carry the same trace id;
+- the SQLite sink holds one row per Completion record on the topic (it commits its positions with its rows: 0 lost,
+  0 doubled), so the number of distinct traces there equals the number of requests;
+- every trace has a FINAL risk report from the stream processors;
+- the governance log replays with ``--verify`` (the hash chain intact) and each append made under a pause is in
+  it exactly once (a transactional write: a failed attempt leaves nothing, a retried one lands once).
+
+    python -m bench.chaos --requests 120 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from evostream.core.bus.consumer import EventConsumer
+from evostream.core.errors import EvoError
+from evostream.core.settings import Settings, load_settings
+from evostream.core.stack import LocalStack
+from evostream.core.stack.ports import free_port
+from evostream.producers.client import InferenceClient, Reply
+from evostream.schemas.catalog import COMPLETIONS, RISK
+from evostream.schemas.codec import RecordCodec
+
+CLI = [sys.executable, "-m", "evostream.cli"]
+
+
+@dataclass
+class Figures:
+    """What one chaos run injected and how every record came out."""
+
+    requests: int = 0
+    kills: int = 0
+    pauses: int = 0
+    pause_s: float = 0.0
+    completions: int = 0
+    answered: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    sqlite_rows: int = 0
+    sqlite_traces: int = 0
+    final_reports: int = 0
+    governance_appends: int = 0
+    governance_attempts: int = 0
+    governance_events: int = 0
+    """Appends made under a pause found in the log, each exactly once (negative: some were there twice)."""
+    chain_verified: bool = False
+    restart_s: list[float] = field(default_factory=list)
+
+
+class Pipeline:
+    """A private broker and the three services on it, each logging to its own file under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.settings: Settings = load_settings(
+            stack_dir=root / "stack",
+            broker_port=free_port(),
+            controller_port=free_port(),
+            ready_timeout_s=90.0,
+        )
+        self.stack = LocalStack(self.settings)
+        self.bootstrap = ""
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env: dict[str, str] = {}
+
+    def up(self) -> None:
+        self.bootstrap = self.stack.up().bootstrap
+        self.env = {
+            **os.environ,
+            "EVOSTREAM_BOOTSTRAP_SERVERS": self.bootstrap,
+            "EVOSTREAM_STACK_DIR": str(self.settings.stack_dir),
+            "EVOSTREAM_GOVERNANCE_DIR": str(self.root / "governance"),
+            "EVOSTREAM_SINKS_DIR": str(self.root / "sinks"),
+            "EVOSTREAM_PROCESSORS_DIR": str(self.root / "processors"),
+            "EVOSTREAM_PROCESSORS_APP_ID": f"chaos-{uuid.uuid4().hex[:8]}",
+            "HF_HUB_OFFLINE": "1",
+        }
+        self.cli("governance", "init")
+        self.start("serve", "serve", "--model", "default", "--no-embed", "--max-batch", "8")
+        self.start("process", "process", "--loglevel", "INFO")
+        self.start("sinks", "sinks", "run", "--sinks", "sqlite", "--every", "0")
+
+    def cli(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout_s)
+
+    def start(self, name: str, *args: str) -> None:
+        with (self.root / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen([*CLI, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
+
+    def await_ready(self, first: Reply, db: Path, timeout_s: float = 180.0) -> None:
+        """Faults start once every service is up: the first reply is answered, the worker is ready, the sink wrote."""
+        first.result(timeout_s=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while "Worker]: Ready" not in self.log("process") or sqlite_counts(db)[0] == 0:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pipeline was not ready in {timeout_s:.0f} s")
+            time.sleep(0.2)
+
+    def broker_pid(self) -> int:
+        state = self.stack.read_state()
+        if state is None:
+            raise RuntimeError("the chaos broker is not running")
+        return state.pid
+
+    def kill_broker(self) -> float:
+        """SIGKILL the broker, then start it again at the same address; the seconds the restart took."""
+        pid = self.broker_pid()
+        os.kill(pid, signal.SIGKILL)
+        while self.stack.read_state() is not None:
+            time.sleep(0.05)
+        time.sleep(1.0)  # clients see the outage before it ends
+        t0 = time.monotonic()
+        if self.stack.up().bootstrap != self.bootstrap:
+            raise RuntimeError("the restarted broker came back at another address")
+        return time.monotonic() - t0
+
+    @contextlib.contextmanager
+    def paused_broker(self) -> Iterator[None]:
+        pid = self.broker_pid()
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    def down(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    print(f"{name} did not stop within 60 s of SIGTERM: killed", file=sys.stderr)
+                    proc.kill()
+                    proc.wait(10)
+        self.stack.down(timeout_s=30)
+
+
+def read_topic(bootstrap: str, topic: str, schema: str, expect: int, timeout_s: float) -> list[dict[str, object]]:
+    """Every record of ``topic`` from the start, once at least ``expect`` are there and the topic is quiet."""
+    codec = RecordCodec(schema)
+    out: list[dict[str, object]] = []
+    with EventConsumer(bootstrap, f"chaos-{uuid.uuid4().hex}", [topic]) as consumer:
+        deadline = time.monotonic() + timeout_s
+        quiet = 0
+        while time.monotonic() < deadline and (len(out) < expect or quiet < 3):
+            batch = [codec.decode(m.value() or b"") for m in consumer.poll_batch(1000, 0.5)]
+            out += batch
+            quiet = 0 if batch else quiet + 1
+    return out
+
+
+def sqlite_counts(db: Path) -> tuple[int, int]:
+    if not db.is_file():
+        return 0, 0
+    with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        rows, traces = conn.execute("SELECT count(*), count(DISTINCT trace_id) FROM traces").fetchone()
+    return int(rows), int(traces)
+
+
+def governance_append(pipe: Pipeline, approvals: int, figures: Figures) -> None:
+    """A policy change made while the broker is paused: retried until it lands (a failed try leaves nothing)."""
+    for _ in range(5):
+        figures.governance_attempts += 1
+        done = pipe.cli("governance", "policy", "--approvals", str(approvals), "--reason", f"chaos {approvals}")
+        if done.returncode == 0:
+            figures.governance_appends += 1
+            return
+        time.sleep(1.0)
+    raise RuntimeError(f"the governance append never landed: {done.stderr.strip()}")
+
+
+def run(root: Path, requests: int, rounds: int, pause_s: float, max_new_tokens: int = 6) -> Figures:
+    figures = Figures(requests=requests + 1)  # and one warm-up request
+    pipe = Pipeline(root)
+    try:
+        pipe.up()
+        client = InferenceClient(pipe.bootstrap)
+        replies = [client.submit("chaos warm-up: what is one plus one?", max_new_tokens=max_new_tokens)]
+        pipe.await_ready(replies[0], root / "sinks" / "sqlite" / "evostream.db")
+        per_round = max(1, requests // rounds)
+        for r in range(rounds):
+            n = per_round if r < rounds - 1 else requests - per_round * (rounds - 1)
+            prompts = [f"chaos round {r} request {i}: what is {i} plus {r}?" for i in range(n)]
+            replies += [client.submit(p, max_new_tokens=max_new_tokens) for p in prompts]
+            time.sleep(1.5)  # the service is generating this round's requests
+            figures.restart_s.append(round(pipe.kill_broker(), 2))
+            figures.kills += 1
+            pipe.check_alive()
+            writer = threading.Thread(target=governance_append, args=(pipe, 2 + r, figures))
+            with pipe.paused_broker():
+                writer.start()
+                time.sleep(pause_s)
+            figures.pauses += 1
+            figures.pause_s += pause_s
+            writer.join(300)
+            pipe.check_alive()
+        answered = {reply.request_id for reply in replies if _answered(reply)}
+        figures.answered = len(answered)
+        completions = read_topic(pipe.bootstrap, COMPLETIONS, "Completion", figures.requests, 120)
+        by_request = Counter(str(c["request_id"]) for c in completions)
+        sent = {reply.request_id for reply in replies}
+        figures.completions = len(completions)
+        figures.lost = len(sent - set(by_request))
+        figures.duplicates = sum(n - 1 for rid, n in by_request.items() if rid in sent)
+        reports = read_topic(pipe.bootstrap, RISK, "RiskReport", figures.requests, 120)
+        figures.final_reports = len({str(x["trace_id"]) for x in reports if x["stage"] == "FINAL"})
+        db = root / "sinks" / "sqlite" / "evostream.db"
+        deadline = time.monotonic() + 120
+        while sqlite_counts(db)[0] < len(completions) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(2.0)  # a doubled write would land now
+        figures.sqlite_rows, figures.sqlite_traces = sqlite_counts(db)
+        verify = pipe.cli("replay", "--verify")
+        figures.chain_verified = verify.returncode == 0
+        audit = pipe.cli("audit")
+        reasons = Counter(line.rsplit(": ", 1)[-1] for line in audit.stdout.splitlines() if ": chaos " in line)
+        figures.governance_events = len(reasons) if set(reasons.values()) == {1} else -sum(reasons.values())
+        pipe.check_alive()
+    finally:
+        pipe.down()
+    return figures
+
+
+def _answered(reply: Reply) -> bool:
+    try:
+        reply.result(timeout_s=120)
+    except EvoError:  # a reply that never came is counted, not raised
+        return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pause-s", type=float, default=8.0)
+    parser.add_argument("--root", type=Path, default=None, help="working folder (default: a fresh temporary one)")
+    args = parser.parse_args()
+    root = args.root or Path(os.environ.get("TMPDIR", "/tmp")) / f"evostream-chaos-{uuid.uuid4().hex[:8]}"
+    figures = run(root, args.requests, args.rounds, args.pause_s)
+    print(json.dumps(asdict(figures), indent=2))
+
+
+if __name__ == "__main__":
+    main()
