@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ from evostream.api.config import ApiConfig
 from evostream.api.server import ServeLimits
 from evostream.api.state import ApiState
 from evostream.api.trust import TrustConfigError
+from evostream.consumers.governance.log import GovernanceLog
+from evostream.consumers.governance.service import init
 from evostream.core.settings import load_settings
 from tests.api.conftest import HOSTS, Deployment, served
 
@@ -202,6 +205,24 @@ def test_a_caller_that_goes_away_frees_its_request_at_once(kafka: str, tmp_path:
         while state.infer_quota.waiting("peer:127.0.0.1") or state.client().in_flight:
             assert time.monotonic() - gone < 3, "the request was still awaited after its caller left"
             time.sleep(0.05)
+
+
+@pytest.mark.integration
+def test_reads_of_the_governance_log_are_kept_and_each_client_has_a_quota_of_them(kafka: str, tmp_path: Path) -> None:
+    cfg = config(kafka, tmp_path, trust_loopback=True, governance_reads_per_s=1.0)
+    cfg.settings = cfg.settings.model_copy(update={"governance_topic": f"test-abuse-gov-{uuid.uuid4().hex[:8]}"})
+    glog = GovernanceLog(kafka, topic=cfg.settings.governance_topic)
+    init(glog, tmp_path / "gov" / "keys", "admin")
+    glog.close()
+    with api(cfg, tail=False) as (url, state), from_address("127.0.0.2", timeout=30) as greedy:
+        paths = ["/registry", "/governance/audit", "/registry?as_of=0"]
+        answers = [greedy.get(url + paths[i % 3]) for i in range(40)]
+        codes = [r.status_code for r in answers]
+        assert codes[:20] == [200] * 20 and 429 in codes, codes  # a burst of 20, then 1 a second
+        assert all(int(r.headers["Retry-After"]) >= 1 for r in answers if r.status_code == 429)
+        assert state.governance.cache is not None and state.governance.cache.reads == 1  # the log was read once
+        with from_address("127.0.0.3", timeout=30) as other:
+            assert other.get(url + "/registry").status_code == 200
 
 
 @pytest.mark.integration
