@@ -3,16 +3,11 @@ listening off loopback only with TLS (or said to be insecure)."""
 
 from __future__ import annotations
 
-import datetime as dt
 import ssl
 from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from evostream.api.app import create_app
 from evostream.api.config import ApiConfig
@@ -27,6 +22,7 @@ from evostream.api.trust import (
 )
 from evostream.core.settings import load_settings
 from tests.api.conftest import free_port
+from tests.tls import self_signed
 
 
 def test_the_host_names_of_a_bound_address() -> None:
@@ -70,28 +66,6 @@ def test_a_write_from_another_sites_page_is_named_and_reads_and_same_origin_pass
     assert cross_site_write(scope("POST", sec_fetch_site="cross-site", origin="https://dash.example"), allowed) is None
 
 
-def self_signed(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
-
-
 def test_the_api_serves_https_with_a_certificate(tmp_path: Path) -> None:
     import threading
     import time
@@ -110,7 +84,6 @@ def test_the_api_serves_https_with_a_certificate(tmp_path: Path) -> None:
             assert thread.is_alive()
             time.sleep(0.05)
         trusted = ssl.create_default_context(cafile=str(cert))
-        trusted.check_hostname = False
         assert httpx.get(f"https://127.0.0.1:{port}/traces", verify=trusted, timeout=10).status_code == 200
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"http://127.0.0.1:{port}/traces", timeout=5)  # no plain HTTP on that port
