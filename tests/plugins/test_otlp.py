@@ -238,7 +238,7 @@ def test_a_key_is_not_sent_in_plain_text_unless_said_insecure(
     receiver: Receiver, tmp_path: Path, protocol: str
 ) -> None:
     keyed = {"protocol": protocol, "endpoint": endpoint(receiver, protocol), "headers": "api-key=s3cret"}
-    with pytest.raises(SinkConfigError, match="'api-key' carries a key.*plain text"):
+    with pytest.raises(SinkConfigError, match=r"'api-key' carries a key.*plain text"):
         OtlpSink(SinkContext("otlp", tmp_path, keyed))
     (tmp_path / "headers").write_text("x-vendor=s3cret\n")
     from_file = {
