@@ -92,3 +92,12 @@ def test_evostream_services_wait_for_a_healthy_broker(compose: dict[str, Any]) -
             assert svc["depends_on"]["kafka"]["condition"] == "service_healthy", name
             assert svc["environment"]["EVOSTREAM_BOOTSTRAP_SERVERS"] == "kafka:19092", name
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_prometheus_grafana_and_otlp_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    # anonymous Grafana, Prometheus' API and an OTLP receiver are for this machine's operator, not the network
+    for name in ("prometheus", "grafana", "otel-collector"):
+        ports = compose["services"][name].get("ports", [])
+        assert ports, name
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
