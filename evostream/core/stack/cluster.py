@@ -204,6 +204,7 @@ class LocalCluster:
             progress(
                 f"created topics (replication {REPLICATION}, min in-sync {MIN_INSYNC}): {', '.join(sorted(created))}"
             )
+        self._await_known(layout, [s.name for s in CATALOG])
         return layout
 
     def start_node(self, node_id: int, progress: Progress = lambda _: None) -> StackState:
@@ -275,6 +276,17 @@ class LocalCluster:
                     f"{self.settings.ready_timeout_s:.0f} s"
                 )
             time.sleep(0.2)
+
+    def _await_known(self, layout: ClusterLayout, topics: list[str]) -> None:
+        """Until every node's metadata has every partition of ``topics`` with all replicas in sync: a topic the
+        controller has created reaches each node's metadata a moment later, and a client may ask any node."""
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        for node in layout.nodes:
+            while lagging := under_replicated(node.bootstrap, topics, max(1.0, deadline - time.monotonic())):
+                if time.monotonic() >= deadline:
+                    parts = ", ".join(f"{t}[{p}]" for t, p in sorted(lagging))
+                    raise BrokerStartError(f"node {node.node_id} does not know these in sync yet: {parts}")
+                time.sleep(0.1)
 
     # ---- faults -----------------------------------------------------------------------------------
     def kill_node(self, node_id: int, progress: Progress = lambda _: None) -> int:
