@@ -7,6 +7,7 @@ The long form, with the figures in docs/benchmarks.md, is ``python -m bench.clus
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from confluent_kafka.admin._config import ConfigResource
 
 from bench.cluster import run_outage
 from evostream.core.bus.admin import admin_client, cluster_metadata
-from evostream.core.errors import StackError
+from evostream.core.errors import PortInUseError, StackError
 from evostream.core.stack import LocalCluster, resolve_bootstrap
 from evostream.core.stack.cluster import ClusterLayout, under_replicated
 from evostream.schemas.catalog import CATALOG, REQUESTS
@@ -77,6 +78,22 @@ def test_killing_a_node_under_load_loses_nothing_serving_goes_on_and_the_node_re
     # it rejoined: all three replicas of every partition in sync again, on every node's word
     assert [n.state is not None for n in stack.status()] == [True, True, True]
     assert under_replicated(layout.bootstrap, [s.name for s in CATALOG]) == {}
+    offsets = cluster_metadata(layout.bootstrap, 10).topics["__consumer_offsets"].partitions.values()
+    assert {len(p.replicas) for p in offsets} == {3}  # the group's commits survive a node, too
     for node in layout.nodes:
         md = cluster_metadata(node.bootstrap, 10)
         assert {len(p.isrs) for p in md.topics[REQUESTS].partitions.values()} == {3}
+
+
+def test_a_port_in_use_is_a_clear_error_and_the_next_start_takes_new_settings(tmp_path: Path) -> None:
+    with socket.socket() as held, socket.socket() as held_too:
+        for s in (held, held_too):
+            s.bind(("127.0.0.1", 0))
+            s.listen(1)
+        first, second = held.getsockname()[1], held_too.getsockname()[1]
+        with pytest.raises(PortInUseError, match=rf"node 1's broker port 127.0.0.1:{first} is already in use"):
+            LocalCluster(stack_settings(tmp_path, broker_port=first)).up()
+        # nothing was formatted with the refused ports: the next start plans its own
+        with pytest.raises(PortInUseError, match=rf"node 1's broker port 127.0.0.1:{second} is already in use"):
+            LocalCluster(stack_settings(tmp_path, broker_port=second)).up()
+    assert not list(tmp_path.glob("cluster/node-*/data/meta.properties"))

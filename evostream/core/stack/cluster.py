@@ -172,6 +172,9 @@ class LocalCluster:
         }
         return LocalStack(self.settings.model_copy(update=update))
 
+    def _formatted(self, spec: NodeSpec) -> bool:
+        return (self.node(spec).data_dir / "meta.properties").exists()
+
     def _layout(self) -> ClusterLayout:
         layout = self.read_layout()
         if layout is None:
@@ -192,7 +195,9 @@ class LocalCluster:
     def up(self, progress: Progress = lambda _: None) -> ClusterLayout:
         """Start every node that is not running (formatting a new cluster on the first start), wait until all have
         joined, and create the catalog's topics with replication 3 and min in-sync 2."""
-        layout = self.read_layout() or self._plan()
+        layout = self.read_layout()
+        if layout is None or not any(self._formatted(n) for n in layout.nodes):
+            layout = self._plan()  # a layout no node was formatted with (its start failed) takes today's settings
         down = [st.spec for st in self.status() if st.state is None]
         if down:
             self._start(layout, down, progress)
