@@ -245,6 +245,8 @@ class OutageReport:
     rejoin_s: float
     """From the node answering to every replica of the load, request and reply topics and the consumer offsets
     back in sync."""
+    timeline: list[tuple[float, int, float, float]] = field(default_factory=list)
+    """Per 5 s of send time from the kill (negative: before it): records, median and max produce latency (ms)."""
     requests: list[tuple[float, float, str]] = field(default_factory=list)
     requests_outage: list[tuple[float, float, str]] = field(default_factory=list)
     producer_error: str | None = None
@@ -317,6 +319,11 @@ def run_outage(
             if lo <= t < hi and n in producer.acked_at
         ]
 
+    buckets: dict[int, list[float]] = {}
+    for n, t in enumerate(producer.sent_at):
+        if n in producer.acked_at:
+            buckets.setdefault(int((t - t_kill) // 5), []).append((producer.acked_at[n] - t) * 1000)
+    timeline = [(b * 5.0, len(xs), pct(xs, 50), max(xs)) for b, xs in sorted(buckets.items())]
     acks = sorted(t for t in producer.acked_at.values() if t_kill <= t <= t_back)
     gaps = [b - a for a, b in zip([t_kill, *acks], [*acks, t_back], strict=True)]
     return OutageReport(
@@ -334,6 +341,7 @@ def run_outage(
         down_s=t_up - t_kill,
         restart_s=t_up - t_start,
         rejoin_s=rejoin_s,
+        timeline=timeline,
         requests=requests.done,
         requests_outage=[r for r in requests.done if t_kill <= r[0] < t_up],
         producer_error=producer.error,
@@ -389,6 +397,11 @@ def main() -> None:
     print(f"acknowledged while the node was down: {r.acked_during_outage} records")
     print(f"produce latency the last {args.before / 2:.0f} s before the kill: {_ms(r.latency_before_ms)}")
     print(f"produce latency while down:      {_ms(r.latency_outage_ms)}")
+    up_at = r.down_s
+    print("produce latency by 5 s of send time from the kill (s: records, p50 / max ms):")
+    for at, n, p50, top in r.timeline:
+        mark = " (node down)" if 0 <= at < up_at else ""
+        print(f"  {at:+5.0f} s: {n:5d}, {p50:7.1f} / {top:7.1f}{mark}")
     print(f"longest gap between acknowledgements from kill to rejoin: {r.max_ack_gap_s * 1000:.0f} ms")
     bad = [p for _, _, p in r.requests if p]
     print(
