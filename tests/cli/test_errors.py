@@ -54,6 +54,8 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "stack status",
         "stack down",
         "stack logs",
+        "stack kill-node",
+        "stack start-node",
         "schemas list",
         "schemas check",
         "governance init",
