@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evostream.core.errors import FoldError
+from evostream.stream_processors.checks import check_step_joins, step_shape
 from evostream.stream_processors.fold import Fold
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_for
 from evostream.stream_processors.risk.probe import FeatureSums, RiskProbe
@@ -82,6 +84,12 @@ class RiskTracker:
             if offset <= st.get("step_offset", -1) or st.get("final"):
                 out.duplicates += 1
                 continue
+            try:
+                check_step_joins(st.get("shape"), step)
+            except FoldError as e:
+                out.rejected[offset] = e
+                continue
+            st["shape"] = list(step_shape(step))
             model = str(step["model_version"])
             if risk is None or model != st.get("model_version"):
                 if risk is not None:
@@ -118,7 +126,15 @@ class RiskTracker:
         """The FINAL report, once the trace's steps have all arrived: the completion travels on another topic and
         can overtake its last steps, in which case it waits in the state until they are folded."""
         st = dict(state or {})
-        if st.get("final") or "completion" in st or offset <= st.get("completion_offset", -1):
+        if offset <= st.get("completion_offset", -1):
+            return Fold(st, duplicates=1)
+        ident = _completion_id(completion)
+        if st.get("final") or "completion" in st:
+            if st.get("completion_id", ident) != ident:  # the same completion forwarded again is a duplicate
+                raise FoldError(
+                    f"a second, different completion for trace {completion['trace_id']} "
+                    f"({ident}; the trace has {st['completion_id']})"
+                )
             return Fold(st, duplicates=1)
         model = str(completion["model_version"])
         st.setdefault("trace_id", completion["trace_id"])
@@ -130,7 +146,7 @@ class RiskTracker:
             "finish_reason": completion.get("finish_reason"),
             "error": completion.get("error"),
         }
-        st.update(completion=pending, completion_offset=offset)
+        st.update(completion=pending, completion_offset=offset, completion_id=ident)
         out = Fold(st)
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
             self._finish(st, pending, self.policy(model), now_us, out)
@@ -193,7 +209,8 @@ class RiskTracker:
         if severity is not None:
             out.alerts.append(self._alert(report, severity, judge))
         st["final"] = True
-        for kept in ("risk", "completion", "probe", "probe_missed"):  # a finished trace keeps what recognises replays
+        # a finished trace keeps what recognises replays
+        for kept in ("risk", "completion", "probe", "probe_missed", "shape"):
             st.pop(kept, None)
 
     @staticmethod
@@ -227,3 +244,9 @@ class RiskTracker:
             "produced_at_us",
         )
         return {**{k: report[k] for k in keys}, "severity": severity, "policy": judge}
+
+
+def _completion_id(completion: Mapping[str, Any]) -> str:
+    """What tells two completions of one trace apart: a repartition forwards the same one again, a faulty producer
+    sends another."""
+    return f"{completion['request_id']}/{completion['token_count']}/{completion.get('completed_at_us')}"
