@@ -52,7 +52,7 @@ from evostream.stream_processors.profiling.tracker import table_name as profile_
 from evostream.stream_processors.profiling.window import ProfilePolicy
 from evostream.stream_processors.risk.policy import RiskPolicy, load_policies
 from evostream.stream_processors.risk.tracker import TABLE as RISK_TABLE
-from evostream.stream_processors.risk.tracker import RiskTracker
+from evostream.stream_processors.risk.tracker import RiskTracker, expired
 from evostream.stream_processors.transport import App
 
 log = logging.getLogger(__name__)
@@ -79,8 +79,10 @@ class Processors:
         profile: ProfileTracker,
         handover: str = "inline",
         faults: KillSwitch | None = None,
+        replay_horizon_s: float = 3600.0,
     ) -> None:
         self.tracker = RiskTracker(policies)
+        self.replay_horizon_us = int(replay_horizon_s * 1_000_000)
         self.drift_tracker = drift
         self.profile_tracker = profile
         names = (
@@ -104,6 +106,7 @@ class Processors:
             "duplicates_drift": 0,
             "duplicates_profile": 0,
             "dead_letters": 0,
+            "evicted_risk": 0,
             "alerts": 0,
             "drift": 0,
             "profiles": 0,
@@ -177,6 +180,7 @@ class Processors:
         app.agent(self.profile_deltas, name="profile-deltas")(self._on_profile)
         app.agent(self.neurons, name="profile-neurons")(self._on_neurons)
         app.timer(interval=self.profile_tracker.policy.grace_s)(self._close_idle_windows)
+        app.timer(interval=min(60.0, replay_horizon_s / 4))(self._evict_finished)
         app.timer(interval=60.0)(self._log_stats)
         app.task(self._log_policies)
         app.task(self._dump_tasks_on_signal)
@@ -501,6 +505,21 @@ class Processors:
         ack: Awaitable[Any] = await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
         return ack
 
+    async def _evict_finished(self) -> None:
+        """Drop the risk state of traces with no event for the replay horizon (``tracker.expired``): each delete
+        writes a tombstone to the changelog, so the table, and what a restart reads back, stay as large as the
+        horizon's traffic."""
+        async with self._risk_lock:
+            at = now_us()
+            horizon = self.replay_horizon_us
+            gone = [k for k, st in list(self.table.items()) if st is not None and expired(st, at, horizon)]
+            if not gone:
+                return
+            await self._changelog_ready(self.table)
+            for key in gone:
+                del self.table[key]
+            self.stats["evicted_risk"] += len(gone)
+
 
 def _as_evo(error: BaseException) -> EvoError:
     """A fold's error as the project's: a check's own, or an unforeseen one wrapped with its type."""
@@ -541,6 +560,7 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
         profile=ProfileTracker(ProfilePolicy(window_s=settings.profile_window_s)),
         handover=settings.processors_handover,
         faults=KillSwitch(settings.fault_kill_after, settings.fault_kill_model),
+        replay_horizon_s=settings.risk_replay_horizon_s,
     )
 
 

@@ -3,6 +3,10 @@
 The state of a trace is one JSON-able dict, written back whole after every event: a changelog message therefore
 carries the risk state and the input offsets it includes together, and an event replayed after a crash (offset at
 or below the stored one) is recognised and skipped. Counts are neither lost nor doubled.
+
+A trace's state is kept for the replay horizon after its last event (``expired``): long enough to recognise what a
+restart replays (offsets are committed every second), then dropped with a tombstone on the changelog, so neither
+the table nor a restart's recovery grows with the traces ever served.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ STATE_LAYOUT = 1
 """Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
 TABLE = f"risk-traces-v{STATE_LAYOUT}"
 """The risk table (and, prefixed with the app id, its changelog topic)."""
+
+
+def expired(state: Mapping[str, Any], now_us: int, horizon_us: int) -> bool:
+    """Whether a trace's state may go: no event for ``horizon_us``. A finished trace is kept that long only to
+    recognise a replay of its events; an unfinished one whose steps or completion never came is given up. A state
+    written before the horizon existed (no ``seen_us``) goes at the first sweep."""
+    return now_us - int(state.get("seen_us", 0)) > horizon_us
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,7 @@ class RiskTracker:
                 trace_id=step["trace_id"],
                 step_offset=offset,
                 last_step=int(step["step"]),
+                seen_us=now_us,
             )
             severity = assessment.severity(policy)
             if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
@@ -146,7 +158,7 @@ class RiskTracker:
             "finish_reason": completion.get("finish_reason"),
             "error": completion.get("error"),
         }
-        st.update(completion=pending, completion_offset=offset, completion_id=ident)
+        st.update(completion=pending, completion_offset=offset, completion_id=ident, seen_us=now_us)
         out = Fold(st)
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
             self._finish(st, pending, self.policy(model), now_us, out)
