@@ -90,9 +90,6 @@ def check_completion(completion: Mapping[str, Any]) -> None:
     count = int(completion["token_count"])
     if count < 0:
         raise DecodeError(f"negative token_count {count}")
-    ids = completion.get("output_token_ids") or []
-    if ids and len(ids) != count:
-        raise DecodeError(f"output_token_ids has {len(ids)} ids, token_count says {count}")
     emb = completion.get("prompt_embedding") or []
     if len(emb) > MAX_EMBEDDING_DIM:
         raise DecodeError(f"prompt_embedding has {len(emb)} values, above the limit {MAX_EMBEDDING_DIM}")

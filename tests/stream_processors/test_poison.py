@@ -142,7 +142,6 @@ def test_every_poison_record_is_dead_lettered_and_no_partition_or_agent_stops(ka
     # risk, evo.completions: poison before the good completion of the same trace (same partition)
     tx.completion(good, 3, dead="NaN", prompt_embedding=[0.1, math.nan])
     tx.completion(good, 3, dead="negative token_count", token_count=-3)
-    tx.completion(good, 3, dead="output_token_ids has 2", output_token_ids=[1, 2])
     tx.completion(good, 3, dead="above the limit", prompt_embedding=[0.01] * 5000)
     first = tx.completion(good, 3)
     tx.producer.send(COMPLETIONS, good, first)  # the same completion again: a duplicate, no second FINAL
