@@ -78,7 +78,7 @@ class Registry:
         self.offset = -1
         self.actors: dict[str, ActorState] = {}
         """actor id -> its roles and keys"""
-        self.policy: dict[str, Any] = dict(rules.DEFAULT_POLICY)
+        self.policy: dict[str, Any] = dict(rules.BASE_POLICY)
         self.models: dict[str, ModelState] = {}
         """model name -> its versions, stages and aliases"""
 
@@ -195,7 +195,7 @@ class Registry:
         allowed = rules.allowed_roles(ev.type, ev.payload, self.policy)
         if allowed.isdisjoint(roles):
             return "unauthorized", f"{ev.type} needs role {' or '.join(sorted(allowed))}; {ev.actor!r} has {roles}"
-        why = rules.refusal(ev.type, ev.model_name, ev.payload, self.actors, self.models, self.policy)
+        why = rules.refusal(ev.type, ev.model_name, ev.payload, self.actors, self.models, self.policy, ev.actor)
         return None if why is None else ("policy", why)
 
     def _genesis_refusal(self, ev: GovEvent) -> tuple[str, str] | None:

