@@ -76,6 +76,8 @@ class Registry:
         self.head_hash = ""
         self.head_us = 0
         self.offset = -1
+        self.genesis_hash = ""
+        """The hash of the log's first event: which log this is (API tokens name it)."""
         self.actors: dict[str, ActorState] = {}
         """actor id -> its roles and keys"""
         self.policy: dict[str, Any] = dict(rules.BASE_POLICY)
@@ -232,6 +234,8 @@ class Registry:
                 f"{ev.type} #{ev.sequence} does not fold onto the registry ({type(e).__name__}: {e}): "
                 "replay with verification to find the event that is wrong"
             ) from e
+        if ev.sequence == 0:
+            self.genesis_hash = ev.hash
         self.head_sequence = ev.sequence
         self.head_hash = ev.hash
         self.head_us = ev.occurred_at_us
@@ -248,6 +252,7 @@ class Registry:
                 "head_hash": self.head_hash,
                 "head_us": self.head_us,
                 "offset": self.offset,
+                "genesis_hash": self.genesis_hash,
                 "actors": self.actors,
                 "policy": self.policy,
                 "models": self.models,
@@ -264,6 +269,7 @@ class Registry:
         try:
             reg.head_sequence, reg.head_hash = int(d["head_sequence"]), str(d["head_hash"])
             reg.head_us, reg.offset = int(d["head_us"]), int(d["offset"])
+            reg.genesis_hash = str(d.get("genesis_hash", ""))  # absent from snapshots written before it was kept
             reg.actors, reg.policy, reg.models = copy.deepcopy((d["actors"], d["policy"], d["models"]))
         except (KeyError, TypeError, ValueError) as err:
             raise GovernanceError(f"registry snapshot is incomplete ({err}): replay the log instead") from err

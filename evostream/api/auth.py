@@ -1,8 +1,9 @@
 """Who may call what. Reads are open to clients on this machine (and to everyone with ``open_reads``); from elsewhere
 they need a key. ``POST /infer`` is open to this machine's clients, and needs a key from elsewhere even with
 ``open_reads`` (it publishes, and its traffic feeds drift and evolution). Writes need an actor key:
-``Authorization: Bearer <actor>.<signature>``, the token ``evostream governance api-token`` prints, checked against
-the actor's public key in the governance log (so revoking the actor there revokes it here); the action is then
+``Authorization: Bearer <actor>.<log>.<expiry>.<signature>``, the token ``evostream governance api-token`` prints,
+checked against the actor's current public key in the governance log, the log's genesis and the clock (so revoking
+the actor there, or enrolling it with a new key, retires it here, and it expires); the action is then
 signed with that actor's key from this machine's key folder, and the log's own rules decide whether the actor's roles
 allow it. Admin endpoints need the admin role.
 

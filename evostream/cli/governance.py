@@ -85,19 +85,29 @@ def governance_keygen(
 
 @governance_app.command("api-token")
 @friendly
-def governance_api_token(actor: Actor = None) -> None:
+def governance_api_token(
+    actor: Actor = None,
+    ttl_days: Annotated[float, typer.Option(min=0.001, help="Days until the token expires.")] = 30.0,
+    bootstrap: Bootstrap = None,
+) -> None:
     """Print this machine's actor's HTTP API token (`Authorization: Bearer <token>` for the writes of `evostream api`):
-    its key's signature over a statement naming it, checked against the key enrolled in the log. Treat it as a
-    password; revoking the actor (or rotating its key) revokes it."""
+    its current key's signature over a statement naming it, this governance log (its genesis hash) and an expiry.
+    Treat it as a password; it expires after --ttl-days, and revoking the actor or enrolling it with a new key retires
+    it."""
     from evostream.consumers.governance.api_keys import token_for
     from evostream.consumers.governance.keys import ActorKey
     from evostream.consumers.governance.service import key_path
 
-    settings = _settings(None, actor)
+    settings = _settings(bootstrap, actor)
     path = key_path(settings.governance_dir / "keys", settings.governance_actor)
     if not path.exists():
         raise GovernanceError(f"no key for actor {settings.governance_actor!r} at {path}")
-    print(token_for(ActorKey.load(path), settings.governance_actor))
+    key = ActorKey.load(path)
+    replayed = _view(settings).replayed()
+    if replayed.findings:
+        _warn(replayed.findings)
+        raise GovernanceError("the governance log failed verification: no token is made for it")
+    print(token_for(key, settings.governance_actor, replayed.registry.genesis_hash, ttl_s=ttl_days * 86400))
 
 
 @governance_app.command("enroll")

@@ -58,7 +58,9 @@ def test_reads_are_open_here_and_need_a_key_from_elsewhere_unless_opened(chain: 
     assert auth.reader(request("127.0.0.1")) == Caller(None)
     with pytest.raises(AuthRequiredError, match="need an actor key"):
         auth.reader(request("10.1.2.3"))
-    assert auth.reader(request("10.1.2.3", token_for(chain.keys["alice"], "alice"))) == Caller("alice", ("approver",))
+    assert auth.reader(request("10.1.2.3", token_for(chain.keys["alice"], "alice", chain.events[0].hash))) == Caller(
+        "alice", ("approver",)
+    )
     opened = Auth(reg, open_reads=True)  # type: ignore[arg-type]
     assert opened.reader(request("10.1.2.3")) == Caller(None)
     with pytest.raises(AuthRequiredError, match="opens reads only"):
@@ -75,5 +77,5 @@ def test_writes_need_a_key_admin_needs_the_role_and_a_malformed_key_costs_no_rea
         auth.writer(request("127.0.0.1", "x" * 50))
     assert reg.reads == 0
     with pytest.raises(ForbiddenError, match="not an admin"):
-        auth.admin(request("127.0.0.1", token_for(chain.keys["alice"], "alice")))
-    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN))).name == ADMIN
+        auth.admin(request("127.0.0.1", token_for(chain.keys["alice"], "alice", chain.events[0].hash)))
+    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN, chain.events[0].hash))).name == ADMIN
