@@ -45,7 +45,7 @@ def rule(policy: Mapping[str, Any], name: str) -> Any:
     return policy.get(name, UNSET_RULES.get(name))
 
 
-ACTOR_EVENTS = frozenset({"ActorEnrolled", "ActorRevoked", "PolicyChanged"})
+ACTOR_EVENTS = frozenset({"ActorEnrolled", "ActorRevoked", "PolicyChanged", "OffsetVoided"})
 """Events about no one model: their model_name is ALL_MODELS."""
 
 _ADMIN = frozenset({"admin"})
@@ -55,6 +55,7 @@ _ROLES_OF: dict[str, frozenset[str]] = {
     "ActorEnrolled": _ADMIN,
     "ActorRevoked": _ADMIN,
     "PolicyChanged": _ADMIN,
+    "OffsetVoided": _ADMIN,
     "RolledBack": _ADMIN,
     "ModelRegistered": _PROPOSER,
     "CandidateProposed": _PROPOSER,
@@ -279,4 +280,5 @@ _RULES: dict[str, _Rule] = {
     "ApprovalRejected": _approval,
     "Promoted": _promoted,
     "RolledBack": _rolled_back,
+    "OffsetVoided": _no_rule,  # its offsets are judged by replay, which knows where they and the void stand
 }

@@ -24,6 +24,7 @@ from fastapi import Request
 
 from evostream.api.errors import AuthRequiredError, ForbiddenError
 from evostream.consumers.governance.api_keys import actor_of, check_format
+from evostream.core.errors import TamperError
 from evostream.views.governance import GovernanceView
 
 
@@ -69,13 +70,22 @@ class RegistryCache:
     def get(self) -> Any:
         with self._lock:
             if self._registry is None or time.monotonic() - self._at > self.ttl_s:
-                self._registry = self.governance.replayed().registry
+                self._registry = anchored_registry(self.governance.replayed())
                 self._at = time.monotonic()
             return self._registry
 
     def invalidate(self) -> None:
         with self._lock:
             self._registry = None
+
+
+def anchored_registry(replayed: Any) -> Any:
+    """The registry keys are checked against; TamperError (409) when this machine's anchors (its head file, its
+    signed checkpoints) say the log was cut short or replaced: a revoked actor or an old key could be back in it."""
+    cut = [f for f in replayed.findings if f.kind == "truncated"]
+    if cut:
+        raise TamperError(f"no key is accepted: the governance log fails this machine's anchor check: {cut[0].detail}")
+    return replayed.registry
 
 
 class Auth:
