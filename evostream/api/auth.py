@@ -1,10 +1,11 @@
 """Who may call what. Reads need a key, unless opened to everyone (``open_reads``) or to this machine's clients
 (``trust_loopback``, off by default: see ``trusted_local``). ``POST /infer`` needs a key, unless from a trusted
 local client; ``open_reads`` does not open it (it publishes, and its traffic feeds drift and evolution). Writes
-need an actor key: ``Authorization: Bearer <actor>.<signature>``, the token ``evostream governance api-token``
-prints, checked against the actor's public key in the governance log (so revoking the actor there revokes it here);
-the action is then signed with that actor's key from this machine's key folder, and the log's own rules decide
-whether the actor's roles allow it. Admin endpoints need the admin role.
+need an actor key: ``Authorization: Bearer <actor>.<log>.<expiry>.<signature>``, the token ``evostream governance
+api-token`` prints, checked against the actor's current public key in the governance log, the log's genesis and the
+clock (so revoking the actor there, or enrolling it with a new key, retires it here, and it expires); the action is
+then signed with that actor's key from this machine's key folder, and the log's own rules decide whether the actor's
+roles allow it. Admin endpoints need the admin role.
 
 "This machine" is the TCP peer's address: the server does not read proxy headers (``evostream api`` starts uvicorn
 with ``proxy_headers=False``), so a client cannot claim to be local; and a request that carries a proxy's forwarding
@@ -24,6 +25,7 @@ from fastapi import Request
 
 from evostream.api.errors import AuthRequiredError, ForbiddenError
 from evostream.consumers.governance.api_keys import actor_of, check_format
+from evostream.core.errors import TamperError
 from evostream.views.governance import GovernanceView
 
 
@@ -82,13 +84,22 @@ class RegistryCache:
     def get(self) -> Any:
         with self._lock:
             if self._registry is None or time.monotonic() - self._at > self.ttl_s:
-                self._registry = self.governance.replayed().registry
+                self._registry = anchored_registry(self.governance.replayed())
                 self._at = time.monotonic()
             return self._registry
 
     def invalidate(self) -> None:
         with self._lock:
             self._registry = None
+
+
+def anchored_registry(replayed: Any) -> Any:
+    """The registry keys are checked against; TamperError (409) when this machine's anchors (its head file, its
+    signed checkpoints) say the log was cut short or replaced: a revoked actor or an old key could be back in it."""
+    cut = [f for f in replayed.findings if f.kind == "truncated"]
+    if cut:
+        raise TamperError(f"no key is accepted: the governance log fails this machine's anchor check: {cut[0].detail}")
+    return replayed.registry
 
 
 class Auth:

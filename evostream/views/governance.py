@@ -55,6 +55,8 @@ def describe(ev: Any) -> str:
         return f"rolled back {p['from_version']} -> {p['version']}"
     if t == "CandidateProposed":
         return f"proposed {p['version']}"
+    if t == "OffsetVoided":
+        return f"voided offset(s) {', '.join(map(str, p['offsets']))}{' (forced)' if p['forced'] else ''}"
     return str(t)
 
 
@@ -88,6 +90,22 @@ def finding_doc(f: Any) -> dict[str, Any]:
 def checkpoints_path(settings: Settings) -> Path:
     """Where this machine keeps the signed checkpoints of the log's head (outside the topic)."""
     return settings.governance_dir / f"checkpoints-{settings.governance_topic}.jsonl"
+
+
+def anchor_file(settings: Settings) -> Path:
+    """Where this machine anchors the head of the log it last verified (outside the topic)."""
+    return settings.governance_dir / f"head-{settings.governance_topic}.json"
+
+
+def anchored(settings: Settings, registry: Any, findings: list[Any], items: list[tuple[int, Any]]) -> list[Any]:
+    """``findings`` and what this machine's anchors say of the log (its head file, its signed checkpoints); a log
+    with neither moves the head file forward."""
+    from evostream.consumers.governance.anchor import advance_anchor, anchor_findings
+
+    found = anchor_findings(registry, items, anchor=anchor_file(settings), checkpoints=checkpoints_path(settings))
+    if not findings and not found:
+        advance_anchor(anchor_file(settings), registry)
+    return [*findings, *found]
 
 
 @dataclass
@@ -203,6 +221,7 @@ class GovernanceView:
         events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
         if as_of is None:
             registry, findings = replay(items)
+            findings = anchored(self.settings, registry, findings, items)
         elif as_of.isascii() and as_of.isdigit():
             registry, findings = replay(items, until_offset=int(as_of))
         else:
@@ -232,7 +251,9 @@ class GovernanceView:
         from evostream.consumers.governance.service import load_actor
 
         keys = self.settings.governance_dir / "keys"
-        return load_actor(self.log(), keys, name, checkpoints=self.checkpoints_path())
+        return load_actor(
+            self.log(), keys, name, checkpoints=self.checkpoints_path(), anchor=anchor_file(self.settings)
+        )
 
 
 def model_of(reg: Any, version: str) -> str:

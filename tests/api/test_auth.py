@@ -62,7 +62,9 @@ def test_reads_need_a_key_unless_opened_or_this_machine_is_trusted(chain: Chain)
         auth.reader(request("127.0.0.1"))  # loopback is not trusted unless asked: a proxy here makes every client so
     with pytest.raises(AuthRequiredError, match="need an actor key"):
         auth.reader(request("10.1.2.3"))
-    assert auth.reader(request("10.1.2.3", token_for(chain.keys["alice"], "alice"))) == Caller("alice", ("approver",))
+    assert auth.reader(request("10.1.2.3", token_for(chain.keys["alice"], "alice", chain.events[0].hash))) == Caller(
+        "alice", ("approver",)
+    )
     trusted = Auth(reg, trust_loopback=True)  # type: ignore[arg-type]
     assert trusted.reader(request("127.0.0.1")) == Caller(None)
     assert trusted.publisher(request("::1")) == Caller(None)
@@ -94,5 +96,5 @@ def test_writes_need_a_key_admin_needs_the_role_and_a_malformed_key_costs_no_rea
         auth.writer(request("127.0.0.1", "x" * 50))
     assert reg.reads == 0
     with pytest.raises(ForbiddenError, match="not an admin"):
-        auth.admin(request("127.0.0.1", token_for(chain.keys["alice"], "alice")))
-    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN))).name == ADMIN
+        auth.admin(request("127.0.0.1", token_for(chain.keys["alice"], "alice", chain.events[0].hash)))
+    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN, chain.events[0].hash))).name == ADMIN

@@ -64,6 +64,8 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "governance revoke",
         "governance policy",
         "governance snapshot",
+        "governance void",
+        "governance anchor",
         "register",
         "validate",
         "request-approval",
