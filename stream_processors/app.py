@@ -66,6 +66,22 @@ CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
 """What a decoded record must pass before an agent folds it (``checks.py``): else it is dead-lettered."""
 
 
+def changelog_config(replay_horizon_s: float) -> dict[str, str]:
+    """Broker settings for every table's changelog topic, so that the log cleaner really compacts it.
+
+    A changelog is compacted (Faust's ``cleanup.policy``), but the cleaner never touches the active segment, and a
+    segment rolls after 1 GiB or 7 days by default: the tombstones the replay horizon writes and the states that
+    later writes replaced would stay, and a restarted worker would read them all. Segments roll every quarter of
+    the horizon here (5 s at least, 1 hour at most), the cleaner starts at 10% of replaced records, and a
+    tombstone stays one segment time for a worker that is restoring while it is cleaned."""
+    segment_ms = int(min(max(replay_horizon_s / 4, 5.0), 3600.0) * 1000)
+    return {
+        "segment.ms": str(segment_ms),
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": str(segment_ms),
+    }
+
+
 class Processors:
     """The app and its agents, built for one broker."""
 
@@ -154,6 +170,7 @@ class Processors:
         self.profiles = app.topic(PROFILES, **raw)
         self.neurons = app.topic(NEURONS, **raw)
         self.profile_deltas = app.topic(f"{app_id}-profile-deltas", internal=True, partitions=STEP_PARTITIONS, **raw)
+        changelogs = changelog_config(replay_horizon_s)
         self.table = app.Table(
             RISK_TABLE,
             default=None,
@@ -161,6 +178,7 @@ class Processors:
             key_type=bytes,  # raw key bytes: the changelog partition is murmur2(key), as for evo.steps
             use_partitioner=True,  # so a state lands on its trace's partition even when written from a batch
             help="risk state per trace, with the input offsets it includes",
+            extra_topic_configs=changelogs,
         )
         self.drift_table = app.Table(
             drift_table(drift.windows),
@@ -169,6 +187,7 @@ class Processors:
             key_type=bytes,
             use_partitioner=True,  # keyed by model version, like the repartitioned stream that updates it
             help="reference and current drift window per model version",
+            extra_topic_configs=changelogs,
         )
         app.agent(self.steps, name="risk-steps")(self._on_steps)
         app.agent(self.completions, name="risk-completions")(self._on_completions)
@@ -179,6 +198,7 @@ class Processors:
             key_type=bytes,
             use_partitioner=True,
             help="the open profiling window per model version",
+            extra_topic_configs=changelogs,
         )
         app.agent(self.completions, name="drift-completions")(self._on_drift)
         app.agent(self.profile_deltas, name="profile-deltas")(self._on_profile)

@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import ConfigResource
 
+from evostream.core.bus.admin import admin_client
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.bus.producer import EventProducer
 from evostream.core.settings import Settings
 from evostream.schemas.catalog import COMPLETIONS, RISK, STEPS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.samples import generation_step
+from evostream.stream_processors.app import changelog_config
 from evostream.stream_processors.risk.policy import RiskPolicy
 from evostream.stream_processors.risk.tracker import TABLE, RiskTracker, expired
 from tests.stream_processors.harness import Worker, read
@@ -48,6 +51,15 @@ def completion(trace: str, n: int) -> dict[str, Any]:
         "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
         "completed_at_us": 0,
     }
+
+
+def test_changelog_segments_roll_at_a_quarter_of_the_horizon_within_bounds() -> None:
+    assert changelog_config(3600.0) == {
+        "segment.ms": "900000",
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": "900000",
+    }
+    assert changelog_config(1.0)["segment.ms"] == "5000" and changelog_config(1e6)["segment.ms"] == "3600000"
 
 
 def test_the_horizon_is_a_setting_of_an_hour_by_default() -> None:
@@ -133,6 +145,12 @@ def test_the_worker_drops_finished_traces_past_the_horizon_with_tombstones(kafka
                 for m in consumer.poll_batch(1000, 0.5):
                     last[m.key()] = m.value()
         assert {t: last.get(t.encode(), b"absent") for t in traces} == dict.fromkeys(traces)  # tombstones
+        # and the cleaner can act on them: the changelog's segments roll (old code: 7 days, so it never compacted)
+        resource = ConfigResource(ConfigResource.Type.TOPIC, changelog)
+        admin = admin_client(kafka)
+        configs = admin.describe_configs([resource])[resource].result(timeout=10)
+        assert {k: configs[k].value for k in changelog_config(4.0)} == changelog_config(4.0)
+        assert configs["segment.ms"].value == "5000" and configs["cleanup.policy"].value == "compact"
         reports = read(kafka, RISK, "RiskReport", lambda got: False, timeout_s=3)
         assert sorted(r["trace_id"] for r in reports if r["trace_id"] in traces) == sorted(traces)
     finally:
