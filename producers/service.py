@@ -29,7 +29,7 @@ from evostream.core.clock import now_us
 from evostream.core.errors import ConsumeError, DecodeError, DeliveryError, EvoError
 from evostream.models.loading import LoadedModel
 from evostream.producers.batching import Row, RunningBatch, unsupported
-from evostream.producers.client import prompt_problem
+from evostream.producers.client import BadRequestError, ids_problem, prompt_problem
 from evostream.producers.completer import Completer
 from evostream.producers.embedding import PromptEmbedder
 from evostream.producers.emitter import StepEmitter
@@ -395,6 +395,10 @@ class InferenceService:
         except DecodeError as e:
             self._dead_letter(msg, e)
             return None
+        unanswerable = ids_problem(req["request_id"], req["reply_to"], req["tenant"])
+        if unanswerable is not None:
+            self._dead_letter(msg, BadRequestError(unanswerable))
+            return None
         meta = TraceMeta(
             uuid.uuid4().hex,
             req["request_id"],
@@ -469,7 +473,8 @@ class InferenceService:
             GROUP,
             now_us(),
         )
-        self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec), on_delivery=self._delivered(_position(msg)))
+        key = rec["original_key"]  # at most dead_letter's KEEP_BYTES: a record near the size limit was cut
+        self.producer.send(DLQ, key, self.dead_letters.encode(rec), on_delivery=self._delivered(_position(msg)))
         self._count()
 
     def _delivered(self, at: Position | None) -> Callable[[DeliveryError | None], None]:

@@ -151,7 +151,9 @@ class SinkRunner:
         self, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None, error: BaseException
     ) -> None:
         rec = dead_letter(topic, partition, offset, key, raw, error, self.group, now_us())
-        self._producer.send(DLQ, key, self._dlq_codec.encode(rec))
+        # the value (and key) at most dead_letter's KEEP_BYTES: a record near the size limit wrapped whole would be
+        # too large to send, and the runner would meet it again after every restart
+        self._producer.send(DLQ, rec["original_key"], self._dlq_codec.encode(rec))
         self.stats.dead_letters += 1
 
     def step(self) -> int:
