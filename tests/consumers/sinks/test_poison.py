@@ -35,8 +35,9 @@ from tests.plugins.samples import BUILDERS
 from tests.plugins.webhook_receiver import receiver
 
 pytestmark = pytest.mark.integration
-NEAR_LIMIT = 999_900
-"""Bytes of a poison pill: under the client's 1,000,000-byte limit with its key, over it once wrapped whole."""
+LIMIT = 1_000_000
+"""The client's message.max.bytes: a poison pill sits just under it with its key (the client counts 36 bytes more),
+and is over it wrapped whole."""
 FAST = RunnerOptions(max_records=500, max_wait_s=0.2, backoff=Backoff(0.05, 0.2))
 
 
@@ -159,8 +160,8 @@ def test_every_poison_record_is_applied_or_dead_lettered_and_the_next_good_one_a
         poison: dict[bytes, str] = {}
         good: list[bytes] = []
         for topic in sink.topics:
-            pill = hashlib.sha256(topic.encode()).digest() * (NEAR_LIMIT // 32)
             key = f"{marker}-pill-{topic}".encode()
+            pill = (hashlib.sha256(topic.encode()).digest() * 32_000)[: LIMIT - len(key) - 100]
             producer.send(topic, key, pill)
             pills[key] = pill
             for i, (what, value) in enumerate(mutants(topic)):
