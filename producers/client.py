@@ -37,6 +37,20 @@ class BadRequestError(EvoError):
     """A request that no service would serve: the client refuses it before publishing."""
 
 
+MAX_ID_CHARS = 256
+"""The longest request id, reply key or tenant a request may carry: each is copied into its Completion (and the
+tenant into every step event), and an id near the size limit would make the answer itself too large to send."""
+
+
+def ids_problem(request_id: str, reply_to: str, tenant: str) -> str | None:
+    """Why a request's ids make it unanswerable, or None. The service applies the same rule, since other clients
+    exist: it dead-letters such a request (no Completion could carry its ids back)."""
+    for name, value in (("request_id", request_id), ("reply_to", reply_to), ("tenant", tenant)):
+        if len(value) > MAX_ID_CHARS:
+            return f"{name} of {len(value):,} characters exceeds the limit of {MAX_ID_CHARS}"
+    return None
+
+
 def prompt_problem(prompt: str) -> str | None:
     """Why ``prompt`` cannot be served, or None. The service applies the same rule, since other clients exist.
 
