@@ -2,15 +2,19 @@
 
 One private broker (the project's own launcher, on fixed ports so that a restart comes back at the same address)
 carries ``evostream serve``, ``evostream process`` and ``evostream sinks run --sinks sqlite``, each a real process as
-users run them. A client publishes requests with unique ids in rounds; in each round the broker is killed (SIGKILL,
-then restarted by the launcher) while requests are being served, and paused (SIGSTOP, then SIGCONT) while a
-governance append is under way. Afterwards every record is accounted for:
+users run them. A client publishes requests with unique ids in rounds; in each round the inference service is
+killed (SIGKILL, then started again) while it generates, then the broker is killed (SIGKILL, then restarted by the
+launcher) while requests are being served, and paused (SIGSTOP, then SIGCONT) while a governance append is under
+way. Afterwards every record is accounted for:
 
 - every request has its Completion on ``evo.completions`` (lost 0); extra copies are at-least-once duplicates of the
-  inference service, counted, and recognised downstream: they carry the same trace id;
+  inference service (a request generated again after its offset commit was lost), counted, and recognised
+  downstream by their request id: the client takes the first, and the SQLite sink's distinct request ids equal the
+  requests sent;
 - the SQLite sink holds one row per Completion record on the topic (it commits its positions with its rows: 0 lost,
-  0 doubled), so the number of distinct traces there equals the number of requests;
-- every trace has a FINAL risk report from the stream processors;
+  0 doubled);
+- every completed trace has a FINAL risk report from the stream processors; extra FINALs (at-least-once
+  outputs) are counted;
 - the governance log replays with ``--verify`` (the hash chain intact) and each append made under a pause is in
   it exactly once (a transactional write: a failed attempt leaves nothing, a retried one lands once).
 
@@ -41,6 +45,7 @@ class Figures:
 
     requests: int = 0
     kills: int = 0
+    service_kills: int = 0
     pauses: int = 0
     pause_s: float = 0.0
     completions: int = 0
@@ -48,8 +53,9 @@ class Figures:
     lost: int = 0
     duplicates: int = 0
     sqlite_rows: int = 0
-    sqlite_traces: int = 0
+    sqlite_requests: int = 0
     final_reports: int = 0
+    final_duplicates: int = 0
     governance_appends: int = 0
     governance_attempts: int = 0
     governance_events: int = 0
@@ -84,6 +90,9 @@ def run(root: Path, requests: int, rounds: int, pause_s: float, max_new_tokens: 
             prompts = [f"chaos round {r} request {i}: what is {i} plus {r}?" for i in range(n)]
             replies += [client.submit(p, max_new_tokens=max_new_tokens) for p in prompts]
             time.sleep(1.5)  # the service is generating this round's requests
+            pipe.kill_service("serve", "serving ")  # what it generated but did not commit is generated again
+            figures.service_kills += 1
+            time.sleep(1.5)
             figures.restart_s.append(round(pipe.kill_broker(), 2))
             figures.kills += 1
             pipe.check_alive()
@@ -103,14 +112,16 @@ def run(root: Path, requests: int, rounds: int, pause_s: float, max_new_tokens: 
         figures.completions = len(completions)
         figures.lost = len(sent - set(by_request))
         figures.duplicates = sum(n - 1 for rid, n in by_request.items() if rid in sent)
-        reports = read_topic(pipe.bootstrap, RISK, "RiskReport", figures.requests, 120)
-        figures.final_reports = len({str(x["trace_id"]) for x in reports if x["stage"] == "FINAL"})
+        reports = read_topic(pipe.bootstrap, RISK, "RiskReport", len(completions), 120)
+        finals = Counter(str(x["trace_id"]) for x in reports if x["stage"] == "FINAL")
+        figures.final_reports = len({str(c["trace_id"]) for c in completions} & set(finals))
+        figures.final_duplicates = sum(finals.values()) - len(finals)
         db = root / "sinks" / "sqlite" / "evostream.db"
         deadline = time.monotonic() + 120
         while sqlite_counts(db)[0] < len(completions) and time.monotonic() < deadline:
             time.sleep(0.5)
         time.sleep(2.0)  # a doubled write would land now
-        figures.sqlite_rows, figures.sqlite_traces = sqlite_counts(db)
+        figures.sqlite_rows, figures.sqlite_requests = sqlite_counts(db)
         verify = pipe.cli("replay", "--verify")
         figures.chain_verified = verify.returncode == 0
         audit = pipe.cli("audit")

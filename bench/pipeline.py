@@ -41,6 +41,7 @@ class Pipeline:
         self.stack = LocalStack(self.settings)
         self.bootstrap = ""
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.args: dict[str, tuple[str, ...]] = {}
         self.env: dict[str, str] = {}
 
     def up(self) -> None:
@@ -65,8 +66,23 @@ class Pipeline:
         return subprocess.run([*CLI, *args], env=self.env, capture_output=True, text=True, timeout=timeout_s)
 
     def start(self, name: str, *args: str) -> None:
+        self.args[name] = args
         with (self.root / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen([*CLI, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def kill_service(self, name: str, ready: str, timeout_s: float = 120.0) -> None:
+        """SIGKILL service ``name`` (no chance to commit anything), start it again as it was started, and wait until
+        its log says ``ready`` once more."""
+        seen = self.log(name).count(ready)
+        self.procs[name].kill()
+        self.procs[name].wait(30)
+        self.start(name, *self.args[name])
+        deadline = time.monotonic() + timeout_s
+        while self.log(name).count(ready) == seen:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} was not ready again in {timeout_s:.0f} s")
+            time.sleep(0.1)
 
     def rss_mb(self, name: str) -> float:
         """The resident memory of service ``name`` now, in MiB (from /proc)."""
@@ -172,8 +188,9 @@ def read_topic(bootstrap: str, topic: str, schema: str, expect: int, timeout_s: 
 
 
 def sqlite_counts(db: Path) -> tuple[int, int]:
+    """Rows of the SQLite sink's ``traces`` table (one per Completion record it consumed), and distinct requests."""
     if not db.is_file():
         return 0, 0
     with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-        rows, traces = conn.execute("SELECT count(*), count(DISTINCT trace_id) FROM traces").fetchone()
-    return int(rows), int(traces)
+        rows, requests = conn.execute("SELECT count(*), count(DISTINCT request_id) FROM traces").fetchone()
+    return int(rows), int(requests)
