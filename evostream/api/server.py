@@ -3,9 +3,11 @@
 uvicorn (0.55, h11) has no timeout for reading a request's head: a client that sends its headers a byte at a time
 (slowloris) held a connection for as long as it liked, and with no ``limit_concurrency`` there was no bound on how
 many. Here every connection must finish each request line and headers within ``head_timeout_s`` of its first byte
-(or of the connection opening), or it is closed; at most ``limit_concurrency`` connections and tasks are served at
-once (more get 503 at once); an idle keep-alive connection closes after ``keep_alive_s``; a request head larger
-than ``max_head_bytes`` is refused (400). Proxy headers are never read: "this machine" is the TCP peer."""
+(or of the connection opening), and then its body within ``body_timeout_s`` of its head (a body sent a byte at a
+time held a connection as long as it liked too), or it is closed; at most ``limit_concurrency`` connections and
+tasks are served at once (more get 503 at once); an idle keep-alive connection closes after ``keep_alive_s``; a
+request head larger than ``max_head_bytes`` is refused (400). Proxy headers are never read: "this machine" is the
+TCP peer."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from evostream.api.trust import check_binding
 class ServeLimits:
     head_timeout_s: float = 10.0
     """A request's line and headers must arrive within this long."""
+    body_timeout_s: float = 10.0
+    """A request's body must arrive within this long after its head."""
     keep_alive_s: int = 5
     """An idle keep-alive connection is closed after this long."""
     limit_concurrency: int = 256
@@ -35,29 +39,34 @@ class ServeLimits:
 
 
 class HeadTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol, with a deadline on reading each request's head."""
+    """uvicorn's h11 protocol, with a deadline on reading each request's head, and then one on reading its body."""
 
     head_timeout_s = ServeLimits.head_timeout_s
+    body_timeout_s = ServeLimits.body_timeout_s
     _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm()
+        self._arm(self.head_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.conn.their_state is h11.IDLE:
-            self._arm()  # the first byte of a next request on a kept-alive connection
+        before = self.conn.their_state
+        if self._head_timer is None and before is h11.IDLE:
+            self._arm(self.head_timeout_s)  # the first byte of a next request on a kept-alive connection
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._disarm()  # the head was read: the request runs
+        now = self.conn.their_state
+        if now is h11.SEND_BODY and before is not h11.SEND_BODY:
+            self._arm(self.body_timeout_s)  # the head was read: now its body has a deadline
+        elif now not in (h11.IDLE, h11.SEND_BODY):
+            self._disarm()  # the whole request was read: it runs
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
+    def _arm(self, timeout_s: float) -> None:
         self._disarm()
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._too_slow)
+        self._head_timer = self.loop.call_later(timeout_s, self._too_slow)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
@@ -66,13 +75,19 @@ class HeadTimeoutProtocol(H11Protocol):
 
     def _too_slow(self) -> None:
         self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
             self.transport.close()
 
 
-def protocol_with(head_timeout_s: float) -> type[HeadTimeoutProtocol]:
-    """``HeadTimeoutProtocol`` with its own deadline (uvicorn builds one protocol object per connection)."""
-    return type("HeadTimeoutProtocol", (HeadTimeoutProtocol,), {"head_timeout_s": head_timeout_s})
+def protocol_with(
+    head_timeout_s: float, body_timeout_s: float = ServeLimits.body_timeout_s
+) -> type[HeadTimeoutProtocol]:
+    """``HeadTimeoutProtocol`` with its own deadlines (uvicorn builds one protocol object per connection)."""
+    return type(
+        "HeadTimeoutProtocol",
+        (HeadTimeoutProtocol,),
+        {"head_timeout_s": head_timeout_s, "body_timeout_s": body_timeout_s},
+    )
 
 
 def server_config(
@@ -94,7 +109,7 @@ def server_config(
         host=host,
         port=port,
         log_level=log_level,
-        http=protocol_with(limits.head_timeout_s),
+        http=protocol_with(limits.head_timeout_s, limits.body_timeout_s),
         proxy_headers=False,
         limit_concurrency=limits.limit_concurrency,
         timeout_keep_alive=limits.keep_alive_s,

@@ -84,20 +84,36 @@ def test_200_simultaneous_stream_opens_leave_at_most_the_cap_open(kafka: str, tm
             assert r.status_code == 200
 
 
-def test_a_slowloris_connection_is_closed_and_others_are_still_served(tmp_path: Path) -> None:
+SLOW_BODY = b"POST /infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("at_once", "drip"),
+    [
+        (b"", b"GET /traces HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100),
+        (SLOW_BODY, b'{"prompt": "' + b"a" * 100),
+    ],
+    ids=["slow head", "slow body"],
+)
+def test_a_slowloris_connection_is_closed_and_others_are_still_served(
+    tmp_path: Path, at_once: bytes, drip: bytes
+) -> None:
+    """A head, or after a whole head a body, sent a byte at a time: closed at the deadline either way."""
     cfg = config("127.0.0.1:1", tmp_path, trust_loopback=True)
-    with api(cfg, ServeLimits(head_timeout_s=1.0, limit_concurrency=64), tail=False) as (url, _):
+    limits = ServeLimits(head_timeout_s=1.0, body_timeout_s=1.0, limit_concurrency=64)
+    with api(cfg, limits, tail=False) as (url, _):
         port = int(url.rsplit(":", 1)[1])
         slow = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
-        head = b"GET /traces HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
+        for s in slow:
+            s.sendall(at_once)
         start = time.monotonic()
         closed: set[int] = set()
-        for i in range(len(head)):
+        for i in range(len(drip)):
             for n, s in enumerate(slow):
                 if n in closed:
                     continue
                 try:
-                    s.sendall(head[i : i + 1])
+                    s.sendall(drip[i : i + 1])
                 except OSError:
                     closed.add(n)
             if len(closed) == len(slow) or time.monotonic() - start > 8:
@@ -114,7 +130,7 @@ def test_a_slowloris_connection_is_closed_and_others_are_still_served(tmp_path: 
                 if not isinstance(e, TimeoutError):
                     closed.add(n)
             s.close()
-        assert len(closed) == len(slow), f"{len(slow) - len(closed)} of {len(slow)} slow heads still held open"
+        assert len(closed) == len(slow), f"{len(slow) - len(closed)} of {len(slow)} slow requests still held open"
         assert time.monotonic() - start < 6
         assert httpx.get(url + "/traces", timeout=5).status_code == 200
 

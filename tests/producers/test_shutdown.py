@@ -23,8 +23,11 @@ from evostream.schemas.catalog import CATALOG
 from tests.conftest import stack_settings
 
 CLI = [sys.executable, "-m", "evostream.cli"]
-BOUND_S = ServeOptions(1, 1).shutdown_s + WATCHDOG_GRACE_S
+SHUTDOWN_S = ServeOptions(1, 1).shutdown_s
+BOUND_S = SHUTDOWN_S + WATCHDOG_GRACE_S
 """What docs/producers.md promises: the way out within shutdown_s, the watchdog past it."""
+EXIT_SLACK_S = 2.0
+"""The interpreter's own way out after the service's, and the signal's delivery."""
 
 
 @pytest.fixture
@@ -80,7 +83,9 @@ def test_sigterm_stops_serve_within_its_bound_after_the_broker_is_gone(
             serve.wait()
     reader.join(10)
     said = "".join(lines)
-    assert took < BOUND_S + 2, f"{took:.1f} s"
+    # the graceful way out, not the watchdog's os._exit: a commit left waiting inside librdkafka keeps its client
+    assert "not stopped" not in said, said
+    assert took < SHUTDOWN_S + EXIT_SLACK_S, f"{took:.1f} s"
     assert code != 0, said  # work was left undone: the exit says so
-    assert "stopped with work undone" in said or "not stopped" in said, said
+    assert "stopped with work undone" in said, said
     assert "offsets not committed: evo.requests[" in said, said

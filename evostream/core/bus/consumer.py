@@ -242,7 +242,14 @@ class EventConsumer:
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
         """Leave the group and release the client, waiting at most ``timeout_s`` (with the broker gone, librdkafka's
         close waits for it a while); False, and said in the log, when it did not finish in time (its thread is
-        left to finish on its own)."""
+        left to finish on its own). While a commit left waiting (``_bounded``) is still inside the client, the client
+        is not closed at all: librdkafka forbids destroying a handle another thread is using; it is left to the
+        process's exit, and the log says so."""
+        if self._committing is not None and self._committing.is_alive():
+            log.warning(
+                "%s not closed: a commit is still waiting for the broker inside it; left behind", self.watch.client
+            )
+            return False
         thread = threading.Thread(target=self._consumer.close, name="evostream-consumer-close", daemon=True)
         thread.start()
         thread.join(timeout_s)
