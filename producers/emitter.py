@@ -18,6 +18,7 @@ import contextlib
 import logging
 import multiprocessing as mp
 import pickle
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
@@ -103,16 +104,19 @@ class StepEmitter:
         except (BrokenPipeError, OSError) as e:
             raise DeliveryError(f"step emitter process is gone (exit code {self._proc.exitcode}): {e}") from e
 
-    def drain(self, timeout_s: float = 60.0) -> None:
-        """Wait until every submitted step is encoded and acknowledged by the broker."""
+    def drain(self, timeout_s: float = 60.0, stop: threading.Event | None = None) -> bool:
+        """Wait until every submitted step is encoded and acknowledged by the broker; False, without waiting
+        further, once ``stop`` is set (a stop asked for has its own, shorter budget for the last drain)."""
         self._send_pending()
         self._token += 1
         try:
             self._jobs.send_bytes(pickle.dumps((_DRAIN, self._token, timeout_s)))
         except (BrokenPipeError, OSError) as e:
             raise DeliveryError(f"step emitter process is gone (exit code {self._proc.exitcode}): {e}") from e
-        self._await(_DRAINED, timeout_s + 5.0, self._token)
+        if not self._await(_DRAINED, timeout_s + 5.0, self._token, stop):
+            return False
         self._raise()
+        return True
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Drain, then stop the worker process."""
@@ -140,9 +144,14 @@ class StepEmitter:
         elif kind == _DRAINED:
             self.emitted = msg[2]
 
-    def _await(self, kind: str, timeout_s: float, token: int | None = None) -> None:
+    def _await(
+        self, kind: str, timeout_s: float, token: int | None = None, stop: threading.Event | None = None
+    ) -> bool:
+        """True once the answer ``kind`` (of ``token``) came; False as soon as ``stop`` is set."""
         deadline = time.monotonic() + timeout_s
         while True:
+            if stop is not None and stop.is_set():
+                return False
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeliveryError(f"step emitter did not answer within {timeout_s:.0f} s")
@@ -155,7 +164,7 @@ class StepEmitter:
             if msg is not None:
                 self._handle(msg)
                 if msg[0] == kind and (token is None or msg[1] == token):
-                    return
+                    return True
                 if msg[0] == _FAILED and kind == _READY:
                     self._raise()
             elif not self._proc.is_alive():

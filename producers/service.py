@@ -433,7 +433,10 @@ class InferenceService:
         offsets = book.committable(assigned)
         if not offsets:
             return
-        self.emitter.drain(self._left(60.0))  # every step event acknowledged, those of the requests answered too
+        # every step event acknowledged, those of the requests answered too; a stop asked for meanwhile ends this
+        # wait: the last commit, on the stop's own budget, drains again and says what it could not do
+        if not self.emitter.drain(self._left(60.0), stop=None if final else self.stop_event):
+            return
         try:
             self.consumer.commit_offsets(offsets, timeout_s=self._left(self.options.commit_timeout_s))
         except ConsumeError as e:  # a rebalance under way refuses it, or a broker gone does not answer: the next
