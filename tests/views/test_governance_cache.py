@@ -12,7 +12,7 @@ from evostream.consumers.governance.keys import ActorKey
 from evostream.consumers.governance.log import GovernanceLog
 from evostream.consumers.governance.service import init
 from evostream.core.settings import load_settings
-from evostream.views.governance import GovernanceView, registry_doc
+from evostream.views.governance import GovernanceView, anchor_file, checkpoints_path, registry_doc
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,9 @@ def test_reads_of_an_unchanged_log_ask_only_for_its_end_and_a_new_event_is_read_
         bootstrap_servers=kafka, governance_dir=tmp_path, governance_topic=f"test-gov-cache-{uuid.uuid4().hex[:8]}"
     )
     glog = GovernanceLog(kafka, topic=settings.governance_topic)
-    admin, _ = init(glog, tmp_path / "keys", "admin")
+    admin, _ = init(
+        glog, tmp_path / "keys", "admin", checkpoints=checkpoints_path(settings), anchor=anchor_file(settings)
+    )
     view = GovernanceView(kafka, settings, cached=True)
     try:
         first = view.replayed()
