@@ -171,6 +171,8 @@ class LogCache:
             self._replays[None] = (registry, [*cut, *findings])
         elif last is not None and not last[1] and new:
             registry, findings = replay(new, start=last[0])  # on from a clean replay: only the new records
+            if findings:  # a void may reach back before the new records (a forced one): judge the whole log
+                registry, findings = replay(self._items)
             self._replays[None] = (registry, self._anchored(registry, findings))
 
     def snapshot(self, as_of: str | None = None) -> tuple[list[tuple[int, Any]], Any, list[Any]]:
