@@ -125,13 +125,13 @@ def anchor_findings(
     registry: Registry,
     items: Iterable[tuple[int | None, GovEvent | Finding]],
     *,
-    anchor: Path,
+    anchor: Path | None,
     checkpoints: Path | None = None,
 ) -> list[Finding]:
     """What this machine's anchors say of a log replayed into ``registry`` from ``items``: the head file
     (``check_anchor``), and the signed checkpoints this machine's writes left (``checkpoint.verify_checkpoints``)."""
     events = [(off, ev) for off, ev in items if isinstance(ev, GovEvent) and off not in registry.voided]
-    found = check_anchor(read_anchor(anchor), registry, events, anchor)
+    found = None if anchor is None else check_anchor(read_anchor(anchor), registry, events, anchor)
     out = [] if found is None else [found]
     if checkpoints is not None:
         out += verify_checkpoints(checkpoints, events, voided=registry.voided)

@@ -52,6 +52,11 @@ def _parts(token: str) -> tuple[str, str, str, str]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
+EXPIRY_DIGITS = 12
+"""At most this many digits in a token's expiry (seconds since the epoch: 12 reach past the year 30000), so that a
+long one is refused as malformed before it is read as a number."""
+
+
 def check_format(token: str) -> None:
     """InvalidTokenError unless ``token`` looks like one (checked before anything is read to verify it)."""
     actor, log, exp, signature = _parts(token)
@@ -66,6 +71,7 @@ def check_format(token: str) -> None:
         or len(log) != _LOG_PREFIX
         or not exp.isascii()
         or not exp.isdigit()
+        or len(exp) > EXPIRY_DIGITS
         or len(signature) != 128
     ):
         raise InvalidTokenError(

@@ -430,6 +430,15 @@ def _on_voided(reg: Registry, ev: GovEvent) -> None:
         reg.voided[offset] = ev.sequence
 
 
+def _unrecord(reg: Registry, ev: GovEvent) -> None:
+    """Take out of ``reg.voided`` the offsets a folded OffsetVoided event named, for a void that does not stand
+    (``standing_voids``): the replay skipped none of them, so none counts as voided (an anchor or a checkpoint there
+    is still checked)."""
+    for offset in ev.payload.get("offsets", []):
+        if reg.voided.get(offset) == ev.sequence:
+            del reg.voided[offset]
+
+
 _FOLD: dict[str, Callable[[Registry, GovEvent], None]] = {
     "ActorEnrolled": _on_enrolled,
     "ActorRevoked": _on_revoked,
@@ -580,7 +589,7 @@ def standing_voids(
     claims = _void_claims(items)
     pinned = {offset: -1 for offset in also}
     while claims:
-        skip = {n: m for m, (offsets, _) in claims.items() for n in offsets} | pinned
+        skip = pinned | {n: m for m, (offsets, _) in claims.items() for n in offsets}  # a void in the log wins
         if not verify:
             return skip
         seen = _Voids(skip)
@@ -621,6 +630,7 @@ def _replay(
 ) -> tuple[Registry, list[Finding]]:
     findings: list[Finding] = []
     scan: _Scan | None = None
+    standing = set(voids.skip.values())
     for offset, item in events:
         if until_offset is not None and offset is not None and offset > until_offset:
             break
@@ -645,6 +655,8 @@ def _replay(
                 reg._fold(item, offset)
                 if offset is not None:
                     voids.folded.add(offset)
+                if item.type == "OffsetVoided" and (offset is None or offset not in standing):
+                    _unrecord(reg, item)  # in the chain, but it voids nothing: its offsets are no voided ones
                 continue
             scan = _Scan(reg)
         elif verify:

@@ -76,9 +76,9 @@ class Governance:
         if self._view is None or self._view.findings:
             items = self.log.items()
             registry, findings = replay(items)
-            if self.anchor is not None:
+            if self.anchor is not None or self.checkpoints is not None:
                 found = anchor_findings(registry, items, anchor=self.anchor, checkpoints=self.checkpoints)
-                if not findings and not found:
+                if not findings and not found and self.anchor is not None:
                     advance_anchor(self.anchor, registry)
                 findings += found
             self._view = View(registry, _events(items, registry), findings)
@@ -308,12 +308,15 @@ def init(
     keys_dir: Path,
     actor: str = "admin",
     clock: Callable[[], int] = now_us,
-    checkpoints: Path | None = None,
+    *,
+    checkpoints: Path,
+    anchor: Path,
     reuse_key: bool = False,
-    anchor: Path | None = None,
 ) -> tuple[Governance, Path]:
     """Start an empty log: a new admin key (saved 0600 under ``keys_dir``), its self-signed enrolment, the default
-    policy. Refuses a log that already has events, and an existing key file unless ``reuse_key``."""
+    policy. Refuses a log that already has events, and an existing key file unless ``reuse_key``. ``checkpoints``
+    and ``anchor``: this machine's files for the log (``views.governance.checkpoints_path``, ``anchor_file``),
+    required so that no writer of a machine's keys skips them."""
     if log.items():
         raise GovernanceError("the governance log already has events: `governance init` starts an empty log only")
     path = key_path(keys_dir, actor)
@@ -333,10 +336,12 @@ def load_actor(
     keys_dir: Path,
     actor: str,
     clock: Callable[[], int] = now_us,
-    checkpoints: Path | None = None,
-    anchor: Path | None = None,
+    *,
+    checkpoints: Path,
+    anchor: Path,
 ) -> Governance:
-    """The commands of ``actor``, with its key from ``keys_dir``."""
+    """The commands of ``actor``, with its key from ``keys_dir``, checked against this machine's checkpoints and
+    anchor for the log (required, as for ``init``)."""
     path = key_path(keys_dir, actor)
     if not path.exists():
         raise GovernanceError(

@@ -67,6 +67,7 @@ def governance_init(bootstrap: Bootstrap = None, actor: Actor = None) -> None:
         settings.governance_dir / "keys",
         settings.governance_actor,
         checkpoints=checkpoints_path(settings),
+        anchor=anchor_file(settings),
     )
     say(f"admin {gov.actor} enrolled (key {gov.key.key_id}); private key saved to {path} (mode 0600): keep it safe")
 

@@ -142,10 +142,23 @@ class LogCache:
         if self._log is None:
             self._log = self.view.log()
             self._ends = PartitionReader(self.view.bootstrap, self.view.settings.governance_topic, timeout_s=30.0)
+        from evostream.consumers.governance.projection import Finding, replay
+
         _, high = self._ends.bounds()
         if high == self._end:
             return
-        if high < self._end:  # the topic is shorter than it was (recreated): read it all again
+        cut: list[Any] = []
+        if high < self._end:  # the topic is shorter than it was (recreated): read it all again, and say so
+            cut = [
+                Finding(
+                    None,
+                    -1,
+                    "truncated",
+                    f"the log ends at offset {high}, but this API read it up to offset {self._end}: it was cut short "
+                    f"or recreated. Restore the missing events, or accept it with `evostream governance anchor "
+                    f"--reset` and restart the API",
+                )
+            ]
             self._items, self._end = [], 0
         new = self._log.items(self._end, high - 1) if high > 0 else []
         self.reads += 1
@@ -153,10 +166,14 @@ class LogCache:
         self._items = [*self._items, *new]
         self._end = high
         self._replays = {}
-        if last is not None and not last[1] and new:
-            from evostream.consumers.governance.projection import replay
-
-            self._replays[None] = replay(new, start=last[0])  # on from a clean replay: only the new records
+        if cut:
+            registry, findings = replay(self._items)
+            self._replays[None] = (registry, [*cut, *findings])
+        elif last is not None and not last[1] and new:
+            registry, findings = replay(new, start=last[0])  # on from a clean replay: only the new records
+            if findings:  # a void may reach back before the new records (a forced one): judge the whole log
+                registry, findings = replay(self._items)
+            self._replays[None] = (registry, self._anchored(registry, findings))
 
     def snapshot(self, as_of: str | None = None) -> tuple[list[tuple[int, Any]], Any, list[Any]]:
         """(every record, the registry, the findings) as of now, or as of ``as_of`` (as ``replayed`` takes it)."""
@@ -167,7 +184,8 @@ class LogCache:
             got = self._replays.get(as_of)
             if got is None:
                 if as_of is None:
-                    got = replay(self._items)
+                    registry, findings = replay(self._items)
+                    got = (registry, self._anchored(registry, findings))
                 elif as_of.isascii() and as_of.isdigit():
                     got = replay(self._items, until_offset=int(as_of))
                 else:
@@ -176,6 +194,10 @@ class LogCache:
                     self._replays.pop(next(k for k in self._replays if k is not None))
                 self._replays[as_of] = got
             return self._items, got[0], got[1]
+
+    def _anchored(self, registry: Any, findings: list[Any]) -> list[Any]:
+        """The findings of a replay of the whole log as of now, with what this machine's anchors say of it."""
+        return anchored(self.view.settings, registry, findings, self._items)
 
     def close(self) -> None:
         with self._lock:

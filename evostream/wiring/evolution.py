@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from evostream.core.errors import GovernanceError
 from evostream.core.settings import Settings
-from evostream.views.governance import checkpoints_path
+from evostream.views.governance import anchor_file, checkpoints_path
 
 if TYPE_CHECKING:
     from evostream.consumers.evolution.cycle import CycleConfig
@@ -26,7 +26,7 @@ def evolution_actor(settings: Settings, server: str, say: Callable[[str], None])
     from evostream.consumers.governance.service import key_path, load_actor
 
     keys = settings.governance_dir / "keys"
-    checkpoints = checkpoints_path(settings)
+    checkpoints, anchor = checkpoints_path(settings), anchor_file(settings)
     glog = GovernanceLog(server, topic=settings.governance_topic)
     me = settings.evolution_actor
     if not key_path(keys, me).exists():
@@ -35,7 +35,7 @@ def evolution_actor(settings: Settings, server: str, say: Callable[[str], None])
                 f"no key for the evolution actor {me!r} in {keys}: run `evostream governance keygen "
                 f"{me}` and have an admin enroll it with --roles proposer"
             )
-        admin = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints)
+        admin = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints, anchor=anchor)
         enrolled = admin.state().registry.actors.get(me)
         if enrolled is not None and enrolled["revoked_seq"] is None:
             raise GovernanceError(
@@ -45,7 +45,7 @@ def evolution_actor(settings: Settings, server: str, say: Callable[[str], None])
         key.save(key_path(keys, me))
         admin.enroll(me, key.public_hex, key.key_id, ["proposer"], reason="the evolution consumer's own key")
         say(f"governance: {settings.governance_actor} enrolled {me} as proposer (key {key.key_id})")
-    return load_actor(glog, keys, me, checkpoints=checkpoints)
+    return load_actor(glog, keys, me, checkpoints=checkpoints, anchor=anchor)
 
 
 def risk_rate(model: Any, tokenizer: Any, prompts: Sequence[str]) -> float:

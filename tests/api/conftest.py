@@ -33,6 +33,7 @@ from evostream.core.settings import Settings, load_settings
 from evostream.models.loading import load_model
 from evostream.producers.embedding import PromptEmbedder
 from evostream.producers.service import InferenceService, ServeOptions
+from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.wiring.governed import GovernedModel
 from tests.stream_processors.harness import Worker
 
@@ -136,7 +137,7 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     model, v1, v2 = f"suite-{run}", f"suite-{run}@1", f"suite-{run}@2"
     keys = settings.governance_dir / "keys"
     glog = GovernanceLog(kafka, topic=settings.governance_topic)
-    admin, _ = init(glog, keys, "admin")
+    admin, _ = init(glog, keys, "admin", checkpoints=checkpoints_path(settings), anchor=anchor_file(settings))
     alice_key = ActorKey.generate()
     alice_key.save(key_path(keys, "alice"))
     admin.enroll("alice", alice_key.public_hex, alice_key.key_id, ["approver"], reason="test approver")

@@ -29,6 +29,7 @@ from evostream.api.trust import TrustConfigError
 from evostream.consumers.governance.log import GovernanceLog
 from evostream.consumers.governance.service import init
 from evostream.core.settings import load_settings
+from evostream.views.governance import anchor_file, checkpoints_path
 from tests.api.conftest import HOSTS, Deployment, served
 
 
@@ -228,7 +229,13 @@ def test_reads_of_the_governance_log_are_kept_and_each_client_has_a_quota_of_the
     cfg = config(kafka, tmp_path, trust_loopback=True, governance_reads_per_s=1.0)
     cfg.settings = cfg.settings.model_copy(update={"governance_topic": f"test-abuse-gov-{uuid.uuid4().hex[:8]}"})
     glog = GovernanceLog(kafka, topic=cfg.settings.governance_topic)
-    init(glog, tmp_path / "gov" / "keys", "admin")
+    init(
+        glog,
+        tmp_path / "gov" / "keys",
+        "admin",
+        checkpoints=checkpoints_path(cfg.settings),
+        anchor=anchor_file(cfg.settings),
+    )
     glog.close()
     with api(cfg, tail=False) as (url, state), from_address("127.0.0.2", timeout=30) as greedy:
         paths = ["/registry", "/governance/audit", "/registry?as_of=0"]

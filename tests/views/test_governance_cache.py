@@ -12,7 +12,7 @@ from evostream.consumers.governance.keys import ActorKey
 from evostream.consumers.governance.log import GovernanceLog
 from evostream.consumers.governance.service import init
 from evostream.core.settings import load_settings
-from evostream.views.governance import GovernanceView, registry_doc
+from evostream.views.governance import GovernanceView, anchor_file, checkpoints_path, registry_doc
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,9 @@ def test_reads_of_an_unchanged_log_ask_only_for_its_end_and_a_new_event_is_read_
         bootstrap_servers=kafka, governance_dir=tmp_path, governance_topic=f"test-gov-cache-{uuid.uuid4().hex[:8]}"
     )
     glog = GovernanceLog(kafka, topic=settings.governance_topic)
-    admin, _ = init(glog, tmp_path / "keys", "admin")
+    admin, _ = init(
+        glog, tmp_path / "keys", "admin", checkpoints=checkpoints_path(settings), anchor=anchor_file(settings)
+    )
     view = GovernanceView(kafka, settings, cached=True)
     try:
         first = view.replayed()
@@ -44,6 +46,33 @@ def test_reads_of_an_unchanged_log_ask_only_for_its_end_and_a_new_event_is_read_
         assert after.findings == fresh.findings == []
         past = view.replayed(str(first.registry.offset))  # as of an offset: from the kept records
         assert "bob" not in past.registry.actors and view.cache.reads == 2
+    finally:
+        if view.cache is not None:
+            view.cache.close()
+        glog.close()
+
+
+def test_after_a_forced_void_the_cache_serves_the_log_as_voided_not_the_state_before(
+    kafka: str, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        bootstrap_servers=kafka, governance_dir=tmp_path, governance_topic=f"test-gov-cache-{uuid.uuid4().hex[:8]}"
+    )
+    glog = GovernanceLog(kafka, topic=settings.governance_topic)
+    admin, _ = init(
+        glog, tmp_path / "keys", "admin", checkpoints=checkpoints_path(settings), anchor=anchor_file(settings)
+    )
+    bob = ActorKey.generate()
+    admin.enroll("bob", bob.public_hex, bob.key_id, ["approver"], reason="enrolled by mistake")
+    view = GovernanceView(kafka, settings, cached=True)
+    try:
+        assert "bob" in view.replayed().registry.actors
+        bob_at = admin.state().events[-1][0]
+        admin.void([bob_at], reason="bob was never meant to approve", force=True)  # links before bob's event
+        after = view.replayed()
+        assert view.cache is not None and view.cache.reads == 2
+        assert after.findings == [] and "bob" not in after.registry.actors
+        assert after.registry.voided == {bob_at: after.registry.head_sequence}
     finally:
         if view.cache is not None:
             view.cache.close()

@@ -35,7 +35,10 @@ def test_a_probe_trained_from_the_log_is_governed_and_judges_later_traces(kafka:
         "EVOSTREAM_GOVERNANCE_ACTOR": "admin",
     }
     glog = GovernanceLog(kafka, topic=env["EVOSTREAM_GOVERNANCE_TOPIC"])
-    admin, _ = init(glog, tmp_path / "gov" / "keys", "admin")
+    gov = tmp_path / "gov"
+    topic = env["EVOSTREAM_GOVERNANCE_TOPIC"]
+    checkpoints, anchor = gov / f"checkpoints-{topic}.jsonl", gov / f"head-{topic}.json"
+    admin, _ = init(glog, gov / "keys", "admin", checkpoints=checkpoints, anchor=anchor)
     admin.set_policy({"four_eyes": False}, reason="one operator trains the probe and approves it")
     worker = Worker(kafka, tmp_path)
     worker.env.update({k: v for k, v in env.items() if k.startswith("EVOSTREAM_")})

@@ -65,7 +65,7 @@ def own_production_version(env: dict[str, str], kafka: str) -> str:
     """Genesis, then the embedded weights registered, validated, approved and promoted again as a fresh version."""
     from evostream.consumers.governance.log import GovernanceLog
     from evostream.consumers.governance.service import load_actor
-    from evostream.views.governance import checkpoints_path
+    from evostream.views.governance import anchor_file, checkpoints_path
     from evostream.wiring.governed import ensure_genesis
 
     settings = settings_of(env)
@@ -75,6 +75,7 @@ def own_production_version(env: dict[str, str], kafka: str) -> str:
         settings.governance_dir / "keys",
         settings.governance_actor,
         checkpoints=checkpoints_path(settings),
+        anchor=anchor_file(settings),
     )
     known = admin.state().registry.version(MODEL_ID, genesis)
     version = f"{MODEL_ID}@e2e-{uuid.uuid4().hex[:8]}"

@@ -106,7 +106,7 @@ def test_a_topic_recreated_with_a_prefix_does_not_bring_a_revoked_actor_back(kaf
     admin.enroll("alice", alice.public_hex, alice.key_id, ["approver"])
     genesis = admin.state().registry.genesis_hash
     token = token_for(alice, "alice", genesis)
-    view = GovernanceView(kafka, settings)
+    view = GovernanceView(kafka, settings, cached=True)  # as the API's state builds it
     auth = Auth(RegistryCache(view, ttl_s=0))
     assert auth.writer(request(token)).name == "alice"  # the API verified the log with alice in it
     prefix = [rec for _, rec in glog.records()]
@@ -177,3 +177,31 @@ def test_a_forged_event_linking_to_itself_is_no_chain_to_walk(tmp_path: Path) ->
     reg, found = replay(events)
     assert [f.kind for f in found] == ["altered"]
     assert check_anchor(read_anchor(path), reg, events, path) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.integration
+def test_a_write_by_the_evolution_path_on_a_log_cut_short_is_refused(kafka: str, tmp_path: Path) -> None:
+    from evostream.wiring.evolution import evolution_actor
+
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        bootstrap_servers=kafka, governance_dir=tmp_path, artifacts_dir=tmp_path / "a", governance_topic=f"gov-{run}"
+    )
+    with GovernanceLog(kafka, topic=settings.governance_topic) as glog:
+        keys = settings.governance_dir / "keys"
+        admin, _ = init(glog, keys, "admin", checkpoints=checkpoints_path(settings), anchor=anchor_file(settings))
+        evolution_actor(settings, kafka, lambda _: None)  # enrolled by the admin, as `evostream evolve` does
+        prefix = [rec for _, rec in glog.records()]
+        admin.set_policy({"production_approvals": 2}, reason="after the evolution actor")
+    # the same log cut short: its first events on a topic of the same name (here: another name, with this
+    # machine's anchor of the full log copied to it, so no topic deletion is awaited)
+    cut = settings.model_copy(update={"governance_topic": f"gov-cut-{run}"})
+    ensure_topics(kafka, [replace(topic_spec(GOVERNANCE), name=cut.governance_topic)])
+    codec, producer = RecordCodec("GovernanceEvent"), EventProducer(kafka)
+    for ev in prefix:
+        producer.send(cut.governance_topic, ev.model_name, codec.encode(ev.to_record()))  # type: ignore[union-attr]
+    producer.flush()
+    anchor_file(cut).write_bytes(anchor_file(settings).read_bytes())
+    proposer = evolution_actor(cut, kafka, lambda _: None)
+    with pytest.raises(TamperError, match="cut short or recreated"):
+        proposer.propose("tiny", "tiny@x", {"why": "a cycle's candidate"}, reason="evolution")

@@ -85,3 +85,13 @@ def test_forged_borrowed_malformed_old_and_revoked_tokens_are_refused_without_ec
     revoked, _ = replay(c.log())
     with pytest.raises(InvalidTokenError, match="revoked"):
         actor_of(alice, revoked, now_s=NOW)
+
+
+def test_an_expiry_of_thousands_of_digits_is_a_malformed_token_not_a_crash() -> None:
+    c = chain()
+    reg, _ = replay(c.log())
+    good = token_for(c.keys["alice"], "alice", reg.genesis_hash, now_s=NOW)
+    actor, log, _, signature = good.split(".")
+    for exp in ("9" * 5000, "1" * 13):
+        with pytest.raises(InvalidTokenError, match="malformed token"):
+            actor_of(f"{actor}.{log}.{exp}.{signature}", reg, now_s=NOW)

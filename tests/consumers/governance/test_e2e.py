@@ -21,6 +21,7 @@ from evostream.core.settings import load_settings
 from evostream.models.loading import LoadedModel, load_model
 from evostream.producers.client import InferenceClient
 from evostream.producers.service import InferenceService, ServeOptions
+from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.wiring.governed import GovernedModel
 from tests.producers.models import tiny
 
@@ -64,7 +65,13 @@ def test_promotion_and_rollback_change_which_model_serves(kafka: str, tmp_path: 
     v1, v2 = f"{model}@1", f"{model}@2"
 
     glog = GovernanceLog(kafka, topic=settings.governance_topic)
-    admin, _ = init(glog, settings.governance_dir / "keys", "admin")
+    admin, _ = init(
+        glog,
+        settings.governance_dir / "keys",
+        "admin",
+        checkpoints=checkpoints_path(settings),
+        anchor=anchor_file(settings),
+    )
     alice_key = ActorKey.generate()
     admin.enroll("alice", alice_key.public_hex, alice_key.key_id, ["approver"], reason="test approver")
     alice = Governance(glog, alice_key, "alice")

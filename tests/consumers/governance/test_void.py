@@ -111,3 +111,13 @@ def test_plan_void_says_what_a_void_would_do() -> None:
     reg, found, taken = plan_void(items, [5, 7])
     assert (reg.head_sequence, found, taken) == (2, [], [])
     assert plan_void(items, [4, 5, 7])[2] == [4]  # alice's enrolment is a decision of the chain
+
+
+def test_a_folded_void_that_does_not_stand_records_no_voided_offset() -> None:
+    # an admin's unforced void of a valid event, linked at the head: in the chain, but it skips nothing
+    c = chain()
+    ev = void(c, 2)  # offset 2 holds the policy change #1, an event the projection takes
+    reg, found = replay(c.log())
+    assert found == [] and reg.head_sequence == ev.sequence
+    assert reg.policy["production_approvals"] == 1  # the event at offset 2 was folded, not skipped
+    assert reg.voided == {}  # so an anchor or a checkpoint at offset 2 is still checked
