@@ -526,7 +526,10 @@ class Processors:
         self.stats["dead_letters"] += 1
         log.warning("dead letter %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, type(error).__name__, error)
         rec = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, event.value, error, self.app.conf.id, now_us())
-        ack: Awaitable[Any] = await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
+        # keyed by the kept part of the key: the whole of a key near the size limit, on top of the value's kept part,
+        # made the dead letter itself too large to send, and the agent crashed on that record at every restart
+        value = self.codecs["DeadLetter"].encode(rec)
+        ack: Awaitable[Any] = await self.dlq.send(key=rec["original_key"], value=value)
         return ack
 
     async def _evict_finished(self) -> None:
