@@ -52,7 +52,7 @@ from evostream.stream_processors.profiling.tracker import table_name as profile_
 from evostream.stream_processors.profiling.window import ProfilePolicy
 from evostream.stream_processors.risk.policy import RiskPolicy, load_policies
 from evostream.stream_processors.risk.tracker import TABLE as RISK_TABLE
-from evostream.stream_processors.risk.tracker import RiskTracker, expired
+from evostream.stream_processors.risk.tracker import RiskTracker, StreamProgress, expired
 from evostream.stream_processors.transport import App
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class Processors:
     ) -> None:
         self.tracker = RiskTracker(policies)
         self.replay_horizon_us = int(replay_horizon_s * 1_000_000)
+        self.progress = StreamProgress(("GenerationStep", "Completion"))  # what the horizon is measured against
         self.drift_tracker = drift
         self.profile_tracker = profile
         names = (
@@ -237,6 +238,7 @@ class Processors:
                     rec = await self._decode(record, event, acks)
                     if rec is None:
                         continue
+                    self.progress.fold(record, int(rec["completed_at_us"]))
                     key = str(rec["trace_id"]).encode()
                     state = touched[key] if key in touched else self.table.get(key)
                     try:
@@ -255,6 +257,7 @@ class Processors:
                 rec = await self._decode(record, event, acks)
                 if rec is None:
                     continue
+                self.progress.fold(record, int(rec["emitted_at_us"]))
                 key = str(rec["trace_id"]).encode()
                 by_trace.setdefault(key, []).append((rec, event.message.offset))
                 read.append((key, rec, event))
@@ -533,11 +536,13 @@ class Processors:
         return ack
 
     async def _evict_finished(self) -> None:
-        """Drop the risk state of traces with no event for the replay horizon (``tracker.expired``): each delete
-        writes a tombstone to the changelog, so the table, and what a restart reads back, stay as large as the
-        horizon's traffic."""
+        """Drop the risk state of traces with no event for the replay horizon (``tracker.expired``), in event time
+        against how far steps and completions were read (``StreamProgress``): each delete writes a tombstone to the
+        changelog, so the table, and what a restart reads back, stay as large as the horizon's traffic."""
         async with self._risk_lock:
-            at = now_us()
+            at = self.progress.now()
+            if at is None:
+                return
             horizon = self.replay_horizon_us
             gone = [k for k, st in list(self.table.items()) if st is not None and expired(st, at, horizon)]
             if not gone:
