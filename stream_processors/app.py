@@ -34,6 +34,7 @@ from typing import Any
 
 import faust
 
+from evostream.core.bus.admin import default_replication
 from evostream.core.clock import now_us
 from evostream.core.errors import DecodeError, EvoError, FoldError
 from evostream.core.settings import Settings
@@ -96,6 +97,7 @@ class Processors:
         handover: str = "inline",
         faults: KillSwitch | None = None,
         replay_horizon_s: float = 3600.0,
+        replication: int = 1,
     ) -> None:
         self.tracker = RiskTracker(policies)
         self.replay_horizon_us = int(replay_horizon_s * 1_000_000)
@@ -140,7 +142,10 @@ class Processors:
             store="memory://",
             datadir=str(datadir),
             topic_partitions=STEP_PARTITIONS,
-            topic_replication_factor=1,
+            # the changelogs, repartition and deltas topics Faust creates: as many replicas as the cluster gives
+            # its own topics (default_replication), so acks=all meets min.insync.replicas on a cluster and a node
+            # lost loses no changelog partition
+            topic_replication_factor=replication,
             web_enabled=False,
             producer_acks=-1,
             broker_commit_every=1000 if not self.faults.armed else 1 << 40,
@@ -578,9 +583,9 @@ def _await_chain(aw: Any) -> list[str]:
     return lines
 
 
-def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
+def processors_from_settings(settings: Settings, bootstrap: str, replication: int = 1) -> Processors:
     """The processors as ``evostream process`` runs them: the shipped risk and drift policy files, the settings'
-    window sizes."""
+    window sizes; ``replication`` replicas for the topics Faust creates."""
     return Processors(
         bootstrap,
         settings.processors_dir,
@@ -593,6 +598,7 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
         handover=settings.processors_handover,
         faults=KillSwitch(settings.fault_kill_after, settings.fault_kill_model),
         replay_horizon_s=settings.risk_replay_horizon_s,
+        replication=replication,
     )
 
 
@@ -607,7 +613,7 @@ def run_worker(
     and returns what stops it afterwards."""
     from faust.worker import Worker
 
-    procs = processors_from_settings(settings, bootstrap)
+    procs = processors_from_settings(settings, bootstrap, default_replication(bootstrap))
     stop = on_start(procs) if on_start is not None else None
     try:
         Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()
