@@ -34,9 +34,9 @@ from typing import Any
 
 import faust
 
-from evostream.core.bus.admin import default_replication
+from evostream.core.bus.admin import default_replication, set_topic_configs
 from evostream.core.clock import now_us
-from evostream.core.errors import DecodeError, EvoError, FoldError
+from evostream.core.errors import DecodeError, EvoError, FoldError, StackError
 from evostream.core.settings import Settings
 from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from evostream.schemas.codec import RecordCodec
@@ -176,7 +176,7 @@ class Processors:
         self.profiles = app.topic(PROFILES, **raw)
         self.neurons = app.topic(NEURONS, **raw)
         self.profile_deltas = app.topic(f"{app_id}-profile-deltas", internal=True, partitions=STEP_PARTITIONS, **raw)
-        changelogs = changelog_config(replay_horizon_s)
+        changelogs = self.changelogs = changelog_config(replay_horizon_s)
         self.table = app.Table(
             RISK_TABLE,
             default=None,
@@ -602,6 +602,17 @@ def processors_from_settings(settings: Settings, bootstrap: str, replication: in
     )
 
 
+def _tune_changelogs(procs: Processors, bootstrap: str) -> None:
+    """Set ``changelog_config`` on the changelogs that exist already: Faust applies a table's ``extra_topic_configs``
+    only to a changelog it creates, so one from a deployment before them kept 7-day segments (never compacted)."""
+    tables = (procs.table, procs.drift_table, procs.profile_table)
+    names = [t.changelog_topic.get_topic_name() for t in tables]
+    try:
+        set_topic_configs(bootstrap, dict.fromkeys(names, procs.changelogs))
+    except StackError as e:  # compaction is late, not wrong: the worker still starts
+        log.warning("%s; the changelogs keep their segment settings", e)
+
+
 def run_worker(
     settings: Settings,
     bootstrap: str,
@@ -614,6 +625,7 @@ def run_worker(
     from faust.worker import Worker
 
     procs = processors_from_settings(settings, bootstrap, default_replication(bootstrap))
+    _tune_changelogs(procs, bootstrap)
     stop = on_start(procs) if on_start is not None else None
     try:
         Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import ConfigResource
+from confluent_kafka.cimpl import NewTopic
 
 from evostream.core.bus.admin import admin_client
 from evostream.core.bus.consumer import EventConsumer
@@ -21,7 +23,7 @@ from evostream.core.settings import Settings
 from evostream.schemas.catalog import COMPLETIONS, RISK, STEPS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.samples import generation_step
-from evostream.stream_processors.app import changelog_config
+from evostream.stream_processors.app import STEP_PARTITIONS, changelog_config
 from evostream.stream_processors.risk.policy import RiskPolicy
 from evostream.stream_processors.risk.tracker import TABLE, RiskTracker, StreamProgress, expired
 from tests.stream_processors.harness import Worker, read
@@ -190,5 +192,34 @@ def test_the_worker_drops_finished_traces_past_the_horizon_with_tombstones(kafka
         assert configs["segment.ms"].value == "5000" and configs["cleanup.policy"].value == "compact"
         reports = read(kafka, RISK, "RiskReport", lambda got: False, timeout_s=3)
         assert sorted(r["trace_id"] for r in reports if r["trace_id"] in traces) == sorted(traces)
+    finally:
+        w.stop()
+
+
+@pytest.mark.integration
+def test_a_worker_sets_the_changelog_configs_on_changelogs_it_did_not_create(kafka: str, tmp_path: Path) -> None:
+    """Old code: Faust's ``extra_topic_configs`` reach only the topics it creates; the changelog of a deployment from
+    before them kept the broker's 7-day segments, so its tombstones were never compacted."""
+    w = Worker(kafka, tmp_path)
+    w.env["EVOSTREAM_RISK_REPLAY_HORIZON_S"] = "4"
+    changelog = f"{w.env['EVOSTREAM_PROCESSORS_APP_ID']}-{TABLE}-changelog"
+    admin = admin_client(kafka)  # the changelog as an older worker created it
+    compact = {"cleanup.policy": "compact"}
+    admin.create_topics([NewTopic(changelog, STEP_PARTITIONS, 1, config=compact)])[changelog].result(timeout=30)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, changelog)
+    deadline = time.monotonic() + 30
+    while True:  # a topic just created is described once its metadata has reached the broker
+        try:
+            before = admin.describe_configs([resource])[resource].result(timeout=10)
+            break
+        except KafkaException:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+    assert before["segment.ms"].value == "604800000"  # the broker's default: 7 days
+    w.start()
+    try:
+        configs = admin.describe_configs([resource])[resource].result(timeout=10)
+        assert {k: configs[k].value for k in changelog_config(4.0)} == changelog_config(4.0)
+        assert configs["cleanup.policy"].value == "compact"
     finally:
         w.stop()
