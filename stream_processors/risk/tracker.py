@@ -182,7 +182,7 @@ class RiskTracker:
             "finish_reason": completion.get("finish_reason"),
             "error": completion.get("error"),
         }
-        event_us = max(int(st.get("event_us", 0)), int(completion["completed_at_us"]))
+        event_us = max(int(st.get("event_us", 0)), int(completion.get("completed_at_us") or 0))
         st.update(completion=pending, completion_offset=offset, completion_id=ident, seen_us=now_us, event_us=event_us)
         out = Fold(st)
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
