@@ -34,8 +34,9 @@ from typing import Any
 
 import faust
 
+from evostream.core.bus.admin import default_replication, set_topic_configs
 from evostream.core.clock import now_us
-from evostream.core.errors import DecodeError, EvoError, FoldError
+from evostream.core.errors import DecodeError, EvoError, FoldError, StackError
 from evostream.core.settings import Settings
 from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from evostream.schemas.codec import RecordCodec
@@ -52,7 +53,7 @@ from evostream.stream_processors.profiling.tracker import table_name as profile_
 from evostream.stream_processors.profiling.window import ProfilePolicy
 from evostream.stream_processors.risk.policy import RiskPolicy, load_policies
 from evostream.stream_processors.risk.tracker import TABLE as RISK_TABLE
-from evostream.stream_processors.risk.tracker import RiskTracker, expired
+from evostream.stream_processors.risk.tracker import RiskTracker, StreamProgress, expired
 from evostream.stream_processors.transport import App
 
 log = logging.getLogger(__name__)
@@ -96,9 +97,11 @@ class Processors:
         handover: str = "inline",
         faults: KillSwitch | None = None,
         replay_horizon_s: float = 3600.0,
+        replication: int = 1,
     ) -> None:
         self.tracker = RiskTracker(policies)
         self.replay_horizon_us = int(replay_horizon_s * 1_000_000)
+        self.progress = StreamProgress(("GenerationStep", "Completion"))  # what the horizon is measured against
         self.drift_tracker = drift
         self.profile_tracker = profile
         names = (
@@ -139,7 +142,10 @@ class Processors:
             store="memory://",
             datadir=str(datadir),
             topic_partitions=STEP_PARTITIONS,
-            topic_replication_factor=1,
+            # the changelogs, repartition and deltas topics Faust creates: as many replicas as the cluster gives
+            # its own topics (default_replication), so acks=all meets min.insync.replicas on a cluster and a node
+            # lost loses no changelog partition
+            topic_replication_factor=replication,
             web_enabled=False,
             producer_acks=-1,
             broker_commit_every=1000 if not self.faults.armed else 1 << 40,
@@ -170,7 +176,7 @@ class Processors:
         self.profiles = app.topic(PROFILES, **raw)
         self.neurons = app.topic(NEURONS, **raw)
         self.profile_deltas = app.topic(f"{app_id}-profile-deltas", internal=True, partitions=STEP_PARTITIONS, **raw)
-        changelogs = changelog_config(replay_horizon_s)
+        changelogs = self.changelogs = changelog_config(replay_horizon_s)
         self.table = app.Table(
             RISK_TABLE,
             default=None,
@@ -237,6 +243,7 @@ class Processors:
                     rec = await self._decode(record, event, acks)
                     if rec is None:
                         continue
+                    self.progress.fold(record, int(rec["completed_at_us"]))
                     key = str(rec["trace_id"]).encode()
                     state = touched[key] if key in touched else self.table.get(key)
                     try:
@@ -255,6 +262,7 @@ class Processors:
                 rec = await self._decode(record, event, acks)
                 if rec is None:
                     continue
+                self.progress.fold(record, int(rec["emitted_at_us"]))
                 key = str(rec["trace_id"]).encode()
                 by_trace.setdefault(key, []).append((rec, event.message.offset))
                 read.append((key, rec, event))
@@ -526,15 +534,20 @@ class Processors:
         self.stats["dead_letters"] += 1
         log.warning("dead letter %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, type(error).__name__, error)
         rec = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, event.value, error, self.app.conf.id, now_us())
-        ack: Awaitable[Any] = await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
+        # keyed by the kept part of the key: the whole of a key near the size limit, on top of the value's kept part,
+        # made the dead letter itself too large to send, and the agent crashed on that record at every restart
+        value = self.codecs["DeadLetter"].encode(rec)
+        ack: Awaitable[Any] = await self.dlq.send(key=rec["original_key"], value=value)
         return ack
 
     async def _evict_finished(self) -> None:
-        """Drop the risk state of traces with no event for the replay horizon (``tracker.expired``): each delete
-        writes a tombstone to the changelog, so the table, and what a restart reads back, stay as large as the
-        horizon's traffic."""
+        """Drop the risk state of traces with no event for the replay horizon (``tracker.expired``), in event time
+        against how far steps and completions were read (``StreamProgress``): each delete writes a tombstone to the
+        changelog, so the table, and what a restart reads back, stay as large as the horizon's traffic."""
         async with self._risk_lock:
-            at = now_us()
+            at = self.progress.now()
+            if at is None:
+                return
             horizon = self.replay_horizon_us
             gone = [k for k, st in list(self.table.items()) if st is not None and expired(st, at, horizon)]
             if not gone:
@@ -570,9 +583,9 @@ def _await_chain(aw: Any) -> list[str]:
     return lines
 
 
-def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
+def processors_from_settings(settings: Settings, bootstrap: str, replication: int = 1) -> Processors:
     """The processors as ``evostream process`` runs them: the shipped risk and drift policy files, the settings'
-    window sizes."""
+    window sizes; ``replication`` replicas for the topics Faust creates."""
     return Processors(
         bootstrap,
         settings.processors_dir,
@@ -585,7 +598,19 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
         handover=settings.processors_handover,
         faults=KillSwitch(settings.fault_kill_after, settings.fault_kill_model),
         replay_horizon_s=settings.risk_replay_horizon_s,
+        replication=replication,
     )
+
+
+def _tune_changelogs(procs: Processors, bootstrap: str) -> None:
+    """Set ``changelog_config`` on the changelogs that exist already: Faust applies a table's ``extra_topic_configs``
+    only to a changelog it creates, so one from a deployment before them kept 7-day segments (never compacted)."""
+    tables = (procs.table, procs.drift_table, procs.profile_table)
+    names = [t.changelog_topic.get_topic_name() for t in tables]
+    try:
+        set_topic_configs(bootstrap, dict.fromkeys(names, procs.changelogs))
+    except StackError as e:  # compaction is late, not wrong: the worker still starts
+        log.warning("%s; the changelogs keep their segment settings", e)
 
 
 def run_worker(
@@ -599,7 +624,8 @@ def run_worker(
     and returns what stops it afterwards."""
     from faust.worker import Worker
 
-    procs = processors_from_settings(settings, bootstrap)
+    procs = processors_from_settings(settings, bootstrap, default_replication(bootstrap))
+    _tune_changelogs(procs, bootstrap)
     stop = on_start(procs) if on_start is not None else None
     try:
         Worker(procs.app, loglevel=loglevel, quiet=True).execute_from_commandline()

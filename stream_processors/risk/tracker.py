@@ -6,7 +6,9 @@ or below the stored one) is recognised and skipped. Counts are neither lost nor 
 
 A trace's state is kept for the replay horizon after its last event (``expired``): long enough to recognise what a
 restart replays (offsets are committed every second), then dropped with a tombstone on the changelog, so neither
-the table nor a restart's recovery grows with the traces ever served.
+the table nor a restart's recovery grows with the traces ever served. The horizon is measured in event time, against
+how far the streams have been read (``StreamProgress``), not against the wall clock: a worker that was down longer
+than the horizon still has the completions of its unfinished traces in its backlog, and must not give them up.
 """
 
 from __future__ import annotations
@@ -30,11 +32,32 @@ TABLE = f"risk-traces-v{STATE_LAYOUT}"
 """The risk table (and, prefixed with the app id, its changelog topic)."""
 
 
-def expired(state: Mapping[str, Any], now_us: int, horizon_us: int) -> bool:
-    """Whether a trace's state may go: no event for ``horizon_us``. A finished trace is kept that long only to
-    recognise a replay of its events; an unfinished one whose steps or completion never came is given up. A state
-    written before the horizon existed (no ``seen_us``) goes at the first sweep."""
-    return now_us - int(state.get("seen_us", 0)) > horizon_us
+def expired(state: Mapping[str, Any], progress_us: int, horizon_us: int) -> bool:
+    """Whether a trace's state may go: the streams were read ``horizon_us`` of event time past its last event
+    (``progress_us``, from ``StreamProgress``). A finished trace is kept that long only to recognise a replay of its
+    events; an unfinished one whose steps or completion never came is given up. A state written before event times
+    were kept goes by the time it was folded (``seen_us``); one written before the horizon existed, at the first
+    sweep."""
+    return progress_us - int(state.get("event_us", state.get("seen_us", 0))) > horizon_us
+
+
+class StreamProgress:
+    """How far the risk agent has read its streams, in event time: per stream, the latest event time folded; overall,
+    the stream furthest behind (a trace's completion comes on the other stream than its steps, and a backlog may be
+    read faster on one). None until each stream has brought an event since the worker started: a restarted worker
+    gives nothing up before it reads where it stopped."""
+
+    def __init__(self, streams: Sequence[str]) -> None:
+        self.latest: dict[str, int | None] = dict.fromkeys(streams)
+
+    def fold(self, stream: str, event_us: int) -> None:
+        """An event of ``stream`` was read, stamped ``event_us`` by its producer."""
+        seen = self.latest[stream]
+        self.latest[stream] = event_us if seen is None else max(seen, event_us)
+
+    def now(self) -> int | None:
+        times = list(self.latest.values())
+        return None if any(t is None for t in times) else min(t for t in times if t is not None)
 
 
 @dataclass(frozen=True)
@@ -116,6 +139,7 @@ class RiskTracker:
                 step_offset=offset,
                 last_step=int(step["step"]),
                 seen_us=now_us,
+                event_us=max(int(st.get("event_us", 0)), int(step["emitted_at_us"])),
             )
             severity = assessment.severity(policy)
             if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
@@ -158,7 +182,8 @@ class RiskTracker:
             "finish_reason": completion.get("finish_reason"),
             "error": completion.get("error"),
         }
-        st.update(completion=pending, completion_offset=offset, completion_id=ident, seen_us=now_us)
+        event_us = max(int(st.get("event_us", 0)), int(completion.get("completed_at_us") or 0))
+        st.update(completion=pending, completion_offset=offset, completion_id=ident, seen_us=now_us, event_us=event_us)
         out = Fold(st)
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
             self._finish(st, pending, self.policy(model), now_us, out)

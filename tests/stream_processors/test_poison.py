@@ -23,6 +23,7 @@ import pytest
 from evostream.core.bus.producer import EventProducer
 from evostream.schemas.catalog import COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from evostream.schemas.codec import RecordCodec
+from evostream.schemas.deadletter import KEEP_BYTES
 from evostream.schemas.samples import generation_step
 from evostream.schemas.tensors import pack_f32
 from tests.stream_processors.harness import Worker, read
@@ -231,3 +232,49 @@ def test_every_poison_record_is_dead_lettered_and_no_partition_or_agent_stops(ka
     assert worker.proc is not None and worker.proc.poll() is None
     log = worker.log.read_text()
     assert "Crashed" not in log and "Traceback" not in log, log[-3000:]
+
+
+def test_a_record_with_a_key_near_the_size_limit_is_dead_lettered_by_its_kept_key(kafka: str, worker: Worker) -> None:
+    """Old code: the dead letter was keyed by the whole ~950 KB key, on top of a value that keeps 64 KiB of it, so
+    it was above the producer's 1,000,000-byte limit: the risk agent crashed on it, and the next step never folded."""
+    run = uuid.uuid4().hex[:8]
+    key = f"{run}-" + "k" * 950_000
+    producer = EventProducer(kafka)
+    producer.send(STEPS, key, b"junk")
+    good = f"{run}-after"
+    for i in range(2):  # on the poisoned partition, after it
+        rec = generation_step(i, good)
+        rec.update(entropy_bits=0.5, token_id=i + 11)
+        producer.send(STEPS, key, STEP.encode(rec))
+    producer.flush()
+    rec = {
+        "trace_id": good,
+        "request_id": f"req-{good}",
+        "reply_to": "x",
+        "tenant": "t",
+        "model_version": "m@1",
+        "output_text": "ok",
+        "token_count": 2,
+        "output_token_ids": [],
+        "prompt_token_count": 3,
+        "prompt_surprisal_bits": None,
+        "prompt_embedding": [],
+        "finish_reason": "STOP",
+        "error": None,
+        "timings": {"queue_us": 0, "prefill_us": 0, "decode_us": 0, "total_us": 0},
+        "completed_at_us": 0,
+    }
+    producer.send(COMPLETIONS, good, COMPLETION.encode(rec))
+    producer.flush()
+    dead = read(
+        kafka,
+        DLQ,
+        "DeadLetter",
+        lambda got: any(d["raw_value"] == b"junk" and d["original_key"] == key.encode()[:KEEP_BYTES] for d in got),
+    )
+    mine = [d for d in dead if d["raw_value"] == b"junk" and d["original_key"] == key.encode()[:KEEP_BYTES]]
+    assert len(mine) == 1 and mine[0]["raw_truncated"] and mine[0]["source_topic"] == STEPS
+    reports = read(kafka, RISK, "RiskReport", lambda got: any(r["trace_id"] == good for r in got))
+    assert [(r["stage"], r["steps"]) for r in reports if r["trace_id"] == good] == [("FINAL", 2)]
+    assert worker.proc is not None and worker.proc.poll() is None
+    assert "Crashed" not in worker.log.read_text()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
@@ -145,3 +146,50 @@ def group_members(bootstrap: str, groups: Iterable[str], timeout_s: float = 5.0)
         return {g: len(futures[g].result(timeout=timeout_s).members) for g in groups}
     except (KafkaException, TimeoutError, concurrent.futures.TimeoutError) as e:
         raise BrokerUnavailableError(f"could not describe consumer groups at {bootstrap}: {e!r}") from e
+
+
+def replication_choice(configured: int | None, brokers: int) -> int:
+    """Replicas for a topic a client creates itself (Faust's changelogs): the cluster's ``default.replication.factor``
+    where it says one, as for the topics ``ensure_topics`` creates; else one per broker, three at most."""
+    return configured if configured is not None and configured >= 1 else max(1, min(brokers, 3))
+
+
+def default_replication(bootstrap: str, timeout_s: float = 10.0) -> int:
+    """The replication factor of the cluster at ``bootstrap`` (``replication_choice`` of what a broker says)."""
+    md = cluster_metadata(bootstrap, timeout_s)
+    resource = ConfigResource(ConfigResource.Type.BROKER, str(min(md.brokers)))
+    admin = admin_client(bootstrap)
+    try:
+        configs = admin.describe_configs([resource])[resource].result(timeout=timeout_s)
+        configured: int | None = int(configs["default.replication.factor"].value)
+    except (KafkaException, KeyError, ValueError, TimeoutError, concurrent.futures.TimeoutError):
+        configured = None
+    return replication_choice(configured, len(md.brokers))
+
+
+def set_topic_configs(bootstrap: str, configs: Mapping[str, Mapping[str, str]], timeout_s: float = 30.0) -> list[str]:
+    """Set each existing topic's ``configs`` (incrementally: its other settings stay); the names altered. A topic
+    that does not exist yet is left to its creator."""
+    existing = set(cluster_metadata(bootstrap, timeout_s).topics)
+    resources = [
+        ConfigResource(
+            ConfigResource.Type.TOPIC,
+            name,
+            incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in sorted(entries.items())
+            ],
+        )
+        for name, entries in configs.items()
+        if name in existing
+    ]
+    if not resources:
+        return []
+    admin = admin_client(bootstrap)
+    altered: list[str] = []
+    for resource, fut in admin.incremental_alter_configs(resources, request_timeout=timeout_s).items():
+        try:
+            fut.result(timeout=timeout_s)
+        except (KafkaException, TimeoutError, concurrent.futures.TimeoutError) as e:
+            raise StackError(f"cannot set the configs of topic {resource.name}: {e}") from e
+        altered.append(resource.name)
+    return altered
