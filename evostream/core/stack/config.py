@@ -1,27 +1,49 @@
-"""Render the broker's server.properties for a single-node KRaft cluster on loopback."""
+"""Render the broker's server.properties for a single-node KRaft cluster on loopback, with authentication and ACLs."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from evostream.core.bus.security import CLIENT_MECHANISM, SUPER_USER
 from evostream.core.stack.ports import HOST
 
+_PLAIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
+_SCRAM = "org.apache.kafka.common.security.scram.ScramLoginModule"
 
-def server_properties(broker_port: int, controller_port: int, data_dir: Path) -> str:
+
+def server_properties(broker_port: int, controller_port: int, data_dir: Path, super_password: str) -> str:
     """server.properties for one node acting as broker and controller.
 
     The quorum is static (controller.quorum.voters) so a formatted data folder survives a change of ports.
     Every internal topic has replication factor 1, since there is one node.
+
+    Both listeners are SASL_PLAINTEXT on loopback. Clients log in with SCRAM-SHA-512 (their credentials live in the
+    cluster's metadata, set by the launcher). The broker's own principal (``SUPER_USER``) logs in with PLAIN against
+    the static user below: it needs nothing from the metadata, so the controller listener (where KRaft allows no
+    SCRAM) and a freshly formatted or older data folder work the same, and the launcher uses it to set up the SCRAM
+    principals and the ACLs. ``StandardAuthorizer`` refuses whatever no ACL allows.
     """
+    login = f'username="{SUPER_USER}" password="{super_password}"'
+    plain = f'{_PLAIN} required {login} user_{SUPER_USER}="{super_password}";'
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{broker_port}",
+        "listeners": f"CLIENT://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"CLIENT://{HOST}:{broker_port}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": "CLIENT",
+        "listener.security.protocol.map": "CONTROLLER:SASL_PLAINTEXT,CLIENT:SASL_PLAINTEXT",
+        "sasl.mechanism.inter.broker.protocol": "PLAIN",
+        "sasl.mechanism.controller.protocol": "PLAIN",
+        "listener.name.client.sasl.enabled.mechanisms": f"{CLIENT_MECHANISM},PLAIN",
+        f"listener.name.client.{CLIENT_MECHANISM.lower()}.sasl.jaas.config": f"{_SCRAM} required;",
+        "listener.name.client.plain.sasl.jaas.config": plain,
+        "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.controller.plain.sasl.jaas.config": plain,
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{SUPER_USER}",
+        "allow.everyone.if.no.acl.found": "false",
         "log.dirs": str(data_dir),
         "num.partitions": "1",
         "offsets.topic.replication.factor": "1",
