@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from evostream.core.bus.acls import policy
 from evostream.core.bus.security import GOVERNANCE_WRITER_ID, PRINCIPALS, SUPER_USER, CredentialsFile
 from evostream.core.errors import StackError
 from evostream.core.settings import load_settings
-from evostream.core.stack.config import server_properties
+from evostream.core.stack.config import compose_broker_env, plain_jaas, server_properties
 
 BROKER = "127.0.0.1:19092"
 
@@ -126,3 +127,15 @@ def test_the_broker_has_no_plaintext_listener_and_stays_on_loopback(tmp_path: Pa
     assert props["authorizer.class.name"].endswith("StandardAuthorizer")
     assert props["allow.everyone.if.no.acl.found"] == "false"
     assert props["super.users"] == f"User:{SUPER_USER}"
+
+
+def test_the_compose_brokers_settings_read_back_through_a_shell(tmp_path: Path) -> None:
+    env_file = tmp_path / "kafka.env"
+    env_file.write_text(compose_broker_env("p4ss-word_1"))
+    done = subprocess.run(
+        ["bash", "-c", f"set -a && . {env_file} && env"], capture_output=True, text=True, check=True, timeout=30
+    )
+    got = dict(line.split("=", 1) for line in done.stdout.splitlines() if line.startswith("KAFKA_LISTENER_NAME_"))
+    assert got["KAFKA_LISTENER_NAME_CONTROLLER_PLAIN_SASL_JAAS_CONFIG"] == plain_jaas("p4ss-word_1")
+    assert got["KAFKA_LISTENER_NAME_INTERNAL_PLAIN_SASL_JAAS_CONFIG"] == plain_jaas("p4ss-word_1")
+    assert "KAFKA_LISTENER_NAME_EXTERNAL_SCRAM___SHA___512_SASL_JAAS_CONFIG" in got  # the image's "scram-sha-512"

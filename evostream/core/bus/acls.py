@@ -32,7 +32,7 @@ from confluent_kafka.admin._scram import (
 )
 
 from evostream.core.bus.admin import admin_client
-from evostream.core.bus.security import GOVERNANCE_WRITER_ID, PRINCIPALS, CredentialsFile
+from evostream.core.bus.security import GOVERNANCE_WRITER_ID, PRINCIPALS, SUPER_USER, CredentialsFile
 from evostream.core.errors import StackError
 
 WILDCARD = "*"
@@ -96,7 +96,7 @@ def secure(bootstrap: str, creds: CredentialsFile, governance_topics: Iterable[s
     """As the super user: set every principal's SCRAM password and the ACLs of ``policy``; return once the broker
     enforces them (its authorizer lists them), so the launcher's next step, as ``admin``, is already allowed."""
     grants = policy(governance_topics, [p for p in PRINCIPALS if p in creds.passwords])
-    admin = admin_client(bootstrap, "broker")
+    admin = admin_client(bootstrap, login=creds.login(SUPER_USER))
     mechanism = ScramMechanism.SCRAM_SHA_512 if creds.mechanism == "SCRAM-SHA-512" else ScramMechanism.SCRAM_SHA_256
     info = ScramCredentialInfo(mechanism, SCRAM_ITERATIONS)
     upserts: list[UserScramCredentialAlteration] = [

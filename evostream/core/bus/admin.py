@@ -90,9 +90,9 @@ def cluster_metadata(
     )
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+def wait_for_broker(bootstrap: str, timeout_s: float, *, login: security.Credentials | None = None) -> None:
     """Block until a broker answers a metadata request."""
-    cluster_metadata(bootstrap, timeout_s)
+    cluster_metadata(bootstrap, timeout_s, login=login)
 
 
 def _who(bootstrap: str, role: str | None, login: security.Credentials | None) -> str:

@@ -23,8 +23,7 @@ def server_properties(broker_port: int, controller_port: int, data_dir: Path, su
     SCRAM) and a freshly formatted or older data folder work the same, and the launcher uses it to set up the SCRAM
     principals and the ACLs. ``StandardAuthorizer`` refuses whatever no ACL allows.
     """
-    login = f'username="{SUPER_USER}" password="{super_password}"'
-    plain = f'{_PLAIN} required {login} user_{SUPER_USER}="{super_password}";'
+    plain = plain_jaas(super_password)
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
@@ -60,3 +59,25 @@ def server_properties(broker_port: int, controller_port: int, data_dir: Path, su
         "delete.topic.enable": "true",
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+def plain_jaas(super_password: str) -> str:
+    """The JAAS line of the broker's static PLAIN user: it logs in with it, and accepts only it."""
+    login = f'username="{SUPER_USER}" password="{super_password}"'
+    return f'{_PLAIN} required {login} user_{SUPER_USER}="{super_password}";'
+
+
+def compose_broker_env(super_password: str) -> str:
+    """The SASL settings of docker-compose.yml's broker as the apache/kafka image reads them (KAFKA_* variables, a
+    shell file its command sources): the same scheme as ``server_properties``, on its INTERNAL, EXTERNAL and
+    CONTROLLER listeners."""
+    plain = plain_jaas(super_password)
+    scram = f"{_SCRAM} required;"
+    mech = CLIENT_MECHANISM.replace("-", "___")  # the image's spelling of "-" in a property name
+    env = {
+        "KAFKA_LISTENER_NAME_INTERNAL_PLAIN_SASL_JAAS_CONFIG": plain,
+        f"KAFKA_LISTENER_NAME_INTERNAL_{mech}_SASL_JAAS_CONFIG": scram,
+        f"KAFKA_LISTENER_NAME_EXTERNAL_{mech}_SASL_JAAS_CONFIG": scram,
+        "KAFKA_LISTENER_NAME_CONTROLLER_PLAIN_SASL_JAAS_CONFIG": plain,
+    }
+    return "".join(f"{k}='{v}'\n" for k, v in env.items())
