@@ -29,7 +29,8 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from evostream.core.errors import EvoError
+from evostream.core.artifacts import parse_manifest
+from evostream.core.errors import ArtifactError, EvoError
 from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR
 
 DEFAULT_MODEL = "default"
@@ -117,6 +118,32 @@ def load_model(
     return wrap_model(model.to(device).eval(), tokenizer, name, weights_digest(path) if path.exists() else None)
 
 
+def int8_weights_file(folder: Path, name: object) -> Path:
+    """The int8 weight file that ``config.json`` names, refused unless it is a plain file name inside ``folder``.
+
+    ``config.json`` is data, not a path the loader may follow: an absolute name, a ``..``, a sub-folder, or a link
+    that resolves outside the folder would let an artifact read weights from anywhere on the host. Inside the
+    artifact store (``sha256/<hex>/files``) the name must also be one the artifact's manifest lists, so the weights
+    are the hashed bytes the governance event names."""
+    if not isinstance(name, str) or not name or name in {".", ".."} or name != Path(name).name or "\\" in name:
+        raise ModelLoadError(f"{folder}: config.json names int8 weights {name!r}; only a plain file name is allowed")
+    root = folder.resolve()
+    file = (folder / name).resolve()
+    if file.parent != root:
+        raise ModelLoadError(f"{folder}: int8 weights {name!r} resolve to {file}, outside the artifact's folder")
+    manifest = folder / ".." / "manifest.json"
+    if folder.name == "files" and manifest.is_file():
+        try:
+            listed = {entry.path for entry in parse_manifest(manifest.read_bytes())}
+        except ArtifactError as e:
+            raise ModelLoadError(f"{folder}: {e}") from e
+        if name not in listed:
+            raise ModelLoadError(f"{folder}: int8 weights {name!r} are not listed in the artifact's manifest")
+    if not file.is_file():
+        raise ModelLoadError(f"{folder}: config.json marks an int8 artifact but its weight file {name} is missing")
+    return file
+
+
 def _load_int8(config: PretrainedConfig, folder: Path, is_seq2seq: bool, kwargs: dict[str, object]) -> PreTrainedModel:
     """An int8 artifact, dequantized once into the family's own float modules (``weight = int8 * scale``).
 
@@ -126,9 +153,7 @@ def _load_int8(config: PretrainedConfig, folder: Path, is_seq2seq: bool, kwargs:
     marker = getattr(config, INT8_MARKER)
     if not isinstance(marker, dict) or marker.get("bits") != 8:
         raise ModelLoadError(f"{folder}: config.json's {INT8_MARKER} is {marker!r}; only 8-bit artifacts load")
-    file = folder / str(marker.get("weights", INT8_WEIGHTS))
-    if not file.is_file():
-        raise ModelLoadError(f"{folder}: config.json marks an int8 artifact but its weight file {file.name} is missing")
+    file = int8_weights_file(folder, marker.get("weights", INT8_WEIGHTS))
     tensors = load_file(file)
     state: dict[str, torch.Tensor] = {}
     for name, tensor in tensors.items():

@@ -48,12 +48,30 @@ class SinkContext:
     name: str
     data_dir: Path
     options: Mapping[str, str] = field(default_factory=dict)
+    on_command_line: frozenset[str] = frozenset()
+    """The options given with ``--option`` (``ps`` shows them to every user of the machine: never a secret)."""
 
     @staticmethod
     def from_env(name: str, data_dir: Path, overrides: Mapping[str, str] | None = None) -> SinkContext:
         prefix = f"EVOSTREAM_SINK_{name.upper().replace('-', '_')}_"
         opts = {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
-        return SinkContext(name, data_dir, {**opts, **(overrides or {})})
+        return SinkContext(name, data_dir, {**opts, **(overrides or {})}, frozenset(overrides or {}))
+
+    def secret(self, option: str, env: str | None = None) -> str | None:
+        """A secret option: read from the file ``<option>_file`` names, else from the environment
+        (``EVOSTREAM_SINK_<NAME>_<OPTION>``, or ``env``); SinkConfigError if it came on the command line."""
+        if option in self.on_command_line:
+            raise SinkConfigError(
+                f"sink {self.name!r}: {option} on the command line shows in `ps` to every user of the machine; "
+                f"set {self.env_name(option)}, or --option {self.name}.{option}_file=PATH (a file only you read)"
+            )
+        path = self.options.get(f"{option}_file")
+        if path:
+            try:
+                return Path(path).expanduser().read_text().strip() or None
+            except OSError as e:
+                raise SinkConfigError(f"sink {self.name!r}: cannot read {option}_file {path!r}: {e}") from e
+        return self.options.get(option) or (os.environ.get(env) if env else None)
 
     def env_name(self, option: str) -> str:
         return f"EVOSTREAM_SINK_{self.name.upper().replace('-', '_')}_{option.upper()}"

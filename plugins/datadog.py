@@ -28,16 +28,16 @@ of that payload. An event refused permanently is logged and not sent again (its 
 process a record key is sent once (Datadog adds counts up, so the sink is not durable across processes: a
 redelivery after a restart counts again, and its counts may land on a second already used).
 
-Options: ``api_key`` (or ``DD_API_KEY``), ``site`` (default ``datadoghq.com``) or ``host`` (a base URL, which wins),
-``tags`` (``k:v,k2:v2``), ``timeout_s`` (default 10), ``remember`` (record keys remembered as sent, default
-100,000), ``flush_interval_s`` (default 10)."""
+Options: ``api_key`` (from the environment, ``EVOSTREAM_SINK_DATADOG_API_KEY`` or ``DD_API_KEY``, or from the file
+``api_key_file`` names; refused on the command line, where ``ps`` shows it), ``site`` (default ``datadoghq.com``)
+or ``host`` (a base URL, which wins), ``tags`` (``k:v,k2:v2``), ``timeout_s`` (default 10), ``remember`` (record
+keys remembered as sent, default 100,000), ``flush_interval_s`` (default 10)."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -229,11 +229,11 @@ class DatadogSink(Sink):
 
     def __init__(self, ctx: SinkContext) -> None:
         super().__init__(ctx)
-        key = ctx.option("api_key") or os.environ.get("DD_API_KEY")
+        key = ctx.secret("api_key", env="DD_API_KEY")  # never from the command line: `ps` would show it
         if not key:
             raise SinkConfigError(
                 f"sink {self.name!r} needs a Datadog API key: set {ctx.env_name('api_key')} or "
-                "DD_API_KEY, or pass --option datadog.api_key=KEY"
+                f"DD_API_KEY, or pass --option {self.name}.api_key_file=PATH"
             )
         host = ctx.option("host")
         site = ctx.option("site", "datadoghq.com") or "datadoghq.com"

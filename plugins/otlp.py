@@ -25,18 +25,29 @@ OUT_OF_RANGE, DATA_LOSS and HTTP 429, 502, 503, 504 or no connection are retryab
 refused is permanent, and the batch it was part of is dead-lettered.
 
 Options: ``protocol`` (``grpc``, default, or ``http/protobuf``), ``endpoint`` (default ``127.0.0.1:4317`` for gRPC,
-``http://127.0.0.1:4318`` for HTTP), ``headers`` (``k=v,k2=v2``), ``timeout_s`` (default 10), ``steps``
-(``flagged``, default, or ``all``), ``service_name`` (default ``evostream``)."""
+``http://127.0.0.1:4318`` for HTTP; ``https://`` means TLS), ``tls`` (``true`` for gRPC over TLS), ``ca_file`` (a
+PEM of the receiver's CA, else the system's), ``headers`` (``k=v,k2=v2``), ``headers_file`` (a file of
+``k=v`` lines: headers that carry a key, kept out of ``ps``), ``insecure`` (``true`` lets a key travel in plain
+text), ``timeout_s`` (default 10), ``steps`` (``flagged``, default, or ``all``), ``service_name`` (default
+``evostream``).
+
+A header whose name says it carries a key (``authorization``, ``api-key``, ``x-honeycomb-team``...: see
+``SECRET_HEADER``), or any header from ``headers_file``, is sent only over TLS unless ``insecure=true``; such a
+header given with ``--option`` on the command line is refused (``ps`` shows it): set it in the environment
+(``EVOSTREAM_SINK_OTLP_HEADERS``) or in ``headers_file``."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import logging
+import re
+import ssl
 import urllib.error
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -100,14 +111,52 @@ class ExportRefusedError(Exception):
         self.retryable = retryable
 
 
-class Transport:
-    """Sends OTLP export requests and classifies what the receiver answered."""
+SECRET_HEADER = re.compile(r"auth|key|token|secret|passw|team|credential|signature", re.IGNORECASE)
+"""Header names that carry a vendor's key (``authorization``, ``api-key``, ``dd-api-key``, ``x-honeycomb-team``...)."""
 
-    def __init__(self, protocol: str, endpoint: str, headers: Mapping[str, str], timeout_s: float) -> None:
+
+def parse_headers(text: str, sink: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (or one pair a line, as a headers file holds them) as headers, names lower case."""
+    headers = {}
+    for item in filter(None, (part.strip() for part in re.split(r"[,\n]", text))):
+        k, eq, v = item.partition("=")
+        if not eq:
+            raise SinkConfigError(f"sink {sink!r}: headers are k=v pairs separated by commas, got {item!r}")
+        headers[k.strip().lower()] = v.strip()
+    return headers
+
+
+def tls_of(endpoint: str, tls_option: str | None, protocol: str) -> bool:
+    """Whether the export is encrypted: an ``https://`` endpoint, or gRPC with ``tls=true``."""
+    if endpoint.startswith("https://"):
+        return True
+    if endpoint.startswith("http://") or protocol != "grpc":
+        return False
+    return (tls_option or "false").lower() in ("1", "true", "yes")
+
+
+class Transport:
+    """Sends OTLP export requests and classifies what the receiver answered; gRPC over TLS when ``tls`` (the
+    system's roots, or ``ca`` PEM bytes)."""
+
+    def __init__(
+        self,
+        protocol: str,
+        endpoint: str,
+        headers: Mapping[str, str],
+        timeout_s: float,
+        tls: bool = False,
+        ca: bytes | None = None,
+    ) -> None:
         self.protocol, self.endpoint, self.headers, self.timeout_s = protocol, endpoint, dict(headers), timeout_s
         self._channel: grpc.Channel | None = None
+        self._context = ssl.create_default_context(cadata=ca.decode()) if ca and protocol != "grpc" else None
         if protocol == "grpc":
-            self._channel = grpc.insecure_channel(endpoint)
+            target = endpoint.removeprefix("https://").removeprefix("http://")
+            if tls:
+                self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
+            else:
+                self._channel = grpc.insecure_channel(target)
             self._traces = trace_service_pb2_grpc.TraceServiceStub(self._channel)
             self._metrics = metrics_service_pb2_grpc.MetricsServiceStub(self._channel)
 
@@ -131,7 +180,7 @@ class Transport:
             headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip", **self.headers},
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as reply:
+            with urllib.request.urlopen(req, timeout=self.timeout_s, context=self._context) as reply:
                 reply.read()
         except urllib.error.HTTPError as e:
             retryable = e.code in RETRYABLE_HTTP
@@ -175,16 +224,34 @@ class OtlpSink(Sink):
             raise SinkConfigError(f"sink {self.name!r}: steps must be flagged or all, got {steps!r}")
         if steps == "all":
             self.topics = (*OtlpSink.topics, STEPS)
-        headers = {}
-        for item in filter(None, (ctx.option("headers", "") or "").split(",")):
-            k, eq, v = item.partition("=")
-            if not eq:
-                raise SinkConfigError(f"sink {self.name!r}: headers are k=v pairs separated by commas, got {item!r}")
-            headers[k.strip().lower()] = v.strip()
+        given = parse_headers(ctx.option("headers", "") or "", self.name)
+        if "headers" in ctx.on_command_line and any(SECRET_HEADER.search(k) for k in given):
+            ctx.secret("headers")  # refuses: a key on the command line shows in `ps`
+        from_file = ""
+        if ctx.option("headers_file"):
+            try:
+                from_file = Path(ctx.option("headers_file") or "").expanduser().read_text()
+            except OSError as e:
+                raise SinkConfigError(f"sink {self.name!r}: cannot read headers_file: {e}") from e
+        headers = {**given, **parse_headers(from_file, self.name)}
+        secret = sorted(k for k in headers if SECRET_HEADER.search(k) or k not in given)
+        tls = tls_of(endpoint, ctx.option("tls"), protocol)
+        insecure = (ctx.option("insecure", "false") or "false").lower() in ("1", "true", "yes")
+        if secret and not tls and not insecure:
+            raise SinkConfigError(
+                f"sink {self.name!r}: the header {secret[0]!r} carries a key, and {endpoint} is plain text: use TLS "
+                "(an https:// endpoint, or tls=true for gRPC), or say insecure=true"
+            )
+        ca = None
+        if ctx.option("ca_file"):
+            try:
+                ca = Path(ctx.option("ca_file") or "").expanduser().read_bytes()
+            except OSError as e:
+                raise SinkConfigError(f"sink {self.name!r}: cannot read ca_file: {e}") from e
         timeout = ctx.number("timeout_s", 10.0)
         if timeout <= 0:
             raise SinkConfigError(f"sink {self.name!r}: timeout_s must be positive")
-        self.transport = Transport(protocol, endpoint, headers, timeout)
+        self.transport = Transport(protocol, endpoint, headers, timeout, tls=tls, ca=ca)
         self.resource = Resource.create({"service.name": ctx.option("service_name", "evostream") or "evostream"})
         self.reader = InMemoryMetricReader()
         self.meters = MeterProvider(metric_readers=[self.reader], resource=self.resource)

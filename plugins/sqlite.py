@@ -193,13 +193,29 @@ def default_path(ctx: SinkContext) -> Path:
     return ctx.data_dir / "evostream.db"
 
 
+_READS = frozenset({sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE})
+
+
+def _reads_only(action: int, *_: str | None) -> int:
+    """SQLite's authorizer on a read-only connection: a statement may select, read columns and call functions.
+
+    ``mode=ro`` alone guards only the opened file: ``ATTACH 'file:x?mode=rwc'`` and ``VACUUM INTO`` (which attaches
+    too) create and write other files. Every other action (attach, pragma, writes, transactions) fails at prepare."""
+    return sqlite3.SQLITE_OK if action in _READS else sqlite3.SQLITE_DENY
+
+
 def connect(path: Path, busy_timeout_ms: int = 2000, read_only: bool = False) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit); read-only opens refuse every write."""
+    """A connection in autocommit mode (transactions are explicit); a read-only one can read ``path`` and nothing
+    else: no write to it, no other database attached, no file written anywhere."""
     if read_only:
         conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
     else:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if read_only:
+        conn.execute("PRAGMA query_only = ON")
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        conn.set_authorizer(_reads_only)
     return conn
 
 

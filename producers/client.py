@@ -23,6 +23,7 @@ from evostream.core.bus.reader import TopicReader
 from evostream.core.clock import now_us
 from evostream.core.errors import DeliveryError, EvoError
 from evostream.producers.replies import Record, ReplyBook, ReplyReader
+from evostream.producers.slots import Slots
 from evostream.schemas.catalog import CATALOG, COMPLETIONS, REQUESTS, STEPS
 from evostream.schemas.codec import RecordCodec
 
@@ -35,6 +36,20 @@ class ReplyTimeoutError(EvoError):
 
 class BadRequestError(EvoError):
     """A request that no service would serve: the client refuses it before publishing."""
+
+
+MAX_ID_CHARS = 256
+"""The longest request id, reply key or tenant a request may carry: each is copied into its Completion (and the
+tenant into every step event), and an id near the size limit would make the answer itself too large to send."""
+
+
+def ids_problem(request_id: str, reply_to: str, tenant: str) -> str | None:
+    """Why a request's ids make it unanswerable, or None. The service applies the same rule, since other clients
+    exist: it dead-letters such a request (no Completion could carry its ids back)."""
+    for name, value in (("request_id", request_id), ("reply_to", reply_to), ("tenant", tenant)):
+        if len(value) > MAX_ID_CHARS:
+            return f"{name} of {len(value):,} characters exceeds the limit of {MAX_ID_CHARS}"
+    return None
 
 
 def prompt_problem(prompt: str) -> str | None:
@@ -118,7 +133,7 @@ class InferenceClient:
         self._book = ReplyBook()
         self._reader: ReplyReader | None = None
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._slots = Slots(max_in_flight)
         self._closed = False
 
     # --- sending --------------------------------------------------------------------------------------------------
@@ -237,7 +252,7 @@ class InferenceClient:
         request is not delivered to the broker. The request is stamped (``submitted_at_us``) when its slot is free,
         so a wait for a slot does not count as the service's queueing."""
         rid = self._admit(prompt, request_id)
-        if not self._slots.acquire(timeout=slot_timeout_s):
+        if not self._slots.acquire(slot_timeout_s):
             raise ReplyTimeoutError(
                 f"no free slot among {self.max_in_flight} requests in flight within {slot_timeout_s} s"
             )
@@ -284,12 +299,12 @@ class InferenceClient:
         seed: int | None = None,
         request_id: str | None = None,
     ) -> Reply:
-        """``submit`` for asyncio: waits for a free slot without blocking the loop."""
+        """``submit`` for asyncio: waits for a free slot without blocking the loop (woken when one is freed, no
+        polling)."""
         if self._reader is None:
             await asyncio.to_thread(self._replies)  # positioning the reader asks the broker: not on the loop
         rid = self._admit(prompt, request_id)
-        while not self._slots.acquire(blocking=False):
-            await asyncio.sleep(0.001)
+        await self._slots.aacquire()
         return self._send(*self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid))
 
     # --- waiting --------------------------------------------------------------------------------------------------

@@ -63,7 +63,9 @@ def completion_record(
         "finish_reason": "ERROR" if error is not None or gen is None else gen.finish_reason,
         "error": error,
         "timings": {
-            "queue_us": max(0, started_us - meta.submitted_at_us),
+            # a client's clock can say anything (negative, far future): 0 where the difference means nothing, and
+            # never a value past Avro's long
+            "queue_us": started_us - meta.submitted_at_us if 0 <= meta.submitted_at_us <= started_us else 0,
             "prefill_us": gen.prefill_us if gen else 0,
             "decode_us": gen.decode_us if gen else 0,
             "total_us": done - started_us,

@@ -10,6 +10,7 @@ The model served may change between batches (``producers.swap``): every record n
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -29,7 +30,7 @@ from evostream.core.clock import now_us
 from evostream.core.errors import ConsumeError, DecodeError, DeliveryError, EvoError
 from evostream.models.loading import LoadedModel
 from evostream.producers.batching import Row, RunningBatch, unsupported
-from evostream.producers.client import prompt_problem
+from evostream.producers.client import BadRequestError, ids_problem, prompt_problem
 from evostream.producers.completer import Completer
 from evostream.producers.embedding import PromptEmbedder
 from evostream.producers.emitter import StepEmitter
@@ -80,6 +81,20 @@ class ServeOptions:
     commit_every_s: float = 0.05
     """Continuous batching: how often the offsets of the requests answered are committed (their step events
     awaited first); at once whenever nothing else is in flight. Static batches commit after each batch."""
+    shutdown_s: float = 10.0
+    """From a stop (SIGTERM, SIGINT, ``stop_event``) on, every wait on the way out (the batch in flight's answers
+    embedded and acknowledged, its step events acknowledged, the offsets committed, the clients closed) shares what
+    is left of this budget, whatever the broker does; what could not be done is logged and the run ends with a
+    DeliveryError saying so (those requests are served again by their partition's next owner). With
+    ``install_signal_handlers``, a watchdog also ends the process ``WATCHDOG_GRACE_S`` after the budget if a call
+    started before the signal (a batch's generation, a wait on a broker that is gone) still has not returned."""
+    commit_timeout_s: float = 5.0
+    """How long one commit of offsets waits for the broker while serving (librdkafka's own wait has no end when the
+    broker is gone); one not confirmed is tried again at a later tick."""
+
+
+WATCHDOG_GRACE_S = 5.0
+"""After a signal, seconds past ``shutdown_s`` before the watchdog ends the process."""
 
 
 @dataclass
@@ -142,15 +157,61 @@ class InferenceService:
         """Positions of the requests whose Completion (or dead letter) the broker acknowledged, for the OffsetBook."""
         self._lost: deque[DeliveryError] = deque()
         """Answers the broker refused: the service stops before committing anything after them."""
+        self._stop_at: float | None = None
+        """When the stop was first seen (monotonic): the shutdown budget counts from there."""
+        self._book: OffsetBook | None = None
+        self._commit_warned = ""
         self.completer: Completer
         # joined in run(), not here: a service built but never run must not sit in the group holding partitions
         # (librdkafka keeps an idle member for max.poll.interval.ms, and its requests wait that long)
         self.consumer: EventConsumer
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM / SIGINT finish the in-flight batch, flush, commit, then stop."""
+        """SIGTERM / SIGINT finish the in-flight batch, flush, commit, then stop, within ``ServeOptions.shutdown_s``
+        (waits on the way out are cut to it); a watchdog ends the process ``WATCHDOG_GRACE_S`` later if a call
+        started before the signal has still not returned, saying what was left undone."""
+
+        def stop(*_: object) -> None:
+            if self.stop_event.is_set():
+                return
+            self.stop_event.set()
+            self._left(0.0)  # the budget starts now
+            watchdog = threading.Timer(self.options.shutdown_s + WATCHDOG_GRACE_S, self._give_up)
+            watchdog.daemon = True
+            watchdog.start()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
+            signal.signal(sig, stop)
+
+    def _left(self, wanted: float) -> float:
+        """``wanted`` seconds while serving; after a stop, no more than what is left of the shutdown budget (at
+        least 0.1 s, so that what is already done is still seen)."""
+        if not self.stop_event.is_set():
+            return wanted
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+        return max(0.1, min(wanted, self._stop_at + self.options.shutdown_s - time.monotonic()))
+
+    def _undone(self) -> str:
+        """What a stop now would leave undone, for the log."""
+        book = self._book
+        read = book.in_flight() if book is not None else 0
+        waiting = book.committable(set(self.consumer.assigned)) if book is not None else {}
+        offsets = ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(waiting.items())) or "none"
+        return (
+            f"{read} requests read and not answered, {self.producer.in_flight()} records not acknowledged, "
+            f"offsets not committed: {offsets}; their requests are served again by their partition's next owner"
+        )
+
+    def _give_up(self) -> None:
+        """The watchdog: the way out took longer than its budget; say what is left and end the process."""
+        log.error(
+            "not stopped %.0f s after the signal (a call on the way out has not returned): exiting now; %s",
+            self.options.shutdown_s + WATCHDOG_GRACE_S,
+            self._undone(),
+        )
+        logging.shutdown()
+        os._exit(1)
 
     @property
     def served(self) -> int:
@@ -162,7 +223,7 @@ class InferenceService:
         have been read and answered."""
         self.consumer = EventConsumer(self.bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
         self.completer = Completer(self._embed)
-        book = OffsetBook()
+        book = self._book = OffsetBook()
         try:
             on_ready()
             problem = unsupported(self.generator) if self.options.batching == "continuous" else None
@@ -172,13 +233,45 @@ class InferenceService:
                 self._run_continuous(book, max_requests)
             else:
                 self._run_static(book, max_requests)
-            self.completer.wait(timeout_s=max(60.0, 5.0 * self.completer.busy))
-            self.producer.flush()  # neuron counts, and completions of partitions taken away, go out too
-            self._commit(book)
+            self._finish(book)
         finally:
-            self.completer.close()
-            self.emitter.close()
-            self.consumer.close()
+            self._close()
+
+    def _finish(self, book: OffsetBook) -> None:
+        """The way out, each wait within the shutdown budget once a stop was asked: the answers of the requests in
+        flight embedded and acknowledged (neuron counts, and completions of partitions taken away, go out too), their
+        step events acknowledged, their offsets committed. What could not be done is logged and raised."""
+        problems = []
+        try:
+            self.completer.wait(timeout_s=self._left(max(60.0, 5.0 * self.completer.busy)))
+        except EvoError as e:
+            problems.append(str(e))
+        try:
+            self.producer.flush(self._left(30.0))
+        except DeliveryError as e:
+            problems.append(f"answers: {e}")
+        try:
+            self._commit(book, final=True)
+        except EvoError as e:
+            problems.append(str(e))
+        if problems:
+            why = f"stopped with work undone: {'; '.join(problems)}; {self._undone()}"
+            log.error("%s", why)
+            raise DeliveryError(why)
+
+    def _close(self) -> None:
+        """Close what run() opened, each within what is left of the budget; a failure is logged, not raised over
+        the run's own outcome."""
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("the completion thread", lambda: self.completer.close(self._left(60.0))),
+            ("the step emitter", lambda: self.emitter.close(self._left(60.0))),
+            ("the consumer", lambda: self.consumer.close(self._left(30.0))),
+        ]
+        for what, close in steps:
+            try:
+                close()
+            except EvoError as e:
+                log.error("closing %s: %s", what, e)
 
     def _run_static(self, book: OffsetBook, max_requests: int | None) -> None:
         """Batches run to completion one after another; each one's prompts are embedded while the next decodes."""
@@ -326,9 +419,10 @@ class InferenceService:
 
         self.completer.submit([p.prompt for p, _, _ in done], then)
 
-    def _commit(self, book: OffsetBook) -> None:
+    def _commit(self, book: OffsetBook, final: bool = False) -> None:
         """Commit the offsets of the requests whose Completion (or dead letter) the broker acknowledged, once every
-        step event submitted so far is acknowledged too. A failed delivery stops the service before any commit."""
+        step event submitted so far is acknowledged too. A failed delivery stops the service before any commit. A
+        commit the broker does not confirm is tried again at the next tick; ``final``: raised (nothing comes next)."""
         self.completer.check()
         self.producer.poll()  # delivery reports waiting to be served
         self._raise_lost()
@@ -339,12 +433,17 @@ class InferenceService:
         offsets = book.committable(assigned)
         if not offsets:
             return
-        self.emitter.drain()  # every step event acknowledged, those of the requests answered included
+        self.emitter.drain(self._left(60.0))  # every step event acknowledged, those of the requests answered too
         try:
-            self.consumer.commit_offsets(offsets)
-        except ConsumeError as e:  # a rebalance under way refuses it: the next tick commits again, or the new owner
-            log.warning("commit refused (%s); retried at the next tick", e)  # re-serves (at-least-once)
+            self.consumer.commit_offsets(offsets, timeout_s=self._left(self.options.commit_timeout_s))
+        except ConsumeError as e:  # a rebalance under way refuses it, or a broker gone does not answer: the next
+            if final:  # tick commits again, or the new owner re-serves (at-least-once)
+                raise
+            if str(e) != self._commit_warned:  # once, not at every tick while the broker is gone
+                log.warning("%s; retried at the next tick", e)
+                self._commit_warned = str(e)
             return
+        self._commit_warned = ""
         book.committed(offsets)
 
     # --- static batches ------------------------------------------------------------------------------------------
@@ -394,6 +493,10 @@ class InferenceService:
             req = self.requests.decode(msg.value() or b"")
         except DecodeError as e:
             self._dead_letter(msg, e)
+            return None
+        unanswerable = ids_problem(req["request_id"], req["reply_to"], req["tenant"])
+        if unanswerable is not None:
+            self._dead_letter(msg, BadRequestError(unanswerable))
             return None
         meta = TraceMeta(
             uuid.uuid4().hex,
@@ -469,7 +572,8 @@ class InferenceService:
             GROUP,
             now_us(),
         )
-        self.producer.send(DLQ, msg.key(), self.dead_letters.encode(rec), on_delivery=self._delivered(_position(msg)))
+        key = rec["original_key"]  # at most dead_letter's KEEP_BYTES: a record near the size limit was cut
+        self.producer.send(DLQ, key, self.dead_letters.encode(rec), on_delivery=self._delivered(_position(msg)))
         self._count()
 
     def _delivered(self, at: Position | None) -> Callable[[DeliveryError | None], None]:

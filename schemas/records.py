@@ -60,7 +60,9 @@ class Completion(TypedDict):
 
 class DeadLetter(TypedDict):
     """A record that could not be processed, kept with the reason so that nothing blocks a partition and nothing is
-    lost. Topic evo.dlq, key = the original key."""
+    lost. Topic evo.dlq, key = the original key. v2 keeps at most the first 64 KiB of the value (and of the key), with
+    the whole value's size and SHA-256: a record near the broker's size limit wrapped whole would itself be too large to
+    produce."""
 
     source_topic: str
     """Topic the record was read from."""
@@ -69,9 +71,9 @@ class DeadLetter(TypedDict):
     offset: int
     """Its offset."""
     original_key: bytes | None
-    """The record's key bytes."""
+    """The record's key bytes (its first 64 KiB, v2)."""
     raw_value: bytes | None
-    """The record's value bytes as read."""
+    """The record's value bytes as read (its first 64 KiB, v2: see raw_truncated)."""
     error_type: str
     """Class of the error, e.g. UnknownFingerprintError."""
     error: str
@@ -80,6 +82,12 @@ class DeadLetter(TypedDict):
     """The consumer group or service that gave up on it."""
     failed_at_us: int
     """When, microseconds since the Unix epoch."""
+    raw_size: int | None
+    """Size in bytes of the whole value as read (v2; null when it had none, and in v1 records)."""
+    raw_sha256: str | None
+    """SHA-256 (hex) of the whole value as read (v2; null when it had none, and in v1 records)."""
+    raw_truncated: bool
+    """Whether raw_value or original_key holds only the first 64 KiB of the record's bytes (v2)."""
 
 
 class DriftStatistic(TypedDict):

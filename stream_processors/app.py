@@ -35,12 +35,12 @@ from typing import Any
 import faust
 
 from evostream.core.clock import now_us
-from evostream.core.errors import DecodeError
+from evostream.core.errors import DecodeError, EvoError, FoldError
 from evostream.core.settings import Settings
 from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.deadletter import dead_letter
-from evostream.schemas.tensors import check_step
+from evostream.stream_processors.checks import check_completion, check_neurons, check_step
 from evostream.stream_processors.drift.policy import load_drift_policies
 from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 from evostream.stream_processors.drift.tracker import table_name as drift_table
@@ -52,12 +52,34 @@ from evostream.stream_processors.profiling.tracker import table_name as profile_
 from evostream.stream_processors.profiling.window import ProfilePolicy
 from evostream.stream_processors.risk.policy import RiskPolicy, load_policies
 from evostream.stream_processors.risk.tracker import TABLE as RISK_TABLE
-from evostream.stream_processors.risk.tracker import RiskTracker
+from evostream.stream_processors.risk.tracker import RiskTracker, expired
 from evostream.stream_processors.transport import App, sasl_credentials
 
 log = logging.getLogger(__name__)
 
 STEP_PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEPS)
+CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
+    "GenerationStep": check_step,
+    "Completion": check_completion,
+    "NeuronCounts": check_neurons,
+}
+"""What a decoded record must pass before an agent folds it (``checks.py``): else it is dead-lettered."""
+
+
+def changelog_config(replay_horizon_s: float) -> dict[str, str]:
+    """Broker settings for every table's changelog topic, so that the log cleaner really compacts it.
+
+    A changelog is compacted (Faust's ``cleanup.policy``), but the cleaner never touches the active segment, and a
+    segment rolls after 1 GiB or 7 days by default: the tombstones the replay horizon writes and the states that
+    later writes replaced would stay, and a restarted worker would read them all. Segments roll every quarter of
+    the horizon here (5 s at least, 1 hour at most), the cleaner starts at 10% of replaced records, and a
+    tombstone stays one segment time for a worker that is restoring while it is cleaned."""
+    segment_ms = int(min(max(replay_horizon_s / 4, 5.0), 3600.0) * 1000)
+    return {
+        "segment.ms": str(segment_ms),
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": str(segment_ms),
+    }
 
 
 class Processors:
@@ -73,8 +95,10 @@ class Processors:
         profile: ProfileTracker,
         handover: str = "inline",
         faults: KillSwitch | None = None,
+        replay_horizon_s: float = 3600.0,
     ) -> None:
         self.tracker = RiskTracker(policies)
+        self.replay_horizon_us = int(replay_horizon_s * 1_000_000)
         self.drift_tracker = drift
         self.profile_tracker = profile
         names = (
@@ -98,6 +122,7 @@ class Processors:
             "duplicates_drift": 0,
             "duplicates_profile": 0,
             "dead_letters": 0,
+            "evicted_risk": 0,
             "alerts": 0,
             "drift": 0,
             "profiles": 0,
@@ -121,6 +146,10 @@ class Processors:
             broker_commit_every=1000 if not self.faults.armed else 1 << 40,
             broker_commit_interval=1.0 if not self.faults.armed else 1e6,
             table_standby_replicas=0,
+            # a first start creates the internal deltas topic while the consumer joins with metadata fetched
+            # before it: the assignment ignored the topic ("Ignoring missing topic"), and profiling folded nothing
+            # until the next metadata refresh, 5 minutes later by default; the refresh that finds it rebalances
+            consumer_metadata_max_age_ms=10_000,
             consumer_auto_offset_reset="earliest",
             # take_events acks a batch only when the next one starts: a stop that waited for every ack could wait
             # forever on the last batch (it did, in the benchmark). Unacked events are replayed and skipped.
@@ -142,6 +171,7 @@ class Processors:
         self.profiles = app.topic(PROFILES, **raw)
         self.neurons = app.topic(NEURONS, **raw)
         self.profile_deltas = app.topic(f"{app_id}-profile-deltas", internal=True, partitions=STEP_PARTITIONS, **raw)
+        changelogs = changelog_config(replay_horizon_s)
         self.table = app.Table(
             RISK_TABLE,
             default=None,
@@ -149,6 +179,7 @@ class Processors:
             key_type=bytes,  # raw key bytes: the changelog partition is murmur2(key), as for evo.steps
             use_partitioner=True,  # so a state lands on its trace's partition even when written from a batch
             help="risk state per trace, with the input offsets it includes",
+            extra_topic_configs=changelogs,
         )
         self.drift_table = app.Table(
             drift_table(drift.windows),
@@ -157,6 +188,7 @@ class Processors:
             key_type=bytes,
             use_partitioner=True,  # keyed by model version, like the repartitioned stream that updates it
             help="reference and current drift window per model version",
+            extra_topic_configs=changelogs,
         )
         app.agent(self.steps, name="risk-steps")(self._on_steps)
         app.agent(self.completions, name="risk-completions")(self._on_completions)
@@ -167,11 +199,13 @@ class Processors:
             key_type=bytes,
             use_partitioner=True,
             help="the open profiling window per model version",
+            extra_topic_configs=changelogs,
         )
         app.agent(self.completions, name="drift-completions")(self._on_drift)
         app.agent(self.profile_deltas, name="profile-deltas")(self._on_profile)
         app.agent(self.neurons, name="profile-neurons")(self._on_neurons)
         app.timer(interval=self.profile_tracker.policy.grace_s)(self._close_idle_windows)
+        app.timer(interval=min(60.0, replay_horizon_s / 4))(self._evict_finished)
         app.timer(interval=60.0)(self._log_stats)
         app.task(self._log_policies)
         app.task(self._dump_tasks_on_signal)
@@ -201,34 +235,48 @@ class Processors:
             acks: list[Awaitable[Any]] = []
             if record == "Completion":
                 for event in events:
-                    rec = await self._decode(record, event)
+                    rec = await self._decode(record, event, acks)
                     if rec is None:
                         continue
                     key = str(rec["trace_id"]).encode()
                     state = touched[key] if key in touched else self.table.get(key)
-                    out = self.tracker.on_completion(state, rec, event.message.offset, now_us())
+                    try:
+                        out = self.tracker.on_completion(state, rec, event.message.offset, now_us())
+                    except Exception as e:  # this completion, not the batch: dead-lettered, the others go on
+                        acks.append(await self._dead_letter(event, _reason(e, "risk")))
+                        continue
                     if await self._publish(key, out, counter, acks, 1):
                         touched[key] = out.state
                 await self._write(self.table, touched, acks)
                 return
             # steps: each trace's steps of the batch folded in one go (TraceRisk built and stored once per trace)
             by_trace: dict[bytes, list[tuple[dict[str, Any], int]]] = {}
-            by_model: dict[str, list[dict[str, Any]]] = {}
+            read: list[tuple[bytes, dict[str, Any], faust.EventT[bytes]]] = []
             for event in events:
-                rec = await self._decode(record, event)
+                rec = await self._decode(record, event, acks)
                 if rec is None:
                     continue
-                by_trace.setdefault(str(rec["trace_id"]).encode(), []).append((rec, event.message.offset))
-                by_model.setdefault(str(rec["model_version"]), []).append(rec)
+                key = str(rec["trace_id"]).encode()
+                by_trace.setdefault(key, []).append((rec, event.message.offset))
+                read.append((key, rec, event))
             self.faults.start_batch()
             done = 0
+            rejected: set[tuple[bytes, int]] = set()
             for key, steps in by_trace.items():
-                out = self.tracker.on_steps(self.table.get(key), steps, now_us())
+                out = self._fold_steps(key, self.table.get(key), steps)
+                for offset, error in out.rejected.items():  # steps that do not fit their trace: dead letters
+                    rejected.add((key, offset))
+                    event = next(e for k, _, e in read if k == key and e.message.offset == offset)
+                    acks.append(await self._dead_letter(event, _reason(error, "risk")))
                 done += len(steps)
                 if await self._publish(key, out, counter, acks, len(steps)):
                     touched[key] = out.state
                     if self.faults.watches(str(steps[0][0]["model_version"])):
                         await self._maybe_fault(out, len(steps) - out.duplicates, done, len(events))
+            by_model: dict[str, list[dict[str, Any]]] = {}
+            for key, rec, event in read:  # the steps risk took: a step dead-lettered there is not profiled either
+                if (key, event.message.offset) not in rejected:
+                    by_model.setdefault(str(rec["model_version"]), []).append(rec)
             for model, recs in by_model.items():  # profiling's share of the batch, acknowledged like its reports
                 for delta in deltas(model, recs):
                     delta_bytes = self.codecs["ProfileDelta"].encode(delta)
@@ -238,9 +286,9 @@ class Processors:
     async def _write(self, table: Any, states: Mapping[bytes, dict[str, Any]], acks: list[Awaitable[Any]]) -> None:
         """Store a batch's states once the broker has acknowledged every output the batch sent: a state on the
         changelog then never stands for an output that a crash lost (the replay would skip its input)."""
+        await asyncio.gather(*acks)
         if not states:
             return
-        await asyncio.gather(*acks)
         await self._changelog_ready(table)
         for key, state in states.items():
             table[key] = state
@@ -253,12 +301,17 @@ class Processors:
             for event in events:
                 try:
                     rec = self.codecs["Completion"].decode(bytes(event.value or b""))
+                    check_completion(rec)
                 except DecodeError:
-                    continue  # the risk agent dead-letters undecodable completions
+                    continue  # the risk agent dead-letters undecodable and inconsistent completions
                 model = str(rec["model_version"])
                 key = model.encode()
                 state = touched[key] if key in touched else self.drift_table.get(key)
-                out = self.drift_tracker.on_completion(state, rec, event.message.offset, now_us())
+                try:
+                    out = self.drift_tracker.on_completion(state, rec, event.message.offset, now_us())
+                except Exception as e:  # e.g. an embedding of another size than its windows': this one only
+                    acks.append(await self._dead_letter(event, _reason(e, "drift")))
+                    continue
                 if out.duplicates:
                     self.stats["duplicates_drift"] += out.duplicates
                     continue
@@ -272,25 +325,29 @@ class Processors:
     async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
         # ProfileDeltas, one per model and step batch, keyed by model: a few per second where steps were thousands
         async for events in stream.take_events(50, within=0.5):  # type: ignore[attr-defined]
-            per_model: dict[str, list[Columns]] = {}
+            per_model: dict[str, list[tuple[Columns, faust.EventT[bytes]]]] = {}
+            acks: list[Awaitable[Any]] = []
             for event in events:
-                rec = await self._decode("ProfileDelta", event)
+                rec = await self._decode("ProfileDelta", event, acks)
                 if rec is None:
                     continue
                 try:
                     cols = columns(rec)
                 except DecodeError as e:
-                    log.warning("profile delta of %s dropped: %s", rec["model_version"], e)
+                    acks.append(await self._dead_letter(event, _reason(e, "profiling")))
                     continue
-                per_model.setdefault(cols.model_version, []).append(cols)
+                per_model.setdefault(cols.model_version, []).append((cols, event))
             async with self._profile_lock:  # the neuron agent and the idle-window timer write the same keys
                 touched: dict[bytes, dict[str, Any]] = {}
-                acks: list[Awaitable[Any]] = []
                 for model, batches in per_model.items():
                     key = model.encode()
                     state: dict[str, Any] | None = self.profile_table.get(key)
-                    for cols in batches:
-                        out = self.profile_tracker.on_delta(model, state, cols, now_us())
+                    for cols, event in batches:
+                        try:
+                            out = self.profile_tracker.on_delta(model, state, cols, now_us())
+                        except Exception as e:  # steps of another shape than the model's window: this delta only
+                            acks.append(await self._dead_letter(event, _reason(e, "profiling")))
+                            continue
                         self.stats["duplicates_profile"] += out.duplicates
                         self.stats["profile_steps"] += len(cols) - out.duplicates
                         acks += await self._publish_profiles(model, out.reports)
@@ -307,7 +364,11 @@ class Processors:
             model = str(rec["model_version"])
             key = model.encode()
             async with self._profile_lock:
-                out = self.profile_tracker.on_neurons(model, self.profile_table.get(key), rec, now_us())
+                try:
+                    out = self.profile_tracker.on_neurons(model, self.profile_table.get(key), rec, now_us())
+                except Exception as e:  # counts of another shape than the open window's
+                    await self._dead_letter(event, _reason(e, "profiling"))
+                    continue
                 if out.duplicates:
                     self.stats["duplicates_profile"] += out.duplicates
                     continue
@@ -409,11 +470,11 @@ class Processors:
 
     async def _publish(self, key: bytes, out: Fold, counter: str, acks: list[Awaitable[Any]], inputs: int) -> bool:
         """Send the outcome of folding ``inputs`` records (its reports and alerts, whose acks join ``acks``); False
-        when every input was a duplicate (nothing to store)."""
+        when every input was a duplicate or rejected (nothing to store)."""
         self.stats["duplicates_risk"] += out.duplicates
-        if out.duplicates == inputs:
+        if out.duplicates + len(out.rejected) == inputs:
             return False
-        self.stats[counter] += inputs - out.duplicates
+        self.stats[counter] += inputs - out.duplicates - len(out.rejected)
         for report in out.reports:
             acks.append(await self.risk.send(key=key, value=self.codecs["RiskReport"].encode(report)))
         for alert in out.alerts:
@@ -421,19 +482,79 @@ class Processors:
             acks.append(await self.alerts.send(key=key, value=self.codecs["RiskAlert"].encode(alert)))
         return True
 
-    async def _decode(self, name: str, event: faust.EventT[bytes]) -> dict[str, Any] | None:
-        msg = event.message
+    async def _decode(
+        self, name: str, event: faust.EventT[bytes], acks: list[Awaitable[Any]] | None = None
+    ) -> dict[str, Any] | None:
+        """The record, or None once it is dead-lettered (undecodable, or failing its ``CHECKS``: a malformed matrix
+        would stop the agent that unpacks it); the dead letter's acknowledgement joins ``acks``."""
         try:
             rec = self.codecs[name].decode(bytes(event.value or b""))
-            if name == "GenerationStep":
-                check_step(rec)  # a malformed matrix would stop the agent that unpacks it
+            if name in CHECKS:
+                CHECKS[name](rec)
             return rec
         except DecodeError as e:
-            self.stats["dead_letters"] += 1
-            log.warning("dead letter %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, e)
-            rec = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, event.value, e, self.app.conf.id, now_us())
-            await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
+            ack = await self._dead_letter(event, e)
+            if acks is not None:
+                acks.append(ack)
             return None
+
+    def _fold_steps(self, key: bytes, state: dict[str, Any] | None, steps: list[tuple[dict[str, Any], int]]) -> Fold:
+        """One trace's steps of a batch folded; should the fold fail (a record no check foresaw), the trace's steps
+        are folded again one by one, so that only the step that fails is rejected, and the batch's other traces (and
+        their FINALs) never depend on it."""
+        at = now_us()
+        try:
+            return self.tracker.on_steps(state, steps, at)
+        except Exception:
+            log.exception("risk: the steps of %s failed as a batch; folding them one by one", key.decode())
+        out = Fold(dict(state or {}))
+        for step, offset in steps:
+            try:
+                one = self.tracker.on_steps(out.state, [(step, offset)], at)
+            except Exception as e:
+                out.rejected[offset] = _as_evo(e)
+                continue
+            out.state = one.state
+            out.reports += one.reports
+            out.alerts += one.alerts
+            out.duplicates += one.duplicates
+            out.rejected.update(one.rejected)
+        return out
+
+    async def _dead_letter(self, event: faust.EventT[bytes], error: BaseException) -> Awaitable[Any]:
+        """Send ``event`` to the dead-letter topic with ``error`` as its reason; the send's acknowledgement."""
+        msg = event.message
+        self.stats["dead_letters"] += 1
+        log.warning("dead letter %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset, type(error).__name__, error)
+        rec = dead_letter(msg.topic, msg.partition, msg.offset, msg.key, event.value, error, self.app.conf.id, now_us())
+        ack: Awaitable[Any] = await self.dlq.send(key=msg.key, value=self.codecs["DeadLetter"].encode(rec))
+        return ack
+
+    async def _evict_finished(self) -> None:
+        """Drop the risk state of traces with no event for the replay horizon (``tracker.expired``): each delete
+        writes a tombstone to the changelog, so the table, and what a restart reads back, stay as large as the
+        horizon's traffic."""
+        async with self._risk_lock:
+            at = now_us()
+            horizon = self.replay_horizon_us
+            gone = [k for k, st in list(self.table.items()) if st is not None and expired(st, at, horizon)]
+            if not gone:
+                return
+            await self._changelog_ready(self.table)
+            for key in gone:
+                del self.table[key]
+            self.stats["evicted_risk"] += len(gone)
+
+
+def _as_evo(error: BaseException) -> EvoError:
+    """A fold's error as the project's: a check's own, or an unforeseen one wrapped with its type."""
+    return error if isinstance(error, EvoError) else FoldError(f"{type(error).__name__}: {error}")
+
+
+def _reason(error: BaseException, agent: str) -> EvoError:
+    """The dead letter's error: which agent refused the record, and why."""
+    evo = _as_evo(error)
+    return DecodeError(f"{agent}: {evo}") if isinstance(evo, DecodeError) else FoldError(f"{agent}: {evo}")
 
 
 def _await_chain(aw: Any) -> list[str]:
@@ -464,6 +585,7 @@ def processors_from_settings(settings: Settings, bootstrap: str) -> Processors:
         profile=ProfileTracker(ProfilePolicy(window_s=settings.profile_window_s)),
         handover=settings.processors_handover,
         faults=KillSwitch(settings.fault_kill_after, settings.fault_kill_model),
+        replay_horizon_s=settings.risk_replay_horizon_s,
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from evostream.core.settings import Settings, load_settings
-from evostream.core.stack import LocalStack
+from evostream.core.stack import LocalCluster, LocalStack
 
 DATA = Path(__file__).parent / "data"
 BROKER_FIXTURES = frozenset({"kafka"})  # every fixture that needs the broker depends on this one
@@ -39,6 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise RuntimeError("this test starts a Kafka broker: it needs the kafka fixture or the integration marker")
 
     LocalStack.up = refuse  # type: ignore[method-assign]
+    LocalCluster.up = refuse  # type: ignore[method-assign]
 
 
 def stack_settings(root: Path, **overrides: object) -> Settings:

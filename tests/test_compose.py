@@ -108,3 +108,12 @@ def test_the_broker_requires_logins_and_is_published_on_loopback_only(compose: d
         if svc.get("image", "").startswith("evostream:") and name != "credentials":
             assert svc["environment"]["EVOSTREAM_KAFKA_CREDENTIALS"] == "/run/evostream/credentials.json", name
             assert "credentials:/run/evostream:ro" in svc["volumes"], name
+
+
+def test_prometheus_grafana_and_otlp_are_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    # anonymous Grafana, Prometheus' API and an OTLP receiver are for this machine's operator, not the network
+    for name in ("prometheus", "grafana", "otel-collector"):
+        ports = compose["services"][name].get("ports", [])
+        assert ports, name
+        for port in ports:
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"

@@ -23,13 +23,16 @@ from evostream.consumers.evolution.sandbox import RiskRate
 from evostream.consumers.governance.service import Governance
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.bus.consumer import EventConsumer
-from evostream.core.errors import EvolutionError
+from evostream.core.errors import ConsumeError, EvolutionError
 from evostream.models.loading import LoadedModel, load_model
 from evostream.schemas.catalog import DRIFT, EVOLUTION_GROUP
 from evostream.schemas.codec import RecordCodec
 
 log = logging.getLogger("evostream.evolution")
 GROUP = EVOLUTION_GROUP
+SHUTDOWN_S = 10.0
+"""The longest a commit of evo.drift's offsets, and the consumer's close on the way out, wait for the broker (a
+cycle in progress is not interrupted: a stop is seen between cycles)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,8 @@ class EvolutionConsumer:
         the cycles their reports started."""
         codec = RecordCodec("DriftReport")
         last = time.monotonic()
-        with EventConsumer(self.server, GROUP, [DRIFT], {"enable.auto.commit": False}) as consumer:
+        consumer = EventConsumer(self.server, GROUP, [DRIFT], {"enable.auto.commit": False})
+        try:
             while not self.stop_event.is_set():
                 msgs = consumer.poll_batch(100, 1.0)
                 fired = {
@@ -116,4 +120,9 @@ class EvolutionConsumer:
                         return  # uncommitted: the next run reads these reports again
                     on_cycle(self.cycle(trigger))
                 if msgs:
-                    consumer.commit()
+                    try:
+                        consumer.commit(timeout_s=SHUTDOWN_S)
+                    except ConsumeError as e:  # read again after a restart: a trigger handled is skipped then
+                        log.warning("evolution: %s; committed with a later batch", e)
+        finally:
+            consumer.close(SHUTDOWN_S)

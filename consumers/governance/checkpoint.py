@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -121,6 +121,7 @@ def verify_checkpoints(
     events: Iterable[tuple[int | None, GovEvent]],
     *,
     keys: Mapping[str, str] | None = None,
+    voided: Collection[int] = (),
 ) -> list[Finding]:
     """Findings of the checkpoints in ``path`` against the log's ``events`` ((offset, event) in log order):
 
@@ -131,6 +132,8 @@ def verify_checkpoints(
       such a checkpoint is still compared (the log may have lost the enrolment with its tail), and a mismatch is
       reported as "truncated" saying the signature could not be checked;
     - "undecodable": a line of the file that is not a checkpoint.
+
+    A checkpoint of an event at a ``voided`` offset (an admin's forced void took it out of the chain) is passed over.
     """
     events = list(events)
     by_sequence: dict[int, tuple[int | None, GovEvent]] = {}
@@ -140,6 +143,8 @@ def verify_checkpoints(
     trusted = {**enrolled_keys(events), **(keys or {})}
     checkpoints, findings = read_checkpoints(path)
     for line, cp in checkpoints:
+        if cp.offset in voided:
+            continue
         where = f"checkpoint at {path}:{line} (#{cp.sequence}, offset {cp.offset}, key {cp.key_id})"
         public = trusted.get(cp.key_id)
         unverified = ""

@@ -87,6 +87,14 @@ class RolledBack(TypedDict):
     from_version: str | None
 
 
+class OffsetVoided(TypedDict):
+    """An admin's void of records of the log that are no events of its chain (junk, a copy): replay skips exactly
+    these offsets. ``forced``: the admin voided records that were valid events there (``governance void --force``)."""
+
+    offsets: list[int]
+    forced: bool
+
+
 PAYLOAD_TYPES: dict[str, type] = {
     t.__name__: t
     for t in (
@@ -101,6 +109,7 @@ PAYLOAD_TYPES: dict[str, type] = {
         ApprovalRejected,
         Promoted,
         RolledBack,
+        OffsetVoided,
     )
 }
 P = TypeVar("P")
@@ -253,6 +262,14 @@ def check_payload(type_: str, payload: Mapping[str, Any]) -> None:
             raise GovernanceError(f"ActorEnrolled: roles must be a non-empty subset of {ROLES}, got {payload['roles']}")
     if type_ in ("ApprovalRequested", "ApprovalGranted", "ApprovalRejected") and payload["stage"] not in STAGES:
         raise GovernanceError(f"{type_}: stage must be one of {STAGES}, got {payload['stage']!r}")
+    if type_ == "OffsetVoided":
+        offsets = payload["offsets"]
+        if not offsets or any(not isinstance(o, int) or isinstance(o, bool) or o < 0 for o in offsets):
+            raise GovernanceError(
+                f"OffsetVoided: offsets must be a non-empty list of offsets (ints >= 0), got {offsets}"
+            )
+        if len(set(offsets)) != len(offsets):
+            raise GovernanceError(f"OffsetVoided: an offset is named twice in {offsets}")
     if type_ == "Promoted":
         if (payload["stage"] is None) == (payload["alias"] is None):
             raise GovernanceError("Promoted: exactly one of stage and alias must be set")

@@ -122,15 +122,16 @@ class GovernanceLog:
             out.append((off, rec))
         return out
 
-    def head(self) -> tuple[int, str, int]:
-        """(sequence, hash, offset) of the last committed event; ``EMPTY_HEAD`` for an empty log. TamperError if the
-        last record is not an event: nothing may be built on a log whose end cannot be read."""
+    def head(self, skip: frozenset[int] = frozenset()) -> tuple[int, str, int]:
+        """(sequence, hash, offset) of the last committed event, passing over the offsets in ``skip`` (those an
+        OffsetVoided event being appended names); ``EMPTY_HEAD`` for an empty log. TamperError if the last record is
+        not an event: nothing may be built on a log whose end cannot be read."""
         part = self._partition()
         low, high = part.bounds()
         window = _HEAD_WINDOW
         while True:
             start = max(low, high - window)
-            found = part.read(start, high, bounds=(low, high))
+            found = [(off, value) for off, value in part.read(start, high, bounds=(low, high)) if off not in skip]
             if found:
                 off, value = found[-1]
                 rec = self._decode(off, value)
@@ -165,13 +166,14 @@ class GovernanceLog:
             self._writer.close()
             self._writer = None
 
-    def append(self, ev: GovEvent, expected_head: tuple[int, str]) -> int:
+    def append(self, ev: GovEvent, expected_head: tuple[int, str], skip: frozenset[int] = frozenset()) -> int:
         """Append ``ev`` (linked on ``expected_head`` = (sequence, hash) and signed) if the log's head is still
         ``expected_head``; return its offset. ConflictError, with nothing written, when another writer appended first
-        or took over meanwhile: re-read the head, rebuild the event on it, and try again."""
+        or took over meanwhile: re-read the head, rebuild the event on it, and try again. ``skip``: offsets the head
+        is read past (the records an OffsetVoided event voids: they are no events of the chain)."""
         _check_linked(ev, expected_head)
         writer = self._registered()
-        seq, hash_, off = self.head()
+        seq, hash_, off = self.head(skip)
         if (seq, hash_) != tuple(expected_head):
             raise ConflictError(
                 f"{ev.type} was built on head #{expected_head[0]} ({expected_head[1][:12] or 'empty log'}), but the "

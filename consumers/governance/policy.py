@@ -5,6 +5,10 @@ Roles: an admin may do everything; an approver grants or rejects approvals; a pr
 validates, requests approval and promotes to staging. Actor, policy and rollback events are the admin's, and so is
 a promotion to production unless the policy says ``auto_promote_production`` (then a proposer may promote a
 validated version without approvals); ``auto_promote_staging: false`` makes staging the admin's too.
+
+Approvals: with ``four_eyes`` an actor may not approve a version it registered itself, and with
+``refuse_failed_approvals`` a version whose latest validation failed cannot be approved. ``governance init`` writes
+both on; a log that never set them (one written before they existed) is judged without them, so it still verifies.
 """
 
 from __future__ import annotations
@@ -17,18 +21,31 @@ from evostream.consumers.governance.keys import key_id_of
 from evostream.consumers.governance.shapes import ActorState, ModelState, VersionState
 from evostream.core.errors import GovernanceError
 
-DEFAULT_POLICY: dict[str, Any] = {
+BASE_POLICY: dict[str, Any] = {
     "production_approvals": 1,
     "auto_promote_staging": True,
     "auto_promote_production": False,
 }
+"""The policy of a log before its first PolicyChanged (the projection starts from it)."""
+UNSET_RULES: dict[str, Any] = {"four_eyes": False, "refuse_failed_approvals": False}
+"""The approval rules of a log that never set them: off, so a log written before they existed verifies as it did."""
+DEFAULT_POLICY: dict[str, Any] = {**BASE_POLICY, "four_eyes": True, "refuse_failed_approvals": True}
+"""The policy a new log's genesis writes (``service.init``)."""
 _POLICY_TYPES: dict[str, type] = {
     "production_approvals": int,
     "auto_promote_staging": bool,
     "auto_promote_production": bool,
+    "four_eyes": bool,
+    "refuse_failed_approvals": bool,
 }
 
-ACTOR_EVENTS = frozenset({"ActorEnrolled", "ActorRevoked", "PolicyChanged"})
+
+def rule(policy: Mapping[str, Any], name: str) -> Any:
+    """A policy setting, with ``UNSET_RULES`` for one the log never set."""
+    return policy.get(name, UNSET_RULES.get(name))
+
+
+ACTOR_EVENTS = frozenset({"ActorEnrolled", "ActorRevoked", "PolicyChanged", "OffsetVoided"})
 """Events about no one model: their model_name is ALL_MODELS."""
 
 _ADMIN = frozenset({"admin"})
@@ -38,6 +55,7 @@ _ROLES_OF: dict[str, frozenset[str]] = {
     "ActorEnrolled": _ADMIN,
     "ActorRevoked": _ADMIN,
     "PolicyChanged": _ADMIN,
+    "OffsetVoided": _ADMIN,
     "RolledBack": _ADMIN,
     "ModelRegistered": _PROPOSER,
     "CandidateProposed": _PROPOSER,
@@ -101,9 +119,16 @@ def check_policy_value(policy: Any) -> str | None:
 
 
 def refusal(
-    type_: str, model_name: str, payload: Mapping[str, Any], actors: Actors, models: Models, policy: Policy
+    type_: str,
+    model_name: str,
+    payload: Mapping[str, Any],
+    actors: Actors,
+    models: Models,
+    policy: Policy,
+    actor: str = "",
 ) -> str | None:
-    """Why the registry's state refuses this event (its payload already fits its type), or None if it may follow."""
+    """Why the registry's state refuses this event by ``actor`` (its payload already fits its type), or None if it
+    may follow."""
     if type_ in ACTOR_EVENTS:
         if model_name != ALL_MODELS:
             return f"{type_} is about no one model: its model_name must be {ALL_MODELS!r}, not {model_name!r}"
@@ -117,7 +142,29 @@ def refusal(
         if payload["version"] not in model["versions"]:
             known = ", ".join(model["versions"]) or "none"
             return f"{model_name} version {payload['version']!r} is not registered (registered: {known})"
+    if type_ == "ApprovalGranted":
+        return _approval(model_name, payload, actors, models, policy) or _grant(
+            model_name, payload, models, policy, actor
+        )
     return _RULES[type_](model_name, payload, actors, models, policy)
+
+
+def _grant(model_name: str, p: Mapping[str, Any], models: Models, policy: Policy, actor: str) -> str | None:
+    """Four eyes, and no approval of a failed version (when the policy says so)."""
+    name = p["version"]
+    version = models[model_name]["versions"][name]
+    if rule(policy, "four_eyes") and actor == version["registered_by"]:
+        return (
+            f"{actor!r} registered {model_name} {name} and may not approve it too (four eyes): another approver "
+            "must (or an admin runs `evostream governance policy --no-four-eyes`)"
+        )
+    val = version["validation"]
+    if rule(policy, "refuse_failed_approvals") and val is not None and not val["passed"]:
+        return (
+            f"{model_name} {name} FAILED its latest validation (sequence {val['sequence']}): a failed version cannot "
+            "be approved; validate it again, and approve it once it passes"
+        )
+    return None
 
 
 def _enrolled(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:
@@ -233,4 +280,5 @@ _RULES: dict[str, _Rule] = {
     "ApprovalRejected": _approval,
     "Promoted": _promoted,
     "RolledBack": _rolled_back,
+    "OffsetVoided": _no_rule,  # its offsets are judged by replay, which knows where they and the void stand
 }

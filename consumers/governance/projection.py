@@ -14,7 +14,7 @@ import copy
 import gc
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from evostream.consumers.governance import events as e
@@ -76,9 +76,13 @@ class Registry:
         self.head_hash = ""
         self.head_us = 0
         self.offset = -1
+        self.genesis_hash = ""
+        """The hash of the log's first event: which log this is (API tokens name it)."""
+        self.voided: dict[int, int] = {}
+        """offset -> the sequence of the OffsetVoided event that voided the record there"""
         self.actors: dict[str, ActorState] = {}
         """actor id -> its roles and keys"""
-        self.policy: dict[str, Any] = dict(rules.DEFAULT_POLICY)
+        self.policy: dict[str, Any] = dict(rules.BASE_POLICY)
         self.models: dict[str, ModelState] = {}
         """model name -> its versions, stages and aliases"""
 
@@ -195,7 +199,7 @@ class Registry:
         allowed = rules.allowed_roles(ev.type, ev.payload, self.policy)
         if allowed.isdisjoint(roles):
             return "unauthorized", f"{ev.type} needs role {' or '.join(sorted(allowed))}; {ev.actor!r} has {roles}"
-        why = rules.refusal(ev.type, ev.model_name, ev.payload, self.actors, self.models, self.policy)
+        why = rules.refusal(ev.type, ev.model_name, ev.payload, self.actors, self.models, self.policy, ev.actor)
         return None if why is None else ("policy", why)
 
     def _genesis_refusal(self, ev: GovEvent) -> tuple[str, str] | None:
@@ -232,6 +236,8 @@ class Registry:
                 f"{ev.type} #{ev.sequence} does not fold onto the registry ({type(e).__name__}: {e}): "
                 "replay with verification to find the event that is wrong"
             ) from e
+        if ev.sequence == 0:
+            self.genesis_hash = ev.hash
         self.head_sequence = ev.sequence
         self.head_hash = ev.hash
         self.head_us = ev.occurred_at_us
@@ -248,6 +254,8 @@ class Registry:
                 "head_hash": self.head_hash,
                 "head_us": self.head_us,
                 "offset": self.offset,
+                "genesis_hash": self.genesis_hash,
+                "voided": {str(k): v for k, v in self.voided.items()},
                 "actors": self.actors,
                 "policy": self.policy,
                 "models": self.models,
@@ -264,6 +272,9 @@ class Registry:
         try:
             reg.head_sequence, reg.head_hash = int(d["head_sequence"]), str(d["head_hash"])
             reg.head_us, reg.offset = int(d["head_us"]), int(d["offset"])
+            # absent from snapshots written before they were kept
+            reg.genesis_hash = str(d.get("genesis_hash", ""))
+            reg.voided = {int(k): int(v) for k, v in d.get("voided", {}).items()}
             reg.actors, reg.policy, reg.models = copy.deepcopy((d["actors"], d["policy"], d["models"]))
         except (KeyError, TypeError, ValueError) as err:
             raise GovernanceError(f"registry snapshot is incomplete ({err}): replay the log instead") from err
@@ -414,6 +425,11 @@ def _on_rolled_back(reg: Registry, ev: GovEvent) -> None:
     _make_production(reg.models[ev.model_name], payload_of(ev, e.RolledBack)["version"])
 
 
+def _on_voided(reg: Registry, ev: GovEvent) -> None:
+    for offset in payload_of(ev, e.OffsetVoided)["offsets"]:
+        reg.voided[offset] = ev.sequence
+
+
 _FOLD: dict[str, Callable[[Registry, GovEvent], None]] = {
     "ActorEnrolled": _on_enrolled,
     "ActorRevoked": _on_revoked,
@@ -426,6 +442,7 @@ _FOLD: dict[str, Callable[[Registry, GovEvent], None]] = {
     "ApprovalRejected": _on_rejected,
     "Promoted": _on_promoted,
     "RolledBack": _on_rolled_back,
+    "OffsetVoided": _on_voided,
 }
 
 
@@ -510,10 +527,88 @@ def replay(
     event: it is an "undecodable" finding and stops the projection too. ``until_offset`` / ``until_us`` give the
     state as of that offset / time: the fold ends before the first event past it (events are in chain order, so
     this is a prefix of the log). Without ``verify`` only the fold runs (no hash, link, signature or rule check).
+
+    A record at an offset that a standing OffsetVoided event names is skipped, whatever it holds (``standing_voids``).
     """
-    reg = Registry.from_json(start.to_json()) if start is not None else Registry()
+    items = list(events)
     with _no_gc_pauses():
-        return _replay(reg, events, verify, until_us, until_offset)
+        skip = standing_voids(items, verify=verify, start=start)
+        return _replay(_start(start), items, verify, until_us, until_offset, _Voids(skip))
+
+
+def _start(start: Registry | None) -> Registry:
+    return Registry.from_json(start.to_json()) if start is not None else Registry()
+
+
+@dataclass
+class _Voids:
+    """What a replay skips (voided offset -> offset of the void), and what it saw of the voids."""
+
+    skip: dict[int, int]
+    folded: set[int] = field(default_factory=set)
+    """offsets of the events the fold took (verified, when it verifies)"""
+    valid: set[int] = field(default_factory=set)
+    """skipped offsets that held an event the projection would have taken there"""
+
+
+def _void_claims(items: list[tuple[int | None, GovEvent | Finding | Exception]]) -> dict[int, tuple[list[int], bool]]:
+    """offset of each OffsetVoided event -> (the earlier offsets it names, forced), as written (not yet verified)."""
+    claims: dict[int, tuple[list[int], bool]] = {}
+    for offset, item in items:
+        if offset is None or not isinstance(item, GovEvent) or item.type != "OffsetVoided":
+            continue
+        offsets, forced = item.payload.get("offsets"), item.payload.get("forced")
+        if isinstance(offsets, list) and all(type(o) is int and 0 <= o < offset for o in offsets):
+            claims[offset] = (offsets, forced is True)
+    return claims
+
+
+def standing_voids(
+    events: Iterable[tuple[int | None, GovEvent | Finding | Exception]],
+    *,
+    verify: bool = True,
+    start: Registry | None = None,
+    also: Iterable[int] = (),
+) -> dict[int, int]:
+    """voided offset -> the offset of the void, for every OffsetVoided event of ``events`` that stands: it names only
+    offsets before its own; with ``verify``, the projection folds it (so it is in the chain, signed by an admin key),
+    and unless it says ``forced``, none of the records it skips is an event the projection would have taken there.
+    A void that does not stand voids nothing (the replay is run again without it: a few times at most, and never
+    when the log holds no void). ``also``: offsets to treat as voided by a standing, forced void (what ``void``
+    would do)."""
+    items = events if isinstance(events, list) else list(events)
+    claims = _void_claims(items)
+    pinned = {offset: -1 for offset in also}
+    while claims:
+        skip = {n: m for m, (offsets, _) in claims.items() for n in offsets} | pinned
+        if not verify:
+            return skip
+        seen = _Voids(skip)
+        _replay(_start(start), items, True, None, None, seen)
+        fallen = {
+            m
+            for m, (offsets, forced) in claims.items()
+            if m not in seen.folded or (not forced and seen.valid.intersection(offsets))
+        }
+        if not fallen:
+            return skip
+        claims = {m: claim for m, claim in claims.items() if m not in fallen}
+    return dict(pinned)
+
+
+def plan_void(
+    events: Iterable[tuple[int | None, GovEvent | Finding | Exception]], offsets: Iterable[int]
+) -> tuple[Registry, list[Finding], list[int]]:
+    """What voiding ``offsets`` would do: the verified projection with them (and every standing void) skipped, its
+    findings, and which of ``offsets`` hold an event the projection takes today (voiding those needs force)."""
+    items = list(events)
+    offsets = list(offsets)
+    with _no_gc_pauses():
+        now = _Voids(standing_voids(items))
+        _replay(Registry(), items, True, None, None, now)
+        after = _Voids(standing_voids(items, also=offsets))
+        registry, findings = _replay(Registry(), items, True, None, None, after)
+    return registry, findings, sorted(set(offsets) & (now.folded | after.valid))
 
 
 def _replay(
@@ -522,12 +617,17 @@ def _replay(
     verify: bool,
     until_us: int | None,
     until_offset: int | None,
+    voids: _Voids,
 ) -> tuple[Registry, list[Finding]]:
     findings: list[Finding] = []
     scan: _Scan | None = None
     for offset, item in events:
         if until_offset is not None and offset is not None and offset > until_offset:
             break
+        if offset is not None and offset in voids.skip:
+            if verify and scan is None and isinstance(item, GovEvent) and reg._refusal(item) is None:
+                voids.valid.add(offset)
+            continue
         if not isinstance(item, GovEvent):
             found = item if isinstance(item, Finding) else Finding(offset, -1, "undecodable", str(item))
             findings.append(found)
@@ -543,6 +643,8 @@ def _replay(
             kind_detail = reg._refusal(item)
             if kind_detail is None:
                 reg._fold(item, offset)
+                if offset is not None:
+                    voids.folded.add(offset)
                 continue
             scan = _Scan(reg)
         elif verify:

@@ -12,11 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from evostream.consumers.governance.anchor import advance_anchor, anchor_findings
 from evostream.consumers.governance.checkpoint import write_checkpoint
 from evostream.consumers.governance.events import ALL_MODELS, GovEvent, check_payload
 from evostream.consumers.governance.keys import ActorKey, sign_event
 from evostream.consumers.governance.policy import DEFAULT_POLICY
-from evostream.consumers.governance.projection import Finding, Registry, replay
+from evostream.consumers.governance.projection import Finding, Registry, plan_void, replay
 from evostream.core.clock import now_us
 from evostream.core.errors import ConflictError, GovernanceError, TamperError
 
@@ -24,9 +25,9 @@ from evostream.core.errors import ConflictError, GovernanceError, TamperError
 class LogT(Protocol):
     """What the commands need of the governance log (consumers.governance.log.GovernanceLog)."""
 
-    def read(self, from_offset: int = 0) -> list[tuple[int, GovEvent]]: ...
+    def items(self, from_offset: int = 0) -> list[tuple[int, GovEvent | Finding]]: ...
 
-    def append(self, ev: GovEvent, expected_head: tuple[int, str]) -> int: ...
+    def append(self, ev: GovEvent, expected_head: tuple[int, str], skip: frozenset[int] = frozenset()) -> int: ...
 
 
 @dataclass
@@ -54,11 +55,14 @@ class Governance:
         clock: Callable[[], int] = now_us,
         retries: int = 5,
         checkpoints: Path | None = None,
+        anchor: Path | None = None,
     ) -> None:
         """``checkpoints``: a JSONL file outside the topic where each append leaves a signed checkpoint of the new
-        head, so a later replay can tell a log cut short (``checkpoint.verify_checkpoints``)."""
+        head, so a later replay can tell a log cut short (``checkpoint.verify_checkpoints``). ``anchor``: the file
+        where this machine keeps the highest head it verified (``anchor.py``). Both are checked before any write."""
         self.log = log
         self.checkpoints = checkpoints
+        self.anchor = anchor
         self.key = key
         self.actor = actor
         self.clock = clock
@@ -70,15 +74,20 @@ class Governance:
         """The log replayed and verified: folded once, then only its new tail (and this actor's own appends, which
         count at once even if the log's reader has not caught up with them yet)."""
         if self._view is None or self._view.findings:
-            events = self.log.read()
-            registry, findings = replay(events)
-            self._view = View(registry, events, findings)
+            items = self.log.items()
+            registry, findings = replay(items)
+            if self.anchor is not None:
+                found = anchor_findings(registry, items, anchor=self.anchor, checkpoints=self.checkpoints)
+                if not findings and not found:
+                    advance_anchor(self.anchor, registry)
+                findings += found
+            self._view = View(registry, _events(items, registry), findings)
             return self._view
         v = self._view
-        tail = self.log.read(from_offset=v.events[-1][0] + 1 if v.events else 0)
+        tail = self.log.items(from_offset=v.registry.offset + 1)
         if tail:
             registry, findings = replay(tail, start=v.registry)
-            self._view = View(registry, v.events + tail, findings)
+            self._view = View(registry, v.events + _events(tail, registry), findings)
         return self._view
 
     def state(self) -> View:
@@ -88,7 +97,7 @@ class Governance:
             first = v.findings[0]
             raise TamperError(
                 f"the governance log failed verification at offset {first.offset} (sequence {first.sequence}): "
-                f"{first.kind}: {first.detail}; run `evostream replay --verify`"
+                f"{first.kind}: {first.detail}; run `evostream replay --verify`{recovery_hint(first)}"
             )
         return v
 
@@ -123,10 +132,64 @@ class Governance:
             # the append checked that the head was still ``reg``'s: nothing came in between
             registry, findings = replay([(offset, ev)], start=reg)
             self._view = View(registry, [*v.events, (offset, ev)], findings)
-            if self.checkpoints is not None:
-                write_checkpoint(self.checkpoints, (ev.sequence, ev.hash, offset), self.key)
+            self._anchor_head(ev, offset)
             return ev
         raise ConflictError(f"{type_}: another writer kept appending first ({self.retries} tries): {last}")
+
+    def void(self, offsets: list[int], reason: str, force: bool = False) -> GovEvent:
+        """Void records of the log that are no events of its chain (junk, a copy), so that replay skips exactly
+        those offsets (an OffsetVoided event, admin only). Refused: an offset that holds no record or is voided
+        already; an offset that holds an event the projection takes (a decision of the history) unless ``force``;
+        and a void after which the log would still fail verification (the error names the next offset to void)."""
+        if not reason.strip():
+            raise GovernanceError("a void needs a reason (--reason): it stays in the log")
+        if not offsets:
+            raise GovernanceError("name the offsets to void (--offset N, one or more)")
+        items = self.log.items()
+        held = {off: rec for off, rec in items}
+        missing = sorted(set(offsets) - set(held))
+        if missing:
+            span = f"{min(held)}..{max(held)}" if held else "no record"
+            raise GovernanceError(f"offset(s) {missing} hold no record of the log (it holds {span}): nothing to void")
+        registry, findings, taken = plan_void(items, offsets)
+        again = sorted(set(offsets) & set(registry.voided))
+        if again:
+            raise GovernanceError(f"offset(s) {again} are voided already (see `evostream audit`)")
+        if taken and not force:
+            what = "; ".join(f"offset {o}: {_told(held[o])}" for o in taken)
+            raise GovernanceError(
+                f"{what}: a valid event of the chain, not junk. Voiding it removes a decision from the history and "
+                "breaks the link of every event after it; if that is really meant, void them together with --force "
+                "(the void then says it was forced)"
+            )
+        if findings:
+            f = findings[0]
+            raise GovernanceError(
+                f"with offset(s) {sorted(offsets)} voided, the log still fails verification at offset {f.offset} "
+                f"({f.kind}: {f.detail}): void that record too (add --offset {f.offset})"
+            )
+        ev = GovEvent(
+            type="OffsetVoided",
+            actor=self.actor,
+            key_id=self.key.key_id,
+            payload={"offsets": sorted(offsets), "forced": bool(force)},
+            reason=reason,
+        )
+        ev = sign_event(
+            ev.linked(registry.head_sequence + 1, registry.head_hash, max(self.clock(), registry.head_us)), self.key
+        )
+        registry.check(ev)  # an admin's, or refused before anything is written
+        offset = self.log.append(ev, (registry.head_sequence, registry.head_hash), skip=frozenset(offsets))
+        self._view = None  # read again: the void changes what the log says from its first voided offset on
+        self._anchor_head(ev, offset)
+        return ev
+
+    def _anchor_head(self, ev: GovEvent, offset: int) -> None:
+        """The signed checkpoint of the new head, and this machine's anchor moved to it."""
+        if self.checkpoints is not None:
+            write_checkpoint(self.checkpoints, (ev.sequence, ev.hash, offset), self.key)
+        if self.anchor is not None and self._view is not None and not self._view.findings:
+            advance_anchor(self.anchor, self._view.registry)
 
     def enroll(self, actor_id: str, public_hex: str, key_id: str, roles: list[str], reason: str = "") -> GovEvent:
         payload = {"actor_id": actor_id, "key_id": key_id, "public_key": public_hex, "roles": list(roles)}
@@ -208,6 +271,25 @@ class Governance:
         return self.append("RolledBack", {"version": target, "from_version": current}, model, reason)
 
 
+def recovery_hint(f: Finding) -> str:
+    """How a log stopped by ``f`` recovers, when a void can do it: a record that is no event of the chain."""
+    if f.kind == "truncated" or f.offset is None:
+        return ""
+    return (
+        f". If the record at offset {f.offset} is junk or a copy, an admin voids it: `evostream governance void "
+        f"--offset {f.offset} --reason '...'` (docs/governance.md, Recovering from a bad record)"
+    )
+
+
+def _events(items: list[tuple[int, GovEvent | Finding]], registry: Registry) -> list[tuple[int, GovEvent]]:
+    """The events of ``items`` the chain holds: no undecodable record, nothing at a voided offset."""
+    return [(off, ev) for off, ev in items if isinstance(ev, GovEvent) and off not in registry.voided]
+
+
+def _told(rec: GovEvent | Finding) -> str:
+    return str(rec) if isinstance(rec, Finding) else f"{rec.type} #{rec.sequence} by {rec.actor}"
+
+
 def previous_production(events: list[tuple[int, GovEvent]], model: str) -> str | None:
     """The version that was in production before the current one, from the log's promotions and rollbacks."""
     served: list[str] = []
@@ -228,10 +310,11 @@ def init(
     clock: Callable[[], int] = now_us,
     checkpoints: Path | None = None,
     reuse_key: bool = False,
+    anchor: Path | None = None,
 ) -> tuple[Governance, Path]:
     """Start an empty log: a new admin key (saved 0600 under ``keys_dir``), its self-signed enrolment, the default
     policy. Refuses a log that already has events, and an existing key file unless ``reuse_key``."""
-    if log.read():
+    if log.items():
         raise GovernanceError("the governance log already has events: `governance init` starts an empty log only")
     path = key_path(keys_dir, actor)
     if reuse_key and path.exists():
@@ -239,14 +322,19 @@ def init(
     else:
         key = ActorKey.generate()
         key.save(path)  # refuses to overwrite an existing key
-    gov = Governance(log, key, actor, clock, checkpoints=checkpoints)
+    gov = Governance(log, key, actor, clock, checkpoints=checkpoints, anchor=anchor)
     gov.enroll(actor, key.public_hex, key.key_id, ["admin"], reason="genesis: the first admin")
     gov.set_policy(DEFAULT_POLICY, reason="genesis: the default policy")
     return gov, path
 
 
 def load_actor(
-    log: LogT, keys_dir: Path, actor: str, clock: Callable[[], int] = now_us, checkpoints: Path | None = None
+    log: LogT,
+    keys_dir: Path,
+    actor: str,
+    clock: Callable[[], int] = now_us,
+    checkpoints: Path | None = None,
+    anchor: Path | None = None,
 ) -> Governance:
     """The commands of ``actor``, with its key from ``keys_dir``."""
     path = key_path(keys_dir, actor)
@@ -255,4 +343,4 @@ def load_actor(
             f"no key for actor {actor!r} at {path}: run `evostream governance init` (first admin) or "
             f"`evostream governance enroll {actor}` as an admin"
         )
-    return Governance(log, ActorKey.load(path), actor, clock, checkpoints=checkpoints)
+    return Governance(log, ActorKey.load(path), actor, clock, checkpoints=checkpoints, anchor=anchor)

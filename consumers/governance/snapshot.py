@@ -1,9 +1,10 @@
 """Snapshots of the governance projection on the compacted topic ``evo.governance.snapshots``.
 
-A snapshot is the Registry folded up to one event of the log (its offset, sequence and hash), so a reader can fold only
-the tail after it instead of the whole log. It is a cache, never the truth: ``load_projection`` uses a snapshot only
-if the log still holds, at the snapshot's offset, the event with the snapshot's sequence and hash; otherwise it
-replays the whole log. Audit always replays from the start.
+A snapshot is the Registry folded up to one event of the log (its offset, sequence and hash). It is not signed, so
+nothing in evostream folds onto one or decides anything from one: whoever could write to the topic could make it say
+any policy, actor or production version while naming a real event of the log (an earlier ``load_projection`` did
+fold the tail onto it; it was removed). Every decision replays and verifies the whole log. Snapshots stay a published
+view of the verified projection for tools that want one, to be checked against the log by them.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import json
 import logging
 from dataclasses import dataclass, replace
 
-from evostream.consumers.governance.events import GovEvent, canonical_json
-from evostream.consumers.governance.log import GovernanceLog
-from evostream.consumers.governance.projection import Finding, Registry, replay
+from evostream.consumers.governance.events import canonical_json
+from evostream.consumers.governance.projection import Registry
 from evostream.core.bus.admin import ensure_topics
 from evostream.core.bus.producer import EventProducer
 from evostream.core.bus.transactional import PartitionReader
@@ -97,43 +97,3 @@ def snapshots(
         if rec["log_topic"] == log_topic:
             out.append(Snapshot(**rec))
     return out
-
-
-def latest_snapshot(
-    bootstrap: str, *, topic: str = GOVERNANCE_SNAPSHOTS, log_topic: str = GOVERNANCE, timeout_s: float = 30.0
-) -> tuple[int, Registry] | None:
-    """(offset, projection) of the latest snapshot of ``log_topic``, or None if there is none."""
-    found = snapshots(bootstrap, topic=topic, log_topic=log_topic, timeout_s=timeout_s)
-    if not found:
-        return None
-    return found[-1].offset, found[-1].registry()
-
-
-def load_projection(
-    glog: GovernanceLog, *, topic: str = GOVERNANCE_SNAPSHOTS, verify: bool = True
-) -> tuple[Registry, list[Finding], Snapshot | None]:
-    """The projection of the whole log: the latest snapshot plus a replay of the tail after it, or a full replay when
-    there is no snapshot or the log no longer holds the snapshot's event at its offset. Returns the projection, the
-    replay's findings, and the snapshot used (None: full replay)."""
-    found = snapshots(glog.bootstrap, topic=topic, log_topic=glog.topic, timeout_s=glog.timeout_s)
-    snap = found[-1] if found else None
-    if snap is not None:
-        tail = glog.items(snap.offset)
-        if _anchored(snap, tail):
-            registry, findings = replay(tail[1:], verify=verify, start=snap.registry())
-            return registry, findings, snap
-        log.warning(
-            "the snapshot of %s at offset %d does not match the log there: replaying the whole log",
-            glog.topic,
-            snap.offset,
-        )
-    registry, findings = replay(glog.items(0), verify=verify)
-    return registry, findings, None
-
-
-def _anchored(snap: Snapshot, items: list[tuple[int, GovEvent | Finding]]) -> bool:
-    """Whether the log holds, at the snapshot's offset, the event the snapshot was folded up to."""
-    if not items or items[0][0] != snap.offset:
-        return False
-    ev = items[0][1]
-    return isinstance(ev, GovEvent) and ev.sequence == snap.sequence and ev.hash == snap.head_hash

@@ -48,6 +48,14 @@ class RunnerOptions:
     ``flush_interval_s`` (0 for most: after every batch), as Kafka Connect's offset.flush.interval.ms."""
     pause_before_commit_s: float = 0.0
     """Fault-injection only: wait this long between the sink's flush and the commit (the kill test lands there)."""
+    commit_timeout_s: float = 10.0
+    """How long one commit of offsets (or one wait for dead letters to be acknowledged) waits for the broker; one not
+    confirmed leaves its offsets pending for the next commit (librdkafka's own wait has no end when the broker is
+    gone)."""
+    shutdown_s: float = 10.0
+    """From ``stop()`` on, every wait on the way out (the last flush's dead letters acknowledged, the last commit,
+    the consumer's close) shares what is left of this budget, whatever the broker does; what could not be committed
+    is raised (``run`` ends with it) and is read again by the next owner."""
 
 
 @dataclass
@@ -89,6 +97,7 @@ class SinkRunner:
         self._pending: dict[tuple[str, int], int] = {}
         """Next offsets of batches delivered but not yet flushed and committed."""
         self._flushed_at = time.monotonic()
+        self._stop_at: float | None = None
         interval = options.flush_interval_s
         self.flush_interval_s = float(getattr(sink, "flush_interval_s", 0.0) if interval is None else interval)
         self._codecs = {t: RecordCodec(topic_spec(t).value_schema) for t in sink.topics}
@@ -151,7 +160,9 @@ class SinkRunner:
         self, topic: str, partition: int, offset: int, key: bytes | None, raw: bytes | None, error: BaseException
     ) -> None:
         rec = dead_letter(topic, partition, offset, key, raw, error, self.group, now_us())
-        self._producer.send(DLQ, key, self._dlq_codec.encode(rec))
+        # the value (and key) at most dead_letter's KEEP_BYTES: a record near the size limit wrapped whole would be
+        # too large to send, and the runner would meet it again after every restart
+        self._producer.send(DLQ, rec["original_key"], self._dlq_codec.encode(rec))
         self.stats.dead_letters += 1
 
     def step(self) -> int:
@@ -160,7 +171,7 @@ class SinkRunner:
         (nothing is committed then), ConsumeError when Kafka failed (the partitions are then rewound, see
         ``_rewind``)."""
         if self._catch_up:  # before anything else is read: a failure leaves it to the next step
-            self._consumer.commit_offsets(self._catch_up)
+            self._consumer.commit_offsets(self._catch_up, timeout_s=self._left(self.options.commit_timeout_s))
             self._catch_up = {}
         try:
             msgs = self._consumer.poll_batch(self.options.max_records, self.options.max_wait_s)
@@ -179,7 +190,7 @@ class SinkRunner:
             if self.stats.dead_letters > dead_before:
                 # acknowledged before the sink writes: a sink that keeps its positions (SQLite) moves them past
                 # the undecodable records in that write, and a crash must not lose their dead letters
-                self._producer.flush()
+                self._producer.flush(self._left(30.0))
 
             def dead(rec: Record, reason: str) -> None:
                 m = raw[rec.key]
@@ -198,7 +209,9 @@ class SinkRunner:
             if out.stopped:
                 return len(msgs)  # stopping mid-retry: this batch is not committed, it is read again next time
             if out.dead:
-                self._producer.flush()  # the sink's poison, acknowledged before anything else is written
+                self._producer.flush(
+                    self._left(30.0)
+                )  # the sink's poison, acknowledged before anything else is written
             for tp, end in ends.items():
                 self._pending[tp] = max(self._pending.get(tp, 0), end)
             self.stats.batches += 1
@@ -245,10 +258,10 @@ class SinkRunner:
             flushed = self._flush()
         if flushed.status is not Status.OK:
             raise SinkError(f"sink {self.sink.name!r} could not make its writes durable: {flushed.reason or 'stopped'}")
-        self._producer.flush()  # the dead letters are acknowledged before their offsets are committed
+        self._producer.flush(self._left(30.0))  # the dead letters are acknowledged before their offsets are committed
         if self.options.pause_before_commit_s:
             time.sleep(self.options.pause_before_commit_s)
-        self._consumer.commit_offsets(self._pending)
+        self._consumer.commit_offsets(self._pending, timeout_s=self._left(self.options.commit_timeout_s))
         self._pending = {}
         self._flushed_at = time.monotonic()
         self.stats.commits += 1
@@ -302,12 +315,22 @@ class SinkRunner:
 
     def stop(self) -> None:
         self.stop_event.set()
+        self._left(0.0)  # the shutdown budget starts now
+
+    def _left(self, wanted: float) -> float:
+        """``wanted`` seconds while running; after ``stop()``, no more than what is left of ``shutdown_s`` (at least
+        0.1 s, so that what is already done is still seen)."""
+        if not self.stop_event.is_set():
+            return wanted
+        if self._stop_at is None:
+            self._stop_at = time.monotonic()
+        return max(0.1, min(wanted, self._stop_at + self.options.shutdown_s - time.monotonic()))
 
     def close(self) -> None:
         try:
             self.sink.close()
         finally:
             try:
-                self._consumer.close()
+                self._consumer.close(self._left(30.0))
             finally:
-                self._producer.flush(10)
+                self._producer.flush(self._left(10.0))

@@ -27,6 +27,7 @@ from evostream.api.errors import install
 from evostream.api.limits import BodyLimit
 from evostream.api.routes import ROUTERS
 from evostream.api.state import ApiState
+from evostream.api.trust import SameSiteWrites
 
 STATIC = Path(__file__).parent / "static"
 DESCRIPTION = (
@@ -48,8 +49,8 @@ def create_app(cfg: ApiConfig, tail: bool = True) -> FastAPI:
     app.state.api = state
     install(app)
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)
-    if cfg.allowed_hosts is not None:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.allowed_hosts)
+    app.add_middleware(SameSiteWrites, allowed_origins=cfg.cors_origins)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.allowed_hosts)
     if cfg.cors_origins:
         app.add_middleware(
             CORSMiddleware,

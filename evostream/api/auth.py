@@ -1,15 +1,17 @@
-"""Who may call what. Reads are open to clients on this machine (and to everyone with ``open_reads``); from elsewhere
-they need a key. ``POST /infer`` is open to this machine's clients, and needs a key from elsewhere even with
-``open_reads`` (it publishes, and its traffic feeds drift and evolution). Writes need an actor key:
-``Authorization: Bearer <actor>.<signature>``, the token ``evostream governance api-token`` prints, checked against
-the actor's public key in the governance log (so revoking the actor there revokes it here); the action is then
-signed with that actor's key from this machine's key folder, and the log's own rules decide whether the actor's roles
-allow it. Admin endpoints need the admin role.
+"""Who may call what. Reads need a key, unless opened to everyone (``open_reads``) or to this machine's clients
+(``trust_loopback``, off by default: see ``trusted_local``). ``POST /infer`` needs a key, unless from a trusted
+local client; ``open_reads`` does not open it (it publishes, and its traffic feeds drift and evolution). Writes
+need an actor key: ``Authorization: Bearer <actor>.<log>.<expiry>.<signature>``, the token ``evostream governance
+api-token`` prints, checked against the actor's current public key in the governance log, the log's genesis and the
+clock (so revoking the actor there, or enrolling it with a new key, retires it here, and it expires); the action is
+then signed with that actor's key from this machine's key folder, and the log's own rules decide whether the actor's
+roles allow it. Admin endpoints need the admin role.
 
 "This machine" is the TCP peer's address: the server does not read proxy headers (``evostream api`` starts uvicorn
-with ``proxy_headers=False``), so a client cannot claim to be local. A token is never logged and never repeated in
-an answer. Checking one replays the log at most every ``ttl_s`` (and again after any governance event the API sees):
-the dependencies run on the server's thread pool, never on its event loop."""
+with ``proxy_headers=False``), so a client cannot claim to be local; and a request that carries a proxy's forwarding
+header is not trusted as local at all. A token is never logged and never repeated in an answer. Checking one replays
+the log at most every ``ttl_s`` (and again after any governance event the API sees): the dependencies run on the
+server's thread pool, never on its event loop."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from fastapi import Request
 
 from evostream.api.errors import AuthRequiredError, ForbiddenError
 from evostream.consumers.governance.api_keys import actor_of, check_format
+from evostream.core.errors import TamperError
 from evostream.views.governance import GovernanceView
 
 
@@ -54,6 +57,19 @@ def is_local(request: Request) -> bool:
     return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
 
 
+FORWARDING = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip", "via")
+"""Headers a proxy adds: a request carrying one came through a proxy, whatever its TCP peer."""
+
+
+def trusted_local(request: Request, trust_loopback: bool) -> bool:
+    """Whether a request counts as this machine's own client, trusted without a key: only with ``trust_loopback``
+    (``--trust-loopback``; behind a proxy on this machine every client is a loopback peer), from a loopback peer,
+    carrying no proxy's forwarding header."""
+    if not trust_loopback or not is_local(request):
+        return False
+    return not any(name in request.headers for name in FORWARDING)
+
+
 class RegistryCache:
     """The replayed registry, kept for ``ttl_s`` and dropped at once by ``invalidate`` (a governance event seen, a
     write made here)."""
@@ -68,7 +84,7 @@ class RegistryCache:
     def get(self) -> Any:
         with self._lock:
             if self._registry is None or time.monotonic() - self._at > self.ttl_s:
-                self._registry = self.governance.replayed().registry
+                self._registry = anchored_registry(self.governance.replayed())
                 self._at = time.monotonic()
             return self._registry
 
@@ -77,12 +93,22 @@ class RegistryCache:
             self._registry = None
 
 
+def anchored_registry(replayed: Any) -> Any:
+    """The registry keys are checked against; TamperError (409) when this machine's anchors (its head file, its
+    signed checkpoints) say the log was cut short or replaced: a revoked actor or an old key could be back in it."""
+    cut = [f for f in replayed.findings if f.kind == "truncated"]
+    if cut:
+        raise TamperError(f"no key is accepted: the governance log fails this machine's anchor check: {cut[0].detail}")
+    return replayed.registry
+
+
 class Auth:
     """The checks of the dependencies in ``deps``: each returns who called, or raises the error the caller sees."""
 
-    def __init__(self, registry: RegistryCache, open_reads: bool = False) -> None:
+    def __init__(self, registry: RegistryCache, open_reads: bool = False, trust_loopback: bool = False) -> None:
         self.registry = registry
         self.open_reads = open_reads
+        self.trust_loopback = trust_loopback
 
     def _token(self, request: Request) -> str | None:
         header = request.headers.get("authorization")
@@ -110,18 +136,24 @@ class Auth:
         token = self._token(request)
         if token is not None:
             return self._caller(token)
-        if self.open_reads or is_local(request):
+        if self.open_reads or trusted_local(request, self.trust_loopback):
             return Caller(None)
-        raise AuthRequiredError("reads from another machine need an actor key (or start the API with --open-reads)")
+        raise AuthRequiredError(
+            "reads need an actor key (or start the API with --open-reads, or --trust-loopback for this machine's "
+            "clients when no proxy runs on it)"
+        )
 
     def publisher(self, request: Request) -> Caller:
         """``POST /infer``: this machine's clients, or a key."""
         token = self._token(request)
         if token is not None:
             return self._caller(token)
-        if is_local(request):
+        if trusted_local(request, self.trust_loopback):
             return Caller(None)
-        raise AuthRequiredError("requests from another machine need an actor key (--open-reads opens reads only)")
+        raise AuthRequiredError(
+            "publishing needs an actor key (or, for this machine's clients, an API started with --trust-loopback; "
+            "--open-reads opens reads only)"
+        )
 
     def writer(self, request: Request) -> Actor:
         """Writes: a key, always."""

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from evostream.api.auth import Actor, Caller
+from evostream.api.quota import client_key
 from evostream.api.state import ApiState
 
 _bearer = HTTPBearer(auto_error=False, description="An actor key: `evostream governance api-token --actor NAME`.")
@@ -42,9 +43,18 @@ def _admin(request: Request, state: State, _: Bearer) -> Actor:
 
 
 Reader = Annotated[Caller, Depends(_reader)]
-"""Reads: this machine's clients, or a key (anyone with ``--open-reads``)."""
+"""Reads: a key, or anyone with ``--open-reads``, or this machine's clients with ``--trust-loopback``."""
+
+
+def _governance_reader(request: Request, state: State, caller: Reader) -> Caller:
+    state.governance_quota.take(client_key(request, caller.actor))
+    return caller
+
+
+GovernanceReader = Annotated[Caller, Depends(_governance_reader)]
+"""Reads of the governance log: a ``Reader``, within its client's quota of them (429 over it)."""
 Publisher = Annotated[Caller, Depends(_publisher)]
-"""``POST /infer``: this machine's clients, or a key."""
+"""``POST /infer``: a key, or this machine's clients with ``--trust-loopback``."""
 CurrentActor = Annotated[Actor, Depends(_actor)]
 """Writes: the actor whose key came (401 without one)."""
 AdminActor = Annotated[Actor, Depends(_admin)]

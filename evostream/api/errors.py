@@ -46,6 +46,14 @@ class BusyError(EvoError):
     """The server is at a limit it keeps (event streams open); try again later."""
 
 
+class TooManyRequestsError(EvoError):
+    """This client is over its quota; ``retry_after_s`` says when a retry may succeed."""
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = max(1, retry_after_s)
+
+
 STATUS: list[tuple[type[Exception], int]] = [
     (AuthRequiredError, 401),
     (InvalidTokenError, 401),
@@ -59,6 +67,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (TamperError, 409),
     (GovernanceError, 400),
     (TimeoutAnswerError, 504),
+    (TooManyRequestsError, 429),
     (BusyError, 503),
     (ConsumeError, 503),
     (DeliveryError, 503),
@@ -79,6 +88,7 @@ MEANING = {
     403: "The actor's roles do not allow it, or its private key is not on this server.",
     404: "No such thing among what this API keeps.",
     409: "The governance log's rules refuse it, or a cycle is running already.",
+    429: "This client is over its quota; `Retry-After` says in how many seconds to retry.",
     503: "A limit this server keeps, or the broker is away; try again later.",
     504: "The service did not answer in time.",
 }
@@ -100,6 +110,8 @@ def install(app: FastAPI) -> None:
     async def handle(request: Request, e: Exception) -> JSONResponse:
         status = status_of(e)
         headers = {"WWW-Authenticate": 'Bearer realm="evostream"'} if status == 401 else None
+        if isinstance(e, TooManyRequestsError):
+            headers = {"Retry-After": str(e.retry_after_s)}
         return JSONResponse({"error": type(e).__name__, "detail": str(e)}, status_code=status, headers=headers)
 
     app.add_exception_handler(EvoError, handle)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from evostream.api.errors import BusyError
 from evostream.api.state import ApiState
@@ -32,8 +34,19 @@ def sse(
     tail = state.tail
     if tail is None:
         raise BusyError("this API runs without a live view: no streams")
+    # admitted here, on the event loop with no await between the count's check and its increment: opens that
+    # arrive together cannot all see room (counted inside the stream's generator, 60 opens against a cap of 5 left
+    # 40 open, since none had started yet)
     if state.streams >= state.cfg.max_streams:
         raise BusyError(f"{state.cfg.max_streams} event streams are open already; try again later")
+    state.streams += 1
+    released = [False]
+
+    def release() -> None:
+        if not released[0]:
+            released[0] = True
+            state.streams -= 1
+
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Record]] = asyncio.Queue(maxsize=QUEUED)
     dropped = [0]
@@ -50,7 +63,6 @@ def sse(
 
     async def events() -> AsyncIterator[bytes]:
         unsubscribe = tail.subscribe(push)
-        state.streams += 1  # on the event loop only: no lock needed
         try:
             yield b": connected\n\n"
             while not await request.is_disconnected():
@@ -66,7 +78,22 @@ def sse(
                 doc = plain(rec, drop=("prompt_embedding", "signature", "payload_json"))
                 yield f"event: {event}\ndata: {json.dumps(doc, default=str, allow_nan=False)}\n\n".encode()
         finally:
-            state.streams -= 1
             unsubscribe()
+            release()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return Admitted(release, events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class Admitted(StreamingResponse):
+    """A stream that holds one of the open streams' places until its answer ends, however it ends (a client gone
+    before the first byte included: its generator then never runs, so its ``finally`` cannot give the place back)."""
+
+    def __init__(self, release: Callable[[], None], content: AsyncIterator[bytes], **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()

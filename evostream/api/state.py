@@ -3,6 +3,7 @@ key checks, the token decoder, the request client, the evolution jobs. Routes re
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 from evostream.api.auth import Auth, RegistryCache
 from evostream.api.config import ApiConfig
 from evostream.api.jobs import EvolveJobs
+from evostream.api.quota import ClientQuota
 from evostream.core.bus.admin import cluster_metadata, ensure_topics
 from evostream.schemas.catalog import CATALOG
 from evostream.views.governance import GovernanceView
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
     from evostream.producers.client import InferenceClient
 
 T = TypeVar("T")
+INFER_SLOTS = 1024
+"""``/infer`` requests in flight at once, all clients together."""
 
 
 class ApiState:
@@ -29,11 +33,18 @@ class ApiState:
     def __init__(self, cfg: ApiConfig, tail: bool = True) -> None:
         self.cfg = cfg
         self.recent = Recent()
-        self.governance = GovernanceView(cfg.bootstrap, cfg.settings)
+        self.governance = GovernanceView(cfg.bootstrap, cfg.settings, cached=True)
         self.registry = RegistryCache(self.governance)
-        self.auth = Auth(self.registry, cfg.open_reads)
+        self.auth = Auth(self.registry, cfg.open_reads, cfg.trust_loopback)
         self.tokens = TokenDecoder(local_resolver(cfg.settings.artifacts_dir, self.registry.get))
         self.jobs = EvolveJobs(cfg, self.registry)
+        self.infer_quota = ClientQuota("/infer requests", cfg.infer_per_s, cfg.infer_in_flight, cfg.infer_in_flight)
+        """Per client: ``/infer`` requests per second and in flight (429 over either)."""
+        self.governance_quota = ClientQuota("reads of the governance log", cfg.governance_reads_per_s, 20)
+        """Per client: ``/registry``, ``/governance/audit`` and ``/provenance`` reads per second (429 over it)."""
+        self.infer_slots = asyncio.Semaphore(INFER_SLOTS)
+        """``/infer`` requests published and unanswered, all clients together: as many as the request client's
+        slots, so its own wait for a slot (a poll) never runs; the wait is here, on the event loop, without a poll."""
         self.streams = 0
         """Event streams open now (the cap counts these, not the API's own subscribers)."""
         self.write_lock = threading.Lock()
@@ -58,7 +69,7 @@ class ApiState:
             if self._client is None:
                 from evostream.producers.client import InferenceClient
 
-                self._client = InferenceClient(self.cfg.bootstrap, tenant="http")
+                self._client = InferenceClient(self.cfg.bootstrap, tenant="http", max_in_flight=INFER_SLOTS)
             return self._client
 
     def read(self, fn: Callable[[Recent], T]) -> T:
@@ -69,6 +80,8 @@ class ApiState:
             return fn(self.recent)
 
     def close(self) -> None:
+        if self.governance.cache is not None:
+            self.governance.cache.close()
         if self.tail is not None:
             self.tail.close()
         if self._client is not None:

@@ -12,7 +12,16 @@ import typer
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.core.errors import GovernanceError
 from evostream.core.settings import Settings, load_settings
-from evostream.views.governance import GovernanceView, audit_line, checkpoints_path, model_of, parse_time, when
+from evostream.views.governance import (
+    GovernanceView,
+    anchor_file,
+    anchored,
+    audit_line,
+    checkpoints_path,
+    model_of,
+    parse_time,
+    when,
+)
 
 governance_app = typer.Typer(help="The governance log: actors, keys and policy.", no_args_is_help=True)
 
@@ -85,19 +94,29 @@ def governance_keygen(
 
 @governance_app.command("api-token")
 @friendly
-def governance_api_token(actor: Actor = None) -> None:
+def governance_api_token(
+    actor: Actor = None,
+    ttl_days: Annotated[float, typer.Option(min=0.001, help="Days until the token expires.")] = 30.0,
+    bootstrap: Bootstrap = None,
+) -> None:
     """Print this machine's actor's HTTP API token (`Authorization: Bearer <token>` for the writes of `evostream api`):
-    its key's signature over a statement naming it, checked against the key enrolled in the log. Treat it as a
-    password; revoking the actor (or rotating its key) revokes it."""
+    its current key's signature over a statement naming it, this governance log (its genesis hash) and an expiry.
+    Treat it as a password; it expires after --ttl-days, and revoking the actor or enrolling it with a new key retires
+    it."""
     from evostream.consumers.governance.api_keys import token_for
     from evostream.consumers.governance.keys import ActorKey
     from evostream.consumers.governance.service import key_path
 
-    settings = _settings(None, actor)
+    settings = _settings(bootstrap, actor)
     path = key_path(settings.governance_dir / "keys", settings.governance_actor)
     if not path.exists():
         raise GovernanceError(f"no key for actor {settings.governance_actor!r} at {path}")
-    print(token_for(ActorKey.load(path), settings.governance_actor))
+    key = ActorKey.load(path)
+    replayed = _view(settings).replayed()
+    if replayed.findings:
+        _warn(replayed.findings)
+        raise GovernanceError("the governance log failed verification: no token is made for it")
+    print(token_for(key, settings.governance_actor, replayed.registry.genesis_hash, ttl_s=ttl_days * 86400))
 
 
 @governance_app.command("enroll")
@@ -153,6 +172,16 @@ def governance_policy(
     ] = None,
     auto_staging: Annotated[bool | None, typer.Option(help="Promote a validated candidate to staging at once.")] = None,
     auto_production: Annotated[bool | None, typer.Option(help="Promote to production without approvals.")] = None,
+    four_eyes: Annotated[
+        bool | None, typer.Option(help="Refuse an approval by the actor who registered the version.")
+    ] = None,
+    refuse_failed_approvals: Annotated[
+        bool | None,
+        typer.Option(
+            "--refuse-failed-approvals/--accept-failed-approvals",
+            help="Refuse an approval of a version whose latest validation failed.",
+        ),
+    ] = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
@@ -162,15 +191,80 @@ def governance_policy(
         "production_approvals": approvals,
         "auto_promote_staging": auto_staging,
         "auto_promote_production": auto_production,
+        "four_eyes": four_eyes,
+        "refuse_failed_approvals": refuse_failed_approvals,
     }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
     if not policy:
         raise GovernanceError(
-            "nothing to change: give --approvals, --auto-staging/--no-auto-staging or "
-            "--auto-production/--no-auto-production"
+            "nothing to change: give --approvals, --auto-staging/--no-auto-staging, "
+            "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes or "
+            "--refuse-failed-approvals/--accept-failed-approvals"
         )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")
+
+
+@governance_app.command("void")
+@friendly
+def governance_void(
+    offset: Annotated[list[int], typer.Option("--offset", help="A record's offset on the log (repeat for several).")],
+    reason: Annotated[str, typer.Option(help="Why (required; kept in the log).")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Void even a valid event of the chain (rewrites the history).")
+    ] = False,
+    bootstrap: Bootstrap = None,
+    actor: Actor = None,
+) -> None:
+    """Void records of the governance log that are no events of its chain (junk bytes, a copied event), so that
+    verification and the registry skip exactly those offsets (admin; the void is itself a signed event of the
+    chain). A Kafka record cannot be deleted: this is how a log with one stops refusing every write. See
+    docs/governance.md, "Recovering from a bad record"."""
+    ev = _actor(_settings(bootstrap, actor)).void(offset, reason, force)
+    offsets = ", ".join(map(str, ev.payload["offsets"]))
+    say(
+        f"voided offset(s) {offsets} (event #{ev.sequence}{', forced' if force else ''}): replay skips them from now on"
+    )
+
+
+@governance_app.command("anchor")
+@friendly
+def governance_anchor(
+    reset: Annotated[
+        bool,
+        typer.Option(
+            "--reset",
+            help="Accept the log as it is now (replaced on purpose, e.g. a new broker): anchor its head, and move "
+            "the old anchor and this machine's checkpoints aside.",
+        ),
+    ] = False,
+    bootstrap: Bootstrap = None,
+) -> None:
+    """Check the governance log against the head this machine last verified (anchored outside Kafka, in
+    head-<topic>.json beside the keys); with --reset, accept the log as it is now."""
+    from evostream.consumers.governance.anchor import read_anchor, reset_anchor
+    from evostream.consumers.governance.projection import replay
+
+    settings = _settings(bootstrap)
+    path = anchor_file(settings)
+    items = _log(settings).items()
+    registry, findings = replay(items)
+    if reset:
+        if findings:
+            _warn(findings)
+            raise GovernanceError("the log itself fails verification: it cannot be anchored as it is")
+        moved = reset_anchor(path, registry, also=[checkpoints_path(settings)])
+        for p in moved:
+            say(f"moved {p.name} aside")
+        say(f"anchored {settings.governance_topic} at sequence {registry.head_sequence} (offset {registry.offset})")
+        return
+    findings = anchored(settings, registry, findings, items)
+    now = read_anchor(path)
+    typer.echo(f"anchor {path}: {now.where() if now else 'none yet'}")
+    typer.echo(f"log {settings.governance_topic}: sequence {registry.head_sequence} (offset {registry.offset})")
+    if findings:
+        _warn(findings)
+        raise SystemExit(2)
 
 
 @friendly
@@ -299,8 +393,7 @@ def replay_cmd(
     """Replay the governance log from its first event; with --verify, report every altered, forged, dropped,
     inserted or reordered event with its offset, and a tail cut short after this machine's signed checkpoints
     (exit 2), and the head the projection reached."""
-    from evostream.consumers.governance.checkpoint import verify_checkpoints
-    from evostream.consumers.governance.projection import Finding, replay
+    from evostream.consumers.governance.projection import replay
 
     settings = _settings(bootstrap)
     items = _log(settings).items()
@@ -308,9 +401,9 @@ def replay_cmd(
     checked = ""
     if verify:
         path = checkpoints_path(settings)
-        events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
-        findings += verify_checkpoints(path, events)
+        findings = anchored(settings, registry, findings, items)
         checked = f", checkpoints in {path}" if path.exists() else ", no checkpoint file on this machine"
+        checked += f", head anchored in {anchor_file(settings)}" if anchor_file(settings).exists() else ""
     for f in findings:
         typer.secho(f"offset {f.offset} sequence {f.sequence}: {f.kind}: {f.detail}", fg=typer.colors.RED)
     typer.echo(

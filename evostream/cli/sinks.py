@@ -159,9 +159,6 @@ def progress(runners: list[SinkRunner], elapsed: float) -> str:
     )
 
 
-WRITES = ("insert", "update", "delete", "replace", "create", "drop", "alter", "attach", "detach", "vacuum", "pragma")
-
-
 @friendly
 def query(
     sql: SqlArg = None,
@@ -171,16 +168,14 @@ def query(
 ) -> None:
     """Read the SQLite sink's reports with SQL, read-only: e.g. evostream query "SELECT * FROM trace_summary"."""
     from evostream.core.errors import EvoError
+    from evostream.plugins.sqlite import connect
 
     settings = load_settings()
     path = db or Path(settings.sinks_dir / "sqlite" / "evostream.db")
     if not path.is_file():
         raise EvoError(f"no database at {path}: run `evostream sinks run` first, or pass --db")
-    first = (sql or "").lstrip().split(None, 1)[0].lower() if sql and sql.strip() else ""
-    if first in WRITES:
-        raise EvoError(f"evostream query only reads: {first.upper()} is refused (the database is opened read-only)")
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        with closing(connect(path, read_only=True)) as conn:
             if sql is None:
                 for name, kind in conn.execute(
                     "SELECT name, type FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%' "
@@ -194,6 +189,11 @@ def query(
             rows = cur.fetchmany(limit) if limit else cur.fetchall()
             more = bool(limit) and cur.fetchone() is not None
     except sqlite3.Error as e:
+        if getattr(e, "sqlite_errorcode", None) in {
+            sqlite3.SQLITE_AUTH,
+            sqlite3.SQLITE_READONLY,
+        }:
+            raise EvoError(f"evostream query only reads: the statement was refused ({e})") from e
         raise EvoError(f"query failed: {e}") from e
     if as_json:
         for row in rows:

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     profile_window_s: int = Field(default=60, ge=1, description="Tumbling profiling window, seconds of event time.")
     drift_reference_size: int = Field(default=200, ge=20, description="Completions in a model's reference window.")
     drift_window_size: int = Field(default=50, ge=20, description="Completions per compared drift window.")
+    risk_replay_horizon_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long the risk agent keeps a trace's state after its last event, to recognise a replay "
+        "after a restart; then it is dropped, with a tombstone on the changelog.",
+    )
     serve_max_batch: int = Field(default=8, ge=1, description="Requests the service generates together.")
     serve_sketch_dim: int = Field(
         default=32,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ def describe(ev: Any) -> str:
         return f"rolled back {p['from_version']} -> {p['version']}"
     if t == "CandidateProposed":
         return f"proposed {p['version']}"
+    if t == "OffsetVoided":
+        return f"voided offset(s) {', '.join(map(str, p['offsets']))}{' (forced)' if p['forced'] else ''}"
     return str(t)
 
 
@@ -89,6 +92,22 @@ def checkpoints_path(settings: Settings) -> Path:
     return settings.governance_dir / f"checkpoints-{settings.governance_topic}.jsonl"
 
 
+def anchor_file(settings: Settings) -> Path:
+    """Where this machine anchors the head of the log it last verified (outside the topic)."""
+    return settings.governance_dir / f"head-{settings.governance_topic}.json"
+
+
+def anchored(settings: Settings, registry: Any, findings: list[Any], items: list[tuple[int, Any]]) -> list[Any]:
+    """``findings`` and what this machine's anchors say of the log (its head file, its signed checkpoints); a log
+    with neither moves the head file forward."""
+    from evostream.consumers.governance.anchor import advance_anchor, anchor_findings
+
+    found = anchor_findings(registry, items, anchor=anchor_file(settings), checkpoints=checkpoints_path(settings))
+    if not findings and not found:
+        advance_anchor(anchor_file(settings), registry)
+    return [*findings, *found]
+
+
 @dataclass
 class Replayed:
     registry: Any
@@ -97,12 +116,83 @@ class Replayed:
     """(offset, event) of every decodable event up to where the replay stopped reading."""
 
 
-class GovernanceView:
-    """Reads of one governance log (``settings.governance_topic`` on ``bootstrap``)."""
+class LogCache:
+    """The log's records, read once and kept, and the replays made of them, for as long as the log's end does not
+    move: a read asks the broker for the end offset only, and reads (and replays) only the records past the end it
+    knows when the end moved. Without it, each API read built a consumer and verified the whole log. Thread-safe."""
 
-    def __init__(self, bootstrap: str, settings: Settings) -> None:
+    KEPT_REPLAYS = 32
+    """Replays kept per end offset (as of now, and as of up to 31 other times or offsets asked for)."""
+
+    def __init__(self, view: GovernanceView) -> None:
+        self.view = view
+        self._lock = threading.Lock()
+        self._log: Any = None
+        self._ends: Any = None
+        self._items: list[tuple[int, Any]] = []
+        self._end = 0
+        """The offset after the last one read (the end as the broker gave it, transaction markers included)."""
+        self._replays: dict[str | None, tuple[Any, list[Any]]] = {}
+        self.reads = 0
+        """How many times records were read from the broker (a test's measure of the cache)."""
+
+    def _refresh(self) -> None:
+        from evostream.core.bus.transactional import PartitionReader
+
+        if self._log is None:
+            self._log = self.view.log()
+            self._ends = PartitionReader(self.view.bootstrap, self.view.settings.governance_topic, timeout_s=30.0)
+        _, high = self._ends.bounds()
+        if high == self._end:
+            return
+        if high < self._end:  # the topic is shorter than it was (recreated): read it all again
+            self._items, self._end = [], 0
+        new = self._log.items(self._end, high - 1) if high > 0 else []
+        self.reads += 1
+        last = self._replays.get(None)
+        self._items = [*self._items, *new]
+        self._end = high
+        self._replays = {}
+        if last is not None and not last[1] and new:
+            from evostream.consumers.governance.projection import replay
+
+            self._replays[None] = replay(new, start=last[0])  # on from a clean replay: only the new records
+
+    def snapshot(self, as_of: str | None = None) -> tuple[list[tuple[int, Any]], Any, list[Any]]:
+        """(every record, the registry, the findings) as of now, or as of ``as_of`` (as ``replayed`` takes it)."""
+        from evostream.consumers.governance.projection import replay
+
+        with self._lock:
+            self._refresh()
+            got = self._replays.get(as_of)
+            if got is None:
+                if as_of is None:
+                    got = replay(self._items)
+                elif as_of.isascii() and as_of.isdigit():
+                    got = replay(self._items, until_offset=int(as_of))
+                else:
+                    got = replay(self._items, until_us=parse_time(as_of))
+                if len(self._replays) >= self.KEPT_REPLAYS:
+                    self._replays.pop(next(k for k in self._replays if k is not None))
+                self._replays[as_of] = got
+            return self._items, got[0], got[1]
+
+    def close(self) -> None:
+        with self._lock:
+            if self._log is not None:
+                self._log.close()
+                self._ends.close()
+                self._log = self._ends = None
+
+
+class GovernanceView:
+    """Reads of one governance log (``settings.governance_topic`` on ``bootstrap``); ``cached``: through a
+    ``LogCache`` (a long-lived reader, for a server), else each read reads the log anew (a command)."""
+
+    def __init__(self, bootstrap: str, settings: Settings, cached: bool = False) -> None:
         self.bootstrap = bootstrap
         self.settings = settings
+        self.cache = LogCache(self) if cached else None
 
     def log(self) -> Any:
         from evostream.consumers.governance.log import GovernanceLog
@@ -124,10 +214,14 @@ class GovernanceView:
         """The registry now, as of a time (UTC unless given) or a log offset (ASCII digits)."""
         from evostream.consumers.governance.projection import Finding, replay
 
+        if self.cache is not None:
+            items, registry, findings = self.cache.snapshot(as_of)
+            return Replayed(registry, findings, [(off, ev) for off, ev in items if not isinstance(ev, Finding)])
         items = self.items()
         events = [(off, ev) for off, ev in items if not isinstance(ev, Finding)]
         if as_of is None:
             registry, findings = replay(items)
+            findings = anchored(self.settings, registry, findings, items)
         elif as_of.isascii() and as_of.isdigit():
             registry, findings = replay(items, until_offset=int(as_of))
         else:
@@ -138,8 +232,11 @@ class GovernanceView:
         """(rows of the events from ``since_us`` on, by ``actor``, oldest first; findings of the verification)."""
         from evostream.consumers.governance.projection import Finding, replay
 
-        items = self.items()
-        _, findings = replay(items)
+        if self.cache is not None:
+            items, _, findings = self.cache.snapshot()
+        else:
+            items = self.items()
+            _, findings = replay(items)
         rows = [
             audit_row(off, ev)
             for off, ev in items
@@ -154,7 +251,9 @@ class GovernanceView:
         from evostream.consumers.governance.service import load_actor
 
         keys = self.settings.governance_dir / "keys"
-        return load_actor(self.log(), keys, name, checkpoints=self.checkpoints_path())
+        return load_actor(
+            self.log(), keys, name, checkpoints=self.checkpoints_path(), anchor=anchor_file(self.settings)
+        )
 
 
 def model_of(reg: Any, version: str) -> str:

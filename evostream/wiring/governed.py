@@ -14,13 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from evostream.consumers.governance.anchor import advance_anchor
 from evostream.consumers.governance.log import GovernanceLog
 from evostream.consumers.governance.projection import Registry, replay
-from evostream.consumers.governance.service import Governance, init, key_path, load_actor
+from evostream.consumers.governance.service import Governance, init, key_path, load_actor, recovery_hint
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.errors import GovernanceError, TamperError
 from evostream.core.settings import Settings
-from evostream.views.governance import checkpoints_path
+from evostream.views.governance import anchor_file, anchored, checkpoints_path
 
 log = logging.getLogger("evostream.governed")
 
@@ -51,9 +52,17 @@ def _verified(registry: Registry, findings: list[Any]) -> Registry:
         f = findings[0]
         raise TamperError(
             f"the governance log failed verification at offset {f.offset} (sequence {f.sequence}): "
-            f"{f.kind}: {f.detail}; nothing is served from it (`evostream replay --verify`)"
+            f"{f.kind}: {f.detail}; nothing is served from it (`evostream replay --verify`){recovery_hint(f)}"
         )
     return registry
+
+
+def _anchored_replay(settings: Settings, glog: GovernanceLog) -> Registry:
+    """The whole log replayed and verified, and checked against this machine's anchors (its head file and signed
+    checkpoints: a log cut short or recreated is refused); the head file then moves forward."""
+    items = glog.items()
+    registry, findings = replay(items)
+    return _verified(registry, anchored(settings, registry, findings, items))
 
 
 def default_version() -> str:
@@ -79,10 +88,15 @@ def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) 
     store = ArtifactStore(settings.artifacts_dir)
     keys = settings.governance_dir / "keys"
     with GovernanceLog(server, topic=settings.governance_topic) as glog:
-        registry = _verified(*replay(glog.read()))
+        registry = _anchored_replay(settings, glog)
         if registry.head_sequence < 0:  # an admin key left by an earlier log (a new broker, same home) is reused
             gov, path = init(
-                glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings), reuse_key=True
+                glog,
+                keys,
+                settings.governance_actor,
+                checkpoints=checkpoints_path(settings),
+                reuse_key=True,
+                anchor=anchor_file(settings),
             )
             say(
                 f"governance: empty log, genesis: admin {gov.actor} enrolled (key {gov.key.key_id}, saved 0600 at "
@@ -98,7 +112,13 @@ def ensure_genesis(settings: Settings, server: str, say: Callable[[str], None]) 
                 f"for {settings.governance_actor!r} in {keys} to register one"
             )
         else:
-            gov = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints_path(settings))
+            gov = load_actor(
+                glog,
+                keys,
+                settings.governance_actor,
+                checkpoints=checkpoints_path(settings),
+                anchor=anchor_file(settings),
+            )
         return _register_default(gov, store, MODEL_ID, WEIGHTS_DIR, say)
 
 
@@ -136,13 +156,26 @@ def _register_default(
     gov.validated(model, version, passed, gates, reason="genesis: held-out task suite")
     if not passed:
         raise GovernanceError(f"the embedded model failed its genesis validation: {gates}")
-    gov.approve(model, version, "production", reason="genesis")
+    _approve_alone(gov, model, version)
     gov.promote(model, version, stage="production", reason="genesis: the embedded default model")
     say(
         f"governance: {version} registered ({ref.uri[:19]}...), validated (mean accuracy {acc['mean']:.2f}), "
         f"approved and promoted to production"
     )
     return version
+
+
+def _approve_alone(gov: Governance, model: str, version: str) -> None:
+    """The genesis approval: the first admin registered the embedded model and is the only one to approve it. Under
+    four eyes it says so in the log, switching the rule off for this one approval and on again."""
+    from evostream.consumers.governance.policy import rule
+
+    if not rule(gov.state().registry.policy, "four_eyes"):
+        gov.approve(model, version, "production", reason="genesis")
+        return
+    gov.set_policy({"four_eyes": False}, reason="genesis: the first admin alone approves the embedded model")
+    gov.approve(model, version, "production", reason="genesis")
+    gov.set_policy({"four_eyes": True}, reason="genesis: four eyes from here on")
 
 
 class GovernedModel:
@@ -170,7 +203,8 @@ class GovernedModel:
         self._load = load or _load_artifact
         self._log = GovernanceLog(server, topic=settings.governance_topic)
         # a full verified replay, never a snapshot: snapshots are not signed, and what serves must be proven
-        self.registry = _verified(*replay(self._log.items()))
+        self._anchor = anchor_file(settings)
+        self.registry = _anchored_replay(settings, self._log)
         version = self.registry.production(model)
         if version is None:
             raise GovernanceError(f"no production version of {model} in the governance log: promote one first")
@@ -199,9 +233,13 @@ class GovernedModel:
     def _follow(self) -> None:
         while not self.stop_event.wait(self.poll_s):
             try:
-                tail = self._log.read(from_offset=self.registry.offset + 1)
+                tail = self._log.items(from_offset=self.registry.offset + 1)
                 if tail:
-                    self.registry = _verified(*replay(tail, start=self.registry))
+                    registry, findings = replay(tail, start=self.registry)
+                    if findings:  # a void may reach back before the tail (a forced one): judge the whole log
+                        registry, findings = replay(self._log.items())
+                    self.registry = _verified(registry, findings)
+                    advance_anchor(self._anchor, self.registry)
                 version = self.registry.production(self.model)
                 if version is not None and version != self.current().version:  # also retries a refused version
                     log.info("governance: production of %s is now %s: loading it", self.model, version)

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from evostream.core.errors import PolicyError
+from evostream.stream_processors.checks import check_embedding_joins
 from evostream.stream_processors.drift.policy import DriftPolicy, drift_policy_for
 from evostream.stream_processors.drift.statistics import DriftDetector, DriftResult, Window
 from evostream.stream_processors.fold import Fold
@@ -50,6 +51,14 @@ def _pack(embedding: Sequence[float]) -> str:
 def _unpack(text: str) -> list[float]:
     values: list[float] = np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float64).tolist()
     return values
+
+
+def embedding_dim(state: Mapping[str, Any] | None) -> int | None:
+    """The embedding size of a model version's windows (None before its first embedding)."""
+    if state is None:
+        return None
+    kept = state["reference"]["emb"] or state["window"]["emb"]
+    return len(base64.b64decode(kept[0])) // 2 if kept else None
 
 
 def _empty() -> dict[str, Any]:
@@ -97,6 +106,9 @@ class DriftTracker:
             # worker replays its source topic from the last commit and forwards those completions a second time,
             # at new offsets of the repartition topic, possibly after their window was reported
             return Fold(st, duplicates=1)
+        # an embedding of another size would stop the fold when its window is compared, maybe many completions
+        # later: refused here (FoldError), before it joins
+        check_embedding_joins(embedding_dim(state), completion)
         st["offset"] = offset
         if completion.get("error") or not completion.get("prompt_embedding"):
             st["skipped"] += 1  # failed requests and requests without an embedding are not traffic to compare

@@ -41,37 +41,47 @@ class Columns:
         return len(self.trace_ids)
 
 
+MAX_DELTA_BYTES = 256 * 1024
+"""Packed matrix bytes per ProfileDelta: a batch of steps of a large model is sent as several deltas, each well under
+the broker's 1 MB record limit (one delta of 1000 steps of 12 x 12 heads was already 600 KB)."""
+
+
 def deltas(model_version: str, steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """ProfileDelta records of ``steps`` (one model's, in the order read): one per shape of the model's steps (a
-    model has one; a malformed producer could send another)."""
+    model has one; a malformed producer could send another), split to stay under ``MAX_DELTA_BYTES``. A trace's
+    steps share a shape (the risk agent dead-letters a step that changes it), so each trace's steps stay in order
+    in one run of deltas: the profiling fold skips a trace's step at or below the last one it folded."""
     by_shape: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
     for s in steps:
         by_shape.setdefault((int(s["num_layers"]), int(s["num_heads"])), []).append(s)
     out = []
     for (layers, heads), group in by_shape.items():
-        n = len(group)
-        head_rows = np.full((n, layers * heads), np.nan, dtype=np.float32)
-        l2_rows = np.full((n, layers), np.nan, dtype=np.float32)
-        for i, s in enumerate(group):
-            if (step_head := step_heads(s)).size:
-                head_rows[i] = step_head.ravel()
-            if (step_l2 := step_layers(s, "layer_hidden_l2")).size:
-                l2_rows[i] = step_l2
-        out.append(
-            {
-                "model_version": model_version,
-                "num_layers": layers,
-                "num_heads": heads,
-                "trace_ids": [str(s["trace_id"]) for s in group],
-                "steps": [int(s["step"]) for s in group],
-                "emitted_at_us": [int(s["emitted_at_us"]) for s in group],
-                "token_ids": [int(s["token_id"]) for s in group],
-                "attention_signals": [str(s["attention_signal"]) for s in group],
-                "head_signal": pack_f32(head_rows),
-                "layer_hidden_l2": pack_f32(l2_rows),
-            }
-        )
+        per = max(1, MAX_DELTA_BYTES // (4 * (layers * heads + layers) or 1))
+        out += [_delta(model_version, layers, heads, group[i : i + per]) for i in range(0, len(group), per)]
     return out
+
+
+def _delta(model_version: str, layers: int, heads: int, group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    n = len(group)
+    head_rows = np.full((n, layers * heads), np.nan, dtype=np.float32)
+    l2_rows = np.full((n, layers), np.nan, dtype=np.float32)
+    for i, s in enumerate(group):
+        if (step_head := step_heads(s)).size:
+            head_rows[i] = step_head.ravel()
+        if (step_l2 := step_layers(s, "layer_hidden_l2")).size:
+            l2_rows[i] = step_l2
+    return {
+        "model_version": model_version,
+        "num_layers": layers,
+        "num_heads": heads,
+        "trace_ids": [str(s["trace_id"]) for s in group],
+        "steps": [int(s["step"]) for s in group],
+        "emitted_at_us": [int(s["emitted_at_us"]) for s in group],
+        "token_ids": [int(s["token_id"]) for s in group],
+        "attention_signals": [str(s["attention_signal"]) for s in group],
+        "head_signal": pack_f32(head_rows),
+        "layer_hidden_l2": pack_f32(l2_rows),
+    }
 
 
 def columns(delta: Mapping[str, Any]) -> Columns:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from evostream.stream_processors.checks import check_columns_join, check_neurons_joins
 from evostream.stream_processors.fold import Fold
 from evostream.stream_processors.profiling.delta import Columns
 from evostream.stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
@@ -65,6 +66,7 @@ class ProfileTracker:
         while i < len(order):
             win = self._window(model, st, win, int(starts[i]), now_us, snapshots)
             j = int(np.searchsorted(starts, st["window_start"], side="right"))  # this window's run (and late steps)
+            _check_joins(win, cols, order[i:j])
             duplicates += win.add_columns(cols, order[i:j], st.get("closed", {}))
             i = j
         st["window"] = win.to_state() if win is not None else None
@@ -103,6 +105,8 @@ class ProfileTracker:
             win, st["window_start"] = ProfileWindow(self.policy), start
         if snap["snapshot_id"] in win.snapshot_ids:
             return Fold(st, closed, duplicates=1)
+        held = win.neuron_counts
+        check_neurons_joins((len(held), len(held[0])) if held else None, snap)
         counts = np.frombuffer(snap["counts"], dtype="<i4").reshape(snap["num_layers"], snap["ffn_width"])
         win.add_neuron_counts(counts.tolist(), int(snap["steps"]), at)
         win.snapshot_ids.append(str(snap["snapshot_id"]))
@@ -123,3 +127,17 @@ class ProfileTracker:
             return Fold(st)
         st["closed"] = dict(win.applied)
         return Fold(st, [win.snapshot(model, now_us)])
+
+
+def _check_joins(win: ProfileWindow, cols: Columns, rows: np.ndarray) -> None:
+    """FoldError where the measured head signal or per-layer rows of ``rows`` do not have the shape of ``win``'s sums
+    (steps of another shape under the same model version): summing them would fail."""
+    heads, l2 = cols.heads[rows], cols.layer_l2[rows]
+    has_heads = heads[0].size > 0 and bool(np.isfinite(heads).all(axis=(1, 2)).any()) if len(rows) else False
+    has_l2 = l2.shape[1] > 0 and bool(np.isfinite(l2).all(axis=1).any()) if len(rows) else False
+    check_columns_join(
+        tuple(win.head_sum.shape) if win.head_sum is not None and has_heads else None,
+        len(win.layer_changed) if win.layer_changed is not None and has_l2 else None,
+        tuple(heads.shape[1:]),
+        l2.shape[1],
+    )

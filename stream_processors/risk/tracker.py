@@ -3,6 +3,10 @@
 The state of a trace is one JSON-able dict, written back whole after every event: a changelog message therefore
 carries the risk state and the input offsets it includes together, and an event replayed after a crash (offset at
 or below the stored one) is recognised and skipped. Counts are neither lost nor doubled.
+
+A trace's state is kept for the replay horizon after its last event (``expired``): long enough to recognise what a
+restart replays (offsets are committed every second), then dropped with a tombstone on the changelog, so neither
+the table nor a restart's recovery grows with the traces ever served.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from evostream.core.errors import FoldError
+from evostream.stream_processors.checks import check_step_joins, step_shape
 from evostream.stream_processors.fold import Fold
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_for
 from evostream.stream_processors.risk.probe import FeatureSums, RiskProbe
@@ -22,6 +28,13 @@ STATE_LAYOUT = 1
 """Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
 TABLE = f"risk-traces-v{STATE_LAYOUT}"
 """The risk table (and, prefixed with the app id, its changelog topic)."""
+
+
+def expired(state: Mapping[str, Any], now_us: int, horizon_us: int) -> bool:
+    """Whether a trace's state may go: no event for ``horizon_us``. A finished trace is kept that long only to
+    recognise a replay of its events; an unfinished one whose steps or completion never came is given up. A state
+    written before the horizon existed (no ``seen_us``) goes at the first sweep."""
+    return now_us - int(state.get("seen_us", 0)) > horizon_us
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,12 @@ class RiskTracker:
             if offset <= st.get("step_offset", -1) or st.get("final"):
                 out.duplicates += 1
                 continue
+            try:
+                check_step_joins(st.get("shape"), step)
+            except FoldError as e:
+                out.rejected[offset] = e
+                continue
+            st["shape"] = list(step_shape(step))
             model = str(step["model_version"])
             if risk is None or model != st.get("model_version"):
                 if risk is not None:
@@ -96,6 +115,7 @@ class RiskTracker:
                 trace_id=step["trace_id"],
                 step_offset=offset,
                 last_step=int(step["step"]),
+                seen_us=now_us,
             )
             severity = assessment.severity(policy)
             if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
@@ -118,7 +138,15 @@ class RiskTracker:
         """The FINAL report, once the trace's steps have all arrived: the completion travels on another topic and
         can overtake its last steps, in which case it waits in the state until they are folded."""
         st = dict(state or {})
-        if st.get("final") or "completion" in st or offset <= st.get("completion_offset", -1):
+        if offset <= st.get("completion_offset", -1):
+            return Fold(st, duplicates=1)
+        ident = _completion_id(completion)
+        if st.get("final") or "completion" in st:
+            if st.get("completion_id", ident) != ident:  # the same completion forwarded again is a duplicate
+                raise FoldError(
+                    f"a second, different completion for trace {completion['trace_id']} "
+                    f"({ident}; the trace has {st['completion_id']})"
+                )
             return Fold(st, duplicates=1)
         model = str(completion["model_version"])
         st.setdefault("trace_id", completion["trace_id"])
@@ -130,7 +158,7 @@ class RiskTracker:
             "finish_reason": completion.get("finish_reason"),
             "error": completion.get("error"),
         }
-        st.update(completion=pending, completion_offset=offset)
+        st.update(completion=pending, completion_offset=offset, completion_id=ident, seen_us=now_us)
         out = Fold(st)
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
             self._finish(st, pending, self.policy(model), now_us, out)
@@ -193,7 +221,8 @@ class RiskTracker:
         if severity is not None:
             out.alerts.append(self._alert(report, severity, judge))
         st["final"] = True
-        for kept in ("risk", "completion", "probe", "probe_missed"):  # a finished trace keeps what recognises replays
+        # a finished trace keeps what recognises replays
+        for kept in ("risk", "completion", "probe", "probe_missed", "shape"):
             st.pop(kept, None)
 
     @staticmethod
@@ -227,3 +256,9 @@ class RiskTracker:
             "produced_at_us",
         )
         return {**{k: report[k] for k in keys}, "severity": severity, "policy": judge}
+
+
+def _completion_id(completion: Mapping[str, Any]) -> str:
+    """What tells two completions of one trace apart: a repartition forwards the same one again, a faulty producer
+    sends another."""
+    return f"{completion['request_id']}/{completion['token_count']}/{completion.get('completed_at_us')}"

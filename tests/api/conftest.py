@@ -19,9 +19,11 @@ import httpx
 import pytest
 import torch
 import uvicorn
+from fastapi import FastAPI
 
 from evostream.api.app import create_app
 from evostream.api.config import ApiConfig
+from evostream.api.server import ServeLimits, server_config
 from evostream.consumers.governance.api_keys import token_for
 from evostream.consumers.governance.keys import ActorKey
 from evostream.consumers.governance.log import GovernanceLog
@@ -81,12 +83,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(cfg: ApiConfig) -> Iterator[str]:
-    """``evostream api``'s app over ``cfg``, served by uvicorn on a free port: its URL while the block runs."""
+def served(cfg: ApiConfig | FastAPI, limits: ServeLimits | None = None) -> Iterator[str]:
+    """``evostream api``'s app over ``cfg`` (or that app), served as ``evostream api`` serves it (its limits, its
+    protocol) on a free loopback port: its URL while the block runs."""
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning", proxy_headers=False)
-    )
+    app = cfg if isinstance(cfg, FastAPI) else create_app(cfg)
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, limits, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -165,15 +167,16 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     serving = threading.Thread(target=service.run, daemon=True)
     serving.start()
     try:
-        with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS)) as url:
+        # the dashboard and these tests read without a key, as `evostream api --trust-loopback` lets them
+        with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS, trust_loopback=True)) as url:
             yield Deployment(
                 url,
                 settings,
                 model,
                 v1,
                 v2,
-                token_for(ActorKey.load(key_path(keys, "admin")), "admin"),
-                token_for(alice_key, "alice"),
+                token_for(ActorKey.load(key_path(keys, "admin")), "admin", admin.state().registry.genesis_hash),
+                token_for(alice_key, "alice", admin.state().registry.genesis_hash),
                 parameters,
                 service,
                 source,
@@ -191,5 +194,5 @@ def unprocessed(kafka: str, deployment: Deployment) -> Iterator[str]:
     """The URL of a second API on the deployment's broker whose settings name a processors group no process is in:
     the API as it is when ``evostream process`` is not running (the inference service is, as in the deployment)."""
     settings = deployment.settings.model_copy(update={"processors_app_id": f"absent-processors-{uuid.uuid4().hex[:8]}"})
-    with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS)) as url:
+    with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS, trust_loopback=True)) as url:
         yield url

@@ -151,7 +151,10 @@ def test_writes_need_a_valid_actor_key_and_the_right_role(deployment: Deployment
     assert r.status_code == 401 and "needs an actor key" in r.json()["detail"]
     assert r.headers["www-authenticate"].startswith("Bearer")
     r = post(deployment, "/governance/rollback", body, token="admin." + "0" * 128)
-    assert r.status_code == 401 and "does not match any current key" in r.json()["detail"]
+    assert r.status_code == 401 and "old form" in r.json()["detail"]
+    forged = deployment.alice_token.split(".", 1)[1].rsplit(".", 1)[0]  # this log, a valid expiry, no signature
+    r = post(deployment, "/governance/rollback", body, token=f"admin.{forged}." + "0" * 128)
+    assert r.status_code == 401 and "does not match the current key" in r.json()["detail"]
     r = post(deployment, "/governance/rollback", body, token="garbage")
     assert r.status_code == 401 and "malformed token" in r.json()["detail"]
     r = post(deployment, "/governance/rollback", body, token=deployment.alice_token)  # an approver, not an admin
@@ -267,9 +270,15 @@ def test_evolve_needs_an_admin_and_runs_one_cycle_that_registers_a_smaller_candi
 
 
 def test_the_api_token_command_prints_the_key_the_api_accepts(deployment: Deployment) -> None:
-    env = {**os.environ, "EVOSTREAM_GOVERNANCE_DIR": str(deployment.settings.governance_dir)}
+    s = deployment.settings
+    env = {
+        **os.environ,
+        "EVOSTREAM_GOVERNANCE_DIR": str(s.governance_dir),
+        "EVOSTREAM_GOVERNANCE_TOPIC": s.governance_topic,
+        "EVOSTREAM_BOOTSTRAP_SERVERS": str(s.bootstrap_servers),
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "evostream.cli", "governance", "api-token", "--actor", "alice"],
+        [sys.executable, "-m", "evostream.cli", "governance", "api-token", "--actor", "alice", "--ttl-days", "1"],
         env=env,
         capture_output=True,
         text=True,
@@ -277,7 +286,14 @@ def test_the_api_token_command_prints_the_key_the_api_accepts(deployment: Deploy
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == deployment.alice_token
+    token = done.stdout.strip()
+    actor, log, exp, _ = token.rsplit(".", 3)
+    assert (actor, log) == ("alice", deployment.alice_token.split(".")[1])
+    assert 0 < int(exp) - time.time() <= 86400
+    # the approver's key is accepted, and its role decides: an approver may not roll back (403, not 401)
+    body = {"model": deployment.model, "to": deployment.v1, "reason": "x"}
+    r = post(deployment, "/governance/rollback", body, token=token)
+    assert r.status_code == 403, r.text
 
 
 def test_a_host_header_other_than_this_machines_is_refused(deployment: Deployment) -> None:

@@ -1,6 +1,7 @@
 """Who may call what, decided on real Starlette requests: the TCP peer decides "this machine" (no header can claim
-it), reads from elsewhere need a key unless opened, /infer from elsewhere always needs one, and a malformed key is
-refused before the governance log is read."""
+it), and this machine is trusted only when asked (``trust_loopback``) and never through a proxy's headers; reads
+need a key unless opened, /infer needs one unless from a trusted local client, and a malformed key is refused before
+the governance log is read."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from evostream.consumers.governance.projection import replay
 from evostream.core.errors import InvalidTokenError
 
 
-def request(peer: str, token: str | None = None, forwarded: str | None = None) -> Request:
-    headers = []
+def request(
+    peer: str, token: str | None = None, forwarded: str | None = None, extra: dict[str, str] | None = None
+) -> Request:
+    headers = [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     if token is not None:
         headers.append((b"authorization", f"Bearer {token}".encode()))
     if forwarded is not None:
@@ -52,18 +55,36 @@ def test_this_machine_is_the_loopback_peer_whatever_the_headers_say() -> None:
     assert not is_local(request("localhost")) and not is_local(request("testclient"))
 
 
-def test_reads_are_open_here_and_need_a_key_from_elsewhere_unless_opened(chain: Chain) -> None:
+def test_reads_need_a_key_unless_opened_or_this_machine_is_trusted(chain: Chain) -> None:
     reg = Registry(chain)
     auth = Auth(reg)  # type: ignore[arg-type]
-    assert auth.reader(request("127.0.0.1")) == Caller(None)
+    with pytest.raises(AuthRequiredError, match="need an actor key"):
+        auth.reader(request("127.0.0.1"))  # loopback is not trusted unless asked: a proxy here makes every client so
     with pytest.raises(AuthRequiredError, match="need an actor key"):
         auth.reader(request("10.1.2.3"))
-    assert auth.reader(request("10.1.2.3", token_for(chain.keys["alice"], "alice"))) == Caller("alice", ("approver",))
+    assert auth.reader(request("10.1.2.3", token_for(chain.keys["alice"], "alice", chain.events[0].hash))) == Caller(
+        "alice", ("approver",)
+    )
+    trusted = Auth(reg, trust_loopback=True)  # type: ignore[arg-type]
+    assert trusted.reader(request("127.0.0.1")) == Caller(None)
+    assert trusted.publisher(request("::1")) == Caller(None)
+    with pytest.raises(AuthRequiredError, match="need an actor key"):
+        trusted.reader(request("10.1.2.3"))
     opened = Auth(reg, open_reads=True)  # type: ignore[arg-type]
     assert opened.reader(request("10.1.2.3")) == Caller(None)
     with pytest.raises(AuthRequiredError, match="opens reads only"):
         opened.publisher(request("10.1.2.3"))  # publishing is not a read
-    assert opened.publisher(request("127.0.0.1")) == Caller(None)
+    with pytest.raises(AuthRequiredError, match="opens reads only"):
+        opened.publisher(request("127.0.0.1"))
+
+
+def test_a_request_through_a_proxy_on_this_machine_is_not_local_even_when_loopback_is_trusted(chain: Chain) -> None:
+    trusted = Auth(Registry(chain), trust_loopback=True)  # type: ignore[arg-type]
+    for header in ("x-forwarded-for", "forwarded", "x-real-ip", "via"):
+        with pytest.raises(AuthRequiredError):
+            trusted.reader(request("127.0.0.1", extra={header: "203.0.113.9"}))
+        with pytest.raises(AuthRequiredError):
+            trusted.publisher(request("127.0.0.1", extra={header: "203.0.113.9"}))
 
 
 def test_writes_need_a_key_admin_needs_the_role_and_a_malformed_key_costs_no_read(chain: Chain) -> None:
@@ -75,5 +96,5 @@ def test_writes_need_a_key_admin_needs_the_role_and_a_malformed_key_costs_no_rea
         auth.writer(request("127.0.0.1", "x" * 50))
     assert reg.reads == 0
     with pytest.raises(ForbiddenError, match="not an admin"):
-        auth.admin(request("127.0.0.1", token_for(chain.keys["alice"], "alice")))
-    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN))).name == ADMIN
+        auth.admin(request("127.0.0.1", token_for(chain.keys["alice"], "alice", chain.events[0].hash)))
+    assert auth.admin(request("127.0.0.1", token_for(chain.keys[ADMIN], ADMIN, chain.events[0].hash))).name == ADMIN

@@ -55,14 +55,18 @@ class Received:
 class Receiver:
     """Both protocols on free ports of 127.0.0.1; ``fail_next(n, code)`` refuses the next ``n`` requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[bytes, bytes] | None = None) -> None:
+        """``tls``: (private key, certificate) PEM: gRPC over TLS (HTTP stays plain)."""
         self.got = Received()
         self._lock = threading.Lock()
         self._fail: list[grpc.StatusCode] = []
         self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Traces(self), self.grpc)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_Metrics(self), self.grpc)
-        self.grpc_port = self.grpc.add_insecure_port("127.0.0.1:0")
+        if tls is None:
+            self.grpc_port = self.grpc.add_insecure_port("127.0.0.1:0")
+        else:
+            self.grpc_port = self.grpc.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials([tls]))
         self.grpc.start()
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.http_port = self.http.server_address[1]

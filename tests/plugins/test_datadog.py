@@ -182,3 +182,18 @@ def test_a_refused_key_is_retried_not_dead_lettered(intake: Intake, tmp_path: Pa
     finally:
         sink.close()
     assert sum(p["value"] for s in intake.series if s["metric"] == "evostream.sink.records" for p in s["points"]) == 2
+
+
+def test_a_key_comes_from_a_file_or_the_environment_never_the_command_line(intake: Intake, tmp_path: Path) -> None:
+    from evostream.core.errors import SinkConfigError
+
+    with pytest.raises(SinkConfigError, match="ps"):
+        DatadogSink(SinkContext.from_env("datadog", tmp_path, {"api_key": KEY, "host": intake.url}))
+    (tmp_path / "dd-key").write_text(KEY + "\n")
+    sink = DatadogSink(
+        SinkContext.from_env("datadog", tmp_path, {"api_key_file": str(tmp_path / "dd-key"), "host": intake.url})
+    )
+    try:
+        assert sink.client.configuration.api_key["apiKeyAuth"] == KEY
+    finally:
+        sink.close()

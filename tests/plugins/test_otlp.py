@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from evostream.consumers.sinks.contract import Status
+from evostream.core.errors import SinkConfigError
 from evostream.plugins.api import Sink, SinkContext
 from evostream.plugins.otlp import OtlpSink, request_span_id, trace_id_of
 from evostream.schemas.catalog import COMPLETIONS, STEPS
@@ -20,6 +21,7 @@ from evostream.schemas.samples import T0_US, completion
 from tests.plugins.contract import Kind, SinkContract
 from tests.plugins.otlp_receiver import Received, Receiver
 from tests.plugins.samples import records, sample_records
+from tests.tls import self_signed
 
 
 @pytest.fixture(scope="module")
@@ -229,3 +231,47 @@ def test_a_failed_request_is_an_error_span_with_a_bounded_error_type(receiver: R
     ((attrs, point),) = metrics["gen_ai.client.operation.duration"]["points"]
     assert attrs["error.type"] == "_OTHER" and point["count"] == 1
     assert "gen_ai.server.time_to_first_token" not in metrics  # no token came, no time to first token
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_a_key_is_not_sent_in_plain_text_unless_said_insecure(
+    receiver: Receiver, tmp_path: Path, protocol: str
+) -> None:
+    keyed = {"protocol": protocol, "endpoint": endpoint(receiver, protocol), "headers": "api-key=s3cret"}
+    with pytest.raises(SinkConfigError, match=r"'api-key' carries a key.*plain text"):
+        OtlpSink(SinkContext("otlp", tmp_path, keyed))
+    (tmp_path / "headers").write_text("x-vendor=s3cret\n")
+    from_file = {
+        "protocol": protocol,
+        "endpoint": endpoint(receiver, protocol),
+        "headers_file": str(tmp_path / "headers"),
+    }
+    with pytest.raises(SinkConfigError, match="carries a key"):
+        OtlpSink(SinkContext("otlp", tmp_path, from_file))
+    OtlpSink(SinkContext("otlp", tmp_path, {**keyed, "insecure": "true"})).close()  # said, so allowed
+
+
+def test_a_key_on_the_command_line_is_refused_where_ps_would_show_it(receiver: Receiver, tmp_path: Path) -> None:
+    ctx = SinkContext.from_env("otlp", tmp_path, {"headers": "authorization=Bearer s3cret", "tls": "true"})
+    with pytest.raises(SinkConfigError, match="ps"):
+        OtlpSink(ctx)
+
+
+def test_a_key_travels_over_tls_to_a_grpc_receiver(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    tls_receiver = Receiver(tls=(key.read_bytes(), cert.read_bytes()))
+    (tmp_path / "headers").write_text("authorization=Bearer s3cret\n")
+    options = {
+        "endpoint": f"localhost:{tls_receiver.grpc_port}",
+        "tls": "true",
+        "ca_file": str(cert),
+        "headers_file": str(tmp_path / "headers"),
+    }
+    sink = OtlpSink(SinkContext("otlp", tmp_path, options))
+    try:
+        assert sink.write(sample_records(sink.topics, per_topic=2)).status is Status.OK
+        assert tls_receiver.got.spans
+        assert all(h.get("authorization") == "Bearer s3cret" for h in tls_receiver.got.headers)
+    finally:
+        sink.close()
+        tls_receiver.stop()

@@ -71,6 +71,24 @@ def test_writes_are_refused_and_change_nothing(db: Path, sql: str) -> None:
     assert query("SELECT count(*) AS n FROM traces", "--db", str(db), "--json").stdout.strip() == '{"n": 3}'
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "ATTACH 'file:{dir}/attached.db?mode=rwc' AS x",
+        "VACUUM INTO '{dir}/copy.db'",
+        "/* a comment first */ DELETE FROM traces",
+        " -- a line comment\nVACUUM INTO '{dir}/copy.db'",
+        "PRAGMA journal_mode = DELETE",
+    ],
+)
+def test_no_statement_writes_a_file_anywhere(db: Path, tmp_path: Path, sql: str) -> None:
+    """``mode=ro`` guards only the opened file: on the old command ATTACH and VACUUM INTO created these files."""
+    done = query(sql.format(dir=tmp_path), "--db", str(db))
+    assert done.returncode == 1 and "evostream query only reads" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []
+    assert query("SELECT count(*) AS n FROM traces", "--db", str(db), "--json").stdout.strip() == '{"n": 3}'
+
+
 def test_a_missing_database_says_what_to_do(tmp_path: Path) -> None:
     done = query("--db", str(tmp_path / "none.db"))
     assert done.returncode == 1 and "run `evostream sinks run` first" in done.stderr, done.stderr

@@ -160,9 +160,17 @@ def test_a_poison_record_is_rolled_back_alone(sink: SqliteSink) -> None:
         assert c.execute("SELECT count(*) FROM traces").fetchone()[0] == 3
 
 
-def test_a_read_only_connection_cannot_write(sink: SqliteSink) -> None:
-    with contextlib.closing(connect(sink.path, read_only=True)) as c, pytest.raises(sqlite3.OperationalError):
-        c.execute("DELETE FROM traces")
+def test_a_read_only_connection_cannot_write(sink: SqliteSink, tmp_path: Path) -> None:
+    with contextlib.closing(connect(sink.path, read_only=True)) as c:
+        with pytest.raises(sqlite3.DatabaseError):
+            c.execute("DELETE FROM traces")
+        for sql in (f"ATTACH 'file:{tmp_path}/x.db?mode=rwc' AS x", f"VACUUM INTO '{tmp_path}/copy.db'"):
+            with pytest.raises(sqlite3.DatabaseError, match=r"not authorized|authorization denied"):
+                c.execute(sql)
+        assert not (tmp_path / "x.db").exists() and not (tmp_path / "copy.db").exists()
+        assert c.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3) SELECT count(*), max(i) FROM n"
+        ).fetchone() == (3, 3)
 
 
 def test_a_folder_that_cannot_be_made_is_a_config_error(tmp_path: Path) -> None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import selectors
+import time
+from typing import Any
+
 import pytest
 
 from evostream.core.clock import now_us
@@ -44,3 +49,43 @@ def test_cancelling_an_awaiting_task_cancels_it_and_frees_the_slot(kafka: str) -
     with InferenceClient(kafka, max_in_flight=1) as client:
         asyncio.run(main(client))
         client.submit("reverse: the freed slot", max_new_tokens=1, slot_timeout_s=0.3)  # would time out if held
+
+
+class CountingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
+    """The loop's selector, counting its wake-ups (one select per turn of the loop)."""
+
+    selects = 0
+
+    def select(self, timeout: float | None = None) -> Any:
+        self.selects += 1
+        return super().select(timeout)
+
+
+def test_200_coroutines_waiting_for_a_slot_do_not_wake_the_loop_until_one_is_freed(kafka: str) -> None:
+    selector = CountingSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+
+    async def main(client: InferenceClient) -> None:
+        held = client.submit("reverse: the only slot", max_new_tokens=1, request_id=f"slot-held-{now_us()}")
+        waiting = [asyncio.ensure_future(client.asubmit("reverse: waiting", max_new_tokens=1)) for _ in range(200)]
+        await asyncio.sleep(0.2)  # all of them are waiting now
+        before, started = selector.selects, time.monotonic()
+        await asyncio.sleep(1.0)
+        wakes = selector.selects - before
+        assert wakes < 20, f"the loop woke {wakes} times in {time.monotonic() - started:.1f} s with 200 waiters"
+        assert not any(t.done() for t in waiting)
+        with pytest.raises(ReplyTimeoutError):
+            held.result(timeout_s=0.01)  # given up: its slot goes to the first waiter, and only to it
+        await asyncio.sleep(0.5)
+        done = [t for t in waiting if t.done()]
+        assert len(done) == 1 and done[0] is waiting[0], len(done)
+        for t in waiting[1:]:
+            t.cancel()
+        await asyncio.gather(*waiting[1:], return_exceptions=True)
+        with pytest.raises(ReplyTimeoutError):
+            await done[0].result().aresult(timeout_s=0.01)
+        await asyncio.wait_for(client.asubmit("reverse: the slot is back", max_new_tokens=1), 5)
+
+    with InferenceClient(kafka, max_in_flight=1) as client:
+        loop.run_until_complete(main(client))
+    loop.close()

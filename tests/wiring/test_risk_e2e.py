@@ -36,6 +36,7 @@ def test_a_probe_trained_from_the_log_is_governed_and_judges_later_traces(kafka:
     }
     glog = GovernanceLog(kafka, topic=env["EVOSTREAM_GOVERNANCE_TOPIC"])
     admin, _ = init(glog, tmp_path / "gov" / "keys", "admin")
+    admin.set_policy({"four_eyes": False}, reason="one operator trains the probe and approves it")
     worker = Worker(kafka, tmp_path)
     worker.env.update({k: v for k, v in env.items() if k.startswith("EVOSTREAM_")})
     worker.start()

@@ -1,38 +1,68 @@
-"""``POST /infer``: publish a request, wait for its answer and, briefly, for its risk report."""
+"""``POST /infer``: publish a request, wait for its answer and, briefly, for its risk.
+
+Nothing here polls: a request waits for one of the client's slots on an asyncio semaphore (as many as the request
+client's in-flight slots, so the client's own wait for a slot never runs), for its answer on the client's future,
+and for its risk on an event the live tail sets. Each client (its actor, else its address) has a quota
+(``ApiState.infer_quota``: a rate and a cap in flight; 429 with ``Retry-After`` over it). A caller that goes away
+is noticed at once: a request not yet published is not published; one already published is given up (its slot
+freed, its reply dropped when it comes). The inference service still generates it: ``evo.requests`` has no cancel
+record, and the service reads a batch at a time (docs/api.md, "Limits")."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from evostream.api.answers import InferAnswer
 from evostream.api.bodies import InferBody
 from evostream.api.deps import Publisher, State
 from evostream.api.errors import TimeoutAnswerError, refusals
+from evostream.api.quota import client_key
+from evostream.api.state import ApiState
+from evostream.core.errors import EvoError
+from evostream.schemas.catalog import RISK
 from evostream.views.recent import Recent, plain
 
-router = APIRouter(tags=["inference"], responses=refusals(401, 503, 504))
+router = APIRouter(tags=["inference"], responses=refusals(401, 429, 503, 504))
 T = TypeVar("T")
 
 
+class ClientGoneError(EvoError):
+    """The caller closed its connection before its answer: nothing is sent back."""
+
+
 @router.post("/infer", response_model=InferAnswer, summary="Publish a request, wait for its answer (and its risk)")
-async def infer(body: InferBody, state: State, _: Publisher) -> dict[str, Any]:
+async def infer(body: InferBody, request: Request, state: State, caller: Publisher) -> dict[str, Any]:
+    key = client_key(request, caller.actor)
+    with state.infer_quota.holding(key):
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            return await answer(state, body, gone)
+        finally:
+            gone.cancel()
+
+
+async def answer(state: ApiState, body: InferBody, gone: asyncio.Future[None]) -> dict[str, Any]:
     from evostream.producers.client import ReplyTimeoutError
 
     client = await asyncio.to_thread(state.client)  # made once; its reader is positioned off the loop
+    slots = state.infer_slots
     try:
-        submit = client.asubmit(body.prompt, max_new_tokens=body.max_new_tokens)
-        reply = await asyncio.wait_for(submit, body.timeout_s)
+        await first(slots.acquire(), gone, body.timeout_s, undo=lambda _: slots.release())
     except TimeoutError as e:
         raise TimeoutAnswerError(f"no free request slot within {body.timeout_s:g} s: too many in flight") from e
     try:
-        rec = await reply.aresult(body.timeout_s)
-    except ReplyTimeoutError as e:
-        raise TimeoutAnswerError(f"no answer within {body.timeout_s:g} s (is `evostream serve` running?)") from e
-    risk = await wait_for(lambda: state.read(lambda r: final_risk(r, rec["trace_id"])), body.risk_wait_s)
+        reply = await client.asubmit(body.prompt, max_new_tokens=body.max_new_tokens)  # a slot is free: no wait
+        try:
+            rec = await first(reply.aresult(body.timeout_s), gone, None)  # a cancel gives the request up
+        except ReplyTimeoutError as e:
+            raise TimeoutAnswerError(f"no answer within {body.timeout_s:g} s (is `evostream serve` running?)") from e
+    finally:
+        slots.release()
+    risk = await final_risk_of(state, rec["trace_id"], body.risk_wait_s, gone)
     return plain(
         {
             "request_id": rec["request_id"],
@@ -47,15 +77,67 @@ async def infer(body: InferBody, state: State, _: Publisher) -> dict[str, Any]:
     )
 
 
+async def disconnected(request: Request) -> None:
+    """Returns when the caller has closed its connection (the body was read already: what comes next is that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def first(
+    work: Awaitable[T], gone: asyncio.Future[None], timeout_s: float | None, undo: Callable[[T], None] | None = None
+) -> T:
+    """``work``'s result; ClientGoneError if the caller leaves first, TimeoutError after ``timeout_s``. The work is
+    cancelled then; ``undo`` gets a result that came in the same instant (a semaphore's place, given back)."""
+    task = asyncio.ensure_future(work)
+    waited: set[asyncio.Future[Any]] = {task, gone}
+    done, _ = await asyncio.wait(waited, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        return task.result()
+    task.cancel()
+    try:
+        late = await task
+    except (asyncio.CancelledError, EvoError):
+        pass
+    else:
+        if undo is not None:
+            undo(late)
+    if gone in done:
+        raise ClientGoneError("the caller went away before its answer")
+    raise TimeoutError
+
+
 def final_risk(r: Recent, trace_id: str) -> dict[str, Any] | None:
     """The trace's FINAL risk report, once it came."""
     t = r.trace(trace_id)
     return None if t is None or "FINAL" not in t.risk else dict(t.risk["FINAL"])
 
 
-async def wait_for(fn: Callable[[], T | None], timeout_s: float, every_s: float = 0.05) -> T | None:
-    """``fn()`` once it is not None, or None after ``timeout_s``."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while (out := fn()) is None and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(every_s)
-    return out
+async def final_risk_of(
+    state: ApiState, trace_id: str, timeout_s: float, gone: asyncio.Future[None]
+) -> dict[str, Any] | None:
+    """The trace's FINAL risk report, waited for up to ``timeout_s`` on the live tail's news of the trace's risk."""
+    tail = state.tail
+    if tail is None or timeout_s <= 0:
+        return state.read(lambda r: final_risk(r, trace_id))
+    loop = asyncio.get_running_loop()
+    came = asyncio.Event()
+
+    def push(topic: str, rec: Any) -> None:
+        if topic == RISK and rec.get("trace_id") == trace_id:
+            loop.call_soon_threadsafe(came.set)
+
+    unsubscribe = tail.subscribe(push)
+    try:
+        deadline = loop.time() + timeout_s
+        while True:
+            came.clear()  # before the read: news that comes after it wakes the wait below
+            out = state.read(lambda r: final_risk(r, trace_id))
+            left = deadline - loop.time()
+            if out is not None or left <= 0:
+                return out
+            try:
+                await first(came.wait(), gone, left)
+            except (TimeoutError, ClientGoneError):
+                return state.read(lambda r: final_risk(r, trace_id))
+    finally:
+        unsubscribe()

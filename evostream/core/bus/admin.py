@@ -104,18 +104,33 @@ def ensure_topics(
     bootstrap: str,
     specs: Iterable[TopicSpec],
     timeout_s: float = 30.0,
-    *,
+    replication: int | None = None,
+    min_insync: int | None = None,
     login: security.Credentials | None = None,
 ) -> list[str]:
-    """Create the topics of ``specs`` that do not exist yet; return the names created."""
+    """Create the topics of ``specs`` that do not exist yet; return the names created.
+
+    Each gets ``replication`` replicas of which ``min_insync`` must acknowledge a write with acks=all; None leaves
+    either to the broker's defaults (``default.replication.factor``, ``min.insync.replicas``): 1 on the local
+    single-node stack, 3 and 2 on the local cluster, so every reader that creates the topics it needs gets the
+    layout of the cluster it talks to."""
     specs = list(specs)
     existing = set(cluster_metadata(bootstrap, timeout_s, login=login).topics)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
     admin = admin_client(bootstrap, login=login)
+    isr = {} if min_insync is None else {"min.insync.replicas": str(min_insync)}
     futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config()) for s in missing],
+        [
+            NewTopic(
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=-1 if replication is None else replication,
+                config=s.config() | isr,
+            )
+            for s in missing
+        ],
         request_timeout=timeout_s,
     )
     created: list[str] = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -15,6 +17,11 @@ from evostream.core.errors import ConsumeError
 _SETTLING = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
 """What a just-created topic's partitions answer until the broker has settled their leaders."""
 _SETTLE_S = 15.0
+COMMIT_TIMEOUT_S = 30.0
+"""How long a commit waits for the broker's answer by default."""
+CLOSE_TIMEOUT_S = 30.0
+"""How long ``close`` waits by default."""
+log = logging.getLogger("evostream.bus")
 
 
 class EventConsumer:
@@ -52,6 +59,7 @@ class EventConsumer:
                 **(config or {}),
             }
         )
+        self._committing: threading.Thread | None = None
         self.assigned: frozenset[tuple[str, int]] = frozenset()
         """The partitions the group has handed this member, as of its last poll: readable from any thread (asking
         librdkafka from another thread while this one polls can wait a long time)."""
@@ -151,22 +159,43 @@ class EventConsumer:
                 raise ConsumeError(f"consume error on {m.topic()}[{m.partition()}]: {err.str()}")
         return good
 
-    def commit(self) -> None:
-        """Commit the offsets of everything handed out so far, synchronously (for enable.auto.commit=false)."""
-        try:
-            self._consumer.commit(asynchronous=False)
-        except KafkaException as e:
-            raise ConsumeError(f"commit failed: {e}") from e
+    def commit(self, timeout_s: float = COMMIT_TIMEOUT_S) -> None:
+        """Commit the offsets of everything handed out so far (for enable.auto.commit=false), waiting at most
+        ``timeout_s`` for the broker's answer (``_bounded``)."""
+        self._bounded(lambda: self._consumer.commit(asynchronous=False), "the offsets read so far", timeout_s)
 
-    def commit_offsets(self, offsets: Mapping[tuple[str, int], int]) -> None:
-        """Commit exactly these next-offsets per (topic, partition), synchronously."""
+    def commit_offsets(self, offsets: Mapping[tuple[str, int], int], timeout_s: float = COMMIT_TIMEOUT_S) -> None:
+        """Commit exactly these next-offsets per (topic, partition), waiting at most ``timeout_s`` for the broker's
+        answer (``_bounded``)."""
         if not offsets:
             return
-        try:
-            parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-            self._consumer.commit(offsets=parts, asynchronous=False)
-        except KafkaException as e:
-            raise ConsumeError(f"commit failed: {e}") from e
+        parts = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        what = ", ".join(f"{t}[{p}]@{o}" for (t, p), o in sorted(offsets.items()))
+        self._bounded(lambda: self._consumer.commit(offsets=parts, asynchronous=False), what, timeout_s)
+
+    def _bounded(self, commit: Callable[[], object], what: str, timeout_s: float) -> None:
+        """Run a synchronous commit on a thread of its own and wait for it at most ``timeout_s``: librdkafka's
+        synchronous commit has no deadline, and with the broker gone it waits for the group coordinator (45 s and
+        more were seen), so a service asked to stop could not. A commit left waiting keeps its thread; until it
+        returns, another commit is refused at once (ConsumeError) rather than queued behind it."""
+        if self._committing is not None and self._committing.is_alive():
+            raise ConsumeError(f"commit of {what} not tried: an earlier commit is still waiting for the broker")
+        failed: list[KafkaException] = []
+
+        def run() -> None:
+            try:
+                commit()
+            except KafkaException as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=run, name="evostream-commit", daemon=True)
+        self._committing = thread
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            raise ConsumeError(f"commit of {what} not confirmed by the broker within {timeout_s:.1f} s")
+        if failed:
+            raise ConsumeError(f"commit of {what} failed: {failed[0]}") from failed[0]
 
     def committed(self, parts: Iterable[tuple[str, int]], timeout_s: float = 10.0) -> dict[tuple[str, int], int]:
         """The group's committed next-offset per (topic, partition); partitions with none are left out."""
@@ -214,8 +243,24 @@ class EventConsumer:
         except KafkaException as e:
             raise ConsumeError(f"could not measure the lag: {e}") from e
 
-    def close(self) -> None:
-        self._consumer.close()
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
+        """Leave the group and release the client, waiting at most ``timeout_s`` (with the broker gone, librdkafka's
+        close waits for it a while); False, and said in the log, when it did not finish in time (its thread is
+        left to finish on its own). While a commit left waiting (``_bounded``) is still inside the client, the client
+        is not closed at all: librdkafka forbids destroying a handle another thread is using; it is left to the
+        process's exit, and the log says so."""
+        if self._committing is not None and self._committing.is_alive():
+            log.warning(
+                "%s not closed: a commit is still waiting for the broker inside it; left behind", self.watch.client
+            )
+            return False
+        thread = threading.Thread(target=self._consumer.close, name="evostream-consumer-close", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            log.warning("%s did not close within %.1f s: left behind", self.watch.client, timeout_s)
+            return False
+        return True
 
     def __enter__(self) -> EventConsumer:
         return self

@@ -108,6 +108,9 @@ class EventProducer:
             try:
                 self._producer.produce(topic, value, key, on_delivery=callback)
                 break
+            except KafkaException as e:  # refused by the client itself: too large, unknown topic, fatal state
+                size = len(value) + (len(key) if key is not None else 0)
+                raise DeliveryError(f"record to {topic} ({size:,} bytes with its key) was refused: {e}") from e
             except BufferError:
                 now = time.monotonic()
                 if not deadline:
@@ -122,7 +125,10 @@ class EventProducer:
 
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until every queued record is acknowledged; raise DeliveryError naming what was not."""
-        left = self._producer.flush(timeout_s)
+        try:
+            left = self._producer.flush(timeout_s)
+        except KafkaException as e:
+            raise DeliveryError(f"flush failed: {e}") from e
         self._raise_failures()
         if left:
             raise DeliveryError(f"{left} records were not acknowledged within {timeout_s:.0f} s")

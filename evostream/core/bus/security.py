@@ -8,8 +8,8 @@ governance log. The launcher writes every principal's random password to one fil
 1. ``EVOSTREAM_KAFKA_USERNAME`` / ``EVOSTREAM_KAFKA_PASSWORD`` (/ ``_MECHANISM``): one principal for every client of
    the process, whatever its role (a deployment that hands each service its own secret);
 2. ``EVOSTREAM_KAFKA_CREDENTIALS``: a credentials file, the principal chosen by the client's role;
-3. the credentials file of a local stack this process started or found running, or of the stack in
-   ``EVOSTREAM_STACK_DIR``, when that stack serves the client's bootstrap address;
+3. the credentials file of a local stack or cluster this process started or found running, or of the stack or
+   cluster in ``EVOSTREAM_STACK_DIR``, when it serves the client's bootstrap address;
 4. nothing: a plaintext client, for an external broker without authentication.
 
 A file that names the bootstrap address it was written for (the launcher's do) is used only for that address, so a
@@ -123,7 +123,9 @@ class CredentialsFile:
         tmp.replace(path)
 
     def serves(self, bootstrap: str) -> bool:
-        return not self.bootstrap or _addresses(self.bootstrap) == _addresses(bootstrap)
+        """Whether a client of ``bootstrap`` logs in with this file: it names no address, or every one the client
+        names (a client of one node of a local cluster too)."""
+        return not self.bootstrap or _addresses(bootstrap) <= _addresses(self.bootstrap)
 
     def login(self, role: str) -> Credentials:
         """The credentials of ``role`` (the super user logs in with PLAIN, the broker's own mechanism)."""
@@ -181,7 +183,9 @@ def _credentials_file(bootstrap: str, s: Settings) -> CredentialsFile | None:
         explicit = CredentialsFile.load(s.kafka_credentials)
         if explicit.serves(bootstrap):
             return explicit
-    for path in (*sorted(_known_files), stack_credentials_path(s.stack_dir)):
+    # the local node's file, and the local cluster's (core/stack/cluster.py keeps it in <stack_dir>/cluster)
+    local = (stack_credentials_path(s.stack_dir), stack_credentials_path(s.stack_dir / "cluster"))
+    for path in (*sorted(_known_files), *local):
         if path.exists():
             candidate = CredentialsFile.load(path)
             if candidate.bootstrap and candidate.serves(bootstrap):

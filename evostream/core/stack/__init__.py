@@ -1,5 +1,7 @@
-"""The local single-node Kafka stack: jars from Maven Central, a KRaft broker on loopback, the catalog's topics."""
+"""The local Kafka stack: jars from Maven Central, a KRaft broker on loopback (one node, or a cluster of three),
+the catalog's topics."""
 
-from evostream.core.stack.broker import LocalStack, StackState, StackStatus, resolve_bootstrap
+from evostream.core.stack.broker import LocalStack, StackState, StackStatus
+from evostream.core.stack.cluster import LocalCluster, resolve_bootstrap
 
-__all__ = ["LocalStack", "StackState", "StackStatus", "resolve_bootstrap"]
+__all__ = ["LocalCluster", "LocalStack", "StackState", "StackStatus", "resolve_bootstrap"]

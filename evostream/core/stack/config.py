@@ -1,4 +1,5 @@
-"""Render the broker's server.properties for a single-node KRaft cluster on loopback, with authentication and ACLs."""
+"""Render the broker's server.properties for a KRaft node on loopback (one alone, or one of a local cluster), with
+authentication and ACLs."""
 
 from __future__ import annotations
 
@@ -11,11 +12,23 @@ _PLAIN = "org.apache.kafka.common.security.plain.PlainLoginModule"
 _SCRAM = "org.apache.kafka.common.security.scram.ScramLoginModule"
 
 
-def server_properties(broker_port: int, controller_port: int, data_dir: Path, super_password: str) -> str:
+def server_properties(
+    broker_port: int,
+    controller_port: int,
+    data_dir: Path,
+    super_password: str,
+    *,
+    node_id: int = 1,
+    voters: str | None = None,
+    replication: int = 1,
+    min_insync: int = 1,
+) -> str:
     """server.properties for one node acting as broker and controller.
 
-    The quorum is static (controller.quorum.voters) so a formatted data folder survives a change of ports.
-    Every internal topic has replication factor 1, since there is one node.
+    The quorum is static (controller.quorum.voters, ``voters`` or this node alone) so a formatted data folder
+    survives a change of ports. The internal topics and topics created without a replication factor get
+    ``replication`` replicas and need ``min_insync`` of them in sync (1 and 1 for a node alone; a local cluster,
+    ``core/stack/cluster.py``, passes 3 and 2).
 
     Both listeners are SASL_PLAINTEXT on loopback. Clients log in with SCRAM-SHA-512 (their credentials live in the
     cluster's metadata, set by the launcher). The broker's own principal (``SUPER_USER``) logs in with PLAIN against
@@ -26,8 +39,8 @@ def server_properties(broker_port: int, controller_port: int, data_dir: Path, su
     plain = plain_jaas(super_password)
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@{HOST}:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@{HOST}:{controller_port}",
         "listeners": f"CLIENT://{HOST}:{broker_port},CONTROLLER://{HOST}:{controller_port}",
         "advertised.listeners": f"CLIENT://{HOST}:{broker_port}",
         "controller.listener.names": "CONTROLLER",
@@ -45,13 +58,15 @@ def server_properties(broker_port: int, controller_port: int, data_dir: Path, su
         "allow.everyone.if.no.acl.found": "false",
         "log.dirs": str(data_dir),
         "num.partitions": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(replication),
+        "min.insync.replicas": str(min_insync),
+        "offsets.topic.replication.factor": str(replication),
         "offsets.topic.num.partitions": "3",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replication),
+        "transaction.state.log.min.isr": str(min_insync),
         "transaction.state.log.num.partitions": "3",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": str(replication),
+        "share.coordinator.state.topic.min.isr": str(min_insync),
         "group.initial.rebalance.delay.ms": "0",
         "num.network.threads": "2",
         "num.io.threads": "4",

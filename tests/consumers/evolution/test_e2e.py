@@ -87,6 +87,7 @@ def own_production_version(env: dict[str, str], kafka: str) -> str:
         reason="end-to-end test: the embedded model under a version of its own",
     )
     admin.validated(MODEL_ID, version, True, known["validation"]["gates"], reason="the genesis validation, same bytes")
+    admin.set_policy({"four_eyes": False}, reason="end-to-end test: one operator registers and approves")
     admin.approve(MODEL_ID, version, "production", reason="end-to-end test")
     admin.promote(MODEL_ID, version, stage="production", reason="end-to-end test")
     return version

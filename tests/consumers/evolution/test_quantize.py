@@ -4,6 +4,7 @@ answers stay those of fp32, and the input model is never changed."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from evostream.consumers.evolution.operators.quantize import (
     quantize_int8,
     save_int8,
 )
+from evostream.core.artifacts import ArtifactStore
 from evostream.core.errors import EvolutionError
 from evostream.models.loading import INT8_MARKER, INT8_WEIGHTS, LoadedModel, ModelLoadError, load_model
 from evostream.models.suite.evaluate import eval_set, evaluate
@@ -160,6 +162,53 @@ def test_a_broken_artifact_is_refused_with_a_reason(tmp_path: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="only 8-bit"):
         load_model(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize("where", ["absolute", "parent", "subfolder", "link"])
+def test_int8_weights_outside_the_artifact_are_refused(where: str, tmp_path: Path) -> None:
+    """config.json is data: it may not point the loader at weights elsewhere on the host (on the old loader each of
+    these loaded the outside file)."""
+    lm = tiny("llama", varied=True)
+    folder = save_int8(quantize_int8(lm.model), tmp_path / "a", lm.tokenizer)
+    outside = tmp_path / "elsewhere" / INT8_WEIGHTS
+    outside.parent.mkdir()
+    (folder / INT8_WEIGHTS).rename(outside)
+    name = {
+        "absolute": str(outside),
+        "parent": f"../elsewhere/{INT8_WEIGHTS}",
+        "subfolder": f"sub/{INT8_WEIGHTS}",
+        "link": "linked.safetensors",
+    }[where]
+    if where == "subfolder":
+        (folder / "sub").mkdir()
+        (folder / "sub" / INT8_WEIGHTS).symlink_to(outside)
+    if where == "link":
+        (folder / name).symlink_to(outside)
+    config = json.loads((folder / "config.json").read_text())
+    config[INT8_MARKER]["weights"] = name
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"plain file name|outside the artifact"):
+        load_model(str(folder), device="cpu")
+
+
+def test_int8_weights_in_the_store_must_be_in_the_manifest(tmp_path: Path) -> None:
+    lm = tiny("llama", varied=True)
+    folder = save_int8(quantize_int8(lm.model), tmp_path / "a", lm.tokenizer)
+    ref = ArtifactStore(tmp_path / "store").put_dir(folder)
+    assert load_model(str(ref.path), device="cpu").model is not None
+    names = {"model.int8.safetensors": "extra.safetensors"}
+    stored = tmp_path / "copy" / "sha256" / ref.sha256
+    shutil.copytree(ref.path.parent, stored)  # a writable copy of the stored layout (manifest.json + files/)
+    for old, new in names.items():
+        (stored / "files" / old).chmod(0o644)
+        shutil.copy(stored / "files" / old, stored / "files" / new)
+        config_file = stored / "files" / "config.json"
+        config_file.chmod(0o644)
+        config = json.loads(config_file.read_text())
+        config[INT8_MARKER]["weights"] = new
+        config_file.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="not listed in the artifact's manifest"):
+        load_model(str(stored / "files"), device="cpu")
 
 
 def test_int8_linear_is_the_dequantized_product() -> None:

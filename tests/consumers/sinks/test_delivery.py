@@ -58,3 +58,32 @@ def test_retryable_answers_wait_by_the_backoff_then_apply() -> None:
     out = deliver(sink, batch, lambda r, why: None, Backoff(0.1, 0.3), waits.append)
     assert waits == [0.1, 0.2, 0.3] and out.applied == 2 and out.reasons == ["down"] * 3
     assert sink.writes == 4
+
+
+class Refuses(Sink):
+    """A sink that raises on any batch holding one of ``bad`` (as a counter refusing a negative amount does), and
+    applies the others: what it applied, by record key."""
+
+    topics = ("evo.completions",)
+
+    def __init__(self, bad: set[str]) -> None:
+        super().__init__(SinkContext("refuses", Path("."), {}))
+        self.bad = bad
+        self.applied: list[str] = []
+
+    def write(self, records: Sequence[Record]) -> Result:
+        if any(r.key in self.bad for r in records):
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.applied += [r.key for r in records]
+        return Result.ok()
+
+
+def test_a_batch_that_raises_is_split_until_only_the_records_that_raise_are_dead_lettered() -> None:
+    batch = sample_records(("evo.completions",), 9)
+    sink = Refuses({batch[2].key, batch[7].key})
+    dead: list[tuple[Record, str]] = []
+    out = deliver(sink, batch, lambda r, why: dead.append((r, why)))
+    assert [r.key for r, _ in dead] == [batch[2].key, batch[7].key]
+    assert all(why == "ValueError: Counters can only be incremented by non-negative amounts." for _, why in dead)
+    assert sorted(sink.applied) == sorted(r.key for i, r in enumerate(batch) if i not in (2, 7))
+    assert out.applied == 7 and not out.stopped

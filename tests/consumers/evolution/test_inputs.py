@@ -1,0 +1,144 @@
+"""What evolution reads from the log holds at most ``max_pairs`` answers at a time (not every prompt of the topic's
+7 days), gives the same pairs as joining everything and keeping the tail, and skips NeuronCounts snapshots that do
+not fit their own shape, saying why."""
+
+from __future__ import annotations
+
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from evostream.consumers.evolution.inputs import counts_problem, last_answers, prompts_of, read_observed
+from evostream.core.bus.admin import ensure_topics
+from evostream.core.bus.producer import EventProducer
+from evostream.core.stack import LocalStack
+from evostream.schemas.catalog import CATALOG, COMPLETIONS, NEURONS, REQUESTS
+from evostream.schemas.codec import RecordCodec
+from evostream.schemas.samples import completion
+from tests.conftest import stack_settings
+
+
+def completions(n: int, text_bytes: int = 8) -> Iterator[dict[str, Any]]:
+    """``n`` completions: every 7th of another version, every 5th an error, ids of request ``i``."""
+    for i in range(n):
+        rec: dict[str, Any] = dict(completion(i))
+        rec["model_version"] = "other" if i % 7 == 0 else "v1"
+        rec["error"] = "model error" if i % 5 == 0 else None
+        rec["output_text"] = f"{i:08d}" + "a" * text_bytes
+        rec["output_token_ids"] = [i, i + 1]
+        yield rec
+
+
+def requests(n: int, first: int = 0) -> Iterator[dict[str, Any]]:
+    for i in range(first, n):
+        yield {"request_id": f"req-{i}", "prompt": f"prompt {i}"}
+
+
+def joined_then_cut(n_req_first: int, n: int, max_pairs: int) -> list[tuple[str, str, list[int]]]:
+    """The join as it was written before: every request's prompt held, every answer held, the tail kept."""
+    prompts = {r["request_id"]: r["prompt"] for r in requests(n, n_req_first)}
+    answered = [
+        (prompts[c["request_id"]], c["output_text"], list(c["output_token_ids"]))
+        for c in completions(n)
+        if c["model_version"] == "v1" and c["error"] is None and c["request_id"] in prompts
+    ]
+    return answered[-max_pairs:]
+
+
+@pytest.mark.parametrize("expired", [0, 1000, 2950, 3000])
+def test_the_ring_gives_the_tail_of_the_whole_join(expired: int) -> None:
+    """Requests expire before their completions (oldest first): with none, some, most or all of them gone."""
+    ring = last_answers(completions(3000), "v1", 100)
+    prompts = prompts_of(requests(3000, expired), {rid for rid, _, _ in ring})
+    got = [(prompts[rid], out, ids) for rid, out, ids in ring if rid in prompts]
+    assert got == joined_then_cut(expired, 3000, 100)
+    assert len(got) == min(100, len(joined_then_cut(expired, 3000, 10**6)))
+
+
+def test_the_ring_never_holds_more_than_max_pairs_answers() -> None:
+    """50,000 answers of 2 KB each would be 100 MB if held; the ring keeps 50 of them."""
+    tracemalloc.start()
+    try:
+        ring = last_answers(completions(50_000, text_bytes=2000), "v1", 50)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ring) == 50 and ring[-1][0] == "req-49999"
+    assert peak < 2_000_000, f"peak {peak:,} bytes"
+
+
+def neurons(snapshot: str, layers: int, width: int, size: int, steps: int = 3) -> dict[str, Any]:
+    return {
+        "snapshot_id": snapshot,
+        "model_version": "v1",
+        "steps": steps,
+        "num_layers": layers,
+        "ffn_width": width,
+        "counts": np.ones(size, dtype="<i4").tobytes(),
+        "window_start_us": 1,
+        "window_end_us": 2,
+    }
+
+
+def test_counts_that_do_not_fit_their_shape_are_named() -> None:
+    assert counts_problem(neurons("a", 2, 4, 8)) is None
+    assert counts_problem(neurons("b", 2, 4, 7)) == "28 bytes of counts, not 2 layers x 4 neurons of 4 bytes"
+    assert counts_problem(neurons("c", 0, 4, 0)) == "num_layers 0, ffn_width 4 and steps 3 must be positive"
+    assert counts_problem(neurons("d", 2, 4, 8, steps=-1)) == "num_layers 2, ffn_width 4 and steps -1 must be positive"
+
+
+@pytest.fixture(scope="module")
+def private_kafka(tmp_path_factory: pytest.TempPathFactory, kafka: str) -> Iterator[str]:
+    """A broker of this module's own: its evo.requests holds large prompts that no inference test should serve.
+    (``kafka`` marks the module as an integration test and keeps it out of the unit runs.)"""
+    stack = LocalStack(stack_settings(Path(tmp_path_factory.mktemp("kafka-inputs"))))
+    bootstrap = stack.up().bootstrap
+    try:
+        ensure_topics(bootstrap, CATALOG)
+        yield bootstrap
+    finally:
+        stack.down()
+
+
+def test_read_observed_holds_only_the_answers_it_keeps_and_skips_bad_counts(private_kafka: str) -> None:
+    n, prompt_bytes, keep = 600, 32 * 1024, 5
+    producer = EventProducer(private_kafka)
+    req_codec, comp_codec = RecordCodec("InferenceRequest"), RecordCodec("Completion")
+    for i in range(n):
+        req = {
+            "request_id": f"req-{i}",
+            "prompt": f"{i:06d}" + "p" * prompt_bytes,
+            "params": {"max_new_tokens": 4, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0},
+            "tenant": "t",
+            "reply_to": f"req-{i}",
+            "submitted_at_us": 1,
+        }
+        producer.send(REQUESTS, req["request_id"], req_codec.encode(req | {"params": req["params"] | {"seed": None}}))
+        comp = dict(completion(i)) | {"model_version": "v1", "error": None, "output_text": f"answer {i}"}
+        producer.send(COMPLETIONS, comp["trace_id"], comp_codec.encode(comp))
+    counts = RecordCodec("NeuronCounts")
+    for rec in (neurons("good-1", 2, 4, 8), neurons("short", 2, 4, 7), neurons("good-2", 2, 4, 8, steps=5)):
+        producer.send(NEURONS, "v1", counts.encode(rec))
+    producer.flush(60)
+
+    said: list[str] = []
+    tracemalloc.start()
+    try:
+        seen = read_observed(private_kafka, "v1", max_pairs=keep, idle_s=1.0, progress=said.append)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # 600 prompts of 32 KB are 19 MB: holding them all before keeping 5 is what this test refuses (a fetched
+    # batch of requests is held whole, two while the next is fetched: 4 MB)
+    assert peak < 8_000_000, f"peak {peak:,} bytes"
+    # the last 5 as read (three partitions interleave), each with its own request's prompt
+    assert len(seen.pairs) == keep
+    assert all(out == f"answer {int(p[:6])}" for p, out in seen.pairs), [(p[:6], out) for p, out in seen.pairs]
+    assert seen.neuron_counts is not None and seen.neuron_counts.tolist() == [[2] * 4] * 2
+    assert seen.neuron_steps == 8
+    assert seen.skipped == ["NeuronCounts short: 28 bytes of counts, not 2 layers x 4 neurons of 4 bytes"]
+    assert "log: skipped NeuronCounts short: 28 bytes of counts, not 2 layers x 4 neurons of 4 bytes" in said
