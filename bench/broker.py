@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -25,7 +26,10 @@ def bench_broker(bootstrap: str | None, heap: str = "2g") -> Iterator[str]:
     tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-"))
     stack = LocalStack(load_settings(stack_dir=tmp, broker_port=0, controller_port=0, broker_heap=heap))
     try:
-        yield stack.up(lambda m: print(m, file=sys.stderr)).bootstrap
+        bootstrap = stack.up(lambda m: print(m, file=sys.stderr)).bootstrap
+        # the processes a benchmark starts (workers, consumers) log in with the private broker's credentials
+        os.environ["EVOSTREAM_KAFKA_CREDENTIALS"] = str(stack.credentials_file)
+        yield bootstrap
     finally:
         stack.down()
         stack.wipe()

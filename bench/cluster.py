@@ -176,11 +176,12 @@ class Requests(threading.Thread):
 
 
 @contextmanager
-def serving(bootstrap: str, timeout_s: float = 180.0) -> Iterator[subprocess.Popen[str]]:
-    """`evostream serve` with the default model (no prompt embedding), until it says it serves; SIGTERM after."""
+def serving(bootstrap: str, credentials: Path, timeout_s: float = 180.0) -> Iterator[subprocess.Popen[str]]:
+    """`evostream serve` with the default model (no prompt embedding), logged in with the cluster's
+    ``credentials``, until it says it serves; SIGTERM after."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "evostream.cli", "serve", "--bootstrap", bootstrap, "--max-wait-ms", "1", "--no-embed"],
-        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        env=os.environ | {"HF_HUB_OFFLINE": "1", "EVOSTREAM_KAFKA_CREDENTIALS": str(credentials)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -270,7 +271,7 @@ def run_outage(
     topic, group = f"cluster.load.{run}", f"cluster-load-{run}"
     spec = TopicSpec(topic, "DeadLetter", "number", LOAD_PARTITIONS, "delete", 3600_000, "numbered load")
     ensure_topics(bootstrap, [spec], replication=REPLICATION, min_insync=MIN_INSYNC)
-    with serving(bootstrap) if serve else _nothing():
+    with serving(bootstrap, cluster.credentials_file) if serve else _nothing():
         consumer = NumberedConsumer(bootstrap, topic, group)
         producer = NumberedProducer(bootstrap, topic, rate)
         requests = Requests(bootstrap)

@@ -29,6 +29,7 @@ import time
 import uuid
 
 from bench.broker import bench_broker
+from evostream.core.bus import security
 from evostream.core.bus.admin import delete_topics, ensure_topics
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.bus.producer import EventProducer
@@ -70,9 +71,11 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
         from aiokafka import AIOKafkaConsumer
 
         async def run() -> float:
+            login = security.credentials(bootstrap)
             c = AIOKafkaConsumer(
                 topic,
                 bootstrap_servers=bootstrap,
+                **({} if login is None else login.aiokafka()),
                 group_id=f"floor-{uuid.uuid4().hex}",
                 auto_offset_reset="earliest",
                 enable_auto_commit=False,
@@ -97,7 +100,7 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
     import faust
     from faust.worker import Worker
 
-    from evostream.stream_processors.transport import App
+    from evostream.stream_processors.transport import App, sasl_credentials
 
     fast = kind.endswith("-fast")
     kind = kind.removesuffix("-fast")
@@ -105,6 +108,7 @@ def child(kind: str, bootstrap: str, topic: str, n: int) -> None:
     app = (App if fast else faust.App)(
         f"floor-{uuid.uuid4().hex[:8]}",
         broker=f"kafka://{bootstrap}",
+        broker_credentials=sasl_credentials(bootstrap),
         store="memory://",
         web_enabled=False,
         topic_partitions=PARTITIONS,

@@ -84,7 +84,9 @@ def total(bootstrap: str, topics: tuple[str, ...]) -> int:
     """Records on ``topics`` from their start (low watermark) to their end."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}"})
+    from evostream.core.bus.security import client_config
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex}", **client_config(bootstrap)})
     try:
         n = 0
         for topic in topics:

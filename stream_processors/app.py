@@ -54,7 +54,7 @@ from evostream.stream_processors.profiling.window import ProfilePolicy
 from evostream.stream_processors.risk.policy import RiskPolicy, load_policies
 from evostream.stream_processors.risk.tracker import TABLE as RISK_TABLE
 from evostream.stream_processors.risk.tracker import RiskTracker, StreamProgress, expired
-from evostream.stream_processors.transport import App
+from evostream.stream_processors.transport import App, sasl_credentials
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ class Processors:
             app_id,
             handover=handover,
             broker=f"kafka://{bootstrap}",
+            broker_credentials=sasl_credentials(bootstrap),
             store="memory://",
             datadir=str(datadir),
             topic_partitions=STEP_PARTITIONS,

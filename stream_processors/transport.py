@@ -25,6 +25,8 @@ import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 
+from evostream.core.bus import security
+
 YIELD_EVERY = 1000
 """Messages handed over between two yields to the event loop (Faust: 100)."""
 
@@ -161,3 +163,11 @@ class App(faust.App):
     def _new_transport(self) -> Any:
         kind = Transport if self._handover == "inline" else FaustHandoverTransport
         return kind(self.conf.broker_consumer, self)
+
+
+def sasl_credentials(bootstrap: str, role: str | None = None) -> faust.SASLCredentials | None:
+    """Faust's login to ``bootstrap`` as ``role``'s principal (``core/bus/security.py``); None for a plain broker."""
+    login = security.credentials(bootstrap, role)
+    if login is None:
+        return None
+    return faust.SASLCredentials(username=login.username, password=login.password, mechanism=login.mechanism)

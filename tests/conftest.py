@@ -57,9 +57,13 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     stack = LocalStack(stack_settings(tmp_path_factory.mktemp("kafka")))
     state = stack.up()
+    # the broker requires a login: this process finds its credentials file by its address, and the processes tests
+    # start (CLI commands, workers) through the environment
+    os.environ["EVOSTREAM_KAFKA_CREDENTIALS"] = str(stack.credentials_file)
     try:
         yield state.bootstrap
     finally:
+        os.environ.pop("EVOSTREAM_KAFKA_CREDENTIALS", None)
         # Destroy the Kafka clients tests left behind before their broker goes, or librdkafka logs reconnect
         # failures over pytest's closing summary.
         gc.collect()

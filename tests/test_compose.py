@@ -88,10 +88,26 @@ def test_images_are_pinned_and_mounts_exist(compose: dict[str, Any]) -> None:
 
 def test_evostream_services_wait_for_a_healthy_broker(compose: dict[str, Any]) -> None:
     for name, svc in compose["services"].items():
-        if svc.get("image", "").startswith("evostream:"):
+        if svc.get("image", "").startswith("evostream:") and name != "credentials":  # it runs before the broker
             assert svc["depends_on"]["kafka"]["condition"] == "service_healthy", name
             assert svc["environment"]["EVOSTREAM_BOOTSTRAP_SERVERS"] == "kafka:19092", name
     assert (ROOT / "Dockerfile").exists()
+
+
+def test_the_broker_requires_logins_and_is_published_on_loopback_only(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["ports"] == ["127.0.0.1:9092:9092"]
+    env = kafka["environment"]
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}, protocols  # no PLAINTEXT listener left
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert kafka["depends_on"]["credentials"]["condition"] == "service_completed_successfully"
+    assert compose["services"]["topics"]["command"] == ["topics", "--create", "--secure"]
+    for name, svc in compose["services"].items():
+        if svc.get("image", "").startswith("evostream:") and name != "credentials":
+            assert svc["environment"]["EVOSTREAM_KAFKA_CREDENTIALS"] == "/run/evostream/credentials.json", name
+            assert "credentials:/run/evostream:ro" in svc["volumes"], name
 
 
 def test_prometheus_grafana_and_otlp_are_published_on_loopback_only(compose: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
+from evostream.core.bus.security import act_as
 from evostream.core.settings import load_settings
 
 
@@ -42,6 +43,7 @@ def api(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the HTTP API (OpenAPI at /docs) and the live dashboard (at /)."""
+    act_as("api")
     import uvicorn
 
     from evostream.api.app import create_app

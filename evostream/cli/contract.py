@@ -17,17 +17,36 @@ def topics(
     create: Annotated[
         bool, typer.Option("--create", help="Create the catalog's missing topics on the broker.")
     ] = False,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="First, as the broker's super user of EVOSTREAM_KAFKA_CREDENTIALS, set every principal's SCRAM "
+            "password and the ACLs (docker-compose.yml's broker; `stack up` does this itself).",
+        ),
+    ] = False,
     bootstrap: Bootstrap = None,
 ) -> None:
     """List the topic catalog; with --create, create its missing topics on the broker."""
-    from evostream.schemas.catalog import CATALOG
+    from evostream.schemas.catalog import CATALOG, GOVERNANCE
 
     if create:
-        from evostream.core.bus.admin import ensure_topics
+        from evostream.core.bus.admin import ensure_topics, wait_for_broker
         from evostream.core.stack import resolve_bootstrap
 
         settings = load_settings(bootstrap_servers=bootstrap)
         server = resolve_bootstrap(settings)
+        if secure:
+            from evostream.core.bus.acls import secure as set_up
+            from evostream.core.bus.security import SUPER_USER, CredentialsFile
+            from evostream.core.errors import StackError
+
+            if settings.kafka_credentials is None:
+                raise StackError("--secure needs EVOSTREAM_KAFKA_CREDENTIALS: the file `stack credentials` wrote")
+            creds = CredentialsFile.load(settings.kafka_credentials)
+            wait_for_broker(server, settings.ready_timeout_s, login=creds.login(SUPER_USER))
+            set_up(server, creds, {GOVERNANCE, settings.governance_topic}, settings.ready_timeout_s)
+            say(f"principals and ACLs set on {server}")
         created = ensure_topics(server, CATALOG, timeout_s=settings.ready_timeout_s)
         say(f"created on {server}: {', '.join(sorted(created)) or 'nothing (all present)'}")
     for t in CATALOG:

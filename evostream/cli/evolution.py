@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
+from evostream.core.bus.security import act_as
 from evostream.core.errors import EvolutionError
 from evostream.core.settings import Settings, load_settings
 from evostream.wiring import evolution as wiring
@@ -128,6 +129,7 @@ def evolution_run(
     """The evolution consumer: a cycle when drift fires on the production version (once per version: more windows
     of the same drift start no new cycle until another version serves), and on a schedule; one cycle at a time; a
     trigger already handled (its candidate is in the log) is never handled twice, after a restart too."""
+    act_as("evolution")
     import signal
 
     settings = _settings(bootstrap)

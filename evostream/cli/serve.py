@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
+from evostream.core.bus.security import act_as
 from evostream.core.settings import Settings, load_settings
 
 
@@ -67,6 +68,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
     """Serve inference requests from evo.requests, emitting a GenerationStep per token and a Completion per request."""
+    act_as("inference")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from evostream.models.loading import load_model
     from evostream.producers.embedding import PromptEmbedder
@@ -188,6 +190,7 @@ def process(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Run the stream processors (risk scores and alerts) until Ctrl-C; state resumes from changelog topics."""
+    act_as("processors")
     from evostream.stream_processors.app import run_worker
 
     settings = load_settings(bootstrap_servers=bootstrap)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
+from evostream.core.bus.security import act_as
 from evostream.core.errors import SinkConfigError, SinkError
 from evostream.core.settings import load_settings
 
@@ -94,6 +95,7 @@ def run(
 ) -> None:
     """Feed every chosen sink from Kafka until Ctrl-C: one consumer group per sink (evostream-sink-<name>), retries
     with backoff, poison records to evo.dlq, positions committed after each sink's durable write."""
+    act_as("sinks")
     from evostream.consumers.sinks.runner import RunnerOptions, SinkRunner
     from evostream.plugins.api import SinkContext
     from evostream.plugins.discovery import load

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -122,3 +123,33 @@ def stack_logs(
 
     settings = load_settings()
     typer.echo(LocalCluster(settings).log_tail(node, lines) if node else LocalStack(settings).log_tail(lines))
+
+
+@stack_app.command("credentials")
+@friendly
+def stack_credentials(
+    file: Annotated[
+        Path | None,
+        typer.Option(help="The credentials file (default: the local stack's). Env: EVOSTREAM_KAFKA_CREDENTIALS."),
+    ] = None,
+    broker_env: Annotated[
+        Path | None,
+        typer.Option(help="Also write the broker's SASL settings as KAFKA_* variables (docker-compose.yml's kafka)."),
+    ] = None,
+) -> None:
+    """Create the Kafka credentials file (a random password per principal, mode 0600; existing ones are kept) and
+    print its path; `stack up` does this itself."""
+    from evostream.core.bus.security import SUPER_USER, CredentialsFile, stack_credentials_path
+    from evostream.core.stack.config import compose_broker_env
+
+    settings = load_settings()
+    path = file or settings.kafka_credentials or stack_credentials_path(settings.stack_dir)
+    old = CredentialsFile.load(path) if path.exists() else None
+    creds = CredentialsFile.ensure(path, old.bootstrap if old else "")
+    if broker_env is not None:
+        broker_env.parent.mkdir(parents=True, exist_ok=True)
+        broker_env.unlink(missing_ok=True)
+        broker_env.touch(mode=0o600)
+        broker_env.write_text(compose_broker_env(creds.passwords[SUPER_USER]), encoding="utf-8")
+    say(f"principals: {', '.join(sorted(p for p in creds.passwords if p != SUPER_USER))} (and {SUPER_USER})")
+    typer.echo(path)

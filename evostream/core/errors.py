@@ -17,6 +17,8 @@ from evostream.schemas.errors import (
 
 __all__ = [
     "ArtifactError",
+    "AuthenticationError",
+    "AuthorizationError",
     "BadMagicError",
     "BrokerStartError",
     "BrokerUnavailableError",
@@ -66,9 +68,18 @@ class BrokerUnavailableError(StackError):
     """No broker answers at the configured bootstrap address."""
 
 
+class AuthenticationError(BrokerUnavailableError):
+    """The broker refused the client's login (wrong or missing credentials)."""
+
+
 # --- Kafka I/O --------------------------------------------------------------------------------------
 class DeliveryError(EvoError):
     """A record was not acknowledged by the broker."""
+
+
+class AuthorizationError(DeliveryError):
+    """The broker's ACLs refuse the client's principal this operation (for example a write to the governance log by
+    any principal but ``governance``)."""
 
 
 class ConsumeError(EvoError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_PORT = 9092
@@ -25,6 +25,25 @@ class Settings(BaseSettings):
     bootstrap_servers: str | None = Field(
         default=None,
         description="Kafka bootstrap servers; unset means the local stack's address, else 127.0.0.1:9092.",
+    )
+    kafka_username: str | None = Field(
+        default=None,
+        description="The SASL principal every Kafka client of this process logs in as (with kafka_password); unset: "
+        "the credentials file's principal for the client's role, or none for a broker without authentication.",
+    )
+    kafka_password: SecretStr | None = Field(default=None, description="kafka_username's password.")
+    kafka_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        default="SCRAM-SHA-512", description="The SASL mechanism of kafka_username."
+    )
+    kafka_role: str = Field(
+        default="admin",
+        description="The principal of the credentials file that this process's Kafka clients log in as when they "
+        "name none (each long-running command sets its own: inference, processors, evolution, sinks, api).",
+    )
+    kafka_credentials: Path | None = Field(
+        default=None,
+        description="A credentials file as the launcher writes it (stack_dir/credentials.json, mode 0600): one "
+        "password per principal, each client logging in as its role's.",
     )
     cache_dir: Path = Field(default_factory=lambda: _home(".cache", "evostream"))
     stack_dir: Path = Field(

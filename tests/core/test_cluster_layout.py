@@ -33,10 +33,12 @@ def test_colliding_ports_are_refused() -> None:
 
 def test_each_node_votes_in_one_quorum_with_replication_three_and_min_insync_two(tmp_path: Path) -> None:
     layout = ClusterLayout("id", "4.1.2", (NodeSpec(1, 9092, 9093), NodeSpec(2, 9094, 9095), NodeSpec(3, 9096, 9097)))
-    p = props(server_properties(9094, 9095, tmp_path, node_id=2, voters=layout.voters, replication=3, min_insync=2))
+    p = props(
+        server_properties(9094, 9095, tmp_path, "pw", node_id=2, voters=layout.voters, replication=3, min_insync=2)
+    )
     assert p["node.id"] == "2"
     assert p["controller.quorum.voters"] == "1@127.0.0.1:9093,2@127.0.0.1:9095,3@127.0.0.1:9097"
-    assert p["listeners"] == "PLAINTEXT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095"
+    assert p["listeners"] == "CLIENT://127.0.0.1:9094,CONTROLLER://127.0.0.1:9095"
     for key in ("default.replication.factor", "offsets.topic.replication.factor"):
         assert p[key] == "3"
     assert p["transaction.state.log.replication.factor"] == "3"
@@ -46,6 +48,6 @@ def test_each_node_votes_in_one_quorum_with_replication_three_and_min_insync_two
 
 
 def test_a_node_alone_keeps_its_single_node_layout(tmp_path: Path) -> None:
-    p = props(server_properties(9092, 9093, tmp_path))
+    p = props(server_properties(9092, 9093, tmp_path, "pw"))
     assert p["node.id"] == "1" and p["controller.quorum.voters"] == "1@127.0.0.1:9093"
     assert p["offsets.topic.replication.factor"] == "1" and p["min.insync.replicas"] == "1"

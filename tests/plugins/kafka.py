@@ -14,6 +14,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from evostream.core.bus.admin import ensure_topics
 from evostream.core.bus.producer import EventProducer
+from evostream.core.bus.security import client_config
 from evostream.schemas.catalog import CATALOG, topic_spec
 from evostream.schemas.codec import RecordCodec
 from tests.plugins.samples import BUILDERS
@@ -43,7 +44,8 @@ def produce(
     """Write ``values`` (and ``garbage[topic]`` undecodable records, keyed ``<marker>-garbage-<i>``) to their topics;
     the number of records."""
     ensure_topics(kafka, CATALOG)
-    producer = EventProducer(kafka)
+    # the samples include governance events: only the governance writer's principal may put them on its topic
+    producer = EventProducer(kafka, role="governance")
     n = 0
     for topic, items in values.items():
         spec = topic_spec(topic)
@@ -62,7 +64,7 @@ def produce(
 
 def ends(kafka: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
     """The end offset of every partition of ``topics``."""
-    c = Consumer({"bootstrap.servers": kafka, "group.id": f"ends-{uuid.uuid4().hex}"})
+    c = Consumer({"bootstrap.servers": kafka, "group.id": f"ends-{uuid.uuid4().hex}", **client_config(kafka)})
     try:
         out = {}
         for topic in topics:
@@ -75,7 +77,7 @@ def ends(kafka: str, topics: Sequence[str]) -> dict[tuple[str, int], int]:
 
 def committed(kafka: str, group: str, parts: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int]:
     """The offsets ``group`` has committed (a reader outside the group: it joins nothing)."""
-    c = Consumer({"bootstrap.servers": kafka, "group.id": group, "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": kafka, "group.id": group, "enable.auto.commit": False, **client_config(kafka)})
     try:
         got = c.committed([TopicPartition(t, p) for t, p in parts], timeout=10)
         return {(tp.topic, tp.partition): tp.offset for tp in got if tp.offset >= 0}

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
+from evostream.core.bus.security import client_config
 from evostream.core.clock import now_us
 from evostream.producers.batching import Row, RowStepCallback, RunningBatch
 from evostream.producers.client import InferenceClient, Published
@@ -56,7 +57,9 @@ class ObservedService(InferenceService):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.seen: list[tuple[set[str], int]] = []
-        self.probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": GROUP, "log_level": 3})
+        self.probe = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": GROUP, "log_level": 3, **client_config(self.bootstrap)}
+        )
 
     def committed(self) -> int:
         return committed(self.probe)
@@ -88,7 +91,9 @@ def request(codec: RecordCodec, prompt: str, max_new_tokens: int) -> tuple[Publi
 def publish_to_partition_0(kafka: str, values: list[bytes]) -> list[int]:
     """Send ``values`` to evo.requests partition 0, in this order; their offsets."""
     offsets: list[int] = []
-    producer = Producer({"bootstrap.servers": kafka, "linger.ms": 50})  # in one batch, in this order
+    producer = Producer(
+        {"bootstrap.servers": kafka, "linger.ms": 50, **client_config(kafka)}
+    )  # in one batch, in this order
     for value in values:
         producer.produce(REQUESTS, value, partition=0, on_delivery=lambda err, msg: offsets.append(msg.offset()))
     assert producer.flush(30) == 0 and len(offsets) == len(values)
@@ -143,7 +148,9 @@ class GatedEmbedding(InferenceService):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.entered, self.release = threading.Event(), threading.Event()
-        self.probe = Consumer({"bootstrap.servers": self.bootstrap, "group.id": GROUP, "log_level": 3})
+        self.probe = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": GROUP, "log_level": 3, **client_config(self.bootstrap)}
+        )
 
     def _embed(self, prompts: list[str]) -> list[list[float]]:
         self.entered.set()

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 
+from evostream.core.bus.security import client_config
 from evostream.core.clock import now_us
 from evostream.models.loading import LoadedModel
 from evostream.producers.batching import Row, RowStepCallback, RunningBatch
@@ -114,6 +115,7 @@ def test_a_rebalance_mid_batch_neither_stops_the_service_nor_loses_a_request(kaf
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "log_level": 3,
+                **client_config(kafka),
             }
         )
         intruder.subscribe([REQUESTS])

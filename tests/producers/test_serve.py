@@ -12,6 +12,7 @@ import pytest
 
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.bus.producer import EventProducer
+from evostream.core.bus.security import client_config
 from evostream.core.clock import now_us
 from evostream.producers.client import BadRequestError, InferenceClient, Published
 from evostream.producers.embedding import PromptEmbedder
@@ -106,7 +107,9 @@ def _requests_end(kafka: str) -> int:
     """Sum of evo.requests' end offsets: grows by one for every request that reaches the broker."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": kafka, "group.id": f"test-{uuid.uuid4().hex}", "log_level": 0})
+    c = Consumer(
+        {"bootstrap.servers": kafka, "group.id": f"test-{uuid.uuid4().hex}", "log_level": 0, **client_config(kafka)}
+    )
     try:
         parts = c.list_topics(REQUESTS, timeout=10).topics[REQUESTS].partitions
         return sum(c.get_watermark_offsets(TopicPartition(REQUESTS, p), timeout=10)[1] for p in parts)

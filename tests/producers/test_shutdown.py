@@ -46,7 +46,7 @@ def test_sigterm_stops_serve_within_its_bound_after_the_broker_is_gone(
     private_broker: tuple[LocalStack, str],
 ) -> None:
     stack, bootstrap = private_broker
-    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "EVOSTREAM_KAFKA_CREDENTIALS": str(stack.credentials_file)}
     serve = subprocess.Popen(
         [*CLI, "serve", "--bootstrap", bootstrap, "--no-embed", "--max-wait-ms", "1", "--max-batch", "2"],
         env=env,

@@ -11,7 +11,7 @@ import faust
 import pytest
 
 from evostream.schemas.catalog import DLQ, RISK
-from evostream.stream_processors.transport import App, _resume, start_inline
+from evostream.stream_processors.transport import App, _resume, sasl_credentials, start_inline
 
 
 async def no_wait(out: list[str]) -> str:
@@ -90,7 +90,11 @@ def test_a_topic_sent_to_stays_in_the_producers_metadata_when_another_is_tracked
     async def main() -> tuple[bool, bool]:
         cls = App if ours else faust.App
         app = cls(
-            f"test-producer-{uuid.uuid4().hex[:8]}", broker=f"kafka://{kafka}", store="memory://", web_enabled=False
+            f"test-producer-{uuid.uuid4().hex[:8]}",
+            broker=f"kafka://{kafka}",
+            broker_credentials=sasl_credentials(kafka),
+            store="memory://",
+            web_enabled=False,
         )
         producer = app.producer
         await producer.start()

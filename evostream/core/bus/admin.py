@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -12,18 +13,51 @@ from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, Config
 from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
-from evostream.core.errors import BrokerUnavailableError, StackError
+from evostream.core.bus import security
+from evostream.core.errors import AuthenticationError, BrokerUnavailableError, StackError
 from evostream.schemas.catalog import TopicSpec
 
 
-def admin_client(bootstrap: str) -> AdminClient:
+def admin_client(bootstrap: str, role: str | None = None, login: security.Credentials | None = None) -> AdminClient:
+    """An admin client of ``bootstrap``, logged in as ``login``, else as ``role``'s principal (security.py)."""
+    return _admin(bootstrap, role, login)[0]
+
+
+def _admin(
+    bootstrap: str, role: str | None = None, login: security.Credentials | None = None
+) -> tuple[AdminClient, _AuthWatch]:
+    watch = _AuthWatch()
+    auth = login.librdkafka() if login is not None else security.client_config(bootstrap, role)
     # Quiet librdkafka: failures surface as exceptions below, not as log lines on stderr.
-    return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.connection.setup.timeout.ms": 2000})
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "log_level": 0,
+        "socket.connection.setup.timeout.ms": 2000,
+        **auth,
+        "error_cb": watch,
+    }
+    client = AdminClient(config)
+    return client, watch
 
 
-def cluster_metadata(bootstrap: str, timeout_s: float) -> ClusterMetadata:
-    """Metadata of the cluster, or BrokerUnavailableError once ``timeout_s`` has passed without an answer."""
-    admin = admin_client(bootstrap)
+class _AuthWatch:
+    """An admin client's error callback: keeps the broker's refusal of its login (it comes only here; the request
+    itself just times out) for ``cluster_metadata`` to report instead of "no broker answers"."""
+
+    def __init__(self) -> None:
+        self.refused = ""
+
+    def __call__(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._AUTHENTICATION:
+            self.refused = err.str()
+
+
+def cluster_metadata(
+    bootstrap: str, timeout_s: float, *, role: str | None = None, login: security.Credentials | None = None
+) -> ClusterMetadata:
+    """Metadata of the cluster, or BrokerUnavailableError once ``timeout_s`` has passed without an answer;
+    AuthenticationError as soon as the broker refuses the client's login (or its lack of one)."""
+    admin, watch = _admin(bootstrap, role, login)
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while True:
@@ -36,17 +70,35 @@ def cluster_metadata(bootstrap: str, timeout_s: float) -> ClusterMetadata:
                 return md
         except KafkaException as e:
             last = e
+        admin.poll(0)  # serves the error callback, where a refused login shows
+        if watch.refused:
+            raise AuthenticationError(
+                f"the Kafka broker at {bootstrap} refused the login of "
+                f"{_who(bootstrap, role, login)}: {watch.refused}; the local stack's credentials are in its folder "
+                "(credentials.json beside state.json), or set EVOSTREAM_KAFKA_USERNAME and EVOSTREAM_KAFKA_PASSWORD"
+            )
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
     raise BrokerUnavailableError(
         f"no Kafka broker answers at {bootstrap} after {timeout_s:.0f} s"
         + (f" ({last.args[0].str() if last and isinstance(last.args[0], KafkaError) else last})" if last else "")
         + "; start the local one with `evostream stack up`, or point EVOSTREAM_BOOTSTRAP_SERVERS at yours"
+        + (
+            " (a broker that requires authentication closes the connections of a client without credentials: "
+            "set EVOSTREAM_KAFKA_CREDENTIALS, or EVOSTREAM_KAFKA_USERNAME and EVOSTREAM_KAFKA_PASSWORD)"
+            if login is None and security.credentials(bootstrap, role) is None
+            else ""
+        )
     )
 
 
-def wait_for_broker(bootstrap: str, timeout_s: float) -> None:
+def wait_for_broker(bootstrap: str, timeout_s: float, *, login: security.Credentials | None = None) -> None:
     """Block until a broker answers a metadata request."""
-    cluster_metadata(bootstrap, timeout_s)
+    cluster_metadata(bootstrap, timeout_s, login=login)
+
+
+def _who(bootstrap: str, role: str | None, login: security.Credentials | None) -> str:
+    found = login or security.credentials(bootstrap, role)
+    return "a client without credentials" if found is None else f"principal {found.username!r}"
 
 
 def ensure_topics(
@@ -55,6 +107,7 @@ def ensure_topics(
     timeout_s: float = 30.0,
     replication: int | None = None,
     min_insync: int | None = None,
+    login: security.Credentials | None = None,
 ) -> list[str]:
     """Create the topics of ``specs`` that do not exist yet; return the names created.
 
@@ -63,11 +116,11 @@ def ensure_topics(
     single-node stack, 3 and 2 on the local cluster, so every reader that creates the topics it needs gets the
     layout of the cluster it talks to."""
     specs = list(specs)
-    existing = set(cluster_metadata(bootstrap, timeout_s).topics)
+    existing = set(cluster_metadata(bootstrap, timeout_s, login=login).topics)
     missing = [s for s in specs if s.name not in existing]
     if not missing:
         return []
-    admin = admin_client(bootstrap)
+    admin = admin_client(bootstrap, login=login)
     isr = {} if min_insync is None else {"min.insync.replicas": str(min_insync)}
     futures = admin.create_topics(
         [

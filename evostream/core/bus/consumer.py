@@ -10,6 +10,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from evostream.core.bus import security
 from evostream.core.bus.connection import ConnectionWatch
 from evostream.core.errors import ConsumeError
 
@@ -41,11 +42,14 @@ class EventConsumer:
         config: Mapping[str, Any] | None = None,
         since_us: int | None = None,
         on_assign: Callable[[list[TopicPartition]], list[TopicPartition] | None] | None = None,
+        *,
+        role: str | None = None,
     ) -> None:
         self.watch = ConnectionWatch(bootstrap, f"consumer {group_id}")
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
+                **security.client_config(bootstrap, role),
                 "group.id": group_id,
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": True,

@@ -8,8 +8,9 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from evostream.core.bus import security
 from evostream.core.bus.connection import ConnectionWatch
-from evostream.core.errors import DeliveryError
+from evostream.core.errors import AuthorizationError, DeliveryError
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "enable.idempotence": True,
@@ -35,10 +36,19 @@ _NOT_YET = (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.LEADER_NOT_AVAILABLE)
 class EventProducer:
     """Produces bytes to Kafka and accounts for every record: acknowledged, failed, or still in flight."""
 
-    def __init__(self, bootstrap: str, config: Mapping[str, Any] | None = None, send_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        config: Mapping[str, Any] | None = None,
+        send_timeout_s: float = 30.0,
+        *,
+        role: str | None = None,
+    ):
         self.watch = ConnectionWatch(bootstrap, "producer")
+        self.login = security.credentials(bootstrap, role)
+        auth = {} if self.login is None else self.login.librdkafka()
         self._producer = Producer(
-            {"bootstrap.servers": bootstrap, **DEFAULT_CONFIG, **self.watch.config(), **(config or {})}
+            {"bootstrap.servers": bootstrap, **DEFAULT_CONFIG, **auth, **self.watch.config(), **(config or {})}
         )
         self._send_timeout_s = send_timeout_s
         self.delivered = 0
@@ -91,7 +101,7 @@ class EventProducer:
                     self.delivered += 1
                     report(None)
                 else:
-                    report(DeliveryError(f"record to {msg.topic() or topic} failed delivery: {err.str()}"))
+                    report(self._error(msg.topic() or topic, err, f"record to {msg.topic() or topic} failed delivery"))
 
         deadline = 0.0
         while True:
@@ -128,7 +138,13 @@ class EventProducer:
             topic, err = self.failures[0]
             n = len(self.failures)
             self.failures = []
-            raise DeliveryError(f"{n} records failed delivery; first to {topic}: {err.str()}")
+            raise self._error(topic, err, f"{n} records failed delivery; first to {topic}")
+
+    def _error(self, topic: str, err: KafkaError, what: str) -> DeliveryError:
+        """``err`` as the project's error: AuthorizationError when the broker's ACLs refused this principal."""
+        if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            return AuthorizationError(f"{what}: {security.refusal(self.login, 'write to', topic)} ({err.str()})")
+        return DeliveryError(f"{what}: {err.str()}")
 
     def discard(self) -> int:
         """Drop every record not yet acknowledged (after a reported failure); return how many were dropped."""

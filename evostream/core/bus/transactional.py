@@ -21,8 +21,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from evostream.core.bus import security
 from evostream.core.bus.connection import ConnectionWatch
-from evostream.core.errors import ConflictError, ConsumeError, DeliveryError, EvoError
+from evostream.core.errors import AuthorizationError, ConflictError, ConsumeError, DeliveryError, EvoError
 
 _FENCED = frozenset({KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH})
 """The ways the broker (or librdkafka on its behalf) says a newer instance of this transactional id took over."""
@@ -44,6 +45,8 @@ for it) before aborting it; a newer writer with the same id aborts it at once.""
 
 
 _RAISED = (KafkaException, SystemError)
+_REFUSED = frozenset({KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED})
+"""The broker's ACLs refuse this principal the topic, or the transactional id."""
 """What the client's calls raise: a KafkaException, or, when a fatal error (being fenced) is raised inside a callback
 the same call serves, a SystemError whose cause is the KafkaException."""
 
@@ -81,15 +84,19 @@ class TransactionalProducer:
         *,
         config: Mapping[str, Any] | None = None,
         timeout_s: float = 30.0,
+        role: str | None = None,
     ) -> None:
         self.transactional_id = transactional_id
         self.timeout_s = timeout_s
         self.watch = ConnectionWatch(bootstrap, f"transactional producer {transactional_id}")
         watch_config = self.watch.config()
         self._watch_error = watch_config["error_cb"]
+        # the governance writer's transactional id makes it the governance principal (security.role_of)
+        self.login = security.credentials(bootstrap, role, transactional_id=transactional_id)
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
+                **({} if self.login is None else self.login.librdkafka()),
                 "transactional.id": transactional_id,
                 "enable.idempotence": True,
                 "acks": "all",
@@ -128,6 +135,17 @@ class TransactionalProducer:
     def _error(self, doing: str, err: KafkaError) -> EvoError:
         if is_fenced(err):
             return self._fenced_error(doing, err.str())
+        if err.code() in _REFUSED:
+            what = f"transactional id {self.transactional_id!r}"
+            if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                return AuthorizationError(
+                    f"transactional writer {self.transactional_id!r} could not {doing}: "
+                    f"{security.refusal(self.login, 'write to', 'this topic')} ({err.str()})"
+                )
+            return AuthorizationError(
+                f"transactional writer {self.transactional_id!r} could not {doing}: "
+                f"{security.refusal(self.login, 'use', what)} ({err.str()})"
+            )
         return DeliveryError(f"transactional writer {self.transactional_id!r} could not {doing}: {err.str()}")
 
     def _kafka_error(self, doing: str, e: BaseException) -> EvoError:
@@ -265,6 +283,7 @@ class PartitionReader:
         *,
         timeout_s: float = 30.0,
         config: Mapping[str, Any] | None = None,
+        role: str | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -273,6 +292,7 @@ class PartitionReader:
         self._consumer = Consumer(
             {
                 "bootstrap.servers": bootstrap,
+                **security.client_config(bootstrap, role),
                 # no group membership (partitions are assigned) and no commits: the id only satisfies the client
                 "group.id": f"evostream-partition-reader-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,

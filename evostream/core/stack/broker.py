@@ -14,14 +14,17 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+from evostream.core.bus import security
+from evostream.core.bus.acls import secure
 from evostream.core.bus.admin import cluster_metadata, ensure_topics
+from evostream.core.bus.security import SUPER_USER, CredentialsFile
 from evostream.core.errors import BrokerStartError, BrokerUnavailableError, PortInUseError, StackError
 from evostream.core.settings import DEFAULT_BROKER_PORT, Settings
 from evostream.core.stack.config import server_properties
 from evostream.core.stack.jars import resolve_kafka_libs, uses_log4j2
 from evostream.core.stack.java import find_java
 from evostream.core.stack.ports import HOST, free_port, port_is_free
-from evostream.schemas.catalog import CATALOG
+from evostream.schemas.catalog import CATALOG, GOVERNANCE
 
 Progress = Callable[[str], None]
 
@@ -72,6 +75,7 @@ class LocalStack:
         self.data_dir = root / "data"
         self.logs_dir = root / "logs"
         self.state_file = root / "state.json"
+        self.credentials_file = security.stack_credentials_path(root)
 
     # ---- state ------------------------------------------------------------------------------------
     def read_state(self) -> StackState | None:
@@ -83,7 +87,17 @@ class LocalStack:
         if not self._is_our_broker(state.pid):
             self.state_file.unlink(missing_ok=True)
             return None
+        security.remember(self.credentials_file)  # this process's clients of this broker log in with its file
         return state
+
+    def credentials(self) -> CredentialsFile:
+        """The running broker's principals and passwords (StackError for a broker started without them)."""
+        if not self.credentials_file.exists():
+            raise StackError(
+                f"the broker running from {self.root} has no credentials file ({self.credentials_file}): it was "
+                "started by an older evostream, without authentication; `evostream stack down` and `up` again"
+            )
+        return CredentialsFile.load(self.credentials_file)
 
     def _is_our_broker(self, pid: int) -> bool:
         if not _alive(pid):
@@ -104,10 +118,10 @@ class LocalStack:
         state = self.read_state()
         if state is not None:
             progress(f"broker already running (pid {state.pid}) at {state.bootstrap}")
-            cluster_metadata(state.bootstrap, s.ready_timeout_s)
+            cluster_metadata(state.bootstrap, s.ready_timeout_s, login=self.credentials().login("admin"))
         else:
             state = self._start(progress)
-        created = ensure_topics(state.bootstrap, CATALOG)
+        created = ensure_topics(state.bootstrap, CATALOG, login=self.credentials().login("admin"))
         if created:
             progress(f"created topics: {', '.join(sorted(created))}")
         return state
@@ -127,8 +141,13 @@ class LocalStack:
         controller_port = self._port(s.controller_port, "controller", frozenset({broker_port}))
         for d in (self.config_dir, self.data_dir, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)
+        bootstrap = f"{HOST}:{broker_port}"
+        creds = CredentialsFile.ensure(self.credentials_file, bootstrap)
+        security.remember(self.credentials_file)
         props = self.config_dir / "server.properties"
-        props.write_text(server_properties(broker_port, controller_port, self.data_dir), encoding="utf-8")
+        text = server_properties(broker_port, controller_port, self.data_dir, creds.passwords[SUPER_USER])
+        _write_private(props, text)
         jvm = [*_JVM_FLAGS, f"-Dkafka.logs.dir={self.logs_dir}", *self._log_flags()]
         classpath = f"{lib}/*"  # expanded by the JVM, not a shell
         if not (self.data_dir / "meta.properties").exists():
@@ -167,10 +186,15 @@ class LocalStack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        bootstrap = f"{HOST}:{broker_port}"
         state = StackState(proc.pid, bootstrap, controller_port, s.kafka_version, time.time(), 0.0)
         self._write_state(state)
-        self._await_ready(proc, bootstrap, t0 + s.ready_timeout_s)
+        self._await_ready(proc, bootstrap, t0 + s.ready_timeout_s, creds.login(SUPER_USER))
+        t1 = time.monotonic()
+        secure(bootstrap, creds, {GOVERNANCE, s.governance_topic}, s.ready_timeout_s)
+        progress(
+            f"SASL/{creds.mechanism} principals and ACLs set in {time.monotonic() - t1:.1f} s "
+            f"(credentials in {self.credentials_file}, mode 0600)"
+        )
         state = StackState(**{**asdict(state), "start_seconds": round(time.monotonic() - t0, 2)})
         self._write_state(state)
         progress(f"broker ready at {bootstrap} in {state.start_seconds:.1f} s (pid {proc.pid})")
@@ -197,7 +221,9 @@ class LocalStack:
         target.write_text(src.read_text(encoding="utf-8"), encoding="utf-8")
         return [flag.format(target)]
 
-    def _await_ready(self, proc: subprocess.Popen[bytes], bootstrap: str, deadline: float) -> None:
+    def _await_ready(
+        self, proc: subprocess.Popen[bytes], bootstrap: str, deadline: float, login: security.Credentials
+    ) -> None:
         while True:
             code = proc.poll()
             if code is not None:
@@ -212,7 +238,7 @@ class LocalStack:
                     f"{self.log_tail()}"
                 )
             try:
-                cluster_metadata(bootstrap, min(2.0, left))
+                cluster_metadata(bootstrap, min(2.0, left), login=login)
                 return
             except BrokerUnavailableError:
                 continue
@@ -228,7 +254,7 @@ class LocalStack:
         if state is None:
             return StackStatus(False, None, detail="not running")
         try:
-            md = cluster_metadata(state.bootstrap, 5.0)
+            md = cluster_metadata(state.bootstrap, 5.0, login=self.credentials().login("admin"))
         except BrokerUnavailableError as e:
             return StackStatus(False, state, detail=f"process {state.pid} is alive but does not answer: {e}")
         topics = tuple(sorted(t for t in md.topics if not t.startswith("__")))
@@ -281,6 +307,14 @@ class LocalStack:
         if self.read_state() is not None:
             raise StackError("the broker is running; `evostream stack down` first")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (it holds a password)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _alive(pid: int) -> bool:

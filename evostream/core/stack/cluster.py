@@ -19,16 +19,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evostream.core.bus import security
+from evostream.core.bus.acls import secure
 from evostream.core.bus.admin import cluster_metadata, ensure_topics
-from evostream.core.errors import BrokerStartError, BrokerUnavailableError, PortInUseError, StackError
+from evostream.core.bus.security import SUPER_USER, CredentialsFile
+from evostream.core.errors import (
+    AuthenticationError,
+    BrokerStartError,
+    BrokerUnavailableError,
+    PortInUseError,
+    StackError,
+)
 from evostream.core.settings import Settings
-from evostream.core.stack.broker import _JVM_FLAGS, LocalStack, StackState, _alive, new_cluster_id
+from evostream.core.stack.broker import _JVM_FLAGS, LocalStack, StackState, _alive, _write_private, new_cluster_id
 from evostream.core.stack.broker import resolve_bootstrap as resolve_node_bootstrap
 from evostream.core.stack.config import server_properties
 from evostream.core.stack.jars import resolve_kafka_libs
 from evostream.core.stack.java import find_java
 from evostream.core.stack.ports import HOST, free_port, port_is_free
-from evostream.schemas.catalog import CATALOG
+from evostream.schemas.catalog import CATALOG, GOVERNANCE
 
 Progress = Callable[[str], None]
 
@@ -141,6 +150,9 @@ class LocalCluster:
         self.heap = heap
         self.root = self.settings.stack_dir / "cluster"
         self.layout_file = self.root / "cluster.json"
+        self.credentials_file = security.stack_credentials_path(self.root)
+        """One file for every node: the principals are the cluster's (its metadata), the address all nodes'."""
+        security.remember(self.credentials_file)  # used only for the addresses it names
 
     # ---- layout and nodes -------------------------------------------------------------------------
     def read_layout(self) -> ClusterLayout | None:
@@ -199,11 +211,15 @@ class LocalCluster:
         if layout is None or not any(self._formatted(n) for n in layout.nodes):
             layout = self._plan()  # a layout no node was formatted with (its start failed) takes today's settings
         down = [st.spec for st in self.status() if st.state is None]
+        creds = CredentialsFile.ensure(self.credentials_file, layout.bootstrap)
         if down:
             self._start(layout, down, progress)
         else:
             progress(f"cluster already running at {layout.bootstrap}")
-        self._await_members(layout, len(layout.nodes))
+        self._await_members(layout, len(layout.nodes), creds.login(SUPER_USER))
+        if down:  # the principals and ACLs live in the cluster's metadata: set (again) once all nodes answer
+            secure(layout.bootstrap, creds, {GOVERNANCE, self.settings.governance_topic}, self.settings.ready_timeout_s)
+            self._await_logins(layout, creds.login("admin"))
         created = ensure_topics(layout.bootstrap, CATALOG, self.settings.ready_timeout_s, REPLICATION, MIN_INSYNC)
         if created:
             progress(
@@ -242,7 +258,8 @@ class LocalCluster:
                         f"stop it (a cluster's ports are fixed in {self.layout_file})"
                     )
         classpath = f"{lib}/*"  # expanded by the JVM, not a shell
-        launches = [_NodeLaunch(self.node(spec), spec, layout, java, classpath) for spec in specs]
+        creds = CredentialsFile.ensure(self.credentials_file, layout.bootstrap)
+        launches = [_NodeLaunch(self.node(spec), spec, layout, java, classpath, creds) for spec in specs]
         formats = [launch.format() for launch in launches]  # in parallel: each is a JVM start
         for launch, fmt in zip(launches, formats, strict=True):
             launch.check_format(fmt)
@@ -268,11 +285,25 @@ class LocalCluster:
             raise
         return states
 
-    def _await_members(self, layout: ClusterLayout, count: int) -> None:
+    def _await_logins(self, layout: ClusterLayout, login: security.Credentials) -> None:
+        """Until every node takes ``login``: the SCRAM credentials reach each node's metadata a moment after the
+        controller accepted them."""
+        deadline = time.monotonic() + self.settings.ready_timeout_s
+        for node in layout.nodes:
+            while True:
+                try:
+                    cluster_metadata(node.bootstrap, max(1.0, deadline - time.monotonic()), login=login)
+                    break
+                except AuthenticationError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
+
+    def _await_members(self, layout: ClusterLayout, count: int, login: security.Credentials) -> None:
         """Until the cluster's metadata lists ``count`` brokers."""
         deadline = time.monotonic() + self.settings.ready_timeout_s
         while True:
-            md = cluster_metadata(layout.bootstrap, max(1.0, deadline - time.monotonic()))
+            md = cluster_metadata(layout.bootstrap, max(1.0, deadline - time.monotonic()), login=login)
             if len(md.brokers) >= count:
                 return
             if time.monotonic() >= deadline:
@@ -357,25 +388,35 @@ class LocalCluster:
 class _NodeLaunch:
     """One node's start: its server.properties, the format of a new data folder, the JVM, the wait until it answers."""
 
-    def __init__(self, stack: LocalStack, spec: NodeSpec, layout: ClusterLayout, java: Path, classpath: str) -> None:
+    def __init__(
+        self,
+        stack: LocalStack,
+        spec: NodeSpec,
+        layout: ClusterLayout,
+        java: Path,
+        classpath: str,
+        creds: CredentialsFile,
+    ) -> None:
         self.stack = stack
         self.spec = spec
         self.java = java
         self.classpath = classpath
+        self.login = creds.login(SUPER_USER)
         for d in (stack.config_dir, stack.data_dir, stack.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.props = stack.config_dir / "server.properties"
-        self.props.write_text(
+        _write_private(
+            self.props,
             server_properties(
                 spec.broker_port,
                 spec.controller_port,
                 stack.data_dir,
+                creds.passwords[SUPER_USER],
                 node_id=spec.node_id,
                 voters=layout.voters,
                 replication=REPLICATION,
                 min_insync=MIN_INSYNC,
             ),
-            encoding="utf-8",
         )
         self.jvm = [*_JVM_FLAGS, f"-Dkafka.logs.dir={stack.logs_dir}", *stack._log_flags()]
         self.cluster_id = layout.cluster_id
@@ -428,7 +469,7 @@ class _NodeLaunch:
     def await_ready(self, deadline: float, t0: float) -> StackState:
         if self.proc is None:
             raise BrokerStartError(f"node {self.spec.node_id} was not started")
-        self.stack._await_ready(self.proc, self.spec.bootstrap, deadline)
+        self.stack._await_ready(self.proc, self.spec.bootstrap, deadline, self.login)
         state = StackState(**{**asdict(self.state), "start_seconds": round(time.monotonic() - t0, 2)})
         self.stack._write_state(state)
         return state

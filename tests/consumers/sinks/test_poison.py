@@ -155,7 +155,8 @@ def test_every_poison_record_is_applied_or_dead_lettered_and_the_next_good_one_a
     since = now_us()
     with receiver() as rx:
         sink = Observed(SINKS[name](tmp_path, rx.url + "/hook"))
-        producer = EventProducer(kafka)
+        # the sinks read evo.governance too: only the governance writer's principal may put records there
+        producer = EventProducer(kafka, role="governance")
         pills: dict[bytes, bytes] = {}
         poison: dict[bytes, str] = {}
         good: list[bytes] = []
