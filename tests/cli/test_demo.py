@@ -55,10 +55,12 @@ def test_demo_answers_every_task_with_its_step_events_and_risk(kafka: str, tmp_p
         f"admin      [evostream/t5-tiny-suite] registered {version}",
         f"admin      [evostream/t5-tiny-suite] validation of {version}",
         f"admin      [evostream/t5-tiny-suite] promoted {version} to staging",
+        'admin      policy {"four_eyes"',  # the first admin approves alone, and the log says so
         f"admin      [evostream/t5-tiny-suite] approved {version} for production",
+        'admin      policy {"four_eyes"',
         f"admin      [evostream/t5-tiny-suite] promoted {version} to production",
     ], audit.stdout
     verify = subprocess.run(
         [*CLI, "replay", "--verify", "--bootstrap", kafka], env=env, capture_output=True, text=True, timeout=60
     )
-    assert verify.returncode == 0 and "7 events" in verify.stdout and "0 finding(s)" in verify.stdout, verify.stdout
+    assert verify.returncode == 0 and "9 events" in verify.stdout and "0 finding(s)" in verify.stdout, verify.stdout
