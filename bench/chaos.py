@@ -33,9 +33,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.pipeline import Pipeline, read_topic, sqlite_counts
-from evostream.core.errors import EvoError
-from evostream.producers.client import InferenceClient, Reply
+from bench.pipeline import Pipeline, answered, read_topic, sqlite_counts
+from evostream.producers.client import InferenceClient
 from evostream.schemas.catalog import COMPLETIONS, RISK
 
 
@@ -104,7 +103,7 @@ def run(root: Path, requests: int, rounds: int, pause_s: float, max_new_tokens: 
             figures.pause_s += pause_s
             writer.join(300)
             pipe.check_alive()
-        answered = {reply.request_id for reply in replies if _answered(reply)}
+        answered = {reply.request_id for reply in replies if answered(reply)}
         figures.answered = len(answered)
         completions = read_topic(pipe.bootstrap, COMPLETIONS, "Completion", figures.requests, 120)
         by_request = Counter(str(c["request_id"]) for c in completions)
@@ -131,14 +130,6 @@ def run(root: Path, requests: int, rounds: int, pause_s: float, max_new_tokens: 
     finally:
         pipe.down()
     return figures
-
-
-def _answered(reply: Reply) -> bool:
-    try:
-        reply.result(timeout_s=120)
-    except EvoError:  # a reply that never came is counted, not raised
-        return False
-    return True
 
 
 def main() -> None:

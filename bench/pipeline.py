@@ -15,7 +15,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.procs import stop
 from evostream.core.bus.consumer import EventConsumer
+from evostream.core.errors import EvoError
 from evostream.core.settings import Settings, load_settings
 from evostream.core.stack import LocalStack
 from evostream.core.stack.ports import free_port
@@ -162,14 +164,7 @@ class Pipeline:
 
     def down(self) -> None:
         for name, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    print(f"{name} did not stop within 60 s of SIGTERM: killed", file=sys.stderr)
-                    proc.kill()
-                    proc.wait(10)
+            stop(proc, self.root / f"{name}.log", name)
         self.stack.down(timeout_s=30)
 
 
@@ -194,3 +189,12 @@ def sqlite_counts(db: Path) -> tuple[int, int]:
     with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
         rows, requests = conn.execute("SELECT count(*), count(DISTINCT request_id) FROM traces").fetchone()
     return int(rows), int(requests)
+
+
+def answered(reply: Reply, timeout_s: float = 120.0) -> bool:
+    """Whether ``reply``'s Completion came: a reply that never came is counted, not raised."""
+    try:
+        reply.result(timeout_s=timeout_s)
+    except EvoError:
+        return False
+    return True

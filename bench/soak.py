@@ -22,8 +22,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.pipeline import Pipeline
-from evostream.core.errors import EvoError
+from bench.pipeline import Pipeline, answered
 from evostream.producers.client import InferenceClient, Reply
 
 SERVICES = ("serve", "process", "sinks")
@@ -86,7 +85,7 @@ def run(
                 pending.append(client.submit(prompt, max_new_tokens=6))
                 soak.sent += 1
             done = [r for r in pending if r.done()]
-            soak.answered += sum(_answered(r) for r in done)
+            soak.answered += sum(answered(r) for r in done)
             pending = [r for r in pending if not r.done()]
             if elapsed >= next_sample:
                 pipe.check_alive()
@@ -105,19 +104,11 @@ def run(
                 soak.restart_s.append(round(pipe.restart_worker(), 2))
                 restarted = True
             time.sleep(0.05)
-        soak.answered += sum(_answered(r) for r in pending)
+        soak.answered += sum(answered(r) for r in pending)
         soak.restart_s.append(round(pipe.restart_worker(), 2))
     finally:
         pipe.down()
     return soak
-
-
-def _answered(reply: Reply) -> bool:
-    try:
-        reply.result(timeout_s=120)
-    except EvoError:  # a reply that never came is counted, not raised
-        return False
-    return True
 
 
 def _csv(s: Sample) -> str:
