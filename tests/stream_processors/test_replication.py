@@ -43,6 +43,7 @@ def test_the_processors_replicate_their_topics_three_times_on_the_local_cluster(
     stack = LocalCluster(stack_settings(tmp_path / "cluster", ready_timeout_s=180.0))
     layout = stack.up()
     w = Worker(layout.bootstrap, tmp_path)
+    w.env["EVOSTREAM_KAFKA_CREDENTIALS"] = str(stack.credentials_file)  # the cluster's logins, not the fixture's
     try:
         w.start()
         trace, t0 = f"replicated-{uuid.uuid4().hex[:8]}", time.time_ns() // 1000
