@@ -103,8 +103,7 @@ def run(root: Path, requests: int, rounds: int, pause_s: float, max_new_tokens: 
             figures.pause_s += pause_s
             writer.join(300)
             pipe.check_alive()
-        answered = {reply.request_id for reply in replies if answered(reply)}
-        figures.answered = len(answered)
+        figures.answered = sum(answered(reply) for reply in replies)
         completions = read_topic(pipe.bootstrap, COMPLETIONS, "Completion", figures.requests, 120)
         by_request = Counter(str(c["request_id"]) for c in completions)
         sent = {reply.request_id for reply in replies}
