@@ -21,7 +21,7 @@ from evostream.core.bus.security import SUPER_USER, CredentialsFile
 from evostream.core.errors import BrokerStartError, BrokerUnavailableError, PortInUseError, StackError
 from evostream.core.settings import DEFAULT_BROKER_PORT, Settings
 from evostream.core.stack.config import server_properties
-from evostream.core.stack.jars import resolve_kafka_libs, uses_log4j2
+from evostream.core.stack.jars import kafka_libs_of, uses_log4j2
 from evostream.core.stack.java import find_java
 from evostream.core.stack.ports import HOST, free_port, port_is_free
 from evostream.schemas.catalog import CATALOG, GOVERNANCE
@@ -129,14 +129,7 @@ class LocalStack:
     def _start(self, progress: Progress) -> StackState:
         s = self.settings
         java = find_java()
-        lib = resolve_kafka_libs(
-            s.cache_dir,
-            s.kafka_version,
-            s.log4j_version,
-            offline=s.maven_offline,
-            maven_repo_local=s.maven_repo_local,
-            progress=progress,
-        )
+        lib = kafka_libs_of(s, progress)
         broker_port = self._port(s.broker_port, "broker", frozenset())
         controller_port = self._port(s.controller_port, "controller", frozenset({broker_port}))
         for d in (self.config_dir, self.data_dir, self.logs_dir):

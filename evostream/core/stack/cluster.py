@@ -34,7 +34,7 @@ from evostream.core.settings import Settings
 from evostream.core.stack.broker import _JVM_FLAGS, LocalStack, StackState, _alive, _write_private, new_cluster_id
 from evostream.core.stack.broker import resolve_bootstrap as resolve_node_bootstrap
 from evostream.core.stack.config import server_properties
-from evostream.core.stack.jars import resolve_kafka_libs
+from evostream.core.stack.jars import kafka_libs_of
 from evostream.core.stack.java import find_java
 from evostream.core.stack.ports import HOST, free_port, port_is_free
 from evostream.schemas.catalog import CATALOG, GOVERNANCE
@@ -242,14 +242,7 @@ class LocalCluster:
     def _start(self, layout: ClusterLayout, specs: Sequence[NodeSpec], progress: Progress) -> list[StackState]:
         s = self.settings
         java = find_java()
-        lib = resolve_kafka_libs(
-            s.cache_dir,
-            s.kafka_version,
-            s.log4j_version,
-            offline=s.maven_offline,
-            maven_repo_local=s.maven_repo_local,
-            progress=progress,
-        )
+        lib = kafka_libs_of(s, progress)
         for spec in specs:
             for port, role in ((spec.broker_port, "broker"), (spec.controller_port, "controller")):
                 if not port_is_free(port):

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from evostream.core.errors import MavenError
+from evostream.core.settings import Settings
 
 _LOG4J2_DEPS = "\n".join(
     f"    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>{a}</artifactId>"
@@ -96,3 +97,15 @@ def resolve_kafka_libs(
     staging.rename(lib)
     (lib / _COMPLETE).write_text(kafka_version, encoding="utf-8")
     return lib
+
+
+def kafka_libs_of(s: Settings, progress: Callable[[str], None]) -> Path:
+    """The Kafka jars the settings name (version, cache, Maven), resolved as ``resolve_kafka_libs`` does."""
+    return resolve_kafka_libs(
+        s.cache_dir,
+        s.kafka_version,
+        s.log4j_version,
+        offline=s.maven_offline,
+        maven_repo_local=s.maven_repo_local,
+        progress=progress,
+    )
