@@ -1,5 +1,5 @@
 """Does a probe learned from labelled traces tell wrong answers better than entropy? The default model in-process,
-its steps as the service emits them, the probe of ``stream_processors.risk.probe`` against the simplest baselines,
+its steps as the service emits them, the probe of ``evostream.models.risk_probe`` against the simplest baselines,
 all measured in one run on splits nothing was fitted on.
 
 Splits (prompts generated here; every reported split is checked against every fitting split by prompt text, and
@@ -34,12 +34,12 @@ import numpy.typing as npt
 
 from bench.risk_quality import _boot, _ci, _disjoint, fold, within_task_auroc
 from evostream.models.loading import LoadedModel, load_model
+from evostream.models.risk_probe import fit_probe, trace_features
 from evostream.models.suite.tasks import TASKS, Example, make_split, stress_split
 from evostream.producers.reference import run_traced
 from evostream.producers.sketch import DEFAULT_DIM
 from evostream.stream_processors.risk.metrics import auroc, ece, recall_at_precision
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_path
-from evostream.stream_processors.risk.probe import fit_probe, trace_features
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]

@@ -45,8 +45,9 @@ def completion_record(
     embedding: Sequence[float],
     started_us: int,
     error: str | None = None,
+    cost_usd: float = 0.0,
 ) -> dict[str, Any]:
-    """The Completion of one request: its text, or its error."""
+    """The Completion of one request: its text, or its error; ``cost_usd`` from the price table (0: none)."""
     done = now_us()
     return {
         "trace_id": meta.trace_id,
@@ -71,4 +72,7 @@ def completion_record(
             "total_us": done - started_us,
         },
         "completed_at_us": done,
+        "cached": False,
+        "cached_from": None,
+        "cost_usd": cost_usd,
     }

@@ -21,6 +21,7 @@ GOVERNANCE = "evo.governance"
 GOVERNANCE_SNAPSHOTS = "evo.governance.snapshots"
 DLQ = "evo.dlq"
 OUTCOMES = "evo.outcomes"
+ROUTES = "evo.routes"
 
 # The consumer groups of the long-running services: names that readers (``/health``) share with the services, as
 # they share topic names. The processors' group is a setting (``Settings.processors_app_id``).
@@ -60,6 +61,8 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(ALERTS, "RiskAlert", "trace_id", 3, "delete", 90 * DAY_MS, "risk reports that crossed policy"),
     # Co-partitioned with evo.steps' readers by trace; kept a year: a risk probe is trained from them.
     TopicSpec(OUTCOMES, "Outcome", "trace_id", 3, "delete", 365 * DAY_MS, "labels: was a generation right"),
+    # Keyed by request: a request's decisions (before, during, at the door) stay in order on one partition.
+    TopicSpec(ROUTES, "RouteDecision", "request_id", 3, "delete", 90 * DAY_MS, "why each request went where it went"),
     # One partition: the governance chain is totally ordered, and it is never compacted nor expired.
     TopicSpec(GOVERNANCE, "GovernanceEvent", "model_name", 1, "delete", FOREVER, "the governance log"),
     # A cache of the projection folded up to an offset of the log: the latest per log is enough.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal, TypeAlias, TypedDict
 
-FinishReason: TypeAlias = Literal["STOP", "LENGTH", "ERROR"]
+FinishReason: TypeAlias = Literal["STOP", "LENGTH", "ERROR", "ESCALATED"]
 
 
 class CompletionTimings(TypedDict):
@@ -24,7 +24,9 @@ class CompletionTimings(TypedDict):
 
 class Completion(TypedDict):
     """The outcome of one request: its text or its error. Topic evo.completions, key = trace_id. v2 adds
-    output_token_ids."""
+    output_token_ids; v3 adds the ESCALATED finish reason (a self model's partial answer, left when the router moved the
+    request to a stronger model mid-answer), cached and cached_from (an answer served from the response cache), and
+    cost_usd."""
 
     trace_id: str
     """Id of the generation; its steps are on evo.steps under this key."""
@@ -49,13 +51,23 @@ class Completion(TypedDict):
     prompt_embedding: list[float]
     """384-d MiniLM sentence embedding of the prompt (empty if the encoder is off)."""
     finish_reason: FinishReason
-    """STOP = end-of-sequence token; LENGTH = max_new_tokens reached; ERROR = see error."""
+    """STOP = end-of-sequence token; LENGTH = max_new_tokens reached; ERROR = see error. ESCALATED: the router moved the
+    request to another target mid-answer; this is the partial answer, and the request's answer is a later Completion of
+    the same request_id."""
     error: str | None
     """Why the request failed, when finish_reason is ERROR."""
     timings: CompletionTimings
     """Where the time went, microseconds."""
     completed_at_us: int
     """Producer wall clock at completion, microseconds since the Unix epoch."""
+    cached: bool
+    """True when no model generated this answer: the response cache served the answer of an earlier request with a
+    similar prompt (cached_from)."""
+    cached_from: str | None
+    """The trace whose answer a cached Completion repeats (null unless cached)."""
+    cost_usd: float
+    """What this answer cost at the configured price table (its prompt and output tokens at its model's prices; 0 for a
+    cached answer or with no price for the model)."""
 
 
 class DeadLetter(TypedDict):
@@ -468,3 +480,63 @@ class RiskReport(TypedDict):
     """Name and version of the policy the score was judged by."""
     produced_at_us: int
     """Processor wall clock, microseconds since the Unix epoch."""
+
+
+RouteStage: TypeAlias = Literal["ADMISSION", "PROMPT", "GENERATION"]
+
+
+class RouteCandidate(TypedDict):
+    """RouteCandidate"""
+
+    target: str
+    """self, reference, cache or refused."""
+    model_version: str
+    """The version that would answer (an external model's name for an HTTP reference; empty for none)."""
+    score: float
+    """The policy's score of this candidate: for self, P(the self model's answer is wrong); for the others, what the
+    policy says of them (the reference's is 0)."""
+    cost_usd: float
+    """The price table's estimate of answering with this candidate."""
+
+
+class RouteDecision(TypedDict):
+    """Why a request went where it went: one record per decision of the router (before generation, mid-answer, or at the
+    front door: a cache hit or a refusal). Topic evo.routes, key = request_id. Replayed, the log answers 'why did this
+    request go there', and a new routing policy can be scored on the history it would have decided."""
+
+    decision_id: str
+    """Id of this decision (a retried write carries the same id)."""
+    request_id: str
+    """The InferenceRequest (or API request) decided."""
+    trace_id: str
+    """The generation this decision concerns: the self model's trace for a mid-answer escalation, the answering trace
+    otherwise (empty for a refusal)."""
+    tenant: str
+    """Whose request it is (budgets and limits are per tenant)."""
+    route: str
+    """The route's name: a self target and a reference target with their policy and level."""
+    stage: RouteStage
+    """ADMISSION: at the front door (a refusal by budget or rate limit, or a cache hit); PROMPT: before generation, from
+    the prompt's features; GENERATION: mid-answer, from the token risk of the self model's partial answer."""
+    candidates: list[RouteCandidate]
+    """What the router weighed."""
+    level: int
+    """The independence level in force (0: everything goes to the reference)."""
+    gate: float
+    """The level's gate on the score that decided (the prompt gate at PROMPT, the token gate at GENERATION)."""
+    chosen: str
+    """The target chosen: self, reference, cache or refused."""
+    chosen_version: str
+    """The version that answers (empty for a refusal)."""
+    reason: str
+    """Why, in one line (the score against the gate, the budget exhausted, the cached prompt's similarity)."""
+    policy_version: str
+    """The routing policy that decided (its artifact's SHA-256; empty for none)."""
+    step: int | None
+    """GENERATION: the self model's step at which the request moved."""
+    risk: float | None
+    """The score that decided (P(wrong) before or during generation; a cache hit's similarity)."""
+    retry_after_s: float | None
+    """A refusal: seconds until the tenant's limit lets a request in again."""
+    decided_at_us: int
+    """Writer's wall clock at the decision, microseconds since the Unix epoch."""

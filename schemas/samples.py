@@ -77,6 +77,37 @@ def completion(i: int, t_us: int = T0_US) -> records.Completion:
         "error": None,
         "timings": {"queue_us": 200, "prefill_us": 3000 + 100 * i, "decode_us": 20_000 + 1000 * i, "total_us": 25_000},
         "completed_at_us": t_us + i * 1000,
+        "cached": i % 4 == 3,
+        "cached_from": "trace-0" if i % 4 == 3 else None,
+        "cost_usd": 0.0 if i % 4 == 3 else 0.0002 * (1 + i % 3),
+    }
+
+
+def route_decision(i: int, t_us: int = T0_US) -> records.RouteDecision:
+    """Decisions cycling through the stages: before generation, mid-answer, a refusal at the door."""
+    stage: records.RouteStage = ("PROMPT", "GENERATION", "ADMISSION")[i % 3]
+    chosen = ("self", "reference", "refused")[i % 3]
+    return {
+        "decision_id": f"decision-{i}",
+        "request_id": f"req-{i}",
+        "trace_id": "" if chosen == "refused" else f"trace-{i}",
+        "tenant": "acme" if i % 2 else "default",
+        "route": "default",
+        "stage": stage,
+        "candidates": [
+            {"target": "self", "model_version": VERSIONS[0], "score": 0.1 * (i % 10), "cost_usd": 0.0001},
+            {"target": "reference", "model_version": VERSIONS[1], "score": 0.0, "cost_usd": 0.002},
+        ],
+        "level": 3,
+        "gate": 0.35,
+        "chosen": chosen,
+        "chosen_version": {"self": VERSIONS[0], "reference": VERSIONS[1]}.get(chosen, ""),
+        "reason": f"sample decision {i}",
+        "policy_version": "ab" * 32,
+        "step": 5 if stage == "GENERATION" else None,
+        "risk": 0.1 * (i % 10),
+        "retry_after_s": 30.0 if chosen == "refused" else None,
+        "decided_at_us": t_us + i * 1000,
     }
 
 

@@ -27,11 +27,11 @@ from evostream.consumers.governance.service import Governance
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.errors import EvoError
 from evostream.core.settings import Settings
+from evostream.models.risk_probe import RiskProbe, fit_probe, sketch_dim_of, trace_features
 from evostream.schemas.catalog import OUTCOMES, STEPS
 from evostream.stream_processors.risk.metrics import auroc
 from evostream.stream_processors.risk.outcomes import OutcomeBook
 from evostream.stream_processors.risk.policy import family_of
-from evostream.stream_processors.risk.probe import RiskProbe, fit_probe, sketch_dim_of, trace_features
 from evostream.stream_processors.risk.tracker import ServedProbe
 from evostream.views.outcomes import read_outcomes
 from evostream.views.traces import read_traces

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from evostream.core.errors import FoldError
+from evostream.models.risk_probe import FeatureSums, RiskProbe
 from evostream.stream_processors.checks import check_step_joins, step_shape
 from evostream.stream_processors.fold import Fold
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_for
-from evostream.stream_processors.risk.probe import FeatureSums, RiskProbe
 from evostream.stream_processors.risk.score import Assessment, TraceRisk
 
 SEVERITY_RANK = {None: 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}

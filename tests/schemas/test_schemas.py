@@ -56,6 +56,7 @@ def test_every_design_event_has_a_schema() -> None:
         "NeuronCounts",
         "ProfileDelta",
         "Outcome",
+        "RouteDecision",
     }  # ProfileDelta: internal to the processors
 
 

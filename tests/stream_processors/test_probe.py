@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from evostream.models.risk_probe import ProbeError, RiskProbe, feature_names, fit_probe, trace_features
 from evostream.schemas.samples import generation_step
-from evostream.stream_processors.risk.probe import ProbeError, RiskProbe, feature_names, fit_probe, trace_features
 
 
 def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
@@ -69,8 +69,8 @@ def test_one_class_or_wrong_shape_is_refused() -> None:
 
 
 def test_the_sketch_features_are_its_mean_and_last_step() -> None:
+    from evostream.models.risk_probe import FeatureSums, sketch_dim_of
     from evostream.schemas.tensors import unpack_f16
-    from evostream.stream_processors.risk.probe import FeatureSums, sketch_dim_of
 
     steps = [generation_step(i, "t", layers=4, heads=4) for i in range(3)]
     dim = sketch_dim_of(steps[0])

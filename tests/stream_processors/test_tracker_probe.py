@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from evostream.models.risk_probe import FeatureSums, feature_names, fit_probe
 from evostream.schemas.samples import generation_step
 from evostream.stream_processors.risk.policy import RiskPolicy
-from evostream.stream_processors.risk.probe import FeatureSums, feature_names, fit_probe
 from evostream.stream_processors.risk.tracker import RiskTracker, ServedProbe
 
 FAMILY = "fam"
