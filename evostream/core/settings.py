@@ -135,6 +135,36 @@ class Settings(BaseSettings):
         description="Torch threads for a model served on the CPU; 0: one less than the CPUs (at least 1), leaving a "
         "core to the step emitter process.",
     )
+    route: str = Field(
+        default="",
+        description="The route the inference service serves (its policy and independence level follow the governance "
+        "log's route/<name>); empty: no routing, the served model answers everything.",
+    )
+    route_reference: str = Field(
+        default="",
+        description="The route's stronger target: governed:<version> (a registered version, loaded beside the self "
+        "model) or the base URL of an OpenAI-compatible server (http://host:port/v1, optionally #<model name>).",
+    )
+    route_timeout_s: float = Field(default=60.0, gt=0, description="How long one call to an HTTP reference may take.")
+    route_prices: Path | None = Field(
+        default=None,
+        description="The price table (JSON: version pattern -> prompt_per_1k and output_per_1k US dollars); unset: "
+        "every answer costs 0.",
+    )
+    tenant_limits: Path | None = Field(
+        default=None,
+        description="Per-tenant budgets and rate limits (JSON: tenant or * -> tokens_per_day, cost_per_day_usd, "
+        "requests_per_s, burst); unset: no limits.",
+    )
+    cache_similarity: float = Field(
+        default=0.97,
+        ge=0.0,
+        le=1.0,
+        description="The response cache answers a greedy request whose prompt embedding has at least this cosine "
+        "similarity with an earlier one of the same tenant; 1 keeps only exact repeats, 0 turns the cache off.",
+    )
+    cache_ttl_s: float = Field(default=3600.0, ge=0, description="How long a cached answer serves (0: cache off).")
+    cache_max_entries: int = Field(default=10_000, ge=0, description="Answers the cache keeps per tenant, newest.")
     kafka_version: str = "4.1.2"
     log4j_version: str = "2.24.3"
     broker_port: int = Field(default=DEFAULT_BROKER_PORT, ge=0, le=65535, description="0 picks a free port.")
