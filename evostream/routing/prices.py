@@ -32,7 +32,7 @@ FREE = Price(0.0, 0.0)
 
 @dataclass(frozen=True)
 class PriceTable:
-    """Prices by version pattern (``fnmatch`` globs: ``external:*``, ``evostream/t5-tiny-suite@*``), first match wins."""
+    """Prices by version pattern (``fnmatch`` globs such as ``external:*``), the first match wins."""
 
     entries: tuple[tuple[str, Price], ...] = ()
 
