@@ -38,7 +38,7 @@ def routed(levels: dict[str, Any] | None = None, policy: dict[str, Any] | None =
     c.enroll("ops", ["proposer"])
     c.enroll("alice", ["approver"])
     c.enroll("bob", ["approver"])
-    probe = {
+    probe: dict[str, Any] = {
         "version": "risk/fam@cdcdcdcdcdcd",
         "artifact_uri": "evo-artifact://sha256/" + PROBE_SHA,
         "artifact_sha256": PROBE_SHA,
