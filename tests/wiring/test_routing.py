@@ -161,5 +161,12 @@ def test_a_level_approved_by_another_actor_reaches_the_router(
         assert [h.split("] ")[1].split(" ")[0] for h in history] == ["proposed", "approved", "lowered"]
         assert "incident: wrong answers reported" in history[-1]
         assert _cli(env, "route", "show").stdout.splitlines() == [lines[0]]
+
+        # the thresholds are the governance policy's: with 600 labels per level step, level 3 needs 2400
+        done = _cli(env, "governance", "policy", "--level-corpus", "600", "--actor", "admin", "--reason", "pilot")
+        assert done.returncode == 0, done.stderr
+        done = _cli(env, "route", "level", "propose", "--route", "default", "--level", "3", "--actor", "ops")
+        assert done.returncode == 0, done.stderr
+        assert "pending: level 3" in _cli(env, "route", "show", "default").stdout
     finally:
         route.close()
