@@ -186,6 +186,8 @@ def show(
     replayed = GovernanceView(broker(settings), settings).replayed(as_of)
     reg = replayed.registry
     names = [name] if name else sorted({m[len(ROUTE_PREFIX) :] for m in reg.models if m.startswith(ROUTE_PREFIX)})
+    if not names:
+        say("no route is registered (`evostream route register --name N --policy FILE`)")
     for n in names:
         lines = route_lines(reg, replayed.events, n)
         for line in lines if name else lines[:1]:

@@ -10,6 +10,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from evostream.routing.policy import LevelGate, RoutePolicy, Router
 from evostream.schemas.samples import generation_step
 from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.wiring.risk import Trained, register_probe
-from evostream.wiring.routing import GovernedRoute, lower_level, propose_level
+from evostream.wiring.routing import GovernedRoute, lower_level, propose_level, register_route
 from tests.stream_processors.harness import CLI
 
 LAYERS = 4
@@ -112,6 +113,10 @@ def test_a_level_approved_by_another_actor_reaches_the_router(
         {"outcomes": [0, 100]},
     )
     (tmp_path / "policy.json").write_bytes(policy.to_bytes())
+    with pytest.raises(GovernanceError, match="made for route 'default', not 'other'"):
+        register_route(actors["ops"], store, policy, "other")
+    with pytest.raises(GovernanceError, match="no registered risk/<family> version"):
+        register_route(actors["ops"], store, replace(policy, probe_sha256="ef" * 32), "default")
 
     done = _cli(
         env, "route", "register", "--name", "default", "--policy", str(tmp_path / "policy.json"), "--actor", "ops"
