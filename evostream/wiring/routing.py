@@ -168,7 +168,7 @@ def lower_level(gov: Governance, name: str, level: int, reason: str) -> GovEvent
     return gov.lower_level(route_model(name), level, reason)
 
 
-class _Loaded:
+class LoadedPolicy:
     """One policy version as loaded from the store: the policy and the probe it reads."""
 
     def __init__(self, store: ArtifactStore, registry: Registry, name: str, version: str) -> None:
@@ -178,7 +178,7 @@ class _Loaded:
         self.probe: RiskProbe | None = load_probe(store, self.policy.probe_sha256) if self.policy.probe_sha256 else None
 
 
-def router_at(loaded: _Loaded, route: RouteState) -> Router:
+def router_at(loaded: LoadedPolicy, route: RouteState) -> Router:
     """The Router of a route's state, after checking that the evidence governance approved is the artifact's."""
     level = int(route["level"] or 0)
     if level > 0 and dict(loaded.policy.gate(level).evidence) != route["evidence"]:
@@ -202,7 +202,7 @@ class GovernedRoute:
         self.settings = settings
         self.store = ArtifactStore(settings.artifacts_dir)
         self._log = GovernanceLog(server, topic=settings.governance_topic)
-        self._loaded: dict[str, _Loaded] = {}
+        self._loaded: dict[str, LoadedPolicy] = {}
         self.error: Exception | None = None
         try:
             items = self._log.items()
@@ -236,7 +236,7 @@ class GovernedRoute:
         version = str(route["version"])
         loaded = self._loaded.get(version)
         if loaded is None:
-            loaded = _Loaded(self.store, self.registry, self.name, version)
+            loaded = LoadedPolicy(self.store, self.registry, self.name, version)
         router = router_at(loaded, route)
         self._loaded = {version: loaded}  # the policy in force only: a lowering reuses it, never the store
         self._router, self._serving = router, state
