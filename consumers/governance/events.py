@@ -95,6 +95,29 @@ class OffsetVoided(TypedDict):
     forced: bool
 
 
+class LevelProposed(TypedDict):
+    """A route (model ``route/<name>``) to an independence level on one of its policy versions, with the level's
+    evidence from the policy artifact (``levels.py``)."""
+
+    version: str
+    level: int
+    evidence: dict[str, Any]
+
+
+class LevelApproved(TypedDict):
+    """Another actor's approval of the pending proposal: the level takes effect."""
+
+    version: str
+    level: int
+
+
+class LevelLowered(TypedDict):
+    """The route moved down on its policy in force, towards the reference, at once (the event's reason says why)."""
+
+    version: str
+    level: int
+
+
 PAYLOAD_TYPES: dict[str, type] = {
     t.__name__: t
     for t in (
@@ -110,6 +133,9 @@ PAYLOAD_TYPES: dict[str, type] = {
         Promoted,
         RolledBack,
         OffsetVoided,
+        LevelProposed,
+        LevelApproved,
+        LevelLowered,
     )
 }
 P = TypeVar("P")
@@ -270,6 +296,8 @@ def check_payload(type_: str, payload: Mapping[str, Any]) -> None:
             )
         if len(set(offsets)) != len(offsets):
             raise GovernanceError(f"OffsetVoided: an offset is named twice in {offsets}")
+    if type_ in ("LevelProposed", "LevelApproved", "LevelLowered") and payload["level"] < 0:
+        raise GovernanceError(f"{type_}: level must be 0 or above, got {payload['level']}")
     if type_ == "Promoted":
         if (payload["stage"] is None) == (payload["alias"] is None):
             raise GovernanceError("Promoted: exactly one of stage and alias must be set")

@@ -9,6 +9,9 @@ validated version without approvals); ``auto_promote_staging: false`` makes stag
 Approvals: with ``four_eyes`` an actor may not approve a version it registered itself, and with
 ``refuse_failed_approvals`` a version whose latest validation failed cannot be approved. ``governance init`` writes
 both on; a log that never set them (one written before they existed) is judged without them, so it still verifies.
+
+Independence levels of routes (LevelProposed, LevelApproved, LevelLowered) and the registration of a route's policy
+are judged by ``levels.py``, with the policy's ``level_corpus_per_level`` and ``level_min_accuracy``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from evostream.consumers.governance import levels
 from evostream.consumers.governance.events import ALL_MODELS
 from evostream.consumers.governance.keys import key_id_of
-from evostream.consumers.governance.shapes import ActorState, ModelState, VersionState
+from evostream.consumers.governance.shapes import ActorState, ModelState, RouteState, VersionState
 from evostream.core.errors import GovernanceError
 
 BASE_POLICY: dict[str, Any] = {
@@ -37,6 +41,8 @@ _POLICY_TYPES: dict[str, type] = {
     "auto_promote_production": bool,
     "four_eyes": bool,
     "refuse_failed_approvals": bool,
+    "level_corpus_per_level": int,
+    "level_min_accuracy": float,
 }
 
 
@@ -63,11 +69,15 @@ _ROLES_OF: dict[str, frozenset[str]] = {
     "ApprovalRequested": _PROPOSER,
     "ApprovalGranted": _APPROVER,
     "ApprovalRejected": _APPROVER,
+    "LevelProposed": _PROPOSER,
+    "LevelApproved": _APPROVER,
+    "LevelLowered": _PROPOSER,
 }
 APPROVABLE_STAGES = ("staging", "production")
 
 Actors = Mapping[str, ActorState]
 Models = Mapping[str, ModelState]
+Routes = Mapping[str, RouteState]
 Policy = Mapping[str, Any]
 
 
@@ -110,11 +120,16 @@ def check_policy_value(policy: Any) -> str | None:
         want = _POLICY_TYPES.get(name)
         if want is None:
             return f"unknown policy setting {name!r} (known: {', '.join(_POLICY_TYPES)})"
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+        allowed = (int, float) if want is float else want  # 1 is a float's JSON spelling too
+        if not isinstance(value, allowed) or (want is not bool and isinstance(value, bool)):
             return f"policy setting {name!r} must be {want.__name__}, not {type(value).__name__}"
     n = policy.get("production_approvals", 1)
     if n < 1:
         return f"production_approvals must be at least 1, got {n} (use auto_promote_production to need none)"
+    if policy.get("level_corpus_per_level", 1) < 1:
+        return f"level_corpus_per_level must be at least 1, got {policy['level_corpus_per_level']}"
+    if not 0.0 <= policy.get("level_min_accuracy", 0.0) <= 1.0:
+        return f"level_min_accuracy must be within [0, 1], got {policy['level_min_accuracy']}"
     return None
 
 
@@ -126,9 +141,11 @@ def refusal(
     models: Models,
     policy: Policy,
     actor: str = "",
+    routes: Routes | None = None,
+    reason: str = "",
 ) -> str | None:
-    """Why the registry's state refuses this event by ``actor`` (its payload already fits its type), or None if it
-    may follow."""
+    """Why the registry's state refuses this event by ``actor`` with ``reason`` (its payload already fits its type),
+    or None if it may follow. ``routes``: the routes' levels (level events are judged on them, ``levels.py``)."""
     if type_ in ACTOR_EVENTS:
         if model_name != ALL_MODELS:
             return f"{type_} is about no one model: its model_name must be {ALL_MODELS!r}, not {model_name!r}"
@@ -142,6 +159,12 @@ def refusal(
         if payload["version"] not in model["versions"]:
             known = ", ".join(model["versions"]) or "none"
             return f"{model_name} version {payload['version']!r} is not registered (registered: {known})"
+    if type_ in levels.LEVEL_EVENTS:
+        return levels.refusal(type_, model_name, payload, models, routes or {}, policy, actor, reason)
+    if type_ == "ModelRegistered" and levels.route_name(model_name) is not None:
+        return _registered(model_name, payload, actors, models, policy) or levels.registration_refusal(
+            model_name, payload, models
+        )
     if type_ == "ApprovalGranted":
         return _approval(model_name, payload, actors, models, policy) or _grant(
             model_name, payload, models, policy, actor

@@ -1,4 +1,5 @@
-"""The registry: a pure fold of the governance log into actors, policy, and each model's versions and stages.
+"""The registry: a pure fold of the governance log into actors, policy, each model's versions and stages, and each
+route's independence level (``levels.py``).
 
 ``Registry.apply`` folds one event with one small mutator per event type (``_FOLD``); with ``verify`` it first
 checks the event the way the writer's ``check`` does: its hash against its content, its link to the head, its
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evostream.consumers.governance import events as e
+from evostream.consumers.governance import levels
 from evostream.consumers.governance import policy as rules
 from evostream.consumers.governance.events import GovEvent, chain_hash, check_payload, payload_of, upcast
 from evostream.consumers.governance.keys import SIGNATURE_ALG, key_id_of, verify_signature
-from evostream.consumers.governance.shapes import ActorState, ModelState, PendingApproval, VersionState
+from evostream.consumers.governance.shapes import ActorState, ModelState, PendingApproval, RouteState, VersionState
 from evostream.core.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
 
 SNAPSHOT_FORMAT = 1
@@ -85,6 +87,8 @@ class Registry:
         self.policy: dict[str, Any] = dict(rules.BASE_POLICY)
         self.models: dict[str, ModelState] = {}
         """model name -> its versions, stages and aliases"""
+        self.routes: dict[str, RouteState] = {}
+        """route name -> its independence level, the policy version in force, a pending proposal (``levels.py``)"""
 
     # --- queries ----------------------------------------------------------------------------------------------
     def production(self, model_name: str) -> str | None:
@@ -98,6 +102,11 @@ class Registry:
     def alias(self, model_name: str, alias: str) -> str | None:
         model = self.models.get(model_name)
         return model["aliases"].get(alias) if model else None
+
+    def route(self, name: str) -> RouteState | None:
+        """A copy of route ``name``'s level state, or None when no level event ever named it."""
+        found = self.routes.get(name)
+        return None if found is None else copy.deepcopy(found)
 
     def version(self, model_name: str, version: str) -> VersionState:
         """A copy of everything known about one version; GovernanceError if it was never registered."""
@@ -199,7 +208,17 @@ class Registry:
         allowed = rules.allowed_roles(ev.type, ev.payload, self.policy)
         if allowed.isdisjoint(roles):
             return "unauthorized", f"{ev.type} needs role {' or '.join(sorted(allowed))}; {ev.actor!r} has {roles}"
-        why = rules.refusal(ev.type, ev.model_name, ev.payload, self.actors, self.models, self.policy, ev.actor)
+        why = rules.refusal(
+            ev.type,
+            ev.model_name,
+            ev.payload,
+            self.actors,
+            self.models,
+            self.policy,
+            ev.actor,
+            routes=self.routes,
+            reason=ev.reason,
+        )
         return None if why is None else ("policy", why)
 
     def _genesis_refusal(self, ev: GovEvent) -> tuple[str, str] | None:
@@ -259,6 +278,7 @@ class Registry:
                 "actors": self.actors,
                 "policy": self.policy,
                 "models": self.models,
+                "routes": self.routes,
             }
         )
 
@@ -276,6 +296,7 @@ class Registry:
             reg.genesis_hash = str(d.get("genesis_hash", ""))
             reg.voided = {int(k): int(v) for k, v in d.get("voided", {}).items()}
             reg.actors, reg.policy, reg.models = copy.deepcopy((d["actors"], d["policy"], d["models"]))
+            reg.routes = copy.deepcopy(d.get("routes", {}))  # absent from snapshots written before levels
         except (KeyError, TypeError, ValueError) as err:
             raise GovernanceError(f"registry snapshot is incomplete ({err}): replay the log instead") from err
         return reg
@@ -430,6 +451,11 @@ def _on_voided(reg: Registry, ev: GovEvent) -> None:
         reg.voided[offset] = ev.sequence
 
 
+def _on_level(reg: Registry, ev: GovEvent) -> None:
+    _touch(reg, ev)  # an event about the policy version it names
+    levels.fold(reg.routes, reg.models, ev.type, ev.model_name, ev.payload, ev.actor, ev.sequence)
+
+
 def _unrecord(reg: Registry, ev: GovEvent) -> None:
     """Take out of ``reg.voided`` the offsets a folded OffsetVoided event named, for a void that does not stand
     (``standing_voids``): the replay skipped none of them, so none counts as voided (an anchor or a checkpoint there
@@ -452,6 +478,9 @@ _FOLD: dict[str, Callable[[Registry, GovEvent], None]] = {
     "Promoted": _on_promoted,
     "RolledBack": _on_rolled_back,
     "OffsetVoided": _on_voided,
+    "LevelProposed": _on_level,
+    "LevelApproved": _on_level,
+    "LevelLowered": _on_level,
 }
 
 

@@ -16,6 +16,7 @@ from evostream.consumers.governance.anchor import advance_anchor, anchor_finding
 from evostream.consumers.governance.checkpoint import write_checkpoint
 from evostream.consumers.governance.events import ALL_MODELS, GovEvent, check_payload
 from evostream.consumers.governance.keys import ActorKey, sign_event
+from evostream.consumers.governance.levels import route_name
 from evostream.consumers.governance.policy import DEFAULT_POLICY
 from evostream.consumers.governance.projection import Finding, Registry, plan_void, replay
 from evostream.core.clock import now_us
@@ -256,6 +257,25 @@ class Governance:
         self, model: str, version: str, *, stage: str | None = None, alias: str | None = None, reason: str = ""
     ) -> GovEvent:
         return self.append("Promoted", {"version": version, "stage": stage, "alias": alias}, model, reason)
+
+    def propose_level(
+        self, model: str, version: str, level: int, evidence: Mapping[str, Any], reason: str = ""
+    ) -> GovEvent:
+        """Propose route ``model`` (``route/<name>``) at ``level`` on policy ``version``, with the level's evidence
+        from the policy artifact (``wiring.routing.propose_level`` reads it there); another actor approves it."""
+        payload = {"version": version, "level": level, "evidence": dict(evidence)}
+        return self.append("LevelProposed", payload, model, reason)
+
+    def approve_level(self, model: str, version: str, level: int, reason: str = "") -> GovEvent:
+        """Approve the pending proposal of ``level`` on ``version``: the level takes effect."""
+        return self.append("LevelApproved", {"version": version, "level": level}, model, reason)
+
+    def lower_level(self, model: str, level: int, reason: str) -> GovEvent:
+        """Move the route down to ``level`` on its policy in force, at once (a reason is required)."""
+        route = self.state().registry.route(route_name(model) or "")
+        if route is None or route["version"] is None:
+            raise GovernanceError(f"{model} has no level in force: nothing to lower")
+        return self.append("LevelLowered", {"version": route["version"], "level": level}, model, reason)
 
     def rollback(self, model: str, to: str, reason: str) -> GovEvent:
         """Make ``to`` (a version, or ``previous``: the production version before the current one) serve again."""

@@ -85,3 +85,39 @@ class PendingApproval(TypedDict):
     requested_seq: int
     approvers: list[str]
     needed: int
+
+
+class LevelProposal(TypedDict):
+    """A move of a route to ``level`` on policy ``version``, waiting for another actor's approval."""
+
+    version: str
+    level: int
+    evidence: dict[str, Any]
+    actor: str
+    sequence: int
+
+
+class LevelChange(TypedDict):
+    """One level event of a route: proposed, approved (the level moved up) or lowered."""
+
+    sequence: int
+    type: str
+    actor: str
+    version: str
+    level: int
+
+
+class RouteState(TypedDict):
+    """A route's independence level as governance set it (``levels.py``)."""
+
+    version: str | None
+    """the version of ``route/<name>`` (its routing policy) in force; None: no level was ever set"""
+    level: int | None
+    """the level in force; None: no routing"""
+    evidence: dict[str, Any] | None
+    """the evidence of the level in force (its registration's, the policy artifact's); None at level 0"""
+    set_by: int | None
+    """the sequence of the event that set the level in force"""
+    proposal: LevelProposal | None
+    """the pending proposal, if any"""
+    history: list[LevelChange]

@@ -18,6 +18,7 @@ from evostream.cli import (
     governance,
     readers,
     risk,
+    route,
     selfcheck,
     serve,
     sinks,
@@ -36,6 +37,7 @@ app.add_typer(governance.registry_app, name="registry")
 app.add_typer(evolution.evolution_app, name="evolution")
 app.add_typer(sinks.sinks_app, name="sinks")
 app.add_typer(risk.risk_app, name="risk")
+app.add_typer(route.route_app, name="route")
 for command in (
     selfcheck.selfcheck,
     demo.demo,

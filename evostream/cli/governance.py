@@ -183,6 +183,14 @@ def governance_policy(
             help="Refuse an approval of a version whose latest validation failed.",
         ),
     ] = None,
+    level_corpus: Annotated[
+        int | None,
+        typer.Option(min=1, help="Labelled held-out answers a route's level L needs per step: N x (L + 1)."),
+    ] = None,
+    level_accuracy: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Self-answered accuracy a route's level evidence must reach."),
+    ] = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
@@ -194,13 +202,15 @@ def governance_policy(
         "auto_promote_production": auto_production,
         "four_eyes": four_eyes,
         "refuse_failed_approvals": refuse_failed_approvals,
+        "level_corpus_per_level": level_corpus,
+        "level_min_accuracy": level_accuracy,
     }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
     if not policy:
         raise GovernanceError(
             "nothing to change: give --approvals, --auto-staging/--no-auto-staging, "
-            "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes or "
-            "--refuse-failed-approvals/--accept-failed-approvals"
+            "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes, "
+            "--refuse-failed-approvals/--accept-failed-approvals, --level-corpus or --level-accuracy"
         )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")

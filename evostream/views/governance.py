@@ -55,6 +55,12 @@ def describe(ev: Any) -> str:
         return f"rolled back {p['from_version']} -> {p['version']}"
     if t == "CandidateProposed":
         return f"proposed {p['version']}"
+    if t == "LevelProposed":
+        return f"proposed level {p['level']} on {p['version']} (corpus {p['evidence'].get('corpus')})"
+    if t == "LevelApproved":
+        return f"approved level {p['level']} on {p['version']}: in force"
+    if t == "LevelLowered":
+        return f"lowered to level {p['level']} on {p['version']}"
     if t == "OffsetVoided":
         return f"voided offset(s) {', '.join(map(str, p['offsets']))}{' (forced)' if p['forced'] else ''}"
     return str(t)

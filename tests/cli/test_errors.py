@@ -88,6 +88,11 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "feedback",
         "risk train",
         "rescore",
+        "route register",
+        "route level propose",
+        "route level approve",
+        "route level lower",
+        "route show",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
