@@ -264,9 +264,9 @@ class RouteLedger:
         r._sort()
 
     def add_completion(self, c: Record) -> None:
-        if not self._fresh("c", str(c["trace_id"])):
+        rid = str(c.get("request_id") or "")
+        if not rid or not self._fresh("c", str(c["trace_id"])):
             return
-        rid = str(c["request_id"])
         r = self._requests.get(rid)
         if r is not None:
             r.completions.append(c)
@@ -374,3 +374,10 @@ def read_ledger(
             if rec["request_id"] in wanted:
                 ledger.add_completion(rec)
     return ledger
+
+
+def read_request(server: str, request_id: str, idle_s: float = 3.0) -> RequestRoute | None:
+    """One request's route from the log (its decisions and every Completion of it), or None when no decision names
+    it; both topics read from their start until idle (keyed by request and by trace: a scan, as ``find_completion``)."""
+    ledger = read_ledger(server, keep=lambda d: d["request_id"] == request_id, idle_s=idle_s)
+    return ledger.request(request_id)

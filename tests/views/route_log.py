@@ -72,32 +72,39 @@ def _completion(log_route: str, n: int, version: str, t_us: int, **over: Any) ->
     return c
 
 
-def route_log(route: str, t0_us: int) -> RouteLog:
+def route_log(route: str, t0_us: int, self_version: str = SELF, ref: str = REF) -> RouteLog:
     """Requests 1..5 of ``route``: 1 answered by self; 2 started by self, escalated at step 5 (a partial of 5
     tokens, then the reference's answer); 3 sent to the reference before generation; 4 a cache hit; 5 refused.
-    Tenants: odd requests acme, even ones globex."""
-    t = t0_us
+    Tenants: odd requests acme, even ones globex. ``self_version`` and ``ref``: the two targets' versions."""
+    t, me = t0_us, self_version
+    weighed = [
+        {"target": "self", "model_version": me, "score": 0.1, "cost_usd": TABLE.cost(me, 100, 20)},
+        {"target": "reference", "model_version": ref, "score": 0.0, "cost_usd": TABLE.cost(ref, 100, 20)},
+    ]
     gen: dict[str, Any] = {
         "stage": "GENERATION",
         "chosen": "reference",
-        "chosen_version": REF,
+        "chosen_version": ref,
         "step": 5,
         "risk": 0.62,
         "gate": 0.4,
+        "candidates": weighed,
     }
     prompt_self: dict[str, Any] = {
         "stage": "PROMPT",
         "chosen": "self",
-        "chosen_version": SELF,
+        "chosen_version": me,
         "step": None,
         "risk": 0.1,
+        "candidates": weighed,
     }
     prompt_ref: dict[str, Any] = {
         "stage": "PROMPT",
         "chosen": "reference",
-        "chosen_version": REF,
+        "chosen_version": ref,
         "step": None,
         "risk": 0.7,
+        "candidates": weighed,
     }
     door: dict[str, Any] = {"stage": "ADMISSION", "step": None, "candidates": []}
     decisions = [
@@ -105,15 +112,15 @@ def route_log(route: str, t0_us: int) -> RouteLog:
         _decision(route, 2, 0, t + 2000, **prompt_self, reason="0.100 < prompt gate 0.350"),
         _decision(route, 2, 1, t + 2500, **gen, trace_id=f"{route}-trace-2p", reason="token risk 0.620 > gate 0.400"),
         _decision(route, 3, 0, t + 3000, **prompt_ref, reason="0.700 >= prompt gate 0.350"),
-        _decision(route, 4, 0, t + 4000, **door, chosen="cache", chosen_version=REF, risk=0.99, reason="similar 0.99"),
+        _decision(route, 4, 0, t + 4000, **door, chosen="cache", chosen_version=ref, risk=0.99, reason="similar 0.99"),
         _decision(route, 5, 0, t + 5000, **door, chosen="refused", chosen_version="", trace_id="", reason="budget"),
     ]
     completions = [
-        _completion(route, 1, SELF, t + 1100),
-        _completion(route, 2, SELF, t + 2500, trace_id=f"{route}-trace-2p", finish_reason="ESCALATED", token_count=5),
-        _completion(route, 2, REF, t + 2900),
-        _completion(route, 3, REF, t + 3100),
-        _completion(route, 4, REF, t + 4000, cached=True, cached_from=f"{route}-trace-3"),
+        _completion(route, 1, me, t + 1100),
+        _completion(route, 2, me, t + 2500, trace_id=f"{route}-trace-2p", finish_reason="ESCALATED", token_count=5),
+        _completion(route, 2, ref, t + 2900),
+        _completion(route, 3, ref, t + 3100),
+        _completion(route, 4, ref, t + 4000, cached=True, cached_from=f"{route}-trace-3"),
     ]
     return RouteLog(route, decisions, completions)
 
