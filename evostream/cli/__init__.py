@@ -19,6 +19,7 @@ from evostream.cli import (
     readers,
     risk,
     route,
+    savings,
     selfcheck,
     serve,
     sinks,
@@ -62,6 +63,7 @@ for command in (
     api.api,
     feedback.feedback,
     risk.rescore,
+    savings.savings,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)
