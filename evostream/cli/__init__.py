@@ -16,6 +16,7 @@ from evostream.cli import (
     evolution,
     feedback,
     governance,
+    labels,
     readers,
     risk,
     route,
@@ -64,6 +65,7 @@ for command in (
     feedback.feedback,
     risk.rescore,
     savings.savings,
+    labels.reference_labels,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

@@ -74,6 +74,19 @@ class RequestRoute:
         finals = [c for c in self.completions if c["finish_reason"] != "ESCALATED"]
         return finals[-1] if finals else None
 
+    def escalations(self) -> list[tuple[Record, Record, Record]]:
+        """Each mid-answer move the reference has answered: (the GENERATION decision, the self model's partial,
+        the reference's error-free final answer)."""
+        final = self.final
+        if final is None or final["finish_reason"] == "ERROR" or final.get("error"):
+            return []
+        partials = {str(c["trace_id"]): c for c in self.partials}
+        return [
+            (d, partials[str(d["trace_id"])], final)
+            for d in self.decisions
+            if d["stage"] == "GENERATION" and d["chosen"] == "reference" and str(d["trace_id"]) in partials
+        ]
+
     @property
     def reference_version(self) -> str | None:
         """The reference the router weighed (the last decision that names one)."""

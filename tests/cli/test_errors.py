@@ -94,6 +94,7 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "route level lower",
         "route show",
         "savings",
+        "reference-labels",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
