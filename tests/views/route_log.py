@@ -53,7 +53,7 @@ def _decision(log_route: str, n: int, k: int, t_us: int, **over: Any) -> RouteDe
     return cast(RouteDecision, {**samples.route_decision(k, t_us), **mine, **over})
 
 
-def _completion(log_route: str, n: int, version: str, t_us: int, **over: Any) -> Completion:
+def _completion(log_route: str, n: int, version: str, t_us: int, prices: PriceTable = TABLE, **over: Any) -> Completion:
     mine = {
         "trace_id": f"{log_route}-trace-{n}",
         "request_id": f"{log_route}-req-{n}",
@@ -68,18 +68,19 @@ def _completion(log_route: str, n: int, version: str, t_us: int, **over: Any) ->
         "completed_at_us": t_us,
     }
     c = cast(Completion, {**samples.completion(0, t_us), **mine, **over})
-    c["cost_usd"] = 0.0 if c["cached"] else TABLE.cost(version, c["prompt_token_count"], c["token_count"])
+    c["cost_usd"] = 0.0 if c["cached"] else prices.cost(version, c["prompt_token_count"], c["token_count"])
     return c
 
 
-def route_log(route: str, t0_us: int, self_version: str = SELF, ref: str = REF) -> RouteLog:
+def route_log(route: str, t0_us: int, self_version: str = SELF, ref: str = REF, prices: PriceTable = TABLE) -> RouteLog:
     """Requests 1..5 of ``route``: 1 answered by self; 2 started by self, escalated at step 5 (a partial of 5
     tokens, then the reference's answer); 3 sent to the reference before generation; 4 a cache hit; 5 refused.
-    Tenants: odd requests acme, even ones globex. ``self_version`` and ``ref``: the two targets' versions."""
+    Tenants: odd requests acme, even ones globex. ``self_version`` and ``ref``: the two targets' versions, priced by
+    ``prices``."""
     t, me = t0_us, self_version
     weighed = [
-        {"target": "self", "model_version": me, "score": 0.1, "cost_usd": TABLE.cost(me, 100, 20)},
-        {"target": "reference", "model_version": ref, "score": 0.0, "cost_usd": TABLE.cost(ref, 100, 20)},
+        {"target": "self", "model_version": me, "score": 0.1, "cost_usd": prices.cost(me, 100, 20)},
+        {"target": "reference", "model_version": ref, "score": 0.0, "cost_usd": prices.cost(ref, 100, 20)},
     ]
     gen: dict[str, Any] = {
         "stage": "GENERATION",
@@ -116,11 +117,13 @@ def route_log(route: str, t0_us: int, self_version: str = SELF, ref: str = REF) 
         _decision(route, 5, 0, t + 5000, **door, chosen="refused", chosen_version="", trace_id="", reason="budget"),
     ]
     completions = [
-        _completion(route, 1, me, t + 1100),
-        _completion(route, 2, me, t + 2500, trace_id=f"{route}-trace-2p", finish_reason="ESCALATED", token_count=5),
-        _completion(route, 2, ref, t + 2900),
-        _completion(route, 3, ref, t + 3100),
-        _completion(route, 4, ref, t + 4000, cached=True, cached_from=f"{route}-trace-3"),
+        _completion(route, 1, me, t + 1100, prices),
+        _completion(
+            route, 2, me, t + 2500, prices, trace_id=f"{route}-trace-2p", finish_reason="ESCALATED", token_count=5
+        ),
+        _completion(route, 2, ref, t + 2900, prices),
+        _completion(route, 3, ref, t + 3100, prices),
+        _completion(route, 4, ref, t + 4000, prices, cached=True, cached_from=f"{route}-trace-3"),
     ]
     return RouteLog(route, decisions, completions)
 
