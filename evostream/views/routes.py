@@ -25,7 +25,6 @@ from evostream.routing.prices import PriceTable
 from evostream.schemas.catalog import COMPLETIONS, ROUTES
 
 Record = Mapping[str, Any]
-ANSWERED = ("self", "reference", "cache")
 
 
 @dataclass
@@ -108,7 +107,8 @@ class RequestRoute:
         version = self.reference_version or reference or ""
         return prices.cost(version, int(done["prompt_token_count"]), int(done["token_count"]))
 
-    def _sort(self) -> None:
+    def order(self) -> None:
+        """Decisions by time taken, Completions by time made (the two topics are read apart)."""
         self.decisions.sort(key=lambda d: int(d["decided_at_us"]))
         self.completions.sort(key=lambda c: int(c["completed_at_us"]))
 
@@ -274,7 +274,7 @@ class RouteLedger:
                 _, gone = self._requests.popitem(last=False)
                 self._forget(gone)
         r.decisions.append(d)
-        r._sort()
+        r.order()
 
     def add_completion(self, c: Record) -> None:
         rid = str(c.get("request_id") or "")
@@ -283,7 +283,7 @@ class RouteLedger:
         r = self._requests.get(rid)
         if r is not None:
             r.completions.append(c)
-            r._sort()
+            r.order()
             return
         self._waiting.setdefault(rid, []).append(c)
         self._waiting.move_to_end(rid)
