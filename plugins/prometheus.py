@@ -23,12 +23,24 @@ What each metric measures (from the records the runner hands over):
 - ``evostream_dormant_neuron_fraction``: the latest profile's mean over layers;
 - ``evostream_model_active``: 1 for the version serving a model in production (Promoted to production, or the target
   of a RolledBack), 0 for the versions it replaced;
-- ``evostream_governance_events_total`` by type, ``evostream_sink_records_total`` by topic.
+- ``evostream_governance_events_total`` by type, ``evostream_sink_records_total`` by topic;
+- routing (from ``evo.routes`` and the Completions): ``evostream_route_decisions_total`` per RouteDecision by
+  ``route``, ``stage`` and ``chosen`` (self, reference, cache, refused: a cache hit and a refusal are decisions at
+  the door, so ``chosen="cache"`` and ``chosen="refused"`` count them); ``evostream_cache_hits_total`` (Completions
+  marked cached) and ``evostream_route_refusals_total`` by route; ``evostream_cost_usd_total`` by version: the
+  Completions' ``cost_usd`` (what was paid, escalated partials included); ``evostream_reference_cost_usd_total``:
+  what each answer (a final Completion: not a partial, not an error) would have cost from the reference, its tokens
+  at the reference's price in the price table; ``evostream_cost_saved_usd``: the reference's cost less what was paid,
+  since the sink started (a gauge: an escalation costs more than the reference alone). The reference is the
+  ``reference`` option, else the one the latest RouteDecision names; before either, answers get no reference cost.
+  A self-share is ``chosen="self"`` over ``chosen=~"self|reference"`` at ``stage="PROMPT"``, less the escalations
+  (``stage="GENERATION"``).
 
 Prometheus counters restart at zero with the process, so the sink is not durable (a new instance starts from
 nothing); within one, a record key seen among the last ``remember`` (option, default 100,000) is not counted twice.
 
-Options: ``port`` (default 9464, 0 picks a free one), ``addr`` (default 127.0.0.1), ``max_versions``, ``remember``."""
+Options: ``port`` (default 9464, 0 picks a free one), ``addr`` (default 127.0.0.1), ``max_versions``, ``remember``,
+``prices`` (the price table's file; default ``EVOSTREAM_ROUTE_PRICES``), ``reference`` (the reference's version)."""
 
 from __future__ import annotations
 
@@ -36,13 +48,16 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
-from evostream.core.errors import SinkConfigError
+from evostream.core.errors import EvoError, SinkConfigError
+from evostream.core.settings import load_settings
 from evostream.plugins.api import Record, Result, Sink, SinkContext
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK
+from evostream.routing.prices import PriceTable
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK, ROUTES
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -106,10 +121,29 @@ class Metrics:
         )
         self.governance = Counter("evostream_governance_events", "Governance events.", ("type",), registry=r)
         self.records = Counter("evostream_sink_records", "Records applied by this sink.", ("topic",), registry=r)
+        self.decisions = Counter(
+            "evostream_route_decisions", "Routing decisions.", ("route", "stage", "chosen"), registry=r
+        )
+        self.cache_hits = Counter("evostream_cache_hits", "Answers served from the response cache.", registry=r)
+        self.refusals = Counter("evostream_route_refusals", "Requests refused at the door.", ("route",), registry=r)
+        self.cost = Counter("evostream_cost_usd", "What answers cost (US dollars).", v, registry=r)
+        self.reference_cost = Counter(
+            "evostream_reference_cost_usd", "What the answers would have cost from the reference.", registry=r
+        )
+        self.saved = Gauge("evostream_cost_saved_usd", "Reference cost less cost paid, since start.", registry=r)
+
+
+def _prices(name: str, path: str | None) -> PriceTable:
+    """The price table of the ``prices`` option, else of the settings; none: every answer costs 0."""
+    try:
+        where = Path(path) if path else load_settings().route_prices
+        return PriceTable() if where is None else PriceTable.from_bytes(where.read_bytes())
+    except (OSError, EvoError) as e:
+        raise SinkConfigError(f"sink {name!r}: the price table: {e}") from e
 
 
 class PrometheusSink(Sink):
-    topics = (COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, GOVERNANCE)
+    topics = (COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, GOVERNANCE, ROUTES)
 
     def __init__(self, ctx: SinkContext) -> None:
         super().__init__(ctx)
@@ -120,6 +154,10 @@ class PrometheusSink(Sink):
             raise SinkConfigError(f"sink {self.name!r}: port must be 0..65535, got {port:g}")
         if self.max_versions < 1 or self.remember < 1:
             raise SinkConfigError(f"sink {self.name!r}: max_versions and remember must be at least 1")
+        self.prices = _prices(self.name, ctx.option("prices"))
+        self.reference: str | None = ctx.option("reference") or None
+        self._fixed_reference = self.reference is not None
+        self._paid = self._reference_usd = 0.0
         self.metrics = Metrics()
         self.versions: set[str] = set()
         self._served: dict[str, set[str]] = {}
@@ -202,11 +240,35 @@ class PrometheusSink(Sink):
         elif rec.topic == GOVERNANCE:
             m.governance.labels(v["type"]).inc()
             self._serving(v["model_name"], v["type"], json.loads(v["payload_json"]))
+        elif rec.topic == ROUTES:
+            self._decision(v)
         m.records.labels(rec.topic).inc()
+
+    def _decision(self, v: Mapping[str, Any]) -> None:
+        m = self.metrics
+        m.decisions.labels(v["route"], v["stage"], v["chosen"]).inc()
+        if v["chosen"] == "refused":
+            m.refusals.labels(v["route"]).inc()
+        if not self._fixed_reference:
+            named = [c["model_version"] for c in v["candidates"] if c["target"] == "reference" and c["model_version"]]
+            self.reference = named[-1] if named else self.reference
+
+    def _cost(self, v: Mapping[str, Any]) -> None:
+        m, paid = self.metrics, float(v.get("cost_usd") or 0.0)
+        m.cost.labels(v["model_version"]).inc(paid)
+        self._paid += paid
+        if v.get("cached"):
+            m.cache_hits.inc()
+        if self.reference is not None and v["finish_reason"] not in ("ESCALATED", "ERROR"):
+            ref = self.prices.cost(self.reference, int(v["prompt_token_count"]), int(v["token_count"]))
+            m.reference_cost.inc(ref)
+            self._reference_usd += ref
+        m.saved.set(self._reference_usd - self._paid)
 
     def _completion(self, v: Mapping[str, Any]) -> None:
         m, version, t = self.metrics, v["model_version"], v["timings"]
         m.requests.labels(version, v["finish_reason"]).inc()
+        self._cost(v)
         m.tokens.labels(version).inc(v["token_count"])
         m.prompt_tokens.labels(version).inc(v["prompt_token_count"])
         if v["error"] is None and v["token_count"] > 0:

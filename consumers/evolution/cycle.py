@@ -145,7 +145,7 @@ def _suite_pairs(seed: int) -> Iterator[Pair]:
 def vocabulary(tok: PreTrainedTokenizerBase, observed: Observed, seed: int, suite_pairs: int = 4000) -> Counter[int]:
     """The token ids a candidate keeps: those of the logged prompts and answers (and the answers' generated ids),
     of a sample of the suite's stream (the held-out suite is validated on), and of printable ASCII."""
-    texts = [t for pair in observed.pairs for t in pair]
+    texts = [t for pair in observed.targets for t in pair]
     texts += [t for pair in itertools.islice(_suite_pairs(seed), suite_pairs) for t in pair]
     used = used_token_ids(tok, [*texts, string.printable])
     used.update(i for ids in observed.output_token_ids for i in ids)
@@ -162,7 +162,7 @@ def adapt(
 ) -> tuple[PreTrainedModel, AdapterReport]:
     """``student`` plus a rank-``rank`` adapter on every FFN output projection, trained alone on the distillation's
     traffic (the parent's logged answers and the suite), then merged: a plain model of the family again."""
-    stream = mixed_stream(observed.pairs, _suite_pairs(cfg.distill.seed + 1), cfg.logged_share, cfg.distill.seed + 1)
+    stream = mixed_stream(observed.targets, _suite_pairs(cfg.distill.seed + 1), cfg.logged_share, cfg.distill.seed + 1)
     pairs = list(itertools.islice(stream, cfg.adapter_steps * cfg.distill.batch_size))
     progress(f"adapter: rank {rank} on every FFN output projection, {cfg.adapter_steps} steps")
     grown = add_adapter(student, rank=rank, seed=cfg.distill.seed)
@@ -210,7 +210,11 @@ def run_cycle(
             if student is parent.model:
                 student = copy.deepcopy(parent.model)
             progress(f"build: {parameter_count(parent.model):,} -> {parameter_count(student):,} parameters")
-            pairs = mixed_stream(observed.pairs, _suite_pairs(cfg.distill.seed), cfg.logged_share, cfg.distill.seed)
+            progress(
+                f"distil: on {len(observed.pairs)} logged answers and {len(observed.reference_pairs)} reference "
+                "answers to escalated requests, with the suite"
+            )
+            pairs = mixed_stream(observed.targets, _suite_pairs(cfg.distill.seed), cfg.logged_share, cfg.distill.seed)
             distilled[base_key] = (
                 student,
                 distill(student, parent.model, parent.tokenizer, pairs, cfg.distill, progress),

@@ -2,7 +2,9 @@
 
 Pruning without recovery collapses accuracy; a short distillation from the parent brings it back. The training set
 is what the model really served (prompts replayed from ``evo.requests`` with the parent's answers from
-``evo.completions``) mixed with the task suite's training stream (whose prompts never overlap the held-out set).
+``evo.completions``, and the reference's answers to the requests the parent handed over mid-answer: there the label
+is the reference's answer, so the student learns what the parent could not answer) mixed with the task suite's
+training stream (whose prompts never overlap the held-out set).
 The loss is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)`` over the answer tokens: the
 teacher's full distribution carries more than its argmax."""
 

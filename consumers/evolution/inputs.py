@@ -3,8 +3,13 @@ distillation set and the agreement check), the FFN firing counts the producer st
 rerunning the model), and the token ids it read and wrote (which embedding rows are used).
 
 Requests and completions are joined on ``request_id``; only completions of the version asked about, without an
-error, count. The newest ``max_pairs`` are kept, and nothing more is held: the completions are read first into a ring
-of ``max_pairs``, then the requests, keeping only the prompts those completions answer (reading the requests first
+error, count, and not its partial answers (finish ESCALATED: the router moved the request to a stronger model
+mid-answer, so the partial is no answer to learn from). What is learnt from an escalation is the other side: the
+reference's answer to the request the version began is a distillation target for the version (``reference_pairs``):
+the self model learns what it could not answer from the model that did.
+
+The newest ``max_pairs`` are kept, and nothing more is held: the completions are read first into a ring of
+``max_pairs``, then the requests, keeping only the prompts those completions answer (reading the requests first
 held every prompt of the topic's 7 days, inside the API's ``/evolve`` too). Requests expire before their completions
 (7 days against 30), so the completions that still have a request are the newest ones: the ring's last ``max_pairs``
 with a request are the last ``max_pairs`` of the join.
@@ -14,7 +19,7 @@ skipped and reported with the reason, never a failed cycle."""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +42,9 @@ class Observed:
     version: str
     pairs: list[tuple[str, str]] = field(default_factory=list)
     """(prompt, the version's answer), oldest first."""
+    reference_pairs: list[tuple[str, str]] = field(default_factory=list)
+    """(prompt, the reference's answer) of the requests the version began and the router moved to the reference
+    mid-answer, oldest first."""
     output_token_ids: list[list[int]] = field(default_factory=list)
     neuron_counts: I64 | None = None
     """Summed NeuronCounts of the version: [layers of the generating stack, FFN width]."""
@@ -49,14 +57,59 @@ class Observed:
     def prompts(self) -> list[str]:
         return [p for p, _ in self.pairs]
 
+    @property
+    def targets(self) -> list[tuple[str, str]]:
+        """What a student of the version learns from the log: its own answers and the reference's answers to the
+        requests it had to hand over."""
+        return [*self.pairs, *self.reference_pairs]
+
+
+def is_answer(rec: Mapping[str, Any]) -> bool:
+    """An answer: no error, and not a partial left by an escalation."""
+    return rec["error"] is None and rec["finish_reason"] not in ("ESCALATED", "ERROR")
+
+
+def keep_answer(ring: deque[Answer], rec: Mapping[str, Any], version: str) -> None:
+    if rec["model_version"] == version and is_answer(rec):
+        ring.append((rec["request_id"], rec["output_text"], list(rec["output_token_ids"])))
+
 
 def last_answers(completions: Iterable[Mapping[str, Any]], version: str, max_pairs: int) -> deque[Answer]:
-    """The last ``max_pairs`` error-free completions of ``version``, oldest first; never more held at once."""
+    """The last ``max_pairs`` answers of ``version`` (``is_answer``), oldest first; never more held at once."""
     ring: deque[Answer] = deque(maxlen=max_pairs)
     for rec in completions:
-        if rec["model_version"] == version and rec["error"] is None:
-            ring.append((rec["request_id"], rec["output_text"], list(rec["output_token_ids"])))
+        keep_answer(ring, rec, version)
     return ring
+
+
+class EscalatedAnswers:
+    """The other models' answers to the last ``max_pairs`` requests ``version`` began and handed over mid-answer.
+    Completions are keyed by trace, so a reference's answer may be read before the partial it replaced: the last
+    ``held`` answers of other versions wait for theirs (bounded; one older than that is not matched)."""
+
+    def __init__(self, version: str, max_pairs: int, held: int | None = None) -> None:
+        self.version = version
+        self._partials: OrderedDict[str, None] = OrderedDict()
+        self._answers: OrderedDict[str, str] = OrderedDict()
+        self.max_pairs = max_pairs
+        self.held = 4 * max_pairs if held is None else held
+
+    def add(self, rec: Mapping[str, Any]) -> None:
+        rid = str(rec["request_id"])
+        if rec["model_version"] == self.version and rec["finish_reason"] == "ESCALATED":
+            self._partials[rid] = None
+            self._partials.move_to_end(rid)
+            if len(self._partials) > self.max_pairs:
+                self._partials.popitem(last=False)
+        elif rec["model_version"] != self.version and is_answer(rec):
+            self._answers[rid] = str(rec["output_text"])
+            self._answers.move_to_end(rid)
+            if len(self._answers) > self.held:
+                self._answers.popitem(last=False)
+
+    def answers(self) -> list[tuple[str, str]]:
+        """(request_id, the answer that replaced the partial), in the partials' order."""
+        return [(rid, self._answers[rid]) for rid in self._partials if rid in self._answers]
 
 
 def prompts_of(requests: Iterable[Mapping[str, Any]], wanted: set[str]) -> dict[str, str]:
@@ -83,14 +136,20 @@ def read_observed(
 ) -> Observed:
     """Read ``evo.completions``, ``evo.requests`` and ``evo.neurons`` from their start until each goes idle."""
     seen = Observed(version)
+    answers: deque[Answer] = deque(maxlen=max_pairs)
+    escalated = EscalatedAnswers(version, max_pairs)
     with TopicReader(bootstrap, COMPLETIONS, "Completion", idle_s=idle_s, name="evolution-completions") as reader:
-        answers = last_answers(reader, version, max_pairs)
+        for rec in reader:
+            keep_answer(answers, rec, version)
+            escalated.add(rec)
+    handed_over = escalated.answers()
     with TopicReader(
         bootstrap, REQUESTS, "InferenceRequest", idle_s=idle_s, batch=REQUESTS_BATCH, name="evolution-requests"
     ) as reader:
-        prompts = prompts_of(reader, {rid for rid, _, _ in answers})
+        prompts = prompts_of(reader, {rid for rid, _, _ in answers} | {rid for rid, _ in handed_over})
     answered = [(prompts[rid], out, ids) for rid, out, ids in answers if rid in prompts]
     seen.pairs = [(p, out) for p, out, _ in answered]
+    seen.reference_pairs = [(prompts[rid], out) for rid, out in handed_over if rid in prompts]
     seen.output_token_ids = [ids for _, _, ids in answered]
     with TopicReader(bootstrap, NEURONS, "NeuronCounts", idle_s=idle_s, name="evolution-neurons") as reader:
         for rec in reader:
@@ -110,7 +169,8 @@ def read_observed(
     for why in seen.skipped:
         progress(f"log: skipped {why}")
     progress(
-        f"log: {len(seen.pairs)} answered requests of {version} (of the last {len(answers)} completions), FFN counts "
+        f"log: {len(seen.pairs)} answered requests of {version} (of the last {len(answers)} completions), "
+        f"{len(seen.reference_pairs)} reference answers to requests it handed over, FFN counts "
         f"over {seen.neuron_steps} steps" + (f"; {len(seen.skipped)} records skipped" if seen.skipped else "")
     )
     return seen

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from evostream.api.record_models import Completion, GenerationStep, RiskAlert, RiskReport
+from evostream.api.record_models import Completion, GenerationStep, RiskAlert, RiskReport, RouteDecision
 from evostream.schemas.records import FinishReason, RiskStage
 
 Open = dict[str, Any]
@@ -86,6 +86,59 @@ class TraceDoc(BaseModel):
     completion: Completion | None
     risk: RiskReport | None = Field(description="The FINAL report once it came, else the EARLY one.")
     alerts: list[RiskAlert]
+
+
+# --- routes ------------------------------------------------------------------------------------------------------
+class RouteCompletion(BaseModel):
+    """A Completion of a routed request, without its text's machine fields."""
+
+    trace_id: str
+    model_version: str
+    finish_reason: FinishReason = Field(description="ESCALATED: the self model's partial answer.")
+    output_text: str
+    token_count: int
+    prompt_token_count: int
+    cached: bool
+    cost_usd: float
+    completed_at_us: int
+
+
+class RouteDoc(BaseModel):
+    """One request's route: every decision of the router in order, the partial and final traces, what it cost."""
+
+    request_id: str
+    tenant: str
+    route: str
+    chosen: str = Field(description="Where it went in the end: self, reference, cache or refused.")
+    escalated: bool = Field(description="Moved to the reference mid-answer.")
+    decisions: list[RouteDecision]
+    partial_traces: list[str] = Field(description="The self model's partial answers (finish ESCALATED).")
+    final_trace: str | None = Field(description="The trace of the answer the client got (null while none).")
+    completions: list[RouteCompletion]
+    paid_usd: float = Field(description="The cost_usd of every Completion of the request, partials included.")
+
+
+class RouteTally(BaseModel):
+    requests: int
+    self_answered: int
+    reference_answered: int
+    escalated: int
+    cache_hits: int
+    refusals: int
+    pending: int = Field(description="Admitted, no final answer yet (left out of the money).")
+    paid_usd: float
+    reference_usd: float = Field(description="The same answers' tokens at the reference's price.")
+    saved_usd: float
+    self_share: float | None = Field(description="Self-answered over self- plus reference-answered requests.")
+
+
+class RouteSummary(BaseModel):
+    """The latest routed requests the API holds: cost paid against always the reference."""
+
+    total: RouteTally
+    by_tenant: dict[str, RouteTally]
+    by_route: dict[str, RouteTally]
+    unpriced: list[str] = Field(description="References without a price (costed at 0).")
 
 
 # --- the registry and the governance log -------------------------------------------------------------------------
@@ -208,6 +261,9 @@ class Provenance(BaseModel):
     token_count: int
     version: Version
     events: list[AuditRow] = Field(description="The governance events of the version up to the answer.")
+    route: RouteDoc | None = Field(
+        default=None, description="The route of the trace's request (null for a request no router decided)."
+    )
 
 
 # --- writes ------------------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ if TYPE_CHECKING:  # to mypy, models; their fields are the contract's, read at i
     RiskAlert = BaseModel
     DriftReport = BaseModel
     ProfileSnapshot = BaseModel
+    RouteDecision = BaseModel
 else:
     GenerationStep = record_model("GenerationStep")
     Completion = record_model("Completion", drop=("prompt_embedding",))
@@ -109,3 +110,4 @@ else:
     RiskAlert = record_model("RiskAlert")
     DriftReport = record_model("DriftReport")
     ProfileSnapshot = record_model("ProfileSnapshot", added=_TOKEN_PATH_TEXT)
+    RouteDecision = record_model("RouteDecision")

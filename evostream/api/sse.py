@@ -17,10 +17,18 @@ from starlette.types import Receive, Scope, Send
 
 from evostream.api.errors import BusyError
 from evostream.api.state import ApiState
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, ROUTES, STEPS
 from evostream.views.recent import Record, plain
 
-EVENTS = {STEPS: "step", COMPLETIONS: "completion", RISK: "risk", ALERTS: "alert", DRIFT: "drift", PROFILES: "profile"}
+EVENTS = {
+    STEPS: "step",
+    COMPLETIONS: "completion",
+    RISK: "risk",
+    ALERTS: "alert",
+    DRIFT: "drift",
+    PROFILES: "profile",
+    ROUTES: "route",
+}
 """The event name of each topic's records; any other topic's (the governance log's) is ``governance``."""
 QUEUED = 2000
 KEEP_ALIVE_S = 15.0

@@ -16,9 +16,11 @@ from evostream.cli import (
     evolution,
     feedback,
     governance,
+    labels,
     readers,
     risk,
     route,
+    savings,
     selfcheck,
     serve,
     sinks,
@@ -62,6 +64,8 @@ for command in (
     api.api,
     feedback.feedback,
     risk.rescore,
+    savings.savings,
+    labels.reference_labels,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

@@ -521,8 +521,10 @@ def provenance(
     bootstrap: Bootstrap = None,
     timeout: Annotated[float, typer.Option(help="Seconds to look for the trace's completion.")] = 30.0,
 ) -> None:
-    """Which version answered a trace, its lineage, the governance events that made it serve, its evidence."""
+    """Which version answered a trace, its lineage, the governance events that made it serve, its evidence; and the
+    route of its request (each routing decision, and for an escalated request the partial trace and the final)."""
     from evostream.schemas.catalog import COMPLETIONS
+    from evostream.views.routes import decision_line, read_request
     from evostream.views.traces import find_completion
 
     settings = _settings(bootstrap)
@@ -530,11 +532,41 @@ def provenance(
     done = find_completion(server, trace_id, timeout)
     if done is None:
         raise GovernanceError(f"no completion of trace {trace_id} on {COMPLETIONS} (looked for {timeout:g} s)")
-    version, at = str(done["model_version"]), int(done["completed_at_us"])
-    reg, findings, events = _replayed(settings, None)
-    model = model_of(reg, version)
+    replayed = _replayed(settings, None)
+    route = read_request(server, str(done["request_id"]))
+    traces = [done] if route is None or len(route.completions) < 2 else list(route.completions)
+    for rec in traces:
+        _answered(rec, replayed)
+    if route is not None:
+        typer.echo(f"route of request {route.request_id} ({route.route}, tenant {route.tenant}): {route.chosen}")
+        for d in route.decisions:
+            typer.echo("  " + decision_line(d))
+        for c in route.completions:
+            kind = "partial" if c["finish_reason"] == "ESCALATED" else "cached" if c.get("cached") else "final"
+            typer.echo(
+                f"  {kind} trace {c['trace_id']}: {c['model_version']}, {c['token_count']} tokens, "
+                f"{c['finish_reason']}, ${float(c.get('cost_usd', 0.0)):.6f}"
+            )
+    _warn(replayed[1])
+
+
+def _answered(done: Any, replayed: tuple[Any, list[Any], list[tuple[int, Any]]]) -> None:
+    """A trace's version, lineage, validation and governance events up to its answer (an ungoverned version, such as
+    an external reference, has none)."""
+    from evostream.core.errors import UnknownVersionError
+
+    reg, _, events = replayed
+    version, at, trace_id = str(done["model_version"]), int(done["completed_at_us"]), done["trace_id"]
+    ended = " (partial: escalated)" if done["finish_reason"] == "ESCALATED" else ""
+    typer.echo(f"trace {trace_id}: answered by {version} at {when(at)} ({done['token_count']} tokens){ended}")
+    try:
+        model = model_of(reg, version)
+    except UnknownVersionError:
+        if not version.startswith("external:"):
+            raise
+        typer.echo(f"{version} is not a governed version (an external model): no lineage nor governance events")
+        return
     info = reg.version(model, version)
-    typer.echo(f"trace {trace_id}: answered by {version} at {when(at)} ({done['token_count']} tokens)")
     typer.echo(f"lineage: {' <- '.join(reg.lineage(model, version))}")
     typer.echo(f"artifact: {info['artifact_uri']}  operator: {info['operator'] or '-'} {info['operator_params']}")
     val = info["validation"]
@@ -550,7 +582,6 @@ def provenance(
     for offset, ev in events:
         if ev.model_name == model and ev.payload.get("version") == version and ev.occurred_at_us <= at:
             typer.echo("  " + audit_line(offset, ev))
-    _warn(findings)
 
 
 @friendly

@@ -325,9 +325,11 @@ def registry_doc(reg: Any) -> dict[str, Any]:
     }
 
 
-def provenance_doc(replayed: Replayed, completion: dict[str, Any]) -> dict[str, Any]:
-    """Which version answered a trace, its lineage and evidence, and the governance events of that version up to the
-    answer."""
+def provenance_doc(
+    replayed: Replayed, completion: dict[str, Any], route: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Which version answered a trace, its lineage and evidence, the governance events of that version up to the
+    answer, and ``route``: its request's route (``views.routes.route_doc``), if a router decided it."""
     version, at = str(completion["model_version"]), int(completion["completed_at_us"])
     reg = replayed.registry
     info = version_doc(reg, version)
@@ -345,4 +347,5 @@ def provenance_doc(replayed: Replayed, completion: dict[str, Any]) -> dict[str, 
         "token_count": completion["token_count"],
         "version": info,
         "events": events,
+        "route": route,
     }

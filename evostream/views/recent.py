@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, ROUTES, STEPS
+from evostream.views.routes import RouteLedger
 
 SEVERITIES = ("INFO", "WARNING", "CRITICAL")
 
@@ -101,6 +102,8 @@ class Recent:
         self._drift: deque[Record] = deque(maxlen=max_records)
         self._profiles: dict[str, Record] = {}
         self._completed: deque[tuple[int, int, str]] = deque(maxlen=100_000)  # (completed_at_us, tokens, version)
+        self.routes = RouteLedger(max_requests=max_traces, max_waiting=max_traces)
+        """The routing decisions of the latest ``max_traces`` requests and their Completions."""
         self.seen: dict[str, int] = {}
         """Records added per topic."""
 
@@ -111,6 +114,9 @@ class Recent:
         elif topic == COMPLETIONS:
             self._trace(rec["trace_id"]).completion = rec
             self._completed.append((int(rec["completed_at_us"]), int(rec["token_count"]), str(rec["model_version"])))
+            self.routes.add_completion(rec)
+        elif topic == ROUTES:
+            self.routes.add_decision(rec)
         elif topic == RISK:  # a report of a trace no longer (or not yet) kept makes no empty trace that evicts one
             if (t := self._traces.get(rec["trace_id"])) is not None:
                 t.risk[str(rec["stage"])] = rec

@@ -13,12 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.clock import now_us
 from evostream.core.errors import EvoError
-from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DRIFT, PROFILES, RISK, ROUTES, STEPS
 from evostream.schemas.codec import RecordCodec
 from evostream.views.recent import Recent, Record
 
 log = logging.getLogger("evostream.views")
-WATCHED = (STEPS, COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES)
+WATCHED = (STEPS, COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, ROUTES)
 Subscriber = Callable[[str, Record], None]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,3 +223,44 @@ def test_a_trace_labelled_from_the_page_is_one_outcome_even_when_the_request_is_
     book = outcomes_of(kafka, trace_id)
     assert book.retries == 1
     assert [(s.actor, s.label) for s in book.labels(trace_id)] == [("alice", "WRONG")]
+
+
+def test_the_routes_panel_follows_decisions_as_they_come_with_the_cost_against_the_reference(
+    kafka: str, page: object, tmp_path: Path
+) -> None:
+    """An API with a price table, and a routed history published while the page is open: the panel's row of the
+    route fills in from the stream (no reload), with its self-share, escalation and cost against the reference."""
+    from playwright.sync_api import Page, expect
+
+    from evostream.api.config import ApiConfig
+    from evostream.core.clock import now_us
+    from evostream.core.settings import load_settings
+    from tests.api.conftest import HOSTS, served
+    from tests.views.route_log import REF, SELF, TABLE, publish, route_log, write_prices
+
+    assert isinstance(page, Page)
+    run = uuid.uuid4().hex[:8]
+    settings = load_settings(
+        bootstrap_servers=kafka,
+        governance_dir=tmp_path / "gov",
+        governance_topic=f"test-dashboard-routes-{run}",
+        route_prices=write_prices(tmp_path / "prices.json"),
+    )
+    log = route_log(f"panel-{run}", now_us())
+    with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS, trust_loopback=True)) as url:
+        page.goto(url + "/")
+        # the first read of /routes: "n of m" escalated (a dash before it)
+        expect(page.locator("#escalations")).to_have_text(re.compile(r"^\d+ of \d+$"), timeout=30_000)
+        row = page.locator(f'#route-table tr[data-route="{log.route}"] td')
+        expect(row).to_have_count(0)
+        publish(kafka, log)
+        one = TABLE.cost(REF, 100, 20)
+        paid = TABLE.cost(SELF, 100, 20) + TABLE.cost(SELF, 100, 5) + 2 * one
+        want = ["5", "1", "2", "1", "1", "1", "33.3%", f"{paid:.6f}", f"{4 * one:.6f}", f"{4 * one - paid:.6f}"]
+        expect(row).to_have_text([log.route, *want], timeout=30_000)
+        total = httpx.get(url + "/routes", timeout=30).json()["total"]
+        share = "\u2013" if total["self_share"] is None else f"{100 * total['self_share']:.1f}%"
+        expect(page.locator("#self-share")).to_have_text(share, timeout=10_000)
+        expect(page.locator("#cost-vs-reference")).to_contain_text(f"{total['reference_usd']:.6f}", timeout=10_000)
+        page.locator("#routes").screenshot(path=str(shots(tmp_path) / "routes.png"))
+        page.goto("about:blank")  # the page's event stream closed before the API stops

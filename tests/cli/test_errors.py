@@ -93,6 +93,8 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "route level approve",
         "route level lower",
         "route show",
+        "savings",
+        "reference-labels",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []

@@ -8,9 +8,19 @@ from typing import Any
 
 from evostream.consumers.sinks.contract import Record
 from evostream.plugins.api import DEFAULT_TOPICS
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK, STEPS, topic_spec
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, GOVERNANCE, PROFILES, RISK, ROUTES, STEPS, topic_spec
 from evostream.schemas.codec import RecordCodec
-from evostream.schemas.samples import T0_US, alert, completion, drift_report, governance, profile, risk_report, step
+from evostream.schemas.samples import (
+    T0_US,
+    alert,
+    completion,
+    drift_report,
+    governance,
+    profile,
+    risk_report,
+    route_decision,
+    step,
+)
 
 BUILDERS = {
     COMPLETIONS: completion,
@@ -20,6 +30,7 @@ BUILDERS = {
     PROFILES: profile,
     GOVERNANCE: governance,
     STEPS: step,
+    ROUTES: route_decision,
 }
 
 

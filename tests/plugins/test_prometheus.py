@@ -25,8 +25,12 @@ from evostream.consumers.sinks.contract import Record, Status
 from evostream.core.stack.ports import free_port
 from evostream.plugins.api import Sink, SinkContext
 from evostream.plugins.prometheus import PrometheusSink
+from evostream.routing.prices import PriceTable
+from evostream.schemas.catalog import COMPLETIONS, ROUTES
+from evostream.schemas.samples import T0_US
 from tests.plugins.contract import Kind, SinkContract
-from tests.plugins.samples import sample_records
+from tests.plugins.samples import records, sample_records
+from tests.views.route_log import PRICES, REF, SELF, route_log
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 
@@ -83,12 +87,27 @@ class TestPrometheusContract(SinkContract):
         return {"port": "70000"}
 
 
+ROUTE = "routed"
+ROUTED_PRICES = {"route-self": PRICES[SELF], "route-ref": PRICES[REF]}
+ROUTED = route_log(ROUTE, T0_US, "route-self", "route-ref", PriceTable.from_json(ROUTED_PRICES))
+"""A routed history after the samples (its own versions, so the samples' series are as they were)."""
+
+
+def routed_records() -> list[Record]:
+    return records(ROUTES, list(ROUTED.decisions), first_offset=100) + records(
+        COMPLETIONS, list(ROUTED.completions), first_offset=100
+    )
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrometheusSink, str]]:
-    """A sink that has written five reports of each kind, and a real Prometheus server scraping it every second."""
+    """A sink that has written five reports of each kind and then a routed history (priced), and a real Prometheus
+    server scraping it every second."""
     tmp = tmp_path_factory.mktemp("prometheus")
-    sink = PrometheusSink(SinkContext("prometheus", tmp, {"port": "0"}))
+    (tmp / "prices.json").write_text(json.dumps(ROUTED_PRICES))
+    sink = PrometheusSink(SinkContext("prometheus", tmp, {"port": "0", "prices": str(tmp / "prices.json")}))
     assert sink.write(sample_records(per_topic=5)).status is Status.OK
+    assert sink.write(routed_records()).status is Status.OK
     port = free_port()
     (tmp / "prom.yml").write_text(
         yaml.safe_dump(
@@ -144,6 +163,36 @@ def test_a_real_prometheus_answers_promql_for_the_risk_series(served: tuple[Prom
     assert {r["metric"]["flag"]: float(r["value"][1]) for r in flags} == {"high_entropy": 2.0, "low_margin": 2.0}
 
 
+def test_a_real_prometheus_answers_the_routes_decisions_cost_and_saving(served: tuple[PrometheusSink, str]) -> None:
+    _, url = served
+    got = query(url, f'evostream_route_decisions_total{{route="{ROUTE}"}}')
+    assert {(r["metric"]["stage"], r["metric"]["chosen"]): float(r["value"][1]) for r in got} == {
+        ("PROMPT", "self"): 2.0,  # one answered by self, one escalated at step 5
+        ("GENERATION", "reference"): 1.0,
+        ("PROMPT", "reference"): 1.0,
+        ("ADMISSION", "cache"): 1.0,
+        ("ADMISSION", "refused"): 1.0,
+    }
+    [refused] = query(url, f'evostream_route_refusals_total{{route="{ROUTE}"}}')
+    assert float(refused["value"][1]) == 1.0
+    [hits] = query(url, "evostream_cache_hits_total")
+    assert float(hits["value"][1]) == 2.0  # the routed cache hit, and sample 3 (marked cached)
+    table = PriceTable.from_json(ROUTED_PRICES)
+    one = table.cost("route-ref", 100, 20)
+    paid = {
+        r["metric"]["model_version"]: float(r["value"][1])
+        for r in query(url, 'evostream_cost_usd_total{model_version=~"route-.*"}')
+    }
+    self_paid = table.cost("route-self", 100, 20) + table.cost("route-self", 100, 5)  # answered; a partial
+    assert paid == pytest.approx({"route-self": self_paid, "route-ref": 2 * one})
+    # the samples came before any decision named a reference: only the routed answers have a reference cost
+    [reference] = query(url, "evostream_reference_cost_usd_total")
+    assert float(reference["value"][1]) == pytest.approx(4 * one)  # self, escalated, reference, cached answers
+    all_paid = sum(float(r.value["cost_usd"]) for r in sample_records((COMPLETIONS,), 5)) + sum(paid.values())
+    [saved] = query(url, "evostream_cost_saved_usd")
+    assert float(saved["value"][1]) == pytest.approx(4 * one - all_paid)
+
+
 def test_a_real_prometheus_sees_which_version_serves(served: tuple[PrometheusSink, str]) -> None:
     _, url = served
     # samples: tiny-a registered, promoted, rolled back to; tiny-b registered, promoted to production
@@ -166,6 +215,8 @@ def test_no_series_carries_a_trace_label(served: tuple[PrometheusSink, str]) -> 
         "type",
         "topic",
         "le",
+        "route",
+        "chosen",
     }
 
 

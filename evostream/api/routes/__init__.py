@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from evostream.api.routes import (
     alerts,
+    decisions,
     drift,
     evolve,
     feedback,
@@ -25,6 +26,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     drift.router,
     profiles.router,
     registry.router,
+    decisions.router,
     infer.router,
     governance.router,
     evolve.router,

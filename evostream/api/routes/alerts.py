@@ -12,7 +12,7 @@ from evostream.api.deps import Reader, State
 from evostream.api.errors import refusals
 from evostream.api.record_models import RiskAlert
 from evostream.api.sse import sse
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DRIFT, PROFILES, RISK, ROUTES, STEPS
 from evostream.schemas.records import Severity
 from evostream.views.recent import at_least, plain
 
@@ -54,10 +54,10 @@ async def alerts_stream(
 @router.get(
     "/stream",
     tags=["live"],
-    summary="Steps, completions, risk, alerts, drift, profiles and governance events as server-sent events",
+    summary="Steps, completions, risk, alerts, drift, profiles, routing decisions and governance events as events",
     response_class=StreamingResponse,
     responses=STREAMED,
 )
 async def stream(request: Request, state: State, _: Reader, trace_id: str | None = None) -> StreamingResponse:
-    topics = {STEPS, COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, state.cfg.settings.governance_topic}
+    topics = {STEPS, COMPLETIONS, RISK, ALERTS, DRIFT, PROFILES, ROUTES, state.cfg.settings.governance_topic}
     return sse(state, request, topics, lambda _t, r: trace_id is None or r.get("trace_id") == trace_id)

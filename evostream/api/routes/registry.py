@@ -14,6 +14,7 @@ from evostream.api.deps import GovernanceReader, State
 from evostream.api.errors import refusals
 from evostream.core.errors import NotFoundError
 from evostream.views.governance import finding_doc, parse_time, provenance_doc, registry_doc, version_doc
+from evostream.views.routes import route_doc
 
 router = APIRouter(tags=["governance"], responses=refusals(400, 401, 429))
 
@@ -50,4 +51,5 @@ def provenance(trace_id: str, state: State, _: GovernanceReader) -> dict[str, An
     done = state.read(lambda r: None if (t := r.trace(trace_id)) is None else t.completion)
     if done is None:
         raise NotFoundError(f"no completion of trace {trace_id!r} among the latest {state.recent.max_traces} traces")
-    return provenance_doc(state.governance.replayed(), done)
+    route = state.read(lambda r: None if (x := r.routes.request(done["request_id"])) is None else route_doc(x))
+    return provenance_doc(state.governance.replayed(), done, route)

@@ -1,5 +1,5 @@
 // The evostream dashboard: reads the HTTP API, then follows /stream (server-sent events) so that tokens, risk,
-// alerts, drift windows and governance changes appear as they are published, without a reload.
+// alerts, drift windows, routing decisions and governance changes appear as they are published, without a reload.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -54,6 +54,28 @@ async function refreshOverview() {
     $("answering").textContent = v || "none";
   } catch (e) { /* shown by the status pill */ }
 }
+
+// --- routes: self-share, escalations, cost against always the reference (GET /routes, refreshed on each decision) --
+const pct = (x) => (typeof x === "number" ? `${(100 * x).toFixed(1)}%` : "–");
+const usd = (x) => num(x, 6);
+
+async function refreshRoutes() {
+  try {
+    const s = await api("/routes");
+    const t = s.total;
+    $("self-share").textContent = pct(t.self_share);
+    $("escalations").textContent = `${t.escalated} of ${t.reference_answered + t.self_answered}`;
+    $("cost-vs-reference").textContent = `${usd(t.paid_usd)} / ${usd(t.reference_usd)} (saved ${usd(t.saved_usd)})`;
+    const body = $("route-table").querySelector("tbody");
+    body.replaceChildren(...Object.entries(s.by_route).map(([name, r]) => el("tr", { "data-route": name },
+      ...[name, r.requests, r.self_answered, r.reference_answered, r.escalated, r.cache_hits, r.refusals,
+        pct(r.self_share), usd(r.paid_usd), usd(r.reference_usd), usd(r.saved_usd)]
+        .map((x) => el("td", { text: String(x) })))));
+    $("routes-note").textContent = s.unpriced.length
+      ? `no price for ${s.unpriced.join(", ")}: costed at 0 (EVOSTREAM_ROUTE_PRICES)` : "";
+  } catch (e) { /* shown by the status pill */ }
+}
+const routesSoon = throttle(refreshRoutes, 500);
 
 // "live" once the API is healthy, the event stream is open and what was there before it has been read
 const state = { health: null, streamOpen: false, loaded: false };
@@ -412,7 +434,8 @@ async function start() {
   };
   on("step", onStep);
   on("risk", onRisk);
-  on("completion", (c) => { onCompletion(c); refreshRates(); });
+  on("completion", (c) => { onCompletion(c); refreshRates(); routesSoon(); });
+  on("route", () => routesSoon());
   on("alert", (a) => { onAlert(a); refreshRates(); });
   on("drift", onDrift);
   on("governance", () => refreshGovernance());
@@ -423,7 +446,7 @@ async function start() {
     syncing = sync();
     refreshHealth();
   };
-  await Promise.all([refreshHealth(), refreshOverview(), refreshRegistry(), refreshTimeline()]);
+  await Promise.all([refreshHealth(), refreshOverview(), refreshRegistry(), refreshTimeline(), refreshRoutes()]);
   setInterval(refreshOverview, 5000); // rates decay when traffic stops
   setInterval(refreshHealth, 5000); // a service started or stopped since: its notice comes or goes
   return syncing;

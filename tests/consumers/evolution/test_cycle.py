@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
+from evostream.consumers.evolution.batches import teacher_forcing
 from evostream.consumers.evolution.cycle import DEFAULT_RECIPES, Candidate, CycleConfig, choose, pareto_front, run_cycle
 from evostream.consumers.evolution.distill import DistillConfig, DistillReport
 from evostream.consumers.evolution.inputs import Observed
@@ -110,3 +112,36 @@ def test_the_choice_is_on_the_pareto_front_of_passing_candidates_and_trades_size
     tie = candidate("ffn=0.5", acc=0.99, ms=6.0, size=1000)
     assert choose([smallest, tie])[0] is tie  # equal bytes x ms: the more accurate
     assert choose([failed]) == (None, [])
+
+
+def answer_loss(model: torch.nn.Module, tok: object, pair: tuple[str, str]) -> float:
+    batch = teacher_forcing(tok, [pair], True, torch.device("cpu"))  # type: ignore[arg-type]
+    with torch.no_grad():
+        return float(model(**batch).loss)
+
+
+def test_a_distillation_run_learns_the_reference_answers_to_escalated_requests(tmp_path: Path) -> None:
+    """The parent handed this request over mid-answer; the reference answered it. The cycle's student is trained
+    towards the reference's answer (the only logged target here), which the parent does not give."""
+    parent = load_model(str(WEIGHTS_DIR))
+    handed_over = ("reverse: escalate", "the reference knows this")
+    cfg = CycleConfig(
+        recipes=(Recipe(keep_ffn=0.9),),
+        distill=DistillConfig(steps=30, batch_size=8, lr=3e-3, warmup=3, alpha=0.5),
+        analysis_per_task=2,
+        held_out_per_task=1,
+        speed_reps=1,
+        new_tokens=4,
+        logged_share=1.0,
+    )
+    said: list[str] = []
+    observed = Observed(parent.version, pairs=[], reference_pairs=[handed_over])
+    store = ArtifactStore(tmp_path / "a")
+    [made] = run_cycle(parent, WEIGHTS_DIR, observed, store, tmp_path / "w", cfg, progress=said.append).candidates
+    assert "distil: on 0 logged answers and 1 reference answers to escalated requests" in "\n".join(said)
+    student = load_model(str(store.open(made.sha256)))
+    before, after = (
+        answer_loss(parent.model, parent.tokenizer, handed_over),
+        answer_loss(student.model, student.tokenizer, handed_over),
+    )
+    assert after < 0.5 * before, (before, after)

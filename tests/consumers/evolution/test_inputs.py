@@ -5,6 +5,7 @@ not fit their own shape, saying why."""
 from __future__ import annotations
 
 import tracemalloc
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evostream.consumers.evolution.inputs import counts_problem, last_answers, prompts_of, read_observed
+from evostream.consumers.evolution.inputs import (
+    EscalatedAnswers,
+    counts_problem,
+    last_answers,
+    prompts_of,
+    read_observed,
+)
 from evostream.core.bus.admin import ensure_topics
 from evostream.core.bus.producer import EventProducer
 from evostream.core.stack import LocalStack
@@ -142,3 +149,69 @@ def test_read_observed_holds_only_the_answers_it_keeps_and_skips_bad_counts(priv
     assert seen.neuron_steps == 8
     assert seen.skipped == ["NeuronCounts short: 28 bytes of counts, not 2 layers x 4 neurons of 4 bytes"]
     assert "log: skipped NeuronCounts short: 28 bytes of counts, not 2 layers x 4 neurons of 4 bytes" in said
+
+
+def routed(version: str, ref: str, run: str) -> list[dict[str, Any]]:
+    """Completions of a routed history: request a answered by ``version``; b begun by it and handed over mid-answer
+    (its partial, then the reference's answer, read first); c handed over but the reference failed; d answered by
+    the reference from the start."""
+
+    def done(rid: str, v: str, text: str, finish: str = "STOP", error: str | None = None) -> dict[str, Any]:
+        return dict(completion(0)) | {
+            "trace_id": f"{run}-{rid}-{v}",
+            "request_id": f"{run}-{rid}",
+            "model_version": v,
+            "output_text": text,
+            "finish_reason": finish,
+            "error": error,
+            "cached": False,
+        }
+
+    return [
+        done("a", version, "self answer a"),
+        done("b", ref, "reference answer b"),
+        done("b", version, "half an ans", "ESCALATED"),
+        done("c", version, "half", "ESCALATED"),
+        done("c", ref, "", "ERROR", "the reference timed out"),
+        done("d", ref, "reference answer d"),
+    ]
+
+
+def test_a_partial_is_no_answer_and_the_reference_answer_it_handed_over_to_is_a_target() -> None:
+    recs = routed("v1", "big", "r")
+    assert [rid for rid, _, _ in last_answers(recs, "v1", 10)] == ["r-a"]  # the partials are not answers
+    escalated = EscalatedAnswers("v1", 10)
+    for rec in recs:
+        escalated.add(rec)
+    assert escalated.answers() == [("r-b", "reference answer b")]  # c: the reference failed; d: never v1's
+    few = EscalatedAnswers("v1", 10, held=1)  # the answer read before its partial fell out of the bound
+    for rec in [*recs[1:2], *routed("v1", "big", "s")[-1:], *recs[2:3]]:
+        few.add(rec)
+    assert few.answers() == []
+
+
+def test_read_observed_gives_the_reference_answers_to_escalated_requests(kafka: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    version = f"v-{run}"
+    producer = EventProducer(kafka)
+    req_codec, comp_codec = RecordCodec("InferenceRequest"), RecordCodec("Completion")
+    params = {"max_new_tokens": 4, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": None}
+    for rid in "abcd":
+        req = {
+            "request_id": f"{run}-{rid}",
+            "prompt": f"prompt {rid}",
+            "params": params,
+            "tenant": "t",
+            "reply_to": "x",
+            "submitted_at_us": 1,
+        }
+        producer.send(REQUESTS, req["request_id"], req_codec.encode(req))
+    for rec in routed(version, f"external:big-{run}", run):
+        producer.send(COMPLETIONS, rec["trace_id"], comp_codec.encode(rec))
+    producer.flush(60)
+    said: list[str] = []
+    seen = read_observed(kafka, version, idle_s=1.0, progress=said.append)
+    assert seen.pairs == [("prompt a", "self answer a")]
+    assert seen.reference_pairs == [("prompt b", "reference answer b")]
+    assert seen.targets == [("prompt a", "self answer a"), ("prompt b", "reference answer b")]
+    assert "1 reference answers to requests it handed over" in said[-1], said
