@@ -79,7 +79,9 @@ class WandbSink(Sink):
             ("WANDB_CONFIG_DIR", "config"),
             ("WANDB_ARTIFACT_DIR", "artifacts"),
         ):
-            os.environ.setdefault(var, str(self.dir / ".wandb" / sub))
+            # not under dir/.wandb: W&B writes its runs there instead of dir/wandb once that folder exists, and
+            # its service creates it (the cache) while a run is starting, so a run was split between the two
+            os.environ.setdefault(var, str(self.dir / "wandb-home" / sub))
         self.settings = wandb.Settings(
             mode="online" if self.mode == "online" else "offline",
             silent=True,
