@@ -46,7 +46,8 @@ def test_a_spent_cost_budget_refuses_without_taking_from_the_bucket() -> None:
     budgets.charge("acme", 10, 0.01, NOON)
     refusal = budgets.admit("acme", NOON)
     assert refusal is not None and refusal.limit == "cost_per_day_usd"
-    assert budgets.used("acme", NOON) == (10, pytest.approx(0.01))
+    tokens, cost = budgets.used("acme", NOON)
+    assert tokens == 10 and cost == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize(
