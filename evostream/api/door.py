@@ -138,13 +138,14 @@ class FrontDoor:
     # --- the cache ----------------------------------------------------------------------------------------------
     async def lookup(self, ask: Ask, request_id: str) -> tuple[Record | None, list[float] | None]:
         """A cached answer served (its Completion, published) or, on a miss, None and the prompt's embedding (None
-        when near repeats are not looked for)."""
+        when none was made: the answer's own ``prompt_embedding``, the service's MiniLM, is kept then)."""
         if not self.cache.on or ask.do_sample:
             return None, None
         with self._lock:
             hit = self.cache.get(ask.tenant, ask.prompt, ask.cache_params, time.monotonic())
+            searchable = hit is None and self.cache.searchable(ask.tenant, ask.cache_params)
         embedding = None
-        if hit is None and self.cache.semantic:
+        if searchable:  # a tenant with nothing to compare with is spared the embedding
             embedding = await self.embed(ask.prompt)
             if embedding is not None:
                 with self._lock:
@@ -218,18 +219,23 @@ class FrontDoor:
         return rec
 
     # --- the answer ---------------------------------------------------------------------------------------------
-    def answered(self, ask: Ask, rec: Record, embedding: list[float] | None) -> None:
-        """Charge the answer to the tenant's budget; keep it in the cache when it is a whole greedy answer."""
+    async def answered(self, ask: Ask, rec: Record, embedding: list[float] | None) -> None:
+        """Charge the answer to the tenant's budget; keep it in the cache when it is a whole greedy answer (with the
+        prompt's embedding: the one made at the door, else the answer's own, else one made now)."""
         if rec.get("cached"):
             return  # served from the cache: nothing generated, nothing charged
         tokens = int(rec.get("prompt_token_count") or 0) + int(rec.get("token_count") or 0)
-        with self._lock:
-            if self.budgets is not None:
+        if self.budgets is not None:
+            with self._lock:
                 self.budgets.charge(ask.tenant, tokens, float(rec.get("cost_usd") or 0.0), self.clock())
-            if rec.get("finish_reason") in KEPT and not rec.get("error"):
-                vector = embedding or (rec.get("prompt_embedding") if self.cache.semantic else None) or None
-                kept = {k: v for k, v in rec.items() if k != "prompt_embedding"}
-                self.cache.put(ask.tenant, ask.prompt, ask.cache_params, kept, time.monotonic(), vector)
+        if rec.get("finish_reason") not in KEPT or rec.get("error") or not self.cache.on or ask.do_sample:
+            return
+        vector = embedding or list(rec.get("prompt_embedding") or []) or None
+        if vector is None and self.cache.semantic:
+            vector = await self.embed(ask.prompt)
+        kept = {k: v for k, v in rec.items() if k != "prompt_embedding"}
+        with self._lock:
+            self.cache.put(ask.tenant, ask.prompt, ask.cache_params, kept, time.monotonic(), vector)
 
     def forget(self) -> None:
         """Drop every cached answer (a governance event: the answering model may have changed)."""

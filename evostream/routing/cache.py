@@ -156,6 +156,14 @@ class ResponseCache(Generic[V]):
             return None
         return Hit(entry.value, 1.0, True)
 
+    def searchable(self, tenant: str, params: CacheParams) -> bool:
+        """Whether ``similar`` could find anything for ``tenant`` and ``params`` (an embedding is worth making)."""
+        if not self.semantic or not params.greedy:
+            return False
+        t = self._tenants.get(tenant)
+        code = None if t is None else t.codes.get(_params_key(params))
+        return t is not None and code is not None and bool(np.any(t.live & (t.params == code)))
+
     def similar(self, tenant: str, embedding: Sequence[float], params: CacheParams, now: float) -> Hit[V] | None:
         """The fresh answer whose prompt embedding is the most similar to ``embedding`` among the tenant's with the
         same ``params``, if that similarity reaches the threshold."""

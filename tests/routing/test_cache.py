@@ -76,6 +76,16 @@ def test_similarity_or_ttl_zero_turns_the_cache_off(similarity: float, ttl: floa
     assert cache.get("acme", "p", GREEDY, now=0.0) is None
 
 
+def test_only_a_tenant_with_entries_of_the_same_parameters_is_worth_an_embedding() -> None:
+    cache: ResponseCache[str] = ResponseCache(0.9, 60, 1, dim=8)
+    assert not cache.searchable("acme", GREEDY)
+    cache.put("acme", "p", GREEDY, "x", now=0.0, embedding=unit(1.0))
+    assert cache.searchable("acme", GREEDY)
+    assert not cache.searchable("acme", CacheParams("evostream", 64)) and not cache.searchable("b", GREEDY)
+    cache.put("acme", "q", CacheParams("evostream", 64), "y", now=0.0, embedding=unit(1.0))  # p goes (size 1)
+    assert not cache.searchable("acme", GREEDY)
+
+
 def test_similarity_one_keeps_exact_repeats_only() -> None:
     cache: ResponseCache[str] = ResponseCache(1.0, 60, 10, dim=8)
     assert cache.on and not cache.semantic

@@ -75,7 +75,7 @@ async def through_door(
     if cached is not None:
         return cached
     rec = await complete(state, ask, timeout_s, gone, rid)
-    state.door.answered(ask, rec, embedding)
+    await state.door.answered(ask, rec, embedding)
     return rec
 
 

@@ -360,7 +360,7 @@ async def _stream(
             )
             yield DONE
             return
-        state.door.answered(ask, rec, embedding)
+        await state.door.answered(ask, rec, embedding)
         chunks.model = rec["model_version"]
         rest = follower.finish(rec)
         if rest:
