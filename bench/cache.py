@@ -11,8 +11,8 @@ each again (an exact repeat: one dict read), then each with its first letter upp
 so the prompt is embedded with MiniLM and compared with the tenant's earlier prompts; MiniLM is uncased, so the
 cosine is 1). Every hit is checked: marked cached, from the miss's trace, with the miss's text. Latency is
 client-side, from the send to the whole answer read. Over ``--reps`` reps: p50 and p90 of each kind, min / median /
-max. Last, the MiniLM forward alone (in the bench's process, the API stopped): the part of a near hit's latency
-that an exact hit does not pay.
+max. A near hit pays what an exact hit does not: one MiniLM forward of the prompt (and one matrix-vector product
+over the tenant's entries).
 
 Run: python -m bench.cache [--prompts 100] [--reps 3]
 """
@@ -125,20 +125,6 @@ def rep(http: httpx.Client, prompts: list[str]) -> dict[str, list[float]]:
     return out
 
 
-def embed_alone(prompts: list[str]) -> list[float]:
-    """What a near hit pays that an exact one does not: one MiniLM forward per prompt (ms), as the door makes it."""
-    from evostream.producers.embedding import PromptEmbedder
-
-    embedder = PromptEmbedder()
-    embedder.embed(["warm up"])
-    out = []
-    for p in prompts:
-        t0 = time.perf_counter()
-        embedder.embed([p])
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", default=None)
@@ -167,7 +153,6 @@ def main() -> None:
             stop(proc, log, "the API")
             for s in servers:
                 s.stop()
-    embeds = [embed_alone(prompts) for _ in range(args.reps)]
     print(f"{len(prompts)} prompts x {args.reps} reps, one request at a time, POST /v1/completions")
     print("| request | latency p50 | latency p90 |")
     print("| --- | --- | --- |")
@@ -175,11 +160,6 @@ def main() -> None:
         p50 = [pct(r[kind], 50) for r in runs]
         p90 = [pct(r[kind], 90) for r in runs]
         print(f"| {kind} | {spread(p50, '.2f')} ms | {spread(p90, '.2f')} ms |")
-    p50 = [pct(e, 50) for e in embeds]
-    p90 = [pct(e, 90) for e in embeds]
-    print(
-        f"| (MiniLM embedding of one prompt alone, this process) | {spread(p50, '.2f')} ms | {spread(p90, '.2f')} ms |"
-    )
 
 
 if __name__ == "__main__":
