@@ -147,6 +147,7 @@ class InferenceClient:
         top_p: float,
         seed: int | None,
         request_id: str | None,
+        tenant: str | None = None,
     ) -> tuple[Published, bytes]:
         problem = prompt_problem(prompt)
         if problem is not None:
@@ -164,7 +165,7 @@ class InferenceClient:
                 "top_p": top_p,
                 "seed": seed,
             },
-            "tenant": self.tenant,
+            "tenant": self.tenant if tenant is None else tenant,
             "reply_to": rid,
             "submitted_at_us": submitted,
         }
@@ -298,14 +299,17 @@ class InferenceClient:
         top_p: float = 1.0,
         seed: int | None = None,
         request_id: str | None = None,
+        tenant: str | None = None,
     ) -> Reply:
         """``submit`` for asyncio: waits for a free slot without blocking the loop (woken when one is freed, no
-        polling)."""
+        polling). ``tenant``: this request's, instead of the client's."""
         if self._reader is None:
             await asyncio.to_thread(self._replies)  # positioning the reader asks the broker: not on the loop
         rid = self._admit(prompt, request_id)
         await self._slots.aacquire()
-        return self._send(*self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid))
+        return self._send(
+            *self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid, tenant)
+        )
 
     # --- waiting --------------------------------------------------------------------------------------------------
     def infer(self, prompt: str, timeout_s: float = 60.0, **params: Any) -> Record:

@@ -276,6 +276,8 @@ class InferAnswer(BaseModel):
     finish_reason: FinishReason
     error: str | None
     risk: RiskReport | None = Field(description="The FINAL risk report, if it came within risk_wait_s.")
+    cached: bool = Field(False, description="Served by the response cache: no model generated this answer.")
+    cached_from: str | None = Field(None, description="The trace whose answer a cached answer repeats.")
 
 
 class Acted(BaseModel):

@@ -8,7 +8,9 @@ The layout is FastAPI's full-stack template's: this module only builds the app (
 files). ``routes/`` holds one router per resource; ``deps`` the routes' dependencies (the app's ``state``, who calls,
 checked by ``auth``); ``bodies`` and ``answers`` the JSON taken and given, ``records`` the contract's records as
 answered (derived from the ``.avsc`` files); ``sse`` the event streams, ``jobs`` the evolution cycles run here,
-``components`` which services are running; ``config``, ``errors`` and ``limits`` what their names say."""
+``components`` which services are running; ``door`` the front door of every request to a model (tenant limits and
+budgets, the response cache), ``openai_shapes`` the OpenAI-compatible endpoints' JSON; ``config``, ``errors`` and
+``limits`` what their names say."""
 
 from __future__ import annotations
 

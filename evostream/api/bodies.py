@@ -15,6 +15,12 @@ class InferBody(BaseModel):
     max_new_tokens: int = Field(32, ge=1, le=256)
     timeout_s: float = Field(30.0, gt=0, le=300, description="How long to wait for the answer.")
     risk_wait_s: float = Field(2.0, ge=0, le=30, description="How long to wait, after the answer, for its risk.")
+    user: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="The tenant the request counts for (budgets, rate limits, the response cache); default 'http'.",
+    )
 
 
 class RollbackBody(BaseModel):

@@ -5,14 +5,18 @@ few seconds) never holds the event loop. The bearer scheme is declared here so t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from evostream.api.auth import Actor, Caller
+from evostream.api.auth import Actor, Caller, trusted_local
+from evostream.api.errors import AuthRequiredError
 from evostream.api.quota import client_key
 from evostream.api.state import ApiState
+from evostream.consumers.governance.api_keys import check_format
+from evostream.core.errors import InvalidTokenError
 
 _bearer = HTTPBearer(auto_error=False, description="An actor key: `evostream governance api-token --actor NAME`.")
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
@@ -59,3 +63,41 @@ CurrentActor = Annotated[Actor, Depends(_actor)]
 """Writes: the actor whose key came (401 without one)."""
 AdminActor = Annotated[Actor, Depends(_admin)]
 """Admin endpoints: an actor with the admin role (403 otherwise)."""
+
+
+def _openai_publisher(request: Request, state: State, _: Bearer) -> Caller:
+    """A ``Publisher``; and, from a trusted local client, a bearer that is no actor key at all is taken for none:
+    OpenAI's clients always send one (``api_key`` cannot be empty), so a local client without a key sends a
+    placeholder. A well-formed key that fails its check is refused as everywhere."""
+    return _placeholder_allowed(request, state, state.auth.publisher, trusted_local(request, state.auth.trust_loopback))
+
+
+def _openai_reader(request: Request, state: State, _: Bearer) -> Caller:
+    """A ``Reader``, where a client let in without a key may send a placeholder one (as ``_openai_publisher``)."""
+    keyless = state.auth.open_reads or trusted_local(request, state.auth.trust_loopback)
+    return _placeholder_allowed(request, state, state.auth.reader, keyless)
+
+
+def _placeholder_allowed(request: Request, state: State, check: Callable[[Request], Caller], keyless: bool) -> Caller:
+    try:
+        return check(request)
+    except (InvalidTokenError, AuthRequiredError):
+        if keyless and not _is_key(request):
+            return Caller(None)
+        raise
+
+
+def _is_key(request: Request) -> bool:
+    _scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    try:
+        check_format(token.strip())
+    except InvalidTokenError:
+        return False
+    return True
+
+
+OpenAIReader = Annotated[Caller, Depends(_openai_reader)]
+"""``GET /v1/models``: a ``Reader``, where a client let in without a key may send a placeholder one."""
+OpenAIPublisher = Annotated[Caller, Depends(_openai_publisher)]
+"""The OpenAI-compatible endpoints: a ``Publisher`` (``Authorization: Bearer <actor key>``, which is how OpenAI's
+clients send their ``api_key``), where a trusted local client may send a placeholder key."""

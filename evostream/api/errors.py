@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from evostream.core.errors import (
@@ -106,12 +108,74 @@ def status_of(e: Exception) -> int:
     return 400 if isinstance(e, EvoError) else 500
 
 
+OPENAI_PREFIX = "/v1/"
+"""The OpenAI-compatible endpoints: their refusals have OpenAI's shape (``{"error": {"message", "type", "param",
+"code"}}``), which OpenAI's client libraries read."""
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "server_error",
+    504: "timeout_error",
+}
+
+
+class OpenAIErrorBody(BaseModel):
+    message: str = Field(description="What was wrong, for people.")
+    type: str = Field(description="invalid_request_error, authentication_error, rate_limit_error, server_error, ...")
+    param: str | None = Field(description="The request field at fault, where one is.")
+    code: str | None = Field(description="The error's own name (e.g. rate_limit_exceeded, insufficient_quota).")
+
+
+class OpenAIRefusal(BaseModel):
+    """A refusal of an OpenAI-compatible endpoint, in OpenAI's shape."""
+
+    error: OpenAIErrorBody
+
+
+def openai_refusals(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an OpenAI-compatible route that may answer with ``codes``."""
+    return {code: {"model": OpenAIRefusal, "description": MEANING.get(code, "")} for code in codes}
+
+
+def openai_error(
+    status: int, message: str, code: str | None = None, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    kind = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _openai_code(e: Exception) -> str:
+    limit = getattr(getattr(e, "refusal", None), "limit", None)
+    if limit in ("tokens_per_day", "cost_per_day_usd"):
+        return "insufficient_quota"
+    if isinstance(e, TooManyRequestsError):
+        return "rate_limit_exceeded"
+    return type(e).__name__
+
+
 def install(app: FastAPI) -> None:
     async def handle(request: Request, e: Exception) -> JSONResponse:
         status = status_of(e)
         headers = {"WWW-Authenticate": 'Bearer realm="evostream"'} if status == 401 else None
         if isinstance(e, TooManyRequestsError):
             headers = {"Retry-After": str(e.retry_after_s)}
+        if request.url.path.startswith(OPENAI_PREFIX):
+            return openai_error(status, str(e), _openai_code(e), headers=headers)
         return JSONResponse({"error": type(e).__name__, "detail": str(e)}, status_code=status, headers=headers)
 
+    async def invalid(request: Request, e: Exception) -> Response:
+        if not isinstance(e, RequestValidationError) or not request.url.path.startswith(OPENAI_PREFIX):
+            return await request_validation_exception_handler(request, e)  # type: ignore[arg-type]
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        message = f"{'.'.join(loc) or 'the body'}: {first.get('msg', 'invalid')}"
+        return openai_error(400, message, "invalid_value", ".".join(loc) or None)
+
     app.add_exception_handler(EvoError, handle)
+    app.add_exception_handler(RequestValidationError, invalid)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from evostream.api.auth import Auth, RegistryCache
 from evostream.api.config import ApiConfig
+from evostream.api.door import FrontDoor
 from evostream.api.jobs import EvolveJobs
 from evostream.api.quota import ClientQuota
 from evostream.core.bus.admin import cluster_metadata, ensure_topics
@@ -49,6 +50,8 @@ class ApiState:
         """Event streams open now (the cap counts these, not the API's own subscribers)."""
         self.write_lock = threading.Lock()
         """One governance write at a time from this API (each is a transaction of the log's one writer id)."""
+        self.door = FrontDoor(cfg.bootstrap, cfg.settings)
+        """Rate limits, budgets and the response cache of ``/infer`` and ``/v1/*``."""
         self.tail: Tail | None = None
         self.watching_governance = False
         if tail:
@@ -60,6 +63,8 @@ class ApiState:
             topics = (*WATCHED, gov) if self.watching_governance else WATCHED
             self.tail = Tail(cfg.bootstrap, self.recent, topics, cfg.history_s, schemas={gov: "GovernanceEvent"})
             self.tail.subscribe(lambda topic, _rec: self.registry.invalidate() if topic == gov else None)
+            self.tail.subscribe(lambda topic, _rec: self.door.forget() if topic == gov else None)
+            self.door.producer()  # connected now, not on a first refusal or cache hit (on the event loop)
         self._client: InferenceClient | None = None
         self._client_lock = threading.Lock()
 
@@ -80,6 +85,7 @@ class ApiState:
             return fn(self.recent)
 
     def close(self) -> None:
+        self.door.close()
         if self.governance.cache is not None:
             self.governance.cache.close()
         if self.tail is not None:

@@ -13,6 +13,7 @@ from evostream.api.routes import (
     governance,
     health,
     infer,
+    openai,
     profiles,
     registry,
     traces,
@@ -28,6 +29,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     registry.router,
     decisions.router,
     infer.router,
+    openai.router,
     governance.router,
     evolve.router,
 )

@@ -11,6 +11,7 @@ record, and the service reads a batch at a time (docs/api.md, "Limits")."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from fastapi import APIRouter, Request
 from evostream.api.answers import InferAnswer
 from evostream.api.bodies import InferBody
 from evostream.api.deps import Publisher, State
+from evostream.api.door import Ask
 from evostream.api.errors import TimeoutAnswerError, refusals
 from evostream.api.quota import client_key
 from evostream.api.state import ApiState
@@ -28,6 +30,8 @@ from evostream.views.recent import Recent, plain
 
 router = APIRouter(tags=["inference"], responses=refusals(401, 429, 503, 504))
 T = TypeVar("T")
+DEFAULT_TENANT = "http"
+"""The tenant of a request that names none (its ``user``): every such request of the API shares it."""
 
 
 class ClientGoneError(EvoError):
@@ -37,44 +41,85 @@ class ClientGoneError(EvoError):
 @router.post("/infer", response_model=InferAnswer, summary="Publish a request, wait for its answer (and its risk)")
 async def infer(body: InferBody, request: Request, state: State, caller: Publisher) -> dict[str, Any]:
     key = client_key(request, caller.actor)
+    ask = Ask(body.user or DEFAULT_TENANT, body.prompt, "evostream", body.max_new_tokens)
     with state.infer_quota.holding(key):
         gone = asyncio.ensure_future(disconnected(request))
         try:
-            return await answer(state, body, gone)
+            rec = await through_door(state, ask, body.timeout_s, gone)
+            risk = None if rec.get("cached") else await final_risk_of(state, rec["trace_id"], body.risk_wait_s, gone)
+            return plain(
+                {
+                    "request_id": rec["request_id"],
+                    "trace_id": rec["trace_id"],
+                    "model_version": rec["model_version"],
+                    "answer": rec["output_text"],
+                    "token_count": rec["token_count"],
+                    "finish_reason": rec["finish_reason"],
+                    "error": rec["error"],
+                    "risk": risk,
+                    "cached": bool(rec.get("cached")),
+                    "cached_from": rec.get("cached_from"),
+                }
+            )
         finally:
             gone.cancel()
 
 
-async def answer(state: ApiState, body: InferBody, gone: asyncio.Future[None]) -> dict[str, Any]:
+async def through_door(
+    state: ApiState, ask: Ask, timeout_s: float, gone: asyncio.Future[None], request_id: str | None = None
+) -> dict[str, Any]:
+    """The request's Completion: refused at the door (RateLimitedError, recorded), served from the cache, or
+    published and awaited (then charged to its tenant and kept by the cache)."""
+    rid = request_id or uuid.uuid4().hex
+    cached, embedding = await at_door(state, ask, rid)
+    if cached is not None:
+        return cached
+    rec = await complete(state, ask, timeout_s, gone, rid)
+    await state.door.answered(ask, rec, embedding)
+    return rec
+
+
+async def at_door(state: ApiState, ask: Ask, request_id: str) -> tuple[dict[str, Any] | None, list[float] | None]:
+    """The front door's checks (BadRequestError, RateLimitedError), then its cache: the cached Completion served, or
+    None and the prompt's embedding (for ``door.answered``)."""
+    from evostream.producers.client import BadRequestError, prompt_problem
+
+    problem = prompt_problem(ask.prompt)
+    if problem is not None:
+        raise BadRequestError(problem)  # before it is counted, embedded or published
+    state.door.admit(ask, request_id)
+    return await state.door.lookup(ask, request_id)
+
+
+async def complete(
+    state: ApiState, ask: Ask, timeout_s: float, gone: asyncio.Future[None], request_id: str
+) -> dict[str, Any]:
+    """Publish the request (once a slot is free) and await its Completion."""
     from evostream.producers.client import ReplyTimeoutError
 
     client = await asyncio.to_thread(state.client)  # made once; its reader is positioned off the loop
     slots = state.infer_slots
     try:
-        await first(slots.acquire(), gone, body.timeout_s, undo=lambda _: slots.release())
+        await first(slots.acquire(), gone, timeout_s, undo=lambda _: slots.release())
     except TimeoutError as e:
-        raise TimeoutAnswerError(f"no free request slot within {body.timeout_s:g} s: too many in flight") from e
+        raise TimeoutAnswerError(f"no free request slot within {timeout_s:g} s: too many in flight") from e
     try:
-        reply = await client.asubmit(body.prompt, max_new_tokens=body.max_new_tokens)  # a slot is free: no wait
+        reply = await client.asubmit(  # a slot is free: no wait
+            ask.prompt,
+            max_new_tokens=ask.max_new_tokens,
+            do_sample=ask.do_sample,
+            temperature=ask.temperature,
+            top_p=ask.top_p,
+            seed=ask.seed,
+            request_id=request_id,
+            tenant=ask.tenant,
+        )
         try:
-            rec = await first(reply.aresult(body.timeout_s), gone, None)  # a cancel gives the request up
+            return await first(reply.aresult(timeout_s), gone, None)  # a cancel gives the request up
         except ReplyTimeoutError as e:
-            raise TimeoutAnswerError(f"no answer within {body.timeout_s:g} s (is `evostream serve` running?)") from e
+            raise TimeoutAnswerError(f"no answer within {timeout_s:g} s (is `evostream serve` running?)") from e
     finally:
         slots.release()
-    risk = await final_risk_of(state, rec["trace_id"], body.risk_wait_s, gone)
-    return plain(
-        {
-            "request_id": rec["request_id"],
-            "trace_id": rec["trace_id"],
-            "model_version": rec["model_version"],
-            "answer": rec["output_text"],
-            "token_count": rec["token_count"],
-            "finish_reason": rec["finish_reason"],
-            "error": rec["error"],
-            "risk": risk,
-        }
-    )
 
 
 async def disconnected(request: Request) -> None:
