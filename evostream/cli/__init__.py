@@ -20,6 +20,7 @@ from evostream.cli import (
     readers,
     risk,
     route,
+    route_learn,  # registers `route train` and `route eval` onto route.route_app
     savings,
     selfcheck,
     serve,

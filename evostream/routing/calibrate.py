@@ -241,18 +241,29 @@ def choose_gates(
     return tried[best][2]
 
 
-def certify(gate: LevelGate, items: Sequence[Labelled], bound: float, confidence: float, source: str = "") -> LevelGate:
+def certify(
+    gate: LevelGate,
+    items: Sequence[Labelled],
+    bound: float,
+    confidence: float,
+    corpus: int | None = None,
+    source: str = "",
+) -> LevelGate:
     """``gate`` with its evidence measured on ``items`` (a split it was not chosen on): the self-answered accuracy,
-    its Clopper-Pearson lower bound at ``confidence``, and whether the error rate's upper bound is within ``bound``."""
+    its Clopper-Pearson lower bound at ``confidence``, and whether the error rate's upper bound is within ``bound``.
+
+    The evidence's fields are those governance judges a level by (``evostream.routing.evidence``): ``corpus`` (the
+    held-out labelled answers the level was chosen and certified on; ``len(items)`` unless given), ``accuracy`` and
+    ``accuracy_lower`` (self-answered, on ``items``), ``confidence``, ``self_share``; and ``bound``, ``certified``."""
     r = replay(items, gate)
     upper = clopper_pearson_upper(r.self_errors, r.self_answered, confidence)
     evidence: dict[str, Any] = {
-        "corpus": len(items),
-        "self_accuracy": round(1.0 - r.self_errors / r.self_answered, 6) if r.self_answered else None,
-        "accuracy_lower_bound": round(1.0 - upper, 6),
+        "corpus": len(items) if corpus is None else corpus,
+        "accuracy": round(1.0 - r.self_errors / r.self_answered, 6) if r.self_answered else 0.0,
+        "accuracy_lower": round(1.0 - upper, 6),
         "confidence": confidence,
-        "bound": bound,
         "self_share": round(r.self_share, 6),
+        "bound": bound,
         "certified": bool(r.self_answered > 0 and upper <= bound),
     }
     if source:
@@ -274,4 +285,4 @@ def calibrate_level(
     """A level's gates chosen on ``choose_items`` for ``target_share`` and certified on ``certify_items`` (disjoint:
     the caller splits; the evidence is only a guarantee when they are)."""
     gate = choose_gates(level, target_share, choose_items, min_steps, before, mid)
-    return certify(gate, certify_items, bound, confidence)
+    return certify(gate, certify_items, bound, confidence, corpus=len(choose_items) + len(certify_items))

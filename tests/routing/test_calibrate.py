@@ -16,7 +16,7 @@ from evostream.routing.calibrate import (
 )
 from evostream.routing.policy import PROMPT_FEATURES, LevelGate, RoutingError, prompt_features
 
-KEYS = {"corpus", "self_accuracy", "accuracy_lower_bound", "confidence", "bound", "self_share", "certified"}
+KEYS = {"corpus", "accuracy", "accuracy_lower", "confidence", "bound", "self_share", "certified"}
 
 
 def synthetic(n: int, rng: np.random.Generator) -> list[Labelled]:
@@ -92,7 +92,7 @@ def test_certified_bound_holds_in_at_least_confidence_of_repeated_certify_draws(
     held, draws = 0, 400
     for _ in range(draws):
         ev = certify(gate, synthetic(300, rng), bound=0.1, confidence=0.9).evidence
-        held += (1.0 - ev["accuracy_lower_bound"]) >= true_error
+        held += (1.0 - ev["accuracy_lower"]) >= true_error
     assert held / draws >= 0.9, (held, draws, true_error)
 
 
@@ -101,12 +101,12 @@ def test_a_level_keeps_its_share_on_held_out_items_and_states_its_evidence() -> 
     choose, held, test = synthetic(2000, rng), synthetic(2000, rng), synthetic(2000, rng)
     for level, share in [(1, 0.2), (2, 0.5), (3, 0.8), (4, 0.95)]:
         gate = calibrate_level(level, share, choose, held, bound=0.15, confidence=0.95)
-        assert set(gate.evidence) == KEYS and gate.evidence["corpus"] == 2000
+        assert set(gate.evidence) == KEYS and gate.evidence["corpus"] == 4000
         assert abs(gate.evidence["self_share"] - share) < 0.04
         assert abs(replay(test, gate).self_share - share) < 0.04
-        upper = 1.0 - gate.evidence["accuracy_lower_bound"]
+        upper = 1.0 - gate.evidence["accuracy_lower"]
         assert gate.evidence["certified"] == (upper <= 0.15)
-        assert gate.evidence["self_accuracy"] >= gate.evidence["accuracy_lower_bound"]
+        assert gate.evidence["accuracy"] >= gate.evidence["accuracy_lower"]
     assert calibrate_level(0, 0.0, choose, held, 0.15, 0.95).evidence["self_share"] == 0.0
     # a strict bound at a high share is refused
     assert not calibrate_level(4, 0.95, choose, held, bound=0.01, confidence=0.95).evidence["certified"]
