@@ -63,7 +63,17 @@ from evostream.stream_processors.risk.metrics import auroc
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]
-ROUTERS = ("prompt-only", "ours (prompt + mid-answer)", "mid-answer only", "SW ranking", "random", "mean entropy")
+OURS = "ours (prompt + mid-answer)"
+ROUTERS = (
+    "prompt-only",
+    "prompt-only, P(self wrong)",
+    OURS,
+    "ours, gain probe",
+    "mid-answer only",
+    "SW ranking",
+    "random",
+    "mean entropy",
+)
 
 
 def say(msg: str) -> None:
@@ -165,20 +175,28 @@ def one_run(w: Workload, seed: int, n_test: int, n_cal: int, share: float, bound
     test, choose, certify_ = order[:n_test], order[n_test : n_test + n_cal], order[n_test + n_cal : n_test + 2 * n_cal]
     train = np.sort(order[n_test + 2 * n_cal :])
     s = w.self_
+    # what escalating a request gains: the self model is wrong and the reference right ("the reference wins")
+    gain = s.wrong & ~w.reference.wrong
     final = np.vstack([s.prefix[i][-1] for i in train])
-    probe = fit_probe(final, s.wrong[train], "bench", s.num_layers, l2=1.0, sketch_dim=2 * DEFAULT_DIM)
-    risks = [probe.probability(p) if len(p) else np.zeros(0) for p in s.prefix]
-    # the prompt model's penalty: chosen on every fourth train prompt, held out from that choice's fits
-    val = np.arange(len(train)) % 4 == 3
-    best = max(
-        (1.0, 10.0, 100.0),
-        key=lambda l2: auroc(
-            fit_prompt_model(w.prompt_x[train[~val]], s.wrong[train[~val]], l2).probability(w.prompt_x[train[val]]),
-            s.wrong[train[val]],
-        ),
-    )
-    prompt_model = fit_prompt_model(w.prompt_x[train], s.wrong[train], best)
-    pscore = prompt_model.probability(w.prompt_x)
+
+    def probe_on(label: BOOL) -> list[F64]:
+        probe = fit_probe(final, label[train], "bench", s.num_layers, l2=1.0, sketch_dim=2 * DEFAULT_DIM)
+        return [probe.probability(p) if len(p) else np.zeros(0) for p in s.prefix]
+
+    def prompt_on(label: BOOL) -> F64:
+        # the penalty: chosen on every fourth train prompt, held out from that choice's fits
+        val = np.arange(len(train)) % 4 == 3
+        fit, held = train[~val], train[val]
+        best = max(
+            (1.0, 10.0, 100.0),
+            key=lambda l2: auroc(
+                fit_prompt_model(w.prompt_x[fit], label[fit], l2).probability(w.prompt_x[held]), label[held]
+            ),
+        )
+        return fit_prompt_model(w.prompt_x[train], label[train], best).probability(w.prompt_x)
+
+    risks, risks_gain = probe_on(s.wrong), probe_on(gain)
+    pscore, pscore_wrong = prompt_on(gain), prompt_on(s.wrong)
     entropy = [e / (1.0 + e) for e in s.entropy]  # monotone into [0, 1): a gate of 1 then means "never"
     zeros = np.zeros(n)
 
@@ -194,18 +212,16 @@ def one_run(w: Workload, seed: int, n_test: int, n_cal: int, share: float, bound
             mid=mid,
         )
 
-    chosen = {
-        "prompt-only": cal(pscore, risks, True, False),
-        "ours (prompt + mid-answer)": cal(pscore, risks, True, True),
-        "mid-answer only": cal(zeros, risks, False, True),
-        "mean entropy": cal(zeros, entropy, False, True),
+    scored = {
+        "prompt-only": (pscore, risks, True, False),
+        "prompt-only, P(self wrong)": (pscore_wrong, risks, True, False),
+        OURS: (pscore, risks, True, True),
+        "ours, gain probe": (pscore, risks_gain, True, True),
+        "mid-answer only": (zeros, risks, False, True),
+        "mean entropy": (zeros, entropy, False, True),
     }
-    routed = {
-        "prompt-only": replay(items_of(w, test, pscore, risks), chosen["prompt-only"]),
-        "ours (prompt + mid-answer)": replay(items_of(w, test, pscore, risks), chosen["ours (prompt + mid-answer)"]),
-        "mid-answer only": replay(items_of(w, test, zeros, risks), chosen["mid-answer only"]),
-        "mean entropy": replay(items_of(w, test, zeros, entropy), chosen["mean entropy"]),
-    }
+    chosen = {k: cal(p, r, b, m) for k, (p, r, b, m) in scored.items()}
+    routed = {k: replay(items_of(w, test, p, r), chosen[k]) for k, (p, r, _, _) in scored.items()}
     sw = SWRanking.fit(w.embeddings[train], s.wrong[train], w.reference.wrong[train])
     rate = sw.win_rate(w.embeddings)
     routed["SW ranking"] = before_only(w, test, rate[test] > threshold_for_share(rate[choose], share))
@@ -223,7 +239,7 @@ def one_run(w: Workload, seed: int, n_test: int, n_cal: int, share: float, bound
         levels,
         chosen,
         auroc(final_risk[test], s.wrong[test]),
-        auroc(pscore[test], s.wrong[test]),
+        auroc(pscore[test], gain[test]),
     )
 
 
@@ -242,8 +258,8 @@ def report(w: Workload, runs: list[Run], args: argparse.Namespace) -> None:
         f"{args.share:.2f} (reference share <= {1 - args.share:.0%})"
     )
     print(
-        f"probe AUROC (final step) {r0.probe_auroc:.3f}; prompt model AUROC {r0.prompt_auroc:.3f} "
-        "(wrong self answers, test split)"
+        f"test split AUROC: the risk probe (final step) on wrong self answers {r0.probe_auroc:.3f}; the prompt "
+        f"model on requests the reference wins {r0.prompt_auroc:.3f}"
     )
     cols = ["self alone", "reference alone", *ROUTERS]
     print("| task (n) | " + " | ".join(cols) + " |")
@@ -276,8 +292,8 @@ def report(w: Workload, runs: list[Run], args: argparse.Namespace) -> None:
         )
         + " |"
     )
-    g = r0.chosen["ours (prompt + mid-answer)"]
-    ours = r0.routed["ours (prompt + mid-answer)"]
+    g = r0.chosen[OURS]
+    ours = r0.routed[OURS]
     print(
         f"ours: prompt gate {g.prompt_gate:.4f}, token gate {g.token_gate:.4f}; on test "
         f"{ours.share('before'):.3f} sent before generation, {ours.share('mid'):.3f} mid-answer "
@@ -317,14 +333,14 @@ def report(w: Workload, runs: list[Run], args: argparse.Namespace) -> None:
             f"{spread([r.routed[k].accuracy / a for r, a in zip(runs, ref_acc, strict=True)])} | "
             f"{spread([r.routed[k].reference_share for r in runs])} |"
         )
-    gap = [r.routed["ours (prompt + mid-answer)"].accuracy - r.routed["prompt-only"].accuracy for r in runs]
+    gap = [r.routed[OURS].accuracy - r.routed["prompt-only"].accuracy for r in runs]
     print(f"ours minus prompt-only, accuracy: {spread(gap)}")
     dev = [max(abs(rep.self_share - gate.self_share) for gate, rep in r.levels) for r in runs]
     print(f"largest |test self-share - target| over the levels: {spread(dev)}")
 
     print("\n## targets")
-    ratio = [r.routed["ours (prompt + mid-answer)"].accuracy / a for r, a in zip(runs, ref_acc, strict=True)]
-    share = [r.routed["ours (prompt + mid-answer)"].reference_share for r in runs]
+    ratio = [r.routed[OURS].accuracy / a for r, a in zip(runs, ref_acc, strict=True)]
+    share = [r.routed[OURS].reference_share for r in runs]
     print(
         f"- >= 95% of the reference's accuracy at <= 15% reference share: ours {spread(ratio)} of it at "
         f"{spread(share)} share: {'MET' if min(ratio) >= 0.95 and max(share) <= 0.15 + 1e-9 else 'MISSED'} "
@@ -334,10 +350,7 @@ def report(w: Workload, runs: list[Run], args: argparse.Namespace) -> None:
         f"- self-share within +-5 points at every level: {'MET' if max(dev) <= 0.05 else 'MISSED'} "
         f"(largest deviation {max(dev):.3f}, test splits of {len(runs[0].test)})"
     )
-    same = [
-        abs(r.routed["ours (prompt + mid-answer)"].reference_share - r.routed["prompt-only"].reference_share)
-        for r in runs
-    ]
+    same = [abs(r.routed[OURS].reference_share - r.routed["prompt-only"].reference_share) for r in runs]
     print(
         f"- mid-answer beats prompt-only at the same share: {'MET' if min(gap) > 0 else 'MISSED'} "
         f"(in {sum(g > 0 for g in gap)} of {len(gap)} repetitions; shares differ by at most {max(same):.3f})"

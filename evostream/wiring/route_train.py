@@ -8,10 +8,12 @@ ESCALATED partial: the self model did not finish those, so their answer has no l
 The reference's label is read where the reference answered the same request and was labelled; elsewhere it is not
 known and counts as right (the reference is the stronger model; ``trained_on`` says how many were assumed).
 
-``train_policy`` splits the labelled requests by time: the oldest half fits the prompt model, the next quarter
-chooses each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``); the policy reads the
-given risk probe mid-answer. ``evaluate_policy`` replays a policy at each of its levels on the history: the share,
-accuracy and tokens it would have had."""
+``train_policy`` splits the labelled requests by time: the oldest half fits the prompt model (on "the reference
+would have answered better": the self answer wrong and the reference's not known to be wrong; ``bench.routing``
+measures why this label and not "the self answer is wrong": escalating a request both models get wrong buys nothing),
+the next quarter chooses each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``); the
+policy reads the given risk probe mid-answer. ``evaluate_policy`` replays a policy at each of its levels on the
+history: the share, accuracy and tokens it would have had."""
 
 from __future__ import annotations
 
@@ -209,7 +211,7 @@ def train_policy(
             f"{n} labelled requests of route {route!r}: each of fit, choose and certify (half, a quarter, a quarter by "
             f"time) needs at least {MIN_PART}; label more (left out: {left_out})"
         )
-    wrong = np.array([p.self_wrong for p in fit])
+    wrong = np.array([p.self_wrong and not p.reference_wrong for p in fit])
     dims = {len(p.embedding) for p in past}
     if len(dims) > 1:
         raise EvoError(
@@ -220,7 +222,7 @@ def train_policy(
         f"{n} labelled requests: {len(fit)} fit the prompt model, {len(choose)} choose gates, {len(certify_)} certify"
     ]
     if wrong.all() or not wrong.any():
-        lines.append("the fit part's self answers are all right or all wrong: no prompt model (decisions mid-answer)")
+        lines.append("the fit part holds one label only: no prompt model (decisions mid-answer only)")
     else:
         prompt = fit_prompt_model(np.vstack([prompt_features(p.prompt, p.embedding) for p in fit]), wrong, l2)
         lines.append(f"prompt model: {len(prompt.features)} features, L2 {l2:g}")
