@@ -20,7 +20,7 @@ Each repetition (``--repeats``, seeds 0..R-1) splits the workload at random into
 
 Routers, each set on the choose split for a self-share of ``--share`` (0.85: at most 15% to the reference):
 - prompt-only: the prompt model before generation (RouteLLM, FrugalGPT and Hybrid LLM all decide here), fitted on
-  "the reference wins" (self wrong, reference right), as ``evostream route-policy train`` fits it;
+  "the reference wins" (self wrong, reference right), as ``evostream route train`` fits it;
 - prompt-only, P(self wrong): the same fitted on "the self answer is wrong";
 - ours: the prompt model before generation and the risk probe (P(self wrong)) mid-answer, on the steps so far, as
   ``TokenWatch`` reads them; the split of the reference's share between the two is chosen on the choose split

@@ -1,6 +1,6 @@
 """``evostream route train`` and ``route eval``: a routing policy learned from the log, and a policy scored on the
-log's history (the share, accuracy and tokens it would have had). Importing this module adds both commands onto the
-``route`` sub-app of ``route.py``."""
+log's history (the share, accuracy and tokens it would have had). ``evostream.cli`` adds both onto the ``route``
+sub-app of ``route.py``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Annotated
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
-from evostream.cli.route import route_app
 from evostream.core.errors import EvoError
 from evostream.core.settings import load_settings
 
@@ -131,7 +130,3 @@ def eval_(
             f"{gate.level:<6} {r.self_share:<11.3f} {r.share('before'):<7.3f} {r.share('mid'):<6.3f} "
             f"{r.accuracy:<9.3f} {r.self_tokens:<12} {r.wasted_tokens:<7} {r.reference_tokens}"
         )
-
-
-route_app.command("train")(train)
-route_app.command("eval")(eval_)

@@ -14,6 +14,7 @@ from evostream.routing.calibrate import (
     fit_prompt_model,
     replay,
 )
+from evostream.routing.evidence import insufficient, malformed
 from evostream.routing.policy import PROMPT_FEATURES, LevelGate, RoutingError, prompt_features
 
 KEYS = {"corpus", "accuracy", "accuracy_lower", "confidence", "bound", "self_share", "certified"}
@@ -107,6 +108,10 @@ def test_a_level_keeps_its_share_on_held_out_items_and_states_its_evidence() -> 
         upper = 1.0 - gate.evidence["accuracy_lower"]
         assert gate.evidence["certified"] == (upper <= 0.15)
         assert gate.evidence["accuracy"] >= gate.evidence["accuracy_lower"]
+        assert malformed(gate.evidence) is None  # governance reads it as a level's evidence
+    # governance judges it: level 1 on 4000 held-out answers at the certify split's accuracy is enough
+    ev = calibrate_level(1, 0.2, choose, held, bound=0.15, confidence=0.95).evidence
+    assert insufficient(ev, 1) is None and insufficient(ev, 4) is not None  # level 4 needs 5000
     assert calibrate_level(0, 0.0, choose, held, 0.15, 0.95).evidence["self_share"] == 0.0
     # a strict bound at a high share is refused
     assert not calibrate_level(4, 0.95, choose, held, bound=0.01, confidence=0.95).evidence["certified"]

@@ -129,7 +129,7 @@ def test_route_train_and_eval_on_the_real_broker(kafka: str, tmp_path: Path) -> 
     printed = trained.stdout.splitlines()
     assert printed[0] == "240 labelled requests: 120 fit the prompt model, 60 choose gates, 60 certify"
     assert [line.split(" ")[1] for line in printed if line.startswith("level ")] == ["1", "2", "3", "4"]
-    assert json.loads(out.read_bytes())["format"] == "evostream.route/1"
+    assert json.loads(out.read_bytes())["format"] == "evostream.route-policy/1"
 
     done = subprocess.run(
         [*CLI, "route", "eval", "--policy", str(out), "--since", since],
