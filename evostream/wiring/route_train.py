@@ -227,6 +227,10 @@ def train_policy(
         prompt = fit_prompt_model(np.vstack([prompt_features(p.prompt, p.embedding) for p in fit]), wrong, l2)
         lines.append(f"prompt model: {len(prompt.features)} features, L2 {l2:g}")
     progress(lines[-1])
+    if prompt is None and probe is None:
+        raise EvoError(
+            f"route {route!r}: no prompt model (one label only in the fit part) and no probe: nothing to route on"
+        )
     chosen, certified = labelled_items(choose, prompt, probe), labelled_items(certify_, prompt, probe)
     gates: list[LevelGate] = []
     for level in levels:

@@ -13,9 +13,11 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.clock import now_us
+from evostream.core.errors import EvoError
 from evostream.models.loading import load_model
 from evostream.models.risk_probe import fit_probe, trace_features
 from evostream.models.suite.tasks import make_split, stress_split
@@ -27,7 +29,7 @@ from evostream.schemas.samples import completion, generation_step
 from evostream.stream_processors.risk.outcomes import OutcomeBook, outcome
 from evostream.wiring.feedback import publish_outcomes
 from evostream.wiring.risk import ARTIFACT_FILE
-from evostream.wiring.route_train import assemble
+from evostream.wiring.route_train import History, Past, assemble, train_policy
 from tests.stream_processors.harness import CLI, serve
 
 SELF, REF = "small@aaaa", "big@bbbb"
@@ -70,6 +72,15 @@ def test_history_keeps_labelled_finished_self_answers_and_reads_the_reference_la
         "escalated mid-answer (no finished self answer)": 1,
         "self answer not labelled": 1,
     }
+
+
+def test_training_refuses_a_history_with_nothing_to_route_on() -> None:
+    steps = [generation_step(s, "t") for s in range(3)]
+    past = [Past(f"r{i}", f"add: {i}+1", (), i, False, None, steps) for i in range(90)]
+    with pytest.raises(EvoError, match="nothing to route on"):
+        train_policy(History(past), "r1", None, "")
+    with pytest.raises(EvoError, match="needs at least 20"):
+        train_policy(History(past[:30]), "r1", None, "")
 
 
 def test_route_train_and_eval_on_the_real_broker(kafka: str, tmp_path: Path) -> None:
