@@ -286,9 +286,13 @@ def fit_probe(
         labels = np.asarray(groups)
         intercepts = (labels[:, None] == np.unique(labels)[None, :]).astype(np.float64)
     k = intercepts.shape[1]
-    w = _newton(np.hstack([intercepts, standard]), y, np.r_[np.zeros(k), np.full(len(names), l2)], iterations)
+    w = logistic_newton(np.hstack([intercepts, standard]), y, np.r_[np.zeros(k), np.full(len(names), l2)], iterations)
     weights = w[k:]
-    bias = w[0] if groups is None else _newton(np.ones((len(y), 1)), y, np.zeros(1), iterations, standard @ weights)[0]
+    bias = (
+        w[0]
+        if groups is None
+        else logistic_newton(np.ones((len(y), 1)), y, np.zeros(1), iterations, standard @ weights)[0]
+    )
     return RiskProbe(
         family=family,
         num_layers=num_layers,
@@ -303,8 +307,9 @@ def fit_probe(
     )
 
 
-def _newton(z: F64, y: F64, penalty: F64, iterations: int, offset: F64 | None = None) -> F64:
-    """Penalized logistic regression coefficients of ``y`` on the columns of ``z`` (plus a fixed ``offset``)."""
+def logistic_newton(z: F64, y: F64, penalty: F64, iterations: int = 100, offset: F64 | None = None) -> F64:
+    """Penalized logistic regression coefficients of ``y`` on the columns of ``z`` (plus a fixed ``offset``): Newton's
+    method from zero until the step is below 1e-10; ``penalty`` is the L2 weight of each column (0: none)."""
     w = np.zeros(z.shape[1])
     base = np.zeros(len(y)) if offset is None else offset
     for _ in range(iterations):

@@ -20,6 +20,7 @@ from evostream.cli import (
     readers,
     risk,
     route,
+    route_learn,
     savings,
     selfcheck,
     serve,
@@ -39,6 +40,8 @@ app.add_typer(governance.registry_app, name="registry")
 app.add_typer(evolution.evolution_app, name="evolution")
 app.add_typer(sinks.sinks_app, name="sinks")
 app.add_typer(risk.risk_app, name="risk")
+route.route_app.command("train")(route_learn.train)
+route.route_app.command("eval")(route_learn.eval_)
 app.add_typer(route.route_app, name="route")
 for command in (
     selfcheck.selfcheck,

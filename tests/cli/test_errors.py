@@ -93,6 +93,8 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "route level approve",
         "route level lower",
         "route show",
+        "route train",
+        "route eval",
         "savings",
         "reference-labels",
     }

@@ -1,0 +1,267 @@
+"""A routing policy learned from the log, and a policy scored on the log's history before it serves.
+
+The history of a route is what the log holds about past requests: the prompt (``evo.requests``), the self model's
+completion and its steps (``evo.completions``, ``evo.steps``), the reference's completion where it answered too, and
+the labels (``evo.outcomes``). ``read_history`` gathers it; ``assemble`` (pure) turns the records into ``Past``
+requests: one per request whose self-model answer (a finished completion of the self family, not cached, not an
+ESCALATED partial: the self model did not finish those, so their answer has no label) is labelled and has its steps.
+The reference's label is read where the reference answered the same request and was labelled; elsewhere it is not
+known and counts as right (the reference is the stronger model; ``trained_on`` says how many were assumed).
+
+``train_policy`` splits the labelled requests by time: the oldest half fits the prompt model (on "the reference
+would have answered better": the self answer wrong and the reference's not known to be wrong; ``bench.routing``
+measures why this label and not "the self answer is wrong": escalating a request both models get wrong buys nothing),
+the next quarter chooses each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``); the
+policy reads the given risk probe mid-answer. ``evaluate_policy`` replays a policy at each of its levels on the
+history: the share, accuracy and tokens it would have had."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from evostream.core.bus.reader import TopicReader
+from evostream.core.errors import EvoError
+from evostream.models.risk_probe import FeatureSums, RiskProbe
+from evostream.routing.calibrate import Labelled, Replay, calibrate_level, fit_prompt_model, replay
+from evostream.routing.policy import LADDER, LevelGate, PromptModel, RoutePolicy, prompt_features
+from evostream.schemas.catalog import COMPLETIONS, OUTCOMES, REQUESTS, STEPS
+from evostream.schemas.records import Completion, GenerationStep
+from evostream.stream_processors.risk.outcomes import OutcomeBook
+from evostream.stream_processors.risk.policy import family_of
+from evostream.views.outcomes import read_outcomes
+from evostream.views.traces import read_traces
+
+FIT, CHOOSE = 0.5, 0.75
+"""Time-ordered cut points: [0, FIT) fits the prompt model, [FIT, CHOOSE) chooses the gates, [CHOOSE, 1] certifies."""
+MIN_PART = 20
+"""Fewest labelled requests each of the three parts must hold."""
+
+
+@dataclass(frozen=True)
+class Past:
+    """One labelled past request of a route."""
+
+    request_id: str
+    prompt: str
+    embedding: tuple[float, ...]
+    at_us: int
+    self_wrong: bool
+    reference_wrong: bool | None
+    """None: the reference did not answer it, or its answer has no label."""
+    steps: Sequence[GenerationStep]
+    reference_tokens: int = 0
+
+
+@dataclass
+class History:
+    """The labelled requests, oldest first, and how many of the others were left out and why."""
+
+    requests: list[Past]
+    skipped: dict[str, int] = field(default_factory=dict)
+    labels_sha256: str = ""
+
+
+def _finished(c: Completion) -> bool:
+    return c["finish_reason"] in ("STOP", "LENGTH")
+
+
+def assemble(
+    completions: Iterable[Completion],
+    prompts: Mapping[str, str],
+    book: OutcomeBook,
+    steps: Mapping[str, Sequence[GenerationStep]],
+    self_family: str,
+    since_us: int | None = None,
+    until_us: int | None = None,
+) -> History:
+    """The labelled past requests among ``completions`` (pure: the records in, the history out)."""
+    skipped: dict[str, int] = {}
+
+    def skip(why: str) -> None:
+        skipped[why] = skipped.get(why, 0) + 1
+
+    by_request: dict[str, list[Completion]] = {}
+    for c in completions:
+        if c.get("cached", False):
+            skip("cache hit")  # answered from the response cache: no generation to learn from
+        else:
+            by_request.setdefault(c["request_id"], []).append(c)
+
+    out: list[Past] = []
+    for request_id, done in by_request.items():
+        own = [c for c in done if family_of(c["model_version"]) == self_family]
+        others = [c for c in done if family_of(c["model_version"]) != self_family and _finished(c)]
+        mine = [c for c in own if _finished(c)]
+        if not mine:
+            skip("escalated mid-answer (no finished self answer)" if own else "answered by the reference only")
+            continue
+        c = mine[-1]
+        at = int(c["completed_at_us"])
+        if (since_us is not None and at < since_us) or (until_us is not None and at >= until_us):
+            skip("outside the time range")
+            continue
+        score = book.score(c["trace_id"])
+        if score is None:
+            skip("self answer not labelled")
+            continue
+        if request_id not in prompts:
+            skip("request not on evo.requests")
+            continue
+        trace = steps.get(c["trace_id"])
+        if not trace:
+            skip("self answer's steps not on evo.steps")
+            continue
+        ref_scores = [(book.score(o["trace_id"]), o) for o in others]
+        labelled = [(s, o) for s, o in ref_scores if s is not None]
+        out.append(
+            Past(
+                request_id,
+                prompts[request_id],
+                tuple(float(v) for v in (c.get("prompt_embedding") or [])),
+                at,
+                score < 0.5,
+                labelled[-1][0] < 0.5 if labelled else None,
+                list(trace),
+                int(labelled[-1][1]["token_count"]) if labelled else (int(others[-1]["token_count"]) if others else 0),
+            )
+        )
+    out.sort(key=lambda p: (p.at_us, p.request_id))
+    return History(out, skipped, hashlib.sha256("\n".join(book.ids()).encode()).hexdigest())
+
+
+def read_history(server: str, self_family: str, since_us: int | None = None, until_us: int | None = None) -> History:
+    """The route's labelled history on the log (``assemble`` over evo.completions, evo.requests, evo.outcomes and
+    the self answers' steps on evo.steps)."""
+    book = read_outcomes(server)
+    completions: list[Completion] = []
+    with TopicReader(server, COMPLETIONS, "Completion", idle_s=3.0, name="route-history") as reader:
+        completions.extend(rec for rec in reader)  # type: ignore[misc]  # the reader decodes Completion records
+    wanted = {c["request_id"] for c in completions if family_of(c["model_version"]) == self_family}
+    prompts: dict[str, str] = {}
+    with TopicReader(server, REQUESTS, "InferenceRequest", idle_s=3.0, name="route-history") as reader:
+        for rec in reader:
+            if rec["request_id"] in wanted:
+                prompts[str(rec["request_id"])] = str(rec["prompt"])
+    labelled = {c["trace_id"] for c in completions if family_of(c["model_version"]) == self_family} & set(book.traces())
+    steps = read_traces(server, lambda s: s["trace_id"] in labelled)
+    return assemble(completions, prompts, book, steps, self_family, since_us, until_us)
+
+
+def token_risks(probe: RiskProbe, steps: Sequence[GenerationStep]) -> tuple[float, ...]:
+    """P(wrong | steps so far) after each step, as ``TokenWatch`` computes it in the service."""
+    sums = FeatureSums(probe.num_layers, sketch_dim=probe.sketch_dim)
+    rows = []
+    for s in steps:
+        sums.update(s)
+        rows.append(sums.features())
+    return tuple(float(p) for p in probe.probability(np.vstack(rows))) if rows else ()
+
+
+def labelled_items(history: Sequence[Past], prompt: PromptModel | None, probe: RiskProbe | None) -> list[Labelled]:
+    """The history as the calibration reads it (an unknown reference label counts as right)."""
+    if prompt is not None and history:
+        x = np.vstack([prompt_features(p.prompt, p.embedding) for p in history])
+        scores = prompt.probability(x)
+    else:
+        scores = np.zeros(len(history))
+    return [
+        Labelled(
+            float(s),
+            token_risks(probe, p.steps) if probe is not None else (),
+            p.self_wrong,
+            bool(p.reference_wrong),
+            p.reference_tokens,
+        )
+        for s, p in zip(scores, history, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class Trained:
+    policy: RoutePolicy
+    lines: list[str]
+    """What the training measured, one line each: the parts, the prompt model, each level's evidence."""
+
+
+def train_policy(
+    history: History,
+    route: str,
+    probe: RiskProbe | None,
+    probe_sha256: str,
+    *,
+    levels: Sequence[int] = (1, 2, 3, 4),
+    bound: float = 0.15,
+    confidence: float = 0.95,
+    l2: float = 10.0,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Trained:
+    """A routing policy fitted and calibrated on ``history`` (EvoError when it holds too few labels)."""
+    past = history.requests
+    n = len(past)
+    a, b = round(n * FIT), round(n * CHOOSE)
+    fit, choose, certify_ = past[:a], past[a:b], past[b:]
+    if min(len(fit), len(choose), len(certify_)) < MIN_PART:
+        left_out = ", ".join(f"{k}: {v}" for k, v in history.skipped.items()) or "none"
+        raise EvoError(
+            f"{n} labelled requests of route {route!r}: each of fit, choose and certify (half, a quarter, a quarter by "
+            f"time) needs at least {MIN_PART}; label more (left out: {left_out})"
+        )
+    wrong = np.array([p.self_wrong and not p.reference_wrong for p in fit])
+    dims = {len(p.embedding) for p in past}
+    if len(dims) > 1:
+        raise EvoError(
+            f"the history's prompt embeddings differ in size ({sorted(dims)}): train on one embedder's range"
+        )
+    prompt: PromptModel | None = None
+    lines = [
+        f"{n} labelled requests: {len(fit)} fit the prompt model, {len(choose)} choose gates, {len(certify_)} certify"
+    ]
+    if wrong.all() or not wrong.any():
+        lines.append("the fit part holds one label only: no prompt model (decisions mid-answer only)")
+    else:
+        prompt = fit_prompt_model(np.vstack([prompt_features(p.prompt, p.embedding) for p in fit]), wrong, l2)
+        lines.append(f"prompt model: {len(prompt.features)} features, L2 {l2:g}")
+    progress(lines[-1])
+    if prompt is None and probe is None:
+        raise EvoError(
+            f"route {route!r}: no prompt model (one label only in the fit part) and no probe: nothing to route on"
+        )
+    chosen, certified = labelled_items(choose, prompt, probe), labelled_items(certify_, prompt, probe)
+    gates: list[LevelGate] = []
+    for level in levels:
+        if not 1 <= level < len(LADDER):
+            raise EvoError(f"levels are 1..{len(LADDER) - 1} (0: the reference answers everything), not {level}")
+        g = calibrate_level(level, LADDER[level], chosen, certified, bound, confidence, mid=probe is not None)
+        gates.append(g)
+        ev = g.evidence
+        lines.append(
+            f"level {level} (self-share {LADDER[level]:.2f}): prompt gate {g.prompt_gate:.4f}, token gate "
+            f"{g.token_gate:.4f}; certify: self-share {ev['self_share']:.3f}, accuracy {ev['accuracy']:.3f} "
+            f"(>= {ev['accuracy_lower']:.3f} at {confidence:.0%}), corpus {ev['corpus']}, "
+            f"{'certified' if ev['certified'] else 'NOT certified'} for error <= {bound}"
+        )
+        progress(lines[-1])
+    unknown = sum(p.reference_wrong is None for p in past)
+    trained_on: dict[str, Any] = {
+        "topics": [REQUESTS, COMPLETIONS, STEPS, OUTCOMES],
+        "requests": n,
+        "from_us": past[0].at_us,
+        "until_us": past[-1].at_us,
+        "labels_sha256": history.labels_sha256,
+        "parts": {"fit": len(fit), "choose": len(choose), "certify": len(certify_)},
+        "reference_label_assumed_right": unknown,
+        "skipped": dict(sorted(history.skipped.items())),
+    }
+    policy = RoutePolicy(route, prompt, probe_sha256 if probe is not None else "", tuple(gates), trained_on)
+    return Trained(policy, lines)
+
+
+def evaluate_policy(history: History, policy: RoutePolicy, probe: RiskProbe | None) -> list[tuple[LevelGate, Replay]]:
+    """Each of the policy's levels replayed on ``history``: who would have answered, and what that would have given."""
+    items = labelled_items(history.requests, policy.prompt, probe if policy.probe_sha256 else None)
+    return [(g, replay(items, g)) for g in sorted(policy.gates, key=lambda g: g.level)]
