@@ -29,6 +29,7 @@ from tests.api.conftest import HOSTS, Deployment, served
 LIMITS = {
     "limited": {"requests_per_s": 0.01, "burst": 1},
     "thrifty": {"tokens_per_day": 1},
+    "capped": {"requests_per_s": 0.01, "burst": 1},
 }
 
 
@@ -206,6 +207,17 @@ def test_over_its_rate_the_tenant_gets_429_with_retry_after_and_the_refusal_is_o
     (first, second) = sorted(refusals_of(kafka, "limited", since), key=lambda d: d["decided_at_us"])
     assert first["stage"] == "ADMISSION" and first["trace_id"] == "" and first["retry_after_s"] > 0
     assert "requests_per_s" in first["reason"] and second["request_id"] != first["request_id"]
+
+
+def test_a_key_that_is_no_admin_cannot_pick_its_tenant_by_user(kafka: str, deployment: Deployment, door: str) -> None:
+    """A keyed caller is its own tenant: naming another tenant in ``user`` would let a key spread its requests over
+    tenants and never meet a limit (on the first version it could: its second request was refused as 'capped')."""
+    since = now_us()
+    oa = client(door, deployment.alice_token)
+    for _ in range(2):  # "capped" allows one request per 100 s: alice, who has no limits, is not capped
+        oa.completions.create(model="evostream", prompt="copy: k l", max_tokens=4, temperature=0.5, user="capped")
+    decided = find(kafka, ROUTES, "RouteDecision", since, lambda r: r["tenant"] == "capped", timeout_s=3)
+    assert not decided, decided
 
 
 def test_a_spent_budget_is_refused_until_utc_midnight(kafka: str, deployment: Deployment, door: str) -> None:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Request
 
 from evostream.api.answers import InferAnswer
+from evostream.api.auth import Caller
 from evostream.api.bodies import InferBody
 from evostream.api.deps import Publisher, State
 from evostream.api.door import Ask
@@ -34,6 +35,15 @@ DEFAULT_TENANT = "http"
 """The tenant of a request that names none (its ``user``): every such request of the API shares it."""
 
 
+def tenant_of(caller: Caller, user: str | None) -> str:
+    """Whose budget and limits a request counts against. A caller with a key is its own tenant: its ``user`` names
+    nothing, or a key could spread its requests over tenants of its choosing and never meet a limit; an admin's key
+    may act for any tenant it names. A keyless local client (``--trust-loopback``) is trusted with ``user``."""
+    if caller.actor is not None and "admin" not in caller.roles:
+        return caller.actor
+    return user or DEFAULT_TENANT
+
+
 class ClientGoneError(EvoError):
     """The caller closed its connection before its answer: nothing is sent back."""
 
@@ -41,7 +51,7 @@ class ClientGoneError(EvoError):
 @router.post("/infer", response_model=InferAnswer, summary="Publish a request, wait for its answer (and its risk)")
 async def infer(body: InferBody, request: Request, state: State, caller: Publisher) -> dict[str, Any]:
     key = client_key(request, caller.actor)
-    ask = Ask(body.user or DEFAULT_TENANT, body.prompt, "evostream", body.max_new_tokens)
+    ask = Ask(tenant_of(caller, body.user), body.prompt, "evostream", body.max_new_tokens)
     with state.infer_quota.holding(key):
         gone = asyncio.ensure_future(disconnected(request))
         try:

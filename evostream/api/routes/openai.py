@@ -36,7 +36,7 @@ from evostream.api.openai_shapes import (
     TextCompletion,
 )
 from evostream.api.quota import client_key
-from evostream.api.routes.infer import DEFAULT_TENANT, at_door, complete, disconnected, through_door
+from evostream.api.routes.infer import at_door, complete, disconnected, tenant_of, through_door
 from evostream.api.sse import Admitted
 from evostream.api.state import ApiState
 from evostream.core.errors import EvoError
@@ -58,7 +58,9 @@ class AnswerFailedError(EvoError):
 
 @router.post("/completions", response_model=TextCompletion, summary="OpenAI-compatible text completion")
 async def completions(body: CompletionBody, request: Request, state: State, caller: OpenAIPublisher) -> Any:
-    ask = _ask(body.user, body.text, body.model, body.max_tokens or COMPLETION_MAX_TOKENS, body.temperature)
+    ask = _ask(
+        tenant_of(caller, body.user), body.text, body.model, body.max_tokens or COMPLETION_MAX_TOKENS, body.temperature
+    )
     return await _serve(request, state, caller.actor, ask, "text", body.stream, body.stream_options)
 
 
@@ -71,7 +73,7 @@ async def chat_completions(body: ChatBody, request: Request, state: State, calle
     if not prompt.strip() or len(prompt) > 4000:
         return openai_error(400, "messages: the last user message has 1 to 4000 characters of text", param="messages")
     length = body.max_completion_tokens or body.max_tokens or CHAT_MAX_TOKENS
-    ask = _ask(body.user, prompt, body.model, length, body.temperature, body.top_p, body.seed)
+    ask = _ask(tenant_of(caller, body.user), prompt, body.model, length, body.temperature, body.top_p, body.seed)
     return await _serve(request, state, caller.actor, ask, "chat", body.stream, body.stream_options)
 
 
@@ -93,7 +95,7 @@ def models(state: State, _: OpenAIReader) -> dict[str, Any]:
 
 
 def _ask(
-    user: str | None,
+    tenant: str,
     prompt: str,
     model: str,
     max_new_tokens: int,
@@ -103,7 +105,7 @@ def _ask(
 ) -> Ask:
     t = 1.0 if temperature is None else temperature
     return Ask(
-        user or DEFAULT_TENANT,
+        tenant,
         prompt,
         model,
         max_new_tokens,
