@@ -1,10 +1,12 @@
 """Replies routed to whoever waits for them: one long-lived reader of evo.completions per client.
 
 ``ReplyBook`` is the pure part (no Kafka): futures waiting by reply key, and replies that came for a key this client
-published before anyone asked for it. A routed request may see an ESCALATED partial answer before its answer: readers
-skip it (``partial``) and wait for the final Completion. ``ReplyReader`` is the I/O part: a thread that reads every completion written
+published before anyone asked for it. ``ReplyReader`` is the I/O part: a thread that reads every completion written
 from its start on and hands each to the book. A client that used to build a consumer per request, look offsets up
 by time and scan every completion since then (O(requests^2)) now reads each completion once.
+
+A routed request may get an ESCALATED partial answer before its answer: readers skip it (``partial``) and wait for
+the final Completion.
 """
 
 from __future__ import annotations
