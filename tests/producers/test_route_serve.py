@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from evostream.core.bus.reader import TopicReader
 from evostream.core.bus.security import client_config
 from evostream.core.clock import now_us
 from evostream.models.anatomy import anatomy
@@ -42,6 +41,7 @@ from evostream.routing.policy import (
 )
 from evostream.routing.prices import PriceTable
 from evostream.schemas.catalog import COMPLETIONS, REQUESTS, ROUTES
+from tests.producers.replies import read
 
 pytestmark = pytest.mark.integration
 
@@ -124,27 +124,6 @@ def routed(kafka: str) -> Iterator[tuple[InferenceService, GatedTarget, Router]]
     thread.join(60)
     assert not thread.is_alive(), "the service did not stop"
     target.close()
-
-
-def read(kafka: str, topic: str, schema: str, ids: set[str], since_us: int, want: int) -> list[dict[str, Any]]:
-    """The records of ``ids`` on ``topic`` since ``since_us``: reads until ``want`` are found, then 2 s more."""
-    found: list[dict[str, Any]] = []
-    with TopicReader(
-        kafka,
-        topic,
-        schema,
-        since_us=since_us - 5_000_000,
-        idle_s=None,
-        timeout_s=120,
-        until=lambda: len(found) >= want,
-        batch=500,
-        name="test-route",
-    ) as reader:
-        for rec in reader:
-            if rec["request_id"] in ids:
-                found.append(rec)
-    assert len(found) >= want, f"{len(found)} of {want} {schema} records"
-    return found
 
 
 def committed_everything(kafka: str, timeout_s: float = 30.0) -> bool:
