@@ -13,6 +13,9 @@ generates every token.
 - watched: a watch per row, its probe reading the token and layer features;
 - watched+sketch: the same, its probe also reading the hidden-state sketch of every step.
 
+The same per-step work is also timed alone (``alone``: the watches fed the steps of one recorded generation, no
+decoding, no emission), which a loaded machine disturbs much less than the end-to-end sides.
+
 Not included: what a route adds once per request (the prompt embedded before generation instead of beside the next
 batch, one RouteDecision), nor the reference's answers. The sides run interleaved within each rep, in an order that
 rotates from rep to rep.
@@ -105,6 +108,32 @@ def bench(
     return times
 
 
+def alone(model: str, tokens: int, batch: int, reps: int, device: str) -> dict[str, float]:
+    """Median ms per step of the watches alone, per side, fed the recorded steps of one generation of the batch."""
+    lm = load_model(model, device=device)
+    gen = InstrumentedGenerator(lm)
+    texts = TokenTexts(lm.tokenizer)
+    steps: list[StepBatch] = []
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(batch)]
+    gen.generate(prompts, GenParams(max_new_tokens=tokens, stop_at_eos=False), steps.append)
+    sketch_dim = 2 * gen.sketch.dim if gen.sketch is not None else 0
+    gen.close()
+    never = LevelGate(1, 0.2, prompt_gate=0.5, token_gate=1.0)
+    metas = [TraceMeta(uuid.uuid4().hex, "bench", "bench", "bench", 0) for _ in prompts]
+    out = {}
+    for name, dim in (("watched", 0), ("watched+sketch", sketch_dim)):
+        p = probe(gen.num_layers, dim)
+        runs = []
+        for _ in range(reps):
+            watches = Watches([TokenWatch(p, never) for _ in prompts], metas, lm.version, gen.signal)
+            t0 = time.perf_counter()
+            for sb in steps:
+                watches.on_step(sb, texts.rows(sb))
+            runs.append((time.perf_counter() - t0) / len(steps) * 1000)
+        out[name] = statistics.median(runs)
+    return out
+
+
 def report(model: str, tokens: int, batch: int, times: dict[str, list[float]]) -> None:
     per_rep = tokens * batch
     base = times["serving"]
@@ -138,12 +167,10 @@ def main() -> None:
         print(f"# {args.device}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, to {bootstrap}")
         try:
             for b in (int(x) for x in args.batch.split(",")):
-                report(
-                    args.model,
-                    args.tokens,
-                    b,
-                    bench(bootstrap, topic.name, args.model, args.tokens, b, args.reps, args.device),
-                )
+                times = bench(bootstrap, topic.name, args.model, args.tokens, b, args.reps, args.device)
+                report(args.model, args.tokens, b, times)
+                for name, ms in alone(args.model, args.tokens, b, args.reps, args.device).items():
+                    print(f"{name} alone: {ms:.3f} ms per step, {ms / b:.3f} ms per watched row", flush=True)
         finally:
             delete_topics(bootstrap, [topic.name])
 
