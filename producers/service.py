@@ -47,7 +47,7 @@ from evostream.producers.generate import (
     GenParams,
     InstrumentedGenerator,
 )
-from evostream.producers.offsets import OffsetBook
+from evostream.producers.offsets import OffsetBook, RequestAcks
 from evostream.producers.records import TokenTexts, completion_record
 from evostream.producers.routing import Route, Watches, decision
 from evostream.producers.steps import StepBatch, TraceMeta
@@ -181,6 +181,8 @@ class InferenceService:
         self._done: deque[Position] = deque()
         """Positions of the requests whose Completion (or dead letter) the broker acknowledged, for the OffsetBook."""
         self._lost: deque[DeliveryError] = deque()
+        self._acks = RequestAcks(self._done.append)
+        """Routed requests: done once their decisions, partial answer and final Completion are all acknowledged."""
         """Answers the broker refused: the service stops before committing anything after them."""
         self._stop_at: float | None = None
         """When the stop was first seen (monotonic): the shutdown budget counts from there."""
@@ -449,8 +451,6 @@ class InferenceService:
         step event submitted so far is acknowledged too. A failed delivery stops the service before any commit. A
         commit the broker does not confirm is tried again at the next tick; ``final``: raised (nothing comes next)."""
         self.completer.check()
-        if self.route is not None:  # a request's decisions and partial answer acknowledged before its offset moves
-            self.producer.flush(self._left(30.0))
         self.producer.poll()  # delivery reports waiting to be served
         self._raise_lost()
         while self._done:  # filled by delivery reports: acknowledged answers only
@@ -597,7 +597,7 @@ class InferenceService:
             else:
                 ref_metas[i] = new_trace(p.meta)
                 trace = ref_metas[i].trace_id
-            self._decided(route, router, p.meta, "PROMPT", verdict, (self_v, ref_v), costs[i], trace)
+            self._decided(route, router, p, "PROMPT", verdict, (self_v, ref_v), costs[i], trace)
         if to_self:
             rows = [batch[i] for i in to_self]
             metas = [p.meta for p in rows]
@@ -615,8 +615,9 @@ class InferenceService:
                 log.exception("generation failed for %d requests", len(rows))
                 for i in to_self:
                     p = batch[i]
+                    error = f"model error: {e}"
                     self._complete(
-                        p.meta, self_v, None, "", embeddings[i], started, f"model error: {e}", _position(p.msg)
+                        p.meta, self_v, None, "", embeddings[i], started, error, _position(p.msg), routed=True
                     )
                 results = []
             tok = self.loaded.tokenizer
@@ -624,12 +625,14 @@ class InferenceService:
                 i, p = to_self[j], batch[to_self[j]]
                 text = tok.decode(res.token_ids, skip_special_tokens=True)
                 moved = watches.moved.get(j)
+                at = _position(p.msg)
                 if moved is None:
-                    self._complete(p.meta, self_v, res, text, embeddings[i], started, at=_position(p.msg))
+                    self._complete(p.meta, self_v, res, text, embeddings[i], started, at=at, routed=True)
                     continue
-                self._complete(p.meta, self_v, res, text, embeddings[i], started)  # the partial answer: not the last
+                # the partial answer: not the request's last word
+                self._complete(p.meta, self_v, res, text, embeddings[i], started, at=at, final=False, routed=True)
                 ref_metas[i] = new_trace(p.meta)
-                self._decided(route, router, p.meta, "GENERATION", moved, (self_v, ref_v), costs[i], p.meta.trace_id)
+                self._decided(route, router, p, "GENERATION", moved, (self_v, ref_v), costs[i], p.meta.trace_id)
         if ref_metas:
             order = sorted(ref_metas)
             answers = route.reference.answer(
@@ -642,24 +645,25 @@ class InferenceService:
         self, version: str, meta: TraceMeta, answer: Answer, embedding: list[float], started: int, at: Position
     ) -> None:
         """The reference's answer to a request: its final Completion."""
-        self._complete(
-            meta, version, answer.generated, answer.text, embedding, started, answer.error, at, answer.output_tokens
-        )
+        gen, text, error = answer.generated, answer.text, answer.error
+        self._complete(meta, version, gen, text, embedding, started, error, at, answer.output_tokens, routed=True)
 
     def _decided(
         self,
         route: Route,
         router: Router,
-        meta: TraceMeta,
+        pending: _Pending,
         stage: Literal["PROMPT", "GENERATION"],
         verdict: Verdict,
         versions: tuple[str, str],
         costs: tuple[float, float],
         trace_id: str,
     ) -> None:
-        """Publish one RouteDecision (a lost one stops the service, as a lost answer does)."""
-        rec = decision(route.name, router, meta, stage, verdict, versions, costs, trace_id)
-        self.producer.send(ROUTES, meta.request_id, self.routes.encode(rec), on_delivery=self._delivered(None))
+        """Publish one RouteDecision: its request is not done before it is acknowledged (a lost one stops the
+        service, as a lost answer does)."""
+        rec = decision(route.name, router, pending.meta, stage, verdict, versions, costs, trace_id)
+        tracked = self._tracked(_position(pending.msg), final=False)
+        self.producer.send(ROUTES, pending.meta.request_id, self.routes.encode(rec), on_delivery=tracked)
 
     def _embed(self, prompts: list[str]) -> list[list[float]]:
         if self.embedder is None:
@@ -677,17 +681,22 @@ class InferenceService:
         error: str | None = None,
         at: Position | None = None,
         token_count: int | None = None,
+        final: bool = True,
+        routed: bool = False,
     ) -> None:
         """Send one Completion (on the completer's thread, or the serving thread for a routed request), priced by the
-        price table; once the broker acknowledges it, the request at ``at`` is done for the OffsetBook (``at`` None:
-        not the request's last word, e.g. an ESCALATED partial answer)."""
+        price table; once the broker acknowledges it, the request at ``at`` is done for the OffsetBook. ``final``
+        False: not the request's last word (an ESCALATED partial answer). ``routed``: the request is done only once
+        every record sent for it (``_tracked``) is acknowledged too."""
         cost = 0.0
         if gen is not None and error is None:
             output = token_count if token_count is not None else len(gen.token_ids)
             cost = self.prices.cost(version, gen.prompt_tokens, output)
         rec = completion_record(meta, version, gen, text, embedding, started, error, cost, token_count)
-        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec), on_delivery=self._delivered(at))
-        if at is not None:  # a partial answer does not answer its request
+        routed_at = at if routed else None
+        delivered = self._tracked(routed_at, final) if routed_at else self._delivered(at if final else None)
+        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec), on_delivery=delivered)
+        if final:  # a partial answer does not answer its request
             self._count()
 
     def _dead_letter(self, msg: Message, error: Exception) -> None:
@@ -714,6 +723,19 @@ class InferenceService:
                 self._lost.append(error)
             elif at is not None:
                 self._done.append(at)
+
+        return report
+
+    def _tracked(self, at: Position, final: bool) -> Callable[[DeliveryError | None], None]:
+        """The delivery report of one of a routed request's records (``final``: its final Completion): the request is
+        done once all of them are acknowledged (``RequestAcks``); a lost one stops the service."""
+        self._acks.sent(at)
+
+        def report(error: DeliveryError | None) -> None:
+            if error is not None:
+                self._lost.append(error)
+            else:
+                self._acks.acked(at, final)
 
         return report
 
