@@ -6,9 +6,9 @@ Two kinds behind one protocol (``ReferenceTarget``):
   own ``InstrumentedGenerator``; its steps are emitted like the self model's (``Emit``), so the log holds the
   reference's token statistics too.
 - ``OpenAITarget``: a model behind an OpenAI-compatible server (vLLM, llama.cpp, Ollama, another evostream),
-  called on ``POST <base>/completions``, non-streaming, one request per prompt; its version is
-  ``external:<model>``. A failed call (an HTTP error, a timeout, an answer that is not the wire format) is that
-  request's error answer, never the service's crash.
+  called on ``POST <base>/completions``, non-streaming, one request per prompt (a batch's prompts at once, up to
+  ``max_concurrent``); its version is ``external:<model>``. A failed call (an HTTP error, a timeout, an answer that
+  is not the wire format) is that request's error answer, never the service's crash.
 
 ``parse_reference`` reads the ``--reference`` / ``EVOSTREAM_ROUTE_REFERENCE`` text. Loading a governed version's
 artifact is wiring (the governance log and the artifact store), done by the CLI."""
@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -115,14 +116,20 @@ class OpenAITarget:
     """A model behind an OpenAI-compatible ``/v1/completions`` endpoint."""
 
     def __init__(
-        self, base_url: str, model: str | None, timeout_s: float = 60.0, client: httpx.Client | None = None
+        self,
+        base_url: str,
+        model: str | None,
+        timeout_s: float = 60.0,
+        client: httpx.Client | None = None,
+        max_concurrent: int = 8,
     ) -> None:
         """``model`` None: the server's first model (``GET <base>/models``), asked now, so that every decision and
-        Completion names the model that answers."""
+        Completion names the model that answers. ``max_concurrent``: a batch's prompts in flight at once."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
-        self.client = client or httpx.Client(timeout=timeout_s)
+        self.client = client or httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_concurrent))
         self.model = model or self._first_model()
+        self._pool = ThreadPoolExecutor(max_concurrent, thread_name_prefix="evostream-reference")
 
     @property
     def version(self) -> str:
@@ -159,7 +166,9 @@ class OpenAITarget:
         return body
 
     def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
-        return [self._one(p, params) for p in prompts]
+        if len(prompts) == 1:
+            return [self._one(prompts[0], params)]
+        return list(self._pool.map(lambda p: self._one(p, params), prompts))
 
     def _one(self, prompt: str, params: GenParams) -> Answer:
         url = f"{self.base_url}/completions"
@@ -188,6 +197,7 @@ class OpenAITarget:
             return Answer(None, "", f"reference {self.version}: {url} did not answer in the OpenAI format: {e!r}")
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self.client.close()
 
 

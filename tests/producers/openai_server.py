@@ -22,6 +22,11 @@ class Backend:
     delay_s: float = 0.0
     status: int = 200
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    echo: bool = False
+    """Answer each prompt with ``answer to <prompt>`` instead of ``text``."""
+    in_flight: int = 0
+    most_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @contextmanager
@@ -53,7 +58,12 @@ def openai_server() -> Iterator[tuple[str, Backend]]:
             if self.path != "/v1/completions":
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
                 return
+            with backend.lock:
+                backend.in_flight += 1
+                backend.most_in_flight = max(backend.most_in_flight, backend.in_flight)
             time.sleep(backend.delay_s)
+            with backend.lock:
+                backend.in_flight -= 1
             if backend.status != 200:
                 self._send(backend.status, {"error": {"message": "the model is overloaded"}})
                 return
@@ -63,7 +73,14 @@ def openai_server() -> Iterator[tuple[str, Backend]]:
                     "id": "cmpl-1",
                     "object": "text_completion",
                     "model": body["model"],
-                    "choices": [{"index": 0, "text": backend.text, "finish_reason": "length", "logprobs": None}],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "text": f"answer to {body['prompt']}" if backend.echo else backend.text,
+                            "finish_reason": "length",
+                            "logprobs": None,
+                        }
+                    ],
                     "usage": {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12},
                 },
             )

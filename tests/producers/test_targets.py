@@ -84,6 +84,19 @@ def test_the_http_target_sends_the_openai_body_and_reads_the_answer(server: tupl
     assert sampled[0].error is None
 
 
+def test_a_batch_of_prompts_is_asked_at_once_and_answered_in_order(server: tuple[str, Backend]) -> None:
+    url, backend = server
+    backend.delay_s, backend.echo = 0.3, True  # each answer takes a while: the batch's requests overlap on the server
+    target = OpenAITarget(url, "big-model", timeout_s=5, max_concurrent=4)
+    try:
+        answers = target.answer([f"p{i}" for i in range(6)], GenParams(max_new_tokens=3), META * 6, no_emit)
+    finally:
+        target.close()
+    assert [a.text for a in answers] == [f"answer to p{i}" for i in range(6)]
+    assert sorted(b["prompt"] for b in backend.bodies) == [f"p{i}" for i in range(6)]
+    assert 1 < backend.most_in_flight <= 4
+
+
 def test_an_http_error_or_a_timeout_is_an_error_answer_with_the_reason(server: tuple[str, Backend]) -> None:
     url, backend = server
     target = OpenAITarget(url, "big-model", timeout_s=0.5)
