@@ -1,11 +1,11 @@
 """Routing in the inference service: where each request goes, and the record of why.
 
-A ``Route`` names the router in force (a callable, read once per batch: the governance follower hands over a new
-policy or level between batches; tests give a fixed ``Router``), the reference target and the price table. Per request
-the service asks ``router.before`` on the prompt's features; a request kept on the self model is followed by a
-``TokenWatch`` fed the GenerationStep records of its steps (``Watches``), and when the watch moves, its row stops
-(``on_step`` returns it) and the request goes to the reference. Each decision is a RouteDecision record
-(``decision``), published on evo.routes by the service.
+A ``Route`` names the router in force (a callable, read once per batch: ``wiring.routing.GovernedRoute`` hands over a
+new policy or level between batches; tests and ``--route-policy`` give a fixed ``Router``), the reference target and
+the price table. Per request the service asks ``router.before`` on the prompt's features; a request kept on the self
+model is followed by a ``TokenWatch`` fed the GenerationStep records of its steps (``Watches``), and when the watch
+moves, its row stops (``on_step`` returns it) and the request goes to the reference. Each decision is a RouteDecision
+record (``decision``), published on evo.routes by the service.
 
 The watch reads the records the step emitter builds (``steps.step_records``): the probe scores the very features
 the log holds, so a policy calibrated on the log decides the same way when it serves. Building them here, on the
@@ -24,8 +24,9 @@ from evostream.routing.policy import REFERENCE, SELF, Router, TokenWatch, Verdic
 from evostream.routing.prices import PriceTable
 from evostream.schemas.records import RouteDecision, RouteStage
 
-RouterSource = Callable[[], Router]
-"""The router in force now (read once per batch)."""
+RouterSource = Callable[[], Router | None]
+"""The router in force now (read once per batch); None: no routing now (a governed route with no level approved),
+the served model answers everything and no decision is recorded."""
 
 
 @dataclass

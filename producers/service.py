@@ -492,9 +492,10 @@ class InferenceService:
             pending = self._read(msg, started, book)
             if pending is not None:
                 groups.setdefault(pending.params, []).append(pending)
+        router = self.route.router() if self.route is not None else None  # once per batch: a new level applies next
         for params, batch in groups.items():
-            if self.route is not None:
-                self._generate_routed(self.route, params, batch, started)
+            if self.route is not None and router is not None:
+                self._generate_routed(self.route, router, params, batch, started)
             else:
                 self._generate(params, batch, started)
         self._publish_neuron_counts(started)
@@ -574,10 +575,11 @@ class InferenceService:
         self._hand_over([(p, res, started) for p, res in zip(batch, results, strict=True)])
 
     # --- routed static batches -----------------------------------------------------------------------------------
-    def _generate_routed(self, route: Route, params: GenParams, batch: list[_Pending], started: int) -> None:
+    def _generate_routed(
+        self, route: Route, router: Router, params: GenParams, batch: list[_Pending], started: int
+    ) -> None:
         """Decide each request before generation, generate the self model's share with a watch per row, move the rows
         whose watch moved (their partial answers published), and have the reference answer the rest."""
-        router = route.router()  # once per batch: a new policy or level applies from the next batch on
         embeddings = self._embed([p.prompt for p in batch])  # the prompt features need them: embedded first
         self_v, ref_v = self.serving.version, route.reference.version
         costs = [

@@ -75,8 +75,9 @@ def serve(
     route: Annotated[
         str | None,
         typer.Option(
-            help="Route every request between the served model (self) and --reference, and record each decision on "
-            "evo.routes; needs --route-policy and --route-level. Env: EVOSTREAM_ROUTE."
+            help="Route every request between the served model (self) and --reference as the governance log's "
+            "route/NAME says (its policy and independence level, followed), recording each decision on evo.routes. "
+            "Env: EVOSTREAM_ROUTE."
         ),
     ] = None,
     reference: Annotated[
@@ -89,8 +90,8 @@ def serve(
     route_policy: Annotated[
         Path | None,
         typer.Option(
-            help="A fixed routing policy (a RoutePolicy's JSON; its risk probe is read from the artifact store), "
-            "served at --route-level."
+            help="Serve this routing policy file (a RoutePolicy's JSON; its risk probe is read from the artifact "
+            "store) at --route-level instead of following the governance log (tests, trials)."
         ),
     ] = None,
     route_level: Annotated[int | None, typer.Option(help="The independence level of --route-policy served.")] = None,
@@ -164,7 +165,9 @@ def serve(
         kv_cache=cache,
         sketch_dim=settings.serve_sketch_dim,
     )
-    routed = _route(server, settings, *fixed, prices, generator, device, attn) if fixed is not None else None
+    routed, close_route = (
+        _route(server, settings, fixed, prices, generator, device, attn) if settings.route else (None, None)
+    )
     service = InferenceService(
         server,
         loaded,
@@ -185,24 +188,33 @@ def serve(
                 + (f": {generator.decode_path_reason}" if generator.decode_path != kv_cache else "")
                 + f") from {server}"
                 + (f", following the governance of {governed}" if governed else "")
-                + (
-                    f", routing {routed.name!r} to {routed.reference.version} at level {route_level}"
-                    if routed is not None
-                    else ""
-                )
+                + (_routing_line(routed, route_level) if routed is not None else "")
                 + "; Ctrl-C stops after the batch in flight"
             )
         )
     finally:
         if source is not None:
             source.close()
-        if routed is not None:
-            routed.reference.close()
+        if close_route is not None:
+            close_route()
     say(f"stopped after {service.served} requests")
 
 
+def _routing_line(route: Route, fixed_level: int | None) -> str:
+    router = route.router()
+    if fixed_level is not None:
+        return f", routing {route.name!r} to {route.reference.version} at level {fixed_level} of a fixed policy"
+    if router is None:
+        return f", route {route.name!r} to {route.reference.version} has no level approved yet: no routing until one is"
+    return (
+        f", routing {route.name!r} to {route.reference.version} at level {router.level} "
+        f"(policy {router.policy_version[:12]}, following the governance log)"
+    )
+
+
 def _check_route_flags(settings: Settings, policy: Path | None, level: int | None) -> tuple[Path, int] | None:
-    """The route's flags, checked before anything loads: the fixed policy and level served, or None (no route)."""
+    """The route's flags, checked before anything loads: the fixed policy and level served, or None (none given: the
+    governance log's, or no route)."""
     if not settings.route:
         if policy is not None or level is not None or settings.route_reference:
             raise typer.BadParameter("--reference, --route-policy and --route-level need --route NAME")
@@ -210,13 +222,11 @@ def _check_route_flags(settings: Settings, policy: Path | None, level: int | Non
     from evostream.producers.targets import parse_reference
 
     parse_reference(settings.route_reference)  # a bad reference is refused now, with the reason
-    if policy is None or level is None:
-        raise typer.BadParameter(
-            f"--route {settings.route}: give the policy and level it serves: --route-policy FILE --route-level N"
-        )
+    if (policy is None) != (level is None):
+        raise typer.BadParameter("a fixed policy is served at a level: give both --route-policy FILE --route-level N")
     if settings.serve_batching == "continuous":
         raise typer.BadParameter("a routed service batches statically: --batching static (or leave it unset)")
-    return policy, level
+    return None if policy is None or level is None else (policy, level)
 
 
 def _prices(settings: Settings) -> PriceTable:
@@ -249,21 +259,20 @@ def _fixed_router(settings: Settings, path: Path, level: int) -> Router:
 def _route(
     server: str,
     settings: Settings,
-    policy: Path,
-    level: int,
+    fixed: tuple[Path, int] | None,
     prices: PriceTable,
     generator: InstrumentedGenerator,
     device: str | None,
     attn: Literal["eager"] | None,
-) -> Route:
-    """The route served: its fixed router, its reference target (loaded or reached now) and its prices."""
+) -> tuple[Route, Callable[[], None]]:
+    """The route served: its router (a fixed one, or the governance log's, followed), its reference target (loaded
+    or reached now) and its prices; and what closes it."""
     from evostream.models.loading import load_model
     from evostream.producers.generate import InstrumentedGenerator
     from evostream.producers.routing import Route
     from evostream.producers.targets import GovernedTarget, OpenAITarget, ReferenceTarget, parse_reference
     from evostream.wiring.governed import load_governed_version
 
-    router = _fixed_router(settings, policy, level)
     spec = parse_reference(settings.route_reference)
     target: ReferenceTarget
     if spec.kind == "governed":
@@ -286,7 +295,18 @@ def _route(
         )
     else:
         target = OpenAITarget(spec.base_url, spec.model, settings.route_timeout_s)
-    return Route(settings.route, lambda: router, target, prices)
+    if fixed is not None:
+        router = _fixed_router(settings, *fixed)
+        return Route(settings.route, lambda: router, target, prices), target.close
+    from evostream.wiring.routing import GovernedRoute
+
+    governed = GovernedRoute(server, settings, settings.route)
+
+    def close() -> None:
+        governed.close()
+        target.close()
+
+    return Route(settings.route, governed.current, target, prices), close
 
 
 @friendly

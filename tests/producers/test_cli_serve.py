@@ -85,7 +85,8 @@ def test_serve_refuses_bad_route_flags_with_the_reason(kafka: str, tmp_path: Pat
     for flags, why in [
         ([*route, "--reference", "governed:"], "names no version"),
         ([*route, "--reference", "ftp://host/v1"], "neither governed"),
-        ([*route[:2], "--reference", "http://gpu:8000/v1"], "--route-policy FILE --route-level N"),
+        ([*route[:4], "--reference", "http://gpu:8000/v1"], "give both --route-policy FILE --route-level N"),
+        ([*route[:2], "--reference", "http://127.0.0.1:9/v1"], "did not list its models"),
         (["--reference", "http://gpu:8000/v1"], "need --route NAME"),
         ([*route, "--reference", "http://gpu:8000/v1", "--batching", "continuous"], "batches statically"),
     ]:
@@ -225,3 +226,34 @@ def test_a_routed_serve_with_a_governed_reference_and_a_stored_probe(
     )
     answers = read(kafka, COMPLETIONS, "Completion", {long["request_id"]}, since, 2)
     assert sorted(c["finish_reason"] for c in answers) == ["ESCALATED", "STOP"]
+
+
+def test_a_route_the_governance_log_has_no_level_for_is_served_unrouted(
+    kafka: str, governed_home: dict[str, str]
+) -> None:
+    """Without --route-policy, serve follows route/NAME in the governance log; with no level approved there is no
+    routing yet: the ready line says so and the served model answers."""
+    env = os.environ | governed_home
+    with openai_server() as (url, backend):
+        serve = subprocess.Popen(
+            [*CLI, "serve", "--max-wait-ms", "1", "--route", "not-yet", "--reference", f"{url}#big-model"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            line = ""
+            deadline = time.monotonic() + 180
+            while "serving" not in line and time.monotonic() < deadline:
+                line = serve.stderr.readline() if serve.stderr else ""
+                if serve.poll() is not None:
+                    pytest.fail(f"serve exited: {serve.stderr.read() if serve.stderr else ''}")
+            assert "route 'not-yet' to external:big-model has no level approved yet" in line
+            with InferenceClient(kafka) as client:
+                reply = client.infer("upper: ab", timeout_s=120, max_new_tokens=8)
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            code = serve.wait(60)
+    assert code == 0
+    assert (reply["output_text"], backend.bodies) == ("AB", [])

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from evostream.core.bus.reader import TopicReader
 from evostream.core.clock import now_us
 from evostream.models.loading import load_model
 from evostream.producers.client import InferenceClient
@@ -159,3 +160,29 @@ def test_a_routed_service_answers_through_the_http_reference(kafka: str, server:
             0,
         )
         assert "level 0" in d["reason"]
+
+
+@pytest.mark.integration
+def test_a_route_with_no_router_in_force_serves_unrouted(kafka: str, server: tuple[str, Backend]) -> None:
+    """A governed route with no level approved gives no Router: the served model answers, nothing is decided, the
+    reference is not asked."""
+    url, backend = server
+    loaded = load_model("default", device="cpu")
+    route = Route("default", lambda: None, OpenAITarget(url, "big-model", timeout_s=5), PriceTable())
+    svc = InferenceService(kafka, loaded, None, ServeOptions(max_batch=4, max_wait_ms=20), route=route)
+    ready = threading.Event()
+    thread = threading.Thread(target=svc.run, kwargs={"on_ready": ready.set}, daemon=True)
+    thread.start()
+    since = now_us()
+    try:
+        assert ready.wait(60)
+        with InferenceClient(kafka) as client:
+            reply = client.infer("upper: ab", timeout_s=60, max_new_tokens=8)
+    finally:
+        svc.stop_event.set()
+        thread.join(60)
+        route.reference.close()
+    assert (reply["model_version"], reply["output_text"]) == (loaded.version, "AB")
+    assert backend.bodies == []
+    with TopicReader(kafka, ROUTES, "RouteDecision", since_us=since - 5_000_000, idle_s=2.0, timeout_s=30) as reader:
+        assert [d for d in reader if d["request_id"] == reply["request_id"]] == []
