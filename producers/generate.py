@@ -66,7 +66,10 @@ class Generated:
     decode_us: int = 0
 
 
-StepCallback = Callable[[StepBatch], None]
+StepCallback = Callable[[StepBatch], "Sequence[int] | None"]
+"""Called with each step; it may return row indexes to stop now: those rows finish at once with finish reason
+ESCALATED (the router moved their requests elsewhere mid-answer), as if they had produced EOS, and the batch goes
+on."""
 KVCache = Literal["dynamic", "static"]
 MAX_PROMPT_TOKENS = 512
 """The longest prompt a generator accepts unless told otherwise (the service's limit too)."""
@@ -252,7 +255,9 @@ class InstrumentedGenerator:
                     if params.stop_at_eos and self.eos_id is not None and token_ids[r] == self.eos_id:
                         results[r].finish_reason = "STOP"
             if on_step is not None:
-                on_step(self.unpack(host, step, latency_us, has_heads, has_ffn))
+                stop = on_step(self.unpack(host, step, latency_us, has_heads, has_ffn))
+                if stop:
+                    finished = self._stop_rows(finished, stop, was_active, results)
             if bool(finished.all()):
                 break
             next_input = chosen.unsqueeze(-1)
@@ -262,6 +267,21 @@ class InstrumentedGenerator:
             res.prefill_us = prefill_us
             res.decode_us = total_us - prefill_us
         return results
+
+    @staticmethod
+    def _stop_rows(
+        finished: Tensor, rows: Sequence[int], was_active: npt.NDArray[np.bool_], results: list[Generated]
+    ) -> Tensor:
+        """``rows`` finished now with ESCALATED (even one whose token this step was EOS: it was escalated on it);
+        a row that had finished before this step keeps its reason."""
+        finished = finished.clone()
+        for r in rows:
+            if not 0 <= r < len(results):
+                raise GenerationError(f"on_step asked to stop row {r} of a batch of {len(results)}")
+            if was_active[r]:
+                results[r].finish_reason = "ESCALATED"
+                finished[r] = True
+        return finished
 
     def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor, list[int]]:
         """Token ids and attention mask of ``prompts`` on the model's device (padded on the left for decoder-only

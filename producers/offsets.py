@@ -6,7 +6,12 @@ finishes first: the commit stops at the oldest request still in flight on its pa
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
 Partition = tuple[str, int]
+RequestKey = tuple[Partition, int]
+"""A request by its position: (partition, offset)."""
 
 
 class OffsetBook:
@@ -50,3 +55,39 @@ class OffsetBook:
                 self._next.pop(part, None)
                 self._open.pop(part, None)
                 self._committed.pop(part, None)
+
+
+class RequestAcks:
+    """The records of routed requests awaiting the broker's acknowledgement (thread-safe: delivery reports come on
+    the producer's threads). A routed request writes several records (its RouteDecisions, a partial answer, its final
+    Completion) to several partitions, whose acknowledgements come in any order: the request is done only once its
+    final record and every record sent for it before are acknowledged; ``done`` is then called with its key once."""
+
+    def __init__(self, done: Callable[[RequestKey], None]) -> None:
+        self._done = done
+        self._lock = threading.Lock()
+        self._open: dict[RequestKey, int] = {}
+        self._final: set[RequestKey] = set()
+
+    def sent(self, key: RequestKey) -> None:
+        with self._lock:
+            self._open[key] = self._open.get(key, 0) + 1
+
+    def acked(self, key: RequestKey, final: bool) -> None:
+        with self._lock:
+            left = self._open.get(key, 0) - 1
+            if final:
+                self._final.add(key)
+            ready = left <= 0 and key in self._final
+            if ready:
+                self._open.pop(key, None)
+                self._final.discard(key)
+            else:
+                self._open[key] = left
+        if ready:
+            self._done(key)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._open)

@@ -46,8 +46,10 @@ def completion_record(
     started_us: int,
     error: str | None = None,
     cost_usd: float = 0.0,
+    token_count: int | None = None,
 ) -> dict[str, Any]:
-    """The Completion of one request: its text, or its error; ``cost_usd`` from the price table (0: none)."""
+    """The Completion of one request: its text, or its error; ``cost_usd`` from the price table (0: none);
+    ``token_count`` where the tokens were counted by another (an HTTP reference reports counts, not ids)."""
     done = now_us()
     return {
         "trace_id": meta.trace_id,
@@ -56,7 +58,7 @@ def completion_record(
         "tenant": meta.tenant,
         "model_version": model_version,
         "output_text": text if error is None else "",
-        "token_count": len(gen.token_ids) if gen else 0,
+        "token_count": token_count if token_count is not None else len(gen.token_ids) if gen else 0,
         "output_token_ids": list(gen.token_ids) if gen else [],
         "prompt_token_count": gen.prompt_tokens if gen else 0,
         "prompt_surprisal_bits": gen.prompt_surprisal_bits if gen else None,

@@ -4,6 +4,9 @@
 published before anyone asked for it. ``ReplyReader`` is the I/O part: a thread that reads every completion written
 from its start on and hands each to the book. A client that used to build a consumer per request, look offsets up
 by time and scan every completion since then (O(requests^2)) now reads each completion once.
+
+A routed request may get an ESCALATED partial answer before its answer: readers skip it (``partial``) and wait for
+the final Completion.
 """
 
 from __future__ import annotations
@@ -140,6 +143,12 @@ def _settle(fut: Future[Record], record: Record | None = None, error: BaseExcept
         pass
 
 
+def partial(completion: Record) -> bool:
+    """Whether a Completion is not its request's answer: the self model's partial answer, left when the router moved
+    the request to its reference mid-answer (finish ESCALATED); the answer is a later Completion of the request."""
+    return completion.get("finish_reason") == "ESCALATED"
+
+
 class ReplyReader:
     """A thread reading evo.completions from ``since_us`` on into a ``ReplyBook``, by each record's ``reply_to``.
 
@@ -179,7 +188,7 @@ class ReplyReader:
             while not self._stop.is_set():
                 for m in self._consumer.poll_ready(1000, self.poll_s):  # a reply is routed the moment it comes
                     rec = self._codec.decode_or_skip(m.value())
-                    if rec is not None:
+                    if rec is not None and not partial(rec):
                         self.read += 1
                         self.book.deliver(str(rec["reply_to"]), rec)
                 self.between()

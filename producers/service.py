@@ -5,6 +5,11 @@ A request that cannot be served (undecodable bytes, bad parameters, an empty or 
 error Completion or, when it cannot even be read, a dead letter: never silence, and the partition never blocks.
 
 The model served may change between batches (``producers.swap``): every record names the version that produced it.
+
+With a route (``producers.routing``), each request of a static batch is decided before generation (self or the
+route's reference) and watched while the self model answers it; a request that moves mid-answer leaves the self
+model's partial Completion (finish ESCALATED) and is answered by the reference. Every decision is a RouteDecision on
+evo.routes, and a request's offset is done only once its final Completion is acknowledged.
 """
 
 from __future__ import annotations
@@ -42,11 +47,15 @@ from evostream.producers.generate import (
     GenParams,
     InstrumentedGenerator,
 )
-from evostream.producers.offsets import OffsetBook
+from evostream.producers.offsets import OffsetBook, RequestAcks
 from evostream.producers.records import TokenTexts, completion_record
+from evostream.producers.routing import Route, Watches, decision
 from evostream.producers.steps import StepBatch, TraceMeta
 from evostream.producers.swap import FixedModel, ModelSource, ServingModel
-from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, INFERENCE_GROUP, NEURONS, REQUESTS, STEPS
+from evostream.producers.targets import Answer, new_trace
+from evostream.routing.policy import REFERENCE, SELF, Router, RoutingError, Verdict, prompt_features
+from evostream.routing.prices import PriceTable
+from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, INFERENCE_GROUP, NEURONS, REQUESTS, ROUTES, STEPS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.deadletter import dead_letter
 
@@ -104,6 +113,7 @@ class _Pending:
     prompt: str
     params: GenParams
     read_at: float = field(default_factory=time.monotonic)
+    prompt_tokens: int = 0
 
 
 class InferenceService:
@@ -117,10 +127,23 @@ class InferenceService:
         options: ServeOptions,
         generator: InstrumentedGenerator | None = None,
         models: ModelSource | None = None,
+        route: Route | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         """``loaded`` is served unless ``models`` is given: then its current model is served first, and whatever it
         names later from the next batch on. ``generator`` (for the first model) sets the attention signal and limits
-        of the generators built for later models."""
+        of the generators built for later models.
+
+        ``route``: the served model is the route's self target and every request is routed (static batching only:
+        continuous batching with a route is refused here). ``prices`` (the route's, when it has one) set each
+        Completion's cost_usd."""
+        if route is not None and options.batching == "continuous":
+            raise RoutingError(
+                f"route {route.name!r}: a routed service batches statically (its requests are decided and watched "
+                "batch by batch); serve it with --batching static"
+            )
+        self.route = route
+        self.prices = route.prices if route is not None else prices or PriceTable()
         self.bootstrap = bootstrap
         self.models = models or FixedModel(ServingModel(loaded.version, loaded))
         self.serving = self.models.current()
@@ -138,7 +161,8 @@ class InferenceService:
         self._refused: ServingModel | None = None
         self.swaps = 0
         # the topics it writes, created if missing (a broker set up by an older version lacks newer ones)
-        ensure_topics(bootstrap, [t for t in CATALOG if t.name in (STEPS, COMPLETIONS, NEURONS, DLQ)])
+        written = (STEPS, COMPLETIONS, NEURONS, DLQ) + ((ROUTES,) if route is not None else ())
+        ensure_topics(bootstrap, [t for t in CATALOG if t.name in written])
         # completions leave at once (linger 1 ms, not 5): a batch's completions are sent together anyway
         self.producer = EventProducer(bootstrap, {"linger.ms": 1})
         self.emitter = StepEmitter(bootstrap)
@@ -147,6 +171,7 @@ class InferenceService:
         self.completions = RecordCodec("Completion")
         self.dead_letters = RecordCodec("DeadLetter")
         self.neurons = RecordCodec("NeuronCounts")
+        self.routes = RecordCodec("RouteDecision")
         self.stop_event = threading.Event()
         self._served = 0
         self._served_lock = threading.Lock()
@@ -156,6 +181,8 @@ class InferenceService:
         self._done: deque[Position] = deque()
         """Positions of the requests whose Completion (or dead letter) the broker acknowledged, for the OffsetBook."""
         self._lost: deque[DeliveryError] = deque()
+        self._acks = RequestAcks(self._done.append)
+        """Routed requests: done once their decisions, partial answer and final Completion are all acknowledged."""
         """Answers the broker refused: the service stops before committing anything after them."""
         self._stop_at: float | None = None
         """When the stop was first seen (monotonic): the shutdown budget counts from there."""
@@ -465,8 +492,12 @@ class InferenceService:
             pending = self._read(msg, started, book)
             if pending is not None:
                 groups.setdefault(pending.params, []).append(pending)
+        router = self.route.router() if self.route is not None else None  # once per batch: a new level applies next
         for params, batch in groups.items():
-            self._generate(params, batch, started)
+            if self.route is not None and router is not None:
+                self._generate_routed(self.route, router, params, batch, started)
+            else:
+                self._generate(params, batch, started)
         self._publish_neuron_counts(started)
 
     def _publish_neuron_counts(self, started: int) -> None:
@@ -519,6 +550,7 @@ class InferenceService:
             n = len(self.loaded.tokenizer(req["prompt"]).input_ids)
             if n > self.options.max_prompt_tokens:
                 raise GenerationError(f"prompt of {n} tokens exceeds the limit of {self.options.max_prompt_tokens}")
+            pending.prompt_tokens = n
         except GenerationError as e:
             self._hand_over([(pending, None, started)], error=str(e))
             return None
@@ -542,6 +574,99 @@ class InferenceService:
         # the first token nor the next batch need wait for it
         self._hand_over([(p, res, started) for p, res in zip(batch, results, strict=True)])
 
+    # --- routed static batches -----------------------------------------------------------------------------------
+    def _generate_routed(
+        self, route: Route, router: Router, params: GenParams, batch: list[_Pending], started: int
+    ) -> None:
+        """Decide each request before generation, generate the self model's share with a watch per row, move the rows
+        whose watch moved (their partial answers published), and have the reference answer the rest."""
+        embeddings = self._embed([p.prompt for p in batch])  # the prompt features need them: embedded first
+        self_v, ref_v = self.serving.version, route.reference.version
+        costs = [
+            (
+                self.prices.cost(self_v, p.prompt_tokens, params.max_new_tokens),
+                self.prices.cost(ref_v, p.prompt_tokens, params.max_new_tokens),
+            )
+            for p in batch
+        ]
+        ref_metas: dict[int, TraceMeta] = {}
+        to_self: list[int] = []
+        for i, (p, emb) in enumerate(zip(batch, embeddings, strict=True)):
+            verdict = _before(router, p.prompt, emb)
+            trace = p.meta.trace_id
+            if verdict.target == SELF:
+                to_self.append(i)
+            else:
+                ref_metas[i] = new_trace(p.meta)
+                trace = ref_metas[i].trace_id
+            self._decided(route, router, p, "PROMPT", verdict, (self_v, ref_v), costs[i], trace)
+        if to_self:
+            rows = [batch[i] for i in to_self]
+            metas = [p.meta for p in rows]
+            signal_name = self.generator.signal
+            watches = Watches([router.watch() for _ in rows], metas, self_v, signal_name)
+
+            def on_step(sb: StepBatch) -> list[int]:
+                texts = self.texts.rows(sb)
+                self.emitter.submit(sb, metas, self_v, signal_name, texts)
+                return watches.on_step(sb, texts)
+
+            try:
+                results = self.generator.generate([p.prompt for p in rows], params, on_step)
+            except (EvoError, RuntimeError, ValueError) as e:  # a model error fails these requests, loudly
+                log.exception("generation failed for %d requests", len(rows))
+                for i in to_self:
+                    p = batch[i]
+                    error = f"model error: {e}"
+                    self._complete(
+                        p.meta, self_v, None, "", embeddings[i], started, error, _position(p.msg), routed=True
+                    )
+                results = []
+            tok = self.loaded.tokenizer
+            for j, res in enumerate(results):
+                i, p = to_self[j], batch[to_self[j]]
+                text = tok.decode(res.token_ids, skip_special_tokens=True)
+                moved = watches.moved.get(j)
+                at = _position(p.msg)
+                if moved is None:
+                    self._complete(p.meta, self_v, res, text, embeddings[i], started, at=at, routed=True)
+                    continue
+                # the partial answer: not the request's last word
+                self._complete(p.meta, self_v, res, text, embeddings[i], started, at=at, final=False, routed=True)
+                ref_metas[i] = new_trace(p.meta)
+                self._decided(route, router, p, "GENERATION", moved, (self_v, ref_v), costs[i], p.meta.trace_id)
+        if ref_metas:
+            order = sorted(ref_metas)
+            answers = route.reference.answer(
+                [batch[i].prompt for i in order], params, [ref_metas[i] for i in order], self.emitter.submit
+            )
+            for i, answer in zip(order, answers, strict=True):
+                self._answered(ref_v, ref_metas[i], answer, embeddings[i], started, _position(batch[i].msg))
+
+    def _answered(
+        self, version: str, meta: TraceMeta, answer: Answer, embedding: list[float], started: int, at: Position
+    ) -> None:
+        """The reference's answer to a request: its final Completion."""
+        gen, text, error = answer.generated, answer.text, answer.error
+        self._complete(meta, version, gen, text, embedding, started, error, at, answer.output_tokens, routed=True)
+
+    def _decided(
+        self,
+        route: Route,
+        router: Router,
+        pending: _Pending,
+        stage: Literal["PROMPT", "GENERATION"],
+        verdict: Verdict,
+        versions: tuple[str, str],
+        costs: tuple[float, float],
+        trace_id: str,
+    ) -> None:
+        """Publish one RouteDecision: its request is not done before it is acknowledged (a lost one stops the
+        service, as a lost answer does)."""
+        rec = decision(route.name, router, pending.meta, stage, verdict, versions, costs, trace_id)
+        tracked = self._tracked(_position(pending.msg), final=False)
+        self.producer.send(ROUTES, pending.meta.request_id, self.routes.encode(rec), on_delivery=tracked)
+
     def _embed(self, prompts: list[str]) -> list[list[float]]:
         if self.embedder is None:
             return [[] for _ in prompts]
@@ -557,12 +682,24 @@ class InferenceService:
         started: int,
         error: str | None = None,
         at: Position | None = None,
+        token_count: int | None = None,
+        final: bool = True,
+        routed: bool = False,
     ) -> None:
-        """Send one Completion (on the completer's thread); once the broker acknowledges it, the request at ``at`` is
-        done for the OffsetBook."""
-        rec = completion_record(meta, version, gen, text, embedding, started, error)
-        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec), on_delivery=self._delivered(at))
-        self._count()
+        """Send one Completion (on the completer's thread, or the serving thread for a routed request), priced by the
+        price table; once the broker acknowledges it, the request at ``at`` is done for the OffsetBook. ``final``
+        False: not the request's last word (an ESCALATED partial answer). ``routed``: the request is done only once
+        every record sent for it (``_tracked``) is acknowledged too."""
+        cost = 0.0
+        if gen is not None and error is None:
+            output = token_count if token_count is not None else len(gen.token_ids)
+            cost = self.prices.cost(version, gen.prompt_tokens, output)
+        rec = completion_record(meta, version, gen, text, embedding, started, error, cost, token_count)
+        routed_at = at if routed else None
+        delivered = self._tracked(routed_at, final) if routed_at else self._delivered(at if final else None)
+        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec), on_delivery=delivered)
+        if final:  # a partial answer does not answer its request
+            self._count()
 
     def _dead_letter(self, msg: Message, error: Exception) -> None:
         rec = dead_letter(
@@ -591,6 +728,19 @@ class InferenceService:
 
         return report
 
+    def _tracked(self, at: Position, final: bool) -> Callable[[DeliveryError | None], None]:
+        """The delivery report of one of a routed request's records (``final``: its final Completion): the request is
+        done once all of them are acknowledged (``RequestAcks``); a lost one stops the service."""
+        self._acks.sent(at)
+
+        def report(error: DeliveryError | None) -> None:
+            if error is not None:
+                self._lost.append(error)
+            else:
+                self._acks.acked(at, final)
+
+        return report
+
     def _raise_lost(self) -> None:
         if self._lost:
             raise self._lost[0]
@@ -598,6 +748,15 @@ class InferenceService:
     def _count(self) -> None:
         with self._served_lock:
             self._served += 1
+
+
+def _before(router: Router, prompt: str, embedding: list[float]) -> Verdict:
+    """The router's verdict on a prompt; one it cannot score (an embedding of another size than its prompt model's,
+    none at all) goes to the reference, the target trusted with anything, and the decision says why."""
+    try:
+        return router.before(prompt_features(prompt, embedding))
+    except RoutingError as e:
+        return Verdict(REFERENCE, 1.0, router.gate.prompt_gate, f"the prompt could not be scored: {e}")
 
 
 def _position(msg: Message) -> Position:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
 from evostream.cli.common import Bootstrap, broker, friendly, say
 from evostream.core.bus.security import act_as
 from evostream.core.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from evostream.producers.generate import InstrumentedGenerator
+    from evostream.producers.routing import Route
+    from evostream.routing.policy import Router
+    from evostream.routing.prices import PriceTable
 
 
 @friendly
@@ -64,6 +72,29 @@ def serve(
             "models; others fall back to dynamic and say so)."
         ),
     ] = "dynamic",
+    route: Annotated[
+        str | None,
+        typer.Option(
+            help="Route every request between the served model (self) and --reference as the governance log's "
+            "route/NAME says (its policy and independence level, followed), recording each decision on evo.routes. "
+            "Env: EVOSTREAM_ROUTE."
+        ),
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            help="The route's reference: governed:<version> (a registered version, loaded beside the self model) or "
+            "an OpenAI-compatible base URL http(s)://host:port/v1[#model]. Env: EVOSTREAM_ROUTE_REFERENCE."
+        ),
+    ] = None,
+    route_policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Serve this routing policy file (a RoutePolicy's JSON; its risk probe is read from the artifact "
+            "store) at --route-level instead of following the governance log (tests, trials)."
+        ),
+    ] = None,
+    route_level: Annotated[int | None, typer.Option(help="The independence level of --route-policy served.")] = None,
     bootstrap: Bootstrap = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
@@ -83,7 +114,11 @@ def serve(
         serve_torch_threads=torch_threads,
         serve_batching=batching,
         serve_admit_min=admit_min,
+        route=route,
+        route_reference=reference,
     )
+    fixed = _check_route_flags(settings, route_policy, route_level)
+    prices = _prices(settings)
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
         raise typer.BadParameter("--attention must be auto, entropy or output_norm")
@@ -130,7 +165,19 @@ def serve(
         kv_cache=cache,
         sketch_dim=settings.serve_sketch_dim,
     )
-    service = InferenceService(server, loaded, PromptEmbedder() if embed else None, options, generator, models=source)
+    routed, close_route = (
+        _route(server, settings, fixed, prices, generator, device, attn) if settings.route else (None, None)
+    )
+    service = InferenceService(
+        server,
+        loaded,
+        PromptEmbedder() if embed else None,
+        options,
+        generator,
+        models=source,
+        route=routed,
+        prices=prices,
+    )
     service.install_signal_handlers()
     try:
         service.run(
@@ -141,13 +188,125 @@ def serve(
                 + (f": {generator.decode_path_reason}" if generator.decode_path != kv_cache else "")
                 + f") from {server}"
                 + (f", following the governance of {governed}" if governed else "")
+                + (_routing_line(routed, route_level) if routed is not None else "")
                 + "; Ctrl-C stops after the batch in flight"
             )
         )
     finally:
         if source is not None:
             source.close()
+        if close_route is not None:
+            close_route()
     say(f"stopped after {service.served} requests")
+
+
+def _routing_line(route: Route, fixed_level: int | None) -> str:
+    router = route.router()
+    if fixed_level is not None:
+        return f", routing {route.name!r} to {route.reference.version} at level {fixed_level} of a fixed policy"
+    if router is None:
+        return f", route {route.name!r} to {route.reference.version} has no level approved yet: no routing until one is"
+    return (
+        f", routing {route.name!r} to {route.reference.version} at level {router.level} "
+        f"(policy {router.policy_version[:12]}, following the governance log)"
+    )
+
+
+def _check_route_flags(settings: Settings, policy: Path | None, level: int | None) -> tuple[Path, int] | None:
+    """The route's flags, checked before anything loads: the fixed policy and level served, or None (none given: the
+    governance log's, or no route)."""
+    if not settings.route:
+        if policy is not None or level is not None or settings.route_reference:
+            raise typer.BadParameter("--reference, --route-policy and --route-level need --route NAME")
+        return None
+    from evostream.producers.targets import parse_reference
+
+    parse_reference(settings.route_reference)  # a bad reference is refused now, with the reason
+    if (policy is None) != (level is None):
+        raise typer.BadParameter("a fixed policy is served at a level: give both --route-policy FILE --route-level N")
+    if settings.serve_batching == "continuous":
+        raise typer.BadParameter("a routed service batches statically: --batching static (or leave it unset)")
+    return None if policy is None or level is None else (policy, level)
+
+
+def _prices(settings: Settings) -> PriceTable:
+    from evostream.routing.prices import PriceTable
+
+    if settings.route_prices is None:
+        return PriceTable()
+    try:
+        data = settings.route_prices.read_bytes()
+    except OSError as e:
+        raise typer.BadParameter(f"the price table {settings.route_prices}: {e.strerror or e}") from e
+    return PriceTable.from_bytes(data)
+
+
+def _fixed_router(settings: Settings, path: Path, level: int) -> Router:
+    """The router of a policy file at ``level``; its version is the SHA-256 of the file's bytes."""
+    from evostream.core.artifacts import ArtifactStore
+    from evostream.routing.policy import RoutePolicy, Router
+    from evostream.wiring.risk import load_probe
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise typer.BadParameter(f"--route-policy {path}: {e.strerror or e}") from e
+    policy = RoutePolicy.from_bytes(data)
+    probe = load_probe(ArtifactStore(settings.artifacts_dir), policy.probe_sha256) if policy.probe_sha256 else None
+    return Router(policy, level, probe, policy_version=hashlib.sha256(data).hexdigest())
+
+
+def _route(
+    server: str,
+    settings: Settings,
+    fixed: tuple[Path, int] | None,
+    prices: PriceTable,
+    generator: InstrumentedGenerator,
+    device: str | None,
+    attn: Literal["eager"] | None,
+) -> tuple[Route, Callable[[], None]]:
+    """The route served: its router (a fixed one, or the governance log's, followed), its reference target (loaded
+    or reached now) and its prices; and what closes it."""
+    from evostream.models.loading import load_model
+    from evostream.producers.generate import InstrumentedGenerator
+    from evostream.producers.routing import Route
+    from evostream.producers.targets import GovernedTarget, OpenAITarget, ReferenceTarget, parse_reference
+    from evostream.wiring.governed import load_governed_version
+
+    spec = parse_reference(settings.route_reference)
+    target: ReferenceTarget
+    if spec.kind == "governed":
+        loaded = load_governed_version(
+            server,
+            settings,
+            spec.version,
+            load=lambda path, _v: load_model(str(path), device, attn_implementation=attn),
+        )
+        target = GovernedTarget(
+            loaded,
+            InstrumentedGenerator(
+                loaded,
+                generator.signal,
+                generator.max_prompt_tokens,
+                generator.max_new_tokens_limit,
+                kv_cache=generator.kv_cache,
+                sketch_dim=settings.serve_sketch_dim,
+            ),
+        )
+    else:
+        target = OpenAITarget(spec.base_url, spec.model, settings.route_timeout_s)
+    if fixed is not None:
+        router = _fixed_router(settings, *fixed)
+        return Route(settings.route, lambda: router, target, prices), target.close
+    from evostream.wiring.routing import GovernedRoute
+
+    governed = GovernedRoute(server, settings, settings.route)
+
+    def close() -> None:
+        governed.close()
+        target.close()
+
+    return Route(settings.route, governed.current, target, prices), close
 
 
 @friendly

@@ -262,3 +262,22 @@ def _load_artifact(path: Path, version: str) -> Any:
     from evostream.models.loading import load_model
 
     return load_model(str(path))
+
+
+def load_governed_version(
+    server: str, settings: Settings, version: str, load: Callable[[Path, str], Any] | None = None
+) -> Any:
+    """A registered version (of whichever model holds it) loaded from its artifact, its bytes re-hashed first, as
+    the governance log, verified and anchored, records it: a route's ``governed:<version>`` reference."""
+    with GovernanceLog(server, topic=settings.governance_topic) as glog:
+        registry = _anchored_replay(settings, glog)
+    owners = [name for name, model in registry.models.items() if version in model["versions"]]
+    if not owners:
+        raise GovernanceError(
+            f"no model in the governance log has a version {version!r} (`evostream registry` lists them)"
+        )
+    model = owners[0]
+    sha256 = registry.version(model, version)["artifact_sha256"]
+    loaded = (load or _load_artifact)(ArtifactStore(settings.artifacts_dir).open(sha256), version)
+    loaded.name, loaded.version = model, version
+    return loaded

@@ -1,4 +1,4 @@
-"""Reading back the completions a test's requests got, on the shared broker."""
+"""Reading back the records (completions, route decisions) a test's requests got, on the shared broker."""
 
 from __future__ import annotations
 
@@ -39,3 +39,24 @@ def collect(kafka: str, request_ids: set[str], since_us: int, timeout_s: float =
         name="test-replies",
     ) as reader:
         return [rec for rec in reader if rec["request_id"] in request_ids]
+
+
+def read(kafka: str, topic: str, schema: str, ids: set[str], since_us: int, want: int) -> list[dict[str, Any]]:
+    """The records of ``ids`` on ``topic`` since ``since_us``: reads until ``want`` are found, then 2 s more."""
+    found: list[dict[str, Any]] = []
+    with TopicReader(
+        kafka,
+        topic,
+        schema,
+        since_us=since_us - 5_000_000,
+        idle_s=None,
+        timeout_s=120,
+        until=lambda: len(found) >= want,
+        batch=500,
+        name="test-route",
+    ) as reader:
+        for rec in reader:
+            if rec["request_id"] in ids:
+                found.append(rec)
+    assert len(found) >= want, f"{len(found)} of {want} {schema} records"
+    return found

@@ -95,6 +95,40 @@ def test_tokens_equal_plain_generate_through_eos(family: str, kv_cache: str) -> 
     assert res[1].token_ids == want_other
 
 
+@pytest.mark.parametrize(("family", "kv_cache"), PATHS)
+def test_a_row_stopped_by_on_step_finishes_escalated_and_the_batch_goes_on(family: str, kv_cache: str) -> None:
+    """Row 0 is stopped at step 2: it keeps the three tokens generated up to then, finishes ESCALATED and reports no
+    step after; row 1 generates exactly what it generates alone."""
+    lm = model(family)
+    gen = InstrumentedGenerator(lm, kv_cache=kv_cache)  # type: ignore[arg-type]
+    steps: list[StepBatch] = []
+
+    def on_step(sb: StepBatch) -> list[int]:
+        steps.append(sb)
+        return [0] if sb.step == 2 else []
+
+    try:
+        res = gen.generate(PROMPTS, GenParams(max_new_tokens=N), on_step)
+        alone = gen.generate(PROMPTS[1:], GenParams(max_new_tokens=N))
+    finally:
+        gen.close()
+    assert res[0].finish_reason == "ESCALATED"
+    assert res[0].token_ids == plain_generate(lm, PROMPTS[0], N)[:3]
+    assert [bool(sb.active[0]) for sb in steps] == [True, True, True] + [False] * (len(steps) - 3)
+    assert len(steps) > 3, "the batch went on for the other row"
+    assert res[1].token_ids == alone[0].token_ids
+    assert res[1].finish_reason == alone[0].finish_reason != "ESCALATED"
+
+
+def test_stopping_a_row_outside_the_batch_is_refused() -> None:
+    gen = InstrumentedGenerator(model("gpt2"))
+    try:
+        with pytest.raises(GenerationError, match="row 5 of a batch of 2"):
+            gen.generate(PROMPTS, GenParams(max_new_tokens=3), lambda sb: [5])
+    finally:
+        gen.close()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_bare_loop_registers_no_hook_and_chooses_the_same_tokens(family: str) -> None:
     lm = model(family)
