@@ -8,16 +8,18 @@ ESCALATED partial: the self model did not finish those, so their answer has no l
 The reference's label is read where the reference answered the same request and was labelled; elsewhere it is not
 known and counts as right (the reference is the stronger model; ``trained_on`` says how many were assumed).
 
-``train_policy`` splits the labelled requests by time: the oldest half fits the prompt model (on "the reference
-would have answered better": the self answer wrong and the reference's not known to be wrong; ``bench.routing``
-measures why this label and not "the self answer is wrong": escalating a request both models get wrong buys nothing),
-the next quarter chooses each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``).
-Mid-answer the policy reads either a given risk probe or, by default, its own *gain probe*: the risk probe's model
-(``models/risk_probe.py``) fitted on the same oldest half on the same label as the prompt model, so that the token
-score answers the routing question ("would the reference win") rather than "is the self answer wrong"
+``train_policy`` splits the labelled requests by time: the oldest half fits the models, the next quarter chooses
+each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``). Mid-answer the policy reads
+either a given risk probe or, by default, its own *gain probe*: the risk probe's model (``models/risk_probe.py``)
+fitted on the oldest half on "the reference would have answered better" (the self answer wrong and the reference's
+not known to be wrong), so that the token score answers the routing question rather than "is the self answer wrong"
 (``fit_gain_probe``; ``store_probe`` keeps it in the artifact store, where ``RoutePolicy.probe_sha256`` names it and
-``wiring.routing.register_route`` registers it as a version of ``risk/<family>-route``). ``evaluate_policy`` replays
-a policy at each of its levels on the history: the share, accuracy and tokens it would have had."""
+``wiring.routing.register_route`` registers it as a version of ``risk/<family>-route``). The prompt model, before
+generation, then scores "the self answer is wrong": what stays on the self model is what a level is certified on
+(its self-answered accuracy), and the gain probe finds the requests worth escalating. Without a gain probe the prompt
+model is fitted on the gain itself (escalating a request both models get wrong buys nothing). ``bench.routing``
+measures each choice. ``evaluate_policy`` replays a policy at each of its levels on the history: the share, accuracy
+and tokens it would have had."""
 
 from __future__ import annotations
 
@@ -50,6 +52,8 @@ FIT, CHOOSE = 0.5, 0.75
 """Time-ordered cut points: [0, FIT) fits the prompt model, [FIT, CHOOSE) chooses the gates, [CHOOSE, 1] certifies."""
 MIN_PART = 20
 """Fewest labelled requests each of the three parts must hold."""
+SELF_WRONG = "self wrong"
+"""The prompt model's label when the policy reads a gain probe mid-answer: the self answer is wrong."""
 GAIN_L2_CHOICES = (1.0, 10.0, 30.0, 100.0, 300.0)
 """The L2 penalties a gain probe's is chosen from (``fit_gain_probe_on``; its features are standardized)."""
 
@@ -290,22 +294,14 @@ def train_policy(
             f"{n} labelled requests of route {route!r}: each of fit, choose and certify (half, a quarter, a quarter by "
             f"time) needs at least {MIN_PART}; label more (left out: {left_out})"
         )
-    wrong = gains(fit)
     dims = {len(p.embedding) for p in past}
     if len(dims) > 1:
         raise EvoError(
             f"the history's prompt embeddings differ in size ({sorted(dims)}): train on one embedder's range"
         )
-    prompt: PromptModel | None = None
     lines = [
         f"{n} labelled requests: {len(fit)} fit the prompt model, {len(choose)} choose gates, {len(certify_)} certify"
     ]
-    if wrong.all() or not wrong.any():
-        lines.append("the fit part holds one label only: no prompt model (decisions mid-answer only)")
-    else:
-        prompt = fit_prompt_model(np.vstack([prompt_features(p.prompt, p.embedding) for p in fit]), wrong, l2)
-        lines.append(f"prompt model: {len(prompt.features)} features, L2 {l2:g}")
-    progress(lines[-1])
     if probe is None and keep_probe is not None:
         family = family_of(str(fit[0].steps[0]["model_version"]))
         lineage = {"route": route, "from_us": fit[0].at_us, "until_us": fit[-1].at_us, "requests": len(fit)}
@@ -319,6 +315,18 @@ def train_policy(
                 f"reference wins), artifact {probe_sha256}"
             )
         progress(lines[-1])
+    # with a gain probe mid-answer, the prompt model scores what the levels are certified on (the self answer is
+    # wrong) and the probe finds where the reference wins; without one, the prompt model does both, on the gain
+    gain_mid = probe is not None and probe.trained_on.get("label") == GAIN_LABEL
+    prompt_label = SELF_WRONG if gain_mid else GAIN_LABEL
+    wrong = np.array([p.self_wrong for p in fit]) if gain_mid else gains(fit)
+    prompt: PromptModel | None = None
+    if wrong.all() or not wrong.any():
+        lines.append("the fit part holds one label only: no prompt model (decisions mid-answer only)")
+    else:
+        prompt = fit_prompt_model(np.vstack([prompt_features(p.prompt, p.embedding) for p in fit]), wrong, l2)
+        lines.append(f"prompt model: {len(prompt.features)} features, L2 {l2:g}, on {prompt_label!r}")
+    progress(lines[-1])
     if prompt is None and probe is None:
         raise EvoError(
             f"route {route!r}: no prompt model (one label only in the fit part) and no probe: nothing to route on"
@@ -347,6 +355,7 @@ def train_policy(
         "labels_sha256": history.labels_sha256,
         "parts": {"fit": len(fit), "choose": len(choose), "certify": len(certify_)},
         "reference_label_assumed_right": unknown,
+        "prompt_label": prompt_label,
         "skipped": dict(sorted(history.skipped.items())),
     }
     policy = RoutePolicy(route, prompt, probe_sha256 if probe is not None else "", tuple(gates), trained_on)

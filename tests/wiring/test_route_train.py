@@ -115,6 +115,8 @@ def test_training_fits_its_own_gain_probe_on_the_reference_wins() -> None:
     # the reference wins where the tokens are noisy; where both are wrong escalating buys nothing: scored low
     assert risk[1] > 0.9 and risk[2] < 0.5 and risk[0] < 0.5, risk
     assert any("gain probe: fitted on 150 traces (50 the reference wins)" in line for line in trained.lines)
+    # the gain probe finds where escalating pays; the prompt model scores what the levels certify: self answers wrong
+    assert trained.policy.trained_on["prompt_label"] == "self wrong"
     # where the reference's answers are not known, the label is "the self answer is wrong"
     unknown: list[RiskProbe] = []
     train_policy(_history(300, reference_known=False), "r1", None, "", keep_probe=lambda p: unknown.append(p) or "")
@@ -122,6 +124,16 @@ def test_training_fits_its_own_gain_probe_on_the_reference_wins() -> None:
     # a given probe is read as given: nothing fitted
     assert train_policy(_history(300), "r1", probe, "ab" * 32, keep_probe=keep).policy.probe_sha256 == "ab" * 32
     assert len(kept) == 1
+    # a risk probe (P(self wrong)) mid-answer: the prompt model learns where the reference wins, as before
+    risk = fit_probe(
+        np.vstack([trace_features(p.steps, 4, 8) for p in _history(90).requests]),
+        np.array([p.self_wrong for p in _history(90).requests]),
+        "selfcheck",
+        4,
+        sketch_dim=8,
+    )
+    given = train_policy(_history(300), "r1", risk, "ef" * 32, keep_probe=keep).policy
+    assert given.probe_sha256 == "ef" * 32 and given.trained_on["prompt_label"] == GAIN_LABEL
 
 
 def test_route_train_and_eval_on_the_real_broker(kafka: str, tmp_path: Path) -> None:
