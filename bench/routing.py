@@ -22,11 +22,16 @@ Routers, each set on the choose split for a self-share of ``--share`` (0.85: at 
 - prompt-only: the prompt model before generation (RouteLLM, FrugalGPT and Hybrid LLM all decide here), fitted on
   "the reference wins" (self wrong, reference right), as ``evostream route train`` fits it;
 - prompt-only, P(self wrong): the same fitted on "the self answer is wrong";
-- ours: the prompt model before generation and the risk probe (P(self wrong)) mid-answer, on the steps so far, as
-  ``TokenWatch`` reads them; the split of the reference's share between the two is chosen on the choose split
-  (``calibrate_level``);
-- ours, gain probe: the same with a probe fitted on "the reference wins" instead of the risk probe;
-- mid-answer only: the risk probe alone, mid-answer;
+- ours, as ``evostream route train`` builds it by default: the prompt model on "the self answer is wrong" before
+  generation and the route's own gain probe mid-answer (the risk probe's model fitted on "the reference wins",
+  ``wiring.route_train.fit_gain_probe_on``), on the steps so far, as ``TokenWatch`` reads them; the split of the
+  reference's share between the two is chosen on the choose split (``calibrate_level``);
+- prompt + risk probe: the prompt model on "the reference wins" and the risk probe (P(self wrong)) mid-answer, as
+  ``route train --probe production`` builds it;
+- prompt on the gain + gain probe: both on "the reference wins";
+- prompt-only at ours' share: prompt-only set to send as many test requests as ours sent (the share target's "same
+  share", read off the test split: generous to prompt-only, never to ours);
+- mid-answer only, gain probe / risk probe: one probe alone, mid-answer;
 - SW ranking: RouteLLM's similarity-weighted ranking router (``evostream.routing.peer``), before generation;
 - random; mean token entropy: the running mean entropy of the steps so far, mid-answer (the simplest token score);
 - oracle: the test labels themselves (requests the reference wins escalated, up to the share): the ceiling.
@@ -34,7 +39,8 @@ An escalated request is answered by the reference; the self model's partial toke
 tokens priced at ``--price-ratio`` times a self token; cost relative to always asking the reference).
 
 Then each level of the ladder (self-share 0.2 / 0.5 / 0.8 / 0.95) is calibrated and certified (error bound
-``--bound``, confidence ``--confidence``), and its realised self-share on the test split reported.
+``--bound``, confidence ``--confidence``), with the gain probe mid-answer (ours) and with the risk probe, and its
+realised self-share on the test split reported.
 
 Run: python -m bench.routing [--suite-per-task 700] [--stress 2100] [--test 1200] [--calibration 1000]
      [--repeats 5] [--keep-ffn 0.55]     (``--quick``: a smoke test of a few hundred prompts)
@@ -56,7 +62,7 @@ import torch
 
 from evostream.consumers.evolution.recipe import Recipe, build
 from evostream.models.loading import LoadedModel, load_model, wrap_model
-from evostream.models.risk_probe import FeatureSums, fit_probe
+from evostream.models.risk_probe import FeatureSums, RiskProbe, fit_probe
 from evostream.models.suite.tasks import TASKS, Example, make_split, stress_split
 from evostream.producers.embedding import PromptEmbedder
 from evostream.producers.reference import run_traced
@@ -65,16 +71,23 @@ from evostream.routing.calibrate import Labelled, Replay, calibrate_level, fit_p
 from evostream.routing.peer import SWRanking, random_scores, threshold_for_share
 from evostream.routing.policy import LADDER, LevelGate, prompt_features
 from evostream.stream_processors.risk.metrics import auroc
+from evostream.wiring.route_train import fit_gain_probe_on
 
 F64 = npt.NDArray[np.float64]
 BOOL = npt.NDArray[np.bool_]
-OURS = "ours (prompt + mid-answer)"
+OURS = "ours (prompt + gain probe mid-answer)"
+RISK = "prompt + risk probe mid-answer"
+BOTH_GAIN = "prompt on the gain + gain probe"
+SAME = "prompt-only at ours' share"
 ROUTERS = (
     "prompt-only",
     "prompt-only, P(self wrong)",
     OURS,
-    "ours, gain probe",
-    "mid-answer only",
+    RISK,
+    BOTH_GAIN,
+    SAME,
+    "mid-answer only, gain probe",
+    "mid-answer only, risk probe",
     "SW ranking",
     "random",
     "mean entropy",
@@ -170,9 +183,12 @@ class Run:
     test: npt.NDArray[np.intp]
     routed: dict[str, Replay]
     levels: list[tuple[LevelGate, Replay]]
+    levels_risk: list[tuple[LevelGate, Replay]]
+    """The same with the risk probe mid-answer (``route train --probe production``)."""
     chosen: dict[str, LevelGate]
     probe_auroc: float
     prompt_auroc: float
+    gain_auroc: float
 
 
 def one_run(w: Workload, seed: int, n_test: int, n_cal: int, share: float, bound: float, confidence: float) -> Run:
@@ -185,8 +201,7 @@ def one_run(w: Workload, seed: int, n_test: int, n_cal: int, share: float, bound
     gain = s.wrong & ~w.reference.wrong
     final = np.vstack([s.prefix[i][-1] for i in train])
 
-    def probe_on(label: BOOL) -> list[F64]:
-        probe = fit_probe(final, label[train], "bench", s.num_layers, l2=1.0, sketch_dim=2 * DEFAULT_DIM)
+    def scored_by(probe: RiskProbe) -> list[F64]:
         return [probe.probability(p) if len(p) else np.zeros(0) for p in s.prefix]
 
     def prompt_on(label: BOOL) -> F64:
@@ -201,7 +216,9 @@ def one_run(w: Workload, seed: int, n_test: int, n_cal: int, share: float, bound
         )
         return fit_prompt_model(w.prompt_x[train], label[train], best).probability(w.prompt_x)
 
-    risks, risks_gain = probe_on(s.wrong), probe_on(gain)
+    risks = scored_by(fit_probe(final, s.wrong[train], "bench", s.num_layers, l2=1.0, sketch_dim=2 * DEFAULT_DIM))
+    prefixes = [s.prefix[i] for i in train]
+    risks_gain = scored_by(fit_gain_probe_on(prefixes, gain[train], "bench", s.num_layers, 2 * DEFAULT_DIM))
     pscore, pscore_wrong = prompt_on(gain), prompt_on(s.wrong)
     entropy = [e / (1.0 + e) for e in s.entropy]  # monotone into [0, 1): a gate of 1 then means "never"
     zeros = np.zeros(n)
@@ -221,34 +238,44 @@ def one_run(w: Workload, seed: int, n_test: int, n_cal: int, share: float, bound
     scored = {
         "prompt-only": (pscore, risks, True, False),
         "prompt-only, P(self wrong)": (pscore_wrong, risks, True, False),
-        OURS: (pscore, risks, True, True),
-        "ours, gain probe": (pscore, risks_gain, True, True),
-        "mid-answer only": (zeros, risks, False, True),
+        OURS: (pscore_wrong, risks_gain, True, True),
+        RISK: (pscore, risks, True, True),
+        BOTH_GAIN: (pscore, risks_gain, True, True),
+        "mid-answer only, gain probe": (zeros, risks_gain, False, True),
+        "mid-answer only, risk probe": (zeros, risks, False, True),
         "mean entropy": (zeros, entropy, False, True),
     }
     chosen = {k: cal(p, r, b, m) for k, (p, r, b, m) in scored.items()}
     routed = {k: replay(items_of(w, test, p, r), chosen[k]) for k, (p, r, _, _) in scored.items()}
     sw = SWRanking.fit(w.embeddings[train], s.wrong[train], w.reference.wrong[train])
     rate = sw.win_rate(w.embeddings)
+    sent = int(np.sum(routed[OURS].answered != "self"))
+    top = np.argsort(-pscore[test], kind="stable")[:sent]  # prompt-only's score: its best at this share
+    routed[SAME] = before_only(w, test, np.isin(np.arange(len(test)), top))
     routed["SW ranking"] = before_only(w, test, rate[test] > threshold_for_share(rate[choose], share))
     coin = random_scores(n, seed)
     routed["random"] = before_only(w, test, coin[test] > threshold_for_share(coin[choose], share))
     # the ceiling: the test labels' own choice, the requests the reference wins first (at most the share asked)
     wins = np.flatnonzero(gain[test])[: int((1 - share) * len(test))]
     routed["oracle"] = before_only(w, test, np.isin(np.arange(len(test)), wins))
-    levels = []
+    levels, levels_risk = [], []
     for level, target in enumerate(LADDER):
         if level:
+            gate = cal(pscore_wrong, risks_gain, True, True, level, target)
+            levels.append((gate, replay(items_of(w, test, pscore_wrong, risks_gain), gate)))
             gate = cal(pscore, risks, True, True, level, target)
-            levels.append((gate, replay(items_of(w, test, pscore, risks), gate)))
+            levels_risk.append((gate, replay(items_of(w, test, pscore, risks), gate)))
     final_risk = np.array([r[-1] if len(r) else 0.0 for r in risks])
+    peak_gain = np.array([r.max() if len(r) else 0.0 for r in risks_gain])
     return Run(
         test,
         routed,
         levels,
+        levels_risk,
         chosen,
         auroc(final_risk[test], s.wrong[test]),
         auroc(pscore[test], gain[test]),
+        auroc(peak_gain[test], gain[test]),
     )
 
 
@@ -268,7 +295,8 @@ def report(w: Workload, runs: list[Run], args: argparse.Namespace) -> None:
     )
     print(
         f"test split AUROC: the risk probe (final step) on wrong self answers {r0.probe_auroc:.3f}; the prompt "
-        f"model on requests the reference wins {r0.prompt_auroc:.3f}"
+        f"model on requests the reference wins {r0.prompt_auroc:.3f}; the gain probe (highest over the steps) on "
+        f"them {r0.gain_auroc:.3f}"
     )
     cols = ["self alone", "reference alone", *ROUTERS]
     print("| task (n) | " + " | ".join(cols) + " |")
@@ -310,18 +338,19 @@ def report(w: Workload, runs: list[Run], args: argparse.Namespace) -> None:
     )
 
     print(f"\n## levels (seed 0; bound {args.bound}, confidence {args.confidence}; evidence from the certify split)")
-    print(
-        "| level | target self-share | test self-share | test accuracy | self-answered accuracy (certify) | "
-        "its lower bound | certified | before / mid |"
-    )
-    print("| --- " * 8 + "|")
-    for gate, rep in r0.levels:
-        ev = gate.evidence
+    for title, levels in (("gain probe (ours)", r0.levels), ("risk probe", r0.levels_risk)):
         print(
-            f"| {gate.level} | {gate.self_share:.2f} | {rep.self_share:.3f} | {rep.accuracy:.3f} | "
-            f"{ev['accuracy']:.3f} | {ev['accuracy_lower']:.3f} | {ev['certified']} | "
-            f"{rep.share('before'):.3f} / {rep.share('mid'):.3f} |"
+            f"| level, {title} | target self-share | test self-share | test accuracy | self-answered accuracy "
+            "(certify) | its lower bound | certified | before / mid |"
         )
+        print("| --- " * 8 + "|")
+        for gate, rep in levels:
+            ev = gate.evidence
+            print(
+                f"| {gate.level} | {gate.self_share:.2f} | {rep.self_share:.3f} | {rep.accuracy:.3f} | "
+                f"{ev['accuracy']:.3f} | {ev['accuracy_lower']:.3f} | {ev['certified']} | "
+                f"{rep.share('before'):.3f} / {rep.share('mid'):.3f} |"
+            )
 
     print(f"\n## spread over {len(runs)} repetitions (seeds 0..{len(runs) - 1}; each its own split): mean (min..max)")
 
@@ -344,28 +373,39 @@ def report(w: Workload, runs: list[Run], args: argparse.Namespace) -> None:
         )
     dev = [max(abs(rep.self_share - gate.self_share) for gate, rep in r.levels) for r in runs]
     print(f"largest |test self-share - target| over the levels: {spread(dev)}")
+    for title, pick in (("gain probe", lambda r: r.levels), ("risk probe", lambda r: r.levels_risk)):
+        certified = [[lv.evidence["certified"] for lv, _ in pick(r)] for r in runs]
+        accs = np.array([[lv.evidence["accuracy"] for lv, _ in pick(r)] for r in runs])
+        print(
+            f"levels certified with the {title} (levels 1..4, per repetition): "
+            + "; ".join("".join("y" if c else "n" for c in row) for row in certified)
+            + "; self-answered accuracy (certify) per level "
+            + ", ".join(spread(accs[:, k]) for k in range(accs.shape[1]))
+        )
     mids = [r.routed[OURS].share("mid") for r in runs]
     print(f"ours: share sent mid-answer at this operating point {spread(mids)}")
 
     print("\n## targets (every repetition)")
-    for name in (OURS, "ours, gain probe"):
+    for name in (OURS, RISK):
         ratio = [r.routed[name].accuracy / a for r, a in zip(runs, ref_acc, strict=True)]
         share = [r.routed[name].reference_share for r in runs]
+        both = sum(q >= 0.95 and h <= 1 - args.share + 1e-9 for q, h in zip(ratio, share, strict=True))
         print(
-            f"- >= 95% of the reference's accuracy at <= 15% reference share, {name}: {spread(ratio)} of it at a "
-            f"realised reference share of {spread(share)}: {'MET' if min(ratio) >= 0.95 else 'MISSED'}"
+            f"- >= 95% of the reference's accuracy at <= {1 - args.share:.0%} reference share, {name}: {spread(ratio)} "
+            f"of it at a realised reference share of {spread(share)}; both in {both} of {len(runs)} repetitions: "
+            f"{'MET' if both == len(runs) else 'MISSED'}"
         )
     print(
         f"- self-share within +-5 points at every level: {'MET' if max(dev) <= 0.05 else 'MISSED'} "
         f"(largest deviation {max(dev):.3f}, test splits of {len(runs[0].test)})"
     )
-    for name in (OURS, "ours, gain probe"):
-        gap = [r.routed[name].accuracy - r.routed["prompt-only"].accuracy for r in runs]
-        same = [r.routed[name].reference_share - r.routed["prompt-only"].reference_share for r in runs]
+    for name, base in ((OURS, "prompt-only"), (OURS, SAME), (RISK, "prompt-only")):
+        gap = [r.routed[name].accuracy - r.routed[base].accuracy for r in runs]
+        same = [r.routed[name].reference_share - r.routed[base].reference_share for r in runs]
         print(
-            f"- mid-answer beats prompt-only at the same share, {name}: {'MET' if min(gap) > 0 else 'MISSED'} "
-            f"(accuracy {spread(gap)} above prompt-only, ahead in {sum(g > 0 for g in gap)} of {len(gap)}; its "
-            f"reference share minus prompt-only's {spread(same)})"
+            f"- mid-answer beats prompt-only at the same share, {name} against {base}: "
+            f"{'MET' if min(gap) > 0 else 'MISSED'} (accuracy {spread(gap)} above, ahead in "
+            f"{sum(g > 0 for g in gap)} of {len(gap)}; its reference share minus the other's {spread(same)})"
         )
 
 

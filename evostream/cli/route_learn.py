@@ -30,12 +30,13 @@ def train(
     out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Where to write the policy (RoutePolicy JSON).")],
     family: Family = None,
     probe: Annotated[
-        str | None,
+        str,
         typer.Option(
-            help="The risk probe read mid-answer: an artifact sha256, 'none' for no decision mid-answer "
-            "(default: the production version of risk/<family> in the governance log)."
+            help="The probe read mid-answer: 'gain' (default) fits the policy's own on 'the reference wins' from the "
+            "same history and stores it in the artifact store; 'production' the production version of "
+            "risk/<family> in the governance log; an artifact sha256; 'none' for no decision mid-answer."
         ),
-    ] = None,
+    ] = "gain",
     level: Annotated[
         list[int] | None, typer.Option("--level", min=1, max=4, help="A level to calibrate (repeat; default 1-4).")
     ] = None,
@@ -48,32 +49,34 @@ def train(
     until: Until = None,
     bootstrap: Bootstrap = None,
 ) -> None:
-    """Read the route's labelled history (requests, completions, steps, outcomes), fit the prompt model on the oldest
-    half, choose each level's gates on the next quarter and certify them on the newest; write the policy file and
-    print the evidence per level. Register it with `evostream route register`."""
+    """Read the route's labelled history (requests, completions, steps, outcomes), fit the prompt model (and, by
+    default, the gain probe read mid-answer) on the oldest half, choose each level's gates on the next quarter and
+    certify them on the newest; write the policy file and print the evidence per level. Register it with
+    `evostream route register`."""
     from evostream.core.artifacts import ArtifactStore
     from evostream.models.default_model import MODEL_ID
     from evostream.views.governance import GovernanceView, parse_time
     from evostream.wiring.risk import load_probe, probe_model
-    from evostream.wiring.route_train import read_history, train_policy
+    from evostream.wiring.route_train import read_history, store_probe, train_policy
 
     settings = load_settings(**({"bootstrap_servers": bootstrap} if bootstrap else {}))
     server = broker(settings)
     fam = family or MODEL_ID
     store = ArtifactStore(settings.artifacts_dir)
     sha = probe
-    if sha is None:
+    if sha == "production":
         registry = GovernanceView(server, settings).replayed().registry
         state = registry.models.get(probe_model(fam))
         version = state["production"] if state else None
         if version is None:
             raise EvoError(
                 f"no production {probe_model(fam)} in the governance log: train one (`evostream risk train`), pass "
-                "--probe SHA256, or --probe none for a policy that decides before generation only"
+                "--probe gain (the policy's own), --probe SHA256, or --probe none for a policy that decides before "
+                "generation only"
             )
         sha = str(state["versions"][version]["artifact_sha256"]) if state else ""
         say(f"mid-answer: the production probe {version}")
-    risk = None if sha == "none" else load_probe(store, sha)
+    risk = None if sha in ("none", "gain") else load_probe(store, sha)
     history = read_history(server, fam, parse_time(since) if since else None, parse_time(until) if until else None)
     trained = train_policy(
         history,
@@ -84,6 +87,7 @@ def train(
         bound=bound,
         confidence=confidence,
         l2=l2,
+        keep_probe=(lambda p: store_probe(store, p)) if sha == "gain" else None,
     )
     out.write_bytes(trained.policy.to_bytes())
     for line in trained.lines:

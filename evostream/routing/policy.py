@@ -45,6 +45,10 @@ PROMPT_FEATURES: tuple[str, ...] = (
 )
 """The prompt's surface features, before its embedding (``prompt_features``)."""
 SELF, REFERENCE, CACHE, REFUSED = "self", "reference", "cache", "refused"
+GAIN_LABEL = "reference wins"
+"""The ``trained_on["label"]`` of a route's own mid-answer probe (a gain probe, ``evostream route train``): fitted on
+"the reference would have answered better" (the self answer wrong, the reference's not known to be wrong), not on
+"the self answer is wrong"."""
 
 
 class RoutingError(EvoError):

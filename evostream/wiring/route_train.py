@@ -8,38 +8,54 @@ ESCALATED partial: the self model did not finish those, so their answer has no l
 The reference's label is read where the reference answered the same request and was labelled; elsewhere it is not
 known and counts as right (the reference is the stronger model; ``trained_on`` says how many were assumed).
 
-``train_policy`` splits the labelled requests by time: the oldest half fits the prompt model (on "the reference
-would have answered better": the self answer wrong and the reference's not known to be wrong; ``bench.routing``
-measures why this label and not "the self answer is wrong": escalating a request both models get wrong buys nothing),
-the next quarter chooses each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``); the
-policy reads the given risk probe mid-answer. ``evaluate_policy`` replays a policy at each of its levels on the
-history: the share, accuracy and tokens it would have had."""
+``train_policy`` splits the labelled requests by time: the oldest half fits the models, the next quarter chooses
+each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``). Mid-answer the policy reads
+either a given risk probe or, by default, its own *gain probe*: the risk probe's model (``models/risk_probe.py``)
+fitted on the oldest half on "the reference would have answered better" (the self answer wrong and the reference's
+not known to be wrong), so that the token score answers the routing question rather than "is the self answer wrong"
+(``fit_gain_probe``; ``store_probe`` keeps it in the artifact store, where ``RoutePolicy.probe_sha256`` names it and
+``wiring.routing.register_route`` registers it as a version of ``risk/<family>-route``). The prompt model, before
+generation, then scores "the self answer is wrong": what stays on the self model is what a level is certified on
+(its self-answered accuracy), and the gain probe finds the requests worth escalating. Without a gain probe the prompt
+model is fitted on the gain itself (escalating a request both models get wrong buys nothing). ``bench.routing``
+measures each choice. ``evaluate_policy`` replays a policy at each of its levels on the history: the share, accuracy
+and tokens it would have had."""
 
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from evostream.core.artifacts import ArtifactStore
 from evostream.core.bus.reader import TopicReader
 from evostream.core.errors import EvoError
-from evostream.models.risk_probe import FeatureSums, RiskProbe
+from evostream.models.risk_probe import FeatureSums, RiskProbe, fit_probe, sketch_dim_of
 from evostream.routing.calibrate import Labelled, Replay, calibrate_level, fit_prompt_model, replay
-from evostream.routing.policy import LADDER, LevelGate, PromptModel, RoutePolicy, prompt_features
+from evostream.routing.policy import GAIN_LABEL, LADDER, LevelGate, PromptModel, RoutePolicy, prompt_features
 from evostream.schemas.catalog import COMPLETIONS, OUTCOMES, REQUESTS, STEPS
 from evostream.schemas.records import Completion, GenerationStep
+from evostream.stream_processors.risk.metrics import auroc
 from evostream.stream_processors.risk.outcomes import OutcomeBook
 from evostream.stream_processors.risk.policy import family_of
 from evostream.views.outcomes import read_outcomes
 from evostream.views.traces import read_traces
+from evostream.wiring.risk import ARTIFACT_FILE
 
 FIT, CHOOSE = 0.5, 0.75
 """Time-ordered cut points: [0, FIT) fits the prompt model, [FIT, CHOOSE) chooses the gates, [CHOOSE, 1] certifies."""
 MIN_PART = 20
 """Fewest labelled requests each of the three parts must hold."""
+SELF_WRONG = "self wrong"
+"""The prompt model's label when the policy reads a gain probe mid-answer: the self answer is wrong."""
+GAIN_L2_CHOICES = (1.0, 10.0, 30.0, 100.0, 300.0)
+"""The L2 penalties a gain probe's is chosen from (``fit_gain_probe_on``; its features are standardized)."""
 
 
 @dataclass(frozen=True)
@@ -154,12 +170,76 @@ def read_history(server: str, self_family: str, since_us: int | None = None, unt
 
 def token_risks(probe: RiskProbe, steps: Sequence[GenerationStep]) -> tuple[float, ...]:
     """P(wrong | steps so far) after each step, as ``TokenWatch`` computes it in the service."""
-    sums = FeatureSums(probe.num_layers, sketch_dim=probe.sketch_dim)
+    if not steps:
+        return ()
+    return tuple(float(p) for p in probe.probability(prefix_features(probe.num_layers, probe.sketch_dim, steps)))
+
+
+def gains(history: Sequence[Past]) -> npt.NDArray[np.bool_]:
+    """Per request: the reference would have answered better (the self answer wrong and the reference's not known to
+    be wrong: where the reference did not answer, "the self answer is wrong")."""
+    return np.array([p.self_wrong and not p.reference_wrong for p in history], dtype=np.bool_)
+
+
+def prefix_features(num_layers: int, sketch_dim: int, steps: Sequence[GenerationStep]) -> npt.NDArray[np.float64]:
+    """The probe's features after each step of a trace, one row per step (what ``TokenWatch`` scores)."""
+    sums = FeatureSums(num_layers, sketch_dim=sketch_dim)
     rows = []
     for s in steps:
         sums.update(s)
         rows.append(sums.features())
-    return tuple(float(p) for p in probe.probability(np.vstack(rows))) if rows else ()
+    return np.vstack(rows)
+
+
+def fit_gain_probe_on(
+    prefixes: Sequence[npt.NDArray[np.float64]],
+    gain: npt.ArrayLike,
+    family: str,
+    num_layers: int,
+    sketch_dim: int,
+    trained_on: Mapping[str, Any] | None = None,
+) -> RiskProbe:
+    """A gain probe from each trace's ``prefix_features`` and its label (the reference wins): the risk probe's model
+    fitted on the whole traces. Its L2 penalty is chosen among ``GAIN_L2_CHOICES`` on every fourth trace, held out
+    from that choice's fits, by the AUROC of what the service acts on: a trace's highest risk over its steps."""
+    y = np.asarray(gain, dtype=np.bool_)
+    final = np.vstack([p[-1] for p in prefixes])
+    held = np.arange(len(y)) % 4 == 3
+
+    def judged(l2: float) -> float:
+        if min(y[~held].sum(), (~y[~held]).sum(), y[held].sum(), (~y[held]).sum()) == 0:
+            return -l2  # too few labels to judge: the smallest penalty
+        probe = fit_probe(final[~held], y[~held], family, num_layers, l2=l2, sketch_dim=sketch_dim)
+        peaks = [float(probe.probability(p).max()) for p, h in zip(prefixes, held, strict=True) if h]
+        return auroc(np.array(peaks), y[held])
+
+    l2 = max(GAIN_L2_CHOICES, key=judged)
+    lineage = {**(trained_on or {}), "label": GAIN_LABEL, "traces": len(y), "gains": int(y.sum()), "l2": l2}
+    return fit_probe(final, y, family, num_layers, l2=l2, trained_on=lineage, sketch_dim=sketch_dim)
+
+
+def fit_gain_probe(
+    history: Sequence[Past], family: str, trained_on: Mapping[str, Any] | None = None
+) -> RiskProbe | None:
+    """The route's own mid-answer probe (``fit_gain_probe_on``) from the self answers' steps in ``history``, on the
+    label ``gains`` (None when the history holds one label only). The service reads it as it reads any risk probe."""
+    rows = [p for p in history if p.steps]
+    if not rows:
+        return None
+    layers, sketch = int(rows[0].steps[0]["num_layers"]), sketch_dim_of(rows[0].steps[0])
+    rows = [p for p in rows if int(p.steps[0]["num_layers"]) == layers and sketch_dim_of(p.steps[0]) == sketch]
+    y = gains(rows)
+    if y.all() or not y.any():
+        return None
+    prefixes = [prefix_features(layers, sketch, p.steps) for p in rows]
+    return fit_gain_probe_on(prefixes, y, family, layers, sketch, trained_on)
+
+
+def store_probe(store: ArtifactStore, probe: RiskProbe) -> str:
+    """Keep ``probe`` in the artifact store as ``evostream risk train`` keeps a risk probe; its sha256."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / ARTIFACT_FILE).write_bytes(probe.to_bytes())
+        return store.put_dir(Path(tmp)).sha256
 
 
 def labelled_items(history: Sequence[Past], prompt: PromptModel | None, probe: RiskProbe | None) -> list[Labelled]:
@@ -198,9 +278,12 @@ def train_policy(
     bound: float = 0.15,
     confidence: float = 0.95,
     l2: float = 10.0,
+    keep_probe: Callable[[RiskProbe], str] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Trained:
-    """A routing policy fitted and calibrated on ``history`` (EvoError when it holds too few labels)."""
+    """A routing policy fitted and calibrated on ``history`` (EvoError when it holds too few labels). Mid-answer it
+    reads ``probe`` (artifact ``probe_sha256``); with no probe and ``keep_probe`` given, its own gain probe, fitted on
+    the fit part (``fit_gain_probe``) and kept by ``keep_probe``, which returns its artifact's sha256."""
     past = history.requests
     n = len(past)
     a, b = round(n * FIT), round(n * CHOOSE)
@@ -211,21 +294,38 @@ def train_policy(
             f"{n} labelled requests of route {route!r}: each of fit, choose and certify (half, a quarter, a quarter by "
             f"time) needs at least {MIN_PART}; label more (left out: {left_out})"
         )
-    wrong = np.array([p.self_wrong and not p.reference_wrong for p in fit])
     dims = {len(p.embedding) for p in past}
     if len(dims) > 1:
         raise EvoError(
             f"the history's prompt embeddings differ in size ({sorted(dims)}): train on one embedder's range"
         )
-    prompt: PromptModel | None = None
     lines = [
         f"{n} labelled requests: {len(fit)} fit the prompt model, {len(choose)} choose gates, {len(certify_)} certify"
     ]
+    if probe is None and keep_probe is not None:
+        family = family_of(str(fit[0].steps[0]["model_version"]))
+        lineage = {"route": route, "from_us": fit[0].at_us, "until_us": fit[-1].at_us, "requests": len(fit)}
+        probe = fit_gain_probe(fit, family, trained_on=lineage)
+        if probe is None:
+            lines.append("the fit part holds one label only: no gain probe (no decision mid-answer)")
+        else:
+            probe_sha256 = keep_probe(probe)
+            lines.append(
+                f"gain probe: fitted on {probe.trained_on['traces']} traces ({probe.trained_on['gains']} the "
+                f"reference wins), artifact {probe_sha256}"
+            )
+        progress(lines[-1])
+    # with a gain probe mid-answer, the prompt model scores what the levels are certified on (the self answer is
+    # wrong) and the probe finds where the reference wins; without one, the prompt model does both, on the gain
+    gain_mid = probe is not None and probe.trained_on.get("label") == GAIN_LABEL
+    prompt_label = SELF_WRONG if gain_mid else GAIN_LABEL
+    wrong = np.array([p.self_wrong for p in fit]) if gain_mid else gains(fit)
+    prompt: PromptModel | None = None
     if wrong.all() or not wrong.any():
         lines.append("the fit part holds one label only: no prompt model (decisions mid-answer only)")
     else:
         prompt = fit_prompt_model(np.vstack([prompt_features(p.prompt, p.embedding) for p in fit]), wrong, l2)
-        lines.append(f"prompt model: {len(prompt.features)} features, L2 {l2:g}")
+        lines.append(f"prompt model: {len(prompt.features)} features, L2 {l2:g}, on {prompt_label!r}")
     progress(lines[-1])
     if prompt is None and probe is None:
         raise EvoError(
@@ -255,6 +355,7 @@ def train_policy(
         "labels_sha256": history.labels_sha256,
         "parts": {"fit": len(fit), "choose": len(choose), "certify": len(certify_)},
         "reference_label_assumed_right": unknown,
+        "prompt_label": prompt_label,
         "skipped": dict(sorted(history.skipped.items())),
     }
     policy = RoutePolicy(route, prompt, probe_sha256 if probe is not None else "", tuple(gates), trained_on)

@@ -3,10 +3,12 @@ and the Router the inference service routes with, following the log.
 
 ``register_route`` stores a ``RoutePolicy`` in the artifact store and registers it as a version of ``route/<name>``
 (like ``wiring.risk.register_probe`` does a risk probe), recording what replay needs to judge level events without
-reading files: the probe the policy reads (which must be a registered ``risk/<family>`` version) and each level's
-evidence exactly as the artifact holds it. ``propose_level`` reads the evidence from the artifact (re-hashed) and
-refuses a caller's evidence that differs; replay then refuses a proposal whose evidence is not the registration's,
-and ``GovernedRoute`` checks the artifact once more before it serves a level (``consumers/governance/levels.py``).
+reading files: the probe the policy reads (which must be a registered ``risk/<family>`` version: a policy's own gain
+probe, fitted by ``evostream route train`` and found in the store, is registered here first as a version of
+``risk/<family>-route``) and each level's evidence exactly as the artifact holds it. ``propose_level`` reads the
+evidence from the artifact (re-hashed) and refuses a caller's evidence that differs; replay then refuses a proposal
+whose evidence is not the registration's, and ``GovernedRoute`` checks the artifact once more before it serves a
+level (``consumers/governance/levels.py``).
 
 ``GovernedRoute(server, settings, name)`` is the callable the inference service takes ("the current Router"):
 ``current()`` (or calling it) gives the Router at the level in force, or None while the route has no level (no
@@ -32,14 +34,15 @@ from evostream.core.artifacts import ArtifactStore
 from evostream.core.errors import GovernanceError, TamperError
 from evostream.core.settings import Settings
 from evostream.models.risk_probe import RiskProbe
-from evostream.routing.policy import LADDER, RoutePolicy, Router, RoutingError
+from evostream.routing.policy import GAIN_LABEL, LADDER, RoutePolicy, Router, RoutingError
 from evostream.views.governance import anchor_file, anchored
-from evostream.wiring.risk import load_probe
+from evostream.wiring.risk import load_probe, probe_model
 
 log = logging.getLogger("evostream.routing")
 
 ARTIFACT_FILE = "policy.json"
 OPERATOR = "route-register"
+GAIN_OPERATOR = "route-train"
 
 
 def level_evidence(policy: RoutePolicy) -> dict[str, dict[str, Any]]:
@@ -63,10 +66,44 @@ def probe_version(registry: Registry, sha256: str) -> str | None:
     return None
 
 
+def gain_probe_model(family: str) -> str:
+    """The registry model whose versions are the gain probes of ``family``'s routes (a ``risk/`` model, never
+    promoted: the risk scores keep reading ``risk/<family>``)."""
+    return probe_model(f"{family}-route")
+
+
+def register_gain_probe(gov: Governance, store: ArtifactStore, sha256: str) -> str | None:
+    """Register the stored probe ``sha256`` as a version of ``risk/<family>-route`` when it is a route's gain probe
+    (``trained_on["label"]`` is ``GAIN_LABEL``); its version, or None when it is missing here or no gain probe."""
+    if not store.contains(sha256):
+        return None
+    probe = load_probe(store, sha256)
+    if probe.trained_on.get("label") != GAIN_LABEL:
+        return None
+    model = gain_probe_model(probe.family)
+    version = f"{model}@{sha256[:12]}"
+    known = gov.state().registry.models.get(model)
+    if known is not None and version in known["versions"]:
+        return version
+    ref = store.put_dir(store.open(sha256))  # stored already: the reference of the same bytes
+    gov.register(
+        model,
+        version,
+        artifact_uri=ref.uri,
+        artifact_sha256=ref.sha256,
+        operator=GAIN_OPERATOR,
+        operator_params=dict(probe.trained_on),
+        metrics={},
+        reason="a routing policy's own gain probe (the reference wins), registered with its policy",
+    )
+    return version
+
+
 def register_route(gov: Governance, store: ArtifactStore, policy: RoutePolicy, name: str, reason: str = "") -> str:
     """Store ``policy`` and register it as a version of ``route/<name>``; its version (the same bytes again: the
     version registered before). Refused: a policy made for another route, a level outside the ladder, a probe that is
-    no registered risk probe or is missing from this machine's store."""
+    no registered risk probe (nor a gain probe in this machine's store, registered then) or is missing from this
+    machine's store."""
     if policy.route != name:
         raise GovernanceError(f"the policy was made for route {policy.route!r}, not {name!r}")
     outside = sorted(g.level for g in policy.gates if not 1 <= g.level < len(LADDER))
@@ -77,11 +114,11 @@ def register_route(gov: Governance, store: ArtifactStore, policy: RoutePolicy, n
     registry = gov.state().registry
     probe: str | None = None
     if policy.probe_sha256:
-        probe = probe_version(registry, policy.probe_sha256)
+        probe = probe_version(registry, policy.probe_sha256) or register_gain_probe(gov, store, policy.probe_sha256)
         if probe is None:
             raise GovernanceError(
                 f"the policy reads probe {policy.probe_sha256[:12]}..., which is no registered risk/<family> "
-                "version: register it first (`evostream risk train`)"
+                "version nor a gain probe in this store: register it first (`evostream risk train`)"
             )
         load_probe(store, policy.probe_sha256)  # present here and intact, or ArtifactError
     with tempfile.TemporaryDirectory() as tmp:

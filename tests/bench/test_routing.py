@@ -22,6 +22,8 @@ def test_quick_run_reports_every_router_level_and_target(capsys: pytest.CaptureF
     shares = next(line for line in out.splitlines() if line.startswith("| reference share |"))
     assert [float(c) for c in shares.strip("|").split("|")[1:3]] == [0.0, 1.0]
     levels = re.findall(r"^\| (\d) \| (0\.\d\d) \| (\d\.\d+) \|", out, re.M)
-    assert [(lv, t) for lv, t, _ in levels] == [("1", "0.20"), ("2", "0.50"), ("3", "0.80"), ("4", "0.95")]
+    ladder = [("1", "0.20"), ("2", "0.50"), ("3", "0.80"), ("4", "0.95")]
+    assert [(lv, t) for lv, t, _ in levels] == ladder * 2  # with the gain probe (ours), then with the risk probe
+    assert re.search(r"^levels certified with the gain probe .*\nlevels certified with the risk probe", out, re.M)
     for target in ("95% of the reference's accuracy", "within +-5 points", "beats prompt-only"):
         assert re.search(rf"{re.escape(target)}.*: (MET|MISSED)", out)

@@ -19,16 +19,16 @@ from evostream.core.artifacts import ArtifactStore
 from evostream.core.clock import now_us
 from evostream.core.errors import EvoError
 from evostream.models.loading import load_model
-from evostream.models.risk_probe import fit_probe, trace_features
+from evostream.models.risk_probe import RiskProbe, fit_probe, trace_features
 from evostream.models.suite.tasks import make_split, stress_split
 from evostream.producers.reference import run_traced
 from evostream.producers.sketch import DEFAULT_DIM
-from evostream.routing.policy import RoutePolicy
+from evostream.routing.policy import GAIN_LABEL, RoutePolicy
 from evostream.schemas.records import Completion
 from evostream.schemas.samples import completion, generation_step
 from evostream.stream_processors.risk.outcomes import OutcomeBook, outcome
 from evostream.wiring.feedback import publish_outcomes
-from evostream.wiring.risk import ARTIFACT_FILE
+from evostream.wiring.risk import ARTIFACT_FILE, load_probe
 from evostream.wiring.route_train import History, Past, assemble, train_policy
 from tests.stream_processors.harness import CLI, serve
 
@@ -81,6 +81,59 @@ def test_training_refuses_a_history_with_nothing_to_route_on() -> None:
         train_policy(History(past), "r1", None, "")
     with pytest.raises(EvoError, match="needs at least 20"):
         train_policy(History(past[:30]), "r1", None, "")
+
+
+def _history(n: int, seed: int = 0, reference_known: bool = True) -> History:
+    """Requests of three kinds, one in three each: the self model right (calm steps), the reference wins (the self
+    model wrong, noisy steps), both wrong (calm steps: the self model is wrong where its tokens look sure)."""
+    rng = np.random.default_rng(seed)
+    past = []
+    for i in range(n):
+        kind = i % 3
+        steps = [generation_step(s, f"t{i}") for s in range(4)]
+        if kind == 1:
+            steps = [dict(s, entropy_bits=6.0 + rng.random()) for s in steps]  # type: ignore[misc]
+        ref_wrong = (kind == 2) if reference_known else None
+        past.append(Past(f"r{i}", f"add: {i}+{kind}", (), i, kind > 0, ref_wrong, steps))  # type: ignore[arg-type]
+    return History(past)
+
+
+def test_training_fits_its_own_gain_probe_on_the_reference_wins() -> None:
+    kept: list[RiskProbe] = []
+
+    def keep(probe: RiskProbe) -> str:
+        kept.append(probe)
+        return "cd" * 32
+
+    trained = train_policy(_history(300), "r1", None, "", keep_probe=keep)
+    assert trained.policy.probe_sha256 == "cd" * 32 and len(kept) == 1
+    probe = kept[0]
+    assert probe.trained_on["label"] == GAIN_LABEL and probe.trained_on["route"] == "r1"
+    assert probe.trained_on["traces"] == 150 and probe.trained_on["gains"] == 50  # the fit part: the oldest half
+    steps = {kind: _history(3, seed=1).requests[kind].steps for kind in range(3)}
+    risk = {kind: probe.score(s) for kind, s in steps.items()}
+    # the reference wins where the tokens are noisy; where both are wrong escalating buys nothing: scored low
+    assert risk[1] > 0.9 and risk[2] < 0.5 and risk[0] < 0.5, risk
+    assert any("gain probe: fitted on 150 traces (50 the reference wins)" in line for line in trained.lines)
+    # the gain probe finds where escalating pays; the prompt model scores what the levels certify: self answers wrong
+    assert trained.policy.trained_on["prompt_label"] == "self wrong"
+    # where the reference's answers are not known, the label is "the self answer is wrong"
+    unknown: list[RiskProbe] = []
+    train_policy(_history(300, reference_known=False), "r1", None, "", keep_probe=lambda p: unknown.append(p) or "")
+    assert unknown[0].trained_on["gains"] == 100 and unknown[0].score(steps[2]) > 0.5
+    # a given probe is read as given: nothing fitted
+    assert train_policy(_history(300), "r1", probe, "ab" * 32, keep_probe=keep).policy.probe_sha256 == "ab" * 32
+    assert len(kept) == 1
+    # a risk probe (P(self wrong)) mid-answer: the prompt model learns where the reference wins, as before
+    risk = fit_probe(
+        np.vstack([trace_features(p.steps, 4, 8) for p in _history(90).requests]),
+        np.array([p.self_wrong for p in _history(90).requests]),
+        "selfcheck",
+        4,
+        sketch_dim=8,
+    )
+    given = train_policy(_history(300), "r1", risk, "ef" * 32, keep_probe=keep).policy
+    assert given.probe_sha256 == "ef" * 32 and given.trained_on["prompt_label"] == GAIN_LABEL
 
 
 def test_route_train_and_eval_on_the_real_broker(kafka: str, tmp_path: Path) -> None:
@@ -141,6 +194,17 @@ def test_route_train_and_eval_on_the_real_broker(kafka: str, tmp_path: Path) -> 
     assert printed[0] == "240 labelled requests: 120 fit the prompt model, 60 choose gates, 60 certify"
     assert [line.split(" ")[1] for line in printed if line.startswith("level ")] == ["1", "2", "3", "4"]
     assert json.loads(out.read_bytes())["format"] == "evostream.route-policy/1"
+
+    # by default the policy reads its own gain probe, fitted on the fit part and kept in the artifact store
+    own = tmp_path / "own.json"
+    cmd = [*CLI, "route", "train", "--route", "r1", "--out", str(own), "--since", since]
+    trained = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    mine = RoutePolicy.from_bytes(own.read_bytes())
+    assert mine.probe_sha256 not in ("", sha) and [g.level for g in mine.gates] == [1, 2, 3, 4]
+    gain = load_probe(ArtifactStore(tmp_path / "art"), mine.probe_sha256)
+    assert gain.trained_on["label"] == GAIN_LABEL and gain.trained_on["traces"] == 120
+    assert "gain probe: fitted on 120 traces" in trained.stdout and mine.probe_sha256 in trained.stdout
 
     done = subprocess.run(
         [*CLI, "route", "eval", "--policy", str(out), "--since", since],

@@ -24,10 +24,11 @@ from evostream.core.artifacts import ArtifactStore
 from evostream.core.errors import GovernanceError, PolicyViolationError
 from evostream.core.settings import Settings
 from evostream.models.risk_probe import fit_probe, trace_features
-from evostream.routing.policy import LevelGate, RoutePolicy, Router
+from evostream.routing.policy import GAIN_LABEL, LevelGate, RoutePolicy, Router
 from evostream.schemas.samples import generation_step
 from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.wiring.risk import Trained, register_probe
+from evostream.wiring.route_train import store_probe
 from evostream.wiring.routing import GovernedRoute, lower_level, propose_level, register_route
 from tests.stream_processors.harness import CLI
 
@@ -175,3 +176,28 @@ def test_a_level_approved_by_another_actor_reaches_the_router(
         assert "pending: level 3" in _cli(env, "route", "show", "default").stdout
     finally:
         route.close()
+
+
+def test_a_policy_reading_its_own_gain_probe_registers_it_as_a_route_probe(
+    governed: tuple[Settings, dict[str, str], dict[str, Governance]],
+) -> None:
+    settings, _, actors = governed
+    store = ArtifactStore(settings.artifacts_dir)
+    probe = _probe_trained().probe
+    gain = replace(probe, trained_on={"label": GAIN_LABEL, "route": "default", "traces": 12})
+    gain_sha, plain_sha = store_probe(store, gain), store_probe(store, probe)
+    gates = (LevelGate(1, 0.2, prompt_gate=0.9, token_gate=0.7, evidence=_evidence(2400, 0.95)),)
+    # a stored probe that is no gain probe and no registered risk probe: refused, as before
+    with pytest.raises(GovernanceError, match="no registered risk/<family> version"):
+        register_route(actors["ops"], store, RoutePolicy("default", None, plain_sha, gates), "default")
+    version = register_route(actors["ops"], store, RoutePolicy("default", None, gain_sha, gates), "default")
+    registry = actors["ops"].state().registry
+    entry = registry.version("route/default", version)
+    assert entry["operator_params"]["probe_version"] == f"risk/fam-route@{gain_sha[:12]}"
+    probe_entry = registry.version("risk/fam-route", f"risk/fam-route@{gain_sha[:12]}")
+    assert probe_entry["artifact_sha256"] == gain_sha and probe_entry["operator"] == "route-train"
+    assert probe_entry["operator_params"]["label"] == GAIN_LABEL
+    assert registry.models["risk/fam-route"]["production"] is None  # never served as the family's risk score
+    # registered once: the same policy again is the same version, the probe not registered twice
+    assert register_route(actors["ops"], store, RoutePolicy("default", None, gain_sha, gates), "default") == version
+    assert len(actors["ops"].state().registry.models["risk/fam-route"]["versions"]) == 1
