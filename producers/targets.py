@@ -73,8 +73,17 @@ class ReferenceTarget(Protocol):
         """What its Completions carry as model_version."""
         ...
 
-    def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
-        """One answer per prompt, in order; a failure is an error Answer, never an exception."""
+    def answer(
+        self,
+        prompts: Sequence[str],
+        params: GenParams,
+        metas: Sequence[TraceMeta],
+        emit: Emit,
+        deadline: float | None = None,
+    ) -> list[Answer]:
+        """One answer per prompt, in order; a failure is an error Answer, never an exception. ``deadline``
+        (``time.monotonic()``): the batch's, shared by all its calls; a target that waits on others ends its calls
+        by then (an in-process model is bounded by the tokens it may generate instead)."""
         ...
 
     def close(self) -> None: ...
@@ -92,7 +101,14 @@ class GovernedTarget:
     def version(self) -> str:
         return self.loaded.version
 
-    def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
+    def answer(
+        self,
+        prompts: Sequence[str],
+        params: GenParams,
+        metas: Sequence[TraceMeta],
+        emit: Emit,
+        deadline: float | None = None,
+    ) -> list[Answer]:
         gen, version = self.generator, self.version
 
         def on_step(sb: StepBatch) -> None:
@@ -212,12 +228,21 @@ class OpenAITarget:
                 body["seed"] = params.seed
         return body
 
-    def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
-        """The prompts asked at once (up to ``max_concurrent`` in flight), all within ``batch_deadline_s`` of now:
-        each call's timeout is what is left of it, and a call not answered by then is an error answer."""
-        deadline = time.monotonic() + self.batch_deadline_s
-        calls = [self._pool.submit(self._guarded, p, params, deadline) for p in prompts]
-        wait(calls, timeout=self.batch_deadline_s)
+    def answer(
+        self,
+        prompts: Sequence[str],
+        params: GenParams,
+        metas: Sequence[TraceMeta],
+        emit: Emit,
+        deadline: float | None = None,
+    ) -> list[Answer]:
+        """The prompts asked at once (up to ``max_concurrent`` in flight), all by ``deadline`` and within
+        ``batch_deadline_s`` of now: each call's timeout is what is left, and a call not answered by then is an error
+        answer."""
+        now = time.monotonic()
+        end = now + self.batch_deadline_s if deadline is None else min(deadline, now + self.batch_deadline_s)
+        calls = [self._pool.submit(self._guarded, p, params, end) for p in prompts]
+        wait(calls, timeout=max(0.0, end - now))
         answers = []
         for call in calls:
             if call.done():
@@ -229,8 +254,8 @@ class OpenAITarget:
 
     def _late(self) -> str:
         return (
-            f"reference {self.version}: no answer from {self.base_url}/completions within the batch's deadline of "
-            f"{self.batch_deadline_s:g} s"
+            f"reference {self.version}: no answer from {self.base_url}/completions by the batch's deadline (its "
+            f"reference calls end within {self.batch_deadline_s:g} s)"
         )
 
     def _guarded(self, prompt: str, params: GenParams, deadline: float) -> Answer:

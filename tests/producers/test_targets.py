@@ -243,16 +243,41 @@ def test_a_batch_waits_on_the_http_reference_no_longer_than_its_deadline(server:
     assert took < 2.5, took
     assert [a.text for a in answers[:2]] == ["answer to p0", "answer to p1"]  # the first two, in at about 1 s
     for a in answers[2:]:  # asked at about 1 s, cut at 1.6 s
-        assert a.generated is None and "the batch's deadline of 1.6 s" in (a.error or ""), a.error
+        assert a.generated is None and "by the batch's deadline" in (a.error or ""), a.error
+        assert "within 1.6 s" in (a.error or "")
+
+
+def test_the_batch_deadline_is_shared_by_its_calls(server: tuple[str, Backend]) -> None:
+    """A batch's groups each call ``answer``; given the batch's deadline, a later call has only what is left of it."""
+    url, backend = server
+    backend.delay_s = 1.0
+    target = OpenAITarget(url, "big-model", timeout_s=30)
+    try:
+        deadline = time.monotonic() + 1.5
+        (first,) = target.answer(["p0"], GenParams(max_new_tokens=3), META, no_emit, deadline)
+        started = time.monotonic()
+        (second,) = target.answer(["p1"], GenParams(max_new_tokens=3), META, no_emit, deadline)
+        took = time.monotonic() - started
+    finally:
+        target.close()
+    assert first.error is None
+    assert second.generated is None and "by the batch's deadline" in (second.error or "") and took < 0.9, took
 
 
 class Exploding(OpenAITarget):
     """An HTTP reference whose target itself fails on prompts starting "boom" (a bug, not a bad answer)."""
 
-    def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
+    def answer(
+        self,
+        prompts: Sequence[str],
+        params: GenParams,
+        metas: Sequence[TraceMeta],
+        emit: Emit,
+        deadline: float | None = None,
+    ) -> list[Answer]:
         if any(p.startswith("boom") for p in prompts):
             raise AttributeError("'str' object has no attribute 'get'")
-        return super().answer(prompts, params, metas, emit)
+        return super().answer(prompts, params, metas, emit, deadline)
 
 
 @pytest.mark.integration
