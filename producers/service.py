@@ -52,7 +52,7 @@ from evostream.producers.records import TokenTexts, completion_record
 from evostream.producers.routing import Route, Watches, decision
 from evostream.producers.steps import StepBatch, TraceMeta
 from evostream.producers.swap import FixedModel, ModelSource, ServingModel
-from evostream.producers.targets import Answer, new_trace
+from evostream.producers.targets import BATCH_DEADLINE_S, POLL_INTERVAL_S, Answer, new_trace
 from evostream.routing.policy import REFERENCE, SELF, Router, RoutingError, Verdict, prompt_features
 from evostream.routing.prices import PriceTable
 from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, INFERENCE_GROUP, NEURONS, REQUESTS, ROUTES, STEPS
@@ -248,7 +248,10 @@ class InferenceService:
     def run(self, on_ready: Callable[[], None] = lambda: None, max_requests: int | None = None) -> None:
         """Serve until stopped (SIGTERM / SIGINT, ``stop_event``) or, given ``max_requests``, until that many requests
         have been read and answered."""
-        self.consumer = EventConsumer(self.bootstrap, GROUP, [REQUESTS], {"enable.auto.commit": False})
+        # max.poll.interval.ms stated, not left to librdkafka: a batch's HTTP reference calls are bounded by a share
+        # of it (targets.BATCH_DEADLINE_S)
+        config = {"enable.auto.commit": False, "max.poll.interval.ms": int(POLL_INTERVAL_S * 1000)}
+        self.consumer = EventConsumer(self.bootstrap, GROUP, [REQUESTS], config)
         self.completer = Completer(self._embed)
         book = self._book = OffsetBook()
         try:
@@ -493,9 +496,10 @@ class InferenceService:
             if pending is not None:
                 groups.setdefault(pending.params, []).append(pending)
         router = self.route.router() if self.route is not None else None  # once per batch: a new level applies next
+        deadline = time.monotonic() + BATCH_DEADLINE_S  # the reference calls of all the batch's groups end by then
         for params, batch in groups.items():
             if self.route is not None and router is not None:
-                self._generate_routed(self.route, router, params, batch, started)
+                self._generate_routed(self.route, router, params, batch, started, deadline)
             else:
                 self._generate(params, batch, started)
         self._publish_neuron_counts(started)
@@ -576,10 +580,11 @@ class InferenceService:
 
     # --- routed static batches -----------------------------------------------------------------------------------
     def _generate_routed(
-        self, route: Route, router: Router, params: GenParams, batch: list[_Pending], started: int
+        self, route: Route, router: Router, params: GenParams, batch: list[_Pending], started: int, deadline: float
     ) -> None:
         """Decide each request before generation, generate the self model's share with a watch per row, move the rows
-        whose watch moved (their partial answers published), and have the reference answer the rest."""
+        whose watch moved (their partial answers published), and have the reference answer the rest by ``deadline``
+        (the batch's, ``time.monotonic()``)."""
         embeddings = self._embed([p.prompt for p in batch])  # the prompt features need them: embedded first
         self_v, ref_v = self.serving.version, route.reference.version
         costs = [
@@ -637,9 +642,8 @@ class InferenceService:
                 self._decided(route, router, p, "GENERATION", moved, (self_v, ref_v), costs[i], p.meta.trace_id)
         if ref_metas:
             order = sorted(ref_metas)
-            answers = route.reference.answer(
-                [batch[i].prompt for i in order], params, [ref_metas[i] for i in order], self.emitter.submit
-            )
+            asked = [batch[i].prompt for i in order]
+            answers = _ask(route, asked, params, [ref_metas[i] for i in order], self.emitter, deadline)
             for i, answer in zip(order, answers, strict=True):
                 self._answered(ref_v, ref_metas[i], answer, embeddings[i], started, _position(batch[i].msg))
 
@@ -748,6 +752,24 @@ class InferenceService:
     def _count(self) -> None:
         with self._served_lock:
             self._served += 1
+
+
+def _ask(
+    route: Route, prompts: list[str], params: GenParams, metas: list[TraceMeta], emitter: StepEmitter, deadline: float
+) -> list[Answer]:
+    """The reference's answers to ``prompts``, one each; whatever the target raises, or an answer count that does
+    not match, is an error answer for each of them: a reference fails its requests, never the service."""
+    version = route.reference.version
+    try:
+        answers = route.reference.answer(prompts, params, metas, emitter.submit, deadline)
+    except Exception as e:  # any bug or failure of a target
+        log.exception("the reference %s failed for %d requests", version, len(prompts))
+        return [Answer(None, "", f"reference {version} failed: {type(e).__name__}: {e}") for _ in prompts]
+    if len(answers) != len(prompts):
+        why = f"reference {version} gave {len(answers)} answers to {len(prompts)} prompts"
+        log.error("%s", why)
+        return [Answer(None, "", why) for _ in prompts]
+    return answers
 
 
 def _before(router: Router, prompt: str, embedding: list[float]) -> Verdict:

@@ -7,8 +7,9 @@ Two kinds behind one protocol (``ReferenceTarget``):
   reference's token statistics too.
 - ``OpenAITarget``: a model behind an OpenAI-compatible server (vLLM, llama.cpp, Ollama, another evostream),
   called on ``POST <base>/completions``, non-streaming, one request per prompt (a batch's prompts at once, up to
-  ``max_concurrent``); its version is ``external:<model>``. A failed call (an HTTP error, a timeout, an answer that
-  is not the wire format) is that request's error answer, never the service's crash.
+  ``max_concurrent``, all within ``batch_deadline_s``); its version is ``external:<model>``. A failed call (an HTTP
+  error, a timeout, the batch's deadline passed, an answer that is not the wire format, checked field by field by
+  ``read_completion``) is that request's error answer, never the service's crash.
 
 ``parse_reference`` reads the ``--reference`` / ``EVOSTREAM_ROUTE_REFERENCE`` text. Loading a governed version's
 artifact is wiring (the governance log and the artifact store), done by the CLI."""
@@ -16,9 +17,10 @@ artifact is wiring (the governance log and the artifact store), done by the CLI.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -71,8 +73,17 @@ class ReferenceTarget(Protocol):
         """What its Completions carry as model_version."""
         ...
 
-    def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
-        """One answer per prompt, in order; a failure is an error Answer, never an exception."""
+    def answer(
+        self,
+        prompts: Sequence[str],
+        params: GenParams,
+        metas: Sequence[TraceMeta],
+        emit: Emit,
+        deadline: float | None = None,
+    ) -> list[Answer]:
+        """One answer per prompt, in order; a failure is an error Answer, never an exception. ``deadline``
+        (``time.monotonic()``): the batch's, shared by all its calls; a target that waits on others ends its calls
+        by then (an in-process model is bounded by the tokens it may generate instead)."""
         ...
 
     def close(self) -> None: ...
@@ -90,7 +101,14 @@ class GovernedTarget:
     def version(self) -> str:
         return self.loaded.version
 
-    def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
+    def answer(
+        self,
+        prompts: Sequence[str],
+        params: GenParams,
+        metas: Sequence[TraceMeta],
+        emit: Emit,
+        deadline: float | None = None,
+    ) -> list[Answer]:
         gen, version = self.generator, self.version
 
         def on_step(sb: StepBatch) -> None:
@@ -111,6 +129,48 @@ class GovernedTarget:
 FINISH = {"stop": "STOP", "length": "LENGTH", "eos": "STOP"}
 """OpenAI finish reasons as a Completion's (anything else: STOP)."""
 
+POLL_INTERVAL_S = 300.0
+"""The inference consumer's ``max.poll.interval.ms`` (librdkafka's default, set explicitly by the service): a member
+that does not poll for this long leaves the group, and its requests are served again by another."""
+BATCH_DEADLINE_S = POLL_INTERVAL_S / 3
+"""How long one batch may wait on an HTTP reference in all (a third of the poll interval: the self model's
+generation, the embedding and the step events of the batch have the rest)."""
+
+
+class WireError(ValueError):
+    """An answer that is not the OpenAI completions format."""
+
+
+def read_completion(data: object) -> tuple[str, str, int, int]:
+    """(text, finish reason, prompt tokens, completion tokens) of a ``/v1/completions`` answer body, each checked:
+    an object with a non-empty ``choices`` list whose first item is an object with a string ``text``, and a
+    ``usage`` (absent or null: no counts, 0) that is an object whose counts are non-negative integers. WireError
+    says what is wrong."""
+    if not isinstance(data, dict):
+        raise WireError(f"the body is not an object: {type(data).__name__}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise WireError(f"no choices (a non-empty list): {choices!r:.100}")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise WireError(f"the choice is not an object: {choice!r:.100}")
+    text = choice.get("text")
+    if not isinstance(text, str):
+        raise WireError(f"the choice's text is not a string: {text!r:.100}")
+    usage = data.get("usage")
+    if usage is None:
+        usage = {}
+    if not isinstance(usage, dict):
+        raise WireError(f"usage is not an object: {usage!r:.100}")
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        n = usage.get(name, 0)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise WireError(f"usage.{name} is not a count (a non-negative integer): {n!r:.100}")
+        counts.append(n)
+    finish = FINISH.get(str(choice.get("finish_reason")), "STOP")
+    return text, finish, counts[0], counts[1]
+
 
 class OpenAITarget:
     """A model behind an OpenAI-compatible ``/v1/completions`` endpoint."""
@@ -122,11 +182,14 @@ class OpenAITarget:
         timeout_s: float = 60.0,
         client: httpx.Client | None = None,
         max_concurrent: int = 8,
+        batch_deadline_s: float = BATCH_DEADLINE_S,
     ) -> None:
         """``model`` None: the server's first model (``GET <base>/models``), asked now, so that every decision and
-        Completion names the model that answers. ``max_concurrent``: a batch's prompts in flight at once."""
+        Completion names the model that answers. ``max_concurrent``: a batch's prompts in flight at once.
+        ``timeout_s`` bounds one call, ``batch_deadline_s`` all the calls of one ``answer``."""
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
+        self.batch_deadline_s = batch_deadline_s
         self.client = client or httpx.Client(timeout=timeout_s, limits=httpx.Limits(max_connections=max_concurrent))
         self.model = model or self._first_model()
         self._pool = ThreadPoolExecutor(max_concurrent, thread_name_prefix="evostream-reference")
@@ -165,16 +228,54 @@ class OpenAITarget:
                 body["seed"] = params.seed
         return body
 
-    def answer(self, prompts: Sequence[str], params: GenParams, metas: Sequence[TraceMeta], emit: Emit) -> list[Answer]:
-        if len(prompts) == 1:
-            return [self._one(prompts[0], params)]
-        return list(self._pool.map(lambda p: self._one(p, params), prompts))
+    def answer(
+        self,
+        prompts: Sequence[str],
+        params: GenParams,
+        metas: Sequence[TraceMeta],
+        emit: Emit,
+        deadline: float | None = None,
+    ) -> list[Answer]:
+        """The prompts asked at once (up to ``max_concurrent`` in flight), all by ``deadline`` and within
+        ``batch_deadline_s`` of now: each call's timeout is what is left, and a call not answered by then is an error
+        answer."""
+        now = time.monotonic()
+        end = now + self.batch_deadline_s if deadline is None else min(deadline, now + self.batch_deadline_s)
+        calls = [self._pool.submit(self._guarded, p, params, end) for p in prompts]
+        wait(calls, timeout=max(0.0, end - now))
+        answers = []
+        for call in calls:
+            if call.done():
+                answers.append(call.result())  # _guarded raises nothing
+                continue
+            call.cancel()  # not started: never asked; started: its own timeout ends it by the deadline
+            answers.append(Answer(None, "", self._late()))
+        return answers
 
-    def _one(self, prompt: str, params: GenParams) -> Answer:
+    def _late(self) -> str:
+        return (
+            f"reference {self.version}: no answer from {self.base_url}/completions by the batch's deadline (its "
+            f"reference calls end within {self.batch_deadline_s:g} s)"
+        )
+
+    def _guarded(self, prompt: str, params: GenParams, deadline: float) -> Answer:
+        """One call; whatever it raises is its error answer."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return Answer(None, "", self._late())
+        try:
+            return self._one(prompt, params, min(self.timeout_s, left))
+        except Exception as e:  # a reference's failure is its request's, never the service's
+            log.exception("the reference %s failed", self.version)
+            return Answer(None, "", f"reference {self.version}: {type(e).__name__}: {e}")
+
+    def _one(self, prompt: str, params: GenParams, timeout_s: float) -> Answer:
         url = f"{self.base_url}/completions"
         try:
-            reply = self.client.post(url, json=self.body(prompt, params), timeout=self.timeout_s)
+            reply = self.client.post(url, json=self.body(prompt, params), timeout=timeout_s)
         except httpx.TimeoutException:
+            if timeout_s < self.timeout_s:
+                return Answer(None, "", self._late())
             return Answer(None, "", f"reference {self.version}: no answer from {url} within {self.timeout_s:g} s")
         except httpx.HTTPError as e:
             return Answer(None, "", f"reference {self.version}: {url}: {type(e).__name__}: {e}")
@@ -183,18 +284,17 @@ class OpenAITarget:
                 None, "", f"reference {self.version}: {url} answered HTTP {reply.status_code}: {reply.text[:300]}"
             )
         try:
-            data = reply.json()
-            choice = data["choices"][0]
-            text = str(choice["text"])
-            usage = data.get("usage") or {}
-            gen = Generated(
-                finish_reason=FINISH.get(str(choice.get("finish_reason")), "STOP"),
-                prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                decode_us=int(reply.elapsed.total_seconds() * 1e6),
-            )
-            return Answer(gen, text, output_tokens=int(usage.get("completion_tokens", 0)))
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            return Answer(None, "", f"reference {self.version}: {url} did not answer in the OpenAI format: {e!r}")
+            try:
+                data = reply.json()
+            except ValueError as e:  # not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
+                raise WireError(f"the body is not JSON ({e}): {reply.content[:100]!r}") from e
+            text, finish, prompt_tokens, output_tokens = read_completion(data)
+        except WireError as e:
+            return Answer(None, "", f"reference {self.version}: {url} did not answer in the OpenAI format: {e}")
+        gen = Generated(
+            finish_reason=finish, prompt_tokens=prompt_tokens, decode_us=int(reply.elapsed.total_seconds() * 1e6)
+        )
+        return Answer(gen, text, output_tokens=output_tokens)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

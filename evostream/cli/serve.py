@@ -37,7 +37,10 @@ def serve(
     attention: Annotated[
         str, typer.Option(help="Per-head signal: auto, entropy (eager attention), output_norm.")
     ] = "auto",
-    embed: Annotated[bool, typer.Option(help="Compute the 384-d MiniLM prompt embedding.")] = True,
+    embed: Annotated[
+        bool,
+        typer.Option(help="Compute the 384-d MiniLM prompt embedding (a route's prompt model needs it)."),
+    ] = True,
     governed: Annotated[
         str | None,
         typer.Option(
@@ -91,10 +94,13 @@ def serve(
         Path | None,
         typer.Option(
             help="Serve this routing policy file (a RoutePolicy's JSON; its risk probe is read from the artifact "
-            "store) at --route-level instead of following the governance log (tests, trials)."
+            "store) at --route-level instead of following the governance log: for tests and trials, ungoverned (no "
+            "evidence, no approval); its decisions carry policy_version file:<sha256>."
         ),
     ] = None,
-    route_level: Annotated[int | None, typer.Option(help="The independence level of --route-policy served.")] = None,
+    route_level: Annotated[
+        int | None, typer.Option(help="The independence level of --route-policy served (0 to 4, a gate of the file).")
+    ] = None,
     bootstrap: Bootstrap = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:
@@ -117,7 +123,7 @@ def serve(
         route=route,
         route_reference=reference,
     )
-    fixed = _check_route_flags(settings, route_policy, route_level)
+    fixed = _check_route_flags(settings, route_policy, route_level, embed)
     prices = _prices(settings)
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
@@ -202,8 +208,11 @@ def serve(
 
 def _routing_line(route: Route, fixed_level: int | None) -> str:
     router = route.router()
-    if fixed_level is not None:
-        return f", routing {route.name!r} to {route.reference.version} at level {fixed_level} of a fixed policy"
+    if fixed_level is not None and router is not None:
+        return (
+            f", routing {route.name!r} to {route.reference.version} at level {fixed_level} of a fixed policy "
+            f"(ungoverned: {router.policy_version[:17]})"
+        )
     if router is None:
         return f", route {route.name!r} to {route.reference.version} has no level approved yet: no routing until one is"
     return (
@@ -212,9 +221,11 @@ def _routing_line(route: Route, fixed_level: int | None) -> str:
     )
 
 
-def _check_route_flags(settings: Settings, policy: Path | None, level: int | None) -> tuple[Path, int] | None:
-    """The route's flags, checked before anything loads: the fixed policy and level served, or None (none given: the
-    governance log's, or no route)."""
+def _check_route_flags(settings: Settings, policy: Path | None, level: int | None, embed: bool) -> Router | None:
+    """The route's flags, checked before anything loads or connects: the fixed policy's router (its file read, its
+    level one of the ladder's and a gate of the file, its probe read from the artifact store), or None (none given:
+    the governance log's, or no route). A route is refused ``--no-embed`` where prompts are scored on their
+    embedding: a fixed policy with a prompt model, or the governance log's (whose policies may have one)."""
     if not settings.route:
         if policy is not None or level is not None or settings.route_reference:
             raise typer.BadParameter("--reference, --route-policy and --route-level need --route NAME")
@@ -226,7 +237,20 @@ def _check_route_flags(settings: Settings, policy: Path | None, level: int | Non
         raise typer.BadParameter("a fixed policy is served at a level: give both --route-policy FILE --route-level N")
     if settings.serve_batching == "continuous":
         raise typer.BadParameter("a routed service batches statically: --batching static (or leave it unset)")
-    return None if policy is None or level is None else (policy, level)
+    if policy is None or level is None:
+        if not embed:
+            raise typer.BadParameter(
+                f"route {settings.route!r} follows the governance log, whose routing policies may score prompts on "
+                "their embedding: serve it without --no-embed (or a fixed --route-policy with no prompt model)"
+            )
+        return None
+    router = _fixed_router(settings, policy, level)
+    if router.policy.prompt is not None and not embed:
+        raise typer.BadParameter(
+            f"--route-policy {policy} scores prompts on their embedding (it has a prompt model): serve it without "
+            "--no-embed"
+        )
+    return router
 
 
 def _prices(settings: Settings) -> PriceTable:
@@ -242,24 +266,43 @@ def _prices(settings: Settings) -> PriceTable:
 
 
 def _fixed_router(settings: Settings, path: Path, level: int) -> Router:
-    """The router of a policy file at ``level``; its version is the SHA-256 of the file's bytes."""
+    """The router of a policy file at ``level``; its version ``file:<SHA-256 of the file's bytes>`` says on every
+    decision that an ungoverned fixed policy made it. Each problem names the file."""
     from evostream.core.artifacts import ArtifactStore
-    from evostream.routing.policy import RoutePolicy, Router
+    from evostream.core.errors import EvoError
+    from evostream.routing.policy import LADDER, RoutePolicy, Router
     from evostream.wiring.risk import load_probe
 
+    if not 0 <= level < len(LADDER):
+        shares = ", ".join(f"{i}: {s:g}" for i, s in enumerate(LADDER))
+        raise typer.BadParameter(
+            f"--route-level {level} is not an independence level (0 to {len(LADDER) - 1}; target self-shares {shares})"
+        )
     try:
         data = path.read_bytes()
     except OSError as e:
         raise typer.BadParameter(f"--route-policy {path}: {e.strerror or e}") from e
-    policy = RoutePolicy.from_bytes(data)
-    probe = load_probe(ArtifactStore(settings.artifacts_dir), policy.probe_sha256) if policy.probe_sha256 else None
-    return Router(policy, level, probe, policy_version=hashlib.sha256(data).hexdigest())
+    try:
+        policy = RoutePolicy.from_bytes(data)
+        policy.gate(level)
+    except EvoError as e:
+        raise typer.BadParameter(f"--route-policy {path}: {e}") from e
+    probe = None
+    if policy.probe_sha256:
+        try:
+            probe = load_probe(ArtifactStore(settings.artifacts_dir), policy.probe_sha256)
+        except (EvoError, OSError, ValueError) as e:
+            raise typer.BadParameter(
+                f"--route-policy {path}: its risk probe {policy.probe_sha256} cannot be read from the artifact store "
+                f"{settings.artifacts_dir}: {e}"
+            ) from e
+    return Router(policy, level, probe, policy_version=f"file:{hashlib.sha256(data).hexdigest()}")
 
 
 def _route(
     server: str,
     settings: Settings,
-    fixed: tuple[Path, int] | None,
+    fixed: Router | None,
     prices: PriceTable,
     generator: InstrumentedGenerator,
     device: str | None,
@@ -296,8 +339,7 @@ def _route(
     else:
         target = OpenAITarget(spec.base_url, spec.model, settings.route_timeout_s)
     if fixed is not None:
-        router = _fixed_router(settings, *fixed)
-        return Route(settings.route, lambda: router, target, prices), target.close
+        return Route(settings.route, lambda: fixed, target, prices), target.close
     from evostream.wiring.routing import GovernedRoute
 
     governed = GovernedRoute(server, settings, settings.route)

@@ -24,6 +24,8 @@ class Backend:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     echo: bool = False
     """Answer each prompt with ``answer to <prompt>`` instead of ``text``."""
+    garbage: bytes | None = None
+    """Answer ``/v1/completions`` with HTTP 200 and these bytes as the body instead of a well-formed answer."""
     in_flight: int = 0
     most_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -66,6 +68,13 @@ def openai_server() -> Iterator[tuple[str, Backend]]:
                 backend.in_flight -= 1
             if backend.status != 200:
                 self._send(backend.status, {"error": {"message": "the model is overloaded"}})
+                return
+            if backend.garbage is not None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(backend.garbage)))
+                self.end_headers()
+                self.wfile.write(backend.garbage)
                 return
             self._send(
                 200,

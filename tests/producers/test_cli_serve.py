@@ -99,7 +99,7 @@ def test_serve_refuses_bad_route_flags_with_the_reason(kafka: str, tmp_path: Pat
 
 def test_a_routed_serve_answers_through_an_http_reference(kafka: str, tmp_path: Path) -> None:
     """`evostream serve --route ... --reference http://.../v1#model` at level 0 of a fixed policy: the reference
-    answers, the answer is priced, and the decision is on evo.routes."""
+    answers, the answer is priced, and the decision is on evo.routes, its policy version saying it is ungoverned."""
     policy = tmp_path / "policy.json"
     policy.write_bytes(RoutePolicy("default", None, "", ()).to_bytes())
     prices = tmp_path / "prices.json"
@@ -122,7 +122,7 @@ def test_a_routed_serve_answers_through_an_http_reference(kafka: str, tmp_path: 
                 line = serve.stderr.readline() if serve.stderr else ""
                 if serve.poll() is not None:
                     pytest.fail(f"serve exited: {serve.stderr.read() if serve.stderr else ''}")
-            assert "routing 'default' to external:big-model at level 0" in line
+            assert "routing 'default' to external:big-model at level 0 of a fixed policy (ungoverned: file:" in line
             with InferenceClient(kafka) as client:
                 reply = client.infer("upper: ab", timeout_s=120, max_new_tokens=8)
         finally:
@@ -134,7 +134,8 @@ def test_a_routed_serve_answers_through_an_http_reference(kafka: str, tmp_path: 
     assert backend.bodies[-1]["model"] == "big-model" and backend.bodies[-1]["max_tokens"] == 8
     (decision,) = read(kafka, ROUTES, "RouteDecision", {reply["request_id"]}, since, 1)
     assert (decision["chosen"], decision["level"]) == ("reference", 0)
-    assert decision["policy_version"] == hashlib.sha256(policy.read_bytes()).hexdigest()
+    # made by an ungoverned fixed policy, and the decision says so
+    assert decision["policy_version"] == "file:" + hashlib.sha256(policy.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")

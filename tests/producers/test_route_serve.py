@@ -63,11 +63,13 @@ class GatedTarget(GovernedTarget):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def answer(self, prompts: Any, params: GenParams, metas: Any, emit: Emit) -> list[Answer]:
+    def answer(
+        self, prompts: Any, params: GenParams, metas: Any, emit: Emit, deadline: float | None = None
+    ) -> list[Answer]:
         if self.hold.is_set():
             self.entered.set()
             assert self.release.wait(120), "the test never released the reference"
-        return super().answer(prompts, params, metas, emit)
+        return super().answer(prompts, params, metas, emit, deadline)
 
 
 @pytest.fixture(scope="module")
