@@ -12,8 +12,9 @@ known and counts as right (the reference is the stronger model; ``trained_on`` s
 would have answered better": the self answer wrong and the reference's not known to be wrong; ``bench.routing``
 measures why this label and not "the self answer is wrong": escalating a request both models get wrong buys nothing),
 the next quarter chooses each level's gates, the newest quarter certifies them (``evostream.routing.calibrate``); the
-policy reads the given risk probe mid-answer. ``evaluate_policy`` replays a policy at each of its levels on the
-history: the share, accuracy and tokens it would have had."""
+policy reads the given risk probe mid-answer. ``trained_on["self_versions"]`` names the self model versions whose
+answers certified the levels: governance serves a level only to those (``wiring.routing``). ``evaluate_policy``
+replays a policy at each of its levels on the history: the share, accuracy and tokens it would have had."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ class Past:
     """None: the reference did not answer it, or its answer has no label."""
     steps: Sequence[GenerationStep]
     reference_tokens: int = 0
+    self_version: str = ""
+    """The self model version that answered it."""
 
 
 @dataclass
@@ -128,6 +131,7 @@ def assemble(
                 labelled[-1][0] < 0.5 if labelled else None,
                 list(trace),
                 int(labelled[-1][1]["token_count"]) if labelled else (int(others[-1]["token_count"]) if others else 0),
+                str(c["model_version"]),
             )
         )
     out.sort(key=lambda p: (p.at_us, p.request_id))
@@ -255,6 +259,7 @@ def train_policy(
         "labels_sha256": history.labels_sha256,
         "parts": {"fit": len(fit), "choose": len(choose), "certify": len(certify_)},
         "reference_label_assumed_right": unknown,
+        "self_versions": sorted({p.self_version for p in certify_}),
         "skipped": dict(sorted(history.skipped.items())),
     }
     policy = RoutePolicy(route, prompt, probe_sha256 if probe is not None else "", tuple(gates), trained_on)
