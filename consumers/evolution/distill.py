@@ -2,11 +2,13 @@
 
 Pruning without recovery collapses accuracy; a short distillation from the parent brings it back. The training set
 is what the model really served (prompts replayed from ``evo.requests`` with the parent's answers from
-``evo.completions``, and the reference's answers to the requests the parent handed over mid-answer: there the label
-is the reference's answer, so the student learns what the parent could not answer) mixed with the task suite's
-training stream (whose prompts never overlap the held-out set).
+``evo.completions``, and the reference's answers to the requests the router handed over from the parent, mid-answer
+or before generation: there the label is the reference's answer, so the student learns what the parent could not
+answer) mixed with the task suite's training stream (whose prompts never overlap the held-out set).
 The loss is ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE(labels)`` over the answer tokens: the
-teacher's full distribution carries more than its argmax."""
+teacher's full distribution carries more than its argmax. A ``LabelOnly`` pair (a reference's answer) is learnt with
+alpha 0, cross-entropy alone: there the teacher is the parent that failed, and its distribution would pull the
+student back to the answer the reference replaced."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from torch.nn import functional as nnf
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evostream.consumers.evolution.batches import Pair, teacher_forcing
+from evostream.consumers.evolution.inputs import LabelOnly
 from evostream.core.errors import EvolutionError
 
 
@@ -33,7 +36,7 @@ class DistillConfig:
     warmup: int = 50
     temperature: float = 2.0
     alpha: float = 0.5
-    """Weight of the teacher's soft targets; 1 - alpha goes to the labels."""
+    """Weight of the teacher's soft targets; 1 - alpha goes to the labels (0 for a ``LabelOnly`` pair)."""
     seed: int = 0
 
 
@@ -67,17 +70,31 @@ def mixed_stream(
             yield next(suite)
 
 
-def _loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, seq2seq: bool, cfg: DistillConfig) -> Tensor:
+def row_alphas(pairs: Sequence[Pair], cfg: DistillConfig) -> Tensor:
+    """Each pair's weight of the teacher: ``cfg.alpha``, or 0 for a ``LabelOnly`` pair."""
+    return torch.tensor([0.0 if isinstance(p, LabelOnly) else cfg.alpha for p in pairs])
+
+
+def _loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    seq2seq: bool,
+    cfg: DistillConfig,
+    alphas: Tensor | None = None,
+) -> Tensor:
+    """The mean over answer tokens of ``alpha * T^2 * KL + (1 - alpha) * CE``, alpha per row (``alphas``; all
+    ``cfg.alpha`` when None)."""
     if not seq2seq:  # logits at position i predict token i+1
         student_logits, teacher_logits, labels = student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
     keep = labels != -100
     s, t = student_logits[keep], teacher_logits[keep]
+    rows = torch.full((labels.shape[0],), cfg.alpha) if alphas is None else alphas
+    alpha = rows.to(s.device, s.dtype)[:, None].expand_as(labels)[keep]
     temp = cfg.temperature
-    kd = nnf.kl_div(
-        nnf.log_softmax(s / temp, -1), nnf.log_softmax(t / temp, -1), log_target=True, reduction="batchmean"
-    )
-    ce = nnf.cross_entropy(s, labels[keep])
-    return cfg.alpha * temp * temp * kd + (1 - cfg.alpha) * ce
+    kd = nnf.kl_div(nnf.log_softmax(s / temp, -1), nnf.log_softmax(t / temp, -1), log_target=True, reduction="none")
+    ce = nnf.cross_entropy(s, labels[keep], reduction="none")
+    return (alpha * temp * temp * kd.sum(-1) + (1 - alpha) * ce).mean()
 
 
 def distill(
@@ -115,11 +132,12 @@ def distill(
     every = max(1, cfg.steps // 20)
     try:
         for step in range(cfg.steps):
-            batch = teacher_forcing(tokenizer, list(itertools.islice(pairs, cfg.batch_size)), seq2seq, device)
+            chosen = list(itertools.islice(pairs, cfg.batch_size))
+            batch = teacher_forcing(tokenizer, chosen, seq2seq, device)
             with torch.no_grad():
                 t_logits = teacher(**batch).logits
             s_logits = student(**batch).logits
-            loss = _loss(s_logits, t_logits, batch["labels"], seq2seq, cfg)
+            loss = _loss(s_logits, t_logits, batch["labels"], seq2seq, cfg, row_alphas(chosen, cfg))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             loss.backward()  # type: ignore[no-untyped-call]

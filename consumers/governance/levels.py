@@ -10,7 +10,9 @@ serves).
 - **LevelProposed** (proposer or admin): a route to a level on one of its policy versions, carrying the evidence;
   refused unless the evidence is the registration's for that level, and it earns the level
   (``evostream.routing.evidence.insufficient``: a corpus of at least ``level_corpus_per_level`` x (level + 1)
-  labelled answers and an accuracy of at least ``level_min_accuracy``).
+  labelled answers, an accuracy of at least ``level_min_accuracy``, and certified: ``certified`` true, the error
+  rate's upper bound ``1 - accuracy_lower`` at most ``level_max_error``, a ``confidence`` of at least
+  ``level_min_confidence``, a ``self_share`` within 0.05 of the level's target share).
 - **LevelApproved** (approver or admin): the pending proposal takes effect; refused by the actor who proposed it
   (four eyes) and when the evidence no longer earns the level under the policy in force.
 - **LevelLowered** (proposer or admin, a reason required): the route moves down on the policy in force, towards the
@@ -26,7 +28,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from evostream.consumers.governance.shapes import ModelState, RouteState
-from evostream.routing.evidence import MIN_ACCURACY, MIN_CORPUS_PER_LEVEL, insufficient, malformed
+from evostream.routing.evidence import (
+    MAX_ERROR,
+    MIN_ACCURACY,
+    MIN_CONFIDENCE,
+    MIN_CORPUS_PER_LEVEL,
+    insufficient,
+    malformed,
+)
 
 ROUTE_PREFIX = "route/"
 """A route ``N``'s policies are the versions of the model ``route/N``."""
@@ -36,6 +45,8 @@ LEVEL_EVENTS = frozenset({"LevelProposed", "LevelApproved", "LevelLowered"})
 LEVEL_POLICY_DEFAULTS: dict[str, Any] = {
     "level_corpus_per_level": MIN_CORPUS_PER_LEVEL,
     "level_min_accuracy": MIN_ACCURACY,
+    "level_max_error": MAX_ERROR,
+    "level_min_confidence": MIN_CONFIDENCE,
 }
 """The level rules of a policy that never set them (the issue's numbers)."""
 
@@ -119,6 +130,8 @@ def _judge_evidence(model_name: str, p: Mapping[str, Any], models: Models, polic
         level,
         per_level=level_rule(policy, "level_corpus_per_level"),
         min_accuracy=level_rule(policy, "level_min_accuracy"),
+        max_error=level_rule(policy, "level_max_error"),
+        min_confidence=level_rule(policy, "level_min_confidence"),
     )
     return None if why is None else f"{model_name} cannot move to level {level}: {why}"
 

@@ -11,7 +11,8 @@ Approvals: with ``four_eyes`` an actor may not approve a version it registered i
 both on; a log that never set them (one written before they existed) is judged without them, so it still verifies.
 
 Independence levels of routes (LevelProposed, LevelApproved, LevelLowered) and the registration of a route's policy
-are judged by ``levels.py``, with the policy's ``level_corpus_per_level`` and ``level_min_accuracy``.
+are judged by ``levels.py``, with the policy's ``level_corpus_per_level``, ``level_min_accuracy``, ``level_max_error``
+and ``level_min_confidence``.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ _POLICY_TYPES: dict[str, type] = {
     "refuse_failed_approvals": bool,
     "level_corpus_per_level": int,
     "level_min_accuracy": float,
+    "level_max_error": float,
+    "level_min_confidence": float,
 }
 
 
@@ -130,6 +133,10 @@ def check_policy_value(policy: Any) -> str | None:
         return f"level_corpus_per_level must be at least 1, got {policy['level_corpus_per_level']}"
     if not 0.0 <= policy.get("level_min_accuracy", 0.0) <= 1.0:
         return f"level_min_accuracy must be within [0, 1], got {policy['level_min_accuracy']}"
+    if not 0.0 <= policy.get("level_max_error", 0.0) <= 1.0:
+        return f"level_max_error must be within [0, 1], got {policy['level_max_error']}"
+    if not 0.0 <= policy.get("level_min_confidence", 0.0) < 1.0:
+        return f"level_min_confidence must be within [0, 1), got {policy['level_min_confidence']}"
     return None
 
 

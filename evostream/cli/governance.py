@@ -191,6 +191,14 @@ def governance_policy(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Self-answered accuracy a route's level evidence must reach."),
     ] = None,
+    level_max_error: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Highest certified error bound (1 - accuracy_lower) of a route's level."),
+    ] = None,
+    level_confidence: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Lowest confidence a level's error bound is stated at."),
+    ] = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
@@ -204,13 +212,16 @@ def governance_policy(
         "refuse_failed_approvals": refuse_failed_approvals,
         "level_corpus_per_level": level_corpus,
         "level_min_accuracy": level_accuracy,
+        "level_max_error": level_max_error,
+        "level_min_confidence": level_confidence,
     }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
     if not policy:
         raise GovernanceError(
             "nothing to change: give --approvals, --auto-staging/--no-auto-staging, "
             "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes, "
-            "--refuse-failed-approvals/--accept-failed-approvals, --level-corpus or --level-accuracy"
+            "--refuse-failed-approvals/--accept-failed-approvals, --level-corpus, --level-accuracy, "
+            "--level-max-error or --level-confidence"
         )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")

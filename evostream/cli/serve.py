@@ -172,7 +172,9 @@ def serve(
         sketch_dim=settings.serve_sketch_dim,
     )
     routed, close_route = (
-        _route(server, settings, fixed, prices, generator, device, attn) if settings.route else (None, None)
+        _route(server, settings, fixed, prices, generator, device, attn, lambda: service.serving.version)
+        if settings.route
+        else (None, None)
     )
     service = InferenceService(
         server,
@@ -307,9 +309,11 @@ def _route(
     generator: InstrumentedGenerator,
     device: str | None,
     attn: Literal["eager"] | None,
+    served: Callable[[], str],
 ) -> tuple[Route, Callable[[], None]]:
-    """The route served: its router (a fixed one, or the governance log's, followed), its reference target (loaded
-    or reached now) and its prices; and what closes it."""
+    """The route served: its router (a fixed one, or the governance log's, followed, for the self model version
+    ``served`` says the service serves), its reference target (loaded or reached now) and its prices; and what
+    closes it."""
     from evostream.models.loading import load_model
     from evostream.producers.generate import InstrumentedGenerator
     from evostream.producers.routing import Route
@@ -348,7 +352,7 @@ def _route(
         governed.close()
         target.close()
 
-    return Route(settings.route, governed.current, target, prices), close
+    return Route(settings.route, lambda: governed.current(served()), target, prices), close
 
 
 @friendly

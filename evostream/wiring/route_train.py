@@ -19,7 +19,8 @@ generation, then scores "the self answer is wrong": what stays on the self model
 (its self-answered accuracy), and the gain probe finds the requests worth escalating. Without a gain probe the prompt
 model is fitted on the gain itself (escalating a request both models get wrong buys nothing). ``bench.routing``
 measures each choice. ``evaluate_policy`` replays a policy at each of its levels on the history: the share, accuracy
-and tokens it would have had."""
+and tokens it would have had. ``trained_on["self_versions"]`` names the self model versions whose answers certified
+the levels: governance serves a level only to those (``wiring.routing``)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ class Past:
     """None: the reference did not answer it, or its answer has no label."""
     steps: Sequence[GenerationStep]
     reference_tokens: int = 0
+    self_version: str = ""
+    """The self model version that answered it."""
 
 
 @dataclass
@@ -144,6 +147,7 @@ def assemble(
                 labelled[-1][0] < 0.5 if labelled else None,
                 list(trace),
                 int(labelled[-1][1]["token_count"]) if labelled else (int(others[-1]["token_count"]) if others else 0),
+                str(c["model_version"]),
             )
         )
     out.sort(key=lambda p: (p.at_us, p.request_id))
@@ -356,6 +360,7 @@ def train_policy(
         "parts": {"fit": len(fit), "choose": len(choose), "certify": len(certify_)},
         "reference_label_assumed_right": unknown,
         "prompt_label": prompt_label,
+        "self_versions": sorted({p.self_version for p in certify_}),
         "skipped": dict(sorted(history.skipped.items())),
     }
     policy = RoutePolicy(route, prompt, probe_sha256 if probe is not None else "", tuple(gates), trained_on)

@@ -5,14 +5,22 @@ and the Router the inference service routes with, following the log.
 (like ``wiring.risk.register_probe`` does a risk probe), recording what replay needs to judge level events without
 reading files: the probe the policy reads (which must be a registered ``risk/<family>`` version: a policy's own gain
 probe, fitted by ``evostream route train`` and found in the store, is registered here first as a version of
-``risk/<family>-route``) and each level's evidence exactly as the artifact holds it. ``propose_level`` reads the
-evidence from the artifact (re-hashed) and refuses a caller's evidence that differs; replay then refuses a proposal
-whose evidence is not the registration's, and ``GovernedRoute`` checks the artifact once more before it serves a
-level (``consumers/governance/levels.py``).
+``risk/<family>-route``) and each level's
+evidence exactly as the artifact holds it. ``propose_level`` reads the evidence from the artifact (re-hashed) and
+refuses a caller's evidence that differs; replay then refuses a proposal whose evidence is not the registration's,
+and ``GovernedRoute`` checks the artifact once more before it serves a level (``consumers/governance/levels.py``):
+the evidence approved is the artifact's, the probe the artifact reads is the one its registration names and a
+registered ``risk/<family>`` version, and the self model versions it was certified on are the registration's.
 
-``GovernedRoute(server, settings, name)`` is the callable the inference service takes ("the current Router"):
-``current()`` (or calling it) gives the Router at the level in force, or None while the route has no level (no
-routing: the served model answers everything)."""
+A level is evidence about one self model: the versions whose answers certified it (``trained_on["self_versions"]``,
+written by ``wiring.route_train``, copied into the registration's ``operator_params``). ``GovernedRoute`` serves a
+level above 0 only while the service serves one of those versions; for any other (a newly promoted self model, a
+policy registered before versions were recorded) it routes at level 0, the reference answering everything, and says
+so in the log once, until a policy certified on the served version is approved.
+
+``GovernedRoute(server, settings, name)`` is what the inference service reads its router from: ``current(served)``
+(or calling it) gives the Router at the level in force for the self model version ``served``, or None while the route
+has no level (no routing: the served model answers everything)."""
 
 from __future__ import annotations
 
@@ -99,6 +107,13 @@ def register_gain_probe(gov: Governance, store: ArtifactStore, sha256: str) -> s
     return version
 
 
+def self_versions(policy: RoutePolicy) -> list[str]:
+    """The self model versions the policy's evidence was measured on (none for a policy trained before they were
+    recorded: its levels serve no self model)."""
+    versions = policy.trained_on.get("self_versions", [])
+    return sorted({str(v) for v in versions}) if isinstance(versions, list) else []
+
+
 def register_route(gov: Governance, store: ArtifactStore, policy: RoutePolicy, name: str, reason: str = "") -> str:
     """Store ``policy`` and register it as a version of ``route/<name>``; its version (the same bytes again: the
     version registered before). Refused: a policy made for another route, a level outside the ladder, a probe that is
@@ -139,6 +154,7 @@ def register_route(gov: Governance, store: ArtifactStore, policy: RoutePolicy, n
             "route": name,
             "probe_sha256": policy.probe_sha256,
             "probe_version": probe,
+            "self_versions": self_versions(policy),
             "trained_on": dict(policy.trained_on),
         },
         metrics={"levels": level_evidence(policy)},
@@ -206,32 +222,68 @@ def lower_level(gov: Governance, name: str, level: int, reason: str) -> GovEvent
 
 
 class LoadedPolicy:
-    """One policy version as loaded from the store: the policy and the probe it reads."""
+    """One policy version as loaded from the store: the policy, the probe it reads and its registration."""
 
     def __init__(self, store: ArtifactStore, registry: Registry, name: str, version: str) -> None:
-        sha = registry.version(route_model(name), version)["artifact_sha256"]
+        self.version = version
+        self.registration = registry.version(route_model(name), version)
+        sha = self.registration["artifact_sha256"]
         self.sha256 = sha
         self.policy = load_policy(store, sha)
+        _check_probe(self, registry)  # before the probe is read: only the registered one is
         self.probe: RiskProbe | None = load_probe(store, self.policy.probe_sha256) if self.policy.probe_sha256 else None
 
 
-def router_at(loaded: LoadedPolicy, route: RouteState) -> Router:
-    """The Router of a route's state, after checking that the evidence governance approved is the artifact's."""
+def _check_probe(loaded: LoadedPolicy, registry: Registry) -> None:
+    """The probe the artifact reads is the one its registration names, and a registered risk probe."""
+    sha = loaded.policy.probe_sha256
+    named = loaded.registration["operator_params"].get("probe_sha256")
+    if sha != named:
+        raise GovernanceError(
+            f"route {loaded.policy.route!r}: policy {loaded.version}'s artifact reads probe {sha[:12] or 'none'}, "
+            f"its registration names {str(named)[:12] or 'none'}: its registration does not describe its artifact; "
+            "not served"
+        )
+    if sha and probe_version(registry, sha) is None:
+        raise GovernanceError(
+            f"route {loaded.policy.route!r}: policy {loaded.version} reads probe {sha[:12]}..., which is no "
+            f"registered {RISK_PREFIX}<family> version; not served"
+        )
+
+
+def router_at(loaded: LoadedPolicy, route: RouteState, registry: Registry) -> Router:
+    """The Router of a route's state, after checking that the artifact is what governance approved and registered:
+    the level's evidence, the probe it reads (a registered risk probe), the self versions it was certified on."""
     level = int(route["level"] or 0)
     if level > 0 and dict(loaded.policy.gate(level).evidence) != route["evidence"]:
         raise GovernanceError(
             f"route {loaded.policy.route!r}: the evidence approved for level {level} is not what policy "
             f"{route['version']}'s artifact holds: its registration does not describe its artifact; not served"
         )
+    _check_probe(loaded, registry)
+    recorded = loaded.registration["operator_params"].get("self_versions", [])
+    if recorded != self_versions(loaded.policy):
+        raise GovernanceError(
+            f"route {loaded.policy.route!r}: policy {loaded.version}'s artifact was certified on self versions "
+            f"{self_versions(loaded.policy)}, its registration says {recorded}: its registration does not describe "
+            "its artifact; not served"
+        )
     return Router(loaded.policy, level, loaded.probe, policy_version=loaded.sha256)
 
 
+def certified_for(loaded: LoadedPolicy, served: str) -> bool:
+    """Whether the policy's levels were certified on the self model version ``served``."""
+    return served in self_versions(loaded.policy)
+
+
 class GovernedRoute:
-    """Route ``name`` as the governance log says: ``current()`` is the Router at the level in force (None: no level,
-    no routing). It starts from a full verified replay (checked against this machine's anchors), then a thread folds
-    new governance events every ``poll_s``; a level or policy change builds a new Router (a new policy is loaded from
-    the store, re-hashed), and ``current()`` hands it over at once. A change that cannot be served (an artifact
-    missing or altered) keeps the Router in force and is kept in ``error``, retried every poll."""
+    """Route ``name`` as the governance log says: ``current(served)`` is the Router at the level in force for the self
+    model version ``served`` (None: no level, no routing; level 0 when the level was not certified on ``served``,
+    said once in the log per policy, level and version). It starts from a full verified replay (checked against this
+    machine's anchors), then a thread folds new governance events every ``poll_s``; a level or policy change builds
+    a new Router (a new policy is loaded from the store, re-hashed), and ``current()`` hands it over at once. A
+    change that cannot be served (an artifact missing or altered) keeps the Router in force and is kept in
+    ``error``, retried every poll."""
 
     def __init__(self, server: str, settings: Settings, name: str, poll_s: float = 1.0) -> None:
         self.name = name
@@ -246,7 +298,9 @@ class GovernedRoute:
             registry, findings = replay(items)
             self.registry = _verified(registry, anchored(settings, registry, findings, items))
             self._serving: tuple[str | None, int | None] = (None, None)
-            self._router: Router | None = None
+            self._routers: tuple[Router, Router, LoadedPolicy] | None = None
+            """(the Router at the level in force, the same policy's at level 0, the policy): swapped whole."""
+            self._said: set[tuple[str, int, str]] = set()
             self._sync()  # a route that cannot be served at the start stops the start, loudly
         except Exception:
             self._log.close()
@@ -255,9 +309,29 @@ class GovernedRoute:
         self._thread = threading.Thread(target=self._follow, name=f"route-follower-{name}", daemon=True)
         self._thread.start()
 
-    def current(self) -> Router | None:
-        """The Router at the level in force, or None while the route has no level."""
-        return self._router
+    def current(self, served: str) -> Router | None:
+        """The Router at the level in force for the self model version ``served``, or None while the route has no
+        level; at level 0 (the reference answers everything) when the level was not certified on ``served``."""
+        routers = self._routers
+        if routers is None:
+            return None
+        router, nothing, loaded = routers
+        if router.level == 0 or certified_for(loaded, served):
+            return router
+        said = (loaded.version, router.level, served)
+        if said not in self._said:
+            self._said.add(said)
+            log.warning(
+                "route %s: level %s of %s was certified on self model versions %s, not on %s, which is served: "
+                "level 0 (the reference answers everything) until a policy certified on %s is approved",
+                self.name,
+                router.level,
+                loaded.version,
+                ", ".join(self_versions(loaded.policy)) or "(none recorded)",
+                served,
+                served,
+            )
+        return nothing
 
     __call__ = current
 
@@ -274,9 +348,10 @@ class GovernedRoute:
         loaded = self._loaded.get(version)
         if loaded is None:
             loaded = LoadedPolicy(self.store, self.registry, self.name, version)
-        router = router_at(loaded, route)
+        router = router_at(loaded, route, self.registry)
+        nothing = Router(loaded.policy, 0, loaded.probe, policy_version=loaded.sha256)
         self._loaded = {version: loaded}  # the policy in force only: a lowering reuses it, never the store
-        self._router, self._serving = router, state
+        self._routers, self._serving = (router, nothing, loaded), state
         log.info("route %s: level %s on %s", self.name, state[1], version)
 
     def _follow(self) -> None:

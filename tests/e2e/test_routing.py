@@ -43,7 +43,15 @@ from tests.producers.routes import MOVE_AFTER, digit_prompts, length_probe
 
 pytestmark = pytest.mark.integration
 CLI = [sys.executable, "-m", "evostream.cli"]
-EVIDENCE = {"corpus": 4000, "accuracy": 0.9, "accuracy_lower": 0.88, "confidence": 0.95, "self_share": 0.8}
+EVIDENCE = {
+    "corpus": 4000,
+    "accuracy": 0.9,
+    "accuracy_lower": 0.88,
+    "confidence": 0.95,
+    "bound": 0.15,
+    "self_share": 0.8,
+    "certified": True,
+}
 
 
 def _started(cmd: list[str], env: dict[str, str], ready: str, timeout_s: float = 180) -> subprocess.Popen[str]:
@@ -141,7 +149,7 @@ def test_two_deployments_route_through_the_openai_wire_and_the_log_says_why(kafk
                 "EVOSTREAM_ARTIFACTS_DIR": str(settings.artifacts_dir),
             }
         )
-        ensure_genesis(settings, kafka, lambda _: None)  # admin, policy, the embedded model in production
+        served = ensure_genesis(settings, kafka, lambda _: None)  # admin, policy, the embedded model in production
         keys = settings.governance_dir / "keys"
         log = GovernanceLog(kafka, topic=settings.governance_topic)
         stack.callback(log.close)
@@ -156,7 +164,7 @@ def test_two_deployments_route_through_the_openai_wire_and_the_log_says_why(kafk
         probe_sha = admin.state().registry.version(f"risk/{probe.family}", probe_version)["artifact_sha256"]
         gate = LevelGate(3, 0.8, prompt_gate=0.5, token_gate=0.5, evidence=EVIDENCE)
         (tmp_path / "policy.json").write_bytes(
-            RoutePolicy("default", digit_prompts(384), probe_sha, (gate,)).to_bytes()
+            RoutePolicy("default", digit_prompts(384), probe_sha, (gate,), {"self_versions": [served]}).to_bytes()
         )
         _cli(
             a_env, "route", "register", "--name", "default", "--policy", str(tmp_path / "policy.json"), "--actor", "ops"

@@ -67,6 +67,7 @@ def test_history_keeps_labelled_finished_self_answers_and_reads_the_reference_la
         ("r1", False, None, 0),
     ]
     assert h.requests[0].embedding == (0.25, -0.5, 0.125) and len(h.requests[0].steps) == 3
+    assert {p.self_version for p in h.requests} == {SELF}
     assert h.skipped == {
         "cache hit": 1,
         "escalated mid-answer (no finished self answer)": 1,
@@ -136,6 +137,16 @@ def test_training_fits_its_own_gain_probe_on_the_reference_wins() -> None:
     assert given.probe_sha256 == "ef" * 32 and given.trained_on["prompt_label"] == GAIN_LABEL
 
 
+def test_a_policy_records_the_self_versions_its_levels_were_certified_on() -> None:
+    steps = [generation_step(s, "t") for s in range(3)]
+    past = [
+        Past(f"r{i}", f"add: {i}+1" + "?" * (i % 7), (), i, i % 3 == 0, None, steps, 0, "small@old" if i < 60 else v)
+        for i, v in zip(range(80), ["small@new", "small@newer"] * 40, strict=True)
+    ]
+    trained = train_policy(History(past), "r1", None, "", levels=(1,))
+    assert trained.policy.trained_on["self_versions"] == ["small@new", "small@newer"]  # the certify quarter's only
+
+
 def test_route_train_and_eval_on_the_real_broker(kafka: str, tmp_path: Path) -> None:
     run = uuid.uuid4().hex[:8]
     env = {
@@ -185,6 +196,7 @@ def test_route_train_and_eval_on_the_real_broker(kafka: str, tmp_path: Path) -> 
     assert [g.level for g in policy.gates] == [1, 2, 3, 4]
     assert policy.trained_on["requests"] == len(examples)
     assert policy.trained_on["parts"] == {"fit": 120, "choose": 60, "certify": 60}
+    assert policy.trained_on["self_versions"] == [lm.version]
     for g in policy.gates:
         assert {"corpus", "accuracy", "accuracy_lower", "confidence", "self_share", "bound", "certified"} <= set(
             g.evidence

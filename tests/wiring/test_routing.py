@@ -1,10 +1,12 @@
 """A governed route end to end on the real broker: a routing policy (reading a registered risk probe) is registered
 with `evostream route register`, a level is proposed and approved by two actors through the CLI, and the follower the
 inference service holds (``GovernedRoute``) hands over a Router at that level; a self-approval, a level without the
-evidence and a caller's evidence that differs from the artifact's are refused; lowering takes effect at once."""
+evidence and a caller's evidence that differs from the artifact's are refused; lowering takes effect at once; a self
+model version the level was not certified on is routed at level 0."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -33,15 +35,18 @@ from evostream.wiring.routing import GovernedRoute, lower_level, propose_level, 
 from tests.stream_processors.harness import CLI
 
 LAYERS = 4
+SELF = "small@aaaa"
 
 
-def _evidence(corpus: int, accuracy: float) -> dict[str, Any]:
+def _evidence(corpus: int, accuracy: float, share: float) -> dict[str, Any]:
     return {
         "corpus": corpus,
         "accuracy": accuracy,
         "accuracy_lower": accuracy - 0.03,
         "confidence": 0.95,
-        "self_share": 0.8,
+        "self_share": share,
+        "bound": 0.15,
+        "certified": True,
     }
 
 
@@ -97,7 +102,10 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_a_level_approved_by_another_actor_reaches_the_router(
-    kafka: str, tmp_path: Path, governed: tuple[Settings, dict[str, str], dict[str, Governance]]
+    kafka: str,
+    tmp_path: Path,
+    governed: tuple[Settings, dict[str, str], dict[str, Governance]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings, env, actors = governed
     store = ArtifactStore(settings.artifacts_dir)
@@ -108,10 +116,10 @@ def test_a_level_approved_by_another_actor_reaches_the_router(
         None,
         probe_sha,
         (
-            LevelGate(1, 0.2, prompt_gate=0.9, token_gate=0.7, evidence=_evidence(2400, 0.95)),
-            LevelGate(3, 0.8, prompt_gate=0.5, token_gate=0.5, evidence=_evidence(2400, 0.90)),  # 4000 needed
+            LevelGate(1, 0.2, prompt_gate=0.9, token_gate=0.7, evidence=_evidence(2400, 0.95, 0.2)),
+            LevelGate(3, 0.8, prompt_gate=0.5, token_gate=0.5, evidence=_evidence(2400, 0.90, 0.8)),  # 4000 needed
         ),
-        {"outcomes": [0, 100]},
+        {"outcomes": [0, 100], "self_versions": [SELF]},
     )
     (tmp_path / "policy.json").write_bytes(policy.to_bytes())
     with pytest.raises(GovernanceError, match="made for route 'default', not 'other'"):
@@ -127,37 +135,47 @@ def test_a_level_approved_by_another_actor_reaches_the_router(
     assert version.startswith("route/default@")
     entry = actors["ops"].state().registry.version("route/default", version)
     assert entry["operator_params"]["probe_version"] == probe_version
-    assert entry["metrics"]["levels"] == {"1": _evidence(2400, 0.95), "3": _evidence(2400, 0.90)}
+    assert entry["metrics"]["levels"] == {"1": _evidence(2400, 0.95, 0.2), "3": _evidence(2400, 0.90, 0.8)}
+    assert entry["operator_params"]["self_versions"] == [SELF]
 
     route = GovernedRoute(kafka, settings, "default", poll_s=0.1)
     try:
-        assert route() is None  # no level yet: no routing
+        assert route(SELF) is None  # no level yet: no routing
 
         # not enough evidence for level 3; a self-approval; evidence that is not the artifact's
         done = _cli(env, "route", "level", "propose", "--route", "default", "--level", "3", "--actor", "ops")
         assert done.returncode == 1 and "level 3 needs a held-out corpus of at least 4000" in done.stderr, done.stderr
         with pytest.raises(GovernanceError, match="differs from"):
-            propose_level(actors["ops"], store, "default", 1, evidence={**_evidence(2400, 0.95), "corpus": 9000})
+            propose_level(actors["ops"], store, "default", 1, evidence={**_evidence(2400, 0.95, 0.2), "corpus": 9000})
         done = _cli(env, "route", "level", "propose", "--route", "default", "--level", "1", "--actor", "dual")
         assert done.returncode == 0, done.stderr
         done = _cli(env, "route", "level", "approve", "--route", "default", "--level", "1", "--actor", "dual")
         assert done.returncode == 1 and "may not approve it too (four eyes)" in done.stderr, done.stderr
         time.sleep(0.5)
-        assert route() is None  # proposed is not approved
+        assert route(SELF) is None  # proposed is not approved
 
         done = _cli(env, "route", "level", "approve", "--route", "default", "--level", "1", "--actor", "alice")
         assert done.returncode == 0, done.stderr
-        _wait(lambda: route() is not None)
-        router = route()
+        _wait(lambda: route(SELF) is not None)
+        router = route(SELF)
         assert isinstance(router, Router) and router.level == 1
         assert router.probe is not None and router.policy_version == entry["artifact_sha256"]
         assert router.before(None).target == "self" and router.watch() is not None
 
+        # another self model (a new production version) was not certified: level 0 until a policy certified on it
+        with caplog.at_level(logging.WARNING, logger="evostream.routing"):
+            other = [route("small@bbbb") for _ in range(3)]
+        assert all(r is not None and r.level == 0 for r in other)
+        assert other[0] is not None and other[0].before(None).target == "reference"
+        said = [r.getMessage() for r in caplog.records if "not on small@bbbb" in r.getMessage()]
+        assert len(said) == 1 and "certified on self model versions small@aaaa" in said[0], said
+        assert route(SELF) is router
+
         with pytest.raises(PolicyViolationError, match="needs a reason"):
             actors["ops"].lower_level("route/default", 0, reason="")
         lower_level(actors["ops"], "default", 0, "incident: wrong answers reported")
-        _wait(lambda: (r := route()) is not None and r.level == 0)
-        assert route.current().before(None).target == "reference"  # type: ignore[union-attr]
+        _wait(lambda: (r := route(SELF)) is not None and r.level == 0)
+        assert route.current(SELF).before(None).target == "reference"  # type: ignore[union-attr]
 
         shown = _cli(env, "route", "show", "default")
         assert shown.returncode == 0, shown.stderr
@@ -169,7 +187,13 @@ def test_a_level_approved_by_another_actor_reaches_the_router(
         assert _cli(env, "route", "show").stdout.splitlines() == [lines[0]]
 
         # the thresholds are the governance policy's: with 600 labels per level step, level 3 needs 2400
-        done = _cli(env, "governance", "policy", "--level-corpus", "600", "--actor", "admin", "--reason", "pilot")
+        # and its error bound: 0.9 - 0.03 bounds the error by 0.13, above a maximum of 0.1
+        rules = ["--level-corpus", "600", "--level-max-error", "0.1", "--level-confidence", "0.95"]
+        done = _cli(env, "governance", "policy", *rules, "--actor", "admin", "--reason", "pilot")
+        assert done.returncode == 0, done.stderr
+        done = _cli(env, "route", "level", "propose", "--route", "default", "--level", "3", "--actor", "ops")
+        assert done.returncode == 1 and "bounded by 0.1; the evidence bounds it by 0.13" in done.stderr, done.stderr
+        done = _cli(env, "governance", "policy", "--level-max-error", "0.15", "--actor", "admin", "--reason", "pilot")
         assert done.returncode == 0, done.stderr
         done = _cli(env, "route", "level", "propose", "--route", "default", "--level", "3", "--actor", "ops")
         assert done.returncode == 0, done.stderr

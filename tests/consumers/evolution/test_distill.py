@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from evostream.consumers.evolution.batches import teacher_forcing
-from evostream.consumers.evolution.distill import DistillConfig, _loss, distill, mixed_stream
+from evostream.consumers.evolution.distill import DistillConfig, _loss, distill, mixed_stream, row_alphas
+from evostream.consumers.evolution.inputs import LabelOnly
 from evostream.core.errors import EvolutionError
 from tests.producers.models import tiny
 
@@ -97,3 +98,36 @@ def test_a_student_with_another_vocabulary_is_refused() -> None:
         distill(other, t5, tiny("t5").tokenizer, itertools.cycle(PAIRS), DistillConfig(steps=1))
     with pytest.raises(EvolutionError, match="seq2seq"):
         distill(tiny("gpt2").model, t5, tiny("t5").tokenizer, itertools.cycle(PAIRS), DistillConfig(steps=1))
+
+
+def test_a_reference_answer_is_learnt_from_its_label_alone_and_the_rest_as_before() -> None:
+    lm = tiny("gpt2")
+    mixed = [PAIRS[0], LabelOnly(*PAIRS[1]), PAIRS[2], LabelOnly(*PAIRS[3])]
+    batch = teacher_forcing(lm.tokenizer, mixed, False, torch.device("cpu"))
+    cfg = DistillConfig(alpha=0.5, temperature=2.0)
+    assert row_alphas(mixed, cfg).tolist() == [0.5, 0.0, 0.5, 0.0]
+    with torch.no_grad():
+        s = lm.model(**batch).logits
+    g = torch.Generator().manual_seed(3)
+    t1, t2 = (torch.randn(s.shape, generator=g) for _ in range(2))
+    labels = batch["labels"]
+    # every row a reference answer: the loss is the cross-entropy, whatever the teacher says
+    only = torch.zeros(len(mixed))
+    keep = labels[:, 1:] != -100
+    ce = torch.nn.functional.cross_entropy(s[:, :-1][keep], labels[:, 1:][keep])
+    assert float(_loss(s, t1, labels, False, cfg, only)) == pytest.approx(float(ce), rel=1e-5)
+    assert float(_loss(s, t2, labels, False, cfg, only)) == pytest.approx(float(ce), rel=1e-5)
+    # mixed: the teacher moves the loss through the parent's rows only
+    parent_rows = torch.tensor([True, False, True, False])
+    t3 = torch.where(parent_rows[:, None, None], t1, t2)
+    assert float(_loss(s, t1, labels, False, cfg, row_alphas(mixed, cfg))) == pytest.approx(
+        float(_loss(s, t3, labels, False, cfg, row_alphas(mixed, cfg))), rel=1e-6
+    )
+    # a uniform alpha is the loss it always was: alpha T^2 KL(batchmean over tokens) + (1 - alpha) CE
+    kd = torch.nn.functional.kl_div(
+        torch.log_softmax(s[:, :-1][keep] / 2.0, -1),
+        torch.log_softmax(t1[:, :-1][keep] / 2.0, -1),
+        log_target=True,
+        reduction="batchmean",
+    )
+    assert float(_loss(s, t1, labels, False, cfg)) == pytest.approx(float(0.5 * 4.0 * kd + 0.5 * ce), rel=1e-5)

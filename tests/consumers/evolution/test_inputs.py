@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from evostream.consumers.evolution.inputs import (
-    EscalatedAnswers,
+    HandedOver,
+    LabelOnly,
     counts_problem,
     last_answers,
     prompts_of,
@@ -23,9 +24,9 @@ from evostream.consumers.evolution.inputs import (
 from evostream.core.bus.admin import ensure_topics
 from evostream.core.bus.producer import EventProducer
 from evostream.core.stack import LocalStack
-from evostream.schemas.catalog import CATALOG, COMPLETIONS, NEURONS, REQUESTS
+from evostream.schemas.catalog import CATALOG, COMPLETIONS, NEURONS, REQUESTS, ROUTES
 from evostream.schemas.codec import RecordCodec
-from evostream.schemas.samples import completion
+from evostream.schemas.samples import completion, route_decision
 from tests.conftest import stack_settings
 
 
@@ -180,14 +181,36 @@ def routed(version: str, ref: str, run: str) -> list[dict[str, Any]]:
 def test_a_partial_is_no_answer_and_the_reference_answer_it_handed_over_to_is_a_target() -> None:
     recs = routed("v1", "big", "r")
     assert [rid for rid, _, _ in last_answers(recs, "v1", 10)] == ["r-a"]  # the partials are not answers
-    escalated = EscalatedAnswers("v1", 10)
+    escalated = HandedOver("v1", 10)
     for rec in recs:
         escalated.add(rec)
     assert escalated.answers() == [("r-b", "reference answer b")]  # c: the reference failed; d: never v1's
-    few = EscalatedAnswers("v1", 10, held=1)  # the answer read before its partial fell out of the bound
+    few = HandedOver("v1", 10, held=1)  # the answer read before its partial fell out of the bound
     for rec in [*recs[1:2], *routed("v1", "big", "s")[-1:], *recs[2:3]]:
         few.add(rec)
     assert few.answers() == []
+
+
+def before_generation(version: str, ref: str, rid: str, chosen: str = "reference", stage: str = "PROMPT") -> Any:
+    """The RouteDecision that sent ``rid`` to ``chosen`` at ``stage``, weighing ``version`` as the self model."""
+    weighed = [
+        {"target": "self", "model_version": version, "score": 0.9, "cost_usd": 0.0},
+        {"target": "reference", "model_version": ref, "score": 0.0, "cost_usd": 0.0},
+    ]
+    chosen_version = ref if chosen == "reference" else version
+    over = {"request_id": rid, "stage": stage, "chosen": chosen, "chosen_version": chosen_version, "step": None}
+    return {**route_decision(0), **over, "candidates": weighed}
+
+
+def test_a_request_sent_to_the_reference_before_generation_is_handed_over_too() -> None:
+    recs = routed("v1", "big", "r")
+    handed = HandedOver("v1", 10)
+    handed.decided(before_generation("v1", "big", "r-d"))
+    handed.decided(before_generation("v2", "big", "r-a"))  # another self model's route
+    handed.decided(before_generation("v1", "big", "r-a", chosen="self"))  # kept on v1
+    for rec in recs:
+        handed.add(rec)
+    assert handed.answers() == [("r-d", "reference answer d"), ("r-b", "reference answer b")]
 
 
 def test_read_observed_gives_the_reference_answers_to_escalated_requests(kafka: str) -> None:
@@ -206,12 +229,21 @@ def test_read_observed_gives_the_reference_answers_to_escalated_requests(kafka: 
             "submitted_at_us": 1,
         }
         producer.send(REQUESTS, req["request_id"], req_codec.encode(req))
-    for rec in routed(version, f"external:big-{run}", run):
+    ref = f"external:big-{run}"
+    for rec in routed(version, ref, run):
         producer.send(COMPLETIONS, rec["trace_id"], comp_codec.encode(rec))
+    decision = RecordCodec("RouteDecision")
+    producer.send(ROUTES, f"{run}-d", decision.encode(before_generation(version, ref, f"{run}-d")))
     producer.flush(60)
     said: list[str] = []
     seen = read_observed(kafka, version, idle_s=1.0, progress=said.append)
     assert seen.pairs == [("prompt a", "self answer a")]
-    assert seen.reference_pairs == [("prompt b", "reference answer b")]
-    assert seen.targets == [("prompt a", "self answer a"), ("prompt b", "reference answer b")]
-    assert "1 reference answers to requests it handed over" in said[-1], said
+    # d went to the reference before generation (read first, from evo.routes), b mid-answer
+    assert seen.reference_pairs == [("prompt d", "reference answer d"), ("prompt b", "reference answer b")]
+    assert all(isinstance(p, LabelOnly) for p in seen.reference_pairs)  # learnt from the label alone
+    assert seen.targets == [
+        ("prompt a", "self answer a"),
+        ("prompt d", "reference answer d"),
+        ("prompt b", "reference answer b"),
+    ]
+    assert "2 reference answers to requests handed over from it" in said[-1], said

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bench.replay import ADMIN, Chain
 from evostream.consumers.governance.policy import DEFAULT_POLICY
 from evostream.consumers.governance.projection import replay
+from evostream.routing.policy import LADDER
 from tests.consumers.governance.test_projection import refused
 
 ROUTE = "route/default"
@@ -17,16 +20,25 @@ POLICY_V = "route/default@aaaaaaaaaaaa"
 PROBE_SHA = "cd" * 32
 
 
-def evidence(corpus: int, accuracy: float, lower: float | None = None) -> dict[str, Any]:
+def evidence(level: int, corpus: int, accuracy: float, lower: float | None = None) -> dict[str, Any]:
+    """Certified evidence of ``level`` (as ``routing.calibrate.certify`` writes it) at the level's self-share."""
     low = accuracy - 0.02 if lower is None else lower
-    return {"corpus": corpus, "accuracy": accuracy, "accuracy_lower": low, "confidence": 0.95, "self_share": 0.5}
+    return {
+        "corpus": corpus,
+        "accuracy": accuracy,
+        "accuracy_lower": low,
+        "confidence": 0.95,
+        "self_share": LADDER[level],
+        "bound": 0.15,
+        "certified": True,
+    }
 
 
 LEVELS = {
-    "1": evidence(2500, 0.93),  # earns level 1: 2000 labels needed
-    "2": evidence(2500, 0.91),  # too small a corpus for level 2 (3000)
-    "3": evidence(9000, 0.80),  # too low an accuracy
-    "4": evidence(6000, 0.88),
+    "1": evidence(1, 2500, 0.93),  # earns level 1: 2000 labels needed
+    "2": evidence(2, 2500, 0.91),  # too small a corpus for level 2 (3000)
+    "3": evidence(3, 9000, 0.80),  # too low an accuracy
+    "4": evidence(4, 6000, 0.88, 0.86),
 }
 
 
@@ -144,6 +156,40 @@ def test_too_low_an_accuracy_is_refused() -> None:
     c = routed()
     propose(c, 3)
     refused(c, "policy", "level 3 needs a self-answered accuracy of at least 0.85; the evidence has 0.8")
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"certified": False}, "level 1's evidence is not certified"),
+        ({"accuracy_lower": 0.8}, "error rate bounded by 0.15; the evidence bounds it by 0.2"),
+        ({"confidence": 0.01}, "a confidence of at least 0.9; the evidence's is 0.01"),
+        ({"self_share": 0.5}, "measured at a self-share of 0.5 (within 0.05 of 0.2 is needed)"),
+    ],
+)
+def test_evidence_that_is_not_certified_for_the_level_is_refused(change: dict[str, Any], why: str) -> None:
+    changed = {**LEVELS["1"], **change}
+    c = routed({"1": changed})
+    propose(c, 1, ev=changed)
+    refused(c, "policy", why)
+
+
+def test_a_registration_from_before_certification_reads_but_earns_no_level() -> None:
+    old = {k: v for k, v in LEVELS["1"].items() if k not in ("bound", "certified")}
+    c = routed({"1": old})
+    assert state(c).version(ROUTE, POLICY_V)["metrics"]["levels"] == {"1": old}
+    propose(c, 1, ev=old)
+    refused(c, "policy", "not certified (certified: None)")
+
+
+def test_the_certification_rules_are_the_policys() -> None:
+    loose = {**LEVELS["1"], "accuracy_lower": 0.75, "confidence": 0.8}
+    c = routed({"1": loose}, policy={"level_max_error": 0.3, "level_min_confidence": 0.8})
+    propose(c, 1, ev=loose)
+    approve(c, 1)
+    assert state(c).route("default")["level"] == 1
+    c.append("PolicyChanged", ADMIN, {"policy": {"level_min_confidence": 1.0}}, reason="a typo")
+    refused(c, "policy", "level_min_confidence must be within [0, 1)")
 
 
 def test_the_thresholds_are_the_policys_and_judged_again_at_the_approval() -> None:
