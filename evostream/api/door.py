@@ -149,7 +149,7 @@ class FrontDoor:
             embedding = await self.embed(ask.prompt)
             if embedding is not None:
                 with self._lock:
-                    hit = self.cache.similar(ask.tenant, embedding, ask.cache_params, time.monotonic())
+                    hit = self.cache.similar(ask.tenant, embedding, ask.cache_params, time.monotonic(), ask.prompt)
         if hit is None:
             return None, embedding
         return self._serve(ask, request_id, hit, embedding), None
