@@ -266,19 +266,21 @@ def test_a_routed_stream_holds_a_partial_answer_and_sends_the_final_one(kafka: s
     assert late.finish({"output_text": "the reference's answer"}) == "the reference's answer"
 
 
+LONG = "reverse: abcdefghijklmnopqrstuvwxyz"
+"""An answer of a dozen tokens and more, generated over several of the live tail's reads."""
+
+
 def test_a_stream_through_an_api_of_a_route_sends_the_answer_only_with_the_final_completion(
     kafka: str, deployment: Deployment
 ) -> None:
-    """Before, the stream sent each step's text as it came, whether or not the request could still move."""
+    """The held path end to end: every piece of text comes with the final Completion. (The embedded model is fast
+    enough that its steps often reach the tail after its Completion, unheld too: the Follower test above is the one
+    that shows the old stream sending a partial answer.)"""
     settings = deployment.settings.model_copy(update={"route": "default"})
     since = now_us()
     with served(ApiConfig(kafka, settings, allowed_hosts=HOSTS, trust_loopback=True)) as url:
         oa = client(url, "sk-no-key-needed")
-        chunks = list(
-            oa.completions.create(
-                model="evostream", prompt="copy: a b c d e f g", max_tokens=24, temperature=0, stream=True
-            )
-        )
+        chunks = list(oa.completions.create(model="evostream", prompt=LONG, max_tokens=200, temperature=0, stream=True))
     texts = [(c.choices[0].text, c.model_extra["evostream"]["trace_id"]) for c in chunks]  # type: ignore[index]
     assert all(trace is not None for text, trace in texts if text), texts  # no text before the final Completion
     rec = find(kafka, COMPLETIONS, "Completion", since, lambda r: r["trace_id"] == texts[-1][1])[0]
