@@ -3,16 +3,17 @@
 Real parts only: a broker (``--bootstrap``, the running local stack, or a private one), one ``evostream serve`` of the
 default model, and ``evostream api``'s app served by uvicorn as ``evostream api`` serves it, in a process of its own
 (``--serve-api``: the app with a per-client quota high enough for a benchmark; the cache's settings are the
-defaults, ``EVOSTREAM_CACHE_*`` change them). The client is an ``httpx`` client on one keep-alive connection, one
+defaults but its similarity, 0.95 so that near repeats serve (the default, 1, serves exact repeats only);
+``EVOSTREAM_CACHE_*`` change them). The client is an ``httpx`` client on one keep-alive connection, one
 request at a time, to ``POST /v1/completions`` (``temperature`` 0, a tenant per rep).
 
 Per rep, over ``--prompts`` held-out suite prompts: each sent once (a miss: published, generated, answered), then
-each again (an exact repeat: one dict read), then each with its first letter upper-cased (a near repeat: not exact,
-so the prompt is embedded with MiniLM and compared with the tenant's earlier prompts; MiniLM is uncased, so the
-cosine is 1). Every hit is checked: marked cached, from the miss's trace, with the miss's text. Latency is
-client-side, from the send to the whole answer read. Over ``--reps`` reps: p50 and p90 of each kind, min / median /
-max. A near hit pays what an exact hit does not: one MiniLM forward of the prompt (and one matrix-vector product
-over the tenant's entries).
+each again (an exact repeat: one dict read), then each with a full stop after it (a near repeat: not exact, so the
+prompt is embedded with MiniLM and compared with the tenant's earlier prompts: the same letters and digits, and a
+cosine above ``NEAR_SIMILARITY`` for the held-out prompts). Every hit is checked: marked cached, from the miss's
+trace, with the miss's text. Latency is client-side, from the send to the whole answer read. Over ``--reps`` reps:
+p50 and p90 of each kind, min / median / max. A near hit pays what an exact hit does not: one MiniLM forward of the
+prompt (and one matrix-vector product over the tenant's entries).
 
 Run: python -m bench.cache [--prompts 100] [--reps 3]
 """
@@ -39,6 +40,8 @@ from bench.stats import pct, spread
 from evostream.models.suite.evaluate import eval_set
 
 KINDS = ("miss", "exact hit", "near hit")
+NEAR_SIMILARITY = 0.95
+"""The cache's similarity in the benchmark (unless ``EVOSTREAM_CACHE_SIMILARITY`` says): near repeats serve."""
 
 
 def serve_api(bootstrap: str, port: int) -> None:
@@ -50,7 +53,8 @@ def serve_api(bootstrap: str, port: int) -> None:
     from evostream.api.server import server_config
     from evostream.core.settings import load_settings
 
-    settings = load_settings(bootstrap_servers=bootstrap)
+    similarity = None if os.environ.get("EVOSTREAM_CACHE_SIMILARITY") else NEAR_SIMILARITY
+    settings = load_settings(bootstrap_servers=bootstrap, cache_similarity=similarity)
     cfg = ApiConfig(bootstrap, settings, trust_loopback=True, infer_per_s=10_000.0, infer_in_flight=64)
     uvicorn.Server(server_config(create_app(cfg), "127.0.0.1", port, log_level="warning")).run()
 
@@ -99,8 +103,8 @@ def same(prompt: str) -> str:
 
 
 def near(prompt: str) -> str:
-    """Not an exact repeat (case is kept by the exact key), the same to MiniLM (uncased): a cosine of 1."""
-    return prompt[:1].upper() + prompt[1:]
+    """Not an exact repeat, with the same letters and digits: a near repeat when its cosine reaches the similarity."""
+    return prompt + "."
 
 
 def rep(http: httpx.Client, prompts: list[str]) -> dict[str, list[float]]:
@@ -147,7 +151,7 @@ def main() -> None:
         try:
             with httpx.Client(base_url=url, timeout=120) as http:
                 ask(http, "copy: warm", "warm-up")  # the client's reader, the tokenizer, MiniLM: loaded once
-                ask(http, "Copy: warm", "warm-up")
+                ask(http, "copy: warm.", "warm-up")
                 runs = [rep(http, prompts) for _ in range(args.reps)]
         finally:
             stop(proc, log, "the API")

@@ -25,7 +25,7 @@ from fastapi import Request
 
 from evostream.api.errors import AuthRequiredError, ForbiddenError
 from evostream.consumers.governance.api_keys import actor_of, check_format
-from evostream.core.errors import TamperError
+from evostream.core.errors import ConsumeError, TamperError
 from evostream.views.governance import GovernanceView
 
 
@@ -80,13 +80,30 @@ class RegistryCache:
         self._lock = threading.Lock()
         self._registry: Any = None
         self._at = 0.0
+        self._exists = False
+        """Whether the log's topic was seen: once it exists it is not asked again."""
 
     def get(self) -> Any:
         with self._lock:
             if self._registry is None or time.monotonic() - self._at > self.ttl_s:
+                self._check_log()
                 self._registry = anchored_registry(self.governance.replayed())
                 self._at = time.monotonic()
             return self._registry
+
+    def _check_log(self) -> None:
+        """ConsumeError at once when the log's topic does not exist (no ``governance init`` yet): a reader of a
+        missing topic waits out its whole timeout (30 s) for it, on every read, each behind the last."""
+        if self._exists:
+            return
+        from evostream.core.bus.admin import cluster_metadata
+
+        topic = self.governance.settings.governance_topic
+        if topic not in cluster_metadata(self.governance.bootstrap, 5.0).topics:
+            raise ConsumeError(
+                f"there is no governance log yet: its topic {topic} does not exist (run `evostream governance init`)"
+            )
+        self._exists = True
 
     def invalidate(self) -> None:
         with self._lock:

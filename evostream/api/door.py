@@ -3,17 +3,26 @@ before it is published.
 
 1. The tenant's rate limit and daily budget (``routing.budget``, from ``Settings.tenant_limits``): over one, the
    request is refused (429, ``Retry-After``) and the refusal is a RouteDecision (stage ADMISSION, chosen
-   ``refused``) on evo.routes.
-2. The response cache (``routing.cache``): an exact repeat first; on an exact miss the prompt is embedded (the
-   MiniLM encoder the inference service uses) and a near repeat looked for. A hit is answered at once: a new
+   ``refused``) on evo.routes. A request let in holds an estimate against its tenant's budget (``estimate``: its
+   prompt and ``max_new_tokens`` at the price table's highest prices) until its answers are charged.
+2. The response cache (``routing.cache``): an exact repeat first; on an exact miss, when near repeats serve
+   (``cache_similarity`` below 1), the prompt is embedded (the MiniLM encoder the inference service uses) and a near
+   repeat looked for. A hit is answered at once: a new
    Completion (``cached``, ``cached_from`` the earlier trace, a new trace id, cost 0) goes on evo.completions and a
    RouteDecision (ADMISSION, chosen ``cache``, ``risk`` = the similarity) on evo.routes.
-3. Else the request is published as before and its answer awaited; the answer is charged to the tenant's budget
-   (its prompt and output tokens, its ``cost_usd``) and, when it is a whole greedy answer, kept by the cache.
+3. Else the request is published as before and its answer awaited; when it is a whole greedy answer it is kept by
+   the cache.
+
+Every Completion of a request let in is charged to its tenant's budget (its prompt and output tokens, its
+``cost_usd``), an escalated partial included, whether or not its caller still waits: ``completed`` is called with
+each Completion the API's live tail reads (and with the answer a caller gets, whichever comes first; each is charged
+once). A caller that timed out, hung up or dropped its stream is charged all the same.
 
 The cache's answers are forgotten whenever a governance event comes (a promotion or a rollback changes the model
-that answers). Records are sent without waiting for the broker's acknowledgement (a hit answers at once); a failed
-delivery is logged. The door's state is in this process: budgets and the cache start empty when the API starts."""
+that answers); an answer whose request was looked up before the last such event is not kept (the generation read at
+lookup is checked before storing), as it may come from the model that was replaced. Records are sent without
+waiting for the broker's acknowledgement (a hit answers at once); a failed delivery is logged. The door's state is
+in this process: budgets and the cache start empty when the API starts."""
 
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,8 +40,9 @@ from evostream.api.errors import TooManyRequestsError
 from evostream.core.clock import now_us
 from evostream.core.errors import DeliveryError, EvoError
 from evostream.core.settings import Settings
-from evostream.routing.budget import Budgets, LimitsTable, Refusal
+from evostream.routing.budget import Budgets, Estimate, LimitsTable, Refusal
 from evostream.routing.cache import CacheParams, Hit, ResponseCache
+from evostream.routing.prices import Price, PriceTable
 from evostream.schemas.catalog import CATALOG, COMPLETIONS, ROUTES
 from evostream.schemas.codec import RecordCodec
 
@@ -43,6 +54,10 @@ log = logging.getLogger("evostream.api")
 Record = dict[str, Any]
 KEPT = ("STOP", "LENGTH")
 """The finish reasons of answers the cache keeps (not an error, not an escalated partial)."""
+PARTIAL = "ESCALATED"
+"""The finish reason of a self model's partial answer: not the request's last Completion."""
+LOOKED_UP = 100_000
+"""Requests whose cache generation is remembered until their answer comes (the oldest are forgotten first)."""
 
 
 class RateLimitedError(TooManyRequestsError):
@@ -86,6 +101,33 @@ def load_limits(settings: Settings) -> Budgets | None:
     return Budgets(LimitsTable.from_bytes(data, str(path)))
 
 
+def highest_price(settings: Settings) -> Price:
+    """The highest prompt and output prices of the price table (``settings.route_prices``; free when unset): what a
+    request's estimate is priced at, whichever model answers it. LimitsError naming the file when it is bad."""
+    path = settings.route_prices
+    if path is None:
+        return Price(0.0, 0.0)
+    from evostream.routing.budget import LimitsError
+    from evostream.routing.policy import RoutingError
+
+    try:
+        table = PriceTable.from_bytes(path.read_bytes())
+    except OSError as e:
+        raise LimitsError(f"cannot read the price table {path}: {e.strerror or e}") from e
+    except RoutingError as e:
+        raise LimitsError(f"{path}: {e}") from e
+    prices = [p for _, p in table.entries]
+    prompt = max((p.prompt_per_1k for p in prices), default=0.0)
+    return Price(prompt, max((p.output_per_1k for p in prices), default=0.0))
+
+
+def estimate(ask: Ask, price: Price) -> Estimate:
+    """What ``ask`` may cost at most: its prompt (a token per character, and the end-of-sequence token: more than
+    the tokenizer makes of words) and ``max_new_tokens``, at ``price``."""
+    prompt = len(ask.prompt) + 1
+    return Estimate(prompt + ask.max_new_tokens, price.cost(prompt, ask.max_new_tokens))
+
+
 class FrontDoor:
     """The checks and the cache of one API; thread-safe (the tail's thread forgets the cache on governance news)."""
 
@@ -99,7 +141,11 @@ class FrontDoor:
         self.bootstrap = bootstrap
         self.settings = settings
         self.route = settings.route or "default"
+        self.routes = bool(settings.route)
+        """Whether the inference service routes requests (this API's ``route`` setting names one, or a routing
+        decision of the service was seen): then a stream holds a request's text until its final answer."""
         self.budgets = load_limits(settings)
+        self.price = highest_price(settings) if self.budgets is not None else Price(0.0, 0.0)
         self.cache: ResponseCache[Record] = ResponseCache(
             settings.cache_similarity, settings.cache_ttl_s, settings.cache_max_entries
         )
@@ -112,6 +158,10 @@ class FrontDoor:
         self._producer: EventProducer | None = None
         self._routes = RecordCodec("RouteDecision")
         self._completions = RecordCodec("Completion")
+        self._generation = 0
+        """How many times the cache was forgotten: read at lookup, checked before an answer is stored."""
+        self._looked: OrderedDict[str, int] = OrderedDict()
+        """The generation each request in flight was looked up at, by request id."""
 
     # --- admission ----------------------------------------------------------------------------------------------
     def admit(self, ask: Ask, request_id: str) -> None:
@@ -119,7 +169,7 @@ class FrontDoor:
         if self.budgets is None:
             return
         with self._lock:
-            refusal = self.budgets.admit(ask.tenant, self.clock())
+            refusal = self.budgets.admit(ask.tenant, self.clock(), request_id, estimate(ask, self.price))
         if refusal is None:
             return
         self._publish_route(
@@ -142,6 +192,9 @@ class FrontDoor:
         if not self.cache.on or ask.do_sample:
             return None, None
         with self._lock:
+            self._looked[request_id] = self._generation  # an answer is kept only if no forget() came since
+            while len(self._looked) > LOOKED_UP:
+                self._looked.popitem(last=False)
             hit = self.cache.get(ask.tenant, ask.prompt, ask.cache_params, time.monotonic())
             searchable = hit is None and self.cache.searchable(ask.tenant, ask.cache_params)
         embedding = None
@@ -149,9 +202,13 @@ class FrontDoor:
             embedding = await self.embed(ask.prompt)
             if embedding is not None:
                 with self._lock:
-                    hit = self.cache.similar(ask.tenant, embedding, ask.cache_params, time.monotonic())
+                    hit = self.cache.similar(ask.tenant, embedding, ask.cache_params, time.monotonic(), ask.prompt)
         if hit is None:
             return None, embedding
+        with self._lock:
+            self._looked.pop(request_id, None)
+            if self.budgets is not None:
+                self.budgets.release(request_id)  # answered without a model: nothing to charge
         return self._serve(ask, request_id, hit, embedding), None
 
     async def embed(self, prompt: str) -> list[float] | None:
@@ -219,15 +276,38 @@ class FrontDoor:
         return rec
 
     # --- the answer ---------------------------------------------------------------------------------------------
-    async def answered(self, ask: Ask, rec: Record, embedding: list[float] | None) -> None:
-        """Charge the answer to the tenant's budget; keep it in the cache when it is a whole greedy answer (with the
-        prompt's embedding: the one made at the door, else the answer's own, else one made now)."""
-        if rec.get("cached"):
+    def decided(self, rec: Record) -> None:
+        """A RouteDecision read by the live tail: one of the service's (not the door's own) says it routes."""
+        if rec.get("stage") != "ADMISSION":
+            self.routes = True
+
+    def completed(self, rec: Record) -> None:
+        """Charge a Completion of a request this door let in to its tenant (once; an ESCALATED partial too; the
+        final one gives the request's estimate back). Called on the live tail's thread with every Completion it
+        reads, and with the answer a caller gets."""
+        if self.budgets is None or rec.get("cached"):
             return  # served from the cache: nothing generated, nothing charged
         tokens = int(rec.get("prompt_token_count") or 0) + int(rec.get("token_count") or 0)
-        if self.budgets is not None:
-            with self._lock:
-                self.budgets.charge(ask.tenant, tokens, float(rec.get("cost_usd") or 0.0), self.clock())
+        final = rec.get("finish_reason") != PARTIAL
+        with self._lock:
+            self.budgets.settle(
+                str(rec.get("request_id")),
+                str(rec.get("trace_id")),
+                tokens,
+                float(rec.get("cost_usd") or 0.0),
+                final,
+                self.clock(),
+            )
+
+    async def answered(self, ask: Ask, rec: Record, embedding: list[float] | None) -> None:
+        """The answer a caller got: charged (if the live tail has not yet), and kept in the cache when it is a whole
+        greedy answer of a request looked up since the last ``forget`` (with the prompt's embedding: the one made at
+        the door, else the answer's own, else one made now)."""
+        if rec.get("cached"):
+            return
+        self.completed(rec)
+        with self._lock:
+            looked = self._looked.pop(str(rec.get("request_id")), None)
         if rec.get("finish_reason") not in KEPT or rec.get("error") or not self.cache.on or ask.do_sample:
             return
         vector = embedding or list(rec.get("prompt_embedding") or []) or None
@@ -235,11 +315,15 @@ class FrontDoor:
             vector = await self.embed(ask.prompt)
         kept = {k: v for k, v in rec.items() if k != "prompt_embedding"}
         with self._lock:
+            if looked is None or looked != self._generation:
+                return  # the cache was forgotten while it was in flight: maybe the replaced model's answer
             self.cache.put(ask.tenant, ask.prompt, ask.cache_params, kept, time.monotonic(), vector)
 
     def forget(self) -> None:
-        """Drop every cached answer (a governance event: the answering model may have changed)."""
+        """Drop every cached answer (a governance event: the answering model may have changed); answers in flight
+        are not kept when they come."""
         with self._lock:
+            self._generation += 1
             self.cache.clear()
 
     # --- records ------------------------------------------------------------------------------------------------

@@ -40,6 +40,10 @@ class TimeoutAnswerError(EvoError):
     """The service did not answer within the request's timeout."""
 
 
+class AnswerFailedError(EvoError):
+    """The inference service could not answer: its model failed, or the route's reference did (502)."""
+
+
 class TooLargeError(EvoError):
     """The request body is over the size limit."""
 
@@ -69,6 +73,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (TamperError, 409),
     (GovernanceError, 400),
     (TimeoutAnswerError, 504),
+    (AnswerFailedError, 502),
     (TooManyRequestsError, 429),
     (BusyError, 503),
     (ConsumeError, 503),
@@ -91,6 +96,7 @@ MEANING = {
     404: "No such thing among what this API keeps.",
     409: "The governance log's rules refuse it, or a cycle is running already.",
     429: "This client is over its quota; `Retry-After` says in how many seconds to retry.",
+    502: "The inference service failed the answer (its model, or the route's reference).",
     503: "A limit this server keeps, or the broker is away; try again later.",
     504: "The service did not answer in time.",
 }
@@ -119,6 +125,7 @@ OPENAI_TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     429: "rate_limit_error",
+    502: "server_error",
     503: "server_error",
     504: "timeout_error",
 }

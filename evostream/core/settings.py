@@ -157,11 +157,12 @@ class Settings(BaseSettings):
         "requests_per_s, burst); unset: no limits.",
     )
     cache_similarity: float = Field(
-        default=0.97,
+        default=1.0,
         ge=0.0,
         le=1.0,
         description="The response cache answers a greedy request whose prompt embedding has at least this cosine "
-        "similarity with an earlier one of the same tenant; 1 keeps only exact repeats, 0 turns the cache off.",
+        "similarity with an earlier one of the same tenant and the same letters and digits (case kept); 1 (the "
+        "default) keeps only exact repeats, 0 turns the cache off.",
     )
     cache_ttl_s: float = Field(default=3600.0, ge=0, description="How long a cached answer serves (0: cache off).")
     cache_max_entries: int = Field(default=10_000, ge=0, description="Answers the cache keeps per tenant, newest.")

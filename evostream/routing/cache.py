@@ -4,9 +4,13 @@ request serves again, without a model.
 A lookup tries the exact repeat first (the normalised prompt and the generation parameters, hashed: one dict read),
 and only then the prompt embedding: cosine similarity against every live entry of the tenant with the same
 parameters (one matrix-vector product over a numpy matrix per tenant; the embeddings are L2-normalised, so the dot
-product is the cosine). Only greedy requests are served or kept: a sampled answer is one draw, not the answer.
+product is the cosine). A near repeat must also have the same letters and digits, in order and case-sensitive, as
+the earlier prompt (``content``): only its spacing, punctuation and symbols may differ. MiniLM is uncased and barely
+sees digits ('date: 2020-01-02' and '-03' have a cosine of 0.987, 'reverse: abc' and 'reverse: Abc' of 1.0), so a
+cosine alone would serve one prompt's answer to another. Only greedy requests are served or kept: a sampled answer
+is one draw, not the answer.
 An entry lives ``ttl_s`` seconds; a tenant keeps at most ``max_entries`` (the oldest go first). A similarity of 0
-or a TTL of 0 turns the cache off; a similarity of 1 keeps only exact repeats (nothing is embedded then).
+or a TTL of 0 turns the cache off; a similarity of 1 (the default) keeps only exact repeats (nothing is embedded then).
 
 Pure: the caller passes the time, and decides what an answer is (``V``); no I/O, no lock (the API calls it from
 its event loop only)."""
@@ -49,6 +53,12 @@ def normalise(prompt: str) -> str:
     return " ".join(unicodedata.normalize("NFC", prompt).split())
 
 
+def content(prompt: str) -> str:
+    """What a near repeat must share with its earlier prompt: the normalised prompt's letters and digits, in order,
+    case kept (Unicode letters and digits included)."""
+    return "".join(ch for ch in normalise(prompt) if ch.isalnum())
+
+
 def exact_key(prompt: str, params: CacheParams) -> str:
     """The exact-repeat key: SHA-256 of the normalised prompt and the parameters."""
     doc = json.dumps([normalise(prompt), params.model, params.max_new_tokens, params.do_sample], ensure_ascii=False)
@@ -71,6 +81,8 @@ class _Entry(Generic[V]):
     stored_at: float
     row: int | None
     """Its row in the tenant's embedding matrix (None: stored without an embedding, served only exactly)."""
+    content: str = ""
+    """The prompt's letters and digits (``content``): a near repeat must have the same."""
 
 
 class _Tenant(Generic[V]):
@@ -164,9 +176,12 @@ class ResponseCache(Generic[V]):
         code = None if t is None else t.codes.get(_params_key(params))
         return t is not None and code is not None and bool(np.any(t.live & (t.params == code)))
 
-    def similar(self, tenant: str, embedding: Sequence[float], params: CacheParams, now: float) -> Hit[V] | None:
-        """The fresh answer whose prompt embedding is the most similar to ``embedding`` among the tenant's with the
-        same ``params``, if that similarity reaches the threshold."""
+    def similar(
+        self, tenant: str, embedding: Sequence[float], params: CacheParams, now: float, prompt: str
+    ) -> Hit[V] | None:
+        """The fresh answer whose prompt embedding is the most similar to ``embedding`` (``prompt``'s) among the
+        tenant's with the same ``params`` and the same letters and digits as ``prompt``, if that similarity reaches
+        the threshold."""
         if not self.semantic or not params.greedy:
             return None
         t = self._tenants.get(tenant)
@@ -180,16 +195,18 @@ class ResponseCache(Generic[V]):
             return None
         same = t.live[:n] & (t.params[:n] == code)
         sims = np.where(same, sims, -np.inf)
+        wanted = content(prompt)
         while True:
             row = int(np.argmax(sims))
             best = float(sims[row])
             if not best >= self.similarity:  # -inf and NaN included
                 return None
             entry = t.entries[t.keys[row]]
-            if now - entry.stored_at < self.ttl_s:
+            if now - entry.stored_at >= self.ttl_s:
+                t.drop(t.keys[row])  # expired: forget it, look at the next best
+            elif entry.content == wanted:
                 return Hit(entry.value, min(1.0, best), False)
-            t.drop(t.keys[row])  # expired: forget it, look at the next best
-            sims[row] = -np.inf
+            sims[row] = -np.inf  # another prompt, however close its embedding: look at the next best
 
     def put(
         self,
@@ -213,7 +230,7 @@ class ResponseCache(Generic[V]):
         row = None
         if embedding is not None and len(embedding) and self.semantic:
             row = t.add_row(key, pkey, self._vector(embedding))
-        t.entries[key] = _Entry(value, pkey, now, row)
+        t.entries[key] = _Entry(value, pkey, now, row, content(prompt))
         while len(t.entries) > self.max_entries:
             t.drop(next(iter(t.entries)))
         return True

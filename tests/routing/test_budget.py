@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from evostream.routing.budget import DAY_S, Budgets, LimitsError, LimitsTable
+from evostream.routing.budget import DAY_S, Budgets, Estimate, LimitsError, LimitsTable
 
 NOON = 20_000 * DAY_S + DAY_S / 2  # a UTC noon
 
@@ -48,6 +48,70 @@ def test_a_spent_cost_budget_refuses_without_taking_from_the_bucket() -> None:
     assert refusal is not None and refusal.limit == "cost_per_day_usd"
     tokens, cost = budgets.used("acme", NOON)
     assert tokens == 10 and cost == pytest.approx(0.01)
+
+
+def test_requests_in_flight_hold_their_estimates_so_together_they_cannot_pass_the_budget() -> None:
+    """Before, a budget was charged only as answers came: every request admitted before the first answer was let in
+    (ten at once against a budget for two)."""
+    budgets = Budgets(table('{"acme": {"tokens_per_day": 100}}'))
+    let_in = [budgets.admit("acme", NOON, f"r{i}", Estimate(40)) for i in range(10)]
+    assert let_in[:2] == [None, None] and all(r is not None for r in let_in[2:])
+    refusal = let_in[2]
+    assert refusal is not None and refusal.limit == "tokens_per_day" and refusal.retry_after_s == 1.0
+    assert "80 more are held" in refusal.reason and budgets.held("acme") == (80, 0.0)
+    assert budgets.settle("r0", "t0", 10, 0.0, final=True, now=NOON + 1)  # a short answer gives the rest back
+    assert budgets.used("acme", NOON + 1) == (10, 0.0) and budgets.held("acme") == (40, 0.0)
+    assert budgets.admit("acme", NOON + 1, "r10", Estimate(40)) is None
+    assert budgets.admit("acme", NOON + 1, "r11", Estimate(40)) is not None
+
+
+def test_an_answer_is_charged_once_whether_or_not_anyone_waits_and_an_escalated_partial_too() -> None:
+    budgets = Budgets(table('{"acme": {"tokens_per_day": 1000, "cost_per_day_usd": 1.0}}'))
+    assert budgets.admit("acme", NOON, "r", Estimate(100, 0.1)) is None
+    assert budgets.settle("r", "partial", 30, 0.001, final=False, now=NOON)  # the self model's ESCALATED partial
+    assert budgets.holds("r")
+    assert budgets.settle("r", "final", 50, 0.05, final=True, now=NOON)
+    assert budgets.settle("r", "final", 50, 0.05, final=True, now=NOON)  # seen twice (the caller, the tail): once
+    tokens, cost = budgets.used("acme", NOON)
+    assert tokens == 80 and cost == pytest.approx(0.051)
+    assert not budgets.holds("r") and budgets.held("acme") == (0, 0.0)
+    assert not budgets.settle("unknown", "t", 5, 0.0, final=True, now=NOON)
+
+
+def test_a_spent_budget_refuses_an_estimate_that_does_not_fit_until_utc_midnight() -> None:
+    budgets = Budgets(table('{"acme": {"tokens_per_day": 100}}'))
+    budgets.charge("acme", 70, 0.0, NOON)
+    assert budgets.admit("acme", NOON, "a", Estimate(30)) is None
+    budgets.settle("a", "t", 30, 0.0, final=True, now=NOON)
+    refusal = budgets.admit("acme", NOON, "b", Estimate(1))
+    assert refusal is not None and refusal.retry_after_s == pytest.approx(DAY_S / 2)
+
+
+def test_a_budget_smaller_than_one_request_lets_one_in_a_day() -> None:
+    budgets = Budgets(table('{"acme": {"tokens_per_day": 1}}'))
+    assert budgets.admit("acme", NOON, "a", Estimate(50)) is None
+    assert budgets.admit("acme", NOON, "b", Estimate(50)) is not None  # held: the first is in flight
+    budgets.settle("a", "t", 12, 0.0, final=True, now=NOON + 1)
+    refusal = budgets.admit("acme", NOON + 1, "c", Estimate(50))
+    assert refusal is not None and refusal.retry_after_s == pytest.approx(DAY_S / 2 - 1)
+
+
+def test_a_hold_no_answer_settles_is_given_back_and_a_late_answer_still_charged() -> None:
+    budgets = Budgets(table('{"acme": {"tokens_per_day": 100}}'), hold_s=60)
+    assert budgets.admit("acme", NOON, "lost", Estimate(90)) is None
+    assert budgets.admit("acme", NOON + 59, "x", Estimate(20)) is not None
+    assert budgets.admit("acme", NOON + 60, "y", Estimate(10)) is None  # the lost one's hold is given back
+    assert budgets.held("acme") == (10, 0.0)
+    assert budgets.settle("lost", "t", 40, 0.0, final=True, now=NOON + 70)  # its answer came after all
+    assert budgets.used("acme", NOON + 70) == (40, 0.0) and budgets.held("acme") == (10, 0.0)
+
+
+def test_a_cache_hit_gives_its_estimate_back_uncharged() -> None:
+    budgets = Budgets(table('{"acme": {"tokens_per_day": 100}}'))
+    assert budgets.admit("acme", NOON, "hit", Estimate(90)) is None
+    budgets.release("hit")
+    assert budgets.held("acme") == (0, 0.0) and budgets.used("acme", NOON) == (0, 0.0)
+    assert budgets.admit("acme", NOON, "next", Estimate(90)) is None
 
 
 @pytest.mark.parametrize(

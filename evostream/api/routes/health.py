@@ -28,7 +28,11 @@ def health(state: State, _: Reader) -> Health:
         broker = Broker(bootstrap=cfg.bootstrap, reachable=True, brokers=len(md.brokers), topics=len(md.topics))
         lags = group_lags(cfg.bootstrap, (INFERENCE_GROUP, EVOLUTION_GROUP, cfg.settings.processors_app_id))
         members = group_members(cfg.bootstrap, [s.group for s in services])
-        active = {name: m["production"] for name, m in sorted(state.registry.get().models.items())}
+        gov = cfg.settings.governance_topic
+        if gov not in md.topics:  # not read: a reader would wait its whole timeout for the topic
+            error = f"there is no governance log yet: its topic {gov} does not exist (run `evostream governance init`)"
+        else:
+            active = {name: m["production"] for name, m in sorted(state.registry.get().models.items())}
     except EvoError as e:
         error = str(e)
     tail = state.tail

@@ -56,7 +56,8 @@ async def infer(body: InferBody, request: Request, state: State, caller: Publish
         gone = asyncio.ensure_future(disconnected(request))
         try:
             rec = await through_door(state, ask, body.timeout_s, gone)
-            risk = None if rec.get("cached") else await final_risk_of(state, rec["trace_id"], body.risk_wait_s, gone)
+            wait = body.risk_wait_s if has_risk(rec) else 0.0
+            risk = await final_risk_of(state, rec["trace_id"], wait, gone)
             return plain(
                 {
                     "request_id": rec["request_id"],
@@ -73,6 +74,12 @@ async def infer(body: InferBody, request: Request, state: State, caller: Publish
             )
         finally:
             gone.cancel()
+
+
+def has_risk(rec: dict[str, Any]) -> bool:
+    """Whether a FINAL risk report can come for the answer: not for a cached one (nothing was generated) nor for an
+    external reference's (``external:`` versions emit no steps, so the stream processors score nothing)."""
+    return not rec.get("cached") and not str(rec.get("model_version") or "").startswith("external:")
 
 
 async def through_door(

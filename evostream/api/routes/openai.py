@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 
 from evostream.api.deps import OpenAIPublisher, OpenAIReader, State
 from evostream.api.door import Ask
-from evostream.api.errors import TimeoutAnswerError, openai_error, openai_refusals
+from evostream.api.errors import AnswerFailedError, TimeoutAnswerError, openai_error, openai_refusals
 from evostream.api.openai_shapes import (
     CHAT_MAX_TOKENS,
     ChatBody,
@@ -40,7 +40,7 @@ from evostream.api.routes.infer import at_door, complete, disconnected, tenant_o
 from evostream.api.sse import Admitted
 from evostream.api.state import ApiState
 from evostream.core.errors import EvoError
-from evostream.schemas.catalog import STEPS
+from evostream.schemas.catalog import ROUTES, STEPS
 from evostream.views.token_text import TokenDecoder
 
 router = APIRouter(prefix="/v1", tags=["openai"], responses=openai_refusals(400, 401, 429, 502, 503, 504))
@@ -50,10 +50,6 @@ COMPLETION_MAX_TOKENS = 16
 """A completion's length when the request names none (OpenAI's default)."""
 Kind = Literal["text", "chat"]
 Record = dict[str, Any]
-
-
-class AnswerFailedError(EvoError):
-    """The inference service answered with an error (its message says why)."""
 
 
 @router.post("/completions", response_model=TextCompletion, summary="OpenAI-compatible text completion")
@@ -149,12 +145,19 @@ async def _serve(
             release()
 
 
+UPSTREAM_FAILURES = ("model error", "reference ")
+"""How the error of an answer the service failed begins (its model's error; the route's reference's, named by its
+version); any other error is the service's refusal of the request itself (a prompt over its token limit)."""
+
+
 def _checked(rec: Record) -> Record:
+    """The answer, or its failure as an error: AnswerFailedError (502) when the model or the reference failed,
+    BadRequestError (400) when the service refused the request."""
     error = rec.get("error")
     if rec.get("finish_reason") == "ERROR" or error:
         message = error or "the inference service failed this request"
-        if message.startswith("model error"):
-            raise AnswerFailedError(message)
+        if not error or message.startswith(UPSTREAM_FAILURES) or ": model error" in message:
+            raise AnswerFailedError(f"the inference service failed the answer: {message}")
         from evostream.producers.client import BadRequestError
 
         raise BadRequestError(f"the inference service refused the request: {message}")
@@ -266,10 +269,15 @@ DONE = b"data: [DONE]\n\n"
 class Follower:
     """The text of one request's steps as they come: the tokens of its first trace, decoded together with the
     version's tokenizer (a token decoded alone loses the space before it), else joined as each step's
-    ``token_text``. Text is handed on only when it extends what was sent (a partial UTF-8 sequence waits)."""
+    ``token_text``. Text is handed on only when it extends what was sent (a partial UTF-8 sequence waits).
 
-    def __init__(self, tokens: TokenDecoder) -> None:
+    A routed request's text is held (``hold``, or once a routing decision of the request is seen: ``routed``): its
+    self model's answer may still move to the reference mid-answer, and that partial answer is not the answer. Its
+    text is sent whole when its final Completion comes (``finish``)."""
+
+    def __init__(self, tokens: TokenDecoder, hold: bool = False) -> None:
         self.tokens = tokens
+        self.hold = hold
         self.trace: str | None = None
         self.version: str | None = None
         self.tokenizer: Any = None
@@ -277,7 +285,13 @@ class Follower:
         self.sent = ""
         self.moved = False
 
+    def routed(self) -> None:
+        """The request is routed: hold its text from now on."""
+        self.hold = True
+
     async def step(self, rec: Record) -> str:
+        if self.hold:
+            return ""
         if self.trace is None:
             self.trace, self.version = rec["trace_id"], rec["model_version"]
             self.tokenizer = await asyncio.to_thread(self.tokens.tokenizer, rec["model_version"])
@@ -298,8 +312,9 @@ class Follower:
         return delta
 
     def finish(self, rec: Record) -> str:
-        """What the answer has that was not sent: its rest; or, when the answer is not the text streamed (the
-        request moved to another model mid-answer), the answer whole, on a line of its own."""
+        """What the answer has that was not sent: its rest (all of it when the text was held); or, when the answer
+        is not the text streamed (a request moved to another model mid-answer whose routing the API could not know
+        of before its first tokens: docs/api.md), the answer whole, on a line of its own."""
         final = str(rec["output_text"])
         if final.startswith(self.sent):
             return final[len(self.sent) :]
@@ -332,13 +347,13 @@ async def _stream(
     if state.tail is not None:
 
         def push(topic: str, rec: Record) -> None:
-            if topic == STEPS and rec.get("request_id") == rid:
-                loop.call_soon_threadsafe(steps.put_nowait, rec)
+            if topic in (STEPS, ROUTES) and rec.get("request_id") == rid:
+                loop.call_soon_threadsafe(steps.put_nowait, {**rec, "_topic": topic})
 
         unsubscribe = state.tail.subscribe(push)  # before the request is published: no step is missed
     never: asyncio.Future[None] = loop.create_future()  # the stream's own cancel tells that the caller left
     answer = asyncio.ensure_future(complete(state, ask, ANSWER_TIMEOUT_S, never, rid))
-    follower = Follower(state.tokens)
+    follower = Follower(state.tokens, hold=state.door.routes)
     try:
         if kind == "chat":
             yield chunks.role()
@@ -349,6 +364,10 @@ async def _stream(
                 next_step.cancel()
                 break
             rec = next_step.result()
+            if rec.pop("_topic") == ROUTES:
+                if rec.get("stage") != "ADMISSION":  # the service's decision: the request is routed
+                    follower.routed()
+                continue
             if chunks.model == ask.model:
                 chunks.model = rec["model_version"]
             delta = await follower.step(rec)
