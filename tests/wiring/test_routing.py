@@ -210,7 +210,7 @@ def test_a_policy_reading_its_own_gain_probe_registers_it_as_a_route_probe(
     probe = _probe_trained().probe
     gain = replace(probe, trained_on={"label": GAIN_LABEL, "route": "default", "traces": 12})
     gain_sha, plain_sha = store_probe(store, gain), store_probe(store, probe)
-    gates = (LevelGate(1, 0.2, prompt_gate=0.9, token_gate=0.7, evidence=_evidence(2400, 0.95)),)
+    gates = (LevelGate(1, 0.2, prompt_gate=0.9, token_gate=0.7, evidence=_evidence(2400, 0.95, 0.2)),)
     # a stored probe that is no gain probe and no registered risk probe: refused, as before
     with pytest.raises(GovernanceError, match="no registered risk/<family> version"):
         register_route(actors["ops"], store, RoutePolicy("default", None, plain_sha, gates), "default")
