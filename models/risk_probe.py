@@ -165,6 +165,15 @@ def _round(x: float) -> float:
     return float(f"{x:.12g}")
 
 
+def standard_logistic(
+    x: F64, center: Sequence[float], scale: Sequence[float], weights: Sequence[float], bias: float
+) -> F64:
+    """sigmoid(bias + weights . (x - center) / scale) for each row of ``x``: a logistic model on standardized
+    features, as the risk probe and the routing prompt model apply theirs."""
+    z = (x - np.array(center)) / np.array(scale) @ np.array(weights) + bias
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class RiskProbe:
     """P(wrong) = sigmoid(bias + weights . (features - center) / scale), for one model family's layer count."""
@@ -196,8 +205,7 @@ class RiskProbe:
         x = np.atleast_2d(x)
         if x.shape[1] != len(self.features):
             raise ProbeError(f"the probe takes {len(self.features)} features, got {x.shape[1]}")
-        z = (x - np.array(self.center)) / np.array(self.scale) @ np.array(self.weights) + self.bias
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), dtype=np.float64)
+        return standard_logistic(x, self.center, self.scale, self.weights, self.bias)
 
     def score(self, steps: Sequence[Mapping[str, Any]]) -> float:
         """P(wrong) of one trace from its steps."""

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.core.errors import EvoError
-from evostream.models.risk_probe import FeatureSums, RiskProbe
+from evostream.models.risk_probe import FeatureSums, RiskProbe, standard_logistic
 
 F64 = npt.NDArray[np.float64]
 FORMAT = "evostream.route-policy/1"
@@ -101,8 +101,7 @@ class PromptModel:
                 f"the prompt model takes {len(self.features)} features ({self.embedding_dim}-d embeddings), "
                 f"got {x.shape[1]}"
             )
-        z = (x - np.array(self.center)) / np.array(self.scale) @ np.array(self.weights) + self.bias
-        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))), dtype=np.float64)
+        return standard_logistic(x, self.center, self.scale, self.weights, self.bias)
 
     def to_json(self) -> dict[str, Any]:
         return {
