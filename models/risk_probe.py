@@ -165,6 +165,11 @@ def _round(x: float) -> float:
     return float(f"{x:.12g}")
 
 
+def canonical_json(doc: Mapping[str, Any]) -> bytes:
+    """A learned model's canonical bytes (sorted keys, no spaces, no NaN): what the artifact store hashes."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
 def standard_logistic(
     x: F64, center: Sequence[float], scale: Sequence[float], weights: Sequence[float], bias: float
 ) -> F64:
@@ -230,7 +235,7 @@ class RiskProbe:
 
     def to_bytes(self) -> bytes:
         """Canonical JSON: the same probe gives the same bytes (and the same artifact hash)."""
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        return canonical_json(self.to_json())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RiskProbe:

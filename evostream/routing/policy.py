@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.core.errors import EvoError
-from evostream.models.risk_probe import FeatureSums, RiskProbe, standard_logistic
+from evostream.models.risk_probe import FeatureSums, RiskProbe, canonical_json, standard_logistic
 
 F64 = npt.NDArray[np.float64]
 FORMAT = "evostream.route-policy/1"
@@ -207,7 +207,7 @@ class RoutePolicy:
         }
 
     def to_bytes(self) -> bytes:
-        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        return canonical_json(self.to_json())
 
     @classmethod
     def from_bytes(cls, data: bytes) -> RoutePolicy:
