@@ -22,6 +22,7 @@ GOVERNANCE_SNAPSHOTS = "evo.governance.snapshots"
 DLQ = "evo.dlq"
 OUTCOMES = "evo.outcomes"
 ROUTES = "evo.routes"
+SHADOW = "evo.shadow"
 
 # The consumer groups of the long-running services: names that readers (``/health``) share with the services, as
 # they share topic names. The processors' group is a setting (``Settings.processors_app_id``).
@@ -63,6 +64,8 @@ CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(OUTCOMES, "Outcome", "trace_id", 3, "delete", 365 * DAY_MS, "labels: was a generation right"),
     # Keyed by request: a request's decisions (before, during, at the door) stay in order on one partition.
     TopicSpec(ROUTES, "RouteDecision", "request_id", 3, "delete", 90 * DAY_MS, "why each request went where it went"),
+    # Keyed by request, as evo.routes: a mirrored request's comparison sits beside its decisions.
+    TopicSpec(SHADOW, "ShadowComparison", "request_id", 3, "delete", 90 * DAY_MS, "staged version vs production"),
     # One partition: the governance chain is totally ordered, and it is never compacted nor expired.
     TopicSpec(GOVERNANCE, "GovernanceEvent", "model_name", 1, "delete", FOREVER, "the governance log"),
     # A cache of the projection folded up to an offset of the log: the latest per log is enough.

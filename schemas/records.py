@@ -22,11 +22,15 @@ class CompletionTimings(TypedDict):
     """From the start of work to the completion."""
 
 
+AnswerRole: TypeAlias = Literal["ANSWER", "SHADOW"]
+
+
 class Completion(TypedDict):
     """The outcome of one request: its text or its error. Topic evo.completions, key = trace_id. v2 adds
     output_token_ids; v3 adds the ESCALATED finish reason (a self model's partial answer, left when the router moved the
     request to a stronger model mid-answer), cached and cached_from (an answer served from the response cache), and
-    cost_usd."""
+    cost_usd; v4 adds role (SHADOW: a staged version's answer to a mirrored request, never returned to the client),
+    rollout_id and template_version."""
 
     trace_id: str
     """Id of the generation; its steps are on evo.steps under this key."""
@@ -68,6 +72,16 @@ class Completion(TypedDict):
     cost_usd: float
     """What this answer cost at the configured price table (its prompt and output tokens at its model's prices; 0 for a
     cached answer or with no price for the model)."""
+    role: AnswerRole
+    """ANSWER: an answer to its request (or an ESCALATED partial one). SHADOW: a staged or canary version's answer to a
+    mirrored copy of the request, generated for comparison only: it has its own trace_id, and clients waiting on
+    reply_to skip it (v4)."""
+    rollout_id: str | None
+    """The rollout that sent this request to the candidate version (a canary answer or a shadow one); null otherwise
+    (v4)."""
+    template_version: str | None
+    """The governed prompt template (template/<name> version) the request's prompt was rendered with; null when it named
+    none (v4)."""
 
 
 class DeadLetter(TypedDict):
@@ -281,7 +295,8 @@ class GenerationParams(TypedDict):
 
 
 class InferenceRequest(TypedDict):
-    """A client's request to generate text. Topic evo.requests, key = request_id."""
+    """A client's request to generate text. Topic evo.requests, key = request_id. v2 adds template: the governed prompt
+    template to render the prompt with."""
 
     request_id: str
     """Client-chosen unique id (UUID recommended); the reply carries it back."""
@@ -295,6 +310,9 @@ class InferenceRequest(TypedDict):
     """Key under which the Completion is published on evo.completions' reply routing (defaults to request_id)."""
     submitted_at_us: int
     """Client wall clock at submission, microseconds since the Unix epoch."""
+    template: str | None
+    """A governed prompt template: 'name' (its production version) or 'name@version'; the service renders the prompt
+    into it before generating. Null: the prompt is used as it is (v2)."""
 
 
 class NeuronCounts(TypedDict):
@@ -540,3 +558,41 @@ class RouteDecision(TypedDict):
     """A refusal: seconds until the tenant's limit lets a request in again."""
     decided_at_us: int
     """Writer's wall clock at the decision, microseconds since the Unix epoch."""
+
+
+class ShadowComparison(TypedDict):
+    """A mirrored request answered by both the production version and a staged (or canary) one, compared. Topic
+    evo.shadow, key = request_id. The production answer was returned to the client; the candidate's (a SHADOW
+    Completion) never is. Risk and labelled outcomes arrive later on their own topics and are joined by trace_id and
+    request_id when comparisons are summarised (evostream compare)."""
+
+    request_id: str
+    """The request mirrored."""
+    tenant: str
+    """Copied from the request."""
+    rollout_id: str | None
+    """The rollout that mirrored it; null for a shadow of the staging version outside a rollout."""
+    production_version: str
+    """The version whose answer was returned."""
+    candidate_version: str
+    """The staged version that answered the mirror."""
+    production_trace_id: str
+    """The returned answer's trace (its Completion and steps)."""
+    candidate_trace_id: str
+    """The shadow answer's trace (its SHADOW Completion and steps)."""
+    agree: bool
+    """Both answered without error and their texts are exactly equal."""
+    production_tokens: int
+    """Tokens the production version generated."""
+    candidate_tokens: int
+    """Tokens the candidate generated."""
+    production_us: int
+    """The production answer's generation time (prefill and decode), microseconds."""
+    candidate_us: int
+    """The shadow answer's generation time (prefill and decode), microseconds."""
+    production_error: str | None
+    """Why the production answer failed, if it did."""
+    candidate_error: str | None
+    """Why the shadow answer failed, if it did."""
+    compared_at_us: int
+    """Producer wall clock when both answers were in, microseconds since the Unix epoch."""

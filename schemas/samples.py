@@ -80,6 +80,30 @@ def completion(i: int, t_us: int = T0_US) -> records.Completion:
         "cached": i % 4 == 3,
         "cached_from": "trace-0" if i % 4 == 3 else None,
         "cost_usd": 0.0 if i % 4 == 3 else 0.0002 * (1 + i % 3),
+        "role": "SHADOW" if i % 5 == 4 else "ANSWER",
+        "rollout_id": "rollout-1" if i % 5 == 4 else None,
+        "template_version": "qa@1" if i % 2 else None,
+    }
+
+
+def shadow_comparison(i: int, t_us: int = T0_US) -> records.ShadowComparison:
+    """A mirrored request answered by both sample versions; every third one disagrees."""
+    return {
+        "request_id": f"req-{i}",
+        "tenant": "acme" if i % 2 else "default",
+        "rollout_id": "rollout-1" if i % 2 else None,
+        "production_version": VERSIONS[0],
+        "candidate_version": VERSIONS[1],
+        "production_trace_id": f"trace-{i}",
+        "candidate_trace_id": f"trace-{i}-shadow",
+        "agree": i % 3 != 2,
+        "production_tokens": 4 + i % 5,
+        "candidate_tokens": 4 + i % 3,
+        "production_us": 20_000 + 1000 * i,
+        "candidate_us": 18_000 + 900 * i,
+        "production_error": None,
+        "candidate_error": "model error: sample" if i % 7 == 6 else None,
+        "compared_at_us": t_us + i * 1000,
     }
 
 

@@ -57,6 +57,7 @@ def test_every_design_event_has_a_schema() -> None:
         "ProfileDelta",
         "Outcome",
         "RouteDecision",
+        "ShadowComparison",
     }  # ProfileDelta: internal to the processors
 
 
