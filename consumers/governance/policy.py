@@ -46,6 +46,7 @@ _POLICY_TYPES: dict[str, type] = {
     "level_min_accuracy": float,
     "level_max_error": float,
     "level_min_confidence": float,
+    "template_min_gain": float,
 }
 
 
@@ -137,6 +138,8 @@ def check_policy_value(policy: Any) -> str | None:
         return f"level_max_error must be within [0, 1], got {policy['level_max_error']}"
     if not 0.0 <= policy.get("level_min_confidence", 0.0) < 1.0:
         return f"level_min_confidence must be within [0, 1), got {policy['level_min_confidence']}"
+    if not 0.0 <= policy.get("template_min_gain", 0.0) <= 1.0:
+        return f"template_min_gain must be within [0, 1], got {policy['template_min_gain']}"
     return None
 
 

@@ -199,6 +199,10 @@ def governance_policy(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Lowest confidence a level's error bound is stated at."),
     ] = None,
+    template_min_gain: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Held-out gain a template variant must add to be accepted (0.05)."),
+    ] = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
@@ -214,6 +218,7 @@ def governance_policy(
         "level_min_accuracy": level_accuracy,
         "level_max_error": level_max_error,
         "level_min_confidence": level_confidence,
+        "template_min_gain": template_min_gain,
     }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
     if not policy:
@@ -221,7 +226,7 @@ def governance_policy(
             "nothing to change: give --approvals, --auto-staging/--no-auto-staging, "
             "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes, "
             "--refuse-failed-approvals/--accept-failed-approvals, --level-corpus, --level-accuracy, "
-            "--level-max-error or --level-confidence"
+            "--level-max-error, --level-confidence or --template-min-gain"
         )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")
