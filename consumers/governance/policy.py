@@ -10,6 +10,12 @@ Approvals: with ``four_eyes`` an actor may not approve a version it registered i
 ``refuse_failed_approvals`` a version whose latest validation failed cannot be approved. ``governance init`` writes
 both on; a log that never set them (one written before they existed) is judged without them, so it still verifies.
 
+A controller (the rollout controller, a machine actor) may write only RolloutStepped, RolloutAborted and
+RolloutCompleted; an approver may abort a rollout too. RolloutStarted needs what a promotion to production needs
+(its roles, a passed validation, the approvals), and the rules of ``rollouts.py``; while a rollout of a model runs, a
+promotion to production and a rollback of that model are refused. ``shadow_share`` (0 unless set): the share of
+production's requests mirrored to the staging version outside a rollout.
+
 Independence levels of routes (LevelProposed, LevelApproved, LevelLowered) and the registration of a route's policy
 are judged by ``levels.py``, with the policy's ``level_corpus_per_level``, ``level_min_accuracy``, ``level_max_error``
 and ``level_min_confidence``.

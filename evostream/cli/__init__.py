@@ -1,7 +1,8 @@
 """The ``evostream`` command line: commands that present what the services, views and wiring (``evostream.wiring``)
 return.
 
-One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck, governance);
+One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck, governance,
+rollout);
 this module only assembles their commands into one Typer app, so ``evostream = "evostream.cli:app"`` keeps working."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from evostream.cli import (
     labels,
     readers,
     risk,
+    rollout,
     route,
     route_learn,
     savings,
@@ -43,6 +45,7 @@ app.add_typer(risk.risk_app, name="risk")
 route.route_app.command("train")(route_learn.train)
 route.route_app.command("eval")(route_learn.eval_)
 app.add_typer(route.route_app, name="route")
+app.add_typer(rollout.rollout_app, name="rollout")
 for command in (
     selfcheck.selfcheck,
     demo.demo,

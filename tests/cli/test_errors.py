@@ -97,6 +97,9 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "route eval",
         "savings",
         "reference-labels",
+        "rollout start",
+        "rollout status",
+        "rollout abort",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.replay import ADMIN, Chain
+from bench.replay import ADMIN, Chain, build_log
 from evostream.consumers.governance.events import GovEvent, check_payload
 from evostream.consumers.governance.policy import DEFAULT_POLICY
 from evostream.consumers.governance.projection import Registry, replay
@@ -318,6 +318,14 @@ def test_an_approval_may_cite_evidence_and_one_without_verifies_as_before() -> N
     assert c.events[-1].payload["evidence"] == cited
     with pytest.raises(GovernanceError, match="'evidence' must be dict"):
         check_payload("ApprovalGranted", {"version": "v2", "stage": "production", "evidence": "compare.json"})
+
+
+def test_a_log_without_rollouts_verifies_and_folds_as_before() -> None:
+    c = build_log(300, seed=5)  # every event type a log held before rollouts, none of theirs
+    reg, found = replay(c.log())
+    assert found == [] and reg.head_sequence == 299 and reg.rollouts == {}
+    assert all(reg.active_rollout(m) is None and reg.last_rollout(m) is None for m in reg.models)
+    assert reg.to_json() == replay(c.log(), verify=False)[0].to_json()
 
 
 def test_the_policy_shadow_share_is_a_share() -> None:
