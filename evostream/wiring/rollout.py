@@ -25,6 +25,7 @@ rebuilds the windows from them; its consumer group commits only so that its lag 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -69,6 +70,7 @@ class Action:
     reason: str
     evidence: dict[str, Any]
     step: int | None = None
+    rollout_id: str = ""
 
 
 # --- the decision (pure) -------------------------------------------------------------------------------------------
@@ -113,6 +115,10 @@ def cycle_end(fold: RolloutFold, rollout: RolloutState, plan: RolloutPlan, since
 
 def decide(rollout: RolloutState, fold: RolloutFold, now: int) -> Action:
     """What the rollout's current window says at ``now`` (see the module's doc)."""
+    return dataclasses.replace(_decide(rollout, fold, now), rollout_id=rollout["rollout_id"])
+
+
+def _decide(rollout: RolloutState, fold: RolloutFold, now: int) -> Action:
     plan = RolloutPlan.from_json(rollout["plan"])
     step, last = rollout["step"], len(plan.steps) - 1
     start = int(rollout["history"][-1]["at_us"]) if rollout["history"] else int(rollout["started_us"])
@@ -138,7 +144,8 @@ def decide(rollout: RolloutState, fold: RolloutFold, now: int) -> Action:
         clean.append(ev)
         if len(clean) >= plan.clean_cycles:
             why = f"{len(clean)} clean cycle(s) at 100%: {j.reason}"
-            return Action("complete", why, {"verdict": "COMPLETE", "reason": why, "cycles": clean})
+            done = {"verdict": "COMPLETE", "reason": why, "gates": ev["gates"], "cycles": clean}
+            return Action("complete", why, done)
         since = end
     j, ev = window_evidence(rollout, plan, fold, since, now, plan.step_s)
     ev |= {"step": step, "weight": rollout["weight"], "cycle": len(clean) + 1}

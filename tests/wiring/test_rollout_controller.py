@@ -12,127 +12,20 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from evostream.consumers.governance.log import GovernanceLog
-from evostream.consumers.governance.service import Governance, init
 from evostream.core.bus.admin import group_lags
-from evostream.core.bus.producer import EventProducer
-from evostream.core.clock import now_us
 from evostream.core.errors import GovernanceError
-from evostream.core.settings import Settings, load_settings
 from evostream.rollout.plan import RolloutPlan
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, OUTCOMES
-from evostream.schemas.codec import RecordCodec
-from evostream.schemas.records import Completion, Outcome, RiskAlert
-from evostream.views.governance import GovernanceView, anchor_file, checkpoints_path
+from evostream.schemas.catalog import COMPLETIONS
+from evostream.views.governance import GovernanceView
 from evostream.wiring.rollout import Action, RolloutController, controller_actor
-from tests.rollout.traffic import alert, completion, outcome
+from tests.rollout.live import Traffic, governed
 
 CLI = [sys.executable, "-m", "evostream.cli"]
-
-
-class Traffic:
-    """Requests answered at ``per_s`` a second: the candidate answers ``weight`` percent of them (by request number),
-    the incumbent the rest, and in the shadow phase a tenth are mirrored to the candidate (SHADOW answers). Every
-    20th answer of a version is alerted, every 3rd labelled (4 of 5 of those right); ``broken``: every candidate
-    answer is alerted."""
-
-    def __init__(self, server: str, incumbent: str, candidate: str, per_s: float = 40.0, broken: bool = False):
-        self.producer = EventProducer(server)
-        self.codecs = {
-            COMPLETIONS: RecordCodec.of(Completion),
-            ALERTS: RecordCodec.of(RiskAlert),
-            OUTCOMES: RecordCodec.of(Outcome),
-        }
-        self.versions = (incumbent, candidate)
-        self.per_s = per_s
-        self.broken = broken
-        self.weight = 0
-        self.shadow = True
-        self.sent = {incumbent: 0, candidate: 0}
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="rollout-traffic", daemon=True)
-
-    def __enter__(self) -> Traffic:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(10)
-        self.producer.flush(30)
-
-    def _run(self) -> None:
-        i = 0
-        while not self.stop.wait(1.0 / self.per_s):
-            i += 1
-            to_candidate = i * self.weight // 100 > (i - 1) * self.weight // 100  # weight in every 100, spread
-            self.answer(self.versions[to_candidate], "ANSWER")
-            if not to_candidate and self.shadow and i % 10 == 0:
-                self.answer(self.versions[1], "SHADOW")
-            self.producer.poll()
-
-    def answer(self, version: str, role: str, at: int | None = None) -> None:
-        """One answer of ``version`` (now, or at ``at``), its alert and its label as the rates say."""
-        n = self.sent[version] = self.sent[version] + 1
-        trace, at = f"{version}-{n}-{uuid.uuid4().hex[:6]}", now_us() if at is None else at
-        candidate = version == self.versions[1]
-        self._send(COMPLETIONS, trace, completion(trace, version, at, role=role, latency_ms=80.0 + n % 7))
-        if n % 20 == 0 or (candidate and self.broken):
-            self._send(ALERTS, trace, alert(trace, version, at + 500))
-        if n % 3 == 0:
-            self._send(OUTCOMES, trace, outcome(trace, version, n % 5 != 0, at + 800))
-
-    def _send(self, topic: str, key: str, rec: Any) -> None:
-        self.producer.send(topic, key, self.codecs[topic].encode(rec))
-
-
-@dataclass
-class Governed:
-    settings: Settings
-    admin: Governance
-    model: str
-    v1: str
-    v2: str
-
-
-def governed(kafka: str, tmp_path: Path, plan: RolloutPlan) -> Governed:
-    """A governance log where the model's v1 is production and v2, approved, is being rolled out under ``plan``."""
-    run = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        bootstrap_servers=kafka,
-        governance_dir=tmp_path / "gov",
-        governance_topic=f"test-rollout-control-{run}",
-        artifacts_dir=tmp_path / "a",
-    )
-    keys = settings.governance_dir / "keys"
-    glog = GovernanceLog(kafka, topic=settings.governance_topic)
-    admin, _ = init(glog, keys, "admin", checkpoints=checkpoints_path(settings), anchor=anchor_file(settings))
-    view = GovernanceView(kafka, settings)
-    from evostream.consumers.governance.keys import ActorKey
-    from evostream.consumers.governance.service import key_path
-
-    bob_key = ActorKey.generate()
-    bob_key.save(key_path(keys, "bob"))
-    admin.enroll("bob", bob_key.public_hex, bob_key.key_id, ["approver"], reason="reviewer")
-    bob = view.actor("bob")
-    model = f"m-{run}"
-    v1, v2 = f"{model}@1", f"{model}@2"
-    for v in (v1, v2):
-        admin.register(model, v, artifact_uri=f"file:///{v}", artifact_sha256="ab" * 32, reason="built")
-        admin.validated(model, v, True, {"acc": 0.9}, reason="suite")
-        bob.approve(model, v, reason="fine")
-    admin.promote(model, v1, stage="production", reason="first")
-    admin.start_rollout(model, v2, plan.to_json(), {"compare": "clean"}, reason="try v2", rollout_id=f"ro-{run}")
-    return Governed(settings, admin, model, v1, v2)
 
 
 def drive(controller: RolloutController, traffic: Traffic, plan: RolloutPlan, timeout_s: float) -> list[Action]:
@@ -197,9 +90,13 @@ def test_a_healthy_candidate_goes_through_its_steps_to_production(kafka: str, tm
     }
     audit = subprocess.run([*CLI, "audit"], env=env, capture_output=True, text=True, timeout=120)
     assert audit.returncode == 0, audit.stderr
-    lines = [line for line in audit.stdout.splitlines() if f"[{model}]" in line and "controller" in line]
+    lines = [line for line in audit.stdout.splitlines() if f"[{model}]" in line and " controller " in line]
     assert len(lines) == 3, audit.stdout
-    assert "all 4 gates pass" in lines[0] and "all 4 gates pass" in lines[1], lines
+    assert "step 0: candidate at 50%" in lines[0] and "step 1: candidate at 100%" in lines[1], lines
+    assert "completed: the candidate is production" in lines[2], lines
+    for line in lines:  # each with its evidence: the verdict, each gate's figures and p-value, and the reason
+        assert "alert_rate pass" in line and "p95_latency pass" in line and "p=" in line, line
+    assert "verdict ADVANCE" in lines[0] and "verdict COMPLETE" in lines[2], lines
 
 
 def test_a_candidate_whose_answers_are_all_alerted_is_aborted_within_its_first_step(kafka: str, tmp_path: Path) -> None:
@@ -220,7 +117,8 @@ def test_a_candidate_whose_answers_are_all_alerted_is_aborted_within_its_first_s
     aborted = r["history"][-1]
     assert (aborted["type"], aborted["actor"], aborted["step"]) == ("RolloutAborted", "controller", 0)
     gate = aborted["evidence"]["gates"]["alert_rate"]
-    assert gate["verdict"] == "break" and gate["candidate"] == 1.0 and gate["p_value"] < 0.01
+    # every candidate answer is alerted; the alerts of the last few may not have been read when it was judged
+    assert gate["verdict"] == "break" and gate["candidate"] > 0.8 and gate["p_value"] < 0.01
     # within one step: judged before the step's window was even over
     assert aborted["at_us"] - r["history"][-2]["at_us"] < plan.step_s * 1e6 + 5e6
     events = GovernanceView(kafka, settings).replayed().events
