@@ -131,11 +131,10 @@ def gate(
         rate_c, rate_i = (c.alert_rate, i.alert_rate) if name == "alert_rate" else (c.error_rate, i.error_rate)
         return _evidence(rate_c, rate_i, c.answers, i.answers, tolerance, confidence, test)
     if name == "accuracy":
-        if tolerance >= 1.0:
-            raise GateError(
-                f"gate accuracy: a tolerance under 1 (a share of the incumbent's accuracy), got {tolerance}"
-            )
-        test = ratio_test(c.correct, c.labelled, i.correct, i.labelled, 1.0 - tolerance, "less", confidence)
+        if tolerance >= 1.0:  # "worse by all of it or more": no accuracy is below that, the gate cannot break
+            test = TestResult(1.0, "none")
+        else:
+            test = ratio_test(c.correct, c.labelled, i.correct, i.labelled, 1.0 - tolerance, "less", confidence)
         return _evidence(c.accuracy, i.accuracy, c.labelled, i.labelled, tolerance, confidence, test)
     if name == "p95_latency":
         p95_i = i.latency(95)

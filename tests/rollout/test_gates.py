@@ -100,6 +100,15 @@ def test_only_the_plans_gates_are_judged() -> None:
     assert list(j.gates) == ["alert_rate"]
     with pytest.raises(GateError):
         gate("throughput", 0.1, 0.99, WindowStats(), WindowStats())
+    with pytest.raises(GateError):
+        gate("alert_rate", -0.1, 0.99, WindowStats(), WindowStats())
+
+
+def test_an_accuracy_tolerance_of_one_or_more_cannot_break() -> None:
+    awful = WindowStats(answers=50, labelled=50, correct=0)
+    fine = WindowStats(answers=500, labelled=500, correct=450)
+    assert gate("accuracy", 0.05, 0.99, awful, fine)["verdict"] == "break"
+    assert gate("accuracy", 1.0, 0.99, awful, fine)["verdict"] == "pass"
 
 
 def test_ten_answers_all_alerted_against_five_percent_abort_at_once() -> None:
