@@ -21,6 +21,7 @@ from evostream.cli import (
     readers,
     risk,
     rollout,
+    rollout_control,
     route,
     route_learn,
     savings,
@@ -45,6 +46,7 @@ app.add_typer(risk.risk_app, name="risk")
 route.route_app.command("train")(route_learn.train)
 route.route_app.command("eval")(route_learn.eval_)
 app.add_typer(route.route_app, name="route")
+rollout.rollout_app.command("control")(rollout_control.control)
 app.add_typer(rollout.rollout_app, name="rollout")
 for command in (
     selfcheck.selfcheck,
@@ -72,6 +74,7 @@ for command in (
     risk.rescore,
     savings.savings,
     labels.reference_labels,
+    rollout_control.compare,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

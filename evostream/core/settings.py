@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     evolution_actor: str = Field(
         default="evolution", description="The evolution consumer's actor (a proposer): its key signs its proposals."
     )
+    rollout_actor: str = Field(
+        default="controller",
+        description="The rollout controller's actor (role controller): its key signs steps, aborts and completions.",
+    )
     evolution_dir: Path = Field(
         default_factory=lambda: _home(".local", "share", "evostream", "evolution"),
         description="Where evolution cycles build, save and distil their candidates before storing them.",
