@@ -27,6 +27,8 @@ from evostream.cli import (
     selfcheck,
     serve,
     sinks,
+    status,
+    up,
 )
 from evostream.cli.stack import stack_app
 
@@ -72,6 +74,9 @@ for command in (
     risk.rescore,
     savings.savings,
     labels.reference_labels,
+    up.up,
+    up.genesis,
+    status.status,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)
