@@ -21,7 +21,15 @@ from evostream.core.errors import EvoError
 from evostream.core.settings import Settings
 from evostream.core.stack import LocalStack, resolve_bootstrap
 from evostream.wiring.supervise import Component, ComponentState, Observed, judge
-from evostream.wiring.supervisor import RunInfo, cmdline, pid_alive, read_run, read_state, running_supervisor
+from evostream.wiring.supervisor import (
+    RunInfo,
+    cmdline,
+    pid_alive,
+    process_started_at,
+    read_run,
+    read_state,
+    running_supervisor,
+)
 
 ADMIN_TIMEOUT_S = 3.0
 
@@ -104,19 +112,6 @@ def find_processes(words: tuple[str, ...], proc: Path = Path("/proc")) -> list[i
             if rest is not None and tuple(rest[: len(words)]) == words and pid_alive(int(entry.name)):
                 found.append(int(entry.name))
     return sorted(found)
-
-
-def process_started_at(pid: int) -> float | None:
-    """When ``pid`` started (seconds since the epoch), from /proc; None where it cannot say."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = int(fields[19])  # field 22 of stat, the 20th after the command's name and state
-        boot = next(
-            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
-        )
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pid1_component(components: Iterable[Component], args: list[str] | None) -> list[Component] | None:

@@ -127,8 +127,22 @@ def running_supervisor(run_dir: Path) -> RunInfo | None:
     run = read_run(run_dir)
     if run is None or run.stopped_at is not None or not pid_alive(run.pid):
         return None
-    args = cmdline(run.pid)
-    return run if args is None or "up" in args else None  # a pid reused by another program is not ours
+    begun = process_started_at(run.pid)
+    # a process that started after the supervisor wrote its file has its pid reused (/proc's boot time is in seconds)
+    return run if begun is None or begun <= run.started_at + 2.0 else None
+
+
+def process_started_at(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), from /proc; None where it cannot say."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: the 20th after the command's name
+        boot = next(
+            float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime")
+        )
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pid_alive(pid: int) -> bool:
@@ -354,7 +368,7 @@ class Supervisor:
             pid = e.runner.start(log)
         except (OSError, EvoError) as err:
             self._set(e, start_failed(e.state, now, self.backoff))
-            self.say(f"{name}: could not start ({err}); next try in {self.backoff.delay(e.state.streak):.0f} s")
+            self.say(f"{name}: could not start ({err}); next try in {self.backoff.delay(e.state.streak):.1f} s")
             return
         self._set(e, started(e.state, pid, self.clock()))
         if e.state.restarts:
@@ -390,8 +404,8 @@ class Supervisor:
                     self._set(e, exited(e.state, code, self.clock(), self.backoff))
                     wait = (e.state.next_start_at or 0) - self.clock()
                     self.say(
-                        f"{e.component.name}: exited with code {'?' if code is None else code} after {ran:.0f} s; "
-                        f"restart in {max(0.0, wait):.0f} s"
+                        f"{e.component.name}: exited with code {'?' if code is None else code} after {ran:.1f} s; "
+                        f"restart in {max(0.0, wait):.1f} s"
                     )
             elif due(e.state, self.clock()):
                 self._start(e)
