@@ -19,6 +19,8 @@ import pytest
 
 from bench.pipeline import read_topic
 from evostream.core.bus import security
+from evostream.core.settings import load_settings
+from evostream.core.stack import LocalStack
 from evostream.core.stack.ports import free_port
 from evostream.models.suite.tasks import make_split
 from evostream.producers.client import InferenceClient
@@ -161,9 +163,11 @@ def test_up_brings_a_killed_service_back_without_losing_or_doubling_an_answer(tm
         assert order == names[::-1], said()
         assert all((s := read_state(run_dir, n)) is not None and s.state == "stopped" for n in names)
     finally:
+        left_behind = pids | (tree(up.pid) if up.poll() is None else set())
         if up.poll() is None:
             up.kill()
             up.wait(30)
-        for pid in pids | tree(up.pid):
-            if pid != up.pid and pid_alive(pid):
+        for pid in left_behind - {up.pid}:
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        LocalStack(load_settings(stack_dir=tmp_path / "stack")).down(10.0)  # a broker up could not stop
