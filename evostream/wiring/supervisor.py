@@ -177,8 +177,9 @@ class Runner(Protocol):
     def poll(self) -> tuple[bool, int | None]:
         """(whether it has exited, its exit code where known)."""
 
-    def stop(self, timeout_s: float) -> int | None:
-        """Stop it (gracefully, then by force after ``timeout_s``); its exit code where known."""
+    def stop(self, timeout_s: float, hurry: threading.Event) -> int | None:
+        """Stop it (gracefully, then by force after ``timeout_s``, or at once when ``hurry`` is set); its exit code
+        where known."""
 
 
 _PR_SET_PDEATHSIG = 1
@@ -237,19 +238,18 @@ class ChildRunner:
         _kill_group(self.proc.pid)  # what it started and left behind goes with it
         return True, code
 
-    def stop(self, timeout_s: float) -> int | None:
+    def stop(self, timeout_s: float, hurry: threading.Event) -> int | None:
         proc = self.proc
         if proc is None:
             return None
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc.pid)
-                proc.wait(30)
-        _kill_group(proc.pid)
+            deadline = time.monotonic() + timeout_s
+            while proc.poll() is None and time.monotonic() < deadline and not hurry.is_set():
+                time.sleep(0.05)
+        _kill_group(proc.pid)  # past its budget: the whole group; after its exit: what it left behind
+        proc.wait(30)
         return proc.returncode
 
 
@@ -298,9 +298,9 @@ class BrokerRunner:
     def poll(self) -> tuple[bool, int | None]:
         return self.stack.read_state() is None, None
 
-    def stop(self, timeout_s: float) -> int | None:
+    def stop(self, timeout_s: float, hurry: threading.Event) -> int | None:
         if self.ours:
-            self.stack.down(timeout_s, self.say)
+            self.stack.down(0.0 if hurry.is_set() else timeout_s, self.say)
         else:
             self.say("broker: left running (it ran before evostream up started)")
         return None
@@ -420,6 +420,6 @@ class Supervisor:
             self._set(e, replace(e.state, state="stopping"))
             self.say(f"{e.component.name}: stopping (pid {e.state.pid})")
             t0 = self.clock()
-            code = e.runner.stop(0.0 if self.hurry.is_set() else self.stop_timeout_s)
+            code = e.runner.stop(self.stop_timeout_s, self.hurry)
             self._set(e, stopped(e.state, code, self.clock()))
             self.say(f"{e.component.name}: stopped in {self.clock() - t0:.1f} s (exit code {code})")

@@ -132,3 +132,24 @@ def test_a_command_that_cannot_start_is_retried(tmp_path: Path) -> None:
         until(lambda: sum("could not start" in m for m in said) >= 2)
     state = read_state(tmp_path, "missing")
     assert state is not None and state.last_exit_code == 127 and state.starts == 0
+
+
+def test_a_hurried_stop_kills_at_once_what_does_not_stop(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    code = (
+        "import pathlib, signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n"
+        "time.sleep(60)\n"
+    )
+    sup = Supervisor(tmp_path, "b", Backoff(), 30.0, lambda m: None)
+    sup.add(Component("deaf", ("deaf",)), ChildRunner(program(code), os.environ))
+    with running(sup) as stop:
+        until(lambda: ready.exists())
+        t0 = time.monotonic()
+        stop.set()
+        until(lambda: (s := read_state(tmp_path, "deaf")) is not None and s.state == "stopping")
+        sup.hurry.set()  # what a second Ctrl-C does, while the stop waits for it
+    assert time.monotonic() - t0 < 10  # not its 30 s budget
+    state = read_state(tmp_path, "deaf")
+    assert state is not None and state.last_exit_code == -9
