@@ -267,16 +267,21 @@ def served_versions(bootstrap: str, settings: Settings) -> dict[str, dict[str, A
     where one runs."""
     from evostream.views.governance import GovernanceView
 
-    registry = GovernanceView(bootstrap, settings).replayed().registry
+    return versions_of(GovernanceView(bootstrap, settings).replayed().registry)
+
+
+def versions_of(registry: Any) -> dict[str, dict[str, Any]]:
+    """Per model of a replayed registry: its production version and its running rollout (or None)."""
     out: dict[str, dict[str, Any]] = {}
     for name, model in sorted(registry.models.items()):
         active = getattr(registry, "active_rollout", None)  # rollouts fold once governance knows them
         rollout = active(name) if callable(active) else None
-        out[name] = {"production": model["production"], "rollout": _rollout_doc(rollout)}
+        out[name] = {"production": model["production"], "rollout": rollout_doc(rollout)}
     return out
 
 
-def _rollout_doc(r: Any) -> dict[str, Any] | None:
+def rollout_doc(r: Any) -> dict[str, Any] | None:
+    """A running rollout (``RolloutState``) as status shows it: its id, candidate, incumbent, weight, step, status."""
     if r is None:
         return None
     get = r.get if isinstance(r, Mapping) else lambda k, d=None: getattr(r, k, d)

@@ -11,8 +11,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+from bench.replay import ADMIN, Chain
+from evostream.consumers.governance.projection import replay
 from evostream.core.stack.ports import free_port
-from evostream.wiring.status import command_words, evostream_args, find_processes, pid1_component, probe
+from evostream.wiring.status import (
+    command_words,
+    evostream_args,
+    find_processes,
+    pid1_component,
+    probe,
+    rollout_doc,
+    versions_of,
+)
 from evostream.wiring.supervise import Component
 from evostream.wiring.supervisor import process_started_at
 
@@ -84,3 +94,30 @@ def test_the_probe_reports_the_status_it_got_or_none() -> None:
     with server() as port:
         assert probe(f"http://127.0.0.1:{port}/health") == 401  # asked by the name the API accepts on loopback
     assert probe(f"http://127.0.0.1:{free_port()}/health", timeout_s=1.0) is None
+
+
+def test_the_versions_served_come_from_the_replayed_registry() -> None:
+    chain = Chain(seed=3)
+    chain.genesis()
+    chain.enroll("alice", ["approver"])
+    version = {"artifact_sha256": "ab" * 32, "artifact_uri": "file:///a/v1", "parent": None, "metrics": {}}
+    chain.append("ModelRegistered", ADMIN, {**version, "version": "v1", "operator": None, "operator_params": {}}, "m")
+    chain.append("ValidationCompleted", ADMIN, {"version": "v1", "passed": True, "gates": {}}, "m")
+    chain.append("ApprovalGranted", "alice", {"version": "v1", "stage": "production"}, "m")
+    chain.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, "m")
+    registry, findings = replay([(i, ev) for i, ev in enumerate(chain.events)])
+    assert findings == []
+    assert versions_of(registry) == {"m": {"production": "v1", "rollout": None}}
+
+
+def test_a_running_rollout_shows_its_candidate_and_weight() -> None:
+    state = {"rollout_id": "r1", "model_name": "m", "version": "v2", "incumbent": "v1", "status": "running"}
+    assert rollout_doc({**state, "step": 1, "weight": 5, "plan": {}, "history": []}) == {
+        "rollout_id": "r1",
+        "candidate": "v2",
+        "incumbent": "v1",
+        "weight": 5,
+        "step": 1,
+        "status": "running",
+    }
+    assert rollout_doc(None) is None
