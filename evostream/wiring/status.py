@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evostream.consumers.governance.projection import Registry
+from evostream.consumers.governance.shapes import RolloutState
 from evostream.core.bus import security
 from evostream.core.bus.admin import cluster_metadata, group_lags, group_members
 from evostream.core.errors import EvoError
@@ -270,26 +272,23 @@ def served_versions(bootstrap: str, settings: Settings) -> dict[str, dict[str, A
     return versions_of(GovernanceView(bootstrap, settings).replayed().registry)
 
 
-def versions_of(registry: Any) -> dict[str, dict[str, Any]]:
+def versions_of(registry: Registry) -> dict[str, dict[str, Any]]:
     """Per model of a replayed registry: its production version and its running rollout (or None)."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, model in sorted(registry.models.items()):
-        active = getattr(registry, "active_rollout", None)  # rollouts fold once governance knows them
-        rollout = active(name) if callable(active) else None
-        out[name] = {"production": model["production"], "rollout": rollout_doc(rollout)}
-    return out
+    return {
+        name: {"production": model["production"], "rollout": rollout_doc(registry.active_rollout(name))}
+        for name, model in sorted(registry.models.items())
+    }
 
 
-def rollout_doc(r: Any) -> dict[str, Any] | None:
-    """A running rollout (``RolloutState``) as status shows it: its id, candidate, incumbent, weight, step, status."""
+def rollout_doc(r: RolloutState | None) -> dict[str, Any] | None:
+    """A running rollout as status shows it: its id, candidate, incumbent, weight, step, status."""
     if r is None:
         return None
-    get = r.get if isinstance(r, Mapping) else lambda k, d=None: getattr(r, k, d)
     return {
-        "rollout_id": get("rollout_id"),
-        "candidate": get("version"),
-        "incumbent": get("incumbent"),
-        "weight": get("weight"),
-        "step": get("step"),
-        "status": get("status"),
+        "rollout_id": r["rollout_id"],
+        "candidate": r["version"],
+        "incumbent": r["incumbent"],
+        "weight": r["weight"],
+        "step": r["step"],
+        "status": r["status"],
     }

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from bench.replay import ADMIN, Chain
 from evostream.consumers.governance.projection import replay
 from evostream.core.stack.ports import free_port
 from evostream.wiring.status import (
@@ -25,6 +24,8 @@ from evostream.wiring.status import (
 )
 from evostream.wiring.supervise import Component
 from evostream.wiring.supervisor import process_started_at
+from tests.consumers.governance.test_projection import M
+from tests.consumers.governance.test_rollouts import PLAN, governed, start, step
 
 SERVE = Component("serve", ("serve", "--governed", "m"), ("evostream-inference",))
 SINKS = Component("sinks", ("sinks", "run", "--sinks", "sqlite"))
@@ -97,27 +98,23 @@ def test_the_probe_reports_the_status_it_got_or_none() -> None:
 
 
 def test_the_versions_served_come_from_the_replayed_registry() -> None:
-    chain = Chain(seed=3)
-    chain.genesis()
-    chain.enroll("alice", ["approver"])
-    version = {"artifact_sha256": "ab" * 32, "artifact_uri": "file:///a/v1", "parent": None, "metrics": {}}
-    chain.append("ModelRegistered", ADMIN, {**version, "version": "v1", "operator": None, "operator_params": {}}, "m")
-    chain.append("ValidationCompleted", ADMIN, {"version": "v1", "passed": True, "gates": {}}, "m")
-    chain.append("ApprovalGranted", "alice", {"version": "v1", "stage": "production"}, "m")
-    chain.append("Promoted", ADMIN, {"version": "v1", "stage": "production", "alias": None}, "m")
+    """Production per model, and a running rollout's candidate, weight and step, from a real signed chain."""
+    chain = governed()  # M: v1 in production, v2 approved
+    registry, findings = replay([(i, ev) for i, ev in enumerate(chain.events)])
+    assert findings == [] and versions_of(registry) == {M: {"production": "v1", "rollout": None}}
+    start(chain)
+    step(chain, 0)
     registry, findings = replay([(i, ev) for i, ev in enumerate(chain.events)])
     assert findings == []
-    assert versions_of(registry) == {"m": {"production": "v1", "rollout": None}}
-
-
-def test_a_running_rollout_shows_its_candidate_and_weight() -> None:
-    state = {"rollout_id": "r1", "model_name": "m", "version": "v2", "incumbent": "v1", "status": "running"}
-    assert rollout_doc({**state, "step": 1, "weight": 5, "plan": {}, "history": []}) == {
-        "rollout_id": "r1",
-        "candidate": "v2",
-        "incumbent": "v1",
-        "weight": 5,
-        "step": 1,
-        "status": "running",
+    assert versions_of(registry)[M] == {
+        "production": "v1",
+        "rollout": {
+            "rollout_id": "ro-1",
+            "candidate": "v2",
+            "incumbent": "v1",
+            "weight": PLAN["steps"][0],
+            "step": 0,
+            "status": "running",
+        },
     }
     assert rollout_doc(None) is None
