@@ -28,6 +28,8 @@ from evostream.cli import (
     selfcheck,
     serve,
     sinks,
+    status,
+    up,
 )
 from evostream.cli.stack import stack_app
 
@@ -75,6 +77,9 @@ for command in (
     savings.savings,
     labels.reference_labels,
     rollout_control.compare,
+    up.up,
+    up.genesis,
+    status.status,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

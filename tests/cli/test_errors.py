@@ -102,6 +102,9 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "rollout abort",
         "rollout control",
         "compare",
+        "up",
+        "genesis",
+        "status",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
