@@ -18,7 +18,9 @@ from typing import Any, TypedDict, TypeVar, Union, cast, get_args, get_origin, g
 
 from evostream.core.errors import GovernanceError
 
-ROLES = ("admin", "approver", "proposer")
+ROLES = ("admin", "approver", "proposer", "controller")
+"""``controller``: a machine actor (the rollout controller) that may write only RolloutStepped, RolloutAborted and
+RolloutCompleted (``policy.py``)."""
 STAGES = ("candidate", "staging", "production", "archived")
 ALL_MODELS = "*"
 """``model_name`` of events about no one model: actors and policy."""
@@ -68,8 +70,11 @@ class ApprovalRequested(TypedDict):
     stage: str
 
 
-class ApprovalGranted(ApprovalRequested):
-    pass
+class ApprovalGranted(ApprovalRequested, total=False):
+    """``evidence`` (optional: events written before it existed have none): what the approver cites, e.g. an
+    ``evostream compare`` summary."""
+
+    evidence: dict[str, Any]
 
 
 class ApprovalRejected(ApprovalRequested):
@@ -118,6 +123,43 @@ class LevelLowered(TypedDict):
     level: int
 
 
+class RolloutStarted(TypedDict):
+    """A rollout of candidate ``version`` in place of ``incumbent`` (production now) under ``plan``
+    (``evostream.rollout.plan.RolloutPlan.to_json()``), citing ``evidence`` (may be {}); ``rollouts.py``."""
+
+    rollout_id: str
+    version: str
+    incumbent: str
+    plan: dict[str, Any]
+    evidence: dict[str, Any]
+
+
+class RolloutStepped(TypedDict):
+    """The rollout moved to ``step`` (an index into its plan's steps; the first is 0): the candidate answers
+    ``weight`` percent of requests. ``evidence``: the window's analysis, per gate."""
+
+    rollout_id: str
+    step: int
+    weight: int
+    evidence: dict[str, Any]
+
+
+class RolloutAborted(TypedDict):
+    """The rollout is over, weight 0: every request goes back to the incumbent. ``automatic``: the controller's
+    decision (a broken gate), not a person's."""
+
+    rollout_id: str
+    automatic: bool
+    evidence: dict[str, Any]
+
+
+class RolloutCompleted(TypedDict):
+    """The rollout's candidate becomes production (after its clean windows at 100%)."""
+
+    rollout_id: str
+    evidence: dict[str, Any]
+
+
 PAYLOAD_TYPES: dict[str, type] = {
     t.__name__: t
     for t in (
@@ -136,6 +178,10 @@ PAYLOAD_TYPES: dict[str, type] = {
         LevelProposed,
         LevelApproved,
         LevelLowered,
+        RolloutStarted,
+        RolloutStepped,
+        RolloutAborted,
+        RolloutCompleted,
     )
 }
 P = TypeVar("P")
@@ -155,6 +201,10 @@ def _accepted(annotation: Any) -> tuple[type, ...]:
 PAYLOADS: dict[str, dict[str, tuple[type, ...]]] = {
     name: {field: _accepted(a) for field, a in get_type_hints(td).items()} for name, td in PAYLOAD_TYPES.items()
 }
+OPTIONAL: dict[str, frozenset[str]] = {
+    name: frozenset(getattr(td, "__optional_keys__", ())) for name, td in PAYLOAD_TYPES.items()
+}
+"""type -> payload fields an event may omit (added after events of the type were written)"""
 EVENT_TYPES = tuple(PAYLOADS)
 
 
@@ -275,8 +325,11 @@ def check_payload(type_: str, payload: Mapping[str, Any]) -> None:
     spec = PAYLOADS.get(type_)
     if spec is None:
         raise GovernanceError(f"unknown governance event type {type_!r} (known: {', '.join(EVENT_TYPES)})")
+    optional = OPTIONAL[type_]
     for name, types in spec.items():
         if name not in payload:
+            if name in optional:
+                continue
             raise GovernanceError(f"{type_}: payload field {name!r} is missing")
         value = payload[name]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -298,6 +351,11 @@ def check_payload(type_: str, payload: Mapping[str, Any]) -> None:
             raise GovernanceError(f"OffsetVoided: an offset is named twice in {offsets}")
     if type_ in ("LevelProposed", "LevelApproved", "LevelLowered") and payload["level"] < 0:
         raise GovernanceError(f"{type_}: level must be 0 or above, got {payload['level']}")
+    if type_ == "RolloutStepped" and (payload["step"] < 0 or not 1 <= payload["weight"] <= 100):
+        raise GovernanceError(
+            f"RolloutStepped: step must be 0 or above and weight within 1..100, got {payload['step']}, "
+            f"{payload['weight']}"
+        )
     if type_ == "Promoted":
         if (payload["stage"] is None) == (payload["alias"] is None):
             raise GovernanceError("Promoted: exactly one of stage and alias must be set")

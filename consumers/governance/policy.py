@@ -10,6 +10,12 @@ Approvals: with ``four_eyes`` an actor may not approve a version it registered i
 ``refuse_failed_approvals`` a version whose latest validation failed cannot be approved. ``governance init`` writes
 both on; a log that never set them (one written before they existed) is judged without them, so it still verifies.
 
+A controller (the rollout controller, a machine actor) may write only RolloutStepped, RolloutAborted and
+RolloutCompleted; an approver may abort a rollout too. RolloutStarted needs what a promotion to production needs
+(its roles, a passed validation, the approvals), and the rules of ``rollouts.py``; while a rollout of a model runs, a
+promotion to production and a rollback of that model are refused. ``shadow_share`` (0 unless set): the share of
+production's requests mirrored to the staging version outside a rollout.
+
 Independence levels of routes (LevelProposed, LevelApproved, LevelLowered) and the registration of a route's policy
 are judged by ``levels.py``, with the policy's ``level_corpus_per_level``, ``level_min_accuracy``, ``level_max_error``
 and ``level_min_confidence``.
@@ -21,9 +27,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from evostream.consumers.governance import levels
+from evostream.consumers.governance import rollouts as rollout_rules
 from evostream.consumers.governance.events import ALL_MODELS
 from evostream.consumers.governance.keys import key_id_of
-from evostream.consumers.governance.shapes import ActorState, ModelState, RouteState, VersionState
+from evostream.consumers.governance.shapes import ActorState, ModelState, RolloutState, RouteState, VersionState
 from evostream.core.errors import GovernanceError
 
 BASE_POLICY: dict[str, Any] = {
@@ -32,7 +39,7 @@ BASE_POLICY: dict[str, Any] = {
     "auto_promote_production": False,
 }
 """The policy of a log before its first PolicyChanged (the projection starts from it)."""
-UNSET_RULES: dict[str, Any] = {"four_eyes": False, "refuse_failed_approvals": False}
+UNSET_RULES: dict[str, Any] = {"four_eyes": False, "refuse_failed_approvals": False, "shadow_share": 0.0}
 """The approval rules of a log that never set them: off, so a log written before they existed verifies as it did."""
 DEFAULT_POLICY: dict[str, Any] = {**BASE_POLICY, "four_eyes": True, "refuse_failed_approvals": True}
 """The policy a new log's genesis writes (``service.init``)."""
@@ -46,6 +53,7 @@ _POLICY_TYPES: dict[str, type] = {
     "level_min_accuracy": float,
     "level_max_error": float,
     "level_min_confidence": float,
+    "shadow_share": float,
     "template_min_gain": float,
 }
 
@@ -61,6 +69,7 @@ ACTOR_EVENTS = frozenset({"ActorEnrolled", "ActorRevoked", "PolicyChanged", "Off
 _ADMIN = frozenset({"admin"})
 _PROPOSER = frozenset({"admin", "proposer"})
 _APPROVER = frozenset({"admin", "approver"})
+_CONTROLLER = frozenset({"admin", "controller"})
 _ROLES_OF: dict[str, frozenset[str]] = {
     "ActorEnrolled": _ADMIN,
     "ActorRevoked": _ADMIN,
@@ -76,6 +85,9 @@ _ROLES_OF: dict[str, frozenset[str]] = {
     "LevelProposed": _PROPOSER,
     "LevelApproved": _APPROVER,
     "LevelLowered": _PROPOSER,
+    "RolloutStepped": _CONTROLLER,
+    "RolloutAborted": _CONTROLLER | {"approver"},
+    "RolloutCompleted": _CONTROLLER,
 }
 APPROVABLE_STAGES = ("staging", "production")
 
@@ -83,13 +95,14 @@ Actors = Mapping[str, ActorState]
 Models = Mapping[str, ModelState]
 Routes = Mapping[str, RouteState]
 Policy = Mapping[str, Any]
+Rollouts = Mapping[str, RolloutState]
 
 
 def allowed_roles(type_: str, payload: Mapping[str, Any], policy: Policy) -> frozenset[str]:
     """The roles of which an actor needs one to write this event under ``policy``."""
-    if type_ != "Promoted":
+    if type_ not in ("Promoted", "RolloutStarted"):
         return _ROLES_OF[type_]
-    stage = payload["stage"]
+    stage = "production" if type_ == "RolloutStarted" else payload["stage"]
     if stage == "staging":
         return _PROPOSER if policy["auto_promote_staging"] else _ADMIN
     if stage == "production":
@@ -138,6 +151,8 @@ def check_policy_value(policy: Any) -> str | None:
         return f"level_max_error must be within [0, 1], got {policy['level_max_error']}"
     if not 0.0 <= policy.get("level_min_confidence", 0.0) < 1.0:
         return f"level_min_confidence must be within [0, 1), got {policy['level_min_confidence']}"
+    if not 0.0 <= policy.get("shadow_share", 0.0) <= 1.0:
+        return f"shadow_share must be within [0, 1], got {policy['shadow_share']}"
     if not 0.0 <= policy.get("template_min_gain", 0.0) <= 1.0:
         return f"template_min_gain must be within [0, 1], got {policy['template_min_gain']}"
     return None
@@ -153,9 +168,11 @@ def refusal(
     actor: str = "",
     routes: Routes | None = None,
     reason: str = "",
+    rollouts: Rollouts | None = None,
 ) -> str | None:
     """Why the registry's state refuses this event by ``actor`` with ``reason`` (its payload already fits its type),
-    or None if it may follow. ``routes``: the routes' levels (level events are judged on them, ``levels.py``)."""
+    or None if it may follow. ``routes``: the routes' levels (level events are judged on them, ``levels.py``);
+    ``rollouts``: the rollouts (rollout events, and promotions while one runs, are judged on them, ``rollouts.py``)."""
     if type_ in ACTOR_EVENTS:
         if model_name != ALL_MODELS:
             return f"{type_} is about no one model: its model_name must be {ALL_MODELS!r}, not {model_name!r}"
@@ -166,6 +183,8 @@ def refusal(
         model = models.get(model_name)
         if model is None:
             return f"model {model_name!r} has no registered version: register one first"
+        if type_ in rollout_rules.ROLLOUT_EVENTS and type_ != "RolloutStarted":  # about a rollout, not a version
+            return rollout_rules.refusal(type_, model_name, payload, models, rollouts or {})
         if payload["version"] not in model["versions"]:
             known = ", ".join(model["versions"]) or "none"
             return f"{model_name} version {payload['version']!r} is not registered (registered: {known})"
@@ -174,6 +193,17 @@ def refusal(
     if type_ == "ModelRegistered" and levels.route_name(model_name) is not None:
         return _registered(model_name, payload, actors, models, policy) or levels.registration_refusal(
             model_name, payload, models
+        )
+    if type_ == "RolloutStarted":
+        return rollout_rules.refusal(type_, model_name, payload, models, rollouts or {}) or _promoted(
+            model_name, {"version": payload["version"], "stage": "production", "alias": None}, actors, models, policy
+        )
+    if (type_ == "RolledBack" or (type_ == "Promoted" and payload["stage"] == "production")) and (
+        now := rollout_rules.running(rollouts or {}, model_name)
+    ) is not None:
+        return (
+            f"rollout {now['rollout_id']} of {model_name} ({now['incumbent']} -> {now['version']}) is running: abort "
+            f"it first (`evostream rollout abort {model_name} --reason ...`), then {type_} moves production"
         )
     if type_ == "ApprovalGranted":
         return _approval(model_name, payload, actors, models, policy) or _grant(

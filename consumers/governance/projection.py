@@ -1,5 +1,5 @@
-"""The registry: a pure fold of the governance log into actors, policy, each model's versions and stages, and each
-route's independence level (``levels.py``).
+"""The registry: a pure fold of the governance log into actors, policy, each model's versions and stages, each
+route's independence level (``levels.py``) and each rollout (``rollouts.py``).
 
 ``Registry.apply`` folds one event with one small mutator per event type (``_FOLD``); with ``verify`` it first
 checks the event the way the writer's ``check`` does: its hash against its content, its link to the head, its
@@ -19,11 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evostream.consumers.governance import events as e
-from evostream.consumers.governance import levels
+from evostream.consumers.governance import levels, rollouts
 from evostream.consumers.governance import policy as rules
 from evostream.consumers.governance.events import GovEvent, chain_hash, check_payload, payload_of, upcast
 from evostream.consumers.governance.keys import SIGNATURE_ALG, key_id_of, verify_signature
-from evostream.consumers.governance.shapes import ActorState, ModelState, PendingApproval, RouteState, VersionState
+from evostream.consumers.governance.shapes import (
+    ActorState,
+    ModelState,
+    PendingApproval,
+    RolloutState,
+    RouteState,
+    VersionState,
+)
 from evostream.core.errors import GovernanceError, PolicyViolationError, TamperError, UnauthorizedError
 
 SNAPSHOT_FORMAT = 1
@@ -89,6 +96,8 @@ class Registry:
         """model name -> its versions, stages and aliases"""
         self.routes: dict[str, RouteState] = {}
         """route name -> its independence level, the policy version in force, a pending proposal (``levels.py``)"""
+        self.rollouts: dict[str, RolloutState] = {}
+        """rollout id -> the rollout: model, candidate, incumbent, plan, step, weight, history (``rollouts.py``)"""
 
     # --- queries ----------------------------------------------------------------------------------------------
     def production(self, model_name: str) -> str | None:
@@ -106,6 +115,16 @@ class Registry:
     def route(self, name: str) -> RouteState | None:
         """A copy of route ``name``'s level state, or None when no level event ever named it."""
         found = self.routes.get(name)
+        return None if found is None else copy.deepcopy(found)
+
+    def active_rollout(self, model_name: str) -> RolloutState | None:
+        """A copy of the running rollout of ``model_name``, or None when none runs."""
+        found = rollouts.running(self.rollouts, model_name)
+        return None if found is None else copy.deepcopy(found)
+
+    def last_rollout(self, model_name: str) -> RolloutState | None:
+        """A copy of the running rollout of ``model_name``, or else of its last one; None when it never had one."""
+        found = rollouts.latest(self.rollouts, model_name)
         return None if found is None else copy.deepcopy(found)
 
     def version(self, model_name: str, version: str) -> VersionState:
@@ -218,6 +237,7 @@ class Registry:
             ev.actor,
             routes=self.routes,
             reason=ev.reason,
+            rollouts=self.rollouts,
         )
         return None if why is None else ("policy", why)
 
@@ -279,6 +299,7 @@ class Registry:
                 "policy": self.policy,
                 "models": self.models,
                 "routes": self.routes,
+                "rollouts": self.rollouts,
             }
         )
 
@@ -297,6 +318,7 @@ class Registry:
             reg.voided = {int(k): int(v) for k, v in d.get("voided", {}).items()}
             reg.actors, reg.policy, reg.models = copy.deepcopy((d["actors"], d["policy"], d["models"]))
             reg.routes = copy.deepcopy(d.get("routes", {}))  # absent from snapshots written before levels
+            reg.rollouts = copy.deepcopy(d.get("rollouts", {}))  # absent from snapshots written before rollouts
         except (KeyError, TypeError, ValueError) as err:
             raise GovernanceError(f"registry snapshot is incomplete ({err}): replay the log instead") from err
         return reg
@@ -456,6 +478,16 @@ def _on_level(reg: Registry, ev: GovEvent) -> None:
     levels.fold(reg.routes, reg.models, ev.type, ev.model_name, ev.payload, ev.actor, ev.sequence)
 
 
+def _on_rollout(reg: Registry, ev: GovEvent) -> None:
+    r = rollouts.fold(
+        reg.rollouts, ev.type, ev.model_name, ev.payload, ev.actor, ev.sequence, ev.reason, ev.occurred_at_us
+    )
+    model = reg.models[ev.model_name]
+    model["versions"][r["version"]]["events"].append(ev.sequence)  # every rollout event is about its candidate
+    if ev.type == "RolloutCompleted":
+        _make_production(model, r["version"])
+
+
 def _unrecord(reg: Registry, ev: GovEvent) -> None:
     """Take out of ``reg.voided`` the offsets a folded OffsetVoided event named, for a void that does not stand
     (``standing_voids``): the replay skipped none of them, so none counts as voided (an anchor or a checkpoint there
@@ -481,6 +513,10 @@ _FOLD: dict[str, Callable[[Registry, GovEvent], None]] = {
     "LevelProposed": _on_level,
     "LevelApproved": _on_level,
     "LevelLowered": _on_level,
+    "RolloutStarted": _on_rollout,
+    "RolloutStepped": _on_rollout,
+    "RolloutAborted": _on_rollout,
+    "RolloutCompleted": _on_rollout,
 }
 
 

@@ -7,6 +7,7 @@ refuses to go past a tampered event, so no command is built on top of one."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from evostream.consumers.governance.policy import DEFAULT_POLICY
 from evostream.consumers.governance.projection import Finding, Registry, plan_void, replay
 from evostream.core.clock import now_us
 from evostream.core.errors import ConflictError, GovernanceError, TamperError
+from evostream.rollout.plan import RolloutPlan
 
 
 class LogT(Protocol):
@@ -247,8 +249,19 @@ class Governance:
     def request_approval(self, model: str, version: str, stage: str = "production", reason: str = "") -> GovEvent:
         return self.append("ApprovalRequested", {"version": version, "stage": stage}, model, reason)
 
-    def approve(self, model: str, version: str, stage: str = "production", reason: str = "") -> GovEvent:
-        return self.append("ApprovalGranted", {"version": version, "stage": stage}, model, reason)
+    def approve(
+        self,
+        model: str,
+        version: str,
+        stage: str = "production",
+        reason: str = "",
+        evidence: Mapping[str, Any] | None = None,
+    ) -> GovEvent:
+        """Grant an approval; ``evidence`` (e.g. an ``evostream compare`` summary) is what the approver cites."""
+        payload: dict[str, Any] = {"version": version, "stage": stage}
+        if evidence is not None:
+            payload["evidence"] = dict(evidence)
+        return self.append("ApprovalGranted", payload, model, reason)
 
     def reject(self, model: str, version: str, stage: str = "production", reason: str = "") -> GovEvent:
         return self.append("ApprovalRejected", {"version": version, "stage": stage}, model, reason)
@@ -276,6 +289,58 @@ class Governance:
         if route is None or route["version"] is None:
             raise GovernanceError(f"{model} has no level in force: nothing to lower")
         return self.append("LevelLowered", {"version": route["version"], "level": level}, model, reason)
+
+    def start_rollout(
+        self,
+        model: str,
+        version: str,
+        plan: Mapping[str, Any],
+        evidence: Mapping[str, Any],
+        reason: str,
+        rollout_id: str | None = None,
+    ) -> GovEvent:
+        """Start rolling ``version`` out in place of ``model``'s production under ``plan`` (a ``RolloutPlan`` JSON;
+        omitted fields take the defaults, and the event carries the plan in full), citing ``evidence``."""
+        if not reason.strip():
+            raise GovernanceError("a rollout needs a reason (--reason): it stays in the log")
+        try:
+            full = RolloutPlan.from_json(plan).to_json()
+        except ValueError as e:
+            raise GovernanceError(f"the rollout plan is refused: {e}") from e
+        incumbent = self.state().registry.production(model)
+        if incumbent is None:
+            raise GovernanceError(f"{model} has no production version to roll out from: promote its first version")
+        payload = {
+            "rollout_id": rollout_id or f"ro-{uuid.uuid4().hex[:12]}",
+            "version": version,
+            "incumbent": incumbent,
+            "plan": full,
+            "evidence": dict(evidence),
+        }
+        return self.append("RolloutStarted", payload, model, reason)
+
+    def step_rollout(
+        self, model: str, rollout_id: str, step: int, evidence: Mapping[str, Any], reason: str = ""
+    ) -> GovEvent:
+        """Move the rollout to ``step`` (the next one), at its plan's weight, on the window's ``evidence``."""
+        r = self.state().registry.rollouts.get(rollout_id)
+        steps = r["plan"]["steps"] if r is not None else []
+        weight = steps[step] if 0 <= step < len(steps) else 0  # no such step: the rules refuse it, and say why
+        payload = {"rollout_id": rollout_id, "step": step, "weight": max(weight, 1), "evidence": dict(evidence)}
+        return self.append("RolloutStepped", payload, model, reason)
+
+    def abort_rollout(
+        self, model: str, rollout_id: str, evidence: Mapping[str, Any], automatic: bool, reason: str
+    ) -> GovEvent:
+        """End the rollout: the candidate's weight goes back to 0 (``automatic``: the controller decided)."""
+        if not reason.strip():
+            raise GovernanceError("an abort needs a reason (--reason): it stays in the log")
+        payload = {"rollout_id": rollout_id, "automatic": bool(automatic), "evidence": dict(evidence)}
+        return self.append("RolloutAborted", payload, model, reason)
+
+    def complete_rollout(self, model: str, rollout_id: str, evidence: Mapping[str, Any], reason: str = "") -> GovEvent:
+        """Make the rollout's candidate production (at its last step, after its clean windows)."""
+        return self.append("RolloutCompleted", {"rollout_id": rollout_id, "evidence": dict(evidence)}, model, reason)
 
     def rollback(self, model: str, to: str, reason: str) -> GovEvent:
         """Make ``to`` (a version, or ``previous``: the production version before the current one) serve again."""
@@ -311,15 +376,20 @@ def _told(rec: GovEvent | Finding) -> str:
 
 
 def previous_production(events: list[tuple[int, GovEvent]], model: str) -> str | None:
-    """The version that was in production before the current one, from the log's promotions and rollbacks."""
+    """The version that was in production before the current one, from the log's promotions, completed rollouts and
+    rollbacks."""
     served: list[str] = []
+    candidates: dict[str, str] = {}  # rollout id -> its candidate: a completed rollout moves production to it
     for _, ev in events:
         if ev.model_name != model:
             continue
-        if (ev.type == "Promoted" and ev.payload.get("stage") == "production") or ev.type == "RolledBack":
-            version = str(ev.payload["version"])
+        if ev.type == "RolloutStarted":
+            candidates[str(ev.payload["rollout_id"])] = str(ev.payload["version"])
+        moved = (ev.type == "Promoted" and ev.payload.get("stage") == "production") or ev.type == "RolledBack"
+        if moved or (ev.type == "RolloutCompleted" and ev.payload["rollout_id"] in candidates):
+            version = candidates[ev.payload["rollout_id"]] if ev.type == "RolloutCompleted" else ev.payload["version"]
             if not served or served[-1] != version:
-                served.append(version)
+                served.append(str(version))
     return served[-2] if len(served) >= 2 else None
 
 

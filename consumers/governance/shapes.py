@@ -121,3 +121,42 @@ class RouteState(TypedDict):
     proposal: LevelProposal | None
     """the pending proposal, if any"""
     history: list[LevelChange]
+
+
+class RolloutStep(TypedDict):
+    """One rollout event as the rollout's history keeps it: who or what decided, on which evidence."""
+
+    type: str
+    sequence: int
+    actor: str
+    step: int
+    """the step after the event (-1: the shadow phase)"""
+    weight: int
+    """the candidate's percent of requests after the event (0 in the shadow phase and after an abort)"""
+    evidence: dict[str, Any]
+    reason: str
+    at_us: int
+
+
+class RolloutState(TypedDict):
+    """A rollout of one model from its incumbent to a candidate (``rollouts.py``)."""
+
+    rollout_id: str
+    model_name: str
+    version: str
+    """the candidate"""
+    incumbent: str
+    """the production version when the rollout started"""
+    plan: dict[str, Any]
+    """``evostream.rollout.plan.RolloutPlan.to_json()``"""
+    evidence: dict[str, Any]
+    """what the person who started it cited"""
+    status: str
+    """running | aborted | completed"""
+    step: int
+    """the index of the step in force in ``plan["steps"]``; -1: the shadow phase"""
+    weight: int
+    """the candidate's percent of requests now (0 in the shadow phase and after an abort)"""
+    started_seq: int
+    started_us: int
+    history: list[RolloutStep]

@@ -1,7 +1,8 @@
 """The ``evostream`` command line: commands that present what the services, views and wiring (``evostream.wiring``)
 return.
 
-One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck, governance);
+One module per concern (stack, serve/publish/process, readers, contract, calibrate, demo, selfcheck, governance,
+rollout);
 this module only assembles their commands into one Typer app, so ``evostream = "evostream.cli:app"`` keeps working."""
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ from evostream.cli import (
     labels,
     readers,
     risk,
+    rollout,
+    rollout_control,
     route,
     route_learn,
     savings,
     selfcheck,
     serve,
     sinks,
+    status,
     template,
+    up,
 )
 from evostream.cli.stack import stack_app
 
@@ -45,6 +50,8 @@ app.add_typer(template.template_app, name="template")
 route.route_app.command("train")(route_learn.train)
 route.route_app.command("eval")(route_learn.eval_)
 app.add_typer(route.route_app, name="route")
+rollout.rollout_app.command("control")(rollout_control.control)
+app.add_typer(rollout.rollout_app, name="rollout")
 for command in (
     selfcheck.selfcheck,
     demo.demo,
@@ -71,6 +78,10 @@ for command in (
     risk.rescore,
     savings.savings,
     labels.reference_labels,
+    rollout_control.compare,
+    up.up,
+    up.genesis,
+    status.status,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

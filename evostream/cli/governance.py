@@ -124,7 +124,9 @@ def governance_api_token(
 @friendly
 def governance_enroll(
     name: Annotated[str, typer.Argument(help="The new actor's id.")],
-    roles: Annotated[str, typer.Option(help="Comma-separated: admin, approver, proposer.")] = "approver",
+    roles: Annotated[
+        str, typer.Option(help="Comma-separated: admin, approver, proposer, controller (the rollout controller).")
+    ] = "approver",
     public_key: PublicKey = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
@@ -199,6 +201,10 @@ def governance_policy(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Lowest confidence a level's error bound is stated at."),
     ] = None,
+    shadow_share: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Share of production's requests mirrored to the staging version (0: off)."),
+    ] = None,
     template_min_gain: Annotated[
         float | None,
         typer.Option(min=0.0, max=1.0, help="Held-out gain a template variant must add to be accepted (0.05)."),
@@ -218,6 +224,7 @@ def governance_policy(
         "level_min_accuracy": level_accuracy,
         "level_max_error": level_max_error,
         "level_min_confidence": level_confidence,
+        "shadow_share": shadow_share,
         "template_min_gain": template_min_gain,
     }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
@@ -226,7 +233,7 @@ def governance_policy(
             "nothing to change: give --approvals, --auto-staging/--no-auto-staging, "
             "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes, "
             "--refuse-failed-approvals/--accept-failed-approvals, --level-corpus, --level-accuracy, "
-            "--level-max-error, --level-confidence or --template-min-gain"
+            "--level-max-error, --level-confidence, --shadow-share or --template-min-gain"
         )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")
@@ -349,13 +356,30 @@ def approve(
     stage: str = "production",
     reject: bool = False,
     reason: Reason = "",
+    evidence: Annotated[
+        Path | None,
+        typer.Option(
+            "--evidence",
+            exists=True,
+            dir_okay=False,
+            help="A JSON object the approval cites (e.g. `evostream compare --json`); shown by audit.",
+        ),
+    ] = None,
     bootstrap: Bootstrap = None,
     actor: Actor = None,
 ) -> None:
-    """Grant (or --reject) approval of a version for a stage (approvers)."""
+    """Grant (or --reject) approval of a version for a stage (approvers), citing --evidence if given."""
+    from evostream.cli.rollout import read_evidence
+
+    cited = read_evidence(evidence)
+    if reject and evidence is not None:
+        raise GovernanceError("--evidence is cited by an approval; a rejection says why in --reason")
     gov = _actor(_settings(bootstrap, actor))
-    (gov.reject if reject else gov.approve)(model, version, stage, reason)
-    say(f"{'rejected' if reject else 'approved'} {version} for {stage}")
+    if reject:
+        gov.reject(model, version, stage, reason)
+    else:
+        gov.approve(model, version, stage, reason, evidence=cited if evidence is not None else None)
+    say(f"{'rejected' if reject else 'approved'} {version} for {stage}" + (f", citing {evidence}" if cited else ""))
 
 
 @friendly
@@ -494,6 +518,13 @@ def registry_lines(registry: Any) -> list[str]:
                 f"approved by {','.join(approvers) or '-'}  registered by {ver['registered_by']} "
                 f"{when(ver['registered_at_us'])}"
             )
+        running = registry.last_rollout(name)
+        if running is not None:
+            where = "shadow" if running["step"] < 0 else f"step {running['step']}"
+            lines.append(
+                f"  rollout {running['rollout_id']}: {running['incumbent']} -> {running['version']} "
+                f"{running['status']} ({where}, candidate weight {running['weight']}%); `evostream rollout status`"
+            )
     for p in registry.pending_approvals():
         lines.append(
             f"pending: {p['version']} -> {p['stage']}: {len(p['approvers'])}/{p['needed']} approvals "
@@ -521,12 +552,15 @@ def registry(ctx: typer.Context, as_of: AsOf = None, bootstrap: Bootstrap = None
 @registry_app.command("show")
 @friendly
 def registry_show(version: str, as_of: AsOf = None, bootstrap: Bootstrap = None) -> None:
-    """One version: its artifact, metrics, lineage, validation gates, approvals and the events that touched it."""
-    reg, findings, _ = _replayed(_settings(bootstrap), as_of)
+    """One version: its artifact, metrics, lineage, validation gates, approvals and the events that touched it
+    (``history``: one audit line each, with the evidence an approval or a rollout step cites)."""
+    reg, findings, events = _replayed(_settings(bootstrap), as_of)
     model = model_of(reg, version)
     info = reg.version(model, version)
     info["lineage"] = reg.lineage(model, version)
     info["model_name"] = model
+    touched = set(info["events"])
+    info["history"] = [audit_line(offset, ev) for offset, ev in events if ev.sequence in touched]
     typer.echo(json.dumps(info, indent=2, sort_keys=True))
     _warn(findings)
 

@@ -48,7 +48,9 @@ def describe(ev: Any) -> str:
     if t == "ApprovalRequested":
         return f"asked approval of {p['version']} for {p['stage']}"
     if t in ("ApprovalGranted", "ApprovalRejected"):
-        return f"{'approved' if t == 'ApprovalGranted' else 'rejected'} {p['version']} for {p['stage']}"
+        cited = evidence_summary(p.get("evidence") or {})
+        done = f"{'approved' if t == 'ApprovalGranted' else 'rejected'} {p['version']} for {p['stage']}"
+        return done + (f", citing {cited}" if cited else "")
     if t == "Promoted":
         return f"promoted {p['version']} to {p['stage'] or 'alias ' + str(p['alias'])}"
     if t == "RolledBack":
@@ -61,9 +63,93 @@ def describe(ev: Any) -> str:
         return f"approved level {p['level']} on {p['version']}: in force"
     if t == "LevelLowered":
         return f"lowered to level {p['level']} on {p['version']}"
+    if t.startswith("Rollout"):
+        return _rollout_event(t, p)
     if t == "OffsetVoided":
         return f"voided offset(s) {', '.join(map(str, p['offsets']))}{' (forced)' if p['forced'] else ''}"
     return str(t)
+
+
+def _rollout_event(t: str, p: dict[str, Any]) -> str:
+    rid, cited = p.get("rollout_id"), evidence_summary(p.get("evidence") or {})
+    tail = f" [{cited}]" if cited else ""
+    if t == "RolloutStarted":
+        steps = ",".join(map(str, p["plan"].get("steps", [])))
+        return f"started rollout {rid}: {p['incumbent']} -> {p['version']}, steps {steps}%{tail}"
+    if t == "RolloutStepped":
+        return f"rollout {rid} step {p['step']}: candidate at {p['weight']}%{tail}"
+    if t == "RolloutAborted":
+        how = "automatically" if p.get("automatic") else "by hand"
+        return f"rollout {rid} ABORTED {how}: candidate at 0%, production stays{tail}"
+    if t == "RolloutCompleted":
+        return f"rollout {rid} completed: the candidate is production{tail}"
+    return t
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def evidence_summary(evidence: dict[str, Any], limit: int = 6) -> str:
+    """Evidence in one line: a window's gate verdicts (``gates`` or top-level dicts with a ``verdict``: candidate vs
+    incumbent and p-value) after its overall verdict; other evidence (e.g. a ``compare`` summary) as its first few
+    values, by dotted name. '' for none."""
+    if not isinstance(evidence, dict) or not evidence:
+        return ""
+    gates = evidence.get("gates")
+    if not isinstance(gates, dict):
+        gates = {k: v for k, v in evidence.items() if isinstance(v, dict) and "verdict" in v}
+    parts: list[str] = []
+    if isinstance(evidence.get("verdict"), str):
+        parts.append(f"verdict {evidence['verdict']}")
+    for name, g in sorted(gates.items()):
+        if not isinstance(g, dict):
+            continue
+        verdict = str(g.get("verdict", "?"))
+        vs = f" {_num(g['candidate'])} vs {_num(g['incumbent'])}" if "candidate" in g and "incumbent" in g else ""
+        p_value = f" p={_num(g['p_value'])}" if isinstance(g.get("p_value"), (int, float)) else ""
+        note = f" ({g['note']})" if isinstance(g.get("note"), str) else ""
+        parts.append(f"{name} {verdict}{vs}{p_value}{note}")
+    if gates:
+        return "; ".join(parts)
+    flat = [(k, v) for k, v in _flatten(evidence) if k != "verdict"]
+    parts += [f"{k}={_num(v)}" for k, v in flat[:limit]]
+    more = f" (+{len(flat) - limit} more)" if len(flat) > limit else ""
+    return ", ".join(parts) + more
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in sorted(d.items()):
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        elif not isinstance(v, list):
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def rollout_lines(r: dict[str, Any]) -> list[str]:
+    """A rollout for people (``RolloutState``): where it stands, its plan, then each event with its evidence."""
+    plan, steps = r["plan"], r["plan"].get("steps", [])
+    where = "the shadow phase" if r["step"] < 0 else f"step {r['step']} of {len(steps)}"
+    gates = ", ".join(f"{k} {_num(g.get('tolerance'))}" for k, g in sorted(plan.get("gates", {}).items()))
+    lines = [
+        f"rollout {r['rollout_id']} of {r['model_name']}: {r['incumbent']} -> {r['version']}: {r['status'].upper()} "
+        f"at {where}, candidate weight {r['weight']}%",
+        f"  plan: steps {','.join(map(str, steps))}%, window {_num(plan.get('step_s'))} s and "
+        f"{plan.get('min_samples')} samples, shadow {_num(plan.get('shadow_s'))} s at share "
+        f"{_num(plan.get('shadow_share'))}, {plan.get('clean_cycles')} clean cycles, confidence "
+        f"{_num(plan.get('confidence'))}, gates (tolerance) {gates}",
+    ]
+    for h in r["history"]:
+        cited = evidence_summary(h["evidence"])
+        step = "shadow" if h["step"] < 0 else f"step {h['step']}"
+        lines.append(
+            f"  #{h['sequence']:<5} {when(h['at_us'])} {h['actor']:<10} {h['type']:<16} {step:<8} {h['weight']:>3}%"
+            + (f"  [{cited}]" if cited else "")
+            + (f": {h['reason']}" if h["reason"] else "")
+        )
+    return lines
 
 
 def audit_line(offset: int, ev: Any) -> str:
