@@ -77,4 +77,5 @@ def completion_record(
         "cached": False,
         "cached_from": None,
         "cost_usd": cost_usd,
+        "template_version": meta.template_version,
     }

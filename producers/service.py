@@ -22,7 +22,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
@@ -53,6 +53,7 @@ from evostream.producers.routing import Route, Watches, decision
 from evostream.producers.steps import StepBatch, TraceMeta
 from evostream.producers.swap import FixedModel, ModelSource, ServingModel
 from evostream.producers.targets import BATCH_DEADLINE_S, POLL_INTERVAL_S, Answer, new_trace
+from evostream.prompts.template import NoTemplates, Renderer, TemplateError
 from evostream.routing.policy import REFERENCE, SELF, Router, RoutingError, Verdict, prompt_features
 from evostream.routing.prices import PriceTable
 from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, INFERENCE_GROUP, NEURONS, REQUESTS, ROUTES, STEPS
@@ -129,6 +130,7 @@ class InferenceService:
         models: ModelSource | None = None,
         route: Route | None = None,
         prices: PriceTable | None = None,
+        templates: Renderer | None = None,
     ) -> None:
         """``loaded`` is served unless ``models`` is given: then its current model is served first, and whatever it
         names later from the next batch on. ``generator`` (for the first model) sets the attention signal and limits
@@ -136,13 +138,15 @@ class InferenceService:
 
         ``route``: the served model is the route's self target and every request is routed (static batching only:
         continuous batching with a route is refused here). ``prices`` (the route's, when it has one) set each
-        Completion's cost_usd."""
+        Completion's cost_usd. ``templates``: renders a request's prompt into the template it names (none: such a
+        request is refused with an error Completion)."""
         if route is not None and options.batching == "continuous":
             raise RoutingError(
                 f"route {route.name!r}: a routed service batches statically (its requests are decided and watched "
                 "batch by batch); serve it with --batching static"
             )
         self.route = route
+        self.templates = templates or NoTemplates()
         self.prices = route.prices if route is not None else prices or PriceTable()
         self.bootstrap = bootstrap
         self.models = models or FixedModel(ServingModel(loaded.version, loaded))
@@ -551,11 +555,13 @@ class InferenceService:
             problem = prompt_problem(req["prompt"])
             if problem is not None:
                 raise GenerationError(problem)
-            n = len(self.loaded.tokenizer(req["prompt"]).input_ids)
+            pending.prompt, template_version = self.templates.render(req["template"], req["prompt"])
+            pending.meta = replace(meta, template_version=template_version)
+            n = len(self.loaded.tokenizer(pending.prompt).input_ids)
             if n > self.options.max_prompt_tokens:
                 raise GenerationError(f"prompt of {n} tokens exceeds the limit of {self.options.max_prompt_tokens}")
             pending.prompt_tokens = n
-        except GenerationError as e:
+        except (GenerationError, TemplateError) as e:
             self._hand_over([(pending, None, started)], error=str(e))
             return None
         return pending

@@ -29,6 +29,7 @@ from evostream.cli import (
     serve,
     sinks,
     status,
+    template,
     up,
 )
 from evostream.cli.stack import stack_app
@@ -45,6 +46,7 @@ app.add_typer(governance.registry_app, name="registry")
 app.add_typer(evolution.evolution_app, name="evolution")
 app.add_typer(sinks.sinks_app, name="sinks")
 app.add_typer(risk.risk_app, name="risk")
+app.add_typer(template.template_app, name="template")
 route.route_app.command("train")(route_learn.train)
 route.route_app.command("eval")(route_learn.eval_)
 app.add_typer(route.route_app, name="route")

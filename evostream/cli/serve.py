@@ -45,7 +45,8 @@ def serve(
         str | None,
         typer.Option(
             help="Serve this model name's production version from the governance log, and follow it: a "
-            "promotion or a rollback swaps the model between batches (--model is then ignored)."
+            "promotion or a rollback swaps the model between batches (--model is then ignored). Requests naming a "
+            "governed prompt template (`evostream template`) are rendered into its version the log names."
         ),
     ] = None,
     batching: Annotated[
@@ -131,13 +132,15 @@ def serve(
     if kv_cache not in ("dynamic", "static"):
         raise typer.BadParameter("--kv-cache must be dynamic or static")
     attn: Literal["eager"] | None = "eager" if attention == "entropy" else None
-    source = None
+    source = templates = None
     if governed:
         from evostream.wiring.governed import GovernedModel
+        from evostream.wiring.templates import GovernedTemplates
 
         source = GovernedModel(
             server, settings, governed, load=lambda path, _v: load_model(str(path), device, attn_implementation=attn)
         )
+        templates = GovernedTemplates(server, settings)  # requests may name a governed prompt template
         loaded = source.current().loaded
     else:
         loaded = load_model(model, device=device, attn_implementation=attn)
@@ -185,6 +188,7 @@ def serve(
         models=source,
         route=routed,
         prices=prices,
+        templates=templates,
     )
     service.install_signal_handlers()
     try:
@@ -203,6 +207,8 @@ def serve(
     finally:
         if source is not None:
             source.close()
+        if templates is not None:
+            templates.close()
         if close_route is not None:
             close_route()
     say(f"stopped after {service.served} requests")
@@ -361,17 +367,24 @@ def publish(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the Completion and print it.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Upper bound on generated tokens.")] = 64,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 60.0,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="A governed prompt template, NAME (its production version) or NAME@VERSION: the service renders the "
+            "prompt into its {input} slot (a service run with --governed)."
+        ),
+    ] = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Publish an inference request; with --wait, print the answer, its trace id and how it finished."""
-    from evostream.producers.client import BadRequestError, InferenceClient, prompt_problem
+    from evostream.producers.client import BadRequestError, InferenceClient, prompt_problem, template_problem
 
-    problem = prompt_problem(prompt)
+    problem = prompt_problem(prompt) or template_problem(template)
     if problem:  # refused before looking for a broker: with none running, the broker error would hide this one
         raise BadRequestError(problem)
     server = broker(load_settings(bootstrap_servers=bootstrap))
     client = InferenceClient(server)
-    sent = client.publish(prompt, max_new_tokens=max_new_tokens)
+    sent = client.publish(prompt, max_new_tokens=max_new_tokens, template=template)
     if not wait:
         typer.echo(sent.request_id)
         return
@@ -383,9 +396,10 @@ def publish(
         raise typer.Exit(1)
     typer.echo(rec["output_text"])
     t = rec["timings"]
+    rendered = f" · template {rec['template_version']}" if rec.get("template_version") else ""
     say(
-        f"trace {rec['trace_id']} · {rec['model_version']} · {rec['token_count']} tokens · {rec['finish_reason']} · "
-        f"{t['total_us'] / 1000:.1f} ms"
+        f"trace {rec['trace_id']} · {rec['model_version']}{rendered} · {rec['token_count']} tokens · "
+        f"{rec['finish_reason']} · {t['total_us'] / 1000:.1f} ms"
     )
 
 

@@ -105,6 +105,11 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "up",
         "genesis",
         "status",
+        "template create",
+        "template list",
+        "template show",
+        "template evolve",
+        "template rollback",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []
