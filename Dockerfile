@@ -19,4 +19,8 @@ RUN pip install --no-cache-dir --no-deps .
 # From / (not /app, whose source tree `python -c` would import): the installed package ships the dashboard's script.
 WORKDIR /
 RUN python -c "import importlib.resources as r; assert r.files('evostream.api').joinpath('static/vendor/uPlot.iife.min.js').is_file()"
+# The health of whatever component the container runs (PID 1's command; every one of them under `evostream up`): its
+# process, the broker, its consumer groups' members, the API's /health. One-shots (topics, genesis) have none to check.
+HEALTHCHECK --interval=30s --timeout=20s --start-period=120s --retries=3 \
+    CMD ["evostream", "status", "--component", "auto", "--check"]
 ENTRYPOINT ["evostream"]

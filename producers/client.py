@@ -24,6 +24,7 @@ from evostream.core.clock import now_us
 from evostream.core.errors import DeliveryError, EvoError
 from evostream.producers.replies import Record, ReplyBook, ReplyReader, is_reply
 from evostream.producers.slots import Slots
+from evostream.prompts.template import TemplateError, parse_ref
 from evostream.schemas.catalog import CATALOG, COMPLETIONS, REQUESTS, STEPS
 from evostream.schemas.codec import RecordCodec
 
@@ -60,6 +61,17 @@ def prompt_problem(prompt: str) -> str | None:
     """
     if not prompt.strip():
         return "the prompt is empty: there is nothing to answer"
+    return None
+
+
+def template_problem(template: str | None) -> str | None:
+    """Why ``template`` names no template version (the service resolves what it names), or None."""
+    if template is None:
+        return None
+    try:
+        parse_ref(template)
+    except TemplateError as e:
+        return str(e)
     return None
 
 
@@ -148,8 +160,9 @@ class InferenceClient:
         seed: int | None,
         request_id: str | None,
         tenant: str | None = None,
+        template: str | None = None,
     ) -> tuple[Published, bytes]:
-        problem = prompt_problem(prompt)
+        problem = prompt_problem(prompt) or template_problem(template)
         if problem is not None:
             raise BadRequestError(problem)
         rid = request_id or uuid.uuid4().hex
@@ -168,6 +181,7 @@ class InferenceClient:
             "tenant": self.tenant if tenant is None else tenant,
             "reply_to": rid,
             "submitted_at_us": submitted,
+            "template": template,
         }
         return Published(rid, submitted), self._requests.encode(record)
 
@@ -198,12 +212,13 @@ class InferenceClient:
         top_p: float = 1.0,
         seed: int | None = None,
         request_id: str | None = None,
+        template: str | None = None,
     ) -> Published:
         """Send one request and wait for the broker's acknowledgement; an empty prompt is refused unsent. Its reply
-        is kept for a later ``await_reply``."""
-        return self.publish_many(
-            [prompt], max_new_tokens, do_sample, temperature, top_k, top_p, seed, [request_id] if request_id else None
-        )[0]
+        is kept for a later ``await_reply``. ``template``: a governed prompt template ('name' or 'name@version') the
+        service renders the prompt into."""
+        rid = [request_id] if request_id else None
+        return self.publish_many([prompt], max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid, template)[0]
 
     def publish_many(
         self,
@@ -215,6 +230,7 @@ class InferenceClient:
         top_p: float = 1.0,
         seed: int | None = None,
         request_ids: Sequence[str] | None = None,
+        template: str | None = None,
     ) -> list[Published]:
         """Send many requests with one wait for the broker's acknowledgement of all; every prompt is checked before
         any is sent."""
@@ -222,7 +238,7 @@ class InferenceClient:
         if len(ids) != len(prompts):
             raise BadRequestError(f"{len(prompts)} prompts but {len(ids)} request ids")
         built = [
-            self._record(p, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid)
+            self._record(p, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid, template=template)
             for p, rid in zip(prompts, ids, strict=True)
         ]
         self._replies()
@@ -248,20 +264,22 @@ class InferenceClient:
         seed: int | None = None,
         request_id: str | None = None,
         slot_timeout_s: float | None = None,
+        template: str | None = None,
     ) -> Reply:
         """Send one request without waiting for anything but a free in-flight slot; the ``Reply`` fails if the
         request is not delivered to the broker. The request is stamped (``submitted_at_us``) when its slot is free,
         so a wait for a slot does not count as the service's queueing."""
-        rid = self._admit(prompt, request_id)
+        rid = self._admit(prompt, request_id, template)
         if not self._slots.acquire(slot_timeout_s):
             raise ReplyTimeoutError(
                 f"no free slot among {self.max_in_flight} requests in flight within {slot_timeout_s} s"
             )
-        return self._send(*self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid))
+        record = self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid, None, template)
+        return self._send(*record)
 
-    def _admit(self, prompt: str, request_id: str | None) -> str:
+    def _admit(self, prompt: str, request_id: str | None, template: str | None = None) -> str:
         """Refuse what would be refused anyway before waiting for a slot; the request id to use."""
-        problem = prompt_problem(prompt)
+        problem = prompt_problem(prompt) or template_problem(template)
         if problem is not None:
             raise BadRequestError(problem)
         rid = request_id or uuid.uuid4().hex
@@ -300,15 +318,16 @@ class InferenceClient:
         seed: int | None = None,
         request_id: str | None = None,
         tenant: str | None = None,
+        template: str | None = None,
     ) -> Reply:
         """``submit`` for asyncio: waits for a free slot without blocking the loop (woken when one is freed, no
         polling). ``tenant``: this request's, instead of the client's."""
         if self._reader is None:
             await asyncio.to_thread(self._replies)  # positioning the reader asks the broker: not on the loop
-        rid = self._admit(prompt, request_id)
+        rid = self._admit(prompt, request_id, template)
         await self._slots.aacquire()
         return self._send(
-            *self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid, tenant)
+            *self._record(prompt, max_new_tokens, do_sample, temperature, top_k, top_p, seed, rid, tenant, template)
         )
 
     # --- waiting --------------------------------------------------------------------------------------------------

@@ -51,12 +51,11 @@ def completion_record(
     token_count: int | None = None,
     role: AnswerRole = "ANSWER",
     rollout_id: str | None = None,
-    template_version: str | None = None,
 ) -> dict[str, Any]:
     """The Completion of one request: its text, or its error; ``cost_usd`` from the price table (0: none);
     ``token_count`` where the tokens were counted by another (an HTTP reference reports counts, not ids). ``role``
     SHADOW: a candidate's answer to a mirrored request, never returned; ``rollout_id``: the rollout that sent the
-    request to the candidate; ``template_version``: the prompt template the request was rendered with."""
+    request to the candidate. The template the prompt was rendered with is ``meta``'s."""
     done = now_us()
     return {
         "trace_id": meta.trace_id,
@@ -86,7 +85,7 @@ def completion_record(
         "cost_usd": cost_usd,
         "role": role,
         "rollout_id": rollout_id,
-        "template_version": template_version,
+        "template_version": meta.template_version,
     }
 
 

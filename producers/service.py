@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Literal
 
@@ -63,6 +63,7 @@ from evostream.producers.routing import Route, Watches, decision
 from evostream.producers.steps import StepBatch, TraceMeta
 from evostream.producers.swap import FixedModel, ModelSource, ServingModel
 from evostream.producers.targets import BATCH_DEADLINE_S, POLL_INTERVAL_S, Answer, new_trace
+from evostream.prompts.template import NoTemplates, Renderer, TemplateError
 from evostream.rollout.split import Arm
 from evostream.routing.policy import REFERENCE, SELF, Router, RoutingError, Verdict, prompt_features
 from evostream.routing.prices import PriceTable
@@ -138,8 +139,6 @@ class _Pending:
     prompt_tokens: int = 0
     arm: Arm = "INCUMBENT"
     """Who answers it during a rollout (``rollout.split``)."""
-    template_version: str | None = None
-    """The prompt template its prompt was rendered with (copied into its Completions)."""
     embedding: list[float] | None = None
     """Its prompt's embedding once the completer made it: a mirrored request's shadow answer reuses it."""
 
@@ -173,6 +172,7 @@ class InferenceService:
         models: ModelSource | None = None,
         route: Route | None = None,
         prices: PriceTable | None = None,
+        templates: Renderer | None = None,
         deployments: DeploymentSource | None = None,
     ) -> None:
         """``loaded`` is served unless ``models`` is given: then its current model is served first, and whatever it
@@ -181,7 +181,8 @@ class InferenceService:
 
         ``route``: the served model is the route's self target and every request is routed (static batching only:
         continuous batching with a route is refused here). ``prices`` (the route's, when it has one) set each
-        Completion's cost_usd.
+        Completion's cost_usd. ``templates``: renders a request's prompt into the template it names (none: such a
+        request is refused with an error Completion).
 
         ``deployments`` (instead of ``models``): production and a rollout's candidate, read once per batch
         (``producers.deployment``); refused with a route (a routed request is the router's to place)."""
@@ -198,6 +199,7 @@ class InferenceService:
         if deployments is not None and models is not None:
             raise GenerationError("give the service a model source or a deployment source, not both")
         self.route = route
+        self.templates = templates or NoTemplates()
         self.prices = route.prices if route is not None else prices or PriceTable()
         self.bootstrap = bootstrap
         self.source: DeploymentSource = deployments or ProductionOnly(
@@ -617,7 +619,6 @@ class InferenceService:
                     started,
                     error,
                     rollout_id=rollout_id,
-                    template_version=p.template_version,
                     report=report,
                 )
 
@@ -740,11 +741,13 @@ class InferenceService:
             problem = prompt_problem(req["prompt"])
             if problem is not None:
                 raise GenerationError(problem)
-            n = len(self.loaded.tokenizer(req["prompt"]).input_ids)
+            pending.prompt, template_version = self.templates.render(req["template"], req["prompt"])
+            pending.meta = replace(meta, template_version=template_version)
+            n = len(self.loaded.tokenizer(pending.prompt).input_ids)
             if n > self.options.max_prompt_tokens:
                 raise GenerationError(f"prompt of {n} tokens exceeds the limit of {self.options.max_prompt_tokens}")
             pending.prompt_tokens = n
-        except GenerationError as e:
+        except (GenerationError, TemplateError) as e:
             self._hand_over([(pending, None, started)], error=str(e))
             return None
         return pending
@@ -821,7 +824,6 @@ class InferenceService:
                     error,
                     role="SHADOW",
                     rollout_id=rollout_id,
-                    template_version=p.template_version,
                     report=report,
                     counted=False,
                 )
@@ -945,7 +947,6 @@ class InferenceService:
         routed: bool = False,
         role: AnswerRole = "ANSWER",
         rollout_id: str | None = None,
-        template_version: str | None = None,
         report: Report | None = None,
         counted: bool = True,
     ) -> None:
@@ -959,7 +960,7 @@ class InferenceService:
             output = token_count if token_count is not None else len(gen.token_ids)
             cost = self.prices.cost(version, gen.prompt_tokens, output)
         rec = completion_record(
-            meta, version, gen, text, embedding, started, error, cost, token_count, role, rollout_id, template_version
+            meta, version, gen, text, embedding, started, error, cost, token_count, role, rollout_id
         )
         if report is None:
             routed_at = at if routed else None

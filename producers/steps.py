@@ -50,6 +50,8 @@ class TraceMeta:
     reply_to: str
     tenant: str
     submitted_at_us: int
+    template_version: str | None = None
+    """The governed prompt template the request's prompt was rendered with (its Completion says so)."""
 
 
 def step_records(

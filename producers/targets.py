@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -342,5 +342,6 @@ def parse_reference(text: str) -> ReferenceSpec:
 
 
 def new_trace(meta: TraceMeta) -> TraceMeta:
-    """The trace of a request's answer by another target: same request, reply key and tenant, a new trace id."""
-    return TraceMeta(uuid.uuid4().hex, meta.request_id, meta.reply_to, meta.tenant, meta.submitted_at_us)
+    """The trace of a request's answer by another target: same request, reply key, tenant and template, a new trace
+    id."""
+    return replace(meta, trace_id=uuid.uuid4().hex)

@@ -117,3 +117,43 @@ def test_prometheus_grafana_and_otlp_are_published_on_loopback_only(compose: dic
         assert ports, name
         for port in ports:
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+SERVICE_OF = {
+    "serve": "inference",
+    "process": "processors",
+    "evolution": "evolution",
+    "rollout-control": "rollout-control",
+    "sinks": "sinks",
+    "api": "api",
+}
+"""The compose service of each component of `evostream up` (the broker is the `kafka` service)."""
+
+
+def test_every_component_of_up_runs_here_with_its_health_check(compose: dict[str, Any]) -> None:
+    from evostream.cli.components import ORDER, components
+    from evostream.core.settings import load_settings
+    from evostream.models.default_model import MODEL_ID
+    from evostream.wiring.status import command_words
+
+    assert set(SERVICE_OF) == set(ORDER) - {"broker"}
+    table = {c.name: c for c in components(load_settings(), MODEL_ID)}
+    services = compose["services"]
+    for name, service in SERVICE_OF.items():
+        svc = services[service]
+        words = command_words(table[name]) if name in table else ("rollout", "control")  # before the command exists
+        assert tuple(svc["command"][: len(words)]) == words, service
+        assert svc["healthcheck"]["test"] == ["CMD", "evostream", "status", "--component", name, "--check"], service
+        assert svc["restart"] == "unless-stopped", service
+        assert "evostream:/var/lib/evostream" in svc["volumes"], service  # the governance keys, the artifacts
+        if name != "sinks":  # the sinks read the log only: the others serve, propose or judge what governance says
+            assert svc["depends_on"]["genesis"]["condition"] == "service_completed_successfully", service
+    assert services["inference"]["command"] == ["serve", "--governed", MODEL_ID]
+    assert services["genesis"]["command"] == ["genesis"] and services["genesis"]["restart"] == "no"
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_the_image_checks_the_health_of_the_component_it_runs() -> None:
+    lines = (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    (check,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    assert check.split("CMD", 1)[1].split() == ['["evostream",', '"status",', '"--component",', '"auto",', '"--check"]']

@@ -54,6 +54,7 @@ _POLICY_TYPES: dict[str, type] = {
     "level_max_error": float,
     "level_min_confidence": float,
     "shadow_share": float,
+    "template_min_gain": float,
 }
 
 
@@ -152,6 +153,8 @@ def check_policy_value(policy: Any) -> str | None:
         return f"level_min_confidence must be within [0, 1), got {policy['level_min_confidence']}"
     if not 0.0 <= policy.get("shadow_share", 0.0) <= 1.0:
         return f"shadow_share must be within [0, 1], got {policy['shadow_share']}"
+    if not 0.0 <= policy.get("template_min_gain", 0.0) <= 1.0:
+        return f"template_min_gain must be within [0, 1], got {policy['template_min_gain']}"
     return None
 
 

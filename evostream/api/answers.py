@@ -286,6 +286,9 @@ class InferAnswer(BaseModel):
     risk: RiskReport | None = Field(description="The FINAL risk report, if it came within risk_wait_s.")
     cached: bool = Field(False, description="Served by the response cache: no model generated this answer.")
     cached_from: str | None = Field(None, description="The trace whose answer a cached answer repeats.")
+    template_version: str | None = Field(
+        None, description="The governed prompt template version the prompt was rendered with (null: none named)."
+    )
 
 
 class Acted(BaseModel):

@@ -21,6 +21,14 @@ class InferBody(BaseModel):
         max_length=256,
         description="The tenant the request counts for (budgets, rate limits, the response cache); default 'http'.",
     )
+    template: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,63}(@[a-z0-9_@-]+)?$",
+        description="A governed prompt template, 'name' (its production version) or 'name@version': the inference "
+        "service renders the prompt into its {input} slot; the answer says which version (template_version).",
+    )
 
 
 class RollbackBody(BaseModel):

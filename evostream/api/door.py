@@ -82,10 +82,14 @@ class Ask:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    template: str | None = None
+    """The governed prompt template the prompt is rendered into: part of the cache's key (every governance event
+    empties the cache, so a template's production version never answers from an answer of the one before)."""
 
     @property
     def cache_params(self) -> CacheParams:
-        return CacheParams(self.model, self.max_new_tokens, self.do_sample)
+        model = self.model if self.template is None else f"{self.model} template={self.template}"
+        return CacheParams(model, self.max_new_tokens, self.do_sample)
 
 
 def load_limits(settings: Settings) -> Budgets | None:
@@ -253,6 +257,7 @@ class FrontDoor:
             "cached": True,
             "cached_from": earlier["trace_id"],
             "cost_usd": 0.0,
+            "template_version": earlier.get("template_version"),
         }
         rec["timings"]["total_us"] = (time.perf_counter_ns() - started) // 1000
         how = (

@@ -21,12 +21,16 @@ from evostream.cli import (
     readers,
     risk,
     rollout,
+    rollout_control,
     route,
     route_learn,
     savings,
     selfcheck,
     serve,
     sinks,
+    status,
+    template,
+    up,
 )
 from evostream.cli.stack import stack_app
 
@@ -42,9 +46,11 @@ app.add_typer(governance.registry_app, name="registry")
 app.add_typer(evolution.evolution_app, name="evolution")
 app.add_typer(sinks.sinks_app, name="sinks")
 app.add_typer(risk.risk_app, name="risk")
+app.add_typer(template.template_app, name="template")
 route.route_app.command("train")(route_learn.train)
 route.route_app.command("eval")(route_learn.eval_)
 app.add_typer(route.route_app, name="route")
+rollout.rollout_app.command("control")(rollout_control.control)
 app.add_typer(rollout.rollout_app, name="rollout")
 for command in (
     selfcheck.selfcheck,
@@ -72,6 +78,10 @@ for command in (
     risk.rescore,
     savings.savings,
     labels.reference_labels,
+    rollout_control.compare,
+    up.up,
+    up.genesis,
+    status.status,
 ):
     app.command()(command)
 app.command("replay")(governance.replay_cmd)

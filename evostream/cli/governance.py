@@ -205,6 +205,10 @@ def governance_policy(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Share of production's requests mirrored to the staging version (0: off)."),
     ] = None,
+    template_min_gain: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Held-out gain a template variant must add to be accepted (0.05)."),
+    ] = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
@@ -221,6 +225,7 @@ def governance_policy(
         "level_max_error": level_max_error,
         "level_min_confidence": level_confidence,
         "shadow_share": shadow_share,
+        "template_min_gain": template_min_gain,
     }
     policy = {k: v for k, v in given.items() if v is not None}  # only what was given changes
     if not policy:
@@ -228,7 +233,7 @@ def governance_policy(
             "nothing to change: give --approvals, --auto-staging/--no-auto-staging, "
             "--auto-production/--no-auto-production, --four-eyes/--no-four-eyes, "
             "--refuse-failed-approvals/--accept-failed-approvals, --level-corpus, --level-accuracy, "
-            "--level-max-error, --level-confidence or --shadow-share"
+            "--level-max-error, --level-confidence, --shadow-share or --template-min-gain"
         )
     _actor(_settings(bootstrap, actor)).set_policy(policy, reason)
     say(f"policy: {json.dumps(policy, sort_keys=True)}")

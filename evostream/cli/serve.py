@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from evostream.routing.prices import PriceTable
     from evostream.wiring.deployment import GovernedDeployment
     from evostream.wiring.governed import GovernedModel
+    from evostream.wiring.templates import GovernedTemplates
 
 
 @friendly
@@ -48,7 +49,9 @@ def serve(
         typer.Option(
             help="Serve this model name's production version from the governance log, and follow it: a "
             "promotion or a rollback swaps the model between batches (--model is then ignored). Its rollouts are "
-            "followed too: the candidate answers its weight's share and the shadow's mirror (static batching)."
+            "followed too: the candidate answers its weight's share and the shadow's mirror (static batching). "
+            "Requests naming a governed prompt template (`evostream template`) are rendered into its version the "
+            "log names."
         ),
     ] = None,
     rollouts: Annotated[
@@ -145,9 +148,11 @@ def serve(
     attn: Literal["eager"] | None = "eager" if attention == "entropy" else None
     models: GovernedModel | None = None
     deployments: GovernedDeployment | None = None
+    templates: GovernedTemplates | None = None
     if governed:
         from evostream.wiring.deployment import GovernedDeployment
         from evostream.wiring.governed import GovernedModel
+        from evostream.wiring.templates import GovernedTemplates
 
         def load(path: Path, _v: str) -> Any:
             return load_model(str(path), device, attn_implementation=attn)
@@ -158,6 +163,7 @@ def serve(
         else:
             models = GovernedModel(server, settings, governed, load=load)
             loaded = models.current().loaded
+        templates = GovernedTemplates(server, settings)  # requests may name a governed prompt template
     else:
         loaded = load_model(model, device=device, attn_implementation=attn)
     threads = ""
@@ -204,6 +210,7 @@ def serve(
         models=models,
         route=routed,
         prices=prices,
+        templates=templates,
         deployments=deployments,
     )
     service.install_signal_handlers()
@@ -222,7 +229,7 @@ def serve(
             )
         )
     finally:
-        for follower in (models, deployments):
+        for follower in (models, deployments, templates):
             if follower is not None:
                 follower.close()
         if close_route is not None:
@@ -396,17 +403,24 @@ def publish(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the Completion and print it.")] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Upper bound on generated tokens.")] = 64,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the reply.")] = 60.0,
+    template: Annotated[
+        str | None,
+        typer.Option(
+            help="A governed prompt template, NAME (its production version) or NAME@VERSION: the service renders the "
+            "prompt into its {input} slot (a service run with --governed)."
+        ),
+    ] = None,
     bootstrap: Bootstrap = None,
 ) -> None:
     """Publish an inference request; with --wait, print the answer, its trace id and how it finished."""
-    from evostream.producers.client import BadRequestError, InferenceClient, prompt_problem
+    from evostream.producers.client import BadRequestError, InferenceClient, prompt_problem, template_problem
 
-    problem = prompt_problem(prompt)
+    problem = prompt_problem(prompt) or template_problem(template)
     if problem:  # refused before looking for a broker: with none running, the broker error would hide this one
         raise BadRequestError(problem)
     server = broker(load_settings(bootstrap_servers=bootstrap))
     client = InferenceClient(server)
-    sent = client.publish(prompt, max_new_tokens=max_new_tokens)
+    sent = client.publish(prompt, max_new_tokens=max_new_tokens, template=template)
     if not wait:
         typer.echo(sent.request_id)
         return
@@ -418,9 +432,10 @@ def publish(
         raise typer.Exit(1)
     typer.echo(rec["output_text"])
     t = rec["timings"]
+    rendered = f" · template {rec['template_version']}" if rec.get("template_version") else ""
     say(
-        f"trace {rec['trace_id']} · {rec['model_version']} · {rec['token_count']} tokens · {rec['finish_reason']} · "
-        f"{t['total_us'] / 1000:.1f} ms"
+        f"trace {rec['trace_id']} · {rec['model_version']}{rendered} · {rec['token_count']} tokens · "
+        f"{rec['finish_reason']} · {t['total_us'] / 1000:.1f} ms"
     )
 
 

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         default_factory=lambda: _home(".local", "state", "evostream", "processors"),
         description="The stream processors' local data (their tables are rebuilt from changelog topics).",
     )
+    run_dir: Path = Field(
+        default_factory=lambda: _home(".local", "state", "evostream", "run"),
+        description="Where `evostream up` keeps each component's log (<name>.log) and state file (<name>.json), and "
+        "its own (up.json): what `evostream status` reads.",
+    )
     processors_app_id: str = Field(
         default="evostream-processors",
         description="The stream processors' consumer group and the prefix of their changelog topics.",
@@ -84,6 +89,10 @@ class Settings(BaseSettings):
     )
     evolution_actor: str = Field(
         default="evolution", description="The evolution consumer's actor (a proposer): its key signs its proposals."
+    )
+    rollout_actor: str = Field(
+        default="controller",
+        description="The rollout controller's actor (role controller): its key signs steps, aborts and completions.",
     )
     evolution_dir: Path = Field(
         default_factory=lambda: _home(".local", "share", "evostream", "evolution"),

@@ -35,6 +35,7 @@ from evostream.producers.embedding import PromptEmbedder
 from evostream.producers.service import InferenceService, ServeOptions
 from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.wiring.governed import GovernedModel
+from evostream.wiring.templates import GovernedTemplates
 from tests.stream_processors.harness import Worker
 
 GATES = {"accuracy:mean": {"value": 1.0, "threshold": 0.9, "passed": True}}
@@ -163,8 +164,10 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     source = GovernedModel(
         kafka, settings, model, poll_s=0.2, load=lambda path, _v: load_model(str(path), device="cpu")
     )
+    templates = GovernedTemplates(kafka, settings, poll_s=0.2)
     options = ServeOptions(max_batch=8, max_wait_ms=10)
-    service = InferenceService(kafka, source.current().loaded, PromptEmbedder(), options, models=source)
+    loaded = source.current().loaded
+    service = InferenceService(kafka, loaded, PromptEmbedder(), options, models=source, templates=templates)
     serving = threading.Thread(target=service.run, daemon=True)
     serving.start()
     try:
@@ -186,6 +189,7 @@ def deployment(kafka: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         service.stop_event.set()
         serving.join(60)
         source.close()
+        templates.close()
         worker.stop()
         glog.close()
 

@@ -100,6 +100,16 @@ def test_every_command_reports_errors_through_friendly() -> None:
         "rollout start",
         "rollout status",
         "rollout abort",
+        "rollout control",
+        "compare",
+        "up",
+        "genesis",
+        "status",
+        "template create",
+        "template list",
+        "template show",
+        "template evolve",
+        "template rollback",
     }
     unwrapped = sorted(name for name, cmd in found.items() if not reports_errors(cmd.callback))
     assert unwrapped == []

@@ -51,7 +51,7 @@ class ClientGoneError(EvoError):
 @router.post("/infer", response_model=InferAnswer, summary="Publish a request, wait for its answer (and its risk)")
 async def infer(body: InferBody, request: Request, state: State, caller: Publisher) -> dict[str, Any]:
     key = client_key(request, caller.actor)
-    ask = Ask(tenant_of(caller, body.user), body.prompt, "evostream", body.max_new_tokens)
+    ask = Ask(tenant_of(caller, body.user), body.prompt, "evostream", body.max_new_tokens, template=body.template)
     with state.infer_quota.holding(key):
         gone = asyncio.ensure_future(disconnected(request))
         try:
@@ -70,6 +70,7 @@ async def infer(body: InferBody, request: Request, state: State, caller: Publish
                     "risk": risk,
                     "cached": bool(rec.get("cached")),
                     "cached_from": rec.get("cached_from"),
+                    "template_version": rec.get("template_version"),
                 }
             )
         finally:
@@ -130,6 +131,7 @@ async def complete(
             seed=ask.seed,
             request_id=request_id,
             tenant=ask.tenant,
+            template=ask.template,
         )
         try:
             return await first(reply.aresult(timeout_s), gone, None)  # a cancel gives the request up

@@ -147,6 +147,30 @@ def ensure_topics(
     return created
 
 
+class PartitionEnds:
+    """Where partitions end now (their high watermarks), asked in one ListOffsets request per broker through one
+    long-lived admin client: for a reader that must know whether it has caught up. A consumer's own watermark query
+    waits behind the fetch it has in flight on the same connection (up to ``fetch.wait.max.ms`` per partition)."""
+
+    def __init__(self, bootstrap: str, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
+        self._admin = admin_client(bootstrap)
+
+    def __call__(self, parts: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
+
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        asked = [TopicPartition(t, p) for t, p in parts]
+        if not asked:
+            return {}
+        try:
+            futures = self._admin.list_offsets({tp: latest for tp in asked}, request_timeout=self.timeout_s)
+            return {(tp.topic, tp.partition): int(futures[tp].result(timeout=self.timeout_s).offset) for tp in asked}
+        except (KafkaException, TimeoutError, concurrent.futures.TimeoutError) as e:
+            raise BrokerUnavailableError(f"could not read where {len(asked)} partition(s) end: {e!r}") from e
+
+
 def delete_topics(bootstrap: str, names: Iterable[str], timeout_s: float = 30.0) -> None:
     """Delete topics, ignoring the ones already gone."""
     admin = admin_client(bootstrap)

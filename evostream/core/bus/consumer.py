@@ -63,6 +63,10 @@ class EventConsumer:
         self.assigned: frozenset[tuple[str, int]] = frozenset()
         """The partitions the group has handed this member, as of its last poll: readable from any thread (asking
         librdkafka from another thread while this one polls can wait a long time)."""
+        self.next_offsets: dict[tuple[str, int], int] = {}
+        """Per (topic, partition), the offset after the last record handed out; with ``since_us``, every partition's
+        from its assignment on: against where the partitions end (``admin.PartitionEnds``), whether it has caught
+        up."""
         if since_us is not None:
             self._assign_since(list(topics), since_us)
             return
@@ -117,13 +121,13 @@ class EventConsumer:
                 raise ConsumeError(f"the broker did not say where {tp.topic}[{tp.partition}] ends within 10 s")
             ends[tp.topic, tp.partition] = marks[1]
         found = self._consumer.offsets_for_times(parts, timeout=10)
-        self._consumer.assign(
-            [
-                tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
-                for tp in found
-            ]
-        )
+        placed = [
+            tp if tp.offset >= 0 else TopicPartition(tp.topic, tp.partition, ends[tp.topic, tp.partition])
+            for tp in found
+        ]
+        self._consumer.assign(placed)
         self.assigned = frozenset((tp.topic, tp.partition) for tp in parts)
+        self.next_offsets = {(tp.topic, tp.partition): tp.offset for tp in placed}
 
     def poll_batch(self, max_records: int = 1000, timeout_s: float = 1.0) -> list[Message]:
         """Up to ``max_records`` records; waits until there are that many or ``timeout_s`` has passed (librdkafka's
@@ -155,6 +159,7 @@ class EventConsumer:
             err = m.error()
             if err is None:
                 good.append(m)
+                self.next_offsets[m.topic() or "", m.partition() or 0] = (m.offset() or 0) + 1
             elif err.code() != KafkaError._PARTITION_EOF:
                 raise ConsumeError(f"consume error on {m.topic()}[{m.partition()}]: {err.str()}")
         return good

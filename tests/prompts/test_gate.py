@@ -1,0 +1,53 @@
+"""The gate: a held-out gain of at least min_gain, and never a variant without a protected marker."""
+
+from __future__ import annotations
+
+import pytest
+
+from evostream.prompts.gate import MIN_GAIN, best, judge
+from evostream.prompts.template import Template
+from evostream.prompts.variants import Variant
+
+CURRENT = Template("rev", "Please reverse: {input}", ("Please",), "reverse")
+
+
+def _v(text: str) -> Variant:
+    return Variant(CURRENT.with_text(text, "rev@1"), "test", "")
+
+
+def test_a_gain_of_at_least_min_gain_is_accepted() -> None:
+    v = judge(CURRENT, 0.10, _v("Please reverse: {input} "), 0.15, MIN_GAIN)  # exactly 0.05 (0.049999... in floats)
+    assert v.accepted, v.reason
+    assert v.gain == pytest.approx(0.05)
+    assert "reaches 0.050" in v.reason
+
+
+def test_a_smaller_gain_or_a_loss_is_refused_with_the_numbers() -> None:
+    small = judge(CURRENT, 0.10, _v("Please reverse: {input} "), 0.14, MIN_GAIN)
+    worse = judge(CURRENT, 0.10, _v("Please reverse: {input} Answer:"), 0.0, MIN_GAIN)
+    assert not small.accepted and "held-out gain +0.040 is below 0.050" in small.reason
+    assert not worse.accepted and "held-out gain -0.100 is below 0.050" in worse.reason
+
+
+def test_a_variant_without_a_protected_marker_is_refused_whatever_it_gains() -> None:
+    v = judge(CURRENT, 0.10, _v("reverse: {input}"), 1.0, MIN_GAIN)
+    assert not v.accepted
+    assert v.reason == "drops the protected marker 'Please' (never accepted)"
+    assert v.gain == pytest.approx(0.9)
+
+
+def test_min_gain_is_the_policys() -> None:
+    assert not judge(CURRENT, 0.10, _v("Please reverse: {input} "), 0.15, 0.10).accepted
+    assert judge(CURRENT, 0.10, _v("Please reverse: {input} "), 0.15, 0.0).accepted
+
+
+def test_the_best_accepted_variant_wins_the_first_among_equals() -> None:
+    verdicts = [
+        judge(CURRENT, 0.1, _v("reverse: {input}"), 1.0, MIN_GAIN),  # refused: marker
+        judge(CURRENT, 0.1, _v("Please reverse: {input} "), 0.5, MIN_GAIN),
+        judge(CURRENT, 0.1, _v("Please  reverse: {input}"), 0.8, MIN_GAIN),
+        judge(CURRENT, 0.1, _v("please Please reverse: {input}"), 0.8, MIN_GAIN),
+    ]
+    chosen = best(verdicts)
+    assert chosen is not None and chosen.variant.template.text == "Please  reverse: {input}"
+    assert best(verdicts[:1]) is None
