@@ -5,12 +5,15 @@ Labels are bounded: ``model_version`` (at most ``max_versions`` distinct ones, o
 versions that promotions and rollbacks name: a record of one more version is refused as poison, never a new
 series; a version's ``evostream_drift_windows_total`` and ``evostream_alerts_total`` series start at 0 when it is
 first seen, so that ``increase()`` catches their first event), ``finish_reason``, ``stage``, ``flag``, ``severity``,
-``statistic``, ``fired``, ``type``, ``topic``, ``model``. **No per-trace label anywhere**: trace ids are unbounded.
+``statistic``, ``fired``, ``type``, ``topic``, ``model``, ``role``. **No per-trace label anywhere**: trace ids are
+unbounded.
 
 What each metric measures (from the records the runner hands over):
 
 - ``evostream_requests_total`` / ``evostream_generated_tokens_total`` / ``evostream_prompt_tokens_total``: per
   Completion, by version (and finish reason);
+- ``evostream_answers_total``: per Completion, by version and ``role``: ANSWER (returned to its client; a rollout's
+  canary answers included) or SHADOW (a rollout candidate's answer to a mirrored request, never returned);
 - ``evostream_time_to_first_token_seconds``: per Completion, queue + prefill time: from the request's arrival at the
   service to its first token;
 - ``evostream_inter_token_latency_seconds``: per Completion, its decode time over its tokens after the first (one
@@ -72,6 +75,7 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         v = ("model_version",)
         self.requests = Counter("evostream_requests", "Completed requests.", (*v, "finish_reason"), registry=r)
+        self.answers = Counter("evostream_answers", "Completions by role (ANSWER or SHADOW).", (*v, "role"), registry=r)
         self.tokens = Counter("evostream_generated_tokens", "Tokens generated.", v, registry=r)
         self.prompt_tokens = Counter("evostream_prompt_tokens", "Prompt tokens read.", v, registry=r)
         self.ttft = Histogram(
@@ -259,7 +263,8 @@ class PrometheusSink(Sink):
         self._paid += paid
         if v.get("cached"):
             m.cache_hits.inc()
-        if self.reference is not None and v["finish_reason"] not in ("ESCALATED", "ERROR"):
+        answer = v["finish_reason"] not in ("ESCALATED", "ERROR") and v.get("role") != "SHADOW"
+        if self.reference is not None and answer:
             ref = self.prices.cost(self.reference, int(v["prompt_token_count"]), int(v["token_count"]))
             m.reference_cost.inc(ref)
             self._reference_usd += ref
@@ -268,6 +273,7 @@ class PrometheusSink(Sink):
     def _completion(self, v: Mapping[str, Any]) -> None:
         m, version, t = self.metrics, v["model_version"], v["timings"]
         m.requests.labels(version, v["finish_reason"]).inc()
+        m.answers.labels(version, v.get("role") or "ANSWER").inc()
         self._cost(v)
         m.tokens.labels(version).inc(v["token_count"])
         m.prompt_tokens.labels(version).inc(v["prompt_token_count"])

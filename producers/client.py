@@ -22,7 +22,7 @@ from evostream.core.bus.producer import EventProducer
 from evostream.core.bus.reader import TopicReader
 from evostream.core.clock import now_us
 from evostream.core.errors import DeliveryError, EvoError
-from evostream.producers.replies import Record, ReplyBook, ReplyReader, partial
+from evostream.producers.replies import Record, ReplyBook, ReplyReader, is_reply
 from evostream.producers.slots import Slots
 from evostream.prompts.template import TemplateError, parse_ref
 from evostream.schemas.catalog import CATALOG, COMPLETIONS, REQUESTS, STEPS
@@ -367,7 +367,7 @@ class InferenceClient:
             name="client",
         ) as reader:
             for rec in reader:
-                if rec["reply_to"] == rid and not partial(rec):  # an ESCALATED partial answer is not the reply
+                if rec["reply_to"] == rid and is_reply(rec):  # not an ESCALATED partial, not a SHADOW answer
                     return rec
         raise self._timeout(published, timeout_s)
 

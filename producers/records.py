@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -11,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from evostream.core.clock import now_us
 from evostream.producers.generate import Generated
 from evostream.producers.steps import StepBatch, TraceMeta
+from evostream.schemas.records import AnswerRole, ShadowComparison
 
 
 class TokenTexts:
@@ -47,9 +49,13 @@ def completion_record(
     error: str | None = None,
     cost_usd: float = 0.0,
     token_count: int | None = None,
+    role: AnswerRole = "ANSWER",
+    rollout_id: str | None = None,
 ) -> dict[str, Any]:
     """The Completion of one request: its text, or its error; ``cost_usd`` from the price table (0: none);
-    ``token_count`` where the tokens were counted by another (an HTTP reference reports counts, not ids)."""
+    ``token_count`` where the tokens were counted by another (an HTTP reference reports counts, not ids). ``role``
+    SHADOW: a candidate's answer to a mirrored request, never returned; ``rollout_id``: the rollout that sent the
+    request to the candidate. The template the prompt was rendered with is ``meta``'s."""
     done = now_us()
     return {
         "trace_id": meta.trace_id,
@@ -77,5 +83,58 @@ def completion_record(
         "cached": False,
         "cached_from": None,
         "cost_usd": cost_usd,
+        "role": role,
+        "rollout_id": rollout_id,
         "template_version": meta.template_version,
+    }
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One side of a shadow comparison: the trace that answered, what it generated, its text or its error."""
+
+    version: str
+    trace_id: str
+    gen: Generated | None
+    text: str
+    error: str | None
+
+    @property
+    def why(self) -> str | None:
+        """Why it failed, or None."""
+        if self.error is not None:
+            return self.error
+        return "no answer" if self.gen is None else None
+
+    @property
+    def tokens(self) -> int:
+        return len(self.gen.token_ids) if self.gen is not None else 0
+
+    @property
+    def generation_us(self) -> int:
+        """Prefill and decode: the time the model took, queueing and embedding left out."""
+        return self.gen.prefill_us + self.gen.decode_us if self.gen is not None else 0
+
+
+def shadow_comparison(
+    meta: TraceMeta, rollout_id: str | None, production: Answered, candidate: Answered
+) -> ShadowComparison:
+    """The comparison of a mirrored request's two answers: they agree when neither failed and their texts are
+    exactly equal."""
+    return {
+        "request_id": meta.request_id,
+        "tenant": meta.tenant,
+        "rollout_id": rollout_id,
+        "production_version": production.version,
+        "candidate_version": candidate.version,
+        "production_trace_id": production.trace_id,
+        "candidate_trace_id": candidate.trace_id,
+        "agree": production.why is None and candidate.why is None and production.text == candidate.text,
+        "production_tokens": production.tokens,
+        "candidate_tokens": candidate.tokens,
+        "production_us": production.generation_us,
+        "candidate_us": candidate.generation_us,
+        "production_error": production.why,
+        "candidate_error": candidate.why,
+        "compared_at_us": now_us(),
     }

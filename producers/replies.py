@@ -5,8 +5,9 @@ published before anyone asked for it. ``ReplyReader`` is the I/O part: a thread 
 from its start on and hands each to the book. A client that used to build a consumer per request, look offsets up
 by time and scan every completion since then (O(requests^2)) now reads each completion once.
 
-A routed request may get an ESCALATED partial answer before its answer: readers skip it (``partial``) and wait for
-the final Completion.
+A routed request may get an ESCALATED partial answer before its answer, and a request mirrored to a rollout's
+candidate gets the candidate's SHADOW answer beside production's (before it, as like as not: it has a trace, hence a
+partition, of its own): readers skip both (``is_reply``) and wait for the request's answer.
 """
 
 from __future__ import annotations
@@ -149,6 +150,18 @@ def partial(completion: Record) -> bool:
     return completion.get("finish_reason") == "ESCALATED"
 
 
+def shadow(completion: Record) -> bool:
+    """Whether a Completion is a candidate's answer to a mirrored copy of the request (role SHADOW): generated for
+    comparison only, never the reply, even when it comes before production's answer."""
+    return completion.get("role") == "SHADOW"
+
+
+def is_reply(completion: Record) -> bool:
+    """Whether a Completion is its request's answer, the one a client waiting on its reply key gets: not an
+    escalated partial, not a shadow answer."""
+    return not partial(completion) and not shadow(completion)
+
+
 class ReplyReader:
     """A thread reading evo.completions from ``since_us`` on into a ``ReplyBook``, by each record's ``reply_to``.
 
@@ -188,7 +201,7 @@ class ReplyReader:
             while not self._stop.is_set():
                 for m in self._consumer.poll_ready(1000, self.poll_s):  # a reply is routed the moment it comes
                     rec = self._codec.decode_or_skip(m.value())
-                    if rec is not None and not partial(rec):
+                    if rec is not None and is_reply(rec):
                         self.read += 1
                         self.book.deliver(str(rec["reply_to"]), rec)
                 self.between()

@@ -10,6 +10,15 @@ With a route (``producers.routing``), each request of a static batch is decided 
 route's reference) and watched while the self model answers it; a request that moves mid-answer leaves the self
 model's partial Completion (finish ESCALATED) and is answered by the reference. Every decision is a RouteDecision on
 evo.routes, and a request's offset is done only once its final Completion is acknowledged.
+
+During a rollout (``producers.deployment``), each static batch is split by ``rollout.split`` between production and
+the candidate, each generating its own rows with its own instrumented generator: the candidate's answers are
+Completions of role ANSWER carrying the rollout's id. Once production's answers are handed over, the requests
+mirrored to the candidate are generated again by it, in the shadow: a SHADOW Completion each (its own trace, same
+request and reply key: clients skip it) and a ShadowComparison on evo.shadow; such a request is done once all three
+of its records are acknowledged. A candidate that fails answers its rows with error Completions (the rollout's gates
+count them), never stopping the service. Continuous batching serves production only (said once in the log), and a
+routed service takes no part in rollouts (refused here: its requests are the router's to place).
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from evostream.models.loading import LoadedModel
 from evostream.producers.batching import Row, RunningBatch, unsupported
 from evostream.producers.client import BadRequestError, ids_problem, prompt_problem
 from evostream.producers.completer import Completer
+from evostream.producers.deployment import Deployment, DeploymentSource, ProductionOnly
 from evostream.producers.embedding import PromptEmbedder
 from evostream.producers.emitter import StepEmitter
 from evostream.producers.generate import (
@@ -48,17 +58,29 @@ from evostream.producers.generate import (
     InstrumentedGenerator,
 )
 from evostream.producers.offsets import OffsetBook, RequestAcks
-from evostream.producers.records import TokenTexts, completion_record
+from evostream.producers.records import Answered, TokenTexts, completion_record, shadow_comparison
 from evostream.producers.routing import Route, Watches, decision
 from evostream.producers.steps import StepBatch, TraceMeta
 from evostream.producers.swap import FixedModel, ModelSource, ServingModel
 from evostream.producers.targets import BATCH_DEADLINE_S, POLL_INTERVAL_S, Answer, new_trace
 from evostream.prompts.template import NoTemplates, Renderer, TemplateError
+from evostream.rollout.split import Arm
 from evostream.routing.policy import REFERENCE, SELF, Router, RoutingError, Verdict, prompt_features
 from evostream.routing.prices import PriceTable
-from evostream.schemas.catalog import CATALOG, COMPLETIONS, DLQ, INFERENCE_GROUP, NEURONS, REQUESTS, ROUTES, STEPS
+from evostream.schemas.catalog import (
+    CATALOG,
+    COMPLETIONS,
+    DLQ,
+    INFERENCE_GROUP,
+    NEURONS,
+    REQUESTS,
+    ROUTES,
+    SHADOW,
+    STEPS,
+)
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.deadletter import dead_letter
+from evostream.schemas.records import AnswerRole
 
 log = logging.getLogger("evostream.serve")
 GROUP = INFERENCE_GROUP
@@ -115,6 +137,26 @@ class _Pending:
     params: GenParams
     read_at: float = field(default_factory=time.monotonic)
     prompt_tokens: int = 0
+    arm: Arm = "INCUMBENT"
+    """Who answers it during a rollout (``rollout.split``)."""
+    embedding: list[float] | None = None
+    """Its prompt's embedding once the completer made it: a mirrored request's shadow answer reuses it."""
+
+
+@dataclass
+class _Engine:
+    """A version the service generates with: the model, its instrumented generator, its token texts."""
+
+    serving: ServingModel
+    generator: InstrumentedGenerator
+    texts: TokenTexts
+
+    @property
+    def version(self) -> str:
+        return self.serving.version
+
+
+Report = Callable[[DeliveryError | None], None]
 
 
 class InferenceService:
@@ -131,6 +173,7 @@ class InferenceService:
         route: Route | None = None,
         prices: PriceTable | None = None,
         templates: Renderer | None = None,
+        deployments: DeploymentSource | None = None,
     ) -> None:
         """``loaded`` is served unless ``models`` is given: then its current model is served first, and whatever it
         names later from the next batch on. ``generator`` (for the first model) sets the attention signal and limits
@@ -139,43 +182,69 @@ class InferenceService:
         ``route``: the served model is the route's self target and every request is routed (static batching only:
         continuous batching with a route is refused here). ``prices`` (the route's, when it has one) set each
         Completion's cost_usd. ``templates``: renders a request's prompt into the template it names (none: such a
-        request is refused with an error Completion)."""
+        request is refused with an error Completion).
+
+        ``deployments`` (instead of ``models``): production and a rollout's candidate, read once per batch
+        (``producers.deployment``); refused with a route (a routed request is the router's to place)."""
         if route is not None and options.batching == "continuous":
             raise RoutingError(
                 f"route {route.name!r}: a routed service batches statically (its requests are decided and watched "
                 "batch by batch); serve it with --batching static"
             )
+        if deployments is not None and route is not None:
+            raise RoutingError(
+                f"route {route.name!r}: a routed service takes no part in rollouts (its requests are the router's to "
+                "place, not a canary's); serve the route without following rollouts"
+            )
+        if deployments is not None and models is not None:
+            raise GenerationError("give the service a model source or a deployment source, not both")
         self.route = route
         self.templates = templates or NoTemplates()
         self.prices = route.prices if route is not None else prices or PriceTable()
         self.bootstrap = bootstrap
-        self.models = models or FixedModel(ServingModel(loaded.version, loaded))
-        self.serving = self.models.current()
-        self.loaded = self.serving.loaded
+        self.source: DeploymentSource = deployments or ProductionOnly(
+            models or FixedModel(ServingModel(loaded.version, loaded))
+        )
+        self.deployment: Deployment = self.source.deployment()
+        """What the batch being served is split by (read by ``follow``)."""
+        first = self.deployment.production
         self.embedder = embedder
         self.options = options
-        if generator is not None and generator.loaded is not self.loaded:
+        if generator is not None and generator.loaded is not first.loaded:
             raise GenerationError(
                 f"the generator was built for {generator.loaded.version}, not for the model served "
-                f"first ({self.serving.version})"
+                f"first ({first.version})"
             )
-        self.generator = generator or InstrumentedGenerator(
-            self.loaded, max_prompt_tokens=options.max_prompt_tokens, max_new_tokens_limit=options.max_new_tokens_limit
+        generator = generator or InstrumentedGenerator(
+            first.loaded,
+            max_prompt_tokens=options.max_prompt_tokens,
+            max_new_tokens_limit=options.max_new_tokens_limit,
         )
+        self._prod = _Engine(first, generator, TokenTexts(first.loaded.tokenizer))
+        """Production: what answers every request not sent to a candidate."""
+        self._candidate: _Engine | None = None
+        """The candidate served beside production (static batching), once its generator is built."""
+        self._unservable: dict[str, str] = {}
+        """Candidate versions whose generator could not be built, with why: their rows get error answers."""
+        self._said_production_only = ""
         self._refused: ServingModel | None = None
         self.swaps = 0
         # the topics it writes, created if missing (a broker set up by an older version lacks newer ones)
-        written = (STEPS, COMPLETIONS, NEURONS, DLQ) + ((ROUTES,) if route is not None else ())
+        written = (
+            (STEPS, COMPLETIONS, NEURONS, DLQ)
+            + ((ROUTES,) if route is not None else ())
+            + ((SHADOW,) if deployments is not None else ())
+        )
         ensure_topics(bootstrap, [t for t in CATALOG if t.name in written])
         # completions leave at once (linger 1 ms, not 5): a batch's completions are sent together anyway
         self.producer = EventProducer(bootstrap, {"linger.ms": 1})
         self.emitter = StepEmitter(bootstrap)
-        self.texts = TokenTexts(self.loaded.tokenizer)
         self.requests = RecordCodec("InferenceRequest")
         self.completions = RecordCodec("Completion")
         self.dead_letters = RecordCodec("DeadLetter")
         self.neurons = RecordCodec("NeuronCounts")
         self.routes = RecordCodec("RouteDecision")
+        self.comparisons = RecordCodec("ShadowComparison")
         self.stop_event = threading.Event()
         self._served = 0
         self._served_lock = threading.Lock()
@@ -185,9 +254,10 @@ class InferenceService:
         self._done: deque[Position] = deque()
         """Positions of the requests whose Completion (or dead letter) the broker acknowledged, for the OffsetBook."""
         self._lost: deque[DeliveryError] = deque()
-        self._acks = RequestAcks(self._done.append)
-        """Routed requests: done once their decisions, partial answer and final Completion are all acknowledged."""
         """Answers the broker refused: the service stops before committing anything after them."""
+        self._acks = RequestAcks(self._done.append)
+        """Routed and mirrored requests: done once all their records are acknowledged (a routed request's decisions,
+        partial and final answers; a mirrored one's answer, shadow answer and comparison)."""
         self._stop_at: float | None = None
         """When the stop was first seen (monotonic): the shutdown budget counts from there."""
         self._book: OffsetBook | None = None
@@ -243,6 +313,28 @@ class InferenceService:
         )
         logging.shutdown()
         os._exit(1)
+
+    # production as the service serves it now (swapped by ``follow`` between batches)
+    @property
+    def serving(self) -> ServingModel:
+        return self._prod.serving
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self._prod.serving.loaded
+
+    @property
+    def generator(self) -> InstrumentedGenerator:
+        return self._prod.generator
+
+    @property
+    def texts(self) -> TokenTexts:
+        return self._prod.texts
+
+    @property
+    def candidate(self) -> ServingModel | None:
+        """The candidate served beside production now, if any."""
+        return self._candidate.serving if self._candidate is not None else None
 
     @property
     def served(self) -> int:
@@ -306,6 +398,7 @@ class InferenceService:
                 close()
             except EvoError as e:
                 log.error("closing %s: %s", what, e)
+        self._drop_candidate()
 
     def _run_static(self, book: OffsetBook, max_requests: int | None) -> None:
         """Batches run to completion one after another; each one's prompts are embedded while the next decodes."""
@@ -321,36 +414,89 @@ class InferenceService:
             self._commit(book)
 
     def _swap_pending(self) -> bool:
-        """Whether the source names a model other than the one served (and not one already refused)."""
-        nxt = self.models.current()
+        """Whether the source names a production model other than the one served (and not one already refused)."""
+        nxt = self.source.deployment().production
         return nxt is not self.serving and nxt is not self._refused
 
-    def follow(self) -> None:
-        """Serve the source's current model from this batch on; nothing in flight uses the old one any more."""
-        if not self._swap_pending():
+    def follow(self, candidates: bool = True) -> None:
+        """Serve the source's deployment from this batch on: its production model (nothing in flight uses the old
+        one any more) and, with ``candidates`` (static batches), its candidate beside it."""
+        dep = self.source.deployment()
+        self._follow_production(dep.production)
+        if candidates:
+            self._follow_candidate(dep)
+        elif dep.active and self._said_production_only != dep.describe():
+            self._said_production_only = dep.describe()
+            log.warning(
+                "continuous batching serves production only: the candidate of %s gets no requests here (serve with "
+                "--batching static to take part in rollouts and shadows)",
+                dep.describe(),
+            )
+        self.deployment = dep
+
+    def _new_generator(self, loaded: LoadedModel) -> InstrumentedGenerator:
+        """A generator for ``loaded`` with production's signal and limits, so the versions' statistics compare."""
+        like = self.generator
+        return InstrumentedGenerator(
+            loaded,
+            like.signal,
+            like.max_prompt_tokens,
+            like.max_new_tokens_limit,
+            instrument=like.instrument,
+            kv_cache=like.kv_cache,
+        )
+
+    def _follow_production(self, nxt: ServingModel) -> None:
+        if nxt is self.serving or nxt is self._refused:
             return
-        nxt = self.models.current()
         if nxt.loaded is not self.loaded:
             old = self.generator
-            try:  # the same signal and limits as before, so the versions' statistics compare
-                generator = InstrumentedGenerator(
-                    nxt.loaded,
-                    old.signal,
-                    old.max_prompt_tokens,
-                    old.max_new_tokens_limit,
-                    instrument=old.instrument,
-                    kv_cache=old.kv_cache,
-                )
-            except EvoError as e:
-                log.error("cannot serve model version %s: %s; %s keeps serving", nxt.version, e, self.serving.version)
-                self._refused = nxt
-                return
+            cand = self._candidate
+            if cand is not None and cand.serving.loaded is nxt.loaded:  # a completed rollout: no new generator
+                engine, self._candidate = _Engine(nxt, cand.generator, cand.texts), None
+            else:
+                try:
+                    engine = _Engine(nxt, self._new_generator(nxt.loaded), TokenTexts(nxt.loaded.tokenizer))
+                except EvoError as e:
+                    log.error(
+                        "cannot serve model version %s: %s; %s keeps serving", nxt.version, e, self.serving.version
+                    )
+                    self._refused = nxt
+                    return
             old.close()
-            self.generator, self.loaded, self.texts = generator, nxt.loaded, TokenTexts(nxt.loaded.tokenizer)
+        else:
+            engine = _Engine(nxt, self.generator, self.texts)
         log.info("now serving model version %s (was %s)", nxt.version, self.serving.version)
-        self.serving = nxt
+        self._prod = engine
         self._refused = None
         self.swaps += 1
+
+    def _follow_candidate(self, dep: Deployment) -> None:
+        """Build the generator of the deployment's candidate when it first comes (once per version: one that
+        cannot be built is not tried again, and its rows get error answers), and close the one that went."""
+        want = dep.candidate
+        cur = self._candidate
+        if cur is not None and (want is None or want.loaded is not cur.serving.loaded or want.version != cur.version):
+            self._drop_candidate()
+        if want is None or self._candidate is not None or want.version in self._unservable:
+            return
+        try:
+            if want.loaded is self.loaded:  # two generators would hook one model twice, mixing their statistics
+                raise GenerationError(f"it is the same loaded model as production's ({self.serving.version})")
+            generator = self._new_generator(want.loaded)
+        except Exception as e:  # any failure refuses the candidate; production goes on
+            why = f"{type(e).__name__}: {e}"
+            log.error("cannot serve candidate %s: %s; its requests get error answers", want.version, why)
+            self._unservable[want.version] = why
+            return
+        self._candidate = _Engine(want, generator, TokenTexts(want.loaded.tokenizer))
+        log.info("serving %s", dep.describe())
+
+    def _drop_candidate(self) -> None:
+        cur, self._candidate = self._candidate, None
+        if cur is not None:
+            cur.generator.close()
+            log.info("candidate %s no longer served", cur.version)
 
     # --- continuous batching -------------------------------------------------------------------------------------
     def _run_continuous(self, book: OffsetBook, max_requests: int | None) -> None:
@@ -380,7 +526,7 @@ class InferenceService:
                         queue.append(pending)
             if not self._rows:  # a swap happens only between batches: nothing in flight uses the old model
                 before = self.generator
-                self.follow()
+                self.follow(candidates=False)
                 if self.generator is not before:
                     batch = self._new_batch()
             if queue and batch.free and not self._swap_pending() and not stopping and self._admit_now(batch, queue):
@@ -438,18 +584,43 @@ class InferenceService:
         return True
 
     # --- completions ---------------------------------------------------------------------------------------------
-    def _hand_over(self, done: Sequence[tuple[_Pending, Generated | None, int]], error: str | None = None) -> None:
-        """The Completions of requests done, sent by the completer once their prompts are embedded (the model
-        decodes meanwhile); each request's position is then done for the OffsetBook."""
+    def _hand_over(
+        self,
+        done: Sequence[tuple[_Pending, Generated | None, int]],
+        error: str | None = None,
+        texts: list[str] | None = None,
+        version: str | None = None,
+        rollout_id: str | None = None,
+    ) -> None:
+        """The Completions of requests done by ``version`` (production by default; ``texts``: their answers, else
+        decoded by production's tokenizer), sent by the completer once their prompts are embedded (the model decodes
+        meanwhile); each request's position is then done for the OffsetBook, a mirrored request's once its shadow
+        records are acknowledged too."""
         if not done:
             return
-        version = self.serving.version  # what produced them, whatever is served by the time they are sent
-        tok = self.loaded.tokenizer
-        texts = ["" if gen is None else tok.decode(gen.token_ids, skip_special_tokens=True) for _, gen, _ in done]
+        version = version or self.serving.version  # what produced them, whatever is served when they are sent
+        if texts is None:
+            texts = _decoded(self._prod, [gen for _, gen, _ in done])
+        # made here, on the serving thread: a mirrored request's records are all counted before any is acknowledged
+        reports = [
+            self._tracked(_position(p.msg), final=False) if p.arm == "MIRRORED" else self._delivered(_position(p.msg))
+            for p, _, _ in done
+        ]
 
         def then(embeddings: list[list[float]]) -> None:
-            for (p, gen, started), text, emb in zip(done, texts, embeddings, strict=True):
-                self._complete(p.meta, version, gen, text, emb, started, error, at=_position(p.msg))
+            for (p, gen, started), text, emb, report in zip(done, texts, embeddings, reports, strict=True):
+                p.embedding = emb
+                self._complete(
+                    p.meta,
+                    version,
+                    gen,
+                    text,
+                    emb,
+                    started,
+                    error,
+                    rollout_id=rollout_id,
+                    report=report,
+                )
 
         self.completer.submit([p.prompt for p, _, _ in done], then)
 
@@ -494,37 +665,52 @@ class InferenceService:
 
     def _serve(self, msgs: list[Message], book: OffsetBook) -> None:
         started = now_us()
+        dep = self.deployment  # read by follow() before this batch: the whole batch is split by it
+        candidate = (dep.candidate.version if dep.candidate is not None else "", dep.rollout_id)
         groups: dict[GenParams, list[_Pending]] = {}
+        canary: dict[GenParams, list[_Pending]] = {}
         for msg in msgs:
             pending = self._read(msg, started, book)
-            if pending is not None:
-                groups.setdefault(pending.params, []).append(pending)
+            if pending is None:
+                continue
+            pending.arm = dep.assign(pending.meta.request_id)
+            (canary if pending.arm == "CANDIDATE" else groups).setdefault(pending.params, []).append(pending)
         router = self.route.router() if self.route is not None else None  # once per batch: a new level applies next
         deadline = time.monotonic() + BATCH_DEADLINE_S  # the reference calls of all the batch's groups end by then
+        mirrored: dict[GenParams, list[tuple[_Pending, Answered]]] = {}
         for params, batch in groups.items():
             if self.route is not None and router is not None:
                 self._generate_routed(self.route, router, params, batch, started, deadline)
-            else:
-                self._generate(params, batch, started)
+                continue
+            answered = self._generate(params, batch, started)
+            mirror = [(p, a) for p, a in zip(batch, answered, strict=True) if p.arm == "MIRRORED"]
+            if mirror:
+                mirrored[params] = mirror
+        for params, batch in canary.items():  # the candidate's answers: answers like production's
+            self._generate(params, batch, started, candidate)
+        for params, mirror in mirrored.items():  # after every answer is handed over: the shadow's wait is no one's
+            self._shadow(params, mirror, started, candidate)
         self._publish_neuron_counts(started)
 
     def _publish_neuron_counts(self, started: int) -> None:
-        """FFN neuron firing counts of the batch: one small event per batch instead of d_ff numbers per step."""
-        taken = self.generator.take_neuron_counts()
-        if taken is None:
-            return
-        counts, rows = taken
-        rec = {
-            "snapshot_id": uuid.uuid4().hex,
-            "model_version": self.serving.version,
-            "steps": rows,
-            "num_layers": counts.shape[0],
-            "ffn_width": counts.shape[1],
-            "counts": counts.astype("<i4").tobytes(),
-            "window_start_us": started,
-            "window_end_us": now_us(),
-        }
-        self.producer.send(NEURONS, self.serving.version, self.neurons.encode(rec))
+        """FFN neuron firing counts of the batch, per version generating: one small event per batch instead of d_ff
+        numbers per step."""
+        for engine in (self._prod, self._candidate):
+            taken = engine.generator.take_neuron_counts() if engine is not None else None
+            if engine is None or taken is None:
+                continue
+            counts, rows = taken
+            rec = {
+                "snapshot_id": uuid.uuid4().hex,
+                "model_version": engine.version,
+                "steps": rows,
+                "num_layers": counts.shape[0],
+                "ffn_width": counts.shape[1],
+                "counts": counts.astype("<i4").tobytes(),
+                "window_start_us": started,
+                "window_end_us": now_us(),
+            }
+            self.producer.send(NEURONS, engine.version, self.neurons.encode(rec))
 
     def _read(self, msg: Message, started: int, book: OffsetBook) -> _Pending | None:
         """A request read (its offset now open in ``book``); None when it was answered at once: dead-lettered, or an
@@ -566,23 +752,87 @@ class InferenceService:
             return None
         return pending
 
-    def _generate(self, params: GenParams, batch: list[_Pending], started: int) -> None:
+    def _generate(
+        self, params: GenParams, batch: list[_Pending], started: int, candidate: tuple[str, str | None] | None = None
+    ) -> list[Answered]:
+        """Answer ``batch`` with production, or with the candidate (``candidate``: its version and rollout id,
+        carried by its Completions); what each row got, for a shadow comparison."""
         metas = [p.meta for p in batch]
-        version = self.serving.version
-        signal_name = self.generator.signal
-
-        def on_step(sb: StepBatch) -> None:
-            self.emitter.submit(sb, metas, version, signal_name, self.texts.rows(sb))
-
-        try:
-            results = self.generator.generate([p.prompt for p in batch], params, on_step)
-        except (EvoError, RuntimeError, ValueError) as e:  # a model error fails the batch, loudly, per request
-            log.exception("generation failed for %d requests", len(batch))
-            self._hand_over([(p, None, started) for p in batch], error=f"model error: {e}")
-            return
+        engine, (version, rollout_id) = (
+            (self._prod, (self.serving.version, None)) if candidate is None else (self._candidate, candidate)
+        )
+        results, error = self._run(engine, version, params, [p.prompt for p in batch], metas)
+        texts = _decoded(engine, results)
         # embedded by the completer, after generating: the embedding is only needed in the Completion, and neither
         # the first token nor the next batch need wait for it
-        self._hand_over([(p, res, started) for p, res in zip(batch, results, strict=True)])
+        done = [(p, res, started) for p, res in zip(batch, results, strict=True)]
+        self._hand_over(done, error, texts, version, rollout_id)
+        return [
+            Answered(version, m.trace_id, res, text, error) for m, res, text in zip(metas, results, texts, strict=True)
+        ]
+
+    def _run(
+        self, engine: _Engine | None, version: str, params: GenParams, prompts: list[str], metas: list[TraceMeta]
+    ) -> tuple[list[Generated | None], str | None]:
+        """Generate ``prompts`` with ``engine``, its steps emitted under ``version`` and ``metas``' traces: the results,
+        or Nones and why they failed. A model error fails the rows, loudly, never the service (for a candidate, any
+        error: a canary's bug must not stop production)."""
+        if engine is None:
+            why = self._unservable.get(version, "its model is not loaded")
+            return [None] * len(prompts), f"candidate {version} cannot serve: {why}"
+        gen = engine.generator
+
+        def on_step(sb: StepBatch) -> None:
+            self.emitter.submit(sb, metas, version, gen.signal, engine.texts.rows(sb))
+
+        caught: tuple[type[BaseException], ...] = (
+            (EvoError, RuntimeError, ValueError) if engine is self._prod else (Exception,)
+        )
+        try:
+            return list(gen.generate(prompts, params, on_step)), None
+        except caught as e:
+            log.exception("generation failed for %d requests on %s", len(prompts), version)
+            return [None] * len(prompts), f"model error: {e}"
+
+    def _shadow(
+        self,
+        params: GenParams,
+        mirror: list[tuple[_Pending, Answered]],
+        started: int,
+        candidate: tuple[str, str | None],
+    ) -> None:
+        """The candidate's answers to the mirrored requests, in the shadow: a SHADOW Completion each (a trace of its
+        own; its steps under the candidate's version) and a ShadowComparison with production's answer, the request's
+        last record (its offset is done once it and the two answers are acknowledged)."""
+        version, rollout_id = candidate
+        rows = [p for p, _ in mirror]
+        metas = [new_trace(p.meta) for p in rows]
+        results, error = self._run(self._candidate, version, params, [p.prompt for p in rows], metas)
+        texts = _decoded(self._candidate, results)
+        reports = [self._tracked(_position(p.msg), final=False) for p in rows]
+
+        def then(_: list[list[float]]) -> None:  # after production's answers: their embeddings are made
+            for p, meta, gen, text, report in zip(rows, metas, results, texts, reports, strict=True):
+                emb = p.embedding or []
+                self._complete(
+                    meta,
+                    version,
+                    gen,
+                    text,
+                    emb,
+                    started,
+                    error,
+                    role="SHADOW",
+                    rollout_id=rollout_id,
+                    report=report,
+                    counted=False,
+                )
+
+        self.completer.submit([], then)
+        for (p, production), meta, gen, text in zip(mirror, metas, results, texts, strict=True):
+            rec = shadow_comparison(p.meta, rollout_id, production, Answered(version, meta.trace_id, gen, text, error))
+            on_delivery = self._tracked(_position(p.msg), final=True)
+            self.producer.send(SHADOW, p.meta.request_id, self.comparisons.encode(rec), on_delivery=on_delivery)
 
     # --- routed static batches -----------------------------------------------------------------------------------
     def _generate_routed(
@@ -695,20 +945,28 @@ class InferenceService:
         token_count: int | None = None,
         final: bool = True,
         routed: bool = False,
+        role: AnswerRole = "ANSWER",
+        rollout_id: str | None = None,
+        report: Report | None = None,
+        counted: bool = True,
     ) -> None:
         """Send one Completion (on the completer's thread, or the serving thread for a routed request), priced by the
         price table; once the broker acknowledges it, the request at ``at`` is done for the OffsetBook. ``final``
         False: not the request's last word (an ESCALATED partial answer). ``routed``: the request is done only once
-        every record sent for it (``_tracked``) is acknowledged too."""
+        every record sent for it (``_tracked``) is acknowledged too. ``report``: its delivery report, made by the
+        caller (instead of ``at``'s); ``counted`` False: it answers no request (a SHADOW answer)."""
         cost = 0.0
         if gen is not None and error is None:
             output = token_count if token_count is not None else len(gen.token_ids)
             cost = self.prices.cost(version, gen.prompt_tokens, output)
-        rec = completion_record(meta, version, gen, text, embedding, started, error, cost, token_count)
-        routed_at = at if routed else None
-        delivered = self._tracked(routed_at, final) if routed_at else self._delivered(at if final else None)
-        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec), on_delivery=delivered)
-        if final:  # a partial answer does not answer its request
+        rec = completion_record(
+            meta, version, gen, text, embedding, started, error, cost, token_count, role, rollout_id
+        )
+        if report is None:
+            routed_at = at if routed else None
+            report = self._tracked(routed_at, final) if routed_at else self._delivered(at if final else None)
+        self.producer.send(COMPLETIONS, meta.trace_id, self.completions.encode(rec), on_delivery=report)
+        if final and counted:  # a partial answer does not answer its request, nor does a shadow one
             self._count()
 
     def _dead_letter(self, msg: Message, error: Exception) -> None:
@@ -738,9 +996,11 @@ class InferenceService:
 
         return report
 
-    def _tracked(self, at: Position, final: bool) -> Callable[[DeliveryError | None], None]:
-        """The delivery report of one of a routed request's records (``final``: its final Completion): the request is
-        done once all of them are acknowledged (``RequestAcks``); a lost one stops the service."""
+    def _tracked(self, at: Position, final: bool) -> Report:
+        """The delivery report of one of a routed or mirrored request's records (``final``: its last one: a routed
+        request's final Completion, a mirrored one's ShadowComparison): the request is done once all of them are
+        acknowledged (``RequestAcks``); a lost one stops the service. Made on the serving thread, before the request's
+        last record is sent."""
         self._acks.sent(at)
 
         def report(error: DeliveryError | None) -> None:
@@ -785,6 +1045,14 @@ def _before(router: Router, prompt: str, embedding: list[float]) -> Verdict:
         return router.before(prompt_features(prompt, embedding))
     except RoutingError as e:
         return Verdict(REFERENCE, 1.0, router.gate.prompt_gate, f"the prompt could not be scored: {e}")
+
+
+def _decoded(engine: _Engine | None, results: Sequence[Generated | None]) -> list[str]:
+    """The texts of ``results`` by ``engine``'s tokenizer ("" for a row without a result)."""
+    if engine is None:
+        return ["" for _ in results]
+    tok = engine.serving.loaded.tokenizer
+    return ["" if g is None else tok.decode(g.token_ids, skip_special_tokens=True) for g in results]
 
 
 def _position(msg: Message) -> Position:

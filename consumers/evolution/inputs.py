@@ -3,8 +3,9 @@ distillation set and the agreement check), the FFN firing counts the producer st
 rerunning the model), and the token ids it read and wrote (which embedding rows are used).
 
 Requests and completions are joined on ``request_id``; only completions of the version asked about, without an
-error, count, and not its partial answers (finish ESCALATED: the router moved the request to a stronger model
-mid-answer, so the partial is no answer to learn from). What is learnt from a route is the other side: the reference's
+error, count, and not its shadow answers (role SHADOW: a rollout's mirror, never returned: no request's answer) nor
+its partial answers (finish ESCALATED: the router moved the request to a stronger model mid-answer, so the partial
+is no answer to learn from). What is learnt from a route is the other side: the reference's
 answer to a request handed over from the version, mid-answer (its partial is on the log) or before generation (a
 RouteDecision on evo.routes of stage PROMPT that chose the reference over the version), is a distillation target for
 the version (``reference_pairs``, each a ``LabelOnly``: the student learns the reference's answer by cross-entropy
@@ -75,8 +76,13 @@ class Observed:
 
 
 def is_answer(rec: Mapping[str, Any]) -> bool:
-    """An answer: no error, and not a partial left by an escalation."""
-    return rec["error"] is None and rec["finish_reason"] not in ("ESCALATED", "ERROR")
+    """An answer: no error, not a partial left by an escalation, and not a shadow answer (a candidate's answer to a
+    mirrored request, never returned: neither the version's traffic nor the answer a request was handed over to)."""
+    return (
+        rec["error"] is None
+        and rec["finish_reason"] not in ("ESCALATED", "ERROR")
+        and rec.get("role", "ANSWER") != "SHADOW"
+    )
 
 
 def keep_answer(ring: deque[Answer], rec: Mapping[str, Any], version: str) -> None:

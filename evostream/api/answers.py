@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from evostream.api.record_models import Completion, GenerationStep, RiskAlert, RiskReport, RouteDecision
-from evostream.schemas.records import FinishReason, RiskStage
+from evostream.schemas.records import AnswerRole, FinishReason, RiskStage
 
 Open = dict[str, Any]
 """Free JSON as the governance log keeps it (metrics, gates, evidence, policy)."""
@@ -73,6 +73,10 @@ class TraceSummary(BaseModel):
     steps: int = Field(description="Steps received so far.")
     answer: str | None
     finish_reason: FinishReason | None
+    role: AnswerRole | None = Field(
+        description="ANSWER, or SHADOW: a rollout candidate's answer to a mirrored request, never returned (null "
+        "before the completion)."
+    )
     risk_score: float | None = Field(description="The FINAL report's score once it came, else the EARLY one's.")
     risk_stage: RiskStage | None
     alerts: int
@@ -259,6 +263,10 @@ class Provenance(BaseModel):
     model_version: str
     answered_at_us: int
     token_count: int
+    role: AnswerRole = Field(
+        default="ANSWER", description="SHADOW: a rollout candidate's answer to a mirrored request, never returned."
+    )
+    rollout_id: str | None = Field(default=None, description="The rollout that sent the request to this version.")
     version: Version
     events: list[AuditRow] = Field(description="The governance events of the version up to the answer.")
     route: RouteDoc | None = Field(

@@ -16,7 +16,8 @@ before it is published.
 Every Completion of a request let in is charged to its tenant's budget (its prompt and output tokens, its
 ``cost_usd``), an escalated partial included, whether or not its caller still waits: ``completed`` is called with
 each Completion the API's live tail reads (and with the answer a caller gets, whichever comes first; each is charged
-once). A caller that timed out, hung up or dropped its stream is charged all the same.
+once). A rollout's SHADOW answer (its candidate's answer to a mirrored copy of the request) is not charged: the
+tenant never gets it. A caller that timed out, hung up or dropped its stream is charged all the same.
 
 The cache's answers are forgotten whenever a governance event comes (a promotion or a rollback changes the model
 that answers); an answer whose request was looked up before the last such event is not kept (the generation read at
@@ -290,8 +291,8 @@ class FrontDoor:
         """Charge a Completion of a request this door let in to its tenant (once; an ESCALATED partial too; the
         final one gives the request's estimate back). Called on the live tail's thread with every Completion it
         reads, and with the answer a caller gets."""
-        if self.budgets is None or rec.get("cached"):
-            return  # served from the cache: nothing generated, nothing charged
+        if self.budgets is None or rec.get("cached") or rec.get("role") == "SHADOW":
+            return  # served from the cache, or a rollout's shadow answer (never returned): nothing charged
         tokens = int(rec.get("prompt_token_count") or 0) + int(rec.get("token_count") or 0)
         final = rec.get("finish_reason") != PARTIAL
         with self._lock:

@@ -608,6 +608,8 @@ def _answered(done: Any, replayed: tuple[Any, list[Any], list[tuple[int, Any]]])
     reg, _, events = replayed
     version, at, trace_id = str(done["model_version"]), int(done["completed_at_us"]), done["trace_id"]
     ended = " (partial: escalated)" if done["finish_reason"] == "ESCALATED" else ""
+    if done.get("role") == "SHADOW":  # a rollout candidate's answer to a mirrored copy of the request
+        ended += f" (shadow answer of rollout {done.get('rollout_id') or '- (staging)'}: never returned)"
     typer.echo(f"trace {trace_id}: answered by {version} at {when(at)} ({done['token_count']} tokens){ended}")
     try:
         model = model_of(reg, version)

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from evostream.producers.routing import Route
     from evostream.routing.policy import Router
     from evostream.routing.prices import PriceTable
+    from evostream.wiring.deployment import GovernedDeployment
+    from evostream.wiring.governed import GovernedModel
+    from evostream.wiring.templates import GovernedTemplates
 
 
 @friendly
@@ -45,10 +48,20 @@ def serve(
         str | None,
         typer.Option(
             help="Serve this model name's production version from the governance log, and follow it: a "
-            "promotion or a rollback swaps the model between batches (--model is then ignored). Requests naming a "
-            "governed prompt template (`evostream template`) are rendered into its version the log names."
+            "promotion or a rollback swaps the model between batches (--model is then ignored). Its rollouts are "
+            "followed too: the candidate answers its weight's share and the shadow's mirror (static batching). "
+            "Requests naming a governed prompt template (`evostream template`) are rendered into its version the "
+            "log names."
         ),
     ] = None,
+    rollouts: Annotated[
+        bool,
+        typer.Option(
+            "--rollouts/--no-rollouts",
+            help="With --governed: serve the running rollout's candidate (or the staging version under the "
+            "policy's shadow_share) beside production. --no-rollouts serves production alone.",
+        ),
+    ] = True,
     batching: Annotated[
         str | None,
         typer.Option(
@@ -125,6 +138,7 @@ def serve(
         route_reference=reference,
     )
     fixed = _check_route_flags(settings, route_policy, route_level, embed)
+    follow_rollouts = _check_rollout_flags(settings, governed, rollouts)
     prices = _prices(settings)
     server = broker(settings)
     if attention not in ("auto", "entropy", "output_norm"):
@@ -132,16 +146,24 @@ def serve(
     if kv_cache not in ("dynamic", "static"):
         raise typer.BadParameter("--kv-cache must be dynamic or static")
     attn: Literal["eager"] | None = "eager" if attention == "entropy" else None
-    source = templates = None
+    models: GovernedModel | None = None
+    deployments: GovernedDeployment | None = None
+    templates: GovernedTemplates | None = None
     if governed:
+        from evostream.wiring.deployment import GovernedDeployment
         from evostream.wiring.governed import GovernedModel
         from evostream.wiring.templates import GovernedTemplates
 
-        source = GovernedModel(
-            server, settings, governed, load=lambda path, _v: load_model(str(path), device, attn_implementation=attn)
-        )
+        def load(path: Path, _v: str) -> Any:
+            return load_model(str(path), device, attn_implementation=attn)
+
+        if follow_rollouts:
+            deployments = GovernedDeployment(server, settings, governed, load=load)
+            loaded = deployments.current().loaded
+        else:
+            models = GovernedModel(server, settings, governed, load=load)
+            loaded = models.current().loaded
         templates = GovernedTemplates(server, settings)  # requests may name a governed prompt template
-        loaded = source.current().loaded
     else:
         loaded = load_model(model, device=device, attn_implementation=attn)
     threads = ""
@@ -185,10 +207,11 @@ def serve(
         PromptEmbedder() if embed else None,
         options,
         generator,
-        models=source,
+        models=models,
         route=routed,
         prices=prices,
         templates=templates,
+        deployments=deployments,
     )
     service.install_signal_handlers()
     try:
@@ -200,15 +223,15 @@ def serve(
                 + (f": {generator.decode_path_reason}" if generator.decode_path != kv_cache else "")
                 + f") from {server}"
                 + (f", following the governance of {governed}" if governed else "")
+                + (" and its rollouts" if follow_rollouts else "")
                 + (_routing_line(routed, route_level) if routed is not None else "")
                 + "; Ctrl-C stops after the batch in flight"
             )
         )
     finally:
-        if source is not None:
-            source.close()
-        if templates is not None:
-            templates.close()
+        for follower in (models, deployments, templates):
+            if follower is not None:
+                follower.close()
         if close_route is not None:
             close_route()
     say(f"stopped after {service.served} requests")
@@ -227,6 +250,19 @@ def _routing_line(route: Route, fixed_level: int | None) -> str:
         f", routing {route.name!r} to {route.reference.version} at level {router.level} "
         f"(policy {router.policy_version[:12]}, following the governance log)"
     )
+
+
+def _check_rollout_flags(settings: Settings, governed: str | None, rollouts: bool) -> bool:
+    """Whether the service follows the governed model's rollouts. A routed service takes no part in rollouts (its
+    requests are the router's to place, not a canary's): refused at start rather than a rollout silently ignored."""
+    if not governed:
+        return False
+    if settings.route and rollouts:
+        raise typer.BadParameter(
+            f"--route {settings.route}: a routed service takes no part in rollouts (its requests are the router's to "
+            "place); serve it with --no-rollouts (a rollout of the model then gets no canary answers from it)"
+        )
+    return rollouts
 
 
 def _check_route_flags(settings: Settings, policy: Path | None, level: int | None, embed: bool) -> Router | None:

@@ -37,7 +37,13 @@ def same_answer(a: str, b: str) -> bool:
 
 
 def _finished(c: Record) -> bool:
-    return c["finish_reason"] in ("STOP", "LENGTH") and not c.get("error") and not c.get("cached", False)
+    """A whole generated answer of its request: not an error, a partial, a cache hit, nor a shadow answer."""
+    return (
+        c["finish_reason"] in ("STOP", "LENGTH")
+        and not c.get("error")
+        and not c.get("cached", False)
+        and c.get("role", "ANSWER") != "SHADOW"
+    )
 
 
 def audit_outcome(answer: Record, reference: Record, recorded_at_us: int) -> Outcome:

@@ -431,6 +431,8 @@ def provenance_doc(
         "model_version": version,
         "answered_at_us": at,
         "token_count": completion["token_count"],
+        "role": completion.get("role", "ANSWER"),
+        "rollout_id": completion.get("rollout_id"),
         "version": info,
         "events": events,
         "route": route,

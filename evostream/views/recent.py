@@ -57,6 +57,7 @@ class Trace:
             "steps": len(self.steps),
             "answer": None if done is None else done["output_text"],
             "finish_reason": None if done is None else done["finish_reason"],
+            "role": None if done is None else done.get("role", "ANSWER"),
             "risk_score": None if final is None else final["score"],
             "risk_stage": None if final is None else final["stage"],
             "alerts": len(self.alerts),
@@ -113,7 +114,10 @@ class Recent:
             self._trace(rec["trace_id"]).steps[int(rec["step"])] = rec
         elif topic == COMPLETIONS:
             self._trace(rec["trace_id"]).completion = rec
-            self._completed.append((int(rec["completed_at_us"]), int(rec["token_count"]), str(rec["model_version"])))
+            if rec.get("role") != "SHADOW":  # a shadow answer answers no request: the overview counts answers
+                self._completed.append(
+                    (int(rec["completed_at_us"]), int(rec["token_count"]), str(rec["model_version"]))
+                )
             self.routes.add_completion(rec)
         elif topic == ROUTES:
             self.routes.add_decision(rec)

@@ -277,8 +277,10 @@ class RouteLedger:
         r.order()
 
     def add_completion(self, c: Record) -> None:
+        """A Completion of a request (a SHADOW one, a candidate's answer to a mirrored copy, is no answer of the
+        route: left out)."""
         rid = str(c.get("request_id") or "")
-        if not rid or not self._fresh("c", str(c["trace_id"])):
+        if not rid or c.get("role") == "SHADOW" or not self._fresh("c", str(c["trace_id"])):
             return
         r = self._requests.get(rid)
         if r is not None:

@@ -108,6 +108,8 @@ def assemble(
     for c in completions:
         if c.get("cached", False):
             skip("cache hit")  # answered from the response cache: no generation to learn from
+        elif c.get("role") == "SHADOW":
+            skip("shadow answer")  # a candidate's answer to a mirrored request: not the request's answer
         else:
             by_request.setdefault(c["request_id"], []).append(c)
 

@@ -159,6 +159,21 @@ def test_an_escalated_partial_and_the_final_answer_are_both_charged_once(tmp_pat
     assert door.budgets.used("acme", time.time()) == (16, 0.0) and door.budgets.held("acme") == (0, 0.0)
 
 
+def test_a_shadow_answer_is_not_charged_and_does_not_settle_the_request(tmp_path: Path) -> None:
+    """A rollout's candidate answered a mirrored copy of the request: the tenant never gets it, so it costs them
+    nothing and the request's hold waits for its answer."""
+    limits = tmp_path / "limits.json"
+    limits.write_text(json.dumps({"acme": {"tokens_per_day": 10_000}}))
+    door = door_of(tmp_path, tenant_limits=limits)
+    assert door.budgets is not None
+    door.admit(Ask("acme", "reverse: abcdef", "evostream", 32), "r")
+    held = door.budgets.held("acme")
+    door.completed(answer("r", "fedcba") | {"role": "SHADOW", "cost_usd": 0.5})  # read first by the live tail
+    assert door.budgets.used("acme", time.time()) == (0, 0.0) and door.budgets.held("acme") == held
+    door.completed(answer("r", "fedcba") | {"role": "ANSWER"})
+    assert door.budgets.used("acme", time.time()) == (8, 0.0) and door.budgets.held("acme") == (0, 0.0)
+
+
 # --- an API before the governance log ------------------------------------------------------------------------------
 def test_an_api_started_before_the_governance_log_answers_health_and_follows_the_log_once_it_exists(
     kafka: str, deployment: Deployment, tmp_path: Path

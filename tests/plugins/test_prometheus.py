@@ -217,6 +217,21 @@ def test_no_series_carries_a_trace_label(served: tuple[PrometheusSink, str]) -> 
         "le",
         "route",
         "chosen",
+        "role",
+    }
+
+
+def test_answers_are_counted_by_version_and_role(served: tuple[PrometheusSink, str]) -> None:
+    sink, _ = served
+    got = {(labels["model_version"], labels["role"]): v for labels, v in scrape(sink)["evostream_answers_total"] if v}
+    # samples 0..4 alternate tiny-a / tiny-b, and sample 4 is a shadow answer; then the routed history's answers:
+    # route-self's answer and partial, route-ref's two answers and the cache hit of its answer
+    assert got == {
+        ("tiny-a", "ANSWER"): 2.0,
+        ("tiny-a", "SHADOW"): 1.0,
+        ("tiny-b", "ANSWER"): 2.0,
+        ("route-self", "ANSWER"): 2.0,
+        ("route-ref", "ANSWER"): 3.0,
     }
 
 

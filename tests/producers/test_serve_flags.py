@@ -60,3 +60,17 @@ def test_a_good_fixed_policy_passes_the_checks(tmp_path: Path, level: str) -> No
     flags = ["--route", "default", "--reference", "http://127.0.0.1:9/v1#m", "--route-policy", str(plain)]
     done = serve([*flags, "--route-level", level, "--no-embed"], env)
     assert done.returncode != 0 and "127.0.0.1:9" in done.stderr, done.stderr
+
+
+def test_a_routed_governed_serve_must_opt_out_of_rollouts_before_anything_loads(tmp_path: Path) -> None:
+    """A routed service takes no part in rollouts: `serve --governed M --route R` is refused with the way out
+    (--no-rollouts), which then gets as far as the broker (not there: the error is about it)."""
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "COLUMNS": "400", "EVOSTREAM_CONNECT_TIMEOUT_S": "1"}
+    flags = ["--governed", "m", "--route", "default", "--reference", "http://127.0.0.1:9/v1#m"]
+    done = serve(flags, env)
+    said = " ".join(done.stderr.replace("│", " ").split())
+    assert done.returncode != 0 and "a routed service takes no part in rollouts" in said, done.stderr
+    assert "--no-rollouts" in said and "Traceback" not in done.stderr
+    opted_out = serve([*flags, "--no-rollouts"], env)
+    said = " ".join(opted_out.stderr.replace("│", " ").split())
+    assert opted_out.returncode != 0 and "takes no part in rollouts" not in said and "127.0.0.1:9" in said, said

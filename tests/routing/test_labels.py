@@ -72,6 +72,16 @@ def test_a_failed_reference_answer_labels_nothing() -> None:
     assert r is not None and audited(r.decisions, r.completions) == []
 
 
+def test_a_shadow_answer_is_never_compared() -> None:
+    """A SHADOW Completion of the reference's version (a rollout's mirror) is no answer of the request."""
+    log, theirs = audited_log("x")
+    r = fold(log.decisions, log.completions).request(log.rid(1))
+    assert r is not None
+    assert audited(r.decisions, [*r.completions, {**theirs, "role": "SHADOW"}]) == []
+    with pytest.raises(RoutingError, match="is no finished answer"):
+        audit_outcome(log.completions[0], {**theirs, "role": "SHADOW"}, 0)
+
+
 def test_answers_agree_up_to_whitespace_only() -> None:
     assert same_answer(" 02/01/2020\n", "02/01/2020") and same_answer("a  b", "a b")
     assert not same_answer("Abc", "abc") and not same_answer("1", "1.0")

@@ -49,6 +49,7 @@ def test_a_trace_gathers_its_steps_in_order_once_with_its_completion_and_latest_
         "steps": 3,
         "answer": "abc",
         "finish_reason": "STOP",
+        "role": "ANSWER",
         "risk_score": 0.7,
         "risk_stage": "FINAL",
         "alerts": 0,
@@ -90,3 +91,13 @@ def test_alerts_by_severity_and_model_drift_and_profiles_per_version_and_the_las
     o = r.overview(now_us=121 * 10**6, window_s=60)
     assert o["requests_per_s"] == 2 / 60 and o["tokens_per_s"] == 10 / 60 and o["versions_answering"] == {"a": 2}
     assert o["alerts_per_min"] == 0.0  # the alerts above were at 1..4 s
+
+
+def test_a_shadow_answer_is_a_trace_of_its_own_and_no_answer_in_the_overview() -> None:
+    r = Recent()
+    base = {"request_id": "r1", "completed_at_us": 100 * 10**6, "token_count": 4, "finish_reason": "STOP"}
+    r.add(COMPLETIONS, dict(base, trace_id="answer", model_version="m@prod", output_text="x", role="ANSWER"))
+    r.add(COMPLETIONS, dict(base, trace_id="shadow", model_version="m@cand", output_text="y", role="SHADOW"))
+    assert [t.summary()["role"] for t in r.traces()] == ["SHADOW", "ANSWER"]
+    o = r.overview(now_us=101 * 10**6, window_s=60)
+    assert o["requests_per_s"] == 1 / 60 and o["versions_answering"] == {"m@prod": 1}

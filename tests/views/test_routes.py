@@ -46,6 +46,18 @@ def test_a_completion_read_before_its_decision_waits_for_it_and_a_repeat_counts_
     assert r1 is not None and len(r1.decisions) == 1 and len(r1.completions) == 1
 
 
+def test_a_shadow_answer_is_no_answer_of_the_route() -> None:
+    """A rollout's candidate answering a mirrored copy of a request leaves a SHADOW Completion of the same request:
+    it is neither the request's final answer nor paid by it."""
+    log = route_log("r", T0)
+    final = log.completions[0]
+    shadow = {**final, "trace_id": "shadow-1", "model_version": "cand@1", "role": "SHADOW", "cost_usd": 9.0}
+    shadow["completed_at_us"] = int(final["completed_at_us"]) + 1  # the latest Completion of the request
+    r = fold(log.decisions, [*log.completions, shadow]).request(log.rid(1))
+    assert r is not None and r.final is not None and r.final["trace_id"] == final["trace_id"]
+    assert [c["trace_id"] for c in r.completions] == [final["trace_id"]] and r.paid_usd < 9.0
+
+
 def test_savings_price_every_answer_at_the_reference_and_count_each_way_through() -> None:
     log = route_log("r", T0)
     items = [(ROUTES, d) for d in log.decisions] + [(COMPLETIONS, c) for c in log.completions]

@@ -42,6 +42,7 @@ def _answer(i: int, request: str, version: str, **extra: object) -> Completion:
         "model_version": version,
         "cached": False,
         "finish_reason": "STOP",
+        "role": "ANSWER",
     }
     return Completion(**{**fields, **extra})  # type: ignore[typeddict-item]
 
@@ -55,11 +56,12 @@ def test_history_keeps_labelled_finished_self_answers_and_reads_the_reference_la
         _answer(4, "r2", REF),
         _answer(5, "r3", SELF, cached=True),  # a cache hit: no generation of its own
         _answer(6, "r4", SELF),  # not labelled
+        _answer(7, "r1", SELF, role="SHADOW"),  # a candidate of the family answered a mirror of r1: no answer
     ]
     book = OutcomeBook()
     for n, (trace, label) in enumerate([("trace-0", "WRONG"), ("trace-1", "RIGHT"), ("trace-2", "RIGHT")]):
         book.add(outcome(trace, SELF, label, source="SUITE", actor="suite", recorded_at_us=n, outcome_id=trace), n)
-    steps = {f"trace-{i}": [generation_step(s, f"trace-{i}") for s in range(3)] for i in range(7)}
+    steps = {f"trace-{i}": [generation_step(s, f"trace-{i}") for s in range(3)] for i in range(8)}
     prompts = {f"r{i}": f"prompt {i}" for i in range(5)}
     h = assemble(answers, prompts, book, steps, "small")
     assert [(p.request_id, p.self_wrong, p.reference_wrong, p.reference_tokens) for p in h.requests] == [
@@ -70,6 +72,7 @@ def test_history_keeps_labelled_finished_self_answers_and_reads_the_reference_la
     assert {p.self_version for p in h.requests} == {SELF}
     assert h.skipped == {
         "cache hit": 1,
+        "shadow answer": 1,
         "escalated mid-answer (no finished self answer)": 1,
         "self answer not labelled": 1,
     }

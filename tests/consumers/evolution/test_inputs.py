@@ -36,6 +36,7 @@ def completions(n: int, text_bytes: int = 8) -> Iterator[dict[str, Any]]:
         rec: dict[str, Any] = dict(completion(i))
         rec["model_version"] = "other" if i % 7 == 0 else "v1"
         rec["error"] = "model error" if i % 5 == 0 else None
+        rec["role"] = "ANSWER"  # shadow answers: test_a_shadow_answer_is_neither_...
         rec["output_text"] = f"{i:08d}" + "a" * text_bytes
         rec["output_token_ids"] = [i, i + 1]
         yield rec
@@ -189,6 +190,18 @@ def test_a_partial_is_no_answer_and_the_reference_answer_it_handed_over_to_is_a_
     for rec in [*recs[1:2], *routed("v1", "big", "s")[-1:], *recs[2:3]]:
         few.add(rec)
     assert few.answers() == []
+
+
+def test_a_shadow_answer_is_neither_the_versions_traffic_nor_the_answer_a_request_was_handed_over_to() -> None:
+    recs = routed("v1", "big", "sh")
+    # a rollout mirrored a: the candidate "big" answered it in the shadow; and v1 shadowed request e
+    shadow_a = recs[0] | {"trace_id": "sh-a-shadow", "model_version": "big", "role": "SHADOW", "output_text": "no"}
+    shadow_e = recs[0] | {"trace_id": "sh-e-shadow", "request_id": "sh-e", "role": "SHADOW"}
+    assert [rid for rid, _, _ in last_answers([*recs, shadow_a, shadow_e], "v1", 10)] == ["sh-a"]
+    handed = HandedOver("v1", 10)
+    for rec in [recs[3], shadow_a | {"request_id": "sh-c"}, *recs]:  # c's shadow answer came before its failure
+        handed.add(rec)
+    assert handed.answers() == [("sh-b", "reference answer b")]
 
 
 def before_generation(version: str, ref: str, rid: str, chosen: str = "reference", stage: str = "PROMPT") -> Any:
