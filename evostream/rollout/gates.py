@@ -8,9 +8,12 @@ The gates (each at the plan's ``confidence``, each with a relative ``tolerance``
   rejected (``stats.ratio_test``, alternative "greater").
 - ``accuracy`` (on labelled answers): H0 "candidate accuracy >= incumbent accuracy * (1 - tolerance)"; breaks when
   rejected (alternative "less").
-- ``p95_latency``: the threshold is the incumbent's p95 * (1 + tolerance); H0 "at most 5% of the candidate's answers
-  are slower than it" (its p95 is under the threshold); breaks when rejected (``stats.exceedance_test``). The
-  incumbent's p95 is taken as measured: the tolerance is what absorbs its sampling noise.
+- ``p95_latency``: the threshold is a distribution-free upper confidence bound (at ``confidence``) on the
+  incumbent's p95, times (1 + tolerance); H0 "at most 5% of the candidate's answers are slower than it"; breaks when
+  rejected (``stats.exceedance_test``). Taking the incumbent's measured p95 as exact broke healthy candidates: from
+  15 samples it is close to their maximum. With fewer than ``MIN_LATENCY_SAMPLES`` incumbent samples the gate passes
+  with a note. Only answers count (``views.rollout``): a shadow answer is generated after its batch's production
+  answers, under other load, so in the shadow phase the gate has no candidate sample.
 
 A gate with no sample on either side (no labelled answer yet, say) passes with the note "no data": it cannot hold a
 rollout back, and it cannot break it. The verdict: any broken gate -> ABORT, at once (a regression is acted on as soon
@@ -25,11 +28,13 @@ from enum import StrEnum
 from typing import Any
 
 from evostream.core.errors import EvoError
-from evostream.rollout.stats import TestResult, exceedance_test, percentile, ratio_test
+from evostream.rollout.stats import TestResult, exceedance_test, percentile, quantile_upper_bound, ratio_test
 
 GATE_NAMES = ("alert_rate", "accuracy", "p95_latency", "error_rate")
 EXCEEDANCE_SHARE = 0.05
 """The share of samples above a p95, by definition: what the latency gate tests the candidate's share against."""
+MIN_LATENCY_SAMPLES = 20
+"""Incumbent generation times the latency gate needs before it judges (fewer: it passes, saying so)."""
 
 
 class GateError(EvoError, ValueError):
@@ -137,13 +142,18 @@ def gate(
             test = ratio_test(c.correct, c.labelled, i.correct, i.labelled, 1.0 - tolerance, "less", confidence)
         return _evidence(c.accuracy, i.accuracy, c.labelled, i.labelled, tolerance, confidence, test)
     if name == "p95_latency":
-        p95_i = i.latency(95)
-        threshold = None if p95_i is None else p95_i * (1.0 + tolerance)
+        bound = quantile_upper_bound(i.latency_ms, 1.0 - EXCEEDANCE_SHARE, confidence)
+        enough = bound is not None and len(i.latency_ms) >= MIN_LATENCY_SAMPLES
+        threshold = bound[0] * (1.0 + tolerance) if bound is not None and enough else None
         above = 0 if threshold is None else sum(1 for x in c.latency_ms if x > threshold)
-        test = exceedance_test(above, len(c.latency_ms), EXCEEDANCE_SHARE)
-        out = _evidence(c.latency(95), p95_i, len(c.latency_ms), len(i.latency_ms), tolerance, confidence, test)
+        test = exceedance_test(above, len(c.latency_ms), EXCEEDANCE_SHARE) if enough else TestResult(1.0, "none")
+        out = _evidence(c.latency(95), i.latency(95), len(c.latency_ms), len(i.latency_ms), tolerance, confidence, test)
         out["threshold_ms"] = threshold
         out["above_threshold"] = above
+        out["incumbent_bound_ms"] = None if bound is None else bound[0]
+        out["bound_coverage"] = None if bound is None else bound[1]
+        if not enough and "note" not in out:
+            out["note"] = f"fewer than {MIN_LATENCY_SAMPLES} incumbent samples: no p95 bound"
         return out
     raise GateError(f"no gate {name!r}: the gates are {', '.join(GATE_NAMES)}")
 

@@ -131,6 +131,25 @@ def binom_cdf(k: int, n: int, p: float) -> float:
     return min(1.0, max(0.0, betainc(n - k, k + 1, 1.0 - p)))
 
 
+def quantile_upper_bound(values: Sequence[float], q: float, level: float) -> tuple[float, float] | None:
+    """A distribution-free upper confidence bound on the ``q`` quantile (0..1) of the population ``values`` were drawn
+    from: the smallest order statistic X_(k) with P(X_(k) >= the quantile) = P(Binomial(n, q) <= k - 1) >= ``level``,
+    and that coverage. Where even the largest value covers less than ``level`` (too few values: 1 - q**n < level),
+    the largest value and its coverage 1 - q**n; None without values."""
+    if not 0.0 < q < 1.0:
+        raise StatsError(f"a quantile is in (0, 1), got {q}")
+    _check_level(level, "a level")
+    if not values:
+        return None
+    xs = sorted(values)
+    n = len(xs)
+    for k in range(1, n + 1):
+        covered = binom_cdf(k - 1, n, q)
+        if covered >= level:
+            return xs[k - 1], covered
+    return xs[-1], binom_cdf(n - 1, n, q)
+
+
 def clopper_pearson_upper(x: int, n: int, level: float) -> float:
     """The exact one-sided upper bound on a binomial rate from ``x`` of ``n`` at ``level``: the p at which seeing at
     most ``x`` has probability 1 - level (1 when n is 0 or every trial succeeded)."""

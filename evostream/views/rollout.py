@@ -178,7 +178,9 @@ class RolloutFold:
             alerted=sum(1 for trace in answers if trace in self._alerted),
             labelled=labelled,
             correct=correct,
-            latency_ms=tuple(a.latency_ms for a in answers.values() if not a.error),
+            # generation times of answers only: a shadow answer is generated after its batch's production answers,
+            # on a machine still busy sending them, so its time is not comparable with an answer's
+            latency_ms=tuple(a.latency_ms for a in answers.values() if not a.error and a.role == "ANSWER"),
         )
 
     def shadow(

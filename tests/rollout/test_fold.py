@@ -28,7 +28,8 @@ def test_a_versions_window_counts_its_answers_alerts_errors_labels_and_latency()
     assert len(inc.latency_ms) == 98 and inc.latency(95) == pytest.approx(50.0)
     cand = fold.stats(CAND, T0, roles=CANDIDATE_ROLES)
     assert (cand.answers, cand.alerted, cand.errors, cand.labelled, cand.correct) == (30, 4, 1, 10, 6)
-    assert sorted(set(cand.latency_ms)) == [70.0, 90.0]
+    # a shadow answer's generation time is not comparable with an answer's: only the canary's count
+    assert sorted(set(cand.latency_ms)) == [70.0] and len(cand.latency_ms) == 19
     assert fold.stats(CAND, T0).answers == 20  # its returned answers only
 
 
