@@ -234,10 +234,20 @@ def read_start(topic: str, since_us: int) -> int:
 
 def read_fold(server: str, since_us: int | None = None, idle_s: float = 3.0) -> RolloutFold:
     """The four topics read from ``since_us`` (``read_start``: every partition from its first record at or after
-    it; each topic from its start when None) until each goes idle, folded."""
+    it; each topic from its start when None) up to where each partition ended when its read began, folded (without
+    ``since_us``: until each goes idle). Under steady traffic a topic is never idle: a read until idle never ends."""
+    from evostream.core.bus.admin import PartitionEnds
+
     fold = RolloutFold()
+    ends_of = PartitionEnds(server)
     for topic, schema in TOPICS.items():
         start = None if since_us is None else read_start(topic, since_us)
         with TopicReader(server, topic, schema, since_us=start, idle_s=idle_s, name="read-rollout") as reader:
+            ends = ends_of(reader.positions) if start is not None else None
+
+            def caught_up(r: TopicReader = reader, e: Mapping[tuple[str, int], int] | None = ends) -> bool:
+                return e is not None and all(r.positions.get(tp, -1) >= end for tp, end in e.items())
+
+            reader.until = caught_up
             fold.extend(topic, reader)
     return fold

@@ -73,6 +73,12 @@ class TopicReader:
                 if rec is not None:
                     yield rec
 
+    @property
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Per (topic, partition), the offset after the last record read (with ``since_us``: from the assignment on);
+        against where the partitions end (``admin.PartitionEnds``), whether the reader has caught up."""
+        return self._consumer.next_offsets
+
     def close(self) -> None:
         self._consumer.close()
 
