@@ -3,9 +3,10 @@ nudged by noise too small to change an answer, so it is a new version with the i
 one (noise large enough that most answers go wrong: the injected regression a canary must catch).
 
 Each is stored in the artifact store and registered, validated and approved for production in governance the way a
-real candidate is; the faulted one's validation is written as its measured result (it fails) and approved under a
-policy that lets a failed validation through, which is how a regression reaches a rollout in the benchmark: the
-canary, not the validation, is what is measured."""
+real candidate is. The validation recorded is a smoke test (the version loads and answers the held-out prompts
+without an error), not the suite's accuracy gate: the suite accuracy is measured and kept in the registration's
+metrics, but a team that canaries its releases gates them on real traffic, and that is how a regression reaches a
+rollout here. What is measured is the canary, not the validation."""
 
 from __future__ import annotations
 
@@ -54,8 +55,8 @@ def build(dst: Path, noise: float, seed: int = 0) -> Variant:
 
 
 def register(gov: Any, approver: Any, store: Any, variant: Variant, model: str) -> None:
-    """Store ``variant``, register it, record its measured validation and have ``approver`` (another actor) approve
-    it for production; a failed validation is approved only where the log's policy allows it."""
+    """Store ``variant``, register it (its suite accuracy in the metrics), record its smoke validation and have
+    ``approver`` (another actor) approve it for production."""
     ref = store.put_dir(variant.path)
     gov.register(
         model,
@@ -65,10 +66,7 @@ def register(gov: Any, approver: Any, store: Any, variant: Variant, model: str) 
         metrics={"task_accuracy": variant.accuracy},
         reason="bench: a rollout candidate",
     )
-    gates = {
-        f"accuracy:{task}": {"value": a, "threshold": 0.9, "passed": a >= 0.9}
-        for task, a in variant.accuracy.items()
-        if task != "mean"
-    }
-    gov.validated(model, variant.version, all(g["passed"] for g in gates.values()), gates, reason="bench")
+    answered = bool(variant.accuracy)  # build() loaded it and answered every held-out prompt without an error
+    gates = {"smoke:loads_and_answers": {"value": 1.0 if answered else 0.0, "threshold": 1.0, "passed": answered}}
+    gov.validated(model, variant.version, answered, gates, reason="smoke test: it loads and answers")
     approver.approve(model, variant.version, "production", reason="bench: approved for a rollout")
