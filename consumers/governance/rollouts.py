@@ -11,7 +11,8 @@ RolloutCompleted, so an abort is instant: the candidate's weight goes back to 0.
   replay never depends on defaults of the day). ``policy.py`` adds the checks of a promotion to production (a passed
   validation, the approvals the policy asks for).
 - **RolloutStepped** (controller or admin): the next step only (step = the current step + 1; the first is 0), at the
-  plan's weight for it.
+  plan's weight for it; ``policy.py`` refuses it (and RolloutCompleted) once the candidate no longer holds what a
+  promotion to production needs (a later failed validation, a rejection or a revoked approver): abort it then.
 - **RolloutAborted** (controller, admin or approver): any running rollout; the candidate's stage does not change.
 - **RolloutCompleted** (controller or admin): a running rollout at its last step (100%); folds as a promotion to
   production of the candidate (``projection.py``).
