@@ -411,3 +411,26 @@ def test_a_candidate_that_loses_its_validation_or_approvals_cannot_be_stepped_or
     abort(c)  # an abort stays open
     reg = state(c)
     assert reg.production(M) == "v1" and (reg.last_rollout(M) or {}).get("status") == "aborted"
+
+
+def test_a_plan_written_before_a_field_was_added_still_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding 11: a RolloutPlan of a later day writes one more field (with a default); a RolloutStarted of an
+    older day lacks it and must still verify on replay. Unknown fields and invalid values stay refused."""
+    from evostream.consumers.governance.rollouts import REQUIRED_PLAN_FIELDS
+
+    old = {k: v for k, v in PLAN.items() if k in REQUIRED_PLAN_FIELDS}  # the plan as the first RolloutPlan wrote it
+    today = RolloutPlan.to_json
+    monkeypatch.setattr(RolloutPlan, "to_json", lambda self: {**today(self), "max_window_s": 10 * self.step_s})
+    c = governed()
+    start(c, plan=old)
+    r = state(c).active_rollout(M)
+    assert r is not None and r["plan"] == old
+    c.events.pop()
+    start(c, plan={**old, "later_field": 1})
+    refused(c, "policy", "the plan is refused: unknown rollout plan field(s) ['later_field']")
+    c.events.pop()
+    start(c, plan={**old, "min_samples": 0})
+    refused(c, "policy", "the plan is refused: min_samples must be at least 1")
+    c.events.pop()
+    start(c, plan={k: v for k, v in old.items() if k != "confidence"})  # a field every plan carried from the first
+    refused(c, "policy", "write the plan in full, as RolloutPlan.to_json() does (it lacks ['confidence'])")
