@@ -10,8 +10,8 @@ RolloutCompleted, so an abort is instant: the candidate's weight goes back to 0.
   runs, the rollout id is new, and the plan is a valid plan (``RolloutPlan.from_json``: known fields, valid values)
   that carries every field of ``REQUIRED_PLAN_FIELDS``, each as ``RolloutPlan.to_json()`` writes it (so a replay
   never depends on defaults of the day). A field added to RolloutPlan later may be missing from an older event's
-  plan: it takes its default, and the event still verifies. ``policy.py`` adds the checks of a promotion to production (a passed
-  validation, the approvals the policy asks for).
+  plan: it takes its default, and the event still verifies. ``policy.py`` adds the checks of a promotion to
+  production (a passed validation, the approvals the policy asks for).
 - **RolloutStepped** (controller or admin): the next step only (step = the current step + 1; the first is 0), at the
   plan's weight for it; ``policy.py`` refuses it (and RolloutCompleted) once the candidate no longer holds what a
   promotion to production needs (a later failed validation, a rejection or a revoked approver): abort it then.
