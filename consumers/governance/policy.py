@@ -12,9 +12,10 @@ both on; a log that never set them (one written before they existed) is judged w
 
 A controller (the rollout controller, a machine actor) may write only RolloutStepped, RolloutAborted and
 RolloutCompleted; an approver may abort a rollout too. RolloutStarted needs what a promotion to production needs
-(its roles, a passed validation, the approvals), and the rules of ``rollouts.py``; while a rollout of a model runs, a
-promotion to production and a rollback of that model are refused. ``shadow_share`` (0 unless set): the share of
-production's requests mirrored to the staging version outside a rollout.
+(its roles, a passed validation, the approvals), and the rules of ``rollouts.py``; RolloutStepped and
+RolloutCompleted need the candidate to still hold the validation and the approvals (``candidate_refusal``); while a
+rollout of a model runs, a promotion to production and a rollback of that model are refused. ``shadow_share`` (0
+unless set): the share of production's requests mirrored to the staging version outside a rollout.
 
 Independence levels of routes (LevelProposed, LevelApproved, LevelLowered) and the registration of a route's policy
 are judged by ``levels.py``, with the policy's ``level_corpus_per_level``, ``level_min_accuracy``, ``level_max_error``
@@ -184,7 +185,11 @@ def refusal(
         if model is None:
             return f"model {model_name!r} has no registered version: register one first"
         if type_ in rollout_rules.ROLLOUT_EVENTS and type_ != "RolloutStarted":  # about a rollout, not a version
-            return rollout_rules.refusal(type_, model_name, payload, models, rollouts or {})
+            why = rollout_rules.refusal(type_, model_name, payload, models, rollouts or {})
+            if why is None and type_ in ("RolloutStepped", "RolloutCompleted"):
+                r = (rollouts or {})[payload["rollout_id"]]
+                why = candidate_refusal(model_name, r, actors, models, policy)
+            return why
         if payload["version"] not in model["versions"]:
             known = ", ".join(model["versions"]) or "none"
             return f"{model_name} version {payload['version']!r} is not registered (registered: {known})"
@@ -302,15 +307,44 @@ def _promoted(model_name: str, p: Mapping[str, Any], actors: Actors, models: Mod
         return f"{model_name} {name} is production: it cannot go back to staging (promote or roll back another)"
     if not passed_validation(version):
         return f"{model_name} {name} cannot be {stage}: it has no passed validation (run ValidationCompleted first)"
-    if stage == "production" and not policy["auto_promote_production"]:
-        have, need = approvers(version, "production", actors), policy["production_approvals"]
-        if len(have) < need:
-            why = "grants before a rejection, or by a revoked actor, do not count"
-            return (
-                f"{model_name} {name} needs {need} distinct approvers for production, has {len(have)} "
-                f"({', '.join(have) or 'none'}; {why})"
-            )
+    if stage == "production":
+        return _approvals_missing(model_name, name, actors, models, policy)
     return None
+
+
+def _approvals_missing(model_name: str, name: str, actors: Actors, models: Models, policy: Policy) -> str | None:
+    """Why ``name`` lacks the approvals for production that the policy asks for, or None."""
+    if policy["auto_promote_production"]:
+        return None
+    version = models[model_name]["versions"][name]
+    have, need = approvers(version, "production", actors), policy["production_approvals"]
+    if len(have) < need:
+        why = "grants before a rejection, or by a revoked actor, do not count"
+        return (
+            f"{model_name} {name} needs {need} distinct approvers for production, has {len(have)} "
+            f"({', '.join(have) or 'none'}; {why})"
+        )
+    return None
+
+
+def candidate_refusal(
+    model_name: str, rollout: RolloutState, actors: Actors, models: Models, policy: Policy
+) -> str | None:
+    """Why the rollout's candidate no longer holds what a promotion to production needs (its latest validation
+    passed, the approvals the policy asks for), or None: RolloutStepped and RolloutCompleted are refused then, and
+    the controller aborts the rollout with this reason."""
+    name = rollout["version"]
+    why = None
+    if not passed_validation(models[model_name]["versions"][name]):
+        why = f"{model_name} {name}'s latest validation did not pass"
+    else:
+        why = _approvals_missing(model_name, name, actors, models, policy)
+    if why is None:
+        return None
+    return (
+        f"rollout {rollout['rollout_id']}'s candidate no longer holds what production needs: {why}; the rollout "
+        "can only be aborted"
+    )
 
 
 def _rolled_back(model_name: str, p: Mapping[str, Any], actors: Actors, models: Models, policy: Policy) -> str | None:

@@ -7,11 +7,14 @@ RolloutCompleted, so an abort is instant: the candidate's weight goes back to 0.
 
 - **RolloutStarted** (a person, with the roles of a promotion to production): refused unless the candidate is
   registered and is not the incumbent, the incumbent is the model's production now, no other rollout of the model
-  runs, the rollout id is new, and the plan is a valid plan written out in full (``RolloutPlan.to_json()``, so a
-  replay never depends on defaults of the day). ``policy.py`` adds the checks of a promotion to production (a passed
-  validation, the approvals the policy asks for).
+  runs, the rollout id is new, and the plan is a valid plan (``RolloutPlan.from_json``: known fields, valid values)
+  that carries every field of ``REQUIRED_PLAN_FIELDS``, each as ``RolloutPlan.to_json()`` writes it (so a replay
+  never depends on defaults of the day). A field added to RolloutPlan later may be missing from an older event's
+  plan: it takes its default, and the event still verifies. ``policy.py`` adds the checks of a promotion to
+  production (a passed validation, the approvals the policy asks for).
 - **RolloutStepped** (controller or admin): the next step only (step = the current step + 1; the first is 0), at the
-  plan's weight for it.
+  plan's weight for it; ``policy.py`` refuses it (and RolloutCompleted) once the candidate no longer holds what a
+  promotion to production needs (a later failed validation, a rejection or a revoked approver): abort it then.
 - **RolloutAborted** (controller, admin or approver): any running rollout; the candidate's stage does not change.
 - **RolloutCompleted** (controller or admin): a running rollout at its last step (100%); folds as a promotion to
   production of the candidate (``projection.py``).
@@ -34,6 +37,12 @@ ROLLOUT_EVENTS = frozenset({"RolloutStarted", "RolloutStepped", "RolloutAborted"
 RUNNING, ABORTED, COMPLETED = "running", "aborted", "completed"
 SHADOW_STEP = -1
 """A rollout's step in its shadow phase, before step 0."""
+
+REQUIRED_PLAN_FIELDS = frozenset(
+    {"steps", "step_s", "min_samples", "shadow_share", "shadow_s", "clean_cycles", "confidence", "gates"}
+)
+"""The fields every RolloutStarted's plan carries: those of the first RolloutPlan, frozen here (never today's
+``to_json()``), so an event written before a field was added still verifies; a later field takes its default."""
 
 Models = Mapping[str, ModelState]
 Rollouts = Mapping[str, RolloutState]
@@ -111,8 +120,12 @@ def _started(model_name: str, p: Mapping[str, Any], models: Models, rollouts: Ro
         plan = RolloutPlan.from_json(p["plan"])
     except ValueError as e:
         return f"RolloutStarted: the plan is refused: {e}"
-    if plan.to_json() != p["plan"]:
-        return f"RolloutStarted: write the plan in full, as RolloutPlan.to_json() does: {plan.to_json()}"
+    missing = sorted(REQUIRED_PLAN_FIELDS - set(p["plan"]))
+    full = plan.to_json()
+    loose = sorted(k for k in p["plan"] if full[k] != p["plan"][k])
+    if missing or loose:
+        what = f"it lacks {missing}" if missing else f"{loose} not as to_json() writes them"
+        return f"RolloutStarted: write the plan in full, as RolloutPlan.to_json() does ({what}): {full}"
     return None
 
 

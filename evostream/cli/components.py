@@ -46,7 +46,7 @@ def components(
         Component("evolution", ("evolution", "run", "--model", model), (EVOLUTION_GROUP,)),
     ]
     if rollout_control_exists():
-        out.append(Component("rollout-control", ("rollout", "control")))
+        out.append(Component("rollout-control", ("rollout", "control", "--model", model)))
     out.append(
         Component("sinks", ("sinks", "run", "--sinks", ",".join(names)), tuple(f"{GROUP_PREFIX}{n}" for n in names))
     )

@@ -337,3 +337,19 @@ class RolloutController:
                 log.info("rollout %s completed: %s", rid, action.reason)
         except GovernanceError as e:  # a person acted first (aborted it), or a rule refused: read again next tick
             log.warning("rollout %s: %s refused: %s", rid, action.kind, e)
+            if action.kind in ("step", "complete"):
+                self._abort_if_candidate_lost(rollout["rollout_id"])
+
+    def _abort_if_candidate_lost(self, rid: str) -> None:
+        """Abort (automatic) a rollout whose candidate no longer holds what production needs (a failed validation, a
+        lost approval): no step or completion can follow, so retrying would wait forever."""
+        from evostream.consumers.governance.policy import candidate_refusal
+
+        registry = self.gov.state().registry
+        r = registry.rollouts.get(rid)
+        if r is None or r["status"] != "running":
+            return
+        why = candidate_refusal(self.model, r, registry.actors, registry.models, registry.policy)
+        if why is not None:
+            self.gov.abort_rollout(self.model, rid, {"verdict": "ABORT", "reason": why}, True, f"controller: {why}")
+            log.warning("rollout %s aborted: %s", rid, why)

@@ -391,8 +391,10 @@ class Supervisor:
             while not stop.wait(POLL_S):
                 self.tick()
         finally:
-            self.stop_all()
-            _write_json(self.run_dir / RUN_FILE, self._info(self.clock()).to_json())
+            try:
+                self.stop_all()
+            finally:
+                _write_json(self.run_dir / RUN_FILE, self._info(self.clock()).to_json())
 
     def tick(self) -> None:
         """One look at every component: an exit is noted (and its restart scheduled), a due restart made."""
@@ -420,6 +422,11 @@ class Supervisor:
             self._set(e, replace(e.state, state="stopping"))
             self.say(f"{e.component.name}: stopping (pid {e.state.pid})")
             t0 = self.clock()
-            code = e.runner.stop(self.stop_timeout_s, self.hurry)
+            try:
+                code = e.runner.stop(self.stop_timeout_s, self.hurry)
+            except (subprocess.TimeoutExpired, OSError, EvoError) as err:  # e.g. not reaped 30 s after its SIGKILL
+                self._set(e, stopped(e.state, None, self.clock()))
+                self.say(f"{e.component.name}: killed, but did not confirm its exit ({err}); stopping the others")
+                continue
             self._set(e, stopped(e.state, code, self.clock()))
             self.say(f"{e.component.name}: stopped in {self.clock() - t0:.1f} s (exit code {code})")

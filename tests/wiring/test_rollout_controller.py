@@ -168,3 +168,30 @@ def test_the_controller_actor_is_refused_with_a_clear_error_without_an_admin_key
     (settings.governance_dir / "keys" / "admin.key").unlink()
     with pytest.raises(GovernanceError, match="evostream governance enroll controller --roles controller"):
         controller_actor(settings, kafka, lambda _: None)
+
+
+def test_a_candidate_that_fails_validation_mid_rollout_is_aborted_not_retried(kafka: str, tmp_path: Path) -> None:
+    """Review finding 1: the step the window asks for is refused (the candidate's latest validation failed), so the
+    controller aborts the rollout, automatic, with the refusal as its reason, instead of retrying every tick."""
+    plan = RolloutPlan(steps=(50, 100), step_s=2, min_samples=5, shadow_s=0, clean_cycles=1)
+    g = governed(kafka, tmp_path, plan)
+    g.admin.validated(g.model, g.v2, False, {"acc": 0.2}, reason="a later suite run fails")
+    controller = RolloutController(kafka, controller_actor(g.settings, kafka, lambda _: None), g.model)
+    try:
+        a = controller.tick()  # no shadow phase: step 0 at once, refused
+        assert a is not None and a.kind == "step"
+        assert controller.tick() is None  # nothing runs any more
+    finally:
+        controller.close()
+    registry = g.admin.state().registry
+    r = registry.last_rollout(g.model)
+    assert r is not None and (r["status"], r["weight"]) == ("aborted", 0)
+    aborted = r["history"][-1]
+    assert (aborted["type"], aborted["actor"]) == ("RolloutAborted", "controller")
+    assert (
+        "no longer holds what production needs" in aborted["reason"] and "validation did not pass" in aborted["reason"]
+    )
+    assert registry.production(g.model) == g.v1
+    events = GovernanceView(kafka, g.settings).replayed().events
+    (abort_ev,) = [ev for _, ev in events if ev.type == "RolloutAborted"]
+    assert abort_ev.payload["automatic"] is True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -153,3 +154,31 @@ def test_a_hurried_stop_kills_at_once_what_does_not_stop(tmp_path: Path) -> None
     assert time.monotonic() - t0 < 10  # not its 30 s budget
     state = read_state(tmp_path, "deaf")
     assert state is not None and state.last_exit_code == -9
+
+
+class Unreaped(ChildRunner):
+    """A child that SIGKILL does not take within the wait (a process stuck in the kernel): ``stop`` kills it and
+    then raises what ``proc.wait`` raises then."""
+
+    def stop(self, timeout_s: float, hurry: threading.Event) -> int | None:
+        super().stop(0.0, hurry)
+        raise subprocess.TimeoutExpired(self.argv, 30)
+
+
+def test_a_component_that_outlives_its_kill_does_not_stop_the_stop(tmp_path: Path) -> None:
+    """Review finding 12: ``proc.wait(30)`` after SIGKILL raised TimeoutExpired out of ``stop_all``: the components
+    before it were never stopped and up.json never said the run stopped."""
+    ready = tmp_path / "ready"
+    polite = f"import pathlib, time\npathlib.Path({str(ready)!r}).touch()\ntime.sleep(60)\n"
+    said: list[str] = []
+    sup = Supervisor(tmp_path, "b", Backoff(), 5.0, said.append)
+    sup.add(Component("first", ("first",)), ChildRunner(program(polite), os.environ))
+    sup.add(Component("stuck", ("stuck",)), Unreaped(program("import time; time.sleep(60)"), os.environ))
+    with running(sup):
+        until(lambda: ready.exists() and (s := read_state(tmp_path, "stuck")) is not None and s.state == "up")
+    first, stuck = read_state(tmp_path, "first"), read_state(tmp_path, "stuck")
+    assert first is not None and first.state == "stopped" and first.last_exit_code == -15  # stopped after it
+    assert stuck is not None and stuck.state == "stopped" and stuck.last_exit_code is None  # its code is unknown
+    assert any("stuck" in m and "did not confirm" in m for m in said), said
+    run = read_run(tmp_path)
+    assert run is not None and run.stopped_at is not None

@@ -391,3 +391,46 @@ def test_the_governance_commands_run_a_rollout_and_the_rules_refuse_before_writi
     ctl.abort_rollout(M, str(auto.payload["rollout_id"]), BROKEN, automatic=True, reason="alert_rate broke")
     reg2, found = replay([(i, ev) for i, ev in enumerate(log.events)])
     assert found == [] and reg2.production(M) == "v2" and reg2.active_rollout(M) is None
+
+
+def test_a_candidate_that_loses_its_validation_or_approvals_cannot_be_stepped_or_completed() -> None:
+    """Review finding 1: what a promotion to production needs is checked again at each step and at completion."""
+    c = governed()
+    start(c)
+    c.append("ValidationCompleted", "ops", {"version": "v2", "passed": False, "gates": {"acc": 0.4}}, M)
+    step(c, 0)
+    refused(c, "policy", "rollout ro-1's candidate no longer holds what production needs: sentiment v2's latest")
+    c.events.pop()
+    c.append("ValidationCompleted", "ops", {"version": "v2", "passed": True, "gates": {"acc": 0.9}}, M)
+    step(c, 0)
+    step(c, 1)
+    c.append("ApprovalRejected", "bob", {"version": "v2", "stage": "production"}, M)
+    complete(c)
+    refused(c, "policy", "sentiment v2 needs 1 distinct approvers for production, has 0")
+    c.events.pop()
+    abort(c)  # an abort stays open
+    reg = state(c)
+    assert reg.production(M) == "v1" and (reg.last_rollout(M) or {}).get("status") == "aborted"
+
+
+def test_a_plan_written_before_a_field_was_added_still_verifies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review finding 11: a RolloutPlan of a later day writes one more field (with a default); a RolloutStarted of an
+    older day lacks it and must still verify on replay. Unknown fields and invalid values stay refused."""
+    from evostream.consumers.governance.rollouts import REQUIRED_PLAN_FIELDS
+
+    old = {k: v for k, v in PLAN.items() if k in REQUIRED_PLAN_FIELDS}  # the plan as the first RolloutPlan wrote it
+    today = RolloutPlan.to_json
+    monkeypatch.setattr(RolloutPlan, "to_json", lambda self: {**today(self), "max_window_s": 10 * self.step_s})
+    c = governed()
+    start(c, plan=old)
+    r = state(c).active_rollout(M)
+    assert r is not None and r["plan"] == old
+    c.events.pop()
+    start(c, plan={**old, "later_field": 1})
+    refused(c, "policy", "the plan is refused: unknown rollout plan field(s) ['later_field']")
+    c.events.pop()
+    start(c, plan={**old, "min_samples": 0})
+    refused(c, "policy", "the plan is refused: min_samples must be at least 1")
+    c.events.pop()
+    start(c, plan={k: v for k, v in old.items() if k != "confidence"})  # a field every plan carried from the first
+    refused(c, "policy", "write the plan in full, as RolloutPlan.to_json() does (it lacks ['confidence'])")
