@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evostream.prompts.gate import MIN_GAIN, best, judge
+from evostream.prompts.gate import MIN_GAIN, best, confirm, judge
 from evostream.prompts.template import Template
 from evostream.prompts.variants import Example, Variant, propose
 
@@ -65,3 +65,14 @@ def test_a_marker_kept_only_in_a_worked_example_is_dropped() -> None:
     v = judge(shown.template, 0.1, cut, 1.0, MIN_GAIN)
     assert not v.accepted
     assert v.reason == "drops the protected marker 'in JSON only' (never accepted)"
+
+
+def test_the_selected_variant_is_accepted_only_when_its_gain_is_confirmed() -> None:
+    selected = judge(CURRENT, 0.10, _v("Please reverse: {input} "), 0.40, MIN_GAIN)
+    assert selected.accepted
+    held = confirm(selected, 0.20, 0.25, MIN_GAIN)  # exactly 0.05 again
+    assert held.accepted and held.reason == "confirmation gain +0.050 reaches 0.050"
+    lucky = confirm(selected, 0.20, 0.24, MIN_GAIN)
+    assert not lucky.accepted
+    assert lucky.reason == "confirmation gain +0.040 is below 0.050: the selection's gain is not confirmed"
+    assert (lucky.current_score, lucky.score) == (0.20, 0.24) and lucky.gain == pytest.approx(0.04)
