@@ -46,7 +46,7 @@ from evostream.prompts.template import (
     version_id,
     version_number,
 )
-from evostream.prompts.variants import Example, propose
+from evostream.prompts.variants import Example, Variant, propose
 from evostream.views.governance import anchored
 
 log = logging.getLogger("evostream.templates")
@@ -283,6 +283,25 @@ def create(
 
 
 # --- the co-evolution cycle ------------------------------------------------------------------------------------------
+def rolled_back(events: Sequence[tuple[int, GovEvent]], model: str) -> dict[str, str]:
+    """The versions of ``model`` that were production and were rolled back (a RolledBack's ``from_version``), each
+    with the (latest) rollback's reason: what a cycle never promotes again (a person still can, by hand)."""
+    return {
+        str(ev.payload["from_version"]): ev.reason
+        for _, ev in events
+        if ev.model_name == model and ev.type == "RolledBack" and ev.payload.get("from_version")
+    }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A variant a cycle did not score: it is ``version``, which was production and was rolled back (``reason``)."""
+
+    variant: Variant
+    version: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class Cycle:
     """One cycle: the production version and its selection score, each variant's verdict on the selection split, the
@@ -302,6 +321,8 @@ class Cycle:
     """The version registered for the confirmed variant (None: every variant was refused)."""
     stage: str | None
     note: str
+    skipped: tuple[Skipped, ...] = ()
+    """Variants not scored: each is a version that was production and was rolled back."""
 
     def lines(self) -> list[str]:
         """What ``evostream template evolve`` prints: one line per variant (its selection score), the selected one's
@@ -316,6 +337,11 @@ class Cycle:
             out.append(
                 f"{verdict} {v.variant.operator} ({v.variant.detail}): selection {v.score:.3f}, gain {v.gain:+.3f}: "
                 f"{v.reason}  {v.variant.template.text!r}"
+            )
+        for k in self.skipped:
+            out.append(
+                f"SKIP {k.variant.operator} ({k.variant.detail}): is {k.version}, which was production and was rolled "
+                f"back ({k.reason!r}): a cycle never promotes it again  {k.variant.template.text!r}"
             )
         c = self.confirmation
         if c is not None:
@@ -345,8 +371,10 @@ def evolve(
     split of ``task`` (default: the template's), pick the best one the gate passes, score it and the version again on
     the confirmation split (``splits``: ``per_task`` examples each), and register it only when its gain holds there
     too, with its lineage and the whole cycle as evidence, validated and promoted as far as the policy lets this
-    actor. Nothing is written when every variant is refused."""
-    registry = gov.state().registry
+    actor. A variant that is a version which was production and was rolled back is skipped (``rolled_back``). Nothing
+    is written when every variant is refused."""
+    view = gov.state()
+    registry = view.registry
     model = model_name(name)
     current = registry.production(model)
     if current is None:
@@ -360,16 +388,24 @@ def evolve(
     examples, others = splits(task, per_task)
     base = score(answer, t, examples)
     gain = min_gain(registry)
-    verdicts = [
-        judge(t, base, v, score(answer, v.template, examples), gain) for v in propose(t, current, worked_examples(task))
-    ]
+    backed_out = {
+        load_template(store, registry.version(model, v)["artifact_sha256"]): (v, why)
+        for v, why in rolled_back(view.events, model).items()
+    }
+    variants, skipped = [], []
+    for v in propose(t, current, worked_examples(task)):
+        if v.template in backed_out:  # the same name, text, markers and task: that version's content
+            skipped.append(Skipped(v, *backed_out[v.template]))
+        else:
+            variants.append(v)
+    verdicts = [judge(t, base, v, score(answer, v.template, examples), gain) for v in variants]
     chosen = best(verdicts)
-    cycle = Cycle(name, task, current, base, len(examples), gain, verdicts, None, None, None, "")
+    cycle = Cycle(name, task, current, base, len(examples), gain, verdicts, None, None, None, "", tuple(skipped))
     if chosen is None:
         return cycle
     confirmed = confirm(chosen, score(answer, t, others), score(answer, chosen.variant.template, others), gain)
     if not confirmed.accepted:
-        return Cycle(name, task, current, base, len(examples), gain, verdicts, confirmed, None, None, "")
+        return Cycle(name, task, current, base, len(examples), gain, verdicts, confirmed, None, None, "", cycle.skipped)
     tried = [
         {
             "operator": v.variant.operator,
@@ -420,7 +456,9 @@ def evolve(
     gov.validated(model, version, True, gates, reason=f"held-out {task}: {why}")
     gov.propose(model, version, evidence, reason=f"{chosen.variant.operator}: {why}")
     stage, note = promote_as_allowed(gov, model, version, f"template co-evolution: {why}")
-    return Cycle(name, task, current, base, len(examples), gain, verdicts, confirmed, version, stage, note)
+    return Cycle(
+        name, task, current, base, len(examples), gain, verdicts, confirmed, version, stage, note, cycle.skipped
+    )
 
 
 def rollback(gov: Governance, name: str, to: str, reason: str) -> GovEvent:

@@ -199,6 +199,13 @@ def test_a_cycle_accepts_a_better_variant_and_refuses_a_worse_one_and_one_withou
     assert published.returncode == 0, published.stderr
     assert published.stdout.strip() == "olleh" and "template rev@2" in published.stderr
 
+    # a cycle never brings back what a person rolled back: the variant that is rev@2 is skipped, and says why
+    again = _cli(env, "template", "evolve", "rev", "--held-out", "10")
+    assert again.returncode in (0, 2), again.stdout + again.stderr
+    (skipped,) = _lines(again.stdout, "SKIP drop-word (dropped 'Please')", "'reverse: {input}'")
+    assert "is rev@2, which was production and was rolled back ('the new wording confused a customer')" in skipped
+    assert not _lines(again.stdout, "", "'reverse: {input}'", "PASS")
+    assert admin.state().registry.production(MODEL) != "rev@2"
 
 
 def test_a_cycle_with_nothing_to_gain_accepts_nothing_and_writes_nothing(home: tuple[Settings, dict[str, str]]) -> None:
