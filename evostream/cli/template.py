@@ -25,6 +25,16 @@ template_app = typer.Typer(
 Actor = Annotated[str | None, typer.Option(help="Acting actor (its key signs). Env: EVOSTREAM_GOVERNANCE_ACTOR.")]
 Reason = Annotated[str, typer.Option(help="Why, in your words (kept in the log).")]
 HeldOut = Annotated[int, typer.Option(min=1, max=200, help="Held-out (eval split) examples of the task scored.")]
+Splits = Annotated[
+    int,
+    typer.Option(
+        "--held-out",
+        min=1,
+        max=100,
+        help="Held-out (eval split) examples of the task in each of the cycle's two disjoint splits: the selection "
+        "split every variant is scored on, and the confirmation split the selected one must gain on again.",
+    ),
+]
 Model = Annotated[
     str | None,
     typer.Option(help="The registry model whose production version scores templates (default: the embedded model)."),
@@ -196,15 +206,16 @@ def show(
 def evolve(
     name: Annotated[str, typer.Argument(help="The template whose production version the cycle starts from.")],
     task: Annotated[str | None, typer.Option(help="The suite task it is scored on (default: the template's).")] = None,
-    held_out: HeldOut = 100,
+    held_out: Splits = 100,
     model: Model = None,
     reason: Reason = "",
     bootstrap: Bootstrap = None,
     actor: Actor = None,
 ) -> None:
-    """One co-evolution cycle: each variant's held-out score, gain and verdict; the best one the gate accepts
-    (a gain of at least the policy's template_min_gain, every protected marker kept) is registered with its lineage,
-    validated and promoted as far as the policy lets you. Exit 2 when every variant was refused."""
+    """One co-evolution cycle: each variant's score, gain and verdict on the selection split; the best one the gate
+    passes (a gain of at least the policy's template_min_gain, every protected marker kept) is scored again on the
+    confirmation split and, when its gain holds there too, registered with its lineage, validated and promoted as far
+    as the policy lets you. Exit 2 when every variant was refused."""
     from evostream.core.artifacts import ArtifactStore
     from evostream.views.governance import GovernanceView
     from evostream.wiring.templates import evolve as run_cycle

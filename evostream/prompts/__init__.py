@@ -1,7 +1,7 @@
 """Governed prompt templates, pure: the template record, its rendering, protected markers, the variants a
 co-evolution cycle proposes and the gate that accepts one. No I/O: the wiring stores, registers and scores them."""
 
-from evostream.prompts.gate import MIN_GAIN, Verdict, best, judge
+from evostream.prompts.gate import MIN_GAIN, Confirmation, Verdict, best, confirm, judge
 from evostream.prompts.template import (
     SLOT,
     NoTemplates,
@@ -18,6 +18,7 @@ from evostream.prompts.variants import Example, Variant, propose
 __all__ = [
     "MIN_GAIN",
     "SLOT",
+    "Confirmation",
     "Example",
     "NoTemplates",
     "Renderer",
@@ -28,6 +29,7 @@ __all__ = [
     "Verdict",
     "best",
     "check",
+    "confirm",
     "judge",
     "parse_ref",
     "propose",

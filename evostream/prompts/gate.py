@@ -1,5 +1,8 @@
-"""The gate of a co-evolution cycle: a variant is accepted only when it keeps every protected marker of the template
-in production and scores at least ``min_gain`` above it on the held-out split; of those accepted, the best wins.
+"""The gate of a co-evolution cycle: a variant passes only when it keeps every protected marker of the template in
+production and scores at least ``min_gain`` above it on the selection split (held out); of those that pass, the best
+is selected, and it is accepted only when its gain of at least ``min_gain`` is confirmed on a confirmation split (held
+out too, disjoint from the selection split, never seen by the selection): the best of some twenty variants on one set
+of examples is partly the luckiest, and only examples it was not picked on measure it without that luck.
 
 The marker is checked first and whatever the scores say: a variant that drops one is refused even with the largest
 gain (a marker is what the template's owner requires every version to say, which the held-out score knows nothing
@@ -22,7 +25,8 @@ the float subtraction leaves in the last digit."""
 
 @dataclass(frozen=True)
 class Verdict:
-    """One variant judged: its held-out score, its gain over the current version, accepted or not, and why."""
+    """One variant judged on the selection split: its score, its gain over the current version, passed or not, and
+    why."""
 
     variant: Variant
     score: float
@@ -50,3 +54,27 @@ def best(verdicts: Sequence[Verdict]) -> Verdict | None:
     """The accepted verdict with the highest score (the first proposed among equals), or None."""
     accepted = [v for v in verdicts if v.accepted]
     return max(accepted, key=lambda v: v.score) if accepted else None
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """The selected variant measured again on the confirmation split: its score and the current version's there, the
+    gain, accepted or not, and why."""
+
+    selected: Verdict
+    current_score: float
+    score: float
+    gain: float
+    accepted: bool
+    reason: str
+
+
+def confirm(selected: Verdict, current_score: float, score: float, min_gain: float) -> Confirmation:
+    """The gate's last word on ``selected`` (the best verdict of the selection split): accepted only when its
+    confirmation ``score`` gains at least ``min_gain`` over the current version's (``current_score``) there too."""
+    gain = score - current_score
+    if gain + _EPS < min_gain:
+        why = f"confirmation gain {gain:+.3f} is below {min_gain:.3f}: the selection's gain is not confirmed"
+        return Confirmation(selected, current_score, score, gain, False, why)
+    why = f"confirmation gain {gain:+.3f} reaches {min_gain:.3f}"
+    return Confirmation(selected, current_score, score, gain, True, why)

@@ -16,6 +16,8 @@ from evostream.core.errors import EvoError
 
 SLOT = "{input}"
 """Where the request's prompt goes: every template text holds it exactly once."""
+EXAMPLE_PREFIX = "Example: "
+"""A worked example's line (one without the slot): a rendered input and its answer, not the instruction."""
 MODEL_PREFIX = "template/"
 """The registry model of template ``x`` is ``template/x``."""
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -95,7 +97,7 @@ def problems(t: Template) -> list[str]:
             out.append("a protected marker must not be empty")
         elif SLOT in m:
             out.append(f"the protected marker {m!r} must not contain the slot {SLOT}")
-        elif m not in t.text:
+        elif m not in instruction(t.text):
             out.append(f"the protected marker {m!r} is not in the text")
     if len(set(t.markers)) != len(t.markers):
         out.append("a protected marker is listed twice")
@@ -117,9 +119,16 @@ def render(t: Template, prompt: str) -> str:
     return before + prompt + after
 
 
+def instruction(text: str) -> str:
+    """``text`` without its worked-example lines (``Example: ...`` lines without the slot): where a protected
+    marker must be. An example rendered with the template repeats its markers, so they cannot count there."""
+    return "\n".join(line for line in text.split("\n") if not (line.startswith(EXAMPLE_PREFIX) and SLOT not in line))
+
+
 def missing_markers(protected: tuple[str, ...], text: str) -> list[str]:
-    """The protected markers ``text`` does not contain."""
-    return [m for m in protected if m not in text]
+    """The protected markers the instruction of ``text`` (``instruction``: its example lines left out) lacks."""
+    body = instruction(text)
+    return [m for m in protected if m not in body]
 
 
 def model_name(name: str) -> str:

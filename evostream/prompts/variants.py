@@ -20,11 +20,10 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from evostream.prompts.template import SLOT, Template, render
+from evostream.prompts.template import EXAMPLE_PREFIX, SLOT, Template, render
 
 MAX_WORDS = 12
 MAX_EXAMPLES = 2
-EXAMPLE_PREFIX = "Example: "
 HINTS: tuple[tuple[str, str], ...] = (
     ("prefix", "Answer briefly. "),
     ("suffix", " Answer:"),

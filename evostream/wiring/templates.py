@@ -6,8 +6,10 @@ with (``GovernedTemplates``), following ``evo.governance``.
 
 Scoring is the suite's: the held-out (eval) split of the template's task, each example's input rendered into the
 template and answered greedily by the production version of the served model, exact match against the expected
-answer (``models.suite.evaluate``). The worked examples a variant may add come from the train stream (which never
-holds an eval prompt), so no variant is scored on what it shows.
+answer (``models.suite.evaluate``). A cycle cuts the task's eval examples in two disjoint parts: the selection split
+every variant is scored and the best one picked on, and the confirmation split only the picked one (and the current
+version) is scored on, where its gain must hold again. The worked examples a variant may add come from the train
+stream (which never holds an eval prompt), so no variant is scored on what it shows.
 
 Here, in the wiring layer, because a cycle meets parts that never import each other: the governance log
 (``consumers``), the artifact store (core), the suite and the model (``models``) and the pure templates (``prompts``).
@@ -31,7 +33,7 @@ from evostream.consumers.governance.service import Governance
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.errors import ArtifactError, GovernanceError, PolicyViolationError, UnauthorizedError
 from evostream.core.settings import Settings
-from evostream.prompts.gate import MIN_GAIN, Verdict, best, judge
+from evostream.prompts.gate import MIN_GAIN, Confirmation, Verdict, best, confirm, judge
 from evostream.prompts.template import (
     MODEL_PREFIX,
     Template,
@@ -44,7 +46,7 @@ from evostream.prompts.template import (
     version_id,
     version_number,
 )
-from evostream.prompts.variants import Example, propose
+from evostream.prompts.variants import Example, Variant, propose
 from evostream.views.governance import anchored
 
 log = logging.getLogger("evostream.templates")
@@ -53,7 +55,8 @@ ARTIFACT_FILE = "template.json"
 CREATE = "template-create"
 EVOLVE = "template-evolve"
 HELD_OUT_PER_TASK = 100
-"""Held-out examples of the task each version is scored on: a gain of 0.05 is then five more right answers."""
+"""Held-out examples of the task each version is scored on (a cycle: in each of its two splits): a gain of 0.05 is
+then five more right answers."""
 TRAIN_SEED = 0
 
 Answer = Callable[[list[str]], list[str]]
@@ -171,6 +174,20 @@ def held_out(task: str, per_task: int) -> list[Example]:
     return examples
 
 
+def splits(task: str, per_split: int) -> tuple[list[Example], list[Example]]:
+    """A cycle's two disjoint held-out splits of ``task``: (selection, confirmation), ``per_split`` examples each, both
+    from the suite's eval examples (the selection split is ``held_out(task, per_split)``, what ``create`` scores)."""
+    from evostream.models.suite.evaluate import EVAL_PER_TASK
+
+    if 2 * per_split > EVAL_PER_TASK:
+        raise TemplateError(
+            f"a cycle scores on two disjoint splits of the task's {EVAL_PER_TASK} held-out examples: at most "
+            f"{EVAL_PER_TASK // 2} each, not {per_split}"
+        )
+    examples = held_out(task, 2 * per_split)
+    return examples[:per_split], examples[per_split:]
+
+
 def worked_examples(task: str, n: int = 2) -> list[Example]:
     """``n`` examples of ``task`` from the train stream (no held-out prompt among them): what a variant may show."""
     from evostream.models.suite.evaluate import eval_set
@@ -266,33 +283,72 @@ def create(
 
 
 # --- the co-evolution cycle ------------------------------------------------------------------------------------------
+def rolled_back(events: Sequence[tuple[int, GovEvent]], model: str) -> dict[str, str]:
+    """The versions of ``model`` that were production and were rolled back (a RolledBack's ``from_version``), each
+    with the (latest) rollback's reason: what a cycle never promotes again (a person still can, by hand)."""
+    return {
+        str(ev.payload["from_version"]): ev.reason
+        for _, ev in events
+        if ev.model_name == model and ev.type == "RolledBack" and ev.payload.get("from_version")
+    }
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A variant a cycle did not score: it is ``version``, which was production and was rolled back (``reason``)."""
+
+    variant: Variant
+    version: str
+    reason: str
+
+
 @dataclass(frozen=True)
 class Cycle:
-    """One cycle: the production version and its held-out score, each variant's verdict, and what was accepted."""
+    """One cycle: the production version and its selection score, each variant's verdict on the selection split, the
+    selected variant's confirmation, and what was accepted."""
 
     name: str
     task: str
     current: str
     current_score: float
     held_out_n: int
+    """Examples in each split (selection and confirmation)."""
     min_gain: float
     verdicts: list[Verdict]
+    confirmation: Confirmation | None
+    """The best variant that passed on the selection split, measured on the confirmation split (None: none passed)."""
     accepted: str | None
-    """The version registered for the best accepted variant (None: every variant was refused)."""
+    """The version registered for the confirmed variant (None: every variant was refused)."""
     stage: str | None
     note: str
+    skipped: tuple[Skipped, ...] = ()
+    """Variants not scored: each is a version that was production and was rolled back."""
 
     def lines(self) -> list[str]:
-        """What ``evostream template evolve`` prints: one line per variant, then the outcome."""
+        """What ``evostream template evolve`` prints: one line per variant (its selection score), the selected one's
+        confirmation (both versions' confirmation scores), then the outcome."""
         out = [
-            f"{self.current}: held-out {self.current_score:.3f} on {self.held_out_n} {self.task} examples; a variant "
-            f"needs a gain of {self.min_gain:.3f} and every protected marker"
+            f"{self.current}: held-out {self.current_score:.3f} on {self.held_out_n} {self.task} examples (selection); "
+            f"a variant needs a gain of {self.min_gain:.3f} there and again on {self.held_out_n} other held-out "
+            "examples (confirmation), and every protected marker"
         ]
         for v in self.verdicts:
-            verdict = "ACCEPT" if v.accepted else "REFUSE"
+            verdict = "PASS" if v.accepted else "REFUSE"
             out.append(
-                f"{verdict} {v.variant.operator} ({v.variant.detail}): held-out {v.score:.3f}, gain {v.gain:+.3f}: "
+                f"{verdict} {v.variant.operator} ({v.variant.detail}): selection {v.score:.3f}, gain {v.gain:+.3f}: "
                 f"{v.reason}  {v.variant.template.text!r}"
+            )
+        for k in self.skipped:
+            out.append(
+                f"SKIP {k.variant.operator} ({k.variant.detail}): is {k.version}, which was production and was rolled "
+                f"back ({k.reason!r}): a cycle never promotes it again  {k.variant.template.text!r}"
+            )
+        c = self.confirmation
+        if c is not None:
+            out.append(
+                f"{'ACCEPT' if c.accepted else 'REFUSE'} {c.selected.variant.operator} ({c.selected.variant.detail}): "
+                f"selection {c.selected.score:.3f} (gain {c.selected.gain:+.3f}), confirmation {c.score:.3f} vs "
+                f"{c.current_score:.3f} (gain {c.gain:+.3f}): {c.reason}"
             )
         if self.accepted is None:
             out.append(f"no variant accepted: {self.current} stays")
@@ -311,11 +367,14 @@ def evolve(
     scored_with: str | None = None,
     reason: str = "",
 ) -> Cycle:
-    """Propose variants of template ``name``'s production version, score each and the version itself on the held-out
-    split of ``task`` (default: the template's), and register the best one the gate accepts, with its lineage and
-    the whole cycle as evidence, validated and promoted as far as the policy lets this actor. Nothing is written when
-    every variant is refused."""
-    registry = gov.state().registry
+    """Propose variants of template ``name``'s production version, score each and the version itself on the selection
+    split of ``task`` (default: the template's), pick the best one the gate passes, score it and the version again on
+    the confirmation split (``splits``: ``per_task`` examples each), and register it only when its gain holds there
+    too, with its lineage and the whole cycle as evidence, validated and promoted as far as the policy lets this
+    actor. A variant that is a version which was production and was rolled back is skipped (``rolled_back``). Nothing
+    is written when every variant is refused."""
+    view = gov.state()
+    registry = view.registry
     model = model_name(name)
     current = registry.production(model)
     if current is None:
@@ -326,16 +385,27 @@ def evolve(
     task = task or t.task
     if not task:
         raise TemplateError(f"template {name!r} names no task: give the task it is scored on (--task)")
-    examples = held_out(task, per_task)
+    examples, others = splits(task, per_task)
     base = score(answer, t, examples)
     gain = min_gain(registry)
-    verdicts = [
-        judge(t, base, v, score(answer, v.template, examples), gain) for v in propose(t, current, worked_examples(task))
-    ]
+    backed_out = {
+        load_template(store, registry.version(model, v)["artifact_sha256"]): (v, why)
+        for v, why in rolled_back(view.events, model).items()
+    }
+    variants, skipped = [], []
+    for v in propose(t, current, worked_examples(task)):
+        if v.template in backed_out:  # the same name, text, markers and task: that version's content
+            skipped.append(Skipped(v, *backed_out[v.template]))
+        else:
+            variants.append(v)
+    verdicts = [judge(t, base, v, score(answer, v.template, examples), gain) for v in variants]
     chosen = best(verdicts)
-    cycle = Cycle(name, task, current, base, len(examples), gain, verdicts, None, None, "")
+    cycle = Cycle(name, task, current, base, len(examples), gain, verdicts, None, None, None, "", tuple(skipped))
     if chosen is None:
         return cycle
+    confirmed = confirm(chosen, score(answer, t, others), score(answer, chosen.variant.template, others), gain)
+    if not confirmed.accepted:
+        return Cycle(name, task, current, base, len(examples), gain, verdicts, confirmed, None, None, "", cycle.skipped)
     tried = [
         {
             "operator": v.variant.operator,
@@ -354,6 +424,10 @@ def evolve(
         "held_out_accuracy": chosen.score,
         "parent_held_out_accuracy": base,
         "gain": chosen.gain,
+        "confirmation_n": len(others),
+        "confirmation_accuracy": confirmed.score,
+        "parent_confirmation_accuracy": confirmed.current_score,
+        "confirmation_gain": confirmed.gain,
         "min_gain": gain,
         "scored_with": scored_with,
     }
@@ -375,12 +449,16 @@ def evolve(
         )
     gates = {
         "held_out_gain": {"value": chosen.gain, "threshold": gain, "passed": True, "n": len(examples)},
+        "confirmation_gain": {"value": confirmed.gain, "threshold": gain, "passed": True, "n": len(others)},
         "protected_markers": {"value": list(t.markers), "passed": True},
     }
-    gov.validated(model, version, True, gates, reason=f"held-out {task}: {chosen.reason}")
-    gov.propose(model, version, evidence, reason=f"{chosen.variant.operator}: {chosen.reason}")
-    stage, note = promote_as_allowed(gov, model, version, f"template co-evolution: {chosen.reason}")
-    return Cycle(name, task, current, base, len(examples), gain, verdicts, version, stage, note)
+    why = f"{chosen.reason}; {confirmed.reason}"
+    gov.validated(model, version, True, gates, reason=f"held-out {task}: {why}")
+    gov.propose(model, version, evidence, reason=f"{chosen.variant.operator}: {why}")
+    stage, note = promote_as_allowed(gov, model, version, f"template co-evolution: {why}")
+    return Cycle(
+        name, task, current, base, len(examples), gain, verdicts, confirmed, version, stage, note, cycle.skipped
+    )
 
 
 def rollback(gov: Governance, name: str, to: str, reason: str) -> GovEvent:

@@ -73,3 +73,8 @@ def test_a_service_without_templates_passes_prompts_and_refuses_a_named_template
     assert NoTemplates().render(None, "reverse: abc") == ("reverse: abc", None)
     with pytest.raises(TemplateError, match="resolves no templates"):
         NoTemplates().render("rev", "abc")
+
+
+def test_a_marker_only_in_a_worked_example_is_not_in_the_template() -> None:
+    t = Template("fmt", "Example: Answer in JSON only. abc -> ABC\nAnswer JSON only. {input}", ("in JSON only",))
+    assert problems(t) == ["the protected marker 'in JSON only' is not in the text"]

@@ -22,10 +22,12 @@ from evostream.consumers.governance.service import Governance, key_path, load_ac
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.settings import Settings
 from evostream.models.default_model import MODEL_ID
+from evostream.models.suite.evaluate import eval_set
 from evostream.producers.client import InferenceClient
+from evostream.prompts.template import Template, TemplateError, render
 from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.wiring.governed import ensure_genesis
-from evostream.wiring.templates import load_template
+from evostream.wiring.templates import create, evolve, held_out, load_template, splits
 from tests.stream_processors.harness import CLI
 
 MODEL = "template/rev"
@@ -139,9 +141,15 @@ def test_a_cycle_accepts_a_better_variant_and_refuses_a_worse_one_and_one_withou
     cycle = _cli(env, "template", "evolve", "rev", "--held-out", "50")
     assert cycle.returncode == 0, cycle.stdout + cycle.stderr
     out = cycle.stdout
-    assert out.startswith(f"rev@1: held-out {poor_score:.3f} on 50 reverse examples; a variant needs a gain of 0.050")
-    (better,) = _lines(out, "ACCEPT drop-word (dropped 'Please')", "'reverse: {input}'")
+    assert out.startswith(
+        f"rev@1: held-out {poor_score:.3f} on 50 reverse examples (selection); a variant needs a gain of 0.050 there "
+        "and again on 50 other held-out examples (confirmation)"
+    )
+    (better,) = _lines(out, "PASS drop-word (dropped 'Please')", "'reverse: {input}'")
     assert "reaches 0.050, markers kept" in better
+    (confirmed,) = _lines(out, "ACCEPT ")  # the selected variant, scored again on examples it was not selected on
+    assert confirmed.startswith("ACCEPT drop-word (dropped 'Please'): selection ")
+    assert ", confirmation " in confirmed and "reaches 0.050" in confirmed
     (markerless,) = _lines(out, "REFUSE drop-word (dropped 'reverse:')", "'Please {input}'")
     assert "drops the protected marker 'reverse:' (never accepted)" in markerless
     worse = _lines(out, "REFUSE format-hint", "is below 0.050")
@@ -156,6 +164,8 @@ def test_a_cycle_accepts_a_better_variant_and_refuses_a_worse_one_and_one_withou
     assert v2["metrics"]["gain"] >= 0.05 and v2["metrics"]["parent_held_out_accuracy"] == poor_score
     assert v2["validation"] is not None and v2["validation"]["passed"]
     assert v2["validation"]["gates"]["held_out_gain"]["threshold"] == 0.05
+    assert v2["metrics"]["confirmation_n"] == 50 and v2["metrics"]["confirmation_gain"] >= 0.05
+    assert v2["validation"]["gates"]["confirmation_gain"]["passed"]
     refused = [t for t in v2["operator_params"]["tried"] if not t["accepted"]]
     assert {"Please {input}", POOR + " Answer:"} <= {t["text"] for t in refused}
     assert load_template(store, v2["artifact_sha256"]).text == "reverse: {input}"
@@ -189,6 +199,14 @@ def test_a_cycle_accepts_a_better_variant_and_refuses_a_worse_one_and_one_withou
     assert published.returncode == 0, published.stderr
     assert published.stdout.strip() == "olleh" and "template rev@2" in published.stderr
 
+    # a cycle never brings back what a person rolled back: the variant that is rev@2 is skipped, and says why
+    again = _cli(env, "template", "evolve", "rev", "--held-out", "10")
+    assert again.returncode in (0, 2), again.stdout + again.stderr
+    (skipped,) = _lines(again.stdout, "SKIP drop-word (dropped 'Please')", "'reverse: {input}'")
+    assert "is rev@2, which was production and was rolled back ('the new wording confused a customer')" in skipped
+    assert not _lines(again.stdout, "", "'reverse: {input}'", "PASS")
+    assert admin.state().registry.production(MODEL) != "rev@2"
+
 
 def test_a_cycle_with_nothing_to_gain_accepts_nothing_and_writes_nothing(home: tuple[Settings, dict[str, str]]) -> None:
     """A template already in the trained format: no variant gains 0.05, so each is refused and the log is unchanged."""
@@ -218,3 +236,41 @@ def test_template_commands_refuse_what_is_not_there(home: tuple[Settings, dict[s
     assert shown.returncode == 1 and "unknown template 'ghost'" in shown.stderr
     back = _cli(env, "template", "rollback", "ghost", "--to", "1", "--reason", "r")
     assert back.returncode == 1 and "error:" in back.stderr
+
+
+def test_the_splits_are_disjoint_held_out_examples() -> None:
+    selection, confirmation = splits("reverse", 100)
+    assert len(selection) == len(confirmation) == 100
+    assert not {e.input for e in selection} & {e.input for e in confirmation}
+    assert selection == held_out("reverse", 100)  # what `template create` scores a version on
+    assert {f"reverse: {e.input}" for e in selection + confirmation} <= {e.prompt for e in eval_set()}
+    with pytest.raises(TemplateError, match="at most 100 each, not 101"):
+        splits("reverse", 101)
+
+
+def test_a_variant_that_wins_only_on_the_selection_split_is_refused(home: tuple[Settings, dict[str, str]]) -> None:
+    """The reviewer's noise: one variant happens to answer exactly the selection split's examples (the luck of being
+    the best of twenty on one set of examples). Its selection gain is +1.0; on the confirmation split it gains
+    nothing, so it is refused and nothing is written."""
+    settings, _ = home
+    admin = _actor(settings, "admin")
+    admin.set_policy({"auto_promote_production": True}, reason="templates move on their held-out gain")
+    store = ArtifactStore(settings.artifacts_dir)
+    create(admin, store, Template("noisy", POOR, ("reverse:",), "reverse"))
+    lucky = {render(Template("noisy", "reverse: {input}"), e.input): e.answer for e in held_out("reverse", 10)}
+
+    def answer(prompts: list[str]) -> list[str]:  # right exactly on the lucky variant's selection examples
+        return [lucky.get(p, "") for p in prompts]
+
+    head = admin.state().registry.head_sequence
+    cycle = evolve(admin, store, "noisy", answer, per_task=10)
+    assert cycle.accepted is None
+    assert admin.state().registry.head_sequence == head
+    chosen = cycle.confirmation
+    assert chosen is not None and chosen.selected.variant.template.text == "reverse: {input}"
+    assert (chosen.selected.score, chosen.selected.accepted, chosen.score, chosen.accepted) == (1.0, True, 0.0, False)
+    assert cycle.lines()[-2:] == [
+        "REFUSE drop-word (dropped 'Please'): selection 1.000 (gain +1.000), confirmation 0.000 vs 0.000 "
+        "(gain +0.000): confirmation gain +0.000 is below 0.050: the selection's gain is not confirmed",
+        "no variant accepted: noisy@1 stays",
+    ]
