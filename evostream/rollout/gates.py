@@ -16,13 +16,15 @@ The gates (each at the plan's ``confidence``, each with a relative ``tolerance``
   answers, under other load, so in the shadow phase the gate has no candidate sample.
 
 A gate with no sample on either side (no labelled answer yet, say) passes with the note "no data": it cannot hold a
-rollout back, and it cannot break it. The verdict: any broken gate -> ABORT, at once (a regression is acted on as soon
-as it is significant, however young the window); else ADVANCE once the window is ``window_s`` old and has at least
-``min_samples`` candidate answers; else WAIT."""
+rollout back, and it cannot break it. The verdict (``judge``, a window judged once): any broken gate -> ABORT, however
+young the window; else ADVANCE once the window is ``window_s`` old and has at least ``min_samples`` candidate answers;
+else WAIT. A window judged again and again as it grows (the controller, on every tick: ``judge_window``) breaks only
+at fixed looks, at its 5th, 10th, 20th, ... 640th candidate answer, each at a confidence that splits the plan's alpha
+over the eight looks, and over all of it at its end."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -165,10 +167,13 @@ class Judgement:
     verdict: Verdict
     reason: str
     gates: dict[str, dict[str, Any]]
+    look: dict[str, Any] | None = None
+    """The look of a growing window that broke (``judge_window``): its index, and its candidate answers."""
 
     def evidence(self) -> dict[str, Any]:
-        """What a governance event cites: the verdict, the reason and the gates."""
-        return {"verdict": str(self.verdict), "reason": self.reason, "gates": self.gates}
+        """What a governance event cites: the verdict, the reason and the gates (and the look that broke)."""
+        out = {"verdict": str(self.verdict), "reason": self.reason, "gates": self.gates}
+        return out if self.look is None else out | {"look": self.look}
 
 
 def _broke(name: str, g: dict[str, Any]) -> str:
@@ -211,3 +216,67 @@ def judge(
     quiet = [name for name, g in gates.items() if g.get("note") == "no data"]
     passed = f"all {len(gates)} gates pass" + (f" ({', '.join(quiet)}: no data)" if quiet else "")
     return Judgement(Verdict.ADVANCE, f"{passed} over {age_s:.1f} s and {candidate.answers} candidate answers", gates)
+
+
+# --- a growing window judged on every tick -------------------------------------------------------------------------
+FIRST_LOOK = 5
+"""The candidate answers of a window's first look; look j is at ``FIRST_LOOK * 2**j`` of them."""
+LOOKS = 8
+"""Looks per window (j = 0..7: at 5, 10, 20, ... 640 candidate answers); the plan's alpha is spent over them."""
+
+
+def look_sizes(n_candidate: int) -> tuple[int, ...]:
+    """The looks a window with ``n_candidate`` candidate answers has reached: their sizes, in order."""
+    return tuple(FIRST_LOOK * 2**j for j in range(LOOKS) if FIRST_LOOK * 2**j <= n_candidate)
+
+
+def look_confidence(confidence: float) -> float:
+    """Each look's confidence: the plan's alpha (1 - confidence) split evenly over the ``LOOKS`` looks (Bonferroni),
+    so that all the looks of a window together break a healthy candidate no more often than one test would."""
+    return 1.0 - (1.0 - confidence) / LOOKS
+
+
+def judge_window(
+    candidate: WindowStats,
+    incumbent: WindowStats,
+    looks: Sequence[tuple[WindowStats, WindowStats]],
+    *,
+    tolerances: Mapping[str, float],
+    confidence: float,
+    min_samples: int,
+    age_s: float,
+    window_s: float,
+) -> Judgement:
+    """A window that grows while it is judged, on every tick: the verdict the controller acts on.
+
+    Testing the whole window again on every tick at ``confidence`` spends its alpha many times over (two alerted
+    answers of two against an incumbent's 5% already "break"). So a break before the window's end counts only at the
+    fixed **looks**: ``looks[j]`` is both sides' statistics over the window cut at the time of its
+    ``FIRST_LOOK * 2**j``-th candidate answer (``look_sizes``), each judged at ``look_confidence``; any look's break
+    is an ABORT. The whole window is judged at ``confidence``: once it is ``window_s`` old with ``min_samples``
+    candidate answers, ADVANCE when every gate passes, ABORT when one breaks; before that, a broken gate of the whole
+    window only holds it back (WAIT). The looks depend only on the data, so a restarted controller finds the same."""
+    tol = dict(tolerances)
+    at = look_confidence(confidence)
+    for j, (c, i) in enumerate(looks):
+        # only a look's breaks count: its age and size do not matter (and a look judged again is the same judgement)
+        look = judge(c, i, tolerances=tol, confidence=at, min_samples=min_samples, age_s=0.0, window_s=window_s)
+        if look.verdict is Verdict.ABORT:
+            n = FIRST_LOOK * 2**j
+            why = f"look {j + 1} of {LOOKS} (first {n} candidate answers, confidence {at:.4g}): {look.reason}"
+            return Judgement(Verdict.ABORT, why, look.gates, {"index": j + 1, "of": LOOKS, "n_candidate": n})
+    whole = judge(
+        candidate,
+        incumbent,
+        tolerances=tol,
+        confidence=confidence,
+        min_samples=min_samples,
+        age_s=age_s,
+        window_s=window_s,
+    )
+    if whole.verdict is not Verdict.ABORT:
+        return whole
+    if age_s >= window_s and candidate.answers >= min_samples:
+        return Judgement(Verdict.ABORT, f"at the window's end: {whole.reason}", whole.gates)
+    broken = ", ".join(name for name, g in whole.gates.items() if g["verdict"] == "break")
+    return Judgement(Verdict.WAIT, f"waiting: {broken} not passing yet (judged at the window's end)", whole.gates)

@@ -36,7 +36,19 @@ DEFAULT_GATES: Mapping[str, Gate] = {
     "p95_latency": Gate(0.20),
     "error_rate": Gate(0.02),
 }
-_FIELDS = ("steps", "step_s", "min_samples", "shadow_share", "shadow_s", "clean_cycles", "confidence", "gates")
+_FIELDS = (
+    "steps",
+    "step_s",
+    "min_samples",
+    "shadow_share",
+    "shadow_s",
+    "clean_cycles",
+    "confidence",
+    "gates",
+    "max_window_s",
+)
+MAX_WINDOW_FACTOR = 10
+"""The default ``max_window_s``: this many times the longer of ``step_s`` and ``shadow_s``."""
 
 
 def _default_gates() -> dict[str, Gate]:
@@ -62,6 +74,19 @@ class RolloutPlan:
     confidence: float = 0.99
     """each gate's one-sided test's confidence"""
     gates: Mapping[str, Gate] = field(default_factory=_default_gates)
+    max_window_s: float | None = None
+    """a window (or a cycle at 100%) this old without ``min_samples`` candidate answers aborts the rollout: the
+    candidate gets no traffic (it failed to load, the mirror is off, too few requests); None: ``MAX_WINDOW_FACTOR``
+    times the longer of ``step_s`` and ``shadow_s``"""
+
+    def __post_init__(self) -> None:
+        if self.max_window_s is None:  # the default, worked out: a plan holds the number it is written with
+            object.__setattr__(self, "max_window_s", MAX_WINDOW_FACTOR * max(self.step_s, self.shadow_s))
+
+    @property
+    def window_limit_s(self) -> float:
+        """``max_window_s`` (never None once the plan is made)."""
+        return MAX_WINDOW_FACTOR * max(self.step_s, self.shadow_s) if self.max_window_s is None else self.max_window_s
 
     def to_json(self) -> dict[str, Any]:
         """The plan as plain JSON, every field written (what RolloutStarted carries)."""
@@ -74,6 +99,7 @@ class RolloutPlan:
             "clean_cycles": int(self.clean_cycles),
             "confidence": float(self.confidence),
             "gates": {name: {"tolerance": float(g.tolerance)} for name, g in sorted(self.gates.items())},
+            "max_window_s": float(self.window_limit_s),
         }
 
     @classmethod
@@ -91,7 +117,7 @@ class RolloutPlan:
             if not isinstance(steps, (list, tuple)) or not all(_is_int(s) for s in steps):
                 raise ValueError(f"plan steps must be a list of whole percents, got {steps!r}")
             kw["steps"] = tuple(int(s) for s in steps)
-        for name in ("step_s", "shadow_share", "shadow_s", "confidence"):
+        for name in ("step_s", "shadow_share", "shadow_s", "confidence", "max_window_s"):
             if name in d:
                 kw[name] = _number(name, d[name])
         for name in ("min_samples", "clean_cycles"):
@@ -154,6 +180,17 @@ def problems(plan: RolloutPlan) -> list[str]:
         out.append(f"clean_cycles must be at least 1, got {plan.clean_cycles}")
     if not 0.0 <= plan.shadow_share <= 1.0:
         out.append(f"shadow_share must be within [0, 1], got {plan.shadow_share}")
+    elif plan.shadow_share == 0.0 and plan.shadow_s > 0:
+        out.append(
+            f"shadow_share 0 mirrors nothing, so a shadow phase of {plan.shadow_s:g} s would never get a sample: "
+            "give shadow_share > 0, or shadow_s 0 (no shadow phase)"
+        )
+    limit = plan.window_limit_s
+    if not (math.isfinite(limit) and limit >= max(plan.step_s, plan.shadow_s)):
+        out.append(
+            f"max_window_s must be a number of seconds at least step_s and shadow_s "
+            f"({max(plan.step_s, plan.shadow_s):g}), got {limit}"
+        )
     if not 0.0 < plan.confidence < 1.0:
         out.append(f"confidence must be within (0, 1), got {plan.confidence}")
     if not plan.gates:

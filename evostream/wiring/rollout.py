@@ -9,12 +9,16 @@ Here, in the wiring layer, because it meets the governance log (``consumers``), 
 window fold (``views``).
 
 The windows (``decide``, pure): a window starts at the rollout's last event (RolloutStarted: the shadow phase; each
-RolloutStepped: that step). In the shadow phase and at each step below 100% the window is judged as it grows: ABORT
-at once on a broken gate, ADVANCE (the next step) once it is ``shadow_s`` / ``step_s`` old with ``min_samples``
-candidate answers. At 100% the window is cut into **cycles**: a cycle ends ``step_s`` after it began, or at its
-``min_samples``-th candidate answer if that comes later, and the next begins there; each is judged on its own
-answers; ``clean_cycles`` clean cycles in a row complete the rollout, a broken one aborts it. The cycle boundaries
-follow from the answers' times alone, so a restarted controller finds the same ones.
+RolloutStepped: that step). In the shadow phase and at each step below 100% the window is judged as it grows, up to
+``SETTLE_S`` before now: ABORT when a gate breaks at one of its fixed looks (``gates.judge_window``), ADVANCE (the next
+step) once it is ``shadow_s`` / ``step_s`` old with ``min_samples`` candidate answers and every gate passes over all of
+it (a gate broken then: ABORT), and ABORT when it is the plan's ``max_window_s`` old with fewer than ``min_samples``
+candidate answers (the candidate gets no traffic). At 100% the window is cut into **cycles**: a cycle ends ``step_s``
+after it began, or at its ``min_samples``-th candidate answer if that comes later, and the next begins there; each is
+judged on its own answers; ``clean_cycles`` clean cycles in a row complete the rollout, a broken one aborts it, and so
+does one ``max_window_s`` old without ``min_samples`` candidate answers. A tick that has not read every partition up to
+its end as of the tick's start waits ("still reading") and writes nothing. The cycle boundaries follow from the answers'
+times alone, so a restarted controller finds the same ones.
 
 The incumbent's side of a window is its answers in the window; with fewer than ``min_samples`` of them (at 100% it
 answers nothing) it is its answers since the rollout started (``baseline: rollout`` in the evidence).
@@ -36,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from evostream.core.clock import now_us
 from evostream.core.errors import EvoError, GovernanceError
 from evostream.core.settings import Settings
-from evostream.rollout.gates import Judgement, Verdict, judge
+from evostream.rollout.gates import Judgement, Verdict, WindowStats, judge_window, look_sizes
 from evostream.rollout.plan import RolloutPlan
 from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.views.rollout import CANDIDATE_ROLES, INCUMBENT_ROLES, LEAD_US, TOPICS, RolloutFold
@@ -57,7 +61,11 @@ take longer than a tick's wait)."""
 IDLE_S = 0.3
 """How long a tick's read waits without a record before it judges."""
 MAX_READ_S = 10.0
-"""The longest a tick reads before it judges (a controller catching up judges on what it has, then reads on)."""
+"""The longest a tick reads; a tick that has not reached every partition's end by then waits ("still reading") and
+the next one reads on: a window is never judged on part of its records."""
+SETTLE_S = 2.0
+"""A tick judges the window up to this long before now: the RiskAlerts and outcomes of the last answers come a
+moment after them, and an answer judged before its alert would count as clean."""
 
 Kind = Literal["step", "abort", "complete", "wait"]
 
@@ -79,16 +87,16 @@ def window_evidence(
 ) -> tuple[Judgement, dict[str, Any]]:
     """The judgement of the candidate against the incumbent over [since_us, until_us), and its evidence: the verdict
     and each gate, both sides' statistics, the window, the shadow comparisons in it."""
-    cand_v, inc_v = rollout["version"], rollout["incumbent"]
-    cand = fold.stats(cand_v, since_us, until_us, CANDIDATE_ROLES)
-    inc = fold.stats(inc_v, since_us, until_us, INCUMBENT_ROLES)
-    baseline = "window"
-    if inc.answers < plan.min_samples:
-        inc, baseline = fold.stats(inc_v, rollout["started_us"], until_us, INCUMBENT_ROLES), "rollout"
+    cand_v = rollout["version"]
+    cand, inc, baseline = _sides(rollout, plan, fold, since_us, until_us)
+    # the window's looks: cut at the time of its 5th, 10th, 20th, ... candidate answer (``gates.judge_window``)
+    times = sorted(a.at_us for a in fold.answers(cand_v, since_us, until_us, CANDIDATE_ROLES).values())
+    looks = [_sides(rollout, plan, fold, since_us, times[n - 1] + 1)[:2] for n in look_sizes(len(times))]
     age_s = max(0.0, (until_us - since_us) / 1e6)
-    j = judge(
+    j = judge_window(
         cand,
         inc,
+        looks,
         tolerances={name: g.tolerance for name, g in plan.gates.items()},
         confidence=plan.confidence,
         min_samples=plan.min_samples,
@@ -98,10 +106,34 @@ def window_evidence(
     evidence = j.evidence() | {
         "window": {"start_us": since_us, "end_us": until_us, "age_s": round(age_s, 3), "window_s": window_s},
         "candidate": {"version": cand_v, **cand.doc()},
-        "incumbent": {"version": inc_v, "baseline": baseline, **inc.doc()},
-        "shadow": fold.shadow(inc_v, cand_v, since_us, until_us),
+        "incumbent": {"version": rollout["incumbent"], "baseline": baseline, **inc.doc()},
+        "shadow": fold.shadow(rollout["incumbent"], cand_v, since_us, until_us),
     }
     return j, evidence
+
+
+def _sides(
+    rollout: RolloutState, plan: RolloutPlan, fold: RolloutFold, since_us: int, until_us: int
+) -> tuple[WindowStats, WindowStats, str]:
+    """The candidate's and the incumbent's statistics over [since_us, until_us), and the incumbent's baseline: the
+    window, or (with fewer than ``min_samples`` incumbent answers in it) the rollout so far."""
+    cand = fold.stats(rollout["version"], since_us, until_us, CANDIDATE_ROLES)
+    inc = fold.stats(rollout["incumbent"], since_us, until_us, INCUMBENT_ROLES)
+    if inc.answers >= plan.min_samples:
+        return cand, inc, "window"
+    return cand, fold.stats(rollout["incumbent"], rollout["started_us"], until_us, INCUMBENT_ROLES), "rollout"
+
+
+def _starved(plan: RolloutPlan, ev: dict[str, Any], since_us: int, now: int) -> str | None:
+    """Why a window (or a cycle) aborts for want of candidate answers: it is ``max_window_s`` old with fewer than
+    ``min_samples`` of them; None otherwise."""
+    n, age_s = ev["candidate"]["answers"], (now - since_us) / 1e6
+    if n >= plan.min_samples or age_s < plan.window_limit_s:
+        return None
+    return (
+        f"the window is {age_s:.1f} s old (max_window_s {plan.window_limit_s:g}) with {n} of {plan.min_samples} "
+        "candidate answers: the candidate gets no traffic (did it load? is the mirror on? too few requests?)"
+    )
 
 
 def cycle_end(fold: RolloutFold, rollout: RolloutState, plan: RolloutPlan, since_us: int) -> int | None:
@@ -133,6 +165,8 @@ def _decide(rollout: RolloutState, fold: RolloutFold, now: int) -> Action:
             return Action("abort", j.reason, ev)
         if j.verdict is Verdict.ADVANCE:
             return Action("step", j.reason, ev, step + 1)
+        if (starved := _starved(plan, ev, start, now)) is not None:
+            return Action("abort", starved, ev | {"verdict": str(Verdict.ABORT), "reason": starved})
         return Action("wait", j.reason, ev)
     clean: list[dict[str, Any]] = []
     since = start
@@ -151,6 +185,9 @@ def _decide(rollout: RolloutState, fold: RolloutFold, now: int) -> Action:
     ev |= {"step": step, "weight": rollout["weight"], "cycle": len(clean) + 1}
     if j.verdict is Verdict.ABORT:
         return Action("abort", f"cycle {len(clean) + 1} at 100%: {j.reason}", ev | {"clean_before": clean})
+    if (starved := _starved(plan, ev, since, now)) is not None:
+        why = f"cycle {len(clean) + 1} at 100%: {starved}"
+        return Action("abort", why, ev | {"verdict": str(Verdict.ABORT), "reason": why, "clean_before": clean})
     return Action("wait", f"{len(clean)} of {plan.clean_cycles} clean cycle(s) at 100%; {j.reason}", ev)
 
 
@@ -251,9 +288,15 @@ class RolloutController:
             self.last = None
             return None
         reader = self._follow(rollout)
-        self._read(reader)
-        action = decide(rollout, reader.fold, self.clock())
-        self._act(rollout, action)
+        behind = self._read(reader)
+        if behind:
+            why = f"still reading: {behind} record(s) behind the topics' ends as of this tick's start"
+            action = Action(
+                "wait", why, {"verdict": str(Verdict.WAIT), "reason": why}, rollout_id=rollout["rollout_id"]
+            )
+        else:
+            action = decide(rollout, reader.fold, self.clock() - int(SETTLE_S * 1e6))
+            self._act(rollout, action)
         self.last = action
         return action
 
@@ -291,16 +334,19 @@ class RolloutController:
         log.info("rollout %s of %s: reading its records from %d us", rollout["rollout_id"], self.model, since)
         return self._reader
 
-    def _read(self, reader: _Reader) -> None:
-        """Fold what the topics held when the read began (every partition up to its end as of then), or until they
-        are idle, at most ``MAX_READ_S``: under steady traffic a topic is never idle."""
+    def _read(self, reader: _Reader) -> int:
+        """Fold what the topics held when the read began (every partition up to its end as of then), stopping early
+        when they are idle or after ``MAX_READ_S``; how many records it is behind those ends (0: caught up)."""
         idle_s = FIRST_IDLE_S if reader.fresh else IDLE_S
-        for topic, rec in self._records(reader.consumer, idle_s):
+        ends = self._ends(reader.consumer.next_offsets)
+        for topic, rec in self._records(reader.consumer, idle_s, ends):
             reader.fold.add(topic, rec)
         reader.fresh = False
+        return sum(max(0, end - reader.consumer.next_offsets.get(tp, 0)) for tp, end in ends.items())
 
-    def _records(self, consumer: EventConsumer, idle_s: float) -> Iterator[tuple[str, Any]]:
-        ends = self._ends(consumer.next_offsets)
+    def _records(
+        self, consumer: EventConsumer, idle_s: float, ends: dict[tuple[str, int], int]
+    ) -> Iterator[tuple[str, Any]]:
         started = time.monotonic()
         idle = 0.0
         poll_s = 0.1

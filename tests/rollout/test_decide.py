@@ -70,18 +70,19 @@ def test_a_step_waits_for_its_samples_however_old() -> None:
     t = Traffic()
     t.answers(INC, 100, T0, spacing_us=10_000)
     t.answers(CAND, 3, T0 + 1)
-    a = decide(rollout(0, T0), fold(t), T0 + 30 * S)
+    a = decide(rollout(0, T0), fold(t), T0 + 19 * S)  # short of max_window_s (10 x step_s)
     assert a.kind == "wait" and "3 of 5 candidate answers" in a.reason
 
 
 def test_an_all_alerted_candidate_aborts_at_once() -> None:
     t = Traffic()
-    t.answers(INC, 500, T0, alerted=25, spacing_us=1000)
-    t.answers(CAND, 10, T0 + 1, alerted=10)
-    a = decide(rollout(0, T0), fold(t), T0 + S // 2)  # a quarter of the window, 10 answers of 5 needed: no matter
+    t.answers(INC, 500, T0, alerted=25, spacing_us=1000)  # the shadow phase: the incumbent's baseline
+    step_at = T0 + S // 2
+    t.answers(CAND, 10, step_at + 1, alerted=10, spacing_us=10_000)
+    a = decide(rollout(0, step_at), fold(t), step_at + S // 2)  # a quarter of the window, 10 answers: no matter
     assert a.kind == "abort"
     assert a.evidence["gates"]["alert_rate"]["verdict"] == "break"
-    assert a.reason.startswith("alert_rate broke")
+    assert a.reason.startswith("look 1 of 8 (first 5 candidate answers") and "alert_rate broke" in a.reason
 
 
 def test_at_100_percent_clean_cycles_complete_the_rollout_against_the_incumbents_rollout_baseline() -> None:
@@ -118,5 +119,27 @@ def test_a_broken_cycle_at_100_percent_aborts_with_the_clean_ones_cited() -> Non
     t.answers(CAND, 20, step_at, alerted=1, spacing_us=100_000)  # cycle 1: clean
     t.answers(CAND, 20, step_at + 2 * S, alerted=20, spacing_us=50_000)  # cycle 2: every answer alerted
     a = decide(rollout(1, step_at), fold(t), step_at + 3 * S)
-    assert a.kind == "abort" and a.reason.startswith("cycle 2 at 100%: alert_rate broke")
+    assert a.kind == "abort" and a.reason.startswith("cycle 2 at 100%: look 1 of 8") and "alert_rate broke" in a.reason
     assert [c["cycle"] for c in a.evidence["clean_before"]] == [1]
+
+
+def test_a_window_without_candidate_answers_aborts_at_max_window_s() -> None:
+    t = Traffic()  # the candidate failed to load: production answers alone, the candidate never
+    t.answers(INC, 300, T0, spacing_us=100_000)
+    r, f = rollout(0, T0), fold(t)
+    assert PLAN.window_limit_s == 20.0  # 10 x step_s
+    assert decide(r, f, T0 + 19 * S).kind == "wait"
+    a = decide(r, f, T0 + 20 * S)
+    assert a.kind == "abort" and "max_window_s 20" in a.reason and "0 of 5 candidate answers" in a.reason
+    assert a.evidence["verdict"] == "ABORT" and a.evidence["candidate"]["answers"] == 0
+
+
+def test_a_shadow_phase_or_a_cycle_at_100_percent_without_answers_aborts_at_max_window_s_too() -> None:
+    t = Traffic()
+    t.answers(INC, 300, T0, spacing_us=100_000)
+    t.answers(CAND, 3, T0, role="SHADOW", spacing_us=S)
+    assert decide(rollout(-1, T0), fold(t), T0 + 20 * S).kind == "abort"
+    step_at = T0 + S
+    t.answers(CAND, 2, step_at, spacing_us=S)  # at 100%: two answers, then none
+    a = decide(rollout(1, step_at), fold(t), step_at + 20 * S)
+    assert a.kind == "abort" and a.reason.startswith("cycle 1 at 100%: the window is 20.0 s old")

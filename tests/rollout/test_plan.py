@@ -39,6 +39,7 @@ def test_a_small_plan_round_trips_through_json_exactly() -> None:
         "clean_cycles": 1,
         "confidence": 0.99,
         "gates": {"alert_rate": {"tolerance": 0.3}},
+        "max_window_s": 30.0,  # 10 x step_s
     }
     again = RolloutPlan.from_json(d)
     assert again == small and again.to_json() == d
@@ -98,3 +99,19 @@ def test_from_json_refuses_what_is_no_plan(d: Any, match: str) -> None:
 
 def test_gates_cover_the_known_metrics() -> None:
     assert set(DEFAULT_GATES) == set(GATE_METRICS)
+
+
+def test_a_shadow_phase_without_a_mirror_is_refused_a_plan_without_either_is_fine() -> None:
+    found = problems(RolloutPlan(shadow_share=0.0, shadow_s=60))
+    assert any("shadow_share 0 mirrors nothing" in p for p in found), found
+    with pytest.raises(ValueError, match="shadow_share 0 mirrors nothing"):
+        RolloutPlan.from_json({"shadow_share": 0, "shadow_s": 30})
+    assert problems(RolloutPlan(shadow_share=0.0, shadow_s=0)) == []
+
+
+def test_max_window_s_defaults_to_ten_windows_and_may_not_be_shorter_than_one() -> None:
+    assert RolloutPlan().max_window_s == 600.0 and RolloutPlan(step_s=5, shadow_s=90).max_window_s == 900.0
+    assert RolloutPlan.from_json({"step_s": 3, "shadow_s": 0}).to_json()["max_window_s"] == 30.0
+    assert RolloutPlan.from_json({"max_window_s": 120}).window_limit_s == 120.0
+    found = problems(RolloutPlan(step_s=60, max_window_s=30))
+    assert any("max_window_s must be a number of seconds at least step_s and shadow_s (60)" in p for p in found)

@@ -22,10 +22,12 @@ from evostream.core.errors import GovernanceError
 from evostream.rollout.plan import RolloutPlan
 from evostream.schemas.catalog import COMPLETIONS
 from evostream.views.governance import GovernanceView
-from evostream.wiring.rollout import Action, RolloutController, controller_actor
+from evostream.wiring import rollout as controller_module
+from evostream.wiring.rollout import SETTLE_S, Action, RolloutController, controller_actor
 from tests.rollout.live import Traffic, governed
 
 CLI = [sys.executable, "-m", "evostream.cli"]
+SETTLE_US = int(SETTLE_S * 1e6)
 
 
 def drive(controller: RolloutController, traffic: Traffic, plan: RolloutPlan, timeout_s: float) -> list[Action]:
@@ -143,7 +145,7 @@ def test_a_restarted_controller_rebuilds_the_window_from_the_topics(kafka: str, 
             traffic.answer(g.v2, "ANSWER", at + 1000 * k)
             traffic.answer(g.v1, "ANSWER", at + 1000 * k + 500)
         traffic.producer.flush(30)
-        first.clock = lambda: at + 1_000_000
+        first.clock = lambda: at + 1_000_000 + SETTLE_US  # judged up to SETTLE_S before its clock
         seen = first.tick()
         assert seen is not None and seen.kind == "wait", seen
         assert seen.evidence["candidate"]["answers"] == 10 and "1.0 s old of 2 s" in seen.reason
@@ -152,7 +154,7 @@ def test_a_restarted_controller_rebuilds_the_window_from_the_topics(kafka: str, 
     lags = group_lags(kafka, [first.group])[first.group]
     assert lags.get(COMPLETIONS) == 0, lags  # the group's commits are past every answer of the window
     again = RolloutController(
-        kafka, controller_actor(g.settings, kafka, lambda _: None), g.model, clock=lambda: at + 3_000_000
+        kafka, controller_actor(g.settings, kafka, lambda _: None), g.model, clock=lambda: at + 3_000_000 + SETTLE_US
     )
     try:
         b = again.tick()
@@ -195,3 +197,30 @@ def test_a_candidate_that_fails_validation_mid_rollout_is_aborted_not_retried(ka
     events = GovernanceView(kafka, g.settings).replayed().events
     (abort_ev,) = [ev for _, ev in events if ev.type == "RolloutAborted"]
     assert abort_ev.payload["automatic"] is True
+
+
+def test_a_tick_that_has_not_read_to_the_topics_ends_waits_and_writes_nothing(
+    kafka: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tick reads at most MAX_READ_S; one cut short (here: no time to read at all, as a controller far behind)
+    must not act on the part it read: it waits, "still reading", and the next tick reads on and acts."""
+    plan = RolloutPlan(steps=(50, 100), step_s=2, min_samples=5, shadow_s=0, clean_cycles=1)
+    g = governed(kafka, tmp_path, plan)
+    running = g.admin.state().registry.active_rollout(g.model)
+    assert running is not None
+    traffic = Traffic(kafka, g.v1, g.v2)
+    for k in range(10):
+        traffic.answer(g.v1, "ANSWER", int(running["started_us"]) + 1000 * k)
+    traffic.producer.flush(30)
+    controller = RolloutController(kafka, controller_actor(g.settings, kafka, lambda _: None), g.model)
+    try:
+        monkeypatch.setattr(controller_module, "MAX_READ_S", 0.0)
+        behind = controller.tick()
+        assert behind is not None and behind.kind == "wait" and behind.reason.startswith("still reading: "), behind
+        r = g.admin.state().registry.active_rollout(g.model)
+        assert r is not None and [h["type"] for h in r["history"]] == ["RolloutStarted"]  # nothing written
+        monkeypatch.setattr(controller_module, "MAX_READ_S", 10.0)
+        caught_up = controller.tick()
+    finally:
+        controller.close()
+    assert caught_up is not None and (caught_up.kind, caught_up.step) == ("step", 0), caught_up

@@ -434,3 +434,19 @@ def test_a_plan_written_before_a_field_was_added_still_verifies(monkeypatch: pyt
     c.events.pop()
     start(c, plan={k: v for k, v in old.items() if k != "confidence"})  # a field every plan carried from the first
     refused(c, "policy", "write the plan in full, as RolloutPlan.to_json() does (it lacks ['confidence'])")
+
+
+def test_a_plan_written_before_max_window_s_still_verifies_and_runs_with_its_default() -> None:
+    c = governed()
+    old = {k: v for k, v in PLAN.items() if k != "max_window_s"}  # a RolloutStarted of before the field
+    start(c, plan=old)
+    step(c, 0)
+    folded, found = replay(c.log())
+    assert found == []
+    r = folded.active_rollout(M)
+    assert r is not None and "max_window_s" not in r["plan"] and r["step"] == 0
+    assert RolloutPlan.from_json(r["plan"]).window_limit_s == 30.0  # 10 x step_s 3
+    c.events.pop()
+    c.events.pop()
+    start(c, plan={**PLAN, "max_window_s": 2.0})  # written, it is checked like any field
+    refused(c, "policy", "max_window_s must be a number of seconds at least step_s")
