@@ -93,7 +93,9 @@ def test_a_nan_step_raises_a_critical_alert_mid_generation(kafka: str, worker: W
         [2],
     )
     assert "from layer 2" in a["reason"]
-    assert a["produced_at_us"] - sent_at < 5_000_000  # latency is measured properly by bench/processors.py
+    # a bound that catches an alert held back for the trace's end, not a latency target (bench/processors.py measures
+    # that): under the full suite on two cores it took 5.3 s once, past the 5 s this bound used to be
+    assert a["produced_at_us"] - sent_at < 15_000_000
 
 
 def test_undecodable_steps_go_to_the_dlq_and_the_partition_keeps_flowing(kafka: str, worker: Worker) -> None:

@@ -227,7 +227,9 @@ def test_every_poison_record_is_dead_lettered_and_no_partition_or_agent_stops(ka
         assert tx.dead[d["raw_value"]] in d["error"], (d["error"], tx.dead[d["raw_value"]])
         assert d["consumer"] == worker.env["EVOSTREAM_PROCESSORS_APP_ID"]
     odd_delta = [d for d in dead if d["source_topic"] == deltas_topic and odd.encode() in (d["raw_value"] or b"")]
-    assert len(odd_delta) == 1 and "profiling: steps with a (2, 3) head signal" in odd_delta[0]["error"]
+    # one delta per coalescing window that held the odd trace's steps: one, or two when its steps straddled a flush
+    # (seen under the full suite's load, offsets 48 and 49); each is dead-lettered with the reason
+    assert odd_delta and all("profiling: steps with a (2, 3) head signal" in d["error"] for d in odd_delta)
     # and the worker is still up, no agent restarted
     assert worker.proc is not None and worker.proc.poll() is None
     log = worker.log.read_text()
