@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evostream.consumers.governance.anchor import advance_anchor
 from evostream.consumers.governance.log import GovernanceLog
 from evostream.consumers.governance.policy import rule
-from evostream.consumers.governance.projection import Registry, replay
+from evostream.consumers.governance.projection import Registry
 from evostream.core.artifacts import ArtifactStore
 from evostream.core.errors import GovernanceError
 from evostream.core.settings import Settings
@@ -37,7 +36,7 @@ from evostream.models.loading import LoadedModel
 from evostream.producers.deployment import Deployment
 from evostream.producers.swap import ServingModel, check_servable
 from evostream.views.governance import anchor_file
-from evostream.wiring.governed import _anchored_replay, _load_artifact, _verified
+from evostream.wiring.governed import _anchored_replay, _load_artifact, caught_up
 
 log = logging.getLogger("evostream.governed")
 
@@ -163,13 +162,7 @@ class GovernedDeployment:
     def _follow(self) -> None:
         while not self.stop_event.wait(self.poll_s):
             try:
-                tail = self._log.items(from_offset=self.registry.offset + 1)
-                if tail:
-                    registry, findings = replay(tail, start=self.registry)
-                    if findings:  # a void may reach back before the tail (a forced one): judge the whole log
-                        registry, findings = replay(self._log.items())
-                    self.registry = _verified(registry, findings)
-                    advance_anchor(self._anchor, self.registry)
+                self.registry = caught_up(self._log, self.registry, self._anchor)
                 self._update()
             except Exception as e:  # what serves keeps serving; retried every poll, the error kept for callers
                 if str(e) != str(self.error):

@@ -65,6 +65,20 @@ def _anchored_replay(settings: Settings, glog: GovernanceLog) -> Registry:
     return _verified(registry, anchored(settings, registry, findings, items))
 
 
+def caught_up(glog: GovernanceLog, registry: Registry, anchor: Path) -> Registry:
+    """``registry`` with the log's events after its offset folded in, verified, and this machine's head file moved
+    forward (a follower's poll); the same registry when nothing new came."""
+    tail = glog.items(from_offset=registry.offset + 1)
+    if not tail:
+        return registry
+    folded, findings = replay(tail, start=registry)
+    if findings:  # a void may reach back before the tail (a forced one): judge the whole log
+        folded, findings = replay(glog.items())
+    folded = _verified(folded, findings)
+    advance_anchor(anchor, folded)
+    return folded
+
+
 def default_version() -> str:
     """The embedded model's version id, as the loader names it (``name@<12 hex of its weights' sha256>``)."""
     from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR
@@ -233,13 +247,7 @@ class GovernedModel:
     def _follow(self) -> None:
         while not self.stop_event.wait(self.poll_s):
             try:
-                tail = self._log.items(from_offset=self.registry.offset + 1)
-                if tail:
-                    registry, findings = replay(tail, start=self.registry)
-                    if findings:  # a void may reach back before the tail (a forced one): judge the whole log
-                        registry, findings = replay(self._log.items())
-                    self.registry = _verified(registry, findings)
-                    advance_anchor(self._anchor, self.registry)
+                self.registry = caught_up(self._log, self.registry, self._anchor)
                 version = self.registry.production(self.model)
                 if version is not None and version != self.current().version:  # also retries a refused version
                     log.info("governance: production of %s is now %s: loading it", self.model, version)
