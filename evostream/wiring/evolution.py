@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from evostream.core.errors import GovernanceError
 from evostream.core.settings import Settings
-from evostream.views.governance import anchor_file, checkpoints_path
 
 if TYPE_CHECKING:
     from evostream.consumers.evolution.cycle import CycleConfig
@@ -21,31 +19,14 @@ if TYPE_CHECKING:
 def evolution_actor(settings: Settings, server: str, say: Callable[[str], None]) -> Governance:
     """The evolution consumer's own signer (a proposer). On a machine that holds an admin key and none for the
     evolution actor yet, its key is made here and enrolled by that admin, once."""
-    from evostream.consumers.governance.keys import ActorKey
-    from evostream.consumers.governance.log import GovernanceLog
-    from evostream.consumers.governance.service import key_path, load_actor
+    from evostream.wiring.governed import enrolled_signer
 
-    keys = settings.governance_dir / "keys"
-    checkpoints, anchor = checkpoints_path(settings), anchor_file(settings)
-    glog = GovernanceLog(server, topic=settings.governance_topic)
-    me = settings.evolution_actor
-    if not key_path(keys, me).exists():
-        if not key_path(keys, settings.governance_actor).exists():
-            raise GovernanceError(
-                f"no key for the evolution actor {me!r} in {keys}: run `evostream governance keygen "
-                f"{me}` and have an admin enroll it with --roles proposer"
-            )
-        admin = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints, anchor=anchor)
-        enrolled = admin.state().registry.actors.get(me)
-        if enrolled is not None and enrolled["revoked_seq"] is None:
-            raise GovernanceError(
-                f"{me!r} is enrolled, but its key is not in {keys}: copy it there, or revoke the actor and run again"
-            )
-        key = ActorKey.generate()
-        key.save(key_path(keys, me))
-        admin.enroll(me, key.public_hex, key.key_id, ["proposer"], reason="the evolution consumer's own key")
-        say(f"governance: {settings.governance_actor} enrolled {me} as proposer (key {key.key_id})")
-    return load_actor(glog, keys, me, checkpoints=checkpoints, anchor=anchor)
+    me, keys = settings.evolution_actor, settings.governance_dir / "keys"
+    no_admin = (
+        f"no key for the evolution actor {me!r} in {keys}: run `evostream governance keygen "
+        f"{me}` and have an admin enroll it with --roles proposer"
+    )
+    return enrolled_signer(settings, server, me, "proposer", "the evolution consumer's own key", no_admin, say)
 
 
 def risk_rate(model: Any, tokenizer: Any, prompts: Sequence[str]) -> float:

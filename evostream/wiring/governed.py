@@ -79,6 +79,37 @@ def caught_up(glog: GovernanceLog, registry: Registry, anchor: Path) -> Registry
     return folded
 
 
+def enrolled_signer(
+    settings: Settings, server: str, me: str, role: str, reason: str, no_admin: str, say: Callable[[str], None]
+) -> Governance:
+    """A service's own signer ``me``. On a machine that holds an admin key and none for ``me`` yet, its key is made
+    here and enrolled by that admin with ``role``, once (a key whose enrolment failed is removed); with neither key,
+    a GovernanceError saying ``no_admin``; a key lost for an actor still enrolled is an error too."""
+    from evostream.consumers.governance.keys import ActorKey
+
+    keys = settings.governance_dir / "keys"
+    checkpoints, anchor = checkpoints_path(settings), anchor_file(settings)
+    glog = GovernanceLog(server, topic=settings.governance_topic)
+    if not key_path(keys, me).exists():
+        if not key_path(keys, settings.governance_actor).exists():
+            raise GovernanceError(no_admin)
+        admin = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints, anchor=anchor)
+        enrolled = admin.state().registry.actors.get(me)
+        if enrolled is not None and enrolled["revoked_seq"] is None:
+            raise GovernanceError(
+                f"{me!r} is enrolled, but its key is not in {keys}: copy it there, or revoke the actor and run again"
+            )
+        key = ActorKey.generate()
+        key.save(key_path(keys, me))
+        try:
+            admin.enroll(me, key.public_hex, key.key_id, [role], reason=reason)
+        except Exception:
+            key_path(keys, me).unlink()  # not enrolled: the key must not linger as if it were
+            raise
+        say(f"governance: {settings.governance_actor} enrolled {me} as {role} (key {key.key_id})")
+    return load_actor(glog, keys, me, checkpoints=checkpoints, anchor=anchor)
+
+
 def default_version() -> str:
     """The embedded model's version id, as the loader names it (``name@<12 hex of its weights' sha256>``)."""
     from evostream.models.default_model import MODEL_ID, WEIGHTS_DIR

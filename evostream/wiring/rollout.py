@@ -42,7 +42,6 @@ from evostream.core.errors import EvoError, GovernanceError
 from evostream.core.settings import Settings
 from evostream.rollout.gates import Judgement, Verdict, WindowStats, judge_window, look_sizes
 from evostream.rollout.plan import RolloutPlan
-from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.views.rollout import CANDIDATE_ROLES, INCUMBENT_ROLES, LEAD_US, TOPICS, RolloutFold
 
 if TYPE_CHECKING:
@@ -197,37 +196,18 @@ def controller_actor(
 ) -> Governance:
     """The controller's own signer (role controller). On a machine that holds an admin key and none for the
     controller yet, its key is made here and enrolled by that admin, once; otherwise a clear error says what to do."""
-    from evostream.consumers.governance.keys import ActorKey
-    from evostream.consumers.governance.log import GovernanceLog
-    from evostream.consumers.governance.service import key_path, load_actor
+    from evostream.consumers.governance.service import key_path
+    from evostream.wiring.governed import enrolled_signer
 
     keys = settings.governance_dir / "keys"
-    checkpoints, anchor = checkpoints_path(settings), anchor_file(settings)
     me = name or settings.rollout_actor
-    glog = GovernanceLog(server, topic=settings.governance_topic)
-    if not key_path(keys, me).exists():
-        admin_key = key_path(keys, settings.governance_actor)
-        if not admin_key.exists():
-            raise GovernanceError(
-                f"no key for the rollout controller {me!r} in {keys}, and no admin key ({admin_key}) here to enroll "
-                f"one: an admin runs `evostream governance enroll {me} --roles {CONTROLLER_ROLE}` on this machine (or "
-                f"`evostream governance keygen {me}` here, then enroll its public key)"
-            )
-        admin = load_actor(glog, keys, settings.governance_actor, checkpoints=checkpoints, anchor=anchor)
-        enrolled = admin.state().registry.actors.get(me)
-        if enrolled is not None and enrolled["revoked_seq"] is None:
-            raise GovernanceError(
-                f"{me!r} is enrolled, but its key is not in {keys}: copy it there, or revoke the actor and run again"
-            )
-        key = ActorKey.generate()
-        key.save(key_path(keys, me))
-        try:
-            admin.enroll(me, key.public_hex, key.key_id, [CONTROLLER_ROLE], reason="the rollout controller's own key")
-        except Exception:
-            key_path(keys, me).unlink()  # not enrolled: the key must not linger as if it were
-            raise
-        say(f"governance: {settings.governance_actor} enrolled {me} as {CONTROLLER_ROLE} (key {key.key_id})")
-    gov = load_actor(glog, keys, me, checkpoints=checkpoints, anchor=anchor)
+    admin_key = key_path(keys, settings.governance_actor)
+    no_admin = (
+        f"no key for the rollout controller {me!r} in {keys}, and no admin key ({admin_key}) here to enroll "
+        f"one: an admin runs `evostream governance enroll {me} --roles {CONTROLLER_ROLE}` on this machine (or "
+        f"`evostream governance keygen {me}` here, then enroll its public key)"
+    )
+    gov = enrolled_signer(settings, server, me, CONTROLLER_ROLE, "the rollout controller's own key", no_admin, say)
     actor = gov.state().registry.actors.get(me)
     if actor is None or actor["revoked_seq"] is not None:
         state = "revoked" if actor else "not enrolled"
