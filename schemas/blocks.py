@@ -1,0 +1,187 @@
+"""Step blocks: the steps of one trace that one coalescing window produced, as columns (pure numpy, no Kafka).
+
+A ``StepBlock`` record (``evo.step-blocks``) carries what the GenerationStep records of its steps carry, field by
+field, as packed columns: one record and one decode per trace and window instead of one per token, which is what
+lets the stream processors keep up with a fleet. Every step stays addressed by its trace and index (``step``), and
+``StepColumns.row`` gives back each step's GenerationStep record exactly as the producer built it.
+
+A block is homogeneous: its steps share the trace, the model version, the shape (layers, heads, sketch width), the
+attention signal, top-k and which optional fields were measured. Steps that differ start another block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from evostream.schemas.errors import DecodeError
+from evostream.schemas.tensors import F32, pack_f16, pack_f32
+
+I32 = np.dtype("<i4")
+I64 = np.dtype("<i8")
+F16 = np.dtype("<f2")
+
+SCALARS = ("logprob", "entropy_bits", "top1_top2_margin", "topk_mass", "surprisal_bits")
+"""The per-step float32 scalars of a GenerationStep, in the record's order."""
+COUNTS = ("latency_us", "peak_memory_bytes", "emitted_at_us")
+"""The per-step int64 scalars."""
+
+
+@dataclass(frozen=True)
+class StepColumns:
+    """The steps of one block as arrays: row ``i`` is one step (n steps, L layers, H heads, D sketch values)."""
+
+    trace_id: str
+    request_id: str
+    model_version: str
+    num_layers: int
+    num_heads: int
+    attention_signal: str
+    topk_k: int
+    step: npt.NDArray[np.int64]
+    """[n] each step's index within its trace, increasing."""
+    token_id: npt.NDArray[np.int64]
+    token_text: list[str]
+    logprob: npt.NDArray[np.float32]
+    entropy_bits: npt.NDArray[np.float32]
+    top1_top2_margin: npt.NDArray[np.float32]
+    topk_mass: npt.NDArray[np.float32]
+    surprisal_bits: npt.NDArray[np.float32]
+    layer_hidden_l2: npt.NDArray[np.float32]
+    """[n, L], or [n, 0] when not measured."""
+    layer_hidden_maxabs: npt.NDArray[np.float32]
+    """[n, L], or [n, 0] when not measured."""
+    layer_nonfinite: npt.NDArray[np.int64]
+    """[n, L]: NaN or Inf values per layer."""
+    head_attention_entropy: npt.NDArray[np.float32]
+    """[n, L, H], or [n, 0, 0] when the signal is NONE."""
+    ffn_sparsity: npt.NDArray[np.float32]
+    """[n, L], or [n, 0] when not measured."""
+    hidden_sketch: npt.NDArray[np.float32]
+    """[n, D] (carried as float16), or [n, 0] when off."""
+    latency_us: npt.NDArray[np.int64]
+    peak_memory_bytes: npt.NDArray[np.int64]
+    emitted_at_us: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    def row(self, i: int) -> dict[str, Any]:
+        """Step ``i`` as its GenerationStep record (v2), byte for byte what the producer would have sent alone."""
+        heads = self.head_attention_entropy[i]
+        return {
+            "trace_id": self.trace_id,
+            "request_id": self.request_id,
+            "model_version": self.model_version,
+            "step": int(self.step[i]),
+            "token_id": int(self.token_id[i]),
+            "token_text": self.token_text[i],
+            "logprob": float(self.logprob[i]),
+            "entropy_bits": float(self.entropy_bits[i]),
+            "top1_top2_margin": float(self.top1_top2_margin[i]),
+            "topk_mass": float(self.topk_mass[i]),
+            "topk_k": self.topk_k,
+            "surprisal_bits": float(self.surprisal_bits[i]),
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "layer_hidden_l2": pack_f32(self.layer_hidden_l2[i]) if self.layer_hidden_l2.shape[1] else b"",
+            "layer_hidden_maxabs": pack_f32(self.layer_hidden_maxabs[i]) if self.layer_hidden_maxabs.shape[1] else b"",
+            "layer_nonfinite": [int(x) for x in self.layer_nonfinite[i]],
+            "head_attention_entropy": pack_f32(heads) if heads.size else b"",
+            "attention_signal": self.attention_signal,
+            "ffn_sparsity": pack_f32(self.ffn_sparsity[i]) if self.ffn_sparsity.shape[1] else b"",
+            "hidden_sketch": pack_f16(self.hidden_sketch[i]) if self.hidden_sketch.shape[1] else b"",
+            "latency_us": int(self.latency_us[i]),
+            "peak_memory_bytes": int(self.peak_memory_bytes[i]),
+            "emitted_at_us": int(self.emitted_at_us[i]),
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every step's GenerationStep record, in order."""
+        return [self.row(i) for i in range(len(self))]
+
+
+def homogeneous_key(step: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the steps of one block share: two consecutive steps of a trace with different keys start a new block."""
+    return (
+        step["trace_id"],
+        step["request_id"],
+        step["model_version"],
+        int(step["num_layers"]),
+        int(step["num_heads"]),
+        step["attention_signal"],
+        int(step["topk_k"]),
+        bool(step["layer_hidden_l2"]),
+        bool(step["layer_hidden_maxabs"]),
+        bool(step["head_attention_entropy"]),
+        bool(step["ffn_sparsity"]),
+        len(step.get("hidden_sketch") or b""),
+    )
+
+
+def _matrix(steps: Sequence[Mapping[str, Any]], field: str, dtype: np.dtype[Any], width: int) -> npt.NDArray[Any]:
+    """The packed per-step ``field`` of ``steps`` as an [n, width] array ([n, 0] when the steps carry none)."""
+    data = b"".join(bytes(s[field] or b"") for s in steps)
+    if not data:
+        return np.empty((len(steps), 0), dtype=dtype.newbyteorder("="))
+    if len(data) != len(steps) * width * dtype.itemsize:
+        raise DecodeError(f"{field}: {len(data)} bytes for {len(steps)} steps of {width} values")
+    return np.frombuffer(data, dtype=dtype).reshape(len(steps), width)
+
+
+def from_steps(steps: Sequence[Mapping[str, Any]]) -> StepColumns:
+    """The columns of GenerationStep records of one block (one trace, in order, one ``homogeneous_key``);
+    DecodeError when they do not share one."""
+    if not steps:
+        raise DecodeError("a step block needs at least one step")
+    first = steps[0]
+    key = homogeneous_key(first)
+    for s in steps[1:]:
+        if homogeneous_key(s) != key:
+            raise DecodeError(f"steps of trace {s['trace_id']} differ in trace, model or shape: not one block")
+    n, layers, heads = len(steps), int(first["num_layers"]), int(first["num_heads"])
+    sketch = len(first.get("hidden_sketch") or b"") // F16.itemsize
+    head_data = b"".join(bytes(s["head_attention_entropy"] or b"") for s in steps)
+    head_cube = (
+        np.frombuffer(head_data, dtype=F32).reshape(n, layers, heads)
+        if head_data
+        else np.empty((n, 0, 0), dtype=np.float32)
+    )
+    sketch_rows = _matrix(steps, "hidden_sketch", F16, sketch).astype(np.float32)
+    return StepColumns(
+        trace_id=str(first["trace_id"]),
+        request_id=str(first["request_id"]),
+        model_version=str(first["model_version"]),
+        num_layers=layers,
+        num_heads=heads,
+        attention_signal=str(first["attention_signal"]),
+        topk_k=int(first["topk_k"]),
+        step=np.asarray([int(s["step"]) for s in steps], dtype=np.int64),
+        token_id=np.asarray([int(s["token_id"]) for s in steps], dtype=np.int64),
+        token_text=[str(s["token_text"]) for s in steps],
+        **{f: np.asarray([s[f] for s in steps], dtype=np.float32) for f in SCALARS},  # type: ignore[arg-type]
+        layer_hidden_l2=_matrix(steps, "layer_hidden_l2", F32, layers),
+        layer_hidden_maxabs=_matrix(steps, "layer_hidden_maxabs", F32, layers),
+        layer_nonfinite=np.asarray([list(s["layer_nonfinite"]) for s in steps], dtype=np.int64).reshape(n, -1),
+        head_attention_entropy=head_cube,
+        ffn_sparsity=_matrix(steps, "ffn_sparsity", F32, layers),
+        hidden_sketch=sketch_rows,
+        **{f: np.asarray([int(s[f]) for s in steps], dtype=np.int64) for f in COUNTS},  # type: ignore[arg-type]
+    )
+
+
+def split_blocks(steps: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """GenerationStep records (several traces, in the order produced) cut into blocks: per trace, in order, a new
+    block wherever a step's ``homogeneous_key`` differs from the one before."""
+    blocks: dict[str, list[list[Mapping[str, Any]]]] = {}
+    for s in steps:
+        runs = blocks.setdefault(str(s["trace_id"]), [])
+        if runs and homogeneous_key(runs[-1][-1]) == homogeneous_key(s):
+            runs[-1].append(s)
+        else:
+            runs.append([s])
+    return [run for runs in blocks.values() for run in runs]
