@@ -5,7 +5,7 @@ The generation thread pickles each step's small host arrays into a pipe; a worke
 threads in the parent are safe) builds the GenerationStep records, encodes them and produces them through its own
 idempotent producer. Each pipe message (the steps of one coalescing window) also leaves as step blocks: one StepBlock
 record per trace (per homogeneous run of a trace's steps, ``schemas.blocks.split_blocks``) to ``evo.step-blocks``,
-what the stream processors read; the per-step records stay on ``evo.steps`` for the readers of single steps.
+for the stream processors; the per-step records stay on ``evo.steps`` for the readers of single steps.
 
 On a GPU, decoding is bound by how fast Python launches kernels, and a worker *thread* doing the
 same work stalls the generating thread on the interpreter lock at every token: bench.overhead measured that on a GPU

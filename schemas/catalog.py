@@ -54,7 +54,7 @@ class TopicSpec:
 CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(REQUESTS, "InferenceRequest", "request_id", 3, "delete", 7 * DAY_MS, "client requests to generate"),
     TopicSpec(STEPS, "GenerationStep", "trace_id", 6, "delete", 7 * DAY_MS, "one event per generated token"),
-    # The same steps as evo.steps, one record per trace and coalescing window: what the stream processors read.
+    # The same steps as evo.steps, one record per trace and coalescing window, for the stream processors.
     # Keyed and partitioned as evo.steps, so a trace's blocks and its steps share a partition number.
     TopicSpec(STEP_BLOCKS, "StepBlock", "trace_id", 6, "delete", 7 * DAY_MS, "a trace's steps, one record a window"),
     TopicSpec(COMPLETIONS, "Completion", "trace_id", 3, "delete", 30 * DAY_MS, "one event per request"),
