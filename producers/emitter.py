@@ -3,7 +3,11 @@ thread's interpreter lock.
 
 The generation thread pickles each step's small host arrays into a pipe; a worker process (spawned, so CUDA and
 threads in the parent are safe) builds the GenerationStep records, encodes them and produces them through its own
-idempotent producer. On a GPU, decoding is bound by how fast Python launches kernels, and a worker *thread* doing the
+idempotent producer. Each pipe message (the steps of one coalescing window) also leaves as step blocks: one StepBlock
+record per trace (per homogeneous run of a trace's steps, ``schemas.blocks.split_blocks``) to ``evo.step-blocks``,
+for the stream processors; the per-step records stay on ``evo.steps`` for the readers of single steps.
+
+On a GPU, decoding is bound by how fast Python launches kernels, and a worker *thread* doing the
 same work stalls the generating thread on the interpreter lock at every token: bench.overhead measured that on a GPU
 (see docs/benchmarks.md#withdrawn-or-not-re-measured, where the figure waits to be measured again).
 
@@ -26,7 +30,7 @@ from typing import Any
 
 from evostream.core.errors import DeliveryError, EvoError
 from evostream.producers.steps import AttentionSignal, StepBatch, TraceMeta, step_records
-from evostream.schemas.catalog import STEPS
+from evostream.schemas.catalog import STEP_BLOCKS, STEPS
 
 _STEPS, _DRAIN, _STOP = 0, 1, 2
 COALESCE_S = 0.025
@@ -38,21 +42,27 @@ _READY, _DRAINED, _FAILED = "ready", "drained", "failed"
 
 
 class StepEmitter:
-    """Encodes and produces GenerationStep records in a worker process."""
+    """Encodes and produces GenerationStep records, and the StepBlock records of the same steps, in a worker
+    process."""
 
     def __init__(
         self,
         bootstrap: str,
         topic: str = STEPS,
+        blocks_topic: str = STEP_BLOCKS,
         producer_config: Mapping[str, Any] | None = None,
         start_timeout_s: float = 60.0,
         coalesce_s: float = COALESCE_S,
     ) -> None:
         self.topic = topic
+        self.blocks_topic = blocks_topic
         self.coalesce_s = coalesce_s
         self._pending: list[tuple[Any, ...]] = []
         self._last_send = 0.0
         self.emitted = 0
+        """Steps acknowledged by the broker as of the last ``drain``."""
+        self.blocks_emitted = 0
+        """StepBlock records acknowledged as of the last ``drain``."""
         self._error: str | None = None
         self._token = 0
         ctx = mp.get_context("spawn")
@@ -63,6 +73,7 @@ class StepEmitter:
             args=(
                 bootstrap,
                 topic,
+                blocks_topic,
                 dict(producer_config or {}),
                 self._jobs_r,
                 results_w,
@@ -142,7 +153,7 @@ class StepEmitter:
         if kind == _FAILED and self._error is None:
             self._error = msg[1]
         elif kind == _DRAINED:
-            self.emitted = msg[2]
+            self.emitted, self.blocks_emitted = msg[2], msg[3]
 
     def _await(
         self, kind: str, timeout_s: float, token: int | None = None, stop: threading.Event | None = None
@@ -182,10 +193,18 @@ when it happens, not at the next step."""
 
 
 def _worker(
-    bootstrap: str, topic: str, config: dict[str, Any], jobs: Connection, results: Connection, log_level: int
+    bootstrap: str,
+    topic: str,
+    blocks_topic: str,
+    config: dict[str, Any],
+    jobs: Connection,
+    results: Connection,
+    log_level: int,
 ) -> None:
-    """The worker process: decode steps from the pipe, build, encode and produce their records."""
+    """The worker process: decode steps from the pipe, build, encode and produce their records and their blocks."""
     from evostream.core.bus.producer import EventProducer  # imported here: the parent needs none of it
+    from evostream.core.clock import now_us
+    from evostream.schemas.blocks import block_record, from_steps, split_blocks
     from evostream.schemas.codec import RecordCodec
 
     # a spawned process starts without the parent's logging set-up: log at its level, in the serve format
@@ -194,12 +213,14 @@ def _worker(
     try:
         producer = EventProducer(bootstrap, config)
         producer.connect(topic)
+        producer.connect(blocks_topic)
         codec = RecordCodec("GenerationStep")
+        blocks = RecordCodec("StepBlock")
     except EvoError as e:
         results.send((_FAILED, str(e)))
         return
     results.send((_READY,))
-    emitted, failed = 0, False
+    emitted, emitted_blocks, failed = 0, 0, False
     while True:
         try:
             if not jobs.poll(IDLE_POLL_S):
@@ -222,15 +243,20 @@ def _worker(
                 except EvoError as e:
                     failed = True
                     results.send((_FAILED, str(e)))
-            results.send((_DRAINED, msg[1], emitted))
+            results.send((_DRAINED, msg[1], emitted, emitted_blocks))
             continue
         if failed:
             continue  # keep reading so the parent never blocks; the failure is already reported
         try:
-            for job in msg[1]:
-                for rec in step_records(*job):
-                    producer.send(topic, rec["trace_id"], codec.encode(rec))
-                    emitted += 1
+            recs = [rec for job in msg[1] for rec in step_records(*job)]
+            for rec in recs:
+                producer.send(topic, rec["trace_id"], codec.encode(rec))
+            emitted += len(recs)
+            # one block per trace of the window (more where a trace's steps change shape): the processors' input
+            flushed = now_us()
+            for run in split_blocks(recs):
+                producer.send(blocks_topic, run[0]["trace_id"], blocks.encode(block_record(from_steps(run), flushed)))
+                emitted_blocks += 1
         except Exception as e:  # reported to the generation thread, never swallowed
             failed = True
             results.send((_FAILED, f"{type(e).__name__}: {e}"))

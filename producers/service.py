@@ -76,6 +76,7 @@ from evostream.schemas.catalog import (
     REQUESTS,
     ROUTES,
     SHADOW,
+    STEP_BLOCKS,
     STEPS,
 )
 from evostream.schemas.codec import RecordCodec
@@ -231,7 +232,7 @@ class InferenceService:
         self.swaps = 0
         # the topics it writes, created if missing (a broker set up by an older version lacks newer ones)
         written = (
-            (STEPS, COMPLETIONS, NEURONS, DLQ)
+            (STEPS, STEP_BLOCKS, COMPLETIONS, NEURONS, DLQ)
             + ((ROUTES,) if route is not None else ())
             + ((SHADOW,) if deployments is not None else ())
         )

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from evostream.schemas import records
 from evostream.schemas.errors import DecodeError
 from evostream.schemas.tensors import F32, pack_f16, pack_f32
 
@@ -176,12 +177,135 @@ def from_steps(steps: Sequence[Mapping[str, Any]]) -> StepColumns:
 
 def split_blocks(steps: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     """GenerationStep records (several traces, in the order produced) cut into blocks: per trace, in order, a new
-    block wherever a step's ``homogeneous_key`` differs from the one before."""
+    block wherever a step's ``homogeneous_key`` differs from the one before, or its ``step`` does not follow it (a
+    block's steps strictly increase)."""
     blocks: dict[str, list[list[Mapping[str, Any]]]] = {}
     for s in steps:
         runs = blocks.setdefault(str(s["trace_id"]), [])
-        if runs and homogeneous_key(runs[-1][-1]) == homogeneous_key(s):
+        last = runs[-1][-1] if runs else None
+        if last is not None and homogeneous_key(last) == homogeneous_key(s) and int(s["step"]) > int(last["step"]):
             runs[-1].append(s)
         else:
             runs.append([s])
     return [run for runs in blocks.values() for run in runs]
+
+
+# -- the StepBlock record (evo.step-blocks): the columns packed little-endian, one Avro record per block ------------
+
+_PACKED: dict[str, np.dtype[Any]] = {
+    "step": I32,
+    "token_id": I32,
+    **dict.fromkeys(SCALARS, F32),
+    **dict.fromkeys(COUNTS, I64),
+}
+"""The per-step columns of one value a step, with the dtype they travel as."""
+
+
+def _pack(values: npt.ArrayLike, dtype: np.dtype[Any]) -> bytes:
+    return np.ascontiguousarray(values, dtype=dtype).tobytes()
+
+
+def block_record(cols: StepColumns, flushed_at_us: int) -> records.StepBlock:
+    """The StepBlock record of ``cols``, flushed at ``flushed_at_us``; DecodeError for columns that no reader could
+    decode (sizes that disagree with the shape, steps not strictly increasing, no step), so a producer never
+    writes one."""
+    record: records.StepBlock = {
+        "trace_id": cols.trace_id,
+        "request_id": cols.request_id,
+        "model_version": cols.model_version,
+        "count": len(cols),
+        "num_layers": cols.num_layers,
+        "num_heads": cols.num_heads,
+        "topk_k": cols.topk_k,
+        "attention_signal": cols.attention_signal,  # type: ignore[typeddict-item]
+        "token_text": list(cols.token_text),
+        "step": _pack(cols.step, I32),
+        "token_id": _pack(cols.token_id, I32),
+        "logprob": _pack(cols.logprob, F32),
+        "entropy_bits": _pack(cols.entropy_bits, F32),
+        "top1_top2_margin": _pack(cols.top1_top2_margin, F32),
+        "topk_mass": _pack(cols.topk_mass, F32),
+        "surprisal_bits": _pack(cols.surprisal_bits, F32),
+        "layer_hidden_l2": _pack(cols.layer_hidden_l2, F32),
+        "layer_hidden_maxabs": _pack(cols.layer_hidden_maxabs, F32),
+        "layer_nonfinite": _pack(cols.layer_nonfinite, I32),
+        "head_attention_entropy": _pack(cols.head_attention_entropy, F32),
+        "ffn_sparsity": _pack(cols.ffn_sparsity, F32),
+        "hidden_sketch": _pack(cols.hidden_sketch, F16),
+        "latency_us": _pack(cols.latency_us, I64),
+        "peak_memory_bytes": _pack(cols.peak_memory_bytes, I64),
+        "emitted_at_us": _pack(cols.emitted_at_us, I64),
+        "flushed_at_us": int(flushed_at_us),
+    }
+    _check_block(record)
+    return record
+
+
+def _check_block(record: Mapping[str, Any]) -> tuple[npt.NDArray[np.int64], int]:
+    """The block's steps and its sketch width D; DecodeError naming the first field whose size disagrees with
+    ``count``, ``num_layers`` and ``num_heads`` (Avro cannot say it: the columns are bytes, their shape is in
+    siblings), or when the steps are not strictly increasing."""
+    n, layers, heads = int(record["count"]), int(record["num_layers"]), int(record["num_heads"])
+    where = f"step block of trace {record['trace_id']}"
+    if n < 1:
+        raise DecodeError(f"{where}: count is {n}, a block holds at least one step")
+    if layers < 0 or heads < 0:
+        raise DecodeError(f"{where}: negative shape: num_layers {layers}, num_heads {heads}")
+    if len(record["token_text"]) != n:
+        raise DecodeError(f"{where}: token_text has {len(record['token_text'])} strings for {n} steps")
+
+    def size(field: str, need: int, dtype: np.dtype[Any], optional: bool = False) -> None:
+        got = len(record[field])
+        if got != need * dtype.itemsize and not (optional and got == 0):
+            empty = " (or none)" if optional else ""
+            raise DecodeError(f"{where}: {field} has {got} bytes, {need} values{empty} need {need * dtype.itemsize}")
+
+    for field, dtype in _PACKED.items():
+        size(field, n, dtype)
+    for field in ("layer_hidden_l2", "layer_hidden_maxabs", "ffn_sparsity"):
+        size(field, n * layers, F32, optional=True)
+    size("layer_nonfinite", n * layers, I32)
+    size("head_attention_entropy", n * layers * heads, F32, optional=True)
+    sketch = len(record["hidden_sketch"])
+    if sketch % (n * F16.itemsize):
+        raise DecodeError(f"{where}: hidden_sketch has {sketch} bytes, not {n} rows of float16 values")
+    step = np.frombuffer(record["step"], dtype=I32).astype(np.int64)
+    if n > 1 and not bool(np.all(step[1:] > step[:-1])):
+        raise DecodeError(f"{where}: steps {step.tolist()} are not strictly increasing")
+    return step, sketch // (n * F16.itemsize)
+
+
+def _column(record: Mapping[str, Any], field: str, dtype: np.dtype[Any], shape: tuple[int, ...]) -> npt.NDArray[Any]:
+    """A read-only view of a packed column (sizes already checked); an empty column as ``shape`` with zero width."""
+    data = record[field]
+    if not data:
+        return np.empty(tuple(s if i == 0 else 0 for i, s in enumerate(shape)), dtype=dtype.newbyteorder("="))
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def columns(record: Mapping[str, Any]) -> StepColumns:
+    """The columns of a decoded StepBlock record: numpy views over its bytes, no per-step work but the token texts;
+    DecodeError when a packed size disagrees with ``count``, ``num_layers`` or ``num_heads``, when the steps are not
+    strictly increasing, or when the block is empty."""
+    step, sketch = _check_block(record)
+    n, layers, heads = int(record["count"]), int(record["num_layers"]), int(record["num_heads"])
+    return StepColumns(
+        trace_id=str(record["trace_id"]),
+        request_id=str(record["request_id"]),
+        model_version=str(record["model_version"]),
+        num_layers=layers,
+        num_heads=heads,
+        attention_signal=str(record["attention_signal"]),
+        topk_k=int(record["topk_k"]),
+        step=step,
+        token_id=np.frombuffer(record["token_id"], dtype=I32).astype(np.int64),
+        token_text=[str(t) for t in record["token_text"]],
+        **{f: np.frombuffer(record[f], dtype=F32) for f in SCALARS},  # type: ignore[arg-type]
+        layer_hidden_l2=_column(record, "layer_hidden_l2", F32, (n, layers)),
+        layer_hidden_maxabs=_column(record, "layer_hidden_maxabs", F32, (n, layers)),
+        layer_nonfinite=np.frombuffer(record["layer_nonfinite"], dtype=I32).astype(np.int64).reshape(n, layers),
+        head_attention_entropy=_column(record, "head_attention_entropy", F32, (n, layers, heads)),
+        ffn_sparsity=_column(record, "ffn_sparsity", F32, (n, layers)),
+        hidden_sketch=_column(record, "hidden_sketch", F16, (n, sketch)).astype(np.float32),
+        **{f: np.frombuffer(record[f], dtype=I64).astype(np.int64) for f in COUNTS},  # type: ignore[arg-type]
+    )

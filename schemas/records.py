@@ -596,3 +596,80 @@ class ShadowComparison(TypedDict):
     """Why the shadow answer failed, if it did."""
     compared_at_us: int
     """Producer wall clock when both answers were in, microseconds since the Unix epoch."""
+
+
+class StepBlock(TypedDict):
+    """The steps of one trace that one coalescing window of the producer emitted, as packed columns: row i of every per-
+    step column is step i of the block, and together they carry exactly the fields of that step's GenerationStep record
+    (schemas.blocks.columns decodes a block, StepColumns.row gives each step's GenerationStep back). Topic evo.step-
+    blocks, key = trace_id: written for the stream processors, one record per trace and window instead of one per token.
+    A block is homogeneous: its steps share the trace, request, model version, shape (num_layers, num_heads, sketch
+    width), attention signal, topk_k and which optional columns were measured; steps that differ travel in another
+    block. Every step is also on evo.steps as its own GenerationStep record."""
+
+    trace_id: str
+    """Id of one generation; every step of the block belongs to it. The record key."""
+    request_id: str
+    """The InferenceRequest the steps answer."""
+    model_version: str
+    """Registry version of the model that produced the steps."""
+    count: int
+    """n: the number of steps in the block, at least 1; every per-step column has n rows."""
+    num_layers: int
+    """L: transformer layers reporting statistics, shared by every step of the block (the width of every per-layer
+    column)."""
+    num_heads: int
+    """H: attention heads per layer, shared by every step of the block (the last dimension of
+    head_attention_entropy)."""
+    topk_k: int
+    """The k used for topk_mass, shared by every step of the block."""
+    attention_signal: AttentionSignal
+    """Which per-head utilization signal every step of the block carries."""
+    token_text: list[str]
+    """Per step: the chosen token decoded alone (as GenerationStep.token_text), n strings."""
+    step: bytes
+    """Per step: 0-based index of the token within the trace, strictly increasing. Packed int32 little-endian, length
+    n."""
+    token_id: bytes
+    """Per step: chosen token id in the model's vocabulary. Packed int32 little-endian, length n."""
+    logprob: bytes
+    """Per step: natural-log probability of the chosen token under the raw distribution. Packed float32 little-endian,
+    length n."""
+    entropy_bits: bytes
+    """Per step: Shannon entropy in bits of the full-vocabulary distribution. Packed float32 little-endian, length n."""
+    top1_top2_margin: bytes
+    """Per step: probability of the most likely token minus that of the second. Packed float32 little-endian, length
+    n."""
+    topk_mass: bytes
+    """Per step: probability mass of the topk_k most likely tokens. Packed float32 little-endian, length n."""
+    surprisal_bits: bytes
+    """Per step: -log2 p(chosen token). Packed float32 little-endian, length n."""
+    layer_hidden_l2: bytes
+    """Per step and layer: L2 norm of the newest position's hidden-state output. Packed float32 little-endian, row-major
+    [n, num_layers]; empty when not measured."""
+    layer_hidden_maxabs: bytes
+    """Per step and layer: max |x| of the newest position's hidden state. Packed float32 little-endian, row-major [n,
+    num_layers]; empty when not measured."""
+    layer_nonfinite: bytes
+    """Per step and layer: count of NaN or Inf values in the newest position's hidden state. Packed int32 little-endian,
+    row-major [n, num_layers]."""
+    head_attention_entropy: bytes
+    """Per step, layer and head: the signal named by attention_signal. Packed float32 little-endian, row-major [n,
+    num_layers, num_heads]; empty when attention_signal is NONE."""
+    ffn_sparsity: bytes
+    """Per step and layer: fraction of FFN activations that are (near) zero at the newest position. Packed float32
+    little-endian, row-major [n, num_layers]; empty when not measured."""
+    hidden_sketch: bytes
+    """Per step: the hidden-state sketch of GenerationStep.hidden_sketch (D values, the same D for every step). Packed
+    float16 little-endian, row-major [n, D]: D is the length in bytes / (2 n); empty when off."""
+    latency_us: bytes
+    """Per step: wall time of the decoding step, microseconds. Packed int64 little-endian, length n."""
+    peak_memory_bytes: bytes
+    """Per step: peak device memory so far in the trace (CUDA) or process RSS peak (CPU), bytes. Packed int64 little-
+    endian, length n."""
+    emitted_at_us: bytes
+    """Per step: producer wall clock when the step was computed, microseconds since the Unix epoch. Packed int64 little-
+    endian, length n."""
+    flushed_at_us: int
+    """Producer wall clock when the block was built and handed to Kafka, microseconds since the Unix epoch (at or after
+    every step's emitted_at_us)."""

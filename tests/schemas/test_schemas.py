@@ -45,6 +45,7 @@ def test_every_design_event_has_a_schema() -> None:
     assert names == {
         "InferenceRequest",
         "GenerationStep",
+        "StepBlock",
         "Completion",
         "ProfileSnapshot",
         "DriftReport",
