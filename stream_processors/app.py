@@ -45,11 +45,10 @@ from evostream.core.clock import now_us
 from evostream.core.errors import DecodeError, EvoError, FoldError, StackError
 from evostream.core.settings import Settings
 from evostream.schemas.blocks import StepColumns
-from evostream.schemas.blocks import columns as block_columns
 from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEP_BLOCKS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.deadletter import dead_letter
-from evostream.stream_processors.checks import check_completion, check_neurons
+from evostream.stream_processors.checks import check_block, check_completion, check_neurons
 from evostream.stream_processors.drift.policy import load_drift_policies
 from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 from evostream.stream_processors.drift.tracker import table_name as drift_table
@@ -292,7 +291,7 @@ class Processors:
         if rec is None:
             return None
         try:
-            return block_columns(rec)
+            return check_block(rec)
         except DecodeError as e:
             acks.append(await self._dead_letter(event, _reason(e, "risk")))
             return None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from evostream.core.errors import DecodeError, FoldError
+from evostream.schemas.blocks import StepColumns, columns
 from evostream.schemas.tensors import check_step as check_step_matrices
 
 MAX_LAYERS = 1024
@@ -54,6 +55,34 @@ def check_step(step: Mapping[str, Any]) -> None:
         raise DecodeError("layer_nonfinite holds a negative count")
     if len(step.get("hidden_sketch") or b"") % 2:
         raise DecodeError("hidden_sketch is not a whole number of float16 values")
+
+
+def check_block(block: Mapping[str, Any]) -> StepColumns:
+    """The columns of a decoded StepBlock (``schemas/blocks.py``); DecodeError where the block contradicts itself
+    or passes a limit, as ``check_step`` for each of its steps. The limits are checked before any column is read."""
+    layers, heads = int(block["num_layers"]), int(block["num_heads"])
+    if layers > MAX_LAYERS or heads > MAX_HEADS or layers * heads > MAX_LAYER_HEADS:
+        raise DecodeError(
+            f"num_layers {layers} x num_heads {heads} above the limits "
+            f"({MAX_LAYERS} layers, {MAX_HEADS} heads, {MAX_LAYER_HEADS} in all)"
+        )
+    cols = columns(block)
+    if int(cols.step[0]) < 0:
+        raise DecodeError(f"negative step index {int(cols.step[0])}")
+    if cols.layer_nonfinite.size and int(cols.layer_nonfinite.min()) < 0:
+        raise DecodeError("layer_nonfinite holds a negative count")
+    return cols
+
+
+def block_shape(cols: StepColumns) -> StepShape:
+    """The shape of a block's steps (``step_shape`` of each of them)."""
+    return (
+        cols.num_layers,
+        cols.num_heads,
+        bool(cols.layer_hidden_l2.shape[1]),
+        bool(cols.layer_hidden_maxabs.shape[1]),
+        bool(cols.head_attention_entropy.size),
+    )
 
 
 def step_shape(step: Mapping[str, Any]) -> StepShape:
