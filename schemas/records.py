@@ -371,9 +371,10 @@ class Outcome(TypedDict):
 
 
 class ProfileDelta(TypedDict):
-    """The GenerationSteps of one model version that one stream-processor batch read, reduced to what profiling folds,
-    as columns (one record per model and batch, where a step would be one record). Internal to the processors: topic
-    <app_id>-profile-deltas, key = model_version."""
+    """What the step blocks of one model version that one stream-processor batch read from one source partition add to
+    the model's profiling window: one row per block (its partial aggregates), merged per model by the profiling agent.
+    v2 adds the rows; the v1 per-step columns are kept, empty in a v2 record, until the processors no longer send them.
+    Internal to the processors: topic <app_id>-profile-deltas, key = model_version."""
 
     model_version: str
     """Registry version of the model."""
@@ -382,21 +383,54 @@ class ProfileDelta(TypedDict):
     num_heads: int
     """Attention heads per layer of every step in this record."""
     trace_ids: list[str]
-    """Per step: its trace."""
+    """v1, per step: its trace (empty in a record of rows)."""
     steps: list[int]
-    """Per step: its index in the trace."""
+    """v1, per step: its index in the trace (empty in a record of rows)."""
     emitted_at_us: list[int]
-    """Per step: when it was emitted."""
+    """v1, per step: when it was emitted (empty in a record of rows)."""
     token_ids: list[int]
-    """Per step: the generated token."""
+    """v1, per step: the generated token (empty in a record of rows)."""
     attention_signals: list[str]
-    """Per step: its attention_signal."""
+    """v1, per step: its attention_signal (empty in a record of rows)."""
     head_signal: bytes
-    """Per step, layer and head: head_attention_entropy; little-endian float32, row-major [steps, num_layers,
-    num_heads]; NaN rows where a step measured none."""
+    """v1, per step, layer and head: head_attention_entropy; little-endian float32, row-major [steps, num_layers,
+    num_heads]; NaN rows where a step measured none (empty in a record of rows)."""
     layer_hidden_l2: bytes
-    """Per step and layer: layer_hidden_l2; little-endian float32, row-major [steps, num_layers]; NaN rows where a step
-    measured none."""
+    """v1, per step and layer: layer_hidden_l2; little-endian float32, row-major [steps, num_layers]; NaN rows where a
+    step measured none (empty in a record of rows)."""
+    source_partition: int
+    """The evo.step-blocks partition the blocks were read from (-1 in a v1 record): the profiling state keeps, per
+    source partition, the highest block offset merged."""
+    offsets: list[int]
+    """Per row: the Kafka offset of its block on source_partition, strictly increasing."""
+    window_start_us: list[int]
+    """Per row: the start of the tumbling window of the block's first step (the whole block counts there)."""
+    block_steps: list[int]
+    """Per row: the block's steps."""
+    first_us: list[int]
+    """Per row: the earliest emitted_at_us of the block's steps."""
+    last_us: list[int]
+    """Per row: the latest emitted_at_us of the block's steps."""
+    new_trace: list[bool]
+    """Per row: true where the block's trace was not yet counted in the row's window."""
+    signals: list[str]
+    """Per row: the block's attention_signal."""
+    head_steps: list[int]
+    """Per row: the block's steps whose head signal is measured and finite."""
+    layer_steps: list[int]
+    """Per row: the block's steps whose layer_hidden_l2 is measured and finite."""
+    head_sum: bytes
+    """Per row, layer and head: the head signal summed over the row's head_steps; little-endian float64, row-major
+    [rows, num_layers, num_heads]."""
+    layer_changed: bytes
+    """Per row and layer: of the row's layer_steps, those on which the layer changed the hidden-state norm materially
+    against the layer below; little-endian int64, row-major [rows, num_layers]."""
+    path_rows: list[int]
+    """Per token n-gram: the row it belongs to."""
+    paths: list[str]
+    """Per token n-gram: its token ids, space-separated."""
+    path_counts: list[int]
+    """Per token n-gram: how many times it ends in the row's block."""
 
 
 class TokenPath(TypedDict):

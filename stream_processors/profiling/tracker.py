@@ -10,11 +10,13 @@ import numpy as np
 
 from evostream.stream_processors.checks import check_columns_join, check_neurons_joins
 from evostream.stream_processors.fold import Fold
-from evostream.stream_processors.profiling.delta import Columns
+from evostream.stream_processors.profiling.delta import Columns, Partials
 from evostream.stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
 
-STATE_LAYOUT = 1
-"""Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
+STATE_LAYOUT = 2
+"""Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state.
+2: the window counts its traces (``trace_count``) instead of listing them; the state keeps, per source partition,
+the highest block offset merged (``offsets``)."""
 
 
 def table_name(policy: ProfilePolicy) -> str:
@@ -24,12 +26,17 @@ def table_name(policy: ProfilePolicy) -> str:
 
 
 class ProfileTracker:
-    """Tumbling event-time windows per model version: folds batches of steps, closes windows into snapshots.
+    """Tumbling event-time windows per model version: merges the partials of step blocks (``on_partials``), closes
+    windows into snapshots.
 
-    A step older than the open window is folded into it (late data is counted, not dropped); a step of a later
+    A block older than the open window is merged into it (late data is counted, not dropped); a block of a later
     window closes the open one first. When traffic stops, ``on_tick`` closes a window once the clock is
-    ``grace_s`` past its end. The state keeps each trace's last folded step of the window closed last, so a
-    replay after a restart that reaches back into that window is skipped rather than counted again."""
+    ``grace_s`` past its end. The state keeps, per source partition of the blocks, the highest block offset merged
+    (``offsets``), across windows: a partition's rows come in offset order and a replay starts over at an earlier
+    offset, so a replayed row is recognised exactly, whatever window it belonged to.
+
+    ``on_steps`` and ``on_delta`` fold single steps and v1 ProfileDelta columns, deduplicated per trace and step,
+    until the processors send partials."""
 
     def __init__(self, policy: ProfilePolicy) -> None:
         self.policy = policy
@@ -72,6 +79,35 @@ class ProfileTracker:
         st["window"] = win.to_state() if win is not None else None
         return Fold(st, snapshots, duplicates=duplicates)
 
+    def on_partials(self, model: str, state: Mapping[str, Any] | None, parts: Partials, now_us: int) -> Fold:
+        """Merge the rows of a ProfileDelta (v2) into the model's windows: new state, snapshots of windows closed
+        (``reports``), and the steps of the rows skipped as already merged (``duplicates``). FoldError, and nothing
+        merged, where a row's shape does not fit the window it joins."""
+        st = dict(state or {"window_start": None, "window": None})
+        offsets = dict(st.get("offsets", {}))
+        key = str(parts.source_partition)
+        fresh = parts.offsets > offsets.get(key, -1)
+        duplicates = int(parts.steps[~fresh].sum())
+        kept = np.flatnonzero(fresh)
+        if len(kept):
+            offsets[key] = int(parts.offsets[kept[-1]])
+        st["offsets"] = offsets
+        snapshots: list[dict[str, Any]] = []
+        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
+        # in offset order, as one row after another: a row of a later window closes the open one, an earlier row
+        # is late and joins the open one, so how the rows were cut into deltas changes nothing
+        starts = parts.window_start_us[kept]
+        i = 0
+        while i < len(kept):
+            win = self._window(model, st, win, int(starts[i]), now_us, snapshots)
+            later = np.flatnonzero(starts[i:] > st["window_start"])
+            j = i + int(later[0]) if len(later) else len(kept)
+            _check_partial_joins(win, parts, kept[i:j])
+            win.add_rows(parts, kept[i:j])
+            i = j
+        st["window"] = win.to_state() if win is not None else st["window"]
+        return Fold(st, snapshots, duplicates=duplicates)
+
     def _window(
         self,
         model: str,
@@ -87,7 +123,8 @@ class ProfileTracker:
             return win
         if win is not None and win.steps:
             snapshots.append(win.snapshot(model, now_us))
-            st["closed"] = dict(win.applied)
+            if win.applied:  # the per-step path's
+                st["closed"] = dict(win.applied)
         st["window_start"] = start
         return ProfileWindow(self.policy)
 
@@ -125,7 +162,8 @@ class ProfileTracker:
         st["window"] = None
         if not win.steps:
             return Fold(st)
-        st["closed"] = dict(win.applied)
+        if win.applied:  # the per-step path's
+            st["closed"] = dict(win.applied)
         return Fold(st, [win.snapshot(model, now_us)])
 
 
@@ -140,4 +178,15 @@ def _check_joins(win: ProfileWindow, cols: Columns, rows: np.ndarray) -> None:
         len(win.layer_changed) if win.layer_changed is not None and has_l2 else None,
         tuple(heads.shape[1:]),
         l2.shape[1],
+    )
+
+
+def _check_partial_joins(win: ProfileWindow, parts: Partials, rows: np.ndarray) -> None:
+    """FoldError where the measured head sums or layer counts of ``rows`` do not have the shape of ``win``'s sums
+    (blocks of another shape under the same model version): adding them would fail."""
+    check_columns_join(
+        tuple(win.head_sum.shape) if win.head_sum is not None and (parts.head_steps[rows] > 0).any() else None,
+        len(win.layer_changed) if win.layer_changed is not None and (parts.layer_steps[rows] > 0).any() else None,
+        (parts.num_layers, parts.num_heads),
+        parts.num_layers,
     )

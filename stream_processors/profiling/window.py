@@ -11,7 +11,13 @@ changelog-backed table.
   ``layer_change`` (relative), against the layer below; layer 0 has nothing below and counts as always active.
 - dormant neurons: from per-neuron activation counts, the share of a layer's FFN neurons active on at most
   ``dormant_neuron_max`` of the steps the counts cover.
-- token paths: the most frequent generated n-grams.
+- token paths: the most frequent generated n-grams (ties in the order of the n-gram's text, so that the order in
+  which partials merge does not change the list).
+
+A window is a sum: ``add_rows`` merges the partials of step blocks (``partial.py``) that the risk agent computed,
+so the state holds counts and sums only, no per-trace state. ``add_step`` and ``add_columns`` fold single steps
+and v1 ProfileDelta columns and keep, per trace, its last step and tokens (``traces``, ``applied``, ``tails``, kept
+in the state only where that path fills them) until the processors send partials.
 """
 
 from __future__ import annotations
@@ -19,14 +25,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from evostream.core.errors import FoldError
 from evostream.schemas.tensors import step_heads, step_layers
-from evostream.stream_processors.profiling.delta import Columns
+
+if TYPE_CHECKING:  # delta.py builds on this module's policy
+    from evostream.stream_processors.profiling.delta import Columns, Partials
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,11 @@ def window_of(at_us: int, window_s: int) -> int:
     return at_us - at_us % w
 
 
+def top_paths(paths: Counter[str], k: int) -> list[tuple[str, int]]:
+    """The ``k`` most frequent n-grams, ties in the order of their text."""
+    return sorted(paths.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
 class ProfileWindow:
     """One model version's aggregates over one window."""
 
@@ -60,6 +73,7 @@ class ProfileWindow:
         self.start_us: int = s.get("start_us", 0)
         self.end_us: int = s.get("end_us", 0)
         self.steps: int = s.get("steps", 0)
+        self.trace_count: int = s.get("trace_count", 0)
         self.traces: set[str] = set(s.get("traces", []))
         self.signal: str = s.get("signal", "NONE")
         # accumulators stay numpy while folding; to_state turns them into JSON lists once per batch
@@ -77,11 +91,12 @@ class ProfileWindow:
         self.snapshot_ids: list[str] = list(s.get("snapshot_ids", []))
 
     def to_state(self) -> dict[str, Any]:
+        per_trace = {"traces": sorted(self.traces), "applied": self.applied, "tails": self.tails}
         return {
             "start_us": self.start_us,
             "end_us": self.end_us,
             "steps": self.steps,
-            "traces": sorted(self.traces),
+            "trace_count": self.trace_count,
             "signal": self.signal,
             "head_sum": self.head_sum.tolist() if self.head_sum is not None else [],
             "head_steps": self.head_steps,
@@ -90,9 +105,8 @@ class ProfileWindow:
             "neuron_counts": self.neuron_counts,
             "neuron_steps": self.neuron_steps,
             "paths": dict(self.paths),
-            "tails": self.tails,
-            "applied": self.applied,
             "snapshot_ids": self.snapshot_ids,
+            **{k: v for k, v in per_trace.items() if v},  # the per-step path's only
         }
 
     def _span(self, at_us: int) -> None:
@@ -108,7 +122,7 @@ class ProfileWindow:
         self.applied[trace] = int(step["step"])
         self._span(int(step["emitted_at_us"]))
         self.steps += 1
-        self.traces.add(trace)
+        self._trace(trace)
         heads = step_heads(step).astype(np.float64)
         if heads.size and np.isfinite(heads).all():
             self.signal = str(step["attention_signal"])
@@ -124,6 +138,11 @@ class ProfileWindow:
         self._path(trace, int(step["token_id"]))
         return True
 
+    def _trace(self, trace: str) -> None:
+        if trace not in self.traces:
+            self.traces.add(trace)
+            self.trace_count += 1
+
     def _path(self, trace: str, token: int) -> None:
         """The trace's newest token: its last n tokens, once it has n, count as one token path."""
         p = self.policy
@@ -131,8 +150,12 @@ class ProfileWindow:
         self.tails[trace] = tail
         if len(tail) == p.ngram:
             self.paths[" ".join(map(str, tail))] += 1
-            if len(self.paths) > p.max_paths:  # keep the heavy hitters; rare n-grams cannot make the top list
-                self.paths = Counter(dict(self.paths.most_common(p.max_paths // 2)))
+            self._prune()
+
+    def _prune(self) -> None:
+        """Keep the heavy hitters once ``max_paths`` is passed: rare n-grams cannot make the top list."""
+        if len(self.paths) > self.policy.max_paths:
+            self.paths = Counter(dict(top_paths(self.paths, self.policy.max_paths // 2)))
 
     def add_columns(self, cols: Columns, rows: npt.NDArray[np.intp], closed: Mapping[str, int]) -> int:
         """Fold rows ``rows`` of a ProfileDelta in, in that order, as ``add_step`` would fold those steps one by one
@@ -145,7 +168,7 @@ class ProfileWindow:
             if step <= closed.get(trace, -1) or step <= self.applied.get(trace, -1):
                 continue
             self.applied[trace] = step
-            self.traces.add(trace)
+            self._trace(trace)
             self._path(trace, int(cols.token_ids[r]))
             kept.append(r)
         if not kept:
@@ -174,6 +197,31 @@ class ProfileWindow:
                 self.layer_changed = total_changed if self.layer_changed is None else self.layer_changed + total_changed
                 self.layer_steps += int(ok.sum())
         return len(rows) - len(k)
+
+    def add_rows(self, parts: Partials, rows: npt.NDArray[np.intp]) -> None:
+        """Merge the partials ``rows`` of a decoded ProfileDelta (v2), in that order: sums added, the time span
+        widened, the attention signal of the last row with a measured head, their n-grams counted."""
+        if not len(rows):
+            return
+        self.steps += int(parts.steps[rows].sum())
+        self.trace_count += int(parts.new_trace[rows].sum())
+        self._span(int(parts.first_us[rows].min()))
+        self._span(int(parts.last_us[rows].max()))
+        measured = rows[parts.head_steps[rows] > 0]
+        if len(measured):
+            self.signal = parts.signals[int(measured[-1])]
+            total = parts.head_sum[measured].sum(axis=0)
+            self.head_sum = total if self.head_sum is None else self.head_sum + total
+            self.head_steps += int(parts.head_steps[measured].sum())
+        measured = rows[parts.layer_steps[rows] > 0]
+        if len(measured):
+            changed = parts.layer_changed[measured].sum(axis=0)
+            self.layer_changed = changed if self.layer_changed is None else self.layer_changed + changed
+            self.layer_steps += int(parts.layer_steps[measured].sum())
+        mine = np.flatnonzero(np.isin(parts.path_rows, rows))
+        for i in mine.tolist():
+            self.paths[parts.paths[i]] += int(parts.path_counts[i])
+        self._prune()
 
     def add_neuron_counts(self, counts: Sequence[Sequence[int]], steps: int, at_us: int) -> None:
         """Merge a producer's per-neuron activation counts covering ``steps`` steps."""
@@ -212,7 +260,7 @@ class ProfileWindow:
             "model_version": model_version,
             "window_start_us": self.start_us,
             "window_end_us": self.end_us,
-            "trace_count": len(self.traces),
+            "trace_count": self.trace_count,
             "step_count": self.steps,
             "head_utilization": [[float(x) for x in row] for row in self.utilization()],
             "ffn_neuron_activation_counts": self.neuron_counts,
@@ -224,7 +272,7 @@ class ProfileWindow:
             ),
             "top_token_paths": [
                 {"token_ids": [int(t) for t in k.split()], "count": c}
-                for k, c in self.paths.most_common(self.policy.top_paths)
+                for k, c in top_paths(self.paths, self.policy.top_paths)
             ],
             "produced_at_us": produced_at_us,
         }
