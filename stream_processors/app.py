@@ -54,7 +54,8 @@ from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 from evostream.stream_processors.drift.tracker import table_name as drift_table
 from evostream.stream_processors.faults import KillSwitch
 from evostream.stream_processors.fold import Fold
-from evostream.stream_processors.profiling.partial import BlockPartial, block_partial, partial_deltas
+from evostream.stream_processors.profiling.delta import Partials, decode_partials, partial_deltas
+from evostream.stream_processors.profiling.partial import BlockPartial, block_partial
 from evostream.stream_processors.profiling.tracker import ProfileTracker
 from evostream.stream_processors.profiling.tracker import table_name as profile_table
 from evostream.stream_processors.profiling.window import ProfilePolicy, window_of
@@ -359,33 +360,33 @@ class Processors:
             await self._write(self.drift_table, touched, acks)
 
     async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
-        # ProfileDeltas, one per model and step batch, keyed by model: a few per second where steps were thousands
+        # ProfileDeltas, one per model, source partition and block batch, keyed by model: one row per block
         async for events in stream.take_events(50, within=0.5):  # type: ignore[attr-defined]
-            per_model: dict[str, list[tuple[Columns, faust.EventT[bytes]]]] = {}
+            per_model: dict[str, list[tuple[Partials, faust.EventT[bytes]]]] = {}
             acks: list[Awaitable[Any]] = []
             for event in events:
                 rec = await self._decode("ProfileDelta", event, acks)
                 if rec is None:
                     continue
                 try:
-                    cols = columns(rec)
+                    parts = decode_partials(rec)
                 except DecodeError as e:
                     acks.append(await self._dead_letter(event, _reason(e, "profiling")))
                     continue
-                per_model.setdefault(cols.model_version, []).append((cols, event))
+                per_model.setdefault(parts.model_version, []).append((parts, event))
             async with self._profile_lock:  # the neuron agent and the idle-window timer write the same keys
                 touched: dict[bytes, dict[str, Any]] = {}
                 for model, batches in per_model.items():
                     key = model.encode()
                     state: dict[str, Any] | None = self.profile_table.get(key)
-                    for cols, event in batches:
+                    for parts, event in batches:
                         try:
-                            out = self.profile_tracker.on_delta(model, state, cols, now_us())
-                        except Exception as e:  # steps of another shape than the model's window: this delta only
+                            out = self.profile_tracker.on_partials(model, state, parts, now_us())
+                        except Exception as e:  # blocks of another shape than the model's window: this delta only
                             acks.append(await self._dead_letter(event, _reason(e, "profiling")))
                             continue
                         self.stats["duplicates_profile"] += out.duplicates
-                        self.stats["profile_steps"] += len(cols) - out.duplicates
+                        self.stats["profile_steps"] += int(parts.steps.sum()) - out.duplicates
                         acks += await self._publish_profiles(model, out.reports)
                         state = out.state
                     if state is not None:
