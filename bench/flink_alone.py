@@ -1,0 +1,83 @@
+"""The PyFlink peer alone (bench/flink_peer.py) on the real broker: the same step events bench.processors offers its
+Faust worker, folded by the PyFlink job, checked and measured.
+
+A private broker (the project's launcher; or --bootstrap), a fresh topic of 6 partitions like evo.steps, filled with
+``--steps`` GenerationStep records over ``--traces`` traces drawn by bench.processors' ``Traffic`` (the default
+model's shape, around its risk policy's baselines: healthy, so no alert is due and, without completions, no report);
+then ``run_peer`` runs the job over it. It fails unless the job folded every step, none twice and none rejected, and
+raised no alert; it prints the peer's JSON line and its figures.
+
+Needs the PyFlink environment (``bash bench/pyflink_env.sh``). Run from the project's environment:
+  python -m bench.flink_alone [--steps 20000 --traces 200 --parallelism 1 --runs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import uuid
+
+from bench.broker import bench_broker
+from bench.flink_peer import run_peer
+from bench.processors import STEP, VERSION, Traffic
+from evostream.core.bus.admin import admin_client
+from evostream.core.bus.producer import EventProducer
+from evostream.stream_processors.risk.policy import load_policies, policy_for
+
+
+def fill(bootstrap: str, topic: str, traffic: Traffic, n_steps: int, n_traces: int) -> int:
+    """``n_steps // n_traces`` steps of each of ``n_traces`` traces, interleaved as a fleet emits them; how many."""
+    from confluent_kafka.admin import NewTopic
+
+    admin = admin_client(bootstrap)
+    for fut in admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)]).values():
+        fut.result(30)
+    run = uuid.uuid4().hex[:8]
+    traces = [f"flink-{run}-{t}" for t in range(n_traces)]
+    per = n_steps // n_traces
+    producer = EventProducer(bootstrap)
+    t0 = time.time_ns() // 1000
+    for i in range(per):
+        for k, t in enumerate(traces):
+            producer.send(topic, t, STEP.encode(traffic.step(t, i, t0, k)))
+    producer.flush()
+    return per * n_traces
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20_000)
+    ap.add_argument("--traces", type=int, default=200)
+    ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1, help="peer runs over the one filled topic")
+    ap.add_argument("--bootstrap", default=None)
+    args = ap.parse_args()
+    traffic = Traffic(policy_for(load_policies(), VERSION), seed=1)
+    with bench_broker(args.bootstrap) as bootstrap:
+        topic = f"bench-flink-steps-{uuid.uuid4().hex[:8]}"
+        steps = fill(bootstrap, topic, traffic, args.steps, args.traces)
+        for r in range(1, args.runs + 1):
+            got = run_peer(bootstrap, topic, steps, steps, parallelism=args.parallelism)
+            print(json.dumps(got))
+            wrong = [
+                f"{k} {got[k]} (expected {want})"
+                for k, want in (("steps", steps), ("duplicates", 0), ("rejected", 0), ("alerts", 0))
+                if got[k] != want
+            ]
+            if wrong:
+                raise SystemExit(f"the PyFlink peer's fold is off: {', '.join(wrong)}")
+            print(
+                f"run {r}: PyFlink peer (thread mode, parallelism {args.parallelism}) folded {got['steps']:,} step "
+                f"events of {args.traces} traces in {got['seconds']:.2f} s = {got['steps_per_s']:,.0f} step events/s, "
+                f"{got['cpu_us_per_step']:.1f} CPU-µs per step event ({got['cpu_s']:.2f} CPU-s; whole run "
+                f"{got['total_cpu_s']:.1f} CPU-s, {got['wall_s']:.1f} s)"
+            )
+    print(
+        f"# reproduce: python -m bench.flink_alone --steps {args.steps} --traces {args.traces} "
+        f"--parallelism {args.parallelism} --runs {args.runs}"
+    )
+
+
+if __name__ == "__main__":
+    main()
