@@ -8,9 +8,14 @@ manager's JVM through an embedded interpreter, no Beam worker process):
   -> key_by trace_id
   -> KeyedProcessFunction: a ValueState holds the trace's risk state (the JSON-able dict the Faust agent keeps in its
      table) and each record is folded into it with the project's pure fold, ``RiskTracker`` with ``load_policies()``:
-     ``on_steps`` for a GenerationStep (``--records steps``), ``on_block`` for a StepBlock (``--records blocks``);
+     ``on_steps`` for a GenerationStep (``--records steps``), ``on_block`` for a StepBlock (``--records blocks``,
+     decoded by ``schemas.blocks.columns``; where the tracker has no ``on_block`` yet, ``on_steps`` over the
+     block's rows, and the JSON line says ``"fold_api": "on_steps(rows)"``);
      its RiskReports and RiskAlerts are Avro-encoded as the agent's are
   -> a counting map (reports, alerts) -> a discarding sink.
+
+``--fold none`` keeps the source, the decoding and the key_by but folds nothing and keeps no state: the job's own
+per-record floor, as bench.faust_floor is Faust's.
 
 Parallelism 1 by default (one slot, like one Faust worker); ``--parallelism N`` for more. A record's position in its
 subtask's input stands in for its Kafka offset in the fold (it increases along each trace as an offset does; Flink's
@@ -32,7 +37,7 @@ through EVOSTREAM_KAFKA_USERNAME / _PASSWORD / _MECHANISM, which the peer also r
 Run (a topic already filled, e.g. by bench.processors' Traffic):
   PY=$(bash bench/pyflink_env.sh)
   PYTHONPATH=$PWD $PY -m bench.flink_peer --bootstrap 127.0.0.1:9092 --topic evo.steps \\
-      --expect-records 20000 --expect-steps 20000 [--records steps|blocks] [--parallelism 1]
+      --expect-records 20000 --expect-steps 20000 [--records steps|blocks] [--parallelism 1] [--fold risk|none]
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ def run_peer(
     *,
     kind: str = "steps",
     parallelism: int = 1,
+    fold: str = "risk",
     timeout_s: float = 1800.0,
     python: Path | None = None,
 ) -> dict[str, Any]:
@@ -107,6 +113,7 @@ def run_peer(
         f"--expect-records={records}",
         f"--expect-steps={steps}",
         f"--parallelism={parallelism}",
+        f"--fold={fold}",
         f"--connector-jar={jar}",
     ]
     try:
@@ -216,7 +223,7 @@ def _job(args: argparse.Namespace, stats_dir: Path) -> None:
     from pyflink.datastream.state import ValueStateDescriptor
     from pyflink.java_gateway import get_gateway
 
-    kind = args.records
+    kind, fold = args.records, args.fold == "risk"
 
     class Decode(MapFunction):  # type: ignore[misc]
         """Bytes -> the record the fold takes: a checked GenerationStep dict, or a block's StepColumns."""
@@ -256,6 +263,7 @@ def _job(args: argparse.Namespace, stats_dir: Path) -> None:
             from evostream.stream_processors.risk.tracker import RiskTracker
 
             self.tracker = RiskTracker(load_policies())
+            self.on_block = getattr(self.tracker, "on_block", None)
             self.report_codec, self.alert_codec = RecordCodec("RiskReport"), RecordCodec("RiskAlert")
             self.state = runtime_context.get_state(ValueStateDescriptor("risk", Types.PICKLED_BYTE_ARRAY()))
             self.subtask = uuid.uuid4().hex  # the subtask index is not reachable in thread mode
@@ -269,10 +277,19 @@ def _job(args: argparse.Namespace, stats_dir: Path) -> None:
                 self.first = now
             self.position += 1
             now_us = int(now * 1e6)
+            if not fold:
+                self.records += 1
+                self.steps += 1 if kind == "steps" else len(value)
+                self.last = time.time()
+                return
             if kind == "steps":
                 out, n = self.tracker.on_steps(self.state.value(), [(value, self.position)], now_us), 1
-            else:
-                out, n = self.tracker.on_block(self.state.value(), value, self.position, now_us), len(value)
+            elif self.on_block is not None:
+                out, n = self.on_block(self.state.value(), value, self.position, now_us), len(value)
+            else:  # a tracker without on_block yet: the block's rows, each at its own position
+                rows = [(row, self.position + i) for i, row in enumerate(value.rows())]
+                self.position += len(rows) - 1
+                out, n = self.tracker.on_steps(self.state.value(), rows, now_us), len(rows)
             self.state.update(out.state)
             self.records += 1
             self.steps += n - out.duplicates - len(out.rejected)
@@ -355,6 +372,17 @@ def _job(args: argparse.Namespace, stats_dir: Path) -> None:
     env.execute(f"evostream flink peer ({kind})")
 
 
+def _fold_api(args: argparse.Namespace) -> str | None:
+    """Which of the tracker's functions the job folded with."""
+    if args.fold == "none":
+        return None
+    if args.records == "steps":
+        return "on_steps"
+    from evostream.stream_processors.risk.tracker import RiskTracker
+
+    return "on_block" if hasattr(RiskTracker, "on_block") else "on_steps(rows)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bootstrap", required=True)
@@ -363,6 +391,12 @@ def main() -> None:
     ap.add_argument("--expect-records", type=int, required=True, help="records on the topic")
     ap.add_argument("--expect-steps", type=int, required=True, help="steps they hold")
     ap.add_argument("--parallelism", type=int, default=1)
+    ap.add_argument(
+        "--fold",
+        choices=("risk", "none"),
+        default="risk",
+        help="none: decode and key_by as usual, but no state and no fold (the job's own floor)",
+    )
     ap.add_argument("--connector-jar", default=str(JARS / CONNECTOR))
     args = ap.parse_args()
     try:
@@ -399,6 +433,8 @@ def main() -> None:
         "mode": "thread",
         "records_kind": args.records,
         "parallelism": args.parallelism,
+        "fold": args.fold,
+        "fold_api": _fold_api(args),
         "records": records,
         "steps": steps,
         "duplicates": sum(f["duplicates"] for f in folds),
