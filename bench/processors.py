@@ -49,7 +49,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,15 +57,17 @@ from typing import Any
 import numpy as np
 
 from bench.broker import bench_broker
+from bench.flink_peer import run_peer
 from bench.procs import stop
 from bench.stats import pct, spread
+from evostream.core.bus.admin import ensure_topics
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.bus.producer import EventProducer
 from evostream.core.settings import load_settings
 from evostream.core.stack import LocalStack
 from evostream.core.stack.cluster import LocalCluster
 from evostream.schemas.blocks import block_record, from_steps
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, PROFILES, RISK, STEP_BLOCKS
+from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, PROFILES, RISK, STEP_BLOCKS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.samples import generation_step
 from evostream.schemas.tensors import pack_f32, step_heads, step_layers
@@ -261,6 +263,7 @@ class Throughput:
     healthy_alerts: int
     cpu_s: float
     """The workers' CPU seconds from the first Ready to the last agent done."""
+    blocks: int
 
     @property
     def cpu_us_per_step(self) -> float:
@@ -346,7 +349,7 @@ def read_progress(bootstrap: str, workers: list[Worker], traces: set[str], progr
 
 
 def throughput(
-    bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_traces: int, n_workers: int
+    bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_traces: int, n_workers: int, peer_topic: str = ""
 ) -> tuple[list[Worker], Throughput]:
     """Returns the workers, caught up, for the latency runs. With several, the clock starts at the first one's Ready
     line (the others' joining and the rebalance it causes count against them)."""
@@ -355,10 +358,15 @@ def throughput(
     per = n_steps // n_traces
     producer = EventProducer(bootstrap)
     t0 = time.time_ns() // 1000
+    blocks = 0
     for i in range(0, per, traffic.block):  # each trace's steps in blocks of ``block``, the traces interleaved
         for k, t in enumerate(traces):
             steps = [traffic.step(t, j, t0, k) for j in range(i, min(i + traffic.block, per))]
-            producer.send(STEP_BLOCKS, t, traffic.encode_block(steps))
+            value = traffic.encode_block(steps)
+            producer.send(STEP_BLOCKS, t, value)
+            if peer_topic:  # the same bytes for the peer, on a topic of its own nothing else writes to
+                producer.send(peer_topic, t, value)
+            blocks += 1
     for k, t in enumerate(traces):
         producer.send(COMPLETIONS, t, COMPLETION.encode(traffic.completion(t, per, k)))
     producer.flush()
@@ -397,7 +405,7 @@ def throughput(
     end_us = ready_us + int(max(done_s.values()) * 1e6)
     cpu = meter.at(end_us) - meter.at(ready_us)  # what the workers spent starting is not in it
     return workers, Throughput(
-        steps, n_traces, max(done_s.values()), done_s, progress.policies, progress.alerts, cpu
+        steps, n_traces, max(done_s.values()), done_s, progress.policies, progress.alerts, cpu, blocks
     )
 
 
@@ -508,7 +516,10 @@ def one_run(
     traffic = Traffic(policy, seed=r, block=args.block)
     peer: dict[str, Any] | None = None
     with brokers(args.bootstrap, args.cluster) as bootstrap:
-        workers, tp = throughput(bootstrap, tmp, traffic, args.steps, args.traces, n_workers)
+        peer_topic = f"bench-peer-{uuid.uuid4().hex[:8]}" if args.peer else ""
+        if peer_topic:  # laid out like evo.step-blocks
+            ensure_topics(bootstrap, [replace(next(t for t in CATALOG if t.name == STEP_BLOCKS), name=peer_topic)])
+        workers, tp = throughput(bootstrap, tmp, traffic, args.steps, args.traces, n_workers, peer_topic)
         try:
             idle, idle_lost = latency(bootstrap, traffic, args.alerts, 0.0)
             offered = args.load * tp.steps_per_s
@@ -516,8 +527,8 @@ def one_run(
         finally:
             for w in workers:
                 w.stop()
-        if args.peer:  # the same StepBlock records, read from the start by the PyFlink job, nothing else running
-            peer = run_peer(bootstrap, STEP_BLOCKS, records="blocks", parallelism=1)
+        if peer_topic:  # the same StepBlock records, read from the start by the PyFlink job, nothing else running
+            peer = run_peer(bootstrap, peer_topic, tp.blocks, tp.steps, kind="blocks", parallelism=1)
     agents = ", ".join(f"{k} {v:.2f} s" for k, v in tp.done_s.items())
     ready = "the first worker ready" if n_workers > 1 else "worker ready"
     print(
