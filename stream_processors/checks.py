@@ -25,8 +25,8 @@ MAX_LAYERS = 1024
 MAX_HEADS = 1024
 """Attention heads per layer a step may report."""
 MAX_LAYER_HEADS = 1 << 16
-"""Layers x heads: the profiling agent gets a row of that many float32 per step, measured or not (the largest open
-models have under 20,000)."""
+"""Layers x heads: a block carries that many float32 per step, and its row of a ProfileDelta that many float64, measured
+or not (the largest open models have under 20,000)."""
 MAX_EMBEDDING_DIM = 2048
 """Values in a prompt embedding: every embedding of a drift window is kept in one changelog value."""
 FLOAT16_MAX = 65504.0
@@ -166,8 +166,8 @@ def check_neurons_joins(shape: tuple[int, int] | None, snap: Mapping[str, Any]) 
 def check_columns_join(
     heads: tuple[int, ...] | None, layers: int | None, delta_heads: tuple[int, ...], delta_layers: int
 ) -> None:
-    """FoldError where a profile delta's measured head matrix or per-layer rows do not have the shape of the
-    window's sums (None: the window has none yet)."""
+    """FoldError where the measured head sums or per-layer counts of a ProfileDelta's rows do not have the shape of
+    the window's sums (None: the window has none yet)."""
     if heads is not None and delta_heads != heads:
         raise FoldError(f"steps with a {delta_heads} head signal join a profile window of {heads}")
     if layers is not None and delta_layers != layers:
