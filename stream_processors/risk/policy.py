@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from evostream.core.errors import PolicyError
 from evostream.stream_processors.policy_file import check_fields
 
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 EPS = 1e-6
 """Keeps log(|x| + EPS) finite for exact zeros: a numerical guard, not a tunable."""
 
@@ -45,6 +48,38 @@ class Baseline:
             return None
         out: F64 = (values - mu) / np.maximum(sd, std_floor)
         return out
+
+    def z_many(self, buckets: I64, values: F64, std_floor: float) -> tuple[F64, Mask]:
+        """``z`` for many rows at once (row i in bucket ``buckets[i]``), equal to it row by row: the z rows, and which
+        rows have one (``z`` gives None for the others, whose z rows are 0)."""
+        out: F64 = np.zeros(values.shape)
+        ok: Mask = np.zeros(len(values), dtype=np.bool_)
+        if not len(values):
+            return out, ok
+        first = int(buckets[0])
+        one = bool((buckets == first).all())  # the usual block: every row past the first positions in one bucket
+        for b in [first] if one else sorted(set(buckets.tolist())):
+            if not self.mean or b >= len(self.mean):
+                continue
+            mu, sd = self._arrays[b]
+            if mu.shape != values.shape[1:]:
+                continue
+            if one:
+                out = (values - mu) / np.maximum(sd, std_floor)
+                ok[:] = True
+            else:
+                rows = buckets == b
+                out[rows] = (values[rows] - mu) / np.maximum(sd, std_floor)
+                ok[rows] = True
+        return out, ok
+
+    @cached_property
+    def _arrays(self) -> list[tuple[F64, F64]]:
+        """Mean and sd of each bucket as arrays, made once (``z`` makes them per call)."""
+        return [
+            (np.asarray(mu, dtype=np.float64), np.asarray(self.std[b], dtype=np.float64))
+            for b, mu in enumerate(self.mean)
+        ]
 
 
 FLAGS = ("nonfinite_hidden", "repetition_loop", "mid_layer_anomaly", "attention_collapse", "high_entropy")
@@ -154,9 +189,42 @@ class RiskPolicy:
     def bucket(self, step: int) -> int:
         return position_bucket(step, self.position_buckets)
 
+    def buckets(self, steps: I64) -> I64:
+        """``bucket`` of each of ``steps``."""
+        starts = self._sorted_starts
+        if starts is not None:
+            found: I64 = np.searchsorted(starts, steps, side="right") - 1
+            return np.maximum(found, 0)
+        out: I64 = np.zeros(len(steps), dtype=np.int64)  # unsorted starts: the last one at or below wins, as in bucket
+        for i, lo in enumerate(self.position_buckets):
+            out[steps >= lo] = i
+        return out
+
+    @cached_property
+    def _sorted_starts(self) -> npt.NDArray[Any] | None:
+        """The bucket starts as an array where they ascend (then a search finds a step's bucket), else None."""
+        starts = np.asarray(self.position_buckets)
+        return starts if len(starts) and bool((starts[1:] >= starts[:-1]).all()) else None
+
     def head_z(self, step: int, heads: F64) -> F64 | None:
         """z of log(head signal) against this decoding position's baseline; None without a matching baseline."""
         return self.heads.z(self.bucket(step), log_magnitude(heads), self.z_std_floor)
+
+    def head_z_many(self, steps: I64, heads: F64) -> tuple[F64, Mask]:
+        """``head_z`` of many steps (``heads`` [n, layers, heads]) at once, equal to it row by row: the z rows, and
+        which rows have one (``head_z`` gives None for the others)."""
+        return self.heads.z_many(self.buckets(steps), log_magnitude(heads), self.z_std_floor)
+
+    def norm_z_many(self, steps: I64, l2: F64) -> tuple[F64, Mask]:
+        """``norm_z`` of many steps (``l2`` [n, layers]) at once, equal to it row by row: the z rows, and which rows
+        have one (``norm_z`` gives None for the others)."""
+        return self.norm_z_logs(self.buckets(steps), log_magnitude(l2))
+
+    def norm_z_logs(self, buckets: I64, logs: F64) -> tuple[F64, Mask]:
+        """``norm_z_many`` from the steps' buckets and ``log_magnitude(l2)``, for a caller that has both already."""
+        if logs.ndim != 2 or logs.shape[1] < 2:
+            return np.zeros((len(logs), 0)), np.zeros(len(logs), dtype=np.bool_)
+        return self.norm_ratio.z_many(buckets, logs[:, 1:] - logs[:, :1], self.z_std_floor)
 
     def entropy_alone_alerts_at(self) -> float | None:
         """Mean entropy (bits) from which the continuous entropy term alone, with no flag raised, reaches

@@ -19,6 +19,11 @@ Flags:
   position (z of the log head signal < ``collapse_z``), so a seq2seq first step, whose heads always look
   different, does not fire.
 - ``mid_layer_anomaly``: a layer's hidden norm relative to layer 0 far above its baseline (z > ``blowup_z``).
+
+``update_block`` folds a block of steps (``StepColumns``) at once, with numpy over the rows, to exactly the state that
+``update`` row by row gives: the same counts, sums, flags, windows and float32 signatures. It halts after the first
+row at which the trace's severity may rise above what it already alerted, so that its caller assesses the trace at
+the very steps the row-by-row fold raises an EARLY alert.
 """
 
 from __future__ import annotations
@@ -30,9 +35,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
+from evostream.schemas.blocks import StepColumns
 from evostream.schemas.tensors import step_heads, step_layers
 from evostream.stream_processors.risk.policy import RiskPolicy, log_magnitude
+
+SEVERITY_RANK: dict[str | None, int] = {None: 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}
+SCORE_SLACK = 1e-6
+"""How far under a threshold an unrounded score still makes ``update_block`` halt: the score is rounded to 6
+decimals (at most 5e-7 away), so no row whose rounded score reaches a threshold is passed over."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +82,9 @@ class TraceRisk:
         s = dict(state or {})
         self.steps: int = s.get("steps", 0)
         self.tokens: list[int] = list(s.get("tokens", []))
-        self.signatures: list[list[float]] = _unpack_rows(s.get("signatures", ""))
+        # the signatures as rows (``update``) or as a float32 array (``update_block``), whichever the last fold used
+        self._sig_rows: list[list[float]] | None = None
+        self._sig_array: npt.NDArray[np.float32] | None = _unpack_array(s.get("signatures", ""))
         self.high_entropy: int = s.get("high_entropy", 0)
         self.entropy_sum: float = s.get("entropy_sum", 0.0)
         self.nonfinite_layers: set[int] = set(s.get("nonfinite_layers", []))
@@ -83,7 +97,7 @@ class TraceRisk:
         return {
             "steps": self.steps,
             "tokens": self.tokens,
-            "signatures": _pack_rows(self.signatures),
+            "signatures": _pack_rows(self._sig_rows) if self._sig_rows is not None else _pack_array(self._sig_array),
             "high_entropy": self.high_entropy,
             "entropy_sum": self.entropy_sum,
             "nonfinite_layers": sorted(self.nonfinite_layers),
@@ -92,6 +106,21 @@ class TraceRisk:
             "loop": self.loop,
             "alerted": self.alerted,
         }
+
+    @property
+    def signatures(self) -> list[list[float]]:
+        """The hidden-state signatures of the last ``repeat_window`` steps, as rows."""
+        if self._sig_rows is None:
+            rows: list[list[float]] = self._sig_array.astype(np.float64).tolist() if self._sig_array is not None else []
+            self._sig_rows, self._sig_array = rows, None
+        return self._sig_rows
+
+    def _signature_array(self, width: int) -> npt.NDArray[np.float32]:
+        if self._sig_array is None:
+            rows = self._sig_rows or []
+            self._sig_array = np.asarray(rows, dtype=np.float32) if rows else np.empty((0, width), dtype=np.float32)
+            self._sig_rows = None
+        return self._sig_array
 
     def update(self, step: Mapping[str, Any]) -> Assessment:
         """Fold one GenerationStep record in; returns the assessment of the trace so far."""
@@ -130,22 +159,33 @@ class TraceRisk:
         return self.assess()
 
     def _loop(self) -> str:
+        return _loop_text(self.policy, self.tokens, self.signatures)
+
+    def update_block(
+        self, cols: StepColumns, start: int = 0, stop: int | None = None, *, above: str | None = "CRITICAL"
+    ) -> tuple[int, bool]:
+        """Fold rows [start, stop) of a block in, exactly as ``update`` row by row would (without assessing each row),
+        but halt after the first row at which the trace's severity may rise above ``above`` (the severity already
+        alerted; the default, CRITICAL, never halts). Returns the end of the rows folded and whether it halted: then
+        the caller assesses the trace (``assess``) and goes on from that end."""
         p = self.policy
-        period = _period(self.tokens, p.repeat_max_period, p.repeat_min_cycles)
-        if period:
-            return f"tokens repeat with period {period}"
-        # the hidden-state test only runs while the tokens repeat at least once (cheap test first)
-        if len(self.signatures[-1]) == 0 or not _period(self.tokens, p.repeat_max_period, 2):
-            return ""
-        sig = np.asarray(self.signatures)
-        lags = [np.linalg.norm(sig[k:] - sig[:-k], axis=1) for k in range(1, min(len(sig), 2 * p.repeat_max_period))]
-        scale = float(np.median(np.concatenate(lags))) if lags else 0.0
+        stop = len(cols) if stop is None else min(stop, len(cols))
+        if stop <= start:
+            return start, False
+        if p.repeat_window < 1 or p.repeat_min_cycles < 2:  # windows that the vectorised loop test does not model
+            return self._update_rows(cols, start, stop, above)
+        rows = _BlockRows(self, cols, start, stop)
+        halt = rows.first_rise(above)
+        end = rows.n if halt is None else halt + 1
+        rows.commit(end)
+        return start + end, halt is not None
 
-        def close(a: list[float], b: list[float]) -> bool:
-            return float(np.linalg.norm(np.subtract(a, b))) <= p.hidden_repeat_ratio * scale
-
-        period = _period(self.signatures, p.repeat_max_period, p.repeat_min_cycles, close)
-        return f"hidden states repeat with period {period}" if period else ""
+    def _update_rows(self, cols: StepColumns, start: int, stop: int, above: str | None) -> tuple[int, bool]:
+        for i in range(start, stop):
+            severity = self.update(cols.row(i)).severity(self.policy)
+            if SEVERITY_RANK[severity] > SEVERITY_RANK[above]:
+                return i + 1, True
+        return stop, False
 
     def assess(self) -> Assessment:
         p = self.policy
@@ -186,6 +226,167 @@ class TraceRisk:
         return Assessment(round(1.0 - keep, 6), flags, blamed, reason, self.steps)
 
 
+class _BlockRows:
+    """Rows [start, stop) of a block as what each adds to a trace's risk, for all rows at once; ``commit`` folds the
+    first k of them in (``TraceRisk.update_block``)."""
+
+    def __init__(self, risk: TraceRisk, cols: StepColumns, start: int, stop: int) -> None:
+        p = self.policy = risk.policy
+        self.risk = risk
+        n = self.n = stop - start
+        entropy = cols.entropy_bits[start:stop].astype(np.float64)
+        finite = np.isfinite(entropy)
+        self.high = risk.high_entropy + np.cumsum(~finite | (entropy > p.entropy_bits))
+        # a running sum, left to right from the stored one, as ``update`` adds (cumsum does not pair up)
+        self.entropy_sum = np.cumsum(np.concatenate(([risk.entropy_sum], np.where(finite, entropy, 0.0))))[1:]
+        self.nonfinite = cols.layer_nonfinite[start:stop] != 0
+        self.row_nonfinite = self.nonfinite.any(axis=1)
+        judged = ~self.row_nonfinite  # a step with a non-finite layer is not z-scored
+        steps = cols.step[start:stop]
+        buckets = p.buckets(steps)
+        l2 = cols.layer_hidden_l2[start:stop].astype(np.float64)
+        logs = log_magnitude(l2)
+        self.norm_z, ok = p.norm_z_logs(buckets, logs)
+        self.row_blowup = ((self.norm_z > p.blowup_z).any(axis=1)) & ok & judged
+        self.low: npt.NDArray[np.bool_] | None = None
+        self.row_collapse = np.zeros(n, dtype=np.bool_)
+        heads = cols.head_attention_entropy[start:stop]
+        if heads.size:
+            # head_z_many, with the buckets already found
+            z, ok = p.heads.z_many(buckets, log_magnitude(heads.astype(np.float64)), p.z_std_floor)
+            if ok.any():
+                self.low = z < p.collapse_z
+                share = self.low.sum(axis=(1, 2)) / self.low[0].size  # low.mean() of each row
+                self.row_collapse = (share >= p.collapse_head_share) & ok & judged
+        if l2.shape[1]:
+            sig = np.concatenate((logs, log_magnitude(cols.layer_hidden_maxabs[start:stop].astype(np.float64))), axis=1)
+            sig32 = sig.astype(np.float32)
+            if not np.isfinite(sig).all():
+                sig32 = np.nan_to_num(sig, nan=0.0, posinf=50.0, neginf=-50.0).astype(np.float32)
+        else:
+            sig32 = np.empty((n, 0), dtype=np.float32)
+        before = risk._signature_array(sig32.shape[1])
+        self.sig_base = len(before)
+        self.signatures = np.concatenate((before, sig32)) if len(before) else sig32
+        self.base = len(risk.tokens)
+        self.tokens = np.concatenate((np.asarray(risk.tokens, dtype=np.int64), cols.token_id[start:stop]))
+        self.loop_row = -1
+        self.loop = ""
+        if not risk.loop:
+            self._find_loop()
+
+    def _find_loop(self) -> None:
+        """The first row at which ``update`` finds a loop. The loop test (``_loop_text``) only finds one where the
+        last 2p tokens repeat with some period p (both its token and its hidden-state test need that): that is
+        looked for in all rows at once, and the test itself runs only there (rarely)."""
+        p, tokens, base = self.policy, self.tokens, self.base
+        periods = p.repeat_max_period
+        if periods < 1:
+            return
+        lags = np.arange(1, periods + 1)[:, None]
+        rows = np.arange(base, len(tokens))
+        back = rows - lags  # [period, row]: the token p before each row's
+        if not ((tokens[np.maximum(back, 0)] == tokens[base:]) & (back >= 0)).any():
+            return  # no row's token repeats one of the last few: no loop can end in this block
+        at = np.arange(len(tokens))
+        back = at - lags
+        same = (tokens[np.maximum(back, 0)] == tokens) & (back >= 0)  # [period, position]: token == token p before
+        runs = np.zeros((periods, len(tokens) + 1), dtype=np.int64)
+        np.cumsum(same, axis=1, out=runs[:, 1:])
+        first = np.maximum(rows + 1 - lags, 0)  # the last p positions up to each row: all the same as p before
+        repeat = runs[:, rows + 1] - runs[np.arange(periods)[:, None], first] == lags
+        window = np.minimum(rows + 1, p.repeat_window)
+        w = p.repeat_window
+        for i in np.flatnonzero((repeat & (window >= 2 * lags)).any(axis=0)).tolist():
+            kept_tokens: list[int] = tokens[: base + i + 1][-w:].tolist()
+            kept_sigs: list[list[float]] = self.signatures[: self.sig_base + i + 1][-w:].astype(np.float64).tolist()
+            text = _loop_text(p, kept_tokens, kept_sigs)
+            if text:
+                self.loop_row, self.loop = i, text
+                return
+
+    def first_rise(self, above: str | None) -> int | None:
+        """The first row after which the trace's severity may rank above ``above`` (from its unrounded score, with
+        ``SCORE_SLACK``), or None."""
+        rank = SEVERITY_RANK[above]
+        if rank >= SEVERITY_RANK["CRITICAL"]:
+            return None
+        risk, p, n = self.risk, self.policy, self.n
+        steps = risk.steps + np.arange(1, n + 1)
+        mean_h = self.entropy_sum / steps
+        term = np.zeros(n)
+        np.divide(p.entropy_weight * mean_h, mean_h + p.entropy_bits, out=term, where=mean_h > 0)
+        keep = 1.0 - term
+        nonfinite = _since(self.row_nonfinite, bool(risk.nonfinite_layers))
+        loop = np.full(n, bool(risk.loop))
+        if self.loop_row >= 0:
+            loop[self.loop_row :] = True
+        high = (self.high >= p.min_steps) & (self.high >= p.high_entropy_share * steps)
+        for name, on in (
+            ("nonfinite_hidden", nonfinite),
+            ("repetition_loop", loop),
+            ("mid_layer_anomaly", _since(self.row_blowup, bool(risk.blowup))),
+            ("attention_collapse", _since(self.row_collapse, bool(risk.collapse))),
+            ("high_entropy", high),
+        ):
+            if on.any():  # keep * 1.0 is keep: the rows without the flag are untouched, as in ``assess``
+                keep = keep * np.where(on, 1.0 - p.weights[name], 1.0)
+        score = 1.0 - keep
+        may = nonfinite | (score >= p.critical_score - SCORE_SLACK)
+        if rank < SEVERITY_RANK["WARNING"]:
+            may |= score >= p.alert_score - SCORE_SLACK
+        return int(np.argmax(may)) if may.any() else None
+
+    def commit(self, k: int) -> None:
+        """Fold the first ``k`` rows in, as ``update`` does row by row."""
+        risk, p = self.risk, self.policy
+        risk.steps += k
+        risk.entropy_sum = float(self.entropy_sum[k - 1])
+        risk.high_entropy = int(self.high[k - 1])
+        if self.row_nonfinite[:k].any():
+            risk.nonfinite_layers.update(np.flatnonzero(self.nonfinite[:k].any(axis=0)).tolist())
+        for i in np.flatnonzero(self.row_blowup[:k]):
+            z = self.norm_z[i]
+            for layer in np.flatnonzero(z > p.blowup_z):
+                risk.blowup[int(layer) + 1] = max(risk.blowup.get(int(layer) + 1, 0.0), float(z[layer]))
+        if self.low is not None:
+            for i in np.flatnonzero(self.row_collapse[:k]):
+                low = self.low[i]
+                for layer in np.flatnonzero(low.any(axis=1)):
+                    risk.collapse[int(layer)] = max(risk.collapse.get(int(layer), 0.0), float(low[layer].mean()))
+        w = p.repeat_window
+        risk.tokens = self.tokens[: self.base + k][-w:].tolist()
+        risk._sig_rows, risk._sig_array = None, self.signatures[: self.sig_base + k][-w:]
+        if 0 <= self.loop_row < k:
+            risk.loop = self.loop
+
+
+def _since(rows: npt.NDArray[np.bool_], before: bool) -> npt.NDArray[np.bool_]:
+    """Whether a flag is up after each row: it was before, or some row so far raised it."""
+    if before:
+        return np.ones(len(rows), dtype=np.bool_)
+    return np.logical_or.accumulate(rows) if rows.any() else rows
+
+
+def _loop_text(p: RiskPolicy, tokens: list[int], signatures: list[list[float]]) -> str:
+    """The repetition loop in the last tokens and signatures of a trace (its reason), or "" for none."""
+    period = _period(tokens, p.repeat_max_period, p.repeat_min_cycles)
+    if period:
+        return f"tokens repeat with period {period}"
+    # the hidden-state test only runs while the tokens repeat at least once (cheap test first)
+    if len(signatures[-1]) == 0 or not _period(tokens, p.repeat_max_period, 2):
+        return ""
+    sig = np.asarray(signatures)
+    lags = [np.linalg.norm(sig[k:] - sig[:-k], axis=1) for k in range(1, min(len(sig), 2 * p.repeat_max_period))]
+    scale = float(np.median(np.concatenate(lags))) if lags else 0.0
+
+    def close(a: list[float], b: list[float]) -> bool:
+        return float(np.linalg.norm(np.subtract(a, b))) <= p.hidden_repeat_ratio * scale
+
+    period = _period(signatures, p.repeat_max_period, p.repeat_min_cycles, close)
+    return f"hidden states repeat with period {period}" if period else ""
+
+
 def _pack_rows(rows: list[list[float]]) -> str:
     """Rows of equal length as base64 float32 with the row length in front (compact in a JSON changelog)."""
     if not rows:
@@ -193,13 +394,20 @@ def _pack_rows(rows: list[list[float]]) -> str:
     return f"{len(rows[0])}:" + base64.b64encode(np.asarray(rows, dtype="<f4").tobytes()).decode()
 
 
-def _unpack_rows(text: str) -> list[list[float]]:
+def _pack_array(rows: npt.NDArray[np.float32] | None) -> str:
+    """``_pack_rows`` of rows held as an array."""
+    if rows is None or not len(rows):
+        return ""
+    return f"{rows.shape[1]}:" + base64.b64encode(rows.astype("<f4").tobytes()).decode()
+
+
+def _unpack_array(text: str) -> npt.NDArray[np.float32]:
+    """Packed rows as a float32 array (no rows of width 0: a width-0 row holds nothing, and is not kept)."""
     if not text:
-        return []
+        return np.empty((0, 0), dtype=np.float32)
     width, data = text.split(":", 1)
-    flat = np.frombuffer(base64.b64decode(data), dtype="<f4").astype(np.float64)
-    rows: list[list[float]] = flat.reshape(-1, int(width)).tolist() if int(width) else [[] for _ in flat]
-    return rows
+    flat = np.frombuffer(base64.b64decode(data), dtype="<f4")
+    return flat.reshape(-1, int(width)) if int(width) else np.empty((0, 0), dtype=np.float32)
 
 
 def _fmt(layers: Sequence[int]) -> str:
