@@ -28,7 +28,8 @@ the very steps the row-by-row fold raises an EARLY alert.
 
 from __future__ import annotations
 
-import base64
+import binascii
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -228,43 +229,66 @@ class TraceRisk:
 
 class _BlockRows:
     """Rows [start, stop) of a block as what each adds to a trace's risk, for all rows at once; ``commit`` folds the
-    first k of them in (``TraceRisk.update_block``)."""
+    first k of them in (``TraceRisk.update_block``). What no row raises is skipped early (most blocks raise nothing),
+    so a healthy block costs a few dozen numpy calls whatever its length."""
 
     def __init__(self, risk: TraceRisk, cols: StepColumns, start: int, stop: int) -> None:
         p = self.policy = risk.policy
         self.risk = risk
         n = self.n = stop - start
         entropy = cols.entropy_bits[start:stop].astype(np.float64)
-        finite = np.isfinite(entropy)
-        self.high = risk.high_entropy + np.cumsum(~finite | (entropy > p.entropy_bits))
-        # a running sum, left to right from the stored one, as ``update`` adds (cumsum does not pair up)
-        self.entropy_sum = np.cumsum(np.concatenate(([risk.entropy_sum], np.where(finite, entropy, 0.0))))[1:]
-        self.nonfinite = cols.layer_nonfinite[start:stop] != 0
-        self.row_nonfinite = self.nonfinite.any(axis=1)
-        judged = ~self.row_nonfinite  # a step with a non-finite layer is not z-scored
+        high = entropy > p.entropy_bits
+        # a running sum, left to right from the stored one, as ``update`` adds (accumulate does not pair up)
+        sums = np.empty(n + 1)
+        sums[0], sums[1:] = risk.entropy_sum, entropy
+        np.add.accumulate(sums, out=sums)
+        if not math.isfinite(sums[-1]):  # a NaN or an infinite entropy (float32 values add up to a finite sum)
+            finite = np.isfinite(entropy)
+            high |= ~finite
+            sums[0], sums[1:] = risk.entropy_sum, np.where(finite, entropy, 0.0)
+            np.add.accumulate(sums, out=sums)
+        self.entropy_sum = sums[1:]
+        self.high = np.add.accumulate(high, dtype=np.int64)
+        self.high += risk.high_entropy
+        layer_nonfinite = cols.layer_nonfinite[start:stop]
+        self.nonfinite: npt.NDArray[np.bool_] | None = None  # None: no row has a non-finite layer (the usual)
+        self.row_nonfinite: npt.NDArray[np.bool_] = np.zeros(n, dtype=np.bool_)
+        judged: npt.NDArray[np.bool_] | None = None  # the rows z-scored (a non-finite step is not): None for all
+        if np.logical_or.reduce(layer_nonfinite, axis=None):
+            self.nonfinite = layer_nonfinite != 0
+            self.row_nonfinite = np.logical_or.reduce(self.nonfinite, axis=1)
+            judged = ~self.row_nonfinite
         steps = cols.step[start:stop]
-        buckets = p.buckets(steps)
-        l2 = cols.layer_hidden_l2[start:stop].astype(np.float64)
-        logs = log_magnitude(l2)
-        self.norm_z, ok = p.norm_z_logs(buckets, logs)
-        self.row_blowup = ((self.norm_z > p.blowup_z).any(axis=1)) & ok & judged
-        self.low: npt.NDArray[np.bool_] | None = None
-        self.row_collapse = np.zeros(n, dtype=np.bool_)
-        heads = cols.head_attention_entropy[start:stop]
-        if heads.size:
-            # head_z_many, with the buckets already found
-            z, ok = p.heads.z_many(buckets, log_magnitude(heads.astype(np.float64)), p.z_std_floor)
-            if ok.any():
-                self.low = z < p.collapse_z
-                share = self.low.sum(axis=(1, 2)) / self.low[0].size  # low.mean() of each row
-                self.row_collapse = (share >= p.collapse_head_share) & ok & judged
-        if l2.shape[1]:
-            sig = np.concatenate((logs, log_magnitude(cols.layer_hidden_maxabs[start:stop].astype(np.float64))), axis=1)
+        buckets = p.row_buckets(steps)
+        layers = cols.layer_hidden_l2.shape[1]
+        if layers:  # the signature: log magnitudes of the L2 norms, then of the max-abs values (when measured)
+            both = np.concatenate((cols.layer_hidden_l2[start:stop], cols.layer_hidden_maxabs[start:stop]), axis=1)
+            sig = log_magnitude(both)
             sig32 = sig.astype(np.float32)
-            if not np.isfinite(sig).all():
+            if not math.isfinite(np.add.reduce(sig, axis=None)):  # a NaN or Inf (logs of float32 add up finite)
                 sig32 = np.nan_to_num(sig, nan=0.0, posinf=50.0, neginf=-50.0).astype(np.float32)
+            logs = sig[:, :layers]
         else:
             sig32 = np.empty((n, 0), dtype=np.float32)
+            logs = np.empty((n, 0))
+        self.norm_z, ok = p.norm_z_logs(buckets, logs)
+        self.row_blowup: npt.NDArray[np.bool_] | None = None  # None: no row raises it (the usual), as below
+        hit = self.norm_z > p.blowup_z
+        if np.logical_or.reduce(hit, axis=None):
+            self.row_blowup = _judged(np.logical_or.reduce(hit, axis=1), ok, judged)
+        self.low: npt.NDArray[np.bool_] | None = None
+        self.row_collapse: npt.NDArray[np.bool_] | None = None
+        heads = cols.head_attention_entropy[start:stop]
+        if heads.size and p.heads.may_fall_below(buckets, heads, p.z_std_floor, p.collapse_z):
+            # head_z_many, with the buckets already found
+            z, ok = p.heads.z_rows(buckets, log_magnitude(heads), p.z_std_floor)
+            low = z < p.collapse_z
+            if np.logical_or.reduce(
+                low, axis=None
+            ):  # a row with no low head adds no collapsed layer, whatever its share
+                share = np.add.reduce(low.reshape(n, -1), axis=1) / low[0].size  # low.mean() of each row
+                self.row_collapse = _judged(share >= p.collapse_head_share, ok, judged)
+                self.low = low
         before = risk._signature_array(sig32.shape[1])
         self.sig_base = len(before)
         self.signatures = np.concatenate((before, sig32)) if len(before) else sig32
@@ -279,20 +303,23 @@ class _BlockRows:
         """The first row at which ``update`` finds a loop. The loop test (``_loop_text``) only finds one where the
         last 2p tokens repeat with some period p (both its token and its hidden-state test need that): that is
         looked for in all rows at once, and the test itself runs only there (rarely)."""
-        p, tokens, base = self.policy, self.tokens, self.base
+        p, tokens, base, n = self.policy, self.tokens, self.base, self.n
         periods = p.repeat_max_period
         if periods < 1:
             return
+        back = _back(n, periods)  # [period, row]: the position of the token p before each row's, from the first row
+        if base >= periods:
+            if not (tokens[back + base] == tokens[base:]).any():
+                return  # no row's token repeats one of the few before it: no loop can end in this block
+        elif not ((tokens[np.maximum(back + base, 0)] == tokens[base:]) & (back + base >= 0)).any():
+            return
         lags = np.arange(1, periods + 1)[:, None]
-        rows = np.arange(base, len(tokens))
-        back = rows - lags  # [period, row]: the token p before each row's
-        if not ((tokens[np.maximum(back, 0)] == tokens[base:]) & (back >= 0)).any():
-            return  # no row's token repeats one of the last few: no loop can end in this block
         at = np.arange(len(tokens))
-        back = at - lags
-        same = (tokens[np.maximum(back, 0)] == tokens) & (back >= 0)  # [period, position]: token == token p before
+        before = at - lags
+        same = (tokens[np.maximum(before, 0)] == tokens) & (before >= 0)  # [period, position]: token == token p before
         runs = np.zeros((periods, len(tokens) + 1), dtype=np.int64)
         np.cumsum(same, axis=1, out=runs[:, 1:])
+        rows = np.arange(base, len(tokens))
         first = np.maximum(rows + 1 - lags, 0)  # the last p positions up to each row: all the same as p before
         repeat = runs[:, rows + 1] - runs[np.arange(periods)[:, None], first] == lags
         window = np.minimum(rows + 1, p.repeat_window)
@@ -312,29 +339,48 @@ class _BlockRows:
         if rank >= SEVERITY_RANK["CRITICAL"]:
             return None
         risk, p, n = self.risk, self.policy, self.n
-        steps = risk.steps + np.arange(1, n + 1)
+        threshold = p.critical_score if rank >= SEVERITY_RANK["WARNING"] else min(p.alert_score, p.critical_score)
+        threshold -= SCORE_SLACK
+        nonfinite = bool(risk.nonfinite_layers) or self.nonfinite is not None
+        loop = bool(risk.loop) or self.loop_row >= 0
+        blowup = bool(risk.blowup) or (self.row_blowup is not None and bool(self.row_blowup.any()))
+        collapse = bool(risk.collapse) or (self.row_collapse is not None and bool(self.row_collapse.any()))
+        steps = np.arange(risk.steps + 1, risk.steps + n + 1)
         mean_h = self.entropy_sum / steps
+        if not nonfinite and p.score_bounded:
+            # the highest score any row can have: the highest mean entropy, with every flag some row raises
+            top = float(np.maximum.reduce(mean_h))
+            keep = 1.0 - p.entropy_weight * top / (top + p.entropy_bits) if top > 0 else 1.0
+            last = int(self.high[-1])
+            share = p.high_entropy_share
+            high = last >= p.min_steps and last >= min(share * (risk.steps + 1), share * (risk.steps + n))
+            for name, on in (
+                ("repetition_loop", loop),
+                ("mid_layer_anomaly", blowup),
+                ("attention_collapse", collapse),
+                ("high_entropy", high),
+            ):
+                keep *= 1.0 - p.weights[name] if on else 1.0
+            if 1.0 - keep < threshold:
+                return None
         term = np.zeros(n)
         np.divide(p.entropy_weight * mean_h, mean_h + p.entropy_bits, out=term, where=mean_h > 0)
-        keep = 1.0 - term
-        nonfinite = _since(self.row_nonfinite, bool(risk.nonfinite_layers))
-        loop = np.full(n, bool(risk.loop))
+        keep_rows = 1.0 - term
+        nonfinite_rows = _since(self.row_nonfinite, bool(risk.nonfinite_layers), n)
+        loop_rows = np.full(n, bool(risk.loop))
         if self.loop_row >= 0:
-            loop[self.loop_row :] = True
-        high = (self.high >= p.min_steps) & (self.high >= p.high_entropy_share * steps)
-        for name, on in (
-            ("nonfinite_hidden", nonfinite),
-            ("repetition_loop", loop),
-            ("mid_layer_anomaly", _since(self.row_blowup, bool(risk.blowup))),
-            ("attention_collapse", _since(self.row_collapse, bool(risk.collapse))),
-            ("high_entropy", high),
+            loop_rows[self.loop_row :] = True
+        high_rows = (self.high >= p.min_steps) & (self.high >= p.high_entropy_share * steps)
+        for name, rows in (
+            ("nonfinite_hidden", nonfinite_rows),
+            ("repetition_loop", loop_rows),
+            ("mid_layer_anomaly", _since(self.row_blowup, bool(risk.blowup), n)),
+            ("attention_collapse", _since(self.row_collapse, bool(risk.collapse), n)),
+            ("high_entropy", high_rows),
         ):
-            if on.any():  # keep * 1.0 is keep: the rows without the flag are untouched, as in ``assess``
-                keep = keep * np.where(on, 1.0 - p.weights[name], 1.0)
-        score = 1.0 - keep
-        may = nonfinite | (score >= p.critical_score - SCORE_SLACK)
-        if rank < SEVERITY_RANK["WARNING"]:
-            may |= score >= p.alert_score - SCORE_SLACK
+            if rows.any():  # keep * 1.0 is keep: the rows without the flag are untouched, as in ``assess``
+                keep_rows = keep_rows * np.where(rows, 1.0 - p.weights[name], 1.0)
+        may = nonfinite_rows | (1.0 - keep_rows >= threshold)
         return int(np.argmax(may)) if may.any() else None
 
     def commit(self, k: int) -> None:
@@ -343,13 +389,13 @@ class _BlockRows:
         risk.steps += k
         risk.entropy_sum = float(self.entropy_sum[k - 1])
         risk.high_entropy = int(self.high[k - 1])
-        if self.row_nonfinite[:k].any():
+        if self.nonfinite is not None and self.row_nonfinite[:k].any():
             risk.nonfinite_layers.update(np.flatnonzero(self.nonfinite[:k].any(axis=0)).tolist())
-        for i in np.flatnonzero(self.row_blowup[:k]):
+        for i in np.flatnonzero(self.row_blowup[:k]) if self.row_blowup is not None else ():
             z = self.norm_z[i]
             for layer in np.flatnonzero(z > p.blowup_z):
                 risk.blowup[int(layer) + 1] = max(risk.blowup.get(int(layer) + 1, 0.0), float(z[layer]))
-        if self.low is not None:
+        if self.low is not None and self.row_collapse is not None:
             for i in np.flatnonzero(self.row_collapse[:k]):
                 low = self.low[i]
                 for layer in np.flatnonzero(low.any(axis=1)):
@@ -361,11 +407,29 @@ class _BlockRows:
             risk.loop = self.loop
 
 
-def _since(rows: npt.NDArray[np.bool_], before: bool) -> npt.NDArray[np.bool_]:
-    """Whether a flag is up after each row: it was before, or some row so far raised it."""
+@functools.lru_cache(maxsize=256)
+def _back(n: int, periods: int) -> npt.NDArray[np.int64]:
+    """[period, row] row - period: where the token p before each of n rows is, from the first row."""
+    back: npt.NDArray[np.int64] = np.arange(n) - np.arange(1, periods + 1)[:, None]
+    back.flags.writeable = False  # shared by every call
+    return back
+
+
+def _since(rows: npt.NDArray[np.bool_] | None, before: bool, n: int) -> npt.NDArray[np.bool_]:
+    """Whether a flag is up after each of n rows: it was before, or some row so far raised it (None: none did)."""
     if before:
-        return np.ones(len(rows), dtype=np.bool_)
-    return np.logical_or.accumulate(rows) if rows.any() else rows
+        return np.ones(n, dtype=np.bool_)
+    if rows is None or not rows.any():
+        return np.zeros(n, dtype=np.bool_)
+    return np.logical_or.accumulate(rows)
+
+
+def _judged(rows: npt.NDArray[np.bool_], *masks: npt.NDArray[np.bool_] | None) -> npt.NDArray[np.bool_]:
+    """``rows`` where every mask holds (None: a mask that holds for every row)."""
+    for mask in masks:
+        if mask is not None:
+            rows = rows & mask
+    return rows
 
 
 def _loop_text(p: RiskPolicy, tokens: list[int], signatures: list[list[float]]) -> str:
@@ -391,14 +455,15 @@ def _pack_rows(rows: list[list[float]]) -> str:
     """Rows of equal length as base64 float32 with the row length in front (compact in a JSON changelog)."""
     if not rows:
         return ""
-    return f"{len(rows[0])}:" + base64.b64encode(np.asarray(rows, dtype="<f4").tobytes()).decode()
+    return f"{len(rows[0])}:" + binascii.b2a_base64(np.asarray(rows, dtype="<f4").tobytes(), newline=False).decode()
 
 
 def _pack_array(rows: npt.NDArray[np.float32] | None) -> str:
     """``_pack_rows`` of rows held as an array."""
     if rows is None or not len(rows):
         return ""
-    return f"{rows.shape[1]}:" + base64.b64encode(rows.astype("<f4").tobytes()).decode()
+    data = np.ascontiguousarray(rows, dtype="<f4").tobytes()
+    return f"{rows.shape[1]}:" + binascii.b2a_base64(data, newline=False).decode()
 
 
 def _unpack_array(text: str) -> npt.NDArray[np.float32]:
@@ -406,7 +471,7 @@ def _unpack_array(text: str) -> npt.NDArray[np.float32]:
     if not text:
         return np.empty((0, 0), dtype=np.float32)
     width, data = text.split(":", 1)
-    flat = np.frombuffer(base64.b64decode(data), dtype="<f4")
+    flat = np.frombuffer(binascii.a2b_base64(data), dtype="<f4")
     return flat.reshape(-1, int(width)) if int(width) else np.empty((0, 0), dtype=np.float32)
 
 

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from evostream.core.errors import FoldError
 from evostream.models.risk_probe import FeatureSums, RiskProbe
 from evostream.schemas.blocks import StepColumns
@@ -170,12 +172,12 @@ class RiskTracker:
         if offset <= st.get("step_offset", -1) or st.get("final"):
             out.duplicates = n
             return out
+        if not n:
+            return out
         try:
             check_block_joins(st.get("shape"), cols)
         except FoldError as e:
             out.rejected[offset] = e
-            return out
-        if not n:
             return out
         st["shape"] = list(block_shape(cols))
         model = cols.model_version
@@ -191,7 +193,7 @@ class RiskTracker:
             if probe:
                 for r in range(i, end):
                     self._follow_probe(st, cols.row(r))
-            event_us = max(event_us, int(cols.emitted_at_us[i:end].max()))
+            event_us = max(event_us, int(np.maximum.reduce(cols.emitted_at_us[i:end])))
             st.update(
                 model_version=model,
                 request_id=cols.request_id,

@@ -335,6 +335,25 @@ def test_the_policys_z_scores_of_many_rows_are_its_z_scores_row_by_row(variant: 
         assert list(policy.buckets(cols.step)) == [policy.bucket(int(s)) for s in cols.step]
 
 
+def test_the_cheap_collapse_test_passes_every_block_with_a_low_head() -> None:
+    """``may_fall_below`` spares healthy blocks the head z-scores: it must never say no where a z is under the line,
+    even for magnitudes a hair either side of it."""
+    rng = np.random.default_rng(3)
+    floor, line = POLICY.z_std_floor, POLICY.collapse_z
+    for bucket in range(len(POLICY.heads.mean)):
+        mu, sd = np.asarray(POLICY.heads.mean[bucket]), np.maximum(np.asarray(POLICY.heads.std[bucket]), floor)
+        edge = np.exp(mu + line * sd)  # the magnitude whose z is the line, about
+        for _ in range(300):  # every head well above the line but one, a hair above or below it
+            heads = edge[None] * 1.01
+            cell = (0, *(int(rng.integers(0, k)) for k in edge.shape))
+            heads[cell] = edge[cell[1:]] * (1 + rng.choice([-1, 1]) * 10.0 ** rng.uniform(-9, -3))
+            heads = heads.astype("f4")
+            z, _ = POLICY.heads.z_rows(bucket, np.log(np.abs(heads.astype(np.float64)) + 1e-6), floor)
+            if (z < line).any():
+                assert POLICY.heads.may_fall_below(bucket, heads, floor, line)
+        assert not POLICY.heads.may_fall_below(bucket, (edge * 1.01).astype("f4")[None], floor, line)
+
+
 def test_update_block_folds_to_the_state_update_folds_to() -> None:
     for seed in range(500, 560):
         trace = Trace(seed)
