@@ -74,17 +74,6 @@ def check_block(block: Mapping[str, Any]) -> StepColumns:
     return cols
 
 
-def block_shape(cols: StepColumns) -> StepShape:
-    """The shape of a block's steps (``step_shape`` of each of them)."""
-    return (
-        cols.num_layers,
-        cols.num_heads,
-        bool(cols.layer_hidden_l2.shape[1]),
-        bool(cols.layer_hidden_maxabs.shape[1]),
-        bool(cols.head_attention_entropy.size),
-    )
-
-
 def step_shape(step: Mapping[str, Any]) -> StepShape:
     """The shape a trace's first step sets and its later steps must repeat."""
     return (
@@ -98,12 +87,31 @@ def step_shape(step: Mapping[str, Any]) -> StepShape:
 
 def check_step_joins(shape: Sequence[Any] | None, step: Mapping[str, Any]) -> None:
     """FoldError where ``step`` does not have the shape of its trace's earlier steps (None: it is the first)."""
-    if shape is None:
-        return
-    got = step_shape(step)
+    if shape is not None:
+        _check_joins(shape, step_shape(step), int(step["step"]), str(step["trace_id"]))
+
+
+def block_shape(cols: StepColumns) -> StepShape:
+    """``step_shape`` of every step of a block (they share it)."""
+    return (
+        cols.num_layers,
+        cols.num_heads,
+        bool(cols.layer_hidden_l2.shape[1]),
+        bool(cols.layer_hidden_maxabs.shape[1]),
+        bool(cols.head_attention_entropy.size),
+    )
+
+
+def check_block_joins(shape: Sequence[Any] | None, cols: StepColumns) -> None:
+    """``check_step_joins`` of a block's first step, which the block's other steps share the shape of."""
+    if shape is not None and len(cols):
+        _check_joins(shape, block_shape(cols), int(cols.step[0]), cols.trace_id)
+
+
+def _check_joins(shape: Sequence[Any], got: StepShape, step: int, trace_id: str) -> None:
     if tuple(shape) != got:
         raise FoldError(
-            f"step {step['step']} of trace {step['trace_id']} has shape {_fmt_shape(got)}, "
+            f"step {step} of trace {trace_id} has shape {_fmt_shape(got)}, "
             f"its trace's earlier steps {_fmt_shape(tuple(shape))}"
         )
 

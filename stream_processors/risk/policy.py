@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from evostream.core.errors import PolicyError
 from evostream.stream_processors.policy_file import check_fields
 
 F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+Mask = npt.NDArray[np.bool_]
 EPS = 1e-6
 """Keeps log(|x| + EPS) finite for exact zeros: a numerical guard, not a tunable."""
 
@@ -45,6 +48,96 @@ class Baseline:
             return None
         out: F64 = (values - mu) / np.maximum(sd, std_floor)
         return out
+
+    def z_many(self, buckets: int | I64, values: F64, std_floor: float) -> tuple[F64, Mask]:
+        """``z`` for many rows at once (row i in bucket ``buckets[i]``, or all in bucket ``buckets``), equal to it row
+        by row: the z rows, and which rows have one (``z`` gives None for the others, whose z rows are 0)."""
+        out, ok = self.z_rows(buckets, values, std_floor)
+        return out, np.ones(len(values), dtype=np.bool_) if ok is None else ok
+
+    def z_rows(self, buckets: int | I64, values: F64, std_floor: float) -> tuple[F64, Mask | None]:
+        """``z_many``, with None for "every row" (the usual block: all rows in one bucket that has a baseline)."""
+        if isinstance(buckets, int):
+            found = self._bucket(buckets, values.shape[1:], std_floor)
+            if found is None:
+                return np.zeros(values.shape), np.zeros(len(values), dtype=np.bool_)
+            out: F64 = np.subtract(values, found[0])
+            np.divide(out, found[1], out=out)
+            return out, None
+        if not self.mean or not len(values):
+            return np.zeros(values.shape), np.zeros(len(values), dtype=np.bool_)
+        gather = len(self.std) >= len(self.mean) and np.maximum.reduce(buckets) < len(self.mean)
+        if gather:  # every row's bucket has a baseline slot: each row's mean and sd gathered
+            mu, sd, has = self._stacked(values.shape[1:], std_floor)
+            ok = has[buckets]
+            out = np.subtract(values, mu[buckets])
+            np.divide(out, sd[buckets], out=out)
+            if not np.logical_and.reduce(ok):
+                out[~ok] = 0.0
+            return out, ok
+        out = np.zeros(values.shape)
+        ok = np.zeros(len(values), dtype=np.bool_)
+        for b in sorted(set(buckets.tolist())):
+            found = self._bucket(b, values.shape[1:], std_floor)
+            if found is not None:
+                rows = buckets == b
+                out[rows] = (values[rows] - found[0]) / found[1]
+                ok[rows] = True
+        return out, ok
+
+    def may_fall_below(self, buckets: int | I64, values: npt.NDArray[Any], std_floor: float, z: float) -> bool:
+        """False only where no row's ``z_rows`` of ``log_magnitude(values)`` can be below ``z``: every magnitude is at
+        or above the one whose log is ``z`` sd under the mean, with a margin far wider than the rounding of ``z``
+        (a cheap test that spares a healthy block the logs and z-scores)."""
+        if not isinstance(buckets, int):
+            return True
+        found = self._bucket(buckets, values.shape[1:], std_floor)
+        if found is None:
+            return False  # no baseline: z_rows gives no row a z
+        key = (buckets, std_floor, z)
+        floor = self._floors.get(key)
+        if floor is None:
+            mu, sd = found
+            edge = mu + z * sd
+            floor = self._floors[key] = np.exp(edge + 1e-6 * (1.0 + np.abs(mu) + np.abs(z * sd)))
+        return bool(np.less(np.abs(values), floor).any())
+
+    @cached_property
+    def _floors(self) -> dict[tuple[int, float, float], F64]:
+        return {}
+
+    def _bucket(self, bucket: int, shape: tuple[int, ...], std_floor: float) -> tuple[F64, F64] | None:
+        """The mean and floored sd of ``bucket`` as ``z`` uses them, where ``z`` has a baseline of that ``shape``."""
+        if not self.mean or bucket >= len(self.mean):
+            return None
+        table = self._tables.get(std_floor)
+        if table is None:  # made once per floor: ``z`` makes them per call
+            table = self._tables[std_floor] = [
+                (np.asarray(mu, dtype=np.float64), np.maximum(np.asarray(sd, dtype=np.float64), std_floor))
+                for mu, sd in zip(self.mean, self.std, strict=False)
+            ]
+        mu, sd = table[bucket]
+        return (mu, sd) if mu.shape == shape else None
+
+    def _stacked(self, shape: tuple[int, ...], std_floor: float) -> tuple[F64, F64, Mask]:
+        """Every bucket's mean and floored sd stacked ([bucket, *shape]), and which buckets have that shape (the
+        others hold 0 and 1)."""
+        key = (shape, std_floor)
+        stacked = self._stacks.get(key)
+        if stacked is None:
+            found = [self._bucket(b, shape, std_floor) for b in range(len(self.mean))]
+            mu = np.stack([f[0] if f is not None else np.zeros(shape) for f in found])
+            sd = np.stack([f[1] if f is not None else np.ones(shape) for f in found])
+            stacked = self._stacks[key] = (mu, sd, np.asarray([f is not None for f in found]))
+        return stacked
+
+    @cached_property
+    def _stacks(self) -> dict[tuple[tuple[int, ...], float], tuple[F64, F64, Mask]]:
+        return {}
+
+    @cached_property
+    def _tables(self) -> dict[float, list[tuple[F64, F64]]]:
+        return {}
 
 
 FLAGS = ("nonfinite_hidden", "repetition_loop", "mid_layer_anomaly", "attention_collapse", "high_entropy")
@@ -154,9 +247,61 @@ class RiskPolicy:
     def bucket(self, step: int) -> int:
         return position_bucket(step, self.position_buckets)
 
+    def buckets(self, steps: I64) -> I64:
+        """``bucket`` of each of ``steps``."""
+        starts = self._sorted_starts
+        if starts is not None:
+            found: I64 = np.searchsorted(starts, steps, side="right") - 1
+            return np.maximum(found, 0)
+        out: I64 = np.zeros(len(steps), dtype=np.int64)  # unsorted starts: the last one at or below wins, as in bucket
+        for i, lo in enumerate(self.position_buckets):
+            out[steps >= lo] = i
+        return out
+
+    def row_buckets(self, steps: I64) -> int | I64:
+        """``buckets``, or the one bucket of all ``steps`` where they are all at or past every bucket start."""
+        if self.position_buckets and len(steps) and np.minimum.reduce(steps) >= self._last_start:
+            return len(self.position_buckets) - 1
+        return self.buckets(steps)
+
+    @cached_property
+    def score_bounded(self) -> bool:
+        """Whether a score only grows with the mean entropy and with each flag raised, so that the score of the
+        highest mean entropy with every flag raised bounds the score of a trace's steps."""
+        weights = self.weights.values()
+        return self.entropy_bits > 0 and self.entropy_weight >= 0 and all(0 <= w <= 1 for w in weights)
+
+    @cached_property
+    def _last_start(self) -> Any:
+        return max(self.position_buckets)
+
+    @cached_property
+    def _sorted_starts(self) -> npt.NDArray[Any] | None:
+        """The bucket starts as an array where they ascend (then a search finds a step's bucket), else None."""
+        starts = np.asarray(self.position_buckets)
+        return starts if len(starts) and bool((starts[1:] >= starts[:-1]).all()) else None
+
     def head_z(self, step: int, heads: F64) -> F64 | None:
         """z of log(head signal) against this decoding position's baseline; None without a matching baseline."""
         return self.heads.z(self.bucket(step), log_magnitude(heads), self.z_std_floor)
+
+    def head_z_many(self, steps: I64, heads: F64) -> tuple[F64, Mask]:
+        """``head_z`` of many steps (``heads`` [n, layers, heads]) at once, equal to it row by row: the z rows, and
+        which rows have one (``head_z`` gives None for the others)."""
+        return self.heads.z_many(self.row_buckets(steps), log_magnitude(heads), self.z_std_floor)
+
+    def norm_z_many(self, steps: I64, l2: F64) -> tuple[F64, Mask]:
+        """``norm_z`` of many steps (``l2`` [n, layers]) at once, equal to it row by row: the z rows, and which rows
+        have one (``norm_z`` gives None for the others)."""
+        z, ok = self.norm_z_logs(self.row_buckets(steps), log_magnitude(l2))
+        return z, np.ones(len(l2), dtype=np.bool_) if ok is None else ok
+
+    def norm_z_logs(self, buckets: int | I64, logs: F64) -> tuple[F64, Mask | None]:
+        """``norm_z_many`` from the steps' buckets and ``log_magnitude(l2)``, for a caller that has both already
+        (``Baseline.z_rows``: None for every row)."""
+        if logs.ndim != 2 or logs.shape[1] < 2:
+            return np.zeros((len(logs), 0)), np.zeros(len(logs), dtype=np.bool_)
+        return self.norm_ratio.z_rows(buckets, logs[:, 1:] - logs[:, :1], self.z_std_floor)
 
     def entropy_alone_alerts_at(self) -> float | None:
         """Mean entropy (bits) from which the continuous entropy term alone, with no flag raised, reaches

@@ -18,14 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from evostream.core.errors import FoldError
 from evostream.models.risk_probe import FeatureSums, RiskProbe
-from evostream.stream_processors.checks import check_step_joins, step_shape
+from evostream.schemas.blocks import StepColumns
+from evostream.stream_processors.checks import block_shape, check_block_joins, check_step_joins, step_shape
 from evostream.stream_processors.fold import Fold
 from evostream.stream_processors.risk.policy import RiskPolicy, family_of, policy_for
-from evostream.stream_processors.risk.score import Assessment, TraceRisk
+from evostream.stream_processors.risk.score import SEVERITY_RANK, Assessment, TraceRisk
 
-SEVERITY_RANK = {None: 0, "INFO": 1, "WARNING": 2, "CRITICAL": 3}
+__all__ = ["SEVERITY_RANK", "RiskTracker", "ServedProbe", "StreamProgress", "expired"]
 STATE_LAYOUT = 1
 """Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
 TABLE = f"risk-traces-v{STATE_LAYOUT}"
@@ -154,6 +157,67 @@ class RiskTracker:
                 risk = None
         if risk is not None:
             st["risk"] = risk.to_state()
+        return out
+
+    def on_block(self, state: Mapping[str, Any] | None, cols: StepColumns, offset: int, now_us: int) -> Fold:
+        """Fold one block of a trace's steps (one StepBlock record, read at input ``offset``): the outcome of
+        ``on_steps`` over the block's rows, had each its own offset, with the block's offset stored. A block at or
+        below the stored offset is a replay (``duplicates``: all its steps); one whose shape does not join the
+        trace's is rejected whole. The rows are folded with numpy (``TraceRisk.update_block``), halting only at the
+        rows where the severity may rise (assessed there, as ``on_steps`` assesses every step) and at the step that
+        completes a pending completion."""
+        st = dict(state or {})
+        out = Fold(st)
+        n = len(cols)
+        if offset <= st.get("step_offset", -1) or st.get("final"):
+            out.duplicates = n
+            return out
+        if not n:
+            return out
+        try:
+            check_block_joins(st.get("shape"), cols)
+        except FoldError as e:
+            out.rejected[offset] = e
+            return out
+        st["shape"] = list(block_shape(cols))
+        model = cols.model_version
+        risk = TraceRisk(self.policy(model), st.get("risk"))
+        policy = risk.policy
+        probe = self.probes.get(family_of(model)) is not None
+        event_us = int(st.get("event_us", 0))
+        i = 0
+        while i < n:
+            pending = st.get("completion")
+            stop = n if pending is None else min(n, i + max(1, int(pending["token_count"]) - risk.steps))
+            end, rise = risk.update_block(cols, i, stop, above=st.get("alerted"))
+            if probe:
+                for r in range(i, end):
+                    self._follow_probe(st, cols.row(r))
+            event_us = max(event_us, int(np.maximum.reduce(cols.emitted_at_us[i:end])))
+            st.update(
+                model_version=model,
+                request_id=cols.request_id,
+                trace_id=cols.trace_id,
+                step_offset=offset,
+                last_step=int(cols.step[end - 1]),
+                seen_us=now_us,
+                event_us=event_us,
+            )
+            if rise:
+                assessment = risk.assess()
+                severity = assessment.severity(policy)
+                if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
+                    st["alerted"] = severity
+                    report = self._report(st, assessment, policy.name, "EARLY", now_us)
+                    out.reports.append(report)
+                    out.alerts.append(self._alert(report, severity, policy.name))
+            i = end
+            if pending is not None and risk.steps >= pending["token_count"]:
+                st["risk"] = risk.to_state()
+                self._finish(st, pending, policy, now_us, out)
+                out.duplicates += n - end  # steps after the last one the completion counts: the trace is final
+                return out
+        st["risk"] = risk.to_state()
         return out
 
     def on_completion(
