@@ -35,10 +35,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import os
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -465,7 +465,9 @@ def latency(bootstrap: str, traffic: Traffic, n: int, load_rate: float) -> tuple
     """n alerts (after three warm-ups), optionally under a load; latencies in ms and how many never arrived."""
     producer = EventProducer(bootstrap)
     # its own generator: numpy's is not shared between threads
-    load = Load(bootstrap, Traffic(traffic.policy, seed=1000, block=traffic.block), load_rate) if load_rate > 0 else None
+    load = (
+        Load(bootstrap, Traffic(traffic.policy, seed=1000, block=traffic.block), load_rate) if load_rate > 0 else None
+    )
     lat: list[float] = []
     lost = 0
     with EventConsumer(bootstrap, f"bench-{uuid.uuid4().hex}", [ALERTS], {"auto.offset.reset": "latest"}) as consumer:
