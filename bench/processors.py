@@ -430,26 +430,28 @@ def probe(producer: EventProducer, consumer: EventConsumer, traffic: Traffic) ->
 
 
 class Load(threading.Thread):
-    """Healthy traces of 20 steps and their completions, offered at ``rate`` step events per second."""
+    """Healthy traces of ``length`` steps and their completions, offered at ``rate`` step events per second."""
 
-    def __init__(self, bootstrap: str, traffic: Traffic, rate: float) -> None:
+    def __init__(self, bootstrap: str, traffic: Traffic, rate: float, length: int) -> None:
         super().__init__(daemon=True)
-        self.producer, self.traffic, self.rate = EventProducer(bootstrap), traffic, rate
+        self.producer, self.traffic, self.rate, self.length = EventProducer(bootstrap), traffic, rate, length
         self.stop_event = threading.Event()
         self.sent = 0
         self.seconds = 0.0
 
     def run(self) -> None:
         start = time.monotonic()
-        trace, i, k = "", 20, 0
+        trace, i, k = "", self.length, 0
         while not self.stop_event.is_set():
             due = int((time.monotonic() - start) * self.rate)
             while self.sent < due:
-                if i == 20:
+                if i == self.length:
                     if trace:
-                        self.producer.send(COMPLETIONS, trace, COMPLETION.encode(self.traffic.completion(trace, 20, k)))
+                        self.producer.send(
+                            COMPLETIONS, trace, COMPLETION.encode(self.traffic.completion(trace, self.length, k))
+                        )
                     trace, i, k = f"load-{uuid.uuid4().hex}", 0, k + 1
-                n = min(self.traffic.block, 20 - i, max(1, due - self.sent))
+                n = min(self.traffic.block, self.length - i, max(1, due - self.sent))
                 now = time.time_ns() // 1000
                 steps = [self.traffic.step(trace, i + j, now, k) for j in range(n)]
                 self.producer.send(STEP_BLOCKS, trace, self.traffic.encode_block(steps))
@@ -461,7 +463,7 @@ class Load(threading.Thread):
         self.seconds = time.monotonic() - start
 
 
-def latency(bootstrap: str, traffic: Traffic, n: int, load_rate: float) -> tuple[list[float], int]:
+def latency(bootstrap: str, traffic: Traffic, n: int, load_rate: float, length: int = 0) -> tuple[list[float], int]:
     """n alerts (after three warm-ups), optionally under a load; latencies in ms and how many never arrived."""
     producer = EventProducer(bootstrap)
     # its own generator: numpy's is not shared between threads
@@ -525,7 +527,8 @@ def one_run(
         try:
             idle, idle_lost = latency(bootstrap, traffic, args.alerts, 0.0)
             offered = args.load * tp.steps_per_s
-            loaded, load_lost = latency(bootstrap, traffic, args.alerts, offered) if args.load > 0 else ([], 0)
+            length = args.load_trace_steps or args.steps // args.traces
+            loaded, load_lost = latency(bootstrap, traffic, args.alerts, offered, length) if args.load > 0 else ([], 0)
         finally:
             for w in workers:
                 w.stop()
@@ -576,6 +579,9 @@ def main() -> None:
         "--workers", default="1", help="worker processes of the one app (consumer group); a list runs each: 1,2,4"
     )
     ap.add_argument("--block", type=int, default=16, help="steps of one trace per StepBlock record")
+    ap.add_argument(
+        "--load-trace-steps", type=int, default=0, help="steps per trace of the load (default: as the input's)"
+    )
     ap.add_argument("--cluster", action="store_true", help="the local three-node cluster instead of one broker")
     ap.add_argument("--peer", action="store_true", help="also run the PyFlink peer on the same records")
     ap.add_argument("--bootstrap", default=None)
@@ -622,6 +628,7 @@ def main() -> None:
     print(
         f"# reproduce: python -m bench.processors --steps {args.steps} --traces {args.traces} --alerts {args.alerts} "
         f"--load {args.load:g} --runs {args.runs} --workers {args.workers} --block {args.block}"
+        f"{f' --load-trace-steps {args.load_trace_steps}' if args.load_trace_steps else ''}"
         f"{' --cluster' if args.cluster else ''}{' --peer' if args.peer else ''}"
     )
 

@@ -335,19 +335,22 @@ class Processors:
         async for events in by_model.take_events(1000, within=0.02):  # type: ignore[attr-defined]
             touched: dict[bytes, dict[str, Any]] = {}
             acks: list[Awaitable[Any]] = []
+            read: list[tuple[faust.EventT[bytes], dict[str, Any]]] = []
             for event in events:
                 try:
                     rec = self.codecs["Completion"].decode(bytes(event.value or b""))
                     check_completion(rec)
                 except DecodeError:
                     continue  # the risk agent dead-letters undecodable and inconsistent completions
-                model = str(rec["model_version"])
-                key = model.encode()
-                state = touched[key] if key in touched else self.drift_table.get(key)
-                try:
-                    out = self.drift_tracker.on_completion(state, rec, event.message.offset, now_us())
-                except Exception as e:  # e.g. an embedding of another size than its windows': this one only
-                    acks.append(await self._dead_letter(event, _reason(e, "drift")))
+                read.append((event, rec))
+            states = {m: self.drift_table.get(m) for m in {str(rec["model_version"]).encode() for _, rec in read}}
+            # a window's tests (the MMD permutation null above all) take milliseconds of numpy: folded in a thread,
+            # so the event loop goes on with blocks and alerts meanwhile (this agent alone writes the drift table)
+            folded = await asyncio.to_thread(self._fold_drift, read, states)
+            for (event, rec), out in zip(read, folded, strict=True):
+                key = str(rec["model_version"]).encode()
+                if isinstance(out, Exception):  # e.g. an embedding of another size than its windows': this one only
+                    acks.append(await self._dead_letter(event, _reason(out, "drift")))
                     continue
                 if out.duplicates:
                     self.stats["duplicates_drift"] += out.duplicates
@@ -359,9 +362,27 @@ class Processors:
                 touched[key] = out.state
             await self._write(self.drift_table, touched, acks)
 
+    def _fold_drift(
+        self, read: list[tuple[faust.EventT[bytes], dict[str, Any]]], states: dict[bytes, dict[str, Any] | None]
+    ) -> list[Fold | Exception]:
+        """Each completion folded into its model's drift state in turn (``states`` moves along): its Fold, or the
+        error that refuses it."""
+        out: list[Fold | Exception] = []
+        for event, rec in read:
+            key = str(rec["model_version"]).encode()
+            try:
+                fold = self.drift_tracker.on_completion(states[key], rec, event.message.offset, now_us())
+            except Exception as e:
+                out.append(e)
+                continue
+            if not fold.duplicates:
+                states[key] = fold.state
+            out.append(fold)
+        return out
+
     async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
         # ProfileDeltas, one per model, source partition and block batch, keyed by model: one row per block
-        async for events in stream.take_events(50, within=0.5):  # type: ignore[attr-defined]
+        async for events in stream.take_events(50, within=0.05):  # type: ignore[attr-defined]
             per_model: dict[str, list[tuple[Partials, faust.EventT[bytes]]]] = {}
             acks: list[Awaitable[Any]] = []
             for event in events:
