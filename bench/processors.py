@@ -467,9 +467,8 @@ def latency(bootstrap: str, traffic: Traffic, n: int, load_rate: float, length: 
     """n alerts (after three warm-ups), optionally under a load; latencies in ms and how many never arrived."""
     producer = EventProducer(bootstrap)
     # its own generator: numpy's is not shared between threads
-    load = (
-        Load(bootstrap, Traffic(traffic.policy, seed=1000, block=traffic.block), load_rate) if load_rate > 0 else None
-    )
+    offered = Traffic(traffic.policy, seed=1000, block=traffic.block)
+    load = Load(bootstrap, offered, load_rate, length) if load_rate > 0 else None
     lat: list[float] = []
     lost = 0
     with EventConsumer(bootstrap, f"bench-{uuid.uuid4().hex}", [ALERTS], {"auto.offset.reset": "latest"}) as consumer:
