@@ -93,5 +93,5 @@ def block_partial(cols: StepColumns, prior_tokens: Sequence[int], counted: bool,
 
 def ngrams(prior: Sequence[int], tokens: Sequence[int], n: int) -> Counter[str]:
     """The n-grams of ``prior + tokens`` that end in ``tokens``, counted (a trace's token paths)."""
-    seq = [int(t) for t in (list(prior)[-(n - 1) :] if n > 1 else [])] + [int(t) for t in tokens]
-    return Counter(" ".join(map(str, seq[i : i + n])) for i in range(len(seq) - n + 1))
+    seq = [str(int(t)) for t in (list(prior)[-(n - 1) :] if n > 1 else [])] + [str(int(t)) for t in tokens]
+    return Counter(" ".join(seq[i : i + n]) for i in range(len(seq) - n + 1))  # each token made text once
