@@ -1,15 +1,18 @@
-"""Stream processors on the real broker: step events per second through the Faust worker (all three agents), and how
-long an alert takes from the offending step event, with the worker idle and under load.
+"""Stream processors on the real broker: step events per second through the Faust worker (all three agents), the
+workers' CPU per step event, how long an alert takes from the offending step event with the worker idle and under
+load, the scale-out over several workers, and a PyFlink peer on the same records.
 
 Input: the default model's family (``evostream/t5-tiny-suite@bench``), so the worker judges with the shipped,
-calibrated risk policy and its z-score baselines run on every step: steps are shaped like the model (its
-policy's layers and heads) with per-layer norms and per-head signals drawn around the policy's own baselines,
-token entropies below its threshold, and completions carrying 384-d prompt embeddings and their token ids, so
-the drift agent builds its reference and tests windows (MMD permutation test, vocabulary nulls, PSI).
+calibrated risk policy and its z-score path runs on every step: steps are shaped like the model (its policy's layers
+and heads) with per-layer norms and per-head signals drawn around the policy's own baselines, token entropies below
+its threshold, and completions carrying 384-d prompt embeddings and their token ids, so the drift agent builds its
+reference and tests windows (MMD permutation test, vocabulary nulls, PSI). Steps travel as the producer sends them to
+the processors: StepBlock records on evo.step-blocks, ``--block`` steps of one trace each (what one coalescing window
+of the producer's emitter holds of one trace: few at a slow decode, more at a fast one or a longer window).
 
-Throughput: N step events (T traces) and T completions are produced first; then a fresh worker
-(``evostream process``, its own consumer group) starts, and the clock runs from its "Ready" log line until ALL
-THREE agents are done with the input:
+Throughput: N step events (T traces) and T completions are produced first; then fresh workers (``evostream
+process``, their own consumer group) start, and the clock runs from the first one's "Ready" log line until ALL THREE
+agents are done with the input:
 - risk: the FINAL RiskReport of every trace (its ``produced_at_us``);
 - profiling: the first moment every step is accounted for, each window counted once: by its ProfileSnapshot
   once published, else by the latest ``profile-models`` changelog write of that window (the message's timestamp);
@@ -17,18 +20,26 @@ THREE agents are done with the input:
   windows, open window, skipped).
 An agent that never gets there ends the bench with an error naming it. Those are the agents' own records of what
 they have folded, timestamped by the worker when it wrote them (same machine, same clock as the "Ready" line), so
-how long this script takes to read them does not count.
+how long this script takes to read them does not count. CPU per step event: the workers' user + system CPU time
+(sampled from /proc every 20 ms from their start, read off at the Ready line and at the last agent's stamp) over
+the step events.
 
 Latency: the alert's arrival at a consumer that blocks on the next message (it returns as soon as one arrives)
-minus the NaN step event's ``emitted_at_us``: first with the worker caught up and idle, then while a producer
-thread offers healthy traffic at ``--load`` times the throughput just measured.
+minus the NaN step event's ``emitted_at_us``: first with the workers caught up and idle, then while a producer
+thread offers healthy traffic (traces as long as the input's, in blocks of ``--block``) at ``--load`` times the
+throughput just measured. The NaN step is the last of its block, so the producer's coalescing window is not in it.
 
-A new worker reads the topics from their start, so each run starts a private broker (unless --bootstrap or a
-running local stack is given: then only --runs 1, and only meaningful on a broker holding nothing else).
+Scale-out: ``--workers 1,2,4`` runs each count (one app, one consumer group, the partitions shared out), the counts
+interleaved within each run; ``--cluster`` runs on the local three-node cluster on loopback instead of one broker.
+Peer: ``--peer`` copies the input to a topic of its own and, once the workers are stopped, runs the PyFlink job of
+``bench/flink_peer.py`` (thread mode, parallelism 1: the risk fold keyed by trace, on the same StepBlock bytes;
+set up with ``bash bench/pyflink_env.sh``).
 
-Scale-out: ``--workers 2`` starts two worker processes of the one app, which share the partitions out.
+A new worker reads the topics from their start, so each run starts a private broker or cluster (unless --bootstrap
+or a running local stack is given: then only --runs 1, and only meaningful on a broker holding nothing else).
 
-Run: python -m bench.processors [--steps 50000 --traces 500 --alerts 200 --load 0.5 --runs 3 --workers 1]
+Run: python -m bench.processors [--steps 100000 --traces 500 --alerts 60 --load 0.5 --runs 3 --block 16
+     --workers 1 --cluster --peer]
 """
 
 from __future__ import annotations
