@@ -542,6 +542,14 @@ def one_run(
         finally:
             for w in workers:
                 w.stop()
+        for k, w in enumerate(workers):  # the worker's own counters, logged as it stops
+            line = re.findall(r"processors: (.*)", w.log.read_text(errors="replace"))
+            if line:
+                got = dict(part.rsplit(" ", 1) for part in line[-1].strip().split(", "))
+                print(
+                    f"run {r}: worker {k}: {got.get('gc_full')} full garbage collections, the longest collection "
+                    f"{got.get('gc_longest_ms')} ms"
+                )
         if peer_topic:  # the same StepBlock records, read from the start by the PyFlink job, nothing else running
             peer = run_peer(bootstrap, peer_topic, tp.blocks, tp.steps, kind="blocks", parallelism=1)
     agents = ", ".join(f"{k} {v:.2f} s" for k, v in tp.done_s.items())

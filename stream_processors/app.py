@@ -33,6 +33,7 @@ import gc
 import json
 import logging
 import signal
+import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -136,7 +137,11 @@ class Processors:
             "alerts": 0,
             "drift": 0,
             "profiles": 0,
+            "gc_full": 0,
+            "gc_longest_ms": 0,
         }
+        gc.callbacks.append(self._time_gc)  # a full collection holds the event loop, alerts too: how long, logged
+        self._gc_started = 0.0
         self.faults = faults or KillSwitch(0, "")
         self._metadata_ready: set[str] = set()
         self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
@@ -444,6 +449,15 @@ class Processors:
             await producer.client.add_topic(topic)  # tracked: every later metadata refresh keeps it
             await producer.partitions_for(topic)  # waits until the metadata holds it
             self._metadata_ready.add(topic)
+
+    def _time_gc(self, phase: str, info: Mapping[str, Any]) -> None:
+        """gc's callback: counts the full collections and keeps the longest pause of any (``gc_longest_ms``)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause_ms = int((time.perf_counter() - self._gc_started) * 1000)
+        self.stats["gc_full"] += info.get("generation") == 2
+        self.stats["gc_longest_ms"] = max(self.stats["gc_longest_ms"], pause_ms)
 
     async def _log_stats(self) -> None:
         """What the agents did since start: events folded, replays skipped, outputs and dead letters."""
