@@ -26,8 +26,9 @@ the step events.
 
 Latency: the alert's arrival at a consumer that blocks on the next message (it returns as soon as one arrives)
 minus the NaN step event's ``emitted_at_us``: first with the workers caught up and idle, then while a producer
-thread offers healthy traffic (traces as long as the input's, in blocks of ``--block``) at ``--load`` times the
-throughput just measured. The NaN step is the last of its block, so the producer's coalescing window is not in it.
+thread offers healthy traffic (traces as long as the input's, in blocks of ``--block``, drawn before the clock) at
+``--load`` times the throughput just measured. The NaN step is the last of its block, so the producer's coalescing
+window is not in it.
 
 Scale-out: ``--workers 1,2,4`` runs each count (one app, one consumer group, the partitions shared out), the counts
 interleaved within each run; ``--cluster`` runs on the local three-node cluster on loopback instead of one broker.
@@ -372,8 +373,8 @@ def throughput(
     blocks = 0
     for i in range(0, per, traffic.block):  # each trace's steps in blocks of ``block``, the traces interleaved
         for k, t in enumerate(traces):
-            steps = [traffic.step(t, j, t0, k) for j in range(i, min(i + traffic.block, per))]
-            value = traffic.encode_block(steps)
+            drawn = [traffic.step(t, j, t0, k) for j in range(i, min(i + traffic.block, per))]
+            value = traffic.encode_block(drawn)
             producer.send(STEP_BLOCKS, t, value)
             if peer_topic:  # the same bytes for the peer, on a topic of its own nothing else writes to
                 producer.send(peer_topic, t, value)
@@ -441,7 +442,13 @@ def probe(producer: EventProducer, consumer: EventConsumer, traffic: Traffic) ->
 
 
 class Load(threading.Thread):
-    """Healthy traces of ``length`` steps and their completions, offered at ``rate`` step events per second."""
+    """Healthy traces of ``length`` steps and their completions, offered at ``rate`` step events per second.
+
+    The steps are drawn once, before the clock, as the blocks of a few template traces; each trace sent is one of
+    them under its own trace id, with its steps stamped as they leave. Drawing every step while sending took most of
+    a core at the rates measured here, on a machine whose two cores also run the worker and the broker."""
+
+    TEMPLATES = 8
 
     def __init__(self, bootstrap: str, traffic: Traffic, rate: float, length: int) -> None:
         super().__init__(daemon=True)
@@ -449,25 +456,35 @@ class Load(threading.Thread):
         self.stop_event = threading.Event()
         self.sent = 0
         self.seconds = 0.0
+        self.templates = []
+        for k in range(self.TEMPLATES):
+            steps = [traffic.step("template", i, 0, k) for i in range(length)]
+            cuts = range(0, length, traffic.block)
+            self.templates.append([dict(block_record(from_steps(steps[c : c + traffic.block]), 0)) for c in cuts])
+
+    def _send_block(self, template: dict[str, Any], trace: str) -> int:
+        now = time.time_ns() // 1000
+        n = int(template["count"])
+        rec = {**template, "trace_id": trace, "request_id": trace, "flushed_at_us": now}
+        rec["emitted_at_us"] = np.full(n, now, dtype="<i8").tobytes()
+        self.producer.send(STEP_BLOCKS, trace, BLOCK.encode(rec))
+        return n
 
     def run(self) -> None:
         start = time.monotonic()
-        trace, i, k = "", self.length, 0
+        trace, k = "", 0
+        blocks: list[dict[str, Any]] = []
         while not self.stop_event.is_set():
             due = int((time.monotonic() - start) * self.rate)
             while self.sent < due:
-                if i == self.length:
+                if not blocks:
                     if trace:
                         self.producer.send(
                             COMPLETIONS, trace, COMPLETION.encode(self.traffic.completion(trace, self.length, k))
                         )
-                    trace, i, k = f"load-{uuid.uuid4().hex}", 0, k + 1
-                n = min(self.traffic.block, self.length - i, max(1, due - self.sent))
-                now = time.time_ns() // 1000
-                steps = [self.traffic.step(trace, i + j, now, k) for j in range(n)]
-                self.producer.send(STEP_BLOCKS, trace, self.traffic.encode_block(steps))
-                i += n
-                self.sent += n
+                    trace, k = f"load-{uuid.uuid4().hex}", k + 1
+                    blocks = list(self.templates[k % self.TEMPLATES])
+                self.sent += self._send_block(blocks.pop(0), trace)
             self.producer.poll()
             time.sleep(0.005)
         self.producer.flush()
