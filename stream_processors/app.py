@@ -226,6 +226,7 @@ class Processors:
         app.timer(interval=min(60.0, replay_horizon_s / 4))(self._evict_finished)
         app.timer(interval=60.0)(self._log_stats)
         app.task(self._log_policies)
+        app.task(self._freeze_startup_heap)
         app.task(self._dump_tasks_on_signal)
         app.on_before_shutdown.connect(self._log_stats_at_shutdown)  # type: ignore[arg-type]  # mode's stub rejects bound coroutine methods
 
@@ -449,6 +450,13 @@ class Processors:
             await producer.client.add_topic(topic)  # tracked: every later metadata refresh keeps it
             await producer.partitions_for(topic)  # waits until the metadata holds it
             self._metadata_ready.add(topic)
+
+    async def _freeze_startup_heap(self) -> None:
+        """Move what the worker holds once started (Faust, the modules, numpy, the policies) out of the collector's
+        reach (``gc.freeze``): every full collection scanned all of it again, and held the event loop, with the
+        alerts waiting behind it, about 100 ms a time (``gc_longest_ms``; docs/benchmarks.md#stream-processors)."""
+        gc.collect()
+        gc.freeze()
 
     def _time_gc(self, phase: str, info: Mapping[str, Any]) -> None:
         """gc's callback: counts the full collections and keeps the longest pause of any (``gc_longest_ms``)."""
