@@ -529,13 +529,17 @@ def brokers(bootstrap: str | None, cluster: bool) -> Iterator[str]:
     tmp = Path(tempfile.mkdtemp(prefix="evostream-bench-cluster-"))
     nodes = LocalCluster(load_settings(stack_dir=tmp, broker_port=0, controller_port=0, ready_timeout_s=120.0))
     say = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    before = os.environ.pop("EVOSTREAM_KAFKA_CREDENTIALS", None)  # an earlier run's file, removed with its nodes
     try:
         layout = nodes.up(say)
-        os.environ["EVOSTREAM_KAFKA_CREDENTIALS"] = str(nodes.credentials_file)
+        os.environ["EVOSTREAM_KAFKA_CREDENTIALS"] = str(nodes.credentials_file)  # the workers log in with these
         yield layout.bootstrap
     finally:
         nodes.down(progress=say)
         shutil.rmtree(tmp, ignore_errors=True)
+        os.environ.pop("EVOSTREAM_KAFKA_CREDENTIALS", None)
+        if before is not None:
+            os.environ["EVOSTREAM_KAFKA_CREDENTIALS"] = before
 
 
 def one_run(
