@@ -373,31 +373,15 @@ class Outcome(TypedDict):
 class ProfileDelta(TypedDict):
     """What the step blocks of one model version that one stream-processor batch read from one source partition add to
     the model's profiling window: one row per block (its partial aggregates), merged per model by the profiling agent.
-    v2 adds the rows; the v1 per-step columns are kept, empty in a v2 record, until the processors no longer send them.
-    Internal to the processors: topic <app_id>-profile-deltas, key = model_version."""
+    v2 replaces v1's per-step columns (dropped) with the rows; a v1 record reads as one of no rows (source_partition
+    -1). Internal to the processors: topic <app_id>-profile-deltas, key = model_version."""
 
     model_version: str
     """Registry version of the model."""
     num_layers: int
-    """Generating layers of every step in this record."""
+    """Generating layers of every block in this record."""
     num_heads: int
-    """Attention heads per layer of every step in this record."""
-    trace_ids: list[str]
-    """v1, per step: its trace (empty in a record of rows)."""
-    steps: list[int]
-    """v1, per step: its index in the trace (empty in a record of rows)."""
-    emitted_at_us: list[int]
-    """v1, per step: when it was emitted (empty in a record of rows)."""
-    token_ids: list[int]
-    """v1, per step: the generated token (empty in a record of rows)."""
-    attention_signals: list[str]
-    """v1, per step: its attention_signal (empty in a record of rows)."""
-    head_signal: bytes
-    """v1, per step, layer and head: head_attention_entropy; little-endian float32, row-major [steps, num_layers,
-    num_heads]; NaN rows where a step measured none (empty in a record of rows)."""
-    layer_hidden_l2: bytes
-    """v1, per step and layer: layer_hidden_l2; little-endian float32, row-major [steps, num_layers]; NaN rows where a
-    step measured none (empty in a record of rows)."""
+    """Attention heads per layer of every block in this record."""
     source_partition: int
     """The evo.step-blocks partition the blocks were read from (-1 in a v1 record): the profiling state keeps, per
     source partition, the highest block offset merged."""

@@ -1,17 +1,23 @@
 """The Faust app. Agents decode, call the pure objects (``tracker``, ``risk``), store state, publish; nothing else.
 
-Topics: reads evo.steps and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
+Topics: reads evo.step-blocks (one StepBlock per trace and coalescing window of the producer: the steps of a trace
+that left it together) and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
 state on the same partition, and by model version for drift), writes evo.risk, evo.alerts, evo.drift and evo.dlq.
-Steps are read once, by the risk agent, which also sends profiling its share of each batch: one ProfileDelta per
-model, keyed by model, on the internal topic ``<app_id>-profile-deltas`` (``profiling/delta.py``), rather than every
-step forwarded a second time by model. The profiling agent skips a delta's steps that it folded already, step by
-step, so a delta sent again by a replay counts nothing twice.
+The per-step records on evo.steps are for the readers that need each token as it comes (the API's streams, the
+views); the processors never read them: one record and one decode per block, and each block's steps folded at once
+with numpy, is what lets one worker keep up with a fleet (docs/benchmarks.md#stream-processors).
+Blocks are read once, by the risk agent, which also computes profiling's share of each block where the block is
+(``profiling/partial.py``: sums, counts and token paths, on whichever worker holds the trace's partition) and sends
+them per model and source partition on the internal topic ``<app_id>-profile-deltas``, keyed by model. The
+profiling agent only merges those partials, so a hot model's profile costs its one partition little, whatever the
+step rate; it skips a block it merged already (by source partition and offset), so a delta sent again by a replay
+counts nothing twice.
 State: the tables ``risk-traces``, ``drift-models`` and ``profile-models``, each backed by its changelog topic; a
 restarted worker rebuilds them from there.
 
 Delivery: at-least-once. An agent sends a batch's outputs, waits until the broker has acknowledged them, then writes
-the batch's state; the input offsets are committed later still. Agents that write the same table (risk: steps and
-completions; profiles: steps, neuron counts and the idle-window timer) hold its lock from a batch's first read to its
+the batch's state; the input offsets are committed later still. Agents that write the same table (risk: blocks and
+completions; profiles: deltas, neuron counts and the idle-window timer) hold its lock from a batch's first read to its
 last write, so no agent overwrites what another folded meanwhile. A restart replays from the last committed offset
 and skips every event the stored state already includes (counted as ``duplicates_*`` in the stats line). Outputs
 sent after the last state write that reached the changelog are sent again, once, by the replay (the kill -9 test
@@ -27,6 +33,7 @@ import gc
 import json
 import logging
 import signal
+import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -38,19 +45,21 @@ from evostream.core.bus.admin import default_replication, set_topic_configs
 from evostream.core.clock import now_us
 from evostream.core.errors import DecodeError, EvoError, FoldError, StackError
 from evostream.core.settings import Settings
-from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
+from evostream.schemas.blocks import StepColumns
+from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEP_BLOCKS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.deadletter import dead_letter
-from evostream.stream_processors.checks import check_completion, check_neurons, check_step
+from evostream.stream_processors.checks import check_block, check_completion, check_neurons
 from evostream.stream_processors.drift.policy import load_drift_policies
 from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
 from evostream.stream_processors.drift.tracker import table_name as drift_table
 from evostream.stream_processors.faults import KillSwitch
 from evostream.stream_processors.fold import Fold
-from evostream.stream_processors.profiling.delta import Columns, columns, deltas
+from evostream.stream_processors.profiling.delta import Partials, decode_partials, partial_deltas
+from evostream.stream_processors.profiling.partial import BlockPartial, block_partial
 from evostream.stream_processors.profiling.tracker import ProfileTracker
 from evostream.stream_processors.profiling.tracker import table_name as profile_table
-from evostream.stream_processors.profiling.window import ProfilePolicy
+from evostream.stream_processors.profiling.window import ProfilePolicy, window_of
 from evostream.stream_processors.risk.policy import RiskPolicy, load_policies
 from evostream.stream_processors.risk.tracker import TABLE as RISK_TABLE
 from evostream.stream_processors.risk.tracker import RiskTracker, StreamProgress, expired
@@ -58,9 +67,8 @@ from evostream.stream_processors.transport import App, sasl_credentials
 
 log = logging.getLogger(__name__)
 
-STEP_PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEPS)
+STEP_PARTITIONS = next(t.partitions for t in CATALOG if t.name == STEP_BLOCKS)
 CHECKS: dict[str, Callable[[Mapping[str, Any]], None]] = {
-    "GenerationStep": check_step,
     "Completion": check_completion,
     "NeuronCounts": check_neurons,
 }
@@ -101,11 +109,11 @@ class Processors:
     ) -> None:
         self.tracker = RiskTracker(policies)
         self.replay_horizon_us = int(replay_horizon_s * 1_000_000)
-        self.progress = StreamProgress(("GenerationStep", "Completion"))  # what the horizon is measured against
+        self.progress = StreamProgress(("StepBlock", "Completion"))  # what the horizon is measured against
         self.drift_tracker = drift
         self.profile_tracker = profile
         names = (
-            "GenerationStep",
+            "StepBlock",
             "Completion",
             "RiskReport",
             "RiskAlert",
@@ -129,7 +137,11 @@ class Processors:
             "alerts": 0,
             "drift": 0,
             "profiles": 0,
+            "gc_full": 0,
+            "gc_longest_ms": 0,
         }
+        gc.callbacks.append(self._time_gc)  # a full collection holds the event loop, alerts too: how long, logged
+        self._gc_started = 0.0
         self.faults = faults or KillSwitch(0, "")
         self._metadata_ready: set[str] = set()
         self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
@@ -168,7 +180,7 @@ class Processors:
             "key_serializer": "raw",
             "value_serializer": "raw",
         }
-        self.steps = app.topic(STEPS, **raw)
+        self.blocks = app.topic(STEP_BLOCKS, **raw)
         self.completions = app.topic(COMPLETIONS, **raw)
         self.risk = app.topic(RISK, **raw)
         self.alerts = app.topic(ALERTS, **raw)
@@ -196,7 +208,7 @@ class Processors:
             help="reference and current drift window per model version",
             extra_topic_configs=changelogs,
         )
-        app.agent(self.steps, name="risk-steps")(self._on_steps)
+        app.agent(self.blocks, name="risk-blocks")(self._on_blocks)
         app.agent(self.completions, name="risk-completions")(self._on_completions)
         self.profile_table = app.Table(
             profile_table(profile.policy),
@@ -214,81 +226,104 @@ class Processors:
         app.timer(interval=min(60.0, replay_horizon_s / 4))(self._evict_finished)
         app.timer(interval=60.0)(self._log_stats)
         app.task(self._log_policies)
+        app.task(self._freeze_startup_heap)
         app.task(self._dump_tasks_on_signal)
         app.on_before_shutdown.connect(self._log_stats_at_shutdown)  # type: ignore[arg-type]  # mode's stub rejects bound coroutine methods
 
-    async def _on_steps(self, stream: faust.StreamT[bytes]) -> None:
-        # Batches of up to 1000 steps, or whatever arrived within 20 ms: a trace's state is written to the changelog
-        # once per batch, not once per step; alerts are sent as soon as their step is folded.
-        async for events in stream.take_events(1000, within=0.02):  # type: ignore[attr-defined]
-            await self._fold_risk(events, "GenerationStep", "steps")
+    async def _on_blocks(self, stream: faust.StreamT[bytes]) -> None:
+        # Batches of up to 500 step blocks (each one trace's steps of one coalescing window of the producer), or
+        # whatever arrived within 20 ms: a trace's state is written to the changelog once per batch; alerts are sent
+        # as soon as their block is folded.
+        async for events in stream.take_events(500, within=0.02):  # type: ignore[attr-defined]
+            await self._fold_blocks(events)
 
     async def _on_completions(self, stream: faust.StreamT[bytes]) -> None:
         by_trace = stream.group_by(lambda value: self._trace_of(value), name="completions-by-trace")
         async for events in by_trace.take_events(1000, within=0.02):  # type: ignore[attr-defined]
-            await self._fold_risk(events, "Completion", "completions")
+            await self._fold_completions(events)
 
-    async def _fold_risk(self, events: list[faust.EventT[bytes]], record: str, counter: str) -> None:
-        """Fold a batch of steps or completions into the risk table: outputs first, acknowledged by the broker,
-        then the batch's state. The step and the completion agent both write a trace's state, so a batch holds
-        the table's lock from its first read to its last write (without it, a completion folded while a step
-        batch awaited its sends was overwritten by that batch: its FINAL never came)."""
+    def _take_offers(self) -> None:
+        for family in self.tracker.take_offers():  # a probe governance promoted serves from this batch on
+            served = self.tracker.probes.get(family)
+            log.warning("risk: %s is now judged by %s", family, served.version if served else "its hand-set policy")
+
+    async def _fold_blocks(self, events: list[faust.EventT[bytes]]) -> None:
+        """Fold a batch of step blocks into the risk table, each block's steps at once (``RiskTracker.on_block``):
+        outputs first (reports, alerts, and profiling's share of the batch), acknowledged by the broker, then the
+        batch's state. The block and the completion agent both write a trace's state, so a batch holds the table's
+        lock from its first read to its last write (without it, a completion folded while a step batch awaited its
+        sends was overwritten by that batch: its FINAL never came)."""
         async with self._risk_lock:
-            for family in self.tracker.take_offers():  # a probe governance promoted serves from this batch on
-                served = self.tracker.probes.get(family)
-                log.warning("risk: %s is now judged by %s", family, served.version if served else "its hand-set policy")
+            self._take_offers()
             touched: dict[bytes, dict[str, Any]] = {}
             acks: list[Awaitable[Any]] = []
-            if record == "Completion":
-                for event in events:
-                    rec = await self._decode(record, event, acks)
-                    if rec is None:
-                        continue
-                    self.progress.fold(record, int(rec["completed_at_us"]))
-                    key = str(rec["trace_id"]).encode()
-                    state = touched[key] if key in touched else self.table.get(key)
-                    try:
-                        out = self.tracker.on_completion(state, rec, event.message.offset, now_us())
-                    except Exception as e:  # this completion, not the batch: dead-lettered, the others go on
-                        acks.append(await self._dead_letter(event, _reason(e, "risk")))
-                        continue
-                    if await self._publish(key, out, counter, acks, 1):
-                        touched[key] = out.state
-                await self._write(self.table, touched, acks)
-                return
-            # steps: each trace's steps of the batch folded in one go (TraceRisk built and stored once per trace)
-            by_trace: dict[bytes, list[tuple[dict[str, Any], int]]] = {}
-            read: list[tuple[bytes, dict[str, Any], faust.EventT[bytes]]] = []
+            shares: dict[tuple[str, int], list[tuple[int, BlockPartial]]] = {}
+            self.faults.start_batch()
+            for done, event in enumerate(events, 1):
+                cols = await self._block(event, acks)
+                if cols is None:
+                    continue
+                self.progress.fold("StepBlock", int(cols.emitted_at_us.max()))
+                key, offset = cols.trace_id.encode(), event.message.offset
+                state = touched[key] if key in touched else self.table.get(key)
+                try:
+                    out = self.tracker.on_block(state, cols, offset, now_us())
+                except Exception as e:  # a block no check foresaw: this one, not the batch, is dead-lettered
+                    log.exception("risk: the block %s@%d of %s failed", event.message.topic, offset, cols.trace_id)
+                    out = Fold(dict(state or {}), rejected={offset: _as_evo(e)})
+                if offset in out.rejected:  # steps that do not fit their trace: the block is dead-lettered whole
+                    acks.append(await self._dead_letter(event, _reason(out.rejected[offset], "risk")))
+                    continue
+                if not await self._publish(key, out, "steps", acks, len(cols)):
+                    continue  # folded before (a replay): so was its share of profiling
+                window = window_of(int(cols.emitted_at_us[0]), self.profile_tracker.policy.window_s)
+                prior = (state or {}).get("risk", {}).get("tokens", [])
+                counted = (state or {}).get("profile_window") == window
+                share = block_partial(cols, prior, counted, self.profile_tracker.policy)
+                shares.setdefault((cols.model_version, event.message.partition), []).append((offset, share))
+                out.state["profile_window"] = window
+                touched[key] = out.state
+                if self.faults.watches(cols.model_version):
+                    await self._maybe_fault(out, len(cols) - out.duplicates, done, len(events))
+            for (model, partition), rows in shares.items():  # acknowledged like the reports, before the state
+                for delta in partial_deltas(model, partition, rows):
+                    value = self.codecs["ProfileDelta"].encode(delta)
+                    acks.append(await self.profile_deltas.send(key=model.encode(), value=value))
+            await self._write(self.table, touched, acks)
+
+    async def _block(self, event: faust.EventT[bytes], acks: list[Awaitable[Any]]) -> StepColumns | None:
+        """The step block's columns, or None once it is dead-lettered (undecodable, or columns that disagree with
+        its counts and shape: they would stop every agent that unpacks them)."""
+        rec = await self._decode("StepBlock", event, acks)
+        if rec is None:
+            return None
+        try:
+            return check_block(rec)
+        except DecodeError as e:
+            acks.append(await self._dead_letter(event, _reason(e, "risk")))
+            return None
+
+    async def _fold_completions(self, events: list[faust.EventT[bytes]]) -> None:
+        """Fold a batch of completions into the risk table (under its lock, like a batch of blocks): a FINAL once
+        the trace's steps have all been folded."""
+        async with self._risk_lock:
+            self._take_offers()
+            touched: dict[bytes, dict[str, Any]] = {}
+            acks: list[Awaitable[Any]] = []
             for event in events:
-                rec = await self._decode(record, event, acks)
+                rec = await self._decode("Completion", event, acks)
                 if rec is None:
                     continue
-                self.progress.fold(record, int(rec["emitted_at_us"]))
+                self.progress.fold("Completion", int(rec["completed_at_us"]))
                 key = str(rec["trace_id"]).encode()
-                by_trace.setdefault(key, []).append((rec, event.message.offset))
-                read.append((key, rec, event))
-            self.faults.start_batch()
-            done = 0
-            rejected: set[tuple[bytes, int]] = set()
-            for key, steps in by_trace.items():
-                out = self._fold_steps(key, self.table.get(key), steps)
-                for offset, error in out.rejected.items():  # steps that do not fit their trace: dead letters
-                    rejected.add((key, offset))
-                    event = next(e for k, _, e in read if k == key and e.message.offset == offset)
-                    acks.append(await self._dead_letter(event, _reason(error, "risk")))
-                done += len(steps)
-                if await self._publish(key, out, counter, acks, len(steps)):
+                state = touched[key] if key in touched else self.table.get(key)
+                try:
+                    out = self.tracker.on_completion(state, rec, event.message.offset, now_us())
+                except Exception as e:  # this completion, not the batch: dead-lettered, the others go on
+                    acks.append(await self._dead_letter(event, _reason(e, "risk")))
+                    continue
+                if await self._publish(key, out, "completions", acks, 1):
                     touched[key] = out.state
-                    if self.faults.watches(str(steps[0][0]["model_version"])):
-                        await self._maybe_fault(out, len(steps) - out.duplicates, done, len(events))
-            by_model: dict[str, list[dict[str, Any]]] = {}
-            for key, rec, event in read:  # the steps risk took: a step dead-lettered there is not profiled either
-                if (key, event.message.offset) not in rejected:
-                    by_model.setdefault(str(rec["model_version"]), []).append(rec)
-            for model, recs in by_model.items():  # profiling's share of the batch, acknowledged like its reports
-                for delta in deltas(model, recs):
-                    delta_bytes = self.codecs["ProfileDelta"].encode(delta)
-                    acks.append(await self.profile_deltas.send(key=model.encode(), value=delta_bytes))
             await self._write(self.table, touched, acks)
 
     async def _write(self, table: Any, states: Mapping[bytes, dict[str, Any]], acks: list[Awaitable[Any]]) -> None:
@@ -306,19 +341,22 @@ class Processors:
         async for events in by_model.take_events(1000, within=0.02):  # type: ignore[attr-defined]
             touched: dict[bytes, dict[str, Any]] = {}
             acks: list[Awaitable[Any]] = []
+            read: list[tuple[faust.EventT[bytes], dict[str, Any]]] = []
             for event in events:
                 try:
                     rec = self.codecs["Completion"].decode(bytes(event.value or b""))
                     check_completion(rec)
                 except DecodeError:
                     continue  # the risk agent dead-letters undecodable and inconsistent completions
-                model = str(rec["model_version"])
-                key = model.encode()
-                state = touched[key] if key in touched else self.drift_table.get(key)
-                try:
-                    out = self.drift_tracker.on_completion(state, rec, event.message.offset, now_us())
-                except Exception as e:  # e.g. an embedding of another size than its windows': this one only
-                    acks.append(await self._dead_letter(event, _reason(e, "drift")))
+                read.append((event, rec))
+            states = {m: self.drift_table.get(m) for m in {str(rec["model_version"]).encode() for _, rec in read}}
+            # a window's tests (the MMD permutation null above all) take milliseconds of numpy: folded in a thread,
+            # so the event loop goes on with blocks and alerts meanwhile (this agent alone writes the drift table)
+            folded = await asyncio.to_thread(self._fold_drift, read, states)
+            for (event, rec), out in zip(read, folded, strict=True):
+                key = str(rec["model_version"]).encode()
+                if isinstance(out, Exception):  # e.g. an embedding of another size than its windows': this one only
+                    acks.append(await self._dead_letter(event, _reason(out, "drift")))
                     continue
                 if out.duplicates:
                     self.stats["duplicates_drift"] += out.duplicates
@@ -330,34 +368,52 @@ class Processors:
                 touched[key] = out.state
             await self._write(self.drift_table, touched, acks)
 
+    def _fold_drift(
+        self, read: list[tuple[faust.EventT[bytes], dict[str, Any]]], states: dict[bytes, dict[str, Any] | None]
+    ) -> list[Fold | Exception]:
+        """Each completion folded into its model's drift state in turn (``states`` moves along): its Fold, or the
+        error that refuses it."""
+        out: list[Fold | Exception] = []
+        for event, rec in read:
+            key = str(rec["model_version"]).encode()
+            try:
+                fold = self.drift_tracker.on_completion(states[key], rec, event.message.offset, now_us())
+            except Exception as e:
+                out.append(e)
+                continue
+            if not fold.duplicates:
+                states[key] = fold.state
+            out.append(fold)
+        return out
+
     async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
-        # ProfileDeltas, one per model and step batch, keyed by model: a few per second where steps were thousands
-        async for events in stream.take_events(50, within=0.5):  # type: ignore[attr-defined]
-            per_model: dict[str, list[tuple[Columns, faust.EventT[bytes]]]] = {}
+        # ProfileDeltas, one per model, source partition and block batch, keyed by model: one row per block
+        async for events in stream.take_events(50, within=0.05):  # type: ignore[attr-defined]
+            per_model: dict[str, list[tuple[Partials, faust.EventT[bytes]]]] = {}
             acks: list[Awaitable[Any]] = []
             for event in events:
                 rec = await self._decode("ProfileDelta", event, acks)
                 if rec is None:
                     continue
                 try:
-                    cols = columns(rec)
+                    parts = decode_partials(rec)
                 except DecodeError as e:
                     acks.append(await self._dead_letter(event, _reason(e, "profiling")))
                     continue
-                per_model.setdefault(cols.model_version, []).append((cols, event))
+                per_model.setdefault(parts.model_version, []).append((parts, event))
             async with self._profile_lock:  # the neuron agent and the idle-window timer write the same keys
                 touched: dict[bytes, dict[str, Any]] = {}
                 for model, batches in per_model.items():
                     key = model.encode()
                     state: dict[str, Any] | None = self.profile_table.get(key)
-                    for cols, event in batches:
+                    for parts, event in batches:
                         try:
-                            out = self.profile_tracker.on_delta(model, state, cols, now_us())
-                        except Exception as e:  # steps of another shape than the model's window: this delta only
+                            out = self.profile_tracker.on_partials(model, state, parts, now_us())
+                        except Exception as e:  # blocks of another shape than the model's window: this delta only
                             acks.append(await self._dead_letter(event, _reason(e, "profiling")))
                             continue
                         self.stats["duplicates_profile"] += out.duplicates
-                        self.stats["profile_steps"] += len(cols) - out.duplicates
+                        self.stats["profile_steps"] += int(parts.steps.sum()) - out.duplicates
                         acks += await self._publish_profiles(model, out.reports)
                         state = out.state
                     if state is not None:
@@ -394,6 +450,22 @@ class Processors:
             await producer.client.add_topic(topic)  # tracked: every later metadata refresh keeps it
             await producer.partitions_for(topic)  # waits until the metadata holds it
             self._metadata_ready.add(topic)
+
+    async def _freeze_startup_heap(self) -> None:
+        """Move what the worker holds once started (Faust, the modules, numpy, the policies) out of the collector's
+        reach (``gc.freeze``): every full collection scanned all of it again, and held the event loop, with the
+        alerts waiting behind it, about 100 ms a time (``gc_longest_ms``; docs/benchmarks.md#stream-processors)."""
+        gc.collect()
+        gc.freeze()
+
+    def _time_gc(self, phase: str, info: Mapping[str, Any]) -> None:
+        """gc's callback: counts the full collections and keeps the longest pause of any (``gc_longest_ms``)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause_ms = int((time.perf_counter() - self._gc_started) * 1000)
+        self.stats["gc_full"] += info.get("generation") == 2
+        self.stats["gc_longest_ms"] = max(self.stats["gc_longest_ms"], pause_ms)
 
     async def _log_stats(self) -> None:
         """What the agents did since start: events folded, replays skipped, outputs and dead letters."""
@@ -505,29 +577,6 @@ class Processors:
             if acks is not None:
                 acks.append(ack)
             return None
-
-    def _fold_steps(self, key: bytes, state: dict[str, Any] | None, steps: list[tuple[dict[str, Any], int]]) -> Fold:
-        """One trace's steps of a batch folded; should the fold fail (a record no check foresaw), the trace's steps
-        are folded again one by one, so that only the step that fails is rejected, and the batch's other traces (and
-        their FINALs) never depend on it."""
-        at = now_us()
-        try:
-            return self.tracker.on_steps(state, steps, at)
-        except Exception:
-            log.exception("risk: the steps of %s failed as a batch; folding them one by one", key.decode())
-        out = Fold(dict(state or {}))
-        for step, offset in steps:
-            try:
-                one = self.tracker.on_steps(out.state, [(step, offset)], at)
-            except Exception as e:
-                out.rejected[offset] = _as_evo(e)
-                continue
-            out.state = one.state
-            out.reports += one.reports
-            out.alerts += one.alerts
-            out.duplicates += one.duplicates
-            out.rejected.update(one.rejected)
-        return out
 
     async def _dead_letter(self, event: faust.EventT[bytes], error: BaseException) -> Awaitable[Any]:
         """Send ``event`` to the dead-letter topic with ``error`` as its reason; the send's acknowledgement."""

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from evostream.core.errors import DecodeError, FoldError
-from evostream.schemas.blocks import StepColumns
+from evostream.schemas.blocks import StepColumns, columns
 from evostream.schemas.tensors import check_step as check_step_matrices
 
 MAX_LAYERS = 1024
@@ -25,8 +25,8 @@ MAX_LAYERS = 1024
 MAX_HEADS = 1024
 """Attention heads per layer a step may report."""
 MAX_LAYER_HEADS = 1 << 16
-"""Layers x heads: the profiling agent gets a row of that many float32 per step, measured or not (the largest open
-models have under 20,000)."""
+"""Layers x heads: a block carries that many float32 per step, and its row of a ProfileDelta that many float64, measured
+or not (the largest open models have under 20,000)."""
 MAX_EMBEDDING_DIM = 2048
 """Values in a prompt embedding: every embedding of a drift window is kept in one changelog value."""
 FLOAT16_MAX = 65504.0
@@ -55,6 +55,23 @@ def check_step(step: Mapping[str, Any]) -> None:
         raise DecodeError("layer_nonfinite holds a negative count")
     if len(step.get("hidden_sketch") or b"") % 2:
         raise DecodeError("hidden_sketch is not a whole number of float16 values")
+
+
+def check_block(block: Mapping[str, Any]) -> StepColumns:
+    """The columns of a decoded StepBlock (``schemas/blocks.py``); DecodeError where the block contradicts itself
+    or passes a limit, as ``check_step`` for each of its steps. The limits are checked before any column is read."""
+    layers, heads = int(block["num_layers"]), int(block["num_heads"])
+    if layers > MAX_LAYERS or heads > MAX_HEADS or layers * heads > MAX_LAYER_HEADS:
+        raise DecodeError(
+            f"num_layers {layers} x num_heads {heads} above the limits "
+            f"({MAX_LAYERS} layers, {MAX_HEADS} heads, {MAX_LAYER_HEADS} in all)"
+        )
+    cols = columns(block)
+    if int(cols.step[0]) < 0:
+        raise DecodeError(f"negative step index {int(cols.step[0])}")
+    if cols.layer_nonfinite.size and int(cols.layer_nonfinite.min()) < 0:
+        raise DecodeError("layer_nonfinite holds a negative count")
+    return cols
 
 
 def step_shape(step: Mapping[str, Any]) -> StepShape:
@@ -157,8 +174,8 @@ def check_neurons_joins(shape: tuple[int, int] | None, snap: Mapping[str, Any]) 
 def check_columns_join(
     heads: tuple[int, ...] | None, layers: int | None, delta_heads: tuple[int, ...], delta_layers: int
 ) -> None:
-    """FoldError where a profile delta's measured head matrix or per-layer rows do not have the shape of the
-    window's sums (None: the window has none yet)."""
+    """FoldError where the measured head sums or per-layer counts of a ProfileDelta's rows do not have the shape of
+    the window's sums (None: the window has none yet)."""
     if heads is not None and delta_heads != heads:
         raise FoldError(f"steps with a {delta_heads} head signal join a profile window of {heads}")
     if layers is not None and delta_layers != layers:

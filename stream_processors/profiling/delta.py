@@ -1,19 +1,12 @@
 """What the risk agent hands the profiling agent instead of every step: ProfileDelta records (pure, no Faust).
 
-v2 (``partial_deltas`` / ``decode_partials``): one row per step block, its ``BlockPartial`` (``partial.py``), the
-rows of one model and one source partition in offset order. The profiling agent adds rows and skips a row at or
-below the highest offset it merged from that partition, so a delta sent twice, or a replay cut into other batches,
-counts each block once, with no per-trace state.
-
-v1 (``deltas`` / ``columns``, until the processors send v2):
-
-Profiling folds per model version, and steps arrive keyed by trace. Forwarding each step to a topic keyed by model
-(Faust's ``group_by``) sent and read every step a second time, the worker's largest cost after the risk fold. The
-step agent, which decodes every step anyway, now sends one ``ProfileDelta`` record per model and batch, keyed by
-model: per step its trace, index, time, token and attention signal, and its per-head and per-layer statistics as
-packed float32 matrices. The profiling agent folds the columns with numpy and keeps its exact per-step
-deduplication (a trace's steps at or below the last one folded are skipped), so a delta sent twice, or two deltas
-that overlap after a replay, count each step once.
+Profiling folds per model version, and blocks arrive keyed by trace. The risk agent, which reads every block anyway,
+reduces each block to its ``BlockPartial`` (``partial.py``) and sends, per model and source partition of a batch,
+one or more ``ProfileDelta`` records keyed by model (``partial_deltas``): one row per block, in the blocks' offset
+order, the matrices packed little-endian. The profiling agent decodes them (``decode_partials``, which refuses a
+record whose columns disagree) and adds the rows; it skips a row at or below the highest offset it merged from that
+partition, so a delta sent twice, or a replay cut into other batches, counts each block once, with no per-trace
+state.
 """
 
 from __future__ import annotations
@@ -27,114 +20,19 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.core.errors import DecodeError, EncodeError
-from evostream.schemas.tensors import pack_f32, step_heads, step_layers, unpack_f32
 from evostream.stream_processors.profiling.partial import BlockPartial
 
 F64 = np.dtype("<f8")
 I64 = np.dtype("<i8")
 
-
-@dataclass(frozen=True)
-class Columns:
-    """A ProfileDelta decoded: row ``i`` is one step."""
-
-    model_version: str
-    trace_ids: list[str]
-    steps: npt.NDArray[np.int64]
-    emitted_at_us: npt.NDArray[np.int64]
-    token_ids: list[int]
-    signals: list[str]
-    heads: npt.NDArray[np.float64]
-    """[steps, num_layers, num_heads]; a row of NaN where the step measured none."""
-    layer_l2: npt.NDArray[np.float64]
-    """[steps, num_layers]; a row of NaN where the step measured none."""
-
-    def __len__(self) -> int:
-        return len(self.trace_ids)
-
-
 MAX_DELTA_BYTES = 256 * 1024
-"""Packed matrix bytes per ProfileDelta: a batch of steps of a large model is sent as several deltas, each well under
-the broker's 1 MB record limit (one delta of 1000 steps of 12 x 12 heads was already 600 KB)."""
-
-
-NO_STEPS: dict[str, Any] = {
-    "trace_ids": [],
-    "steps": [],
-    "emitted_at_us": [],
-    "token_ids": [],
-    "attention_signals": [],
-    "head_signal": b"",
-    "layer_hidden_l2": b"",
-}
-"""The v1 per-step columns of a v2 record of rows: empty (the writer's defaults would be text, not bytes)."""
-NO_ROWS: dict[str, Any] = {
-    "source_partition": -1,
-    **{f: [] for f in ("offsets", "window_start_us", "block_steps", "first_us", "last_us", "new_trace", "signals")},
-    **{f: [] for f in ("head_steps", "layer_steps", "path_rows", "paths", "path_counts")},
-    "head_sum": b"",
-    "layer_changed": b"",
-}
-"""The v2 rows of a v1 record of steps: none."""
-
-
-def deltas(model_version: str, steps: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """ProfileDelta records of ``steps`` (one model's, in the order read): one per shape of the model's steps (a
-    model has one; a malformed producer could send another), split to stay under ``MAX_DELTA_BYTES``. A trace's
-    steps share a shape (the risk agent dead-letters a step that changes it), so each trace's steps stay in order
-    in one run of deltas: the profiling fold skips a trace's step at or below the last one it folded."""
-    by_shape: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
-    for s in steps:
-        by_shape.setdefault((int(s["num_layers"]), int(s["num_heads"])), []).append(s)
-    out = []
-    for (layers, heads), group in by_shape.items():
-        per = max(1, MAX_DELTA_BYTES // (4 * (layers * heads + layers) or 1))
-        out += [_delta(model_version, layers, heads, group[i : i + per]) for i in range(0, len(group), per)]
-    return out
-
-
-def _delta(model_version: str, layers: int, heads: int, group: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    n = len(group)
-    head_rows = np.full((n, layers * heads), np.nan, dtype=np.float32)
-    l2_rows = np.full((n, layers), np.nan, dtype=np.float32)
-    for i, s in enumerate(group):
-        if (step_head := step_heads(s)).size:
-            head_rows[i] = step_head.ravel()
-        if (step_l2 := step_layers(s, "layer_hidden_l2")).size:
-            l2_rows[i] = step_l2
-    return {
-        "model_version": model_version,
-        "num_layers": layers,
-        "num_heads": heads,
-        "trace_ids": [str(s["trace_id"]) for s in group],
-        "steps": [int(s["step"]) for s in group],
-        "emitted_at_us": [int(s["emitted_at_us"]) for s in group],
-        "token_ids": [int(s["token_id"]) for s in group],
-        "attention_signals": [str(s["attention_signal"]) for s in group],
-        "head_signal": pack_f32(head_rows),
-        "layer_hidden_l2": pack_f32(l2_rows),
-        **NO_ROWS,
-    }
-
-
-def columns(delta: Mapping[str, Any]) -> Columns:
-    """A decoded ProfileDelta record as arrays (DecodeError when its matrices do not match its counts)."""
-    n, layers, heads = len(delta["trace_ids"]), int(delta["num_layers"]), int(delta["num_heads"])
-    return Columns(
-        model_version=str(delta["model_version"]),
-        trace_ids=list(delta["trace_ids"]),
-        steps=np.asarray(delta["steps"], dtype=np.int64),
-        emitted_at_us=np.asarray(delta["emitted_at_us"], dtype=np.int64),
-        token_ids=list(delta["token_ids"]),
-        signals=list(delta["attention_signals"]),
-        heads=unpack_f32(delta["head_signal"], (n, layers, heads)).astype(np.float64),
-        layer_l2=unpack_f32(delta["layer_hidden_l2"], (n, layers)).astype(np.float64),
-    )
+"""About the bytes of one ProfileDelta (its rows' matrices, n-grams and scalars): a batch of blocks of a large model
+is sent as several deltas, each well under the broker's 1 MB record limit."""
 
 
 @dataclass(frozen=True, eq=False)
 class Partials:
-    """A v2 ProfileDelta decoded: row ``i`` is one block's partial (n rows, L layers, H heads, P n-grams)."""
+    """A ProfileDelta decoded: row ``i`` is one block's partial (n rows, L layers, H heads, P n-grams)."""
 
     model_version: str
     num_layers: int
@@ -172,7 +70,7 @@ def _row_bytes(p: BlockPartial) -> int:
 def partial_deltas(
     model_version: str, partition: int, rows: Sequence[tuple[int, BlockPartial]]
 ) -> list[dict[str, Any]]:
-    """ProfileDelta records (v2) of the blocks ``rows`` ((offset, partial), one model's, read from source partition
+    """ProfileDelta records of the blocks ``rows`` ((offset, partial), one model's, read from source partition
     ``partition``): consecutive runs in offset order, a new record where a block's shape differs from the one before
     (a malformed producer's) or where a record would pass ``MAX_DELTA_BYTES``. The records keep the blocks' offset
     order, so sent in order on one key they reach the profiling agent in it (EncodeError on a repeated offset)."""
@@ -222,11 +120,12 @@ def _partial_delta(model_version: str, partition: int, run: Sequence[tuple[int, 
         "path_rows": path_rows,
         "paths": paths,
         "path_counts": counts,
-        **NO_STEPS,
     }
 
 
-def _unpack(data: bytes, dtype: np.dtype[Any], shape: tuple[int, ...], field: str) -> npt.NDArray[Any]:
+def _unpack(data: bytes | str, dtype: np.dtype[Any], shape: tuple[int, ...], field: str) -> npt.NDArray[Any]:
+    if isinstance(data, str):  # a field's Avro default (a v1 record read as v2): text, its code points the bytes
+        data = data.encode("latin-1")
     need = int(np.prod(shape)) * dtype.itemsize
     if len(data) != need:
         raise DecodeError(f"ProfileDelta {field}: {len(data)} bytes, shape {shape} needs {need}")
@@ -234,7 +133,7 @@ def _unpack(data: bytes, dtype: np.dtype[Any], shape: tuple[int, ...], field: st
 
 
 def decode_partials(delta: Mapping[str, Any]) -> Partials:
-    """A decoded ProfileDelta record (v2) as arrays; DecodeError where its columns disagree with each other or with
+    """A decoded ProfileDelta record as arrays; DecodeError where its columns disagree with each other or with
     its shape, where its offsets do not increase, or where a count is impossible."""
     n, layers, heads = len(delta["offsets"]), int(delta["num_layers"]), int(delta["num_heads"])
     if layers < 0 or heads < 0:

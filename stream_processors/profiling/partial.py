@@ -53,8 +53,8 @@ def block_partial(cols: StepColumns, prior_tokens: Sequence[int], counted: bool,
     ``policy.ngram - 1`` start the block's first n-grams), ``counted`` whether the trace was already counted in the
     window of the block's first step (the caller keeps that per trace: ``window_start_us`` of its last partial).
 
-    The sums are those ``ProfileWindow.add_columns`` takes from the same steps, so a window of partials publishes
-    what a window of steps did."""
+    The sums are those the per-step fold took from the same steps (the reference fold of
+    tests/stream_processors/test_profile_partial.py), so a window of partials publishes what a window of steps did."""
     layers, heads = cols.num_layers, cols.num_heads
     at = cols.emitted_at_us
     head_sum = np.zeros((layers, heads), dtype=np.float64)
@@ -93,5 +93,5 @@ def block_partial(cols: StepColumns, prior_tokens: Sequence[int], counted: bool,
 
 def ngrams(prior: Sequence[int], tokens: Sequence[int], n: int) -> Counter[str]:
     """The n-grams of ``prior + tokens`` that end in ``tokens``, counted (a trace's token paths)."""
-    seq = [int(t) for t in (list(prior)[-(n - 1) :] if n > 1 else [])] + [int(t) for t in tokens]
-    return Counter(" ".join(map(str, seq[i : i + n])) for i in range(len(seq) - n + 1))
+    seq = [str(int(t)) for t in (list(prior)[-(n - 1) :] if n > 1 else [])] + [str(int(t)) for t in tokens]
+    return Counter(" ".join(seq[i : i + n]) for i in range(len(seq) - n + 1))  # each token made text once

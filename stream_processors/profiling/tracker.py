@@ -1,16 +1,16 @@
-"""Profiling per model version as a fold over stored state: tumbling event-time windows of steps and neuron counts,
-closed into ProfileSnapshot records (pure, no Faust)."""
+"""Profiling per model version as a fold over stored state: tumbling event-time windows of step blocks' partials and
+neuron counts, closed into ProfileSnapshot records (pure, no Faust)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from evostream.stream_processors.checks import check_columns_join, check_neurons_joins
 from evostream.stream_processors.fold import Fold
-from evostream.stream_processors.profiling.delta import Columns, Partials
+from evostream.stream_processors.profiling.delta import Partials
 from evostream.stream_processors.profiling.window import ProfilePolicy, ProfileWindow, window_of
 
 STATE_LAYOUT = 2
@@ -33,54 +33,13 @@ class ProfileTracker:
     window closes the open one first. When traffic stops, ``on_tick`` closes a window once the clock is
     ``grace_s`` past its end. The state keeps, per source partition of the blocks, the highest block offset merged
     (``offsets``), across windows: a partition's rows come in offset order and a replay starts over at an earlier
-    offset, so a replayed row is recognised exactly, whatever window it belonged to.
-
-    ``on_steps`` and ``on_delta`` fold single steps and v1 ProfileDelta columns, deduplicated per trace and step,
-    until the processors send partials."""
+    offset, so a replayed row is recognised exactly, whatever window it belonged to."""
 
     def __init__(self, policy: ProfilePolicy) -> None:
         self.policy = policy
 
-    def on_steps(
-        self, model: str, state: Mapping[str, Any] | None, steps: Sequence[Mapping[str, Any]], now_us: int
-    ) -> Fold:
-        """New state, snapshots of closed windows (``reports``), and how many steps were duplicates."""
-        st = dict(state or {"window_start": None, "window": None})
-        snapshots: list[dict[str, Any]] = []
-        duplicates = 0
-        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
-        for step in sorted(steps, key=lambda s: int(s["emitted_at_us"])):
-            win = self._window(
-                model, st, win, window_of(int(step["emitted_at_us"]), self.policy.window_s), now_us, snapshots
-            )
-            # a replay can reach back past the last window closed (offsets are committed after the state is
-            # written): its steps are recognised there, not folded into the open window a second time
-            if int(step["step"]) <= st.get("closed", {}).get(str(step["trace_id"]), -1) or not win.add_step(step):
-                duplicates += 1
-        st["window"] = win.to_state() if win is not None else None
-        return Fold(st, snapshots, duplicates=duplicates)
-
-    def on_delta(self, model: str, state: Mapping[str, Any] | None, cols: Columns, now_us: int) -> Fold:
-        """``on_steps`` for the steps of a ProfileDelta: the same windows, closings and skipped duplicates."""
-        st = dict(state or {"window_start": None, "window": None})
-        snapshots: list[dict[str, Any]] = []
-        duplicates = 0
-        win = ProfileWindow(self.policy, st["window"]) if st["window"] is not None else None
-        order = np.argsort(cols.emitted_at_us, kind="stable")
-        at = cols.emitted_at_us[order]
-        starts = at - at % (self.policy.window_s * 1_000_000)
-        i = 0
-        while i < len(order):
-            win = self._window(model, st, win, int(starts[i]), now_us, snapshots)
-            j = int(np.searchsorted(starts, st["window_start"], side="right"))  # this window's run (and late steps)
-            _check_joins(win, cols, order[i:j])
-            duplicates += win.add_columns(cols, order[i:j], st.get("closed", {}))
-            i = j
-        st["window"] = win.to_state() if win is not None else None
-        return Fold(st, snapshots, duplicates=duplicates)
-
     def on_partials(self, model: str, state: Mapping[str, Any] | None, parts: Partials, now_us: int) -> Fold:
-        """Merge the rows of a ProfileDelta (v2) into the model's windows: new state, snapshots of windows closed
+        """Merge the rows of a ProfileDelta into the model's windows: new state, snapshots of windows closed
         (``reports``), and the steps of the rows skipped as already merged (``duplicates``). FoldError, and nothing
         merged, where a row's shape does not fit the window it joins."""
         st = dict(state or {"window_start": None, "window": None})
@@ -117,14 +76,12 @@ class ProfileTracker:
         now_us: int,
         snapshots: list[dict[str, Any]],
     ) -> ProfileWindow:
-        """The window a step that starts at ``start`` folds into: the open one (a late step too), or a new one, the
+        """The window a row that starts at ``start`` merges into: the open one (a late row too), or a new one, the
         open one closed first into ``snapshots``."""
         if win is not None and start <= st["window_start"]:
             return win
         if win is not None and win.steps:
             snapshots.append(win.snapshot(model, now_us))
-            if win.applied:  # the per-step path's
-                st["closed"] = dict(win.applied)
         st["window_start"] = start
         return ProfileWindow(self.policy)
 
@@ -162,23 +119,7 @@ class ProfileTracker:
         st["window"] = None
         if not win.steps:
             return Fold(st)
-        if win.applied:  # the per-step path's
-            st["closed"] = dict(win.applied)
         return Fold(st, [win.snapshot(model, now_us)])
-
-
-def _check_joins(win: ProfileWindow, cols: Columns, rows: np.ndarray) -> None:
-    """FoldError where the measured head signal or per-layer rows of ``rows`` do not have the shape of ``win``'s sums
-    (steps of another shape under the same model version): summing them would fail."""
-    heads, l2 = cols.heads[rows], cols.layer_l2[rows]
-    has_heads = heads[0].size > 0 and bool(np.isfinite(heads).all(axis=(1, 2)).any()) if len(rows) else False
-    has_l2 = l2.shape[1] > 0 and bool(np.isfinite(l2).all(axis=1).any()) if len(rows) else False
-    check_columns_join(
-        tuple(win.head_sum.shape) if win.head_sum is not None and has_heads else None,
-        len(win.layer_changed) if win.layer_changed is not None and has_l2 else None,
-        tuple(heads.shape[1:]),
-        l2.shape[1],
-    )
 
 
 def _check_partial_joins(win: ProfileWindow, parts: Partials, rows: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """Profiling aggregates of one model version over a tumbling window of steps (pure numpy, no Faust).
 
-``ProfileWindow`` folds GenerationStep records (and, when the producer sends them, periodic FFN neuron-count
+``ProfileWindow`` merges the partials of step blocks (and, when the producer sends them, periodic FFN neuron-count
 snapshots) and renders a ProfileSnapshot record. Its state is a plain dict so a stream processor can keep it in a
 changelog-backed table.
 
@@ -15,9 +15,7 @@ changelog-backed table.
   which partials merge does not change the list).
 
 A window is a sum: ``add_rows`` merges the partials of step blocks (``partial.py``) that the risk agent computed,
-so the state holds counts and sums only, no per-trace state. ``add_step`` and ``add_columns`` fold single steps
-and v1 ProfileDelta columns and keep, per trace, its last step and tokens (``traces``, ``applied``, ``tails``, kept
-in the state only where that path fills them) until the processors send partials.
+so the state holds counts and sums only, no per-trace state.
 """
 
 from __future__ import annotations
@@ -31,10 +29,9 @@ import numpy as np
 import numpy.typing as npt
 
 from evostream.core.errors import FoldError
-from evostream.schemas.tensors import step_heads, step_layers
 
 if TYPE_CHECKING:  # delta.py builds on this module's policy
-    from evostream.stream_processors.profiling.delta import Columns, Partials
+    from evostream.stream_processors.profiling.delta import Partials
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,6 @@ class ProfileWindow:
         self.end_us: int = s.get("end_us", 0)
         self.steps: int = s.get("steps", 0)
         self.trace_count: int = s.get("trace_count", 0)
-        self.traces: set[str] = set(s.get("traces", []))
         self.signal: str = s.get("signal", "NONE")
         # accumulators stay numpy while folding; to_state turns them into JSON lists once per batch
         self.head_sum: np.ndarray | None = np.asarray(s["head_sum"], np.float64) if s.get("head_sum") else None
@@ -86,12 +82,9 @@ class ProfileWindow:
         self.neuron_counts: list[list[int]] = s.get("neuron_counts", [])
         self.neuron_steps: int = s.get("neuron_steps", 0)
         self.paths: Counter[str] = Counter(s.get("paths", {}))
-        self.tails: dict[str, list[int]] = {k: list(v) for k, v in s.get("tails", {}).items()}
-        self.applied: dict[str, int] = dict(s.get("applied", {}))
         self.snapshot_ids: list[str] = list(s.get("snapshot_ids", []))
 
     def to_state(self) -> dict[str, Any]:
-        per_trace = {"traces": sorted(self.traces), "applied": self.applied, "tails": self.tails}
         return {
             "start_us": self.start_us,
             "end_us": self.end_us,
@@ -106,100 +99,19 @@ class ProfileWindow:
             "neuron_steps": self.neuron_steps,
             "paths": dict(self.paths),
             "snapshot_ids": self.snapshot_ids,
-            **{k: v for k, v in per_trace.items() if v},  # the per-step path's only
         }
 
     def _span(self, at_us: int) -> None:
         self.start_us = at_us if not self.start_us else min(self.start_us, at_us)
         self.end_us = max(self.end_us, at_us)
 
-    def add_step(self, step: Mapping[str, Any]) -> bool:
-        """Fold one GenerationStep in; False (and nothing counted) when this trace's step was already folded."""
-        p = self.policy
-        trace = str(step["trace_id"])
-        if int(step["step"]) <= self.applied.get(trace, -1):
-            return False
-        self.applied[trace] = int(step["step"])
-        self._span(int(step["emitted_at_us"]))
-        self.steps += 1
-        self._trace(trace)
-        heads = step_heads(step).astype(np.float64)
-        if heads.size and np.isfinite(heads).all():
-            self.signal = str(step["attention_signal"])
-            self.head_sum = heads.copy() if self.head_sum is None else self.head_sum + heads
-            self.head_steps += 1
-        l2 = step_layers(step, "layer_hidden_l2").astype(np.float64)
-        if len(l2) and np.isfinite(l2).all():
-            changed = np.ones(len(l2), dtype=np.int64)
-            below = np.maximum(l2[:-1], 1e-12)
-            changed[1:] = np.abs(l2[1:] - l2[:-1]) / below > p.layer_change
-            self.layer_changed = changed if self.layer_changed is None else self.layer_changed + changed
-            self.layer_steps += 1
-        self._path(trace, int(step["token_id"]))
-        return True
-
-    def _trace(self, trace: str) -> None:
-        if trace not in self.traces:
-            self.traces.add(trace)
-            self.trace_count += 1
-
-    def _path(self, trace: str, token: int) -> None:
-        """The trace's newest token: its last n tokens, once it has n, count as one token path."""
-        p = self.policy
-        tail = [*self.tails.get(trace, []), token][-p.ngram :]
-        self.tails[trace] = tail
-        if len(tail) == p.ngram:
-            self.paths[" ".join(map(str, tail))] += 1
-            self._prune()
-
     def _prune(self) -> None:
         """Keep the heavy hitters once ``max_paths`` is passed: rare n-grams cannot make the top list."""
         if len(self.paths) > self.policy.max_paths:
             self.paths = Counter(dict(top_paths(self.paths, self.policy.max_paths // 2)))
 
-    def add_columns(self, cols: Columns, rows: npt.NDArray[np.intp], closed: Mapping[str, int]) -> int:
-        """Fold rows ``rows`` of a ProfileDelta in, in that order, as ``add_step`` would fold those steps one by one
-        (sums with numpy; a trace's step at or below its last folded one, or at or below ``closed``, is skipped).
-        How many were skipped."""
-        p = self.policy
-        kept: list[int] = []
-        for r in rows.tolist():
-            trace, step = cols.trace_ids[r], int(cols.steps[r])
-            if step <= closed.get(trace, -1) or step <= self.applied.get(trace, -1):
-                continue
-            self.applied[trace] = step
-            self._trace(trace)
-            self._path(trace, int(cols.token_ids[r]))
-            kept.append(r)
-        if not kept:
-            return len(rows)
-        k = np.asarray(kept, dtype=np.intp)
-        self.steps += len(k)
-        at = cols.emitted_at_us[k]
-        self._span(int(at.min()))
-        self._span(int(at.max()))
-        heads = cols.heads[k]
-        if heads[0].size:
-            ok = np.isfinite(heads).all(axis=(1, 2))
-            if ok.any():
-                self.signal = cols.signals[int(k[ok][-1])]
-                total = heads[ok].sum(axis=0)
-                self.head_sum = total if self.head_sum is None else self.head_sum + total
-                self.head_steps += int(ok.sum())
-        l2 = cols.layer_l2[k]
-        if l2.shape[1]:
-            ok = np.isfinite(l2).all(axis=1)
-            if ok.any():
-                x = l2[ok]
-                changed = np.ones(x.shape, dtype=np.int64)
-                changed[:, 1:] = np.abs(x[:, 1:] - x[:, :-1]) / np.maximum(x[:, :-1], 1e-12) > p.layer_change
-                total_changed = changed.sum(axis=0)
-                self.layer_changed = total_changed if self.layer_changed is None else self.layer_changed + total_changed
-                self.layer_steps += int(ok.sum())
-        return len(rows) - len(k)
-
     def add_rows(self, parts: Partials, rows: npt.NDArray[np.intp]) -> None:
-        """Merge the partials ``rows`` of a decoded ProfileDelta (v2), in that order: sums added, the time span
+        """Merge the partials ``rows`` of a decoded ProfileDelta, in that order: sums added, the time span
         widened, the attention signal of the last row with a measured head, their n-grams counted."""
         if not len(rows):
             return

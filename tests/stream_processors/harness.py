@@ -11,8 +11,11 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from evostream.core.bus.consumer import EventConsumer
 from evostream.models.loading import LoadedModel
@@ -22,6 +25,39 @@ from evostream.producers.service import InferenceService, ServeOptions
 from evostream.schemas.codec import RecordCodec
 
 CLI = [sys.executable, "-m", "evostream.cli"]  # the CLI of the checkout under test, not the one on PATH
+BLOCK = RecordCodec("StepBlock")
+
+
+def as_block(*steps: Mapping[str, Any]) -> bytes:
+    """GenerationStep records of one trace, in order, as one StepBlock record: what the producer sends the processors
+    (``schemas/blocks.py``). Packed fields are joined unchecked, so a malformed step makes a malformed block, as a
+    faulty producer's would be."""
+    first = steps[0]
+
+    def joined(field: str) -> bytes:
+        return b"".join(bytes(s[field] or b"") for s in steps)
+
+    def packed(field: str, dtype: str) -> bytes:
+        return np.asarray([s[field] for s in steps], dtype=dtype).tobytes()
+
+    return BLOCK.encode(
+        {
+            **{k: first[k] for k in ("trace_id", "request_id", "model_version", "num_layers", "num_heads", "topk_k")},
+            "attention_signal": first["attention_signal"],
+            "count": len(steps),
+            "token_text": [s["token_text"] for s in steps],
+            "step": packed("step", "<i4"),
+            "token_id": packed("token_id", "<i4"),
+            **{f: packed(f, "<f4") for f in ("logprob", "entropy_bits", "top1_top2_margin", "topk_mass")},
+            "surprisal_bits": packed("surprisal_bits", "<f4"),
+            **{f: joined(f) for f in ("layer_hidden_l2", "layer_hidden_maxabs", "head_attention_entropy")},
+            "ffn_sparsity": joined("ffn_sparsity"),
+            "hidden_sketch": joined("hidden_sketch"),
+            "layer_nonfinite": b"".join(np.asarray(s["layer_nonfinite"], dtype="<i4").tobytes() for s in steps),
+            **{f: packed(f, "<i8") for f in ("latency_us", "peak_memory_bytes", "emitted_at_us")},
+            "flushed_at_us": time.time_ns() // 1000,
+        }
+    )
 
 
 class Worker:

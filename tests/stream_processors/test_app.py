@@ -22,18 +22,17 @@ from evostream.core.bus.producer import EventProducer
 from evostream.core.errors import DecodeError
 from evostream.models.anatomy import anatomy
 from evostream.producers.embedding import PromptEmbedder
-from evostream.schemas.catalog import ALERTS, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEPS
+from evostream.schemas.catalog import ALERTS, COMPLETIONS, DLQ, DRIFT, PROFILES, RISK, STEP_BLOCKS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.samples import generation_step
 from evostream.schemas.tensors import pack_f32
 from evostream.stream_processors.drift.tracker import DriftWindows
 from evostream.stream_processors.drift.tracker import table_name as drift_table
 from tests.producers.models import tiny
-from tests.stream_processors.harness import Worker, read, serve
+from tests.stream_processors.harness import Worker, as_block, read, serve
 
 pytestmark = pytest.mark.integration
 
-STEP = RecordCodec("GenerationStep")
 COMPLETION = RecordCodec("Completion")
 RISK_CODEC, ALERT_CODEC = RecordCodec("RiskReport"), RecordCodec("RiskAlert")
 
@@ -80,7 +79,7 @@ def test_a_nan_step_raises_a_critical_alert_mid_generation(kafka: str, worker: W
         if i == 3:
             rec.update(layer_nonfinite=[0, 0, 5, 5], layer_hidden_l2=pack_f32([1.0, 2.0, float("nan"), float("nan")]))
             sent_at = rec["emitted_at_us"] = time.time_ns() // 1000
-        producer.send(STEPS, trace, STEP.encode(rec))
+        producer.send(STEP_BLOCKS, trace, as_block(rec))
         producer.flush()
     alerts = read(kafka, ALERTS, "RiskAlert", lambda got: any(a["trace_id"] == trace for a in got))
     mine = [a for a in alerts if a["trace_id"] == trace]
@@ -101,18 +100,17 @@ def test_a_nan_step_raises_a_critical_alert_mid_generation(kafka: str, worker: W
 def test_undecodable_steps_go_to_the_dlq_and_the_partition_keeps_flowing(kafka: str, worker: Worker) -> None:
     trace = f"dlq-{uuid.uuid4().hex}"
     producer = EventProducer(kafka)
-    producer.send(STEPS, trace, b"not avro at all")
-    malformed = STEP.encode(step(trace, 1, layer_hidden_l2=pack_f32([1.0, 2.0, 3.0])))  # valid Avro, 3 of 4 layers
-    producer.send(STEPS, trace, malformed)
-    for i in range(3):
-        producer.send(STEPS, trace, STEP.encode(step(trace, i)))
+    producer.send(STEP_BLOCKS, trace, b"not avro at all")
+    malformed = as_block(step(trace, 1, layer_hidden_l2=pack_f32([1.0, 2.0, 3.0])))  # valid Avro, 3 of 4 layers
+    producer.send(STEP_BLOCKS, trace, malformed)
+    producer.send(STEP_BLOCKS, trace, as_block(*(step(trace, i) for i in range(3))))
     producer.send(COMPLETIONS, trace, COMPLETION.encode(completion(trace, 3)))
     producer.flush()
     dead = read(kafka, DLQ, "DeadLetter", lambda got: sum(d["original_key"] == trace.encode() for d in got) >= 2)
     mine = [d for d in dead if d["original_key"] == trace.encode()]
     assert [(d["source_topic"], d["error_type"], d["raw_value"]) for d in mine] == [
-        (STEPS, "BadMagicError", b"not avro at all"),
-        (STEPS, "DecodeError", malformed),
+        (STEP_BLOCKS, "BadMagicError", b"not avro at all"),
+        (STEP_BLOCKS, "DecodeError", malformed),
     ]
     reports = read(kafka, RISK, "RiskReport", lambda got: any(r["trace_id"] == trace for r in got))
     final = [r for r in reports if r["trace_id"] == trace]
@@ -161,12 +159,12 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
     total = n_traces * n_steps
     kill_after = total - 2 * n_traces  # a margin before the traces' last steps, each of which sends its FINAL
 
-    def mk(trace: str, i: int) -> bytes:
+    def mk(trace: str, i: int) -> dict[str, Any]:
         rec = generation_step(i, trace, t0_us=t0)
         rec.update(model_version=model, entropy_bits=0.5, token_id=(i * 37 + 11) % 300)
         if i == nan_at:  # unhealthy: every trace has its CRITICAL EARLY alert before the kill
             rec.update(layer_nonfinite=[0, 0, 5, 5], layer_hidden_l2=pack_f32([1.0, 2.0, float("nan"), float("nan")]))
-        return STEP.encode(rec)
+        return rec
 
     w = Worker(kafka, tmp_path)
     w.env.update(
@@ -181,9 +179,9 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
     producer = EventProducer(kafka)
     # phase 1: the first steps and every completion (the completions overtake their last steps, so FINALs come
     # from the step agent: they are among the outputs the killed batch sends before its state write)
-    for i in range(phase1):
+    for i in range(phase1):  # one step a block, as a slow producer's windows hold
         for t in traces:
-            producer.send(STEPS, t, mk(t, i))
+            producer.send(STEP_BLOCKS, t, as_block(mk(t, i)))
     for k, t in enumerate(traces):
         c = completion(t, n_steps)
         c.update(
@@ -202,9 +200,9 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
     assert w.proc is not None
     w.proc.send_signal(signal.SIGSTOP)
     try:
-        for i in range(phase1, n_steps):
+        for i in range(phase1, n_steps, 5):  # five steps a block, as a fast producer's windows hold
             for t in traces:
-                producer.send(STEPS, t, mk(t, i))
+                producer.send(STEP_BLOCKS, t, as_block(*(mk(t, j) for j in range(i, min(i + 5, n_steps)))))
         producer.flush()
     finally:
         w.proc.send_signal(signal.SIGCONT)

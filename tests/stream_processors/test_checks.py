@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from evostream.core.errors import DecodeError, FoldError
+from evostream.schemas.blocks import from_steps
 from evostream.schemas.samples import generation_step
 from evostream.schemas.tensors import pack_f32
 from evostream.stream_processors.checks import (
@@ -26,7 +27,8 @@ from evostream.stream_processors.checks import (
 )
 from evostream.stream_processors.drift.policy import DriftPolicy
 from evostream.stream_processors.drift.tracker import DriftTracker, DriftWindows
-from evostream.stream_processors.profiling.delta import MAX_DELTA_BYTES, columns, deltas
+from evostream.stream_processors.profiling.delta import decode_partials, partial_deltas
+from evostream.stream_processors.profiling.partial import block_partial
 from evostream.stream_processors.profiling.tracker import ProfileTracker
 from evostream.stream_processors.profiling.window import ProfilePolicy
 from evostream.stream_processors.risk.policy import RiskPolicy
@@ -212,18 +214,17 @@ def test_neuron_counts_of_another_shape_are_refused_by_the_window_they_join() ->
     check_neurons_joins(None, neurons("d", 9, 9))
 
 
-def test_a_profile_delta_of_another_shape_is_refused_by_the_window_it_joins() -> None:
+def test_a_block_of_another_shape_is_refused_by_the_profile_window_it_joins() -> None:
+    """A row whose measured head sums or layer counts have another shape than the window's is refused (FoldError,
+    nothing merged); a row of another shape that measured nothing adds no sum and joins."""
     tracker = ProfileTracker(ProfilePolicy(window_s=60))
-    state = tracker.on_delta("m@1", None, columns(deltas("m@1", [step(0, "a")])[0]), 0).state
-    (odd,) = deltas("m@1", [step(0, "b", layers=6)])
+
+    def merge(state: Any, offset: int, block: list[dict[str, Any]]) -> Any:
+        part = block_partial(from_steps(block), [], False, tracker.policy)
+        (delta,) = partial_deltas("m@1", 0, [(offset, part)])
+        return tracker.on_partials("m@1", state, decode_partials(delta), 0).state
+
+    state = merge(None, 1, [step(0, "a")])
     with pytest.raises(FoldError, match="head signal"):
-        tracker.on_delta("m@1", state, columns(odd), 0)
-    unmeasured = step(1, "c", layers=6, **UNMEASURED)
-    assert tracker.on_delta("m@1", state, columns(deltas("m@1", [unmeasured])[0]), 0).state["window"]["steps"] == 2
-
-
-def test_deltas_stay_under_their_byte_budget() -> None:
-    big = [generation_step(i, f"t{i % 3}", layers=64, heads=32) for i in range(300)]
-    made = deltas("m@1", big)
-    assert len(made) > 1 and sum(len(d["steps"]) for d in made) == 300
-    assert all(len(d["head_signal"]) + len(d["layer_hidden_l2"]) <= MAX_DELTA_BYTES for d in made)
+        merge(state, 2, [step(0, "b", layers=6)])
+    assert merge(state, 2, [step(1, "c", layers=6, **UNMEASURED)])["window"]["steps"] == 2

@@ -20,13 +20,13 @@ from evostream.core.bus.admin import admin_client
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.bus.producer import EventProducer
 from evostream.core.settings import Settings
-from evostream.schemas.catalog import COMPLETIONS, RISK, STEPS
+from evostream.schemas.catalog import COMPLETIONS, RISK, STEP_BLOCKS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.samples import generation_step
 from evostream.stream_processors.app import STEP_PARTITIONS, changelog_config
 from evostream.stream_processors.risk.policy import RiskPolicy
 from evostream.stream_processors.risk.tracker import TABLE, RiskTracker, StreamProgress, expired
-from tests.stream_processors.harness import Worker, read
+from tests.stream_processors.harness import Worker, as_block, read
 
 S = 1_000_000
 
@@ -132,10 +132,10 @@ def test_a_backlog_read_after_a_long_downtime_keeps_the_traces_it_will_finish() 
             del table[k]
         return gone
 
-    progress = StreamProgress(("GenerationStep", "Completion"))
+    progress = StreamProgress(("StepBlock", "Completion"))
     assert sweep(progress.now()) == []  # nothing read since the restart: nothing given up
     for n in range(1, 50):  # the backlog's steps are read faster than its completions
-        progress.fold("GenerationStep", t0 + n * 60 * S)
+        progress.fold("StepBlock", t0 + n * 60 * S)
     progress.fold("Completion", t0 + 2 * S)
     assert progress.now() == t0 + 2 * S and sweep(progress.now()) == []
     done = tracker.on_completion(table["t"], completion("t", 2, t0 + 2 * S), 0, restart)
@@ -158,10 +158,9 @@ def test_the_worker_drops_finished_traces_past_the_horizon_with_tombstones(kafka
     w.start()
     try:
         producer = EventProducer(kafka)
-        step_codec, completion_codec = RecordCodec("GenerationStep"), RecordCodec("Completion")
+        completion_codec = RecordCodec("Completion")
         for t in traces:
-            for i in range(2):
-                producer.send(STEPS, t, step_codec.encode(step(t, i, t0)))
+            producer.send(STEP_BLOCKS, t, as_block(*(step(t, i, t0) for i in range(2))))
             producer.send(COMPLETIONS, t, completion_codec.encode(completion(t, 2, t0)))
         producer.flush()
         finals = read(kafka, RISK, "RiskReport", lambda got: sum(r["trace_id"] in traces for r in got) >= 5)
@@ -171,7 +170,7 @@ def test_the_worker_drops_finished_traces_past_the_horizon_with_tombstones(kafka
             producer.send(COMPLETIONS, t, completion_codec.encode(completion(t, 2, t0)))
         # the streams move on past the horizon (event time): a later trace's steps and completion
         later = f"horizon-{run}-later"
-        producer.send(STEPS, later, step_codec.encode(step(later, 0, t0 + 10 * S)))
+        producer.send(STEP_BLOCKS, later, as_block(step(later, 0, t0 + 10 * S)))
         producer.send(COMPLETIONS, later, completion_codec.encode(completion(later, 1, t0 + 10 * S)))
         producer.flush()
         changelog = f"{w.env['EVOSTREAM_PROCESSORS_APP_ID']}-{TABLE}-changelog"

@@ -21,16 +21,16 @@ import numpy as np
 import pytest
 
 from evostream.core.bus.producer import EventProducer
-from evostream.schemas.catalog import COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEPS
+from evostream.schemas.catalog import COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEP_BLOCKS
 from evostream.schemas.codec import RecordCodec
 from evostream.schemas.deadletter import KEEP_BYTES
 from evostream.schemas.samples import generation_step
 from evostream.schemas.tensors import pack_f32
-from tests.stream_processors.harness import Worker, read
+from tests.stream_processors.harness import Worker, as_block, read
 
 pytestmark = pytest.mark.integration
 
-STEP, COMPLETION, NEURON = RecordCodec("GenerationStep"), RecordCodec("Completion"), RecordCodec("NeuronCounts")
+COMPLETION, NEURON = RecordCodec("Completion"), RecordCodec("NeuronCounts")
 UNMEASURED = {
     "layer_hidden_l2": b"",
     "layer_hidden_maxabs": b"",
@@ -65,7 +65,7 @@ class Traffic:
         # one event time for every step and neuron count: they all fall in one profiling window
         rec.update(model_version=self.model, entropy_bits=0.5, token_id=(i * 37 + 11) % 300, emitted_at_us=self.t0)
         rec.update(changes)
-        self._send(STEPS, trace, STEP.encode(rec), dead)
+        self._send(STEP_BLOCKS, trace, as_block(rec), dead)  # one step a block: each poison is its own record
 
     def completion(self, trace: str, n: int, dead: str = "", **changes: Any) -> bytes:
         rec = {
@@ -120,7 +120,7 @@ def test_every_poison_record_is_dead_lettered_and_no_partition_or_agent_stops(ka
     t0 = time.time_ns() // 1000 + 30_000_000
     tx = Traffic(kafka, model, t0)
 
-    # risk, evo.steps: one batch holds a good trace, a trace with a step of another shape, and steps past the limits
+    # risk, evo.step-blocks: one batch holds a good trace, a trace with a step of another shape, and steps past the limits
     good, shaped, nan = f"{run}-good", f"{run}-shape", f"{run}-nan"
     for i in range(3):
         tx.step(good, i)
@@ -131,9 +131,9 @@ def test_every_poison_record_is_dead_lettered_and_no_partition_or_agent_stops(ka
     tx.step(shaped, 2)
     tx.step(f"{run}-huge", 0, dead="above the limits", **UNMEASURED, num_layers=100_000)
     tx.step(f"{run}-heads", 0, dead="65536 in all", **UNMEASURED, num_layers=512, num_heads=512)
-    tx.step(f"{run}-short", 0, dead="4 layers need 16", layer_hidden_l2=pack_f32([1.0, 2.0, 3.0]))
+    tx.step(f"{run}-short", 0, dead="4 values (or none) need 16", layer_hidden_l2=pack_f32([1.0, 2.0, 3.0]))
     tx.step(f"{run}-neg", -1, dead="negative step")
-    tx.step(f"{run}-nonfinite", 0, dead="layer_nonfinite has 2", layer_nonfinite=[0, 0])
+    tx.step(f"{run}-nonfinite", 0, dead="layer_nonfinite has 8 bytes", layer_nonfinite=[0, 0])
     tx.step(nan, 0)  # NaN and Inf are what risk looks for, not poison: folded, and flagged
     tx.step(nan, 1, layer_nonfinite=[0, 3, 3, 3], layer_hidden_l2=pack_f32([1.0, math.nan, math.inf, 1.0]))
     tx.step(nan, 2, entropy_bits=math.inf)
@@ -226,9 +226,9 @@ def test_every_poison_record_is_dead_lettered_and_no_partition_or_agent_stops(ka
     for d in mine_dead:
         assert tx.dead[d["raw_value"]] in d["error"], (d["error"], tx.dead[d["raw_value"]])
         assert d["consumer"] == worker.env["EVOSTREAM_PROCESSORS_APP_ID"]
-    odd_delta = [d for d in dead if d["source_topic"] == deltas_topic and odd.encode() in (d["raw_value"] or b"")]
-    # one delta per coalescing window that held the odd trace's steps: one, or two when its steps straddled a flush
-    # (seen under the full suite's load, offsets 48 and 49); each is dead-lettered with the reason
+    # the odd trace's partials: a delta of their own (a delta is cut where the shape changes), one per batch that
+    # held its blocks, each dead-lettered with the reason; no other delta is
+    odd_delta = [d for d in dead if d["source_topic"] == deltas_topic]
     assert odd_delta and all("profiling: steps with a (2, 3) head signal" in d["error"] for d in odd_delta)
     # and the worker is still up, no agent restarted
     assert worker.proc is not None and worker.proc.poll() is None
@@ -242,12 +242,12 @@ def test_a_record_with_a_key_near_the_size_limit_is_dead_lettered_by_its_kept_ke
     run = uuid.uuid4().hex[:8]
     key = f"{run}-" + "k" * 950_000
     producer = EventProducer(kafka)
-    producer.send(STEPS, key, b"junk")
+    producer.send(STEP_BLOCKS, key, b"junk")
     good = f"{run}-after"
     for i in range(2):  # on the poisoned partition, after it
         rec = generation_step(i, good)
         rec.update(entropy_bits=0.5, token_id=i + 11)
-        producer.send(STEPS, key, STEP.encode(rec))
+        producer.send(STEP_BLOCKS, key, as_block(rec))
     producer.flush()
     rec = {
         "trace_id": good,
@@ -275,7 +275,7 @@ def test_a_record_with_a_key_near_the_size_limit_is_dead_lettered_by_its_kept_ke
         lambda got: any(d["raw_value"] == b"junk" and d["original_key"] == key.encode()[:KEEP_BYTES] for d in got),
     )
     mine = [d for d in dead if d["raw_value"] == b"junk" and d["original_key"] == key.encode()[:KEEP_BYTES]]
-    assert len(mine) == 1 and mine[0]["raw_truncated"] and mine[0]["source_topic"] == STEPS
+    assert len(mine) == 1 and mine[0]["raw_truncated"] and mine[0]["source_topic"] == STEP_BLOCKS
     reports = read(kafka, RISK, "RiskReport", lambda got: any(r["trace_id"] == good for r in got))
     assert [(r["stage"], r["steps"]) for r in reports if r["trace_id"] == good] == [("FINAL", 2)]
     assert worker.proc is not None and worker.proc.poll() is None

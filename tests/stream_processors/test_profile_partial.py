@@ -1,6 +1,7 @@
-"""Profiling from the partials of step blocks: a window of partials publishes what the per-step fold published for
-the same steps (but for n-grams that now cross a window's start), replays count nothing twice however they are
-cut, and a ProfileDelta (v2) whose columns disagree is refused. Every delta goes through a real Avro round trip."""
+"""Profiling from the partials of step blocks: a window of partials publishes what the per-step fold (kept here as
+``reference_fold``, the reference) published for the same steps (but for n-grams that now cross a window's start),
+replays count nothing twice however they are cut, and a ProfileDelta whose columns disagree is refused. Every delta
+goes through a real Avro round trip."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import pytest
 from evostream.core.errors import DecodeError, EncodeError, FoldError
 from evostream.schemas.blocks import from_steps
 from evostream.schemas.codec import RecordCodec
+from evostream.schemas.fingerprints import SchemaIndex
 from evostream.schemas.samples import generation_step
-from evostream.schemas.tensors import pack_f32
+from evostream.schemas.tensors import pack_f32, step_heads, step_layers
 from evostream.stream_processors.fold import Fold
 from evostream.stream_processors.profiling.delta import (
     MAX_DELTA_BYTES,
@@ -133,6 +135,45 @@ def merge(tracker: ProfileTracker, state: Any, deltas: list[dict[str, Any]]) -> 
     return state, snaps, dups
 
 
+def reference_fold(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """THE REFERENCE: the per-step fold profiling ran before step blocks (``ProfileTracker.on_steps`` with
+    ``ProfileWindow.add_step``, since removed), kept here only to check the partials against, for one delivery of
+    each step (no replays). Steps in event-time order; a step of a later window closes the open one, an earlier
+    (late) step joins it. Per window: its steps, its distinct traces, its time span, the head signal summed over the
+    steps whose heads are all finite (the signal of the last of them), per layer the steps on which it changed the
+    hidden-state norm materially against the layer below over the steps whose norms are all finite, and each
+    trace's n-grams counted from its tokens in that window only. The snapshots of every window, the last one too."""
+    windows: list[dict[str, Any]] = []
+    for s in sorted(steps, key=lambda s: int(s["emitted_at_us"])):
+        at = int(s["emitted_at_us"])
+        if not windows or window_of(at, POLICY.window_s) > windows[-1]["window"]:
+            windows.append({"window": window_of(at, POLICY.window_s), "start_us": at, "end_us": at, "steps": 0})
+            traces: set[str] = set()
+            tails: dict[str, list[int]] = {}
+            heads_sum: Any = None
+            changed_sum: Any = None
+            counted: Counter[str] = Counter()
+        w = windows[-1]
+        w["start_us"], w["end_us"], w["steps"] = min(w["start_us"], at), max(w["end_us"], at), w["steps"] + 1
+        traces.add(s["trace_id"])
+        w["trace_count"] = len(traces)
+        heads = step_heads(s).astype(np.float64)
+        if heads.size and np.isfinite(heads).all():
+            heads_sum = heads if heads_sum is None else heads_sum + heads
+            w.update(signal=s["attention_signal"], head_sum=heads_sum.tolist(), head_steps=w.get("head_steps", 0) + 1)
+        l2 = step_layers(s, "layer_hidden_l2").astype(np.float64)
+        if len(l2) and np.isfinite(l2).all():
+            changed = np.ones(len(l2), dtype=np.int64)
+            changed[1:] = np.abs(l2[1:] - l2[:-1]) / np.maximum(l2[:-1], 1e-12) > POLICY.layer_change
+            changed_sum = changed if changed_sum is None else changed_sum + changed
+            w.update(layer_changed=changed_sum.tolist(), layer_steps=w.get("layer_steps", 0) + 1)
+        tail = tails[s["trace_id"]] = [*tails.get(s["trace_id"], []), int(s["token_id"])][-POLICY.ngram :]
+        if len(tail) == POLICY.ngram:
+            counted[" ".join(map(str, tail))] += 1
+        w["paths"] = dict(counted)
+    return [ProfileWindow(POLICY, w).snapshot("m", 99) for w in windows]
+
+
 def published(state: dict[str, Any], snaps: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The closed windows' snapshots and the open window's, as it would close."""
     return [*snaps, ProfileWindow(POLICY, state["window"]).snapshot("m", 99)]
@@ -173,10 +214,8 @@ def close(a: Any, b: Any) -> None:
 def test_partials_publish_what_the_per_step_fold_published_but_for_cross_window_ngrams(seed: int) -> None:
     rng = random.Random(seed)
     steps = traffic(seed)
-    tracker = ProfileTracker(POLICY)
-    old = tracker.on_steps("m", None, steps, now_us=99)  # the per-step fold, every step in time order
-    want = published(old.state, old.reports)
-    state, snaps, dups = merge(tracker, None, deliveries(risk_agent(blocks_of(steps, rng)), rng, split=0.3))
+    want = reference_fold(steps)
+    state, snaps, dups = merge(ProfileTracker(POLICY), None, deliveries(risk_agent(blocks_of(steps, rng)), rng, 0.3))
     got = published(state, snaps)
     assert dups == 0 and len(got) == len(want) >= 3
     crossing = cross_window_ngrams(steps, POLICY.ngram)
@@ -334,11 +373,27 @@ def test_a_delta_whose_columns_disagree_is_refused(change: Any, words: str) -> N
 
 
 def test_a_v1_delta_reads_as_no_rows_and_the_state_layout_is_new() -> None:
-    from evostream.stream_processors.profiling.delta import deltas
-
-    (v1,) = deltas("m", [generation_step(0, "t", layers=2, heads=2)])
-    parts = decode_partials(CODEC.decode(CODEC.encode(v1)))
-    assert isinstance(parts, Partials) and len(parts) == 0
+    """v2 dropped v1's per-step columns: a v1 record left on the internal topic reads as a record of no rows, which
+    merges nothing."""
+    v1 = RecordCodec("ProfileDelta", SchemaIndex(CODEC.schemas.versions("ProfileDelta")[:1]))
+    assert v1.writer.version == 1
+    step = generation_step(0, "t", layers=2, heads=2)
+    record = {
+        "model_version": "m",
+        "num_layers": 2,
+        "num_heads": 2,
+        "trace_ids": ["t"],
+        "steps": [0],
+        "emitted_at_us": [step["emitted_at_us"]],
+        "token_ids": [step["token_id"]],
+        "attention_signals": [step["attention_signal"]],
+        "head_signal": step["head_attention_entropy"],
+        "layer_hidden_l2": step["layer_hidden_l2"],
+    }
+    parts = decode_partials(CODEC.decode(v1.encode(record)))
+    assert isinstance(parts, Partials) and len(parts) == 0 and parts.source_partition == -1
+    out = ProfileTracker(POLICY).on_partials("m", None, parts, now_us=99)
+    assert (out.state["window"], out.reports, out.duplicates) == (None, [], 0)
     assert table_name(POLICY) == "profile-models-v2-1s-3gram"  # v1 held the per-trace sets: never read as v2
 
 

@@ -16,11 +16,11 @@ from evostream.core.bus.admin import cluster_metadata, default_replication, repl
 from evostream.core.bus.consumer import EventConsumer
 from evostream.core.bus.producer import EventProducer
 from evostream.core.stack import LocalCluster
-from evostream.schemas.catalog import COMPLETIONS, RISK, STEPS
+from evostream.schemas.catalog import COMPLETIONS, RISK, STEP_BLOCKS
 from evostream.schemas.codec import RecordCodec
 from evostream.stream_processors.risk.tracker import TABLE
 from tests.conftest import stack_settings
-from tests.stream_processors.harness import Worker, read
+from tests.stream_processors.harness import Worker, as_block, read
 from tests.stream_processors.test_horizon import completion, step
 
 
@@ -48,8 +48,7 @@ def test_the_processors_replicate_their_topics_three_times_on_the_local_cluster(
         w.start()
         trace, t0 = f"replicated-{uuid.uuid4().hex[:8]}", time.time_ns() // 1000
         producer = EventProducer(layout.bootstrap)
-        for i in range(2):
-            producer.send(STEPS, trace, RecordCodec("GenerationStep").encode(step(trace, i, t0)))
+        producer.send(STEP_BLOCKS, trace, as_block(*(step(trace, i, t0) for i in range(2))))
         producer.send(COMPLETIONS, trace, RecordCodec("Completion").encode(completion(trace, 2, t0)))
         producer.flush()
         reports = read(layout.bootstrap, RISK, "RiskReport", lambda got: any(r["trace_id"] == trace for r in got))
