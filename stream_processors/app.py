@@ -33,6 +33,7 @@ import gc
 import json
 import logging
 import signal
+import threading
 import time
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -145,6 +146,7 @@ class Processors:
         self.faults = faults or KillSwitch(0, "")
         self._metadata_ready: set[str] = set()
         self._risk_lock = asyncio.Lock()  # the step and the completion agent write the risk table
+        self._drift_fold = threading.Lock()  # the drift tracker's detectors are used by one fold at a time
         self._profile_lock = asyncio.Lock()  # the step agent, the neuron agent and the window timer write profiles
         # Faust's app, with the inline hand-over of fetched messages unless told otherwise (see transport.py)
         app = App(
@@ -266,8 +268,12 @@ class Processors:
                 self.progress.fold("StepBlock", int(cols.emitted_at_us.max()))
                 key, offset = cols.trace_id.encode(), event.message.offset
                 state = touched[key] if key in touched else self.table.get(key)
+                window = window_of(int(cols.emitted_at_us[0]), self.profile_tracker.policy.window_s)
                 try:
                     out = self.tracker.on_block(state, cols, offset, now_us())
+                    prior = (state or {}).get("risk", {}).get("tokens", [])
+                    counted = (state or {}).get("profile_window") == window
+                    share = block_partial(cols, prior, counted, self.profile_tracker.policy)
                 except Exception as e:  # a block no check foresaw: this one, not the batch, is dead-lettered
                     log.exception("risk: the block %s@%d of %s failed", event.message.topic, offset, cols.trace_id)
                     out = Fold(dict(state or {}), rejected={offset: _as_evo(e)})
@@ -276,10 +282,6 @@ class Processors:
                     continue
                 if not await self._publish(key, out, "steps", acks, len(cols)):
                     continue  # folded before (a replay): so was its share of profiling
-                window = window_of(int(cols.emitted_at_us[0]), self.profile_tracker.policy.window_s)
-                prior = (state or {}).get("risk", {}).get("tokens", [])
-                counted = (state or {}).get("profile_window") == window
-                share = block_partial(cols, prior, counted, self.profile_tracker.policy)
                 shares.setdefault((cols.model_version, event.message.partition), []).append((offset, share))
                 out.state["profile_window"] = window
                 touched[key] = out.state
@@ -374,6 +376,16 @@ class Processors:
         """Each completion folded into its model's drift state in turn (``states`` moves along): its Fold, or the
         error that refuses it."""
         out: list[Fold | Exception] = []
+        with self._drift_fold:  # a fold left running by a cancelled agent (a rebalance) finishes before the next
+            self._fold_drift_batch(read, states, out)
+        return out
+
+    def _fold_drift_batch(
+        self,
+        read: list[tuple[faust.EventT[bytes], dict[str, Any]]],
+        states: dict[bytes, dict[str, Any] | None],
+        out: list[Fold | Exception],
+    ) -> None:
         for event, rec in read:
             key = str(rec["model_version"]).encode()
             try:
@@ -384,7 +396,6 @@ class Processors:
             if not fold.duplicates:
                 states[key] = fold.state
             out.append(fold)
-        return out
 
     async def _on_profile(self, stream: faust.StreamT[bytes]) -> None:
         # ProfileDeltas, one per model, source partition and block batch, keyed by model: one row per block

@@ -29,8 +29,10 @@ from evostream.stream_processors.risk.policy import RiskPolicy, family_of, polic
 from evostream.stream_processors.risk.score import SEVERITY_RANK, Assessment, TraceRisk
 
 __all__ = ["SEVERITY_RANK", "RiskTracker", "ServedProbe", "StreamProgress", "expired"]
-STATE_LAYOUT = 1
-"""Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state."""
+STATE_LAYOUT = 2
+"""Version of the stored state's layout: raise it when the layout changes, so a worker never reads old state.
+2: the stored input offset is a StepBlock's on evo.step-blocks (1: a GenerationStep's on evo.steps, which every block
+would have been skipped against)."""
 TABLE = f"risk-traces-v{STATE_LAYOUT}"
 """The risk table (and, prefixed with the app id, its changelog topic)."""
 
