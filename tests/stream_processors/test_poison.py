@@ -120,7 +120,7 @@ def test_every_poison_record_is_dead_lettered_and_no_partition_or_agent_stops(ka
     t0 = time.time_ns() // 1000 + 30_000_000
     tx = Traffic(kafka, model, t0)
 
-    # risk, evo.step-blocks: one batch holds a good trace, a trace with a step of another shape, and steps past the limits
+    # risk, evo.step-blocks: one batch holds a good trace, a trace with a step of another shape, steps past limits
     good, shaped, nan = f"{run}-good", f"{run}-shape", f"{run}-nan"
     for i in range(3):
         tx.step(good, i)
