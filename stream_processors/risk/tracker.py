@@ -146,12 +146,7 @@ class RiskTracker:
                 seen_us=now_us,
                 event_us=max(int(st.get("event_us", 0)), int(step["emitted_at_us"])),
             )
-            severity = assessment.severity(policy)
-            if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
-                st["alerted"] = severity
-                report = self._report(st, assessment, policy.name, "EARLY", now_us)
-                out.reports.append(report)
-                out.alerts.append(self._alert(report, severity, policy.name))
+            self._raise_early(st, assessment, policy, now_us, out)
             pending = st.get("completion")
             if pending is not None and risk.steps >= pending["token_count"]:
                 st["risk"] = risk.to_state()
@@ -206,13 +201,7 @@ class RiskTracker:
                 event_us=event_us,
             )
             if rise:
-                assessment = risk.assess()
-                severity = assessment.severity(policy)
-                if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
-                    st["alerted"] = severity
-                    report = self._report(st, assessment, policy.name, "EARLY", now_us)
-                    out.reports.append(report)
-                    out.alerts.append(self._alert(report, severity, policy.name))
+                self._raise_early(st, risk.assess(), policy, now_us, out)
             i = end
             if pending is not None and risk.steps >= pending["token_count"]:
                 st["risk"] = risk.to_state()
@@ -254,6 +243,17 @@ class RiskTracker:
         if int(st.get("risk", {}).get("steps", 0)) >= expected:
             self._finish(st, pending, self.policy(model), now_us, out)
         return out
+
+    def _raise_early(
+        self, st: dict[str, Any], assessment: Assessment, policy: RiskPolicy, now_us: int, out: Fold
+    ) -> None:
+        """An EARLY report and alert where the trace's severity rises above what it was alerted at."""
+        severity = assessment.severity(policy)
+        if severity is not None and SEVERITY_RANK[severity] > SEVERITY_RANK[st.get("alerted")]:
+            st["alerted"] = severity
+            report = self._report(st, assessment, policy.name, "EARLY", now_us)
+            out.reports.append(report)
+            out.alerts.append(self._alert(report, severity, policy.name))
 
     def _follow_probe(self, st: dict[str, Any], step: Mapping[str, Any]) -> None:
         """Keep the probe's running sums of a trace its family's probe has followed from the first step."""
