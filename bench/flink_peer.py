@@ -49,12 +49,13 @@ import site
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench.cpu import CpuMeter, process_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_SCRIPT = ROOT / "bench" / "pyflink_env.sh"
@@ -149,63 +150,9 @@ def _kafka_login() -> dict[str, str]:
     }
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += children.get(pid, [])
-    return out
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """User + system CPU seconds of ``pids`` (every thread; children that exited are not counted)."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-class CpuSampler(threading.Thread):
-    """The process tree's CPU, sampled every ``period`` s with the wall clock, to read it at the job's own moments."""
-
-    def __init__(self, period: float = 0.05) -> None:
-        super().__init__(daemon=True)
-        self.period = period
-        self.samples: list[tuple[float, float]] = []
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        pids, rescan = _tree(os.getpid()), time.monotonic() + 1.0
-        while not self.halt.is_set():
-            if time.monotonic() > rescan:
-                pids, rescan = _tree(os.getpid()), time.monotonic() + 1.0
-            self.samples.append((time.time(), _cpu_s(pids)))
-            self.halt.wait(self.period)
-        self.samples.append((time.time(), _cpu_s(_tree(os.getpid()))))
-
-    def at(self, t: float) -> float:
-        """The tree's CPU seconds at wall time ``t``, interpolated between the samples around it."""
-        before = [s for s in self.samples if s[0] <= t]
-        after = [s for s in self.samples if s[0] >= t]
-        if not before or not after:
-            return (before or after)[-1 if before else 0][1]
-        (t0, c0), (t1, c1) = before[-1], after[0]
-        return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+def cpu_between(sampler: CpuMeter, start: float, end: float) -> float:
+    """The tree's CPU seconds from ``start`` to ``end`` (wall time), the nearest samples standing in outside them."""
+    return (sampler.at(end, clamp=True) or 0.0) - (sampler.at(start, clamp=True) or 0.0)
 
 
 def _job(args: argparse.Namespace, stats_dir: Path) -> None:
@@ -415,7 +362,7 @@ def main() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(p for p in paths if p))
     started = time.time()
     get_gateway()  # the JVM: started now, so the sampler counts it from its first moment
-    sampler = CpuSampler()
+    sampler = CpuMeter(lambda: process_tree(os.getpid()), period_s=0.05)
     sampler.start()
     with tempfile.TemporaryDirectory(prefix="evostream-flink-peer-") as tmp:
         _job(args, Path(tmp))
@@ -427,7 +374,7 @@ def main() -> None:
     lasts = [f["last"] for f in folds if f["last"] is not None]
     records, steps = sum(f["records"] for f in folds), sum(f["steps"] for f in folds)
     seconds = max(lasts) - min(firsts) if firsts else 0.0
-    cpu = sampler.at(max(lasts)) - sampler.at(min(firsts)) if firsts else 0.0
+    cpu = cpu_between(sampler, min(firsts), max(lasts)) if firsts else 0.0
     result = {
         "peer": "pyflink",
         "mode": "thread",

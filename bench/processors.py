@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from bench.broker import bench_broker
+from bench.cpu import CpuMeter
 from bench.flink_peer import run_peer
 from bench.procs import stop
 from bench.stats import pct, spread
@@ -210,7 +211,8 @@ def start_workers(bootstrap: str, tmp: Path, n: int) -> tuple[list[Worker], CpuM
                 stderr=subprocess.STDOUT,
             )
         started.append((proc, log))
-    meter = CpuMeter([proc.pid for proc, _ in started])  # from the start, so the CPU at Ready is known too
+    pids = [proc.pid for proc, _ in started]
+    meter = CpuMeter(lambda: pids, period_s=0.02)  # from the start, so the CPU at Ready is known too
     meter.start()
     workers = []
     for proc, log in started:
@@ -224,45 +226,6 @@ def start_workers(bootstrap: str, tmp: Path, n: int) -> tuple[list[Worker], CpuM
         ready = datetime.strptime(m[1].decode(), "%Y-%m-%d %H:%M:%S,%f").timestamp()  # the worker logs local time
         workers.append(Worker(proc, log, app_id, int(ready * 1e6)))
     return workers, meter
-
-
-TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) * TICK_S  # utime, stime
-
-
-class CpuMeter(threading.Thread):
-    """The workers' CPU time, sampled every 20 ms with the wall clock, so the CPU spent between two moments the
-    workers stamped (Ready, the last agent done) can be read off afterwards."""
-
-    def __init__(self, pids: list[int]) -> None:
-        super().__init__(daemon=True)
-        self.pids = pids
-        self.samples: list[tuple[int, float]] = []
-        self.stop_event = threading.Event()
-
-    def sample(self) -> None:
-        self.samples.append((time.time_ns() // 1000, sum(cpu_seconds(p) for p in self.pids)))
-
-    def run(self) -> None:
-        while not self.stop_event.wait(0.02):
-            self.sample()
-
-    def at(self, t_us: int) -> float:
-        """CPU seconds at ``t_us``, interpolated between the samples around it."""
-        before = [s for s in self.samples if s[0] <= t_us]
-        after = [s for s in self.samples if s[0] >= t_us]
-        if not before or not after:
-            raise SystemExit(f"no CPU sample around {t_us}: the meter ran from {self.samples[0][0]}")
-        (t0, c0), (t1, c1) = before[-1], after[0]
-        return c0 if t1 == t0 else c0 + (c1 - c0) * (t_us - t0) / (t1 - t0)
 
 
 @dataclass
@@ -360,6 +323,14 @@ def read_progress(bootstrap: str, workers: list[Worker], traces: set[str], progr
                         progress.events.append((at, "drift", n, 0))
 
 
+def cpu_between(meter: CpuMeter, start_us: int, end_us: int) -> float:
+    """The workers' CPU seconds between two of their own stamps (µs); SystemExit where the meter did not run then."""
+    start, end = meter.at(start_us / 1e6), meter.at(end_us / 1e6)
+    if start is None or end is None:
+        raise SystemExit(f"no CPU samples around {start_us} and {end_us}: the meter ran from {meter.samples[0][0]}")
+    return end - start
+
+
 def throughput(
     bootstrap: str, tmp: Path, traffic: Traffic, n_steps: int, n_traces: int, n_workers: int, peer_topic: str = ""
 ) -> tuple[list[Worker], Throughput]:
@@ -396,7 +367,7 @@ def throughput(
 
     read_progress(bootstrap, workers, set(traces), progress, done)
     time.sleep(0.1)  # a sample after the last agent's stamp
-    meter.stop_event.set()
+    meter.halt.set()
     meter.join()
     ends = {
         "risk": max(progress.finals.values(), default=None),
@@ -415,7 +386,7 @@ def throughput(
         )
     done_s = {k: (v - ready_us) / 1e6 for k, v in ends.items() if v is not None}
     end_us = ready_us + int(max(done_s.values()) * 1e6)
-    cpu = meter.at(end_us) - meter.at(ready_us)  # what the workers spent starting is not in it
+    cpu = cpu_between(meter, ready_us, end_us)  # what the workers spent starting is not in it
     return workers, Throughput(
         steps, n_traces, max(done_s.values()), done_s, progress.policies, progress.alerts, cpu, blocks
     )
