@@ -53,6 +53,7 @@ from evostream.models.suite.evaluate import eval_set
 from evostream.producers.client import InferenceClient
 from evostream.schemas.catalog import COMPLETIONS
 from evostream.schemas.codec import RecordCodec
+from evostream.schemas.errors import DecodeError
 from evostream.stream_processors.risk.outcomes import outcome
 from evostream.views.governance import anchor_file, checkpoints_path
 from evostream.wiring.feedback import publish_outcomes
@@ -138,6 +139,7 @@ class Grader(threading.Thread):
         self.bootstrap, self.expected = bootstrap, expected
         self.halt = threading.Event()
         self.labelled = 0
+        self.undecodable = 0
 
     def run(self) -> None:
         codec = RecordCodec("Completion")
@@ -146,7 +148,11 @@ class Grader(threading.Thread):
             while not self.halt.is_set():
                 out = []
                 for msg in consumer.poll_batch(500, timeout_s=0.5):
-                    c = codec.decode(msg.value() or b"")
+                    try:
+                        c = codec.decode(msg.value() or b"")
+                    except DecodeError:  # someone else's poison on the shared topic: not an answer to grade
+                        self.undecodable += 1
+                        continue
                     want = self.expected.get(c["request_id"])
                     if want is None or c["error"] or c["finish_reason"] == "ESCALATED":
                         continue
