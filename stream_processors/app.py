@@ -44,7 +44,7 @@ import faust
 
 from evostream.core.bus.admin import default_replication, set_topic_configs
 from evostream.core.clock import now_us
-from evostream.core.errors import DecodeError, EvoError, FoldError, StackError
+from evostream.core.errors import DecodeError, EvoError, FoldError, PolicyError, StackError
 from evostream.core.settings import Settings
 from evostream.schemas.blocks import StepColumns
 from evostream.schemas.catalog import ALERTS, CATALOG, COMPLETIONS, DLQ, DRIFT, NEURONS, PROFILES, RISK, STEP_BLOCKS
@@ -108,6 +108,7 @@ class Processors:
         replay_horizon_s: float = 3600.0,
         replication: int = 1,
     ) -> None:
+        _check_reach(policies, profile.policy)
         self.tracker = RiskTracker(policies)
         self.replay_horizon_us = int(replay_horizon_s * 1_000_000)
         self.progress = StreamProgress(("StepBlock", "Completion"))  # what the horizon is measured against
@@ -141,7 +142,6 @@ class Processors:
             "gc_full": 0,
             "gc_longest_ms": 0,
         }
-        gc.callbacks.append(self._time_gc)  # a full collection holds the event loop, alerts too: how long, logged
         self._gc_started = 0.0
         self.faults = faults or KillSwitch(0, "")
         self._metadata_ready: set[str] = set()
@@ -229,6 +229,7 @@ class Processors:
         app.timer(interval=60.0)(self._log_stats)
         app.task(self._log_policies)
         app.task(self._freeze_startup_heap)
+        app.task(self._watch_gc)
         app.task(self._dump_tasks_on_signal)
         app.on_before_shutdown.connect(self._log_stats_at_shutdown)  # type: ignore[arg-type]  # mode's stub rejects bound coroutine methods
 
@@ -469,6 +470,12 @@ class Processors:
         gc.collect()
         gc.freeze()
 
+    async def _watch_gc(self) -> None:
+        """A full collection holds the event loop, alerts too: how long is logged, from start to shutdown (a
+        callback left on ``gc.callbacks`` would keep these processors alive, and counting, after they stopped)."""
+        if self._time_gc not in gc.callbacks:
+            gc.callbacks.append(self._time_gc)
+
     def _time_gc(self, phase: str, info: Mapping[str, Any]) -> None:
         """gc's callback: counts the full collections and keeps the longest pause of any (``gc_longest_ms``)."""
         if phase == "start":
@@ -483,6 +490,8 @@ class Processors:
         log.info("processors: %s", ", ".join(f"{k} {v}" for k, v in self.stats.items()))
 
     async def _log_stats_at_shutdown(self, _sender: Any, *_args: Any, signal: Any, **_kwargs: Any) -> None:
+        if self._time_gc in gc.callbacks:
+            gc.callbacks.remove(self._time_gc)
         await self._log_stats()
 
     async def _log_policies(self) -> None:
@@ -642,6 +651,19 @@ def _await_chain(aw: Any) -> list[str]:
         )
         aw = getattr(aw, "cr_await", None) or getattr(aw, "gi_yieldfrom", None) or getattr(aw, "ag_await", None)
     return lines
+
+
+def _check_reach(policies: Mapping[str, RiskPolicy], profile: ProfilePolicy) -> None:
+    """PolicyError where a risk policy keeps fewer of a trace's tokens (``repeat_window``) than profiling's n-grams
+    reach back: a block's first n-grams start in the tokens before it, which the profiling partial takes from the
+    trace's risk state, so those n-grams would be lost at every block boundary."""
+    need = profile.ngram - 1
+    short = sorted(f"{p.name} ({p.repeat_window})" for p in policies.values() if p.repeat_window < need)
+    if short:
+        raise PolicyError(
+            f"risk policies {', '.join(short)} keep fewer tokens of a trace (repeat_window) than profiling's "
+            f"{profile.ngram}-grams reach back ({need})"
+        )
 
 
 def processors_from_settings(settings: Settings, bootstrap: str, replication: int = 1) -> Processors:
