@@ -12,7 +12,7 @@ attention signal, top-k and which optional fields were measured. Steps that diff
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,21 @@ class StepColumns:
     def rows(self) -> list[dict[str, Any]]:
         """Every step's GenerationStep record, in order."""
         return [self.row(i) for i in range(len(self))]
+
+    def head(self, n: int) -> StepColumns:
+        """The block of the first ``n`` steps (views of these columns, no copy)."""
+        if n >= len(self):
+            return self
+        cut = {f.name: getattr(self, f.name)[:n] for f in fields(self) if f.name in _ROW_FIELDS}
+        return replace(self, **cut)
+
+
+_BLOCK_FIELDS = frozenset(
+    ("trace_id", "request_id", "model_version", "num_layers", "num_heads", "attention_signal", "topk_k")
+)
+"""What a block's steps share."""
+_ROW_FIELDS = frozenset(f.name for f in fields(StepColumns)) - _BLOCK_FIELDS
+"""The per-step columns: one entry per row."""
 
 
 def homogeneous_key(step: Mapping[str, Any]) -> tuple[Any, ...]:

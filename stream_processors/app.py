@@ -274,7 +274,11 @@ class Processors:
                     out = self.tracker.on_block(state, cols, offset, now_us())
                     prior = (state or {}).get("risk", {}).get("tokens", [])
                     counted = (state or {}).get("profile_window") == window
-                    share = block_partial(cols, prior, counted, self.profile_tracker.policy)
+                    # profiling counts the steps risk folded: not those of a replay, nor a block's steps past the
+                    # last one its trace's completion counts (the fold's duplicates are the block's tail)
+                    folded = len(cols) - out.duplicates
+                    policy = self.profile_tracker.policy
+                    share = block_partial(cols.head(folded), prior, counted, policy) if folded > 0 else None
                 except Exception as e:  # a block no check foresaw: this one, not the batch, is dead-lettered
                     log.exception("risk: the block %s@%d of %s failed", event.message.topic, offset, cols.trace_id)
                     out = Fold(dict(state or {}), rejected={offset: _as_evo(e)})
@@ -283,7 +287,8 @@ class Processors:
                     continue
                 if not await self._publish(key, out, "steps", acks, len(cols)):
                     continue  # folded before (a replay): so was its share of profiling
-                shares.setdefault((cols.model_version, event.message.partition), []).append((offset, share))
+                if share is not None:
+                    shares.setdefault((cols.model_version, event.message.partition), []).append((offset, share))
                 out.state["profile_window"] = window
                 touched[key] = out.state
                 if self.faults.watches(cols.model_version):

@@ -61,6 +61,14 @@ def test_a_single_step_and_a_model_without_layers_come_back() -> None:
     assert through_the_wire(flat) == flat
 
 
+def test_the_head_of_a_block_is_the_block_of_its_first_steps() -> None:
+    steps = [as_read(generation_step(i, "trace-h", layers=3, heads=2, t0_us=1_795_000_000_000_000)) for i in range(6)]
+    cols = from_steps(steps)
+    assert cols.head(4).rows() == steps[:4] and len(cols.head(4)) == 4
+    assert cols.head(6) is cols and cols.head(9) is cols
+    assert cols.head(0).rows() == []
+
+
 def test_split_blocks_cuts_where_a_step_does_not_follow() -> None:
     steps = [as_read(generation_step(i, "trace-e")) for i in (0, 1, 2, 1, 2)]
     blocks = split_blocks(steps)

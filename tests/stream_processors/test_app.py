@@ -202,7 +202,10 @@ def test_a_worker_killed_mid_batch_resumes_from_its_changelogs_without_losing_or
     try:
         for i in range(phase1, n_steps, 5):  # five steps a block, as a fast producer's windows hold
             for t in traces:
-                producer.send(STEP_BLOCKS, t, as_block(*(mk(t, j) for j in range(i, min(i + 5, n_steps)))))
+                # the first trace's last block runs two steps past the 25 its completion counts: neither risk nor
+                # profiling counts those two (profiling did, from the whole block, before it took the fold's count)
+                end = min(i + 5, n_steps) + (2 if t == traces[0] and i + 5 >= n_steps else 0)
+                producer.send(STEP_BLOCKS, t, as_block(*(mk(t, j) for j in range(i, end))))
         producer.flush()
     finally:
         w.proc.send_signal(signal.SIGCONT)
