@@ -239,6 +239,7 @@ def _worker(
     def fail(e: BaseException) -> None:
         nonlocal failed
         failed = True
+        buffer.flush()  # nothing leaves after a failure (the requests are served again): no block waits either
         results.send((_FAILED, str(e) if isinstance(e, EvoError) else f"{type(e).__name__}: {e}"))
 
     def send_blocks(ready: list[list[Any]]) -> None:
@@ -250,7 +251,7 @@ def _worker(
             emitted_blocks += 1
 
     while True:
-        due = buffer.next_due()
+        due = None if failed else buffer.next_due()
         wait = IDLE_POLL_S if due is None else min(IDLE_POLL_S, max(0.0, due - time.monotonic()))
         try:
             if not jobs.poll(wait):

@@ -130,13 +130,13 @@ class Settings(BaseSettings):
     step_block_window_ms: int = Field(
         default=200,
         ge=0,
-        le=60_000,
+        le=5_000,
         description="How long a trace's steps wait in the inference producer for more of its steps to join their "
         "step block (the stream processors' input, evo.step-blocks): a full block, a step with non-finite values "
         "and the service's commit end the wait. Longer: fewer, larger blocks, cheaper to process; alerts other than "
         "non-finite ones wait as long.",
     )
-    step_block_max_steps: int = Field(default=64, ge=1, le=4096, description="Steps one step block holds at most.")
+    step_block_max_steps: int = Field(default=64, ge=1, le=1024, description="Steps one step block holds at most.")
     serve_batching: Literal["continuous", "static"] = Field(
         default="static",
         description="continuous: greedy requests join the running batch between steps and leave it when done; "

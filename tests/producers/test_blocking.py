@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from evostream.producers.blocking import BlockBuffer, urgent
+from evostream.producers.blocking import BlockBuffer, step_bytes, urgent
 from evostream.schemas.samples import generation_step
 
 
@@ -62,6 +62,13 @@ def test_a_shape_change_ends_the_block_before_it() -> None:
     assert buf.due(0.29) == [] and shape(buf.due(0.31)) == [("a", [2, 3])]
 
 
+def test_a_step_that_does_not_follow_starts_a_new_block() -> None:
+    buf = BlockBuffer(window_s=0.2, max_steps=64)
+    buf.add([step("a", i) for i in range(3)], now=0.0)
+    assert shape(buf.add([step("a", 0)], now=0.1)) == [("a", [0, 1, 2])]  # the trace served again from its start
+    assert shape(buf.flush()) == [("a", [0])]
+
+
 def test_every_step_leaves_once_in_order() -> None:
     buf = BlockBuffer(window_s=0.05, max_steps=5)
     out: list[list[Any]] = []
@@ -73,6 +80,15 @@ def test_every_step_leaves_once_in_order() -> None:
         mine = [s["step"] for b in out for s in b if s["trace_id"] == f"tr-{k}"]
         assert mine == list(range(40))
     assert max(len(b) for b in out) == 5
+
+
+def test_a_wide_models_steps_are_cut_by_bytes_before_the_record_limit() -> None:
+    wide = {"head_attention_entropy": bytes(80 * 64 * 4), "num_heads": 64}  # ~21 kB a step
+    assert step_bytes(step("a", 0, **wide)) > 80 * 64 * 4
+    buf = BlockBuffer(window_s=0.2, max_steps=64, max_bytes=100_000)
+    blocks = buf.add([step("a", i, **wide) for i in range(10)], now=0.0) + buf.flush()
+    assert [len(b) for b in blocks] == [4, 4, 2]  # 100 kB hold four such steps
+    assert all(sum(step_bytes(s) for s in b) <= 100_000 for b in blocks)
 
 
 def test_a_window_or_block_size_that_cannot_be_is_refused() -> None:

@@ -68,13 +68,14 @@ def read_all(
     expected: int,
     schema: str = "GenerationStep",
     size: Callable[[dict[str, Any]], int] = lambda _: 1,
+    polls: int = 40,
 ) -> list[dict[str, Any]]:
     """The records of ``topic`` in the order read (a partition's in offset order) once their sizes reach
-    ``expected``, or whatever came within 20 s."""
+    ``expected``, or whatever came within ``polls`` half seconds."""
     codec = RecordCodec(schema)
     out: list[dict[str, Any]] = []
     with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [topic]) as consumer:
-        for _ in range(40):
+        for _ in range(polls):
             out += [codec.decode(m.value() or b"") for m in consumer.poll_batch(1000, 0.5)]
             if sum(size(r) for r in out) >= expected:
                 break
@@ -170,8 +171,9 @@ def test_blocks_leave_without_a_drain_when_their_window_ends_or_a_step_is_not_fi
             emitter.submit(sb, metas, "m@1", "OUTPUT_NORM", texts.rows(sb))
         time.sleep(emitter.coalesce_s * 2)  # so the generating thread hands the sick step over at once
         emitter.submit(sick, metas, "m@1", "OUTPUT_NORM", texts.rows(sick))
-        # no drain: the urgent step takes the steps of its trace waiting before it, the other trace waits on
-        got = read_all(kafka, blocks, 4, "StepBlock", lambda b: b["count"])
+        # no drain: the urgent step takes the steps of its trace waiting before it, the other trace waits on (its
+        # steps are read for 3 s more: none come)
+        got = read_all(kafka, blocks, 8, "StepBlock", lambda b: b["count"], polls=6)
         assert [(r["trace_id"], list(columns(r).step)) for r in got] == [("trace-w1", [0, 1, 2, 3])]
     finally:
         emitter.close()  # drains: trace-w0's block leaves
@@ -179,7 +181,8 @@ def test_blocks_leave_without_a_drain_when_their_window_ends_or_a_step_is_not_fi
     try:
         short.submit(batch(0, [104], [True]), [TraceMeta("trace-t", "req-t", "", "t", 0)], "m@1", "NONE", ["a"])
         got = read_all(kafka, blocks, 4 + 4 + 1, "StepBlock", lambda b: b["count"])  # the window's end sends it
-        assert [r["trace_id"] for r in got] == ["trace-w1", "trace-w0", "trace-t"]
+        per_trace = {r["trace_id"]: list(columns(r).step) for r in got}
+        assert per_trace == {"trace-w1": [0, 1, 2, 3], "trace-w0": [0, 1, 2, 3], "trace-t": [0]}
     finally:
         short.close()
 
