@@ -6,7 +6,7 @@ A private broker (the project's launcher; or --bootstrap), a fresh topic of 6 pa
 its risk policy's baselines: healthy, so no alert is due and, without completions, no report), and ``--nan-traces``
 traces whose fourth step is NaN (one alert and one EARLY report each, as bench.processors' probes): each step a
 GenerationStep record, or with ``--records blocks`` each trace's run of ``--block-steps`` steps one StepBlock record
-(as the emitter writes one coalescing window's); then ``run_peer`` runs the job over it. It fails unless the job
+(as the emitter writes a trace's block); then ``run_peer`` runs the job over it. It fails unless the job
 folded every step, none twice and none rejected, and counted one alert and one report per NaN trace; it prints the
 peer's JSON line and its figures.
 
@@ -37,7 +37,7 @@ def fill(
     """``n_steps // n_traces`` steps of each of ``n_traces`` traces, interleaved as a fleet emits them, then
     ``nan_traces`` traces of three healthy steps and a NaN step (each due one RiskAlert and its EARLY report): each
     step a GenerationStep record, or (``block_steps`` > 0) each trace's run of up to ``block_steps`` steps one
-    StepBlock record, as the emitter writes a coalescing window's. The records and the steps written."""
+    StepBlock record, as the emitter writes a trace's blocks. The records and the steps written."""
     from confluent_kafka.admin import NewTopic
 
     admin = admin_client(bootstrap)

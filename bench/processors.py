@@ -7,8 +7,8 @@ calibrated risk policy and its z-score path runs on every step: steps are shaped
 and heads) with per-layer norms and per-head signals drawn around the policy's own baselines, token entropies below
 its threshold, and completions carrying 384-d prompt embeddings and their token ids, so the drift agent builds its
 reference and tests windows (MMD permutation test, vocabulary nulls, PSI). Steps travel as the producer sends them to
-the processors: StepBlock records on evo.step-blocks, ``--block`` steps of one trace each (what one coalescing window
-of the producer's emitter holds of one trace: few at a slow decode, more at a fast one or a longer window).
+the processors: StepBlock records on evo.step-blocks, ``--block`` steps of one trace each (what the producer's emitter
+holds of one trace up to its block window; bench.block_sizes measures that for the default model).
 
 Throughput: N step events (T traces) and T completions are produced first; then fresh workers (``evostream
 process``, their own consumer group) start, and the clock runs from the first one's "Ready" log line until ALL THREE
@@ -105,7 +105,7 @@ class Traffic:
             raise SystemExit(f"risk policy {policy.name} has no z-score baselines to shape the bench's steps on")
         self.policy = policy
         self.block = block
-        """Steps per StepBlock: what one coalescing window of the producer holds of one trace."""
+        """Steps per StepBlock: what the producer's block window holds of one trace."""
         floor = policy.z_std_floor
         self.heads_mu, self.heads_sd = heads, np.maximum(np.asarray(policy.heads.std), floor)
         self.ratio_mu, self.ratio_sd = ratio, np.maximum(np.asarray(policy.norm_ratio.std), floor)

@@ -3,9 +3,10 @@ thread's interpreter lock.
 
 The generation thread pickles each step's small host arrays into a pipe; a worker process (spawned, so CUDA and
 threads in the parent are safe) builds the GenerationStep records, encodes them and produces them through its own
-idempotent producer. Each pipe message (the steps of one coalescing window) also leaves as step blocks: one StepBlock
-record per trace (per homogeneous run of a trace's steps, ``schemas.blocks.split_blocks``) to ``evo.step-blocks``,
-for the stream processors; the per-step records stay on ``evo.steps`` for the readers of single steps.
+idempotent producer. The same steps also leave as step blocks to ``evo.step-blocks``, for the stream processors: a
+trace's steps wait in the worker until its block is full, its first step has waited the block window, a step with
+non-finite values comes, or the caller drains (``producers/blocking.py``); the per-step records leave with each pipe
+message, on ``evo.steps``, for the readers of single steps.
 
 On a GPU, decoding is bound by how fast Python launches kernels, and a worker *thread* doing the
 same work stalls the generating thread on the interpreter lock at every token: bench.overhead measured that on a GPU
@@ -29,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from evostream.core.errors import DeliveryError, EvoError
+from evostream.producers.blocking import BlockBuffer
 from evostream.producers.steps import AttentionSignal, StepBatch, TraceMeta, step_records
 from evostream.schemas.catalog import STEP_BLOCKS, STEPS
 
@@ -39,6 +41,11 @@ stalls the decoding threads it shares the cores with, and this window cut the em
 a shorter one on both the default model and GPT-2 (bench.overhead; see
 docs/benchmarks.md#overhead-of-instrumented-generation-cpu). The first step after a pause still leaves at once."""
 _READY, _DRAINED, _FAILED = "ready", "drained", "failed"
+BLOCK_WINDOW_S = 0.2
+"""How long a trace's first step waits in the emitter process for more of its steps to join its block (the default
+of ``step_block_window_ms``); a drain, a full block or an urgent step ends the wait (``producers/blocking.py``)."""
+BLOCK_MAX_STEPS = 64
+"""Steps a block holds at most (the default of ``step_block_max_steps``)."""
 
 
 class StepEmitter:
@@ -53,7 +60,10 @@ class StepEmitter:
         producer_config: Mapping[str, Any] | None = None,
         start_timeout_s: float = 60.0,
         coalesce_s: float = COALESCE_S,
+        block_window_s: float = BLOCK_WINDOW_S,
+        block_max_steps: int = BLOCK_MAX_STEPS,
     ) -> None:
+        BlockBuffer(block_window_s, block_max_steps)  # refused here, in the caller, not in the worker process
         self.topic = topic
         self.blocks_topic = blocks_topic
         self.coalesce_s = coalesce_s
@@ -75,6 +85,7 @@ class StepEmitter:
                 topic,
                 blocks_topic,
                 dict(producer_config or {}),
+                (block_window_s, block_max_steps),
                 self._jobs_r,
                 results_w,
                 logging.getLogger().getEffectiveLevel(),
@@ -197,14 +208,16 @@ def _worker(
     topic: str,
     blocks_topic: str,
     config: dict[str, Any],
+    blocking: tuple[float, int],
     jobs: Connection,
     results: Connection,
     log_level: int,
 ) -> None:
-    """The worker process: decode steps from the pipe, build, encode and produce their records and their blocks."""
+    """The worker process: decode steps from the pipe, build, encode and produce their records, and their blocks as
+    the block buffer lets them go."""
     from evostream.core.bus.producer import EventProducer  # imported here: the parent needs none of it
     from evostream.core.clock import now_us
-    from evostream.schemas.blocks import block_record, from_steps, split_blocks
+    from evostream.schemas.blocks import block_record, from_steps
     from evostream.schemas.codec import RecordCodec
 
     # a spawned process starts without the parent's logging set-up: log at its level, in the serve format
@@ -220,16 +233,34 @@ def _worker(
         results.send((_FAILED, str(e)))
         return
     results.send((_READY,))
+    buffer = BlockBuffer(*blocking)
     emitted, emitted_blocks, failed = 0, 0, False
+
+    def fail(e: BaseException) -> None:
+        nonlocal failed
+        failed = True
+        buffer.flush()  # nothing leaves after a failure (the requests are served again): no block waits either
+        results.send((_FAILED, str(e) if isinstance(e, EvoError) else f"{type(e).__name__}: {e}"))
+
+    def send_blocks(ready: list[list[Any]]) -> None:
+        """The processors' input: one StepBlock record per block the buffer let go."""
+        nonlocal emitted_blocks
+        flushed = now_us()
+        for run in ready:
+            producer.send(blocks_topic, run[0]["trace_id"], blocks.encode(block_record(from_steps(run), flushed)))
+            emitted_blocks += 1
+
     while True:
+        due = None if failed else buffer.next_due()
+        wait = IDLE_POLL_S if due is None else min(IDLE_POLL_S, max(0.0, due - time.monotonic()))
         try:
-            if not jobs.poll(IDLE_POLL_S):
+            if not jobs.poll(wait):
                 if not failed:
                     try:
+                        send_blocks(buffer.due(time.monotonic()))
                         producer.poll()
-                    except EvoError as e:
-                        failed = True
-                        results.send((_FAILED, str(e)))
+                    except Exception as e:
+                        fail(e)
                 continue
             msg = pickle.loads(jobs.recv_bytes())
         except EOFError:  # the parent is gone
@@ -237,12 +268,12 @@ def _worker(
         if msg[0] == _STOP:
             return
         if msg[0] == _DRAIN:
-            if not failed:
+            if not failed:  # every step submitted acknowledged: those waiting for their block leave now
                 try:
+                    send_blocks(buffer.flush())
                     producer.flush(msg[2])
-                except EvoError as e:
-                    failed = True
-                    results.send((_FAILED, str(e)))
+                except Exception as e:
+                    fail(e)
             results.send((_DRAINED, msg[1], emitted, emitted_blocks))
             continue
         if failed:
@@ -252,11 +283,7 @@ def _worker(
             for rec in recs:
                 producer.send(topic, rec["trace_id"], codec.encode(rec))
             emitted += len(recs)
-            # one block per trace of the window (more where a trace's steps change shape): the processors' input
-            flushed = now_us()
-            for run in split_blocks(recs):
-                producer.send(blocks_topic, run[0]["trace_id"], blocks.encode(block_record(from_steps(run), flushed)))
-                emitted_blocks += 1
+            now = time.monotonic()
+            send_blocks(buffer.add(recs, now) + buffer.due(now))
         except Exception as e:  # reported to the generation thread, never swallowed
-            failed = True
-            results.send((_FAILED, f"{type(e).__name__}: {e}"))
+            fail(e)

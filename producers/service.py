@@ -48,7 +48,7 @@ from evostream.producers.client import BadRequestError, ids_problem, prompt_prob
 from evostream.producers.completer import Completer
 from evostream.producers.deployment import Deployment, DeploymentSource, ProductionOnly
 from evostream.producers.embedding import PromptEmbedder
-from evostream.producers.emitter import StepEmitter
+from evostream.producers.emitter import BLOCK_MAX_STEPS, BLOCK_WINDOW_S, StepEmitter
 from evostream.producers.generate import (
     MAX_NEW_TOKENS_LIMIT,
     MAX_PROMPT_TOKENS,
@@ -121,6 +121,11 @@ class ServeOptions:
     DeliveryError saying so (those requests are served again by their partition's next owner). With
     ``install_signal_handlers``, a watchdog also ends the process ``WATCHDOG_GRACE_S`` after the budget if a call
     started before the signal (a batch's generation, a wait on a broker that is gone) still has not returned."""
+    block_window_s: float = BLOCK_WINDOW_S
+    """How long a trace's steps wait in the step emitter for more of them to join their step block (Settings'
+    step_block_window_ms): a full block, a step with non-finite values and a drain end the wait."""
+    block_max_steps: int = BLOCK_MAX_STEPS
+    """Steps a step block holds at most (Settings' step_block_max_steps)."""
     commit_timeout_s: float = 5.0
     """How long one commit of offsets waits for the broker while serving (librdkafka's own wait has no end when the
     broker is gone); one not confirmed is tried again at a later tick."""
@@ -239,7 +244,9 @@ class InferenceService:
         ensure_topics(bootstrap, [t for t in CATALOG if t.name in written])
         # completions leave at once (linger 1 ms, not 5): a batch's completions are sent together anyway
         self.producer = EventProducer(bootstrap, {"linger.ms": 1})
-        self.emitter = StepEmitter(bootstrap)
+        self.emitter = StepEmitter(
+            bootstrap, block_window_s=options.block_window_s, block_max_steps=options.block_max_steps
+        )
         self.requests = RecordCodec("InferenceRequest")
         self.completions = RecordCodec("Completion")
         self.dead_letters = RecordCodec("DeadLetter")

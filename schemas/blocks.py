@@ -1,7 +1,7 @@
-"""Step blocks: the steps of one trace that one coalescing window produced, as columns (pure numpy, no Kafka).
+"""Step blocks: consecutive steps of one trace that the producer sent together, as columns (pure numpy, no Kafka).
 
 A ``StepBlock`` record (``evo.step-blocks``) carries what the GenerationStep records of its steps carry, field by
-field, as packed columns: one record and one decode per trace and window instead of one per token, which is what
+field, as packed columns: one record and one decode per block of a trace's steps instead of one per token, which is what
 lets the stream processors keep up with a fleet. Every step stays addressed by its trace and index (``step``), and
 ``StepColumns.row`` gives back each step's GenerationStep record exactly as the producer built it.
 

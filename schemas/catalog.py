@@ -54,9 +54,9 @@ class TopicSpec:
 CATALOG: tuple[TopicSpec, ...] = (
     TopicSpec(REQUESTS, "InferenceRequest", "request_id", 3, "delete", 7 * DAY_MS, "client requests to generate"),
     TopicSpec(STEPS, "GenerationStep", "trace_id", 6, "delete", 7 * DAY_MS, "one event per generated token"),
-    # The same steps as evo.steps, one record per trace and coalescing window, for the stream processors.
+    # The same steps as evo.steps, one record per block of a trace's steps, for the stream processors.
     # Keyed and partitioned as evo.steps, so a trace's blocks and its steps share a partition number.
-    TopicSpec(STEP_BLOCKS, "StepBlock", "trace_id", 6, "delete", 7 * DAY_MS, "a trace's steps, one record a window"),
+    TopicSpec(STEP_BLOCKS, "StepBlock", "trace_id", 6, "delete", 7 * DAY_MS, "a trace's steps, one record a block"),
     TopicSpec(COMPLETIONS, "Completion", "trace_id", 3, "delete", 30 * DAY_MS, "one event per request"),
     # As many partitions as evo.steps: the profiling table keyed by model_version is co-partitioned with both.
     TopicSpec(NEURONS, "NeuronCounts", "model_version", 6, "delete", 7 * DAY_MS, "FFN neuron firing counts"),

@@ -617,13 +617,14 @@ class ShadowComparison(TypedDict):
 
 
 class StepBlock(TypedDict):
-    """The steps of one trace that one coalescing window of the producer emitted, as packed columns: row i of every per-
-    step column is step i of the block, and together they carry exactly the fields of that step's GenerationStep record
-    (schemas.blocks.columns decodes a block, StepColumns.row gives each step's GenerationStep back). Topic evo.step-
-    blocks, key = trace_id: written for the stream processors, one record per trace and window instead of one per token.
-    A block is homogeneous: its steps share the trace, request, model version, shape (num_layers, num_heads, sketch
-    width), attention signal, topk_k and which optional columns were measured; steps that differ travel in another
-    block. Every step is also on evo.steps as its own GenerationStep record."""
+    """Consecutive steps of one trace that the producer's emitter sent together (producers/blocking.py), as packed
+    columns: row i of every per-step column is step i of the block, and together they carry exactly the fields of that
+    step's GenerationStep record (schemas.blocks.columns decodes a block, StepColumns.row gives each step's
+    GenerationStep back). Topic evo.step-blocks, key = trace_id: written for the stream processors, one record per block
+    of a trace's steps instead of one per token. A block is homogeneous: its steps share the trace, request, model
+    version, shape (num_layers, num_heads, sketch width), attention signal, topk_k and which optional columns were
+    measured; steps that differ travel in another block. Every step is also on evo.steps as its own GenerationStep
+    record."""
 
     trace_id: str
     """Id of one generation; every step of the block belongs to it. The record key."""

@@ -1,7 +1,7 @@
 """The Faust app. Agents decode, call the pure objects (``tracker``, ``risk``), store state, publish; nothing else.
 
-Topics: reads evo.step-blocks (one StepBlock per trace and coalescing window of the producer: the steps of a trace
-that left it together) and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
+Topics: reads evo.step-blocks (StepBlocks: consecutive steps of one trace that the producer's
+emitter sent together) and evo.completions (repartitioned by trace_id, so a trace's completion meets its steps'
 state on the same partition, and by model version for drift), writes evo.risk, evo.alerts, evo.drift and evo.dlq.
 The per-step records on evo.steps are for the readers that need each token as it comes (the API's streams, the
 views); the processors never read them: one record and one decode per block, and each block's steps folded at once
@@ -234,7 +234,7 @@ class Processors:
         app.on_before_shutdown.connect(self._log_stats_at_shutdown)  # type: ignore[arg-type]  # mode's stub rejects bound coroutine methods
 
     async def _on_blocks(self, stream: faust.StreamT[bytes]) -> None:
-        # Batches of up to 500 step blocks (each one trace's steps of one coalescing window of the producer), or
+        # Batches of up to 500 step blocks (each some consecutive steps of one trace), or
         # whatever arrived within 20 ms: a trace's state is written to the changelog once per batch; alerts are sent
         # as soon as their block is folded.
         async for events in stream.take_events(500, within=0.02):  # type: ignore[attr-defined]

@@ -57,7 +57,10 @@ def run_demo(
     source = GovernedModel(bootstrap, settings, MODEL_ID)
     loaded = source.current().loaded
     options = ServeOptions(
-        max_batch=settings.serve_max_batch, max_wait_ms=max(settings.serve_max_wait_ms, DEMO_WAIT_MS)
+        max_batch=settings.serve_max_batch,
+        max_wait_ms=max(settings.serve_max_wait_ms, DEMO_WAIT_MS),
+        block_window_s=settings.step_block_window_ms / 1000,
+        block_max_steps=settings.step_block_max_steps,
     )
     service = InferenceService(bootstrap, loaded, PromptEmbedder(), options, models=source)
     ready = threading.Event()

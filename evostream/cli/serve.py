@@ -186,6 +186,8 @@ def serve(
         max_wait_ms=settings.serve_max_wait_ms,
         batching=settings.serve_batching,
         admit_min=settings.serve_admit_min,
+        block_window_s=settings.step_block_window_ms / 1000,
+        block_max_steps=settings.step_block_max_steps,
     )
     cache: KVCache = "static" if kv_cache == "static" else "dynamic"
     generator = InstrumentedGenerator(

@@ -127,6 +127,16 @@ class Settings(BaseSettings):
         "(producers/sketch.py; two layers); 0 sends none.",
     )
     serve_max_wait_ms: int = Field(default=5, ge=0, description="How long the service waits to fill a batch.")
+    step_block_window_ms: int = Field(
+        default=200,
+        ge=0,
+        le=5_000,
+        description="How long a trace's steps wait in the inference producer for more of its steps to join their "
+        "step block (the stream processors' input, evo.step-blocks): a full block, a step with non-finite values "
+        "and the service's commit end the wait. Longer: fewer, larger blocks, cheaper to process; alerts other than "
+        "non-finite ones wait as long.",
+    )
+    step_block_max_steps: int = Field(default=64, ge=1, le=1024, description="Steps one step block holds at most.")
     serve_batching: Literal["continuous", "static"] = Field(
         default="static",
         description="continuous: greedy requests join the running batch between steps and leave it when done; "

@@ -27,7 +27,7 @@ class BlockPartial:
 
     window_start_us: int
     """The window of the block's first step: a whole block counts in one window, also where its steps cross a
-    window's end (blocks span milliseconds, windows a minute)."""
+    window's end (a block spans the producer's block window at most, 5 s, and a window a minute)."""
     steps: int
     first_us: int
     """The earliest emitted_at_us of the block's steps."""

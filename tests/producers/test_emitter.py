@@ -68,13 +68,14 @@ def read_all(
     expected: int,
     schema: str = "GenerationStep",
     size: Callable[[dict[str, Any]], int] = lambda _: 1,
+    polls: int = 40,
 ) -> list[dict[str, Any]]:
     """The records of ``topic`` in the order read (a partition's in offset order) once their sizes reach
-    ``expected``, or whatever came within 20 s."""
+    ``expected``, or whatever came within ``polls`` half seconds."""
     codec = RecordCodec(schema)
     out: list[dict[str, Any]] = []
     with EventConsumer(kafka, f"test-{uuid.uuid4().hex}", [topic]) as consumer:
-        for _ in range(40):
+        for _ in range(polls):
             out += [codec.decode(m.value() or b"") for m in consumer.poll_batch(1000, 0.5)]
             if sum(size(r) for r in out) >= expected:
                 break
@@ -129,15 +130,16 @@ def test_every_step_is_in_exactly_one_block_in_order_equal_to_its_record(kafka: 
     texts = TokenTexts(ByT5Tokenizer())
     # row 2 finishes after step 4; steps 6 and 7 carry no attention signal (a new block mid-window)
     sent = [batch(s, [100 + s, 101 + s, 102 + s], [True, True, s < 5], heads=s not in (6, 7)) for s in range(10)]
-    emitter = StepEmitter(kafka, topic=topic, blocks_topic=blocks)
+    # a block window longer than the test: the blocks leave at the drain, each as long as its trace's shape allows
+    emitter = StepEmitter(kafka, topic=topic, blocks_topic=blocks, block_window_s=60.0)
     try:
         for s, sb in enumerate(sent):
             emitter.submit(sb, metas, "m@1", "OUTPUT_NORM", texts.rows(sb))
             if s == 3:
-                time.sleep(emitter.coalesce_s * 2)  # step 4 leaves in a window of its own
+                time.sleep(emitter.coalesce_s * 2)  # step 4 leaves the generating thread in a window of its own
         emitter.drain()
         assert emitter.emitted == 10 + 10 + 5
-        assert 3 * 3 <= emitter.blocks_emitted < 25  # per trace: the windows, and the cut at steps 6 and 8
+        assert emitter.blocks_emitted == 3 + 3 + 1  # cut where the heads stop (6) and start again (8); row 2 at 5
     finally:
         emitter.close()
     steps = read_all(kafka, topic, 25)
@@ -154,6 +156,35 @@ def test_every_step_is_in_exactly_one_block_in_order_equal_to_its_record(kafka: 
         expected = sorted((r for r in steps if r["trace_id"] == meta.trace_id), key=lambda r: int(r["step"]))
         assert [r["step"] for r in expected] == list(range(10 if meta is not metas[2] else 5))
         assert per_trace[meta.trace_id] == expected  # every step once, in order, equal to its GenerationStep
+
+
+def test_blocks_leave_without_a_drain_when_their_window_ends_or_a_step_is_not_finite(
+    kafka: str, topic: str, blocks: str
+) -> None:
+    metas = [TraceMeta(f"trace-w{i}", f"req-w{i}", "", "t", 0) for i in range(2)]
+    texts = TokenTexts(ByT5Tokenizer())
+    sick = batch(3, [110, 111], [True, True])
+    sick.hidden[1, 2, 1] = 4  # row 1's step 3: four NaN or Inf values in layer 1
+    emitter = StepEmitter(kafka, topic=topic, blocks_topic=blocks, block_window_s=60.0)
+    try:
+        for sb in [batch(s, [104 + s, 105 + s], [True, True]) for s in range(3)]:
+            emitter.submit(sb, metas, "m@1", "OUTPUT_NORM", texts.rows(sb))
+        time.sleep(emitter.coalesce_s * 2)  # so the generating thread hands the sick step over at once
+        emitter.submit(sick, metas, "m@1", "OUTPUT_NORM", texts.rows(sick))
+        # no drain: the urgent step takes the steps of its trace waiting before it, the other trace waits on (its
+        # steps are read for 3 s more: none come)
+        got = read_all(kafka, blocks, 8, "StepBlock", lambda b: b["count"], polls=6)
+        assert [(r["trace_id"], list(columns(r).step)) for r in got] == [("trace-w1", [0, 1, 2, 3])]
+    finally:
+        emitter.close()  # drains: trace-w0's block leaves
+    short = StepEmitter(kafka, topic=topic, blocks_topic=blocks, block_window_s=0.3, block_max_steps=64)
+    try:
+        short.submit(batch(0, [104], [True]), [TraceMeta("trace-t", "req-t", "", "t", 0)], "m@1", "NONE", ["a"])
+        got = read_all(kafka, blocks, 4 + 4 + 1, "StepBlock", lambda b: b["count"])  # the window's end sends it
+        per_trace = {r["trace_id"]: list(columns(r).step) for r in got}
+        assert per_trace == {"trace-w1": [0, 1, 2, 3], "trace-w0": [0, 1, 2, 3], "trace-t": [0]}
+    finally:
+        short.close()
 
 
 def test_a_token_the_tokenizer_cannot_decode_is_still_reported() -> None:

@@ -66,8 +66,8 @@ Row = tuple[int, int, BlockPartial]
 
 
 def blocks_of(steps: list[dict[str, Any]], rng: random.Random, cut_at_windows: bool = True) -> list[list[Any]]:
-    """Each trace's steps cut into blocks as the producer would (a block is homogeneous; a coalescing window ends
-    it at random), and at each window's start where ``cut_at_windows``; blocks in the order they are written, of
+    """Each trace's steps cut into blocks as the producer would (a block is homogeneous; the block window ends it
+    at random), and at each window's start where ``cut_at_windows``; blocks in the order they are written, of
     their last step (a block that starts in one window may follow one that starts in the next)."""
     by_trace: dict[str, list[dict[str, Any]]] = {}
     for s in steps:
