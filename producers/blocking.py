@@ -1,12 +1,12 @@
 """Which steps leave together as one step block: a trace's steps wait in the emitter process until its block is full,
 its first step has waited the block window, a step with non-finite hidden states comes, or the emitter drains.
 
-The stream processors pay about the same for a block whatever it holds (docs/benchmarks.md#stream-processors), and
-one coalescing window of the generating thread holds one or two steps of a trace at 20-50 tokens a second: a block
-cut there costs the processors more per step than single records did. Waiting for more of a trace's steps trades
-that cost for the wait, so what must not wait does not: a step with NaN or Inf values (the processors' CRITICAL
-``nonfinite_hidden`` alert) ends its block and leaves at once, with the steps before it. Other alerts wait up to the
-window.
+The stream processors pay much the same for a block whatever it holds, and one coalescing window of the generating
+thread holds a step or two of a trace: blocks cut there cost the processors several times what whole traces do
+(bench.processors, bench.block_sizes; docs/benchmarks.md#steps-a-block-as-the-producer-ships-them). Waiting for more
+of a trace's steps trades that cost for the wait, so what must not wait does not: a step with NaN or Inf values
+(the processors' CRITICAL ``nonfinite_hidden`` alert) ends its block and leaves at once, with the steps before it.
+Other alerts wait up to the window.
 
 Pure: no Kafka, no clock of its own (the caller passes monotonic seconds).
 """
