@@ -344,7 +344,7 @@ def run_outage(
         rejoin_s=rejoin_s,
         timeline=timeline,
         requests=requests.done,
-        requests_outage=[r for r in requests.done if t_kill <= r[0] < t_up],
+        requests_outage=[r for r in requests.done if t_kill <= r[0] + r[1] < t_up],  # answered while it was down
         producer_error=producer.error,
         delivery_failures=len(producer.failed),
         consumer_errors=consumer.errors,
