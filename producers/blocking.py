@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from evostream.schemas.blocks import homogeneous_key
+from evostream.schemas.blocks import follows
 
 Step = Mapping[str, Any]
 
@@ -39,11 +39,6 @@ def step_bytes(step: Step) -> int:
     """About what ``step`` adds to a block: its packed per-layer and per-head columns, its token text, its scalars."""
     packed = sum(len(step[k] or b"") for k in _PACKED)
     return packed + 4 * len(step["layer_nonfinite"]) + len(str(step["token_text"]).encode()) + 64
-
-
-def _follows(last: Step, step: Step) -> bool:
-    """Whether ``step`` joins the block that ends with ``last``: the same shape, and a later step."""
-    return homogeneous_key(last) == homogeneous_key(step) and int(step["step"]) > int(last["step"])
 
 
 class BlockBuffer:
@@ -76,7 +71,7 @@ class BlockBuffer:
         for step in steps:
             trace = str(step["trace_id"])
             run = self._runs.get(trace)
-            if run and not _follows(run[-1], step):
+            if run and not follows(run[-1], step):
                 out.append(self._pop(trace))
                 run = None
             if not run:

@@ -190,6 +190,11 @@ def from_steps(steps: Sequence[Mapping[str, Any]]) -> StepColumns:
     )
 
 
+def follows(last: Mapping[str, Any], step: Mapping[str, Any]) -> bool:
+    """Whether ``step`` joins the block that ends with ``last``: the same ``homogeneous_key``, and a later step."""
+    return homogeneous_key(last) == homogeneous_key(step) and int(step["step"]) > int(last["step"])
+
+
 def split_blocks(steps: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     """GenerationStep records (several traces, in the order produced) cut into blocks: per trace, in order, a new
     block wherever a step's ``homogeneous_key`` differs from the one before, or its ``step`` does not follow it (a
@@ -198,7 +203,7 @@ def split_blocks(steps: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, A
     for s in steps:
         runs = blocks.setdefault(str(s["trace_id"]), [])
         last = runs[-1][-1] if runs else None
-        if last is not None and homogeneous_key(last) == homogeneous_key(s) and int(s["step"]) > int(last["step"]):
+        if last is not None and follows(last, s):
             runs[-1].append(s)
         else:
             runs.append([s])
